@@ -1,0 +1,602 @@
+//! The key-level envelope: a key's typed components, its TTL, and the [`Delta`] every local
+//! write yields.
+//!
+//! An [`Entry`] holds at most one component per type (string, set, hash), each with the stamp
+//! of the write that created it. Normally there is exactly one; two appear only when regions
+//! wrote different types concurrently, and then the live component with the greater creation
+//! stamp is the visible one (deterministic type-conflict rule). Keeping the loser as its own
+//! lattice component keeps merge associative.
+//!
+//! Existence is observed-remove: `DEL` kills exactly the dots and increments it saw. The TTL is
+//! [`Dots`] of deadlines: a causally later `EXPIRE`/`PERSIST` kills the ones it saw; among
+//! concurrent ones the longest deadline wins and `PERSIST` beats any deadline.
+
+use crate::collections::{OrMap, OrSet};
+use crate::dots::Dots;
+use crate::hlc::{Hlc, RegionId, Stamp};
+use crate::strval::Str;
+use crate::CrdtError;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// Deadline payload meaning "no expiry" (PERSIST).
+pub const PERSIST: u64 = u64::MAX;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Str,
+    Set,
+    Hash,
+}
+
+impl Kind {
+    /// The name `TYPE` answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Str => "string",
+            Kind::Set => "set",
+            Kind::Hash => "hash",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Val {
+    Str(Str),
+    Set(OrSet),
+    Hash(OrMap),
+}
+
+impl Val {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Val::Str(_) => Kind::Str,
+            Val::Set(_) => Kind::Set,
+            Val::Hash(_) => Kind::Hash,
+        }
+    }
+
+    fn empty(kind: Kind) -> Val {
+        match kind {
+            Kind::Str => Val::Str(Str::default()),
+            Kind::Set => Val::Set(OrSet::default()),
+            Kind::Hash => Val::Hash(OrMap::default()),
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        match self {
+            Val::Str(s) => s.is_alive(),
+            Val::Set(s) => !s.is_empty(),
+            Val::Hash(h) => !h.is_empty(),
+        }
+    }
+
+    fn merge(&mut self, other: &Val) -> bool {
+        match (self, other) {
+            (Val::Str(a), Val::Str(b)) => a.merge(b),
+            (Val::Set(a), Val::Set(b)) => a.merge(b),
+            (Val::Hash(a), Val::Hash(b)) => a.merge(b),
+            _ => unreachable!("components are merged by kind"),
+        }
+    }
+
+    /// Observed remove of everything; returns the tombstone part for the delta.
+    fn kill_all(&mut self) -> Val {
+        match self {
+            Val::Str(s) => {
+                s.remove();
+                Val::Str(s.clone())
+            }
+            Val::Set(s) => Val::Set(s.kill_all()),
+            Val::Hash(h) => Val::Hash(h.kill_all()),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Val::Str(s) => s.heap_bytes(),
+            Val::Set(s) => s.heap_bytes() + 48,
+            Val::Hash(h) => h.heap_bytes() + 48,
+        }
+    }
+
+    fn max_hlc(&self) -> Hlc {
+        match self {
+            Val::Str(s) => s.max_hlc(),
+            Val::Set(s) => s.max_hlc(),
+            Val::Hash(h) => h.max_hlc(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comp {
+    /// Stamp of the write that created this component (max over replicas).
+    pub created: Stamp,
+    pub val: Val,
+}
+
+/// Local, non-replicated bookkeeping used for eviction.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Seconds clock of the last access (LRU).
+    pub lru_secs: u32,
+    /// Logarithmic access frequency (LFU), like Redis' 8-bit counter.
+    pub lfu: u8,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Entry {
+    comps: SmallVec<[Comp; 1]>,
+    expiry: Dots<u64>,
+    /// Cached effective deadline (ms since epoch); `0` = none.
+    #[serde(skip)]
+    deadline_ms: u64,
+    #[serde(skip)]
+    pub access: Access,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.comps == other.comps && self.expiry == other.expiry
+    }
+}
+impl Eq for Entry {}
+
+impl Entry {
+    /// Whether any component is alive (the key exists, ignoring TTL).
+    pub fn is_alive(&self) -> bool {
+        self.comps.iter().any(|c| c.val.is_alive())
+    }
+
+    /// The visible component: the live one with the greatest creation stamp.
+    pub fn visible(&self) -> Option<&Val> {
+        self.comps
+            .iter()
+            .filter(|c| c.val.is_alive())
+            .max_by_key(|c| c.created)
+            .map(|c| &c.val)
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        self.visible().map(Val::kind)
+    }
+
+    pub fn as_str(&self) -> Option<&Str> {
+        match self.visible()? {
+            Val::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_set(&self) -> Option<&OrSet> {
+        match self.visible()? {
+            Val::Set(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_hash(&self) -> Option<&OrMap> {
+        match self.visible()? {
+            Val::Hash(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn components(&self) -> &[Comp] {
+        &self.comps
+    }
+
+    pub fn expiry(&self) -> &Dots<u64> {
+        &self.expiry
+    }
+
+    /// Effective deadline in ms since the epoch, if any.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        (self.deadline_ms != 0).then_some(self.deadline_ms)
+    }
+
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.deadline_ms != 0 && self.deadline_ms <= now_ms
+    }
+
+    fn recompute_deadline(&mut self) {
+        let mut deadline = 0u64;
+        for e in self.expiry.alive() {
+            if e.payload == PERSIST {
+                deadline = 0;
+                break;
+            }
+            deadline = deadline.max(e.payload.max(1));
+        }
+        self.deadline_ms = deadline;
+    }
+
+    /// Rough bytes this entry holds beyond its key (for eviction accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.comps.iter().map(|c| c.val.heap_bytes()).sum::<usize>()
+            + self.expiry.entries().len() * 32
+    }
+
+    pub fn max_hlc(&self) -> Hlc {
+        let c = self
+            .comps
+            .iter()
+            .map(|c| c.val.max_hlc().max(c.created.hlc))
+            .max();
+        c.unwrap_or(Hlc::ZERO).max(self.expiry.max_hlc())
+    }
+
+    fn comp_index(&self, kind: Kind) -> Result<usize, usize> {
+        self.comps.binary_search_by_key(&kind, |c| c.val.kind())
+    }
+
+    /// Join another replica's state (or a delta) into this one. Returns whether anything changed.
+    pub fn merge(&mut self, other: &Entry) -> bool {
+        let mut changed = false;
+        for theirs in &other.comps {
+            match self.comp_index(theirs.val.kind()) {
+                Ok(i) => {
+                    let mine = &mut self.comps[i];
+                    if theirs.created > mine.created {
+                        mine.created = theirs.created;
+                        changed = true;
+                    }
+                    changed |= mine.val.merge(&theirs.val);
+                }
+                Err(i) => {
+                    self.comps.insert(i, theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        if self.expiry.merge(&other.expiry) {
+            self.recompute_deadline();
+            changed = true;
+        }
+        changed
+    }
+
+    /// Drop tombstone metadata that every region has seen. `drop_dead` drops all dead
+    /// metadata regardless (single-region mode).
+    pub fn gc(&mut self, stable: &impl Fn(RegionId) -> Hlc, drop_dead: bool) {
+        for c in self.comps.iter_mut() {
+            match &mut c.val {
+                Val::Set(s) => s.gc(stable, drop_dead),
+                Val::Hash(h) => h.gc(stable, drop_dead),
+                Val::Str(_) => {}
+            }
+        }
+        self.expiry.gc(stable);
+        if drop_dead {
+            self.expiry.0.retain(|e| e.alive);
+        }
+    }
+
+    /// Is this entry a tombstone every region has seen (safe to drop)?
+    pub fn is_stable_tombstone(&self, stable: &impl Fn(RegionId) -> Hlc) -> bool {
+        if self.is_alive() {
+            return false;
+        }
+        let mut stable_all = true;
+        let mut check = |region: RegionId, hlc: Hlc| stable_all &= hlc <= stable(region);
+        for c in &self.comps {
+            check(c.created.region, c.created.hlc);
+            match &c.val {
+                Val::Str(s) => {
+                    check(s.reg.stamp.region, s.reg.stamp.hlc);
+                    for k in &s.ctr {
+                        check(k.region, k.hlc.max(k.obs_hlc));
+                    }
+                }
+                Val::Set(s) => {
+                    for (_, d) in s.raw() {
+                        for e in d.entries() {
+                            check(e.region, e.hlc);
+                        }
+                    }
+                }
+                Val::Hash(h) => {
+                    for (_, s) in h.raw() {
+                        check(s.reg.stamp.region, s.reg.stamp.hlc);
+                        for k in &s.ctr {
+                            check(k.region, k.hlc.max(k.obs_hlc));
+                        }
+                    }
+                }
+            }
+        }
+        for e in self.expiry.entries() {
+            check(e.region, e.hlc);
+        }
+        stable_all
+    }
+
+    /// Recompute derived (non-serialised) fields after decoding.
+    pub fn rebuild(&mut self) {
+        for c in self.comps.iter_mut() {
+            match &mut c.val {
+                Val::Set(s) => s.rebuild(),
+                Val::Hash(h) => h.rebuild(),
+                Val::Str(_) => {}
+            }
+        }
+        self.recompute_deadline();
+    }
+
+    /// Order-independent content digest of the observable state (anti-entropy).
+    pub fn digest(&self) -> u64 {
+        let mut h = 0x6d65_7269_6469_616e;
+        for c in self.comps.iter().filter(|c| c.val.is_alive()) {
+            h = crate::digest::mix(h, c.created.hlc.0);
+            h = crate::digest::mix(h, u64::from(c.created.region.0));
+            h = match &c.val {
+                Val::Str(s) => s.digest(crate::digest::mix(h, 1)),
+                Val::Set(s) => s.digest(crate::digest::mix(h, 2)),
+                Val::Hash(m) => m.digest(crate::digest::mix(h, 3)),
+            };
+        }
+        for e in self.expiry.alive() {
+            h = crate::digest::mix(h, e.hlc.0);
+            h = crate::digest::mix(h, u64::from(e.region.0));
+            h = crate::digest::mix(h, e.payload);
+        }
+        h
+    }
+}
+
+/// What one local write yields: the key and the minimal state to merge elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub key: Bytes,
+    pub slot: u16,
+    /// The stamp of the write (its origin dot).
+    pub stamp: Stamp,
+    /// The state carries the key's whole live state at the origin (strings always; sets and
+    /// hashes when the write created the key). A partial delta is never applied on top of an
+    /// evicted key.
+    pub full: bool,
+    pub state: Entry,
+}
+
+/// A write in progress on one entry: applies local ops and accumulates their delta.
+pub struct EntryWriter<'a> {
+    pub(crate) entry: &'a mut Entry,
+    pub(crate) delta: Entry,
+    pub(crate) stamp: Stamp,
+    pub(crate) changed: bool,
+    pub(crate) created_key: bool,
+}
+
+impl<'a> EntryWriter<'a> {
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    pub fn entry(&self) -> &Entry {
+        self.entry
+    }
+
+    /// Kind check for commands: `Err(WrongType)` if the key holds another type.
+    pub fn expect(&self, kind: Kind) -> Result<(), CrdtError> {
+        match self.entry.kind() {
+            Some(k) if k != kind => Err(CrdtError::WrongType),
+            _ => Ok(()),
+        }
+    }
+
+    /// Get (creating if needed) the component of `kind`, after killing every other live
+    /// component (an overwrite observes and removes them, like Redis' SET over a set).
+    fn comp(&mut self, kind: Kind) -> usize {
+        let mut killed = false;
+        for c in self.entry.comps.iter_mut() {
+            if c.val.kind() != kind && c.val.is_alive() {
+                let tomb = c.val.kill_all();
+                self.delta.merge(&Entry {
+                    comps: smallvec::smallvec![Comp {
+                        created: c.created,
+                        val: tomb
+                    }],
+                    ..Entry::default()
+                });
+                killed = true;
+            }
+        }
+        let _ = killed;
+        let i = match self.entry.comp_index(kind) {
+            Ok(i) => i,
+            Err(i) => {
+                self.entry.comps.insert(
+                    i,
+                    Comp {
+                        created: self.stamp,
+                        val: Val::empty(kind),
+                    },
+                );
+                i
+            }
+        };
+        if !self.entry.comps[i].val.is_alive() && self.entry.comps[i].created < self.stamp {
+            // Re-created after a delete: this write is the creating one now.
+            self.entry.comps[i].created = self.stamp;
+        }
+        i
+    }
+
+    fn str_mut(&mut self) -> &mut Str {
+        let i = self.comp(Kind::Str);
+        match &mut self.entry.comps[i].val {
+            Val::Str(s) => s,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Record the full string component in the delta.
+    fn str_delta(&mut self) {
+        if let Ok(i) = self.entry.comp_index(Kind::Str) {
+            let c = self.entry.comps[i].clone();
+            self.delta.merge(&Entry {
+                comps: smallvec::smallvec![c],
+                ..Entry::default()
+            });
+        }
+        self.changed = true;
+    }
+
+    /// `SET` (any type is overwritten). `keep_ttl == false` clears the TTLs it observed.
+    pub fn set_str(&mut self, value: Bytes, keep_ttl: bool) {
+        let stamp = self.stamp;
+        self.str_mut().set(stamp, value);
+        self.str_delta();
+        if !keep_ttl && self.entry.expiry.is_alive() {
+            self.entry.expiry.kill_all();
+            self.entry.recompute_deadline();
+            self.delta.expiry.merge(&self.entry.expiry);
+        }
+    }
+
+    /// `INCRBY` family; the key must hold a string (checked by the caller).
+    pub fn incr_by(&mut self, by: i64) -> Result<i64, CrdtError> {
+        self.expect(Kind::Str)?;
+        let stamp = self.stamp;
+        let r = self.str_mut().incr_by(stamp, by)?;
+        self.str_delta();
+        Ok(r)
+    }
+
+    /// `SADD` of one member; returns whether it was new.
+    pub fn sadd(&mut self, member: &Bytes) -> bool {
+        let i = self.comp(Kind::Set);
+        let stamp = self.stamp;
+        let created = self.entry.comps[i].created;
+        let Val::Set(set) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        let (new, dots) = set.add(stamp, member);
+        self.delta_set_member(created, member, &dots);
+        new
+    }
+
+    /// `SREM` of one member; returns whether it was present.
+    pub fn srem(&mut self, member: &[u8]) -> bool {
+        let Ok(i) = self.entry.comp_index(Kind::Set) else {
+            return false;
+        };
+        let created = self.entry.comps[i].created;
+        let Val::Set(set) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        match set.remove(member) {
+            Some(dots) => {
+                let m = Bytes::copy_from_slice(member);
+                self.delta_set_member(created, &m, &dots);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn delta_set_member(&mut self, created: Stamp, member: &Bytes, dots: &Dots<()>) {
+        let mut s = OrSet::default();
+        s.merge_member(member, dots);
+        self.delta.merge(&Entry {
+            comps: smallvec::smallvec![Comp {
+                created,
+                val: Val::Set(s)
+            }],
+            ..Entry::default()
+        });
+        self.changed = true;
+    }
+
+    /// Local update of one hash field (`HSET`, `HINCRBY`…); the closure sees the field's
+    /// string state and the write's stamp.
+    pub fn hash_update<R>(&mut self, field: &Bytes, f: impl FnOnce(&mut Str, Stamp) -> R) -> R {
+        let i = self.comp(Kind::Hash);
+        let stamp = self.stamp;
+        let created = self.entry.comps[i].created;
+        let Val::Hash(h) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        let before = h.get(field).cloned();
+        let (_, r, state) = h.update(field, |s| f(s, stamp));
+        if before.as_ref() != Some(&state) {
+            self.delta_hash_field(created, field, &state);
+        }
+        r
+    }
+
+    /// `HDEL` of one field; returns whether it was present.
+    pub fn hdel(&mut self, field: &[u8]) -> bool {
+        let Ok(i) = self.entry.comp_index(Kind::Hash) else {
+            return false;
+        };
+        let created = self.entry.comps[i].created;
+        let Val::Hash(h) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        match h.remove(field) {
+            Some(state) => {
+                let f = Bytes::copy_from_slice(field);
+                self.delta_hash_field(created, &f, &state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn delta_hash_field(&mut self, created: Stamp, field: &Bytes, state: &Str) {
+        let mut m = OrMap::default();
+        m.merge_field(field, state);
+        self.delta.merge(&Entry {
+            comps: smallvec::smallvec![Comp {
+                created,
+                val: Val::Hash(m)
+            }],
+            ..Entry::default()
+        });
+        self.changed = true;
+    }
+
+    /// `DEL`: observed remove of every component and TTL. Returns whether the key existed.
+    pub fn delete(&mut self) -> bool {
+        let existed = self.entry.is_alive();
+        if !existed {
+            return false;
+        }
+        let mut tomb = Entry::default();
+        for c in self.entry.comps.iter_mut() {
+            if c.val.is_alive() {
+                let t = c.val.kill_all();
+                tomb.comps.push(Comp {
+                    created: c.created,
+                    val: t,
+                });
+            }
+        }
+        self.entry.expiry.kill_all();
+        self.entry.recompute_deadline();
+        tomb.expiry = self.entry.expiry.clone();
+        self.delta.merge(&tomb);
+        self.changed = true;
+        true
+    }
+
+    /// `EXPIRE`/`PEXPIREAT`/`PERSIST` (`None`): replaces the TTLs this region observed.
+    pub fn set_deadline(&mut self, deadline_ms: Option<u64>) {
+        let payload = deadline_ms.unwrap_or(PERSIST);
+        let stamp = self.stamp;
+        self.entry.expiry.kill_all();
+        self.entry.expiry.set(stamp.region, stamp.hlc, payload);
+        self.entry.recompute_deadline();
+        self.delta.expiry.merge(&self.entry.expiry);
+        self.changed = true;
+    }
+
+    /// `SPOP`-style removal helpers and other collection reads need the set itself.
+    pub fn set_members(&self) -> Option<&OrSet> {
+        self.entry.as_set()
+    }
+}

@@ -1,0 +1,759 @@
+//! The keyspace: key → [`Entry`], indexed by hash slot, shared by the server and the simulator.
+//!
+//! Keys live in one table per slot, so a slot can be counted, enumerated, digested and
+//! dropped without touching the others (resharding and anti-entropy work slot by slot).
+//! Local writes go through [`Keyspace::write`], which stamps them and queues the resulting
+//! [`Delta`]; remote state comes in through [`Keyspace::apply_delta`]. Expiry and eviction
+//! are local memory management: they never produce deltas. Time and randomness are inputs.
+
+use crate::entry::{Access, Delta, Entry, EntryWriter, Kind};
+use crate::hlc::{Hlc, RegionId, Stamp};
+use crate::slot::{key_slot, SLOT_COUNT};
+use bytes::Bytes;
+use std::collections::HashMap;
+
+/// Fixed per-entry overhead estimate (table slot, key handle, entry header, allocator).
+pub const ENTRY_OVERHEAD_BYTES: usize = 112;
+
+#[derive(Clone, Debug)]
+pub struct KeyspaceConfig {
+    pub region: RegionId,
+    /// Keep dead state (tombstones) until `gc` says every region has seen it. A single-region
+    /// node has no one to tell and drops it at once.
+    pub retain_tombstones: bool,
+    /// Seed for table hashing and the LFU coin; fixed in the simulator, random in the server.
+    pub seed: u64,
+}
+
+impl Default for KeyspaceConfig {
+    fn default() -> Self {
+        KeyspaceConfig {
+            region: RegionId(0),
+            retain_tombstones: false,
+            seed: 0x6d65_7269,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EvictionPolicy {
+    NoEviction,
+    AllKeysLru,
+    AllKeysLfu,
+    AllKeysRandom,
+    VolatileLru,
+    VolatileLfu,
+    VolatileRandom,
+    VolatileTtl,
+}
+
+impl EvictionPolicy {
+    pub const ALL: [(EvictionPolicy, &'static str); 8] = [
+        (EvictionPolicy::NoEviction, "noeviction"),
+        (EvictionPolicy::AllKeysLru, "allkeys-lru"),
+        (EvictionPolicy::AllKeysLfu, "allkeys-lfu"),
+        (EvictionPolicy::AllKeysRandom, "allkeys-random"),
+        (EvictionPolicy::VolatileLru, "volatile-lru"),
+        (EvictionPolicy::VolatileLfu, "volatile-lfu"),
+        (EvictionPolicy::VolatileRandom, "volatile-random"),
+        (EvictionPolicy::VolatileTtl, "volatile-ttl"),
+    ];
+
+    pub fn parse(name: &str) -> Option<EvictionPolicy> {
+        Self::ALL
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(p, _)| *p)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map_or("noeviction", |(_, n)| n)
+    }
+
+    fn volatile_only(self) -> bool {
+        matches!(
+            self,
+            EvictionPolicy::VolatileLru
+                | EvictionPolicy::VolatileLfu
+                | EvictionPolicy::VolatileRandom
+                | EvictionPolicy::VolatileTtl
+        )
+    }
+}
+
+/// Outcome of merging remote state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+    /// A partial delta for a key this region evicted or expired: dropped, the key stays a
+    /// miss until anti-entropy (or a local write) restores it.
+    DroppedPartial,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyspaceStats {
+    pub keys: usize,
+    pub tombstones: usize,
+    pub volatile: usize,
+    pub bytes: usize,
+    pub expired: u64,
+    pub evicted: u64,
+    pub deltas_applied: u64,
+    pub partial_deltas_dropped: u64,
+}
+
+type Table = HashMap<Bytes, Entry, ahash::RandomState>;
+
+struct SlotTable {
+    map: Table,
+    alive: usize,
+    volatile: usize,
+    /// Cached anti-entropy digest; `None` when the slot changed since.
+    digest: Option<u64>,
+    /// A key of this slot was evicted or expired locally since the last repair: partial deltas
+    /// for absent keys must not rebuild it.
+    lossy: bool,
+}
+
+pub struct Keyspace {
+    cfg: KeyspaceConfig,
+    slots: Vec<Option<Box<SlotTable>>>,
+    hasher: ahash::RandomState,
+    stats: KeyspaceStats,
+    deltas: Vec<Delta>,
+    expire_cursor: usize,
+    coin: u64,
+}
+
+fn entry_bytes(key: &[u8], e: &Entry) -> usize {
+    key.len() + ENTRY_OVERHEAD_BYTES + e.heap_bytes()
+}
+
+impl Keyspace {
+    pub fn new(cfg: KeyspaceConfig) -> Keyspace {
+        let seed = cfg.seed;
+        Keyspace {
+            hasher: ahash::RandomState::with_seeds(seed, seed ^ 0x9e37, seed.rotate_left(17), 7),
+            cfg,
+            slots: (0..SLOT_COUNT).map(|_| None).collect(),
+            stats: KeyspaceStats::default(),
+            deltas: Vec::new(),
+            expire_cursor: 0,
+            coin: seed | 1,
+        }
+    }
+
+    pub fn region(&self) -> RegionId {
+        self.cfg.region
+    }
+
+    pub fn config(&self) -> &KeyspaceConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &KeyspaceStats {
+        &self.stats
+    }
+
+    /// Live keys (including ones whose TTL passed but were not reclaimed yet, like Redis).
+    pub fn len(&self) -> usize {
+        self.stats.keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stats.keys == 0
+    }
+
+    fn table(&self, slot: u16) -> Option<&SlotTable> {
+        self.slots.get(usize::from(slot))?.as_deref()
+    }
+
+    fn table_mut(&mut self, slot: u16) -> &mut SlotTable {
+        let hasher = self.hasher.clone();
+        self.slots[usize::from(slot)].get_or_insert_with(|| {
+            Box::new(SlotTable {
+                map: HashMap::with_hasher(hasher),
+                alive: 0,
+                volatile: 0,
+                digest: None,
+                lossy: false,
+            })
+        })
+    }
+
+    fn next_coin(&mut self) -> u64 {
+        // xorshift64*: deterministic, seeded by the config (never the OS).
+        let mut x = self.coin;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.coin = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Read-only lookup; an expired key reads as absent (it is reclaimed by `get` or expiry).
+    pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let e = self.table(key_slot(key))?.map.get(key)?;
+        (e.is_alive() && !e.is_expired(now_ms)).then_some(e)
+    }
+
+    /// Lookup for a command: reclaims the key if its TTL passed and records the access.
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let slot = key_slot(key);
+        let (alive, expired) = match self.table(slot).and_then(|t| t.map.get(key)) {
+            None => return None,
+            Some(e) => (e.is_alive(), e.is_expired(now_ms)),
+        };
+        if !alive {
+            return None;
+        }
+        if expired {
+            self.reclaim(slot, key, true);
+            return None;
+        }
+        let coin = self.next_coin();
+        let table = self.slots[usize::from(slot)].as_deref_mut()?;
+        let e = table.map.get_mut(key)?;
+        touch(&mut e.access, now_ms, coin);
+        Some(e)
+    }
+
+    pub fn exists(&mut self, key: &[u8], now_ms: u64) -> bool {
+        self.get(key, now_ms).is_some()
+    }
+
+    /// Apply a local write. The closure runs ops on an [`EntryWriter`]; if it changed
+    /// anything, the delta is queued for `drain_deltas`.
+    pub fn write<R>(
+        &mut self,
+        key: &[u8],
+        stamp: Stamp,
+        now_ms: u64,
+        f: impl FnOnce(&mut EntryWriter) -> R,
+    ) -> R {
+        debug_assert_eq!(stamp.region, self.cfg.region);
+        let slot = key_slot(key);
+        // An expired key is gone before the write sees it.
+        if self
+            .table(slot)
+            .and_then(|t| t.map.get(key))
+            .is_some_and(|e| e.is_expired(now_ms))
+        {
+            self.reclaim(slot, key, true);
+        }
+        let coin = self.next_coin();
+        let retain = self.cfg.retain_tombstones;
+        let table = self.table_mut(slot);
+        let (mut entry, key_bytes, existed) = match table.map.remove_entry(key) {
+            Some((k, e)) => (e, k, true),
+            None => (Entry::default(), Bytes::copy_from_slice(key), false),
+        };
+        let was_alive = entry.is_alive();
+        let was_volatile = was_alive && entry.deadline_ms().is_some();
+        let before = if existed {
+            entry_bytes(&key_bytes, &entry)
+        } else {
+            0
+        };
+        let mut w = EntryWriter {
+            entry: &mut entry,
+            delta: Entry::default(),
+            stamp,
+            changed: false,
+            created_key: !was_alive,
+        };
+        let r = f(&mut w);
+        let (changed, delta_state, created_key) = (w.changed, w.delta, w.created_key);
+        let is_alive = entry.is_alive();
+        let full = created_key || delta_state.kind_hint() == Some(Kind::Str);
+        if changed {
+            self.deltas.push(Delta {
+                key: key_bytes.clone(),
+                slot,
+                stamp,
+                full,
+                state: delta_state,
+            });
+        }
+        touch(&mut entry.access, now_ms, coin);
+        if !retain {
+            entry.gc(&|_| Hlc(u64::MAX), true);
+        }
+        let keep = is_alive || (retain && existed) || (retain && changed);
+        let is_volatile = is_alive && entry.deadline_ms().is_some();
+        let after = if keep {
+            entry_bytes(&key_bytes, &entry)
+        } else {
+            0
+        };
+        let table = self.table_mut(slot);
+        if changed {
+            table.digest = None;
+        }
+        if keep {
+            table.map.insert(key_bytes, entry);
+        }
+        table.alive = table.alive + usize::from(is_alive) - usize::from(was_alive);
+        table.volatile = table.volatile + usize::from(is_volatile) - usize::from(was_volatile);
+        self.account(
+            was_alive,
+            is_alive,
+            existed,
+            keep,
+            was_volatile,
+            is_volatile,
+            before,
+            after,
+        );
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn account(
+        &mut self,
+        was_alive: bool,
+        is_alive: bool,
+        existed: bool,
+        keep: bool,
+        was_volatile: bool,
+        is_volatile: bool,
+        before: usize,
+        after: usize,
+    ) {
+        let s = &mut self.stats;
+        s.keys = s.keys + usize::from(is_alive) - usize::from(was_alive);
+        let was_tomb = existed && !was_alive;
+        let is_tomb = keep && !is_alive;
+        s.tombstones = s.tombstones + usize::from(is_tomb) - usize::from(was_tomb);
+        s.volatile = s.volatile + usize::from(is_volatile) - usize::from(was_volatile);
+        s.bytes = s.bytes + after - before;
+    }
+
+    /// Take the deltas produced by local writes since the last call.
+    pub fn drain_deltas(&mut self) -> std::vec::Drain<'_, Delta> {
+        self.deltas.drain(..)
+    }
+
+    pub fn pending_deltas(&self) -> usize {
+        self.deltas.len()
+    }
+
+    /// Merge remote state for one key (a delta or an anti-entropy transfer).
+    pub fn apply_delta(&mut self, delta: &Delta) -> Applied {
+        self.merge_state(&delta.key, delta.full, &delta.state)
+    }
+
+    /// Merge a remote entry state. `full` says it is the origin's whole state for the key.
+    pub fn merge_state(&mut self, key: &[u8], full: bool, state: &Entry) -> Applied {
+        let slot = key_slot(key);
+        let retain = self.cfg.retain_tombstones;
+        let table = self.table_mut(slot);
+        let existing = table.map.remove_entry(key);
+        if existing.is_none() && !full && table.lossy {
+            self.stats.partial_deltas_dropped += 1;
+            return Applied::DroppedPartial;
+        }
+        let existed = existing.is_some();
+        let (key_bytes, mut entry) =
+            existing.unwrap_or_else(|| (Bytes::copy_from_slice(key), Entry::default()));
+        let was_alive = entry.is_alive();
+        let was_volatile = was_alive && entry.deadline_ms().is_some();
+        let before = if existed {
+            entry_bytes(&key_bytes, &entry)
+        } else {
+            0
+        };
+        let changed = entry.merge(state);
+        if !retain {
+            entry.gc(&|_| Hlc(u64::MAX), true);
+        }
+        let is_alive = entry.is_alive();
+        let keep = is_alive || retain;
+        let is_volatile = is_alive && entry.deadline_ms().is_some();
+        let after = if keep {
+            entry_bytes(&key_bytes, &entry)
+        } else {
+            0
+        };
+        let table = self.table_mut(slot);
+        if changed {
+            table.digest = None;
+        }
+        if keep {
+            table.map.insert(key_bytes, entry);
+        }
+        table.alive = table.alive + usize::from(is_alive) - usize::from(was_alive);
+        table.volatile = table.volatile + usize::from(is_volatile) - usize::from(was_volatile);
+        self.account(
+            was_alive,
+            is_alive,
+            existed,
+            keep,
+            was_volatile,
+            is_volatile,
+            before,
+            after,
+        );
+        self.stats.deltas_applied += 1;
+        if changed {
+            Applied::Changed
+        } else {
+            Applied::Unchanged
+        }
+    }
+
+    /// Local removal without a delta (expiry, eviction): other regions keep the key.
+    fn reclaim(&mut self, slot: u16, key: &[u8], expired: bool) -> usize {
+        let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
+            return 0;
+        };
+        let Some((k, e)) = table.map.remove_entry(key) else {
+            return 0;
+        };
+        let alive = e.is_alive();
+        let volatile = alive && e.deadline_ms().is_some();
+        table.alive -= usize::from(alive);
+        table.volatile -= usize::from(volatile);
+        table.digest = None;
+        table.lossy = true;
+        let bytes = entry_bytes(&k, &e);
+        let s = &mut self.stats;
+        s.keys -= usize::from(alive);
+        s.tombstones -= usize::from(!alive);
+        s.volatile -= usize::from(volatile);
+        s.bytes -= bytes;
+        if expired {
+            s.expired += 1;
+        } else {
+            s.evicted += 1;
+        }
+        bytes
+    }
+
+    /// Evict one key locally (simulator fault / eviction). Returns bytes freed.
+    pub fn evict_key(&mut self, key: &[u8]) -> usize {
+        self.reclaim(key_slot(key), key, false)
+    }
+
+    /// Active expiry: look at up to `budget` keys from a rotating cursor, reclaiming expired
+    /// ones. Returns how many were reclaimed. Bounded work per call, like Redis' cycle.
+    pub fn active_expire(&mut self, now_ms: u64, budget: usize) -> usize {
+        let mut looked = 0;
+        let mut reclaimed = 0;
+        let mut expired_keys: Vec<Bytes> = Vec::new();
+        let mut slots_seen = 0;
+        while looked < budget && slots_seen < SLOT_COUNT && self.stats.volatile > 0 {
+            let slot = self.expire_cursor as u16;
+            self.expire_cursor = (self.expire_cursor + 1) % SLOT_COUNT;
+            slots_seen += 1;
+            let Some(table) = self.slots[usize::from(slot)].as_deref() else {
+                continue;
+            };
+            if table.volatile == 0 {
+                continue;
+            }
+            for (k, e) in table.map.iter() {
+                looked += 1;
+                if e.is_alive() && e.is_expired(now_ms) {
+                    expired_keys.push(k.clone());
+                }
+            }
+            for k in expired_keys.drain(..) {
+                self.reclaim(slot, &k, true);
+                reclaimed += 1;
+            }
+        }
+        reclaimed
+    }
+
+    /// Evict one key chosen by `policy` among `samples` random candidates. Returns the bytes
+    /// freed, or `None` when nothing is evictable under the policy.
+    pub fn evict_one(
+        &mut self,
+        policy: EvictionPolicy,
+        samples: usize,
+        now_ms: u64,
+        rng: &mut impl FnMut() -> u64,
+    ) -> Option<usize> {
+        if policy == EvictionPolicy::NoEviction || self.stats.keys == 0 {
+            return None;
+        }
+        if policy.volatile_only() && self.stats.volatile == 0 {
+            return None;
+        }
+        let mut best: Option<(u64, u16, Bytes)> = None;
+        for _ in 0..samples.max(1) {
+            let Some((slot, key, e)) = self.sample(rng(), policy.volatile_only()) else {
+                break;
+            };
+            let score = match policy {
+                EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru => {
+                    u64::MAX - u64::from(e.access.lru_secs)
+                }
+                EvictionPolicy::AllKeysLfu | EvictionPolicy::VolatileLfu => {
+                    u64::from(u8::MAX - lfu_decayed(&e.access, now_ms))
+                }
+                EvictionPolicy::VolatileTtl => u64::MAX - e.deadline_ms().unwrap_or(u64::MAX),
+                _ => rng(),
+            };
+            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                best = Some((score, slot, key.clone()));
+            }
+        }
+        let (_, slot, key) = best?;
+        Some(self.reclaim(slot, &key, false))
+    }
+
+    fn sample(&self, r: u64, volatile_only: bool) -> Option<(u16, &Bytes, &Entry)> {
+        let start = (r % SLOT_COUNT as u64) as usize;
+        for i in 0..SLOT_COUNT {
+            let slot = (start + i) % SLOT_COUNT;
+            let Some(t) = self.slots[slot].as_deref() else {
+                continue;
+            };
+            let n = if volatile_only { t.volatile } else { t.alive };
+            if n == 0 {
+                continue;
+            }
+            let pick = ((r >> 14) % n as u64) as usize;
+            return t
+                .map
+                .iter()
+                .filter(|(_, e)| e.is_alive() && (!volatile_only || e.deadline_ms().is_some()))
+                .nth(pick)
+                .map(|(k, e)| (slot as u16, k, e));
+        }
+        None
+    }
+
+    /// A random live key (RANDOMKEY); `r` is the caller's random number.
+    pub fn random_key(&self, r: u64, now_ms: u64) -> Option<Bytes> {
+        for attempt in 0..16u64 {
+            let (_, k, e) = self.sample(r.rotate_left(attempt as u32 * 7), false)?;
+            if !e.is_expired(now_ms) {
+                return Some(k.clone());
+            }
+        }
+        None
+    }
+
+    /// Observed remove of every key (`FLUSHALL`): yields a delta per key.
+    pub fn delete_all(&mut self, stamp_for: &mut impl FnMut() -> Stamp, now_ms: u64) -> usize {
+        let mut keys = Vec::new();
+        for t in self.slots.iter().flatten() {
+            keys.extend(
+                t.map
+                    .iter()
+                    .filter(|(_, e)| e.is_alive())
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        let n = keys.len();
+        for k in keys {
+            let stamp = stamp_for();
+            self.write(&k, stamp, now_ms, |w| w.delete());
+        }
+        n
+    }
+
+    // ---- per-slot access (resharding, anti-entropy, SCAN) ----
+
+    pub fn slot_len(&self, slot: u16) -> usize {
+        self.table(slot).map_or(0, |t| t.alive)
+    }
+
+    /// Live keys of a slot (expired-but-unreclaimed ones filtered by `now_ms`).
+    pub fn slot_keys(&self, slot: u16, now_ms: u64) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.table(slot)
+            .into_iter()
+            .flat_map(|t| t.map.iter())
+            .filter(move |(_, e)| e.is_alive() && !e.is_expired(now_ms))
+    }
+
+    /// Every entry of a slot, tombstones included (anti-entropy ships them too).
+    pub fn slot_entries(&self, slot: u16) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.table(slot).into_iter().flat_map(|t| t.map.iter())
+    }
+
+    pub fn slot_is_lossy(&self, slot: u16) -> bool {
+        self.table(slot).is_some_and(|t| t.lossy)
+    }
+
+    /// Anti-entropy repaired the slot: partial deltas may build on absent keys again.
+    pub fn mark_slot_repaired(&mut self, slot: u16) {
+        if let Some(t) = self.slots[usize::from(slot)].as_deref_mut() {
+            t.lossy = false;
+        }
+    }
+
+    /// Drop a whole slot locally (it moved to another node). Returns the keys dropped.
+    pub fn drop_slot(&mut self, slot: u16) -> usize {
+        let Some(t) = self.slots[usize::from(slot)].take() else {
+            return 0;
+        };
+        let mut bytes = 0;
+        let mut tombs = 0;
+        for (k, e) in t.map.iter() {
+            bytes += entry_bytes(k, e);
+            tombs += usize::from(!e.is_alive());
+        }
+        let s = &mut self.stats;
+        s.keys -= t.alive;
+        s.volatile -= t.volatile;
+        s.tombstones -= tombs;
+        s.bytes -= bytes;
+        t.alive
+    }
+
+    /// Digest of a slot's observable state: equal on two regions iff (with overwhelming
+    /// probability) they hold the same live state for the slot. Cached until the slot changes.
+    pub fn slot_digest(&mut self, slot: u16) -> u64 {
+        let Some(t) = self.slots[usize::from(slot)].as_deref_mut() else {
+            return 0;
+        };
+        if let Some(d) = t.digest {
+            return d;
+        }
+        let mut acc = 0u64;
+        for (k, e) in t.map.iter() {
+            if e.is_alive() {
+                acc = acc.wrapping_add(crate::digest::mix(
+                    crate::digest::mix_bytes(0, k),
+                    e.digest(),
+                ));
+            }
+        }
+        t.digest = Some(acc);
+        acc
+    }
+
+    /// Digest of one key's state (anti-entropy key-level comparison); 0 when absent.
+    pub fn key_digest(&self, key: &[u8]) -> u64 {
+        match self.table(key_slot(key)).and_then(|t| t.map.get(key)) {
+            Some(e) if e.is_alive() => e.digest(),
+            _ => 0,
+        }
+    }
+
+    /// Raw entry (tombstones included) for anti-entropy.
+    pub fn raw_entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.table(key_slot(key))?.map.get(key)
+    }
+
+    /// Drop metadata every region has seen: dead members/fields/TTLs whose dots are at or
+    /// below `stable(region)`, and whole tombstone keys.
+    pub fn gc(&mut self, stable: &impl Fn(RegionId) -> Hlc) -> usize {
+        if self.stats.tombstones == 0 && !self.cfg.retain_tombstones {
+            return 0;
+        }
+        let mut dropped = 0;
+        let mut bytes_delta: isize = 0;
+        for t in self.slots.iter_mut().flatten() {
+            let mut removed_here = false;
+            t.map.retain(|k, e| {
+                let before = entry_bytes(k, e) as isize;
+                if e.is_stable_tombstone(stable) {
+                    dropped += 1;
+                    bytes_delta -= before;
+                    removed_here = true;
+                    return false;
+                }
+                e.gc(stable, false);
+                bytes_delta += entry_bytes(k, e) as isize - before;
+                true
+            });
+            let _ = removed_here;
+        }
+        self.stats.tombstones -= dropped;
+        self.stats.bytes = (self.stats.bytes as isize + bytes_delta).max(0) as usize;
+        dropped
+    }
+
+    /// Total metadata elements (members, fields, TTL entries, tombstone keys): for checking
+    /// that metadata stays bounded.
+    pub fn metadata_elements(&self) -> usize {
+        let mut n = 0;
+        for t in self.slots.iter().flatten() {
+            for e in t.map.values() {
+                n += 1 + e.expiry().entries().len();
+                for c in e.components() {
+                    n += match &c.val {
+                        crate::entry::Val::Set(s) => s.element_count(),
+                        crate::entry::Val::Hash(h) => h.element_count(),
+                        crate::entry::Val::Str(s) => s.ctr.len(),
+                    };
+                }
+            }
+        }
+        n
+    }
+
+    /// Iterate live keys in slot order starting at `cursor` (a slot number), visiting whole
+    /// slots until at least `count` keys were visited. Returns the next cursor (0 = done).
+    pub fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        mut visit: impl FnMut(&Bytes, &Entry),
+    ) -> u64 {
+        let mut slot = cursor as usize;
+        let mut seen = 0;
+        while slot < SLOT_COUNT {
+            if let Some(t) = self.slots[slot].as_deref() {
+                for (k, e) in t.map.iter() {
+                    if e.is_alive() && !e.is_expired(now_ms) {
+                        visit(k, e);
+                        seen += 1;
+                    }
+                }
+            }
+            slot += 1;
+            if seen >= count {
+                break;
+            }
+        }
+        if slot >= SLOT_COUNT {
+            0
+        } else {
+            slot as u64
+        }
+    }
+}
+
+impl Entry {
+    fn kind_hint(&self) -> Option<Kind> {
+        self.components().first().map(|c| c.val.kind())
+    }
+}
+
+const LFU_INIT: u8 = 5;
+const LFU_LOG_FACTOR: u64 = 10;
+
+fn touch(a: &mut Access, now_ms: u64, coin: u64) {
+    let now_secs = (now_ms / 1000) as u32;
+    let mut c = if a.lru_secs == 0 && a.lfu == 0 {
+        LFU_INIT
+    } else {
+        lfu_decayed(a, now_ms)
+    };
+    if c < u8::MAX {
+        let base = u64::from(c.saturating_sub(LFU_INIT));
+        // Logarithmic increment: probability 1 / (base * factor + 1).
+        if coin % (base * LFU_LOG_FACTOR + 1) == 0 {
+            c += 1;
+        }
+    }
+    a.lfu = c;
+    a.lru_secs = now_secs;
+}
+
+/// LFU counter after decaying one step per idle minute (Redis' lfu-decay-time 1).
+fn lfu_decayed(a: &Access, now_ms: u64) -> u8 {
+    let idle_min = ((now_ms / 1000) as u32).saturating_sub(a.lru_secs) / 60;
+    a.lfu.saturating_sub(idle_min.min(255) as u8)
+}
