@@ -1,5 +1,22 @@
 //! meridian: a multi-region, active-active cache that speaks the Redis protocol.
 //! This crate is the I/O shell around the pure cores in `meridian-crdt`, `meridian-regions`
 //! and `meridian-replication`: sockets, tasks, timers, config, metrics and the command layer.
+//!
+//! - [`frame`]: RESP2/RESP3 codec (pure).
+//! - [`connection`]: per-client read → decode → execute → write loop, transactions.
+//! - [`cmd`]: command table and families (string, set, hash, keys, server, cluster).
+//! - [`store`]: sharded locks around the `Keyspace`, HLC, delta logs, eviction.
+//! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
 
+pub mod cmd;
+pub mod config;
+pub mod connection;
 pub mod frame;
+pub mod memory;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod util;
+
+/// The Redis version meridian answers to (`INFO`, `HELLO`): the command semantics it follows.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";

@@ -1,1 +1,51 @@
-fn main() {}
+//! The `meridian` binary: parse config, start the server.
+
+use clap::Parser;
+use meridian::config::{Cli, Config};
+use meridian::server::Server;
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meridian: {e}");
+            std::process::exit(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr()?;
+        // Tests and scripts read this line to learn the port (e.g. with --port 0).
+        println!("meridian listening on {addr}");
+        tracing::info!(%addr, "ready to accept connections");
+        tokio::select! {
+            r = server.run() => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("meridian: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,538 @@
+//! [`RegionLink`]: one region's replication endpoint towards its peer regions.
+//!
+//! Outgoing, per peer: a bounded log of local deltas numbered by sequence within the
+//! sender's epoch (incarnation). `poll_transmit` cuts batches bounded by count and bytes,
+//! within a window of unacknowledged deltas; if no ack progress arrives within
+//! `resend_timeout_ms`, everything unacknowledged is sent again (go-back-N). When the log
+//! would exceed its bound it is dropped, its sequences abandoned (`floor`), and the peer is
+//! marked for anti-entropy: memory stays bounded and repair falls back to digests.
+//!
+//! Incoming, per origin: deltas are merged in sequence order; a few out-of-order ones are
+//! buffered, the rest dropped (the sender resends); duplicates at or below the acknowledged
+//! sequence are ignored. The ack names the highest contiguous sequence.
+//!
+//! Causal stability for GC: each region knows, per origin, an HLC below which it holds every
+//! write of that origin (the stamp of the last contiguous delta; frozen after a gap until a
+//! clean anti-entropy round with that origin). Regions gossip these vectors (`Frontier`);
+//! the minimum over all regions is what `collect_garbage` hands to the keyspace.
+//!
+//! Driving it (the QUIC shell or the simulator):
+//! ```text
+//! on local writes:  for d in keyspace.drain_deltas() { link.enqueue(now, d) }
+//! on frame:         link.handle_frame(now, from, frame, &mut keyspace)
+//! on timer:         link.handle_timeout(now); link.poll_anti_entropy(now, &mut keyspace)
+//! then:             while let Some((peer, frame)) = link.poll_transmit(now) { send }
+//! periodically:     link.collect_garbage(&mut keyspace)
+//! clock:            hlc_clock.observe(link.max_seen_hlc())
+//! ```
+
+use crate::codec::{Ack, Batch, Frame, Frontier};
+use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
+use crate::store::ReplicaStore;
+use meridian_crdt::{Delta, Hlc, RegionId};
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub max_batch_deltas: usize,
+    pub max_batch_bytes: usize,
+    /// Unacknowledged deltas in flight per peer.
+    pub window_deltas: usize,
+    pub max_log_deltas: usize,
+    pub max_log_bytes: usize,
+    pub resend_timeout_ms: u64,
+    /// Out-of-order deltas buffered per origin (beyond: dropped, the sender resends).
+    pub reorder_buffer_deltas: u64,
+    pub anti_entropy_interval_ms: u64,
+    pub anti_entropy_chunk_bytes: usize,
+    pub frontier_interval_ms: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            max_batch_deltas: 512,
+            max_batch_bytes: 64 * 1024,
+            window_deltas: 8 * 512,
+            max_log_deltas: 100_000,
+            max_log_bytes: 64 << 20,
+            resend_timeout_ms: 1_000,
+            reorder_buffer_deltas: 4 * 512,
+            anti_entropy_interval_ms: 30_000,
+            anti_entropy_chunk_bytes: 64 * 1024,
+            frontier_interval_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub deltas_enqueued: u64,
+    pub batches_sent: u64,
+    pub deltas_sent: u64,
+    pub deltas_resent: u64,
+    pub deltas_applied: u64,
+    pub deltas_duplicate: u64,
+    pub deltas_out_of_order_dropped: u64,
+    pub logs_dropped: u64,
+    pub deltas_abandoned: u64,
+    pub gc_runs: u64,
+    pub gc_dropped: u64,
+}
+
+/// A delta's rough wire size, for batch and log bounds (exact sizes would cost an encode).
+fn delta_bytes(d: &Delta) -> usize {
+    d.key.len() + d.state.heap_bytes() + 24
+}
+
+struct Outgoing {
+    peer: RegionId,
+    /// `(seq, delta, bytes)`, contiguous sequences starting at `acked + 1` (or `floor`).
+    log: VecDeque<(u64, Delta, usize)>,
+    log_bytes: usize,
+    next_seq: u64,
+    acked: u64,
+    /// Every sequence below this was acknowledged or abandoned.
+    floor: u64,
+    sent_upto: u64,
+    last_progress_ms: u64,
+    ack_due: bool,
+    frontier_due: bool,
+}
+
+struct Incoming {
+    epoch: u64,
+    acked: u64,
+    buffer: BTreeMap<u64, Delta>,
+    /// Deltas were skipped (abandoned log, restart): `seen` must not advance until a clean
+    /// anti-entropy round with this origin after `gap_clean_mark`.
+    gap: bool,
+    gap_clean_mark: u64,
+    seen: Hlc,
+}
+
+pub struct RegionLink {
+    region: RegionId,
+    epoch: u64,
+    cfg: LinkConfig,
+    out: Vec<Outgoing>,
+    inc: BTreeMap<RegionId, Incoming>,
+    /// Peers' last gossiped frontiers.
+    frontiers: BTreeMap<RegionId, BTreeMap<RegionId, Hlc>>,
+    own_seen: Hlc,
+    next_frontier_ms: u64,
+    max_seen_hlc: Hlc,
+    ae: AntiEntropy,
+    rr: usize,
+    stats: LinkStats,
+}
+
+impl RegionLink {
+    /// `epoch` must grow with every restart of this region's link (an incarnation number
+    /// kept by the shell), so peers can tell a fresh log from a stale one.
+    pub fn new(region: RegionId, peers: &[RegionId], epoch: u64, cfg: LinkConfig) -> RegionLink {
+        assert!(epoch > 0, "epochs start at 1");
+        assert!(!peers.contains(&region), "a region is not its own peer");
+        let ae = AntiEntropy::new(
+            region,
+            peers,
+            cfg.anti_entropy_interval_ms,
+            cfg.resend_timeout_ms,
+            cfg.anti_entropy_chunk_bytes,
+        );
+        let mut link = RegionLink {
+            region,
+            epoch,
+            out: peers
+                .iter()
+                .map(|&peer| Outgoing {
+                    peer,
+                    log: VecDeque::new(),
+                    log_bytes: 0,
+                    next_seq: 1,
+                    acked: 0,
+                    floor: 1,
+                    sent_upto: 0,
+                    last_progress_ms: 0,
+                    ack_due: false,
+                    frontier_due: false,
+                })
+                .collect(),
+            inc: BTreeMap::new(),
+            frontiers: BTreeMap::new(),
+            own_seen: Hlc::ZERO,
+            next_frontier_ms: 0,
+            max_seen_hlc: Hlc::ZERO,
+            ae,
+            rr: 0,
+            stats: LinkStats::default(),
+            cfg,
+        };
+        if epoch > 1 {
+            // A restarted region lost its unshipped log: repair both ways by digests.
+            for &p in peers {
+                link.ae.request(p);
+            }
+        }
+        link
+    }
+
+    pub fn region(&self) -> RegionId {
+        self.region
+    }
+
+    pub fn stats(&self) -> &LinkStats {
+        &self.stats
+    }
+
+    pub fn anti_entropy_stats(&self) -> &AntiEntropyStats {
+        self.ae.stats()
+    }
+
+    /// Greatest HLC received from peers: the shell folds it into its clock so that later
+    /// local writes are causally after what it has seen.
+    pub fn max_seen_hlc(&self) -> Hlc {
+        self.max_seen_hlc.max(self.ae.max_seen_hlc())
+    }
+
+    /// Deltas in the outgoing log for `peer` (not yet acknowledged).
+    pub fn backlog(&self, peer: RegionId) -> usize {
+        self.out
+            .iter()
+            .find(|o| o.peer == peer)
+            .map_or(0, |o| o.log.len())
+    }
+
+    /// Nothing to send or resend: every log acknowledged, no anti-entropy output queued.
+    pub fn is_idle(&self) -> bool {
+        self.out.iter().all(|o| o.log.is_empty() && !o.ack_due) && !self.ae.has_pending_output()
+    }
+
+    pub fn request_anti_entropy(&mut self, peer: RegionId) {
+        self.ae.request(peer);
+    }
+
+    /// Queue a local delta for every peer. A log that would exceed its bound is dropped and
+    /// its peer marked for anti-entropy.
+    pub fn enqueue(&mut self, _now_ms: u64, delta: Delta) {
+        debug_assert_eq!(
+            delta.stamp.region, self.region,
+            "only local deltas are shipped"
+        );
+        debug_assert!(
+            delta.stamp.hlc >= self.own_seen,
+            "local deltas come in HLC order"
+        );
+        self.own_seen = self.own_seen.max(delta.stamp.hlc);
+        self.stats.deltas_enqueued += 1;
+        let bytes = delta_bytes(&delta);
+        for o in self.out.iter_mut() {
+            let seq = o.next_seq;
+            o.next_seq += 1;
+            if o.log.len() + 1 > self.cfg.max_log_deltas
+                || o.log_bytes + bytes > self.cfg.max_log_bytes
+            {
+                self.stats.logs_dropped += 1;
+                self.stats.deltas_abandoned += o.log.len() as u64 + 1;
+                o.log.clear();
+                o.log_bytes = 0;
+                o.floor = o.next_seq;
+                o.acked = o.floor - 1;
+                o.sent_upto = o.acked;
+                self.ae.request(o.peer);
+                continue;
+            }
+            o.log_bytes += bytes;
+            o.log.push_back((seq, delta.clone(), bytes));
+        }
+    }
+
+    pub fn enqueue_all(&mut self, now_ms: u64, deltas: impl IntoIterator<Item = Delta>) {
+        for d in deltas {
+            self.enqueue(now_ms, d);
+        }
+    }
+
+    pub fn handle_frame<S: ReplicaStore + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        from: RegionId,
+        frame: Frame,
+        store: &mut S,
+    ) {
+        match frame {
+            Frame::Batch(b) => self.handle_batch(from, b, store),
+            Frame::Ack(a) => self.handle_ack(now_ms, from, a),
+            Frame::Frontier(f) => {
+                if self.out.iter().any(|o| o.peer == from) {
+                    self.frontiers.insert(from, f.seen.into_iter().collect());
+                }
+            }
+            Frame::AeDigests(d) => self.ae.handle_digests(from, &d, store),
+            Frame::AeKeys(k) => {
+                self.ae.handle_keys(from, &k, store);
+                self.close_gaps();
+            }
+            Frame::AeEntries(e) => self.ae.handle_entries(from, &e, store),
+        }
+    }
+
+    fn close_gaps(&mut self) {
+        for (origin, inc) in self.inc.iter_mut() {
+            if inc.gap && self.ae.clean_rounds(*origin) > inc.gap_clean_mark {
+                inc.gap = false;
+            }
+        }
+    }
+
+    fn handle_batch<S: ReplicaStore + ?Sized>(&mut self, from: RegionId, b: Batch, store: &mut S) {
+        // No relaying: a peer only ships its own writes.
+        if b.origin != from || !self.out.iter().any(|o| o.peer == from) {
+            return;
+        }
+        let clean_mark = self.ae.clean_rounds(from);
+        let inc = self.inc.entry(b.origin).or_insert(Incoming {
+            epoch: 0,
+            acked: 0,
+            buffer: BTreeMap::new(),
+            gap: false,
+            gap_clean_mark: 0,
+            seen: Hlc::ZERO,
+        });
+        if b.epoch < inc.epoch {
+            return; // a previous incarnation's batch
+        }
+        if b.epoch > inc.epoch {
+            // First contact with this incarnation. Anything but a first-ever log from
+            // sequence 1 may hide writes we never got.
+            let fresh = inc.epoch == 0 && b.epoch == 1 && b.floor == 1;
+            *inc = Incoming {
+                epoch: b.epoch,
+                acked: 0,
+                buffer: BTreeMap::new(),
+                gap: !fresh,
+                gap_clean_mark: clean_mark,
+                seen: inc.seen,
+            };
+        }
+        if b.floor > inc.acked + 1 {
+            inc.acked = b.floor - 1;
+            inc.gap = true;
+            inc.gap_clean_mark = clean_mark;
+            let keep = inc.buffer.split_off(&b.floor);
+            inc.buffer = keep;
+        }
+        for (i, d) in b.deltas.into_iter().enumerate() {
+            let seq = b.first_seq + i as u64;
+            if seq <= inc.acked {
+                self.stats.deltas_duplicate += 1;
+            } else if seq == inc.acked + 1 {
+                apply(&mut self.stats, &mut self.max_seen_hlc, inc, &d, store);
+                inc.acked = seq;
+                while let Some(d) = inc.buffer.remove(&(inc.acked + 1)) {
+                    apply(&mut self.stats, &mut self.max_seen_hlc, inc, &d, store);
+                    inc.acked += 1;
+                }
+            } else if seq - inc.acked <= self.cfg.reorder_buffer_deltas {
+                inc.buffer.entry(seq).or_insert(d);
+            } else {
+                self.stats.deltas_out_of_order_dropped += 1;
+            }
+        }
+        if let Some(o) = self.out.iter_mut().find(|o| o.peer == from) {
+            o.ack_due = true;
+        }
+
+        fn apply<S: ReplicaStore + ?Sized>(
+            stats: &mut LinkStats,
+            max_seen: &mut Hlc,
+            inc: &mut Incoming,
+            d: &Delta,
+            store: &mut S,
+        ) {
+            store.apply_delta(d);
+            stats.deltas_applied += 1;
+            *max_seen = (*max_seen).max(d.state.max_hlc()).max(d.stamp.hlc);
+            if !inc.gap {
+                inc.seen = inc.seen.max(d.stamp.hlc);
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, now_ms: u64, from: RegionId, a: Ack) {
+        if a.origin != self.region || a.epoch != self.epoch {
+            return;
+        }
+        let Some(o) = self.out.iter_mut().find(|o| o.peer == from) else {
+            return;
+        };
+        if a.seq <= o.acked || a.seq >= o.next_seq {
+            return;
+        }
+        while o.log.front().is_some_and(|(s, _, _)| *s <= a.seq) {
+            let (_, _, bytes) = o.log.pop_front().expect("checked");
+            o.log_bytes -= bytes;
+        }
+        o.acked = a.seq;
+        o.sent_upto = o.sent_upto.max(a.seq);
+        o.last_progress_ms = now_ms;
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        for o in self.out.iter_mut() {
+            if o.sent_upto > o.acked
+                && now_ms
+                    >= o.last_progress_ms
+                        .saturating_add(self.cfg.resend_timeout_ms)
+            {
+                self.stats.deltas_resent += o.sent_upto - o.acked;
+                o.sent_upto = o.acked;
+            }
+        }
+        if now_ms >= self.next_frontier_ms {
+            self.next_frontier_ms = now_ms + self.cfg.frontier_interval_ms;
+            for o in self.out.iter_mut() {
+                o.frontier_due = true;
+            }
+        }
+        self.ae.handle_timeout(now_ms);
+    }
+
+    /// Earliest time `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let resend = self
+            .out
+            .iter()
+            .filter(|o| o.sent_upto > o.acked)
+            .map(|o| o.last_progress_ms + self.cfg.resend_timeout_ms)
+            .min();
+        [resend, Some(self.next_frontier_ms), self.ae.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Start due anti-entropy rounds (reads slot digests from the store).
+    pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+        self.ae.start_due(now_ms, store);
+    }
+
+    /// Next frame to send, round-robin over peers: acks first, then frontier gossip and
+    /// anti-entropy, then delta batches.
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Option<(RegionId, Frame)> {
+        let n = self.out.len();
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let o = &mut self.out[i];
+            if o.ack_due {
+                o.ack_due = false;
+                let Some(inc) = self.inc.get(&o.peer) else {
+                    continue;
+                };
+                return Some((
+                    o.peer,
+                    Frame::Ack(Ack {
+                        origin: o.peer,
+                        epoch: inc.epoch,
+                        seq: inc.acked,
+                    }),
+                ));
+            }
+            if o.frontier_due {
+                o.frontier_due = false;
+                return Some((
+                    o.peer,
+                    Frame::Frontier(Frontier {
+                        seen: self.seen_vector(),
+                    }),
+                ));
+            }
+        }
+        if let Some(x) = self.ae.poll_transmit() {
+            return Some(x);
+        }
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let o = &mut self.out[i];
+            let in_flight = o.sent_upto - o.acked;
+            let Some(&(front_seq, _, _)) = o.log.front() else {
+                continue;
+            };
+            if in_flight as usize >= self.cfg.window_deltas || o.sent_upto + 1 >= o.next_seq {
+                continue;
+            }
+            let first_seq = o.sent_upto + 1;
+            debug_assert!(first_seq >= front_seq);
+            let start = (first_seq - front_seq) as usize;
+            let room = (self.cfg.window_deltas - in_flight as usize).min(self.cfg.max_batch_deltas);
+            let mut deltas = Vec::new();
+            let mut bytes = 0;
+            for (_, d, b) in o.log.iter().skip(start).take(room) {
+                if !deltas.is_empty() && bytes + b > self.cfg.max_batch_bytes {
+                    break;
+                }
+                bytes += b;
+                deltas.push(d.clone());
+            }
+            if deltas.is_empty() {
+                continue;
+            }
+            if o.sent_upto == o.acked {
+                o.last_progress_ms = now_ms;
+            }
+            o.sent_upto += deltas.len() as u64;
+            self.stats.batches_sent += 1;
+            self.stats.deltas_sent += deltas.len() as u64;
+            self.rr = (i + 1) % n;
+            return Some((
+                o.peer,
+                Frame::Batch(Batch {
+                    origin: self.region,
+                    epoch: self.epoch,
+                    floor: o.floor,
+                    first_seq,
+                    deltas,
+                }),
+            ));
+        }
+        None
+    }
+
+    /// This region's view: per origin, an HLC below which it holds every write.
+    fn seen_vector(&self) -> Vec<(RegionId, Hlc)> {
+        let mut v = vec![(self.region, self.own_seen)];
+        for o in &self.out {
+            let seen = self.inc.get(&o.peer).map_or(Hlc::ZERO, |i| i.seen);
+            v.push((o.peer, seen));
+        }
+        v
+    }
+
+    /// Per origin, the HLC every region (this one and every peer's last gossip) has seen.
+    pub fn stable_frontier(&self) -> BTreeMap<RegionId, Hlc> {
+        let mut stable: BTreeMap<RegionId, Hlc> = self.seen_vector().into_iter().collect();
+        for o in &self.out {
+            let theirs = self.frontiers.get(&o.peer);
+            for (origin, h) in stable.iter_mut() {
+                let t = theirs
+                    .and_then(|f| f.get(origin))
+                    .copied()
+                    .unwrap_or(Hlc::ZERO);
+                *h = (*h).min(t);
+            }
+        }
+        stable
+    }
+
+    /// Drop tombstone metadata that is causally stable. Returns entries dropped.
+    pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
+        let stable = self.stable_frontier();
+        if stable.values().all(|h| *h == Hlc::ZERO) {
+            return 0;
+        }
+        let dropped = store.gc(&|r| stable.get(&r).copied().unwrap_or(Hlc::ZERO));
+        self.stats.gc_runs += 1;
+        self.stats.gc_dropped += dropped as u64;
+        dropped
+    }
+}

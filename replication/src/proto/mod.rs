@@ -1,0 +1,4 @@
+//! Protocol state machines (sans-IO).
+
+pub mod anti_entropy;
+pub mod link;

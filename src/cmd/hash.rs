@@ -1,0 +1,239 @@
+//! Hash commands over the OR-map: each field is an LWW register, or a counter after
+//! HINCRBY; HDEL is an observed remove, so a concurrent HSET elsewhere keeps its field.
+
+use super::*;
+use crate::util::{format_float, parse_float};
+use meridian_crdt::{OrMap, Str, StrValue};
+
+pub fn specs() -> Vec<Spec> {
+    vec![
+        spec!("hset", -4, WRITE | DENYOOM | FAST, 1, 1, 1, hset),
+        spec!("hmset", -4, WRITE | DENYOOM | FAST, 1, 1, 1, hmset),
+        spec!("hsetnx", 4, WRITE | DENYOOM | FAST, 1, 1, 1, hsetnx),
+        spec!("hget", 3, READONLY | FAST, 1, 1, 1, hget),
+        spec!("hmget", -3, READONLY | FAST, 1, 1, 1, hmget),
+        spec!("hdel", -3, WRITE | FAST, 1, 1, 1, hdel),
+        spec!("hgetall", 2, READONLY, 1, 1, 1, hgetall),
+        spec!("hkeys", 2, READONLY, 1, 1, 1, hkeys),
+        spec!("hvals", 2, READONLY, 1, 1, 1, hvals),
+        spec!("hlen", 2, READONLY | FAST, 1, 1, 1, hlen),
+        spec!("hexists", 3, READONLY | FAST, 1, 1, 1, hexists),
+        spec!("hstrlen", 3, READONLY | FAST, 1, 1, 1, hstrlen),
+        spec!("hincrby", 4, WRITE | DENYOOM | FAST, 1, 1, 1, hincrby),
+        spec!(
+            "hincrbyfloat",
+            4,
+            WRITE | DENYOOM | FAST,
+            1,
+            1,
+            1,
+            hincrbyfloat
+        ),
+    ]
+}
+
+fn with_hash<R>(
+    ctx: &mut Ctx,
+    key: &[u8],
+    f: impl FnOnce(&OrMap) -> R,
+) -> Result<Option<R>, Reply> {
+    match ctx.read(key) {
+        None => Ok(None),
+        Some(e) => match e.as_hash() {
+            Some(h) => Ok(Some(f(h))),
+            None => Err(wrongtype()),
+        },
+    }
+}
+
+fn check_hash(ctx: &mut Ctx, key: &[u8]) -> Result<(), Reply> {
+    match ctx.kind(key) {
+        None | Some(Kind::Hash) => Ok(()),
+        Some(_) => Err(wrongtype()),
+    }
+}
+
+fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
+    if a.len() % 2 != 0 {
+        return Err(arity(name));
+    }
+    check_hash(ctx, &a[1])?;
+    let added = ctx.write(&a[1], |w| {
+        let mut added = 0;
+        for fv in a[2..].chunks(2) {
+            let value = own(&fv[1]);
+            let was = w.entry().as_hash().is_some_and(|h| h.get(&fv[0]).is_some());
+            w.hash_update(&own(&fv[0]), |s, stamp| s.set(stamp, value));
+            added += i64::from(!was);
+        }
+        added
+    });
+    Ok(added)
+}
+
+fn hset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    flat(set_fields(ctx, a, "hset").map(Reply::Int))
+}
+
+fn hmset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    flat(set_fields(ctx, a, "hmset").map(|_| ok()))
+}
+
+fn hsetnx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_hash(ctx, &a[1], |h| h.get(&a[2]).is_some()) {
+        Err(e) => e,
+        Ok(Some(true)) => Reply::Int(0),
+        Ok(_) => {
+            let value = own(&a[3]);
+            ctx.write(&a[1], |w| {
+                w.hash_update(&own(&a[2]), |s, stamp| s.set(stamp, value))
+            });
+            Reply::Int(1)
+        }
+    }
+}
+
+fn field_bytes(h: &OrMap, f: &[u8]) -> Option<Bytes> {
+    h.get(f).and_then(Str::bytes)
+}
+
+fn hget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    flat(with_hash(ctx, &a[1], |h| field_bytes(h, &a[2])).map(|v| bulk_opt(v.flatten())))
+}
+
+fn hmget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_hash(ctx, &a[1], |h| {
+        a[2..].iter().map(|f| bulk_opt(field_bytes(h, f))).collect()
+    }) {
+        Err(e) => e,
+        Ok(Some(v)) => Reply::Array(v),
+        Ok(None) => Reply::Array(a[2..].iter().map(|_| Reply::Null).collect()),
+    }
+}
+
+fn hdel(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match ctx.kind(&a[1]) {
+        None => return Reply::Int(0),
+        Some(Kind::Hash) => {}
+        Some(_) => return wrongtype(),
+    }
+    let n = ctx.write(&a[1], |w| a[2..].iter().filter(|f| w.hdel(f)).count());
+    Reply::Int(n as i64)
+}
+
+fn hgetall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let resp3 = ctx.conn.resp3;
+    let pairs = match with_hash(ctx, &a[1], |h| {
+        h.fields()
+            .map(|(f, s)| (f.clone(), s.bytes().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    }) {
+        Err(e) => return e,
+        Ok(p) => p.unwrap_or_default(),
+    };
+    if resp3 {
+        Reply::Map(
+            pairs
+                .into_iter()
+                .map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v)))
+                .collect(),
+        )
+    } else {
+        Reply::Array(
+            pairs
+                .into_iter()
+                .flat_map(|(f, v)| [Reply::Bulk(f), Reply::Bulk(v)])
+                .collect(),
+        )
+    }
+}
+
+fn hkeys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_hash(ctx, &a[1], |h| {
+        h.fields().map(|(f, _)| Reply::Bulk(f.clone())).collect()
+    }) {
+        Err(e) => e,
+        Ok(v) => Reply::Array(v.unwrap_or_default()),
+    }
+}
+
+fn hvals(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_hash(ctx, &a[1], |h| {
+        h.fields()
+            .map(|(_, s)| Reply::Bulk(s.bytes().unwrap_or_default()))
+            .collect()
+    }) {
+        Err(e) => e,
+        Ok(v) => Reply::Array(v.unwrap_or_default()),
+    }
+}
+
+fn hlen(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    flat(with_hash(ctx, &a[1], |h| h.len()).map(|n| Reply::Int(n.unwrap_or(0) as i64)))
+}
+
+fn hexists(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    flat(
+        with_hash(ctx, &a[1], |h| h.get(&a[2]).is_some())
+            .map(|v| Reply::Int(i64::from(v.unwrap_or(false)))),
+    )
+}
+
+fn hstrlen(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    flat(
+        with_hash(ctx, &a[1], |h| h.get(&a[2]).map_or(0, Str::len))
+            .map(|n| Reply::Int(n.unwrap_or(0) as i64)),
+    )
+}
+
+fn hincrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let Some(by) = crate::util::parse_int(&a[3]) else {
+        return not_int();
+    };
+    let current = match with_hash(ctx, &a[1], |h| h.get(&a[2]).map(Str::integer)) {
+        Err(e) => return e,
+        Ok(v) => v.flatten(),
+    };
+    let current = match current {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return err("ERR hash value is not an integer"),
+    };
+    if current.checked_add(by).is_none() {
+        return err("ERR increment or decrement would overflow");
+    }
+    match ctx.write(&a[1], |w| {
+        w.hash_update(&own(&a[2]), |s, stamp| s.incr_by(stamp, by))
+    }) {
+        Ok(n) => Reply::Int(n),
+        Err(e) => crdt_err(e),
+    }
+}
+
+fn hincrbyfloat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let Some(by) = parse_float(&a[3]) else {
+        return not_float();
+    };
+    let current = match with_hash(ctx, &a[1], |h| h.get(&a[2]).and_then(Str::value)) {
+        Err(e) => return e,
+        Ok(v) => v.flatten(),
+    };
+    let current = match current {
+        None => 0.0,
+        Some(StrValue::Int(n)) => n as f64,
+        Some(StrValue::Bytes(b)) => match parse_float(&b) {
+            Some(f) => f,
+            None => return err("ERR hash value is not a float"),
+        },
+    };
+    let next = current + by;
+    if !next.is_finite() {
+        return err("ERR increment would produce NaN or Infinity");
+    }
+    let s = Bytes::from(format_float(next));
+    let v = s.clone();
+    ctx.write(&a[1], |w| {
+        w.hash_update(&own(&a[2]), |f, stamp| f.set(stamp, v))
+    });
+    bulk(s)
+}

@@ -1,0 +1,375 @@
+//! Keyspace commands: DEL/EXISTS/TYPE/RENAME, TTLs, SCAN/KEYS, DBSIZE, FLUSH*.
+//! DEL is an observed remove (a concurrent write elsewhere survives); expiry is local and
+//! never replicates as a DEL.
+
+use super::*;
+use crate::util::glob_match;
+use meridian_crdt::{key_slot, Val, SLOT_COUNT};
+
+pub fn specs() -> Vec<Spec> {
+    vec![
+        spec!("del", -2, WRITE, 1, -1, 1, del),
+        spec!("unlink", -2, WRITE | FAST, 1, -1, 1, del),
+        spec!("exists", -2, READONLY | FAST, 1, -1, 1, exists),
+        spec!("touch", -2, READONLY | FAST, 1, -1, 1, exists),
+        spec!("type", 2, READONLY | FAST, 1, 1, 1, type_),
+        spec!("rename", 3, WRITE | ALL_SHARDS, 1, 2, 1, rename),
+        spec!("renamenx", 3, WRITE | ALL_SHARDS | FAST, 1, 2, 1, renamenx),
+        spec!("expire", -3, WRITE | FAST, 1, 1, 1, expire),
+        spec!("pexpire", -3, WRITE | FAST, 1, 1, 1, pexpire),
+        spec!("expireat", -3, WRITE | FAST, 1, 1, 1, expireat),
+        spec!("pexpireat", -3, WRITE | FAST, 1, 1, 1, pexpireat),
+        spec!("ttl", 2, READONLY | FAST, 1, 1, 1, ttl),
+        spec!("pttl", 2, READONLY | FAST, 1, 1, 1, pttl),
+        spec!("expiretime", 2, READONLY | FAST, 1, 1, 1, expiretime),
+        spec!("pexpiretime", 2, READONLY | FAST, 1, 1, 1, pexpiretime),
+        spec!("persist", 2, WRITE | FAST, 1, 1, 1, persist),
+        spec!("scan", -2, READONLY, 0, 0, 0, scan),
+        spec!("keys", 2, READONLY, 0, 0, 0, keys),
+        spec!("dbsize", 1, READONLY | FAST, 0, 0, 0, dbsize),
+        spec!("randomkey", 1, READONLY, 0, 0, 0, randomkey),
+        spec!("flushdb", -1, WRITE, 0, 0, 0, flushall),
+        spec!("flushall", -1, WRITE, 0, 0, 0, flushall),
+    ]
+}
+
+fn del(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let mut n = 0;
+    for k in &a[1..] {
+        if ctx.lookup(k).is_some() && ctx.write(k, |w| w.delete()) {
+            n += 1;
+        }
+    }
+    Reply::Int(n)
+}
+
+fn exists(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let mut n = 0;
+    for k in &a[1..] {
+        n += i64::from(ctx.lookup(k).is_some());
+    }
+    Reply::Int(n)
+}
+
+fn type_(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let name = ctx.kind(&a[1]).map_or("none", Kind::name);
+    Reply::Simple(Cow::Borrowed(name))
+}
+
+/// Copy the visible value of `from` into a fresh key `to` (rename = delete + create).
+fn rename_generic(ctx: &mut Ctx, a: &[Bytes], nx: bool) -> Reply {
+    let (from, to) = (&a[1], &a[2]);
+    let Some(entry) = ctx.lookup(from).cloned() else {
+        return err("ERR no such key");
+    };
+    if from == to {
+        return if nx { Reply::Int(0) } else { ok() };
+    }
+    if nx && ctx.lookup(to).is_some() {
+        return Reply::Int(0);
+    }
+    let deadline = entry.deadline_ms();
+    if ctx.lookup(to).is_some() {
+        ctx.write(to, |w| w.delete());
+    }
+    ctx.write(to, |w| {
+        match entry.visible() {
+            Some(Val::Str(s)) => w.set_str(s.bytes().unwrap_or_default(), false),
+            Some(Val::Set(s)) => {
+                for m in s.members() {
+                    w.sadd(m);
+                }
+            }
+            Some(Val::Hash(h)) => {
+                for (f, s) in h.fields() {
+                    let v = s.bytes().unwrap_or_default();
+                    w.hash_update(f, |fs, stamp| fs.set(stamp, v));
+                }
+            }
+            None => {}
+        }
+        if deadline.is_some() {
+            w.set_deadline(deadline);
+        }
+    });
+    ctx.write(from, |w| w.delete());
+    if nx {
+        Reply::Int(1)
+    } else {
+        ok()
+    }
+}
+
+fn rename(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    rename_generic(ctx, a, false)
+}
+
+fn renamenx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    rename_generic(ctx, a, true)
+}
+
+fn expire_generic(
+    ctx: &mut Ctx,
+    a: &[Bytes],
+    unit_ms: u64,
+    absolute: bool,
+    cmd: &'static str,
+) -> Reply {
+    let Some(n) = crate::util::parse_int(&a[2]) else {
+        return not_int();
+    };
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for o in &a[3..] {
+        if o.eq_ignore_ascii_case(b"nx") {
+            nx = true;
+        } else if o.eq_ignore_ascii_case(b"xx") {
+            xx = true;
+        } else if o.eq_ignore_ascii_case(b"gt") {
+            gt = true;
+        } else if o.eq_ignore_ascii_case(b"lt") {
+            lt = true;
+        } else {
+            return err_owned(format!(
+                "ERR Unsupported option {}",
+                String::from_utf8_lossy(o)
+            ));
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return err("ERR NX and XX, GT or LT options at the same time are not compatible");
+    }
+    if gt && lt {
+        return err("ERR GT and LT options at the same time are not compatible");
+    }
+    let invalid = || err_owned(format!("ERR invalid expire time in '{cmd}' command"));
+    let Some(scaled) = n.checked_mul(unit_ms as i64) else {
+        return invalid();
+    };
+    let deadline = if absolute {
+        Some(scaled)
+    } else {
+        scaled.checked_add(ctx.now_ms as i64)
+    };
+    let Some(deadline) = deadline else {
+        return invalid();
+    };
+    let current = match ctx.lookup(&a[1]) {
+        None => return Reply::Int(0),
+        Some(e) => e.deadline_ms(),
+    };
+    if (nx && current.is_some()) || (xx && current.is_none()) {
+        return Reply::Int(0);
+    }
+    if gt && current.is_none_or(|c| deadline <= c as i64) {
+        return Reply::Int(0);
+    }
+    if lt && current.is_some_and(|c| deadline >= c as i64) {
+        return Reply::Int(0);
+    }
+    if deadline <= ctx.now_ms as i64 {
+        ctx.write(&a[1], |w| w.delete());
+    } else if deadline >= (1i64 << 47) {
+        return invalid();
+    } else {
+        ctx.write(&a[1], |w| w.set_deadline(Some(deadline as u64)));
+    }
+    Reply::Int(1)
+}
+
+fn expire(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    expire_generic(ctx, a, 1000, false, "expire")
+}
+
+fn pexpire(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    expire_generic(ctx, a, 1, false, "pexpire")
+}
+
+fn expireat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    expire_generic(ctx, a, 1000, true, "expireat")
+}
+
+fn pexpireat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    expire_generic(ctx, a, 1, true, "pexpireat")
+}
+
+/// -2 absent, -1 no TTL, else the deadline.
+fn deadline_of(ctx: &mut Ctx, key: &[u8]) -> Result<u64, i64> {
+    match ctx.lookup(key) {
+        None => Err(-2),
+        Some(e) => e.deadline_ms().ok_or(-1),
+    }
+}
+
+fn ttl(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let now = ctx.now_ms;
+    Reply::Int(
+        deadline_of(ctx, &a[1])
+            .map_or_else(|c| c, |d| ((d.saturating_sub(now) + 500) / 1000) as i64),
+    )
+}
+
+fn pttl(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let now = ctx.now_ms;
+    Reply::Int(deadline_of(ctx, &a[1]).map_or_else(|c| c, |d| d.saturating_sub(now) as i64))
+}
+
+fn expiretime(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    Reply::Int(deadline_of(ctx, &a[1]).map_or_else(|c| c, |d| (d / 1000) as i64))
+}
+
+fn pexpiretime(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    Reply::Int(deadline_of(ctx, &a[1]).map_or_else(|c| c, |d| d as i64))
+}
+
+fn persist(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match deadline_of(ctx, &a[1]) {
+        Ok(_) => {
+            ctx.write(&a[1], |w| w.set_deadline(None));
+            Reply::Int(1)
+        }
+        Err(_) => Reply::Int(0),
+    }
+}
+
+/// Keys of one slot that pass the filters.
+fn collect_slot(
+    ctx: &mut Ctx,
+    slot: u16,
+    pattern: Option<&[u8]>,
+    kind: Option<&[u8]>,
+    out: &mut Vec<Reply>,
+) {
+    let now = ctx.now_ms;
+    let idx = crate::store::shard_of(slot);
+    let mut visit = |shard: &mut crate::store::Shard| {
+        for (k, e) in shard.ks.slot_keys(slot, now) {
+            if pattern.is_some_and(|p| !glob_match(p, k, false)) {
+                continue;
+            }
+            if kind.is_some_and(|t| {
+                !e.kind()
+                    .is_some_and(|k| t.eq_ignore_ascii_case(k.name().as_bytes()))
+            }) {
+                continue;
+            }
+            out.push(Reply::Bulk(k.clone()));
+        }
+    };
+    match &mut ctx.locks {
+        Locks::All(g) => visit(&mut g[idx]),
+        _ => visit(&mut ctx.store.shard(idx)),
+    }
+}
+
+fn scan(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let Some(cursor) = std::str::from_utf8(&a[1])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return err("ERR invalid cursor");
+    };
+    let (mut pattern, mut count, mut kind) = (None, 10usize, None);
+    let mut i = 2;
+    while i < a.len() {
+        if i + 1 >= a.len() {
+            return syntax();
+        }
+        let o = &a[i];
+        if o.eq_ignore_ascii_case(b"match") {
+            pattern = Some(a[i + 1].as_ref());
+        } else if o.eq_ignore_ascii_case(b"count") {
+            match crate::util::parse_int(&a[i + 1]) {
+                Some(n) if n >= 1 => count = n as usize,
+                Some(_) => return syntax(),
+                None => return not_int(),
+            }
+        } else if o.eq_ignore_ascii_case(b"type") {
+            kind = Some(a[i + 1].as_ref());
+        } else {
+            return syntax();
+        }
+        i += 2;
+    }
+    let mut out = Vec::new();
+    let mut slot = cursor.min(SLOT_COUNT as u64) as usize;
+    let mut visited_slots = 0;
+    while slot < SLOT_COUNT {
+        collect_slot(ctx, slot as u16, pattern, kind, &mut out);
+        slot += 1;
+        visited_slots += 1;
+        // COUNT bounds the work: keys found, or an equivalent number of (empty) slots.
+        if out.len() >= count || visited_slots >= count.saturating_mul(10) {
+            break;
+        }
+    }
+    let next = if slot >= SLOT_COUNT { 0 } else { slot };
+    Reply::Array(vec![
+        Reply::Bulk(Bytes::from(next.to_string())),
+        Reply::Array(out),
+    ])
+}
+
+fn keys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let now = ctx.now_ms;
+    let pattern = a[1].clone();
+    let mut out = Vec::new();
+    ctx.each_shard(|shard| {
+        for slot in 0..SLOT_COUNT as u16 {
+            if shard.ks.slot_len(slot) == 0 {
+                continue;
+            }
+            for (k, _) in shard.ks.slot_keys(slot, now) {
+                if glob_match(&pattern, k, false) {
+                    out.push(Reply::Bulk(k.clone()));
+                }
+            }
+        }
+    });
+    Reply::Array(out)
+}
+
+fn dbsize(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    let mut n = 0;
+    ctx.each_shard(|s| n += s.ks.len());
+    Reply::Int(n as i64)
+}
+
+fn randomkey(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    let r = ctx.conn.random();
+    let now = ctx.now_ms;
+    let shards = crate::store::SHARDS;
+    let start = (r % shards as u64) as usize;
+    for i in 0..shards {
+        let idx = (start + i) % shards;
+        let found = match &mut ctx.locks {
+            Locks::All(g) => g[idx].ks.random_key(r.rotate_left(13), now),
+            _ => ctx.store.shard(idx).ks.random_key(r.rotate_left(13), now),
+        };
+        if found.is_some() {
+            return bulk_opt(found);
+        }
+    }
+    Reply::Null
+}
+
+fn flushall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    if a.len() > 2
+        || a.get(1)
+            .is_some_and(|o| !o.eq_ignore_ascii_case(b"async") && !o.eq_ignore_ascii_case(b"sync"))
+    {
+        return syntax();
+    }
+    let store = ctx.store;
+    let now = ctx.now_ms;
+    ctx.each_shard(|shard| {
+        shard.ks.delete_all(&mut || store.stamp(now), now);
+        shard.after_write(&store.stats);
+        shard.touch_all_watched();
+    });
+    ok()
+}
+
+/// Slot of a key, for CLUSTER KEYSLOT and friends.
+pub fn slot_of(key: &[u8]) -> u16 {
+    key_slot(key)
+}

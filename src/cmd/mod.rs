@@ -1,0 +1,343 @@
+//! The command layer: one family per file, each handler parses its arguments, applies them
+//! to the keyspace through [`Ctx`] and returns a [`Reply`] — nothing else (mini-redis shape).
+//!
+//! The dispatcher looks a command up in a static table ([`Spec`]: arity, flags, key
+//! positions), checks arity, answers -OOM for writes when memory cannot be freed, locks the
+//! shards of the command's keys (ascending order, so deadlock-free) and calls the handler.
+
+pub mod cluster;
+pub mod hash;
+pub mod keys;
+pub mod server;
+pub mod set;
+pub mod string;
+
+use crate::frame::Reply;
+use crate::server::Shared;
+use crate::store::{key_shard, Shard, Store};
+use bytes::Bytes;
+use meridian_crdt::{CrdtError, Entry, EntryWriter, Kind};
+use parking_lot::MutexGuard;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+pub type Handler = fn(&mut Ctx, &[Bytes]) -> Reply;
+
+pub const WRITE: u32 = 1;
+pub const READONLY: u32 = 2;
+pub const DENYOOM: u32 = 4;
+pub const FAST: u32 = 8;
+pub const ADMIN: u32 = 16;
+/// Lock every shard (multi-key atomicity, or iterate the whole keyspace).
+pub const ALL_SHARDS: u32 = 32;
+/// Not allowed inside MULTI (handled by the connection).
+pub const NO_MULTI: u32 = 64;
+pub const LOADING: u32 = 128;
+pub const STALE: u32 = 256;
+
+pub struct Spec {
+    pub name: &'static str,
+    /// Redis arity: exact if positive, minimum if negative (counting the name).
+    pub arity: i32,
+    pub flags: u32,
+    pub first_key: i32,
+    pub last_key: i32,
+    pub step: i32,
+    pub handler: Handler,
+}
+
+impl Spec {
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i32;
+        if self.arity >= 0 {
+            argc == self.arity
+        } else {
+            argc >= -self.arity
+        }
+    }
+
+    /// Indices of key arguments in `args` (args[0] is the command name).
+    pub fn key_indices(&self, argc: usize) -> impl Iterator<Item = usize> {
+        let first = self.first_key.max(0) as usize;
+        let last = if self.last_key < 0 {
+            (argc as i32 + self.last_key).max(0) as usize
+        } else {
+            self.last_key as usize
+        };
+        let step = self.step.max(1) as usize;
+        let valid = self.first_key > 0;
+        (first..=last.min(argc.saturating_sub(1)))
+            .step_by(step)
+            .filter(move |_| valid)
+    }
+
+    pub fn flag_names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.flags & WRITE != 0 {
+            v.push("write");
+        }
+        if self.flags & READONLY != 0 {
+            v.push("readonly");
+        }
+        if self.flags & DENYOOM != 0 {
+            v.push("denyoom");
+        }
+        if self.flags & ADMIN != 0 {
+            v.push("admin");
+        }
+        if self.flags & FAST != 0 {
+            v.push("fast");
+        }
+        if self.flags & LOADING != 0 {
+            v.push("loading");
+        }
+        if self.flags & STALE != 0 {
+            v.push("stale");
+        }
+        v
+    }
+}
+
+static TABLE: OnceLock<HashMap<&'static [u8], Spec>> = OnceLock::new();
+
+pub fn table() -> &'static HashMap<&'static [u8], Spec> {
+    TABLE.get_or_init(|| {
+        let mut m = HashMap::new();
+        for spec in string::specs()
+            .into_iter()
+            .chain(set::specs())
+            .chain(hash::specs())
+            .chain(keys::specs())
+            .chain(server::specs())
+            .chain(cluster::specs())
+        {
+            m.insert(spec.name.as_bytes(), spec);
+        }
+        m
+    })
+}
+
+/// Look a command up by name, case-insensitively, without allocating.
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    let mut buf = [0u8; 32];
+    if name.len() > buf.len() {
+        return None;
+    }
+    for (d, s) in buf.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    table().get(&buf[..name.len()])
+}
+
+/// Per-connection state the commands see.
+pub struct ConnState {
+    pub id: u64,
+    pub addr: String,
+    pub name: Option<Bytes>,
+    pub resp3: bool,
+    pub created_ms: u64,
+    pub last_cmd: &'static str,
+    pub multi: Option<Vec<Vec<Bytes>>>,
+    pub multi_error: bool,
+    pub watched: Vec<(Bytes, u64)>,
+    /// Reply then close (QUIT, protocol errors).
+    pub close: bool,
+    pub rng: u64,
+}
+
+impl ConnState {
+    pub fn new(id: u64, addr: String, created_ms: u64) -> ConnState {
+        ConnState {
+            id,
+            addr,
+            name: None,
+            resp3: false,
+            created_ms,
+            last_cmd: "NULL",
+            multi: None,
+            multi_error: false,
+            watched: Vec::new(),
+            close: false,
+            rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+        }
+    }
+
+    pub fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+}
+
+pub enum Locks<'s> {
+    None,
+    Some(Vec<(usize, MutexGuard<'s, Shard>)>),
+    All(Vec<MutexGuard<'s, Shard>>),
+}
+
+pub struct Ctx<'s, 'c> {
+    pub store: &'s Store,
+    pub shared: &'s Shared,
+    pub conn: &'c mut ConnState,
+    pub now_ms: u64,
+    pub locks: Locks<'s>,
+}
+
+impl<'s, 'c> Ctx<'s, 'c> {
+    /// The (already locked) shard holding `key`.
+    pub fn shard(&mut self, key: &[u8]) -> &mut Shard {
+        let idx = key_shard(key);
+        if matches!(self.locks, Locks::None) {
+            self.locks = Locks::Some(Vec::with_capacity(1));
+        }
+        match &mut self.locks {
+            Locks::All(g) => &mut g[idx],
+            Locks::Some(v) => {
+                let pos = match v.iter().position(|(i, _)| *i == idx) {
+                    Some(p) => p,
+                    None => {
+                        // Keyless commands lock on demand; keyed ones were locked up front.
+                        v.push((idx, self.store.shard(idx)));
+                        v.len() - 1
+                    }
+                };
+                &mut v[pos].1
+            }
+            Locks::None => unreachable!("replaced above"),
+        }
+    }
+
+    /// Visit every shard (locked one at a time unless all are already held).
+    pub fn each_shard(&mut self, mut f: impl FnMut(&mut Shard)) {
+        match &mut self.locks {
+            Locks::All(g) => g.iter_mut().for_each(|s| f(s)),
+            _ => {
+                for i in 0..crate::store::SHARDS {
+                    f(&mut self.store.shard(i));
+                }
+            }
+        }
+    }
+
+    /// Lookup for reading: reclaims expired keys, counts hits and misses.
+    pub fn read(&mut self, key: &[u8]) -> Option<&Entry> {
+        let now = self.now_ms;
+        let stats = &self.store.stats;
+        let e = self.shard(key).ks.get(key, now);
+        let counter = if e.is_some() {
+            &stats.hits
+        } else {
+            &stats.misses
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e
+    }
+
+    /// Lookup without touching hit/miss statistics (existence checks inside writes).
+    pub fn lookup(&mut self, key: &[u8]) -> Option<&Entry> {
+        let now = self.now_ms;
+        self.shard(key).ks.get(key, now)
+    }
+
+    pub fn kind(&mut self, key: &[u8]) -> Option<Kind> {
+        self.lookup(key).and_then(Entry::kind)
+    }
+
+    /// Apply a local write to `key` and queue its delta.
+    pub fn write<R>(&mut self, key: &[u8], f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+        let now = self.now_ms;
+        let stamp = self.store.stamp(now);
+        let stats = &self.store.stats;
+        let shard = self.shard(key);
+        let r = shard.ks.write(key, stamp, now, f);
+        shard.after_write(stats);
+        r
+    }
+}
+
+// ---- replies and argument helpers shared by the families ----
+
+pub fn err(msg: &'static str) -> Reply {
+    Reply::Error(Cow::Borrowed(msg))
+}
+
+pub fn err_owned(msg: String) -> Reply {
+    Reply::Error(Cow::Owned(msg))
+}
+
+pub fn syntax() -> Reply {
+    err("ERR syntax error")
+}
+
+pub fn not_int() -> Reply {
+    err("ERR value is not an integer or out of range")
+}
+
+pub fn not_float() -> Reply {
+    err("ERR value is not a valid float")
+}
+
+pub fn wrongtype() -> Reply {
+    err("WRONGTYPE Operation against a key holding the wrong kind of value")
+}
+
+pub fn arity(name: &str) -> Reply {
+    err_owned(format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+pub fn crdt_err(e: CrdtError) -> Reply {
+    match e {
+        CrdtError::WrongType => wrongtype(),
+        CrdtError::NotInteger => not_int(),
+        CrdtError::Overflow => err("ERR increment or decrement would overflow"),
+    }
+}
+
+pub fn int_arg(b: &[u8]) -> Result<i64, Reply> {
+    crate::util::parse_int(b).ok_or_else(not_int)
+}
+
+pub fn bulk(b: Bytes) -> Reply {
+    Reply::Bulk(b)
+}
+
+pub fn bulk_opt(b: Option<Bytes>) -> Reply {
+    b.map_or(Reply::Null, Reply::Bulk)
+}
+
+pub fn ok() -> Reply {
+    Reply::Ok
+}
+
+/// Unwrap a `Result<Reply, Reply>` produced with `?` inside handlers.
+pub fn flat(r: Result<Reply, Reply>) -> Reply {
+    r.unwrap_or_else(|e| e)
+}
+
+/// Copy an argument into its own allocation before storing it: arguments are slices of the
+/// connection's read buffer, which must not be pinned by stored values.
+pub fn own(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
+macro_rules! spec {
+    ($name:expr, $arity:expr, $flags:expr, $first:expr, $last:expr, $step:expr, $handler:expr) => {
+        $crate::cmd::Spec {
+            name: $name,
+            arity: $arity,
+            flags: $flags,
+            first_key: $first,
+            last_key: $last,
+            step: $step,
+            handler: $handler,
+        }
+    };
+}
+pub(crate) use spec;

@@ -1,0 +1,580 @@
+//! Connection and server commands: PING, HELLO, CLIENT, COMMAND, CONFIG, INFO, TIME, and the
+//! table entries of the transaction commands (executed by the connection itself).
+
+use super::*;
+use crate::memory;
+use meridian_crdt::EvictionPolicy;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+pub fn specs() -> Vec<Spec> {
+    vec![
+        spec!("ping", -1, FAST | STALE, 0, 0, 0, ping),
+        spec!("echo", 2, FAST, 0, 0, 0, echo),
+        spec!("hello", -1, FAST | NO_MULTI | STALE, 0, 0, 0, hello),
+        spec!("auth", -2, FAST | NO_MULTI, 0, 0, 0, auth),
+        spec!("quit", -1, FAST, 0, 0, 0, quit),
+        spec!("reset", 1, FAST | NO_MULTI, 0, 0, 0, reset),
+        spec!("select", 2, FAST, 0, 0, 0, select),
+        spec!("command", -1, STALE, 0, 0, 0, command),
+        spec!("client", -2, ADMIN, 0, 0, 0, client),
+        spec!("config", -2, ADMIN, 0, 0, 0, config),
+        spec!("info", -1, STALE, 0, 0, 0, info),
+        spec!("time", 1, FAST, 0, 0, 0, time),
+        spec!("lastsave", 1, FAST, 0, 0, 0, lastsave),
+        spec!("meridian", -2, ADMIN, 0, 0, 0, meridian),
+        spec!("multi", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
+        spec!("exec", 1, NO_MULTI, 0, 0, 0, in_connection),
+        spec!("discard", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
+        spec!("watch", -2, FAST | NO_MULTI, 1, -1, 1, in_connection),
+        spec!("unwatch", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
+    ]
+}
+
+/// MULTI/EXEC/DISCARD/WATCH/UNWATCH are run by the connection; reaching here is a bug.
+fn in_connection(_ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    err("ERR internal: transaction command dispatched outside the connection")
+}
+
+fn ping(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match a.len() {
+        1 => Reply::Simple(Cow::Borrowed("PONG")),
+        2 => bulk(a[1].clone()),
+        _ => arity("ping"),
+    }
+}
+
+fn echo(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    bulk(a[1].clone())
+}
+
+fn hello(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let mut i = 1;
+    if let Some(v) = a.get(1) {
+        match crate::util::parse_int(v) {
+            Some(2) => ctx.conn.resp3 = false,
+            Some(3) => ctx.conn.resp3 = true,
+            Some(_) => return err("NOPROTO unsupported protocol version"),
+            None => return err("ERR Protocol version is not an integer or out of range"),
+        }
+        i = 2;
+    }
+    while i < a.len() {
+        if a[i].eq_ignore_ascii_case(b"auth") && i + 2 < a.len() {
+            i += 3;
+        } else if a[i].eq_ignore_ascii_case(b"setname") && i + 1 < a.len() {
+            ctx.conn.name = Some(own(&a[i + 1]));
+            i += 2;
+        } else {
+            return err_owned(format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&a[i])
+            ));
+        }
+    }
+    let s = |t: &'static str| Reply::Bulk(Bytes::from_static(t.as_bytes()));
+    Reply::Map(vec![
+        (s("server"), s("redis")),
+        (s("version"), s(crate::REDIS_COMPAT_VERSION)),
+        (s("proto"), Reply::Int(if ctx.conn.resp3 { 3 } else { 2 })),
+        (s("id"), Reply::Int(ctx.conn.id as i64)),
+        (s("mode"), s("standalone")),
+        (s("role"), s("master")),
+        (s("modules"), Reply::Array(vec![])),
+    ])
+}
+
+fn auth(_ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+}
+
+fn quit(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    ctx.conn.close = true;
+    ok()
+}
+
+fn reset(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    ctx.conn.resp3 = false;
+    ctx.conn.name = None;
+    ctx.conn.multi = None;
+    ctx.conn.multi_error = false;
+    Reply::Simple(Cow::Borrowed("RESET"))
+}
+
+fn select(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match crate::util::parse_int(&a[1]) {
+        Some(0) => ok(),
+        Some(_) => err("ERR DB index is out of range"),
+        None => not_int(),
+    }
+}
+
+fn command_info(spec: &Spec) -> Reply {
+    Reply::Array(vec![
+        Reply::Bulk(Bytes::from_static(spec.name.as_bytes())),
+        Reply::Int(i64::from(spec.arity)),
+        Reply::Set(
+            spec.flag_names()
+                .into_iter()
+                .map(|f| Reply::Simple(Cow::Borrowed(f)))
+                .collect(),
+        ),
+        Reply::Int(i64::from(spec.first_key)),
+        Reply::Int(i64::from(spec.last_key)),
+        Reply::Int(i64::from(spec.step)),
+    ])
+}
+
+fn command(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let Some(sub) = a.get(1) else {
+        let mut all: Vec<&Spec> = table().values().collect();
+        all.sort_by_key(|s| s.name);
+        return Reply::Array(all.into_iter().map(command_info).collect());
+    };
+    if sub.eq_ignore_ascii_case(b"count") {
+        Reply::Int(table().len() as i64)
+    } else if sub.eq_ignore_ascii_case(b"info") {
+        Reply::Array(
+            a[2..]
+                .iter()
+                .map(|n| lookup(n).map_or(Reply::Null, command_info))
+                .collect(),
+        )
+    } else if sub.eq_ignore_ascii_case(b"docs") {
+        // Minimal docs: enough for redis-cli's hints and client libraries.
+        let names: Vec<&Spec> = if a.len() > 2 {
+            a[2..].iter().filter_map(|n| lookup(n)).collect()
+        } else {
+            table().values().collect()
+        };
+        Reply::Map(
+            names
+                .into_iter()
+                .map(|s| {
+                    (
+                        Reply::Bulk(Bytes::from_static(s.name.as_bytes())),
+                        Reply::Map(vec![(
+                            Reply::Bulk(Bytes::from_static(b"summary")),
+                            Reply::Bulk(Bytes::from_static(b"")),
+                        )]),
+                    )
+                })
+                .collect(),
+        )
+    } else if sub.eq_ignore_ascii_case(b"getkeys") {
+        let Some(spec) = a.get(2).and_then(|n| lookup(n)) else {
+            return err("ERR Invalid command specified");
+        };
+        let args = &a[2..];
+        if !spec.arity_ok(args.len()) {
+            return err("ERR Invalid number of arguments specified for command");
+        }
+        Reply::Array(
+            spec.key_indices(args.len())
+                .map(|i| Reply::Bulk(args[i].clone()))
+                .collect(),
+        )
+    } else if sub.eq_ignore_ascii_case(b"list") {
+        let mut names: Vec<&str> = table().values().map(|s| s.name).collect();
+        names.sort_unstable();
+        Reply::Array(
+            names
+                .into_iter()
+                .map(|n| Reply::Bulk(Bytes::from_static(n.as_bytes())))
+                .collect(),
+        )
+    } else {
+        unknown_sub("COMMAND", sub)
+    }
+}
+
+fn unknown_sub(cmd: &str, sub: &[u8]) -> Reply {
+    err_owned(format!(
+        "ERR unknown subcommand '{}'. Try {cmd} HELP.",
+        String::from_utf8_lossy(sub)
+    ))
+}
+
+fn client_line(ctx: &Ctx, id: u64, addr: &str, name: &[u8], created_ms: u64, cmd: &str) -> String {
+    format!(
+        "id={id} addr={addr} laddr={}:{} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user=default redir=-1 resp={}",
+        ctx.shared.config.bind,
+        ctx.shared.config.port,
+        String::from_utf8_lossy(name),
+        ctx.now_ms.saturating_sub(created_ms) / 1000,
+        if ctx.conn.resp3 && id == ctx.conn.id { 3 } else { 2 },
+    )
+}
+
+fn client(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let sub = &a[1];
+    if sub.eq_ignore_ascii_case(b"setname") && a.len() == 3 {
+        if a[2].iter().any(|&b| b <= b' ' || b > b'~') {
+            return err("ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+        let name = (!a[2].is_empty()).then(|| own(&a[2]));
+        ctx.conn.name = name.clone();
+        if let Some(c) = ctx.shared.clients.lock().get_mut(&ctx.conn.id) {
+            c.name = name;
+        }
+        ok()
+    } else if sub.eq_ignore_ascii_case(b"getname") && a.len() == 2 {
+        bulk_opt(ctx.conn.name.clone())
+    } else if sub.eq_ignore_ascii_case(b"id") && a.len() == 2 {
+        Reply::Int(ctx.conn.id as i64)
+    } else if sub.eq_ignore_ascii_case(b"info") && a.len() == 2 {
+        let c = &ctx.conn;
+        let line = client_line(
+            ctx,
+            c.id,
+            &c.addr,
+            c.name.as_deref().unwrap_or(b""),
+            c.created_ms,
+            "client|info",
+        );
+        Reply::Verbatim(format!("{line}\n"))
+    } else if sub.eq_ignore_ascii_case(b"list") {
+        let clients: Vec<_> = {
+            let map = ctx.shared.clients.lock();
+            let mut v: Vec<_> = map
+                .iter()
+                .map(|(id, c)| (*id, c.addr.clone(), c.name.clone(), c.created_ms))
+                .collect();
+            v.sort_by_key(|c| c.0);
+            v
+        };
+        let mut out = String::new();
+        for (id, addr, name, created) in clients {
+            let cmd = if id == ctx.conn.id {
+                "client|list"
+            } else {
+                "NULL"
+            };
+            let _ = writeln!(
+                out,
+                "{}",
+                client_line(ctx, id, &addr, name.as_deref().unwrap_or(b""), created, cmd)
+            );
+        }
+        Reply::Verbatim(out)
+    } else if sub.eq_ignore_ascii_case(b"setinfo")
+        || sub.eq_ignore_ascii_case(b"no-evict")
+        || sub.eq_ignore_ascii_case(b"no-touch")
+    {
+        ok()
+    } else {
+        unknown_sub("CLIENT", sub)
+    }
+}
+
+/// Current value of a config parameter as text, if known.
+fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
+    let rt = &ctx.store.runtime;
+    let c = &ctx.shared.config;
+    Some(match name {
+        "maxmemory" => rt.maxmemory.load(Relaxed).to_string(),
+        "maxmemory-policy" => rt.policy.lock().name().to_string(),
+        "maxmemory-samples" => rt.samples.load(Relaxed).to_string(),
+        "maxclients" => rt.maxclients.load(Relaxed).to_string(),
+        "proto-max-bulk-len" => rt.proto_max_bulk_len.load(Relaxed).to_string(),
+        "port" => c.port.to_string(),
+        "bind" => c.bind.clone(),
+        "hz" => c.hz.to_string(),
+        "databases" => "1".into(),
+        "save" => String::new(),
+        "appendonly" => "no".into(),
+        "timeout" => "0".into(),
+        "cluster-enabled" => "no".into(),
+        "region" => c.region.clone(),
+        _ => return None,
+    })
+}
+
+const CONFIG_NAMES: [&str; 14] = [
+    "maxmemory",
+    "maxmemory-policy",
+    "maxmemory-samples",
+    "maxclients",
+    "proto-max-bulk-len",
+    "port",
+    "bind",
+    "hz",
+    "databases",
+    "save",
+    "appendonly",
+    "timeout",
+    "cluster-enabled",
+    "region",
+];
+
+fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let sub = &a[1];
+    if sub.eq_ignore_ascii_case(b"get") {
+        if a.len() < 3 {
+            return arity("config|get");
+        }
+        let mut out = Vec::new();
+        for name in CONFIG_NAMES {
+            if a[2..]
+                .iter()
+                .any(|p| crate::util::glob_match(p, name.as_bytes(), true))
+            {
+                if let Some(v) = config_value(ctx, name) {
+                    out.push((
+                        Reply::Bulk(Bytes::from_static(name.as_bytes())),
+                        Reply::Bulk(Bytes::from(v)),
+                    ));
+                }
+            }
+        }
+        Reply::Map(out)
+    } else if sub.eq_ignore_ascii_case(b"set") {
+        if a.len() < 4 || a.len() % 2 != 0 {
+            return arity("config|set");
+        }
+        // Validate everything first: CONFIG SET is all-or-nothing.
+        let mut changes: Vec<Box<dyn FnOnce(&Store)>> = Vec::new();
+        for kv in a[2..].chunks(2) {
+            let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
+            let value = String::from_utf8_lossy(&kv[1]).to_string();
+            let bad = || {
+                err_owned(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"))
+            };
+            match name.as_str() {
+                "maxmemory" => {
+                    let Some(n) = crate::config::parse_memory(&value) else {
+                        return bad();
+                    };
+                    changes.push(Box::new(move |s: &Store| {
+                        s.runtime.maxmemory.store(n, Relaxed)
+                    }));
+                }
+                "maxmemory-policy" => {
+                    let Some(p) = EvictionPolicy::parse(&value) else {
+                        return err_owned(format!("ERR CONFIG SET failed (possibly related to argument 'maxmemory-policy') - argument(s) must be one of the following: volatile-lru, allkeys-lru, volatile-lfu, allkeys-lfu, volatile-random, allkeys-random, volatile-ttl, noeviction"));
+                    };
+                    changes.push(Box::new(move |s: &Store| *s.runtime.policy.lock() = p));
+                }
+                "maxmemory-samples" => {
+                    let Some(n) = value.parse::<usize>().ok().filter(|n| (1..=64).contains(n))
+                    else {
+                        return bad();
+                    };
+                    changes.push(Box::new(move |s: &Store| {
+                        s.runtime.samples.store(n, Relaxed)
+                    }));
+                }
+                "maxclients" => {
+                    let Some(n) = value.parse::<usize>().ok().filter(|&n| n >= 1) else {
+                        return bad();
+                    };
+                    changes.push(Box::new(move |s: &Store| {
+                        s.runtime.maxclients.store(n, Relaxed)
+                    }));
+                }
+                "proto-max-bulk-len" => {
+                    let Some(n) = crate::config::parse_memory(&value)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|&n| n >= 1024 * 1024)
+                    else {
+                        return bad();
+                    };
+                    changes.push(Box::new(move |s: &Store| {
+                        s.runtime.proto_max_bulk_len.store(n, Relaxed)
+                    }));
+                }
+                "save" | "appendonly" | "timeout" => {}
+                _ => {
+                    return err_owned(format!(
+                        "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                    ))
+                }
+            }
+        }
+        for c in changes {
+            c(ctx.store);
+        }
+        ok()
+    } else if sub.eq_ignore_ascii_case(b"resetstat") {
+        let s = &ctx.store.stats;
+        s.commands.store(0, Relaxed);
+        s.hits.store(0, Relaxed);
+        s.misses.store(0, Relaxed);
+        s.connections_received.store(0, Relaxed);
+        ok()
+    } else if sub.eq_ignore_ascii_case(b"rewrite") {
+        err("ERR The server is running without a config file")
+    } else {
+        unknown_sub("CONFIG", sub)
+    }
+}
+
+fn info(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let wanted: Vec<String> = a[1..]
+        .iter()
+        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+        .collect();
+    Reply::Verbatim(info_text(ctx.store, ctx.shared, ctx.now_ms, &wanted))
+}
+
+/// The INFO text (also used by the metrics endpoint's tests and tooling).
+pub fn info_text(
+    store: &Store,
+    shared: &crate::server::Shared,
+    now_ms: u64,
+    wanted: &[String],
+) -> String {
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| w == "all" || w == "everything" || w == "default");
+    let want = |s: &str| all || wanted.iter().any(|w| w == s);
+    let st = &store.stats;
+    let ks = store.sum_stats();
+    let mut o = String::new();
+    if want("server") {
+        let uptime = now_ms.saturating_sub(shared.started_ms) / 1000;
+        let _ = write!(
+            o,
+            "# Server\r\nredis_version:{}\r\nmeridian_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{}\r\nexecutable:meridian\r\n\r\n",
+            crate::REDIS_COMPAT_VERSION,
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::process::id(),
+            shared.run_id,
+            shared.config.port,
+            uptime / 86400,
+            shared.config.hz,
+        );
+    }
+    if want("clients") {
+        let _ = write!(
+            o,
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n\r\n",
+            st.connected_clients.load(Relaxed),
+            store.runtime.maxclients.load(Relaxed),
+        );
+    }
+    if want("memory") {
+        let used = memory::allocated_bytes();
+        let rss = memory::process_rss_bytes();
+        let max = store.runtime.maxmemory.load(Relaxed);
+        let _ = write!(
+            o,
+            "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:{}\r\nmem_fragmentation_ratio:{:.2}\r\nmem_allocator:jemalloc\r\n\r\n",
+            memory::human(used),
+            memory::human(rss),
+            ks.bytes,
+            memory::human(max),
+            store.runtime.policy.lock().name(),
+            if used > 0 { rss as f64 / used as f64 } else { 0.0 },
+        );
+    }
+    if want("stats") {
+        let _ = write!(
+            o,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:0\r\nprotocol_errors:{}\r\n\r\n",
+            st.connections_received.load(Relaxed),
+            st.commands.load(Relaxed),
+            st.ops_per_sec.load(Relaxed),
+            st.rejected_connections.load(Relaxed),
+            ks.expired,
+            ks.evicted,
+            st.hits.load(Relaxed),
+            st.misses.load(Relaxed),
+            st.protocol_errors.load(Relaxed),
+        );
+    }
+    if want("replication") {
+        let _ = write!(
+            o,
+            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\nrepl_backlog_active:0\r\n\r\n",
+            st.deltas_produced.load(Relaxed),
+        );
+    }
+    if want("crdt") {
+        let _ = write!(
+            o,
+            "# CRDT\r\nregion:{}\r\nregion_id:{}\r\ndeltas_produced:{}\r\ndeltas_dropped_from_log:{}\r\ndeltas_applied:{}\r\npartial_deltas_dropped:{}\r\ntombstones:{}\r\n\r\n",
+            shared.config.region,
+            shared.config.region_id,
+            st.deltas_produced.load(Relaxed),
+            st.deltas_dropped.load(Relaxed),
+            ks.deltas_applied,
+            ks.partial_deltas_dropped,
+            ks.tombstones,
+        );
+    }
+    if want("keyspace") {
+        o.push_str("# Keyspace\r\n");
+        if ks.keys > 0 {
+            let _ = write!(
+                o,
+                "db0:keys={},expires={},avg_ttl=0\r\n",
+                ks.keys, ks.volatile
+            );
+        }
+        o.push_str("\r\n");
+    }
+    while o.ends_with("\r\n\r\n") {
+        o.truncate(o.len() - 2);
+    }
+    o
+}
+
+fn time(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    let micros = crate::server::now_micros();
+    let _ = ctx;
+    Reply::Array(vec![
+        Reply::Bulk(Bytes::from((micros / 1_000_000).to_string())),
+        Reply::Bulk(Bytes::from((micros % 1_000_000).to_string())),
+    ])
+}
+
+fn lastsave(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    Reply::Int((ctx.shared.started_ms / 1000) as i64)
+}
+
+/// meridian-specific admin: `MERIDIAN DELTAS [n]` shows the newest deltas of every shard's
+/// log (what the replication link will ship), `MERIDIAN REGION`.
+fn meridian(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    let sub = &a[1];
+    if sub.eq_ignore_ascii_case(b"deltas") {
+        let n = match a.get(2) {
+            None => 10,
+            Some(v) => match crate::util::parse_int(v) {
+                Some(n) if n >= 0 => n as usize,
+                _ => return not_int(),
+            },
+        };
+        let mut all = Vec::new();
+        ctx.each_shard(|s| {
+            for d in s.log.iter() {
+                all.push((d.stamp, d.key.clone(), d.slot, d.full));
+            }
+        });
+        all.sort_by_key(|d| std::cmp::Reverse(d.0));
+        all.truncate(n);
+        Reply::Array(
+            all.into_iter()
+                .map(|(stamp, key, slot, full)| {
+                    Reply::Array(vec![
+                        Reply::Bulk(key),
+                        Reply::Int(i64::from(slot)),
+                        Reply::Bulk(Bytes::from(format!(
+                            "{}.{}@{}",
+                            stamp.hlc.physical_ms(),
+                            stamp.hlc.logical(),
+                            stamp.region.0
+                        ))),
+                        Reply::Simple(Cow::Borrowed(if full { "full" } else { "partial" })),
+                    ])
+                })
+                .collect(),
+        )
+    } else if sub.eq_ignore_ascii_case(b"region") {
+        bulk(Bytes::from(ctx.shared.config.region.clone()))
+    } else {
+        unknown_sub("MERIDIAN", sub)
+    }
+}

@@ -1,0 +1,255 @@
+//! Set commands over the add-wins OR-set: an SADD concurrent with an SREM of the same
+//! member keeps the member.
+
+use super::*;
+use meridian_crdt::OrSet;
+
+pub fn specs() -> Vec<Spec> {
+    vec![
+        spec!("sadd", -3, WRITE | DENYOOM | FAST, 1, 1, 1, sadd),
+        spec!("srem", -3, WRITE | FAST, 1, 1, 1, srem),
+        spec!("smembers", 2, READONLY, 1, 1, 1, smembers),
+        spec!("sismember", 3, READONLY | FAST, 1, 1, 1, sismember),
+        spec!("smismember", -3, READONLY | FAST, 1, 1, 1, smismember),
+        spec!("scard", 2, READONLY | FAST, 1, 1, 1, scard),
+        spec!("spop", -2, WRITE | FAST, 1, 1, 1, spop),
+        spec!("srandmember", -2, READONLY, 1, 1, 1, srandmember),
+        spec!("sinter", -2, READONLY, 1, -1, 1, sinter),
+        spec!("sunion", -2, READONLY, 1, -1, 1, sunion),
+        spec!("sdiff", -2, READONLY, 1, -1, 1, sdiff),
+    ]
+}
+
+/// Run `f` on the set at `key`: Ok(None) if absent, Err(WRONGTYPE) for other types.
+fn with_set<R>(ctx: &mut Ctx, key: &[u8], f: impl FnOnce(&OrSet) -> R) -> Result<Option<R>, Reply> {
+    match ctx.read(key) {
+        None => Ok(None),
+        Some(e) => match e.as_set() {
+            Some(s) => Ok(Some(f(s))),
+            None => Err(wrongtype()),
+        },
+    }
+}
+
+fn check_set(ctx: &mut Ctx, key: &[u8]) -> Result<(), Reply> {
+    match ctx.kind(key) {
+        None | Some(Kind::Set) => Ok(()),
+        Some(_) => Err(wrongtype()),
+    }
+}
+
+fn sadd(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    if let Err(e) = check_set(ctx, &a[1]) {
+        return e;
+    }
+    let added = ctx.write(&a[1], |w| a[2..].iter().filter(|m| w.sadd(&own(m))).count());
+    Reply::Int(added as i64)
+}
+
+fn srem(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match ctx.kind(&a[1]) {
+        None => return Reply::Int(0),
+        Some(Kind::Set) => {}
+        Some(_) => return wrongtype(),
+    }
+    let removed = ctx.write(&a[1], |w| a[2..].iter().filter(|m| w.srem(m)).count());
+    Reply::Int(removed as i64)
+}
+
+fn members_reply(ctx: &Ctx, members: Vec<Bytes>) -> Reply {
+    let items = members.into_iter().map(Reply::Bulk).collect();
+    if ctx.conn.resp3 {
+        Reply::Set(items)
+    } else {
+        Reply::Array(items)
+    }
+}
+
+fn smembers(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_set(ctx, &a[1], |s| s.members().cloned().collect::<Vec<_>>()) {
+        Err(e) => e,
+        Ok(m) => members_reply(ctx, m.unwrap_or_default()),
+    }
+}
+
+fn sismember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_set(ctx, &a[1], |s| s.contains(&a[2])) {
+        Err(e) => e,
+        Ok(v) => Reply::Int(i64::from(v.unwrap_or(false))),
+    }
+}
+
+fn smismember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_set(ctx, &a[1], |s| {
+        a[2..]
+            .iter()
+            .map(|m| Reply::Int(i64::from(s.contains(m))))
+            .collect()
+    }) {
+        Err(e) => e,
+        Ok(Some(v)) => Reply::Array(v),
+        Ok(None) => Reply::Array(a[2..].iter().map(|_| Reply::Int(0)).collect()),
+    }
+}
+
+fn scard(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    match with_set(ctx, &a[1], |s| s.len()) {
+        Err(e) => e,
+        Ok(n) => Reply::Int(n.unwrap_or(0) as i64),
+    }
+}
+
+/// Up to `n` distinct random members, chosen with the connection's generator.
+fn pick_distinct(ctx: &mut Ctx, s: &[Bytes], n: usize) -> Vec<Bytes> {
+    let mut pool: Vec<Bytes> = s.to_vec();
+    let n = n.min(pool.len());
+    for i in 0..n {
+        let j = i + (ctx.conn.random() % (pool.len() - i) as u64) as usize;
+        pool.swap(i, j);
+    }
+    pool.truncate(n);
+    pool
+}
+
+fn spop(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    if a.len() > 3 {
+        return syntax();
+    }
+    let count = match a.get(2) {
+        None => None,
+        Some(c) => match crate::util::parse_int(c) {
+            Some(n) if n >= 0 => Some(n as usize),
+            _ => return err("ERR value is out of range, must be positive"),
+        },
+    };
+    let members = match with_set(ctx, &a[1], |s| s.members().cloned().collect::<Vec<_>>()) {
+        Err(e) => return e,
+        Ok(None) => {
+            return if count.is_some() {
+                Reply::Array(vec![])
+            } else {
+                Reply::Null
+            };
+        }
+        Ok(Some(m)) => m,
+    };
+    let picked = pick_distinct(ctx, &members, count.unwrap_or(1));
+    if !picked.is_empty() {
+        ctx.write(&a[1], |w| {
+            for m in &picked {
+                w.srem(m);
+            }
+        });
+    }
+    match count {
+        None => bulk_opt(picked.into_iter().next()),
+        Some(_) => members_reply(ctx, picked),
+    }
+}
+
+fn srandmember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    if a.len() > 3 {
+        return syntax();
+    }
+    let count = match a.get(2) {
+        None => None,
+        Some(c) => match crate::util::parse_int(c) {
+            Some(n) => Some(n),
+            None => return not_int(),
+        },
+    };
+    let members = match with_set(ctx, &a[1], |s| s.members().cloned().collect::<Vec<_>>()) {
+        Err(e) => return e,
+        Ok(None) => {
+            return if count.is_some() {
+                Reply::Array(vec![])
+            } else {
+                Reply::Null
+            }
+        }
+        Ok(Some(m)) => m,
+    };
+    match count {
+        None => bulk_opt(pick_distinct(ctx, &members, 1).into_iter().next()),
+        Some(n) if n >= 0 => Reply::Array(
+            pick_distinct(ctx, &members, n as usize)
+                .into_iter()
+                .map(Reply::Bulk)
+                .collect(),
+        ),
+        Some(n) => {
+            let want = n.unsigned_abs().min(1 << 24) as usize;
+            let mut out = Vec::with_capacity(want);
+            for _ in 0..want {
+                let i = (ctx.conn.random() % members.len() as u64) as usize;
+                out.push(Reply::Bulk(members[i].clone()));
+            }
+            Reply::Array(out)
+        }
+    }
+}
+
+enum Op {
+    Inter,
+    Union,
+    Diff,
+}
+
+fn combine(ctx: &mut Ctx, a: &[Bytes], op: Op) -> Reply {
+    let mut sets: Vec<Option<Vec<Bytes>>> = Vec::with_capacity(a.len() - 1);
+    for k in &a[1..] {
+        match with_set(ctx, k, |s| s.members().cloned().collect::<Vec<_>>()) {
+            Err(e) => return e,
+            Ok(m) => sets.push(m),
+        }
+    }
+    let as_set = |v: &Option<Vec<Bytes>>| -> std::collections::HashSet<Bytes> {
+        v.iter().flatten().cloned().collect()
+    };
+    let result: Vec<Bytes> = match op {
+        Op::Union => {
+            let mut seen = std::collections::HashSet::new();
+            sets.iter()
+                .flatten()
+                .flatten()
+                .filter(|m| seen.insert((*m).clone()))
+                .cloned()
+                .collect()
+        }
+        Op::Inter => {
+            if sets.iter().any(Option::is_none) {
+                Vec::new()
+            } else {
+                let others: Vec<_> = sets[1..].iter().map(as_set).collect();
+                sets[0]
+                    .iter()
+                    .flatten()
+                    .filter(|m| others.iter().all(|o| o.contains(*m)))
+                    .cloned()
+                    .collect()
+            }
+        }
+        Op::Diff => {
+            let others: Vec<_> = sets[1..].iter().map(as_set).collect();
+            sets[0]
+                .iter()
+                .flatten()
+                .filter(|m| others.iter().all(|o| !o.contains(*m)))
+                .cloned()
+                .collect()
+        }
+    };
+    members_reply(ctx, result)
+}
+
+fn sinter(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    combine(ctx, a, Op::Inter)
+}
+
+fn sunion(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    combine(ctx, a, Op::Union)
+}
+
+fn sdiff(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    combine(ctx, a, Op::Diff)
+}

@@ -1,0 +1,218 @@
+//! Configuration: a TOML file (`--config`) and CLI flags for the same keys; flags win.
+//! Defaults serve on 127.0.0.1:6379 with no file at all.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    pub bind: String,
+    pub port: u16,
+    pub maxclients: usize,
+    #[serde(deserialize_with = "de_memory")]
+    pub maxmemory: u64,
+    pub maxmemory_policy: String,
+    pub maxmemory_samples: usize,
+    #[serde(deserialize_with = "de_memory_usize")]
+    pub proto_max_bulk_len: usize,
+    pub max_multibulk_len: usize,
+    #[serde(deserialize_with = "de_memory_usize")]
+    pub max_inline_len: usize,
+    /// Prometheus `/metrics` port (off when absent).
+    pub metrics_port: Option<u16>,
+    /// This node's region name and compact id (HLC tie-break).
+    pub region: String,
+    pub region_id: u16,
+    /// Bound of each shard's delta log.
+    pub delta_log_max: usize,
+    /// Background cycles per second (active expiry, stats), like Redis' `hz`.
+    pub hz: u32,
+    /// Keys examined per shard per active-expiry cycle.
+    pub active_expire_budget: usize,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1".into(),
+            port: 6379,
+            maxclients: 10_000,
+            maxmemory: 0,
+            maxmemory_policy: "noeviction".into(),
+            maxmemory_samples: 5,
+            proto_max_bulk_len: 512 * 1024 * 1024,
+            max_multibulk_len: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+            metrics_port: None,
+            region: "a".into(),
+            region_id: 0,
+            delta_log_max: 1024,
+            hz: 10,
+            active_expire_budget: 2000,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Multi-region active-active Redis-compatible cache with CRDT values"
+)]
+pub struct Cli {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub bind: Option<String>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long)]
+    pub maxclients: Option<usize>,
+    /// Memory limit, e.g. 100mb, 2gb (0 = none).
+    #[arg(long)]
+    pub maxmemory: Option<String>,
+    #[arg(long)]
+    pub maxmemory_policy: Option<String>,
+    #[arg(long)]
+    pub maxmemory_samples: Option<usize>,
+    #[arg(long)]
+    pub proto_max_bulk_len: Option<String>,
+    #[arg(long)]
+    pub metrics_port: Option<u16>,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub region_id: Option<u16>,
+    #[arg(long)]
+    pub hz: Option<u32>,
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// File (if any) then flags; validates the result.
+    pub fn load(cli: &Cli) -> Result<Config, String> {
+        let mut c = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &cli.bind {
+            c.bind = v.clone();
+        }
+        if let Some(v) = cli.port {
+            c.port = v;
+        }
+        if let Some(v) = cli.maxclients {
+            c.maxclients = v;
+        }
+        if let Some(v) = &cli.maxmemory {
+            c.maxmemory = parse_memory(v).ok_or_else(|| format!("invalid --maxmemory {v}"))?;
+        }
+        if let Some(v) = &cli.maxmemory_policy {
+            c.maxmemory_policy = v.clone();
+        }
+        if let Some(v) = cli.maxmemory_samples {
+            c.maxmemory_samples = v;
+        }
+        if let Some(v) = &cli.proto_max_bulk_len {
+            c.proto_max_bulk_len = parse_memory(v)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("invalid --proto-max-bulk-len {v}"))?;
+        }
+        if cli.metrics_port.is_some() {
+            c.metrics_port = cli.metrics_port;
+        }
+        if let Some(v) = &cli.region {
+            c.region = v.clone();
+        }
+        if let Some(v) = cli.region_id {
+            c.region_id = v;
+        }
+        if let Some(v) = cli.hz {
+            c.hz = v;
+        }
+        if let Some(v) = &cli.log_level {
+            c.log_level = v.clone();
+        }
+        if meridian_crdt::EvictionPolicy::parse(&c.maxmemory_policy).is_none() {
+            return Err(format!("unknown maxmemory-policy {}", c.maxmemory_policy));
+        }
+        if c.hz == 0 || c.hz > 500 {
+            return Err("hz must be within 1..=500".into());
+        }
+        Ok(c)
+    }
+}
+
+/// Redis `memtoll`: 1k = 1000, 1kb = 1024, m/mb, g/gb; plain bytes otherwise.
+pub fn parse_memory(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let units: [(&str, u64); 6] = [
+        ("gb", 1 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+        ("g", 1_000_000_000),
+        ("m", 1_000_000),
+        ("k", 1_000),
+    ];
+    for (suffix, mul) in units {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.trim().parse::<u64>().ok()?.checked_mul(mul);
+        }
+    }
+    s.strip_suffix('b').unwrap_or(&s).parse().ok()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MemValue {
+    Int(u64),
+    Text(String),
+}
+
+fn de_memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match MemValue::deserialize(d)? {
+        MemValue::Int(n) => Ok(n),
+        MemValue::Text(s) => {
+            parse_memory(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid size {s}")))
+        }
+    }
+}
+
+fn de_memory_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = de_memory(d)?;
+    usize::try_from(n).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_units_follow_redis() {
+        assert_eq!(parse_memory("100mb"), Some(100 << 20));
+        assert_eq!(parse_memory("1g"), Some(1_000_000_000));
+        assert_eq!(parse_memory("1024"), Some(1024));
+        assert_eq!(parse_memory("lots"), None);
+    }
+
+    #[test]
+    fn toml_keys_match_flags() {
+        let c: Config = toml::from_str(
+            "port = 7000\nmaxmemory = \"64mb\"\nmaxmemory-policy = \"allkeys-lru\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.port, 7000);
+        assert_eq!(c.maxmemory, 64 << 20);
+        assert!(toml::from_str::<Config>("no-such-key = 1").is_err());
+    }
+}

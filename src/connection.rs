@@ -1,0 +1,259 @@
+//! One client connection: read bytes, decode every complete request in the buffer, execute
+//! them in order, write all replies with one write (pipelining). Transactions (MULTI/EXEC/
+//! WATCH) are handled here because they span commands.
+
+use crate::cmd::{self, ConnState, Ctx, Locks, Spec};
+use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
+use crate::server::{now_ms, Shared};
+use crate::store::{key_shard, Store};
+use bytes::{Bytes, BytesMut};
+use std::borrow::Cow;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Flush replies early when a huge pipeline produced this much output.
+const MAX_PENDING_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+pub async fn serve(
+    mut stream: TcpStream,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    mut conn: ConnState,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut ranges = Vec::new();
+    let mut args: Vec<Bytes> = Vec::new();
+    'conn: loop {
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let limits = Limits {
+            max_bulk_len: store.runtime.proto_max_bulk_len.load(Relaxed),
+            max_multibulk_len: shared.config.max_multibulk_len,
+            max_inline_len: shared.config.max_inline_len,
+        };
+        let now = now_ms();
+        loop {
+            match parse_request(&mut buf[..], &limits, &mut ranges) {
+                Ok(n) => {
+                    let frame = buf.split_to(n).freeze();
+                    args.clear();
+                    args.extend(ranges.iter().map(|r| frame.slice(r.clone())));
+                    if args.is_empty() {
+                        continue;
+                    }
+                    let reply = execute(&store, &shared, &mut conn, &args, now);
+                    encode(&reply, conn.resp3, &mut out);
+                    if conn.close {
+                        let _ = stream.write_all(&out).await;
+                        break 'conn;
+                    }
+                    if out.len() >= MAX_PENDING_OUTPUT_BYTES {
+                        if stream.write_all(&out).await.is_err() {
+                            break 'conn;
+                        }
+                        out.clear();
+                    }
+                }
+                Err(ParseError::Incomplete) => break,
+                Err(e) => {
+                    store.stats.protocol_errors.fetch_add(1, Relaxed);
+                    tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
+                    if let Some(r) = e.to_reply() {
+                        encode(&r, conn.resp3, &mut out);
+                    }
+                    let _ = stream.write_all(&out).await;
+                    break 'conn;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK_BYTES {
+            buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
+    }
+    unwatch_all(&store, &mut conn);
+}
+
+fn unknown_command(args: &[Bytes]) -> Reply {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0][..args[0].len().min(128)])
+    );
+    for a in &args[1..] {
+        msg.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&a[..a.len().min(128)])
+        ));
+    }
+    Reply::Error(Cow::Owned(msg))
+}
+
+const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+/// Execute one request (arguments already split) for a connection.
+pub fn execute(
+    store: &Store,
+    shared: &Shared,
+    conn: &mut ConnState,
+    args: &[Bytes],
+    now: u64,
+) -> Reply {
+    store.stats.commands.fetch_add(1, Relaxed);
+    let Some(spec) = cmd::lookup(&args[0]) else {
+        if conn.multi.is_some() {
+            conn.multi_error = true;
+        }
+        return unknown_command(args);
+    };
+    if !spec.arity_ok(args.len()) {
+        if conn.multi.is_some() {
+            conn.multi_error = true;
+        }
+        return cmd::arity(spec.name);
+    }
+    conn.last_cmd = spec.name;
+    match spec.name {
+        "multi" => {
+            if conn.multi.is_some() {
+                return cmd::err("ERR MULTI calls can not be nested");
+            }
+            conn.multi = Some(Vec::new());
+            conn.multi_error = false;
+            return cmd::ok();
+        }
+        "discard" => {
+            if conn.multi.take().is_none() {
+                return cmd::err("ERR DISCARD without MULTI");
+            }
+            unwatch_all(store, conn);
+            return cmd::ok();
+        }
+        "exec" => return exec(store, shared, conn, now),
+        "watch" => {
+            if conn.multi.is_some() {
+                return cmd::err("ERR WATCH inside MULTI is not allowed");
+            }
+            for k in &args[1..] {
+                let mut shard = store.shard(key_shard(k));
+                let v = shard.watch(k);
+                conn.watched.push((k.clone(), v));
+            }
+            return cmd::ok();
+        }
+        "unwatch" => {
+            unwatch_all(store, conn);
+            return cmd::ok();
+        }
+        _ => {}
+    }
+    if let Some(queue) = conn.multi.as_mut() {
+        if spec.flags & cmd::NO_MULTI != 0 {
+            conn.multi_error = true;
+            return cmd::err_owned(format!("ERR Command not allowed inside a transaction"));
+        }
+        queue.push(args.to_vec());
+        return Reply::Simple(Cow::Borrowed("QUEUED"));
+    }
+    if spec.flags & cmd::WRITE != 0
+        && !make_room(store, conn, now)
+        && spec.flags & cmd::DENYOOM != 0
+    {
+        return cmd::err(OOM);
+    }
+    let locks = if spec.flags & cmd::ALL_SHARDS != 0 {
+        Locks::All(store.lock_all())
+    } else if spec.first_key > 0 {
+        let mut idxs: Vec<usize> = spec
+            .key_indices(args.len())
+            .map(|i| key_shard(&args[i]))
+            .collect();
+        Locks::Some(store.lock_some(&mut idxs))
+    } else {
+        Locks::None
+    };
+    let mut ctx = Ctx {
+        store,
+        shared,
+        conn,
+        now_ms: now,
+        locks,
+    };
+    (spec.handler)(&mut ctx, args)
+}
+
+/// Evict if over `maxmemory`; false when the limit holds and nothing can be evicted.
+fn make_room(store: &Store, conn: &mut ConnState, now: u64) -> bool {
+    if store.runtime.maxmemory.load(Relaxed) == 0 {
+        return true;
+    }
+    store.enforce_maxmemory(now, &mut || conn.random())
+}
+
+fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply {
+    let Some(queue) = conn.multi.take() else {
+        return cmd::err("ERR EXEC without MULTI");
+    };
+    if conn.multi_error {
+        conn.multi_error = false;
+        unwatch_all(store, conn);
+        return cmd::err("EXECABORT Transaction discarded because of previous errors.");
+    }
+    let specs: Vec<&'static Spec> = queue.iter().filter_map(|a| cmd::lookup(&a[0])).collect();
+    let needs_room = specs.iter().any(|s| s.flags & cmd::DENYOOM != 0);
+    if needs_room && !make_room(store, conn, now) {
+        unwatch_all(store, conn);
+        return cmd::err(OOM);
+    }
+    let guards = store.lock_all();
+    let dirty = conn
+        .watched
+        .iter()
+        .any(|(k, v)| guards[key_shard(k)].watch_version(k) != *v);
+    let watched = std::mem::take(&mut conn.watched);
+    let mut ctx = Ctx {
+        store,
+        shared,
+        conn,
+        now_ms: now,
+        locks: Locks::All(guards),
+    };
+    let reply = if dirty {
+        Reply::NullArray
+    } else {
+        Reply::Array(
+            queue
+                .iter()
+                .zip(specs)
+                .map(|(a, spec)| (spec.handler)(&mut ctx, a))
+                .collect(),
+        )
+    };
+    // Release the watch registrations while still holding every shard.
+    if let Locks::All(g) = &mut ctx.locks {
+        for (k, _) in &watched {
+            g[key_shard(k)].unwatch(k);
+        }
+    }
+    reply
+}
+
+fn unwatch_all(store: &Store, conn: &mut ConnState) {
+    for (k, _) in conn.watched.drain(..) {
+        store.shard(key_shard(&k)).unwatch(&k);
+    }
+}

@@ -1,0 +1,162 @@
+//! Prometheus text exposition on `GET /metrics` (off unless `metrics-port` is set). A tiny
+//! HTTP/1.1 responder: one request per connection, bounded request size.
+
+use crate::server::{now_ms, Shared};
+use crate::store::Store;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+
+pub async fn serve(listener: TcpListener, store: Arc<Store>, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (store, shared) = (store.clone(), shared.clone());
+        tokio::spawn(async move {
+            let mut req = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST_BYTES {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let ok = req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?");
+            let (status, body) = if ok {
+                ("200 OK", render(&store, &shared))
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// The metrics registry rendered as Prometheus text.
+pub fn render(store: &Store, shared: &Shared) -> String {
+    let st = &store.stats;
+    let ks = store.sum_stats();
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(o, "# HELP meridian_{name} {help}\n# TYPE meridian_{name} {kind}\nmeridian_{name} {value}\n");
+    };
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        now_ms().saturating_sub(shared.started_ms) / 1000,
+    );
+    metric(
+        "connected_clients",
+        "gauge",
+        "Client connections open.",
+        st.connected_clients.load(Relaxed) as u64,
+    );
+    metric(
+        "connections_received_total",
+        "counter",
+        "Client connections accepted.",
+        st.connections_received.load(Relaxed),
+    );
+    metric(
+        "rejected_connections_total",
+        "counter",
+        "Connections refused by maxclients.",
+        st.rejected_connections.load(Relaxed),
+    );
+    metric(
+        "commands_processed_total",
+        "counter",
+        "Commands executed.",
+        st.commands.load(Relaxed),
+    );
+    metric(
+        "instantaneous_ops_per_sec",
+        "gauge",
+        "Commands per second over the last second.",
+        st.ops_per_sec.load(Relaxed),
+    );
+    metric(
+        "keyspace_hits_total",
+        "counter",
+        "Reads that found their key.",
+        st.hits.load(Relaxed),
+    );
+    metric(
+        "keyspace_misses_total",
+        "counter",
+        "Reads that missed.",
+        st.misses.load(Relaxed),
+    );
+    metric(
+        "expired_keys_total",
+        "counter",
+        "Keys reclaimed because their TTL passed.",
+        ks.expired,
+    );
+    metric(
+        "evicted_keys_total",
+        "counter",
+        "Keys evicted by maxmemory.",
+        ks.evicted,
+    );
+    metric("keys", "gauge", "Live keys.", ks.keys as u64);
+    metric(
+        "keys_with_ttl",
+        "gauge",
+        "Live keys with a TTL.",
+        ks.volatile as u64,
+    );
+    metric(
+        "tombstones",
+        "gauge",
+        "Deleted keys kept until every region saw the delete.",
+        ks.tombstones as u64,
+    );
+    metric(
+        "used_memory_bytes",
+        "gauge",
+        "Bytes allocated (jemalloc).",
+        crate::memory::allocated_bytes(),
+    );
+    metric(
+        "used_memory_rss_bytes",
+        "gauge",
+        "Resident set size.",
+        crate::memory::process_rss_bytes(),
+    );
+    metric(
+        "maxmemory_bytes",
+        "gauge",
+        "Configured memory limit (0 = none).",
+        store.runtime.maxmemory.load(Relaxed),
+    );
+    metric(
+        "deltas_produced_total",
+        "counter",
+        "CRDT deltas yielded by local writes.",
+        st.deltas_produced.load(Relaxed),
+    );
+    metric(
+        "deltas_dropped_total",
+        "counter",
+        "Deltas dropped from the bounded log.",
+        st.deltas_dropped.load(Relaxed),
+    );
+    metric(
+        "protocol_errors_total",
+        "counter",
+        "Connections closed for protocol errors.",
+        st.protocol_errors.load(Relaxed),
+    );
+    o
+}

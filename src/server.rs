@@ -1,0 +1,187 @@
+//! The I/O shell: listener, connection tasks, background cycle (active expiry, eviction,
+//! ops/s), shared server state. Time is read here and passed into the cores.
+
+use crate::cmd::ConnState;
+use crate::config::Config;
+use crate::store::{Runtime, Store};
+use bytes::Bytes;
+use meridian_crdt::{EvictionPolicy, RegionId};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub struct ClientEntry {
+    pub addr: String,
+    pub name: Option<Bytes>,
+    pub created_ms: u64,
+}
+
+/// State shared by every connection besides the store.
+pub struct Shared {
+    pub config: Config,
+    pub started_ms: u64,
+    pub run_id: String,
+    pub clients: Mutex<HashMap<u64, ClientEntry>>,
+    next_client_id: AtomicU64,
+}
+
+pub struct Server {
+    pub store: Arc<Store>,
+    pub shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+fn random_seed() -> u64 {
+    // Seed for table hashing and sampling: different per process (the shell may use OS
+    // entropy; the cores receive it as an input).
+    let mut x = now_micros() ^ (u64::from(std::process::id()) << 32);
+    x ^= &x as *const u64 as u64;
+    x
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        let addr = format!("{}:{}", config.bind, config.port);
+        let listener = TcpListener::bind(&addr).await?;
+        let policy =
+            EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
+        let runtime = Runtime {
+            maxmemory: AtomicU64::new(config.maxmemory),
+            policy: Mutex::new(policy),
+            samples: AtomicUsize::new(config.maxmemory_samples),
+            maxclients: AtomicUsize::new(config.maxclients),
+            proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
+        };
+        let seed = random_seed();
+        let store = Arc::new(Store::new(
+            RegionId(config.region_id),
+            seed,
+            config.delta_log_max,
+            runtime,
+        ));
+        let run_id = format!(
+            "{:016x}{:016x}{:08x}",
+            seed,
+            seed.rotate_left(29) ^ 0x6d65_7269_6469_616e,
+            std::process::id()
+        );
+        let shared = Arc::new(Shared {
+            config,
+            started_ms: now_ms(),
+            run_id,
+            clients: Mutex::new(HashMap::new()),
+            next_client_id: AtomicU64::new(1),
+        });
+        Ok(Server {
+            store,
+            shared,
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accept clients forever; spawns the background cycle and the metrics endpoint.
+    pub async fn run(self) -> std::io::Result<()> {
+        tokio::spawn(background(self.store.clone(), self.shared.clone()));
+        if let Some(port) = self.shared.config.metrics_port {
+            let addr = format!("{}:{port}", self.shared.config.bind);
+            let listener = TcpListener::bind(&addr).await?;
+            tracing::info!(%addr, "metrics endpoint listening");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.store.clone(),
+                self.shared.clone(),
+            ));
+        }
+        loop {
+            let (mut stream, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let stats = &self.store.stats;
+            stats.connections_received.fetch_add(1, Relaxed);
+            let max = self.store.runtime.maxclients.load(Relaxed);
+            if stats.connected_clients.load(Relaxed) >= max {
+                stats.rejected_connections.fetch_add(1, Relaxed);
+                tokio::spawn(async move {
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
+                continue;
+            }
+            stats.connected_clients.fetch_add(1, Relaxed);
+            let id = self.shared.next_client_id.fetch_add(1, Relaxed);
+            let created = now_ms();
+            self.shared.clients.lock().insert(
+                id,
+                ClientEntry {
+                    addr: peer.to_string(),
+                    name: None,
+                    created_ms: created,
+                },
+            );
+            let conn = ConnState::new(id, peer.to_string(), created);
+            let (store, shared) = (self.store.clone(), self.shared.clone());
+            tokio::spawn(async move {
+                crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
+                shared.clients.lock().remove(&id);
+                store.stats.connected_clients.fetch_sub(1, Relaxed);
+            });
+        }
+    }
+}
+
+/// Periodic work, `hz` times per second: active expiry with a bounded budget, eviction
+/// when over `maxmemory`, the ops/s gauge.
+async fn background(store: Arc<Store>, shared: Arc<Shared>) {
+    let period = Duration::from_millis(1000 / u64::from(shared.config.hz.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_cmds = 0u64;
+    let mut last_sample_ms = now_ms();
+    let mut rng = random_seed() | 1;
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        store.active_expire(now, shared.config.active_expire_budget);
+        store.enforce_maxmemory(now, &mut || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        });
+        if now.saturating_sub(last_sample_ms) >= 1000 {
+            let cmds = store.stats.commands.load(Relaxed);
+            let per_sec = (cmds - last_cmds) * 1000 / (now - last_sample_ms).max(1);
+            store.stats.ops_per_sec.store(per_sec, Relaxed);
+            last_cmds = cmds;
+            last_sample_ms = now;
+        }
+    }
+}

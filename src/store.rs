@@ -1,0 +1,269 @@
+//! The concurrent shell around [`Keyspace`]: slots are spread over a fixed set of shards, each
+//! behind its own lock, with a per-shard bounded delta log. The node's HLC lives here (one
+//! atomic), as do the runtime memory settings and the counters `INFO` reports.
+
+use bytes::Bytes;
+use meridian_crdt::{
+    key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, RegionId, Stamp,
+};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Number of shard locks. Power of two; slot → shard is `slot % SHARDS`.
+pub const SHARDS: usize = 16;
+
+pub struct Shard {
+    pub ks: Keyspace,
+    /// Deltas of local writes, oldest first, bounded by `log_max`.
+    pub log: VecDeque<Delta>,
+    log_max: usize,
+    /// Keys some connection WATCHes → version bumped on every change.
+    watched: HashMap<Bytes, (usize, u64)>,
+}
+
+impl Shard {
+    /// Move the keyspace's fresh deltas into the bounded log and bump watched keys.
+    pub fn after_write(&mut self, stats: &Stats) {
+        let watched = !self.watched.is_empty();
+        for d in self.ks.drain_deltas() {
+            stats.deltas_produced.fetch_add(1, Relaxed);
+            if watched {
+                if let Some((_, v)) = self.watched.get_mut(&d.key) {
+                    *v += 1;
+                }
+            }
+            if self.log_max == 0 {
+                continue;
+            }
+            if self.log.len() >= self.log_max {
+                self.log.pop_front();
+                stats.deltas_dropped.fetch_add(1, Relaxed);
+            }
+            self.log.push_back(d);
+        }
+    }
+
+    pub fn watch(&mut self, key: &Bytes) -> u64 {
+        let e = self.watched.entry(key.clone()).or_insert((0, 0));
+        e.0 += 1;
+        e.1
+    }
+
+    pub fn watch_version(&self, key: &[u8]) -> u64 {
+        self.watched.get(key).map_or(0, |e| e.1)
+    }
+
+    pub fn unwatch(&mut self, key: &[u8]) {
+        if let Some(e) = self.watched.get_mut(key) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                self.watched.remove(key);
+            }
+        }
+    }
+
+    /// A change not seen as a delta (FLUSHALL, expiry) invalidates every watcher here.
+    pub fn touch_all_watched(&mut self) {
+        for (_, v) in self.watched.values_mut() {
+            *v += 1;
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub commands: AtomicU64,
+    pub connections_received: AtomicU64,
+    pub connected_clients: AtomicUsize,
+    pub rejected_connections: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub deltas_produced: AtomicU64,
+    pub deltas_dropped: AtomicU64,
+    pub ops_per_sec: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+/// Settings `CONFIG SET` may change at run time.
+pub struct Runtime {
+    pub maxmemory: AtomicU64,
+    pub policy: Mutex<EvictionPolicy>,
+    pub samples: AtomicUsize,
+    pub maxclients: AtomicUsize,
+    pub proto_max_bulk_len: AtomicUsize,
+}
+
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    clock: AtomicU64,
+    region: RegionId,
+    pub stats: Stats,
+    pub runtime: Runtime,
+    used_memory: AtomicU64,
+    used_memory_at_ms: AtomicU64,
+    next_evict_shard: AtomicUsize,
+}
+
+pub fn shard_of(slot: u16) -> usize {
+    usize::from(slot) % SHARDS
+}
+
+pub fn key_shard(key: &[u8]) -> usize {
+    shard_of(key_slot(key))
+}
+
+impl Store {
+    pub fn new(region: RegionId, seed: u64, log_max: usize, runtime: Runtime) -> Store {
+        let shards = (0..SHARDS)
+            .map(|i| {
+                Mutex::new(Shard {
+                    ks: Keyspace::new(KeyspaceConfig {
+                        region,
+                        retain_tombstones: false,
+                        seed: seed.wrapping_add(i as u64),
+                    }),
+                    log: VecDeque::new(),
+                    log_max,
+                    watched: HashMap::new(),
+                })
+            })
+            .collect();
+        Store {
+            shards,
+            clock: AtomicU64::new(0),
+            region,
+            stats: Stats::default(),
+            runtime,
+            used_memory: AtomicU64::new(0),
+            used_memory_at_ms: AtomicU64::new(0),
+            next_evict_shard: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn region(&self) -> RegionId {
+        self.region
+    }
+
+    /// A fresh HLC stamp for a local write at physical time `now_ms`.
+    pub fn stamp(&self, now_ms: u64) -> Stamp {
+        let mut last = self.clock.load(Relaxed);
+        loop {
+            let next = Hlc(last).tick(now_ms);
+            match self
+                .clock
+                .compare_exchange_weak(last, next.0, Relaxed, Relaxed)
+            {
+                Ok(_) => return Stamp::new(next, self.region),
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// Fold a remote HLC into the node clock.
+    pub fn observe(&self, hlc: Hlc) {
+        self.clock.fetch_max(hlc.0, Relaxed);
+    }
+
+    pub fn shard(&self, idx: usize) -> MutexGuard<'_, Shard> {
+        self.shards[idx].lock()
+    }
+
+    /// Lock every shard in index order (the global lock order).
+    pub fn lock_all(&self) -> Vec<MutexGuard<'_, Shard>> {
+        self.shards.iter().map(|s| s.lock()).collect()
+    }
+
+    /// Lock the given shards (deduplicated, ascending: deadlock-free).
+    pub fn lock_some(&self, idxs: &mut Vec<usize>) -> Vec<(usize, MutexGuard<'_, Shard>)> {
+        idxs.sort_unstable();
+        idxs.dedup();
+        idxs.iter().map(|&i| (i, self.shards[i].lock())).collect()
+    }
+
+    pub fn key_count(&self) -> (usize, usize) {
+        let mut keys = 0;
+        let mut volatile = 0;
+        for s in self.shards.iter() {
+            let s = s.lock();
+            keys += s.ks.len();
+            volatile += s.ks.stats().volatile;
+        }
+        (keys, volatile)
+    }
+
+    pub fn sum_stats(&self) -> meridian_crdt::KeyspaceStats {
+        let mut t = meridian_crdt::KeyspaceStats::default();
+        for s in self.shards.iter() {
+            let s = s.lock();
+            let k = s.ks.stats();
+            t.keys += k.keys;
+            t.tombstones += k.tombstones;
+            t.volatile += k.volatile;
+            t.bytes += k.bytes;
+            t.expired += k.expired;
+            t.evicted += k.evicted;
+            t.deltas_applied += k.deltas_applied;
+            t.partial_deltas_dropped += k.partial_deltas_dropped;
+        }
+        t
+    }
+
+    /// Bytes the allocator reports in use (what `maxmemory` is compared with), refreshed at
+    /// most once per millisecond.
+    pub fn used_memory(&self, now_ms: u64) -> u64 {
+        if self.used_memory_at_ms.swap(now_ms, Relaxed) != now_ms {
+            self.used_memory
+                .store(crate::memory::allocated_bytes(), Relaxed);
+        }
+        self.used_memory.load(Relaxed)
+    }
+
+    /// Evict keys until memory is under `maxmemory`. Returns false if the limit is exceeded
+    /// and nothing more can be evicted (the caller answers -OOM to writes).
+    pub fn enforce_maxmemory(&self, now_ms: u64, rng: &mut impl FnMut() -> u64) -> bool {
+        let max = self.runtime.maxmemory.load(Relaxed);
+        if max == 0 {
+            return true;
+        }
+        let used = self.used_memory(now_ms);
+        if used <= max {
+            return true;
+        }
+        let policy = *self.runtime.policy.lock();
+        if policy == EvictionPolicy::NoEviction {
+            return false;
+        }
+        let samples = self.runtime.samples.load(Relaxed).max(1);
+        let mut to_free = (used - max) as usize;
+        let mut fruitless = 0;
+        while to_free > 0 && fruitless < SHARDS {
+            let i = self.next_evict_shard.fetch_add(1, Relaxed) % SHARDS;
+            let mut shard = self.shards[i].lock();
+            match shard.ks.evict_one(policy, samples, now_ms, rng) {
+                Some(freed) => {
+                    fruitless = 0;
+                    shard.touch_all_watched();
+                    to_free = to_free.saturating_sub(freed.max(1));
+                }
+                None => fruitless += 1,
+            }
+        }
+        // Force a fresh allocator reading on the next check.
+        self.used_memory_at_ms.store(0, Relaxed);
+        to_free == 0
+    }
+
+    pub fn active_expire(&self, now_ms: u64, budget_per_shard: usize) -> usize {
+        let mut n = 0;
+        for s in self.shards.iter() {
+            let mut s = s.lock();
+            let reclaimed = s.ks.active_expire(now_ms, budget_per_shard);
+            if reclaimed > 0 {
+                s.touch_all_watched();
+            }
+            n += reclaimed;
+        }
+        n
+    }
+}
