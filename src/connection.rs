@@ -76,6 +76,7 @@ pub async fn serve(
                 }
             }
         }
+        store.stats.commands.fetch_add(std::mem::take(&mut conn.pending_commands), Relaxed);
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 break;
@@ -113,7 +114,7 @@ pub fn execute(
     args: &[Bytes],
     now: u64,
 ) -> Reply {
-    store.stats.commands.fetch_add(1, Relaxed);
+    conn.pending_commands += 1;
     let Some(spec) = cmd::lookup(&args[0]) else {
         if conn.multi.is_some() {
             conn.multi_error = true;

@@ -89,13 +89,13 @@ pub fn render(store: &Store, shared: &Shared) -> String {
         "keyspace_hits_total",
         "counter",
         "Reads that found their key.",
-        st.hits.load(Relaxed),
+        store.hits_misses().0,
     );
     metric(
         "keyspace_misses_total",
         "counter",
         "Reads that missed.",
-        st.misses.load(Relaxed),
+        store.hits_misses().1,
     );
     metric(
         "expired_keys_total",

@@ -20,6 +20,9 @@ pub struct Shard {
     log_max: usize,
     /// Keys some connection WATCHes → version bumped on every change.
     watched: HashMap<Bytes, (usize, u64)>,
+    /// Keyspace hits and misses (counted under the shard lock: no shared atomics).
+    pub hits: u64,
+    pub misses: u64,
 }
 
 impl Shard {
@@ -77,8 +80,6 @@ pub struct Stats {
     pub connections_received: AtomicU64,
     pub connected_clients: AtomicUsize,
     pub rejected_connections: AtomicU64,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
     pub deltas_produced: AtomicU64,
     pub deltas_dropped: AtomicU64,
     pub ops_per_sec: AtomicU64,
@@ -126,6 +127,8 @@ impl Store {
                     log: VecDeque::new(),
                     log_max,
                     watched: HashMap::new(),
+                    hits: 0,
+                    misses: 0,
                 })
             })
             .collect();
@@ -175,10 +178,31 @@ impl Store {
     }
 
     /// Lock the given shards (deduplicated, ascending: deadlock-free).
-    pub fn lock_some(&self, idxs: &mut Vec<usize>) -> Vec<(usize, MutexGuard<'_, Shard>)> {
+    pub fn lock_some(&self, idxs: &mut [usize]) -> crate::cmd::SomeGuards<'_> {
         idxs.sort_unstable();
-        idxs.dedup();
-        idxs.iter().map(|&i| (i, self.shards[i].lock())).collect()
+        let mut out = crate::cmd::SomeGuards::new();
+        for (n, &i) in idxs.iter().enumerate() {
+            if n == 0 || idxs[n - 1] != i {
+                out.push((i, self.shards[i].lock()));
+            }
+        }
+        out
+    }
+
+    /// (hits, misses) summed over shards.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(h, m), s| {
+            let s = s.lock();
+            (h + s.hits, m + s.misses)
+        })
+    }
+
+    pub fn reset_hits_misses(&self) {
+        for s in self.shards.iter() {
+            let mut s = s.lock();
+            s.hits = 0;
+            s.misses = 0;
+        }
     }
 
     pub fn key_count(&self) -> (usize, usize) {

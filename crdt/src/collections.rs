@@ -215,6 +215,11 @@ impl OrMap {
         self.fields.get(field).filter(|s| s.is_alive())
     }
 
+    /// A field's state even when dead (its tombstone).
+    pub fn raw_get(&self, field: &[u8]) -> Option<&Str> {
+        self.fields.get(field)
+    }
+
     pub fn fields(&self) -> impl Iterator<Item = (&Bytes, &Str)> {
         self.fields.iter().filter(|(_, s)| s.is_alive())
     }
@@ -258,9 +263,11 @@ impl OrMap {
     /// `HDEL`: observed remove of one field; returns its tombstone (the delta) if it was present.
     pub fn remove(&mut self, field: &[u8]) -> Option<Str> {
         let slot = self.fields.get_mut(field)?;
+        let before = slot.heap_bytes();
         if !slot.remove() {
             return None;
         }
+        self.heap_bytes = self.heap_bytes + slot.heap_bytes() - before;
         self.alive -= 1;
         Some(slot.clone())
     }
@@ -305,11 +312,15 @@ impl OrMap {
 
     pub fn kill_all(&mut self) -> OrMap {
         let mut delta = OrMap::default();
+        let mut heap_bytes = self.heap_bytes;
         for (f, s) in self.fields.iter_mut() {
+            let before = s.heap_bytes();
             if s.remove() {
                 delta.merge_field(f, s);
             }
+            heap_bytes = heap_bytes + s.heap_bytes() - before;
         }
+        self.heap_bytes = heap_bytes;
         self.alive = 0;
         delta
     }
@@ -363,4 +374,60 @@ fn stable_min(s: &Str, stable: &impl Fn(RegionId) -> Hlc) -> Hlc {
         min = min.min(stable(c.region));
     }
     min
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(h: u64, r: u16) -> Stamp {
+        Stamp::new(Hlc(h), RegionId(r))
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// Recount in place (a clone would shrink the counters' vectors and change the sizes).
+    fn recounted(m: &OrMap) -> (usize, usize) {
+        let alive = m.raw().filter(|(_, s)| s.is_alive()).count();
+        let bytes = m
+            .raw()
+            .map(|(f, s)| f.len() + ELEMENT_OVERHEAD_BYTES + s.heap_bytes())
+            .sum();
+        (alive, bytes)
+    }
+
+    #[test]
+    fn or_map_cached_counters_match_a_recount() {
+        let mut m = OrMap::default();
+        m.update(&b("f"), |s| s.set(st(1, 1), b("a long value that takes room")));
+        m.update(&b("g"), |s| s.incr_by(st(2, 1), 5)).1.unwrap();
+        assert_eq!((m.len(), m.heap_bytes()), recounted(&m));
+        m.remove(b"f").unwrap();
+        assert_eq!((m.len(), m.heap_bytes()), recounted(&m), "after HDEL");
+        m.update(&b("f"), |s| s.set(st(3, 1), b("v")));
+        let _ = m.kill_all();
+        assert_eq!((m.len(), m.heap_bytes()), recounted(&m), "after DEL");
+        m.gc(&|_| Hlc(u64::MAX), false);
+        assert_eq!((m.len(), m.heap_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn or_set_cached_counters_match_a_recount() {
+        let mut s = OrSet::default();
+        s.add(st(1, 1), &b("a"));
+        s.add(st(2, 1), &b("b"));
+        let mut other = OrSet::default();
+        other.add(st(3, 2), &b("c"));
+        s.merge(&other);
+        s.remove(b"a").unwrap();
+        let mut x = s.clone();
+        x.rebuild();
+        assert_eq!((s.len(), s.heap_bytes()), (x.len(), x.heap_bytes()));
+        assert_eq!(s.len(), 2);
+        let killed = s.kill_all();
+        assert_eq!(killed.element_count(), 2, "the delta names exactly the killed members");
+        assert!(s.is_empty());
+    }
 }

@@ -65,7 +65,11 @@ impl<P: Clone + Ord> Dots<P> {
         };
         match self.0.binary_search_by_key(&region, |e| e.region) {
             Ok(i) => {
-                debug_assert!(self.0[i].hlc < hlc, "local dots must advance");
+                // Re-setting the very same entry (SADD k a a in one write) is idempotent.
+                debug_assert!(
+                    self.0[i].hlc < hlc || self.0[i] == entry,
+                    "local dots must advance"
+                );
                 self.0[i] = entry;
             }
             Err(i) => self.0.insert(i, entry),

@@ -9,7 +9,14 @@
 //!
 //! Existence is observed-remove: `DEL` kills exactly the dots and increments it saw. The TTL is
 //! [`Dots`] of deadlines: a causally later `EXPIRE`/`PERSIST` kills the ones it saw; among
-//! concurrent ones the longest deadline wins and `PERSIST` beats any deadline.
+//! concurrent ones the longest deadline wins and `PERSIST` beats any deadline. A write that
+//! creates the key (re)starts it without TTL, like Redis: it kills the deadlines left over
+//! from an earlier incarnation (an emptied set, or an `EXPIRE` that raced a `DEL`).
+//!
+//! A dead element keeps the dots of the write that created it, not of the write that killed
+//! it. So each entry also records, per region, the stamp of the latest write that removed
+//! something from it ([`Entry::removals`]); tombstones are only collected once those removals
+//! are stable too (see [`Entry::gc`]).
 
 use crate::collections::{OrMap, OrSet};
 use crate::dots::Dots;
@@ -121,8 +128,9 @@ pub struct Comp {
 /// Local, non-replicated bookkeeping used for eviction.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Access {
-    /// Seconds clock of the last access (LRU).
-    pub lru_secs: u32,
+    /// Millisecond clock of the last access, wrapping at 2^32 ms (~49 days), like Redis'
+    /// LRU clock wraps.
+    pub lru_ms: u32,
     /// Logarithmic access frequency (LFU), like Redis' 8-bit counter.
     pub lfu: u8,
 }
@@ -131,6 +139,10 @@ pub struct Access {
 pub struct Entry {
     comps: SmallVec<[Comp; 1]>,
     expiry: Dots<u64>,
+    /// Per region (sorted, at most one each): the stamp of its latest write that removed
+    /// something here (DEL, SREM, HDEL, an overwrite of another type, a TTL replaced).
+    #[serde(default)]
+    removed: SmallVec<[Stamp; 1]>,
     /// Cached effective deadline (ms since epoch); `0` = none.
     #[serde(skip)]
     deadline_ms: u64,
@@ -140,7 +152,7 @@ pub struct Entry {
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.comps == other.comps && self.expiry == other.expiry
+        self.comps == other.comps && self.expiry == other.expiry && self.removed == other.removed
     }
 }
 impl Eq for Entry {}
@@ -193,6 +205,38 @@ impl Entry {
         &self.expiry
     }
 
+    /// Per region, the stamp of its latest write that removed something from this key.
+    /// Tombstones here are only collectable once these are stable.
+    pub fn removals(&self) -> &[Stamp] {
+        &self.removed
+    }
+
+    /// Record a removing write (per-region max). Returns whether it was new.
+    fn note_removal(&mut self, stamp: Stamp) -> bool {
+        match self.removed.binary_search_by_key(&stamp.region, |s| s.region) {
+            Ok(i) if stamp.hlc > self.removed[i].hlc => {
+                self.removed[i] = stamp;
+                true
+            }
+            Ok(_) => false,
+            Err(i) => {
+                self.removed.insert(i, stamp);
+                true
+            }
+        }
+    }
+
+    /// Take `other`'s TTL and removal records (not its components): completes a delta that
+    /// must carry the key's whole state.
+    pub(crate) fn merge_metadata(&mut self, other: &Entry) {
+        if self.expiry.merge(&other.expiry) {
+            self.recompute_deadline();
+        }
+        for s in &other.removed {
+            self.note_removal(*s);
+        }
+    }
+
     /// Effective deadline in ms since the epoch, if any.
     pub fn deadline_ms(&self) -> Option<u64> {
         (self.deadline_ms != 0).then_some(self.deadline_ms)
@@ -226,7 +270,10 @@ impl Entry {
             .iter()
             .map(|c| c.val.max_hlc().max(c.created.hlc))
             .max();
-        c.unwrap_or(Hlc::ZERO).max(self.expiry.max_hlc())
+        let r = self.removed.iter().map(|s| s.hlc).max();
+        c.unwrap_or(Hlc::ZERO)
+            .max(self.expiry.max_hlc())
+            .max(r.unwrap_or(Hlc::ZERO))
     }
 
     fn comp_index(&self, kind: Kind) -> Result<usize, usize> {
@@ -247,7 +294,17 @@ impl Entry {
                     changed |= mine.val.merge(&theirs.val);
                 }
                 Err(i) => {
-                    self.comps.insert(i, theirs.clone());
+                    // Merge into an empty component rather than cloning: the collections'
+                    // cached counters are then recomputed here, whatever their state in
+                    // `other` (a decoded delta has none).
+                    self.comps.insert(
+                        i,
+                        Comp {
+                            created: theirs.created,
+                            val: Val::empty(theirs.val.kind()),
+                        },
+                    );
+                    self.comps[i].val.merge(&theirs.val);
                     changed = true;
                 }
             }
@@ -256,12 +313,25 @@ impl Entry {
             self.recompute_deadline();
             changed = true;
         }
+        for s in &other.removed {
+            changed |= self.note_removal(*s);
+        }
         changed
     }
 
     /// Drop tombstone metadata that every region has seen. `drop_dead` drops all dead
     /// metadata regardless (single-region mode).
+    ///
+    /// `stable(region)` must be an HLC up to which every region has merged all of `region`'s
+    /// writes (over links that deliver each region's writes in order). A dead element is
+    /// only dropped once both its own dots and every removal recorded on the entry are
+    /// stable: until a removal has reached everyone, some region may still send state that
+    /// holds the element alive, and only the tombstone keeps it dead.
     pub fn gc(&mut self, stable: &impl Fn(RegionId) -> Hlc, drop_dead: bool) {
+        if !drop_dead && !self.removals_stable(stable) {
+            return;
+        }
+        self.removed.clear();
         for c in self.comps.iter_mut() {
             match &mut c.val {
                 Val::Set(s) => s.gc(stable, drop_dead),
@@ -275,9 +345,14 @@ impl Entry {
         }
     }
 
-    /// Is this entry a tombstone every region has seen (safe to drop)?
+    fn removals_stable(&self, stable: &impl Fn(RegionId) -> Hlc) -> bool {
+        self.removed.iter().all(|s| s.hlc <= stable(s.region))
+    }
+
+    /// Is this entry a tombstone every region has seen (safe to drop)? Its writes and the
+    /// removals that killed them must all be stable.
     pub fn is_stable_tombstone(&self, stable: &impl Fn(RegionId) -> Hlc) -> bool {
-        if self.is_alive() {
+        if self.is_alive() || !self.removals_stable(stable) {
             return false;
         }
         let mut stable_all = true;
@@ -362,6 +437,10 @@ pub struct Delta {
 }
 
 /// A write in progress on one entry: applies local ops and accumulates their delta.
+///
+/// Every op of one write shares the write's stamp, so a write may touch each element (a
+/// member, a field, the string) at most once: the caller collapses duplicates
+/// (`SADD k a a`, `HSET k f 1 f 2`) first. Re-adding the same member is tolerated.
 pub struct EntryWriter<'a> {
     pub(crate) entry: &'a mut Entry,
     pub(crate) delta: Entry,
@@ -387,9 +466,38 @@ impl<'a> EntryWriter<'a> {
         }
     }
 
+    /// This write removed something: record it on the entry and in the delta.
+    fn note_removal(&mut self) {
+        self.entry.note_removal(self.stamp);
+        self.delta.note_removal(self.stamp);
+        self.changed = true;
+    }
+
+    /// Ship the entry's TTL entries (after a local change to them) in the delta.
+    fn delta_expiry(&mut self) {
+        self.delta.expiry.merge(&self.entry.expiry);
+        self.delta.recompute_deadline();
+        self.changed = true;
+    }
+
+    /// Kill every TTL entry this region observed; returns whether one was alive.
+    fn kill_ttl(&mut self) -> bool {
+        if !self.entry.expiry.kill_all() {
+            return false;
+        }
+        self.entry.recompute_deadline();
+        self.delta_expiry();
+        self.note_removal();
+        true
+    }
+
     /// Get (creating if needed) the component of `kind`, after killing every other live
     /// component (an overwrite observes and removes them, like Redis' SET over a set).
+    /// When the key does not exist, this write creates it: leftover deadlines are killed.
     fn comp(&mut self, kind: Kind) -> usize {
+        if !self.entry.is_alive() {
+            self.kill_ttl();
+        }
         let mut killed = false;
         for c in self.entry.comps.iter_mut() {
             if c.val.kind() != kind && c.val.is_alive() {
@@ -404,7 +512,9 @@ impl<'a> EntryWriter<'a> {
                 killed = true;
             }
         }
-        let _ = killed;
+        if killed {
+            self.note_removal();
+        }
         let i = match self.entry.comp_index(kind) {
             Ok(i) => i,
             Err(i) => {
@@ -450,10 +560,8 @@ impl<'a> EntryWriter<'a> {
         let stamp = self.stamp;
         self.str_mut().set(stamp, value);
         self.str_delta();
-        if !keep_ttl && self.entry.expiry.is_alive() {
-            self.entry.expiry.kill_all();
-            self.entry.recompute_deadline();
-            self.delta.expiry.merge(&self.entry.expiry);
+        if !keep_ttl {
+            self.kill_ttl();
         }
     }
 
@@ -492,6 +600,7 @@ impl<'a> EntryWriter<'a> {
             Some(dots) => {
                 let m = Bytes::copy_from_slice(member);
                 self.delta_set_member(created, &m, &dots);
+                self.note_removal();
                 true
             }
             None => false,
@@ -520,10 +629,13 @@ impl<'a> EntryWriter<'a> {
         let Val::Hash(h) = &mut self.entry.comps[i].val else {
             unreachable!()
         };
-        let before = h.get(field).cloned();
-        let (_, r, state) = h.update(field, |s| f(s, stamp));
-        if before.as_ref() != Some(&state) {
+        let before = h.raw_get(field).cloned().unwrap_or_default();
+        let (was, r, state) = h.update(field, |s| f(s, stamp));
+        if before != state {
             self.delta_hash_field(created, field, &state);
+            if was && !state.is_alive() {
+                self.note_removal();
+            }
         }
         r
     }
@@ -541,6 +653,7 @@ impl<'a> EntryWriter<'a> {
             Some(state) => {
                 let f = Bytes::copy_from_slice(field);
                 self.delta_hash_field(created, &f, &state);
+                self.note_removal();
                 true
             }
             None => false,
@@ -576,11 +689,9 @@ impl<'a> EntryWriter<'a> {
                 });
             }
         }
-        self.entry.expiry.kill_all();
-        self.entry.recompute_deadline();
-        tomb.expiry = self.entry.expiry.clone();
         self.delta.merge(&tomb);
-        self.changed = true;
+        self.kill_ttl();
+        self.note_removal();
         true
     }
 
@@ -588,15 +699,48 @@ impl<'a> EntryWriter<'a> {
     pub fn set_deadline(&mut self, deadline_ms: Option<u64>) {
         let payload = deadline_ms.unwrap_or(PERSIST);
         let stamp = self.stamp;
-        self.entry.expiry.kill_all();
+        if self.entry.expiry.kill_all() {
+            self.note_removal();
+        }
         self.entry.expiry.set(stamp.region, stamp.hlc, payload);
         self.entry.recompute_deadline();
-        self.delta.expiry.merge(&self.entry.expiry);
-        self.changed = true;
+        self.delta_expiry();
     }
 
     /// `SPOP`-style removal helpers and other collection reads need the set itself.
     pub fn set_members(&self) -> Option<&OrSet> {
         self.entry.as_set()
+    }
+}
+
+impl Entry {
+    /// Single-region mode (no tombstones kept): physically drop what `delta` killed, in time
+    /// proportional to the delta, not to the value (an SREM on a big set stays O(1)).
+    pub(crate) fn forget_dead_in(&mut self, delta: &Entry) {
+        for dc in &delta.comps {
+            let Ok(i) = self.comp_index(dc.val.kind()) else { continue };
+            match (&mut self.comps[i].val, &dc.val) {
+                (Val::Set(mine), Val::Set(d)) => {
+                    for (m, dots) in d.raw() {
+                        if !dots.is_alive() {
+                            mine.forget_if_dead(m);
+                        }
+                    }
+                }
+                (Val::Hash(mine), Val::Hash(d)) => {
+                    for (f, s) in d.raw() {
+                        if !s.is_alive() {
+                            mine.forget_if_dead(f);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.comps.retain(|c| c.val.is_alive());
+        if !delta.expiry.is_empty() {
+            self.expiry.0.retain(|e| e.alive);
+        }
+        self.removed.clear();
     }
 }

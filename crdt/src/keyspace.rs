@@ -237,11 +237,12 @@ impl Keyspace {
     ) -> R {
         debug_assert_eq!(stamp.region, self.cfg.region);
         let slot = key_slot(key);
-        // An expired key is gone before the write sees it.
+        // An expired key is gone before the write sees it. (A tombstone whose leftover
+        // deadline passed is not an expired key: it stays, the write builds on it.)
         if self
             .table(slot)
             .and_then(|t| t.map.get(key))
-            .is_some_and(|e| e.is_expired(now_ms))
+            .is_some_and(|e| e.is_alive() && e.is_expired(now_ms))
         {
             self.reclaim(slot, key, true);
         }
@@ -267,9 +268,24 @@ impl Keyspace {
             created_key: !was_alive,
         };
         let r = f(&mut w);
-        let (changed, delta_state, created_key) = (w.changed, w.delta, w.created_key);
+        let (changed, mut delta_state, created_key) = (w.changed, w.delta, w.created_key);
         let is_alive = entry.is_alive();
-        let full = created_key || delta_state.kind_hint() == Some(Kind::Str);
+        // Full: the delta alone rebuilds the key's whole live state. True when the write
+        // created the key, or when every live component is a string the delta carries whole
+        // (a string write always ships its whole string). The TTL goes along.
+        let full = created_key
+            || entry
+                .components()
+                .iter()
+                .filter(|c| c.val.is_alive())
+                .all(|c| c.val.kind() == Kind::Str && delta_state.carries(Kind::Str));
+        if changed && full {
+            delta_state.merge_metadata(&entry);
+        }
+        touch(&mut entry.access, now_ms, coin);
+        if !retain {
+            entry.forget_dead_in(&delta_state);
+        }
         if changed {
             self.deltas.push(Delta {
                 key: key_bytes.clone(),
@@ -278,10 +294,6 @@ impl Keyspace {
                 full,
                 state: delta_state,
             });
-        }
-        touch(&mut entry.access, now_ms, coin);
-        if !retain {
-            entry.gc(&|_| Hlc(u64::MAX), true);
         }
         let keep = is_alive || (retain && existed) || (retain && changed);
         let is_volatile = is_alive && entry.deadline_ms().is_some();
@@ -492,7 +504,7 @@ impl Keyspace {
             };
             let score = match policy {
                 EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru => {
-                    u64::MAX - u64::from(e.access.lru_secs)
+                    u64::from(lru_idle_ms(&e.access, now_ms))
                 }
                 EvictionPolicy::AllKeysLfu | EvictionPolicy::VolatileLfu => {
                     u64::from(u8::MAX - lfu_decayed(&e.access, now_ms))
@@ -645,7 +657,8 @@ impl Keyspace {
     }
 
     /// Drop metadata every region has seen: dead members/fields/TTLs whose dots are at or
-    /// below `stable(region)`, and whole tombstone keys.
+    /// below `stable(region)`, and whole tombstone keys — once the removals that killed them
+    /// are stable too (see [`Entry::gc`] for what `stable` must mean).
     pub fn gc(&mut self, stable: &impl Fn(RegionId) -> Hlc) -> usize {
         if self.stats.tombstones == 0 && !self.cfg.retain_tombstones {
             return 0;
@@ -726,8 +739,8 @@ impl Keyspace {
 }
 
 impl Entry {
-    fn kind_hint(&self) -> Option<Kind> {
-        self.components().first().map(|c| c.val.kind())
+    fn carries(&self, kind: Kind) -> bool {
+        self.components().iter().any(|c| c.val.kind() == kind)
     }
 }
 
@@ -735,8 +748,7 @@ const LFU_INIT: u8 = 5;
 const LFU_LOG_FACTOR: u64 = 10;
 
 fn touch(a: &mut Access, now_ms: u64, coin: u64) {
-    let now_secs = (now_ms / 1000) as u32;
-    let mut c = if a.lru_secs == 0 && a.lfu == 0 {
+    let mut c = if a.lru_ms == 0 && a.lfu == 0 {
         LFU_INIT
     } else {
         lfu_decayed(a, now_ms)
@@ -749,11 +761,20 @@ fn touch(a: &mut Access, now_ms: u64, coin: u64) {
         }
     }
     a.lfu = c;
-    a.lru_secs = now_secs;
+    a.lru_ms = now_ms as u32;
 }
 
 /// LFU counter after decaying one step per idle minute (Redis' lfu-decay-time 1).
 fn lfu_decayed(a: &Access, now_ms: u64) -> u8 {
-    let idle_min = ((now_ms / 1000) as u32).saturating_sub(a.lru_secs) / 60;
+    let idle_min = lru_idle_ms(a, now_ms) / 60_000;
     a.lfu.saturating_sub(idle_min.min(255) as u8)
 }
+
+/// Milliseconds since the last access (wrapping clock).
+fn lru_idle_ms(a: &Access, now_ms: u64) -> u32 {
+    (now_ms as u32).wrapping_sub(a.lru_ms)
+}
+
+#[cfg(test)]
+#[path = "keyspace_tests.rs"]
+mod tests;

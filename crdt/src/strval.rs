@@ -170,11 +170,27 @@ impl Str {
         }
     }
 
-    /// `INCRBY`: adds to this region's contribution. Refused (state unchanged) when the
-    /// visible result or the region's cumulative contribution would leave i64.
+    /// The exact integer value (absent = 0), before the display saturation of [`value`].
+    ///
+    /// [`value`]: Str::value
+    fn exact_integer(&self) -> Result<i128, CrdtError> {
+        let base = match &self.reg.value {
+            None => 0,
+            Some(b) => parse_i64(b).ok_or(CrdtError::NotInteger)?,
+        };
+        if !self.has_live_counter() {
+            return Ok(i128::from(base));
+        }
+        Ok(i128::from(base) + self.unobserved_sum())
+    }
+
+    /// `INCRBY`: adds to this region's contribution and returns the new value. Refused
+    /// (state unchanged) when the exact result or the region's cumulative contribution would
+    /// leave i64 — so after concurrent increments saturated the sum, only increments that
+    /// bring it back in range succeed, and a reply is always the value then read.
     pub fn incr_by(&mut self, stamp: Stamp, by: i64) -> Result<i64, CrdtError> {
-        let current = self.integer()?;
-        let result = current.checked_add(by).ok_or(CrdtError::Overflow)?;
+        let current = self.exact_integer()?;
+        let result = i64::try_from(current + i128::from(by)).map_err(|_| CrdtError::Overflow)?;
         match self.ctr.binary_search_by_key(&stamp.region, |c| c.region) {
             Ok(i) => {
                 let c = &mut self.ctr[i];

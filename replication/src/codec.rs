@@ -79,6 +79,9 @@ pub struct SlotKeys {
 pub struct AeKeys {
     pub round: u64,
     pub last: bool,
+    /// The responder's own write frontier when it compared (causal-stability bookkeeping:
+    /// a clean round proves the initiator holds the responder's writes up to it).
+    pub origin_seen: Hlc,
     pub slots: Vec<SlotKeys>,
 }
 

@@ -214,6 +214,10 @@ fn hincrbyfloat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     let Some(by) = parse_float(&a[3]) else {
         return not_float();
     };
+    // Redis rejects a non-finite increment itself before looking at the field.
+    if !by.is_finite() {
+        return err("ERR value is NaN or Infinity");
+    }
     let current = match with_hash(ctx, &a[1], |h| h.get(&a[2]).and_then(Str::value)) {
         Err(e) => return e,
         Ok(v) => v.flatten(),

@@ -99,11 +99,13 @@ impl Spec {
     }
 }
 
-static TABLE: OnceLock<HashMap<&'static [u8], Spec>> = OnceLock::new();
+type Table = HashMap<&'static [u8], Spec, ahash::RandomState>;
 
-pub fn table() -> &'static HashMap<&'static [u8], Spec> {
+static TABLE: OnceLock<Table> = OnceLock::new();
+
+pub fn table() -> &'static Table {
     TABLE.get_or_init(|| {
-        let mut m = HashMap::new();
+        let mut m = Table::default();
         for spec in string::specs()
             .into_iter()
             .chain(set::specs())
@@ -144,6 +146,8 @@ pub struct ConnState {
     /// Reply then close (QUIT, protocol errors).
     pub close: bool,
     pub rng: u64,
+    /// Commands run since the last flush to the shared counter (one atomic per batch).
+    pub pending_commands: u64,
 }
 
 impl ConnState {
@@ -159,6 +163,7 @@ impl ConnState {
             multi_error: false,
             watched: Vec::new(),
             close: false,
+            pending_commands: 0,
             rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }
@@ -173,9 +178,11 @@ impl ConnState {
     }
 }
 
+pub type SomeGuards<'s> = smallvec::SmallVec<[(usize, MutexGuard<'s, Shard>); 2]>;
+
 pub enum Locks<'s> {
     None,
-    Some(Vec<(usize, MutexGuard<'s, Shard>)>),
+    Some(SomeGuards<'s>),
     All(Vec<MutexGuard<'s, Shard>>),
 }
 
@@ -192,7 +199,7 @@ impl<'s, 'c> Ctx<'s, 'c> {
     pub fn shard(&mut self, key: &[u8]) -> &mut Shard {
         let idx = key_shard(key);
         if matches!(self.locks, Locks::None) {
-            self.locks = Locks::Some(Vec::with_capacity(1));
+            self.locks = Locks::Some(SomeGuards::new());
         }
         match &mut self.locks {
             Locks::All(g) => &mut g[idx],
@@ -226,14 +233,13 @@ impl<'s, 'c> Ctx<'s, 'c> {
     /// Lookup for reading: reclaims expired keys, counts hits and misses.
     pub fn read(&mut self, key: &[u8]) -> Option<&Entry> {
         let now = self.now_ms;
-        let stats = &self.store.stats;
-        let e = self.shard(key).ks.get(key, now);
-        let counter = if e.is_some() {
-            &stats.hits
+        let shard = self.shard(key);
+        let e = shard.ks.get(key, now);
+        if e.is_some() {
+            shard.hits += 1;
         } else {
-            &stats.misses
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shard.misses += 1;
+        }
         e
     }
 

@@ -398,8 +398,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     } else if sub.eq_ignore_ascii_case(b"resetstat") {
         let s = &ctx.store.stats;
         s.commands.store(0, Relaxed);
-        s.hits.store(0, Relaxed);
-        s.misses.store(0, Relaxed);
+        ctx.store.reset_hits_misses();
         s.connections_received.store(0, Relaxed);
         ok()
     } else if sub.eq_ignore_ascii_case(b"rewrite") {
@@ -480,8 +479,8 @@ pub fn info_text(
             st.rejected_connections.load(Relaxed),
             ks.expired,
             ks.evicted,
-            st.hits.load(Relaxed),
-            st.misses.load(Relaxed),
+            store.hits_misses().0,
+            store.hits_misses().1,
             st.protocol_errors.load(Relaxed),
         );
     }

@@ -395,7 +395,10 @@ fn incrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
 }
 
 fn decrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match crate::util::parse_int(&a[2]).and_then(i64::checked_neg) {
+    let Some(by) = crate::util::parse_int(&a[2]) else {
+        return not_int();
+    };
+    match by.checked_neg() {
         Some(by) => incr_generic(ctx, &a[1], by),
         None => err("ERR decrement would overflow"),
     }

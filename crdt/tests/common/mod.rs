@@ -392,3 +392,18 @@ pub fn check_laws<T: Clone + PartialEq + std::fmt::Debug>(
         }
     }
 }
+
+/// Anti-entropy between two replicas of one slice: `to` pulls `from`'s whole state.
+pub fn pull_between(rs: &mut [Replica], from: usize, to: usize) {
+    if from == to {
+        return;
+    }
+    let (src, dst) = if from < to {
+        let (l, r) = rs.split_at_mut(to);
+        (&l[from], &mut r[0])
+    } else {
+        let (l, r) = rs.split_at_mut(from);
+        (&r[0], &mut l[to])
+    };
+    dst.pull(src);
+}

@@ -36,6 +36,7 @@ pub struct AntiEntropyStats {
 
 struct PendingRound {
     round: u64,
+    start_seq: u64,
     listed: BTreeSet<u16>,
 }
 
@@ -48,8 +49,6 @@ struct PeerAe {
     /// No new round before this (an unanswered round is retried after `retry_ms`).
     retry_at_ms: u64,
     pending: Option<PendingRound>,
-    /// Clean rounds completed with this peer (the link uses it to close delivery gaps).
-    clean_rounds: u64,
 }
 
 pub struct AntiEntropy {
@@ -60,6 +59,10 @@ pub struct AntiEntropy {
     retry_ms: u64,
     chunk_bytes: usize,
     counter: u64,
+    /// Rounds started so far (orders round starts against the link's gap marks).
+    starts: u64,
+    /// Clean rounds completed: `(peer, start_seq, peer's own write frontier)`.
+    clean: Vec<(RegionId, u64, Hlc)>,
     /// Lossy slots → bitmask of peer indexes found equal since.
     lossy_synced: BTreeMap<u16, u64>,
     outbox: VecDeque<(RegionId, Frame)>,
@@ -141,13 +144,14 @@ impl AntiEntropy {
                     urgent: false,
                     retry_at_ms: 0,
                     pending: None,
-                    clean_rounds: 0,
                 })
                 .collect(),
             interval_ms,
             retry_ms,
             chunk_bytes,
             counter: 0,
+            starts: 0,
+            clean: Vec::new(),
             lossy_synced: BTreeMap::new(),
             outbox: VecDeque::new(),
             max_seen_hlc: Hlc::ZERO,
@@ -174,9 +178,14 @@ impl AntiEntropy {
         }
     }
 
-    pub fn clean_rounds(&self, peer: RegionId) -> u64 {
-        self.peer_index(peer)
-            .map_or(0, |i| self.peers[i].clean_rounds)
+    /// Number of rounds started so far; a round with a greater `start_seq` began later.
+    pub fn starts(&self) -> u64 {
+        self.starts
+    }
+
+    /// Clean rounds completed since the last call: `(peer, start_seq, peer's frontier)`.
+    pub fn take_clean_rounds(&mut self) -> Vec<(RegionId, u64, Hlc)> {
+        std::mem::take(&mut self.clean)
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -226,8 +235,10 @@ impl AntiEntropy {
         for (p, _) in self.peers.iter_mut().zip(due).filter(|(_, d)| *d) {
             p.next_due_ms = Some(now_ms + self.interval_ms);
             p.retry_at_ms = now_ms + self.retry_ms;
+            self.starts += 1;
             p.pending = Some(PendingRound {
                 round,
+                start_seq: self.starts,
                 listed: BTreeSet::new(),
             });
             self.stats.rounds_started += 1;
@@ -249,6 +260,7 @@ impl AntiEntropy {
         &mut self,
         from: RegionId,
         msg: &AeDigests,
+        own_seen: Hlc,
         store: &mut S,
     ) {
         if self.peer_index(from).is_none() {
@@ -285,6 +297,7 @@ impl AntiEntropy {
                     Frame::AeKeys(AeKeys {
                         round: msg.round,
                         last: false,
+                        origin_seen: own_seen,
                         slots: std::mem::take(&mut slots),
                     }),
                 ));
@@ -296,6 +309,7 @@ impl AntiEntropy {
             Frame::AeKeys(AeKeys {
                 round: msg.round,
                 last: true,
+                origin_seen: own_seen,
                 slots,
             }),
         ));
@@ -369,7 +383,7 @@ impl AntiEntropy {
             let pending = peer.pending.take().expect("checked above");
             self.stats.rounds_completed += 1;
             if pending.listed.is_empty() {
-                peer.clean_rounds += 1;
+                self.clean.push((from, pending.start_seq, msg.origin_seen));
                 self.stats.rounds_clean += 1;
                 peer.urgent = false;
             } else {

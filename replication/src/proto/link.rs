@@ -23,7 +23,7 @@
 //! on timer:         link.handle_timeout(now); link.poll_anti_entropy(now, &mut keyspace)
 //! then:             while let Some((peer, frame)) = link.poll_transmit(now) { send }
 //! periodically:     link.collect_garbage(&mut keyspace)
-//! clock:            hlc_clock.observe(link.max_seen_hlc())
+//! clock:            hlc_clock.observe(link.max_seen_hlc()); link.note_local_hlc(hlc_clock.last())
 //! ```
 
 use crate::codec::{Ack, Batch, Frame, Frontier};
@@ -44,6 +44,9 @@ pub struct LinkConfig {
     /// Out-of-order deltas buffered per origin (beyond: dropped, the sender resends).
     pub reorder_buffer_deltas: u64,
     pub anti_entropy_interval_ms: u64,
+    /// An unanswered anti-entropy round is abandoned and restarted after this long (also
+    /// the pause before re-checking a round that found differences).
+    pub anti_entropy_retry_ms: u64,
     pub anti_entropy_chunk_bytes: usize,
     pub frontier_interval_ms: u64,
 }
@@ -59,6 +62,7 @@ impl Default for LinkConfig {
             resend_timeout_ms: 1_000,
             reorder_buffer_deltas: 4 * 512,
             anti_entropy_interval_ms: 30_000,
+            anti_entropy_retry_ms: 5_000,
             anti_entropy_chunk_bytes: 64 * 1024,
             frontier_interval_ms: 5_000,
         }
@@ -105,10 +109,23 @@ struct Incoming {
     acked: u64,
     buffer: BTreeMap<u64, Delta>,
     /// Deltas were skipped (abandoned log, restart): `seen` must not advance until a clean
-    /// anti-entropy round with this origin after `gap_clean_mark`.
+    /// anti-entropy round with this origin started after `gap_mark`.
     gap: bool,
-    gap_clean_mark: u64,
+    gap_mark: u64,
     seen: Hlc,
+}
+
+impl Incoming {
+    fn unknown() -> Incoming {
+        Incoming {
+            epoch: 0,
+            acked: 0,
+            buffer: BTreeMap::new(),
+            gap: false,
+            gap_mark: 0,
+            seen: Hlc::ZERO,
+        }
+    }
 }
 
 pub struct RegionLink {
@@ -137,7 +154,7 @@ impl RegionLink {
             region,
             peers,
             cfg.anti_entropy_interval_ms,
-            cfg.resend_timeout_ms,
+            cfg.anti_entropy_retry_ms,
             cfg.anti_entropy_chunk_bytes,
         );
         let mut link = RegionLink {
@@ -208,6 +225,12 @@ impl RegionLink {
         self.out.iter().all(|o| o.log.is_empty() && !o.ack_due) && !self.ae.has_pending_output()
     }
 
+    /// The local clock's latest HLC: every local write at or below it is already in the
+    /// local keyspace. Lets an idle (or restarted) region's frontier advance for GC.
+    pub fn note_local_hlc(&mut self, hlc: Hlc) {
+        self.own_seen = self.own_seen.max(hlc);
+    }
+
     pub fn request_anti_entropy(&mut self, peer: RegionId) {
         self.ae.request(peer);
     }
@@ -268,7 +291,7 @@ impl RegionLink {
                     self.frontiers.insert(from, f.seen.into_iter().collect());
                 }
             }
-            Frame::AeDigests(d) => self.ae.handle_digests(from, &d, store),
+            Frame::AeDigests(d) => self.ae.handle_digests(from, &d, self.own_seen, store),
             Frame::AeKeys(k) => {
                 self.ae.handle_keys(from, &k, store);
                 self.close_gaps();
@@ -277,10 +300,16 @@ impl RegionLink {
         }
     }
 
+    /// A clean anti-entropy round started after a gap proves we hold everything the peer
+    /// had written up to its reported frontier: the gap is closed and `seen` catches up.
     fn close_gaps(&mut self) {
-        for (origin, inc) in self.inc.iter_mut() {
-            if inc.gap && self.ae.clean_rounds(*origin) > inc.gap_clean_mark {
+        for (origin, start_seq, origin_seen) in self.ae.take_clean_rounds() {
+            let inc = self.inc.entry(origin).or_insert_with(Incoming::unknown);
+            if inc.gap && start_seq > inc.gap_mark {
                 inc.gap = false;
+            }
+            if !inc.gap {
+                inc.seen = inc.seen.max(origin_seen);
             }
         }
     }
@@ -290,15 +319,8 @@ impl RegionLink {
         if b.origin != from || !self.out.iter().any(|o| o.peer == from) {
             return;
         }
-        let clean_mark = self.ae.clean_rounds(from);
-        let inc = self.inc.entry(b.origin).or_insert(Incoming {
-            epoch: 0,
-            acked: 0,
-            buffer: BTreeMap::new(),
-            gap: false,
-            gap_clean_mark: 0,
-            seen: Hlc::ZERO,
-        });
+        let mark = self.ae.starts();
+        let inc = self.inc.entry(b.origin).or_insert_with(Incoming::unknown);
         if b.epoch < inc.epoch {
             return; // a previous incarnation's batch
         }
@@ -310,15 +332,15 @@ impl RegionLink {
                 epoch: b.epoch,
                 acked: 0,
                 buffer: BTreeMap::new(),
-                gap: !fresh,
-                gap_clean_mark: clean_mark,
+                gap: !fresh || inc.gap,
+                gap_mark: mark,
                 seen: inc.seen,
             };
         }
         if b.floor > inc.acked + 1 {
             inc.acked = b.floor - 1;
             inc.gap = true;
-            inc.gap_clean_mark = clean_mark;
+            inc.gap_mark = mark;
             let keep = inc.buffer.split_off(&b.floor);
             inc.buffer = keep;
         }
@@ -489,7 +511,9 @@ impl RegionLink {
                 Frame::Batch(Batch {
                     origin: self.region,
                     epoch: self.epoch,
-                    floor: o.floor,
+                    // Below the log's front everything was acknowledged or abandoned; a
+                    // receiver that lost its state (restart) resumes from here.
+                    floor: o.acked + 1,
                     first_seq,
                     deltas,
                 }),
@@ -499,7 +523,7 @@ impl RegionLink {
     }
 
     /// This region's view: per origin, an HLC below which it holds every write.
-    fn seen_vector(&self) -> Vec<(RegionId, Hlc)> {
+    pub fn seen_vector(&self) -> Vec<(RegionId, Hlc)> {
         let mut v = vec![(self.region, self.own_seen)];
         for o in &self.out {
             let seen = self.inc.get(&o.peer).map_or(Hlc::ZERO, |i| i.seen);

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Benchmark meridian against redis-server in the same run, on loopback.
+
+Starts both servers (redis-server with persistence off), runs redis-benchmark for
+SET/GET/INCR/SADD/HSET with -c 50 (plain and -P 16), prints requests/s and p99 for both and
+the ratio, then measures RSS growth per key after loading 1M 100-byte strings and 1M
+counters into a fresh instance of each server.
+
+Usage: bench/compare.py [--requests N] [--keys N] [--meridian PATH] [--skip-memory]
+Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and a release
+build of meridian (cargo build --release).
+"""
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+TESTS = "set,get,incr,sadd,hset"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, deadline_s=20):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on port {port} exited early")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+def start_redis(port):
+    p = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, p)
+    return p
+
+
+def start_meridian(path, port):
+    p = subprocess.Popen([path, "--port", str(port), "--log-level", "warn"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, p)
+    return p
+
+
+def stop(p):
+    p.terminate()
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_benchmark(port, requests, pipeline):
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", TESTS, "-c", "50",
+           "-n", str(requests), "-r", "100000", "--csv", "-q"]
+    if pipeline > 1:
+        cmd += ["-P", str(pipeline)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for row in csv.reader(io.StringIO(out)):
+        if not row or row[0] == "test":
+            continue
+        name = row[0].split()[0].upper()
+        rows[name] = (float(row[1]), float(row[6]))  # rps, p99 ms
+    return rows
+
+
+def resp(*args):
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+    return b"".join(out)
+
+
+def load(port, payload):
+    subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=payload,
+                   capture_output=True, check=True)
+
+
+def settle_rss(pid):
+    # RSS is sampled after the load finished and the server went idle.
+    last = rss_bytes(pid)
+    for _ in range(20):
+        time.sleep(0.1)
+        now = rss_bytes(pid)
+        if abs(now - last) < 64 * 1024:
+            return now
+        last = now
+    return last
+
+
+def memory_per_key(start, n):
+    value = b"x" * 100
+    strings = b"".join(resp("SET", f"key:{i:08d}", value) for i in range(n))
+    counters = b"".join(resp("INCR", f"ctr:{i:08d}") for i in range(n))
+    result = {}
+    for label, payload in (("string", strings), ("counter", counters)):
+        port = free_port()
+        p = start(port)
+        try:
+            subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True, check=True)
+            before = settle_rss(p.pid)
+            load(port, payload)
+            after = settle_rss(p.pid)
+            dbsize = int(subprocess.run(["redis-cli", "-p", str(port), "DBSIZE"], capture_output=True,
+                                        text=True, check=True).stdout.strip())
+            used = subprocess.run(["redis-cli", "-p", str(port), "INFO", "memory"], capture_output=True,
+                                  text=True, check=True).stdout
+            used_memory = next(int(l.split(":")[1]) for l in used.splitlines() if l.startswith("used_memory:"))
+            if dbsize != n:
+                raise SystemExit(f"{label}: expected {n} keys, server holds {dbsize}")
+            result[label] = ((after - before) / n, used_memory, after)
+        finally:
+            stop(p)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200000)
+    ap.add_argument("--keys", type=int, default=1000000)
+    ap.add_argument("--meridian", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "meridian"))
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: apt-get install -y redis-server redis-tools")
+    meridian = os.path.abspath(args.meridian)
+    if not os.path.exists(meridian):
+        raise SystemExit(f"{meridian} missing: cargo build --release")
+
+    print(f"# throughput: redis-benchmark -t {TESTS} -c 50 -n {args.requests} -r 100000")
+    print(f"{'test':<8}{'P':>4}{'redis rps':>14}{'meridian rps':>14}{'ratio':>8}{'redis p99':>11}{'meridian p99':>14}")
+    for pipeline in (1, 16):
+        rport, mport = free_port(), free_port()
+        r, m = start_redis(rport), start_meridian(meridian, mport)
+        try:
+            # Alternate who goes first per run so neither always gets the warm machine.
+            rr = run_benchmark(rport, args.requests, pipeline)
+            mm = run_benchmark(mport, args.requests, pipeline)
+        finally:
+            stop(r)
+            stop(m)
+        for t in TESTS.upper().split(","):
+            (r_rps, r_p99), (m_rps, m_p99) = rr[t], mm[t]
+            print(f"{t:<8}{pipeline:>4}{r_rps:>14.0f}{m_rps:>14.0f}{m_rps / r_rps:>8.2f}{r_p99:>10.3f}ms{m_p99:>12.3f}ms")
+    if args.skip_memory:
+        return
+    print(f"\n# memory: RSS growth per key after {args.keys} SET key:%08d <100 B> / INCR ctr:%08d")
+    red = memory_per_key(start_redis, args.keys)
+    mer = memory_per_key(lambda port: start_meridian(meridian, port), args.keys)
+    print(f"{'kind':<9}{'redis B/key':>12}{'meridian B/key':>16}{'ratio':>8}{'meridian used_memory/RSS':>27}")
+    for kind in ("string", "counter"):
+        rb, mb = red[kind][0], mer[kind][0]
+        print(f"{kind:<9}{rb:>12.0f}{mb:>16.0f}{mb / rb:>8.2f}{mer[kind][1] / mer[kind][2]:>27.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,712 @@
+//! Unit tests of the keyspace's local memory management and bookkeeping: lazy and active
+//! expiry, eviction policies, SCAN, per-slot access, and the stats and per-slot counters
+//! (checked against a recount after random operations).
+
+use super::*;
+use crate::hlc::HlcClock;
+use proptest::prelude::*;
+
+fn ks(region: u16, retain: bool) -> Keyspace {
+    Keyspace::new(KeyspaceConfig {
+        region: RegionId(region),
+        retain_tombstones: retain,
+        seed: 42,
+    })
+}
+
+fn bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// A region writing with its own clock (physical time = `now_ms`).
+struct Writer {
+    ks: Keyspace,
+    clock: HlcClock,
+}
+
+impl Writer {
+    fn new(region: u16, retain: bool) -> Writer {
+        Writer {
+            ks: ks(region, retain),
+            clock: HlcClock::new(RegionId(region)),
+        }
+    }
+
+    fn write<R>(&mut self, key: &str, now_ms: u64, f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+        let stamp = self.clock.now(now_ms);
+        self.ks.write(key.as_bytes(), stamp, now_ms, f)
+    }
+
+    fn set(&mut self, key: &str, now_ms: u64, deadline_ms: Option<u64>) {
+        self.write(key, now_ms, |w| {
+            w.set_str(bytes("v"), false);
+            if deadline_ms.is_some() {
+                w.set_deadline(deadline_ms);
+            }
+        });
+    }
+}
+
+/// Recount everything the keyspace caches and compare.
+fn assert_consistent(ks: &Keyspace) {
+    let (mut keys, mut volatile, mut tombstones, mut bytes_total) = (0, 0, 0, 0);
+    for (slot, t) in ks.slots.iter().enumerate() {
+        let Some(t) = t.as_deref() else { continue };
+        let (mut alive, mut vol) = (0, 0);
+        for (k, e) in t.map.iter() {
+            assert_eq!(key_slot(k) as usize, slot, "key stored in its slot");
+            let mut rebuilt = e.clone();
+            rebuilt.rebuild();
+            assert_eq!(e.deadline_ms(), rebuilt.deadline_ms(), "cached deadline of {k:?}");
+            assert_eq!(e.is_alive(), rebuilt.is_alive(), "cached liveness of {k:?}");
+            bytes_total += entry_bytes(k, e);
+            if e.is_alive() {
+                alive += 1;
+                vol += usize::from(e.deadline_ms().is_some());
+            } else {
+                tombstones += 1;
+            }
+        }
+        assert_eq!(t.alive, alive, "slot {slot} alive");
+        assert_eq!(t.volatile, vol, "slot {slot} volatile");
+        assert_eq!(ks.slot_len(slot as u16), alive);
+        keys += alive;
+        volatile += vol;
+    }
+    let s = ks.stats();
+    assert_eq!(s.keys, keys, "stats.keys");
+    assert_eq!(s.volatile, volatile, "stats.volatile");
+    assert_eq!(s.tombstones, tombstones, "stats.tombstones");
+    assert_eq!(s.bytes, bytes_total, "stats.bytes");
+    assert_eq!(ks.len(), keys);
+    if !ks.cfg.retain_tombstones {
+        assert_eq!(tombstones, 0, "single-region mode keeps no tombstones");
+    }
+}
+
+/// `n` keys, each in a slot of its own.
+fn keys_in_distinct_slots(prefix: &str, n: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < n {
+        let k = format!("{prefix}{i}");
+        if seen.insert(key_slot(k.as_bytes())) {
+            out.push(k);
+        }
+        i += 1;
+    }
+    out
+}
+
+// ---- expiry ----
+
+#[test]
+fn get_reclaims_an_expired_key_lazily() {
+    let mut w = Writer::new(1, true);
+    w.set("k", 10, Some(100));
+    assert_eq!(w.ks.stats().volatile, 1);
+    assert!(w.ks.get(b"k", 99).is_some());
+    assert!(w.ks.peek(b"k", 100).is_none(), "peek hides it at the deadline");
+    assert_eq!(w.ks.len(), 1, "not reclaimed by a peek (like Redis, until touched)");
+    assert!(w.ks.get(b"k", 100).is_none());
+    assert_eq!(w.ks.len(), 0);
+    assert_eq!(w.ks.stats().expired, 1);
+    assert_eq!(w.ks.stats().volatile, 0);
+    assert!(w.ks.raw_entry(b"k").is_none());
+    assert!(w.ks.slot_is_lossy(key_slot(b"k")), "local loss is remembered");
+    assert_eq!(w.ks.pending_deltas(), 1, "only the SET produced a delta");
+    assert_consistent(&w.ks);
+}
+
+#[test]
+fn a_write_after_the_deadline_starts_a_new_key() {
+    let mut w = Writer::new(1, true);
+    w.write("k", 10, |w| {
+        w.incr_by(5).unwrap();
+        w.set_deadline(Some(100));
+    });
+    let r = w.write("k", 150, |w| w.incr_by(1));
+    assert_eq!(r, Ok(1));
+    assert_eq!(w.ks.stats().expired, 1);
+    let e = w.ks.get(b"k", 150).unwrap();
+    assert_eq!(e.deadline_ms(), None);
+    assert_consistent(&w.ks);
+}
+
+#[test]
+fn active_expire_is_bounded_by_its_budget() {
+    let mut w = Writer::new(1, true);
+    let volatile = keys_in_distinct_slots("v", 10);
+    let plain = keys_in_distinct_slots("p", 5);
+    for k in &volatile {
+        w.set(k, 10, Some(100));
+    }
+    for k in &plain {
+        w.set(k, 10, None);
+    }
+    assert_eq!(w.ks.stats().volatile, 10);
+    assert_eq!(w.ks.active_expire(99, 1_000), 0, "nothing due yet");
+    assert_eq!(w.ks.active_expire(100, 3), 3);
+    assert_eq!(w.ks.stats().keys, 12);
+    let mut total = 3;
+    loop {
+        let n = w.ks.active_expire(100, 4);
+        assert!(n <= 4);
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, 10);
+    assert_eq!(w.ks.stats().expired, 10);
+    assert_eq!(w.ks.stats().volatile, 0);
+    for k in &plain {
+        assert!(w.ks.get(k.as_bytes(), 100).is_some(), "keys without TTL stay");
+    }
+    for k in &volatile {
+        assert!(w.ks.raw_entry(k.as_bytes()).is_none());
+    }
+    assert_consistent(&w.ks);
+}
+
+// ---- eviction ----
+
+/// An "rng" that makes `sample` visit every key of `slot`, one per call, in table order.
+fn slot_walker(slot: u16) -> impl FnMut() -> u64 {
+    let mut i = 0u64;
+    move || {
+        let r = (i << 14) | u64::from(slot);
+        i += 1;
+        r
+    }
+}
+
+const TAG_SLOT_KEYS: [&str; 5] = ["{t}a", "{t}b", "{t}c", "{t}d", "{t}e"];
+
+fn tag_slot() -> u16 {
+    key_slot(b"{t}")
+}
+
+#[test]
+fn noeviction_never_evicts() {
+    let mut w = Writer::new(1, true);
+    for k in TAG_SLOT_KEYS {
+        w.set(k, 1_000, None);
+    }
+    let mut rng = slot_walker(tag_slot());
+    assert_eq!(w.ks.evict_one(EvictionPolicy::NoEviction, 5, 1_000, &mut rng), None);
+    assert_eq!(w.ks.len(), 5);
+}
+
+#[test]
+fn lru_evicts_the_least_recently_touched_sample() {
+    for policy in [EvictionPolicy::AllKeysLru, EvictionPolicy::VolatileLru] {
+        let mut w = Writer::new(1, true);
+        for (i, k) in TAG_SLOT_KEYS.iter().enumerate() {
+            w.set(k, 1_000 * (i as u64 + 1) * 10, Some(1 << 40));
+        }
+        // "{t}a" was written first but read last: "{t}b" is now the least recent.
+        assert!(w.ks.get(b"{t}a", 100_000).is_some());
+        let mut rng = slot_walker(tag_slot());
+        let freed = w.ks.evict_one(policy, 5, 100_000, &mut rng);
+        assert!(freed.is_some_and(|b| b > 0), "{policy:?}");
+        assert!(w.ks.raw_entry(b"{t}b").is_none(), "{policy:?} evicts the LRU key");
+        assert_eq!(w.ks.len(), 4);
+        assert_eq!(w.ks.stats().evicted, 1);
+        assert_eq!(w.ks.pending_deltas(), 5, "eviction yields no delta");
+        assert_consistent(&w.ks);
+    }
+}
+
+#[test]
+fn lfu_evicts_the_least_frequently_used_sample() {
+    for policy in [EvictionPolicy::AllKeysLfu, EvictionPolicy::VolatileLfu] {
+        let mut w = Writer::new(1, true);
+        for k in TAG_SLOT_KEYS {
+            w.set(k, 1_000, Some(1 << 40));
+        }
+        for k in TAG_SLOT_KEYS.iter().filter(|k| **k != "{t}c") {
+            for _ in 0..50 {
+                w.ks.get(k.as_bytes(), 1_000);
+            }
+        }
+        let mut rng = slot_walker(tag_slot());
+        assert!(w.ks.evict_one(policy, 5, 1_000, &mut rng).is_some());
+        assert!(w.ks.raw_entry(b"{t}c").is_none(), "{policy:?} evicts the cold key");
+        assert_consistent(&w.ks);
+    }
+}
+
+#[test]
+fn volatile_ttl_evicts_the_nearest_deadline() {
+    let mut w = Writer::new(1, true);
+    let deadlines = [50_000, 20_000, 90_000, 30_000];
+    for (k, d) in TAG_SLOT_KEYS.iter().zip(deadlines) {
+        w.set(k, 1_000, Some(d));
+    }
+    w.set(TAG_SLOT_KEYS[4], 1_000, None);
+    let mut rng = slot_walker(tag_slot());
+    assert!(w
+        .ks
+        .evict_one(EvictionPolicy::VolatileTtl, 5, 1_000, &mut rng)
+        .is_some());
+    assert!(w.ks.raw_entry(b"{t}b").is_none());
+    let mut rng = slot_walker(tag_slot());
+    w.ks.evict_one(EvictionPolicy::VolatileTtl, 5, 1_000, &mut rng);
+    assert!(w.ks.raw_entry(b"{t}d").is_none());
+    assert_consistent(&w.ks);
+}
+
+#[test]
+fn volatile_policies_never_evict_keys_without_ttl() {
+    let volatile_policies = [
+        EvictionPolicy::VolatileLru,
+        EvictionPolicy::VolatileLfu,
+        EvictionPolicy::VolatileRandom,
+        EvictionPolicy::VolatileTtl,
+    ];
+    for policy in volatile_policies {
+        let mut w = Writer::new(1, true);
+        let plain = keys_in_distinct_slots("p", 6);
+        for k in &plain {
+            w.set(k, 1_000, None);
+        }
+        let mut x = 7u64;
+        let mut rng = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        assert_eq!(w.ks.evict_one(policy, 5, 1_000, &mut rng), None, "{policy:?}");
+        for k in TAG_SLOT_KEYS {
+            w.set(k, 1_000, Some(1 << 40));
+        }
+        let mut evicted = 0;
+        while w.ks.evict_one(policy, 3, 1_000, &mut rng).is_some() {
+            evicted += 1;
+            assert!(evicted <= TAG_SLOT_KEYS.len());
+        }
+        assert_eq!(evicted, TAG_SLOT_KEYS.len(), "{policy:?} evicts every volatile key");
+        assert_eq!(w.ks.len(), plain.len(), "{policy:?} keeps every key without TTL");
+        for k in &plain {
+            assert!(w.ks.raw_entry(k.as_bytes()).is_some());
+        }
+        assert_consistent(&w.ks);
+    }
+}
+
+#[test]
+fn allkeys_random_evicts_until_empty() {
+    let mut w = Writer::new(1, false);
+    for k in keys_in_distinct_slots("r", 8) {
+        w.set(&k, 1_000, None);
+    }
+    let mut x = 99u64;
+    let mut rng = move || {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        x
+    };
+    let mut n = 0;
+    while w
+        .ks
+        .evict_one(EvictionPolicy::AllKeysRandom, 5, 1_000, &mut rng)
+        .is_some()
+    {
+        n += 1;
+    }
+    assert_eq!(n, 8);
+    assert!(w.ks.is_empty());
+    assert_eq!(w.ks.stats().bytes, 0);
+    assert_consistent(&w.ks);
+}
+
+#[test]
+fn eviction_policy_names_round_trip() {
+    for (p, name) in EvictionPolicy::ALL {
+        assert_eq!(EvictionPolicy::parse(name), Some(p));
+        assert_eq!(EvictionPolicy::parse(&name.to_uppercase()), Some(p));
+        assert_eq!(p.name(), name);
+    }
+    assert_eq!(EvictionPolicy::parse("lru"), None);
+}
+
+// ---- SCAN and per-slot access ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Every key present throughout a full scan is returned at least once, whatever the
+    /// COUNT and whatever other keys come and go during the scan; nothing else is returned.
+    #[test]
+    fn scan_returns_every_key_present_throughout(
+        stable in prop::collection::btree_set("[a-z]{1,6}", 0..60),
+        churn in prop::collection::vec(("[A-Z]{1,6}", any::<bool>()), 0..40),
+        count in 1usize..50,
+    ) {
+        let mut w = Writer::new(1, true);
+        for k in &stable {
+            w.set(k, 1_000, None);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cursor = 0;
+        let mut churn = churn.into_iter();
+        let mut calls = 0;
+        loop {
+            cursor = w.ks.scan(cursor, count, 1_000, |k, _| {
+                seen.insert(String::from_utf8(k.to_vec()).unwrap());
+            });
+            calls += 1;
+            prop_assert!(calls <= SLOT_COUNT + 1);
+            if let Some((k, add)) = churn.next() {
+                if add {
+                    w.set(&k, 1_000, None);
+                } else {
+                    w.write(&k, 1_000, |w| w.delete());
+                }
+            }
+            if cursor == 0 {
+                break;
+            }
+        }
+        for k in &stable {
+            prop_assert!(seen.contains(k), "{} missed", k);
+        }
+        for k in &seen {
+            prop_assert!(stable.contains(k) || k.chars().all(|c| c.is_ascii_uppercase()));
+        }
+        assert_consistent(&w.ks);
+    }
+}
+
+#[test]
+fn scan_skips_expired_and_deleted_keys() {
+    let mut w = Writer::new(1, true);
+    w.set("live", 10, None);
+    w.set("old", 10, Some(100));
+    w.set("gone", 10, None);
+    w.write("gone", 11, |w| w.delete());
+    let mut seen = Vec::new();
+    let cursor = w.ks.scan(0, 1_000_000, 100, |k, _| seen.push(k.clone()));
+    assert_eq!(cursor, 0);
+    assert_eq!(seen, vec![bytes("live")]);
+}
+
+#[test]
+fn slot_access_and_drop_slot() {
+    let mut w = Writer::new(1, true);
+    let slot = tag_slot();
+    for k in &TAG_SLOT_KEYS[..3] {
+        w.set(k, 10, None);
+    }
+    w.set(TAG_SLOT_KEYS[3], 10, Some(100));
+    w.set(TAG_SLOT_KEYS[4], 10, None);
+    w.write(TAG_SLOT_KEYS[4], 11, |w| w.delete());
+    w.set("elsewhere", 10, Some(1_000));
+    assert_ne!(key_slot(b"elsewhere"), slot);
+    assert_eq!(w.ks.slot_len(slot), 4);
+    let mut live: Vec<Bytes> = w.ks.slot_keys(slot, 50).map(|(k, _)| k.clone()).collect();
+    live.sort();
+    assert_eq!(live.len(), 4);
+    let at_deadline = w.ks.slot_keys(slot, 100).count();
+    assert_eq!(at_deadline, 3, "slot_keys filters keys past their deadline");
+    assert_eq!(w.ks.slot_len(slot), 4, "slot_len counts them until reclaimed");
+    assert_eq!(w.ks.slot_entries(slot).count(), 5, "slot_entries includes tombstones");
+    assert_eq!(w.ks.stats().tombstones, 1);
+    assert_eq!(w.ks.stats().volatile, 2);
+    assert_ne!(w.ks.slot_digest(slot), 0);
+
+    assert_eq!(w.ks.drop_slot(slot), 4);
+    assert_eq!(w.ks.slot_len(slot), 0);
+    assert_eq!(w.ks.slot_keys(slot, 50).count(), 0);
+    assert_eq!(w.ks.slot_digest(slot), 0);
+    assert_eq!(w.ks.len(), 1);
+    assert_eq!(w.ks.stats().tombstones, 0);
+    assert_eq!(w.ks.stats().volatile, 1);
+    assert!(w.ks.get(b"elsewhere", 50).is_some());
+    assert_eq!(w.ks.drop_slot(slot), 0, "dropping an absent slot is a no-op");
+    assert_consistent(&w.ks);
+}
+
+#[test]
+fn slot_digest_is_cached_and_follows_changes() {
+    let mut w = Writer::new(1, true);
+    let slot = key_slot(b"{t}a");
+    assert_eq!(w.ks.slot_digest(slot), 0);
+    w.set("{t}a", 10, None);
+    let d1 = w.ks.slot_digest(slot);
+    assert_eq!(w.ks.slot_digest(slot), d1);
+    w.ks.get(b"{t}a", 20);
+    assert_eq!(w.ks.slot_digest(slot), d1, "reads do not change the digest");
+    w.set("{t}b", 10, None);
+    let d2 = w.ks.slot_digest(slot);
+    assert_ne!(d2, d1);
+    w.write("{t}b", 30, |w| w.delete());
+    assert_eq!(w.ks.slot_digest(slot), d1, "the digest covers live state only");
+}
+
+#[test]
+fn delete_all_yields_a_delta_per_live_key() {
+    let mut w = Writer::new(1, true);
+    for k in keys_in_distinct_slots("d", 6) {
+        w.set(&k, 10, None);
+    }
+    w.ks.drain_deltas().for_each(drop);
+    let mut clock = w.clock.clone();
+    let n = w.ks.delete_all(&mut || clock.now(20), 20);
+    assert_eq!(n, 6);
+    assert_eq!(w.ks.pending_deltas(), 6);
+    assert!(w.ks.is_empty());
+    assert_eq!(w.ks.stats().tombstones, 6);
+    assert_consistent(&w.ks);
+}
+
+// ---- stats stay consistent under random operations ----
+
+#[derive(Clone, Debug)]
+enum KsOp {
+    Set { key: u8, ttl_ms: Option<u64> },
+    Incr { key: u8 },
+    Sadd { key: u8, member: u8 },
+    Srem { key: u8, member: u8 },
+    Hset { key: u8, field: u8 },
+    Hdel { key: u8, field: u8 },
+    Expire { key: u8, ttl_ms: u64 },
+    Persist { key: u8 },
+    Del { key: u8 },
+    /// The other region writes; its delta is applied here.
+    Remote { key: u8, member: u8, del: bool },
+    Get { key: u8 },
+    Advance { ms: u64 },
+    ActiveExpire { budget: u8 },
+    EvictKey { key: u8 },
+    EvictOne { policy: u8 },
+    DropSlot { key: u8 },
+    Gc,
+    Repair { key: u8 },
+}
+
+fn ks_op() -> impl Strategy<Value = KsOp> {
+    let key = 0u8..12;
+    prop_oneof![
+        3 => (key.clone(), prop::option::of(1u64..200)).prop_map(|(key, ttl_ms)| KsOp::Set { key, ttl_ms }),
+        2 => key.clone().prop_map(|key| KsOp::Incr { key }),
+        3 => (key.clone(), 0u8..4).prop_map(|(key, member)| KsOp::Sadd { key, member }),
+        2 => (key.clone(), 0u8..4).prop_map(|(key, member)| KsOp::Srem { key, member }),
+        2 => (key.clone(), 0u8..3).prop_map(|(key, field)| KsOp::Hset { key, field }),
+        1 => (key.clone(), 0u8..3).prop_map(|(key, field)| KsOp::Hdel { key, field }),
+        2 => (key.clone(), 1u64..200).prop_map(|(key, ttl_ms)| KsOp::Expire { key, ttl_ms }),
+        1 => key.clone().prop_map(|key| KsOp::Persist { key }),
+        2 => key.clone().prop_map(|key| KsOp::Del { key }),
+        3 => (key.clone(), 0u8..4, any::<bool>()).prop_map(|(key, member, del)| KsOp::Remote { key, member, del }),
+        2 => key.clone().prop_map(|key| KsOp::Get { key }),
+        2 => (1u64..120).prop_map(|ms| KsOp::Advance { ms }),
+        1 => (1u8..8).prop_map(|budget| KsOp::ActiveExpire { budget }),
+        1 => key.clone().prop_map(|key| KsOp::EvictKey { key }),
+        1 => (0u8..8).prop_map(|policy| KsOp::EvictOne { policy }),
+        1 => key.clone().prop_map(|key| KsOp::DropSlot { key }),
+        1 => Just(KsOp::Gc),
+        1 => key.prop_map(|key| KsOp::Repair { key }),
+    ]
+}
+
+fn key_name(i: u8) -> String {
+    // Half the keys share a slot, so per-slot counters see several keys.
+    if i % 2 == 0 {
+        format!("{{s}}{i}")
+    } else {
+        format!("key{i}")
+    }
+}
+
+fn run_ks_op(local: &mut Writer, remote: &mut Writer, now: &mut u64, op: &KsOp, coin: &mut u64) {
+    let t = *now;
+    match op {
+        KsOp::Set { key, ttl_ms } => local.set(&key_name(*key), t, ttl_ms.map(|d| t + d)),
+        KsOp::Incr { key } => {
+            let _ = local.write(&key_name(*key), t, |w| w.incr_by(1));
+        }
+        KsOp::Sadd { key, member } => local.write(&key_name(*key), t, |w| {
+            if w.expect(Kind::Set).is_ok() {
+                w.sadd(&bytes(&format!("m{member}")));
+            }
+        }),
+        KsOp::Srem { key, member } => local.write(&key_name(*key), t, |w| {
+            if w.expect(Kind::Set).is_ok() {
+                w.srem(format!("m{member}").as_bytes());
+            }
+        }),
+        KsOp::Hset { key, field } => local.write(&key_name(*key), t, |w| {
+            if w.expect(Kind::Hash).is_ok() {
+                w.hash_update(&bytes(&format!("f{field}")), |s, st| s.set(st, bytes("x")));
+            }
+        }),
+        KsOp::Hdel { key, field } => local.write(&key_name(*key), t, |w| {
+            if w.expect(Kind::Hash).is_ok() {
+                w.hdel(format!("f{field}").as_bytes());
+            }
+        }),
+        KsOp::Expire { key, ttl_ms } => local.write(&key_name(*key), t, |w| {
+            if w.entry().is_alive() {
+                w.set_deadline(Some(t + ttl_ms));
+            }
+        }),
+        KsOp::Persist { key } => local.write(&key_name(*key), t, |w| {
+            if w.entry().is_alive() {
+                w.set_deadline(None);
+            }
+        }),
+        KsOp::Del { key } => {
+            local.write(&key_name(*key), t, |w| w.delete());
+        }
+        KsOp::Remote { key, member, del } => {
+            remote.write(&key_name(*key), t, |w| {
+                if *del {
+                    w.delete();
+                } else if w.expect(Kind::Set).is_ok() {
+                    w.sadd(&bytes(&format!("m{member}")));
+                }
+            });
+            let deltas: Vec<Delta> = remote.ks.drain_deltas().collect();
+            for d in &deltas {
+                local.clock.observe(d.state.max_hlc());
+                local.ks.apply_delta(d);
+            }
+        }
+        KsOp::Get { key } => {
+            local.ks.get(key_name(*key).as_bytes(), t);
+        }
+        KsOp::Advance { ms } => *now += ms,
+        KsOp::ActiveExpire { budget } => {
+            local.ks.active_expire(t, usize::from(*budget));
+        }
+        KsOp::EvictKey { key } => {
+            local.ks.evict_key(key_name(*key).as_bytes());
+        }
+        KsOp::EvictOne { policy } => {
+            let (p, _) = EvictionPolicy::ALL[usize::from(*policy) % 8];
+            let mut rng = || {
+                *coin = coin.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1442695040888963407);
+                *coin >> 11
+            };
+            local.ks.evict_one(p, 3, t, &mut rng);
+        }
+        KsOp::DropSlot { key } => {
+            local.ks.drop_slot(key_slot(key_name(*key).as_bytes()));
+        }
+        KsOp::Gc => {
+            // Everything the other region wrote up to now is stable, and so are our own
+            // writes: a plausible stability frontier.
+            let mine = local.clock.last();
+            let theirs = remote.clock.last();
+            let (lr, rr) = (local.clock.region(), remote.clock.region());
+            local.ks.gc(&|r| {
+                if r == lr {
+                    mine
+                } else if r == rr {
+                    theirs
+                } else {
+                    Hlc::ZERO
+                }
+            });
+        }
+        KsOp::Repair { key } => local.ks.mark_slot_repaired(key_slot(key_name(*key).as_bytes())),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stats_match_a_recount_after_random_ops(
+        retain in any::<bool>(),
+        ops in prop::collection::vec(ks_op(), 1..80),
+    ) {
+        let mut local = Writer::new(1, retain);
+        let mut remote = Writer::new(2, true);
+        let mut now = 1_000u64;
+        let mut coin = 1u64;
+        for op in &ops {
+            run_ks_op(&mut local, &mut remote, &mut now, op, &mut coin);
+            assert_consistent(&local.ks);
+        }
+        assert_consistent(&remote.ks);
+        // Expiring everything leaves only tombstones.
+        let far = now + 1_000_000;
+        while local.ks.active_expire(far, 1_000) > 0 {}
+        prop_assert_eq!(local.ks.stats().volatile, 0);
+        assert_consistent(&local.ks);
+    }
+}
+
+// ---- writer edge cases ----
+
+#[test]
+fn a_no_op_hash_update_yields_no_delta() {
+    let mut w = Writer::new(1, true);
+    w.write("h", 10, |w| w.hash_update(&bytes("f"), |s, st| s.set(st, bytes("v"))));
+    w.ks.drain_deltas().for_each(drop);
+    // A closure that leaves an absent field alone (HSETNX-like, or a read) changes nothing.
+    w.write("h", 20, |w| w.hash_update(&bytes("absent"), |_, _| ()));
+    assert_eq!(w.ks.pending_deltas(), 0);
+    let e = w.ks.raw_entry(b"h").unwrap();
+    assert!(e.as_hash().unwrap().raw_get(b"absent").is_none());
+}
+
+#[test]
+fn a_refused_op_that_killed_a_hidden_component_still_ships_the_kill() {
+    // Type conflict: string "abc" visible, a set hidden. INCR observes the key and kills
+    // the hidden set, then fails (not an integer): the kill must still replicate, or this
+    // region's state silently diverges from everyone else's.
+    let mut w = Writer::new(1, true);
+    let mut other = Writer::new(2, true);
+    other.write("k", 10, |w| w.sadd(&bytes("m")));
+    w.write("k", 20, |w| w.set_str(bytes("abc"), false));
+    for d in other.ks.drain_deltas().collect::<Vec<_>>() {
+        w.clock.observe(d.state.max_hlc());
+        w.ks.apply_delta(&d);
+    }
+    w.ks.drain_deltas().for_each(drop);
+    assert_eq!(w.ks.raw_entry(b"k").unwrap().components().len(), 2);
+    assert_eq!(
+        w.write("k", 30, |w| w.incr_by(1)),
+        Err(crate::CrdtError::NotInteger)
+    );
+    let deltas: Vec<Delta> = w.ks.drain_deltas().collect();
+    assert_eq!(deltas.len(), 1);
+    let mut mirror = ks(3, true);
+    mirror.merge_state(b"k", true, w.ks.raw_entry(b"k").unwrap());
+    let mut mirror2 = ks(4, true);
+    mirror2.merge_state(b"k", true, &w.ks.raw_entry(b"k").unwrap().clone());
+    assert_eq!(mirror.raw_entry(b"k"), mirror2.raw_entry(b"k"));
+    // What the other region gets from the delta matches what this region holds.
+    other.ks.apply_delta(&deltas[0]);
+    let theirs = other.ks.raw_entry(b"k").unwrap().as_set().map(|s| s.len());
+    assert_eq!(theirs, None, "the set is dead there too");
+}
+
+#[test]
+fn sadd_of_the_same_member_twice_in_one_write_is_idempotent() {
+    let mut w = Writer::new(1, true);
+    let added = w.write("s", 10, |w| (w.sadd(&bytes("a")), w.sadd(&bytes("a"))));
+    assert_eq!(added, (true, false));
+    let d = w.ks.drain_deltas().next().unwrap();
+    let mut mirror = ks(2, true);
+    mirror.apply_delta(&d);
+    assert_eq!(mirror.raw_entry(b"s"), w.ks.raw_entry(b"s"));
+}
+
+#[test]
+fn delta_state_caches_its_deadline() {
+    let mut w = Writer::new(1, true);
+    w.write("k", 10, |w| {
+        w.set_str(bytes("v"), false);
+        w.set_deadline(Some(500));
+    });
+    let d = w.ks.drain_deltas().next().unwrap();
+    assert_eq!(d.state.deadline_ms(), Some(500));
+    let mut rebuilt = d.state.clone();
+    rebuilt.rebuild();
+    assert_eq!(rebuilt.deadline_ms(), Some(500));
+}
