@@ -76,7 +76,10 @@ pub async fn serve(
                 }
             }
         }
-        store.stats.commands.fetch_add(std::mem::take(&mut conn.pending_commands), Relaxed);
+        store
+            .stats
+            .commands
+            .fetch_add(std::mem::take(&mut conn.pending_commands), Relaxed);
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 break;
@@ -95,12 +98,19 @@ fn unknown_command(args: &[Bytes]) -> Reply {
         "ERR unknown command '{}', with args beginning with: ",
         String::from_utf8_lossy(&args[0][..args[0].len().min(128)])
     );
+    // Like Redis: the quoted arguments together take at most 128 bytes of the message, so
+    // the reply stays small however many arguments were sent.
+    let mut quoted = String::new();
     for a in &args[1..] {
-        msg.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(&a[..a.len().min(128)])
-        ));
+        if quoted.len() >= 128 {
+            break;
+        }
+        let room = 128 - quoted.len();
+        quoted.push('\'');
+        quoted.push_str(&String::from_utf8_lossy(&a[..a.len().min(room)]));
+        quoted.push_str("' ");
     }
+    msg.push_str(&quoted);
     Reply::Error(Cow::Owned(msg))
 }
 

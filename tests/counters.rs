@@ -37,14 +37,38 @@ fn incr_parses_existing_string_values() {
     q::<()>(&mut c, &["SET", "neg", "-9223372036854775807"]);
     assert_eq!(q::<i64>(&mut c, &["DECR", "neg"]), i64::MIN);
     // Redis' integer grammar: no spaces, no leading zeros or '+', no floats.
-    for bad in ["abc", "1.5", " 1", "1 ", "007", "+1", "", "1e3", "9223372036854775808"] {
+    for bad in [
+        "abc",
+        "1.5",
+        " 1",
+        "1 ",
+        "007",
+        "+1",
+        "",
+        "1e3",
+        "9223372036854775808",
+    ] {
         q::<()>(&mut c, &["SET", "bad", bad]);
         assert_eq!(qerr(&mut c, &["INCR", "bad"]), NOT_INT, "INCR on {bad:?}");
         assert_eq!(q::<String>(&mut c, &["GET", "bad"]), bad, "value unchanged");
     }
-    for bad in ["abc", "1.0", "", "9223372036854775808", "-9223372036854775809"] {
-        assert_eq!(qerr(&mut c, &["INCRBY", "k", bad]), NOT_INT, "INCRBY by {bad:?}");
-        assert_eq!(qerr(&mut c, &["DECRBY", "k", bad]), NOT_INT, "DECRBY by {bad:?}");
+    for bad in [
+        "abc",
+        "1.0",
+        "",
+        "9223372036854775808",
+        "-9223372036854775809",
+    ] {
+        assert_eq!(
+            qerr(&mut c, &["INCRBY", "k", bad]),
+            NOT_INT,
+            "INCRBY by {bad:?}"
+        );
+        assert_eq!(
+            qerr(&mut c, &["DECRBY", "k", bad]),
+            NOT_INT,
+            "DECRBY by {bad:?}"
+        );
     }
     assert_eq!(q::<String>(&mut c, &["GET", "k"]), "11");
 }
@@ -67,7 +91,10 @@ fn overflow_is_refused_and_value_unchanged() {
         "ERR decrement would overflow"
     );
     // Overflow reached by counting (not SET) is refused the same way.
-    assert_eq!(q::<i64>(&mut c, &["INCRBY", "c", "9223372036854775806"]), i64::MAX - 1);
+    assert_eq!(
+        q::<i64>(&mut c, &["INCRBY", "c", "9223372036854775806"]),
+        i64::MAX - 1
+    );
     assert_eq!(q::<i64>(&mut c, &["INCR", "c"]), i64::MAX);
     assert_eq!(qerr(&mut c, &["INCR", "c"]), OVERFLOW);
     assert_eq!(q::<i64>(&mut c, &["DECR", "c"]), i64::MAX - 1);
@@ -80,9 +107,15 @@ fn counters_keep_ttl_and_reset_on_set() {
     q::<()>(&mut c, &["SET", "k", "10", "EX", "100"]);
     assert_eq!(q::<i64>(&mut c, &["INCR", "k"]), 11);
     let ttl: i64 = q(&mut c, &["TTL", "k"]);
-    assert!((99..=100).contains(&ttl), "INCR must keep the TTL, got {ttl}");
+    assert!(
+        (99..=100).contains(&ttl),
+        "INCR must keep the TTL, got {ttl}"
+    );
     assert_eq!(q::<String>(&mut c, &["INCRBYFLOAT", "k", "0.5"]), "11.5");
-    assert!(q::<i64>(&mut c, &["TTL", "k"]) > 0, "INCRBYFLOAT keeps the TTL");
+    assert!(
+        q::<i64>(&mut c, &["TTL", "k"]) > 0,
+        "INCRBYFLOAT keeps the TTL"
+    );
     // SET on a counter replaces the value; counting continues from the new value.
     assert_eq!(q::<i64>(&mut c, &["INCRBY", "ctr", "100"]), 100);
     q::<()>(&mut c, &["SET", "ctr", "5"]);

@@ -33,9 +33,40 @@ fn hset_hget_hmget_hlen_hexists() {
     assert_eq!(q::<i64>(&mut c, &["HEXISTS", "missing", "a"]), 0);
     assert_eq!(q::<String>(&mut c, &["TYPE", "h"]), "hash");
     // HMSET: the deprecated form answers OK.
-    assert_eq!(v(&mut c, &["HMSET", "h", "d", "4", "a", "10"]), redis::Value::Okay);
+    assert_eq!(
+        v(&mut c, &["HMSET", "h", "d", "4", "a", "10"]),
+        redis::Value::Okay
+    );
     assert_eq!(q::<String>(&mut c, &["HGET", "h", "a"]), "10");
     assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 4);
+}
+
+/// Regression: a field named twice in one HSET used to panic the connection task (the CRDT
+/// register was set twice with one HLC stamp) and lose the whole hash.
+#[test]
+fn hset_with_a_repeated_field_keeps_the_last_value() {
+    let s = Server::start();
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["HSET", "h", "a", "1"]);
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "f", "1", "f", "2"]), 1);
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "f"]), "2");
+    assert_eq!(
+        q::<String>(&mut c, &["HGET", "h", "a"]),
+        "1",
+        "existing fields survive"
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["HSET", "h", "a", "x", "g", "y", "a", "z"]),
+        1
+    );
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "a"]), "z");
+    assert_eq!(
+        v(&mut c, &["HMSET", "h2", "f", "1", "f", "2", "f", "3"]),
+        redis::Value::Okay
+    );
+    assert_eq!(q::<String>(&mut c, &["HGET", "h2", "f"]), "3");
+    assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 3);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 2);
 }
 
 #[test]
@@ -75,7 +106,11 @@ fn hdel_removes_fields_and_empty_hashes() {
     assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 2);
     assert_eq!(q::<i64>(&mut c, &["HDEL", "missing", "a"]), 0);
     assert_eq!(q::<i64>(&mut c, &["HDEL", "h", "b", "c"]), 2);
-    assert_eq!(q::<i64>(&mut c, &["EXISTS", "h"]), 0, "empty hash is removed");
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "h"]),
+        0,
+        "empty hash is removed"
+    );
     assert_eq!(q::<String>(&mut c, &["TYPE", "h"]), "none");
 }
 
@@ -116,7 +151,10 @@ fn hincrby_counts_and_checks() {
         qerr(&mut c, &["HINCRBY", "h", "max", "1"]),
         "ERR increment or decrement would overflow"
     );
-    assert_eq!(q::<String>(&mut c, &["HGET", "h", "max"]), "9223372036854775807");
+    assert_eq!(
+        q::<String>(&mut c, &["HGET", "h", "max"]),
+        "9223372036854775807"
+    );
     // HSET over a counter field replaces it.
     q::<i64>(&mut c, &["HSET", "h", "n", "100"]);
     assert_eq!(q::<i64>(&mut c, &["HINCRBY", "h", "n", "1"]), 101);
@@ -127,13 +165,28 @@ fn hincrbyfloat_formats_like_redis() {
     let s = Server::start();
     let mut c = s.conn();
     q::<i64>(&mut c, &["HSET", "h", "f", "10.50"]);
-    assert_eq!(q::<String>(&mut c, &["HINCRBYFLOAT", "h", "f", "0.1"]), "10.6");
-    assert_eq!(q::<String>(&mut c, &["HINCRBYFLOAT", "h", "f", "-5"]), "5.6");
+    assert_eq!(
+        q::<String>(&mut c, &["HINCRBYFLOAT", "h", "f", "0.1"]),
+        "10.6"
+    );
+    assert_eq!(
+        q::<String>(&mut c, &["HINCRBYFLOAT", "h", "f", "-5"]),
+        "5.6"
+    );
     q::<i64>(&mut c, &["HSET", "h", "e", "5.0e3"]);
-    assert_eq!(q::<String>(&mut c, &["HINCRBYFLOAT", "h", "e", "2.0e2"]), "5200");
-    assert_eq!(q::<String>(&mut c, &["HINCRBYFLOAT", "h", "new", "1.5"]), "1.5");
+    assert_eq!(
+        q::<String>(&mut c, &["HINCRBYFLOAT", "h", "e", "2.0e2"]),
+        "5200"
+    );
+    assert_eq!(
+        q::<String>(&mut c, &["HINCRBYFLOAT", "h", "new", "1.5"]),
+        "1.5"
+    );
     q::<i64>(&mut c, &["HINCRBY", "h", "i", "5"]);
-    assert_eq!(q::<String>(&mut c, &["HINCRBYFLOAT", "h", "i", "1.5"]), "6.5");
+    assert_eq!(
+        q::<String>(&mut c, &["HINCRBYFLOAT", "h", "i", "1.5"]),
+        "6.5"
+    );
     assert_eq!(
         qerr(&mut c, &["HINCRBY", "h", "i", "1"]),
         "ERR hash value is not an integer"
@@ -170,7 +223,11 @@ fn hash_arity_and_wrongtype() {
         qerr(&mut c, &["HMSET", "h", "a", "1", "b"]),
         "ERR wrong number of arguments for 'hmset' command"
     );
-    assert_eq!(q::<i64>(&mut c, &["EXISTS", "h"]), 0, "rejected HSET writes nothing");
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "h"]),
+        0,
+        "rejected HSET writes nothing"
+    );
     for (args, name) in [
         (&["HGET", "h"][..], "hget"),
         (&["HMGET", "h"], "hmget"),
@@ -244,6 +301,8 @@ fn hash_replies_match_redis_server() {
             &["HSET", "h", "a", "1", "b", "2"],
             &["HSET", "h", "a", "3"],
             &["HSET", "h", "a"],
+            &["HSET", "h", "x", "1", "x", "2"],
+            &["HGET", "h", "x"],
             &["HGET", "h", "a"],
             &["HMGET", "h", "a", "x", "b"],
             &["HGETALL", "h"],

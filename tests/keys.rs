@@ -58,7 +58,10 @@ fn rename_moves_value_and_ttl() {
     let mut c = s.conn();
     q::<()>(&mut c, &["SET", "{u}src", "v", "EX", "1000"]);
     let deadline: i64 = q(&mut c, &["PEXPIRETIME", "{u}src"]);
-    assert_eq!(v(&mut c, &["RENAME", "{u}src", "{u}dst"]), redis::Value::Okay);
+    assert_eq!(
+        v(&mut c, &["RENAME", "{u}src", "{u}dst"]),
+        redis::Value::Okay
+    );
     assert_eq!(q::<i64>(&mut c, &["EXISTS", "{u}src"]), 0);
     assert_eq!(q::<String>(&mut c, &["GET", "{u}dst"]), "v");
     assert_eq!(q::<i64>(&mut c, &["PEXPIRETIME", "{u}dst"]), deadline);
@@ -71,10 +74,7 @@ fn rename_moves_value_and_ttl() {
     assert_eq!(v(&mut c, &["RENAME", "{u}h", "{u}set"]), redis::Value::Okay);
     assert_eq!(q::<String>(&mut c, &["TYPE", "{u}set"]), "hash");
     assert_eq!(q::<i64>(&mut c, &["TTL", "{u}set"]), -1);
-    assert_eq!(
-        sorted(q(&mut c, &["HKEYS", "{u}set"])),
-        ["f1", "f2", "n"]
-    );
+    assert_eq!(sorted(q(&mut c, &["HKEYS", "{u}set"])), ["f1", "f2", "n"]);
     assert_eq!(q::<i64>(&mut c, &["HINCRBY", "{u}set", "n", "1"]), 8);
 
     // Sets and counters move too.
@@ -300,9 +300,16 @@ fn scan_is_complete_with_match_count_type() {
     assert_eq!(q::<usize>(&mut c, &["DBSIZE"]), 1000);
 
     let (keys, calls) = scan_all(&mut c, &[]);
-    assert_eq!(keys.len(), 1000, "each key exactly once without concurrent changes");
+    assert_eq!(
+        keys.len(),
+        1000,
+        "each key exactly once without concurrent changes"
+    );
     assert_eq!(keys.into_iter().collect::<HashSet<_>>(), all);
-    assert!(calls > 1, "default COUNT 10 must take several calls over 1000 keys");
+    assert!(
+        calls > 1,
+        "default COUNT 10 must take several calls over 1000 keys"
+    );
 
     let (keys, small_calls) = scan_all(&mut c, &["COUNT", "7"]);
     assert_eq!(keys.into_iter().collect::<HashSet<_>>(), all);
@@ -328,13 +335,19 @@ fn scan_is_complete_with_match_count_type() {
     assert!(keys.is_empty());
 
     assert_eq!(qerr(&mut c, &["SCAN", "abc"]), "ERR invalid cursor");
-    assert_eq!(qerr(&mut c, &["SCAN", "0", "COUNT", "0"]), "ERR syntax error");
+    assert_eq!(
+        qerr(&mut c, &["SCAN", "0", "COUNT", "0"]),
+        "ERR syntax error"
+    );
     assert_eq!(
         qerr(&mut c, &["SCAN", "0", "COUNT", "x"]),
         "ERR value is not an integer or out of range"
     );
     assert_eq!(qerr(&mut c, &["SCAN", "0", "MATCH"]), "ERR syntax error");
-    assert_eq!(qerr(&mut c, &["SCAN", "0", "FOO", "bar"]), "ERR syntax error");
+    assert_eq!(
+        qerr(&mut c, &["SCAN", "0", "FOO", "bar"]),
+        "ERR syntax error"
+    );
 }
 
 #[test]
@@ -352,14 +365,20 @@ fn scan_returns_keys_present_throughout_despite_changes() {
         // Churn between calls: add new keys and delete sets/hashes (never the strings).
         round += 1;
         q::<()>(&mut writer, &["SET", &format!("new:{round}"), "x"]);
-        q::<i64>(&mut writer, &["DEL", &format!("set:{round}"), &format!("hash:{round}")]);
+        q::<i64>(
+            &mut writer,
+            &["DEL", &format!("set:{round}"), &format!("hash:{round}")],
+        );
         if next == "0" {
             break;
         }
         cursor = next;
     }
     let missing: Vec<&String> = strs.iter().filter(|k| !seen.contains(*k)).collect();
-    assert!(missing.is_empty(), "keys present for the whole scan were skipped: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys present for the whole scan were skipped: {missing:?}"
+    );
 }
 
 #[test]
@@ -386,7 +405,10 @@ fn keys_dbsize_randomkey_flush() {
         sorted(q(&mut c, &["KEYS", "set:1[0-2]"])),
         ["set:10", "set:11", "set:12"]
     );
-    assert_eq!(q::<Vec<String>>(&mut c, &["KEYS", "h*sh:199"]), ["hash:199"]);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["KEYS", "h*sh:199"]),
+        ["hash:199"]
+    );
     for _ in 0..20 {
         let k: String = q(&mut c, &["RANDOMKEY"]);
         assert!(all.contains(&k), "RANDOMKEY returned unknown key {k}");

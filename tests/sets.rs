@@ -135,17 +135,26 @@ fn srandmember_counts() {
     let reps: Vec<String> = q(&mut c, &["SRANDMEMBER", "s", "-12"]);
     assert_eq!(reps.len(), 12);
     assert!(reps.iter().all(|m| all.contains(m)));
-    assert_eq!(q::<Vec<String>>(&mut c, &["SRANDMEMBER", "s", "0"]).len(), 0);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SRANDMEMBER", "s", "0"]).len(),
+        0
+    );
     // Nothing removed.
     assert_eq!(q::<i64>(&mut c, &["SCARD", "s"]), 5);
 
     assert_eq!(v(&mut c, &["SRANDMEMBER", "missing"]), redis::Value::Nil);
-    assert_eq!(q::<Vec<String>>(&mut c, &["SRANDMEMBER", "missing", "5"]).len(), 0);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SRANDMEMBER", "missing", "5"]).len(),
+        0
+    );
     assert_eq!(
         qerr(&mut c, &["SRANDMEMBER", "s", "x"]),
         "ERR value is not an integer or out of range"
     );
-    assert_eq!(qerr(&mut c, &["SRANDMEMBER", "s", "1", "2"]), "ERR syntax error");
+    assert_eq!(
+        qerr(&mut c, &["SRANDMEMBER", "s", "1", "2"]),
+        "ERR syntax error"
+    );
 }
 
 #[test]
@@ -155,10 +164,7 @@ fn sinter_sunion_sdiff_with_hash_tags() {
     q::<i64>(&mut c, &["SADD", "{t}a", "1", "2", "3", "4"]);
     q::<i64>(&mut c, &["SADD", "{t}b", "3", "4", "5"]);
     q::<i64>(&mut c, &["SADD", "{t}c", "4", "6"]);
-    assert_eq!(
-        sorted(q(&mut c, &["SINTER", "{t}a", "{t}b"])),
-        ["3", "4"]
-    );
+    assert_eq!(sorted(q(&mut c, &["SINTER", "{t}a", "{t}b"])), ["3", "4"]);
     assert_eq!(
         sorted(q(&mut c, &["SINTER", "{t}a", "{t}b", "{t}c"])),
         ["4"]
@@ -168,7 +174,10 @@ fn sinter_sunion_sdiff_with_hash_tags() {
         ["1", "2", "3", "4", "5", "6"]
     );
     assert_eq!(sorted(q(&mut c, &["SDIFF", "{t}a", "{t}b"])), ["1", "2"]);
-    assert_eq!(sorted(q(&mut c, &["SDIFF", "{t}a", "{t}b", "{t}c"])), ["1", "2"]);
+    assert_eq!(
+        sorted(q(&mut c, &["SDIFF", "{t}a", "{t}b", "{t}c"])),
+        ["1", "2"]
+    );
     assert_eq!(sorted(q(&mut c, &["SDIFF", "{t}b", "{t}a"])), ["5"]);
     // A single key: the set itself.
     assert_eq!(sorted(q(&mut c, &["SINTER", "{t}a"])), ["1", "2", "3", "4"]);

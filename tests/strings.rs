@@ -26,15 +26,16 @@ fn set_and_get_round_trip_binary_values() {
     assert_eq!(q::<String>(&mut c, &["GET", "k"]), "again");
     // Binary-safe: NUL, CR/LF and high bytes survive untouched.
     let blob: Vec<u8> = (0..=255u8).chain(*b"\r\n\0\r\n").collect();
-    let _: () = redis::cmd("SET").arg("bin").arg(&blob).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("bin")
+        .arg(&blob)
+        .query(&mut c)
+        .unwrap();
     let back: Vec<u8> = redis::cmd("GET").arg("bin").query(&mut c).unwrap();
     assert_eq!(back, blob);
     // Empty value is a value.
     assert_eq!(v(&mut c, &["SET", "empty", ""]), Value::Okay);
-    assert_eq!(
-        v(&mut c, &["GET", "empty"]),
-        Value::BulkString(Vec::new())
-    );
+    assert_eq!(v(&mut c, &["GET", "empty"]), Value::BulkString(Vec::new()));
     assert_eq!(q::<i64>(&mut c, &["EXISTS", "empty"]), 1);
 }
 
@@ -57,9 +58,18 @@ fn set_nx_xx_get_options() {
     assert_eq!(q::<String>(&mut c, &["SET", "k", "5", "NX", "GET"]), "4");
     assert_eq!(q::<String>(&mut c, &["GET", "k"]), "4");
     // Options are case-insensitive.
-    assert_eq!(v(&mut c, &["set", "k", "6", "xx", "get"]), Value::BulkString(b"4".to_vec()));
-    assert_eq!(qerr(&mut c, &["SET", "k", "v", "NX", "XX"]), "ERR syntax error");
-    assert_eq!(qerr(&mut c, &["SET", "k", "v", "BOGUS"]), "ERR syntax error");
+    assert_eq!(
+        v(&mut c, &["set", "k", "6", "xx", "get"]),
+        Value::BulkString(b"4".to_vec())
+    );
+    assert_eq!(
+        qerr(&mut c, &["SET", "k", "v", "NX", "XX"]),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        qerr(&mut c, &["SET", "k", "v", "BOGUS"]),
+        "ERR syntax error"
+    );
     // SET ... GET on a non-string is WRONGTYPE and changes nothing.
     q::<i64>(&mut c, &["SADD", "set", "m"]);
     assert_eq!(
@@ -81,14 +91,20 @@ fn set_expiry_options() {
     assert!((99..=100).contains(&ttl), "TTL after EX 100: {ttl}");
     assert_eq!(v(&mut c, &["SET", "px", "v", "PX", "100000"]), Value::Okay);
     let pttl: i64 = q(&mut c, &["PTTL", "px"]);
-    assert!(pttl > 90_000 && pttl <= 100_000, "PTTL after PX 100000: {pttl}");
+    assert!(
+        pttl > 90_000 && pttl <= 100_000,
+        "PTTL after PX 100000: {pttl}"
+    );
     let at = now_ms() / 1000 + 500;
     let at_s = at.to_string();
     assert_eq!(v(&mut c, &["SET", "exat", "v", "EXAT", &at_s]), Value::Okay);
     assert_eq!(q::<i64>(&mut c, &["EXPIRETIME", "exat"]), at);
     let pat = now_ms() + 500_000;
     let pat_s = pat.to_string();
-    assert_eq!(v(&mut c, &["SET", "pxat", "v", "PXAT", &pat_s]), Value::Okay);
+    assert_eq!(
+        v(&mut c, &["SET", "pxat", "v", "PXAT", &pat_s]),
+        Value::Okay
+    );
     assert_eq!(q::<i64>(&mut c, &["PEXPIRETIME", "pxat"]), pat);
     // KEEPTTL keeps the deadline; a plain SET clears it.
     assert_eq!(v(&mut c, &["SET", "pxat", "w", "KEEPTTL"]), Value::Okay);
@@ -109,8 +125,14 @@ fn set_expiry_options() {
         "ERR value is not an integer or out of range"
     );
     assert_eq!(qerr(&mut c, &["SET", "k", "v", "EX"]), "ERR syntax error");
-    assert_eq!(qerr(&mut c, &["SET", "k", "v", "EX", "10", "PX", "10"]), "ERR syntax error");
-    assert_eq!(qerr(&mut c, &["SET", "k", "v", "KEEPTTL", "EX", "10"]), "ERR syntax error");
+    assert_eq!(
+        qerr(&mut c, &["SET", "k", "v", "EX", "10", "PX", "10"]),
+        "ERR syntax error"
+    );
+    assert_eq!(
+        qerr(&mut c, &["SET", "k", "v", "KEEPTTL", "EX", "10"]),
+        "ERR syntax error"
+    );
     // A rejected SET leaves no key behind.
     assert_eq!(q::<i64>(&mut c, &["EXISTS", "k"]), 0);
 }
@@ -200,7 +222,10 @@ fn getset_getdel_getex() {
     assert_eq!(q::<String>(&mut c, &["GETEX", "g", "PERSIST"]), "v");
     assert_eq!(q::<i64>(&mut c, &["TTL", "g"]), -1);
     assert_eq!(qerr(&mut c, &["GETEX", "g", "FOO"]), "ERR syntax error");
-    assert_eq!(qerr(&mut c, &["GETEX", "g", "EX", "1", "PERSIST"]), "ERR syntax error");
+    assert_eq!(
+        qerr(&mut c, &["GETEX", "g", "EX", "1", "PERSIST"]),
+        "ERR syntax error"
+    );
     assert_eq!(
         qerr(&mut c, &["GETEX", "g", "EX", "0"]),
         "ERR invalid expire time in 'getex' command"
@@ -211,7 +236,10 @@ fn getset_getdel_getex() {
 fn mget_mset_msetnx() {
     let s = Server::start();
     let mut c = s.conn();
-    assert_eq!(v(&mut c, &["MSET", "a", "1", "b", "2", "c", "3"]), Value::Okay);
+    assert_eq!(
+        v(&mut c, &["MSET", "a", "1", "b", "2", "c", "3"]),
+        Value::Okay
+    );
     q::<i64>(&mut c, &["SADD", "set", "m"]);
     let got: Vec<Option<String>> = q(&mut c, &["MGET", "a", "missing", "b", "set", "c"]);
     assert_eq!(

@@ -401,7 +401,9 @@ mod tests {
     #[test]
     fn or_map_cached_counters_match_a_recount() {
         let mut m = OrMap::default();
-        m.update(&b("f"), |s| s.set(st(1, 1), b("a long value that takes room")));
+        m.update(&b("f"), |s| {
+            s.set(st(1, 1), b("a long value that takes room"))
+        });
         m.update(&b("g"), |s| s.incr_by(st(2, 1), 5)).1.unwrap();
         assert_eq!((m.len(), m.heap_bytes()), recounted(&m));
         m.remove(b"f").unwrap();
@@ -427,7 +429,11 @@ mod tests {
         assert_eq!((s.len(), s.heap_bytes()), (x.len(), x.heap_bytes()));
         assert_eq!(s.len(), 2);
         let killed = s.kill_all();
-        assert_eq!(killed.element_count(), 2, "the delta names exactly the killed members");
+        assert_eq!(
+            killed.element_count(),
+            2,
+            "the delta names exactly the killed members"
+        );
         assert!(s.is_empty());
     }
 }

@@ -213,7 +213,10 @@ impl Entry {
 
     /// Record a removing write (per-region max). Returns whether it was new.
     fn note_removal(&mut self, stamp: Stamp) -> bool {
-        match self.removed.binary_search_by_key(&stamp.region, |s| s.region) {
+        match self
+            .removed
+            .binary_search_by_key(&stamp.region, |s| s.region)
+        {
             Ok(i) if stamp.hlc > self.removed[i].hlc => {
                 self.removed[i] = stamp;
                 true
@@ -718,7 +721,9 @@ impl Entry {
     /// proportional to the delta, not to the value (an SREM on a big set stays O(1)).
     pub(crate) fn forget_dead_in(&mut self, delta: &Entry) {
         for dc in &delta.comps {
-            let Ok(i) = self.comp_index(dc.val.kind()) else { continue };
+            let Ok(i) = self.comp_index(dc.val.kind()) else {
+                continue;
+            };
             match (&mut self.comps[i].val, &dc.val) {
                 (Val::Set(mine), Val::Set(d)) => {
                     for (m, dots) in d.raw() {

@@ -237,15 +237,12 @@ impl Keyspace {
     ) -> R {
         debug_assert_eq!(stamp.region, self.cfg.region);
         let slot = key_slot(key);
-        // An expired key is gone before the write sees it. (A tombstone whose leftover
-        // deadline passed is not an expired key: it stays, the write builds on it.)
-        if self
+        // A live key whose deadline passed is gone for this write. (A tombstone whose
+        // leftover deadline passed is not an expired key: the write builds on it.)
+        let expired = self
             .table(slot)
             .and_then(|t| t.map.get(key))
-            .is_some_and(|e| e.is_alive() && e.is_expired(now_ms))
-        {
-            self.reclaim(slot, key, true);
-        }
+            .is_some_and(|e| e.is_alive() && e.is_expired(now_ms));
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
         let table = self.table_mut(slot);
@@ -265,10 +262,36 @@ impl Keyspace {
             delta: Entry::default(),
             stamp,
             changed: false,
-            created_key: !was_alive,
+            created_key: !was_alive || expired,
         };
+        if expired {
+            // This write starts a new key. Rather than dropping the old one and starting from
+            // nothing, remove what this region observed, as a DEL would, and ship that with
+            // the write: the region's counter contributions stay cumulative (a fresh one
+            // would replace its old contribution elsewhere and break the sum), and regions
+            // that still hold the old incarnation and its passed deadline see the new key.
+            // Writes this region did not observe survive (observed remove).
+            w.delete();
+            w.changed = false;
+        }
         let r = f(&mut w);
         let (changed, mut delta_state, created_key) = (w.changed, w.delta, w.created_key);
+        if expired {
+            self.stats.expired += 1;
+            if !changed {
+                // Nothing written: plain local expiry, which never replicates.
+                let table = self.table_mut(slot);
+                table.alive -= 1;
+                table.volatile -= usize::from(was_volatile);
+                table.digest = None;
+                table.lossy = true;
+                let s = &mut self.stats;
+                s.keys -= 1;
+                s.volatile -= usize::from(was_volatile);
+                s.bytes -= before;
+                return r;
+            }
+        }
         let is_alive = entry.is_alive();
         // Full: the delta alone rebuilds the key's whole live state. True when the write
         // created the key, or when every live component is a string the delta carries whole
@@ -756,7 +779,7 @@ fn touch(a: &mut Access, now_ms: u64, coin: u64) {
     if c < u8::MAX {
         let base = u64::from(c.saturating_sub(LFU_INIT));
         // Logarithmic increment: probability 1 / (base * factor + 1).
-        if coin % (base * LFU_LOG_FACTOR + 1) == 0 {
+        if coin.is_multiple_of(base * LFU_LOG_FACTOR + 1) {
             c += 1;
         }
     }

@@ -69,7 +69,11 @@ fn sadd_concurrent_with_srem_keeps_member() {
     // which never saw the set, adds n.
     assert!(rs[1].write("k0", 20, |w| w.srem(b"m")));
     assert!(rs[1].write("k0", 21, |w| w.srem(b"n")));
-    assert_eq!(rs[1].view("k0"), View::Missing, "the set emptied: the key is gone");
+    assert_eq!(
+        rs[1].view("k0"),
+        View::Missing,
+        "the set emptied: the key is gone"
+    );
     assert!(!rs[0].write("k0", 20, |w| w.sadd(&b("m"))));
     assert!(rs[2].write("k0", 20, |w| w.sadd(&b("n"))));
     converge(&mut rs);
@@ -116,7 +120,11 @@ fn del_concurrent_with_incr_keeps_unobserved_increments() {
     assert_eq!(rs[2].write("k0", 20, |w| w.incr_by(4)), Ok(4));
     converge(&mut rs);
     for r in &rs {
-        assert_eq!(r.int("k0"), Some(7), "3 + 4: the increments DEL did not see");
+        assert_eq!(
+            r.int("k0"),
+            Some(7),
+            "3 + 4: the increments DEL did not see"
+        );
     }
 }
 
@@ -133,7 +141,11 @@ fn set_concurrent_with_incr_adds_unobserved_increments() {
     rs[2].write("k0", 5, |w| w.incr_by(1)).unwrap();
     converge(&mut rs);
     for r in &rs {
-        assert_eq!(r.int("k0"), Some(104), "100 + the 3 and 1 the SET did not observe");
+        assert_eq!(
+            r.int("k0"),
+            Some(104),
+            "100 + the 3 and 1 the SET did not observe"
+        );
         assert_eq!(r.view("k0"), str_view("104"));
     }
     // A non-numeric SET hides concurrent increments (kept, so every region agrees), and the
@@ -213,7 +225,10 @@ fn causally_later_write_wins_despite_clock_skew() {
         w.set_str(b("later"), false);
         w.stamp()
     });
-    assert!(later > early, "the HLC orders the causally later write after");
+    assert!(
+        later > early,
+        "the HLC orders the causally later write after"
+    );
     converge(&mut rs);
     for r in &rs {
         assert_eq!(r.view("k0"), str_view("later"));
@@ -248,7 +263,10 @@ fn concurrent_expire_longest_deadline_wins() {
     converge(&mut rs);
     for r in &rs {
         assert_eq!(r.view("k0"), View::Str(b("v"), Some(D2)));
-        assert!(r.ks.peek(b"k0", D1).is_some(), "not expired at the shorter deadline");
+        assert!(
+            r.ks.peek(b"k0", D1).is_some(),
+            "not expired at the shorter deadline"
+        );
         assert!(r.ks.peek(b"k0", D2).is_none(), "expired at the longest one");
     }
 }
@@ -332,7 +350,11 @@ fn type_conflict_greater_creation_stamp_wins() {
             };
             assert_eq!(r.view("k0"), expected);
             // Commands against the loser's type answer WRONGTYPE.
-            let other = if winner == Kind::Set { Kind::Str } else { Kind::Set };
+            let other = if winner == Kind::Set {
+                Kind::Str
+            } else {
+                Kind::Set
+            };
             assert_eq!(
                 r.write("k0", 400, |w| w.expect(other)),
                 Err(CrdtError::WrongType)
@@ -344,7 +366,10 @@ fn type_conflict_greater_creation_stamp_wins() {
         for r in &rs {
             assert_eq!(r.view("k0"), str_view("final"));
             let e = r.ks.peek(b"k0", NOW_MS).unwrap();
-            assert_eq!(e.components().iter().filter(|c| c.val.is_alive()).count(), 1);
+            assert_eq!(
+                e.components().iter().filter(|c| c.val.is_alive()).count(),
+                1
+            );
         }
     }
 }
@@ -367,11 +392,17 @@ fn del_concurrent_with_hset_keeps_field() {
     });
     converge(&mut rs);
     let expected = View::Hash(
-        [(b("f1"), b("v1b")), (b("f2"), b("v2"))].into_iter().collect(),
+        [(b("f1"), b("v1b")), (b("f2"), b("v2"))]
+            .into_iter()
+            .collect(),
         None,
     );
     for r in &rs {
-        assert_eq!(r.view("k0"), expected, "f3 was observed by DEL, f1/f2 writes were not");
+        assert_eq!(
+            r.view("k0"),
+            expected,
+            "f3 was observed by DEL, f1/f2 writes were not"
+        );
     }
 }
 
@@ -395,22 +426,29 @@ fn hincrby_fields_are_counters() {
     }
     // HSET concurrent with HINCRBY: the HSET resets what it saw, the concurrent increment adds.
     rs[0].write("k0", 20, |w| w.hash_update(&f, |s, st| s.set(st, b("100"))));
-    rs[1].write("k0", 20, |w| w.hash_update(&f, |s, st| s.incr_by(st, 1))).unwrap();
+    rs[1]
+        .write("k0", 20, |w| w.hash_update(&f, |s, st| s.incr_by(st, 1)))
+        .unwrap();
     converge(&mut rs);
     for r in &rs {
         assert_eq!(field_int(r), Some(101));
     }
     // HDEL concurrent with HINCRBY keeps the unobserved increment.
     rs[0].write("k0", 30, |w| w.hdel(b"f"));
-    rs[2].write("k0", 30, |w| w.hash_update(&f, |s, st| s.incr_by(st, 4))).unwrap();
+    rs[2]
+        .write("k0", 30, |w| w.hash_update(&f, |s, st| s.incr_by(st, 4)))
+        .unwrap();
     converge(&mut rs);
     for r in &rs {
         assert_eq!(field_int(r), Some(4));
     }
     // A field holding text is not a counter.
-    rs[0].write("k0", 40, |w| w.hash_update(&b("t"), |s, st| s.set(st, b("x"))));
+    rs[0].write("k0", 40, |w| {
+        w.hash_update(&b("t"), |s, st| s.set(st, b("x")))
+    });
     assert_eq!(
-        rs[0].write("k0", 41, |w| w.hash_update(&b("t"), |s, st| s.incr_by(st, 1))),
+        rs[0].write("k0", 41, |w| w
+            .hash_update(&b("t"), |s, st| s.incr_by(st, 1))),
         Err(CrdtError::NotInteger)
     );
 }
@@ -419,19 +457,35 @@ fn hincrby_fields_are_counters() {
 fn partial_delta_not_applied_over_evicted_key() {
     let mut a = Replica::new(1);
     let mut bb = Replica::new(2);
-    let created = a.write_at("k0", 10, NOW_MS, |w| w.sadd(&b("m1"))).1.unwrap();
-    assert!(created.full, "a write that creates the key carries its whole state");
+    let created = a
+        .write_at("k0", 10, NOW_MS, |w| w.sadd(&b("m1")))
+        .1
+        .unwrap();
+    assert!(
+        created.full,
+        "a write that creates the key carries its whole state"
+    );
     assert_eq!(bb.apply(&created), Applied::Changed);
     assert!(bb.ks.evict_key(b"k0") > 0);
     assert_eq!(bb.ks.stats().evicted, 1);
-    let partial = a.write_at("k0", 20, NOW_MS, |w| w.sadd(&b("m2"))).1.unwrap();
+    let partial = a
+        .write_at("k0", 20, NOW_MS, |w| w.sadd(&b("m2")))
+        .1
+        .unwrap();
     assert!(!partial.full);
     assert_eq!(bb.apply(&partial), Applied::DroppedPartial);
-    assert_eq!(bb.view("k0"), View::Missing, "no partial state: the key stays a miss");
+    assert_eq!(
+        bb.view("k0"),
+        View::Missing,
+        "no partial state: the key stays a miss"
+    );
     assert!(bb.ks.raw_entry(b"k0").is_none());
     assert_eq!(bb.ks.stats().partial_deltas_dropped, 1);
     // A full delta (a string write carries the whole string) is applied.
-    let full = a.write_at("k0", 30, NOW_MS, |w| w.set_str(b("s"), false)).1.unwrap();
+    let full = a
+        .write_at("k0", 30, NOW_MS, |w| w.set_str(b("s"), false))
+        .1
+        .unwrap();
     assert!(full.full);
     assert_eq!(bb.apply(&full), Applied::Changed);
     assert_eq!(bb.view("k0"), a.view("k0"));
@@ -514,8 +568,14 @@ fn gc_drops_tombstones_once_stable_and_keeps_them_before() {
     assert!(rs[1].ks.raw_entry(b"k0").is_some());
     // Every region saw the SET, but not yet the DEL: region 3 may still send state built on
     // the SET (an INCR concurrent with the DEL), so the tombstone must stay.
-    assert_eq!(rs[1].ks.gc(&stable_upto(s_set.hlc, Hlc(s_del.hlc.0 - 1))), 0);
-    assert!(rs[1].ks.raw_entry(b"k0").is_some(), "tombstone kept before the DEL is stable");
+    assert_eq!(
+        rs[1].ks.gc(&stable_upto(s_set.hlc, Hlc(s_del.hlc.0 - 1))),
+        0
+    );
+    assert!(
+        rs[1].ks.raw_entry(b"k0").is_some(),
+        "tombstone kept before the DEL is stable"
+    );
     assert_eq!(rs[1].ks.stats().tombstones, 1);
     // Once the DEL is stable everywhere, the tombstone goes.
     assert_eq!(rs[1].ks.gc(&stable_upto(s_set.hlc, s_del.hlc)), 1);
@@ -540,9 +600,17 @@ fn gc_drops_tombstones_once_stable_and_keeps_them_before() {
     });
     let before = rs[1].ks.metadata_elements();
     rs[1].ks.gc(&stable_upto(s_add, Hlc(s_rem.hlc.0 - 1)));
-    assert_eq!(rs[1].ks.metadata_elements(), before, "member tombstone kept before stable");
+    assert_eq!(
+        rs[1].ks.metadata_elements(),
+        before,
+        "member tombstone kept before stable"
+    );
     rs[1].ks.gc(&stable_upto(s_add, s_rem.hlc));
-    assert_eq!(rs[1].ks.metadata_elements(), before - 1, "member tombstone dropped");
+    assert_eq!(
+        rs[1].ks.metadata_elements(),
+        before - 1,
+        "member tombstone dropped"
+    );
     assert_eq!(rs[1].view("k1"), set_view(&["kept"], None));
     // The live state is untouched by gc and still converges.
     converge_views(&mut rs);
@@ -570,21 +638,35 @@ fn gc_never_resurrects_a_delete_with_fifo_links() {
     // Region 3 re-ships its state of the key (anti-entropy) before it saw the SREM.
     let stale = rs[2].raw("k0").unwrap();
     rs[1].ks.merge_state(b"k0", true, &stale);
-    assert_eq!(rs[1].view("k0"), View::Missing, "the removed member stays removed");
+    assert_eq!(
+        rs[1].view("k0"),
+        View::Missing,
+        "the removed member stays removed"
+    );
 }
 
 #[test]
 fn overflowing_incr_refused_value_unchanged() {
     let mut a = Replica::new(1);
-    a.write("k0", 10, |w| w.set_str(Bytes::from(i64::MAX.to_string()), false));
+    a.write("k0", 10, |w| {
+        w.set_str(Bytes::from(i64::MAX.to_string()), false)
+    });
     let before = a.raw("k0");
     let logged = a.log.len();
-    assert_eq!(a.write("k0", 20, |w| w.incr_by(1)), Err(CrdtError::Overflow));
+    assert_eq!(
+        a.write("k0", 20, |w| w.incr_by(1)),
+        Err(CrdtError::Overflow)
+    );
     assert_eq!(a.raw("k0"), before, "state unchanged");
     assert_eq!(a.log.len(), logged, "a refused write yields no delta");
     assert_eq!(a.int("k0"), Some(i64::MAX));
-    a.write("k1", 10, |w| w.set_str(Bytes::from(i64::MIN.to_string()), false));
-    assert_eq!(a.write("k1", 20, |w| w.incr_by(-1)), Err(CrdtError::Overflow));
+    a.write("k1", 10, |w| {
+        w.set_str(Bytes::from(i64::MIN.to_string()), false)
+    });
+    assert_eq!(
+        a.write("k1", 20, |w| w.incr_by(-1)),
+        Err(CrdtError::Overflow)
+    );
     assert_eq!(a.int("k1"), Some(i64::MIN));
     assert_eq!(a.write("k1", 30, |w| w.incr_by(i64::MAX)), Ok(-1));
 
@@ -597,12 +679,21 @@ fn overflowing_incr_refused_value_unchanged() {
     for r in rs.iter_mut() {
         assert_eq!(r.int("k0"), Some(i64::MAX), "MAX + 4 is reported as MAX");
         // The exact sum is still beyond i64 after these: refused.
-        assert_eq!(r.write("k0", 20, |w| w.incr_by(1)), Err(CrdtError::Overflow));
-        assert_eq!(r.write("k0", 21, |w| w.incr_by(-2)), Err(CrdtError::Overflow));
+        assert_eq!(
+            r.write("k0", 20, |w| w.incr_by(1)),
+            Err(CrdtError::Overflow)
+        );
+        assert_eq!(
+            r.write("k0", 21, |w| w.incr_by(-2)),
+            Err(CrdtError::Overflow)
+        );
         // Back in range: the reply is the new value clients then read.
         assert_eq!(r.write("k0", 22, |w| w.incr_by(-10)), Ok(i64::MAX - 6));
         assert_eq!(r.int("k0"), Some(i64::MAX - 6));
-        assert_eq!(r.write("k0", 23, |w| w.incr_by(10)), Err(CrdtError::Overflow));
+        assert_eq!(
+            r.write("k0", 23, |w| w.incr_by(10)),
+            Err(CrdtError::Overflow)
+        );
     }
 }
 
@@ -671,7 +762,11 @@ fn write_on_a_tombstone_whose_old_ttl_passed_keeps_history() {
     assert_eq!(rs[1].view_at("k0", 50), View::Missing);
     // Region 2 increments after the old deadline.
     assert_eq!(rs[1].write_at("k0", 30, 200, |w| w.incr_by(1)).0, Ok(1));
-    assert_eq!(rs[1].ks.stats().expired, 0, "a tombstone is not an expired key");
+    assert_eq!(
+        rs[1].ks.stats().expired,
+        0,
+        "a tombstone is not an expired key"
+    );
     {
         let (x, y) = rs.split_at_mut(1);
         ship(&y[0], &mut x[0]);
@@ -679,4 +774,69 @@ fn write_on_a_tombstone_whose_old_ttl_passed_keeps_history() {
     for r in &rs {
         assert_eq!(r.view_at("k0", 200), str_view("1"));
     }
+}
+
+#[test]
+fn write_after_expiry_starts_a_new_key_everywhere() {
+    // Region 1 increments, region 2 SETs with a TTL (observing the 5); both hold the key.
+    let mut rs = regions(2);
+    rs[0].write_at("k0", 10, 10, |w| w.incr_by(5)).0.unwrap();
+    {
+        let (x, y) = rs.split_at_mut(1);
+        ship(&x[0], &mut y[0]);
+    }
+    rs[1].write_at("k0", 20, 20, |w| {
+        w.set_str(b("100"), false);
+        w.set_deadline(Some(1_000));
+    });
+    {
+        let (x, y) = rs.split_at_mut(1);
+        ship(&y[0], &mut x[0]);
+    }
+    // After the deadline region 1 increments: a new key holding 1, on both regions, even
+    // though region 2 has not reclaimed the old one yet.
+    assert_eq!(
+        rs[0].write_at("k0", 2_000, 2_000, |w| w.incr_by(1)).0,
+        Ok(1)
+    );
+    assert_eq!(rs[0].ks.stats().expired, 1);
+    {
+        let (x, y) = rs.split_at_mut(1);
+        ship(&x[0], &mut y[0]);
+    }
+    for r in &rs {
+        assert_eq!(r.view_at("k0", 2_000), str_view("1"));
+    }
+    // Anti-entropy in either direction agrees.
+    {
+        let (x, y) = rs.split_at_mut(1);
+        x[0].pull(&y[0]);
+        y[0].pull(&x[0]);
+    }
+    for r in &rs {
+        assert_eq!(r.view_at("k0", 2_000), str_view("1"));
+    }
+
+    // Same for a set: the old members (observed) go, the new one is visible everywhere.
+    let mut rs = regions(2);
+    rs[0].write_at("k1", 10, 10, |w| {
+        w.sadd(&b("old"));
+        w.set_deadline(Some(1_000));
+    });
+    {
+        let (x, y) = rs.split_at_mut(1);
+        ship(&x[0], &mut y[0]);
+    }
+    rs[0].write_at("k1", 2_000, 2_000, |w| w.sadd(&b("new")));
+    {
+        let (x, y) = rs.split_at_mut(1);
+        ship(&x[0], &mut y[0]);
+    }
+    for r in &rs {
+        assert_eq!(r.view_at("k1", 2_000), set_view(&["new"], None));
+    }
+    // A write that changes nothing on an expired key is plain local expiry: no delta.
+    let logged = rs[1].log.len();
+    rs[1].write_at("k0", 3_000, 3_000, |w| w.srem(b"x"));
+    assert_eq!(rs[1].log.len(), logged);
 }

@@ -10,9 +10,17 @@ use proptest::prelude::*;
 #[derive(Clone, Debug)]
 enum MirrorStep {
     /// A writes; the mirror merges A's delta.
-    WriteA { key: usize, op: Op, physical_ms: u64 },
+    WriteA {
+        key: usize,
+        op: Op,
+        physical_ms: u64,
+    },
     /// The other region C writes (A and the mirror do not see it yet).
-    WriteC { key: usize, op: Op, physical_ms: u64 },
+    WriteC {
+        key: usize,
+        op: Op,
+        physical_ms: u64,
+    },
     /// A and the mirror both merge one of C's deltas.
     DeliverC { pick: usize },
     /// C merges one of A's deltas.
@@ -33,7 +41,11 @@ fn mirror_step() -> impl Strategy<Value = MirrorStep> {
 fn assert_mirrored(a: &Replica, mirror: &Replica, step: &MirrorStep) {
     for key in KEYS {
         assert_eq!(a.raw(key), mirror.raw(key), "entry of {key} after {step:?}");
-        assert_eq!(a.view(key), mirror.view(key), "view of {key} after {step:?}");
+        assert_eq!(
+            a.view(key),
+            mirror.view(key),
+            "view of {key} after {step:?}"
+        );
         assert_eq!(
             a.ks.key_digest(key.as_bytes()),
             mirror.ks.key_digest(key.as_bytes())
@@ -43,7 +55,7 @@ fn assert_mirrored(a: &Replica, mirror: &Replica, step: &MirrorStep) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn local_op_equals_merging_its_delta(steps in prop::collection::vec(mirror_step(), 1..60)) {

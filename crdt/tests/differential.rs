@@ -21,7 +21,9 @@ use std::collections::{BTreeSet, HashSet};
 mod num_like {
     /// `crdts` reads counters as a `num::BigInt`; compare through its decimal form.
     pub fn to_i64(v: impl std::fmt::Display) -> i64 {
-        v.to_string().parse().expect("counter fits i64 in these tests")
+        v.to_string()
+            .parse()
+            .expect("counter fits i64 in these tests")
     }
 }
 
@@ -29,7 +31,11 @@ const KEY: &str = "k0";
 
 #[derive(Clone, Debug)]
 enum DiffStep<O> {
-    Op { replica: usize, op: O, physical_ms: u64 },
+    Op {
+        replica: usize,
+        op: O,
+        physical_ms: u64,
+    },
     /// `to` pulls `from`'s whole state.
     Sync { from: usize, to: usize },
 }
@@ -59,7 +65,7 @@ fn exchange_everything<T: Clone + CvRDT>(ours: &mut [Replica], theirs: &mut [T],
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn counter_matches_pncounter(
@@ -202,8 +208,7 @@ proptest! {
 }
 
 fn members(r: &Replica) -> BTreeSet<Bytes> {
-    r.ks
-        .peek(KEY.as_bytes(), NOW_MS)
+    r.ks.peek(KEY.as_bytes(), NOW_MS)
         .and_then(|e| e.as_set())
         .map(|s| s.members().cloned().collect())
         .unwrap_or_default()

@@ -7,7 +7,9 @@
 mod common;
 
 use common::*;
-use meridian_crdt::{key_slot, Delta, Dots, Entry, Keyspace, KeyspaceConfig, OrMap, OrSet, RegionId, Str, Val};
+use meridian_crdt::{
+    key_slot, Delta, Dots, Entry, Keyspace, KeyspaceConfig, OrMap, OrSet, RegionId, Str, Val,
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -18,7 +20,7 @@ const MAX_STATES_PER_KEY: usize = 7;
 fn sampled_entries(n: usize, steps: &[Step]) -> Vec<Vec<Entry>> {
     let mut rs: Vec<Replica> = (1..=n as u16).map(Replica::new).collect();
     let mut per_key: Vec<Vec<Entry>> = vec![Vec::new(); KEYS.len()];
-    let mut push = |per_key: &mut Vec<Vec<Entry>>, k: usize, e: Entry| {
+    let push = |per_key: &mut Vec<Vec<Entry>>, k: usize, e: Entry| {
         if per_key[k].len() < MAX_STATES_PER_KEY && !per_key[k].contains(&e) {
             per_key[k].push(e);
         }
@@ -42,7 +44,10 @@ fn sampled_entries(n: usize, steps: &[Step]) -> Vec<Vec<Entry>> {
             }
         }
         for d in r.log.iter().rev().take(2) {
-            let k = KEYS.iter().position(|key| key.as_bytes() == d.key.as_ref()).unwrap();
+            let k = KEYS
+                .iter()
+                .position(|key| key.as_bytes() == d.key.as_ref())
+                .unwrap();
             push(&mut per_key, k, d.state.clone());
         }
     }
@@ -62,7 +67,7 @@ fn merged(a: &Entry, b: &Entry) -> Entry {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn entry_merge_is_a_join((n, steps) in history_strategy(60)) {
@@ -207,8 +212,16 @@ proptest! {
 /// Sanity check of the harness itself: a keyspace with another seed stores the same thing.
 #[test]
 fn keyspace_seed_does_not_change_state() {
-    let mut a = Keyspace::new(KeyspaceConfig { region: RegionId(1), retain_tombstones: true, seed: 1 });
-    let mut c = Keyspace::new(KeyspaceConfig { region: RegionId(2), retain_tombstones: true, seed: 99 });
+    let mut a = Keyspace::new(KeyspaceConfig {
+        region: RegionId(1),
+        retain_tombstones: true,
+        seed: 1,
+    });
+    let mut c = Keyspace::new(KeyspaceConfig {
+        region: RegionId(2),
+        retain_tombstones: true,
+        seed: 99,
+    });
     let mut r = Replica::new(1);
     r.op("k0", 10, &Op::Sadd(1));
     r.op("k0", 11, &Op::Sadd(2));
@@ -217,5 +230,8 @@ fn keyspace_seed_does_not_change_state() {
         c.apply_delta(d);
     }
     assert_eq!(a.raw_entry(b"k0"), c.raw_entry(b"k0"));
-    assert_eq!(a.slot_digest(key_slot(b"k0")), c.slot_digest(key_slot(b"k0")));
+    assert_eq!(
+        a.slot_digest(key_slot(b"k0")),
+        c.slot_digest(key_slot(b"k0"))
+    );
 }

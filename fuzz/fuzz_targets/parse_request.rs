@@ -35,7 +35,10 @@ fn drain(
                 requests.push(
                     args.iter()
                         .map(|r| {
-                            assert!(r.start <= r.end && r.end <= consumed, "range out of request");
+                            assert!(
+                                r.start <= r.end && r.end <= consumed,
+                                "range out of request"
+                            );
                             request[r.clone()].to_vec()
                         })
                         .collect(),

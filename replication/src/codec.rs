@@ -56,13 +56,13 @@ pub struct Frontier {
     pub seen: Vec<(RegionId, Hlc)>,
 }
 
-/// Anti-entropy step 1 (initiator → responder): salted 32-bit digests of non-empty slots.
+/// Anti-entropy step 1 (initiator → responder): salted 16-bit digests of non-empty slots.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AeDigests {
     pub round: u64,
     /// Bitmap of slots with a non-zero digest (`SLOT_COUNT / 8` bytes, or empty for none).
     pub present: Bytes,
-    /// One `u32` LE per set bit, in slot order.
+    /// One `u16` LE per set bit, in slot order.
     pub digests: Bytes,
 }
 
@@ -98,6 +98,8 @@ pub struct AeEntries {
     pub round: u64,
     pub entries: Vec<KeyState>,
     pub want: Vec<SlotKeys>,
+    /// This frame completes the answer to one `want` request.
+    pub last: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +197,7 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
             } else {
                 return Err(CodecError::Invalid("slot bitmap has the wrong size"));
             };
-            if d.digests.len() != bits * 4 {
+            if d.digests.len() != bits * 2 {
                 return Err(CodecError::Invalid("digest count does not match bitmap"));
             }
         }
@@ -326,6 +328,7 @@ mod tests {
                     slot: 3,
                     fps: Bytes::from_static(&[1, 2, 3, 4]),
                 }],
+                last: true,
             }),
         ]
     }

@@ -5,7 +5,7 @@
 //! meridian-sim --seeds A..B        sweep; prints the replay command of every failure
 //! meridian-sim --self-check N      run seed N twice and compare trace hashes
 //! meridian-sim --bench-link        in-process link / wire-size / anti-entropy benchmark
-//! options: --bug (inject the dropped-counter-contribution bug), --no-gc-during-faults,
+//! options: --bug (inject the dropped-counter-contribution bug), --gc-during-faults,
 //!          --writes-on-evicted, --no-evictions, --fault-ms MS
 //! ```
 //! Exit code 1 on any violation or determinism mismatch, 2 on bad usage.
@@ -43,8 +43,8 @@ impl Opts {
         if self.bug {
             s.push_str(" --bug");
         }
-        if !self.gc_during_faults {
-            s.push_str(" --no-gc-during-faults");
+        if self.gc_during_faults {
+            s.push_str(" --gc-during-faults");
         }
         if self.writes_on_evicted {
             s.push_str(" --writes-on-evicted");
@@ -60,7 +60,7 @@ impl Opts {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: meridian-sim (--seed N | --seeds A..B | --self-check N | --bench-link) [--bug] [--no-gc-during-faults] [--writes-on-evicted] [--no-evictions] [--fault-ms MS]");
+    eprintln!("usage: meridian-sim (--seed N | --seeds A..B | --self-check N | --bench-link) [--bug] [--gc-during-faults] [--writes-on-evicted] [--no-evictions] [--fault-ms MS]");
     ExitCode::from(2)
 }
 
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut opts = Opts {
         bug: false,
-        gc_during_faults: true,
+        gc_during_faults: false,
         writes_on_evicted: false,
         no_evictions: false,
         fault_ms: None,
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     while i < args.len() {
         match args[i].as_str() {
             "--bug" => opts.bug = true,
-            "--no-gc-during-faults" => opts.gc_during_faults = false,
+            "--gc-during-faults" => opts.gc_during_faults = true,
             "--writes-on-evicted" => opts.writes_on_evicted = true,
             "--no-evictions" => opts.no_evictions = true,
             "--bench-link" => mode = Some(("bench".into(), String::new())),
@@ -145,7 +145,10 @@ fn main() -> ExitCode {
                 println!("determinism ok");
                 ExitCode::SUCCESS
             } else {
-                println!("DETERMINISM MISMATCH: replay: meridian-sim --self-check {seed}{}", opts.flags());
+                println!(
+                    "DETERMINISM MISMATCH: replay: meridian-sim --self-check {seed}{}",
+                    opts.flags()
+                );
                 ExitCode::FAILURE
             }
         }
@@ -177,7 +180,10 @@ fn main() -> ExitCode {
             let first = run(opts.config(a));
             let deterministic = again.trace_hash == first.trace_hash;
             if !deterministic {
-                println!("DETERMINISM MISMATCH on seed {a}: replay: meridian-sim --self-check {a}{}", opts.flags());
+                println!(
+                    "DETERMINISM MISMATCH on seed {a}: replay: meridian-sim --self-check {a}{}",
+                    opts.flags()
+                );
             }
             let secs = start.elapsed().as_secs_f64();
             let n = b.saturating_sub(a);

@@ -18,10 +18,13 @@ fn noop_ok(_ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
     ok()
 }
 
-fn slot_arg(b: &[u8]) -> Result<u16, Reply> {
+/// A slot argument with Redis' replies: not a number → the integer error, out of range →
+/// `out_of_range` (Redis words it differently per subcommand).
+fn slot_arg(b: &[u8], out_of_range: &'static str) -> Result<u16, Reply> {
     match crate::util::parse_int(b) {
+        None => Err(not_int()),
         Some(n) if (0..SLOT_COUNT as i64).contains(&n) => Ok(n as u16),
-        _ => Err(err("ERR Invalid or out of range slot")),
+        Some(_) => Err(err(out_of_range)),
     }
 }
 
@@ -30,7 +33,7 @@ fn cluster(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     if sub.eq_ignore_ascii_case(b"keyslot") && a.len() == 3 {
         Reply::Int(i64::from(key_slot(&a[2])))
     } else if sub.eq_ignore_ascii_case(b"countkeysinslot") && a.len() == 3 {
-        let slot = match slot_arg(&a[2]) {
+        let slot = match slot_arg(&a[2], "ERR Invalid slot") {
             Ok(s) => s,
             Err(e) => return e,
         };
@@ -41,13 +44,15 @@ fn cluster(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         };
         Reply::Int(n as i64)
     } else if sub.eq_ignore_ascii_case(b"getkeysinslot") && a.len() == 4 {
-        let slot = match slot_arg(&a[2]) {
+        const INVALID: &str = "ERR Invalid slot or number of keys";
+        let slot = match slot_arg(&a[2], INVALID) {
             Ok(s) => s,
             Err(e) => return e,
         };
         let count = match crate::util::parse_int(&a[3]) {
+            None => return not_int(),
             Some(n) if n >= 0 => n as usize,
-            _ => return err("ERR Invalid number of keys"),
+            Some(_) => return err(INVALID),
         };
         let idx = crate::store::shard_of(slot);
         let now = ctx.now_ms;

@@ -58,9 +58,18 @@ fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
         return Err(arity(name));
     }
     check_hash(ctx, &a[1])?;
+    // A field named twice (`HSET h f 1 f 2`) is set once, to its last value, as in Redis:
+    // one write stamps every field with the same HLC, and a register must not be set twice
+    // with one stamp.
+    let mut seen = std::collections::HashSet::with_capacity(a.len() / 2);
+    let pairs: Vec<&[Bytes]> = a[2..]
+        .chunks(2)
+        .rev()
+        .filter(|fv| seen.insert(&fv[0]))
+        .collect();
     let added = ctx.write(&a[1], |w| {
         let mut added = 0;
-        for fv in a[2..].chunks(2) {
+        for fv in pairs.into_iter().rev() {
             let value = own(&fv[1]);
             let was = w.entry().as_hash().is_some_and(|h| h.get(&fv[0]).is_some());
             w.hash_update(&own(&fv[0]), |s, stamp| s.set(stamp, value));

@@ -334,16 +334,26 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
         // Validate everything first: CONFIG SET is all-or-nothing.
         let mut changes: Vec<Box<dyn FnOnce(&Store)>> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
         for kv in a[2..].chunks(2) {
             let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
             let value = String::from_utf8_lossy(&kv[1]).to_string();
-            let bad = || {
-                err_owned(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - argument couldn't be parsed into an integer"))
+            // Redis' wording: "CONFIG SET failed (possibly related to argument '<name>') - <why>".
+            let fail = |why: &str| {
+                err_owned(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"
+                ))
             };
+            if seen.contains(&name) {
+                return fail("duplicate parameter");
+            }
+            seen.push(name.clone());
+            let not_integer = "argument couldn't be parsed into an integer";
+            let not_memory = "argument must be a memory value";
             match name.as_str() {
                 "maxmemory" => {
                     let Some(n) = crate::config::parse_memory(&value) else {
-                        return bad();
+                        return fail(not_memory);
                     };
                     changes.push(Box::new(move |s: &Store| {
                         s.runtime.maxmemory.store(n, Relaxed)
@@ -351,34 +361,46 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                 }
                 "maxmemory-policy" => {
                     let Some(p) = EvictionPolicy::parse(&value) else {
-                        return err_owned(format!("ERR CONFIG SET failed (possibly related to argument 'maxmemory-policy') - argument(s) must be one of the following: volatile-lru, allkeys-lru, volatile-lfu, allkeys-lfu, volatile-random, allkeys-random, volatile-ttl, noeviction"));
+                        return fail("argument(s) must be one of the following: volatile-lru, volatile-lfu, volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, noeviction");
                     };
                     changes.push(Box::new(move |s: &Store| *s.runtime.policy.lock() = p));
                 }
                 "maxmemory-samples" => {
-                    let Some(n) = value.parse::<usize>().ok().filter(|n| (1..=64).contains(n))
-                    else {
-                        return bad();
+                    let Ok(n) = value.parse::<i64>() else {
+                        return fail(not_integer);
                     };
+                    // Bounded tighter than Redis (1..=2^31-1): each sample costs a lookup.
+                    if !(1..=64).contains(&n) {
+                        return fail("argument must be between 1 and 64 inclusive");
+                    }
+                    let n = n as usize;
                     changes.push(Box::new(move |s: &Store| {
                         s.runtime.samples.store(n, Relaxed)
                     }));
                 }
                 "maxclients" => {
-                    let Some(n) = value.parse::<usize>().ok().filter(|&n| n >= 1) else {
-                        return bad();
+                    let Ok(n) = value.parse::<i64>() else {
+                        return fail(not_integer);
                     };
+                    if !(1..=u32::MAX as i64).contains(&n) {
+                        return fail("argument must be between 1 and 4294967295 inclusive");
+                    }
+                    let n = n as usize;
                     changes.push(Box::new(move |s: &Store| {
                         s.runtime.maxclients.store(n, Relaxed)
                     }));
                 }
                 "proto-max-bulk-len" => {
-                    let Some(n) = crate::config::parse_memory(&value)
-                        .and_then(|n| usize::try_from(n).ok())
-                        .filter(|&n| n >= 1024 * 1024)
+                    let Some(n) =
+                        crate::config::parse_memory(&value).and_then(|n| usize::try_from(n).ok())
                     else {
-                        return bad();
+                        return fail(not_memory);
                     };
+                    if n < 1024 * 1024 {
+                        return fail(
+                            "argument must be between 1048576 and 9223372036854775807 inclusive",
+                        );
+                    }
                     changes.push(Box::new(move |s: &Store| {
                         s.runtime.proto_max_bulk_len.store(n, Relaxed)
                     }));

@@ -28,6 +28,8 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// A TOML config written for this server (removed on drop).
+    config_file: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -48,7 +50,11 @@ impl Server {
             .expect("spawn the meridian binary");
         let stdout = child.stdout.take().expect("piped stdout");
         // Own the child before waiting, so a failed start still kills it.
-        let mut server = Server { child, port: 0 };
+        let mut server = Server {
+            child,
+            port: 0,
+            config_file: None,
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             // Keep draining stdout for the life of the child so it never blocks on a pipe.
@@ -84,6 +90,21 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Start with a TOML config file holding `toml` (for keys without a CLI flag), plus flags.
+    pub fn start_with_config(toml: &str, extra: &[&str]) -> Server {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("meridian-it-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write the test config");
+        let path_text = path.to_str().expect("UTF-8 temp path").to_string();
+        let mut args = vec!["--config", path_text.as_str()];
+        args.extend_from_slice(extra);
+        let mut server = Server::start_with(&args);
+        server.config_file = Some(path);
+        server
     }
 
     pub fn pid(&self) -> u32 {
@@ -145,6 +166,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(path) = &self.config_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -159,9 +183,8 @@ pub fn free_port() -> u16 {
 /// Is an external tool available? When it is not: fail under CI (the CI env var is set),
 /// otherwise print a notice and let the caller skip.
 pub fn tool_available(name: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()));
     if !found {
         if std::env::var_os("CI").is_some() {
             panic!("{name} is required in CI (install redis-tools / redis-server)");
@@ -213,6 +236,55 @@ impl Drop for RedisRef {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster slots (independent of the server's implementation)
+// ---------------------------------------------------------------------------------------
+
+/// CRC16-XMODEM, the cluster key hash.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot of `key`: CRC16 of the first non-empty `{tag}` if any, else of the whole key.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % 16384
+}
+
+/// One key name per slot: `{prefix}:{n}` names, the first found for each of the 16384 slots.
+pub fn one_key_per_slot(prefix: &str) -> Vec<String> {
+    let mut by_slot: Vec<Option<String>> = vec![None; 16384];
+    let mut missing = by_slot.len();
+    let mut n = 0u64;
+    while missing > 0 {
+        let k = format!("{prefix}:{n}");
+        let slot = usize::from(key_slot(k.as_bytes()));
+        if by_slot[slot].is_none() {
+            by_slot[slot] = Some(k);
+            missing -= 1;
+        }
+        n += 1;
+    }
+    by_slot.into_iter().map(Option::unwrap).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,7 +437,11 @@ impl Resp {
             if buf.len() < after + len + 2 {
                 return None;
             }
-            assert_eq!(&buf[after + len..after + len + 2], b"\r\n", "blob terminator");
+            assert_eq!(
+                &buf[after + len..after + len + 2],
+                b"\r\n",
+                "blob terminator"
+            );
             Some((buf[after..after + len].to_vec(), after + len + 2))
         };
         let seq = |n: i64, per: usize| -> Option<(Vec<Resp>, usize)> {
@@ -565,6 +641,9 @@ pub fn assert_same_as_redis(server: &Server, script: &[&[&str]]) {
     for args in script {
         let a = normalize(args[0], ours.cmd(args));
         let b = normalize(args[0], theirs.cmd(args));
-        assert_eq!(a, b, "reply to {args:?} differs (left: meridian, right: redis-server)");
+        assert_eq!(
+            a, b,
+            "reply to {args:?} differs (left: meridian, right: redis-server)"
+        );
     }
 }

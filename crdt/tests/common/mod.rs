@@ -138,6 +138,8 @@ pub enum Step {
     /// Replica `to` receives delta number `pick` (mod log length) of replica `from`:
     /// any order, duplicates allowed.
     Deliver { from: usize, to: usize, pick: usize },
+    /// Anti-entropy: replica `to` merges `from`'s whole state of one key.
+    Pull { from: usize, to: usize, key: usize },
 }
 
 pub fn step_strategy() -> impl Strategy<Value = Step> {
@@ -147,11 +149,16 @@ pub fn step_strategy() -> impl Strategy<Value = Step> {
         ),
         2 => (any::<usize>(), any::<usize>(), any::<usize>())
             .prop_map(|(from, to, pick)| Step::Deliver { from, to, pick }),
+        1 => (any::<usize>(), any::<usize>(), 0..KEYS.len())
+            .prop_map(|(from, to, key)| Step::Pull { from, to, key }),
     ]
 }
 
 pub fn history_strategy(max_steps: usize) -> impl Strategy<Value = (usize, Vec<Step>)> {
-    (2usize..=4, prop::collection::vec(step_strategy(), 1..max_steps))
+    (
+        2usize..=4,
+        prop::collection::vec(step_strategy(), 1..max_steps),
+    )
 }
 
 pub struct Replica {
@@ -215,7 +222,8 @@ impl Replica {
     }
 
     pub fn op(&mut self, key: &str, physical_ms: u64, op: &Op) -> Option<Delta> {
-        self.write_at(key, physical_ms, NOW_MS, |w| apply_op(w, op)).1
+        self.write_at(key, physical_ms, NOW_MS, |w| apply_op(w, op))
+            .1
     }
 
     /// Merge a remote delta, observing its HLC first (as the server does).
@@ -314,6 +322,15 @@ pub fn run_step(rs: &mut [Replica], step: &Step) {
             let d = rs[from].log[pick % rs[from].log.len()].clone();
             rs[to].apply(&d);
         }
+        Step::Pull { from, to, key } => {
+            let (from, to) = (from % n, to % n);
+            if from != to {
+                if let Some(e) = rs[from].raw(KEYS[*key]) {
+                    rs[to].clock.observe(e.max_hlc());
+                    rs[to].ks.merge_state(KEYS[*key].as_bytes(), true, &e);
+                }
+            }
+        }
     }
 }
 
@@ -406,4 +423,13 @@ pub fn pull_between(rs: &mut [Replica], from: usize, to: usize) {
         (&r[0], &mut l[to])
     };
     dst.pull(src);
+}
+
+/// Proptest case count: `default`, or `PROPTEST_CASES` from the environment for a longer
+/// soak (`PROPTEST_CASES=5000 cargo test -p meridian-crdt`).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -1,18 +1,20 @@
 //! Anti-entropy: find and repair divergence between two regions, slot by slot.
 //!
 //! A round, started by the initiator towards one peer:
-//! 1. `AeDigests`: the initiator's salted 32-bit digest of every non-empty slot
-//!    (a 2 KiB bitmap plus 4 bytes per non-empty slot).
+//! 1. `AeDigests`: the initiator's salted 16-bit digest of every non-empty slot
+//!    (a 2 KiB bitmap plus 2 bytes per non-empty slot).
 //! 2. `AeKeys`: the responder lists only the slots whose digests differ, each with salted
 //!    32-bit fingerprints of its live keys (key + key digest).
-//! 3. `AeEntries`: the initiator ships the full state (tombstones included) of its keys whose
-//!    fingerprint the responder lacks, and asks for the responder's fingerprints it lacks.
-//! 4. The responder merges, ships what was asked, and pushes back its own state for any key
-//!    where it knew more than what it received; the receiver of any `AeEntries` does the same,
-//!    so both sides end with the join. Join is idempotent, so this stops after one echo.
+//! 3. The initiator asks (`want`) for the responder's fingerprints it lacks; the responder
+//!    ships those keys' full state (tombstones included), the last frame marked `last`.
+//! 4. The initiator merges them and pushes back its state for every key where it knew more;
+//!    once all answers are in, it ships its own differing keys the responder did not send
+//!    (keys the responder lacks). Any receiver of `AeEntries` merges and pushes back where it
+//!    knew more, so both sides end with the join; join is idempotent, so echoes stop.
 //!
-//! Traffic beyond the fixed digest vector grows with the number of differing keys. The salt
-//! changes every round, so a 32-bit collision only delays a repair by one round. An empty
+//! Asking before shipping means a stale side never ships its stale copies. Traffic beyond the
+//! fixed digest vector grows with the number of differing keys. The salt changes every
+//! round, so a digest or fingerprint collision only delays a repair by one round. An empty
 //! region bootstraps by running a round: every slot of the peer differs. A slot the keyspace
 //! marked lossy (eviction) is marked repaired once a round with every peer found it equal.
 
@@ -40,6 +42,15 @@ struct PendingRound {
     listed: BTreeSet<u16>,
 }
 
+/// Initiator side: our differing keys, shipped once every `want` was answered.
+struct Deferred {
+    round: u64,
+    keys: Vec<Bytes>,
+    received: HashSet<Bytes>,
+    keys_done: bool,
+    replies_pending: usize,
+}
+
 struct PeerAe {
     region: RegionId,
     /// Next periodic round; `None` until the first timeout arms it.
@@ -49,6 +60,7 @@ struct PeerAe {
     /// No new round before this (an unanswered round is retried after `retry_ms`).
     retry_at_ms: u64,
     pending: Option<PendingRound>,
+    deferred: Option<Deferred>,
 }
 
 pub struct AntiEntropy {
@@ -74,8 +86,8 @@ fn salt_of(round: u64) -> u64 {
     mix(0x616e_7469, round)
 }
 
-fn digest32(d: u64, salt: u64) -> u32 {
-    let x = (mix(d, salt) >> 32) as u32;
+fn digest16(d: u64, salt: u64) -> u16 {
+    let x = (mix(d, salt) >> 48) as u16;
     x.max(1)
 }
 
@@ -105,12 +117,12 @@ impl EntryChunks<'_> {
         self.cur.push(KeyState { key, state });
         self.shipped += 1;
         if self.cur_bytes >= self.chunk_bytes {
-            self.flush(Vec::new());
+            self.flush(Vec::new(), false);
         }
     }
 
-    fn flush(&mut self, want: Vec<SlotKeys>) {
-        if self.cur.is_empty() && want.is_empty() {
+    fn flush(&mut self, want: Vec<SlotKeys>, last: bool) {
+        if self.cur.is_empty() && want.is_empty() && !last {
             return;
         }
         self.out.push_back((
@@ -119,6 +131,7 @@ impl EntryChunks<'_> {
                 round: self.round,
                 entries: std::mem::take(&mut self.cur),
                 want,
+                last,
             }),
         ));
         self.cur_bytes = 0;
@@ -144,6 +157,7 @@ impl AntiEntropy {
                     urgent: false,
                     retry_at_ms: 0,
                     pending: None,
+                    deferred: None,
                 })
                 .collect(),
             interval_ms,
@@ -219,7 +233,7 @@ impl AntiEntropy {
             if d != 0 {
                 any = true;
                 present[slot / 8] |= 1 << (slot % 8);
-                digests.extend_from_slice(&digest32(d, salt).to_le_bytes());
+                digests.extend_from_slice(&digest16(d, salt).to_le_bytes());
             }
         }
         let msg = AeDigests {
@@ -267,7 +281,10 @@ impl AntiEntropy {
             return;
         }
         let salt = salt_of(msg.round);
-        let mut theirs = fps_of(&msg.digests);
+        let mut theirs = msg
+            .digests
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]));
         let mut slots = Vec::new();
         let mut bytes = 0;
         for slot in 0..SLOT_COUNT {
@@ -278,7 +295,7 @@ impl AntiEntropy {
                 0
             };
             let d = store.slot_digest(slot as u16);
-            let mine = if d == 0 { 0 } else { digest32(d, salt) };
+            let mine = if d == 0 { 0 } else { digest16(d, salt) };
             if mine == their {
                 continue;
             }
@@ -330,21 +347,13 @@ impl AntiEntropy {
             _ => return, // stale or unknown round
         }
         let salt = salt_of(msg.round);
-        let mut chunks = EntryChunks {
-            to: from,
-            round: msg.round,
-            chunk_bytes: self.chunk_bytes,
-            cur: Vec::new(),
-            cur_bytes: 0,
-            out: &mut self.outbox,
-            shipped: 0,
-        };
+        let mut ship: Vec<Bytes> = Vec::new();
+        let mut want_frames = Vec::new();
         let mut want = Vec::new();
         let mut want_bytes = 0;
         for sk in &msg.slots {
             let their: HashSet<u32> = fps_of(&sk.fps).collect();
             let mut mine: HashSet<u32> = HashSet::new();
-            let mut ship: Vec<Bytes> = Vec::new();
             store.for_each_key_digest(sk.slot, &mut |k, kd| {
                 let fp = fingerprint(k, kd, salt);
                 mine.insert(fp);
@@ -352,11 +361,6 @@ impl AntiEntropy {
                     ship.push(k.clone());
                 }
             });
-            for k in ship {
-                if let Some(e) = store.entry(&k) {
-                    chunks.push(k, e.clone());
-                }
-            }
             let wanted: Vec<u8> = fps_of(&sk.fps)
                 .filter(|fp| !mine.contains(fp))
                 .flat_map(u32::to_le_bytes)
@@ -368,13 +372,46 @@ impl AntiEntropy {
                     fps: Bytes::from(wanted),
                 });
                 if want_bytes >= self.chunk_bytes {
-                    chunks.flush(std::mem::take(&mut want));
+                    want_frames.push(std::mem::take(&mut want));
                     want_bytes = 0;
                 }
             }
         }
-        chunks.flush(want);
-        self.stats.entries_shipped += chunks.shipped;
+        if !want.is_empty() {
+            want_frames.push(want);
+        }
+        let pi_region = self.peers[pi].region;
+        let deferred = self.peers[pi].deferred.get_or_insert_with(|| Deferred {
+            round: msg.round,
+            keys: Vec::new(),
+            received: HashSet::new(),
+            keys_done: false,
+            replies_pending: 0,
+        });
+        if deferred.round != msg.round {
+            *deferred = Deferred {
+                round: msg.round,
+                keys: Vec::new(),
+                received: HashSet::new(),
+                keys_done: false,
+                replies_pending: 0,
+            };
+        }
+        deferred.keys.extend(ship);
+        deferred.replies_pending += want_frames.len();
+        deferred.keys_done |= msg.last;
+        for w in want_frames {
+            self.outbox.push_back((
+                pi_region,
+                Frame::AeEntries(AeEntries {
+                    round: msg.round,
+                    entries: Vec::new(),
+                    want: w,
+                    last: false,
+                }),
+            ));
+        }
+        self.ship_deferred_if_ready(pi, store);
         self.stats.slots_differing += msg.slots.len() as u64;
         let peer = &mut self.peers[pi];
         let pending = peer.pending.as_mut().expect("checked above");
@@ -393,6 +430,38 @@ impl AntiEntropy {
             }
             self.note_equal_slots(pi, &pending.listed, store);
         }
+    }
+
+    /// Once every `want` was answered, ship our differing keys the peer did not send us
+    /// (the ones it sent were merged, with a push-back where we knew more).
+    fn ship_deferred_if_ready<S: ReplicaStore + ?Sized>(&mut self, pi: usize, store: &mut S) {
+        let ready = self.peers[pi]
+            .deferred
+            .as_ref()
+            .is_some_and(|d| d.keys_done && d.replies_pending == 0);
+        if !ready {
+            return;
+        }
+        let d = self.peers[pi].deferred.take().expect("checked");
+        let mut chunks = EntryChunks {
+            to: self.peers[pi].region,
+            round: d.round,
+            chunk_bytes: self.chunk_bytes,
+            cur: Vec::new(),
+            cur_bytes: 0,
+            out: &mut self.outbox,
+            shipped: 0,
+        };
+        for k in d.keys {
+            if d.received.contains(&k) {
+                continue;
+            }
+            if let Some(e) = store.entry(&k) {
+                chunks.push(k, e.clone());
+            }
+        }
+        chunks.flush(Vec::new(), false);
+        self.stats.entries_shipped += chunks.shipped;
     }
 
     fn note_equal_slots<S: ReplicaStore + ?Sized>(
@@ -429,9 +498,9 @@ impl AntiEntropy {
         msg: &AeEntries,
         store: &mut S,
     ) {
-        if self.peer_index(from).is_none() {
+        let Some(pi) = self.peer_index(from) else {
             return;
-        }
+        };
         let mut chunks = EntryChunks {
             to: from,
             round: msg.round,
@@ -472,7 +541,19 @@ impl AntiEntropy {
                 }
             }
         }
-        chunks.flush(Vec::new());
+        chunks.flush(Vec::new(), !msg.want.is_empty());
         self.stats.entries_shipped += chunks.shipped;
+        if let Some(d) = self.peers[pi]
+            .deferred
+            .as_mut()
+            .filter(|d| d.round == msg.round)
+        {
+            d.received
+                .extend(msg.entries.iter().map(|ks| ks.key.clone()));
+            if msg.last {
+                d.replies_pending = d.replies_pending.saturating_sub(1);
+            }
+        }
+        self.ship_deferred_if_ready(pi, store);
     }
 }

@@ -1,0 +1,324 @@
+//! maxmemory under each policy. The limit is set with CONFIG SET relative to the server's own
+//! INFO used_memory, then far more data than fits is written:
+//! - noeviction refuses writes with Redis' OOM error and keeps everything;
+//! - allkeys-* evict, never refuse, and keep used_memory near the limit; LRU/LFU keep hot keys;
+//! - volatile-* evict only keys with a TTL: keys without one always survive, and once no
+//!   volatile key is left, writes get OOM.
+//!
+//! The policy tests run with a one-entry-per-shard delta log and first [`warm_up`] every slot
+//! table, so the limit is measured above memory that eviction cannot free and the keyspace
+//! is what the limit governs. With the default config eviction currently fails at small
+//! limits: see `small_limit_with_default_config_still_evicts` (ignored, a known bug).
+
+mod common;
+
+use common::*;
+use redis::Connection;
+
+const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+const VALUE_BYTES: usize = 1000;
+/// Room above the baseline: a few thousand 1 KB keys.
+const HEADROOM_BYTES: u64 = 4 << 20;
+/// Data written per test: five times the headroom.
+const WRITE_BYTES: usize = 20 << 20;
+/// Allowed overshoot of used_memory over maxmemory (per-ms sampling, I/O buffers).
+const SLACK_BYTES: u64 = 2 << 20;
+const BATCH: usize = 100;
+
+fn value() -> String {
+    "x".repeat(VALUE_BYTES)
+}
+
+/// Delta log of one entry per shard: logged deltas pin their values, which eviction cannot free.
+const SMALL_LOG: &str = "delta-log-max = 1\n";
+
+fn start() -> Server {
+    Server::start_with_config(SMALL_LOG, &[])
+}
+
+/// Allocate every slot's table up front (tables outlive their keys), with keys that expire
+/// right away (expiry frees the keys, never the tables).
+fn warm_up(c: &mut Connection) {
+    for chunk in one_key_per_slot("warm").chunks(2048) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("SET").arg(k).arg("x").arg("PX").arg(50).ignore();
+        }
+        let _: () = p.query(c).unwrap();
+    }
+    wait_until(WAIT_TIMEOUT, "the warm-up keys expire", || {
+        q::<i64>(c, &["DBSIZE"]) == 0
+    });
+}
+
+/// Limit memory to what is used now plus `HEADROOM_BYTES`, with `policy`.
+fn limit_memory(c: &mut Connection, policy: &str) -> u64 {
+    let used = info_u64(c, "used_memory");
+    let max = used + HEADROOM_BYTES;
+    q::<()>(c, &["CONFIG", "SET", "maxmemory", &max.to_string()]);
+    q::<()>(c, &["CONFIG", "SET", "maxmemory-policy", policy]);
+    assert_eq!(info_field(c, "maxmemory_policy"), policy);
+    max
+}
+
+/// Write `count` keys `prefix:i` (pipelined in batches), optionally with a TTL; after every
+/// batch, read the `hot` keys so they stay recently/frequently used. Panics on any error.
+fn fill(c: &mut Connection, prefix: &str, count: usize, ttl_s: Option<u64>, hot: &[String]) {
+    let v = value();
+    for start in (0..count).step_by(BATCH) {
+        let mut p = redis::pipe();
+        for i in start..(start + BATCH).min(count) {
+            let cmd = p.cmd("SET").arg(format!("{prefix}:{i}")).arg(&v);
+            if let Some(t) = ttl_s {
+                cmd.arg("EX").arg(t);
+            }
+            cmd.ignore();
+        }
+        for k in hot {
+            p.cmd("GET").arg(k).ignore();
+        }
+        let r: redis::RedisResult<()> = p.query(c);
+        if let Err(e) = r {
+            panic!("write {prefix}:{start}.. failed: {e}");
+        }
+    }
+}
+
+fn exists_count(c: &mut Connection, keys: &[String]) -> usize {
+    let mut args = vec!["EXISTS"];
+    args.extend(keys.iter().map(String::as_str));
+    q(c, &args)
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}:{i}")).collect()
+}
+
+fn assert_bounded(c: &mut Connection, max: u64) {
+    let used = info_u64(c, "used_memory");
+    assert!(
+        used <= max + SLACK_BYTES,
+        "used_memory {used} exceeds maxmemory {max} by more than {SLACK_BYTES}"
+    );
+}
+
+#[test]
+fn noeviction_refuses_writes_with_oom() {
+    let s = start();
+    let mut c = s.conn();
+    warm_up(&mut c);
+    let max = limit_memory(&mut c, "noeviction");
+    let val = value();
+    let mut written = 0;
+    let err = loop {
+        assert!(written < WRITE_BYTES / VALUE_BYTES, "never hit the limit");
+        match cmd(&["SET", &format!("k:{written}"), &val]).query::<()>(&mut c) {
+            Ok(()) => written += 1,
+            Err(e) => break err_text(&e),
+        }
+    };
+    assert_eq!(err, OOM);
+    assert!(
+        written > 100,
+        "only {written} keys fit in {HEADROOM_BYTES} bytes"
+    );
+    // Nothing was evicted; everything written is readable.
+    assert_eq!(info_u64(&mut c, "evicted_keys"), 0);
+    assert_eq!(q::<usize>(&mut c, &["DBSIZE"]), written);
+    assert_eq!(q::<String>(&mut c, &["GET", "k:0"]), val);
+    // Every memory-growing write is refused; reads, DEL and non-growing commands are not.
+    for args in [
+        vec!["SET", "new", "v"],
+        vec!["SADD", "s", "m"],
+        vec!["HSET", "h", "f", "v"],
+        vec!["INCR", "k:0"],
+        vec!["APPEND", "k:1", "x"],
+        vec!["MSET", "a", "1", "b", "2"],
+    ] {
+        assert_eq!(qerr(&mut c, &args), OOM, "{args:?}");
+    }
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "new", "s", "h", "a"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["STRLEN", "k:1"]), VALUE_BYTES as i64);
+    assert_bounded(&mut c, max);
+    // Deleting data makes room again.
+    let mut args = vec!["DEL".to_string()];
+    args.extend(keys("k", written / 2));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(q::<usize>(&mut c, &args), written / 2);
+    assert_eq!(v(&mut c, &["SET", "new", "v"]), redis::Value::Okay);
+    // As does raising the limit.
+    let big = (max * 4).to_string();
+    q::<()>(&mut c, &["CONFIG", "SET", "maxmemory", &big]);
+    fill(&mut c, "more", 2000, None, &[]);
+}
+
+/// allkeys-*: never refuse, stay bounded, account for every key.
+fn allkeys(policy: &str, hot_must_survive: bool) {
+    let s = start();
+    let mut c = s.conn();
+    warm_up(&mut c);
+    // Hot keys are written first (oldest) and then read constantly.
+    let hot = keys("hot", 20);
+    fill(&mut c, "hot", 20, None, &[]);
+    let mut warm = redis::pipe();
+    for _ in 0..300 {
+        for k in &hot {
+            warm.cmd("GET").arg(k).ignore();
+        }
+    }
+    let _: () = warm.query(&mut c).unwrap();
+    let max = limit_memory(&mut c, policy);
+    let n = WRITE_BYTES / VALUE_BYTES;
+    fill(&mut c, "cold", n, None, &hot);
+    assert_bounded(&mut c, max);
+    let evicted = info_u64(&mut c, "evicted_keys") as usize;
+    let dbsize: usize = q(&mut c, &["DBSIZE"]);
+    assert!(evicted > 0, "{policy}: nothing evicted");
+    assert!(dbsize < n, "{policy}: everything kept ({dbsize})");
+    assert_eq!(
+        dbsize + evicted,
+        n + hot.len(),
+        "{policy}: every key is kept or evicted"
+    );
+    let hot_alive = exists_count(&mut c, &hot);
+    if hot_must_survive {
+        assert!(
+            hot_alive >= hot.len() * 9 / 10,
+            "{policy}: only {hot_alive}/{} hot keys survived",
+            hot.len()
+        );
+        // The oldest cold keys (never read again) are the first to go.
+        let oldest = keys("cold", 1000);
+        let old_alive = exists_count(&mut c, &oldest);
+        assert!(
+            old_alive < 500,
+            "{policy}: {old_alive}/1000 of the oldest keys survived"
+        );
+    }
+    // Writes keep working after eviction.
+    assert_eq!(v(&mut c, &["SET", "after", "v"]), redis::Value::Okay);
+    assert_eq!(q::<String>(&mut c, &["GET", "after"]), "v");
+}
+
+#[test]
+fn allkeys_lru_evicts_cold_keys() {
+    allkeys("allkeys-lru", true);
+}
+
+#[test]
+fn allkeys_lfu_evicts_rarely_used_keys() {
+    allkeys("allkeys-lfu", true);
+}
+
+#[test]
+fn allkeys_random_evicts_and_stays_bounded() {
+    allkeys("allkeys-random", false);
+}
+
+/// volatile-*: keys without a TTL are never evicted.
+fn volatile(policy: &str, protected: &str) {
+    let s = start();
+    let mut c = s.conn();
+    warm_up(&mut c);
+    let permanent = keys("perm", 300);
+    fill(&mut c, "perm", permanent.len(), None, &[]);
+    // Keys the policy should prefer to keep: long TTL for volatile-ttl, hot for lru/lfu.
+    let favoured = keys("fav", 20);
+    let ttl = if protected == "long-ttl" {
+        10_000_000
+    } else {
+        3600
+    };
+    fill(&mut c, "fav", favoured.len(), Some(ttl), &[]);
+    let hot: Vec<String> = if protected == "hot" {
+        let mut warm = redis::pipe();
+        for _ in 0..300 {
+            for k in &favoured {
+                warm.cmd("GET").arg(k).ignore();
+            }
+        }
+        let _: () = warm.query(&mut c).unwrap();
+        favoured.clone()
+    } else {
+        Vec::new()
+    };
+    let max = limit_memory(&mut c, policy);
+    let n = WRITE_BYTES / VALUE_BYTES;
+    fill(&mut c, "vol", n, Some(3600), &hot);
+    assert_bounded(&mut c, max);
+    assert_eq!(
+        exists_count(&mut c, &permanent),
+        permanent.len(),
+        "{policy} evicted a key without TTL"
+    );
+    let evicted = info_u64(&mut c, "evicted_keys") as usize;
+    assert!(evicted > 0, "{policy}: nothing evicted");
+    let dbsize: usize = q(&mut c, &["DBSIZE"]);
+    assert_eq!(dbsize + evicted, permanent.len() + favoured.len() + n);
+    if protected != "none" {
+        let alive = exists_count(&mut c, &favoured);
+        assert!(
+            alive >= favoured.len() * 9 / 10,
+            "{policy}: only {alive}/{} favoured keys survived",
+            favoured.len()
+        );
+    }
+    // With the limit below what the permanent keys need, every volatile key goes, the
+    // permanent ones stay, and writes are refused.
+    q::<()>(&mut c, &["CONFIG", "SET", "maxmemory", "1"]);
+    assert_eq!(qerr(&mut c, &["SET", "perm:new", "v"]), OOM);
+    assert_eq!(q::<usize>(&mut c, &["DBSIZE"]), permanent.len());
+    assert_eq!(exists_count(&mut c, &permanent), permanent.len());
+    let ks: String = q(&mut c, &["INFO", "keyspace"]);
+    assert!(ks.contains(",expires=0,"), "{ks}");
+}
+
+#[test]
+fn volatile_lru_spares_keys_without_ttl() {
+    volatile("volatile-lru", "hot");
+}
+
+#[test]
+fn volatile_lfu_spares_keys_without_ttl() {
+    volatile("volatile-lfu", "hot");
+}
+
+#[test]
+fn volatile_random_spares_keys_without_ttl() {
+    volatile("volatile-random", "none");
+}
+
+#[test]
+fn volatile_ttl_evicts_nearest_deadline_first() {
+    volatile("volatile-ttl", "long-ttl");
+}
+
+/// Memory eviction cannot free (slot tables kept after their keys are gone, the delta log
+/// pinning full values) is counted against maxmemory, so with a limit a few MB above current
+/// usage allkeys-lru evicts every key and then answers OOM: expected is that writes keep
+/// succeeding with the data set shrunk to what fits.
+#[test]
+#[ignore = "bug: unevictable memory (per-slot tables never freed, delta log pinning full values) counts against maxmemory; with maxmemory = used + 4MB allkeys-lru empties the keyspace then answers OOM"]
+fn small_limit_with_default_config_still_evicts() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let max = limit_memory(&mut c, "allkeys-lru");
+    fill(&mut c, "k", WRITE_BYTES / VALUE_BYTES, None, &[]);
+    assert_bounded(&mut c, max);
+    assert!(
+        q::<usize>(&mut c, &["DBSIZE"]) > 100,
+        "the data set was evicted entirely"
+    );
+}
+
+#[test]
+fn maxmemory_policy_from_the_command_line() {
+    let s = Server::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]);
+    let mut c = s.conn();
+    assert_eq!(info_u64(&mut c, "maxmemory"), 64 << 20);
+    assert_eq!(info_field(&mut c, "maxmemory_policy"), "allkeys-lru");
+    let cfg: std::collections::HashMap<String, String> =
+        q(&mut c, &["CONFIG", "GET", "maxmemory*"]);
+    assert_eq!(cfg["maxmemory"], (64u64 << 20).to_string());
+    assert_eq!(cfg["maxmemory-policy"], "allkeys-lru");
+}
