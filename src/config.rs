@@ -29,6 +29,8 @@ pub struct Config {
     pub delta_log_max: usize,
     /// Background cycles per second (active expiry, stats), like Redis' `hz`.
     pub hz: u32,
+    /// Threads serving clients (0 = one per core).
+    pub io_threads: usize,
     /// Keys examined per shard per active-expiry cycle.
     pub active_expire_budget: usize,
     pub log_level: String,
@@ -51,6 +53,7 @@ impl Default for Config {
             region_id: 0,
             delta_log_max: 1024,
             hz: 10,
+            io_threads: 0,
             active_expire_budget: 2000,
             log_level: "info".into(),
         }
@@ -90,6 +93,9 @@ pub struct Cli {
     pub region_id: Option<u16>,
     #[arg(long)]
     pub hz: Option<u32>,
+    /// Threads serving clients (0 = one per core).
+    #[arg(long)]
+    pub io_threads: Option<usize>,
     #[arg(long)]
     pub log_level: Option<String>,
 }
@@ -136,6 +142,9 @@ impl Config {
         }
         if let Some(v) = cli.region_id {
             c.region_id = v;
+        }
+        if let Some(v) = cli.io_threads {
+            c.io_threads = v;
         }
         if let Some(v) = cli.hz {
             c.hz = v;

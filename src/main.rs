@@ -23,7 +23,7 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -34,8 +34,13 @@ fn main() {
         }
     };
     let result = rt.block_on(async move {
+        let io_threads = match config.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let server = Server::bind(config).await?;
         let addr = server.local_addr()?;
+        server.spawn_io_threads(io_threads.saturating_sub(1))?;
         // Tests and scripts read this line to learn the port (e.g. with --port 0).
         println!("meridian listening on {addr}");
         tracing::info!(%addr, "ready to accept connections");

@@ -59,7 +59,11 @@ fn random_seed() -> u64 {
 impl Server {
     pub async fn bind(config: Config) -> std::io::Result<Server> {
         let addr = format!("{}:{}", config.bind, config.port);
-        let listener = TcpListener::bind(&addr).await?;
+        let sock_addr: SocketAddr = tokio::net::lookup_host(&addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+        let listener = reuseport_listener(sock_addr)?;
         let policy =
             EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
         let runtime = Runtime {
@@ -113,47 +117,98 @@ impl Server {
                 self.shared.clone(),
             ));
         }
-        loop {
-            let (mut stream, peer) = match self.listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let stats = &self.store.stats;
-            stats.connections_received.fetch_add(1, Relaxed);
-            let max = self.store.runtime.maxclients.load(Relaxed);
-            if stats.connected_clients.load(Relaxed) >= max {
-                stats.rejected_connections.fetch_add(1, Relaxed);
-                tokio::spawn(async move {
-                    let _ = stream
-                        .write_all(b"-ERR max number of clients reached\r\n")
-                        .await;
-                });
+        accept_loop(self.listener, self.store, self.shared).await
+    }
+
+    /// Serve clients on `extra` more threads, each with its own single-threaded runtime and
+    /// its own SO_REUSEPORT listener on the same address: the kernel spreads connections over
+    /// the threads, and no connection ever wakes another thread (thread-per-core, like
+    /// Redis' single event loop, times the cores).
+    pub fn spawn_io_threads(&self, extra: usize) -> std::io::Result<()> {
+        let addr = self.local_addr()?;
+        for i in 0..extra {
+            let (store, shared) = (self.store.clone(), self.shared.clone());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("meridian-io-{}", i + 1))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match reuseport_listener(addr) {
+                            Ok(l) => accept_loop(l, store, shared).await,
+                            Err(e) => {
+                                tracing::error!(error = %e, "io thread cannot listen");
+                                Ok(())
+                            }
+                        }
+                    })
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A listener with SO_REUSEADDR and SO_REUSEPORT (several threads accept on one port).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accept clients forever on one listener, serving them on the current runtime.
+async fn accept_loop(
+    listener: TcpListener,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-            stats.connected_clients.fetch_add(1, Relaxed);
-            let id = self.shared.next_client_id.fetch_add(1, Relaxed);
-            let created = now_ms();
-            self.shared.clients.lock().insert(
-                id,
-                ClientEntry {
-                    addr: peer.to_string(),
-                    name: None,
-                    created_ms: created,
-                },
-            );
-            let conn = ConnState::new(id, peer.to_string(), created);
-            let (store, shared) = (self.store.clone(), self.shared.clone());
+        };
+        let stats = &store.stats;
+        stats.connections_received.fetch_add(1, Relaxed);
+        let max = store.runtime.maxclients.load(Relaxed);
+        if stats.connected_clients.load(Relaxed) >= max {
+            stats.rejected_connections.fetch_add(1, Relaxed);
             tokio::spawn(async move {
-                crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
-                shared.clients.lock().remove(&id);
-                store.stats.connected_clients.fetch_sub(1, Relaxed);
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
             });
+            continue;
         }
+        stats.connected_clients.fetch_add(1, Relaxed);
+        let id = shared.next_client_id.fetch_add(1, Relaxed);
+        let created = now_ms();
+        shared.clients.lock().insert(
+            id,
+            ClientEntry {
+                addr: peer.to_string(),
+                name: None,
+                created_ms: created,
+            },
+        );
+        let conn = ConnState::new(id, peer.to_string(), created);
+        let (store, shared) = (store.clone(), shared.clone());
+        tokio::spawn(async move {
+            crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
+            shared.clients.lock().remove(&id);
+            store.stats.connected_clients.fetch_sub(1, Relaxed);
+        });
     }
 }
 

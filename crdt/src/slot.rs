@@ -15,14 +15,50 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
     key
 }
 
+/// CRC16-XMODEM lookup table (polynomial 0x1021), built at compile time. This sits on every
+/// command's hot path (lock choice, table lookup), so it is table-driven, one step per byte.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// CRC16-XMODEM, the checksum Redis Cluster hashes keys with.
+pub fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc = (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ b)];
+    }
+    crc
+}
+
 /// The hash slot of a key.
 pub fn key_slot(key: &[u8]) -> u16 {
-    (crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) as usize % SLOT_COUNT) as u16
+    (crc16_xmodem(hash_tag(key)) as usize % SLOT_COUNT) as u16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc16_matches_the_xmodem_check_value() {
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+    }
 
     #[test]
     fn matches_redis_cluster_keyslot() {

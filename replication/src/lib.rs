@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod proto;
 pub mod store;
+pub mod transport;
 
 pub use codec::{
     decode, encode, encode_into, CodecError, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION,

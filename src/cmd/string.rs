@@ -139,7 +139,7 @@ fn set_generic(
     } else {
         None
     };
-    let exists = ctx.lookup(key).is_some();
+    let exists = (nx || xx) && ctx.lookup(key).is_some();
     if (nx && exists) || (xx && !exists) {
         return match old {
             Some(v) => bulk_opt(v),

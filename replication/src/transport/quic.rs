@@ -1,0 +1,756 @@
+//! QUIC transport between regions (quinn + rustls, ring provider, TLS 1.3 only).
+//!
+//! Trust model: one deployment CA signs every node certificate; a node certificate names
+//! its region as DNS SAN (and CN) `<region>.meridian`. Links are mutually authenticated:
+//! the dialer checks the acceptor's certificate is valid for `<peer>.meridian`, the acceptor
+//! requires a client certificate signed by the CA and maps its SAN to exactly one expected
+//! peer region. Anything else (unknown CA, unexpected region, wrong ALPN) is closed and
+//! logged; it never affects other links.
+//!
+//! Topology: one QUIC connection per peer pair. The region whose name sorts lower dials
+//! (`"a" < "b"`: a dials b, b only accepts from a), so two nodes never race to open two
+//! connections. The dialer keeps the link up: reconnect with exponential backoff
+//! ([`INITIAL_BACKOFF_MS`] doubling to [`MAX_BACKOFF_MS`]), keep-alives from quinn's
+//! `TransportConfig`. A new connection from a peer replaces its previous one (restart).
+//!
+//! Framing: each side opens one unidirectional stream per connection and writes codec
+//! frames (`len: u32 LE` prefix, see [`crate::codec`]) back to back. The reader decodes with
+//! [`crate::codec::decode`]; a malformed or oversize frame closes that connection (the
+//! dialer then reconnects). Frames still queued or in flight when a connection dies are
+//! lost: the protocol above resends unacknowledged batches, and merges are idempotent.
+//!
+//! Queues are bounded: [`QuicTransport::send`] never blocks (a full per-peer queue is an
+//! error the caller handles, e.g. by falling back to anti-entropy); received frames go to
+//! one bounded channel, so a slow consumer back-pressures the QUIC streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::VarInt;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::codec::{decode, Frame};
+
+/// ALPN protocol id; bump with incompatible transport changes.
+pub const ALPN: &[u8] = b"meridian-repl/1";
+/// DNS suffix binding a region id into a certificate: region `a` → `a.meridian`.
+pub const REGION_DNS_SUFFIX: &str = "meridian";
+pub const INITIAL_BACKOFF_MS: u64 = 50;
+pub const MAX_BACKOFF_MS: u64 = 2_000;
+/// A connection that stayed up this long resets the dial backoff.
+const STABLE_CONNECTION_MS: u64 = 1_000;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+const MAX_REGION_NAME_BYTES: usize = 63;
+
+/// QUIC application close codes (visible to the peer).
+const CLOSE_SHUTDOWN: u32 = 0;
+const CLOSE_PROTOCOL: u32 = 1;
+const CLOSE_IDENTITY: u32 = 2;
+const CLOSE_REPLACED: u32 = 3;
+const CLOSE_STREAM_END: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "invalid region name {0:?}: use 1-63 characters of a-z, 0-9 and '-' (not at the ends)"
+    )]
+    InvalidRegion(String),
+    #[error("certificate generation failed: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("bad PEM ({0})")]
+    Pem(&'static str),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unknown peer region {0:?}")]
+    UnknownPeer(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("unknown peer region {0:?}")]
+    UnknownPeer(String),
+    #[error("no connection to peer region {0:?}")]
+    NotConnected(String),
+    #[error("send queue to peer region {0:?} is full")]
+    Full(String),
+}
+
+/// `a` → `a.meridian`: the name a region's certificate must be valid for.
+pub fn region_dns_name(region: &str) -> String {
+    format!("{region}.{REGION_DNS_SUFFIX}")
+}
+
+fn check_region(region: &str) -> Result<(), TransportError> {
+    let ok = !region.is_empty()
+        && region.len() <= MAX_REGION_NAME_BYTES
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TransportError::InvalidRegion(region.to_string()))
+    }
+}
+
+/// The CA's parameters. Node certificates are issued from these same parameters plus the
+/// CA key (its subject DN must match the CA certificate byte for byte, which rcgen
+/// guarantees by encoding the same DN), so no X.509 parser is needed to sign.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "meridian deployment CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// A fresh deployment CA: `(ca_cert_pem, ca_key_pem)`.
+pub fn generate_ca() -> Result<(String, String), TransportError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params().self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A node certificate for `region`, signed by the CA: `(cert_pem, key_pem)`. The region is
+/// bound as DNS SAN and CN `<region>.meridian`; usable as TLS server and client certificate.
+pub fn generate_node_cert(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    region: &str,
+) -> Result<(String, String), TransportError> {
+    check_region(region)?;
+    // The CA certificate itself is not parsed (see `ca_params`); check it is PEM at least.
+    CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
+        .map_err(|_| TransportError::Pem("CA certificate"))?;
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+
+    let name = region_dns_name(region);
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::DnsName(name.clone().try_into()?)];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Write a local/test deployment into `dir` (created if missing): `ca.pem`, `ca-key.pem`,
+/// and for each region `<region>.pem`, `<region>-key.pem`. Keys are mode 0600 on Unix.
+pub fn write_deployment(dir: &Path, regions: &[&str]) -> Result<(), TransportError> {
+    for region in regions {
+        check_region(region)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let (ca_cert, ca_key) = generate_ca()?;
+    std::fs::write(dir.join("ca.pem"), &ca_cert)?;
+    write_private(&dir.join("ca-key.pem"), &ca_key)?;
+    for region in regions {
+        let (cert, key) = generate_node_cert(&ca_cert, &ca_key, region)?;
+        std::fs::write(dir.join(format!("{region}.pem")), cert)?;
+        write_private(&dir.join(format!("{region}-key.pem")), &key)?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// A peer region and the replication endpoint to dial it at (used only when this region
+/// is the dialer, i.e. its name sorts lower).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub region: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    pub region: String,
+    /// UDP address to bind (port 0 picks one; see [`QuicTransport::local_addr`]).
+    pub bind: SocketAddr,
+    pub ca_cert_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub peers: Vec<PeerConfig>,
+    /// Bound of each per-peer send queue, in frames.
+    pub send_queue_frames: usize,
+    /// Bound of the received-frames channel, in frames.
+    pub recv_queue_frames: usize,
+    pub keep_alive_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// A dial attempt (handshake included) that takes longer is abandoned and retried.
+    pub connect_timeout_ms: u64,
+}
+
+impl QuicConfig {
+    pub fn new(
+        region: impl Into<String>,
+        bind: SocketAddr,
+        ca_cert_pem: impl Into<String>,
+        cert_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+        peers: Vec<PeerConfig>,
+    ) -> QuicConfig {
+        QuicConfig {
+            region: region.into(),
+            bind,
+            ca_cert_pem: ca_cert_pem.into(),
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            peers,
+            send_queue_frames: 4096,
+            recv_queue_frames: 4096,
+            keep_alive_ms: 1_000,
+            idle_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// A peer link's state, for `INFO crdt` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerState {
+    pub connected: bool,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    /// Connections established (dialed or accepted) so far.
+    pub connects: u64,
+    /// Connections closed because the peer sent a malformed or oversize frame.
+    pub protocol_errors: u64,
+}
+
+/// Endpoint-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Incoming connections whose TLS handshake failed (unknown CA, no client cert, ALPN...).
+    pub handshake_failures: u64,
+    /// Incoming connections with a valid certificate for a region we do not accept from.
+    pub identity_rejections: u64,
+    pub accepted: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    handshake_failures: AtomicU64,
+    identity_rejections: AtomicU64,
+    accepted: AtomicU64,
+}
+
+struct Peer {
+    region: String,
+    send_tx: mpsc::Sender<Bytes>,
+    /// Held by the writer of the live connection; a replaced connection releases it when
+    /// its task ends.
+    send_rx: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
+    /// The live connection and its generation.
+    current: Mutex<Option<(u64, quinn::Connection)>>,
+    generation: AtomicU64,
+    dialing: AtomicBool,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
+    connects: AtomicU64,
+    protocol_errors: AtomicU64,
+}
+
+impl Peer {
+    fn install(&self, conn: quinn::Connection) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, old)) = current.replace((generation, conn)) {
+            old.close(
+                VarInt::from_u32(CLOSE_REPLACED),
+                b"replaced by a new connection",
+            );
+        }
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        generation
+    }
+
+    fn uninstall(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*current, Some((g, _)) if g == generation) {
+            *current = None;
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn state(&self) -> PeerState {
+        PeerState {
+            connected: self.connected(),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared {
+    region: String,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    peers: HashMap<String, Arc<Peer>>,
+    recv_tx: mpsc::Sender<(String, Frame)>,
+    counters: Counters,
+    connect_timeout: Duration,
+}
+
+/// One region's replication endpoint. Must be created inside a tokio runtime; dropping it
+/// closes the endpoint and stops its tasks.
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+    recv_rx: tokio::sync::Mutex<mpsc::Receiver<(String, Frame)>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl QuicTransport {
+    /// Bind the endpoint, start accepting, and dial every configured peer whose name sorts
+    /// above ours.
+    pub fn start(cfg: QuicConfig) -> Result<QuicTransport, TransportError> {
+        check_region(&cfg.region)?;
+        for peer in &cfg.peers {
+            check_region(&peer.region)?;
+            if peer.region == cfg.region {
+                return Err(TransportError::InvalidRegion(peer.region.clone()));
+            }
+        }
+        assert!(cfg.send_queue_frames > 0 && cfg.recv_queue_frames > 0);
+
+        let ca = CertificateDer::from_pem_slice(cfg.ca_cert_pem.as_bytes())
+            .map_err(|_| TransportError::Pem("CA certificate"))?;
+        let cert = CertificateDer::from_pem_slice(cfg.cert_pem.as_bytes())
+            .map_err(|_| TransportError::Pem("node certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes())
+            .map_err(|_| TransportError::Pem("node key"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca)?;
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()?;
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(vec![cert.clone()], key.clone_key())?;
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert], key)?;
+        client_tls.alpn_protocols = vec![ALPN.to_vec()];
+
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_millis(cfg.keep_alive_ms)));
+        transport.max_idle_timeout(Some(
+            Duration::from_millis(cfg.idle_timeout_ms)
+                .try_into()
+                .map_err(|e| TransportError::Quic(format!("idle timeout: {e}")))?,
+        ));
+        // One uni stream per direction per connection; nothing else is accepted.
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(0));
+        transport.max_concurrent_uni_streams(VarInt::from_u32(1));
+        let transport = Arc::new(transport);
+
+        let quic_server = QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TransportError::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server_config.transport_config(transport.clone());
+        let quic_client = QuicClientConfig::try_from(client_tls)
+            .map_err(|e| TransportError::Quic(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
+        client_config.transport_config(transport);
+
+        let endpoint = quinn::Endpoint::server(server_config, cfg.bind)?;
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                let (send_tx, send_rx) = mpsc::channel(cfg.send_queue_frames);
+                let peer = Peer {
+                    region: p.region.clone(),
+                    send_tx,
+                    send_rx: tokio::sync::Mutex::new(send_rx),
+                    current: Mutex::new(None),
+                    generation: AtomicU64::new(0),
+                    dialing: AtomicBool::new(false),
+                    bytes_sent: AtomicU64::new(0),
+                    bytes_received: AtomicU64::new(0),
+                    frames_sent: AtomicU64::new(0),
+                    frames_received: AtomicU64::new(0),
+                    connects: AtomicU64::new(0),
+                    protocol_errors: AtomicU64::new(0),
+                };
+                (p.region.clone(), Arc::new(peer))
+            })
+            .collect();
+        let (recv_tx, recv_rx) = mpsc::channel(cfg.recv_queue_frames);
+        let shared = Arc::new(Shared {
+            region: cfg.region.clone(),
+            endpoint,
+            client_config,
+            peers,
+            recv_tx,
+            counters: Counters::default(),
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+        });
+        let accept_task = tokio::spawn(accept_loop(shared.clone()));
+        let transport = QuicTransport {
+            shared,
+            recv_rx: tokio::sync::Mutex::new(recv_rx),
+            tasks: Mutex::new(vec![accept_task]),
+        };
+        for peer in &cfg.peers {
+            if cfg.region < peer.region {
+                transport.connect(&peer.region, peer.addr)?;
+            }
+        }
+        info!(region = %cfg.region, addr = ?transport.local_addr().ok(), "replication endpoint up");
+        Ok(transport)
+    }
+
+    pub fn region(&self) -> &str {
+        &self.shared.region
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.endpoint.local_addr()
+    }
+
+    /// Keep a connection to `peer` at `addr` up (dial, then redial with backoff). `start`
+    /// calls this for the peers this region must dial; calling it directly ignores the
+    /// dial-order rule (the acceptor may then refuse). A second call for a peer is a no-op.
+    pub fn connect(&self, peer: &str, addr: SocketAddr) -> Result<(), TransportError> {
+        let p = self
+            .shared
+            .peers
+            .get(peer)
+            .ok_or_else(|| TransportError::UnknownPeer(peer.to_string()))?;
+        if p.dialing.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let task = tokio::spawn(dial_loop(self.shared.clone(), p.clone(), addr));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    /// Queue one encoded frame (codec framing, length prefix included) for `peer`. Never
+    /// blocks. The bytes are written as given: the receiver closes the connection if they
+    /// are not a valid frame.
+    pub fn send(&self, peer: &str, frame_bytes: Bytes) -> Result<(), SendError> {
+        let p = self
+            .shared
+            .peers
+            .get(peer)
+            .ok_or_else(|| SendError::UnknownPeer(peer.to_string()))?;
+        if !p.connected() {
+            return Err(SendError::NotConnected(peer.to_string()));
+        }
+        p.send_tx.try_send(frame_bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full(peer.to_string()),
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(peer.to_string()),
+        })
+    }
+
+    /// Next frame received from any peer, with the peer's region. `None` once shut down.
+    pub async fn recv(&self) -> Option<(String, Frame)> {
+        self.recv_rx.lock().await.recv().await
+    }
+
+    pub fn peer_state(&self, peer: &str) -> Option<PeerState> {
+        self.shared.peers.get(peer).map(|p| p.state())
+    }
+
+    /// Every configured peer's state, sorted by region.
+    pub fn peer_states(&self) -> Vec<(String, PeerState)> {
+        let mut states: Vec<_> = self
+            .shared
+            .peers
+            .iter()
+            .map(|(r, p)| (r.clone(), p.state()))
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.shared.counters;
+        TransportStats {
+            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
+            identity_rejections: c.identity_rejections.load(Ordering::Relaxed),
+            accepted: c.accepted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Close every connection and the endpoint, stop dialing. Also done on drop.
+    pub fn shutdown(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        tokio::spawn(accept_one(shared.clone(), incoming));
+    }
+}
+
+async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            shared
+                .counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%remote, error = %e, "replication handshake refused");
+            return;
+        }
+    };
+    match identify(&shared, &conn) {
+        Ok(peer) => {
+            shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+            info!(%remote, peer = %peer.region, "replication link accepted");
+            run_connection(&shared, &peer, conn).await;
+        }
+        Err(reason) => {
+            shared
+                .counters
+                .identity_rejections
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%remote, %reason, "replication peer refused");
+            conn.close(VarInt::from_u32(CLOSE_IDENTITY), reason.as_bytes());
+        }
+    }
+}
+
+/// Map an accepted connection to the expected peer its certificate names.
+fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<Arc<Peer>, String> {
+    let protocol = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if protocol.as_deref() != Some(ALPN) {
+        return Err(format!("unsupported protocol {protocol:?}"));
+    }
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("unparsable client certificate: {e}"))?;
+    let mut matched = shared.peers.values().filter(|p| {
+        ServerName::try_from(region_dns_name(&p.region))
+            .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            .unwrap_or(false)
+    });
+    let peer = match (matched.next(), matched.next()) {
+        (Some(peer), None) => peer,
+        (None, _) => return Err("certificate names no expected peer region".into()),
+        (Some(_), Some(_)) => return Err("certificate names several peer regions".into()),
+    };
+    if peer.region > shared.region {
+        return Err(format!(
+            "region {:?} must be dialed by us (the lower name dials)",
+            peer.region
+        ));
+    }
+    Ok(peer.clone())
+}
+
+async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
+    let mut backoff_ms = INITIAL_BACKOFF_MS;
+    loop {
+        match dial(&shared, &peer.region, addr).await {
+            Ok(conn) => {
+                info!(peer = %peer.region, %addr, "replication link connected");
+                let up = Instant::now();
+                run_connection(&shared, &peer, conn).await;
+                if up.elapsed() >= Duration::from_millis(STABLE_CONNECTION_MS) {
+                    backoff_ms = INITIAL_BACKOFF_MS;
+                }
+            }
+            Err(e) => debug!(peer = %peer.region, %addr, error = %e, "replication dial failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(MAX_BACKOFF_MS);
+    }
+}
+
+async fn dial(shared: &Shared, peer: &str, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    let connecting = shared
+        .endpoint
+        .connect_with(shared.client_config.clone(), addr, &region_dns_name(peer))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(shared.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+enum LinkEnd {
+    /// The peer sent bytes that are not a valid frame: close with a protocol error.
+    Protocol(String),
+    /// The connection or a stream failed, or we are shutting down.
+    Lost(String),
+}
+
+/// Drive one established connection until it ends; the peer's state tracks it meanwhile.
+async fn run_connection(shared: &Shared, peer: &Peer, conn: quinn::Connection) {
+    let generation = peer.install(conn.clone());
+    let end = tokio::select! {
+        end = write_loop(peer, &conn) => end,
+        end = read_loop(shared, peer, &conn) => end,
+        e = conn.closed() => LinkEnd::Lost(e.to_string()),
+    };
+    match end {
+        LinkEnd::Protocol(reason) => {
+            peer.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = %peer.region, %reason, "malformed frame, closing replication link");
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
+        }
+        LinkEnd::Lost(reason) => {
+            info!(peer = %peer.region, %reason, "replication link closed");
+            conn.close(VarInt::from_u32(CLOSE_STREAM_END), b"link closed");
+        }
+    }
+    peer.uninstall(generation);
+}
+
+async fn write_loop(peer: &Peer, conn: &quinn::Connection) -> LinkEnd {
+    let mut stream = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => return LinkEnd::Lost(e.to_string()),
+    };
+    let mut queue = peer.send_rx.lock().await;
+    while let Some(frame) = queue.recv().await {
+        if let Err(e) = stream.write_all(&frame).await {
+            return LinkEnd::Lost(e.to_string());
+        }
+        peer.bytes_sent
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        peer.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+    LinkEnd::Lost("send queue closed".into())
+}
+
+async fn read_loop(shared: &Shared, peer: &Peer, conn: &quinn::Connection) -> LinkEnd {
+    let mut stream = match conn.accept_uni().await {
+        Ok(s) => s,
+        Err(e) => return LinkEnd::Lost(e.to_string()),
+    };
+    // `decode` rejects an oversize length as soon as the prefix is in, so this buffer stays
+    // below MAX_FRAME_BYTES + prefix + one read chunk.
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        match stream.read_chunk(READ_CHUNK_BYTES, true).await {
+            Ok(Some(chunk)) => {
+                peer.bytes_received
+                    .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                buf.extend_from_slice(&chunk.bytes);
+            }
+            Ok(None) => return LinkEnd::Lost("peer finished its stream".into()),
+            Err(e) => return LinkEnd::Lost(e.to_string()),
+        }
+        let mut consumed = 0;
+        loop {
+            match decode(&buf[consumed..]) {
+                Ok(Some((frame, used))) => {
+                    consumed += used;
+                    peer.frames_received.fetch_add(1, Ordering::Relaxed);
+                    if shared
+                        .recv_tx
+                        .send((peer.region.clone(), frame))
+                        .await
+                        .is_err()
+                    {
+                        return LinkEnd::Lost("transport shut down".into());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return LinkEnd::Protocol(e.to_string()),
+            }
+        }
+        buf.drain(..consumed);
+    }
+}
