@@ -34,6 +34,75 @@ pub struct Config {
     /// Keys examined per shard per active-expiry cycle.
     pub active_expire_budget: usize,
     pub log_level: String,
+    /// Multi-region replication; absent = single region.
+    pub replication: Option<ReplicationConfig>,
+    /// Directory of the config file (relative paths inside it resolve against this).
+    #[serde(skip)]
+    pub config_dir: Option<PathBuf>,
+}
+
+/// `[replication]`: this region's QUIC endpoint, certificates, peers, link tuning and
+/// test-only fault injection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// UDP address of the replication endpoint.
+    pub listen: String,
+    /// PEM paths, relative to the config file's directory.
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub peers: Vec<PeerEntry>,
+    pub batch_max_deltas: usize,
+    pub batch_max_bytes: usize,
+    pub resend_timeout_ms: u64,
+    /// Bound of each per-peer outgoing delta log (beyond: dropped, anti-entropy repairs).
+    pub log_max_deltas: usize,
+    pub anti_entropy_interval_ms: u64,
+    pub gc_interval_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        let l = meridian_replication::LinkConfig::default();
+        ReplicationConfig {
+            listen: "127.0.0.1:7102".into(),
+            ca_cert: "certs/ca.pem".into(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            peers: Vec::new(),
+            batch_max_deltas: l.max_batch_deltas,
+            batch_max_bytes: l.max_batch_bytes,
+            resend_timeout_ms: l.resend_timeout_ms,
+            log_max_deltas: l.max_log_deltas,
+            anti_entropy_interval_ms: l.anti_entropy_interval_ms,
+            gc_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PeerEntry {
+    pub region: String,
+    pub region_id: u16,
+    /// The peer's replication UDP address.
+    pub addr: String,
+    /// Test faults on frames this node sends to the peer: one-way delay and drop rate.
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub drop_rate: f64,
+}
+
+impl ReplicationConfig {
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve(&self, dir: Option<&std::path::Path>, p: &std::path::Path) -> PathBuf {
+        match dir {
+            Some(d) if p.is_relative() => d.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -56,6 +125,8 @@ impl Default for Config {
             io_threads: 0,
             active_expire_budget: 2000,
             log_level: "info".into(),
+            replication: None,
+            config_dir: None,
         }
     }
 }
@@ -67,6 +138,8 @@ impl Default for Config {
     about = "Multi-region active-active Redis-compatible cache with CRDT values"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML config file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -100,6 +173,19 @@ pub struct Cli {
     pub log_level: Option<String>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Write a local deployment's certificates: a CA and one certificate per region.
+    Certs {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated region names, e.g. a,b,c.
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+    },
+}
+
 impl Config {
     /// File (if any) then flags; validates the result.
     pub fn load(cli: &Cli) -> Result<Config, String> {
@@ -107,7 +193,14 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                let mut c: Config =
+                    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                c.config_dir = Some(
+                    path.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .map_or_else(|| PathBuf::from("."), PathBuf::from),
+                );
+                c
             }
             None => Config::default(),
         };
@@ -157,6 +250,21 @@ impl Config {
         }
         if c.hz == 0 || c.hz > 500 {
             return Err("hz must be within 1..=500".into());
+        }
+        if let Some(r) = &c.replication {
+            for p in &r.peers {
+                if p.region == c.region || p.region_id == c.region_id {
+                    return Err(format!("peer {} has this region's name or id", p.region));
+                }
+                if !(0.0..=1.0).contains(&p.drop_rate) {
+                    return Err(format!("peer {}: drop-rate must be within 0..=1", p.region));
+                }
+            }
+            if !r.peers.is_empty()
+                && (r.cert.as_os_str().is_empty() || r.key.as_os_str().is_empty())
+            {
+                return Err("[replication] needs cert and key".into());
+            }
         }
         Ok(c)
     }

@@ -175,7 +175,7 @@ pub fn execute(
     if let Some(queue) = conn.multi.as_mut() {
         if spec.flags & cmd::NO_MULTI != 0 {
             conn.multi_error = true;
-            return cmd::err_owned(format!("ERR Command not allowed inside a transaction"));
+            return cmd::err("ERR Command not allowed inside a transaction");
         }
         queue.push(args.to_vec());
         return Reply::Simple(Cow::Borrowed("QUEUED"));

@@ -14,6 +14,7 @@ pub mod connection;
 pub mod frame;
 pub mod memory;
 pub mod metrics;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod util;

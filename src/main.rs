@@ -1,7 +1,7 @@
 //! The `meridian` binary: parse config, start the server.
 
 use clap::Parser;
-use meridian::config::{Cli, Config};
+use meridian::config::{Cli, Command, Config};
 use meridian::server::Server;
 
 #[cfg(not(target_env = "msvc"))]
@@ -10,6 +10,23 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(Command::Certs { out, regions }) = &cli.command {
+        let names: Vec<&str> = regions.iter().map(String::as_str).collect();
+        match meridian_replication::transport::quic::write_deployment(out, &names) {
+            Ok(()) => {
+                println!(
+                    "wrote certificates for {} into {}",
+                    regions.join(","),
+                    out.display()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("meridian certs: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {

@@ -40,12 +40,15 @@ pub struct Shared {
     pub run_id: String,
     pub clients: Mutex<HashMap<u64, ClientEntry>>,
     next_client_id: AtomicU64,
+    /// Multi-region replication state (None: single region).
+    pub repl: Option<Arc<crate::replication::Control>>,
 }
 
 pub struct Server {
     pub store: Arc<Store>,
     pub shared: Arc<Shared>,
     listener: TcpListener,
+    repl: Option<crate::replication::Replicator>,
 }
 
 fn random_seed() -> u64 {
@@ -74,11 +77,13 @@ impl Server {
             proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
         };
         let seed = random_seed();
+        let repl = crate::replication::Replicator::start(&config).map_err(std::io::Error::other)?;
         let store = Arc::new(Store::new(
             RegionId(config.region_id),
             seed,
             config.delta_log_max,
             runtime,
+            repl.is_some(),
         ));
         let run_id = format!(
             "{:016x}{:016x}{:08x}",
@@ -92,11 +97,13 @@ impl Server {
             run_id,
             clients: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
+            repl: repl.as_ref().map(|r| r.control.clone()),
         });
         Ok(Server {
             store,
             shared,
             listener,
+            repl,
         })
     }
 
@@ -105,8 +112,11 @@ impl Server {
     }
 
     /// Accept clients forever; spawns the background cycle and the metrics endpoint.
-    pub async fn run(self) -> std::io::Result<()> {
+    pub async fn run(mut self) -> std::io::Result<()> {
         tokio::spawn(background(self.store.clone(), self.shared.clone()));
+        if let Some(r) = self.repl.take() {
+            tokio::spawn(r.run(self.store.clone()));
+        }
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);
             let listener = TcpListener::bind(&addr).await?;

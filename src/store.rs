@@ -18,6 +18,8 @@ pub struct Shard {
     /// Deltas of local writes, oldest first, bounded by `log_max`.
     pub log: VecDeque<Delta>,
     log_max: usize,
+    /// Wake the replication task on new deltas (multi-region only).
+    notify: bool,
     /// Keys some connection WATCHes → version bumped on every change.
     watched: HashMap<Bytes, (usize, u64)>,
     /// Keyspace hits and misses (counted under the shard lock: no shared atomics).
@@ -44,6 +46,16 @@ impl Shard {
                 stats.deltas_dropped.fetch_add(1, Relaxed);
             }
             self.log.push_back(d);
+            if self.notify {
+                stats.delta_notify.notify_one();
+            }
+        }
+    }
+
+    /// A remote change to `key` invalidates its watchers.
+    pub fn touch_key(&mut self, key: &[u8]) {
+        if let Some((_, v)) = self.watched.get_mut(key) {
+            *v += 1;
         }
     }
 
@@ -84,6 +96,8 @@ pub struct Stats {
     pub deltas_dropped: AtomicU64,
     pub ops_per_sec: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Signalled when a shard log receives deltas (the replication task waits on it).
+    pub delta_notify: tokio::sync::Notify,
 }
 
 /// Settings `CONFIG SET` may change at run time.
@@ -115,17 +129,26 @@ pub fn key_shard(key: &[u8]) -> usize {
 }
 
 impl Store {
-    pub fn new(region: RegionId, seed: u64, log_max: usize, runtime: Runtime) -> Store {
+    /// `replicated`: keyspaces keep tombstones (peers need them) and new deltas wake the
+    /// replication task.
+    pub fn new(
+        region: RegionId,
+        seed: u64,
+        log_max: usize,
+        runtime: Runtime,
+        replicated: bool,
+    ) -> Store {
         let shards = (0..SHARDS)
             .map(|i| {
                 Mutex::new(Shard {
                     ks: Keyspace::new(KeyspaceConfig {
                         region,
-                        retain_tombstones: false,
+                        retain_tombstones: replicated,
                         seed: seed.wrapping_add(i as u64),
                     }),
                     log: VecDeque::new(),
                     log_max,
+                    notify: replicated,
                     watched: HashMap::new(),
                     hits: 0,
                     misses: 0,
@@ -161,6 +184,11 @@ impl Store {
                 Err(actual) => last = actual,
             }
         }
+    }
+
+    /// The node clock's last issued (or observed) HLC.
+    pub fn last_hlc(&self) -> Hlc {
+        Hlc(self.clock.load(Relaxed))
     }
 
     /// Fold a remote HLC into the node clock.

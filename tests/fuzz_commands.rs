@@ -6,6 +6,9 @@
 //!   store, so a panic is caught by proptest and shrunk to a minimal command sequence.
 //! - Over the wire: the real binary gets the same kind of sequences (one connection per case)
 //!   plus random and mutated RESP bytes, and must still answer PING on a fresh connection.
+//!
+//! Found so far: `HSET h f 1 f 2` panicked the connection task and lost the hash (fixed in
+//! `cmd/hash.rs`; regression test in tests/hashes.rs).
 
 mod common;
 
@@ -15,8 +18,9 @@ use meridian::cmd::ConnState;
 use meridian::config::Config;
 use meridian::server::Server as Node;
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Bounded reply sizes: the per-test proto-max-bulk-len, and the magnitude of SRANDMEMBER's
 /// negative count (its reply holds |count| members; the server caps it at 2^24, which would
@@ -190,7 +194,7 @@ fn in_process() -> &'static InProcess {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn command_layer_never_panics(reqs in prop::collection::vec(request(names()), 1..16)) {
@@ -216,25 +220,10 @@ proptest! {
     }
 }
 
-/// The real server, shared by the over-the-wire cases, with an admin connection that undoes
-/// limits (maxclients, maxmemory) a random CONFIG SET may have imposed.
-struct Wire {
-    server: Server,
-    admin: std::sync::Mutex<Raw>,
-}
-
-fn wire() -> &'static Wire {
-    static WIRE: OnceLock<Wire> = OnceLock::new();
-    WIRE.get_or_init(|| {
-        let server = Server::start_with(&["--proto-max-bulk-len", "1mb"]);
-        let admin = std::sync::Mutex::new(server.raw());
-        Wire { server, admin }
-    })
-}
-
-fn reset_and_check(w: &Wire) {
-    let mut admin = w.admin.lock().unwrap();
-    let reset = admin.cmd(&[
+/// Undo limits a random CONFIG SET may have imposed (maxclients, maxmemory), through a
+/// connection opened before the case, then check a fresh client still gets PONG.
+fn reset_and_check(server: &Server, admin: &Mutex<Raw>) {
+    let reset = admin.lock().unwrap().cmd(&[
         "CONFIG",
         "SET",
         "maxclients",
@@ -245,8 +234,7 @@ fn reset_and_check(w: &Wire) {
         "1mb",
     ]);
     assert_eq!(reset, Resp::ok());
-    drop(admin);
-    let mut fresh = w.server.raw();
+    let mut fresh = server.raw();
     assert_eq!(
         fresh.cmd(&["PING"]),
         Resp::Simple("PONG".into()),
@@ -254,13 +242,34 @@ fn reset_and_check(w: &Wire) {
     );
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 60, failure_persistence: None, ..ProptestConfig::default() })]
+/// Run `cases` cases of `strategy` against one real server owned by the calling test (so it
+/// is killed when the test ends, pass or fail).
+fn run_against_server<S: Strategy>(cases: u32, strategy: S, case: impl Fn(&Server, S::Value))
+where
+    S::Value: std::fmt::Debug,
+{
+    let server = Server::start_with(&["--proto-max-bulk-len", "1mb"]);
+    let admin = Mutex::new(server.raw());
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&strategy, |value| {
+        case(&server, value);
+        reset_and_check(&server, &admin);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
 
-    #[test]
-    fn server_survives_random_commands(reqs in prop::collection::vec(request(names()), 1..12)) {
-        let w = wire();
-        let mut raw = w.server.raw();
+#[test]
+fn server_survives_random_commands() {
+    let strategy = prop::collection::vec(request(names()), 1..12);
+    run_against_server(60, strategy, |server, reqs| {
+        let mut raw = server.raw();
         let mut bytes = Vec::new();
         for r in &reqs {
             bytes.extend(encode_cmd(r));
@@ -272,18 +281,18 @@ proptest! {
                 break;
             }
         }
-        drop(raw);
-        reset_and_check(w);
-    }
+    });
+}
 
-    #[test]
-    fn server_survives_random_and_mutated_bytes(
-        base in prop::collection::vec(request(names()), 1..4),
-        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
-        noise in prop::collection::vec(any::<u8>(), 0..64),
-        noise_first in any::<bool>(),
-    ) {
-        let w = wire();
+#[test]
+fn server_survives_random_and_mutated_bytes() {
+    let strategy = (
+        prop::collection::vec(request(names()), 1..4),
+        prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        prop::collection::vec(any::<u8>(), 0..64),
+        any::<bool>(),
+    );
+    run_against_server(60, strategy, |server, (base, flips, noise, noise_first)| {
         let mut bytes: Vec<u8> = base.iter().flat_map(|r| encode_cmd(r)).collect();
         for (i, b) in flips {
             let at = i.index(bytes.len());
@@ -296,13 +305,13 @@ proptest! {
         } else {
             bytes.extend(noise);
         }
-        let mut raw = w.server.raw();
+        let mut raw = server.raw();
         raw.send(&bytes);
         raw.shutdown_write();
         // Drain until the server closes or stops sending; the content does not matter.
-        raw.stream.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        raw.stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
         while raw.try_read().is_some() {}
-        drop(raw);
-        reset_and_check(w);
-    }
+    });
 }

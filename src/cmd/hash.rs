@@ -54,7 +54,7 @@ fn check_hash(ctx: &mut Ctx, key: &[u8]) -> Result<(), Reply> {
 }
 
 fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
-    if a.len() % 2 != 0 {
+    if !a.len().is_multiple_of(2) {
         return Err(arity(name));
     }
     check_hash(ctx, &a[1])?;

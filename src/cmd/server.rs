@@ -307,6 +307,9 @@ const CONFIG_NAMES: [&str; 14] = [
     "region",
 ];
 
+/// A validated CONFIG SET assignment, applied once every pair parsed.
+type ConfigChange = Box<dyn FnOnce(&Store)>;
+
 fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"get") {
@@ -329,11 +332,11 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
         Reply::Map(out)
     } else if sub.eq_ignore_ascii_case(b"set") {
-        if a.len() < 4 || a.len() % 2 != 0 {
+        if a.len() < 4 || !a.len().is_multiple_of(2) {
             return arity("config|set");
         }
         // Validate everything first: CONFIG SET is all-or-nothing.
-        let mut changes: Vec<Box<dyn FnOnce(&Store)>> = Vec::new();
+        let mut changes: Vec<ConfigChange> = Vec::new();
         let mut seen: Vec<String> = Vec::new();
         for kv in a[2..].chunks(2) {
             let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
@@ -525,6 +528,11 @@ pub fn info_text(
             ks.partial_deltas_dropped,
             ks.tombstones,
         );
+        if let Some(c) = &shared.repl {
+            o.truncate(o.len() - 2);
+            c.info(now_ms, &mut o);
+            o.push_str("\r\n");
+        }
     }
     if want("keyspace") {
         o.push_str("# Keyspace\r\n");
@@ -593,6 +601,28 @@ fn meridian(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                 })
                 .collect(),
         )
+    } else if sub.eq_ignore_ascii_case(b"link") {
+        // MERIDIAN LINK DOWN|UP <region>: cut or restore a replication link at run time.
+        let (Some(dir), Some(region)) = (a.get(2), a.get(3)) else {
+            return err("ERR usage: MERIDIAN LINK DOWN|UP <region>");
+        };
+        let down = if dir.eq_ignore_ascii_case(b"down") {
+            true
+        } else if dir.eq_ignore_ascii_case(b"up") {
+            false
+        } else {
+            return syntax();
+        };
+        let Some(c) = &ctx.shared.repl else {
+            return err("ERR replication is not configured");
+        };
+        match c.peer(region) {
+            Some(p) => {
+                p.down.store(down, Relaxed);
+                ok()
+            }
+            None => err("ERR no such peer region"),
+        }
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
     } else {
