@@ -332,4 +332,21 @@ mod tests {
         assert_eq!(c.maxmemory, 64 << 20);
         assert!(toml::from_str::<Config>("no-such-key = 1").is_err());
     }
+
+    #[test]
+    fn replication_table_parses() {
+        let c: Config = toml::from_str(
+            "region = \"a\"\n[replication]\nlisten = \"127.0.0.1:7102\"\ncert = \"certs/a.pem\"\nkey = \"certs/a-key.pem\"\nresend-timeout-ms = 250\npeers = [{ region = \"b\", region-id = 1, addr = \"127.0.0.1:7202\", delay-ms = 50, drop-rate = 0.1 }]\n",
+        )
+        .unwrap();
+        let r = c.replication.unwrap();
+        assert_eq!(r.resend_timeout_ms, 250);
+        assert_eq!(r.peers[0].region_id, 1);
+        assert_eq!(r.peers[0].delay_ms, 50);
+        assert_eq!(
+            r.resolve(Some(std::path::Path::new("/etc/m")), &r.cert),
+            PathBuf::from("/etc/m/certs/a.pem")
+        );
+        assert!(Config::default().replication.is_none());
+    }
 }

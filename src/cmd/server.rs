@@ -515,6 +515,19 @@ pub fn info_text(
             "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\nrepl_backlog_active:0\r\n\r\n",
             st.deltas_produced.load(Relaxed),
         );
+        if let Some(c) = &shared.repl {
+            // Multi-region progress (bootstrap of an empty region shows up as entries received).
+            o.truncate(o.len() - 2);
+            let _ = write!(
+                o,
+                "region_peers:{}\r\nregion_peers_connected:{}\r\nanti_entropy_rounds:{}\r\nanti_entropy_entries_received:{}\r\nregion_deltas_applied:{}\r\n\r\n",
+                c.peers.len(),
+                c.peers.iter().filter(|p| p.connected.load(Relaxed)).count(),
+                c.ae_rounds.load(Relaxed),
+                c.ae_entries_received.load(Relaxed),
+                c.deltas_applied.load(Relaxed),
+            );
+        }
     }
     if want("crdt") {
         let _ = write!(
