@@ -110,6 +110,10 @@ pub struct Control {
     pub ae_entries_received: AtomicU64,
     pub ae_entries_shipped: AtomicU64,
     pub gc_dropped: AtomicU64,
+    /// Incoming replication connections refused in the TLS handshake (unknown CA...).
+    pub handshake_failures: AtomicU64,
+    /// Incoming connections with a valid certificate for a region not accepted here.
+    pub identity_rejections: AtomicU64,
 }
 
 impl Control {
@@ -122,7 +126,7 @@ impl Control {
         use std::fmt::Write;
         let _ = write!(
             o,
-            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\n",
+            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\n",
             self.peers.len(),
             self.deltas_enqueued.load(Relaxed),
             self.deltas_sent.load(Relaxed),
@@ -133,6 +137,8 @@ impl Control {
             self.ae_entries_received.load(Relaxed),
             self.ae_entries_shipped.load(Relaxed),
             self.gc_dropped.load(Relaxed),
+            self.handshake_failures.load(Relaxed),
+            self.identity_rejections.load(Relaxed),
         );
         for p in &self.peers {
             let last = p.last_recv_ms.load(Relaxed);
@@ -374,6 +380,13 @@ fn publish(control: &Control, transport: &QuicTransport, link: &RegionLink) {
     control.deltas_resent.store(st.deltas_resent, Relaxed);
     control.deltas_applied.store(st.deltas_applied, Relaxed);
     control.gc_dropped.store(st.gc_dropped, Relaxed);
+    let ts = transport.stats();
+    control
+        .handshake_failures
+        .store(ts.handshake_failures, Relaxed);
+    control
+        .identity_rejections
+        .store(ts.identity_rejections, Relaxed);
     let ae = link.anti_entropy_stats();
     control.ae_rounds.store(ae.rounds_completed, Relaxed);
     control.ae_rounds_clean.store(ae.rounds_clean, Relaxed);

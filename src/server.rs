@@ -15,6 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
+/// Delta log bound per shard when no replication consumes it.
+const SINGLE_REGION_LOG_MAX: usize = 16;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -67,6 +70,9 @@ impl Server {
             .next()
             .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
         let listener = reuseport_listener(sock_addr)?;
+        // With `--port 0` the kernel picks the port: report the real one (INFO, CLIENT LIST).
+        let mut config = config;
+        config.port = listener.local_addr()?.port();
         let policy =
             EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
         let runtime = Runtime {
@@ -81,7 +87,13 @@ impl Server {
         let store = Arc::new(Store::new(
             RegionId(config.region_id),
             seed,
-            config.delta_log_max,
+            // Without peers nobody consumes the log: keep only a few deltas per shard for
+            // inspection (MERIDIAN DELTAS) so it never pins memory eviction cannot free.
+            if repl.is_some() {
+                config.delta_log_max
+            } else {
+                config.delta_log_max.min(SINGLE_REGION_LOG_MAX)
+            },
             runtime,
             repl.is_some(),
         ));

@@ -288,9 +288,13 @@ impl Store {
         }
         let samples = self.runtime.samples.load(Relaxed).max(1);
         let mut to_free = (used - max) as usize;
+        // A local cursor: concurrent evictors (clients, the background cycle) each visit
+        // every shard before concluding nothing is evictable.
+        let mut cursor = self.next_evict_shard.fetch_add(1, Relaxed);
         let mut fruitless = 0;
         while to_free > 0 && fruitless < SHARDS {
-            let i = self.next_evict_shard.fetch_add(1, Relaxed) % SHARDS;
+            let i = cursor % SHARDS;
+            cursor = cursor.wrapping_add(1);
             let mut shard = self.shards[i].lock();
             match shard.ks.evict_one(policy, samples, now_ms, rng) {
                 Some(freed) => {

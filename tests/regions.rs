@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{q, wait_until, Server};
+use common::{info_field, info_u64, q, wait_until, Server};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,6 +108,18 @@ impl Cluster {
                     NAMES[j],
                 ],
             );
+        }
+    }
+}
+
+impl Cluster {
+    /// Cut (or restore) every link of region `i`, on both sides: `i` drops frames to and
+    /// from the others, and the others drop frames to and from `i`.
+    fn cut(&self, i: usize, down: bool) {
+        let verb = if down { "DOWN" } else { "UP" };
+        for j in (0..3).filter(|&j| j != i) {
+            let _: String = q(&mut self.conn(i), &["MERIDIAN", "LINK", verb, NAMES[j]]);
+            let _: String = q(&mut self.conn(j), &["MERIDIAN", "LINK", verb, NAMES[i]]);
         }
     }
 }
@@ -217,4 +229,181 @@ fn killed_region_converges_after_restart() {
     }
     cl.wait_all("restarted region converges", "600", |c| get(c, "during"));
     cl.wait_all("old state restored", "1", |c| get(c, "before"));
+}
+
+#[test]
+fn del_concurrent_with_incr_keeps_unobserved_increments() {
+    let cl = Cluster::start((0, 0.0));
+    // 10 increments everybody has seen.
+    for i in 0..10 {
+        let _: i64 = q(&mut cl.conn(i % 3), &["INCR", "k"]);
+    }
+    cl.wait_all("initial increments replicated", "10", |c| get(c, "k"));
+
+    // c is cut off (both sides). a deletes what it observed (10); concurrently c increments
+    // 7 times, which a's DEL cannot have observed.
+    cl.cut(2, true);
+    let _: i64 = q(&mut cl.conn(0), &["DEL", "k"]);
+    for _ in 0..7 {
+        let _: i64 = q(&mut cl.conn(2), &["INCR", "k"]);
+    }
+    // b sees the DEL (it observed it before its own increments), then adds 3 on top.
+    let mut b = cl.conn(1);
+    wait_until(CONVERGE, "b sees a's DEL", || get(&mut b, "k").is_empty());
+    for _ in 0..3 {
+        let _: i64 = q(&mut b, &["INCR", "k"]);
+    }
+    let mut a = cl.conn(0);
+    wait_until(CONVERGE, "a sees b's increments", || {
+        get(&mut a, "k") == "3"
+    });
+    assert_eq!(
+        get(&mut cl.conn(2), "k"),
+        "17",
+        "c is cut off: it still counts 10 + 7"
+    );
+
+    // Heal: the DEL removes only the 10 increments it observed; c's 7 and b's 3 survive.
+    cl.cut(2, false);
+    cl.wait_all("unobserved increments survive the DEL", "10", |c| {
+        get(c, "k")
+    });
+    // And it stays a counter: one more increment anywhere lands everywhere.
+    let _: i64 = q(&mut cl.conn(2), &["INCR", "k"]);
+    cl.wait_all("counter still works after the merge", "11", |c| get(c, "k"));
+}
+
+#[test]
+fn node_with_foreign_ca_is_refused_and_clients_keep_working() {
+    let cl = Cluster::start((0, 0.0));
+    let _: String = q(&mut cl.conn(0), &["SET", "warm", "1"]);
+    cl.wait_all("cluster up", "1", |c| get(c, "warm"));
+
+    // A 4th process claims region b with a certificate from another CA. It trusts the real
+    // CA (so it would accept the real nodes' certificates); only its own identity is forged.
+    // By the dial order ("b" < "c") it dials c itself; a dials b, so it also lists a.
+    let foreign = cl.dir.join("foreign");
+    meridian_replication::transport::quic::write_deployment(&foreign, &["b"])
+        .expect("foreign certificates");
+    let d = cl.dir.display();
+    let f = foreign.display();
+    let rogue_cfg = format!(
+        "region = \"b\"\nregion-id = 1\n\n[replication]\nlisten = \"127.0.0.1:{port}\"\nca-cert = \"{d}/ca.pem\"\ncert = \"{f}/b.pem\"\nkey = \"{f}/b-key.pem\"\nresend-timeout-ms = 200\npeers = [\n  {{ region = \"a\", region-id = 0, addr = \"127.0.0.1:{ua}\" }},\n  {{ region = \"c\", region-id = 2, addr = \"127.0.0.1:{uc}\" }},\n]\n",
+        port = free_udp_port(),
+        ua = cl.udp[0],
+        uc = cl.udp[2],
+    );
+    let rogue = Server::start_with_config(&rogue_cfg, &["--io-threads", "1"]);
+    let mut r = rogue.conn();
+    let _: String = q(&mut r, &["SET", "rogue-only", "x"]);
+    let _: i64 = q(&mut r, &["INCR", "warm-counter"]);
+
+    // Wait until c has refused the rogue's handshake several times (it redials with backoff).
+    let mut c = cl.conn(2);
+    wait_until(CONVERGE, "c refuses the rogue's handshakes", || {
+        info_u64(&mut c, "repl_handshake_failures") >= 3
+    });
+
+    // Clients of a keep working, and a <-> real b (and c) replication keeps working: a
+    // marker written at the real b after the rogue's write reaches a and c...
+    let mut a = cl.conn(0);
+    let _: String = q(&mut a, &["SET", "a-key", "fine"]);
+    assert_eq!(get(&mut a, "a-key"), "fine");
+    let _: String = q(&mut cl.conn(1), &["SET", "marker", "from-real-b"]);
+    cl.wait_all("real b's write reaches everybody", "from-real-b", |c| {
+        get(c, "marker")
+    });
+    cl.wait_all("a's write reaches everybody", "fine", |c| get(c, "a-key"));
+    incr_from_all(&cl, "after-rogue", 20);
+    cl.wait_all("replication still exact", "60", |c| get(c, "after-rogue"));
+
+    // ...while nothing from the rogue was ever applied anywhere.
+    for (i, name) in NAMES.iter().enumerate() {
+        let mut con = cl.conn(i);
+        assert_eq!(
+            get(&mut con, "rogue-only"),
+            "",
+            "rogue key leaked into {name}"
+        );
+        assert_eq!(
+            get(&mut con, "warm-counter"),
+            "",
+            "rogue delta leaked into {name}"
+        );
+        assert_eq!(info_field(&mut con, "repl_peers"), "2");
+    }
+    // a's view of b is the real b: connected, and no identity was confused.
+    let peer_b = info_field(&mut a, "peer_b");
+    assert!(peer_b.contains("connected=1"), "a's link to b: {peer_b}");
+    assert_eq!(info_u64(&mut c, "repl_identity_rejections"), 0);
+    // The rogue never got a link up, and it never learnt anything either.
+    let rogue_c = info_field(&mut r, "peer_c");
+    assert!(
+        rogue_c.contains("connected=0"),
+        "rogue's link to c: {rogue_c}"
+    );
+    assert_eq!(get(&mut r, "marker"), "");
+}
+
+#[test]
+fn garbage_udp_is_ignored() {
+    let cl = Cluster::start((0, 0.0));
+    let _: String = q(&mut cl.conn(0), &["SET", "warm", "1"]);
+    cl.wait_all("cluster up", "1", |c| get(c, "warm"));
+
+    // A few thousand random datagrams at b's replication port (b accepts from a and dials
+    // c), sent while clients in all regions write. Some look like QUIC long-header Initial
+    // packets (version 1), some like short-header packets, the rest are plain noise.
+    let target = format!("127.0.0.1:{}", cl.udp[1]);
+    let noise = std::thread::spawn(move || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut x: u64 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for n in 0..4000u32 {
+            let len = 1 + (next() % 1400) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            match n % 4 {
+                0 if len >= 6 => {
+                    buf[0] = 0xc0 | (buf[0] & 0x0f);
+                    buf[1..5].copy_from_slice(&1u32.to_be_bytes());
+                }
+                1 => buf[0] = 0x40 | (buf[0] & 0x3f),
+                _ => {}
+            }
+            // Errors (e.g. ICMP feedback) do not matter.
+            let _ = sock.send_to(&buf, &target);
+        }
+    });
+    incr_from_all(&cl, "during-noise", 100);
+    noise.join().expect("noise thread");
+
+    // Clients keep working everywhere, and replication converges exactly.
+    for i in 0..3 {
+        let mut con = cl.conn(i);
+        let _: String = q(&mut con, &["SET", &format!("k{i}"), "v"]);
+        assert_eq!(get(&mut con, &format!("k{i}")), "v");
+    }
+    cl.wait_all("counter converges after the noise", "300", |c| {
+        get(c, "during-noise")
+    });
+    for i in 0..3 {
+        let key = format!("k{i}");
+        cl.wait_all("writes after the noise replicate", "v", |c| get(c, &key));
+    }
+    incr_from_all(&cl, "after-noise", 10);
+    cl.wait_all("replication still exact", "30", |c| get(c, "after-noise"));
+    let mut b = cl.conn(1);
+    for peer in ["peer_a", "peer_c"] {
+        let line = info_field(&mut b, peer);
+        assert!(line.contains("connected=1"), "b's {peer}: {line}");
+    }
 }

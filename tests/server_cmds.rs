@@ -539,7 +539,6 @@ fn info_sections_and_counters() {
 }
 
 #[test]
-#[ignore = "bug: with --port 0, INFO tcp_port (and CLIENT LIST laddr) report 0 instead of the bound port (src/server.rs keeps config.port)"]
 fn info_reports_the_bound_port() {
     let s = Server::start();
     let mut c = s.conn();

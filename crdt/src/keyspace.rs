@@ -794,8 +794,14 @@ fn lfu_decayed(a: &Access, now_ms: u64) -> u8 {
 }
 
 /// Milliseconds since the last access (wrapping clock).
+/// An access stamped after `now_ms` (another thread read the clock later) is not idle.
 fn lru_idle_ms(a: &Access, now_ms: u64) -> u32 {
-    (now_ms as u32).wrapping_sub(a.lru_ms)
+    let idle = (now_ms as u32).wrapping_sub(a.lru_ms);
+    if idle > u32::MAX / 2 {
+        0
+    } else {
+        idle
+    }
 }
 
 #[cfg(test)]

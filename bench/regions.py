@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Three-region replication benchmark (issue 5, Performance).
+
+Starts three `meridian` processes (release build) on loopback, replicating over QUIC with an
+injected one-way delay on every link (default 50 ms, `delay-ms` in each peer's config), plus
+one standalone `meridian` without replication, and reports:
+
+  * local p50/p99 latency of SET and INCR from one client (Python socket loop, one request
+    in flight) with replication running and on the standalone node, and their ratio;
+  * convergence time from a write at A to visibility at B and at C (p50/p99 over N writes;
+    B and C are polled in a tight loop);
+  * sustained replicated deltas/s over one link: a pipeline of INCRs on distinct keys into A,
+    timed until B's DBSIZE shows them all;
+  * bytes on the wire per delta (A's `INFO crdt` peer_b bytes_sent / deltas in that phase).
+
+Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 20000]
+       [--conv-writes 200] [--burst 200000]
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "meridian")
+NAMES = ["a", "b", "c"]
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def resp(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class Conn:
+    """Minimal RESP2 client: enough for simple replies, integers, bulk strings."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def _line(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2 :]
+                return line
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buf += chunk
+
+    def _exact(self, n):
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2 :]
+        return data
+
+    def reply(self):
+        line = self._line()
+        t, rest = line[:1], line[1:]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RuntimeError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exact(n)
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        raise RuntimeError("unexpected reply %r" % line)
+
+    def cmd(self, *args):
+        self.sock.sendall(resp(*args))
+        return self.reply()
+
+    def info(self, section):
+        text = self.cmd("INFO", section).decode()
+        out = {}
+        for line in text.splitlines():
+            if ":" in line:
+                k, v = line.split(":", 1)
+                out[k] = v
+        return out
+
+
+def wait_for(what, cond, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise TimeoutError(what)
+
+
+class Node:
+    def __init__(self, args, log):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [BIN, "--port", str(self.port), "--log-level", "warn"] + args,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError("meridian exited: %s" % self.proc.returncode)
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for("meridian on port %d" % self.port, up)
+
+    def conn(self):
+        return Conn(self.port)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def pct(samples, p):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
+
+
+def latency(node, ops):
+    """p50/p99 (µs) of SET and INCR, one request in flight, distinct keys."""
+    c = node.conn()
+    out = {}
+    for name, mk in (
+        ("SET", lambda i: resp("SET", "lat:s:%d" % i, "v")),
+        ("INCR", lambda i: resp("INCR", "lat:i:%d" % (i % 1000))),
+    ):
+        for i in range(min(2000, ops)):  # warm-up
+            c.sock.sendall(mk(i))
+            c.reply()
+        samples = []
+        for i in range(ops):
+            req = mk(i)
+            t0 = time.perf_counter_ns()
+            c.sock.sendall(req)
+            c.reply()
+            samples.append((time.perf_counter_ns() - t0) / 1000.0)
+        out[name] = (pct(samples, 50), pct(samples, 99))
+    return out
+
+
+def convergence(a, b, c, writes):
+    """ms from SET at A (reply received) until B, resp. C, returns the value."""
+    ca, cb, cc = a.conn(), b.conn(), c.conn()
+    to_b, to_c = [], []
+    for i in range(writes):
+        key = "conv:%d" % i
+        val = b"v%d" % i
+        ca.cmd("SET", key, val)
+        t0 = time.perf_counter()
+        tb = tc = None
+        deadline = t0 + 30
+        while tb is None or tc is None:
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError("write %d never reached B and C" % i)
+            if tb is None and cb.cmd("GET", key) == val:
+                tb = time.perf_counter() - t0
+            if tc is None and cc.cmd("GET", key) == val:
+                tc = time.perf_counter() - t0
+        to_b.append(tb * 1000)
+        to_c.append(tc * 1000)
+    return to_b, to_c
+
+
+def throughput(a, b, burst):
+    """Pipeline `burst` INCRs on distinct keys into A; time until B's DBSIZE has them all."""
+    ca, cb = a.conn(), b.conn()
+    base_b = cb.cmd("DBSIZE")
+    info0 = ca.info("crdt")
+    sent0 = int(dict(kv.split("=") for kv in info0["peer_b"].split(","))["bytes_sent"])
+    deltas0 = int(info0["repl_deltas_sent"])
+    chunk = 10000
+    t0 = time.perf_counter()
+    for start in range(0, burst, chunk):
+        n = min(chunk, burst - start)
+        ca.sock.sendall(b"".join(resp("INCR", "tp:%d" % k) for k in range(start, start + n)))
+        for _ in range(n):
+            ca.reply()
+    t_local = time.perf_counter() - t0
+    want = base_b + burst
+    deadline = time.monotonic() + 300
+    while cb.cmd("DBSIZE") < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError("B never saw all %d keys" % burst)
+    t_b = time.perf_counter() - t0
+
+    # A's link counters are published together (every 100 ms): once a sample shows B has
+    # acknowledged everything, its bytes_sent covers the whole burst.
+    def settled():
+        p = dict(kv.split("=") for kv in ca.info("crdt")["peer_b"].split(","))
+        return p["backlog_deltas"] == "0"
+
+    wait_for("A's backlog to B drains", settled)
+    info1 = ca.info("crdt")
+    peer_b = dict(kv.split("=") for kv in info1["peer_b"].split(","))
+    sent = int(peer_b["bytes_sent"]) - sent0
+    deltas = int(info1["repl_deltas_sent"]) - deltas0
+    return {
+        "local_s": t_local,
+        "visible_s": t_b,
+        "rate": burst / t_b,
+        "bytes_per_delta": sent / burst,
+        "deltas_sent_all_links": deltas,
+        "resent": int(info1["repl_deltas_resent"]),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--delay-ms", type=int, default=50)
+    ap.add_argument("--ops", type=int, default=20000)
+    ap.add_argument("--conv-writes", type=int, default=200)
+    ap.add_argument("--burst", type=int, default=200000)
+    ap.add_argument("--io-threads", type=int, default=1)
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+
+    tmp = tempfile.mkdtemp(prefix="meridian-bench-")
+    log = open(os.path.join(tmp, "servers.log"), "wb")
+    nodes = []
+    try:
+        certs = os.path.join(tmp, "certs")
+        subprocess.run(
+            [BIN, "certs", "--out", certs, "--regions", ",".join(NAMES)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        udp = [free_port(socket.SOCK_DGRAM) for _ in NAMES]
+        for i, r in enumerate(NAMES):
+            peers = "\n".join(
+                '  { region = "%s", region-id = %d, addr = "127.0.0.1:%d", delay-ms = %d },'
+                % (NAMES[j], j, udp[j], args.delay_ms)
+                for j in range(3)
+                if j != i
+            )
+            cfg = (
+                'region = "%s"\nregion-id = %d\n\n[replication]\nlisten = "127.0.0.1:%d"\n'
+                'ca-cert = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s-key.pem"\n'
+                "peers = [\n%s\n]\n" % (r, i, udp[i], certs, certs, r, certs, r, peers)
+            )
+            path = os.path.join(tmp, "%s.toml" % r)
+            with open(path, "w") as f:
+                f.write(cfg)
+            nodes.append(Node(["--config", path, "--io-threads", str(args.io_threads)], log))
+        a, b, c = nodes
+
+        def links_up():
+            return all(
+                all("connected=1" in v for k, v in n.conn().info("crdt").items() if k.startswith("peer_"))
+                for n in nodes
+            )
+
+        wait_for("all links connected", links_up)
+
+        print("meridian three-region benchmark: loopback, one-way delay %d ms on every link, "
+              "io-threads %d, %d cores" % (args.delay_ms, args.io_threads, os.cpu_count()),
+              flush=True)
+
+        lat_repl = latency(a, args.ops)
+        standalone = Node(["--io-threads", str(args.io_threads)], log)
+        nodes.append(standalone)
+        lat_alone = latency(standalone, args.ops)
+        standalone.stop()
+
+        to_b, to_c = convergence(a, b, c, args.conv_writes)
+        tp = throughput(a, b, args.burst)
+
+        rows = []
+        for op in ("SET", "INCR"):
+            (r50, r99), (s50, s99) = lat_repl[op], lat_alone[op]
+            rows.append(("local %s p50 (µs)" % op, "%.1f" % r50, "%.1f standalone (x%.2f)" % (s50, r50 / s50)))
+            rows.append(("local %s p99 (µs)" % op, "%.1f" % r99, "%.1f standalone (x%.2f)" % (s99, r99 / s99)))
+        for name, s in (("B", to_b), ("C", to_c)):
+            rows.append(("convergence A→%s p50 (ms)" % name, "%.2f" % pct(s, 50), "%d writes" % len(s)))
+            rows.append(("convergence A→%s p99 (ms)" % name, "%.2f" % pct(s, 99), "delay %d ms" % args.delay_ms))
+        rows.append(("replicated deltas/s A→B", "%.0f" % tp["rate"],
+                     "%d INCRs, visible at B after %.2f s (A ingested in %.2f s)"
+                     % (args.burst, tp["visible_s"], tp["local_s"])))
+        rows.append(("bytes on the wire per delta", "%.1f" % tp["bytes_per_delta"],
+                     "A peer_b bytes_sent / %d; resent total %d" % (args.burst, tp["resent"])))
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        print("%s  %s  %s" % ("metric".ljust(w0), "value".rjust(w1), "notes"))
+        print("-" * (w0 + w1 + 40))
+        for r in rows:
+            print("%s  %s  %s" % (r[0].ljust(w0), r[1].rjust(w1), r[2]))
+    finally:
+        for n in nodes:
+            n.stop()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
