@@ -108,6 +108,14 @@ pub struct KeyspaceStats {
 
 type Table = HashMap<Bytes, Entry, ahash::RandomState>;
 
+/// What an entry was before a write or merge (for the counters `put_back` maintains).
+struct Prior {
+    existed: bool,
+    was_alive: bool,
+    was_volatile: bool,
+    bytes: usize,
+}
+
 struct SlotTable {
     map: Table,
     alive: usize,
@@ -319,53 +327,47 @@ impl Keyspace {
             });
         }
         let keep = is_alive || (retain && existed) || (retain && changed);
-        let is_volatile = is_alive && entry.deadline_ms().is_some();
-        let after = if keep {
-            entry_bytes(&key_bytes, &entry)
-        } else {
-            0
+        let prior = Prior {
+            existed,
+            was_alive,
+            was_volatile,
+            bytes: before,
         };
+        self.put_back(slot, key_bytes, entry, prior, changed, keep);
+        r
+    }
+
+    /// Store an entry back after a write or merge and keep the slot's and the keyspace's
+    /// counters (live, volatile, tombstones, bytes, digest) in step. `keep == false` drops it.
+    fn put_back(
+        &mut self,
+        slot: u16,
+        key: Bytes,
+        entry: Entry,
+        prior: Prior,
+        changed: bool,
+        keep: bool,
+    ) {
+        let is_alive = entry.is_alive();
+        let is_volatile = is_alive && entry.deadline_ms().is_some();
+        let after = if keep { entry_bytes(&key, &entry) } else { 0 };
         let table = self.table_mut(slot);
         if changed {
             table.digest = None;
         }
         if keep {
-            table.map.insert(key_bytes, entry);
+            table.map.insert(key, entry);
         }
-        table.alive = table.alive + usize::from(is_alive) - usize::from(was_alive);
-        table.volatile = table.volatile + usize::from(is_volatile) - usize::from(was_volatile);
-        self.account(
-            was_alive,
-            is_alive,
-            existed,
-            keep,
-            was_volatile,
-            is_volatile,
-            before,
-            after,
-        );
-        r
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn account(
-        &mut self,
-        was_alive: bool,
-        is_alive: bool,
-        existed: bool,
-        keep: bool,
-        was_volatile: bool,
-        is_volatile: bool,
-        before: usize,
-        after: usize,
-    ) {
+        table.alive = table.alive + usize::from(is_alive) - usize::from(prior.was_alive);
+        table.volatile =
+            table.volatile + usize::from(is_volatile) - usize::from(prior.was_volatile);
         let s = &mut self.stats;
-        s.keys = s.keys + usize::from(is_alive) - usize::from(was_alive);
-        let was_tomb = existed && !was_alive;
+        s.keys = s.keys + usize::from(is_alive) - usize::from(prior.was_alive);
+        let was_tomb = prior.existed && !prior.was_alive;
         let is_tomb = keep && !is_alive;
         s.tombstones = s.tombstones + usize::from(is_tomb) - usize::from(was_tomb);
-        s.volatile = s.volatile + usize::from(is_volatile) - usize::from(was_volatile);
-        s.bytes = s.bytes + after - before;
+        s.volatile = s.volatile + usize::from(is_volatile) - usize::from(prior.was_volatile);
+        s.bytes = s.bytes + after - prior.bytes;
     }
 
     /// Take the deltas produced by local writes since the last call.
@@ -408,31 +410,13 @@ impl Keyspace {
         }
         let is_alive = entry.is_alive();
         let keep = is_alive || retain;
-        let is_volatile = is_alive && entry.deadline_ms().is_some();
-        let after = if keep {
-            entry_bytes(&key_bytes, &entry)
-        } else {
-            0
-        };
-        let table = self.table_mut(slot);
-        if changed {
-            table.digest = None;
-        }
-        if keep {
-            table.map.insert(key_bytes, entry);
-        }
-        table.alive = table.alive + usize::from(is_alive) - usize::from(was_alive);
-        table.volatile = table.volatile + usize::from(is_volatile) - usize::from(was_volatile);
-        self.account(
-            was_alive,
-            is_alive,
+        let prior = Prior {
             existed,
-            keep,
+            was_alive,
             was_volatile,
-            is_volatile,
-            before,
-            after,
-        );
+            bytes: before,
+        };
+        self.put_back(slot, key_bytes, entry, prior, changed, keep);
         self.stats.deltas_applied += 1;
         if changed {
             Applied::Changed
