@@ -5,14 +5,6 @@
 mod common;
 
 use common::*;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// Wait until the local clock (the server's clock: same host) is past `deadline_ms`.
 fn wait_past(deadline_ms: i64) {

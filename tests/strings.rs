@@ -6,14 +6,6 @@ mod common;
 
 use common::*;
 use redis::Value;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 #[test]
 fn set_and_get_round_trip_binary_values() {

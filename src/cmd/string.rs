@@ -88,13 +88,28 @@ pub fn parse_expire(opt: &[u8], val: &[u8], now_ms: u64, cmd: &'static str) -> R
     }
 }
 
+/// `EX|PX|EXAT|PXAT <n>` at `a[i]`: `None` if `a[i]` is not such an option (or lacks its
+/// argument), else the parsed deadline or the error to answer.
+fn expire_option(
+    a: &[Bytes],
+    i: usize,
+    now_ms: u64,
+    cmd: &'static str,
+) -> Option<Result<u64, Reply>> {
+    let o = &a[i];
+    let is_ttl = ["ex", "px", "exat", "pxat"]
+        .iter()
+        .any(|n| o.eq_ignore_ascii_case(n.as_bytes()));
+    let value = a.get(i + 1).filter(|_| is_ttl)?;
+    Some(parse_expire(o, value, now_ms, cmd))
+}
+
 fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     let (mut nx, mut xx, mut get) = (false, false, false);
     let mut ttl = TtlOpt::None;
     let mut i = 3;
     while i < a.len() {
         let o = &a[i];
-        let has_next = i + 1 < a.len();
         if o.eq_ignore_ascii_case(b"nx") && !xx {
             nx = true;
         } else if o.eq_ignore_ascii_case(b"xx") && !nx {
@@ -103,13 +118,11 @@ fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             get = true;
         } else if o.eq_ignore_ascii_case(b"keepttl") && ttl == TtlOpt::None {
             ttl = TtlOpt::Keep;
-        } else if ["ex", "px", "exat", "pxat"]
-            .iter()
-            .any(|n| o.eq_ignore_ascii_case(n.as_bytes()))
-            && ttl == TtlOpt::None
-            && has_next
+        } else if let Some(deadline) = (ttl == TtlOpt::None)
+            .then(|| expire_option(a, i, ctx.now_ms, "set"))
+            .flatten()
         {
-            match parse_expire(o, &a[i + 1], ctx.now_ms, "set") {
+            match deadline {
                 Ok(d) => ttl = TtlOpt::At(d),
                 Err(e) => return e,
             }
@@ -206,13 +219,11 @@ fn getex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         let o = &a[i];
         if o.eq_ignore_ascii_case(b"persist") && ttl == TtlOpt::None {
             ttl = TtlOpt::Persist;
-        } else if ["ex", "px", "exat", "pxat"]
-            .iter()
-            .any(|n| o.eq_ignore_ascii_case(n.as_bytes()))
-            && ttl == TtlOpt::None
-            && i + 1 < a.len()
+        } else if let Some(deadline) = (ttl == TtlOpt::None)
+            .then(|| expire_option(a, i, ctx.now_ms, "getex"))
+            .flatten()
         {
-            match parse_expire(o, &a[i + 1], ctx.now_ms, "getex") {
+            match deadline {
                 Ok(d) => ttl = TtlOpt::At(d),
                 Err(e) => return e,
             }

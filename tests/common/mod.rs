@@ -647,3 +647,12 @@ pub fn assert_same_as_redis(server: &Server, script: &[&[&str]]) {
         );
     }
 }
+
+/// Wall-clock milliseconds since the epoch (for absolute TTL arguments).
+#[allow(dead_code)]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
