@@ -111,6 +111,16 @@ fn pick_distinct(ctx: &mut Ctx, s: &[Bytes], n: usize) -> Vec<Bytes> {
     pool
 }
 
+/// The members SPOP/SRANDMEMBER pick from; for an absent key, the empty reply to give
+/// (empty array with a count, nil without), or WRONGTYPE.
+fn members_for_pick(ctx: &mut Ctx, key: &[u8], with_count: bool) -> Result<Vec<Bytes>, Reply> {
+    match with_set(ctx, key, |s| s.members().cloned().collect::<Vec<_>>())? {
+        Some(m) => Ok(m),
+        None if with_count => Err(Reply::Array(vec![])),
+        None => Err(Reply::Null),
+    }
+}
+
 fn spop(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     if a.len() > 3 {
         return syntax();
@@ -122,16 +132,9 @@ fn spop(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             _ => return err("ERR value is out of range, must be positive"),
         },
     };
-    let members = match with_set(ctx, &a[1], |s| s.members().cloned().collect::<Vec<_>>()) {
-        Err(e) => return e,
-        Ok(None) => {
-            return if count.is_some() {
-                Reply::Array(vec![])
-            } else {
-                Reply::Null
-            };
-        }
-        Ok(Some(m)) => m,
+    let members = match members_for_pick(ctx, &a[1], count.is_some()) {
+        Ok(m) => m,
+        Err(reply) => return reply,
     };
     let picked = pick_distinct(ctx, &members, count.unwrap_or(1));
     if !picked.is_empty() {
@@ -158,16 +161,9 @@ fn srandmember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             None => return not_int(),
         },
     };
-    let members = match with_set(ctx, &a[1], |s| s.members().cloned().collect::<Vec<_>>()) {
-        Err(e) => return e,
-        Ok(None) => {
-            return if count.is_some() {
-                Reply::Array(vec![])
-            } else {
-                Reply::Null
-            }
-        }
-        Ok(Some(m)) => m,
+    let members = match members_for_pick(ctx, &a[1], count.is_some()) {
+        Ok(m) => m,
+        Err(reply) => return reply,
     };
     match count {
         None => bulk_opt(pick_distinct(ctx, &members, 1).into_iter().next()),
