@@ -143,6 +143,11 @@ pub struct Entry {
     /// something here (DEL, SREM, HDEL, an overwrite of another type, a TTL replaced).
     #[serde(default)]
     removed: SmallVec<[Stamp; 1]>,
+    /// Invalidation floor: the greatest source version an invalidation applied to this key
+    /// (max lattice; `0` = none). A string whose value came from a versioned fill at a
+    /// version ≤ the floor is hidden, wherever and whenever that fill lands.
+    #[serde(default)]
+    floor: u64,
     /// Cached effective deadline (ms since epoch); `0` = none.
     #[serde(skip)]
     deadline_ms: u64,
@@ -152,7 +157,10 @@ pub struct Entry {
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.comps == other.comps && self.expiry == other.expiry && self.removed == other.removed
+        self.comps == other.comps
+            && self.expiry == other.expiry
+            && self.removed == other.removed
+            && self.floor == other.floor
     }
 }
 impl Eq for Entry {}
@@ -160,16 +168,57 @@ impl Eq for Entry {}
 impl Entry {
     /// Whether any component is alive (the key exists, ignoring TTL).
     pub fn is_alive(&self) -> bool {
-        self.comps.iter().any(|c| c.val.is_alive())
+        self.comps.iter().any(|c| self.shows(c))
     }
 
     /// The visible component: the live one with the greatest creation stamp.
     pub fn visible(&self) -> Option<&Val> {
         self.comps
             .iter()
-            .filter(|c| c.val.is_alive())
+            .filter(|c| self.shows(c))
             .max_by_key(|c| c.created)
             .map(|c| &c.val)
+    }
+
+    /// A component counts as present: alive and not a stale versioned fill.
+    fn shows(&self, c: &Comp) -> bool {
+        c.val.is_alive() && !self.is_stale(c)
+    }
+
+    /// A string from a versioned fill at or below the invalidation floor: kept as state (the
+    /// register is a lattice; dropping it would break convergence) but never shown.
+    fn is_stale(&self, c: &Comp) -> bool {
+        match &c.val {
+            Val::Str(s) => s.reg.version != 0 && s.reg.version <= self.floor,
+            _ => false,
+        }
+    }
+
+    /// The invalidation floor (`0` = none): versioned fills at or below it are refused.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Forget the invalidation floor (tombstone retention ran out).
+    pub(crate) fn clear_floor(&mut self) {
+        self.floor = 0;
+    }
+
+    /// A floor-only tombstone (what remains of an invalidated key after expiry/eviction).
+    pub(crate) fn with_floor(floor: u64) -> Entry {
+        Entry {
+            floor,
+            ..Entry::default()
+        }
+    }
+
+    /// Whether this state (a delta) carries a versioned fill at or below `floor`.
+    pub fn has_stale_fill_for(&self, floor: u64) -> bool {
+        floor != 0
+            && self.comps.iter().any(|c| match &c.val {
+                Val::Str(s) => s.reg.value.is_some() && s.reg.version != 0 && s.reg.version <= floor,
+                _ => false,
+            })
     }
 
     pub fn kind(&self) -> Option<Kind> {
@@ -238,6 +287,7 @@ impl Entry {
         for s in &other.removed {
             self.note_removal(*s);
         }
+        self.floor = self.floor.max(other.floor);
     }
 
     /// Effective deadline in ms since the epoch, if any.
@@ -319,6 +369,10 @@ impl Entry {
         for s in &other.removed {
             changed |= self.note_removal(*s);
         }
+        if other.floor > self.floor {
+            self.floor = other.floor;
+            changed = true;
+        }
         changed
     }
 
@@ -355,7 +409,8 @@ impl Entry {
     /// Is this entry a tombstone every region has seen (safe to drop)? Its writes and the
     /// removals that killed them must all be stable.
     pub fn is_stable_tombstone(&self, stable: &impl Fn(RegionId) -> Hlc) -> bool {
-        if self.is_alive() || !self.removals_stable(stable) {
+        // An invalidation floor is dropped by its retention, not by causal stability.
+        if self.floor != 0 || self.is_alive() || !self.removals_stable(stable) {
             return false;
         }
         let mut stable_all = true;
@@ -407,6 +462,9 @@ impl Entry {
     /// Order-independent content digest of the observable state (anti-entropy).
     pub fn digest(&self) -> u64 {
         let mut h = 0x6d65_7269_6469_616e;
+        if self.floor != 0 {
+            h = crate::digest::mix(h, self.floor);
+        }
         for c in self.comps.iter().filter(|c| c.val.is_alive()) {
             h = crate::digest::mix(h, c.created.hlc.0);
             h = crate::digest::mix(h, u64::from(c.created.region.0));
@@ -502,8 +560,12 @@ impl<'a> EntryWriter<'a> {
             self.kill_ttl();
         }
         let mut killed = false;
+        let floor = self.entry.floor;
         for c in self.entry.comps.iter_mut() {
-            if c.val.kind() != kind && c.val.is_alive() {
+            // A stale fill is dead to this write, even of its own kind: observe and remove it
+            // so what this write builds (an INCR, an APPEND) starts from nothing.
+            let stale = matches!(&c.val, Val::Str(s) if s.reg.version != 0 && s.reg.version <= floor);
+            if (c.val.kind() != kind || stale) && c.val.is_alive() {
                 let tomb = c.val.kill_all();
                 self.delta.merge(&Entry {
                     comps: smallvec::smallvec![Comp {
@@ -566,6 +628,48 @@ impl<'a> EntryWriter<'a> {
         if !keep_ttl {
             self.kill_ttl();
         }
+    }
+
+    /// `SET … VERSION n`: a fill loaded from the source at `version`. Refused (nothing
+    /// written) when an invalidation at a version ≥ `version` was applied to the key.
+    pub fn set_str_versioned(
+        &mut self,
+        value: Bytes,
+        version: u64,
+        keep_ttl: bool,
+    ) -> Result<(), CrdtError> {
+        if version == 0 || version <= self.entry.floor {
+            return Err(CrdtError::Stale {
+                floor: self.entry.floor,
+            });
+        }
+        let stamp = self.stamp;
+        self.str_mut().set_versioned(stamp, value, version);
+        self.str_delta();
+        if !keep_ttl {
+            self.kill_ttl();
+        }
+        Ok(())
+    }
+
+    /// An invalidation from the source of truth: `Some(v)` removes the value unless it is
+    /// a fill from a version newer than `v` and raises the key's floor to `v` (so later or
+    /// replicated fills at ≤ `v` are refused); `None` removes the value unconditionally.
+    /// Returns whether a visible value was removed.
+    pub fn invalidate(&mut self, version: Option<u64>) -> bool {
+        if let Some(v) = version {
+            if v > self.entry.floor {
+                self.entry.floor = v;
+                self.delta.floor = v;
+                self.changed = true;
+            }
+            if let Some(Val::Str(s)) = self.entry.visible() {
+                if s.reg.version > v && s.reg.value.is_some() {
+                    return false;
+                }
+            }
+        }
+        self.delete()
     }
 
     /// `INCRBY` family; the key must hold a string (checked by the caller).

@@ -10,7 +10,7 @@ use crate::entry::{Access, Delta, Entry, EntryWriter, Kind};
 use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::slot::{key_slot, SLOT_COUNT};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// Fixed per-entry overhead estimate (table slot, key handle, entry header, allocator).
 pub const ENTRY_OVERHEAD_BYTES: usize = 112;
@@ -104,6 +104,11 @@ pub struct KeyspaceStats {
     pub evicted: u64,
     pub deltas_applied: u64,
     pub partial_deltas_dropped: u64,
+    /// Keys holding an invalidation floor (counted per floor raise; an upper bound until the
+    /// retention pass dedupes).
+    pub invalidation_tombstones: usize,
+    /// Remote (replicated or anti-entropy) fills that landed at or below a key's floor.
+    pub stale_fills_hidden: u64,
 }
 
 type Table = HashMap<Bytes, Entry, ahash::RandomState>;
@@ -135,6 +140,10 @@ pub struct Keyspace {
     deltas: Vec<Delta>,
     expire_cursor: usize,
     coin: u64,
+    floor_clock_ms: u64,
+    /// Invalidation floors in the order they were raised: `(raised_at_ms, key, floor)`,
+    /// popped by [`Keyspace::expire_invalidations`] (retention and count bound).
+    floors: VecDeque<(u64, Bytes, u64)>,
 }
 
 fn entry_bytes(key: &[u8], e: &Entry) -> usize {
@@ -152,6 +161,8 @@ impl Keyspace {
             deltas: Vec::new(),
             expire_cursor: 0,
             coin: seed | 1,
+            floors: VecDeque::new(),
+            floor_clock_ms: 0,
         }
     }
 
@@ -260,6 +271,7 @@ impl Keyspace {
         };
         let was_alive = entry.is_alive();
         let was_volatile = was_alive && entry.deadline_ms().is_some();
+        let floor_before = entry.floor();
         let before = if existed {
             entry_bytes(&key_bytes, &entry)
         } else {
@@ -316,6 +328,10 @@ impl Keyspace {
         touch(&mut entry.access, now_ms, coin);
         if !retain {
             entry.forget_dead_in(&delta_state);
+            if !is_alive && entry.floor() != 0 {
+                // Single-region mode keeps nothing dead but the invalidation floor.
+                entry = Entry::with_floor(entry.floor());
+            }
         }
         if changed {
             self.deltas.push(Delta {
@@ -326,7 +342,10 @@ impl Keyspace {
                 state: delta_state,
             });
         }
-        let keep = is_alive || (retain && existed) || (retain && changed);
+        if entry.floor() > floor_before {
+            self.note_floor(now_ms, &key_bytes, entry.floor());
+        }
+        let keep = is_alive || (retain && existed) || (retain && changed) || entry.floor() != 0;
         let prior = Prior {
             existed,
             was_alive,
@@ -404,12 +423,22 @@ impl Keyspace {
         } else {
             0
         };
+        let floor_before = entry.floor();
         let changed = entry.merge(state);
         if !retain {
             entry.gc(&|_| Hlc(u64::MAX), true);
+            if !entry.is_alive() && entry.floor() != 0 {
+                entry = Entry::with_floor(entry.floor());
+            }
+        }
+        if changed && state.has_stale_fill_for(entry.floor()) {
+            self.stats.stale_fills_hidden += 1;
+        }
+        if entry.floor() > floor_before {
+            self.note_floor(self.floor_clock_ms, &key_bytes, entry.floor());
         }
         let is_alive = entry.is_alive();
-        let keep = is_alive || retain;
+        let keep = is_alive || retain || entry.floor() != 0;
         let prior = Prior {
             existed,
             was_alive,
@@ -439,10 +468,20 @@ impl Keyspace {
         table.volatile -= usize::from(volatile);
         table.digest = None;
         table.lossy = true;
-        let bytes = entry_bytes(&k, &e);
+        let mut bytes = entry_bytes(&k, &e);
+        let floor = e.floor();
+        let mut kept_tomb = false;
+        if floor != 0 {
+            // The value goes, the invalidation floor stays: a stale fill must not come back
+            // because the key expired or was evicted.
+            let tomb = Entry::with_floor(floor);
+            bytes -= entry_bytes(&k, &tomb);
+            table.map.insert(k, tomb);
+            kept_tomb = true;
+        }
         let s = &mut self.stats;
         s.keys -= usize::from(alive);
-        s.tombstones -= usize::from(!alive);
+        s.tombstones = s.tombstones - usize::from(!alive) + usize::from(kept_tomb);
         s.volatile -= usize::from(volatile);
         s.bytes -= bytes;
         if expired {
@@ -639,7 +678,7 @@ impl Keyspace {
         }
         let mut acc = 0u64;
         for (k, e) in t.map.iter() {
-            if e.is_alive() {
+            if e.is_alive() || e.floor() != 0 {
                 acc = acc.wrapping_add(crate::digest::mix(
                     crate::digest::mix_bytes(0, k),
                     e.digest(),
@@ -653,9 +692,73 @@ impl Keyspace {
     /// Digest of one key's state (anti-entropy key-level comparison); 0 when absent.
     pub fn key_digest(&self, key: &[u8]) -> u64 {
         match self.table(key_slot(key)).and_then(|t| t.map.get(key)) {
-            Some(e) if e.is_alive() => e.digest(),
+            Some(e) if e.is_alive() || e.floor() != 0 => e.digest(),
             _ => 0,
         }
+    }
+
+    /// The physical clock (ms) remote merges stamp newly raised invalidation floors with
+    /// (their retention starts then); the shell sets it before merging a batch.
+    pub fn set_merge_clock(&mut self, now_ms: u64) {
+        self.floor_clock_ms = now_ms;
+    }
+
+    fn note_floor(&mut self, now_ms: u64, key: &Bytes, floor: u64) {
+        self.floors.push_back((now_ms, key.clone(), floor));
+        self.stats.invalidation_tombstones = self.floors.len();
+    }
+
+    /// Retention of invalidation floors: forget floors raised more than `retention_ms` ago,
+    /// and the oldest beyond `max_floors`, at most `budget` per call. A key left with nothing
+    /// else is dropped (kept as a CRDT tombstone when `retain_tombstones`). Returns how many
+    /// floors were forgotten. After that, a fill at an old version is accepted again: the
+    /// documented bound of the guarantee.
+    pub fn expire_invalidations(
+        &mut self,
+        now_ms: u64,
+        retention_ms: u64,
+        max_floors: usize,
+        budget: usize,
+    ) -> usize {
+        let mut forgotten = 0;
+        for _ in 0..budget {
+            let Some((at_ms, _, _)) = self.floors.front() else {
+                break;
+            };
+            if at_ms.saturating_add(retention_ms) > now_ms && self.floors.len() <= max_floors {
+                break;
+            }
+            let Some((_, key, floor)) = self.floors.pop_front() else {
+                break;
+            };
+            let slot = key_slot(&key);
+            let retain = self.cfg.retain_tombstones;
+            let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
+                continue;
+            };
+            let Some((k, mut e)) = table.map.remove_entry(&key[..]) else {
+                continue;
+            };
+            if e.floor() != floor {
+                // Raised again since: a later queue item owns it.
+                table.map.insert(k, e);
+                continue;
+            }
+            let was_alive = e.is_alive();
+            let prior = Prior {
+                existed: true,
+                was_alive,
+                was_volatile: was_alive && e.deadline_ms().is_some(),
+                bytes: entry_bytes(&k, &e),
+            };
+            e.clear_floor();
+            let is_alive = e.is_alive();
+            let keep = is_alive || (retain && !e.components().is_empty());
+            self.put_back(slot, k, e, prior, true, keep);
+            forgotten += 1;
+        }
+        self.stats.invalidation_tombstones = self.floors.len();
+        forgotten
     }
 
     /// Raw entry (tombstones included) for anti-entropy.

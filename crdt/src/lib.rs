@@ -50,4 +50,7 @@ pub enum CrdtError {
     NotInteger,
     #[error("ERR increment or decrement would overflow")]
     Overflow,
+    /// A versioned fill at or below the key's invalidation floor.
+    #[error("STALE the key was invalidated at version {floor}; a fill must carry a newer version")]
+    Stale { floor: u64 },
 }

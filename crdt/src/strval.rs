@@ -14,11 +14,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Last-writer-wins register. `value == None` means removed (at the observed `stamp`) or never
-/// written (`Stamp::ZERO`).
+/// written (`Stamp::ZERO`). `version` is the source version a versioned fill
+/// (`SET … VERSION n`) carried, `0` for plain writes; it travels with the value so an
+/// invalidation floor hides a stale fill wherever it lands (see `Entry::floor`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Register {
     pub stamp: Stamp,
     pub value: Option<Bytes>,
+    pub version: u64,
 }
 
 impl Register {
@@ -145,10 +148,16 @@ impl Str {
 
     /// `SET`: the register takes the value and every observed increment is reset.
     pub fn set(&mut self, stamp: Stamp, value: Bytes) {
+        self.set_versioned(stamp, value, 0);
+    }
+
+    /// `SET … VERSION n`: like [`Str::set`], remembering the source version of the value.
+    pub fn set_versioned(&mut self, stamp: Stamp, value: Bytes, version: u64) {
         debug_assert!(stamp > self.reg.stamp);
         self.reg = Register {
             stamp,
             value: Some(value),
+            version,
         };
         self.reset_counters();
     }
@@ -157,6 +166,7 @@ impl Str {
     pub fn remove(&mut self) -> bool {
         let was = self.is_alive();
         self.reg.value = None;
+        self.reg.version = 0;
         self.reset_counters();
         was
     }
@@ -247,6 +257,7 @@ impl Str {
             h = crate::digest::mix(h, self.reg.stamp.hlc.0);
             h = crate::digest::mix(h, u64::from(self.reg.stamp.region.0));
             h = crate::digest::mix_bytes(h, v);
+            h = crate::digest::mix(h, self.reg.version);
         }
         for c in self.ctr.iter().filter(|c| c.is_live()) {
             h = crate::digest::mix(h, u64::from(c.region.0));

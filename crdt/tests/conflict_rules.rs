@@ -840,3 +840,97 @@ fn write_after_expiry_starts_a_new_key_everywhere() {
     rs[1].write_at("k0", 3_000, 3_000, |w| w.srem(b"x"));
     assert_eq!(rs[1].log.len(), logged);
 }
+
+// ---- Invalidations (ARCHITECTURE §4: versioned tombstones; stale data never comes back) ----
+
+#[test]
+fn invalidation_removes_fill_at_or_below_its_version() {
+    let mut rs = regions(2);
+    rs[0].op("k0", 10, &Op::SetVersioned(2, 3));
+    rs[0].op("k0", 11, &Op::Invalidate(Some(3)));
+    converge(&mut rs);
+    assert_eq!(rs[1].view("k0"), View::Missing);
+}
+
+#[test]
+fn fill_newer_than_invalidation_survives_it() {
+    let mut rs = regions(2);
+    rs[0].op("k0", 10, &Op::SetVersioned(2, 5));
+    rs[1].op("k0", 11, &Op::Invalidate(Some(4)));
+    converge(&mut rs);
+    assert_eq!(rs[0].view("k0"), str_view("abc"));
+}
+
+#[test]
+fn stale_fill_after_invalidation_is_refused_locally() {
+    let mut r = Replica::new(1);
+    r.op("k0", 10, &Op::Invalidate(Some(7)));
+    let refused = r.write("k0", 11, |w| w.set_str_versioned(b("old"), 7, false));
+    assert_eq!(refused, Err(CrdtError::Stale { floor: 7 }));
+    assert_eq!(r.view("k0"), View::Missing);
+    r.write("k0", 12, |w| w.set_str_versioned(b("new"), 8, false))
+        .expect("a newer version is accepted");
+    assert_eq!(r.view("k0"), str_view("new"));
+}
+
+#[test]
+fn replicated_stale_fill_is_hidden_by_the_floor_even_when_it_is_later() {
+    // Region 1 applies the invalidation; region 2, which has not seen it yet, fills from a
+    // lagging source at the old version with a *later* HLC. The fill wins LWW, but the
+    // floor hides it everywhere once both have merged.
+    let mut rs = regions(2);
+    rs[0].op("k0", 10, &Op::Invalidate(Some(5)));
+    rs[1].op("k0", 20, &Op::SetVersioned(1, 5));
+    converge(&mut rs);
+    assert_eq!(rs[0].view("k0"), View::Missing);
+    assert_eq!(rs[1].view("k0"), View::Missing);
+    // The hidden fill is dead to later writes: an INCR starts from nothing.
+    rs[1].op("k0", 30, &Op::Incr(2));
+    converge(&mut rs);
+    assert_eq!(rs[0].int("k0"), Some(2));
+}
+
+#[test]
+fn unversioned_invalidation_removes_any_value_and_type() {
+    let mut rs = regions(2);
+    rs[0].op("k0", 10, &Op::SetVersioned(0, 9));
+    rs[0].op("k1", 10, &Op::Sadd(1));
+    rs[1].op("k0", 11, &Op::Invalidate(None));
+    let (a, b2) = rs.split_at_mut(1);
+    ship(&a[0], &mut b2[0]);
+    rs[1].op("k0", 12, &Op::Invalidate(None));
+    rs[1].op("k1", 12, &Op::Invalidate(None));
+    converge(&mut rs);
+    assert_eq!(rs[0].view("k0"), View::Missing);
+    assert_eq!(rs[0].view("k1"), View::Missing);
+}
+
+#[test]
+fn invalidation_floor_survives_expiry_and_eviction() {
+    let mut r = Replica::new(1);
+    r.op("k0", 10, &Op::Invalidate(Some(4)));
+    r.op("k0", 11, &Op::SetVersioned(1, 6));
+    r.ks.evict_key(b"k0");
+    let refused = r.write("k0", 12, |w| w.set_str_versioned(b("old"), 4, false));
+    assert_eq!(refused, Err(CrdtError::Stale { floor: 4 }));
+}
+
+#[test]
+fn invalidation_floors_are_bounded_by_retention_and_count() {
+    let mut r = Replica::new(1);
+    for (i, key) in KEYS.iter().enumerate() {
+        r.op(key, 10 + i as u64, &Op::Invalidate(Some(3)));
+    }
+    assert_eq!(r.ks.stats().invalidation_tombstones, 3);
+    // Count bound: the oldest goes first.
+    assert_eq!(r.ks.expire_invalidations(13, 1_000, 2, 100), 1);
+    assert_eq!(r.raw("k0"), None, "a floor-only key is dropped with its floor");
+    assert!(r.raw("k1").is_some());
+    // Retention: everything raised more than 1 s ago.
+    assert_eq!(r.ks.expire_invalidations(2_000, 1_000, 100, 100), 2);
+    assert_eq!(r.ks.stats().invalidation_tombstones, 0);
+    assert_eq!(r.ks.stats().tombstones, 0);
+    // With the floor gone, an old fill is accepted again (the documented bound).
+    r.write("k1", 3_000, |w| w.set_str_versioned(b("x"), 1, false))
+        .expect("accepted after retention");
+}

@@ -42,7 +42,7 @@ impl ReplicaStore for Keyspace {
 
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
         for (k, e) in self.slot_entries(slot) {
-            if e.is_alive() {
+            if e.is_alive() || e.floor() != 0 {
                 visit(k, e.digest());
             }
         }

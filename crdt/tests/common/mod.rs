@@ -45,6 +45,10 @@ pub enum Op {
     Hdel(u8),
     Expire(u64),
     Persist,
+    /// `SET k v VERSION n` (refused at or below the key's invalidation floor).
+    SetVersioned(u8, u64),
+    /// An invalidation record: `Some(v)` versioned, `None` unconditional.
+    Invalidate(Option<u64>),
 }
 
 pub fn value(i: u8) -> Bytes {
@@ -106,6 +110,12 @@ pub fn apply_op(w: &mut EntryWriter, op: &Op) {
                 w.set_deadline(None);
             }
         }
+        Op::SetVersioned(v, version) => {
+            let _ = w.set_str_versioned(value(v), version, false);
+        }
+        Op::Invalidate(version) => {
+            w.invalidate(version);
+        }
     }
 }
 
@@ -122,6 +132,8 @@ pub fn op_strategy() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::Hdel),
         1 => (0u64..5).prop_map(Op::Expire),
         1 => Just(Op::Persist),
+        2 => (any::<u8>(), 1u64..6).prop_map(|(v, n)| Op::SetVersioned(v, n)),
+        1 => proptest::option::weighted(0.8, 1u64..6).prop_map(Op::Invalidate),
     ]
 }
 
