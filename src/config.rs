@@ -36,6 +36,12 @@ pub struct Config {
     pub log_level: String,
     /// Multi-region replication; absent = single region.
     pub replication: Option<ReplicationConfig>,
+    /// Kafka invalidation consumer; absent (or `enabled = false`) = off.
+    pub kafka: Option<KafkaConfig>,
+    /// How long a key's invalidation floor (versioned tombstone) is kept after it was raised.
+    pub invalidation_retention_ms: u64,
+    /// Most invalidation floors kept per shard (the oldest are forgotten first).
+    pub max_invalidation_tombstones: usize,
     /// Directory of the config file (relative paths inside it resolve against this).
     #[serde(skip)]
     pub config_dir: Option<PathBuf>,
@@ -77,6 +83,36 @@ impl Default for ReplicationConfig {
             log_max_deltas: l.max_log_deltas,
             anti_entropy_interval_ms: l.anti_entropy_interval_ms,
             gc_interval_ms: 1_000,
+        }
+    }
+}
+
+/// `[kafka]`: the invalidation stream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub enabled: bool,
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    pub topic: String,
+    /// Consumer group; default `meridian-<region>` (every region consumes the whole stream).
+    pub group: Option<String>,
+    /// Where malformed records are forwarded (off when absent).
+    pub dead_letter_topic: Option<String>,
+    /// Passed through to librdkafka as is (security settings: `security.protocol`,
+    /// `sasl.mechanism`, `ssl.ca.location`…), after meridian's own defaults.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            enabled: true,
+            brokers: "127.0.0.1:9092".into(),
+            topic: "meridian-invalidations".into(),
+            group: None,
+            dead_letter_topic: None,
+            properties: Default::default(),
         }
     }
 }
@@ -126,6 +162,9 @@ impl Default for Config {
             active_expire_budget: 2000,
             log_level: "info".into(),
             replication: None,
+            kafka: None,
+            invalidation_retention_ms: 3_600_000,
+            max_invalidation_tombstones: 1_000_000,
             config_dir: None,
         }
     }
@@ -171,6 +210,13 @@ pub struct Cli {
     pub io_threads: Option<usize>,
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Kafka brokers for the invalidation stream (turns the consumer on).
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    #[arg(long)]
+    pub kafka_topic: Option<String>,
+    #[arg(long)]
+    pub kafka_group: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -183,6 +229,18 @@ pub enum Command {
         /// Comma-separated region names, e.g. a,b,c.
         #[arg(long, value_delimiter = ',', required = true)]
         regions: Vec<String>,
+    },
+    /// Publish invalidation records (one per key) to the stream and wait for delivery.
+    Invalidate {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "meridian-invalidations")]
+        topic: String,
+        /// Source version the keys changed at (omit: unconditional invalidation).
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(required = true)]
+        keys: Vec<String>,
     },
 }
 
@@ -244,6 +302,20 @@ impl Config {
         }
         if let Some(v) = &cli.log_level {
             c.log_level = v.clone();
+        }
+        if let Some(v) = &cli.kafka_brokers {
+            c.kafka.get_or_insert_with(KafkaConfig::default).brokers = v.clone();
+        }
+        if let Some(v) = &cli.kafka_topic {
+            c.kafka.get_or_insert_with(KafkaConfig::default).topic = v.clone();
+        }
+        if let Some(v) = &cli.kafka_group {
+            c.kafka.get_or_insert_with(KafkaConfig::default).group = Some(v.clone());
+        }
+        if let Some(k) = &c.kafka {
+            if k.enabled && (k.brokers.is_empty() || k.topic.is_empty()) {
+                return Err("[kafka] needs brokers and topic".into());
+            }
         }
         if meridian_crdt::EvictionPolicy::parse(&c.maxmemory_policy).is_none() {
             return Err(format!("unknown maxmemory-policy {}", c.maxmemory_policy));
@@ -348,5 +420,19 @@ mod tests {
             PathBuf::from("/etc/m/certs/a.pem")
         );
         assert!(Config::default().replication.is_none());
+    }
+
+    #[test]
+    fn kafka_table_parses_and_is_off_by_default() {
+        assert!(Config::default().kafka.is_none());
+        let c: Config = toml::from_str(
+            "[kafka]\nbrokers = \"127.0.0.1:19092\"\ngroup = \"g\"\nproperties = { \"security.protocol\" = \"plaintext\" }\n",
+        )
+        .unwrap();
+        let k = c.kafka.unwrap();
+        assert!(k.enabled);
+        assert_eq!(k.topic, "meridian-invalidations");
+        assert_eq!(k.group.as_deref(), Some("g"));
+        assert_eq!(k.properties["security.protocol"], "plaintext");
     }
 }

@@ -1036,7 +1036,10 @@ mod tests {
             parse(b"'it\\'s' 'a\\nb' '\\x'\n").unwrap().1,
             vec![b"it's".to_vec(), b"a\\nb".to_vec(), b"\\x".to_vec()]
         );
-        assert_eq!(parse(b"\"\" ''\n").unwrap().1, vec![vec![], vec![]]);
+        assert_eq!(
+            parse(b"\"\" ''\n").unwrap().1,
+            vec![Vec::<u8>::new(), Vec::new()]
+        );
         // a quote may open mid-argument
         assert_eq!(
             parse(b"a\"b c\" d\n").unwrap().1,

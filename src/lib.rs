@@ -7,11 +7,13 @@
 //! - [`cmd`]: command table and families (string, set, hash, keys, server, cluster).
 //! - [`store`]: sharded locks around the `Keyspace`, HLC, delta logs, eviction.
 //! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
+//! - [`replication`]: inter-region QUIC links; [`kafka`]: the invalidation stream.
 
 pub mod cmd;
 pub mod config;
 pub mod connection;
 pub mod frame;
+pub mod kafka;
 pub mod memory;
 pub mod metrics;
 pub mod replication;

@@ -27,6 +27,21 @@ fn main() {
             }
         }
     }
+    if let Some(Command::Invalidate {
+        brokers,
+        topic,
+        version,
+        keys,
+    }) = &cli.command
+    {
+        match meridian::kafka::produce(brokers, topic, keys, *version) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("meridian invalidate: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {

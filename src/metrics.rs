@@ -158,5 +158,85 @@ pub fn render(store: &Store, shared: &Shared) -> String {
         "Connections closed for protocol errors.",
         st.protocol_errors.load(Relaxed),
     );
+    invalidation_metrics(&mut o, store, shared, &ks);
     o
+}
+
+/// The Kafka invalidation stream and the versioned tombstones it leaves.
+fn invalidation_metrics(
+    o: &mut String,
+    store: &Store,
+    shared: &Shared,
+    ks: &meridian_crdt::KeyspaceStats,
+) {
+    let k = &shared.kafka;
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(o, "# HELP meridian_{name} {help}\n# TYPE meridian_{name} {kind}\nmeridian_{name} {value}\n");
+    };
+    let counters = [
+        (
+            "kafka_records_applied_total",
+            "Invalidation records applied.",
+            k.records_applied.load(Relaxed),
+        ),
+        (
+            "kafka_keys_invalidated_total",
+            "Keys whose value an invalidation removed.",
+            k.keys_invalidated.load(Relaxed),
+        ),
+        (
+            "kafka_records_malformed_total",
+            "Malformed invalidation records skipped.",
+            k.records_malformed.load(Relaxed),
+        ),
+        (
+            "kafka_dead_lettered_total",
+            "Malformed records forwarded to the dead-letter topic.",
+            k.dead_lettered.load(Relaxed),
+        ),
+        (
+            "kafka_consumer_errors_total",
+            "Kafka consumer errors (broker outages are retried).",
+            k.consumer_errors.load(Relaxed),
+        ),
+        (
+            "stale_fills_refused_total",
+            "Local SET … VERSION at or below the key's invalidation.",
+            store.stats.stale_fills_refused.load(Relaxed),
+        ),
+        (
+            "stale_fills_hidden_total",
+            "Replicated fills at or below the key's invalidation.",
+            ks.stale_fills_hidden,
+        ),
+    ];
+    for (name, help, v) in counters {
+        metric(name, "counter", help, v);
+    }
+    metric(
+        "invalidation_tombstones",
+        "gauge",
+        "Keys holding a versioned invalidation tombstone.",
+        ks.invalidation_tombstones as u64,
+    );
+    let (p50, p99) = k.latency_percentiles().unwrap_or((0, 0));
+    metric(
+        "kafka_apply_latency_p50_ms",
+        "gauge",
+        "Record timestamp to applied, median of recent records.",
+        p50,
+    );
+    metric(
+        "kafka_apply_latency_p99_ms",
+        "gauge",
+        "Record timestamp to applied, p99 of recent records.",
+        p99,
+    );
+    let _ = write!(
+        o,
+        "# HELP meridian_kafka_consumer_lag Records behind the partition's end.\n# TYPE meridian_kafka_consumer_lag gauge\n"
+    );
+    for (p, lag) in k.lag.lock().iter() {
+        let _ = writeln!(o, "meridian_kafka_consumer_lag{{partition=\"{p}\"}} {lag}");
+    }
 }

@@ -45,6 +45,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Multi-region replication state (None: single region).
     pub repl: Option<Arc<crate::replication::Control>>,
+    /// Kafka invalidation counters (all zero when the consumer is off).
+    pub kafka: Arc<crate::kafka::KafkaStats>,
 }
 
 pub struct Server {
@@ -52,6 +54,7 @@ pub struct Server {
     pub shared: Arc<Shared>,
     listener: TcpListener,
     repl: Option<crate::replication::Replicator>,
+    kafka: Option<crate::kafka::KafkaConsumer>,
 }
 
 fn random_seed() -> u64 {
@@ -103,6 +106,14 @@ impl Server {
             seed.rotate_left(29) ^ 0x6d65_7269_6469_616e,
             std::process::id()
         );
+        let kafka_stats = Arc::new(crate::kafka::KafkaStats::default());
+        let kafka = match &config.kafka {
+            Some(k) if k.enabled => Some(
+                crate::kafka::start(k, &config.region, store.clone(), kafka_stats.clone())
+                    .map_err(std::io::Error::other)?,
+            ),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             config,
             started_ms: now_ms(),
@@ -110,12 +121,14 @@ impl Server {
             clients: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
             repl: repl.as_ref().map(|r| r.control.clone()),
+            kafka: kafka_stats,
         });
         Ok(Server {
             store,
             shared,
             listener,
             repl,
+            kafka,
         })
     }
 
@@ -125,6 +138,8 @@ impl Server {
 
     /// Accept clients forever; spawns the background cycle and the metrics endpoint.
     pub async fn run(mut self) -> std::io::Result<()> {
+        // The consumer thread stops (committing what it applied) when the server does.
+        let _kafka = self.kafka.take();
         tokio::spawn(background(self.store.clone(), self.shared.clone()));
         if let Some(r) = self.repl.take() {
             tokio::spawn(r.run(self.store.clone()));
@@ -247,6 +262,11 @@ async fn background(store: Arc<Store>, shared: Arc<Shared>) {
         tick.tick().await;
         let now = now_ms();
         store.active_expire(now, shared.config.active_expire_budget);
+        store.expire_invalidations(
+            now,
+            shared.config.invalidation_retention_ms,
+            shared.config.max_invalidation_tombstones,
+        );
         store.enforce_maxmemory(now, &mut || {
             rng ^= rng << 13;
             rng ^= rng >> 7;

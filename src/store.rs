@@ -96,6 +96,8 @@ pub struct Stats {
     pub deltas_dropped: AtomicU64,
     pub ops_per_sec: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Local `SET … VERSION n` refused at or below the key's invalidation floor.
+    pub stale_fills_refused: AtomicU64,
     /// Signalled when a shard log receives deltas (the replication task waits on it).
     pub delta_notify: tokio::sync::Notify,
 }
@@ -257,6 +259,8 @@ impl Store {
             t.evicted += k.evicted;
             t.deltas_applied += k.deltas_applied;
             t.partial_deltas_dropped += k.partial_deltas_dropped;
+            t.invalidation_tombstones += k.invalidation_tombstones;
+            t.stale_fills_hidden += k.stale_fills_hidden;
         }
         t
     }
@@ -308,6 +312,18 @@ impl Store {
         // Force a fresh allocator reading on the next check.
         self.used_memory_at_ms.store(0, Relaxed);
         to_free == 0
+    }
+
+    /// Retention of invalidation floors (see `Keyspace::expire_invalidations`); `max_total`
+    /// is spread evenly over the shards. Bounded work per call.
+    pub fn expire_invalidations(&self, now_ms: u64, retention_ms: u64, max_total: usize) {
+        let per_shard = (max_total / SHARDS).max(1);
+        for s in self.shards.iter() {
+            let mut s = s.lock();
+            if s.ks.stats().invalidation_tombstones > 0 {
+                s.ks.expire_invalidations(now_ms, retention_ms, per_shard, 10_000);
+            }
+        }
     }
 
     pub fn active_expire(&self, now_ms: u64, budget_per_shard: usize) -> usize {

@@ -199,8 +199,14 @@ impl Entry {
         self.floor
     }
 
-    /// Forget the invalidation floor (tombstone retention ran out).
+    /// Forget the invalidation floor (tombstone retention ran out), and the stale fills it
+    /// hid with it: they must not reappear.
     pub(crate) fn clear_floor(&mut self) {
+        let floor = self.floor;
+        self.comps.retain(|c| match &c.val {
+            Val::Str(s) => !(s.reg.value.is_some() && s.reg.version != 0 && s.reg.version <= floor),
+            _ => true,
+        });
         self.floor = 0;
     }
 
@@ -216,7 +222,9 @@ impl Entry {
     pub fn has_stale_fill_for(&self, floor: u64) -> bool {
         floor != 0
             && self.comps.iter().any(|c| match &c.val {
-                Val::Str(s) => s.reg.value.is_some() && s.reg.version != 0 && s.reg.version <= floor,
+                Val::Str(s) => {
+                    s.reg.value.is_some() && s.reg.version != 0 && s.reg.version <= floor
+                }
                 _ => false,
             })
     }
@@ -564,7 +572,8 @@ impl<'a> EntryWriter<'a> {
         for c in self.entry.comps.iter_mut() {
             // A stale fill is dead to this write, even of its own kind: observe and remove it
             // so what this write builds (an INCR, an APPEND) starts from nothing.
-            let stale = matches!(&c.val, Val::Str(s) if s.reg.version != 0 && s.reg.version <= floor);
+            let stale =
+                matches!(&c.val, Val::Str(s) if s.reg.version != 0 && s.reg.version <= floor);
             if (c.val.kind() != kind || stale) && c.val.is_alive() {
                 let tomb = c.val.kill_all();
                 self.delta.merge(&Entry {
@@ -657,19 +666,24 @@ impl<'a> EntryWriter<'a> {
     /// replicated fills at ≤ `v` are refused); `None` removes the value unconditionally.
     /// Returns whether a visible value was removed.
     pub fn invalidate(&mut self, version: Option<u64>) -> bool {
+        let was_visible = self.entry.is_alive();
+        let newer = version.is_some_and(|v| {
+            matches!(self.entry.visible(), Some(Val::Str(s)) if s.reg.value.is_some() && s.reg.version > v)
+        });
         if let Some(v) = version {
             if v > self.entry.floor {
                 self.entry.floor = v;
                 self.delta.floor = v;
                 self.changed = true;
             }
-            if let Some(Val::Str(s)) = self.entry.visible() {
-                if s.reg.version > v && s.reg.value.is_some() {
-                    return false;
-                }
-            }
         }
-        self.delete()
+        if newer {
+            return false;
+        }
+        // Kill what this region holds, hidden stale fills included: they must not come
+        // back once the floor is forgotten (retention).
+        self.kill_everything();
+        was_visible
     }
 
     /// `INCRBY` family; the key must hold a string (checked by the caller).
@@ -786,6 +800,15 @@ impl<'a> EntryWriter<'a> {
         if !existed {
             return false;
         }
+        self.kill_everything();
+        true
+    }
+
+    /// Observed remove of every live component (visible or not) and of the TTL.
+    fn kill_everything(&mut self) {
+        if !self.entry.comps.iter().any(|c| c.val.is_alive()) {
+            return;
+        }
         let mut tomb = Entry::default();
         for c in self.entry.comps.iter_mut() {
             if c.val.is_alive() {
@@ -799,7 +822,6 @@ impl<'a> EntryWriter<'a> {
         self.delta.merge(&tomb);
         self.kill_ttl();
         self.note_removal();
-        true
     }
 
     /// `EXPIRE`/`PEXPIREAT`/`PERSIST` (`None`): replaces the TTLs this region observed.

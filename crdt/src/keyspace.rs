@@ -140,6 +140,8 @@ pub struct Keyspace {
     deltas: Vec<Delta>,
     expire_cursor: usize,
     coin: u64,
+    /// The latest physical clock (ms) this keyspace was given (writes, expiry cycles): a
+    /// floor raised by a remote merge starts its retention then.
     floor_clock_ms: u64,
     /// Invalidation floors in the order they were raised: `(raised_at_ms, key, floor)`,
     /// popped by [`Keyspace::expire_invalidations`] (retention and count bound).
@@ -255,6 +257,7 @@ impl Keyspace {
         f: impl FnOnce(&mut EntryWriter) -> R,
     ) -> R {
         debug_assert_eq!(stamp.region, self.cfg.region);
+        self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let slot = key_slot(key);
         // A live key whose deadline passed is gone for this write. (A tombstone whose
         // leftover deadline passed is not an expired key: the write builds on it.)
@@ -500,6 +503,7 @@ impl Keyspace {
     /// Active expiry: look at up to `budget` keys from a rotating cursor, reclaiming expired
     /// ones. Returns how many were reclaimed. Bounded work per call, like Redis' cycle.
     pub fn active_expire(&mut self, now_ms: u64, budget: usize) -> usize {
+        self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let mut looked = 0;
         let mut reclaimed = 0;
         let mut expired_keys: Vec<Bytes> = Vec::new();
@@ -697,12 +701,6 @@ impl Keyspace {
         }
     }
 
-    /// The physical clock (ms) remote merges stamp newly raised invalidation floors with
-    /// (their retention starts then); the shell sets it before merging a batch.
-    pub fn set_merge_clock(&mut self, now_ms: u64) {
-        self.floor_clock_ms = now_ms;
-    }
-
     fn note_floor(&mut self, now_ms: u64, key: &Bytes, floor: u64) {
         self.floors.push_back((now_ms, key.clone(), floor));
         self.stats.invalidation_tombstones = self.floors.len();
@@ -720,6 +718,7 @@ impl Keyspace {
         max_floors: usize,
         budget: usize,
     ) -> usize {
+        self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let mut forgotten = 0;
         for _ in 0..budget {
             let Some((at_ms, _, _)) = self.floors.front() else {

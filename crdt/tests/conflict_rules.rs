@@ -924,7 +924,11 @@ fn invalidation_floors_are_bounded_by_retention_and_count() {
     assert_eq!(r.ks.stats().invalidation_tombstones, 3);
     // Count bound: the oldest goes first.
     assert_eq!(r.ks.expire_invalidations(13, 1_000, 2, 100), 1);
-    assert_eq!(r.raw("k0"), None, "a floor-only key is dropped with its floor");
+    assert_eq!(
+        r.raw("k0"),
+        None,
+        "a floor-only key is dropped with its floor"
+    );
     assert!(r.raw("k1").is_some());
     // Retention: everything raised more than 1 s ago.
     assert_eq!(r.ks.expire_invalidations(2_000, 1_000, 100, 100), 2);

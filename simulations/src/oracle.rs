@@ -120,11 +120,48 @@ impl SetModel {
     }
 }
 
+/// A cache-aside key fed by versioned fills (`SET … VERSION v`) and invalidations from the
+/// source of truth. The register rule is LWW with observed removal, as for strings; on top,
+/// the winning fill is hidden when its version is at or below the greatest invalidation
+/// version applied anywhere: no value older than an applied invalidation reappears.
+#[derive(Clone, Debug, Default)]
+pub struct FillModel {
+    /// Accepted fills by stamp: (source version, value).
+    fills: BTreeMap<Stamp, (u64, Bytes)>,
+    /// Greatest register stamp an invalidation observed and removed.
+    killed: Stamp,
+    /// Greatest invalidation version applied in any region.
+    pub floor: u64,
+}
+
+impl FillModel {
+    pub fn fill(&mut self, stamp: Stamp, version: u64, value: Bytes) {
+        self.fills.insert(stamp, (version, value));
+    }
+
+    /// An invalidation at a region whose raw register was `seen` (hidden fills included);
+    /// `removes` says whether it removed what it saw (it keeps a newer visible fill).
+    pub fn invalidate(&mut self, version: Option<u64>, seen: Option<&Str>, removes: bool) {
+        if let Some(v) = version {
+            self.floor = self.floor.max(v);
+        }
+        if let Some(s) = seen.filter(|s| removes && s.reg.value.is_some()) {
+            self.killed = self.killed.max(s.reg.stamp);
+        }
+    }
+
+    pub fn expected(&self) -> Option<Bytes> {
+        let (stamp, (version, value)) = self.fills.last_key_value()?;
+        (*stamp > self.killed && *version > self.floor).then(|| value.clone())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum KeyModel {
     Str(StrModel),
     Set(SetModel),
     Hash(BTreeMap<Bytes, StrModel>),
+    Fill(FillModel),
 }
 
 /// A key's observable value, rendered for comparison.
@@ -140,6 +177,7 @@ impl KeyModel {
     pub fn expected(&self) -> Rendered {
         match self {
             KeyModel::Str(s) => s.expected().map_or(Rendered::Absent, Rendered::Str),
+            KeyModel::Fill(f) => f.expected().map_or(Rendered::Absent, Rendered::Str),
             KeyModel::Set(s) => {
                 let m = s.expected();
                 if m.is_empty() {

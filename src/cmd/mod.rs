@@ -303,6 +303,7 @@ pub fn crdt_err(e: CrdtError) -> Reply {
         CrdtError::WrongType => wrongtype(),
         CrdtError::NotInteger => not_int(),
         CrdtError::Overflow => err("ERR increment or decrement would overflow"),
+        e @ CrdtError::Stale { .. } => err_owned(e.to_string()),
     }
 }
 

@@ -547,6 +547,28 @@ pub fn info_text(
             o.push_str("\r\n");
         }
     }
+    if want("invalidations") {
+        let k = &shared.kafka;
+        let (p50, p99) = k.latency_percentiles().unwrap_or((0, 0));
+        let _ = write!(
+            o,
+            "# Invalidations\r\nkafka_enabled:{}\r\nkafka_records_applied:{}\r\nkafka_keys_invalidated:{}\r\nkafka_records_malformed:{}\r\nkafka_dead_lettered:{}\r\nkafka_consumer_errors:{}\r\nkafka_consumer_lag:{}\r\nkafka_apply_latency_p50_ms:{p50}\r\nkafka_apply_latency_p99_ms:{p99}\r\nstale_fills_refused:{}\r\nstale_fills_hidden:{}\r\ninvalidation_tombstones:{}\r\n",
+            u8::from(k.enabled.load(Relaxed)),
+            k.records_applied.load(Relaxed),
+            k.keys_invalidated.load(Relaxed),
+            k.records_malformed.load(Relaxed),
+            k.dead_lettered.load(Relaxed),
+            k.consumer_errors.load(Relaxed),
+            k.total_lag(),
+            st.stale_fills_refused.load(Relaxed),
+            ks.stale_fills_hidden,
+            ks.invalidation_tombstones,
+        );
+        for (p, lag) in k.lag.lock().iter() {
+            let _ = write!(o, "kafka_lag_partition_{p}:{lag}\r\n");
+        }
+        o.push_str("\r\n");
+    }
     if want("keyspace") {
         o.push_str("# Keyspace\r\n");
         if ks.keys > 0 {
@@ -636,6 +658,25 @@ fn meridian(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             }
             None => err("ERR no such peer region"),
         }
+    } else if sub.eq_ignore_ascii_case(b"invalidate") {
+        // MERIDIAN INVALIDATE <key> [VERSION n]: apply an invalidation record by hand, the way
+        // the Kafka consumer does.
+        let usage = || err("ERR usage: MERIDIAN INVALIDATE <key> [VERSION n]");
+        let version = match (a.get(3), a.get(4), a.len()) {
+            (None, None, 3) => None,
+            (Some(o), Some(v), 5) if o.eq_ignore_ascii_case(b"version") => {
+                match crate::util::parse_int(v) {
+                    Some(n) if n > 0 => Some(n as u64),
+                    _ => return err("ERR VERSION must be a positive integer"),
+                }
+            }
+            _ => return usage(),
+        };
+        let Some(key) = a.get(2) else {
+            return usage();
+        };
+        let removed = ctx.write(key, |w| w.invalidate(version));
+        Reply::Int(i64::from(removed))
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
     } else {

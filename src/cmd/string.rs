@@ -107,10 +107,18 @@ fn expire_option(
 fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     let (mut nx, mut xx, mut get) = (false, false, false);
     let mut ttl = TtlOpt::None;
+    let mut version = None;
     let mut i = 3;
     while i < a.len() {
         let o = &a[i];
-        if o.eq_ignore_ascii_case(b"nx") && !xx {
+        if o.eq_ignore_ascii_case(b"version") && version.is_none() && i + 1 < a.len() {
+            // meridian extension: the source version this value was loaded at.
+            match crate::util::parse_int(&a[i + 1]) {
+                Some(v) if v > 0 => version = Some(v as u64),
+                _ => return err("ERR VERSION must be a positive integer"),
+            }
+            i += 1;
+        } else if o.eq_ignore_ascii_case(b"nx") && !xx {
             nx = true;
         } else if o.eq_ignore_ascii_case(b"xx") && !nx {
             xx = true;
@@ -132,18 +140,39 @@ fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
         i += 1;
     }
-    set_generic(ctx, &a[1], &a[2], nx, xx, get, ttl)
+    set_generic(
+        ctx,
+        &a[1],
+        &a[2],
+        SetOpts {
+            nx,
+            xx,
+            get,
+            ttl,
+            version,
+        },
+    )
 }
 
-fn set_generic(
-    ctx: &mut Ctx,
-    key: &Bytes,
-    value: &Bytes,
+/// Options of the `SET` family.
+#[derive(Clone, Copy)]
+struct SetOpts {
     nx: bool,
     xx: bool,
     get: bool,
     ttl: TtlOpt,
-) -> Reply {
+    /// `VERSION n`: a versioned fill, refused at or below the key's invalidation floor.
+    version: Option<u64>,
+}
+
+fn set_generic(ctx: &mut Ctx, key: &Bytes, value: &Bytes, opts: SetOpts) -> Reply {
+    let SetOpts {
+        nx,
+        xx,
+        get,
+        ttl,
+        version,
+    } = opts;
     let old = if get {
         match get_string(ctx, key) {
             Ok(v) => Some(v),
@@ -160,12 +189,20 @@ fn set_generic(
         };
     }
     let value = own(value);
-    ctx.write(key, |w| {
-        w.set_str(value, ttl == TtlOpt::Keep);
+    let written = ctx.write(key, |w| {
+        match version {
+            Some(v) => w.set_str_versioned(value, v, ttl == TtlOpt::Keep)?,
+            None => w.set_str(value, ttl == TtlOpt::Keep),
+        }
         if let TtlOpt::At(d) = ttl {
             w.set_deadline(Some(d));
         }
+        Ok(())
     });
+    if let Err(e) = written {
+        ctx.store.stats.stale_fills_refused.fetch_add(1, Relaxed);
+        return crdt_err(e);
+    }
     match old {
         Some(v) => bulk_opt(v),
         None => ok(),
@@ -186,7 +223,14 @@ fn setex_generic(ctx: &mut Ctx, a: &[Bytes], unit: &'static [u8], cmd: &'static 
         Ok(d) => d,
         Err(e) => return e,
     };
-    set_generic(ctx, &a[1], &a[3], false, false, false, TtlOpt::At(d))
+    let opts = SetOpts {
+        nx: false,
+        xx: false,
+        get: false,
+        ttl: TtlOpt::At(d),
+        version: None,
+    };
+    set_generic(ctx, &a[1], &a[3], opts)
 }
 
 fn setex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
@@ -198,7 +242,14 @@ fn psetex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
 }
 
 fn getset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    set_generic(ctx, &a[1], &a[2], false, false, true, TtlOpt::None)
+    let opts = SetOpts {
+        nx: false,
+        xx: false,
+        get: true,
+        ttl: TtlOpt::None,
+        version: None,
+    };
+    set_generic(ctx, &a[1], &a[2], opts)
 }
 
 fn getdel(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
