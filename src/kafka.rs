@@ -25,15 +25,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use serde::Deserialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Most keys one batched record may carry.
 pub const MAX_KEYS_PER_RECORD: usize = 10_000;
-/// Apply-latency samples kept for the percentiles `INFO` reports.
-const LATENCY_SAMPLES: usize = 4096;
+/// Apply-latency histogram: one bucket per millisecond up to this bound, then one overflow.
+const LATENCY_BUCKETS_MS: usize = 2_000;
 
 /// One parsed record: which keys, and the source version (`None` = unconditional).
 #[derive(Debug, PartialEq, Eq)]
@@ -94,8 +94,10 @@ pub fn record_value(version: Option<u64>) -> Vec<u8> {
 pub fn apply(store: &Store, inv: &Invalidation, now_ms: u64) -> usize {
     let mut removed = 0;
     for key in &inv.keys {
-        let stamp = store.stamp(now_ms);
+        // Stamp under the shard lock, like a client write: the replication shell relies on
+        // every issued stamp's delta being in the shard log once it can take that lock.
         let mut shard = store.shard(crate::store::key_shard(key));
+        let stamp = store.stamp(now_ms);
         removed += usize::from(
             shard
                 .ks
@@ -117,28 +119,45 @@ pub struct KafkaStats {
     pub consumer_errors: AtomicU64,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub lag: Mutex<BTreeMap<i32, i64>>,
-    /// Record timestamp → applied, in ms (most recent samples).
-    latencies_ms: Mutex<VecDeque<u64>>,
+    /// Record timestamp → applied: count per millisecond since start (or `CONFIG
+    /// RESETSTAT`); the last bucket holds everything slower.
+    latency_ms: Mutex<Vec<u64>>,
 }
 
 impl KafkaStats {
     fn note_latency(&self, ms: u64) {
-        let mut l = self.latencies_ms.lock();
-        if l.len() == LATENCY_SAMPLES {
-            l.pop_front();
+        let mut h = self.latency_ms.lock();
+        if h.is_empty() {
+            h.resize(LATENCY_BUCKETS_MS + 1, 0);
         }
-        l.push_back(ms);
+        let i = usize::try_from(ms).map_or(LATENCY_BUCKETS_MS, |m| m.min(LATENCY_BUCKETS_MS));
+        h[i] += 1;
     }
 
-    /// (p50, p99) apply latency in ms over the recent samples.
+    /// (p50, p99) apply latency in ms.
     pub fn latency_percentiles(&self) -> Option<(u64, u64)> {
-        let mut v: Vec<u64> = self.latencies_ms.lock().iter().copied().collect();
-        if v.is_empty() {
+        let h = self.latency_ms.lock();
+        let total: u64 = h.iter().sum();
+        if total == 0 {
             return None;
         }
-        v.sort_unstable();
-        let at = |q: usize| v[((v.len() - 1) * q) / 100];
+        let at = |q: u64| {
+            let rank = (total * q).div_ceil(100).max(1);
+            let mut seen = 0;
+            for (ms, n) in h.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return ms as u64;
+                }
+            }
+            LATENCY_BUCKETS_MS as u64
+        };
         Some((at(50), at(99)))
+    }
+
+    /// Forget the latency histogram (`CONFIG RESETSTAT`).
+    pub fn reset_latency(&self) {
+        self.latency_ms.lock().clear();
     }
 
     pub fn total_lag(&self) -> i64 {

@@ -273,11 +273,17 @@ impl Replicator {
         let mut timer_due = true;
         loop {
             let now = now_ms();
-            // Local deltas: drain each shard's log (briefly locking one shard at a time).
+            // Read the clock *before* draining: every stamp issued so far was issued under
+            // its shard's lock, so once the drain below has taken that lock, the write's
+            // delta is in the log. (Read after, a write still in flight could be claimed.)
+            let local_hlc = store.last_hlc();
+            // Local deltas: drain each shard's log (briefly locking one shard at a time),
+            // then restore HLC order across shards.
             for i in 0..SHARDS {
                 let mut s = store.shard(i);
                 pending.extend(s.log.drain(..));
             }
+            pending.sort_unstable_by_key(|d| d.stamp);
             let dropped = store.stats.deltas_dropped.load(Relaxed);
             if dropped != dropped_seen {
                 // The bounded shard log lost deltas: fall back to digests with every peer.
@@ -289,7 +295,7 @@ impl Replicator {
             for d in pending.drain(..) {
                 link.enqueue(now, d);
             }
-            link.note_local_hlc(store.last_hlc());
+            link.note_local_hlc(local_hlc);
             if timer_due || now >= next_gc {
                 link.handle_timeout(now);
                 let mut locked = LockedStore(store.lock_all());

@@ -22,6 +22,7 @@ struct Broker {
     child: Option<Child>,
     port: u16,
     storage: String,
+    /// Working directory (holds the SQLite file of a persistent broker).
     _dir: Option<PathBuf>,
 }
 
@@ -37,8 +38,8 @@ impl Broker {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("meridian-tansu-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let storage = format!("sqlite://{}", dir.join("tansu.db").display());
-        Broker::start_with(storage, Some(dir))
+        // tansu resolves a sqlite URL's path against its working directory.
+        Broker::start_with("sqlite://tansu.db".into(), Some(dir))
     }
 
     fn start_with(storage: String, dir: Option<PathBuf>) -> Option<Broker> {
@@ -57,7 +58,9 @@ impl Broker {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let cwd = self._dir.clone().unwrap_or_else(std::env::temp_dir);
         let child = Command::new("tansu")
+            .current_dir(cwd)
             .args([
                 "broker",
                 "--listener-url",
@@ -121,6 +124,9 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -330,7 +336,7 @@ fn consumer_killed_mid_stream_resumes_without_skipping() {
         return;
     };
     broker.create_topic("inv", 1);
-    const N: usize = 400;
+    const N: usize = 3000;
     let toml = kafka_toml(&broker, "inv", "restart");
     let server = Server::start_with_config(&toml, &[]);
     let mut con = server.conn();

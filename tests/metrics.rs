@@ -159,3 +159,19 @@ fn metrics_follow_activity_and_agree_with_info() {
         scrape(port)["meridian_connected_clients"] == 1.0
     });
 }
+
+#[test]
+fn invalidation_metrics_track_floors_and_refused_fills() {
+    let (s, port) = start_with_metrics();
+    let mut con = s.conn();
+    let _: () = q(&mut con, &["SET", "k", "v", "VERSION", "2"]);
+    let removed: i64 = q(&mut con, &["MERIDIAN", "INVALIDATE", "k", "VERSION", "3"]);
+    assert_eq!(removed, 1);
+    let e = qerr(&mut con, &["SET", "k", "old", "VERSION", "3"]);
+    assert!(e.starts_with("STALE"), "{e}");
+    let m = scrape(port);
+    assert_eq!(m["meridian_stale_fills_refused_total"], 1.0);
+    assert_eq!(m["meridian_invalidation_tombstones"], 1.0);
+    assert_eq!(m["meridian_kafka_records_applied_total"], 0.0);
+    assert_eq!(info_u64(&mut con, "invalidation_tombstones"), 1);
+}

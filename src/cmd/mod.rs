@@ -256,11 +256,12 @@ impl<'s, 'c> Ctx<'s, 'c> {
     /// Apply a local write to `key` and queue its delta.
     pub fn write<R>(&mut self, key: &[u8], f: impl FnOnce(&mut EntryWriter) -> R) -> R {
         let now = self.now_ms;
-        let stamp = self.store.stamp(now);
-        let stats = &self.store.stats;
+        let store = self.store;
+        // Lock (if this keyless command has not yet), then stamp: see replication's drain.
         let shard = self.shard(key);
+        let stamp = store.stamp(now);
         let r = shard.ks.write(key, stamp, now, f);
-        shard.after_write(stats);
+        shard.after_write(&store.stats);
         r
     }
 }

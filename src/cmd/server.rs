@@ -425,6 +425,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         s.commands.store(0, Relaxed);
         ctx.store.reset_hits_misses();
         s.connections_received.store(0, Relaxed);
+        ctx.shared.kafka.reset_latency();
         ok()
     } else if sub.eq_ignore_ascii_case(b"rewrite") {
         err("ERR The server is running without a config file")
