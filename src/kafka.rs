@@ -209,7 +209,10 @@ fn consumer_config(cfg: &KafkaConfig, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "1000");
+        .set("statistics.interval.ms", "1000")
+        // Invalidations are latency-sensitive: do not let the broker hold a fetch for the
+        // default 500 ms when it has nothing (some brokers do not answer early).
+        .set("fetch.wait.max.ms", "10");
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
