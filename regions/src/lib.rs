@@ -1,3 +1,4 @@
 //! placeholder
 pub mod bus;
+pub mod node;
 pub mod topology;

@@ -111,9 +111,37 @@ impl NodeFlags {
 
 /// One bit per slot, `SLOT_BITMAP_BYTES` long when valid. Reads of an invalid (short) bitmap
 /// see no slots rather than panicking; the codec rejects wrong lengths.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SlotBitmap(Vec<u8>);
+
+// As a byte string (one length + memcpy in postcard), not a sequence of 2048 elements.
+impl Serialize for SlotBitmap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SlotBitmap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+            type Value = SlotBitmap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a slot bitmap byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<SlotBitmap, E> {
+                if v.len() > SLOT_BITMAP_BYTES {
+                    return Err(E::invalid_length(v.len(), &self));
+                }
+                Ok(SlotBitmap(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<SlotBitmap, E> {
+                self.visit_bytes(&v)
+            }
+        }
+        d.deserialize_bytes(BytesVisitor)
+    }
+}
 
 impl std::fmt::Debug for SlotBitmap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,18 +250,19 @@ impl NodeInfo {
     }
 }
 
-/// Slot → owning primary, with a per-owner count kept in step (`count_of` is O(log n)).
+/// Slot → owning primary, with each owner's bitmap and count kept in step, so "does this
+/// claim differ from what we know" is one 2 KiB comparison.
 #[derive(Clone, Debug)]
 pub struct SlotMap {
     owners: Vec<Option<NodeId>>,
-    counts: BTreeMap<NodeId, usize>,
+    owned: BTreeMap<NodeId, (SlotBitmap, usize)>,
 }
 
 impl Default for SlotMap {
     fn default() -> Self {
         SlotMap {
             owners: vec![None; SLOT_COUNT],
-            counts: BTreeMap::new(),
+            owned: BTreeMap::new(),
         }
     }
 }
@@ -243,27 +272,30 @@ impl SlotMap {
         self.owners.get(usize::from(slot)).copied().flatten()
     }
     pub fn count_of(&self, id: NodeId) -> usize {
-        self.counts.get(&id).copied().unwrap_or(0)
+        self.owned.get(&id).map_or(0, |(_, n)| *n)
     }
     pub fn assigned(&self) -> usize {
-        self.counts.values().sum()
+        self.owned.values().map(|(_, n)| n).sum()
+    }
+    /// Owners of at least one slot.
+    pub fn owners(&self) -> impl Iterator<Item = (NodeId, usize)> + '_ {
+        self.owned.iter().map(|(id, (_, n))| (*id, *n))
     }
     /// Slots owned by `id`, ascending.
     pub fn slots_of(&self, id: NodeId) -> impl Iterator<Item = u16> + '_ {
-        self.owners
-            .iter()
-            .enumerate()
-            .filter(move |(_, o)| **o == Some(id))
-            .map(|(s, _)| s as u16)
+        self.owned.get(&id).into_iter().flat_map(|(b, _)| b.iter())
     }
     pub fn bitmap_of(&self, id: NodeId) -> SlotBitmap {
-        let mut b = SlotBitmap::default();
-        if self.count_of(id) > 0 {
-            for s in self.slots_of(id) {
-                b.set(s, true);
-            }
+        self.owned
+            .get(&id)
+            .map_or_else(SlotBitmap::default, |(b, _)| b.clone())
+    }
+    /// Whether `id` owns exactly the slots of `claim`.
+    pub fn owns_exactly(&self, id: NodeId, claim: &SlotBitmap) -> bool {
+        match self.owned.get(&id) {
+            Some((b, _)) => b == claim,
+            None => claim.is_empty(),
         }
-        b
     }
     /// `(start, end, owner)` runs over the assigned slots.
     pub fn runs(&self) -> Vec<(u16, u16, NodeId)> {
@@ -286,15 +318,21 @@ impl SlotMap {
             return;
         }
         if let Some(old) = cell.take() {
-            let n = self.counts.entry(old).or_insert(0);
-            assert!(*n > 0, "slot count underflow");
+            let (bits, n) = self
+                .owned
+                .get_mut(&old)
+                .expect("an owner of a slot has an entry");
+            assert!(*n > 0 && bits.get(slot), "slot map out of step");
+            bits.set(slot, false);
             *n -= 1;
             if *n == 0 {
-                self.counts.remove(&old);
+                self.owned.remove(&old);
             }
         }
         if let Some(new) = owner {
-            *self.counts.entry(new).or_insert(0) += 1;
+            let (bits, n) = self.owned.entry(new).or_default();
+            bits.set(slot, true);
+            *n += 1;
         }
         *cell = owner;
     }
@@ -489,7 +527,7 @@ impl Topology {
     }
     /// Primaries serving at least one slot: the electorate for FAIL and failover votes.
     pub fn size(&self) -> usize {
-        self.slots.counts.len()
+        self.slots.owned.len()
     }
     pub fn replicas_of(&self, primary: NodeId) -> impl Iterator<Item = &NodeInfo> {
         self.nodes
@@ -658,8 +696,8 @@ impl Topology {
     /// `CLUSTER INFO` without message counters (the node fills those in).
     pub fn cluster_info(&self) -> ClusterInfo {
         let (mut pfail, mut fail) = (0, 0);
-        for (owner, count) in &self.slots.counts {
-            let flags = self.nodes.get(owner).map(|n| n.flags).unwrap_or_default();
+        for (owner, count) in self.slots.owners() {
+            let flags = self.nodes.get(&owner).map(|n| n.flags).unwrap_or_default();
             if flags.has(NodeFlags::FAIL) {
                 fail += count;
             } else if flags.has(NodeFlags::PFAIL) {
