@@ -499,7 +499,8 @@ impl ClusterNode {
         }
         if dirty {
             // A stale claim: tell the sender who owns the slot with a higher epoch.
-            let stale_owner = h.slots.iter().find_map(|s| {
+            let contested = self.topo.slots.claimed_not_owned(claimer, &h.slots);
+            let stale_owner = contested.into_iter().find_map(|s| {
                 let owner = self.topo.owner(s)?;
                 (owner != claimer && self.topo.owner_epoch(s)? > h.config_epoch).then_some(owner)
             });
@@ -535,7 +536,7 @@ impl ClusterNode {
         let cur_primary = self.topo.myself().role.primary_id().unwrap_or(me);
         let mut took_from_cur = false;
         let mut lost = 0;
-        for s in slots.iter() {
+        for s in self.topo.slots.claimed_not_owned(sender, slots) {
             let owner = self.topo.owner(s);
             if owner == Some(sender) || self.topo.importing.contains_key(&s) {
                 continue;

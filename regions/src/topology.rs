@@ -297,6 +297,24 @@ impl SlotMap {
             None => claim.is_empty(),
         }
     }
+    /// Slots set in `claim` that `id` does not own here, ascending: the only slots a claim by
+    /// `id` can change or conflict on.
+    pub fn claimed_not_owned(&self, id: NodeId, claim: &SlotBitmap) -> Vec<u16> {
+        let owned = self.owned.get(&id).map(|(b, _)| b.0.as_slice());
+        let mut out = Vec::new();
+        for (i, &c) in claim.0.iter().enumerate() {
+            let d = c & !owned.and_then(|o| o.get(i)).copied().unwrap_or(0);
+            if d == 0 {
+                continue;
+            }
+            for bit in 0..8u16 {
+                if d & (1 << bit) != 0 {
+                    out.push(i as u16 * 8 + bit);
+                }
+            }
+        }
+        out
+    }
     /// `(start, end, owner)` runs over the assigned slots.
     pub fn runs(&self) -> Vec<(u16, u16, NodeId)> {
         let mut out: Vec<(u16, u16, NodeId)> = Vec::new();
@@ -337,6 +355,15 @@ impl SlotMap {
         *cell = owner;
     }
 }
+
+/// Two maps are equal when every owner owns the same slots.
+impl PartialEq for SlotMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.owned == other.owned
+    }
+}
+
+impl Eq for SlotMap {}
 
 /// Inputs of one routing decision (Redis `getNodeByQuery`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
