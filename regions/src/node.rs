@@ -495,6 +495,7 @@ impl ClusterNode {
         let claimer = h.replica_of.unwrap_or(sender);
         let dirty = !self.topo.slots.owns_exactly(claimer, &h.slots);
         if dirty && h.replica_of.is_none() {
+            self.release_unclaimed(sender, &h.slots);
             self.update_slots_from(sender, h.config_epoch, &h.slots);
         }
         if dirty {
@@ -524,6 +525,18 @@ impl ClusterNode {
             self.topo.current_epoch += 1;
             let epoch = self.topo.current_epoch;
             self.topo.myself_mut().config_epoch = epoch;
+        }
+    }
+
+    /// A primary is the authority on which slots it still serves: slots we think `sender`
+    /// owns but its own claim omits (it gave them away, deleted them, or lost them) become
+    /// unassigned here, so the next claim for them wins whatever its epoch. Without this, a
+    /// view that missed the new owner's claim could keep the old owner forever once the old
+    /// owner's config epoch grows past the new owner's (a later epoch-collision bump).
+    fn release_unclaimed(&mut self, sender: NodeId, claim: &SlotBitmap) {
+        let gone = self.topo.slots.bitmap_of(sender).minus(claim);
+        for s in gone {
+            self.topo.slots.assign(s, None);
         }
     }
 
@@ -567,6 +580,9 @@ impl ClusterNode {
     }
 
     fn process_update(&mut self, _now_ms: u64, node: NodeId, epoch: u64, slots: &SlotBitmap) {
+        if node == self.myself_id() {
+            return; // nobody knows our configuration better than we do
+        }
         let Some(n) = self.topo.nodes.get_mut(&node) else {
             return;
         };
@@ -679,11 +695,19 @@ impl ClusterNode {
         if recent {
             return;
         }
-        let stale = h
-            .slots
-            .iter()
-            .any(|s| self.topo.owner_epoch(s).is_some_and(|e| e > h.config_epoch));
-        if stale {
+        let stale = h.slots.iter().find_map(|s| {
+            let owner = self.topo.owner(s)?;
+            (self.topo.owner_epoch(s)? > h.config_epoch).then_some(owner)
+        });
+        if let Some(owner) = stale {
+            // The requester has an old view of the slots (e.g. its primary bumped its epoch
+            // just before dying): correct it so its next attempt can win.
+            let body = Body::Update {
+                node: owner,
+                config_epoch: self.topo.node(owner).map_or(0, |n| n.config_epoch),
+                slots: self.topo.slots.bitmap_of(owner),
+            };
+            self.send(Dest::Node(h.sender), body);
             return;
         }
         self.last_vote_epoch = self.topo.current_epoch;
@@ -917,41 +941,44 @@ impl ClusterNode {
 
     // ---------------------------------------------------------------- state
 
-    /// Cluster state as of `now_ms`, judging reachability lazily from pong times.
+    /// Cluster state as of `now_ms`: slot coverage, and for a primary, reaching a majority.
     fn state_ok_at(&self, now_ms: u64) -> bool {
-        let timeout_ms = self.config.node_timeout_ms;
-        if self.config.require_full_coverage {
-            if self.topo.slots.assigned() < SLOT_COUNT {
-                return false;
-            }
-            let failed = self.topo.slots.owners().any(|(id, _)| {
+        self.coverage_ok() && self.reaches_majority(now_ms)
+    }
+
+    fn coverage_ok(&self) -> bool {
+        if !self.config.require_full_coverage {
+            return true;
+        }
+        self.topo.slots.assigned() == SLOT_COUNT
+            && self.topo.slots.owners().all(|(id, _)| {
                 self.topo
                     .node(id)
-                    .is_none_or(|n| n.flags.has(NodeFlags::FAIL))
-            });
-            if failed {
-                return false;
-            }
+                    .is_some_and(|n| !n.flags.has(NodeFlags::FAIL))
+            })
+    }
+
+    /// A primary reaches a majority of the slot-owning primaries (itself included), judging
+    /// reachability lazily from message times so the answer is exact at `now_ms`, not as of
+    /// the last tick. Replicas do not need a majority.
+    fn reaches_majority(&self, now_ms: u64) -> bool {
+        if !self.topo.myself().role.is_primary() || self.topo.size() == 0 {
+            return true;
         }
-        if self.topo.myself().role.is_primary() {
-            let me = self.myself_id();
-            let size = self.topo.size();
-            let reachable = self
-                .topo
+        let me = self.myself_id();
+        let timeout_ms = self.config.node_timeout_ms;
+        let reachable =
+            self.topo
                 .slots
                 .owners()
                 .filter(|(id, _)| {
                     *id == me
                         || self.topo.node(*id).is_some_and(|n| {
-                            !unreachable(n, now_ms, timeout_ms) && !n.flags.failing()
+                            !n.flags.failing() && !unreachable(n, now_ms, timeout_ms)
                         })
                 })
                 .count();
-            if reachable < size / 2 + 1 {
-                return false;
-            }
-        }
-        true
+        reachable > self.topo.size() / 2
     }
 
     fn in_rejoin_delay(&self, now_ms: u64) -> bool {
@@ -960,10 +987,10 @@ impl ClusterNode {
     }
 
     fn update_state(&mut self, now_ms: u64) {
-        let ok_now = self.state_ok_at(now_ms);
-        if !ok_now && self.topo.myself().role.is_primary() {
+        if !self.reaches_majority(now_ms) {
             self.minority_at_ms = Some(now_ms);
         }
+        let ok_now = self.state_ok_at(now_ms);
         let ok = ok_now && !(self.topo.myself().role.is_primary() && self.in_rejoin_delay(now_ms));
         if ok != self.topo.state_ok {
             self.topo.state_ok = ok;
@@ -1416,4 +1443,304 @@ fn checked_slots(slots: &[u32]) -> Result<Vec<u16>, ClusterError> {
         out.push(slot);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT_MS: u64 = 1000;
+
+    /// Nodes wired together with a lossless, instant bus (quinn-proto's `Pair`, for n nodes).
+    struct Mesh {
+        nodes: Vec<ClusterNode>,
+        now_ms: u64,
+        /// Messages to index `i` are discarded while `cut[i]`.
+        cut: Vec<bool>,
+    }
+
+    impl Mesh {
+        fn new(n: usize) -> Mesh {
+            let config = Config {
+                node_timeout_ms: TIMEOUT_MS,
+                require_full_coverage: true,
+            };
+            let nodes = (0..n)
+                .map(|i| {
+                    let info = NodeInfo::new(
+                        NodeId::from_u128(i as u128 + 1),
+                        format!("h{i}"),
+                        7000,
+                        17000,
+                    );
+                    ClusterNode::new(config.clone(), info)
+                })
+                .collect();
+            Mesh {
+                nodes,
+                now_ms: 1,
+                cut: vec![false; n],
+            }
+        }
+
+        fn id(&self, i: usize) -> NodeId {
+            self.nodes[i].myself_id()
+        }
+
+        fn index(&self, to: &Dest) -> Option<usize> {
+            (0..self.nodes.len()).find(|&j| match to {
+                Dest::Node(id) => self.id(j) == *id,
+                Dest::Addr { host, .. } => self.nodes[j].topology().myself().host == *host,
+            })
+        }
+
+        /// Delivers until no node has anything to send.
+        fn settle(&mut self) {
+            for _ in 0..10_000 {
+                let mut moved = false;
+                for i in 0..self.nodes.len() {
+                    while let Some(out) = self.nodes[i].poll_outgoing() {
+                        moved = true;
+                        let Some(j) = self.index(&out.to) else {
+                            continue;
+                        };
+                        if self.cut[i] || self.cut[j] {
+                            continue;
+                        }
+                        let now = self.now_ms;
+                        self.nodes[j].handle_message(now, out.msg).unwrap();
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("bus never settled");
+        }
+
+        fn run(&mut self, duration_ms: u64) {
+            let end = self.now_ms + duration_ms;
+            while self.now_ms < end {
+                self.now_ms += TICK_INTERVAL_MS;
+                for i in 0..self.nodes.len() {
+                    let now = self.now_ms;
+                    self.nodes[i].tick(now, i as u64 * 7919 + now);
+                }
+                self.settle();
+            }
+        }
+
+        /// Nodes 0..primaries own equal slot ranges; the rest replicate round-robin.
+        fn cluster(n: usize, primaries: usize) -> Mesh {
+            let mut m = Mesh::new(n);
+            for j in 1..n {
+                let host = format!("h{j}");
+                m.nodes[0].meet(1, &host, 17000).unwrap();
+            }
+            let per = SLOT_COUNT / primaries;
+            for p in 0..primaries {
+                let end = if p + 1 == primaries {
+                    SLOT_COUNT
+                } else {
+                    (p + 1) * per
+                };
+                let slots: Vec<u32> = (p * per..end).map(|s| s as u32).collect();
+                m.nodes[p].add_slots(1, &slots).unwrap();
+            }
+            m.run(1000);
+            for r in primaries..n {
+                let p = m.id((r - primaries) % primaries);
+                let now = m.now_ms;
+                m.nodes[r].replicate(now, p).unwrap();
+            }
+            m.run(1000);
+            m
+        }
+    }
+
+    fn header_of(node: &ClusterNode) -> Header {
+        node.header()
+    }
+
+    #[test]
+    fn a_cluster_forms_with_unique_epochs() {
+        let m = Mesh::cluster(4, 3);
+        let mut epochs: Vec<u64> = (0..3)
+            .map(|i| m.nodes[i].topology().myself().config_epoch)
+            .collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        assert_eq!(epochs.len(), 3, "collision resolution gave unique epochs");
+        for n in &m.nodes {
+            assert!(n.topology().state_ok());
+            assert_eq!(n.topology().size(), 3);
+            assert_eq!(n.topology().nodes().count(), 4);
+        }
+        assert_eq!(
+            m.nodes[3].topology().myself().role,
+            Role::Replica { of: m.id(0) }
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_rejected_without_change() {
+        let mut m = Mesh::cluster(3, 3);
+        let mut msg = BusMessage {
+            header: header_of(&m.nodes[1]),
+            body: Body::Ping { gossip: vec![] },
+        };
+        msg.header.slots = postcard::from_bytes(&[2, 0xff, 0xff]).unwrap();
+        let before = m.nodes[0].topology().cluster_nodes();
+        assert!(matches!(
+            m.nodes[0].handle_message(m.now_ms, msg.clone()),
+            Err(ClusterError::Bus(_))
+        ));
+        msg.header = header_of(&m.nodes[0]);
+        assert!(m.nodes[0].handle_message(m.now_ms, msg).is_err(), "own id");
+        assert_eq!(m.nodes[0].topology().cluster_nodes(), before);
+    }
+
+    #[test]
+    fn a_primary_votes_once_per_epoch() {
+        let mut m = Mesh::cluster(5, 3);
+        // Replicas 3 and 4 follow primaries 0 and 1. Pretend both primaries failed.
+        let (p0, p1) = (m.id(0), m.id(1));
+        for id in [p0, p1] {
+            let n = m.nodes[2].topo.nodes.get_mut(&id).unwrap();
+            n.flags.set(NodeFlags::FAIL);
+        }
+        let epoch = m.nodes[2].topology().current_epoch() + 1;
+        let req = |i: usize| {
+            let mut h = header_of(&m.nodes[i]);
+            h.current_epoch = epoch;
+            BusMessage {
+                header: h,
+                body: Body::FailoverAuthRequest { force_ack: false },
+            }
+        };
+        let (r3, r4) = (req(3), req(4));
+        let now = m.now_ms;
+        m.nodes[2].handle_message(now, r3).unwrap();
+        m.nodes[2].handle_message(now, r4).unwrap();
+        let acks: Vec<Dest> = std::iter::from_fn(|| m.nodes[2].poll_outgoing())
+            .filter(|o| o.msg.body == Body::FailoverAuthAck)
+            .map(|o| o.to)
+            .collect();
+        assert_eq!(acks, vec![Dest::Node(m.id(3))]);
+        assert_eq!(m.nodes[2].persistent_state().last_vote_epoch, epoch);
+    }
+
+    #[test]
+    fn no_vote_unless_the_primary_is_failed() {
+        let mut m = Mesh::cluster(4, 3);
+        let mut h = header_of(&m.nodes[3]);
+        h.current_epoch += 1;
+        let msg = BusMessage {
+            header: h,
+            body: Body::FailoverAuthRequest { force_ack: false },
+        };
+        let now = m.now_ms;
+        m.nodes[1].handle_message(now, msg).unwrap();
+        assert!(std::iter::from_fn(|| m.nodes[1].poll_outgoing())
+            .all(|o| o.msg.body != Body::FailoverAuthAck));
+    }
+
+    #[test]
+    fn a_stale_claim_gets_an_update_and_yields() {
+        let mut m = Mesh::cluster(3, 3);
+        // Node 1 takes slot 0 from node 0 with a fresh epoch while node 0 does not hear it.
+        m.cut[0] = true;
+        let (now, id0, id1) = (m.now_ms, m.id(0), m.id(1));
+        m.nodes[1]
+            .set_slot(now, 0, SetSlot::Importing(id0), 0)
+            .unwrap();
+        m.nodes[1].set_slot(now, 0, SetSlot::Node(id1), 0).unwrap();
+        m.settle();
+        assert_eq!(m.nodes[2].topology().owner(0), Some(id1));
+        assert_eq!(m.nodes[0].topology().owner(0), Some(m.id(0)));
+        m.cut[0] = false;
+        // Node 0's next ping claims slot 0 with its old epoch; node 1 or 2 answers UPDATE.
+        m.run(1000);
+        assert_eq!(m.nodes[0].topology().owner(0), Some(id1));
+        assert!(
+            m.nodes[0].topology().myself().role.is_primary(),
+            "kept its other slots"
+        );
+    }
+
+    #[test]
+    fn an_isolated_primary_stops_writes_after_the_timeout_and_fails_over() {
+        let mut m = Mesh::cluster(6, 3);
+        let t0 = m.now_ms;
+        assert!(m.nodes[0].can_write(t0));
+        m.cut[0] = true;
+        m.run(TIMEOUT_MS / 2);
+        assert!(m.nodes[0].can_write(m.now_ms));
+        m.run(TIMEOUT_MS / 2 + TICK_INTERVAL_MS);
+        assert!(!m.nodes[0].can_write(m.now_ms));
+        m.run(4 * TIMEOUT_MS);
+        assert!(m.nodes[3].topology().myself().role.is_primary());
+        assert_eq!(m.nodes[1].topology().owner(0), Some(m.id(3)));
+        m.cut[0] = false;
+        m.run(2 * TIMEOUT_MS);
+        assert_eq!(
+            m.nodes[0].topology().myself().role,
+            Role::Replica { of: m.id(3) }
+        );
+        assert!(m.nodes.iter().all(|n| n.topology().state_ok()));
+    }
+
+    #[test]
+    fn admin_errors_use_redis_wording() {
+        let mut m = Mesh::cluster(4, 3);
+        let now = m.now_ms;
+        let e = m.nodes[0].add_slots(now, &[0]).unwrap_err();
+        assert_eq!(e.to_string(), "ERR Slot 0 is already busy");
+        let e = m.nodes[0].add_slots(now, &[16384]).unwrap_err();
+        assert_eq!(e.to_string(), "ERR Invalid or out of range slot");
+        let e = m.nodes[0].failover(now, FailoverMode::Force).unwrap_err();
+        assert_eq!(e, ClusterError::NotReplica);
+        let primary = m.id(0);
+        assert_eq!(
+            m.nodes[3].forget(now, primary),
+            Err(ClusterError::ForgetPrimary)
+        );
+        let me = m.id(3);
+        assert_eq!(
+            m.nodes[3].replicate(now, me),
+            Err(ClusterError::ReplicateSelf)
+        );
+        let id1 = m.id(1);
+        assert_eq!(m.nodes[0].replicate(now, id1), Err(ClusterError::NotEmpty));
+    }
+
+    #[test]
+    fn takeover_needs_no_votes() {
+        let mut m = Mesh::cluster(4, 3);
+        m.cut[0] = true;
+        m.cut[1] = true;
+        m.cut[2] = true;
+        let now = m.now_ms;
+        m.nodes[3].failover(now, FailoverMode::Takeover).unwrap();
+        assert!(m.nodes[3].topology().myself().role.is_primary());
+        assert_eq!(m.nodes[3].topology().owner(0), Some(m.id(3)));
+        let epochs = m.nodes[3].persistent_state();
+        assert_eq!(epochs.config_epoch, epochs.current_epoch);
+        assert!(matches!(
+            std::iter::from_fn(|| m.nodes[3].poll_event()).last(),
+            Some(Event::StateChanged { .. }) | Some(Event::PromotedToPrimary { .. })
+        ));
+    }
+
+    #[test]
+    fn reset_forgets_everything() {
+        let mut m = Mesh::cluster(4, 3);
+        let now = m.now_ms;
+        m.nodes[1].reset(now, Some(NodeId::from_u128(99)));
+        let t = m.nodes[1].topology();
+        assert_eq!(t.nodes().count(), 1);
+        assert_eq!(t.slot_map().assigned(), 0);
+        assert_eq!(t.myself_id(), NodeId::from_u128(99));
+        assert_eq!(t.current_epoch(), 0);
+    }
 }

@@ -179,6 +179,19 @@ impl SlotBitmap {
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|&b| b == 0)
     }
+    /// Slots set here and not in `other`, ascending.
+    pub fn minus(&self, other: &SlotBitmap) -> Vec<u16> {
+        let mut out = Vec::new();
+        for (i, &c) in self.0.iter().enumerate() {
+            let d = c & !other.0.get(i).copied().unwrap_or(0);
+            for bit in 0..8u16 {
+                if d & (1 << bit) != 0 {
+                    out.push(i as u16 * 8 + bit);
+                }
+            }
+        }
+        out
+    }
     /// Set slots in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().enumerate().flat_map(|(i, &b)| {
@@ -300,20 +313,10 @@ impl SlotMap {
     /// Slots set in `claim` that `id` does not own here, ascending: the only slots a claim by
     /// `id` can change or conflict on.
     pub fn claimed_not_owned(&self, id: NodeId, claim: &SlotBitmap) -> Vec<u16> {
-        let owned = self.owned.get(&id).map(|(b, _)| b.0.as_slice());
-        let mut out = Vec::new();
-        for (i, &c) in claim.0.iter().enumerate() {
-            let d = c & !owned.and_then(|o| o.get(i)).copied().unwrap_or(0);
-            if d == 0 {
-                continue;
-            }
-            for bit in 0..8u16 {
-                if d & (1 << bit) != 0 {
-                    out.push(i as u16 * 8 + bit);
-                }
-            }
+        match self.owned.get(&id) {
+            Some((owned, _)) => claim.minus(owned),
+            None => claim.iter().collect(),
         }
-        out
     }
     /// `(start, end, owner)` runs over the assigned slots.
     pub fn runs(&self) -> Vec<(u16, u16, NodeId)> {
