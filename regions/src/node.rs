@@ -254,6 +254,7 @@ struct PendingMeet {
     last_sent_ms: u64,
 }
 
+#[derive(Clone)]
 pub struct ClusterNode {
     config: Config,
     topo: Topology,
@@ -354,8 +355,10 @@ impl ClusterNode {
 
     // ---------------------------------------------------------------- inputs: messages
 
-    /// Applies one message from the bus. The sender is identified by the header. Errors mean
-    /// the message was malformed (drop the link); the state is unchanged then.
+    /// Applies one message from the bus. The sender is identified by the message header, not
+    /// by the link it came on (a MEET arrives from a node we cannot name yet), so there is no
+    /// `from` argument; the bus is trusted, as in Redis. Errors mean the message was malformed
+    /// (drop the link); the state is unchanged then.
     pub fn handle_message(&mut self, now_ms: u64, msg: BusMessage) -> Result<(), ClusterError> {
         bus::validate(&msg)?;
         let me = self.myself_id();
@@ -414,7 +417,8 @@ impl ClusterNode {
                 let mine = self.topo.myself().role.is_primary()
                     && self.topo.node(sender).map(|n| n.role) == Some(Role::Replica { of: me });
                 if mine {
-                    self.paused_for = Some((sender, now_ms + MANUAL_FAILOVER_TIMEOUT_MS));
+                    self.paused_for =
+                        Some((sender, now_ms.saturating_add(MANUAL_FAILOVER_TIMEOUT_MS)));
                     self.send_ping_kind(now_ms, sender, PingKind::Ping);
                 }
             }
@@ -536,6 +540,9 @@ impl ClusterNode {
     fn release_unclaimed(&mut self, sender: NodeId, claim: &SlotBitmap) {
         let gone = self.topo.slots.bitmap_of(sender).minus(claim);
         for s in gone {
+            if self.topo.importing.contains_key(&s) {
+                continue; // keep redirecting to the source until SETSLOT NODE here
+            }
             self.topo.slots.assign(s, None);
         }
     }
@@ -846,10 +853,11 @@ impl ClusterNode {
             let start_at_ms = if manual {
                 now_ms
             } else {
-                now_ms
-                    + ELECTION_DELAY_FIXED_MS
-                    + rng_u64 % ELECTION_DELAY_RANDOM_MS
-                    + rank * ELECTION_DELAY_PER_RANK_MS
+                now_ms.saturating_add(
+                    ELECTION_DELAY_FIXED_MS
+                        + rng_u64 % ELECTION_DELAY_RANDOM_MS
+                        + rank * ELECTION_DELAY_PER_RANK_MS,
+                )
             };
             self.election = Some(Election {
                 start_at_ms,
@@ -1011,7 +1019,7 @@ impl ClusterNode {
         self.pending_meets.push(PendingMeet {
             host: host.to_string(),
             bus_port,
-            until_ms: now_ms + MEET_TIMEOUT_MS,
+            until_ms: now_ms.saturating_add(MEET_TIMEOUT_MS),
             last_sent_ms: 0,
         });
         let gossip = self.gossip_for(None);
@@ -1174,7 +1182,7 @@ impl ClusterNode {
             }
             FailoverMode::Force => {
                 self.manual = Some(ManualFailover {
-                    deadline_ms: now_ms + MANUAL_FAILOVER_TIMEOUT_MS,
+                    deadline_ms: now_ms.saturating_add(MANUAL_FAILOVER_TIMEOUT_MS),
                     primary_offset: None,
                     ready: true,
                     mfstart_sent_ms: now_ms,
@@ -1185,7 +1193,7 @@ impl ClusterNode {
                     return Err(ClusterError::PrimaryDown);
                 }
                 self.manual = Some(ManualFailover {
-                    deadline_ms: now_ms + MANUAL_FAILOVER_TIMEOUT_MS,
+                    deadline_ms: now_ms.saturating_add(MANUAL_FAILOVER_TIMEOUT_MS),
                     primary_offset: None,
                     ready: false,
                     mfstart_sent_ms: now_ms,
@@ -1209,7 +1217,8 @@ impl ClusterNode {
         }
         self.remove_node(node);
         if self.blacklist.len() < MAX_NODES {
-            self.blacklist.insert(node, now_ms + FORGET_BLACKLIST_MS);
+            self.blacklist
+                .insert(node, now_ms.saturating_add(FORGET_BLACKLIST_MS));
         }
         self.update_state(now_ms);
         Ok(())
@@ -1560,6 +1569,48 @@ mod tests {
 
     fn header_of(node: &ClusterNode) -> Header {
         node.header()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Corrupted frames either fail to decode or, if they still decode, are rejected or
+        /// applied by the state machine — never a panic.
+        #[test]
+        fn corrupted_frames_never_panic_the_node(
+            mutations in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+            kind in 0usize..4,
+        ) {
+            use std::sync::OnceLock;
+            static BASE: OnceLock<(ClusterNode, Vec<Vec<u8>>)> = OnceLock::new();
+            let (node, frames) = BASE.get_or_init(|| {
+                let m = Mesh::cluster(4, 3);
+                let h = header_of(&m.nodes[3]);
+                let gossip = m.nodes[1].clone().gossip_for(None);
+                let bodies = [
+                    Body::Ping { gossip },
+                    Body::FailoverAuthRequest { force_ack: true },
+                    Body::Update { node: m.id(1), config_epoch: 9, slots: m.nodes[1].topology().slot_map().bitmap_of(m.id(1)) },
+                    Body::Fail { node: m.id(2) },
+                ];
+                let frames = bodies
+                    .into_iter()
+                    .map(|body| bus::encode(&BusMessage { header: h.clone(), body }).unwrap())
+                    .collect();
+                (m.nodes[0].clone(), frames)
+            });
+            let mut frame = frames[kind].clone();
+            for (at, byte) in mutations {
+                let i = at % frame.len();
+                frame[i] = byte;
+            }
+            if let Ok(Some((msg, _))) = bus::decode(&frame) {
+                let mut n = node.clone();
+                let _ = n.handle_message(10_000, msg);
+                n.tick(10_100, 1);
+                while n.poll_outgoing().is_some() {}
+            }
+        }
     }
 
     #[test]

@@ -222,8 +222,8 @@ pub struct NodeInfo {
     pub bus_port: u16,
     pub role: Role,
     pub flags: NodeFlags,
-    /// The epoch of this node's last slot-configuration change (for a replica: its
-    /// primary's, as Redis reports it).
+    /// The epoch of this node's last slot-configuration change as a primary (a replica's
+    /// headers carry its primary's instead, as in Redis).
     pub config_epoch: u64,
     /// Replication offset as last reported (orders replicas for promotion).
     pub repl_offset: u64,
