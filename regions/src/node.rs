@@ -441,6 +441,11 @@ impl ClusterNode {
         let Some(n) = self.topo.nodes.get_mut(&sender) else {
             return;
         };
+        // A slot-owning primary only becomes a replica by losing its slots to a higher epoch
+        // (REPLICATE needs an empty node), so a "replica" header carrying an older epoch is a
+        // message from before its promotion that arrived late: do not let it demote.
+        let stale_demotion =
+            h.replica_of.is_some() && was_primary && had_slots && h.config_epoch < n.config_epoch;
         n.data_received_ms = now_ms;
         n.flags.clear(NodeFlags::HANDSHAKE);
         if n.host != h.host || n.port != h.port || n.bus_port != h.bus_port {
@@ -469,6 +474,7 @@ impl ClusterNode {
             }
         }
         match h.replica_of {
+            Some(_) if stale_demotion => {}
             None => {
                 n.role = Role::Primary;
                 if h.config_epoch > n.config_epoch {

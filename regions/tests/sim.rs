@@ -262,8 +262,12 @@ impl Sim {
                     && t.slot_map() == map
                     && live.iter().all(|&j| {
                         let own = self.nodes[j].topology().myself();
-                        t.node(own.id)
-                            .is_some_and(|v| v.role == own.role && !v.flags.failing())
+                        // Everyone knows each primary's current config epoch.
+                        t.node(own.id).is_some_and(|v| {
+                            v.role == own.role
+                                && !v.flags.failing()
+                                && (!own.role.is_primary() || v.config_epoch == own.config_epoch)
+                        })
                     })
             })
     }
@@ -518,7 +522,9 @@ fn run_seed(seed: u64) -> Result<(u64, u64), Failure> {
             "isolated primary still writable after node timeout"
         );
     }
-    let failover_bound_ms = timeout + 2 * sim.config.auth_retry_ms() + 3000;
+    // Detection, then up to three election rounds (split votes between two replicas and lost
+    // votes each cost a retry after `auth_retry_ms`), plus election delays.
+    let failover_bound_ms = timeout + 3 * sim.config.auth_retry_ms() + 3000;
     let promoted = |s: &Sim| {
         let winners: Vec<usize> = replicas
             .iter()
