@@ -50,7 +50,8 @@
 //! `node.cluster_info().to_text()`. The replication layer reports progress with
 //! `node.set_repl_offset(offset)` (it ranks replicas in elections).
 //!
-//! Known simplifications (documented where they live): no TRYAGAIN for multi-key commands
+//! Known simplifications (documented where they live; see also the SETSLOT race in
+//! [`node`]): no TRYAGAIN for multi-key commands
 //! during migration, no replica migration to orphaned primaries, no replica data-age check
 //! before an election, and a node pings every known node each `ping_interval_ms` (fine for
 //! tens of nodes; large clusters would sample like Redis).

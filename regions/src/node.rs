@@ -33,6 +33,17 @@
 //! ones are dropped and counted when full — every bus message is either periodic or retried),
 //! [`MAX_EVENTS`] queued events (oldest dropped), `MAX_GOSSIP_ENTRIES` gossip entries.
 //!
+//! Beyond Redis: a primary's own header is authoritative for the slots it serves (slots it
+//! stops claiming become unassigned in receivers' views); a primary refusing a vote because
+//! the requester's slot view is stale sends it an UPDATE; a late "replica" header cannot demote
+//! a slot owner known at a newer epoch (the simulator reorders messages, TCP would not).
+//!
+//! Known gap (as in Redis): `SETSLOT NODE` on the importing node bumps its epoch above every
+//! epoch it knows; if the source took a newer epoch (collision resolution) that the importer
+//! has not heard of yet, the source's older claim can win the slot back at the importer while
+//! the source has already let it go, leaving the slot unassigned until an operator repeats
+//! `SETSLOT <slot> NODE <importer>` (which bumps again). Migrate once epochs have settled.
+//!
 //! Not persisted here: `current_epoch`, the config epoch and the last vote epoch must survive a
 //! restart for the voting rule to be safe (Redis keeps them in nodes.conf); see
 //! [`ClusterNode::persistent_state`].
@@ -1436,10 +1447,11 @@ enum PingKind {
     Pong,
 }
 
-/// No pong and no message of any kind for `timeout_ms`, while a ping is outstanding.
+/// No pong and no message of any kind for `timeout_ms`. Every peer is pinged each
+/// `ping_interval_ms`, so silence means unreachable — also right after a long pause of this
+/// node (no outstanding ping is needed to notice that everything it knows is old).
 fn unreachable(n: &NodeInfo, now_ms: u64, timeout_ms: u64) -> bool {
-    n.ping_sent_ms != 0
-        && now_ms.saturating_sub(n.pong_received_ms) > timeout_ms
+    now_ms.saturating_sub(n.pong_received_ms) > timeout_ms
         && now_ms.saturating_sub(n.data_received_ms) > timeout_ms
 }
 

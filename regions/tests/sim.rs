@@ -5,8 +5,10 @@
 //! Each seed runs: bootstrap (MEET, ADDSLOTS, REPLICATE) → convergence → a slot migration →
 //! losing a primary (isolated by a partition, or crashed) → failover → heal → convergence →
 //! a manual failover (default, FORCE or TAKEOVER) → convergence. Checked throughout: no two
-//! nodes are promoted at the same epoch; at convergence points, full coverage, one view of the
-//! slot map everywhere, and no two primaries claiming a slot with the same config epoch.
+//! nodes are promoted at the same epoch, and no two nodes accept writes (`can_write`) for the
+//! same slot at the same instant; at convergence points, full coverage, one view of the slot
+//! map and of every primary's config epoch everywhere, unique config epochs, and no two
+//! primaries claiming a slot with the same config epoch.
 //!
 //! Replay one seed: `MERIDIAN_REGIONS_SEED=N cargo test -p meridian-regions --test sim`.
 //! Number of seeds: `MERIDIAN_REGIONS_SEEDS` (default 200).
@@ -59,6 +61,10 @@ struct Sim {
     trace_hash: u64,
     /// Every (epoch, node) promotion seen.
     promotions: BTreeMap<u64, NodeId>,
+    /// Whether `check_single_writer` runs. Off during FORCE/TAKEOVER: they do not coordinate
+    /// with a live primary, which keeps writing until it hears the new epoch (Redis semantics;
+    /// here the writes still merge as CRDTs).
+    check_writers: bool,
     /// Time the failover took (set once it happened).
     max_failover_ms: u64,
 }
@@ -94,6 +100,7 @@ impl Sim {
             seq: 0,
             trace_hash: 0xcbf2_9ce4_8422_2325,
             promotions: BTreeMap::new(),
+            check_writers: true,
             max_failover_ms: 0,
         }
     }
@@ -222,6 +229,9 @@ impl Sim {
                 }
                 if t >= last_check_ms + TICK_INTERVAL_MS {
                     last_check_ms = t;
+                    if self.check_writers {
+                        self.check_single_writer()?;
+                    }
                     if done(self) {
                         return Ok(true);
                     }
@@ -306,6 +316,28 @@ impl Sim {
                     return Err(format!(
                         "slot {s} claimed by {other} and {} at the same epoch",
                         me.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Split-brain check: at no instant do two nodes accept writes for the same slot.
+    fn check_single_writer(&self) -> Result<(), Failure> {
+        let writers: Vec<usize> = self
+            .live()
+            .into_iter()
+            .filter(|&i| self.nodes[i].can_write(self.now_ms))
+            .collect();
+        for (k, &i) in writers.iter().enumerate() {
+            let mine = self.nodes[i].topology().slot_map().bitmap_of(self.ids[i]);
+            for &j in &writers[k + 1..] {
+                let theirs = self.nodes[j].topology().slot_map().bitmap_of(self.ids[j]);
+                if let Some(s) = mine.iter().find(|&s| theirs.get(s)) {
+                    return Err(format!(
+                        "nodes {i} and {j} both accept writes for slot {s} at {} ms",
+                        self.now_ms
                     ));
                 }
             }
@@ -600,6 +632,7 @@ fn run_seed(seed: u64) -> Result<(u64, u64), Failure> {
         };
         // Like an operator: a manual failover is best effort (a lost vote makes it time out,
         // as in Redis), so retry a few times.
+        sim.check_writers = mode == FailoverMode::Default;
         for _attempt in 0..3 {
             let now = sim.now_ms;
             sim.nodes[r]
@@ -617,6 +650,8 @@ fn run_seed(seed: u64) -> Result<(u64, u64), Failure> {
             sim.dump()
         );
         sim.converge("manual failover")?;
+        sim.check_writers = true;
+        sim.check_single_writer()?;
         let old = sim.index_of(owner).ok_or("owner index")?;
         check!(
             sim.role_of(old) == Role::Replica { of: sim.ids[r] },
