@@ -38,6 +38,8 @@ pub struct Config {
     pub replication: Option<ReplicationConfig>,
     /// Kafka invalidation consumer; absent (or `enabled = false`) = off.
     pub kafka: Option<KafkaConfig>,
+    /// Region cluster (Redis Cluster protocol); absent = standalone.
+    pub cluster: Option<ClusterConfig>,
     /// How long a key's invalidation floor (versioned tombstone) is kept after it was raised.
     pub invalidation_retention_ms: u64,
     /// Most invalidation floors kept per shard (the oldest are forgotten first).
@@ -83,6 +85,45 @@ impl Default for ReplicationConfig {
             log_max_deltas: l.max_log_deltas,
             anti_entropy_interval_ms: l.anti_entropy_interval_ms,
             gc_interval_ms: 1_000,
+        }
+    }
+}
+
+/// `[cluster]`: this node's place in the region's Redis-Cluster-compatible cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Cluster bus TCP port (default: client port + 10000, like Redis).
+    pub bus_port: Option<u16>,
+    /// Address other nodes and clients (MOVED replies) use for this node.
+    pub announce_ip: String,
+    pub node_timeout_ms: u64,
+    pub require_full_coverage: bool,
+    /// Node id, epochs and own slots (`{port}` is replaced by the client port); relative to
+    /// the config file's directory.
+    pub nodes_file: PathBuf,
+    /// Nodes to introduce ourselves to at start (`host:port` client address, bus at +10000,
+    /// or `host:port@busport`).
+    pub meet: Vec<String>,
+    /// Slots to claim on first start (`0-5460,7000`), when the nodes file has none.
+    pub slots: Option<String>,
+    /// Replicate the node with this client address (`host:port`) once it is known.
+    pub replicate: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: true,
+            bus_port: None,
+            announce_ip: "127.0.0.1".into(),
+            node_timeout_ms: 15_000,
+            require_full_coverage: true,
+            nodes_file: "nodes-{port}.json".into(),
+            meet: Vec::new(),
+            slots: None,
+            replicate: None,
         }
     }
 }
@@ -163,6 +204,7 @@ impl Default for Config {
             log_level: "info".into(),
             replication: None,
             kafka: None,
+            cluster: None,
             invalidation_retention_ms: 3_600_000,
             max_invalidation_tombstones: 1_000_000,
             config_dir: None,
@@ -217,6 +259,11 @@ pub struct Cli {
     pub kafka_topic: Option<String>,
     #[arg(long)]
     pub kafka_group: Option<String>,
+    /// Run as a Redis-Cluster-compatible node (`[cluster]` table for the rest).
+    #[arg(long)]
+    pub cluster_enabled: bool,
+    #[arg(long)]
+    pub cluster_node_timeout: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -311,6 +358,19 @@ impl Config {
         }
         if let Some(v) = &cli.kafka_group {
             c.kafka.get_or_insert_with(KafkaConfig::default).group = Some(v.clone());
+        }
+        if cli.cluster_enabled {
+            c.cluster.get_or_insert_with(ClusterConfig::default).enabled = true;
+        }
+        if let Some(v) = cli.cluster_node_timeout {
+            c.cluster
+                .get_or_insert_with(ClusterConfig::default)
+                .node_timeout_ms = v;
+        }
+        if let Some(cl) = &c.cluster {
+            if cl.enabled && cl.node_timeout_ms == 0 {
+                return Err("cluster node-timeout-ms must be > 0".into());
+            }
         }
         if let Some(k) = &c.kafka {
             if k.enabled && (k.brokers.is_empty() || k.topic.is_empty()) {

@@ -172,6 +172,20 @@ pub fn execute(
         }
         _ => {}
     }
+    if let Some(c) = &shared.cluster {
+        let asking = std::mem::take(&mut conn.asking);
+        if spec.first_key > 0 {
+            let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
+            let mut keys = spec.key_indices(args.len()).map(|i| &args[i][..]);
+            let write = spec.flags & cmd::WRITE != 0;
+            if let Some(e) = c.route(store, &mut keys, write, asking, readonly_read, now) {
+                if conn.multi.is_some() {
+                    conn.multi_error = true;
+                }
+                return Reply::Error(Cow::Owned(e));
+            }
+        }
+    }
     if let Some(queue) = conn.multi.as_mut() {
         if spec.flags & cmd::NO_MULTI != 0 {
             conn.multi_error = true;

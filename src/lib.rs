@@ -9,6 +9,7 @@
 //! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
 //! - [`replication`]: inter-region QUIC links; [`kafka`]: the invalidation stream.
 
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod connection;

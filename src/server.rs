@@ -47,6 +47,8 @@ pub struct Shared {
     pub repl: Option<Arc<crate::replication::Control>>,
     /// Kafka invalidation counters (all zero when the consumer is off).
     pub kafka: Arc<crate::kafka::KafkaStats>,
+    /// Region cluster (None: standalone).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub struct Server {
@@ -114,7 +116,15 @@ impl Server {
             ),
             _ => None,
         };
+        let cluster = match &config.cluster {
+            Some(c) if c.enabled => Some(
+                crate::cluster::Cluster::open(c, config.config_dir.as_deref(), config.port)
+                    .map_err(std::io::Error::other)?,
+            ),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
+            cluster,
             config,
             started_ms: now_ms(),
             run_id,
@@ -141,6 +151,13 @@ impl Server {
         // The consumer thread stops (committing what it applied) when the server does.
         let _kafka = self.kafka.take();
         tokio::spawn(background(self.store.clone(), self.shared.clone()));
+        if let Some(c) = &self.shared.cluster {
+            tokio::spawn(crate::cluster::run(
+                c.clone(),
+                self.store.clone(),
+                self.shared.config.bind.clone(),
+            ));
+        }
         if let Some(r) = self.repl.take() {
             tokio::spawn(r.run(self.store.clone()));
         }

@@ -1,6 +1,8 @@
-//! Cluster commands available on a single node: slot arithmetic (KEYSLOT, COUNTKEYSINSLOT,
-//! GETKEYSINSLOT) and the client-side no-ops (READONLY, READWRITE, ASKING). Multi-node
-//! topology arrives with the region-cluster issue.
+//! Cluster commands. Slot arithmetic (KEYSLOT, COUNTKEYSINSLOT, GETKEYSINSLOT) works on any
+//! node; with `[cluster]` enabled the topology subcommands (INFO, MYID, NODES, SLOTS, SHARDS,
+//! MEET, ADDSLOTS[RANGE], DELSLOTS[RANGE], SETSLOT, REPLICATE, FAILOVER, FORGET, RESET,
+//! SAVECONFIG) drive the node's `ClusterNode` (src/cluster.rs), and ASKING/READONLY/READWRITE
+//! set the connection's routing flags.
 
 use super::*;
 use meridian_crdt::{key_slot, SLOT_COUNT};
@@ -8,14 +10,244 @@ use meridian_crdt::{key_slot, SLOT_COUNT};
 pub fn specs() -> Vec<Spec> {
     vec![
         spec!("cluster", -2, 0, 0, 0, 0, cluster),
-        spec!("readonly", 1, FAST, 0, 0, 0, noop_ok),
-        spec!("readwrite", 1, FAST, 0, 0, 0, noop_ok),
-        spec!("asking", 1, FAST, 0, 0, 0, noop_ok),
+        spec!("readonly", 1, FAST, 0, 0, 0, readonly),
+        spec!("readwrite", 1, FAST, 0, 0, 0, readwrite),
+        spec!("asking", 1, FAST, 0, 0, 0, asking),
     ]
 }
 
-fn noop_ok(_ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn readonly(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    ctx.conn.readonly = true;
     ok()
+}
+
+fn readwrite(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    ctx.conn.readonly = false;
+    ok()
+}
+
+fn asking(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+    ctx.conn.asking = true;
+    ok()
+}
+
+fn text(s: &str) -> Reply {
+    Reply::Bulk(Bytes::from(s.to_string()))
+}
+
+fn endpoint(e: &meridian_regions::topology::Endpoint) -> Reply {
+    Reply::Array(vec![
+        text(&e.host),
+        Reply::Int(i64::from(e.port)),
+        text(&e.id.redis_name()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn node_arg(a: &[u8]) -> Result<meridian_regions::NodeId, Reply> {
+    std::str::from_utf8(a)
+        .ok()
+        .and_then(meridian_regions::NodeId::from_redis_name)
+        .ok_or_else(|| err_owned(format!("ERR Unknown node {}", String::from_utf8_lossy(a))))
+}
+
+/// Slot list arguments (`ADDSLOTS 1 2 3`) or pairs (`ADDSLOTSRANGE 1 5 7 9`).
+fn slot_list(a: &[Bytes], ranges: bool) -> Result<Vec<u32>, Reply> {
+    let one = |b: &Bytes| match crate::util::parse_int(b) {
+        Some(n) if (0..SLOT_COUNT as i64).contains(&n) => Ok(n as u32),
+        _ => Err(err("ERR Invalid or out of range slot")),
+    };
+    if !ranges {
+        return a.iter().map(one).collect();
+    }
+    if !a.len().is_multiple_of(2) {
+        return Err(err(
+            "ERR wrong number of arguments for 'cluster|addslotsrange' command",
+        ));
+    }
+    let mut out = Vec::new();
+    for pair in a.chunks(2) {
+        let (lo, hi) = (one(&pair[0])?, one(&pair[1])?);
+        if lo > hi {
+            return Err(err_owned(format!(
+                "ERR start slot number {lo} is greater than end slot number {hi}"
+            )));
+        }
+        out.extend(lo..=hi);
+    }
+    Ok(out)
+}
+
+/// Topology subcommands of a cluster-enabled node; `None` when `sub` is not one of them.
+fn cluster_topology(ctx: &mut Ctx, a: &[Bytes]) -> Option<Reply> {
+    use meridian_regions::node::{FailoverMode, SetSlot};
+    let c = ctx.shared.cluster.clone()?;
+    let sub = String::from_utf8_lossy(&a[1]).to_ascii_lowercase();
+    let now = ctx.now_ms;
+    let done = |r: Result<(), meridian_regions::ClusterError>| match r {
+        Ok(()) => {
+            c.poke();
+            ok()
+        }
+        Err(e) => err_owned(e.to_string()),
+    };
+    let reply = match (sub.as_str(), a.len()) {
+        ("info", 2) => Reply::Verbatim(c.node.lock().cluster_info().to_text()),
+        ("myid", 2) => text(&c.node.lock().myself_id().redis_name()),
+        ("nodes", 2) => Reply::Verbatim(c.node.lock().topology().cluster_nodes()),
+        ("slots", 2) => {
+            let node = c.node.lock();
+            Reply::Array(
+                node.topology()
+                    .cluster_slots()
+                    .iter()
+                    .map(|e| {
+                        let mut v = vec![
+                            Reply::Int(i64::from(e.start)),
+                            Reply::Int(i64::from(e.end)),
+                            endpoint(&e.primary),
+                        ];
+                        v.extend(e.replicas.iter().map(endpoint));
+                        Reply::Array(v)
+                    })
+                    .collect(),
+            )
+        }
+        ("shards", 2) => {
+            let node = c.node.lock();
+            Reply::Array(
+                node.topology()
+                    .cluster_shards()
+                    .iter()
+                    .map(|sh| {
+                        let slots = sh
+                            .slots
+                            .iter()
+                            .flat_map(|(lo, hi)| {
+                                [Reply::Int(i64::from(*lo)), Reply::Int(i64::from(*hi))]
+                            })
+                            .collect();
+                        let nodes = sh
+                            .nodes
+                            .iter()
+                            .map(|n| {
+                                Reply::Map(vec![
+                                    (text("id"), text(&n.endpoint.id.redis_name())),
+                                    (text("port"), Reply::Int(i64::from(n.endpoint.port))),
+                                    (text("ip"), text(&n.endpoint.host)),
+                                    (text("endpoint"), text(&n.endpoint.host)),
+                                    (
+                                        text("role"),
+                                        text(if n.is_primary { "master" } else { "replica" }),
+                                    ),
+                                    (text("replication-offset"), Reply::Int(n.repl_offset as i64)),
+                                    (text("health"), text(n.health)),
+                                ])
+                            })
+                            .collect();
+                        Reply::Map(vec![
+                            (text("slots"), Reply::Array(slots)),
+                            (text("nodes"), Reply::Array(nodes)),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+        ("meet", 4 | 5) => {
+            let host = String::from_utf8_lossy(&a[2]).to_string();
+            let port = crate::util::parse_int(&a[3]).filter(|p| (1..=65535).contains(p));
+            let bus = match a.get(4) {
+                Some(b) => crate::util::parse_int(b).filter(|p| (1..=65535).contains(p)),
+                None => port.map(|p| p + 10_000).filter(|p| *p <= 65535),
+            };
+            match (port, bus) {
+                (Some(_), Some(bus)) => done(c.node.lock().meet(now, &host, bus as u16)),
+                _ => err_owned(format!(
+                    "ERR Invalid node address specified: {host}:{}",
+                    String::from_utf8_lossy(&a[3])
+                )),
+            }
+        }
+        ("addslots" | "delslots" | "addslotsrange" | "delslotsrange", n) if n >= 3 => {
+            let ranges = sub.ends_with("range");
+            match slot_list(&a[2..], ranges) {
+                Ok(slots) if sub.starts_with("add") => done(c.node.lock().add_slots(now, &slots)),
+                Ok(slots) => done(c.node.lock().del_slots(now, &slots)),
+                Err(e) => e,
+            }
+        }
+        ("setslot", 4 | 5) => {
+            let slot = match crate::util::parse_int(&a[2]) {
+                Some(n) if (0..SLOT_COUNT as i64).contains(&n) => n as u32,
+                _ => return Some(err("ERR Invalid or out of range slot")),
+            };
+            let op = String::from_utf8_lossy(&a[3]).to_ascii_lowercase();
+            let target = a.get(4).map(|b| node_arg(b));
+            let op = match (op.as_str(), target) {
+                ("stable", None) => SetSlot::Stable,
+                ("migrating", Some(Ok(id))) => SetSlot::Migrating(id),
+                ("importing", Some(Ok(id))) => SetSlot::Importing(id),
+                ("node", Some(Ok(id))) => SetSlot::Node(id),
+                (_, Some(Err(e))) => return Some(e),
+                _ => return Some(syntax()),
+            };
+            let keys = {
+                let idx = crate::store::shard_of(slot as u16);
+                match &mut ctx.locks {
+                    Locks::All(g) => g[idx].ks.slot_len(slot as u16),
+                    _ => ctx.store.shard(idx).ks.slot_len(slot as u16),
+                }
+            };
+            done(c.node.lock().set_slot(now, slot, op, keys as u64))
+        }
+        ("replicate", 3) => match node_arg(&a[2]) {
+            Ok(id) => done(c.node.lock().replicate(now, id)),
+            Err(e) => e,
+        },
+        ("forget", 3) => match node_arg(&a[2]) {
+            Ok(id) => done(c.node.lock().forget(now, id)),
+            Err(e) => e,
+        },
+        ("failover", 2 | 3) => {
+            let mode = match a.get(2).map(|m| m.to_ascii_lowercase()) {
+                None => FailoverMode::Default,
+                Some(m) if m == b"force" => FailoverMode::Force,
+                Some(m) if m == b"takeover" => FailoverMode::Takeover,
+                Some(_) => return Some(syntax()),
+            };
+            done(c.node.lock().failover(now, mode))
+        }
+        ("reset", 2 | 3) => {
+            let hard = match a.get(2).map(|m| m.to_ascii_lowercase()) {
+                None => false,
+                Some(m) if m == b"soft" => false,
+                Some(m) if m == b"hard" => true,
+                Some(_) => return Some(syntax()),
+            };
+            let mut dbsize = 0;
+            ctx.each_shard(|s| dbsize += s.ks.len());
+            let mut node = c.node.lock();
+            if node.topology().myself().role.is_primary() && dbsize > 0 {
+                return Some(err(
+                    "ERR CLUSTER RESET can't be called with master nodes containing keys",
+                ));
+            }
+            node.reset(
+                now,
+                hard.then(|| meridian_regions::NodeId(uuid::Uuid::new_v4())),
+            );
+            drop(node);
+            c.poke();
+            ok()
+        }
+        ("saveconfig", 2) => match c.save() {
+            Ok(()) => ok(),
+            Err(e) => err_owned(format!("ERR error saving the cluster node config: {e}")),
+        },
+        ("count-failure-reports", 3) => Reply::Int(0),
+        _ => return None,
+    };
+    Some(reply)
 }
 
 /// A slot argument with Redis' replies: not a number → the integer error, out of range →
@@ -29,6 +261,9 @@ fn slot_arg(b: &[u8], out_of_range: &'static str) -> Result<u16, Reply> {
 }
 
 fn cluster(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    if let Some(r) = cluster_topology(ctx, a) {
+        return r;
+    }
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"keyslot") && a.len() == 3 {
         Reply::Int(i64::from(key_slot(&a[2])))

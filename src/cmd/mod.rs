@@ -148,6 +148,10 @@ pub struct ConnState {
     pub rng: u64,
     /// Commands run since the last flush to the shared counter (one atomic per batch).
     pub pending_commands: u64,
+    /// Cluster: `ASKING` was the previous command (one command's worth of permission).
+    pub asking: bool,
+    /// Cluster: `READONLY` (reads may be served by a replica).
+    pub readonly: bool,
 }
 
 impl ConnState {
@@ -164,6 +168,8 @@ impl ConnState {
             watched: Vec::new(),
             close: false,
             pending_commands: 0,
+            asking: false,
+            readonly: false,
             rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }

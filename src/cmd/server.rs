@@ -461,9 +461,10 @@ pub fn info_text(
         let uptime = now_ms.saturating_sub(shared.started_ms) / 1000;
         let _ = write!(
             o,
-            "# Server\r\nredis_version:{}\r\nmeridian_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{}\r\nexecutable:meridian\r\n\r\n",
+            "# Server\r\nredis_version:{}\r\nmeridian_version:{}\r\nredis_mode:{}\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{}\r\nexecutable:meridian\r\n\r\n",
             crate::REDIS_COMPAT_VERSION,
             env!("CARGO_PKG_VERSION"),
+            if shared.cluster.is_some() { "cluster" } else { "standalone" },
             std::env::consts::OS,
             std::process::id(),
             shared.run_id,
@@ -569,6 +570,13 @@ pub fn info_text(
             let _ = write!(o, "kafka_lag_partition_{p}:{lag}\r\n");
         }
         o.push_str("\r\n");
+    }
+    if want("cluster") {
+        let _ = write!(
+            o,
+            "# Cluster\r\ncluster_enabled:{}\r\n\r\n",
+            u8::from(shared.cluster.is_some())
+        );
     }
     if want("keyspace") {
         o.push_str("# Keyspace\r\n");

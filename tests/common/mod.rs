@@ -40,8 +40,15 @@ impl Server {
 
     /// Start with extra command-line flags (e.g. `["--maxclients", "5"]`).
     pub fn start_with(extra: &[&str]) -> Server {
+        // `--port 0` (any free port) unless the caller fixes the port.
+        let port: &[&str] = if extra.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(["--port", "0", "--log-level", "warn"])
+            .args(port)
+            .args(["--log-level", "warn"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,492 @@
+//! The region-cluster shell: drives the sans-IO [`ClusterNode`] (meridian-regions) with a TCP
+//! cluster bus, a 100 ms tick, the node's state file, and routes client commands
+//! (`MOVED`/`ASK`/`CROSSSLOT`/`CLUSTERDOWN`).
+//!
+//! The bus is TCP, like Redis Cluster's: gossip is small, ordered per link and needs no
+//! encryption inside a region's network; QUIC (with its certificates) is kept for the
+//! inter-region links, where loss, latency and trust differ. One listener on `bus-port`;
+//! inbound links feed one channel; one writer task per destination address, created on
+//! demand and dropped on the first error (the next message reconnects).
+//!
+//! State that must survive a restart (node id, epochs, own slots, primary) is written to
+//! `nodes-file` before the node acts on a change, like Redis' nodes.conf.
+
+use crate::config::ClusterConfig;
+use crate::server::now_ms;
+use crate::store::Store;
+use bytes::{Buf, BytesMut};
+use meridian_regions::node::{Config as NodeConfig, Event, PersistentState};
+use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest};
+use meridian_regions::{bus, ClusterNode, Dest};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+/// Bus messages waiting for the cluster task (inbound) or for one destination (outbound).
+const BUS_QUEUE: usize = 1024;
+const TICK_MS: u64 = 100;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the state file holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Saved {
+    id: String,
+    current_epoch: u64,
+    config_epoch: u64,
+    last_vote_epoch: u64,
+    /// Slot ranges this node owned, as a primary.
+    slots: Vec<(u16, u16)>,
+    /// Its primary's node name, as a replica.
+    primary: Option<String>,
+}
+
+/// Shared between the cluster task and every connection.
+pub struct Cluster {
+    pub node: Mutex<ClusterNode>,
+    /// Wakes the cluster task after an admin command queued bus messages.
+    wake: Notify,
+    nodes_file: PathBuf,
+    /// `replicate = "host:port"` from the config, until that node is known.
+    pending_replicate: Mutex<Option<String>>,
+}
+
+impl Cluster {
+    /// Build the node from the config and its state file (creating a new identity if none).
+    pub fn open(
+        cfg: &ClusterConfig,
+        dir: Option<&std::path::Path>,
+        port: u16,
+    ) -> Result<Arc<Cluster>, String> {
+        let nodes_file = match (dir, cfg.nodes_file.is_relative()) {
+            (Some(d), true) => d.join(&cfg.nodes_file),
+            _ => cfg.nodes_file.clone(),
+        };
+        let nodes_file = PathBuf::from(
+            nodes_file
+                .to_string_lossy()
+                .replace("{port}", &port.to_string()),
+        );
+        let saved: Option<Saved> = match std::fs::read_to_string(&nodes_file) {
+            Ok(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: {e}", nodes_file.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", nodes_file.display())),
+        };
+        let id = match &saved {
+            Some(s) => NodeId::from_redis_name(&s.id)
+                .ok_or_else(|| format!("{}: bad node id", nodes_file.display()))?,
+            None => NodeId(uuid::Uuid::new_v4()),
+        };
+        let bus_port = cfg.bus_port.unwrap_or(port.wrapping_add(10_000));
+        let me = NodeInfo::new(id, cfg.announce_ip.clone(), port, bus_port);
+        let mut node = ClusterNode::new(
+            NodeConfig {
+                node_timeout_ms: cfg.node_timeout_ms,
+                require_full_coverage: cfg.require_full_coverage,
+            },
+            me,
+        );
+        let now = now_ms();
+        let mut pending_replicate = cfg.replicate.clone();
+        match &saved {
+            Some(s) => {
+                node.restore(PersistentState {
+                    current_epoch: s.current_epoch,
+                    config_epoch: s.config_epoch,
+                    last_vote_epoch: s.last_vote_epoch,
+                });
+                let slots: Vec<u32> = s
+                    .slots
+                    .iter()
+                    .flat_map(|(a, b)| u32::from(*a)..=u32::from(*b))
+                    .collect();
+                if !slots.is_empty() {
+                    node.add_slots(now, &slots).map_err(|e| e.to_string())?;
+                }
+                if s.primary.is_some() {
+                    pending_replicate = s.primary.clone();
+                }
+            }
+            None => {
+                if let Some(spec) = &cfg.slots {
+                    let slots = parse_slot_ranges(spec)?;
+                    node.add_slots(now, &slots).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        for addr in &cfg.meet {
+            let (host, bus) = parse_meet(addr)?;
+            node.meet(now, &host, bus).map_err(|e| e.to_string())?;
+        }
+        let c = Arc::new(Cluster {
+            node: Mutex::new(node),
+            wake: Notify::new(),
+            nodes_file,
+            pending_replicate: Mutex::new(pending_replicate),
+        });
+        c.save()?;
+        Ok(c)
+    }
+
+    pub fn bus_port(&self) -> u16 {
+        self.node.lock().topology().myself().bus_port
+    }
+
+    /// Wake the task: an admin command queued messages or changed state.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    fn saved(&self) -> Saved {
+        let node = self.node.lock();
+        let topo = node.topology();
+        let me = topo.myself();
+        let st = node.persistent_state();
+        let slots = meridian_regions::topology::ranges_of(topo.slot_map().slots_of(me.id));
+        Saved {
+            id: me.id.redis_name(),
+            current_epoch: st.current_epoch,
+            config_epoch: st.config_epoch,
+            last_vote_epoch: st.last_vote_epoch,
+            slots,
+            primary: me
+                .role
+                .primary_id()
+                .and_then(|p| topo.node(p))
+                .map(|p| p.id.redis_name()),
+        }
+    }
+
+    /// Write the state file (atomically: temp file + rename).
+    pub fn save(&self) -> Result<(), String> {
+        let s = self.saved();
+        let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+        let tmp = self.nodes_file.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.nodes_file))
+            .map_err(|e| format!("{}: {e}", self.nodes_file.display()))
+    }
+
+    /// Route a key-bearing command. `None`: run it here; `Some(error text)` otherwise.
+    pub fn route(
+        &self,
+        store: &Store,
+        keys: &mut dyn Iterator<Item = &[u8]>,
+        write: bool,
+        asking: bool,
+        readonly_read: bool,
+        now: u64,
+    ) -> Option<String> {
+        let first = keys.next()?;
+        let slot = meridian_crdt::key_slot(first);
+        let mut all_keys = vec![first];
+        for k in keys {
+            if meridian_crdt::key_slot(k) != slot {
+                return Some("CROSSSLOT Keys in request don't hash to the same slot".into());
+            }
+            all_keys.push(k);
+        }
+        let migrating = {
+            let node = self.node.lock();
+            let topo = node.topology();
+            topo.migrating(slot).is_some() || topo.importing(slot).is_some()
+        };
+        // Never hold the node lock while taking a shard lock (EXEC holds every shard and may
+        // run CLUSTER commands, which take the node lock).
+        let keys_exist_locally = migrating && {
+            let shard = store.shard(crate::store::shard_of(slot));
+            all_keys.iter().all(|k| shard.ks.peek(k, now).is_some())
+        };
+        let node = self.node.lock();
+        let topo = node.topology();
+        let route = topo.route(&RouteRequest {
+            slot,
+            keys_exist_locally,
+            asking,
+            readonly_read,
+        });
+        match route {
+            Route::Local if write && !node.can_write(now) => {
+                Some("CLUSTERDOWN The cluster is down".into())
+            }
+            r => r.error_text(),
+        }
+    }
+}
+
+/// `0-5460,7000,8000-8100` → slot numbers.
+pub fn parse_slot_ranges(spec: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let a: u32 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad slot range {part}"))?;
+        let b: u32 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad slot range {part}"))?;
+        if a > b || b >= meridian_crdt::SLOT_COUNT as u32 {
+            return Err(format!("bad slot range {part}"));
+        }
+        out.extend(a..=b);
+    }
+    Ok(out)
+}
+
+/// `host:port` (client port; the bus is at port + 10000) or `host:port@busport`.
+fn parse_meet(addr: &str) -> Result<(String, u16), String> {
+    let bad = || format!("bad meet address {addr} (want host:port or host:port@busport)");
+    let (hostport, bus) = match addr.split_once('@') {
+        Some((hp, b)) => (hp, Some(b.parse::<u16>().map_err(|_| bad())?)),
+        None => (addr, None),
+    };
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bus = match bus {
+        Some(b) => b,
+        None => port.checked_add(10_000).ok_or_else(bad)?,
+    };
+    Ok((host.to_string(), bus))
+}
+
+/// Run the bus listener and the cluster task forever.
+pub async fn run(cluster: Arc<Cluster>, store: Arc<Store>, bind: String) {
+    let port = cluster.bus_port();
+    let listener = match TcpListener::bind((bind.as_str(), port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(port, error = %e, "cannot bind the cluster bus; cluster disabled");
+            return;
+        }
+    };
+    tracing::info!(port, "cluster bus listening");
+    let (tx, mut rx) = mpsc::channel::<bus::BusMessage>(BUS_QUEUE);
+    tokio::spawn(accept_bus(listener, tx));
+    let mut links: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rng = now_ms() ^ 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let mut last_saved = cluster.saved();
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return };
+                let mut node = cluster.node.lock();
+                if let Err(e) = node.handle_message(now_ms(), msg) {
+                    tracing::warn!(error = %e, "cluster bus message refused");
+                }
+                // Take whatever else already arrived under the same lock.
+                while let Ok(m) = rx.try_recv() {
+                    if let Err(e) = node.handle_message(now_ms(), m) {
+                        tracing::warn!(error = %e, "cluster bus message refused");
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                cluster.node.lock().tick(now_ms(), rng);
+                resolve_pending_replicate(&cluster);
+            }
+            _ = cluster.wake.notified() => {}
+        }
+        let (out, events) = {
+            let mut node = cluster.node.lock();
+            let mut out = Vec::new();
+            while let Some(o) = node.poll_outgoing() {
+                let addr = match &o.to {
+                    Dest::Node(id) => match node.topology().node(*id) {
+                        Some(n) => n.bus_addr(),
+                        None => continue,
+                    },
+                    Dest::Addr { host, bus_port } => format!("{host}:{bus_port}"),
+                };
+                match bus::encode(&o.msg) {
+                    Ok(bytes) => out.push((addr, bytes)),
+                    Err(e) => tracing::warn!(error = %e, "cannot encode a bus message"),
+                }
+            }
+            let mut events = Vec::new();
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+            (out, events)
+        };
+        // Persist before acting on (or announcing) a new configuration.
+        let now_saved = cluster.saved();
+        if now_saved != last_saved {
+            if let Err(e) = cluster.save() {
+                tracing::error!(error = %e, "cannot write the cluster state file");
+            }
+            last_saved = now_saved;
+        }
+        for (addr, bytes) in out {
+            send(&mut links, addr, bytes);
+        }
+        for e in events {
+            on_event(&cluster, &store, e);
+        }
+    }
+}
+
+fn resolve_pending_replicate(cluster: &Cluster) {
+    let mut pending = cluster.pending_replicate.lock();
+    let Some(target) = pending.clone() else {
+        return;
+    };
+    let mut node = cluster.node.lock();
+    let id = node
+        .topology()
+        .nodes()
+        .find(|n| n.client_addr() == target || n.id.redis_name() == target)
+        .map(|n| n.id);
+    let Some(id) = id else { return };
+    if node.topology().myself().role.primary_id() == Some(id) {
+        *pending = None;
+        return;
+    }
+    match node.replicate(now_ms(), id) {
+        Ok(()) => {
+            tracing::info!(primary = %target, "replicating");
+            *pending = None;
+        }
+        Err(e) => tracing::debug!(error = %e, "replicate deferred"),
+    }
+}
+
+fn on_event(cluster: &Cluster, store: &Store, e: Event) {
+    match e {
+        Event::SlotsLost { count } => {
+            // Keys of slots this node no longer serves (nor imports) are dropped locally.
+            // (Copied out first: the node lock is never held while taking a shard lock.)
+            let lost: Vec<u16> = {
+                let node = cluster.node.lock();
+                let topo = node.topology();
+                // A replica holds its primary's slots.
+                let me = topo.myself().role.primary_id().unwrap_or(topo.myself_id());
+                (0..meridian_crdt::SLOT_COUNT as u16)
+                    .filter(|&s| {
+                        topo.slot_map().owner(s) != Some(me) && topo.importing(s).is_none()
+                    })
+                    .collect()
+            };
+            let mut dropped = 0;
+            for slot in lost {
+                let mut shard = store.shard(crate::store::shard_of(slot));
+                if shard.ks.slot_len(slot) > 0 {
+                    dropped += shard.ks.drop_slot(slot);
+                }
+            }
+            tracing::info!(count, dropped, "slots lost to another node");
+        }
+        Event::RoleChanged(role) => match role {
+            Role::Primary => tracing::info!("role: primary"),
+            Role::Replica { of } => tracing::info!(primary = %of.redis_name(), "role: replica"),
+        },
+        other => tracing::info!(event = ?other, "cluster event"),
+    }
+}
+
+fn send(links: &mut HashMap<String, mpsc::Sender<Vec<u8>>>, addr: String, bytes: Vec<u8>) {
+    if let Some(tx) = links.get(&addr) {
+        match tx.try_send(bytes) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => return, // the link is stuck: drop
+            Err(mpsc::error::TrySendError::Closed(b)) => {
+                links.remove(&addr);
+                return send(links, addr, b);
+            }
+        }
+    }
+    let (tx, rx) = mpsc::channel(BUS_QUEUE);
+    let _ = tx.try_send(bytes);
+    tokio::spawn(write_link(addr.clone(), rx));
+    links.insert(addr, tx);
+}
+
+async fn write_link(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        _ => return, // dropped: the next message retries
+    };
+    let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    while let Some(first) = rx.recv().await {
+        let mut batch = first;
+        while let Ok(more) = rx.try_recv() {
+            batch.extend_from_slice(&more);
+        }
+        if stream.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_bus(listener: TcpListener, tx: mpsc::Sender<bus::BusMessage>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = read_link(stream, tx).await {
+                tracing::warn!(%peer, error = %e, "cluster bus link dropped");
+            }
+        });
+    }
+}
+
+async fn read_link(mut stream: TcpStream, tx: mpsc::Sender<bus::BusMessage>) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(bus::MAX_BUS_FRAME_BYTES);
+    loop {
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        loop {
+            match bus::decode(&buf) {
+                Ok(Some((msg, n))) => {
+                    buf.advance(n);
+                    // A full queue means the node is behind: drop gossip rather than block.
+                    let _ = tx.try_send(msg);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("malformed bus frame: {e}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_and_meet_addresses_parse() {
+        assert_eq!(parse_slot_ranges("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_slot_ranges("5-2").is_err());
+        assert!(parse_slot_ranges("16384").is_err());
+        assert_eq!(
+            parse_meet("127.0.0.1:7001").unwrap(),
+            ("127.0.0.1".into(), 17001)
+        );
+        assert_eq!(
+            parse_meet("10.0.0.1:7001@9000").unwrap(),
+            ("10.0.0.1".into(), 9000)
+        );
+        assert!(parse_meet("nope").is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! The region cluster with real processes on loopback: six nodes (three primaries, three
+//! replicas) form from their configs alone, like `examples/cluster-6`; cluster clients
+//! (redis-rs, redis-cli) route by MOVED; failover promotes a replica. Every check waits on a
+//! condition with a deadline.
+
+mod common;
+
+use common::{free_port, q, qerr, tool_available, wait_until, Server};
+use redis::cluster::ClusterClient;
+use redis::Commands;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const PRIMARY_SLOTS: [&str; 3] = ["0-5460", "5461-10922", "10923-16383"];
+
+struct Cluster {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    bus: Vec<u16>,
+    node_timeout_ms: u64,
+    nodes: Vec<Option<Server>>,
+}
+
+impl Cluster {
+    fn start(node_timeout_ms: u64) -> Cluster {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("meridian-cluster-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let bus: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut c = Cluster {
+            dir,
+            ports,
+            bus,
+            node_timeout_ms,
+            nodes: Vec::new(),
+        };
+        for i in 0..6 {
+            let s = c.spawn(i);
+            c.nodes.push(Some(s));
+        }
+        c
+    }
+
+    fn config(&self, i: usize) -> String {
+        let meet: Vec<String> = (0..6)
+            .filter(|&j| j != i)
+            .map(|j| format!("\"127.0.0.1:{}@{}\"", self.ports[j], self.bus[j]))
+            .collect();
+        let role = if i < 3 {
+            format!("slots = \"{}\"", PRIMARY_SLOTS[i])
+        } else {
+            format!("replicate = \"127.0.0.1:{}\"", self.ports[i - 3])
+        };
+        format!(
+            "bind = \"127.0.0.1\"\nport = {port}\n[cluster]\nbus-port = {bus}\nnode-timeout-ms = {t}\nnodes-file = \"{dir}/nodes-{{port}}.json\"\nmeet = [{meet}]\n{role}\n",
+            port = self.ports[i],
+            bus = self.bus[i],
+            t = self.node_timeout_ms,
+            dir = self.dir.display(),
+            meet = meet.join(", "),
+        )
+    }
+
+    fn spawn(&self, i: usize) -> Server {
+        // The client port is fixed by the config (the nodes' addresses are in each other's).
+        Server::start_with_config(&self.config(i), &["--port", &self.ports[i].to_string()])
+    }
+
+    fn conn(&self, i: usize) -> redis::Connection {
+        self.nodes[i].as_ref().expect("node running").conn()
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+
+    fn wait_ok(&self, i: usize) {
+        let mut con = self.conn(i);
+        wait_until(DEADLINE, "cluster_state:ok", || {
+            let info: String = q(&mut con, &["CLUSTER", "INFO"]);
+            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn six_nodes_form_a_cluster_that_cluster_clients_use() {
+    let cl = Cluster::start(5_000);
+    for i in 0..6 {
+        cl.wait_ok(i);
+    }
+    // Every node agrees on the slot map: three primaries, one replica each.
+    let mut c0 = cl.conn(0);
+    wait_until(DEADLINE, "replicas attached", || {
+        let nodes: String = q(&mut c0, &["CLUSTER", "NODES"]);
+        nodes.lines().filter(|l| l.contains(" slave ")).count() == 3
+    });
+    let slots: Vec<redis::Value> = q(&mut c0, &["CLUSTER", "SLOTS"]);
+    assert_eq!(slots.len(), 3);
+
+    // redis-rs cluster client: keys spread over every primary.
+    let client = ClusterClient::new(cl.urls()).expect("cluster client");
+    let mut con = client.get_connection().expect("cluster connection");
+    for i in 0..600 {
+        let _: () = con
+            .set(format!("key:{i}"), i)
+            .expect("SET through the cluster");
+    }
+    for i in 0..600 {
+        let v: i64 = con
+            .get(format!("key:{i}"))
+            .expect("GET through the cluster");
+        assert_eq!(v, i);
+    }
+    let _: i64 = con.incr("{user}:visits", 5).expect("INCR");
+    let _: () = redis::cmd("MSET")
+        .arg("{user}:a")
+        .arg(1)
+        .arg("{user}:b")
+        .arg(2)
+        .query(&mut con)
+        .expect("same-slot MSET");
+    // Each primary holds only its own keys.
+    let mut total = 0;
+    for i in 0..3 {
+        let n: i64 = q(&mut cl.conn(i), &["DBSIZE"]);
+        assert!(n > 100, "primary {i} holds {n} keys");
+        total += n;
+    }
+    assert_eq!(total, 603);
+
+    // Direct (non-cluster) clients get the Redis errors cluster clients rely on.
+    let e = qerr(&mut c0, &["MSET", "a", "1", "b", "2"]);
+    assert!(e.starts_with("CROSSSLOT"), "{e}");
+    let slot: i64 = q(&mut c0, &["CLUSTER", "KEYSLOT", "foo"]);
+    let e = qerr(&mut c0, &["GET", "foo"]);
+    assert_eq!(e, format!("MOVED {slot} 127.0.0.1:{}", cl.ports[2]));
+    let e = qerr(&mut cl.conn(3), &["GET", "key:1"]);
+    assert!(
+        e.starts_with("MOVED"),
+        "a replica redirects without READONLY: {e}"
+    );
+
+    if tool_available("redis-cli") {
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "check", &format!("127.0.0.1:{}", cl.ports[0])])
+            .output()
+            .expect("run redis-cli --cluster check");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("[OK] All 16384 slots covered."), "{text}");
+        assert!(
+            text.contains("[OK] All nodes agree about slots configuration."),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn restarted_node_keeps_its_identity() {
+    let mut cl = Cluster::start(5_000);
+    cl.wait_ok(4);
+    let id: String = q(&mut cl.conn(4), &["CLUSTER", "MYID"]);
+    cl.nodes[4] = None; // SIGKILL
+    let s = cl.spawn(4);
+    cl.nodes[4] = Some(s);
+    let again: String = q(&mut cl.conn(4), &["CLUSTER", "MYID"]);
+    assert_eq!(id, again);
+    cl.wait_ok(4);
+    let mut c0 = cl.conn(0);
+    wait_until(DEADLINE, "the others see it connected again", || {
+        let nodes: String = q(&mut c0, &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains(" slave ") && !l.contains("fail"))
+    });
+}
+
+#[test]
+fn killed_primary_is_replaced_by_its_replica() {
+    let mut cl = Cluster::start(1_000);
+    for i in 0..6 {
+        cl.wait_ok(i);
+    }
+    let mut c1 = cl.conn(1);
+    let old: String = q(&mut cl.conn(0), &["CLUSTER", "MYID"]);
+    let replica: String = q(&mut cl.conn(3), &["CLUSTER", "MYID"]);
+    wait_until(DEADLINE, "node 3 replicates node 0", || {
+        let nodes: String = q(&mut c1, &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&replica) && l.contains(&format!("slave {old}")))
+    });
+    cl.nodes[0] = None; // SIGKILL the primary of slots 0-5460
+    wait_until(DEADLINE, "the replica is promoted", || {
+        let nodes: String = q(&mut c1, &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&replica) && l.contains("master") && l.contains("0-5460"))
+    });
+    // Writes to those slots are accepted again, at the promoted node.
+    let mut c3 = cl.conn(3);
+    wait_until(DEADLINE, "the promoted node accepts writes", || {
+        redis::cmd("SET")
+            .arg("key:0")
+            .arg("after")
+            .query::<()>(&mut c3)
+            .is_ok()
+    });
+    let v: String = q(&mut c3, &["GET", "key:0"]);
+    assert_eq!(v, "after");
+    // The old primary comes back as a replica of the new one.
+    let s = cl.spawn(0);
+    cl.nodes[0] = Some(s);
+    wait_until(DEADLINE, "old primary rejoins as a replica", || {
+        let nodes: String = q(&mut c1, &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&old) && l.contains(&format!("slave {replica}")))
+    });
+}
