@@ -231,3 +231,84 @@ fn killed_primary_is_replaced_by_its_replica() {
             .any(|l| l.starts_with(&old) && l.contains(&format!("slave {replica}")))
     });
 }
+
+#[test]
+fn resharding_1000_slots_under_load_loses_and_duplicates_nothing() {
+    if !tool_available("redis-cli") {
+        return;
+    }
+    let cl = Cluster::start(5_000);
+    for i in 0..3 {
+        cl.wait_ok(i);
+    }
+    let client = ClusterClient::new(cl.urls()).expect("cluster client");
+    let mut con = client.get_connection().expect("cluster connection");
+    const KEYS: usize = 2000;
+    for i in 0..KEYS {
+        let _: () = con.set(format!("key:{i}"), i).expect("load");
+    }
+    // A writer keeps incrementing counters spread over the moving slots while slots move;
+    // the cluster client follows MOVED/ASK.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut con = client.get_connection().expect("writer connection");
+        std::thread::spawn(move || {
+            let mut done = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: i64 = con
+                    .incr(format!("ctr:{}", done % 50), 1)
+                    .expect("INCR during resharding");
+                done += 1;
+            }
+            done
+        })
+    };
+    let from: String = q(&mut cl.conn(0), &["CLUSTER", "MYID"]);
+    let to: String = q(&mut cl.conn(1), &["CLUSTER", "MYID"]);
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", cl.ports[0]),
+        ])
+        .args(["--cluster-from", &from, "--cluster-to", &to])
+        .args(["--cluster-slots", "1000", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster reshard");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let increments = writer.join().expect("writer");
+
+    let mut c1 = cl.conn(1);
+    let nodes: String = q(&mut c1, &["CLUSTER", "NODES"]);
+    let me = nodes
+        .lines()
+        .find(|l| l.contains("myself"))
+        .expect("own line");
+    assert!(me.contains("0-999"), "node 1 now owns slots 0-999: {me}");
+    for i in 0..KEYS {
+        let v: i64 = con.get(format!("key:{i}")).expect("GET after resharding");
+        assert_eq!(v, i as i64, "key:{i}");
+    }
+    let mut counted = 0i64;
+    for i in 0..50 {
+        let v: Option<i64> = con.get(format!("ctr:{i}")).expect("counter");
+        counted += v.unwrap_or(0);
+    }
+    assert_eq!(
+        counted as u64, increments,
+        "every acknowledged INCR is counted once"
+    );
+    let total: i64 = (0..3).map(|i| q::<i64>(&mut cl.conn(i), &["DBSIZE"])).sum();
+    let counters = (0..50u64).filter(|i| *i < increments).count() as i64;
+    assert_eq!(
+        total,
+        KEYS as i64 + counters,
+        "no key lives on two primaries"
+    );
+}

@@ -500,6 +500,26 @@ impl Keyspace {
         self.reclaim(key_slot(key), key, false)
     }
 
+    /// Hand a key over to another node of the region (MIGRATE): remove its whole state
+    /// locally, without a delta (the region as a whole still holds it) and without marking
+    /// the slot lossy (the key moved, it was not lost). Returns the state that left.
+    pub fn take_key(&mut self, key: &[u8]) -> Option<Entry> {
+        let slot = key_slot(key);
+        let table = self.slots[usize::from(slot)].as_deref_mut()?;
+        let (k, e) = table.map.remove_entry(key)?;
+        let alive = e.is_alive();
+        let volatile = alive && e.deadline_ms().is_some();
+        table.alive -= usize::from(alive);
+        table.volatile -= usize::from(volatile);
+        table.digest = None;
+        let s = &mut self.stats;
+        s.keys -= usize::from(alive);
+        s.tombstones -= usize::from(!alive);
+        s.volatile -= usize::from(volatile);
+        s.bytes -= entry_bytes(&k, &e);
+        Some(e)
+    }
+
     /// Active expiry: look at up to `budget` keys from a rotating cursor, reclaiming expired
     /// ones. Returns how many were reclaimed. Bounded work per call, like Redis' cycle.
     pub fn active_expire(&mut self, now_ms: u64, budget: usize) -> usize {

@@ -13,7 +13,111 @@ pub fn specs() -> Vec<Spec> {
         spec!("readonly", 1, FAST, 0, 0, 0, readonly),
         spec!("readwrite", 1, FAST, 0, 0, 0, readwrite),
         spec!("asking", 1, FAST, 0, 0, 0, asking),
+        // Keys are found (and locked) by the handler: `key` may be "" with KEYS.
+        spec!("migrate", -6, WRITE, 0, 0, 0, migrate),
     ]
+}
+
+/// `MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]
+/// [AUTH2 user pw] [KEYS key …]`: move keys to another node of the region with their CRDT
+/// state intact (the target merges it: `MERIDIAN MERGE`), then drop them here without a
+/// delta. Blocks this connection's thread for the transfer, like Redis' MIGRATE.
+fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+    use std::io::{BufRead, BufReader, Write};
+    let host = String::from_utf8_lossy(&a[1]).to_string();
+    let Some(port) = crate::util::parse_int(&a[2]).filter(|p| (1..=65535).contains(p)) else {
+        return err("ERR Invalid port");
+    };
+    let Some(timeout_ms) = crate::util::parse_int(&a[5]).filter(|t| *t >= 0) else {
+        return not_int();
+    };
+    let (mut copy, mut keys) = (false, Vec::new());
+    let mut i = 6;
+    while i < a.len() {
+        let o = a[i].to_ascii_lowercase();
+        match o.as_slice() {
+            b"copy" => copy = true,
+            b"replace" => {}
+            b"auth" => i += 1,
+            b"auth2" => i += 2,
+            b"keys" => {
+                if !a[3].is_empty() {
+                    return err("ERR When using MIGRATE KEYS option, the key argument must be set to the empty string");
+                }
+                keys.extend(a[i + 1..].iter().cloned());
+                break;
+            }
+            _ => return syntax(),
+        }
+        i += 1;
+    }
+    if keys.is_empty() {
+        keys.push(a[3].clone());
+    }
+    // Collect what exists, with its whole state.
+    let mut batch = Vec::new();
+    for k in &keys {
+        let shard = ctx.shard(k);
+        if let Some(e) = shard.ks.raw_entry(k).filter(|e| e.is_alive()) {
+            match postcard::to_allocvec(e) {
+                Ok(blob) => batch.push((k.clone(), blob)),
+                Err(e) => return err_owned(format!("ERR cannot serialize {k:?}: {e}")),
+            }
+        }
+    }
+    if batch.is_empty() {
+        return Reply::Simple(std::borrow::Cow::Borrowed("NOKEY"));
+    }
+    let timeout = std::time::Duration::from_millis((timeout_ms as u64).max(100));
+    let ioerr = |what: &str| err_owned(format!("IOERR error or timeout {what} target instance"));
+    let addr = format!("{host}:{port}");
+    let Some(sock) = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .ok()
+        .and_then(|mut it| it.next())
+    else {
+        return ioerr("connecting to");
+    };
+    let Ok(stream) = std::net::TcpStream::connect_timeout(&sock, timeout) else {
+        return ioerr("connecting to");
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let mut out = Vec::new();
+    for (k, blob) in &batch {
+        out.extend_from_slice(b"*4\r\n$8\r\nMERIDIAN\r\n$5\r\nMERGE\r\n");
+        for part in [&k[..], &blob[..]] {
+            out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    let mut writer = &stream;
+    if writer.write_all(&out).is_err() {
+        return ioerr("writing to");
+    }
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    for _ in &batch {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 && line.starts_with('+') => {}
+            Ok(n) if n > 0 => {
+                return err_owned(format!(
+                    "ERR Target instance replied with error: {}",
+                    line.trim_end()[1..].to_string()
+                ))
+            }
+            _ => return ioerr("reading from"),
+        }
+    }
+    if !copy {
+        for (k, _) in &batch {
+            let shard = ctx.shard(k);
+            shard.ks.take_key(k);
+            shard.touch_key(k);
+        }
+    }
+    ok()
 }
 
 fn readonly(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {

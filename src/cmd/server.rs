@@ -686,6 +686,23 @@ fn meridian(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         };
         let removed = ctx.write(key, |w| w.invalidate(version));
         Reply::Int(i64::from(removed))
+    } else if sub.eq_ignore_ascii_case(b"merge") {
+        // MERIDIAN MERGE <key> <state>: merge a key's CRDT state sent by MIGRATE.
+        let (Some(key), Some(blob), 4) = (a.get(2), a.get(3), a.len()) else {
+            return err("ERR usage: MERIDIAN MERGE <key> <state>");
+        };
+        let mut entry: meridian_crdt::Entry = match postcard::from_bytes(blob) {
+            Ok(e) => e,
+            Err(e) => return err_owned(format!("ERR bad key state: {e}")),
+        };
+        if let Err(e) = meridian_replication::codec::check_entry(&entry) {
+            return err_owned(format!("ERR bad key state: {e}"));
+        }
+        entry.rebuild();
+        let shard = ctx.shard(key);
+        shard.ks.merge_state(key, true, &entry);
+        shard.touch_key(key);
+        ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
     } else {
