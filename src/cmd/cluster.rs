@@ -104,7 +104,7 @@ fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             Ok(n) if n > 0 => {
                 return err_owned(format!(
                     "ERR Target instance replied with error: {}",
-                    line.trim_end()[1..].to_string()
+                    &line.trim_end()[1..]
                 ))
             }
             _ => return ioerr("reading from"),
