@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Benchmark the region cluster on loopback (release build).
+
+Reports:
+  1. aggregate throughput of a 3-primary meridian cluster with the cluster-aware load
+     generator (`redis-benchmark --cluster`), against a 3-primary redis-server cluster driven
+     the same way and against 3 standalone redis-server instances (3 generators at once),
+     all in the same run;
+  2. resharding speed: keys/s moved by `redis-cli --cluster reshard` of 1000 slots;
+  3. failover time: SIGKILL of a primary -> first write accepted by its promoted replica,
+     against the target node-timeout + 2 s.
+
+Usage: bench/cluster.py [--requests N] [--keys N] [--node-timeout MS] [--meridian PATH]
+"""
+import argparse
+import csv
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from compare import free_port, wait_port, stop, resp  # noqa: E402
+
+SLOTS = ["0-5460", "5461-10922", "10923-16383"]
+
+
+def crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def cmd(port, *args, timeout=5):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(resp(*args))
+        data = s.recv(1 << 20)
+        return data.decode(errors="replace")
+
+
+def start_meridian_cluster(path, node_timeout, tmp, io_threads):
+    ports = [free_port() for _ in range(6)]
+    buses = [free_port() for _ in range(6)]
+    procs = []
+    for i in range(6):
+        meet = ", ".join(f'"127.0.0.1:{ports[j]}@{buses[j]}"' for j in range(6) if j != i)
+        role = f'slots = "{SLOTS[i]}"' if i < 3 else f'replicate = "127.0.0.1:{ports[i - 3]}"'
+        conf = os.path.join(tmp, f"node-{i}.toml")
+        with open(conf, "w") as f:
+            f.write(f'bind = "127.0.0.1"\nport = {ports[i]}\nio-threads = {io_threads}\n[cluster]\nbus-port = {buses[i]}\n'
+                    f'node-timeout-ms = {node_timeout}\nnodes-file = "{tmp}/nodes-{{port}}.json"\n'
+                    f"meet = [{meet}]\n{role}\n")
+        procs.append(subprocess.Popen([path, "--config", conf, "--log-level", "warn"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p, port in zip(procs, ports):
+        wait_port(port, p)
+    wait_cluster_ok(ports, 6)
+    return ports, procs
+
+
+def wait_cluster_ok(ports, known, deadline_s=60):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            if all("cluster_state:ok" in cmd(p, "CLUSTER", "INFO")
+                   and f"cluster_known_nodes:{known}" in cmd(p, "CLUSTER", "INFO") for p in ports):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("cluster did not converge")
+
+
+def start_redis_cluster(tmp):
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for p in ports:
+        d = os.path.join(tmp, f"redis-{p}")
+        os.makedirs(d)
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--cluster-enabled", "yes", "--cluster-config-file", f"{d}/nodes.conf", "--dir", d],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for pr, p in zip(procs, ports):
+        wait_port(p, pr)
+    subprocess.run(["redis-cli", "--cluster", "create"] + [f"127.0.0.1:{p}" for p in ports]
+                   + ["--cluster-yes"], check=True, capture_output=True)
+    wait_cluster_ok(ports, 3)
+    return ports, procs
+
+
+def bench(port, requests, cluster, clients=50):
+    args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-c", str(clients),
+            "-n", str(requests), "-r", "100000", "--csv", "-q"]
+    if cluster:
+        args.append("--cluster")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def rows(proc):
+    out, _ = proc.communicate()
+    r = {}
+    for row in csv.reader(io.StringIO(out)):
+        # Cluster mode prints the primaries first ("Master 0: …"): not CSV rows.
+        if len(row) >= 7 and row[0] != "test":
+            r[row[0].split()[0].upper()] = float(row[1])
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=300000)
+    ap.add_argument("--keys", type=int, default=50000)
+    ap.add_argument("--node-timeout", type=int, default=2000)
+    ap.add_argument("--meridian", default="target/release/meridian")
+    # One event loop per node, like redis-server: six nodes and the generator share 2 cores.
+    ap.add_argument("--io-threads", type=int, default=1)
+    args = ap.parse_args()
+    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found")
+    tmp = tempfile.mkdtemp(prefix="meridian-bench-cluster-")
+    procs = []
+    try:
+        # 1. Throughput.
+        rports, rprocs = start_redis_cluster(tmp)
+        procs += rprocs
+        redis_cluster = rows(bench(rports[0], args.requests, True))
+        for p in rprocs:
+            stop(p)
+            procs.remove(p)
+        singles = []
+        for _ in range(3):
+            p = free_port()
+            pr = subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_port(p, pr)
+            singles.append((p, pr))
+            procs.append(pr)
+        gens = [bench(p, args.requests // 3, False, clients=17) for p, _ in singles]
+        standalone = {}
+        for g in gens:
+            for k, v in rows(g).items():
+                standalone[k] = standalone.get(k, 0) + v
+        for _, pr in singles:
+            stop(pr)
+            procs.remove(pr)
+        mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads)
+        procs += mprocs
+        meridian = rows(bench(mports[0], args.requests, True))
+        print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) | meridian cluster (3 primaries) | vs standalone | vs redis cluster |")
+        print("|---|---|---|---|---|---|")
+        for t in ("SET", "GET"):
+            print(f"| {t} | {standalone[t]:,.0f} | {redis_cluster[t]:,.0f} | {meridian[t]:,.0f} | "
+                  f"{meridian[t] / standalone[t]:.2f} | {meridian[t] / redis_cluster[t]:.2f} |")
+
+        # 2. Resharding speed: keys in slots 0-999 (primary 0) move to primary 1.
+        tags = []
+        n = 0
+        while len(tags) < 1000:
+            t = f"t{n}"
+            n += 1
+            if crc16(t.encode()) % 16384 < 1000:
+                tags.append(t)
+        batch = [resp("SET", "{%s}:%d" % (tags[i % len(tags)], i), "x" * 32) for i in range(args.keys)]
+        with socket.create_connection(("127.0.0.1", mports[0])) as s:
+            s.settimeout(30)
+            for off in range(0, len(batch), 1000):
+                chunk = batch[off:off + 1000]
+                s.sendall(b"".join(chunk))
+                got = b""
+                while got.count(b"\r\n") < len(chunk):
+                    data = s.recv(1 << 20)
+                    if not data:
+                        raise SystemExit("load connection closed")
+                    got += data
+        before = int(cmd(mports[1], "DBSIZE").strip().lstrip(":"))
+        src = cmd(mports[0], "CLUSTER", "MYID").split("\r\n")[1]
+        dst = cmd(mports[1], "CLUSTER", "MYID").split("\r\n")[1]
+        t0 = time.time()
+        subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{mports[0]}", "--cluster-from", src,
+                        "--cluster-to", dst, "--cluster-slots", "1000", "--cluster-yes",
+                        "--cluster-pipeline", "100"], check=True, capture_output=True)
+        dt = time.time() - t0
+        moved = int(cmd(mports[1], "DBSIZE").strip().lstrip(":")) - before
+        print(f"resharding: 1000 slots, {moved} keys moved in {dt:.2f} s "
+              f"({moved / dt:,.0f} keys/s, {1000 / dt:,.0f} slots/s)")
+
+        # 3. Failover: kill primary 2 (slots 10923-16383), poll writes at its replica.
+        key = None
+        for n in range(100000):
+            k = f"fo:{n}"
+            out = cmd(mports[2], "SET", k, "1")
+            if out.startswith("+OK"):
+                key = k
+                break
+        os.kill(mprocs[2].pid, signal.SIGKILL)
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            try:
+                if cmd(mports[5], "SET", key, "2", timeout=1).startswith("+OK"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        dt = time.time() - t0
+        print(f"failover: kill -9 of a primary -> writes accepted by its replica in {dt:.2f} s "
+              f"(node-timeout {args.node_timeout} ms; target < {args.node_timeout / 1000 + 2:.1f} s)")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
