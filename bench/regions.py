@@ -15,6 +15,7 @@ one standalone `meridian` without replication, and reports:
 
 Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 20000]
        [--conv-writes 200] [--burst 200000]
+       (binary: $MERIDIAN_BIN, else $CARGO_TARGET_DIR/release/meridian, else target/release)
 """
 
 import argparse
@@ -27,7 +28,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "meridian")
+# MERIDIAN_BIN picks a binary explicitly; otherwise the release build under CARGO_TARGET_DIR
+# (default: ./target).
+BIN = os.environ.get("MERIDIAN_BIN") or os.path.join(
+    os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "meridian"
+)
 NAMES = ["a", "b", "c"]
 
 
