@@ -127,7 +127,7 @@ impl Server {
     pub async fn run(mut self) -> std::io::Result<()> {
         tokio::spawn(background(self.store.clone(), self.shared.clone()));
         if let Some(r) = self.repl.take() {
-            tokio::spawn(r.run(self.store.clone()));
+            r.spawn(self.store.clone())?;
         }
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);
