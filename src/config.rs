@@ -60,6 +60,9 @@ pub struct ReplicationConfig {
     pub log_max_deltas: usize,
     pub anti_entropy_interval_ms: u64,
     pub gc_interval_ms: u64,
+    /// Local deltas wait up to this long to be shipped together (0: ship on every wake).
+    /// Trades that much convergence time for far fewer wake-ups, frames and acks.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -77,6 +80,7 @@ impl Default for ReplicationConfig {
             log_max_deltas: l.max_log_deltas,
             anti_entropy_interval_ms: l.anti_entropy_interval_ms,
             gc_interval_ms: 1_000,
+            flush_interval_ms: 1,
         }
     }
 }

@@ -272,6 +272,7 @@ struct Core {
     link: RegionLink,
     faults: Vec<(u64, f64)>,
     gc_interval_ms: u64,
+    flush_interval_ms: u64,
 }
 
 fn read_pem(
@@ -360,6 +361,7 @@ impl Replicator {
                 link,
                 faults: rc.peers.iter().map(|p| (p.delay_ms, p.drop_rate)).collect(),
                 gc_interval_ms: rc.gc_interval_ms.max(10),
+                flush_interval_ms: rc.flush_interval_ms,
             }),
         }))
     }
@@ -412,6 +414,7 @@ impl Core {
             mut link,
             faults,
             gc_interval_ms,
+            flush_interval_ms,
         } = self;
         let n = control.peers.len();
         let idx_of_id = |id: RegionId| control.peers.iter().position(|p| p.region_id == id.0);
@@ -435,6 +438,8 @@ impl Core {
         let mut pending: Vec<Delta> = Vec::new();
         let mut buf = Vec::new();
         let mut timer_due = true;
+        // When the local deltas that woke us get drained (`flush_interval_ms` after).
+        let mut flush_at: Option<u64> = Some(0);
         loop {
             let now = now_ms();
             // Local deltas. The link ships them in HLC order (its frontier for our own
@@ -442,15 +447,22 @@ impl Core {
             // stamped and logged under its shard lock, so once every shard was locked after
             // reading `horizon`, every delta stamped at or below it is drained: ship those,
             // sorted, and keep the younger ones for the next round.
-            store.arm_delta_wakeup();
-            let horizon = store.last_hlc();
-            for i in 0..SHARDS {
-                let mut shard = store.shard(i);
-                if !shard.log.is_empty() {
-                    pending.extend(shard.log.drain(..));
+            let flush = flush_at.is_some_and(|t| now >= t);
+            let horizon = if flush {
+                flush_at = None;
+                store.arm_delta_wakeup();
+                let horizon = store.last_hlc();
+                for i in 0..SHARDS {
+                    let mut shard = store.shard(i);
+                    if !shard.log.is_empty() {
+                        pending.extend(shard.log.drain(..));
+                    }
                 }
-            }
-            pending.sort_by_key(|d| d.stamp.hlc);
+                pending.sort_by_key(|d| d.stamp.hlc);
+                horizon
+            } else {
+                Hlc::ZERO
+            };
             let ready = pending.partition_point(|d| d.stamp.hlc <= horizon);
             let dropped = store.stats.deltas_dropped.load(Relaxed);
             if dropped != dropped_seen {
@@ -464,7 +476,10 @@ impl Core {
                 link.enqueue(now, d);
             }
             link.note_local_hlc(horizon);
-            let again = !pending.is_empty();
+            if flush && !pending.is_empty() {
+                // Younger than this round's horizon: shipped by the next round.
+                flush_at = Some(now + flush_interval_ms);
+            }
             if timer_due || now >= next_gc {
                 link.handle_timeout(now);
                 let mut locked = ShellStore::new(&store);
@@ -525,6 +540,10 @@ impl Core {
                     wake = wake.min(*due);
                 }
             }
+            let flush_now = flush_at.is_some_and(|t| t <= now);
+            if let Some(t) = flush_at {
+                wake = wake.min(t);
+            }
             let sleep = Duration::from_millis(wake.saturating_sub(now).max(1));
             tokio::select! {
                 biased;
@@ -549,9 +568,11 @@ impl Core {
                     // Answers (acks, anti-entropy) may be due right away.
                     timer_due = true;
                 }
-                _ = store.stats.delta_notify.notified() => {}
-                // Deltas younger than this round's horizon wait for the next round.
-                _ = std::future::ready(()), if again => {}
+                _ = store.stats.delta_notify.notified() => {
+                    // Let the deltas of the next `flush_interval_ms` join these.
+                    flush_at.get_or_insert(now_ms() + flush_interval_ms);
+                }
+                _ = std::future::ready(()), if flush_now => {}
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
         }
