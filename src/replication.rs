@@ -45,7 +45,10 @@ impl<'a> ShellStore<'a> {
     }
 
     fn all_mut(&mut self) -> &mut [MutexGuard<'a, Shard>] {
-        let _ = self.all();
+        if self.all.get().is_none() {
+            let locked = self.store.lock_all();
+            self.all.get_or_init(|| locked);
+        }
         self.all.get_mut().expect("initialised just above")
     }
 }
