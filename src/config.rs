@@ -60,8 +60,9 @@ pub struct ReplicationConfig {
     pub log_max_deltas: usize,
     pub anti_entropy_interval_ms: u64,
     pub gc_interval_ms: u64,
-    /// Local deltas wait up to this long to be shipped together (0: ship on every wake).
-    /// Trades that much convergence time for far fewer wake-ups, frames and acks.
+    /// Local deltas are drained at most once per this interval (0: on every wake-up). A
+    /// write after a quiet interval ships at once; a stream of writes waits up to this long
+    /// to ship together, for far fewer wake-ups, frames and acks.
     pub flush_interval_ms: u64,
 }
 

@@ -441,8 +441,11 @@ impl Core {
         let mut pending: Vec<Delta> = Vec::new();
         let mut buf = Vec::new();
         let mut timer_due = true;
-        // When the local deltas that woke us get drained (`flush_interval_ms` after).
+        // When the local deltas that woke us get drained: right away if the last drain is
+        // `flush_interval_ms` old, else that long after it (sparse writes ship at once,
+        // a stream of writes ships once per interval).
         let mut flush_at: Option<u64> = Some(0);
+        let mut last_flush = 0u64;
         loop {
             let now = now_ms();
             // Local deltas. The link ships them in HLC order (its frontier for our own
@@ -453,6 +456,7 @@ impl Core {
             let flush = flush_at.is_some_and(|t| now >= t);
             let horizon = if flush {
                 flush_at = None;
+                last_flush = now;
                 store.arm_delta_wakeup();
                 let horizon = store.last_hlc();
                 for i in 0..SHARDS {
@@ -481,7 +485,7 @@ impl Core {
             link.note_local_hlc(horizon);
             if flush && !pending.is_empty() {
                 // Younger than this round's horizon: shipped by the next round.
-                flush_at = Some(now + flush_interval_ms);
+                flush_at = Some(now + flush_interval_ms.max(1));
             }
             if timer_due || now >= next_gc {
                 link.handle_timeout(now);
@@ -572,8 +576,7 @@ impl Core {
                     timer_due = true;
                 }
                 _ = store.stats.delta_notify.notified() => {
-                    // Let the deltas of the next `flush_interval_ms` join these.
-                    flush_at.get_or_insert(now_ms() + flush_interval_ms);
+                    flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
                 }
                 _ = std::future::ready(()), if flush_now => {}
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
