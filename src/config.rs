@@ -125,7 +125,7 @@ impl Default for Config {
             metrics_port: None,
             region: "a".into(),
             region_id: 0,
-            delta_log_max: 1024,
+            delta_log_max: 8192,
             hz: 10,
             io_threads: 0,
             active_expire_budget: 2000,
