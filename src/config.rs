@@ -68,6 +68,10 @@ pub struct ReplicationConfig {
     pub log_max_deltas: usize,
     pub anti_entropy_interval_ms: u64,
     pub gc_interval_ms: u64,
+    /// Local deltas are drained at most once per this interval (0: on every wake-up). A
+    /// write after a quiet interval ships at once; a stream of writes waits up to this long
+    /// to ship together, for far fewer wake-ups, frames and acks.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -85,6 +89,7 @@ impl Default for ReplicationConfig {
             log_max_deltas: l.max_log_deltas,
             anti_entropy_interval_ms: l.anti_entropy_interval_ms,
             gc_interval_ms: 1_000,
+            flush_interval_ms: 1,
         }
     }
 }
@@ -197,7 +202,7 @@ impl Default for Config {
             metrics_port: None,
             region: "a".into(),
             region_id: 0,
-            delta_log_max: 1024,
+            delta_log_max: 8192,
             hz: 10,
             io_threads: 0,
             active_expire_budget: 2000,

@@ -1,10 +1,11 @@
 //! Prometheus text exposition on `GET /metrics` (off unless `metrics-port` is set). A tiny
 //! HTTP/1.1 responder: one request per connection, bounded request size.
 
+use crate::replication::{Control, PeerControl};
 use crate::server::{now_ms, Shared};
 use crate::store::Store;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -159,7 +160,203 @@ pub fn render(store: &Store, shared: &Shared) -> String {
         st.protocol_errors.load(Relaxed),
     );
     invalidation_metrics(&mut o, store, shared, &ks);
+    if let Some(c) = &shared.repl {
+        replication(&mut o, c, now_ms());
+    }
     o
+}
+
+/// Multi-region link state (the same figures as `INFO crdt`). Tombstones waiting for GC
+/// are `meridian_tombstones`.
+fn replication(o: &mut String, c: &Control, now: u64) {
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = write!(o, "# HELP meridian_repl_{name} {help}\n# TYPE meridian_repl_{name} {kind}\nmeridian_repl_{name} {value}\n");
+    };
+    let totals: [(&str, &str, &AtomicU64); 12] = [
+        (
+            "deltas_enqueued_total",
+            "Local deltas queued for the peers.",
+            &c.deltas_enqueued,
+        ),
+        (
+            "deltas_sent_total",
+            "Deltas shipped (all peers, resends included).",
+            &c.deltas_sent,
+        ),
+        (
+            "deltas_resent_total",
+            "Deltas shipped again after an ack timeout.",
+            &c.deltas_resent,
+        ),
+        (
+            "deltas_applied_total",
+            "Deltas received from peers and merged.",
+            &c.deltas_applied,
+        ),
+        (
+            "anti_entropy_rounds_total",
+            "Anti-entropy rounds completed.",
+            &c.ae_rounds,
+        ),
+        (
+            "anti_entropy_rounds_clean_total",
+            "Anti-entropy rounds that found no difference.",
+            &c.ae_rounds_clean,
+        ),
+        (
+            "anti_entropy_entries_received_total",
+            "Key states merged from anti-entropy.",
+            &c.ae_entries_received,
+        ),
+        (
+            "anti_entropy_entries_shipped_total",
+            "Key states shipped by anti-entropy.",
+            &c.ae_entries_shipped,
+        ),
+        (
+            "gc_runs_total",
+            "Tombstone garbage-collection runs.",
+            &c.gc_runs,
+        ),
+        (
+            "gc_dropped_total",
+            "Tombstone metadata entries dropped by GC.",
+            &c.gc_dropped,
+        ),
+        (
+            "handshake_failures_total",
+            "Incoming replication connections refused in TLS.",
+            &c.handshake_failures,
+        ),
+        (
+            "identity_rejections_total",
+            "Incoming connections from a region not accepted here.",
+            &c.identity_rejections,
+        ),
+    ];
+    for (name, help, v) in totals {
+        metric(name, "counter", help, v.load(Relaxed));
+    }
+    metric(
+        "deltas_applied_per_second",
+        "gauge",
+        "Deltas merged from peers per second (last second).",
+        c.deltas_applied_per_sec.load(Relaxed),
+    );
+    metric(
+        "peers",
+        "gauge",
+        "Configured peer regions.",
+        c.peers.len() as u64,
+    );
+
+    type PeerValue = fn(&PeerControl, u64) -> i64;
+    let families: [(&str, &str, &str, PeerValue); 15] = [
+        (
+            "peer_connected",
+            "gauge",
+            "1 while the QUIC connection to the peer is up.",
+            |p, _| i64::from(p.connected.load(Relaxed)),
+        ),
+        (
+            "peer_link_up",
+            "gauge",
+            "0 while the link is cut (MERIDIAN LINK DOWN).",
+            |p, _| i64::from(!p.down.load(Relaxed)),
+        ),
+        (
+            "peer_backlog_deltas",
+            "gauge",
+            "Local deltas not yet acknowledged by the peer (lag in ops).",
+            |p, _| p.backlog.load(Relaxed) as i64,
+        ),
+        (
+            "peer_lag_ms",
+            "gauge",
+            "Age of the oldest unacknowledged delta (lag in ms).",
+            |p, _| p.lag_ms.load(Relaxed) as i64,
+        ),
+        (
+            "peer_deltas_acked_total",
+            "counter",
+            "Deltas the peer acknowledged.",
+            |p, _| p.deltas_acked.load(Relaxed) as i64,
+        ),
+        (
+            "peer_deltas_per_second",
+            "gauge",
+            "Deltas the peer acknowledged per second (last second).",
+            |p, _| p.deltas_per_sec.load(Relaxed) as i64,
+        ),
+        (
+            "peer_last_ack_age_ms",
+            "gauge",
+            "Milliseconds since the peer's last acknowledgement (-1: never).",
+            |p, now| crate::replication::ms_ago(now, p.last_ack_ms.load(Relaxed)),
+        ),
+        (
+            "peer_last_receive_age_ms",
+            "gauge",
+            "Milliseconds since the last frame from the peer (-1: never).",
+            |p, now| crate::replication::ms_ago(now, p.last_recv_ms.load(Relaxed)),
+        ),
+        (
+            "peer_bytes_sent_total",
+            "counter",
+            "Bytes written to the peer's stream.",
+            |p, _| p.bytes_sent.load(Relaxed) as i64,
+        ),
+        (
+            "peer_bytes_received_total",
+            "counter",
+            "Bytes read from the peer's stream.",
+            |p, _| p.bytes_received.load(Relaxed) as i64,
+        ),
+        (
+            "peer_frames_sent_total",
+            "counter",
+            "Frames written to the peer.",
+            |p, _| p.frames_sent.load(Relaxed) as i64,
+        ),
+        (
+            "peer_frames_received_total",
+            "counter",
+            "Frames read from the peer.",
+            |p, _| p.frames_received.load(Relaxed) as i64,
+        ),
+        (
+            "peer_frames_dropped_total",
+            "counter",
+            "Frames dropped (link cut, injected loss, queue full).",
+            |p, _| p.frames_dropped.load(Relaxed) as i64,
+        ),
+        (
+            "peer_anti_entropy_bytes_sent_total",
+            "counter",
+            "Anti-entropy bytes sent to the peer.",
+            |p, _| p.ae_bytes_sent.load(Relaxed) as i64,
+        ),
+        (
+            "peer_region_id",
+            "gauge",
+            "The peer's numeric region id.",
+            |p, _| i64::from(p.region_id),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = write!(
+            o,
+            "# HELP meridian_repl_{name} {help}\n# TYPE meridian_repl_{name} {kind}\n"
+        );
+        for p in &c.peers {
+            let _ = writeln!(
+                o,
+                "meridian_repl_{name}{{peer=\"{}\"}} {}",
+                p.region,
+                value(p, now)
+            );
+        }
+    }
 }
 
 /// The Kafka invalidation stream and the versioned tombstones it leaves.

@@ -15,33 +15,99 @@ use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
 use meridian_replication::{encode_into, LinkConfig, RegionLink, ReplicaStore};
 use parking_lot::MutexGuard;
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The whole sharded store, locked for one protocol call (all shards, ascending order).
-pub struct LockedStore<'a>(pub Vec<MutexGuard<'a, Shard>>);
+/// The sharded store as the replication protocol sees it during one call. Delta batches
+/// lock each touched shard once, one shard at a time, so clients of other shards keep
+/// running; anything that needs a consistent view across shards (anti-entropy digests and
+/// key lists, borrowed entries) locks every shard, in index order, on first use and keeps
+/// them until the call ends. Acks and frontier gossip lock nothing.
+pub struct ShellStore<'a> {
+    store: &'a Store,
+    all: OnceCell<Vec<MutexGuard<'a, Shard>>>,
+}
 
-impl LockedStore<'_> {
-    fn slot_shard(&mut self, slot: u16) -> &mut Shard {
-        &mut self.0[shard_of(slot)]
+impl<'a> ShellStore<'a> {
+    pub fn new(store: &'a Store) -> ShellStore<'a> {
+        ShellStore {
+            store,
+            all: OnceCell::new(),
+        }
+    }
+
+    fn all(&self) -> &[MutexGuard<'a, Shard>] {
+        self.all.get_or_init(|| self.store.lock_all())
+    }
+
+    fn all_mut(&mut self) -> &mut [MutexGuard<'a, Shard>] {
+        if self.all.get().is_none() {
+            let locked = self.store.lock_all();
+            self.all.get_or_init(|| locked);
+        }
+        self.all.get_mut().expect("initialised just above")
     }
 }
 
-impl ReplicaStore for LockedStore<'_> {
+fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
+    let r = s.ks.apply_delta(delta);
+    if r == Applied::Changed {
+        s.touch_key(&delta.key);
+    }
+    r
+}
+
+impl ReplicaStore for ShellStore<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
-        let s = self.slot_shard(delta.slot);
-        let r = s.ks.apply_delta(delta);
-        if r == Applied::Changed {
-            s.touch_key(&delta.key);
+        let i = shard_of(delta.slot);
+        match self.all.get_mut() {
+            Some(all) => apply_to_shard(&mut all[i], delta),
+            None => apply_to_shard(&mut self.store.shard(i), delta),
         }
-        r
+    }
+
+    fn apply_deltas(&mut self, deltas: &[Delta]) {
+        if let Some(all) = self.all.get_mut() {
+            for d in deltas {
+                apply_to_shard(&mut all[shard_of(d.slot)], d);
+            }
+            return;
+        }
+        // Group by shard (stable: one key's deltas keep their order), then lock each
+        // touched shard once.
+        let mut counts = [0u32; SHARDS];
+        for d in deltas {
+            counts[shard_of(d.slot)] += 1;
+        }
+        let mut starts = [0u32; SHARDS + 1];
+        for i in 0..SHARDS {
+            starts[i + 1] = starts[i] + counts[i];
+        }
+        let mut fill = starts;
+        let mut order = vec![0u32; deltas.len()];
+        for (n, d) in deltas.iter().enumerate() {
+            let i = shard_of(d.slot);
+            order[fill[i] as usize] = n as u32;
+            fill[i] += 1;
+        }
+        for i in 0..SHARDS {
+            let run = &order[starts[i] as usize..starts[i + 1] as usize];
+            if run.is_empty() {
+                continue;
+            }
+            let mut shard = self.store.shard(i);
+            for &n in run {
+                apply_to_shard(&mut shard, &deltas[n as usize]);
+            }
+        }
     }
 
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
-        let s = &mut self.0[key_shard(key)];
+        let s = &mut self.all_mut()[key_shard(key)];
         let r = s.ks.merge_state(key, true, state);
         if r == Applied::Changed {
             s.touch_key(key);
@@ -50,31 +116,37 @@ impl ReplicaStore for LockedStore<'_> {
     }
 
     fn slot_digest(&mut self, slot: u16) -> u64 {
-        self.slot_shard(slot).ks.slot_digest(slot)
+        self.all_mut()[shard_of(slot)].ks.slot_digest(slot)
     }
 
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
-        ReplicaStore::for_each_key_digest(&self.0[shard_of(slot)].ks, slot, visit)
+        ReplicaStore::for_each_key_digest(&self.all()[shard_of(slot)].ks, slot, visit)
     }
 
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
-        ReplicaStore::for_each_entry(&self.0[shard_of(slot)].ks, slot, visit)
+        ReplicaStore::for_each_entry(&self.all()[shard_of(slot)].ks, slot, visit)
     }
 
     fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.0[key_shard(key)].ks.raw_entry(key)
+        self.all()[key_shard(key)].ks.raw_entry(key)
     }
 
     fn slot_is_lossy(&self, slot: u16) -> bool {
-        self.0[shard_of(slot)].ks.slot_is_lossy(slot)
+        self.all()[shard_of(slot)].ks.slot_is_lossy(slot)
     }
 
     fn mark_slot_repaired(&mut self, slot: u16) {
-        self.slot_shard(slot).ks.mark_slot_repaired(slot)
+        self.all_mut()[shard_of(slot)].ks.mark_slot_repaired(slot)
     }
 
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
-        self.0.iter_mut().map(|s| s.ks.gc(&|r| stable(r))).sum()
+        if let Some(all) = self.all.get_mut() {
+            return all.iter_mut().map(|s| s.ks.gc(&|r| stable(r))).sum();
+        }
+        // Shard by shard: GC never needs a cross-shard view.
+        (0..SHARDS)
+            .map(|i| self.store.shard(i).ks.gc(&|r| stable(r)))
+            .sum()
     }
 }
 
@@ -92,6 +164,15 @@ pub struct PeerControl {
     pub frames_received: AtomicU64,
     /// Local deltas not yet acknowledged by the peer.
     pub backlog: AtomicU64,
+    /// Age of the oldest unacknowledged local delta (0: nothing outstanding).
+    pub lag_ms: AtomicU64,
+    /// Wall-clock ms of the peer's last acknowledgement (0: never).
+    pub last_ack_ms: AtomicU64,
+    pub deltas_acked: AtomicU64,
+    /// Deltas the peer acknowledged per second, over the last publishing second.
+    pub deltas_per_sec: AtomicU64,
+    /// Encoded anti-entropy frames sent to this peer (digests, key lists, entries).
+    pub ae_bytes_sent: AtomicU64,
     /// Milliseconds since the last frame received from the peer.
     pub last_recv_ms: AtomicU64,
     pub frames_dropped: AtomicU64,
@@ -110,6 +191,9 @@ pub struct Control {
     pub ae_entries_received: AtomicU64,
     pub ae_entries_shipped: AtomicU64,
     pub gc_dropped: AtomicU64,
+    pub gc_runs: AtomicU64,
+    /// Deltas merged from peers per second, over the last publishing second.
+    pub deltas_applied_per_sec: AtomicU64,
     /// Incoming replication connections refused in the TLS handshake (unknown CA...).
     pub handshake_failures: AtomicU64,
     /// Incoming connections with a valid certificate for a region not accepted here.
@@ -144,7 +228,7 @@ impl Control {
             let last = p.last_recv_ms.load(Relaxed);
             let _ = write!(
                 o,
-                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_dropped={},backlog_deltas={},last_recv_ms_ago={}\r\n",
+                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={}\r\n",
                 p.region,
                 p.region_id,
                 if p.down.load(Relaxed) { "down" } else { "up" },
@@ -155,19 +239,43 @@ impl Control {
                 p.frames_received.load(Relaxed),
                 p.frames_dropped.load(Relaxed),
                 p.backlog.load(Relaxed),
-                if last == 0 { -1 } else { now.saturating_sub(last) as i64 },
+                p.lag_ms.load(Relaxed),
+                p.deltas_acked.load(Relaxed),
+                p.deltas_per_sec.load(Relaxed),
+                ms_ago(now, p.last_ack_ms.load(Relaxed)),
+                p.ae_bytes_sent.load(Relaxed),
+                ms_ago(now, last),
             );
         }
     }
 }
 
-/// Started replication: the transport is bound; `run` drives it.
+/// `-1` for "never", else milliseconds since `at_ms`.
+pub fn ms_ago(now_ms: u64, at_ms: u64) -> i64 {
+    if at_ms == 0 {
+        -1
+    } else {
+        now_ms.saturating_sub(at_ms) as i64
+    }
+}
+
+/// Started replication: the transport is bound on the replication thread's own runtime;
+/// [`Replicator::spawn`] starts that thread.
 pub struct Replicator {
     pub control: Arc<Control>,
+    /// The replication thread's runtime (the transport's tasks are registered on it).
+    rt: Option<tokio::runtime::Runtime>,
+    core: Option<Core>,
+}
+
+/// What the replication loop owns.
+struct Core {
+    control: Arc<Control>,
     transport: QuicTransport,
     link: RegionLink,
     faults: Vec<(u64, f64)>,
     gc_interval_ms: u64,
+    flush_interval_ms: u64,
 }
 
 fn read_pem(
@@ -180,8 +288,8 @@ fn read_pem(
 }
 
 impl Replicator {
-    /// Bind the QUIC endpoint (must run inside the tokio runtime). `None` when the config
-    /// has no `[replication]` peers.
+    /// Build the replication runtime and bind the QUIC endpoint on it. `None` when the
+    /// config has no `[replication]` peers.
     pub fn start(config: &Config) -> Result<Option<Replicator>, String> {
         let Some(rc) = config.replication.as_ref().filter(|r| !r.peers.is_empty()) else {
             return Ok(None);
@@ -208,7 +316,22 @@ impl Replicator {
             read_pem(rc, config, &rc.key)?,
             peers,
         );
-        let transport = QuicTransport::start(qc).map_err(|e| format!("replication: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("replication runtime: {e}"))?;
+        let transport = {
+            let _in_rt = rt.enter();
+            QuicTransport::start(qc)
+        };
+        let transport = match transport {
+            Ok(t) => t,
+            Err(e) => {
+                // Never block (drop) a runtime inside the caller's async context.
+                rt.shutdown_background();
+                return Err(format!("replication: {e}"));
+            }
+        };
         let link_cfg = LinkConfig {
             max_batch_deltas: rc.batch_max_deltas.max(1),
             max_batch_bytes: rc.batch_max_bytes.max(1024),
@@ -233,26 +356,68 @@ impl Replicator {
             ..Control::default()
         });
         Ok(Some(Replicator {
-            control,
-            transport,
-            link,
-            faults: rc.peers.iter().map(|p| (p.delay_ms, p.drop_rate)).collect(),
-            gc_interval_ms: rc.gc_interval_ms.max(10),
+            control: control.clone(),
+            rt: Some(rt),
+            core: Some(Core {
+                control,
+                transport,
+                link,
+                faults: rc.peers.iter().map(|p| (p.delay_ms, p.drop_rate)).collect(),
+                gc_interval_ms: rc.gc_interval_ms.max(10),
+                flush_interval_ms: rc.flush_interval_ms,
+            }),
         }))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.transport.local_addr()
+        match &self.core {
+            Some(core) => core.transport.local_addr(),
+            None => Err(std::io::Error::other("replication already running")),
+        }
     }
 
+    /// Run replication on its own thread (`meridian-repl`) with its own current-thread
+    /// runtime: QUIC, TLS, encoding and merging never run on a client I/O thread, and the
+    /// client threads only pay a shard lock and, at most, one wake-up per burst of writes.
+    pub fn spawn(mut self, store: Arc<Store>) -> std::io::Result<()> {
+        let (Some(rt), Some(core)) = (self.rt.take(), self.core.take()) else {
+            return Err(std::io::Error::other("replication already running"));
+        };
+        std::thread::Builder::new()
+            .name("meridian-repl".into())
+            .spawn(move || rt.block_on(core.run(store)))?;
+        Ok(())
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        // Not spawned (startup failed later): stop the transport, then the runtime without
+        // blocking, since this may run inside the main runtime.
+        drop(self.core.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Counters sampled at the previous publish, to report per-second rates.
+struct RateSample {
+    at_ms: u64,
+    applied: u64,
+    acked: Vec<u64>,
+}
+
+impl Core {
     /// The replication loop (never returns while the server runs).
-    pub async fn run(self, store: Arc<Store>) {
-        let Replicator {
+    async fn run(self, store: Arc<Store>) {
+        let Core {
             control,
             transport,
             mut link,
             faults,
             gc_interval_ms,
+            flush_interval_ms,
         } = self;
         let n = control.peers.len();
         let idx_of_id = |id: RegionId| control.peers.iter().position(|p| p.region_id == id.0);
@@ -268,22 +433,44 @@ impl Replicator {
         let mut dropped_seen = store.stats.deltas_dropped.load(Relaxed);
         let mut next_gc = now_ms() + gc_interval_ms;
         let mut next_stats = 0u64;
+        let mut rates = RateSample {
+            at_ms: now_ms(),
+            applied: 0,
+            acked: vec![0; n],
+        };
         let mut pending: Vec<Delta> = Vec::new();
         let mut buf = Vec::new();
         let mut timer_due = true;
+        // When the local deltas that woke us get drained: right away if the last drain is
+        // `flush_interval_ms` old, else that long after it (sparse writes ship at once,
+        // a stream of writes ships once per interval).
+        let mut flush_at: Option<u64> = Some(0);
+        let mut last_flush = 0u64;
         loop {
             let now = now_ms();
-            // Read the clock *before* draining: every stamp issued so far was issued under
-            // its shard's lock, so once the drain below has taken that lock, the write's
-            // delta is in the log. (Read after, a write still in flight could be claimed.)
-            let local_hlc = store.last_hlc();
-            // Local deltas: drain each shard's log (briefly locking one shard at a time),
-            // then restore HLC order across shards.
-            for i in 0..SHARDS {
-                let mut s = store.shard(i);
-                pending.extend(s.log.drain(..));
-            }
-            pending.sort_unstable_by_key(|d| d.stamp);
+            // Local deltas. The link ships them in HLC order (its frontier for our own
+            // writes relies on it), but shards fill their logs concurrently. A write is
+            // stamped and logged under its shard lock, so once every shard was locked after
+            // reading `horizon`, every delta stamped at or below it is drained: ship those,
+            // sorted, and keep the younger ones for the next round.
+            let flush = flush_at.is_some_and(|t| now >= t);
+            let horizon = if flush {
+                flush_at = None;
+                last_flush = now;
+                store.arm_delta_wakeup();
+                let horizon = store.last_hlc();
+                for i in 0..SHARDS {
+                    let mut shard = store.shard(i);
+                    if !shard.log.is_empty() {
+                        pending.extend(shard.log.drain(..));
+                    }
+                }
+                pending.sort_by_key(|d| d.stamp.hlc);
+                horizon
+            } else {
+                Hlc::ZERO
+            };
+            let ready = pending.partition_point(|d| d.stamp.hlc <= horizon);
             let dropped = store.stats.deltas_dropped.load(Relaxed);
             if dropped != dropped_seen {
                 // The bounded shard log lost deltas: fall back to digests with every peer.
@@ -292,13 +479,17 @@ impl Replicator {
                     link.request_anti_entropy(RegionId(p.region_id));
                 }
             }
-            for d in pending.drain(..) {
+            for d in pending.drain(..ready) {
                 link.enqueue(now, d);
             }
-            link.note_local_hlc(local_hlc);
+            link.note_local_hlc(horizon);
+            if flush && !pending.is_empty() {
+                // Younger than this round's horizon: shipped by the next round.
+                flush_at = Some(now + flush_interval_ms.max(1));
+            }
             if timer_due || now >= next_gc {
                 link.handle_timeout(now);
-                let mut locked = LockedStore(store.lock_all());
+                let mut locked = ShellStore::new(&store);
                 link.poll_anti_entropy(now, &mut locked);
                 if now >= next_gc {
                     next_gc = now + gc_interval_ms;
@@ -315,9 +506,15 @@ impl Replicator {
                     continue;
                 }
                 buf.clear();
-                if let Err(e) = encode_into(&frame, &mut buf) {
-                    tracing::warn!(error = %e, "cannot encode replication frame");
-                    continue;
+                let size = match encode_into(&frame, &mut buf) {
+                    Ok(size) => size,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot encode replication frame");
+                        continue;
+                    }
+                };
+                if frame.is_anti_entropy() {
+                    pc.ae_bytes_sent.fetch_add(size as u64, Relaxed);
                 }
                 let bytes = Bytes::copy_from_slice(&buf);
                 if delay > 0 {
@@ -338,7 +535,7 @@ impl Replicator {
             }
             if now >= next_stats {
                 next_stats = now + 100;
-                publish(&control, &transport, &link);
+                publish(now, &control, &transport, &link, &mut rates);
             }
             let mut wake = link
                 .poll_timeout()
@@ -349,6 +546,10 @@ impl Replicator {
                 if let Some((due, _)) = q.front() {
                     wake = wake.min(*due);
                 }
+            }
+            let flush_now = flush_at.is_some_and(|t| t <= now);
+            if let Some(t) = flush_at {
+                wake = wake.min(t);
             }
             let sleep = Duration::from_millis(wake.saturating_sub(now).max(1));
             tokio::select! {
@@ -363,29 +564,41 @@ impl Replicator {
                         pc.frames_dropped.fetch_add(1, Relaxed);
                         continue;
                     }
-                    pc.last_recv_ms.store(now_ms().max(1), Relaxed);
                     let now = now_ms();
-                    let mut locked = LockedStore(store.lock_all());
-                    link.handle_frame(now, RegionId(pc.region_id), frame, &mut locked);
-                    drop(locked);
+                    pc.last_recv_ms.store(now.max(1), Relaxed);
+                    // Batches lock each touched shard once; acks and gossip lock nothing;
+                    // anti-entropy locks every shard for the call.
+                    let mut shell = ShellStore::new(&store);
+                    link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
+                    drop(shell);
                     store.observe(link.max_seen_hlc());
                     // Answers (acks, anti-entropy) may be due right away.
                     timer_due = true;
                 }
-                _ = store.stats.delta_notify.notified() => {}
+                _ = store.stats.delta_notify.notified() => {
+                    flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
+                }
+                _ = std::future::ready(()), if flush_now => {}
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
         }
     }
 }
 
-fn publish(control: &Control, transport: &QuicTransport, link: &RegionLink) {
+fn publish(
+    now: u64,
+    control: &Control,
+    transport: &QuicTransport,
+    link: &RegionLink,
+    rates: &mut RateSample,
+) {
     let st = link.stats();
     control.deltas_enqueued.store(st.deltas_enqueued, Relaxed);
     control.deltas_sent.store(st.deltas_sent, Relaxed);
     control.deltas_resent.store(st.deltas_resent, Relaxed);
     control.deltas_applied.store(st.deltas_applied, Relaxed);
     control.gc_dropped.store(st.gc_dropped, Relaxed);
+    control.gc_runs.store(st.gc_runs, Relaxed);
     let ts = transport.stats();
     control
         .handshake_failures
@@ -402,15 +615,39 @@ fn publish(control: &Control, transport: &QuicTransport, link: &RegionLink) {
     control
         .ae_entries_shipped
         .store(ae.entries_shipped, Relaxed);
+    // Rates over windows of at least a second.
+    let elapsed_ms = now.saturating_sub(rates.at_ms);
+    let sample = elapsed_ms >= 1000;
+    let per_sec = |from: u64, to: u64| to.saturating_sub(from) * 1000 / elapsed_ms.max(1);
+    if sample {
+        control
+            .deltas_applied_per_sec
+            .store(per_sec(rates.applied, st.deltas_applied), Relaxed);
+        rates.applied = st.deltas_applied;
+    }
     for (region, ps) in transport.peer_states() {
-        if let Some(pc) = control.peer(region.as_bytes()) {
-            pc.connected.store(ps.connected, Relaxed);
-            pc.bytes_sent.store(ps.bytes_sent, Relaxed);
-            pc.bytes_received.store(ps.bytes_received, Relaxed);
-            pc.frames_sent.store(ps.frames_sent, Relaxed);
-            pc.frames_received.store(ps.frames_received, Relaxed);
-            pc.backlog
-                .store(link.backlog(RegionId(pc.region_id)) as u64, Relaxed);
+        let Some(i) = control.peers.iter().position(|p| p.region == region) else {
+            continue;
+        };
+        let pc = &control.peers[i];
+        pc.connected.store(ps.connected, Relaxed);
+        pc.bytes_sent.store(ps.bytes_sent, Relaxed);
+        pc.bytes_received.store(ps.bytes_received, Relaxed);
+        pc.frames_sent.store(ps.frames_sent, Relaxed);
+        pc.frames_received.store(ps.frames_received, Relaxed);
+        if let Some(status) = link.peer_status(now, RegionId(pc.region_id)) {
+            pc.backlog.store(status.backlog_deltas as u64, Relaxed);
+            pc.lag_ms.store(status.lag_ms, Relaxed);
+            pc.last_ack_ms.store(status.last_ack_ms, Relaxed);
+            pc.deltas_acked.store(status.deltas_acked, Relaxed);
+            if sample {
+                pc.deltas_per_sec
+                    .store(per_sec(rates.acked[i], status.deltas_acked), Relaxed);
+                rates.acked[i] = status.deltas_acked;
+            }
         }
+    }
+    if sample {
+        rates.at_ms = now;
     }
 }

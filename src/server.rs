@@ -159,7 +159,7 @@ impl Server {
             ));
         }
         if let Some(r) = self.repl.take() {
-            tokio::spawn(r.run(self.store.clone()));
+            r.spawn(self.store.clone())?;
         }
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);

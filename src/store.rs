@@ -8,7 +8,7 @@ use meridian_crdt::{
 };
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
 
 /// Number of shard locks. Power of two; slot → shard is `slot % SHARDS`.
 pub const SHARDS: usize = 16;
@@ -31,6 +31,7 @@ impl Shard {
     /// Move the keyspace's fresh deltas into the bounded log and bump watched keys.
     pub fn after_write(&mut self, stats: &Stats) {
         let watched = !self.watched.is_empty();
+        let mut logged = false;
         for d in self.ks.drain_deltas() {
             stats.deltas_produced.fetch_add(1, Relaxed);
             if watched {
@@ -46,7 +47,13 @@ impl Shard {
                 stats.deltas_dropped.fetch_add(1, Relaxed);
             }
             self.log.push_back(d);
-            if self.notify {
+            logged = true;
+        }
+        if logged && self.notify {
+            // Wake the replication task only for the first delta since its last drain: a
+            // burst of writes costs one wake-up (a syscall across threads), not one each.
+            // Set under the shard lock, cleared by the drain before it locks the shards.
+            if !stats.deltas_pending.swap(true, AcqRel) {
                 stats.delta_notify.notify_one();
             }
         }
@@ -98,8 +105,11 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Local `SET … VERSION n` refused at or below the key's invalidation floor.
     pub stale_fills_refused: AtomicU64,
-    /// Signalled when a shard log receives deltas (the replication task waits on it).
+    /// Signalled when a shard log receives deltas while `deltas_pending` was clear (the
+    /// replication task waits on it).
     pub delta_notify: tokio::sync::Notify,
+    /// Some shard log got deltas since the replication task last started a drain.
+    pub deltas_pending: AtomicBool,
 }
 
 /// Settings `CONFIG SET` may change at run time.
@@ -200,6 +210,12 @@ impl Store {
 
     pub fn shard(&self, idx: usize) -> MutexGuard<'_, Shard> {
         self.shards[idx].lock()
+    }
+
+    /// Start a drain of the delta logs: later deltas wake the replication task again.
+    /// Call before locking the shards to drain them.
+    pub fn arm_delta_wakeup(&self) {
+        self.stats.deltas_pending.swap(false, AcqRel);
     }
 
     /// Lock every shard in index order (the global lock order).

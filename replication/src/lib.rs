@@ -21,5 +21,5 @@ pub use codec::{
     decode, encode, encode_into, CodecError, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 pub use proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
-pub use proto::link::{LinkConfig, LinkStats, RegionLink};
+pub use proto::link::{LinkConfig, LinkStats, PeerStatus, RegionLink};
 pub use store::ReplicaStore;

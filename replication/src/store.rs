@@ -10,6 +10,13 @@ use meridian_crdt::{Applied, Delta, Entry, Hlc, Keyspace, RegionId, SLOT_COUNT};
 pub trait ReplicaStore {
     /// Merge a delta shipped by a region link.
     fn apply_delta(&mut self, delta: &Delta) -> Applied;
+    /// Merge a run of deltas, in order (deltas of one key keep their order; deltas of
+    /// different keys commute, so a sharded store may group them by shard).
+    fn apply_deltas(&mut self, deltas: &[Delta]) {
+        for d in deltas {
+            self.apply_delta(d);
+        }
+    }
     /// Merge a key's full state (anti-entropy); tombstones included.
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied;
     /// Digest of a slot's observable state; 0 when the slot holds nothing alive.

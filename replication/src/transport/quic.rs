@@ -54,6 +54,9 @@ pub const MAX_BACKOFF_MS: u64 = 2_000;
 /// A connection that stayed up this long resets the dial backoff.
 const STABLE_CONNECTION_MS: u64 = 1_000;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// The writer hands queued frames to the stream together, up to these bounds per write.
+const WRITE_COALESCE_FRAMES: usize = 64;
+const WRITE_COALESCE_BYTES: usize = 1 << 20;
 const MAX_REGION_NAME_BYTES: usize = 63;
 
 /// QUIC application close codes (visible to the peer).
@@ -703,13 +706,28 @@ async fn write_loop(peer: &Peer, conn: &quinn::Connection) -> LinkEnd {
         Err(e) => return LinkEnd::Lost(e.to_string()),
     };
     let mut queue = peer.send_rx.lock().await;
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_COALESCE_FRAMES);
     while let Some(frame) = queue.recv().await {
-        if let Err(e) = stream.write_all(&frame).await {
+        // Coalesce whatever else is already queued: one stream write (and far fewer
+        // packets and wake-ups) instead of one per frame.
+        let mut bytes = frame.len();
+        chunks.push(frame);
+        while chunks.len() < WRITE_COALESCE_FRAMES && bytes < WRITE_COALESCE_BYTES {
+            match queue.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.len();
+                    chunks.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        let frames = chunks.len() as u64;
+        if let Err(e) = stream.write_all_chunks(&mut chunks).await {
             return LinkEnd::Lost(e.to_string());
         }
-        peer.bytes_sent
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        peer.frames_sent.fetch_add(1, Ordering::Relaxed);
+        chunks.clear();
+        peer.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        peer.frames_sent.fetch_add(frames, Ordering::Relaxed);
     }
     LinkEnd::Lost("send queue closed".into())
 }

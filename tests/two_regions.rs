@@ -1,0 +1,228 @@
+//! Two regions as separate `meridian` processes on loopback (QUIC, certificates from
+//! `write_deployment`): link state on the Prometheus endpoint, and a new region that starts
+//! empty and fills from an existing one by anti-entropy. Every check waits on a condition
+//! with a deadline.
+
+mod common;
+
+use common::{free_port, info_u64, q, wait_until, Server};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const NAMES: [&str; 2] = ["a", "b"];
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral UDP port")
+        .port()
+}
+
+/// Certificates and ports for regions `a` and `b`; servers are started on demand.
+struct Pair {
+    dir: PathBuf,
+    udp: [u16; 2],
+}
+
+impl Pair {
+    fn new() -> Pair {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("meridian-pair-{}-{n}", std::process::id()));
+        meridian_replication::transport::quic::write_deployment(&dir, &NAMES)
+            .expect("write certificates");
+        Pair {
+            dir,
+            udp: [free_udp_port(), free_udp_port()],
+        }
+    }
+
+    /// Region `i`, with `extra` lines in its `[replication]` table and extra flags.
+    fn start(&self, i: usize, extra: &str, flags: &[&str]) -> Server {
+        let j = 1 - i;
+        let d = self.dir.display();
+        let toml = format!(
+            "region = \"{r}\"\nregion-id = {i}\n\n[replication]\nlisten = \"127.0.0.1:{port}\"\nca-cert = \"{d}/ca.pem\"\ncert = \"{d}/{r}.pem\"\nkey = \"{d}/{r}-key.pem\"\nresend-timeout-ms = 200\n{extra}\npeers = [{{ region = \"{p}\", region-id = {j}, addr = \"127.0.0.1:{pport}\" }}]\n",
+            r = NAMES[i],
+            port = self.udp[i],
+            p = NAMES[j],
+            pport = self.udp[j],
+        );
+        let mut args = vec!["--io-threads", "1"];
+        args.extend_from_slice(flags);
+        Server::start_with_config(&toml, &args)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(common::IO_TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!("bad response: {text:?}"))),
+    }
+}
+
+/// Sample lines (`name{labels} value`) → map; comments skipped.
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let body = http_get(port, "/metrics").expect("GET /metrics");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = value.parse().unwrap_or_else(|_| panic!("bad value {l:?}"));
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn link_state_is_on_the_metrics_endpoint() {
+    let pair = Pair::new();
+    let port_a = free_port();
+    let a = pair.start(0, "", &["--metrics-port", &port_a.to_string()]);
+    let b = pair.start(1, "", &[]);
+    wait_until(CONVERGE, "a's metrics endpoint answers", || {
+        http_get(port_a, "/metrics").is_ok()
+    });
+
+    let mut ca = a.conn();
+    for i in 0..500 {
+        let _: () = q(&mut ca, &["SET", &format!("m:{i}"), "v"]);
+    }
+    let _: () = q(&mut ca, &["SET", "doomed", "v"]);
+    let _: i64 = q(&mut ca, &["DEL", "doomed"]);
+    let mut cb = b.conn();
+    wait_until(CONVERGE, "b holds a's 500 keys", || {
+        q::<i64>(&mut cb, &["DBSIZE"]) == 500
+    });
+
+    // Counters are published by the replication thread every 100 ms: wait for a sample
+    // that shows b acknowledged every delta.
+    let peer = |m: &HashMap<String, f64>, name: &str| -> f64 {
+        let key = format!("meridian_repl_peer_{name}{{peer=\"b\"}}");
+        *m.get(&key)
+            .unwrap_or_else(|| panic!("{key} missing from /metrics"))
+    };
+    let mut m = HashMap::new();
+    wait_until(
+        CONVERGE,
+        "a's metrics show b acknowledged everything",
+        || {
+            m = scrape(port_a);
+            peer(&m, "connected") == 1.0
+                && peer(&m, "backlog_deltas") == 0.0
+                && peer(&m, "deltas_acked_total") >= 502.0
+        },
+    );
+    assert_eq!(peer(&m, "link_up"), 1.0);
+    assert_eq!(peer(&m, "lag_ms"), 0.0, "nothing outstanding");
+    assert_eq!(peer(&m, "region_id"), 1.0);
+    assert!(peer(&m, "bytes_sent_total") > 0.0);
+    assert!(peer(&m, "bytes_received_total") > 0.0, "acks come back");
+    assert!(peer(&m, "frames_sent_total") > 0.0);
+    assert!(peer(&m, "last_ack_age_ms") >= 0.0, "b has acknowledged");
+    assert!(peer(&m, "last_receive_age_ms") >= 0.0);
+    for name in [
+        "deltas_per_second",
+        "frames_received_total",
+        "frames_dropped_total",
+        "anti_entropy_bytes_sent_total",
+    ] {
+        peer(&m, name);
+    }
+    assert_eq!(m["meridian_repl_peers"], 1.0);
+    assert!(m["meridian_repl_deltas_enqueued_total"] >= 502.0);
+    assert!(m["meridian_repl_deltas_sent_total"] >= 502.0);
+    for name in [
+        "deltas_resent_total",
+        "deltas_applied_total",
+        "deltas_applied_per_second",
+        "anti_entropy_rounds_total",
+        "anti_entropy_rounds_clean_total",
+        "anti_entropy_entries_received_total",
+        "anti_entropy_entries_shipped_total",
+        "gc_runs_total",
+        "gc_dropped_total",
+        "handshake_failures_total",
+        "identity_rejections_total",
+    ] {
+        let key = format!("meridian_repl_{name}");
+        assert!(m.contains_key(&key), "{key} missing from /metrics");
+    }
+    // Tombstones waiting for GC (the deleted key, until both regions saw the delete).
+    assert!(m.contains_key("meridian_tombstones"));
+
+    // A cut link shows up as such.
+    let _: String = q(&mut ca, &["MERIDIAN", "LINK", "DOWN", "b"]);
+    wait_until(CONVERGE, "the cut link is reported", || {
+        peer(&scrape(port_a), "link_up") == 0.0
+    });
+}
+
+#[test]
+fn new_region_bootstraps_by_anti_entropy() {
+    let pair = Pair::new();
+    // a's log towards b holds at most 50 deltas: b, which does not exist yet, can only get
+    // most of the data set by anti-entropy.
+    let a = pair.start(
+        0,
+        "log-max-deltas = 50\nanti-entropy-interval-ms = 1000",
+        &[],
+    );
+    let mut ca = a.conn();
+    const KEYS: usize = 2000;
+    let mut pipe = redis::pipe();
+    for i in 0..KEYS {
+        pipe.cmd("SET")
+            .arg(format!("boot:{i}"))
+            .arg(format!("v{i}"))
+            .ignore();
+    }
+    pipe.cmd("INCRBY").arg("boot:counter").arg(41).ignore();
+    pipe.cmd("SADD").arg("boot:set").arg("x").arg("y").ignore();
+    let _: () = pipe.query(&mut ca).expect("populate a");
+    let want: i64 = q(&mut ca, &["DBSIZE"]);
+    assert_eq!(want, KEYS as i64 + 2);
+
+    let b = pair.start(1, "anti-entropy-interval-ms = 1000", &[]);
+    let mut cb = b.conn();
+    wait_until(CONVERGE, "b fills up to a's key count", || {
+        q::<i64>(&mut cb, &["DBSIZE"]) == want
+    });
+    assert_eq!(q::<String>(&mut cb, &["GET", "boot:0"]), "v0");
+    assert_eq!(
+        q::<String>(&mut cb, &["GET", &format!("boot:{}", KEYS - 1)]),
+        format!("v{}", KEYS - 1)
+    );
+    assert_eq!(q::<String>(&mut cb, &["GET", "boot:counter"]), "41");
+    assert_eq!(q::<i64>(&mut cb, &["SCARD", "boot:set"]), 2);
+
+    // INFO replication shows the progress (published every 100 ms).
+    wait_until(CONVERGE, "b reports the anti-entropy transfer", || {
+        info_u64(&mut cb, "anti_entropy_entries_received") >= (KEYS / 2) as u64
+            && info_u64(&mut cb, "region_peers_connected") == 1
+    });
+    wait_until(CONVERGE, "a round completes on b's side or a's", || {
+        info_u64(&mut cb, "anti_entropy_rounds") + info_u64(&mut ca, "anti_entropy_rounds") > 0
+    });
+}
