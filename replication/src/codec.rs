@@ -246,7 +246,7 @@ fn check_str(s: &Str) -> Result<(), CodecError> {
 }
 
 /// The merge code relies on these orderings (binary searches); reject states that break them.
-fn check_entry(e: &Entry) -> Result<(), CodecError> {
+pub(crate) fn check_entry(e: &Entry) -> Result<(), CodecError> {
     if !strictly_sorted(e.components().iter().map(|c| c.val.kind())) {
         return Err(CodecError::Invalid("components not sorted by kind"));
     }
