@@ -36,6 +36,8 @@ impl ReplicaStore for LockedStore<'_> {
         let r = s.ks.apply_delta(delta);
         if r == Applied::Changed {
             s.touch_key(&delta.key);
+            // The primary's state changed: in-region replicas must see it too.
+            s.feed.push_delta(delta);
         }
         r
     }
@@ -45,6 +47,7 @@ impl ReplicaStore for LockedStore<'_> {
         let r = s.ks.merge_state(key, true, state);
         if r == Applied::Changed {
             s.touch_key(key);
+            s.feed.push_state(key, state);
         }
         r
     }

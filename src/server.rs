@@ -47,6 +47,8 @@ pub struct Shared {
     pub repl: Option<Arc<crate::replication::Control>>,
     /// Kafka invalidation counters (all zero when the consumer is off).
     pub kafka: Arc<crate::kafka::KafkaStats>,
+    /// In-region replication (both roles): `follow`, WAIT, min-replicas, INFO.
+    pub inregion: Arc<crate::replica::InRegion>,
 }
 
 pub struct Server {
@@ -114,7 +116,20 @@ impl Server {
             ),
             _ => None,
         };
+        store
+            .feed()
+            .set_backlog_size(usize::try_from(config.repl_backlog_size).unwrap_or(usize::MAX));
+        let inregion = Arc::new(crate::replica::InRegion::new(
+            store.feed().clone(),
+            config.min_replicas_to_write,
+            config.min_replicas_max_lag,
+        ));
+        inregion.set_listening_port(config.port);
+        if let Some((host, port)) = config.replicaof_addr() {
+            inregion.follow(Some(crate::replica::PrimaryAddr { host, port }));
+        }
         let shared = Arc::new(Shared {
+            inregion,
             config,
             started_ms: now_ms(),
             run_id,
@@ -144,6 +159,10 @@ impl Server {
         if let Some(r) = self.repl.take() {
             tokio::spawn(r.run(self.store.clone()));
         }
+        tokio::spawn(crate::replica::run_replica_link(
+            self.store.clone(),
+            self.shared.inregion.clone(),
+        ));
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);
             let listener = TcpListener::bind(&addr).await?;

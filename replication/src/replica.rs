@@ -61,7 +61,9 @@ enum FrameRef<'a> {
     #[allow(dead_code)]
     Entries(&'a [KeyState]),
     #[allow(dead_code)]
-    SnapshotEnd { offset: u64 },
+    SnapshotEnd {
+        offset: u64,
+    },
     Delta(&'a Delta),
     State {
         key: &'a [u8],
@@ -313,7 +315,11 @@ mod tests {
             let mut bytes = Vec::new();
             encode_frame(&f, &mut bytes).unwrap();
             for cut in 0..bytes.len() {
-                assert_eq!(decode_frame(&bytes[..cut]), Ok(None), "prefix of {cut} bytes");
+                assert_eq!(
+                    decode_frame(&bytes[..cut]),
+                    Ok(None),
+                    "prefix of {cut} bytes"
+                );
             }
             let (back, used) = decode_frame(&bytes).unwrap().unwrap();
             assert_eq!(used, bytes.len());
@@ -333,7 +339,10 @@ mod tests {
             state: deltas[0].state.clone(),
         };
         encode_frame(&st, &mut owned).unwrap();
-        assert_eq!(encode_state(&deltas[0].key, &deltas[0].state).unwrap(), owned);
+        assert_eq!(
+            encode_state(&deltas[0].key, &deltas[0].state).unwrap(),
+            owned
+        );
     }
 
     #[test]
@@ -364,7 +373,10 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(b.read_after(0, 100, &mut out), Err(OutOfBacklog(0)));
         assert_eq!(b.read_after(1, 100, &mut out), Ok(3));
-        assert_eq!(out, vec![Bytes::from_static(b"bbbb"), Bytes::from_static(b"cccc")]);
+        assert_eq!(
+            out,
+            vec![Bytes::from_static(b"bbbb"), Bytes::from_static(b"cccc")]
+        );
         out.clear();
         // A budget smaller than one frame still makes progress.
         assert_eq!(b.read_after(1, 1, &mut out), Ok(2));
