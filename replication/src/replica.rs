@@ -80,7 +80,9 @@ fn encode_with<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<usize, Code
     let body = out.len() - start - PREFIX_BYTES;
     if body > MAX_REPLICA_FRAME_BYTES {
         out.truncate(start);
-        return Err(CodecError::TooLarge(body));
+        return Err(CodecError::Invalid(
+            "frame exceeds the replica stream's frame limit",
+        ));
     }
     out[start..start + PREFIX_BYTES].copy_from_slice(&(body as u32).to_le_bytes());
     Ok(body + PREFIX_BYTES)
@@ -113,7 +115,10 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(ReplicaFrame, usize)>, CodecEr
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > MAX_REPLICA_FRAME_BYTES {
-        return Err(CodecError::TooLarge(len));
+        // (`CodecError::TooLarge` names the region link's smaller limit.)
+        return Err(CodecError::Invalid(
+            "frame exceeds the replica stream's frame limit",
+        ));
     }
     if len == 0 {
         return Err(CodecError::Empty);
