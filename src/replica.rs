@@ -663,7 +663,7 @@ async fn stream_changes(
             tokio::pin!(appended, killed);
             appended.as_mut().enable();
             killed.as_mut().enable();
-            if hub.kill_epoch.load(Relaxed) != epoch {
+            if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == Role::Replica {
                 return Err("replica links dropped on request".to_string());
             }
             frames.clear();
