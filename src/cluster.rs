@@ -260,7 +260,15 @@ fn parse_meet(addr: &str) -> Result<(String, u16), String> {
 }
 
 /// Run the bus listener and the cluster task forever.
-pub async fn run(cluster: Arc<Cluster>, store: Arc<Store>, bind: String) {
+pub async fn run(
+    cluster: Arc<Cluster>,
+    store: Arc<Store>,
+    bind: String,
+    inregion: Arc<crate::replica::InRegion>,
+) {
+    // Replicas answer MOVED (the routing does), not READONLY.
+    inregion.set_refuse_writes(false);
+    follow_role(&cluster, &inregion);
     let port = cluster.bus_port();
     let listener = match TcpListener::bind((bind.as_str(), port)).await {
         Ok(l) => l,
@@ -296,7 +304,12 @@ pub async fn run(cluster: Arc<Cluster>, store: Arc<Store>, bind: String) {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                cluster.node.lock().tick(now_ms(), rng);
+                {
+                    let mut node = cluster.node.lock();
+                    // The replication offset ranks replicas in elections.
+                    node.set_repl_offset(inregion.repl_offset());
+                    node.tick(now_ms(), rng);
+                }
                 resolve_pending_replicate(&cluster);
             }
             _ = cluster.wake.notified() => {}
@@ -335,8 +348,31 @@ pub async fn run(cluster: Arc<Cluster>, store: Arc<Store>, bind: String) {
             send(&mut links, addr, bytes);
         }
         for e in events {
+            if matches!(e, Event::RoleChanged(_)) {
+                follow_role(&cluster, &inregion);
+            }
             on_event(&cluster, &store, e);
         }
+    }
+}
+
+/// Point the in-region replica stream at this node's primary (or stop following).
+fn follow_role(cluster: &Cluster, inregion: &crate::replica::InRegion) {
+    let target = {
+        let node = cluster.node.lock();
+        let topo = node.topology();
+        topo.myself()
+            .role
+            .primary_id()
+            .and_then(|p| topo.node(p))
+            .map(|p| crate::replica::PrimaryAddr {
+                host: p.host.clone(),
+                port: p.port,
+            })
+    };
+    if inregion.following() != target {
+        tracing::info!(primary = ?target, "in-region replication follows");
+        inregion.follow(target);
     }
 }
 

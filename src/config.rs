@@ -44,6 +44,14 @@ pub struct Config {
     pub invalidation_retention_ms: u64,
     /// Most invalidation floors kept per shard (the oldest are forgotten first).
     pub max_invalidation_tombstones: usize,
+    /// In-region replication backlog bound (bytes of encoded changes), like Redis'.
+    #[serde(deserialize_with = "de_memory")]
+    pub repl_backlog_size: u64,
+    /// Refuse writes unless this many replicas acked within `min-replicas-max-lag` s.
+    pub min_replicas_to_write: usize,
+    pub min_replicas_max_lag: u64,
+    /// Start as a replica of `"host port"` (like Redis' `replicaof`).
+    pub replicaof: Option<String>,
     /// Directory of the config file (relative paths inside it resolve against this).
     #[serde(skip)]
     pub config_dir: Option<PathBuf>,
@@ -212,6 +220,10 @@ impl Default for Config {
             cluster: None,
             invalidation_retention_ms: 3_600_000,
             max_invalidation_tombstones: 1_000_000,
+            repl_backlog_size: 1024 * 1024,
+            min_replicas_to_write: 0,
+            min_replicas_max_lag: 10,
+            replicaof: None,
             config_dir: None,
         }
     }
@@ -269,6 +281,16 @@ pub struct Cli {
     pub cluster_enabled: bool,
     #[arg(long)]
     pub cluster_node_timeout: Option<u64>,
+    /// In-region replication backlog, e.g. 1mb.
+    #[arg(long)]
+    pub repl_backlog_size: Option<String>,
+    #[arg(long)]
+    pub min_replicas_to_write: Option<usize>,
+    #[arg(long)]
+    pub min_replicas_max_lag: Option<u64>,
+    /// Start as a replica of "host port".
+    #[arg(long)]
+    pub replicaof: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -297,6 +319,18 @@ pub enum Command {
 }
 
 impl Config {
+    /// `replicaof` as (host, port), if set and well formed.
+    pub fn replicaof_addr(&self) -> Option<(String, u16)> {
+        let r = self.replicaof.as_deref()?;
+        let mut it = r.split_whitespace();
+        let host = it.next()?;
+        let port = it.next()?.parse::<u16>().ok()?;
+        if it.next().is_some() || port == 0 {
+            return None;
+        }
+        Some((host.to_string(), port))
+    }
+
     /// File (if any) then flags; validates the result.
     pub fn load(cli: &Cli) -> Result<Config, String> {
         let mut c = match &cli.config {
@@ -375,6 +409,24 @@ impl Config {
         if let Some(cl) = &c.cluster {
             if cl.enabled && cl.node_timeout_ms == 0 {
                 return Err("cluster node-timeout-ms must be > 0".into());
+            }
+        }
+        if let Some(v) = &cli.repl_backlog_size {
+            c.repl_backlog_size =
+                parse_memory(v).ok_or_else(|| format!("invalid --repl-backlog-size {v}"))?;
+        }
+        if let Some(v) = cli.min_replicas_to_write {
+            c.min_replicas_to_write = v;
+        }
+        if let Some(v) = cli.min_replicas_max_lag {
+            c.min_replicas_max_lag = v;
+        }
+        if let Some(v) = &cli.replicaof {
+            c.replicaof = Some(v.clone());
+        }
+        if let Some(r) = &c.replicaof {
+            if c.replicaof_addr().is_none() && !r.eq_ignore_ascii_case("no one") {
+                return Err(format!("replicaof must be \"host port\", got {r:?}"));
             }
         }
         if let Some(k) = &c.kafka {

@@ -51,7 +51,34 @@ pub async fn serve(
                     if args.is_empty() {
                         continue;
                     }
-                    let reply = execute(&store, &shared, &mut conn, &args, now);
+                    let mut reply = execute(&store, &shared, &mut conn, &args, now);
+                    if let Some(req) = conn.takeover.take() {
+                        // MERIDIAN SYNC: this connection now carries a replica stream.
+                        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                            break 'conn;
+                        }
+                        let rest = buf.split();
+                        let hub = shared.inregion.clone();
+                        let peer = conn.addr.clone();
+                        crate::replica::serve_replica(stream, rest, store.clone(), hub, req, peer)
+                            .await;
+                        unwatch_all(&store, &mut conn);
+                        return;
+                    }
+                    if let Some((n, timeout_ms)) = conn.wait.take() {
+                        // WAIT blocks this connection only; earlier replies go out first.
+                        if !out.is_empty() {
+                            if stream.write_all(&out).await.is_err() {
+                                break 'conn;
+                            }
+                            out.clear();
+                        }
+                        let acked = shared
+                            .inregion
+                            .wait_for(conn.write_offset, n, timeout_ms)
+                            .await;
+                        reply = Reply::Int(acked as i64);
+                    }
                     encode(&reply, conn.resp3, &mut out);
                     if conn.close {
                         let _ = stream.write_all(&out).await;
@@ -194,11 +221,14 @@ pub fn execute(
         queue.push(args.to_vec());
         return Reply::Simple(Cow::Borrowed("QUEUED"));
     }
-    if spec.flags & cmd::WRITE != 0
-        && !make_room(store, conn, now)
-        && spec.flags & cmd::DENYOOM != 0
-    {
-        return cmd::err(OOM);
+    let write = spec.flags & cmd::WRITE != 0;
+    if write {
+        if let Some(refused) = shared.inregion.write_refusal(now) {
+            return refused;
+        }
+        if !make_room(store, conn, now) && spec.flags & cmd::DENYOOM != 0 {
+            return cmd::err(OOM);
+        }
     }
     let locks = if spec.flags & cmd::ALL_SHARDS != 0 {
         Locks::All(store.lock_all())
@@ -218,7 +248,12 @@ pub fn execute(
         now_ms: now,
         locks,
     };
-    (spec.handler)(&mut ctx, args)
+    let reply = (spec.handler)(&mut ctx, args);
+    if write {
+        // The feed offset after the write (≥ its own offset): what WAIT waits for.
+        ctx.conn.write_offset = store.feed().offset();
+    }
+    reply
 }
 
 /// Evict if over `maxmemory`; false when the limit holds and nothing can be evicted.
@@ -239,6 +274,13 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         return cmd::err("EXECABORT Transaction discarded because of previous errors.");
     }
     let specs: Vec<&'static Spec> = queue.iter().filter_map(|a| cmd::lookup(&a[0])).collect();
+    let writes = specs.iter().any(|s| s.flags & cmd::WRITE != 0);
+    if writes {
+        if let Some(refused) = shared.inregion.write_refusal(now) {
+            unwatch_all(store, conn);
+            return refused;
+        }
+    }
     let needs_room = specs.iter().any(|s| s.flags & cmd::DENYOOM != 0);
     if needs_room && !make_room(store, conn, now) {
         unwatch_all(store, conn);
@@ -268,6 +310,9 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
                 .collect(),
         )
     };
+    if writes {
+        ctx.conn.write_offset = store.feed().offset();
+    }
     // Release the watch registrations while still holding every shard.
     if let Locks::All(g) = &mut ctx.locks {
         for (k, _) in &watched {

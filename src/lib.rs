@@ -7,7 +7,8 @@
 //! - [`cmd`]: command table and families (string, set, hash, keys, server, cluster).
 //! - [`store`]: sharded locks around the `Keyspace`, HLC, delta logs, eviction.
 //! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
-//! - [`replication`]: inter-region QUIC links; [`kafka`]: the invalidation stream.
+//! - [`replication`]: inter-region QUIC links; [`replica`]: in-region replicas (REPLICAOF,
+//!   PSYNC-like stream over the client port); [`kafka`]: the invalidation stream.
 
 pub mod cluster;
 pub mod cmd;
@@ -17,6 +18,7 @@ pub mod frame;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;
+pub mod replica;
 pub mod replication;
 pub mod server;
 pub mod store;

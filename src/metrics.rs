@@ -159,6 +159,31 @@ pub fn render(store: &Store, shared: &Shared) -> String {
         "Connections closed for protocol errors.",
         st.protocol_errors.load(Relaxed),
     );
+    let ir = &shared.inregion;
+    metric(
+        "repl_offset",
+        "gauge",
+        "In-region replication offset (primary: assigned; replica: applied).",
+        ir.repl_offset(),
+    );
+    metric(
+        "connected_replicas",
+        "gauge",
+        "Replicas streaming from this node.",
+        ir.replica_list().len() as u64,
+    );
+    metric(
+        "replica_sync_full_total",
+        "counter",
+        "Full resyncs served to replicas.",
+        ir.sync_full.load(Relaxed),
+    );
+    metric(
+        "replica_sync_partial_ok_total",
+        "counter",
+        "Partial resyncs served to replicas.",
+        ir.sync_partial_ok.load(Relaxed),
+    );
     invalidation_metrics(&mut o, store, shared, &ks);
     if let Some(c) = &shared.repl {
         replication(&mut o, c, now_ms());

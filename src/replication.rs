@@ -57,6 +57,8 @@ fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
     let r = s.ks.apply_delta(delta);
     if r == Applied::Changed {
         s.touch_key(&delta.key);
+        // The primary's state changed: in-region replicas must see it too.
+        s.feed.push_delta(delta);
     }
     r
 }
@@ -111,6 +113,7 @@ impl ReplicaStore for ShellStore<'_> {
         let r = s.ks.merge_state(key, true, state);
         if r == Applied::Changed {
             s.touch_key(key);
+            s.feed.push_state(key, state);
         }
         r
     }

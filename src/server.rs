@@ -49,6 +49,8 @@ pub struct Shared {
     pub kafka: Arc<crate::kafka::KafkaStats>,
     /// Region cluster (None: standalone).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// In-region replication (both roles): `follow`, WAIT, min-replicas, INFO.
+    pub inregion: Arc<crate::replica::InRegion>,
 }
 
 pub struct Server {
@@ -116,6 +118,18 @@ impl Server {
             ),
             _ => None,
         };
+        store
+            .feed()
+            .set_backlog_size(usize::try_from(config.repl_backlog_size).unwrap_or(usize::MAX));
+        let inregion = Arc::new(crate::replica::InRegion::new(
+            store.feed().clone(),
+            config.min_replicas_to_write,
+            config.min_replicas_max_lag,
+        ));
+        inregion.set_listening_port(config.port);
+        if let Some((host, port)) = config.replicaof_addr() {
+            inregion.follow(Some(crate::replica::PrimaryAddr { host, port }));
+        }
         let cluster = match &config.cluster {
             Some(c) if c.enabled => Some(
                 crate::cluster::Cluster::open(c, config.config_dir.as_deref(), config.port)
@@ -125,6 +139,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             cluster,
+            inregion,
             config,
             started_ms: now_ms(),
             run_id,
@@ -156,11 +171,16 @@ impl Server {
                 c.clone(),
                 self.store.clone(),
                 self.shared.config.bind.clone(),
+                self.shared.inregion.clone(),
             ));
         }
         if let Some(r) = self.repl.take() {
             r.spawn(self.store.clone())?;
         }
+        tokio::spawn(crate::replica::run_replica_link(
+            self.store.clone(),
+            self.shared.inregion.clone(),
+        ));
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);
             let listener = TcpListener::bind(&addr).await?;

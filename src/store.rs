@@ -2,6 +2,7 @@
 //! behind its own lock, with a per-shard bounded delta log. The node's HLC lives here (one
 //! atomic), as do the runtime memory settings and the counters `INFO` reports.
 
+use crate::replica::ReplFeed;
 use bytes::Bytes;
 use meridian_crdt::{
     key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, RegionId, Stamp,
@@ -9,6 +10,7 @@ use meridian_crdt::{
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Number of shard locks. Power of two; slot → shard is `slot % SHARDS`.
 pub const SHARDS: usize = 16;
@@ -25,6 +27,8 @@ pub struct Shard {
     /// Keyspace hits and misses (counted under the shard lock: no shared atomics).
     pub hits: u64,
     pub misses: u64,
+    /// The node-wide in-region replication feed (inactive until a replica syncs).
+    pub feed: Arc<ReplFeed>,
 }
 
 impl Shard {
@@ -32,8 +36,13 @@ impl Shard {
     pub fn after_write(&mut self, stats: &Stats) {
         let watched = !self.watched.is_empty();
         let mut logged = false;
+        let feed = self.feed.is_active();
         for d in self.ks.drain_deltas() {
             stats.deltas_produced.fetch_add(1, Relaxed);
+            if feed {
+                // Offsets are assigned here, under this shard's lock.
+                self.feed.push_delta(&d);
+            }
             if watched {
                 if let Some((_, v)) = self.watched.get_mut(&d.key) {
                     *v += 1;
@@ -130,6 +139,7 @@ pub struct Store {
     used_memory: AtomicU64,
     used_memory_at_ms: AtomicU64,
     next_evict_shard: AtomicUsize,
+    feed: Arc<ReplFeed>,
 }
 
 pub fn shard_of(slot: u16) -> usize {
@@ -150,6 +160,7 @@ impl Store {
         runtime: Runtime,
         replicated: bool,
     ) -> Store {
+        let feed = Arc::new(ReplFeed::new(crate::replica::DEFAULT_BACKLOG_BYTES));
         let shards = (0..SHARDS)
             .map(|i| {
                 Mutex::new(Shard {
@@ -164,6 +175,7 @@ impl Store {
                     watched: HashMap::new(),
                     hits: 0,
                     misses: 0,
+                    feed: feed.clone(),
                 })
             })
             .collect();
@@ -176,6 +188,23 @@ impl Store {
             used_memory: AtomicU64::new(0),
             used_memory_at_ms: AtomicU64::new(0),
             next_evict_shard: AtomicUsize::new(0),
+            feed,
+        }
+    }
+
+    /// The in-region replication feed (the same one every shard holds).
+    pub fn feed(&self) -> &Arc<ReplFeed> {
+        &self.feed
+    }
+
+    /// Drop every key locally, without deltas (a replica's full resync starts from empty).
+    pub fn drop_all_slots(&self) {
+        for (i, s) in self.shards.iter().enumerate() {
+            let mut s = s.lock();
+            for slot in (i..meridian_crdt::SLOT_COUNT).step_by(SHARDS) {
+                s.ks.drop_slot(slot as u16);
+            }
+            s.touch_all_watched();
         }
     }
 

@@ -203,6 +203,28 @@ fn killed_primary_is_replaced_by_its_replica() {
             .lines()
             .any(|l| l.starts_with(&replica) && l.contains(&format!("slave {old}")))
     });
+    // Writes acknowledged by WAIT 1 on the primary must survive its death.
+    let mut c0 = cl.conn(0);
+    let mut acked = Vec::new();
+    for n in 0..2000 {
+        let key = format!("acked:{n}");
+        if redis::cmd("SET")
+            .arg(&key)
+            .arg(n)
+            .query::<()>(&mut c0)
+            .is_ok()
+        {
+            acked.push((key, n));
+        }
+    }
+    assert!(acked.len() > 400, "node 0 owns a third of the keys");
+    let replicas: i64 = q(&mut c0, &["WAIT", "1", "10000"]);
+    assert_eq!(replicas, 1, "the replica acknowledged the writes");
+    // The replica serves them to READONLY clients already.
+    let mut c3r = cl.conn(3);
+    let _: () = q(&mut c3r, &["READONLY"]);
+    let v: i64 = q(&mut c3r, &["GET", &acked[0].0]);
+    assert_eq!(v, acked[0].1);
     cl.nodes[0] = None; // SIGKILL the primary of slots 0-5460
     wait_until(DEADLINE, "the replica is promoted", || {
         let nodes: String = q(&mut c1, &["CLUSTER", "NODES"]);
@@ -221,6 +243,10 @@ fn killed_primary_is_replaced_by_its_replica() {
     });
     let v: String = q(&mut c3, &["GET", "key:0"]);
     assert_eq!(v, "after");
+    for (key, n) in &acked {
+        let v: Option<i64> = q(&mut c3, &["GET", key]);
+        assert_eq!(v, Some(*n), "acknowledged write {key} lost in the failover");
+    }
     // The old primary comes back as a replica of the new one.
     let s = cl.spawn(0);
     cl.nodes[0] = Some(s);

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod hash;
 pub mod keys;
+pub mod replica;
 pub mod server;
 pub mod set;
 pub mod string;
@@ -113,6 +114,7 @@ pub fn table() -> &'static Table {
             .chain(keys::specs())
             .chain(server::specs())
             .chain(cluster::specs())
+            .chain(replica::specs())
         {
             m.insert(spec.name.as_bytes(), spec);
         }
@@ -152,6 +154,12 @@ pub struct ConnState {
     pub asking: bool,
     /// Cluster: `READONLY` (reads may be served by a replica).
     pub readonly: bool,
+    /// In-region replication offset after this client's last write (what WAIT waits for).
+    pub write_offset: u64,
+    /// Set by WAIT: (numreplicas, timeout_ms); the connection blocks on it.
+    pub wait: Option<(usize, u64)>,
+    /// Set by `MERIDIAN SYNC`: the connection becomes a replica stream.
+    pub takeover: Option<crate::replica::SyncRequest>,
 }
 
 impl ConnState {
@@ -170,6 +178,9 @@ impl ConnState {
             pending_commands: 0,
             asking: false,
             readonly: false,
+            write_offset: 0,
+            wait: None,
+            takeover: None,
             rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }

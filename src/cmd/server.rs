@@ -257,6 +257,17 @@ fn client(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             );
         }
         Reply::Verbatim(out)
+    } else if sub.eq_ignore_ascii_case(b"kill")
+        && a.len() == 4
+        && a[2].eq_ignore_ascii_case(b"type")
+    {
+        // Only the replica links are killable here (tests and operators use it to force a
+        // reconnect and a partial resync).
+        if a[3].eq_ignore_ascii_case(b"replica") || a[3].eq_ignore_ascii_case(b"slave") {
+            Reply::Int(ctx.shared.inregion.drop_replica_links() as i64)
+        } else {
+            Reply::Int(0)
+        }
     } else if sub.eq_ignore_ascii_case(b"setinfo")
         || sub.eq_ignore_ascii_case(b"no-evict")
         || sub.eq_ignore_ascii_case(b"no-touch")
@@ -286,11 +297,29 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
         "timeout" => "0".into(),
         "cluster-enabled" => "no".into(),
         "region" => c.region.clone(),
+        "repl-backlog-size" => ctx.store.feed().backlog_info().0.to_string(),
+        "min-replicas-to-write" => ctx
+            .shared
+            .inregion
+            .min_replicas_to_write
+            .load(Relaxed)
+            .to_string(),
+        "min-replicas-max-lag" => ctx
+            .shared
+            .inregion
+            .min_replicas_max_lag_s
+            .load(Relaxed)
+            .to_string(),
+        "replicaof" => ctx
+            .shared
+            .inregion
+            .following()
+            .map_or_else(String::new, |p| format!("{} {}", p.host, p.port)),
         _ => return None,
     })
 }
 
-const CONFIG_NAMES: [&str; 14] = [
+const CONFIG_NAMES: [&str; 18] = [
     "maxmemory",
     "maxmemory-policy",
     "maxmemory-samples",
@@ -305,10 +334,14 @@ const CONFIG_NAMES: [&str; 14] = [
     "timeout",
     "cluster-enabled",
     "region",
+    "repl-backlog-size",
+    "min-replicas-to-write",
+    "min-replicas-max-lag",
+    "replicaof",
 ];
 
 /// A validated CONFIG SET assignment, applied once every pair parsed.
-type ConfigChange = Box<dyn FnOnce(&Store)>;
+type ConfigChange = Box<dyn FnOnce(&Store, &crate::server::Shared)>;
 
 fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     let sub = &a[1];
@@ -358,7 +391,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                     let Some(n) = crate::config::parse_memory(&value) else {
                         return fail(not_memory);
                     };
-                    changes.push(Box::new(move |s: &Store| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
                         s.runtime.maxmemory.store(n, Relaxed)
                     }));
                 }
@@ -366,7 +399,9 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                     let Some(p) = EvictionPolicy::parse(&value) else {
                         return fail("argument(s) must be one of the following: volatile-lru, volatile-lfu, volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, noeviction");
                     };
-                    changes.push(Box::new(move |s: &Store| *s.runtime.policy.lock() = p));
+                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                        *s.runtime.policy.lock() = p
+                    }));
                 }
                 "maxmemory-samples" => {
                     let Ok(n) = value.parse::<i64>() else {
@@ -377,7 +412,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                         return fail("argument must be between 1 and 64 inclusive");
                     }
                     let n = n as usize;
-                    changes.push(Box::new(move |s: &Store| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
                         s.runtime.samples.store(n, Relaxed)
                     }));
                 }
@@ -389,7 +424,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                         return fail("argument must be between 1 and 4294967295 inclusive");
                     }
                     let n = n as usize;
-                    changes.push(Box::new(move |s: &Store| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
                         s.runtime.maxclients.store(n, Relaxed)
                     }));
                 }
@@ -404,8 +439,37 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                             "argument must be between 1048576 and 9223372036854775807 inclusive",
                         );
                     }
-                    changes.push(Box::new(move |s: &Store| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
                         s.runtime.proto_max_bulk_len.store(n, Relaxed)
+                    }));
+                }
+                "repl-backlog-size" => {
+                    let Some(n) = crate::config::parse_memory(&value)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| *n >= 1)
+                    else {
+                        return fail(not_memory);
+                    };
+                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                        s.feed().set_backlog_size(n)
+                    }));
+                }
+                "min-replicas-to-write" | "min-slaves-to-write" => {
+                    let Some(n) = value.parse::<u32>().ok() else {
+                        return fail(not_integer);
+                    };
+                    changes.push(Box::new(move |_: &Store, sh: &crate::server::Shared| {
+                        sh.inregion.min_replicas_to_write.store(n as usize, Relaxed)
+                    }));
+                }
+                "min-replicas-max-lag" | "min-slaves-max-lag" => {
+                    let Some(n) = value.parse::<u32>().ok() else {
+                        return fail(not_integer);
+                    };
+                    changes.push(Box::new(move |_: &Store, sh: &crate::server::Shared| {
+                        sh.inregion
+                            .min_replicas_max_lag_s
+                            .store(u64::from(n), Relaxed)
                     }));
                 }
                 "save" | "appendonly" | "timeout" => {}
@@ -417,7 +481,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             }
         }
         for c in changes {
-            c(ctx.store);
+            c(ctx.store, ctx.shared);
         }
         ok()
     } else if sub.eq_ignore_ascii_case(b"resetstat") {
@@ -499,7 +563,7 @@ pub fn info_text(
     if want("stats") {
         let _ = write!(
             o,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:0\r\nprotocol_errors:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:0\r\nprotocol_errors:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\r\n",
             st.connections_received.load(Relaxed),
             st.commands.load(Relaxed),
             st.ops_per_sec.load(Relaxed),
@@ -509,14 +573,15 @@ pub fn info_text(
             store.hits_misses().0,
             store.hits_misses().1,
             st.protocol_errors.load(Relaxed),
+            shared.inregion.sync_full.load(Relaxed),
+            shared.inregion.sync_partial_ok.load(Relaxed),
+            shared.inregion.sync_partial_err.load(Relaxed),
         );
     }
     if want("replication") {
-        let _ = write!(
-            o,
-            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:{}\r\nrepl_backlog_active:0\r\n\r\n",
-            st.deltas_produced.load(Relaxed),
-        );
+        o.push_str("# Replication\r\n");
+        shared.inregion.info(now_ms, &mut o);
+        o.push_str("\r\n");
         if let Some(c) = &shared.repl {
             // Multi-region progress (bootstrap of an empty region shows up as entries received).
             o.truncate(o.len() - 2);
@@ -705,6 +770,25 @@ fn meridian(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
+    } else if sub.eq_ignore_ascii_case(b"sync") {
+        // MERIDIAN SYNC <primary-replid|?> <applied-offset> <port>: a replica asks for the
+        // stream; the connection is handed over to `replica::serve_replica`.
+        let (Some(id), Some(off), Some(port), 5) = (a.get(2), a.get(3), a.get(4), a.len()) else {
+            return err("ERR usage: MERIDIAN SYNC <replid|?> <offset> <port>");
+        };
+        let (Some(off), Some(port)) = (crate::util::parse_int(off), crate::util::parse_int(port))
+        else {
+            return not_int();
+        };
+        if off < 0 || !(0..=65535).contains(&port) {
+            return not_int();
+        }
+        ctx.conn.takeover = Some(crate::replica::SyncRequest {
+            replid: String::from_utf8_lossy(id).into_owned(),
+            offset: off as u64,
+            listening_port: port as u16,
+        });
+        ok()
     } else {
         unknown_sub("MERIDIAN", sub)
     }

@@ -1,0 +1,445 @@
+//! The in-region replica stream (PSYNC-like), its sans-IO parts: the wire frames and the
+//! primary's bounded replication backlog.
+//!
+//! A replica follows one primary of its own region. The primary numbers every change of its
+//! state with a node-wide offset (1, 2, 3…: one per [`ReplicaFrame::Delta`] or
+//! [`ReplicaFrame::State`]; the offset is implicit, the replica counts frames) and keeps the
+//! newest encoded frames in a [`Backlog`] bounded in bytes. A replica that reconnects with
+//! the primary's replication id and an offset still covered by the backlog continues from
+//! there (partial resync); otherwise it receives a snapshot (`Entries` chunks, then
+//! `SnapshotEnd { offset }`) and the stream continues after `offset`. Merges are idempotent
+//! and commutative, so an overlap between snapshot and stream is harmless.
+//!
+//! Framing is the codec's: `len: u32 LE` · `version: u8` · postcard body; decoding is pure,
+//! `Ok(None)` means "read more", malformed input is an error, never a panic, and decoded
+//! entries are validated and rebuilt like region frames.
+
+use crate::codec::{check_entry, CodecError, KeyState};
+use bytes::Bytes;
+use meridian_crdt::{key_slot, Delta, Entry};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+pub const REPLICA_PROTOCOL_VERSION: u8 = 1;
+/// Hard limit on one replica frame (prefix excluded): one value may be large (a big string
+/// or set), so this is above the region link's limit; snapshot chunks stay far below.
+pub const MAX_REPLICA_FRAME_BYTES: usize = 64 << 20;
+/// Snapshot chunks are cut once their estimated size reaches this.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+const PREFIX_BYTES: usize = 4;
+
+/// One frame of the replica stream (after the `+FULLRESYNC`/`+CONTINUE` line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaFrame {
+    /// Primary → replica, full sync: whole key states (tombstones included).
+    Entries(Vec<KeyState>),
+    /// Primary → replica: the snapshot is complete; it covers every change up to `offset`.
+    SnapshotEnd { offset: u64 },
+    /// Primary → replica: one change (a local write, or a delta merged from another
+    /// region). Occupies the next offset.
+    Delta(Delta),
+    /// Primary → replica: a whole key state the primary merged from another region
+    /// (anti-entropy). Occupies the next offset.
+    State { key: Bytes, state: Entry },
+    /// Primary → replica heartbeat (no offset).
+    Ping,
+    /// Replica → primary: every change up to `offset` is applied.
+    Ack { offset: u64 },
+}
+
+impl ReplicaFrame {
+    /// Does this frame occupy a stream offset?
+    pub fn has_offset(&self) -> bool {
+        matches!(self, ReplicaFrame::Delta(_) | ReplicaFrame::State { .. })
+    }
+}
+
+/// Borrowing twin of [`ReplicaFrame`] for encoding without cloning (same variant order, so
+/// postcard produces identical bytes).
+#[derive(Serialize)]
+enum FrameRef<'a> {
+    #[allow(dead_code)]
+    Entries(&'a [KeyState]),
+    #[allow(dead_code)]
+    SnapshotEnd {
+        offset: u64,
+    },
+    Delta(&'a Delta),
+    State {
+        key: &'a [u8],
+        state: &'a Entry,
+    },
+}
+
+fn encode_with<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<usize, CodecError> {
+    let start = out.len();
+    let mut buf = std::mem::take(out);
+    buf.extend_from_slice(&[0; PREFIX_BYTES]);
+    buf.push(REPLICA_PROTOCOL_VERSION);
+    *out = postcard::to_extend(value, buf).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let body = out.len() - start - PREFIX_BYTES;
+    if body > MAX_REPLICA_FRAME_BYTES {
+        out.truncate(start);
+        return Err(CodecError::Invalid(
+            "frame exceeds the replica stream's frame limit",
+        ));
+    }
+    out[start..start + PREFIX_BYTES].copy_from_slice(&(body as u32).to_le_bytes());
+    Ok(body + PREFIX_BYTES)
+}
+
+/// Append one encoded frame to `out`; returns its size on the wire.
+pub fn encode_frame(frame: &ReplicaFrame, out: &mut Vec<u8>) -> Result<usize, CodecError> {
+    encode_with(frame, out)
+}
+
+/// Encode `ReplicaFrame::Delta(delta.clone())` without the clone.
+pub fn encode_delta(delta: &Delta) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_with(&FrameRef::Delta(delta), &mut out)?;
+    Ok(out)
+}
+
+/// Encode `ReplicaFrame::State { key, state }` without cloning.
+pub fn encode_state(key: &[u8], state: &Entry) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    encode_with(&FrameRef::State { key, state }, &mut out)?;
+    Ok(out)
+}
+
+/// Decode one frame from the front of `buf`: `Ok(Some((frame, consumed)))`, `Ok(None)` when
+/// more bytes are needed, or an error (close the connection).
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(ReplicaFrame, usize)>, CodecError> {
+    if buf.len() < PREFIX_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_REPLICA_FRAME_BYTES {
+        // (`CodecError::TooLarge` names the region link's smaller limit.)
+        return Err(CodecError::Invalid(
+            "frame exceeds the replica stream's frame limit",
+        ));
+    }
+    if len == 0 {
+        return Err(CodecError::Empty);
+    }
+    let Some(body) = buf.get(PREFIX_BYTES..PREFIX_BYTES + len) else {
+        return Ok(None);
+    };
+    if body[0] != REPLICA_PROTOCOL_VERSION {
+        return Err(CodecError::Version(body[0]));
+    }
+    let (mut frame, rest) = postcard::take_from_bytes::<ReplicaFrame>(&body[1..])
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError::Invalid("trailing bytes after frame body"));
+    }
+    match &mut frame {
+        ReplicaFrame::Entries(entries) => {
+            for ks in entries.iter_mut() {
+                check_entry(&ks.state)?;
+                ks.state.rebuild();
+            }
+        }
+        ReplicaFrame::Delta(d) => {
+            if d.slot != key_slot(&d.key) {
+                return Err(CodecError::Invalid("delta slot does not match its key"));
+            }
+            check_entry(&d.state)?;
+            d.state.rebuild();
+        }
+        ReplicaFrame::State { state, .. } => {
+            check_entry(state)?;
+            state.rebuild();
+        }
+        ReplicaFrame::SnapshotEnd { .. } | ReplicaFrame::Ping | ReplicaFrame::Ack { .. } => {}
+    }
+    Ok(Some((frame, PREFIX_BYTES + len)))
+}
+
+/// The stream position a replica asked for is no longer (or not yet) in the backlog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("offset {0} is outside the replication backlog")]
+pub struct OutOfBacklog(pub u64);
+
+/// The primary's replication backlog: the newest encoded change frames, bounded in bytes
+/// (at least the newest frame is kept). Frame `i` from the front has offset
+/// `first_offset() + i`; `offset()` is the last assigned offset (0: nothing yet).
+#[derive(Debug)]
+pub struct Backlog {
+    frames: VecDeque<Bytes>,
+    size_bytes: usize,
+    max_size_bytes: usize,
+    offset: u64,
+}
+
+impl Backlog {
+    /// An empty backlog whose next frame gets offset `offset + 1`.
+    pub fn new(max_size_bytes: usize, offset: u64) -> Backlog {
+        Backlog {
+            frames: VecDeque::new(),
+            size_bytes: 0,
+            max_size_bytes: max_size_bytes.max(1),
+            offset,
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Offset of the oldest frame held (`offset() + 1` when empty).
+    pub fn first_offset(&self) -> u64 {
+        self.offset + 1 - self.frames.len() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+
+    pub fn max_size_bytes(&self) -> usize {
+        self.max_size_bytes
+    }
+
+    /// Append one encoded frame; returns its offset. Trims the oldest frames over the bound.
+    pub fn push(&mut self, frame: Bytes) -> u64 {
+        self.offset += 1;
+        self.size_bytes += frame.len();
+        self.frames.push_back(frame);
+        self.trim();
+        self.offset
+    }
+
+    pub fn set_max_size_bytes(&mut self, max_size_bytes: usize) {
+        self.max_size_bytes = max_size_bytes.max(1);
+        self.trim();
+    }
+
+    /// Forget every frame; the offset keeps counting.
+    pub fn clear(&mut self) {
+        self.frames.clear();
+        self.size_bytes = 0;
+    }
+
+    fn trim(&mut self) {
+        while self.size_bytes > self.max_size_bytes && self.frames.len() > 1 {
+            if let Some(f) = self.frames.pop_front() {
+                self.size_bytes -= f.len();
+            }
+        }
+        debug_assert!(self.frames.len() as u64 <= self.offset);
+    }
+
+    /// Can a replica that applied everything up to `applied` continue from the backlog?
+    pub fn covers(&self, applied: u64) -> bool {
+        applied <= self.offset && applied + 1 >= self.first_offset()
+    }
+
+    /// Frames after `applied` (cheap `Bytes` clones), at most `max_bytes` of them (at least
+    /// one when any is due). Returns the new applied offset.
+    pub fn read_after(
+        &self,
+        applied: u64,
+        max_bytes: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Result<u64, OutOfBacklog> {
+        if !self.covers(applied) {
+            return Err(OutOfBacklog(applied));
+        }
+        let skip = (applied + 1 - self.first_offset()) as usize;
+        let mut taken_bytes = 0;
+        let mut n = 0u64;
+        for f in self.frames.iter().skip(skip) {
+            if n > 0 && taken_bytes + f.len() > max_bytes {
+                break;
+            }
+            taken_bytes += f.len();
+            out.push(f.clone());
+            n += 1;
+        }
+        Ok(applied + n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_crdt::{Hlc, Keyspace, KeyspaceConfig, RegionId, Stamp};
+    use proptest::prelude::*;
+
+    fn sample_deltas() -> (Keyspace, Vec<Delta>) {
+        let mut ks = Keyspace::new(KeyspaceConfig {
+            region: RegionId(1),
+            retain_tombstones: true,
+            ..KeyspaceConfig::default()
+        });
+        let st = |n: u64| Stamp::new(Hlc::from_parts(1_000 + n, 0), RegionId(1));
+        ks.write(b"ctr", st(1), 0, |w| w.incr_by(5).unwrap());
+        ks.write(b"s", st(2), 0, |w| w.sadd(&Bytes::from_static(b"m")));
+        ks.write(b"k", st(3), 0, |w| {
+            w.set_str(Bytes::from_static(b"value"), false);
+            w.set_deadline(Some(99_999));
+        });
+        let d = ks.drain_deltas().collect();
+        (ks, d)
+    }
+
+    fn sample_frames() -> Vec<ReplicaFrame> {
+        let (ks, deltas) = sample_deltas();
+        let entries = deltas
+            .iter()
+            .map(|d| KeyState {
+                key: d.key.clone(),
+                state: ks.raw_entry(&d.key).unwrap().clone(),
+            })
+            .collect();
+        vec![
+            ReplicaFrame::Entries(entries),
+            ReplicaFrame::SnapshotEnd { offset: 7 },
+            ReplicaFrame::Delta(deltas[0].clone()),
+            ReplicaFrame::State {
+                key: deltas[1].key.clone(),
+                state: deltas[1].state.clone(),
+            },
+            ReplicaFrame::Ping,
+            ReplicaFrame::Ack { offset: 42 },
+        ]
+    }
+
+    #[test]
+    fn round_trips_and_reports_incomplete() {
+        for f in sample_frames() {
+            let mut bytes = Vec::new();
+            encode_frame(&f, &mut bytes).unwrap();
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    decode_frame(&bytes[..cut]),
+                    Ok(None),
+                    "prefix of {cut} bytes"
+                );
+            }
+            let (back, used) = decode_frame(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(back, f);
+        }
+    }
+
+    #[test]
+    fn borrowed_encoding_matches_owned() {
+        let (_, deltas) = sample_deltas();
+        let mut owned = Vec::new();
+        encode_frame(&ReplicaFrame::Delta(deltas[2].clone()), &mut owned).unwrap();
+        assert_eq!(encode_delta(&deltas[2]).unwrap(), owned);
+        let mut owned = Vec::new();
+        let st = ReplicaFrame::State {
+            key: deltas[0].key.clone(),
+            state: deltas[0].state.clone(),
+        };
+        encode_frame(&st, &mut owned).unwrap();
+        assert_eq!(
+            encode_state(&deltas[0].key, &deltas[0].state).unwrap(),
+            owned
+        );
+    }
+
+    #[test]
+    fn rejects_bad_version_and_mismatched_slot() {
+        let mut b = Vec::new();
+        encode_frame(&ReplicaFrame::Ping, &mut b).unwrap();
+        b[4] = 9;
+        assert_eq!(decode_frame(&b), Err(CodecError::Version(9)));
+        let (_, mut deltas) = sample_deltas();
+        deltas[0].slot = deltas[0].slot.wrapping_add(1) % 16384;
+        let bytes = encode_delta(&deltas[0]).unwrap();
+        assert!(matches!(decode_frame(&bytes), Err(CodecError::Invalid(_))));
+    }
+
+    #[test]
+    fn backlog_offsets_bounds_and_reads() {
+        let mut b = Backlog::new(10, 0);
+        assert!(b.covers(0));
+        assert!(!b.covers(1), "cannot continue from the future");
+        assert_eq!(b.push(Bytes::from_static(b"aaaa")), 1);
+        assert_eq!(b.push(Bytes::from_static(b"bbbb")), 2);
+        assert_eq!((b.first_offset(), b.size_bytes()), (1, 8));
+        assert_eq!(b.push(Bytes::from_static(b"cccc")), 3);
+        // 12 bytes > 10: the oldest goes.
+        assert_eq!((b.first_offset(), b.len(), b.size_bytes()), (2, 2, 8));
+        assert!(!b.covers(0));
+        assert!(b.covers(1) && b.covers(3));
+        let mut out = Vec::new();
+        assert_eq!(b.read_after(0, 100, &mut out), Err(OutOfBacklog(0)));
+        assert_eq!(b.read_after(1, 100, &mut out), Ok(3));
+        assert_eq!(
+            out,
+            vec![Bytes::from_static(b"bbbb"), Bytes::from_static(b"cccc")]
+        );
+        out.clear();
+        // A budget smaller than one frame still makes progress.
+        assert_eq!(b.read_after(1, 1, &mut out), Ok(2));
+        assert_eq!(out.len(), 1);
+        out.clear();
+        assert_eq!(b.read_after(3, 100, &mut out), Ok(3));
+        assert!(out.is_empty());
+        // One frame larger than the bound is still kept.
+        b.push(Bytes::from(vec![0u8; 50]));
+        assert_eq!((b.len(), b.first_offset(), b.offset()), (1, 4, 4));
+        b.clear();
+        assert!(b.is_empty() && b.covers(4) && !b.covers(3));
+        assert_eq!(b.push(Bytes::from_static(b"x")), 5);
+        // A backlog started at a later offset.
+        let b = Backlog::new(10, 100);
+        assert!(b.covers(100) && !b.covers(99));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame(&bytes);
+        }
+
+        #[test]
+        fn corrupted_frames_never_panic(which in 0usize..6, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+            let mut bytes = Vec::new();
+            encode_frame(&sample_frames()[which], &mut bytes).unwrap();
+            for (pos, val) in flips {
+                let i = pos % bytes.len();
+                if i >= 4 || val & 1 == 0 { bytes[i] ^= val; }
+            }
+            let _ = decode_frame(&bytes);
+            let cut = cut % (bytes.len() + 1);
+            let _ = decode_frame(&bytes[..cut]);
+        }
+
+        #[test]
+        fn backlog_reads_return_exactly_the_frames_after(sizes in proptest::collection::vec(1usize..20, 1..60), max in 1usize..100, from in 0u64..70, budget in 1usize..50) {
+            let mut b = Backlog::new(max, 0);
+            for (i, s) in sizes.iter().enumerate() {
+                let mut v = vec![0u8; *s];
+                v[0] = i as u8;
+                b.push(Bytes::from(v));
+            }
+            prop_assert!(b.size_bytes() <= max || b.len() == 1);
+            let mut out = Vec::new();
+            match b.read_after(from, budget, &mut out) {
+                Ok(to) => {
+                    prop_assert!(b.covers(from));
+                    prop_assert_eq!(to - from, out.len() as u64);
+                    for (k, f) in out.iter().enumerate() {
+                        prop_assert_eq!(u64::from(f[0]), (from + k as u64) % 256);
+                    }
+                }
+                Err(_) => prop_assert!(!b.covers(from)),
+            }
+        }
+    }
+}

@@ -1,0 +1,935 @@
+//! In-region replication (issue #7): inside a region, a shard is a primary plus async
+//! replicas. The primary streams every change of its state to its replicas over the client
+//! TCP port, PSYNC-style; replicas apply them with CRDT merges under shard locks.
+//!
+//! # API for the cluster shell
+//! `Shared::inregion` is an [`InRegion`]; it is the only handle the shell needs:
+//! - [`InRegion::follow`]`(Some(PrimaryAddr { host, port }))` makes this node a replica of
+//!   that primary (drops its own replicas, starts a new replication id, connects, tries a
+//!   partial resync first, reconnects with backoff); `follow(None)` promotes it (accepts
+//!   writes again, keeps its data). Cheap and non-blocking: the link task does the I/O.
+//! - [`InRegion::role`], [`InRegion::repl_offset`] (the offset to advertise in cluster bus
+//!   headers and to rank replicas in elections), [`InRegion::link_up`],
+//!   [`InRegion::drop_replica_links`].
+//! - [`InRegion::set_refuse_writes`]: standalone replicas answer `-READONLY` to writes; a
+//!   cluster shell that answers `-MOVED` itself may turn that off.
+//!
+//! # Offsets and the backlog
+//! Every change of this node's state gets the next node-wide offset, assigned under the
+//! writing shard's lock and the backlog lock (so backlog order is offset order): local
+//! writes (`Shard::after_write`) and also deltas and states merged from *other regions*
+//! (`replication::LockedStore`), since those change the primary's state too and replicas
+//! must converge without waiting for a full sync. Expiry and eviction are local on every
+//! node and never streamed. Frames are encoded once (postcard, see
+//! `meridian_replication::replica`) into a [`Backlog`] bounded by `repl-backlog-size` bytes.
+//! Nothing is recorded until the first replica connects (no cost per write before that).
+//!
+//! # Protocol (over the client port)
+//! replica → `MERIDIAN SYNC <primary-replid|?> <applied-offset> <replica-port>`; primary →
+//! `+CONTINUE <replid> <offset>` (the backlog still covers it) or `+FULLRESYNC <replid>
+//! <offset>` followed by `Entries` chunks (every entry of every slot, tombstones included)
+//! and `SnapshotEnd { offset }`; the live stream then continues after the offset the
+//! snapshot began at (overlap is harmless: merges are idempotent). A full sync first drops
+//! the replica's data (keys deleted on the primary in between would otherwise linger).
+//! The replica acks (`Ack { offset }`) after applying and every 100 ms; the primary pings
+//! every second. Malformed frames, timeouts and a replica that falls out of the backlog
+//! close the link with a log line; the replica reconnects.
+
+use crate::frame::Reply;
+use crate::server::now_ms;
+use crate::store::{shard_of, Store};
+use bytes::{Bytes, BytesMut};
+use meridian_crdt::{Applied, Delta, Entry};
+use meridian_replication::codec::KeyState;
+use meridian_replication::replica::{
+    decode_frame, encode_delta, encode_frame, encode_state, Backlog, ReplicaFrame,
+    SNAPSHOT_CHUNK_BYTES,
+};
+use parking_lot::Mutex;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+pub const ACK_INTERVAL_MS: u64 = 100;
+pub const PING_INTERVAL_MS: u64 = 1_000;
+/// No byte from the other side for this long: the link is dead.
+pub const LINK_TIMEOUT_MS: u64 = 10_000;
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+const RECONNECT_MIN_MS: u64 = 100;
+const RECONNECT_MAX_MS: u64 = 2_000;
+/// Backlog frames handed to one socket write.
+const SEND_BATCH_BYTES: usize = 256 * 1024;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+const MAX_HANDSHAKE_LINE_BYTES: usize = 512;
+pub const DEFAULT_BACKLOG_BYTES: usize = 1024 * 1024;
+
+fn new_replid() -> String {
+    let a = crate::server::now_micros() ^ (u64::from(std::process::id()) << 40);
+    let b = a.rotate_left(17).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (&a as *const u64 as u64);
+    let c = b.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ a;
+    format!("{a:016x}{b:016x}{:08x}", c as u32)
+}
+
+struct FeedState {
+    backlog: Backlog,
+    /// This node's replication id: names the stream the offsets belong to.
+    replid: String,
+}
+
+/// The node-wide change feed: every change of this node's state, numbered, into the bounded
+/// backlog. Shards hold an `Arc` to it.
+pub struct ReplFeed {
+    /// Off until the first replica asks for a sync (and on replicas).
+    active: AtomicBool,
+    /// Mirror of the backlog's last offset (read without the lock: WAIT, INFO).
+    offset: AtomicU64,
+    state: Mutex<FeedState>,
+    /// Signalled after every append (stream senders wait on it).
+    appended: Notify,
+}
+
+impl ReplFeed {
+    pub fn new(max_size_bytes: usize) -> ReplFeed {
+        ReplFeed {
+            active: AtomicBool::new(false),
+            offset: AtomicU64::new(0),
+            state: Mutex::new(FeedState {
+                backlog: Backlog::new(max_size_bytes, 0),
+                replid: new_replid(),
+            }),
+            appended: Notify::new(),
+        }
+    }
+
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.active.load(Relaxed)
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset.load(Relaxed)
+    }
+
+    pub fn replid(&self) -> String {
+        self.state.lock().replid.clone()
+    }
+
+    /// Record a change (call under the key's shard lock). No-op while inactive.
+    #[inline]
+    pub fn push_delta(&self, delta: &Delta) {
+        if self.is_active() {
+            self.push(encode_delta(delta));
+        }
+    }
+
+    /// Record a whole key state merged from elsewhere (call under the key's shard lock).
+    pub fn push_state(&self, key: &[u8], state: &Entry) {
+        if self.is_active() {
+            self.push(encode_state(key, state));
+        }
+    }
+
+    fn push(&self, encoded: Result<Vec<u8>, meridian_replication::CodecError>) {
+        let mut st = self.state.lock();
+        match encoded {
+            Ok(v) => {
+                let off = st.backlog.push(Bytes::from(v));
+                self.offset.store(off, Relaxed);
+            }
+            Err(e) => {
+                // Cannot be streamed (too large): skip an offset and forget the backlog, so
+                // every replica falls back to a full sync.
+                tracing::warn!(error = %e, "change too large for the replica stream; replicas will resync");
+                st.backlog.push(Bytes::new());
+                st.backlog.clear();
+                self.offset.store(st.backlog.offset(), Relaxed);
+            }
+        }
+        drop(st);
+        self.appended.notify_waiters();
+    }
+
+    pub fn set_backlog_size(&self, bytes: usize) {
+        self.state.lock().backlog.set_max_size_bytes(bytes);
+    }
+
+    /// (size limit, bytes held, first offset held, frames held)
+    pub fn backlog_info(&self) -> (usize, usize, u64, usize) {
+        let st = self.state.lock();
+        let b = &st.backlog;
+        (
+            b.max_size_bytes(),
+            b.size_bytes(),
+            b.first_offset(),
+            b.len(),
+        )
+    }
+}
+
+/// Where a replica connects: the primary's client port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// `MERIDIAN SYNC` arguments; the connection hands its socket to [`serve_replica`].
+#[derive(Clone, Debug)]
+pub struct SyncRequest {
+    pub replid: String,
+    pub offset: u64,
+    pub listening_port: u16,
+}
+
+struct ReplicaSlot {
+    id: u64,
+    ip: String,
+    port: u16,
+    online: bool,
+    ack_offset: u64,
+    last_ack_ms: u64,
+}
+
+/// In-region replication state of this node, both roles (see the module docs).
+pub struct InRegion {
+    feed: Arc<ReplFeed>,
+    target: watch::Sender<Option<PrimaryAddr>>,
+    is_replica: AtomicBool,
+    refuse_writes_when_replica: AtomicBool,
+    /// `is_replica && refuse_writes_when_replica` (one load on the write path).
+    readonly: AtomicBool,
+    // ---- replica side ----
+    link_up: AtomicBool,
+    sync_in_progress: AtomicBool,
+    last_io_ms: AtomicU64,
+    /// The primary's replid and the offset applied from it (what a partial resync asks for).
+    master_replid: Mutex<Option<String>>,
+    applied_offset: AtomicU64,
+    // ---- primary side ----
+    replicas: Mutex<Vec<ReplicaSlot>>,
+    next_replica_id: AtomicU64,
+    kill_epoch: AtomicU64,
+    kill: Notify,
+    acked: Notify,
+    pub sync_full: AtomicU64,
+    pub sync_partial_ok: AtomicU64,
+    pub sync_partial_err: AtomicU64,
+    pub min_replicas_to_write: AtomicUsize,
+    pub min_replicas_max_lag_s: AtomicU64,
+    listening_port: AtomicU64,
+}
+
+impl InRegion {
+    pub fn new(feed: Arc<ReplFeed>, min_to_write: usize, max_lag_s: u64) -> InRegion {
+        InRegion {
+            feed,
+            target: watch::Sender::new(None),
+            is_replica: AtomicBool::new(false),
+            refuse_writes_when_replica: AtomicBool::new(true),
+            readonly: AtomicBool::new(false),
+            link_up: AtomicBool::new(false),
+            sync_in_progress: AtomicBool::new(false),
+            last_io_ms: AtomicU64::new(0),
+            master_replid: Mutex::new(None),
+            applied_offset: AtomicU64::new(0),
+            replicas: Mutex::new(Vec::new()),
+            next_replica_id: AtomicU64::new(1),
+            kill_epoch: AtomicU64::new(0),
+            kill: Notify::new(),
+            acked: Notify::new(),
+            sync_full: AtomicU64::new(0),
+            sync_partial_ok: AtomicU64::new(0),
+            sync_partial_err: AtomicU64::new(0),
+            min_replicas_to_write: AtomicUsize::new(min_to_write),
+            min_replicas_max_lag_s: AtomicU64::new(max_lag_s),
+            listening_port: AtomicU64::new(0),
+        }
+    }
+
+    pub fn feed(&self) -> &Arc<ReplFeed> {
+        &self.feed
+    }
+
+    /// The client port this node announces to its primary (INFO's `slaveN:port=`).
+    pub fn set_listening_port(&self, port: u16) {
+        self.listening_port.store(u64::from(port), Relaxed);
+    }
+
+    /// Follow `primary` (become its replica), or with `None` stop following and accept
+    /// writes (promotion). Returns immediately; the link task connects in the background.
+    pub fn follow(&self, primary: Option<PrimaryAddr>) {
+        if *self.target.borrow() == primary {
+            return;
+        }
+        match &primary {
+            Some(_) => {
+                self.is_replica.store(true, Relaxed);
+                self.update_readonly();
+                // Our own stream ends here: a new id, no backlog, no replicas of our own.
+                {
+                    let mut st = self.feed.state.lock();
+                    self.feed.active.store(false, Relaxed);
+                    st.backlog.clear();
+                    st.replid = new_replid();
+                }
+                self.drop_replica_links();
+            }
+            None => {
+                self.is_replica.store(false, Relaxed);
+                self.update_readonly();
+                // Local writes follow: this data is no longer a prefix of the old primary's
+                // stream, so never resume it partially.
+                *self.master_replid.lock() = None;
+                self.applied_offset.store(0, Relaxed);
+            }
+        }
+        self.link_up.store(false, Relaxed);
+        self.sync_in_progress.store(false, Relaxed);
+        self.target.send_replace(primary);
+    }
+
+    pub fn following(&self) -> Option<PrimaryAddr> {
+        self.target.borrow().clone()
+    }
+
+    pub fn role(&self) -> Role {
+        if self.is_replica.load(Relaxed) {
+            Role::Replica
+        } else {
+            Role::Primary
+        }
+    }
+
+    /// Primary: its last assigned offset; replica: the offset applied from its primary.
+    pub fn repl_offset(&self) -> u64 {
+        match self.role() {
+            Role::Primary => self.feed.offset(),
+            Role::Replica => self.applied_offset.load(Relaxed),
+        }
+    }
+
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Relaxed)
+    }
+
+    pub fn set_refuse_writes(&self, refuse: bool) {
+        self.refuse_writes_when_replica.store(refuse, Relaxed);
+        self.update_readonly();
+    }
+
+    fn update_readonly(&self) {
+        self.readonly.store(
+            self.is_replica.load(Relaxed) && self.refuse_writes_when_replica.load(Relaxed),
+            Relaxed,
+        );
+    }
+
+    /// Close every replica link (they reconnect and try a partial resync). Returns how many.
+    pub fn drop_replica_links(&self) -> usize {
+        let n = self.replicas.lock().len();
+        self.kill_epoch.fetch_add(1, Relaxed);
+        self.kill.notify_waiters();
+        n
+    }
+
+    /// Why a write must be refused now, if it must (`-READONLY`, `-NOREPLICAS`).
+    #[inline]
+    pub fn write_refusal(&self, now_ms: u64) -> Option<Reply> {
+        if self.readonly.load(Relaxed) {
+            return Some(Reply::Error(Cow::Borrowed(
+                "READONLY You can't write against a read only replica.",
+            )));
+        }
+        let min = self.min_replicas_to_write.load(Relaxed);
+        if min > 0 && !self.is_replica.load(Relaxed) && self.good_replicas(now_ms) < min {
+            return Some(Reply::Error(Cow::Borrowed(
+                "NOREPLICAS Not enough good replicas to write.",
+            )));
+        }
+        None
+    }
+
+    /// Online replicas whose last ack is at most `min-replicas-max-lag` seconds old.
+    pub fn good_replicas(&self, now_ms: u64) -> usize {
+        let max_lag_ms = self.min_replicas_max_lag_s.load(Relaxed) * 1000;
+        self.replicas
+            .lock()
+            .iter()
+            .filter(|r| r.online && now_ms.saturating_sub(r.last_ack_ms) <= max_lag_ms)
+            .count()
+    }
+
+    /// (ip, announced port, acked offset) of every connected replica.
+    pub fn replica_list(&self) -> Vec<(String, u16, u64)> {
+        self.replicas
+            .lock()
+            .iter()
+            .map(|r| (r.ip.clone(), r.port, r.ack_offset))
+            .collect()
+    }
+
+    fn count_acked(&self, offset: u64) -> usize {
+        self.replicas
+            .lock()
+            .iter()
+            .filter(|r| r.online && r.ack_offset >= offset)
+            .count()
+    }
+
+    /// `WAIT`: block until `numreplicas` replicas acked `offset` or `timeout_ms` passed
+    /// (0: no timeout). Woken by acks, never polls.
+    pub async fn wait_for(&self, offset: u64, numreplicas: usize, timeout_ms: u64) -> usize {
+        let deadline = (timeout_ms > 0)
+            .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+        loop {
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let n = self.count_acked(offset);
+            if n >= numreplicas {
+                return n;
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        return self.count_acked(offset);
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn register_replica(&self, ip: String, port: u16, offset: u64) -> u64 {
+        let id = self.next_replica_id.fetch_add(1, Relaxed);
+        self.replicas.lock().push(ReplicaSlot {
+            id,
+            ip,
+            port,
+            online: false,
+            ack_offset: offset,
+            last_ack_ms: now_ms(),
+        });
+        id
+    }
+
+    fn update_replica(&self, id: u64, f: impl FnOnce(&mut ReplicaSlot)) {
+        if let Some(r) = self.replicas.lock().iter_mut().find(|r| r.id == id) {
+            f(r);
+        }
+        self.acked.notify_waiters();
+    }
+
+    fn unregister_replica(&self, id: u64) {
+        self.replicas.lock().retain(|r| r.id != id);
+        self.acked.notify_waiters();
+    }
+
+    /// The `# Replication` section body (Redis field names).
+    pub fn info(&self, now_ms: u64, o: &mut String) {
+        use std::fmt::Write;
+        let replicas = self.replicas.lock();
+        let primary = self.following();
+        match &primary {
+            Some(p) if self.role() == Role::Replica => {
+                let last = self.last_io_ms.load(Relaxed);
+                let _ = write!(
+                    o,
+                    "role:slave\r\nmaster_host:{}\r\nmaster_port:{}\r\nmaster_link_status:{}\r\nmaster_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:{}\r\nslave_read_repl_offset:{off}\r\nslave_repl_offset:{off}\r\nslave_priority:100\r\nslave_read_only:{}\r\nreplica_announced:1\r\n",
+                    p.host,
+                    p.port,
+                    if self.link_up() { "up" } else { "down" },
+                    if last == 0 { -1 } else { (now_ms.saturating_sub(last) / 1000) as i64 },
+                    u8::from(self.sync_in_progress.load(Relaxed)),
+                    u8::from(self.readonly.load(Relaxed)),
+                    off = self.applied_offset.load(Relaxed),
+                );
+            }
+            _ => o.push_str("role:master\r\n"),
+        }
+        let _ = write!(o, "connected_slaves:{}\r\n", replicas.len());
+        for (i, r) in replicas.iter().enumerate() {
+            let _ = write!(
+                o,
+                "slave{i}:ip={},port={},state={},offset={},lag={}\r\n",
+                r.ip,
+                r.port,
+                if r.online { "online" } else { "wait_bgsave" },
+                r.ack_offset,
+                now_ms.saturating_sub(r.last_ack_ms) / 1000,
+            );
+        }
+        drop(replicas);
+        let (max, size, first, frames) = self.feed.backlog_info();
+        let (replid, offset) = match self.role() {
+            Role::Replica => (
+                self.master_replid
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| self.feed.replid()),
+                self.applied_offset.load(Relaxed),
+            ),
+            Role::Primary => (self.feed.replid(), self.feed.offset()),
+        };
+        let _ = write!(
+            o,
+            "master_failover_state:no-failover\r\nmaster_replid:{replid}\r\nmaster_replid2:0000000000000000000000000000000000000000\r\nmaster_repl_offset:{offset}\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:{}\r\nrepl_backlog_size:{max}\r\nrepl_backlog_first_byte_offset:{first}\r\nrepl_backlog_histlen:{size}\r\nrepl_backlog_frames:{frames}\r\nmin_slaves_good_slaves:{}\r\n",
+            u8::from(self.feed.is_active()),
+            self.good_replicas(now_ms),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Primary side: one replica connection
+// ---------------------------------------------------------------------------------------
+
+/// Serve one replica on a client connection that sent `MERIDIAN SYNC` (never returns
+/// before the link ends). `pending` holds bytes read after the command.
+pub async fn serve_replica(
+    mut stream: TcpStream,
+    pending: BytesMut,
+    store: Arc<Store>,
+    hub: Arc<InRegion>,
+    req: SyncRequest,
+    peer: String,
+) {
+    if hub.role() == Role::Replica {
+        let _ = stream
+            .write_all(b"-ERR this node is a replica: chained replication is not supported\r\n")
+            .await;
+        return;
+    }
+    let ip = peer
+        .rsplit_once(':')
+        .map_or(peer.as_str(), |(h, _)| h)
+        .to_string();
+    // Decide under the backlog lock, so the backlog cannot move between check and start.
+    let (partial, replid, start) = {
+        let st = hub.feed.state.lock();
+        let partial =
+            hub.feed.is_active() && req.replid == st.replid && st.backlog.covers(req.offset);
+        if !partial {
+            hub.feed.active.store(true, Relaxed);
+        }
+        let start = if partial {
+            req.offset
+        } else {
+            st.backlog.offset()
+        };
+        (partial, st.replid.clone(), start)
+    };
+    let id = hub.register_replica(ip.clone(), req.listening_port, start);
+    let result = async {
+        if partial {
+            hub.sync_partial_ok.fetch_add(1, Relaxed);
+            write_timed(&mut stream, format!("+CONTINUE {replid} {start}\r\n").as_bytes()).await?;
+        } else {
+            hub.sync_full.fetch_add(1, Relaxed);
+            if req.replid != "?" {
+                hub.sync_partial_err.fetch_add(1, Relaxed);
+            }
+            write_timed(&mut stream, format!("+FULLRESYNC {replid} {start}\r\n").as_bytes())
+                .await?;
+            send_snapshot(&mut stream, &store, start).await?;
+        }
+        hub.update_replica(id, |r| {
+            r.online = true;
+            r.ack_offset = start;
+            r.last_ack_ms = now_ms();
+        });
+        tracing::info!(replica = %format!("{ip}:{}", req.listening_port), partial, offset = start, "replica synchronised, streaming");
+        stream_changes(stream, pending, &hub, id, start).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(replica = %format!("{ip}:{}", req.listening_port), error = %e, "replica link closed");
+    }
+    hub.unregister_replica(id);
+}
+
+async fn write_timed(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), w.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write: {e}")),
+        Err(_) => Err("write timed out".into()),
+    }
+}
+
+/// Every entry of every slot (tombstones included), one slot under its shard's lock at a
+/// time, in chunks of about `SNAPSHOT_CHUNK_BYTES`; then `SnapshotEnd { offset }`.
+async fn send_snapshot(stream: &mut TcpStream, store: &Store, offset: u64) -> Result<(), String> {
+    let mut chunk: Vec<KeyState> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let mut encoded: Vec<u8> = Vec::new();
+    let mut entries_sent = 0u64;
+    for slot in 0..meridian_crdt::SLOT_COUNT as u16 {
+        {
+            let shard = store.shard(shard_of(slot));
+            for (k, e) in shard.ks.slot_entries(slot) {
+                let size = k.len() + e.heap_bytes() + 64;
+                if size >= SNAPSHOT_CHUNK_BYTES && !chunk.is_empty() {
+                    flush_chunk(&mut chunk, &mut encoded);
+                    chunk_bytes = 0;
+                }
+                chunk.push(KeyState {
+                    key: k.clone(),
+                    state: e.clone(),
+                });
+                chunk_bytes += size;
+                entries_sent += 1;
+                if chunk_bytes >= SNAPSHOT_CHUNK_BYTES {
+                    flush_chunk(&mut chunk, &mut encoded);
+                    chunk_bytes = 0;
+                }
+            }
+        }
+        if encoded.len() >= SNAPSHOT_CHUNK_BYTES {
+            write_timed(stream, &encoded).await?;
+            encoded.clear();
+        }
+    }
+    flush_chunk(&mut chunk, &mut encoded);
+    encode_frame(&ReplicaFrame::SnapshotEnd { offset }, &mut encoded).map_err(|e| e.to_string())?;
+    write_timed(stream, &encoded).await?;
+    tracing::info!(entries = entries_sent, offset, "snapshot sent to replica");
+    Ok(())
+}
+
+fn flush_chunk(chunk: &mut Vec<KeyState>, out: &mut Vec<u8>) {
+    if chunk.is_empty() {
+        return;
+    }
+    let frame = ReplicaFrame::Entries(std::mem::take(chunk));
+    if let Err(e) = encode_frame(&frame, out) {
+        // One value beyond the frame limit: the replica misses that key (logged).
+        tracing::error!(error = %e, "snapshot chunk cannot be encoded; skipped");
+    }
+}
+
+/// Stream backlog frames after `sent` and read acks, until an error or a kill request.
+async fn stream_changes(
+    stream: TcpStream,
+    mut inbuf: BytesMut,
+    hub: &InRegion,
+    id: u64,
+    mut sent: u64,
+) -> Result<(), String> {
+    let epoch = hub.kill_epoch.load(Relaxed);
+    let (mut rd, mut wr) = stream.into_split();
+    let reader = async {
+        loop {
+            while let Some((frame, used)) = decode_frame(&inbuf).map_err(|e| e.to_string())? {
+                let _ = inbuf.split_to(used);
+                match frame {
+                    ReplicaFrame::Ack { offset } => hub.update_replica(id, |r| {
+                        r.ack_offset = r.ack_offset.max(offset);
+                        r.last_ack_ms = now_ms();
+                    }),
+                    other => return Err(format!("unexpected frame from replica: {other:?}")),
+                }
+            }
+            inbuf.reserve(READ_CHUNK_BYTES);
+            match tokio::time::timeout(
+                Duration::from_millis(LINK_TIMEOUT_MS),
+                rd.read_buf(&mut inbuf),
+            )
+            .await
+            {
+                Ok(Ok(0)) => return Err("replica closed the connection".to_string()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("read: {e}")),
+                Err(_) => return Err("no ack from replica within the link timeout".into()),
+            }
+        }
+    };
+    let writer = async {
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
+        let mut next_ping = now_ms() + PING_INTERVAL_MS;
+        loop {
+            let appended = hub.feed.appended.notified();
+            let killed = hub.kill.notified();
+            tokio::pin!(appended, killed);
+            appended.as_mut().enable();
+            killed.as_mut().enable();
+            if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == Role::Replica {
+                return Err("replica links dropped on request".to_string());
+            }
+            frames.clear();
+            let to = hub
+                .feed
+                .state
+                .lock()
+                .backlog
+                .read_after(sent, SEND_BATCH_BYTES, &mut frames);
+            match to {
+                Ok(to) => sent = to,
+                Err(e) => return Err(format!("replica fell out of the backlog ({e})")),
+            }
+            let now = now_ms();
+            if !frames.is_empty() {
+                out.clear();
+                frames.iter().for_each(|f| out.extend_from_slice(f));
+                write_timed(&mut wr, &out).await?;
+                continue;
+            }
+            if now >= next_ping {
+                out.clear();
+                encode_frame(&ReplicaFrame::Ping, &mut out).map_err(|e| e.to_string())?;
+                write_timed(&mut wr, &out).await?;
+                next_ping = now + PING_INTERVAL_MS;
+            }
+            let sleep = Duration::from_millis(next_ping.saturating_sub(now).max(1));
+            tokio::select! {
+                _ = appended => {}
+                _ = killed => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    };
+    tokio::select! {
+        r = reader => r,
+        w = writer => w,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Replica side: the link task
+// ---------------------------------------------------------------------------------------
+
+/// Follows whatever [`InRegion::follow`] set, forever (spawn once on the main runtime).
+pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>) {
+    let mut rx = hub.target.subscribe();
+    loop {
+        let target = rx.borrow_and_update().clone();
+        let Some(target) = target else {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let mut backoff_ms = RECONNECT_MIN_MS;
+        loop {
+            let started = now_ms();
+            tokio::select! {
+                r = run_link(&store, &hub, &target) => {
+                    hub.link_up.store(false, Relaxed);
+                    hub.sync_in_progress.store(false, Relaxed);
+                    if let Err(e) = r {
+                        tracing::warn!(primary = %format!("{}:{}", target.host, target.port), error = %e, "link to primary down");
+                    }
+                }
+                _ = rx.changed() => break,
+            }
+            if now_ms().saturating_sub(started) > 5_000 {
+                backoff_ms = RECONNECT_MIN_MS;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                _ = rx.changed() => break,
+            }
+            backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
+        }
+        hub.link_up.store(false, Relaxed);
+        hub.sync_in_progress.store(false, Relaxed);
+    }
+}
+
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+enum Handshake {
+    Full { replid: String, offset: u64 },
+    Continue { offset: u64 },
+}
+
+fn parse_handshake(line: &str) -> Result<Handshake, String> {
+    let mut parts = line.split(' ');
+    let word = parts.next().unwrap_or("");
+    let replid = parts.next().unwrap_or("").to_string();
+    let offset = parts
+        .next()
+        .and_then(|o| o.parse::<u64>().ok())
+        .ok_or_else(|| format!("bad handshake reply {line:?}"))?;
+    match word {
+        "+FULLRESYNC" if !replid.is_empty() => Ok(Handshake::Full { replid, offset }),
+        "+CONTINUE" => Ok(Handshake::Continue { offset }),
+        _ => Err(format!("primary refused: {line}")),
+    }
+}
+
+async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result<(), String> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let mut stream = match tokio::time::timeout(
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+        TcpStream::connect(&addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
+        Err(_) => return Err(format!("connect {addr}: timed out")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (ask_id, ask_offset) = match hub.master_replid.lock().clone() {
+        Some(id) => (id, hub.applied_offset.load(Relaxed)),
+        None => ("?".to_string(), 0),
+    };
+    let port = hub.listening_port.load(Relaxed).to_string();
+    let hello = resp_command(&["MERIDIAN", "SYNC", &ask_id, &ask_offset.to_string(), &port]);
+    write_timed(&mut stream, &hello).await?;
+    // The handshake line, then frames.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let line = loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(pos + 2);
+            break String::from_utf8_lossy(&line[..pos]).to_string();
+        }
+        if buf.len() > MAX_HANDSHAKE_LINE_BYTES {
+            return Err("handshake line too long".into());
+        }
+        read_timed(&mut stream, &mut buf).await?;
+    };
+    let handshake = parse_handshake(&line)?;
+    hub.link_up.store(true, Relaxed);
+    hub.last_io_ms.store(now_ms(), Relaxed);
+    // `None` while a snapshot is being received: (replid, offset) it will end at.
+    let mut snapshot: Option<(String, u64)> = None;
+    match handshake {
+        Handshake::Full { replid, offset } => {
+            hub.sync_in_progress.store(true, Relaxed);
+            // Forget the old position first: a link lost mid-snapshot must not resume.
+            *hub.master_replid.lock() = None;
+            store.drop_all_slots();
+            tracing::info!(%addr, offset, "full resync from primary");
+            snapshot = Some((replid, offset));
+        }
+        Handshake::Continue { offset } => {
+            if offset != ask_offset {
+                return Err(format!(
+                    "primary continues at {offset}, we asked {ask_offset}"
+                ));
+            }
+            tracing::info!(%addr, offset, "partial resync from primary");
+        }
+    }
+    let mut applied = hub.applied_offset.load(Relaxed);
+    let mut acked = u64::MAX;
+    let mut ack_buf = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(ACK_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        while let Some((frame, used)) = decode_frame(&buf).map_err(|e| format!("bad frame: {e}"))? {
+            let _ = buf.split_to(used);
+            match frame {
+                ReplicaFrame::Entries(entries) => {
+                    if snapshot.is_none() {
+                        return Err("snapshot entries outside a snapshot".into());
+                    }
+                    for ks in &entries {
+                        apply_state(store, &ks.key, &ks.state);
+                    }
+                }
+                ReplicaFrame::SnapshotEnd { offset } => {
+                    let Some((replid, expected)) = snapshot.take() else {
+                        return Err("snapshot end outside a snapshot".into());
+                    };
+                    if offset != expected {
+                        return Err("snapshot end offset mismatch".into());
+                    }
+                    applied = offset;
+                    hub.applied_offset.store(applied, Relaxed);
+                    *hub.master_replid.lock() = Some(replid);
+                    hub.sync_in_progress.store(false, Relaxed);
+                    tracing::info!(%addr, offset, "full resync complete");
+                }
+                ReplicaFrame::Delta(d) => {
+                    if snapshot.is_some() {
+                        return Err("change frame inside a snapshot".into());
+                    }
+                    let mut s = store.shard(shard_of(d.slot));
+                    if s.ks.apply_delta(&d) == Applied::Changed {
+                        s.touch_key(&d.key);
+                    }
+                    drop(s);
+                    store.observe(d.stamp.hlc);
+                    applied += 1;
+                    hub.applied_offset.store(applied, Relaxed);
+                }
+                ReplicaFrame::State { key, state } => {
+                    if snapshot.is_some() {
+                        return Err("change frame inside a snapshot".into());
+                    }
+                    apply_state(store, &key, &state);
+                    applied += 1;
+                    hub.applied_offset.store(applied, Relaxed);
+                }
+                ReplicaFrame::Ping => {}
+                ReplicaFrame::Ack { .. } => return Err("unexpected ack from primary".into()),
+            }
+        }
+        if snapshot.is_none() && applied != acked {
+            send_ack(&mut stream, &mut ack_buf, applied).await?;
+            acked = applied;
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), stream.read_buf(&mut buf)) => {
+                match r {
+                    Ok(Ok(0)) => return Err("primary closed the connection".into()),
+                    Ok(Ok(_)) => hub.last_io_ms.store(now_ms(), Relaxed),
+                    Ok(Err(e)) => return Err(format!("read: {e}")),
+                    Err(_) => return Err("nothing from primary within the link timeout".into()),
+                }
+            }
+            _ = tick.tick() => {
+                if snapshot.is_none() {
+                    send_ack(&mut stream, &mut ack_buf, applied).await?;
+                    acked = applied;
+                }
+            }
+        }
+    }
+}
+
+async fn read_timed(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), String> {
+    buf.reserve(READ_CHUNK_BYTES);
+    match tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), stream.read_buf(buf)).await {
+        Ok(Ok(0)) => Err("primary closed the connection".into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Err(_) => Err("nothing from primary within the link timeout".into()),
+    }
+}
+
+async fn send_ack(stream: &mut TcpStream, buf: &mut Vec<u8>, offset: u64) -> Result<(), String> {
+    buf.clear();
+    encode_frame(&ReplicaFrame::Ack { offset }, buf).map_err(|e| e.to_string())?;
+    write_timed(stream, buf).await
+}
+
+/// Merge a whole key state (snapshot entry or streamed state) under the key's shard lock.
+fn apply_state(store: &Store, key: &Bytes, state: &Entry) {
+    let mut s = store.shard(crate::store::key_shard(key));
+    if s.ks.merge_state(key, true, state) == Applied::Changed {
+        s.touch_key(key);
+    }
+    drop(s);
+    store.observe(state.max_hlc());
+}
