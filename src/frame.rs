@@ -532,6 +532,15 @@ fn put_len(out: &mut BytesMut, kind: u8, len: usize) {
 }
 
 #[inline]
+/// Appends a client request (a multibulk of bulk strings) to `out`: what meridian sends when
+/// it is a client itself (MIGRATE, the replica handshake).
+pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
+    put_len(out, b'*', args.len());
+    for arg in args {
+        put_bulk(out, arg.as_ref());
+    }
+}
+
 fn put_bulk(out: &mut BytesMut, data: &[u8]) {
     put_len(out, b'$', data.len());
     out.reserve(data.len() + 2);
@@ -721,13 +730,9 @@ mod tests {
     }
 
     fn multibulk(args: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
-        out
+        let mut out = BytesMut::new();
+        encode_command(args, &mut out);
+        out.to_vec()
     }
 
     /// Parses `buf` the way a connection does: request after request until Incomplete or a

@@ -42,161 +42,163 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>, shared: Arc<Shared>
     }
 }
 
+/// A Prometheus text-format writer: every family gets its `# HELP` and `# TYPE` lines once.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = write!(
+            self.0,
+            "# HELP meridian_{name} {help}\n# TYPE meridian_{name} {kind}\n"
+        );
+    }
+
+    fn sample(&mut self, name: &str, label: Option<(&str, &dyn std::fmt::Display)>, value: i64) {
+        let _ = match label {
+            Some((k, v)) => writeln!(self.0, "meridian_{name}{{{k}=\"{v}\"}} {value}"),
+            None => writeln!(self.0, "meridian_{name} {value}"),
+        };
+    }
+
+    /// A family with one unlabelled sample.
+    fn metric(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, None, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    fn counters(&mut self, rows: &[(&str, &str, u64)]) {
+        for &(name, help, value) in rows {
+            self.metric(name, "counter", help, value);
+        }
+    }
+
+    fn gauges(&mut self, rows: &[(&str, &str, u64)]) {
+        for &(name, help, value) in rows {
+            self.metric(name, "gauge", help, value);
+        }
+    }
+}
+
 /// The metrics registry rendered as Prometheus text.
 pub fn render(store: &Store, shared: &Shared) -> String {
     let st = &store.stats;
     let ks = store.sum_stats();
-    let mut o = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = write!(o, "# HELP meridian_{name} {help}\n# TYPE meridian_{name} {kind}\nmeridian_{name} {value}\n");
-    };
-    metric(
-        "uptime_seconds",
-        "gauge",
-        "Seconds since start.",
-        now_ms().saturating_sub(shared.started_ms) / 1000,
-    );
-    metric(
-        "connected_clients",
-        "gauge",
-        "Client connections open.",
-        st.connected_clients.load(Relaxed) as u64,
-    );
-    metric(
-        "connections_received_total",
-        "counter",
-        "Client connections accepted.",
-        st.connections_received.load(Relaxed),
-    );
-    metric(
-        "rejected_connections_total",
-        "counter",
-        "Connections refused by maxclients.",
-        st.rejected_connections.load(Relaxed),
-    );
-    metric(
-        "commands_processed_total",
-        "counter",
-        "Commands executed.",
-        st.commands.load(Relaxed),
-    );
-    metric(
-        "instantaneous_ops_per_sec",
-        "gauge",
-        "Commands per second over the last second.",
-        st.ops_per_sec.load(Relaxed),
-    );
-    metric(
-        "keyspace_hits_total",
-        "counter",
-        "Reads that found their key.",
-        store.hits_misses().0,
-    );
-    metric(
-        "keyspace_misses_total",
-        "counter",
-        "Reads that missed.",
-        store.hits_misses().1,
-    );
-    metric(
-        "expired_keys_total",
-        "counter",
-        "Keys reclaimed because their TTL passed.",
-        ks.expired,
-    );
-    metric(
-        "evicted_keys_total",
-        "counter",
-        "Keys evicted by maxmemory.",
-        ks.evicted,
-    );
-    metric("keys", "gauge", "Live keys.", ks.keys as u64);
-    metric(
-        "keys_with_ttl",
-        "gauge",
-        "Live keys with a TTL.",
-        ks.volatile as u64,
-    );
-    metric(
-        "tombstones",
-        "gauge",
-        "Deleted keys kept until every region saw the delete.",
-        ks.tombstones as u64,
-    );
-    metric(
-        "used_memory_bytes",
-        "gauge",
-        "Bytes allocated (jemalloc).",
-        crate::memory::allocated_bytes(),
-    );
-    metric(
-        "used_memory_rss_bytes",
-        "gauge",
-        "Resident set size.",
-        crate::memory::process_rss_bytes(),
-    );
-    metric(
-        "maxmemory_bytes",
-        "gauge",
-        "Configured memory limit (0 = none).",
-        store.runtime.maxmemory.load(Relaxed),
-    );
-    metric(
-        "deltas_produced_total",
-        "counter",
-        "CRDT deltas yielded by local writes.",
-        st.deltas_produced.load(Relaxed),
-    );
-    metric(
-        "deltas_dropped_total",
-        "counter",
-        "Deltas dropped from the bounded log.",
-        st.deltas_dropped.load(Relaxed),
-    );
-    metric(
-        "protocol_errors_total",
-        "counter",
-        "Connections closed for protocol errors.",
-        st.protocol_errors.load(Relaxed),
-    );
     let ir = &shared.inregion;
-    metric(
-        "repl_offset",
-        "gauge",
-        "In-region replication offset (primary: assigned; replica: applied).",
-        ir.repl_offset(),
-    );
-    metric(
-        "connected_replicas",
-        "gauge",
-        "Replicas streaming from this node.",
-        ir.replica_list().len() as u64,
-    );
-    metric(
-        "replica_sync_full_total",
-        "counter",
-        "Full resyncs served to replicas.",
-        ir.sync_full.load(Relaxed),
-    );
-    metric(
-        "replica_sync_partial_ok_total",
-        "counter",
-        "Partial resyncs served to replicas.",
-        ir.sync_partial_ok.load(Relaxed),
-    );
+    let (hits, misses) = store.hits_misses();
+    let mut o = Exposition(String::new());
+    o.gauges(&[
+        (
+            "uptime_seconds",
+            "Seconds since start.",
+            now_ms().saturating_sub(shared.started_ms) / 1000,
+        ),
+        (
+            "connected_clients",
+            "Client connections open.",
+            st.connected_clients.load(Relaxed) as u64,
+        ),
+        (
+            "instantaneous_ops_per_sec",
+            "Commands per second over the last second.",
+            st.ops_per_sec.load(Relaxed),
+        ),
+        ("keys", "Live keys.", ks.keys as u64),
+        ("keys_with_ttl", "Live keys with a TTL.", ks.volatile as u64),
+        (
+            "tombstones",
+            "Deleted keys kept until every region saw the delete.",
+            ks.tombstones as u64,
+        ),
+        (
+            "used_memory_bytes",
+            "Bytes allocated (jemalloc).",
+            crate::memory::allocated_bytes(),
+        ),
+        (
+            "used_memory_rss_bytes",
+            "Resident set size.",
+            crate::memory::process_rss_bytes(),
+        ),
+        (
+            "maxmemory_bytes",
+            "Configured memory limit (0 = none).",
+            store.runtime.maxmemory.load(Relaxed),
+        ),
+        (
+            "repl_offset",
+            "In-region replication offset (primary: assigned; replica: applied).",
+            ir.repl_offset(),
+        ),
+        (
+            "connected_replicas",
+            "Replicas streaming from this node.",
+            ir.replica_list().len() as u64,
+        ),
+    ]);
+    o.counters(&[
+        (
+            "connections_received_total",
+            "Client connections accepted.",
+            st.connections_received.load(Relaxed),
+        ),
+        (
+            "rejected_connections_total",
+            "Connections refused by maxclients.",
+            st.rejected_connections.load(Relaxed),
+        ),
+        (
+            "commands_processed_total",
+            "Commands executed.",
+            st.commands.load(Relaxed),
+        ),
+        ("keyspace_hits_total", "Reads that found their key.", hits),
+        ("keyspace_misses_total", "Reads that missed.", misses),
+        (
+            "expired_keys_total",
+            "Keys reclaimed because their TTL passed.",
+            ks.expired,
+        ),
+        (
+            "evicted_keys_total",
+            "Keys evicted by maxmemory.",
+            ks.evicted,
+        ),
+        (
+            "deltas_produced_total",
+            "CRDT deltas yielded by local writes.",
+            st.deltas_produced.load(Relaxed),
+        ),
+        (
+            "deltas_dropped_total",
+            "Deltas dropped from the bounded log.",
+            st.deltas_dropped.load(Relaxed),
+        ),
+        (
+            "protocol_errors_total",
+            "Connections closed for protocol errors.",
+            st.protocol_errors.load(Relaxed),
+        ),
+        (
+            "replica_sync_full_total",
+            "Full resyncs served to replicas.",
+            ir.sync_full.load(Relaxed),
+        ),
+        (
+            "replica_sync_partial_ok_total",
+            "Partial resyncs served to replicas.",
+            ir.sync_partial_ok.load(Relaxed),
+        ),
+    ]);
     invalidation_metrics(&mut o, store, shared, &ks);
     if let Some(c) = &shared.repl {
         replication(&mut o, c, now_ms());
     }
-    o
+    o.0
 }
 
 /// Multi-region link state (the same figures as `INFO crdt`). Tombstones waiting for GC
 /// are `meridian_tombstones`.
-fn replication(o: &mut String, c: &Control, now: u64) {
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = write!(o, "# HELP meridian_repl_{name} {help}\n# TYPE meridian_repl_{name} {kind}\nmeridian_repl_{name} {value}\n");
-    };
+fn replication(o: &mut Exposition, c: &Control, now: u64) {
     let totals: [(&str, &str, &AtomicU64); 12] = [
         (
             "deltas_enqueued_total",
@@ -260,20 +262,20 @@ fn replication(o: &mut String, c: &Control, now: u64) {
         ),
     ];
     for (name, help, v) in totals {
-        metric(name, "counter", help, v.load(Relaxed));
+        o.metric(&format!("repl_{name}"), "counter", help, v.load(Relaxed));
     }
-    metric(
-        "deltas_applied_per_second",
-        "gauge",
-        "Deltas merged from peers per second (last second).",
-        c.deltas_applied_per_sec.load(Relaxed),
-    );
-    metric(
-        "peers",
-        "gauge",
-        "Configured peer regions.",
-        c.peers.len() as u64,
-    );
+    o.gauges(&[
+        (
+            "repl_deltas_applied_per_second",
+            "Deltas merged from peers per second (last second).",
+            c.deltas_applied_per_sec.load(Relaxed),
+        ),
+        (
+            "repl_peers",
+            "Configured peer regions.",
+            c.peers.len() as u64,
+        ),
+    ]);
 
     type PeerValue = fn(&PeerControl, u64) -> i64;
     let families: [(&str, &str, &str, PeerValue); 15] = [
@@ -369,33 +371,23 @@ fn replication(o: &mut String, c: &Control, now: u64) {
         ),
     ];
     for (name, kind, help, value) in families {
-        let _ = write!(
-            o,
-            "# HELP meridian_repl_{name} {help}\n# TYPE meridian_repl_{name} {kind}\n"
-        );
+        let name = format!("repl_{name}");
+        o.family(&name, kind, help);
         for p in &c.peers {
-            let _ = writeln!(
-                o,
-                "meridian_repl_{name}{{peer=\"{}\"}} {}",
-                p.region,
-                value(p, now)
-            );
+            o.sample(&name, Some(("peer", &p.region)), value(p, now));
         }
     }
 }
 
 /// The Kafka invalidation stream and the versioned tombstones it leaves.
 fn invalidation_metrics(
-    o: &mut String,
+    o: &mut Exposition,
     store: &Store,
     shared: &Shared,
     ks: &meridian_crdt::KeyspaceStats,
 ) {
     let k = &shared.kafka;
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = write!(o, "# HELP meridian_{name} {help}\n# TYPE meridian_{name} {kind}\nmeridian_{name} {value}\n");
-    };
-    let counters = [
+    o.counters(&[
         (
             "kafka_records_applied_total",
             "Invalidation records applied.",
@@ -431,34 +423,31 @@ fn invalidation_metrics(
             "Replicated fills at or below the key's invalidation.",
             ks.stale_fills_hidden,
         ),
-    ];
-    for (name, help, v) in counters {
-        metric(name, "counter", help, v);
-    }
-    metric(
-        "invalidation_tombstones",
-        "gauge",
-        "Keys holding a versioned invalidation tombstone.",
-        ks.invalidation_tombstones as u64,
-    );
+    ]);
     let (p50, p99) = k.latency_percentiles().unwrap_or((0, 0));
-    metric(
-        "kafka_apply_latency_p50_ms",
+    o.gauges(&[
+        (
+            "invalidation_tombstones",
+            "Keys holding a versioned invalidation tombstone.",
+            ks.invalidation_tombstones as u64,
+        ),
+        (
+            "kafka_apply_latency_p50_ms",
+            "Record timestamp to applied, median of recent records.",
+            p50,
+        ),
+        (
+            "kafka_apply_latency_p99_ms",
+            "Record timestamp to applied, p99 of recent records.",
+            p99,
+        ),
+    ]);
+    o.family(
+        "kafka_consumer_lag",
         "gauge",
-        "Record timestamp to applied, median of recent records.",
-        p50,
-    );
-    metric(
-        "kafka_apply_latency_p99_ms",
-        "gauge",
-        "Record timestamp to applied, p99 of recent records.",
-        p99,
-    );
-    let _ = write!(
-        o,
-        "# HELP meridian_kafka_consumer_lag Records behind the partition's end.\n# TYPE meridian_kafka_consumer_lag gauge\n"
+        "Records behind the partition's end.",
     );
     for (p, lag) in k.lag.lock().iter() {
-        let _ = writeln!(o, "meridian_kafka_consumer_lag{{partition=\"{p}\"}} {lag}");
+        o.sample("kafka_consumer_lag", Some(("partition", p)), *lag);
     }
 }

@@ -747,11 +747,9 @@ pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>) {
 }
 
 fn resp_command(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
+    let mut out = bytes::BytesMut::new();
+    crate::frame::encode_command(args, &mut out);
+    out.to_vec()
 }
 
 enum Handshake {

@@ -4,41 +4,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-/// A minimal HTTP/1.1 GET: (status line, headers, body).
-fn http_get(port: u16, path: &str) -> std::io::Result<(String, String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    Ok((status.to_string(), headers.to_string(), body.to_string()))
-}
-
-/// `name value` sample lines → map (comments skipped).
-fn samples(body: &str) -> HashMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (name, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            (
-                name.to_string(),
-                value.parse().unwrap_or_else(|_| panic!("bad value {l:?}")),
-            )
-        })
-        .collect()
-}
 
 fn start_with_metrics() -> (Server, u16) {
     let port = free_port();
@@ -49,12 +14,6 @@ fn start_with_metrics() -> (Server, u16) {
         || http_get(port, "/metrics").is_ok(),
     );
     (s, port)
-}
-
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let (status, _, body) = http_get(port, "/metrics").expect("GET /metrics");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    samples(&body)
 }
 
 #[test]
@@ -90,7 +49,7 @@ fn metrics_endpoint_serves_prometheus_text() {
             "no HELP for {name}"
         );
     }
-    let m = samples(&body);
+    let m = metric_samples(&body);
     assert!(m["meridian_used_memory_bytes"] > 0.0);
     // Anything but /metrics is a 404.
     let (status, _, _) = http_get(port, "/other").unwrap();
@@ -100,7 +59,7 @@ fn metrics_endpoint_serves_prometheus_text() {
 #[test]
 fn metrics_follow_activity_and_agree_with_info() {
     let (s, port) = start_with_metrics();
-    let before = scrape(port);
+    let before = scrape_metrics(port);
     let mut c = s.conn();
     for i in 0..100 {
         q::<()>(&mut c, &["SET", &format!("k{i}"), "v"]);
@@ -113,7 +72,7 @@ fn metrics_follow_activity_and_agree_with_info() {
         q::<Option<String>>(&mut c, &["GET", &format!("missing{i}")]);
     }
     q::<()>(&mut c, &["CONFIG", "SET", "maxmemory", "1gb"]);
-    let after = scrape(port);
+    let after = scrape_metrics(port);
     assert!(
         after["meridian_commands_processed_total"]
             >= before["meridian_commands_processed_total"] + 138.0,
@@ -147,16 +106,16 @@ fn metrics_follow_activity_and_agree_with_info() {
     // Expiry shows up as a counter.
     q::<()>(&mut c, &["SET", "short", "v", "PX", "50"]);
     wait_until(WAIT_TIMEOUT, "the expired key is counted", || {
-        scrape(port)["meridian_expired_keys_total"] >= 1.0
+        scrape_metrics(port)["meridian_expired_keys_total"] >= 1.0
     });
     // Connections show up and go away in the gauge.
     let extra: Vec<redis::Connection> = (0..4).map(|_| s.conn()).collect();
     wait_until(WAIT_TIMEOUT, "the gauge counts 5 clients", || {
-        scrape(port)["meridian_connected_clients"] == 5.0
+        scrape_metrics(port)["meridian_connected_clients"] == 5.0
     });
     drop(extra);
     wait_until(WAIT_TIMEOUT, "the gauge drops back to 1 client", || {
-        scrape(port)["meridian_connected_clients"] == 1.0
+        scrape_metrics(port)["meridian_connected_clients"] == 1.0
     });
 }
 
@@ -169,7 +128,7 @@ fn invalidation_metrics_track_floors_and_refused_fills() {
     assert_eq!(removed, 1);
     let e = qerr(&mut con, &["SET", "k", "old", "VERSION", "3"]);
     assert!(e.starts_with("STALE"), "{e}");
-    let m = scrape(port);
+    let m = scrape_metrics(port);
     assert_eq!(m["meridian_stale_fills_refused_total"], 1.0);
     assert_eq!(m["meridian_invalidation_tombstones"], 1.0);
     assert_eq!(m["meridian_kafka_records_applied_total"], 0.0);

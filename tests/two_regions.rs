@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::{free_port, info_u64, q, wait_until, Server};
+use common::{free_port, http_get, info_u64, q, scrape_metrics, wait_until, Server};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,37 +62,6 @@ impl Drop for Pair {
     }
 }
 
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(common::IO_TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(std::io::Error::other(format!("bad response: {text:?}"))),
-    }
-}
-
-/// Sample lines (`name{labels} value`) → map; comments skipped.
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let body = http_get(port, "/metrics").expect("GET /metrics");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (name, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            let value = value.parse().unwrap_or_else(|_| panic!("bad value {l:?}"));
-            (name.to_string(), value)
-        })
-        .collect()
-}
-
 #[test]
 fn link_state_is_on_the_metrics_endpoint() {
     let pair = Pair::new();
@@ -102,7 +69,7 @@ fn link_state_is_on_the_metrics_endpoint() {
     let a = pair.start(0, "", &["--metrics-port", &port_a.to_string()]);
     let b = pair.start(1, "", &[]);
     wait_until(CONVERGE, "a's metrics endpoint answers", || {
-        http_get(port_a, "/metrics").is_ok()
+        http_get(port_a, "/metrics").is_ok_and(|(status, _, _)| status.ends_with("200 OK"))
     });
 
     let mut ca = a.conn();
@@ -128,7 +95,7 @@ fn link_state_is_on_the_metrics_endpoint() {
         CONVERGE,
         "a's metrics show b acknowledged everything",
         || {
-            m = scrape(port_a);
+            m = scrape_metrics(port_a);
             peer(&m, "connected") == 1.0
                 && peer(&m, "backlog_deltas") == 0.0
                 && peer(&m, "deltas_acked_total") >= 502.0
@@ -175,7 +142,7 @@ fn link_state_is_on_the_metrics_endpoint() {
     // A cut link shows up as such.
     let _: String = q(&mut ca, &["MERIDIAN", "LINK", "DOWN", "b"]);
     wait_until(CONVERGE, "the cut link is reported", || {
-        peer(&scrape(port_a), "link_up") == 0.0
+        peer(&scrape_metrics(port_a), "link_up") == 0.0
     });
 }
 

@@ -4,13 +4,14 @@
 //! `clusterMsg` header): epochs, role, replication offset, claimed slots. Ping/Pong/Meet
 //! also gossip about a few other nodes, always including those the sender sees failing.
 //!
-//! Frame layout: `len: u32 LE` (bytes after the prefix) · `version: u8` · postcard body.
-//! Decoding is pure: an incomplete frame is `Ok(None)`, anything malformed or out of bounds is
-//! an error — never a panic — and the connection should be dropped.
+//! Framing is [`crate::wire`]'s (`len: u32 LE` · `version: u8` · postcard body); decoding is
+//! pure: an incomplete frame is `Ok(None)`, anything malformed or out of bounds is an error —
+//! never a panic — and the connection should be dropped.
 
 use serde::{Deserialize, Serialize};
 
 use crate::topology::{NodeFlags, NodeId, SlotBitmap};
+use crate::wire::{FrameError, Framing};
 
 pub const BUS_PROTOCOL_VERSION: u8 = 1;
 /// Hard limit on one frame body; a header with its 2 KiB slot bitmap plus full gossip stays
@@ -20,18 +21,15 @@ pub const MAX_BUS_FRAME_BYTES: usize = 16 * 1024;
 pub const MAX_GOSSIP_ENTRIES: usize = 16;
 /// Longest host name accepted in a header or gossip entry.
 pub const MAX_HOST_BYTES: usize = 255;
-const PREFIX_BYTES: usize = 4;
+const FRAMING: Framing = Framing {
+    version: BUS_PROTOCOL_VERSION,
+    max_body: MAX_BUS_FRAME_BYTES,
+};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
-    #[error("frame of {0} bytes exceeds the {MAX_BUS_FRAME_BYTES} byte limit")]
-    TooLarge(usize),
-    #[error("empty frame")]
-    Empty,
-    #[error("unsupported bus protocol version {0}")]
-    Version(u8),
-    #[error("malformed frame body: {0}")]
-    Malformed(String),
+    #[error("cluster bus: {0}")]
+    Frame(#[from] FrameError),
     #[error("invalid frame content: {0}")]
     Invalid(&'static str),
 }
@@ -125,19 +123,7 @@ impl BusMessage {
 
 /// Appends one frame to `out`; returns the bytes written.
 pub fn encode_into(msg: &BusMessage, out: &mut Vec<u8>) -> Result<usize, BusError> {
-    let start = out.len();
-    let mut buf = std::mem::take(out);
-    buf.extend_from_slice(&[0; PREFIX_BYTES]);
-    buf.push(BUS_PROTOCOL_VERSION);
-    *out = postcard::to_extend(msg, buf).map_err(|e| BusError::Malformed(e.to_string()))?;
-    let body = out.len() - start - PREFIX_BYTES;
-    if body > MAX_BUS_FRAME_BYTES {
-        out.truncate(start);
-        return Err(BusError::TooLarge(body));
-    }
-    let len = u32::try_from(body).map_err(|_| BusError::TooLarge(body))?;
-    out[start..start + PREFIX_BYTES].copy_from_slice(&len.to_le_bytes());
-    Ok(body + PREFIX_BYTES)
+    Ok(FRAMING.encode_into(msg, out)?)
 }
 
 pub fn encode(msg: &BusMessage) -> Result<Vec<u8>, BusError> {
@@ -149,30 +135,11 @@ pub fn encode(msg: &BusMessage) -> Result<Vec<u8>, BusError> {
 /// Decodes one frame from the front of `buf`: `Ok(Some((msg, consumed)))`, `Ok(None)` when
 /// more bytes are needed, or an error (drop the link).
 pub fn decode(buf: &[u8]) -> Result<Option<(BusMessage, usize)>, BusError> {
-    let Some(prefix) = buf.get(..PREFIX_BYTES) else {
+    let Some((msg, n)) = FRAMING.decode::<BusMessage>(buf)? else {
         return Ok(None);
     };
-    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    if len > MAX_BUS_FRAME_BYTES {
-        return Err(BusError::TooLarge(len));
-    }
-    if len == 0 {
-        return Err(BusError::Empty);
-    }
-    let Some(body) = buf.get(PREFIX_BYTES..PREFIX_BYTES + len) else {
-        return Ok(None);
-    };
-    let (&version, rest) = body.split_first().ok_or(BusError::Empty)?;
-    if version != BUS_PROTOCOL_VERSION {
-        return Err(BusError::Version(version));
-    }
-    let (msg, trailing) = postcard::take_from_bytes::<BusMessage>(rest)
-        .map_err(|e| BusError::Malformed(e.to_string()))?;
-    if !trailing.is_empty() {
-        return Err(BusError::Invalid("trailing bytes after frame body"));
-    }
     validate(&msg)?;
-    Ok(Some((msg, PREFIX_BYTES + len)))
+    Ok(Some((msg, n)))
 }
 
 /// Checks what the type system does not: lengths and flag bits.
@@ -266,14 +233,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_prefix_version_and_bitmap() {
-        assert_eq!(decode(&[0, 0, 0, 0]), Err(BusError::Empty));
+        assert_eq!(
+            decode(&[0, 0, 0, 0]),
+            Err(BusError::Frame(FrameError::Empty))
+        );
         assert!(matches!(
             decode(&[0xff, 0xff, 0xff, 0x7f]),
-            Err(BusError::TooLarge(_))
+            Err(BusError::Frame(FrameError::TooLarge { .. }))
         ));
         let mut bytes = encode(&sample()).unwrap();
         bytes[4] = 99;
-        assert_eq!(decode(&bytes), Err(BusError::Version(99)));
+        assert_eq!(
+            decode(&bytes),
+            Err(BusError::Frame(FrameError::Version(99)))
+        );
 
         // A 3-byte bitmap: well-formed postcard, invalid content.
         let mut bad = sample();

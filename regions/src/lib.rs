@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`topology`] | `NodeId`, `NodeInfo`, `SlotMap`, `Topology` (one node's view), `route` (MOVED/ASK/CLUSTERDOWN), `CLUSTER SLOTS/SHARDS/NODES/INFO` as data |
 //! | [`bus`] | `BusMessage` (header + Meet/Ping/Pong/Fail/FailoverAuthRequest/Ack/Update/MfStart), versioned length-prefixed postcard codec with a size cap |
+//! | [`wire`] | the length-prefixed, versioned postcard framing shared by the bus, the region link and the replica stream |
 //! | [`node`] | `ClusterNode`: `handle_message`, `tick`, `poll_outgoing`, `poll_event`, admin ops, `can_write` |
 //!
 //! # How the server drives it (the I/O shell, not written yet)
@@ -59,6 +60,7 @@
 pub mod bus;
 pub mod node;
 pub mod topology;
+pub mod wire;
 
 pub use bus::{BusError, BusMessage};
 pub use node::{ClusterError, ClusterNode, Config, Dest, Event, FailoverMode, Outgoing, SetSlot};

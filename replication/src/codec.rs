@@ -1,30 +1,28 @@
 //! Wire codec: versioned, length-prefixed frames encoded with postcard.
 //!
-//! Layout: `len: u32 LE` (bytes after the prefix) · `version: u8` · postcard body.
-//! Like mini-redis' frame parser, decoding a buffer is pure: an incomplete frame is
+//! Framing is `meridian_regions::wire`'s (`len: u32 LE` · `version: u8` · postcard body),
+//! shared with the cluster bus and the replica stream. Decoding a buffer is pure: an incomplete frame is
 //! `Ok(None)` (read more), anything malformed is an error, never a panic. Decoded entries
 //! are validated (sorted, one dot per region) and their derived fields rebuilt, so a peer's
 //! garbage cannot break the keyspace's invariants.
 
 use bytes::Bytes;
 use meridian_crdt::{key_slot, Delta, Entry, Hlc, RegionId, Str, Val};
+use meridian_regions::wire::{FrameError, Framing};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Hard limit on one frame (prefix excluded). Batches and anti-entropy chunks stay far below.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
-const PREFIX_BYTES: usize = 4;
+const FRAMING: Framing = Framing {
+    version: PROTOCOL_VERSION,
+    max_body: MAX_FRAME_BYTES,
+};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES} byte limit")]
-    TooLarge(usize),
-    #[error("empty frame")]
-    Empty,
-    #[error("unsupported protocol version {0}")]
-    Version(u8),
-    #[error("malformed frame body: {0}")]
-    Malformed(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("invalid frame content: {0}")]
     Invalid(&'static str),
 }
@@ -124,18 +122,7 @@ impl Frame {
 
 /// Append one encoded frame to `out`; returns its size on the wire.
 pub fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<usize, CodecError> {
-    let start = out.len();
-    let mut buf = std::mem::take(out);
-    buf.extend_from_slice(&[0; PREFIX_BYTES]);
-    buf.push(PROTOCOL_VERSION);
-    *out = postcard::to_extend(frame, buf).map_err(|e| CodecError::Malformed(e.to_string()))?;
-    let body = out.len() - start - PREFIX_BYTES;
-    if body > MAX_FRAME_BYTES {
-        out.truncate(start);
-        return Err(CodecError::TooLarge(body));
-    }
-    out[start..start + PREFIX_BYTES].copy_from_slice(&(body as u32).to_le_bytes());
-    Ok(body + PREFIX_BYTES)
+    Ok(FRAMING.encode_into(frame, out)?)
 }
 
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
@@ -147,29 +134,11 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
 /// Decode one frame from the front of `buf`: `Ok(Some((frame, consumed)))`, `Ok(None)` when
 /// more bytes are needed, or an error (the connection should be closed).
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, CodecError> {
-    if buf.len() < PREFIX_BYTES {
-        return Ok(None);
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(CodecError::TooLarge(len));
-    }
-    if len == 0 {
-        return Err(CodecError::Empty);
-    }
-    let Some(body) = buf.get(PREFIX_BYTES..PREFIX_BYTES + len) else {
+    let Some((mut frame, n)) = FRAMING.decode::<Frame>(buf)? else {
         return Ok(None);
     };
-    if body[0] != PROTOCOL_VERSION {
-        return Err(CodecError::Version(body[0]));
-    }
-    let (mut frame, rest) = postcard::take_from_bytes::<Frame>(&body[1..])
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(CodecError::Invalid("trailing bytes after frame body"));
-    }
     validate(&mut frame)?;
-    Ok(Some((frame, PREFIX_BYTES + len)))
+    Ok(Some((frame, n)))
 }
 
 fn validate(frame: &mut Frame) -> Result<(), CodecError> {
@@ -351,9 +320,12 @@ mod tests {
     fn rejects_oversized_and_bad_version() {
         let mut b = encode(&sample_frames()[1]).unwrap();
         b[4] = 9;
-        assert_eq!(decode(&b), Err(CodecError::Version(9)));
+        assert_eq!(decode(&b), Err(CodecError::Frame(FrameError::Version(9))));
         let huge = ((MAX_FRAME_BYTES + 1) as u32).to_le_bytes();
-        assert!(matches!(decode(&huge), Err(CodecError::TooLarge(_))));
+        assert!(matches!(
+            decode(&huge),
+            Err(CodecError::Frame(FrameError::TooLarge { .. }))
+        ));
     }
 
     proptest! {

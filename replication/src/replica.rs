@@ -10,13 +10,14 @@
 //! `SnapshotEnd { offset }`) and the stream continues after `offset`. Merges are idempotent
 //! and commutative, so an overlap between snapshot and stream is harmless.
 //!
-//! Framing is the codec's: `len: u32 LE` · `version: u8` · postcard body; decoding is pure,
+//! Framing is `meridian_regions::wire`'s: `len: u32 LE` · `version: u8` · postcard body; decoding is pure,
 //! `Ok(None)` means "read more", malformed input is an error, never a panic, and decoded
 //! entries are validated and rebuilt like region frames.
 
 use crate::codec::{check_entry, CodecError, KeyState};
 use bytes::Bytes;
 use meridian_crdt::{key_slot, Delta, Entry};
+use meridian_regions::wire::Framing;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -26,7 +27,10 @@ pub const REPLICA_PROTOCOL_VERSION: u8 = 1;
 pub const MAX_REPLICA_FRAME_BYTES: usize = 64 << 20;
 /// Snapshot chunks are cut once their estimated size reaches this.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
-const PREFIX_BYTES: usize = 4;
+const FRAMING: Framing = Framing {
+    version: REPLICA_PROTOCOL_VERSION,
+    max_body: MAX_REPLICA_FRAME_BYTES,
+};
 
 /// One frame of the replica stream (after the `+FULLRESYNC`/`+CONTINUE` line).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,20 +76,7 @@ enum FrameRef<'a> {
 }
 
 fn encode_with<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<usize, CodecError> {
-    let start = out.len();
-    let mut buf = std::mem::take(out);
-    buf.extend_from_slice(&[0; PREFIX_BYTES]);
-    buf.push(REPLICA_PROTOCOL_VERSION);
-    *out = postcard::to_extend(value, buf).map_err(|e| CodecError::Malformed(e.to_string()))?;
-    let body = out.len() - start - PREFIX_BYTES;
-    if body > MAX_REPLICA_FRAME_BYTES {
-        out.truncate(start);
-        return Err(CodecError::Invalid(
-            "frame exceeds the replica stream's frame limit",
-        ));
-    }
-    out[start..start + PREFIX_BYTES].copy_from_slice(&(body as u32).to_le_bytes());
-    Ok(body + PREFIX_BYTES)
+    Ok(FRAMING.encode_into(value, out)?)
 }
 
 /// Append one encoded frame to `out`; returns its size on the wire.
@@ -110,30 +101,9 @@ pub fn encode_state(key: &[u8], state: &Entry) -> Result<Vec<u8>, CodecError> {
 /// Decode one frame from the front of `buf`: `Ok(Some((frame, consumed)))`, `Ok(None)` when
 /// more bytes are needed, or an error (close the connection).
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(ReplicaFrame, usize)>, CodecError> {
-    if buf.len() < PREFIX_BYTES {
-        return Ok(None);
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_REPLICA_FRAME_BYTES {
-        // (`CodecError::TooLarge` names the region link's smaller limit.)
-        return Err(CodecError::Invalid(
-            "frame exceeds the replica stream's frame limit",
-        ));
-    }
-    if len == 0 {
-        return Err(CodecError::Empty);
-    }
-    let Some(body) = buf.get(PREFIX_BYTES..PREFIX_BYTES + len) else {
+    let Some((mut frame, n)) = FRAMING.decode::<ReplicaFrame>(buf)? else {
         return Ok(None);
     };
-    if body[0] != REPLICA_PROTOCOL_VERSION {
-        return Err(CodecError::Version(body[0]));
-    }
-    let (mut frame, rest) = postcard::take_from_bytes::<ReplicaFrame>(&body[1..])
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(CodecError::Invalid("trailing bytes after frame body"));
-    }
     match &mut frame {
         ReplicaFrame::Entries(entries) => {
             for ks in entries.iter_mut() {
@@ -154,7 +124,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(ReplicaFrame, usize)>, CodecEr
         }
         ReplicaFrame::SnapshotEnd { .. } | ReplicaFrame::Ping | ReplicaFrame::Ack { .. } => {}
     }
-    Ok(Some((frame, PREFIX_BYTES + len)))
+    Ok(Some((frame, n)))
 }
 
 /// The stream position a replica asked for is no longer (or not yet) in the backlog.
@@ -355,7 +325,12 @@ mod tests {
         let mut b = Vec::new();
         encode_frame(&ReplicaFrame::Ping, &mut b).unwrap();
         b[4] = 9;
-        assert_eq!(decode_frame(&b), Err(CodecError::Version(9)));
+        assert_eq!(
+            decode_frame(&b),
+            Err(CodecError::Frame(
+                meridian_regions::wire::FrameError::Version(9)
+            ))
+        );
         let (_, mut deltas) = sample_deltas();
         deltas[0].slot = deltas[0].slot.wrapping_add(1) % 16384;
         let bytes = encode_delta(&deltas[0]).unwrap();

@@ -82,14 +82,9 @@ fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     };
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    let mut out = Vec::new();
+    let mut out = bytes::BytesMut::new();
     for (k, blob) in &batch {
-        out.extend_from_slice(b"*4\r\n$8\r\nMERIDIAN\r\n$5\r\nMERGE\r\n");
-        for part in [&k[..], &blob[..]] {
-            out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
-            out.extend_from_slice(part);
-            out.extend_from_slice(b"\r\n");
-        }
+        crate::frame::encode_command(&[&b"MERIDIAN"[..], b"MERGE", k, blob], &mut out);
     }
     let mut writer = &stream;
     if writer.write_all(&out).is_err() {

@@ -663,3 +663,46 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+// ---------------------------------------------------------------------------------------
+// Prometheus endpoint
+// ---------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 GET: (status line, headers, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).map_err(std::io::Error::other)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header/body separator: {text:?}")))?;
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Ok((status.to_string(), headers.to_string(), body.to_string()))
+}
+
+/// Prometheus sample lines (`name{labels} value`) → map; comments skipped.
+pub fn metric_samples(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = value.parse().unwrap_or_else(|_| panic!("bad value {l:?}"));
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// `GET /metrics` on `port`, which must answer 200, as samples.
+pub fn scrape_metrics(port: u16) -> std::collections::HashMap<String, f64> {
+    let (status, _, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    metric_samples(&body)
+}
