@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--keys", type=int, default=1000000)
     ap.add_argument("--meridian", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "meridian"))
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
@@ -155,21 +156,8 @@ def main():
     if not os.path.exists(meridian):
         raise SystemExit(f"{meridian} missing: cargo build --release")
 
-    print(f"# throughput: redis-benchmark -t {TESTS} -c 50 -n {args.requests} -r 100000")
-    print(f"{'test':<8}{'P':>4}{'redis rps':>14}{'meridian rps':>14}{'ratio':>8}{'redis p99':>11}{'meridian p99':>14}")
-    for pipeline in (1, 16):
-        rport, mport = free_port(), free_port()
-        r, m = start_redis(rport), start_meridian(meridian, mport)
-        try:
-            # Alternate who goes first per run so neither always gets the warm machine.
-            rr = run_benchmark(rport, args.requests, pipeline)
-            mm = run_benchmark(mport, args.requests, pipeline)
-        finally:
-            stop(r)
-            stop(m)
-        for t in TESTS.upper().split(","):
-            (r_rps, r_p99), (m_rps, m_p99) = rr[t], mm[t]
-            print(f"{t:<8}{pipeline:>4}{r_rps:>14.0f}{m_rps:>14.0f}{m_rps / r_rps:>8.2f}{r_p99:>10.3f}ms{m_p99:>12.3f}ms")
+    if not args.skip_throughput:
+        throughput(meridian, args.requests)
     if args.skip_memory:
         return
     print(f"\n# memory: RSS growth per key after {args.keys} SET key:%08d <100 B> / INCR ctr:%08d")
@@ -179,6 +167,24 @@ def main():
     for kind in ("string", "counter"):
         rb, mb = red[kind][0], mer[kind][0]
         print(f"{kind:<9}{rb:>12.0f}{mb:>16.0f}{mb / rb:>8.2f}{mer[kind][1] / mer[kind][2]:>27.2f}")
+
+
+def throughput(meridian, requests):
+    print(f"# throughput: redis-benchmark -t {TESTS} -c 50 -n {requests} -r 100000")
+    print(f"{'test':<8}{'P':>4}{'redis rps':>14}{'meridian rps':>14}{'ratio':>8}{'redis p99':>11}{'meridian p99':>14}")
+    for pipeline in (1, 16):
+        rport, mport = free_port(), free_port()
+        r, m = start_redis(rport), start_meridian(meridian, mport)
+        try:
+            # Alternate who goes first per run so neither always gets the warm machine.
+            rr = run_benchmark(rport, requests, pipeline)
+            mm = run_benchmark(mport, requests, pipeline)
+        finally:
+            stop(r)
+            stop(m)
+        for t in TESTS.upper().split(","):
+            (r_rps, r_p99), (m_rps, m_p99) = rr[t], mm[t]
+            print(f"{t:<8}{pipeline:>4}{r_rps:>14.0f}{m_rps:>14.0f}{m_rps / r_rps:>8.2f}{r_p99:>10.3f}ms{m_p99:>12.3f}ms")
 
 
 if __name__ == "__main__":

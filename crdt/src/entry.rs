@@ -138,34 +138,73 @@ pub struct Access {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Entry {
     comps: SmallVec<[Comp; 1]>,
-    expiry: Dots<u64>,
-    /// Per region (sorted, at most one each): the stamp of its latest write that removed
-    /// something here (DEL, SREM, HDEL, an overwrite of another type, a TTL replaced).
-    #[serde(default)]
-    removed: SmallVec<[Stamp; 1]>,
-    /// Invalidation floor: the greatest source version an invalidation applied to this key
-    /// (max lattice; `0` = none). A string whose value came from a versioned fill at a
-    /// version ≤ the floor is hidden, wherever and whenever that fill lands.
-    #[serde(default)]
-    floor: u64,
-    /// Cached effective deadline (ms since epoch); `0` = none.
-    #[serde(skip)]
-    deadline_ms: u64,
+    /// TTLs, removal records and the invalidation floor: absent for most keys (no TTL, never
+    /// overwritten across types, never invalidated), so kept out of line. `None` reads as
+    /// an empty [`Meta`].
+    meta: Option<Box<Meta>>,
     #[serde(skip)]
     pub access: Access,
 }
 
+/// The rarely present part of an [`Entry`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    expiry: Dots<u64>,
+    /// Per region (sorted, at most one each): the stamp of its latest write that removed
+    /// something here (DEL, SREM, HDEL, an overwrite of another type, a TTL replaced).
+    removed: SmallVec<[Stamp; 1]>,
+    /// Invalidation floor: the greatest source version an invalidation applied to this key
+    /// (max lattice; `0` = none). A string whose value came from a versioned fill at a
+    /// version ≤ the floor is hidden, wherever and whenever that fill lands.
+    floor: u64,
+    /// Cached effective deadline (ms since epoch); `0` = none.
+    #[serde(skip)]
+    deadline_ms: u64,
+}
+
+impl Meta {
+    const EMPTY: Meta = Meta {
+        expiry: Dots(SmallVec::new_const()),
+        removed: SmallVec::new_const(),
+        floor: 0,
+        deadline_ms: 0,
+    };
+
+    fn is_empty(&self) -> bool {
+        self.expiry.is_empty() && self.removed.is_empty() && self.floor == 0
+    }
+}
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Self) -> bool {
+        self.expiry == other.expiry && self.removed == other.removed && self.floor == other.floor
+    }
+}
+
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.comps == other.comps
-            && self.expiry == other.expiry
-            && self.removed == other.removed
-            && self.floor == other.floor
+        self.comps == other.comps && self.m() == other.m()
     }
 }
 impl Eq for Entry {}
 
 impl Entry {
+    fn m(&self) -> &Meta {
+        static EMPTY: Meta = Meta::EMPTY;
+        self.meta.as_deref().unwrap_or(&EMPTY)
+    }
+
+    fn m_mut(&mut self) -> &mut Meta {
+        self.meta.get_or_insert_with(Box::default)
+    }
+
+    /// Give the out-of-line part back once it holds nothing.
+    fn tidy_meta(&mut self) {
+        if self.meta.as_deref().is_some_and(Meta::is_empty) {
+            self.meta = None;
+        }
+    }
+
     /// Whether any component is alive (the key exists, ignoring TTL).
     pub fn is_alive(&self) -> bool {
         self.comps.iter().any(|c| self.shows(c))
@@ -189,33 +228,37 @@ impl Entry {
     /// register is a lattice; dropping it would break convergence) but never shown.
     fn is_stale(&self, c: &Comp) -> bool {
         match &c.val {
-            Val::Str(s) => s.reg.version != 0 && s.reg.version <= self.floor,
+            Val::Str(s) => s.reg.version != 0 && s.reg.version <= self.floor(),
             _ => false,
         }
     }
 
     /// The invalidation floor (`0` = none): versioned fills at or below it are refused.
     pub fn floor(&self) -> u64 {
-        self.floor
+        self.meta.as_ref().map_or(0, |m| m.floor)
     }
 
     /// Forget the invalidation floor (tombstone retention ran out), and the stale fills it
     /// hid with it: they must not reappear.
     pub(crate) fn clear_floor(&mut self) {
-        let floor = self.floor;
+        let floor = self.floor();
         self.comps.retain(|c| match &c.val {
             Val::Str(s) => !(s.reg.value.is_some() && s.reg.version != 0 && s.reg.version <= floor),
             _ => true,
         });
-        self.floor = 0;
+        if let Some(m) = self.meta.as_mut() {
+            m.floor = 0;
+        }
+        self.tidy_meta();
     }
 
     /// A floor-only tombstone (what remains of an invalidated key after expiry/eviction).
     pub(crate) fn with_floor(floor: u64) -> Entry {
-        Entry {
-            floor,
-            ..Entry::default()
+        let mut e = Entry::default();
+        if floor != 0 {
+            e.m_mut().floor = floor;
         }
+        e
     }
 
     /// Whether this state (a delta) carries a versioned fill at or below `floor`.
@@ -259,28 +302,26 @@ impl Entry {
     }
 
     pub fn expiry(&self) -> &Dots<u64> {
-        &self.expiry
+        &self.m().expiry
     }
 
     /// Per region, the stamp of its latest write that removed something from this key.
     /// Tombstones here are only collectable once these are stable.
     pub fn removals(&self) -> &[Stamp] {
-        &self.removed
+        &self.m().removed
     }
 
     /// Record a removing write (per-region max). Returns whether it was new.
     fn note_removal(&mut self, stamp: Stamp) -> bool {
-        match self
-            .removed
-            .binary_search_by_key(&stamp.region, |s| s.region)
-        {
-            Ok(i) if stamp.hlc > self.removed[i].hlc => {
-                self.removed[i] = stamp;
+        let removed = &mut self.m_mut().removed;
+        match removed.binary_search_by_key(&stamp.region, |s| s.region) {
+            Ok(i) if stamp.hlc > removed[i].hlc => {
+                removed[i] = stamp;
                 true
             }
             Ok(_) => false,
             Err(i) => {
-                self.removed.insert(i, stamp);
+                removed.insert(i, stamp);
                 true
             }
         }
@@ -289,40 +330,64 @@ impl Entry {
     /// Take `other`'s TTL and removal records (not its components): completes a delta that
     /// must carry the key's whole state.
     pub(crate) fn merge_metadata(&mut self, other: &Entry) {
-        if self.expiry.merge(&other.expiry) {
+        self.merge_meta(other);
+    }
+
+    /// Join `other`'s TTLs, removal records and floor into this entry's; returns whether
+    /// anything changed.
+    fn merge_meta(&mut self, other: &Entry) -> bool {
+        let Some(theirs) = other.meta.as_deref() else {
+            return false;
+        };
+        let mut changed = false;
+        if !theirs.expiry.is_empty() && self.m_mut().expiry.merge(&theirs.expiry) {
             self.recompute_deadline();
+            changed = true;
         }
-        for s in &other.removed {
-            self.note_removal(*s);
+        for s in &theirs.removed {
+            changed |= self.note_removal(*s);
         }
-        self.floor = self.floor.max(other.floor);
+        if theirs.floor > self.floor() {
+            self.m_mut().floor = theirs.floor;
+            changed = true;
+        }
+        self.tidy_meta();
+        changed
     }
 
     /// Effective deadline in ms since the epoch, if any.
     pub fn deadline_ms(&self) -> Option<u64> {
-        (self.deadline_ms != 0).then_some(self.deadline_ms)
+        let d = self.m().deadline_ms;
+        (d != 0).then_some(d)
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.deadline_ms != 0 && self.deadline_ms <= now_ms
+        let d = self.m().deadline_ms;
+        d != 0 && d <= now_ms
     }
 
     fn recompute_deadline(&mut self) {
+        let Some(m) = self.meta.as_deref_mut() else {
+            return;
+        };
         let mut deadline = 0u64;
-        for e in self.expiry.alive() {
+        for e in m.expiry.alive() {
             if e.payload == PERSIST {
                 deadline = 0;
                 break;
             }
             deadline = deadline.max(e.payload.max(1));
         }
-        self.deadline_ms = deadline;
+        m.deadline_ms = deadline;
     }
 
     /// Rough bytes this entry holds beyond its key (for eviction accounting).
     pub fn heap_bytes(&self) -> usize {
         self.comps.iter().map(|c| c.val.heap_bytes()).sum::<usize>()
-            + self.expiry.entries().len() * 32
+            + self
+                .meta
+                .as_ref()
+                .map_or(0, |m| 64 + m.expiry.entries().len() * 32)
     }
 
     pub fn max_hlc(&self) -> Hlc {
@@ -331,9 +396,9 @@ impl Entry {
             .iter()
             .map(|c| c.val.max_hlc().max(c.created.hlc))
             .max();
-        let r = self.removed.iter().map(|s| s.hlc).max();
+        let r = self.m().removed.iter().map(|s| s.hlc).max();
         c.unwrap_or(Hlc::ZERO)
-            .max(self.expiry.max_hlc())
+            .max(self.m().expiry.max_hlc())
             .max(r.unwrap_or(Hlc::ZERO))
     }
 
@@ -370,17 +435,7 @@ impl Entry {
                 }
             }
         }
-        if self.expiry.merge(&other.expiry) {
-            self.recompute_deadline();
-            changed = true;
-        }
-        for s in &other.removed {
-            changed |= self.note_removal(*s);
-        }
-        if other.floor > self.floor {
-            self.floor = other.floor;
-            changed = true;
-        }
+        changed |= self.merge_meta(other);
         changed
     }
 
@@ -396,7 +451,6 @@ impl Entry {
         if !drop_dead && !self.removals_stable(stable) {
             return;
         }
-        self.removed.clear();
         for c in self.comps.iter_mut() {
             match &mut c.val {
                 Val::Set(s) => s.gc(stable, drop_dead),
@@ -404,21 +458,25 @@ impl Entry {
                 Val::Str(_) => {}
             }
         }
-        self.expiry.gc(stable);
-        if drop_dead {
-            self.expiry.0.retain(|e| e.alive);
+        if let Some(m) = self.meta.as_deref_mut() {
+            m.removed.clear();
+            m.expiry.gc(stable);
+            if drop_dead {
+                m.expiry.0.retain(|e| e.alive);
+            }
         }
+        self.tidy_meta();
     }
 
     fn removals_stable(&self, stable: &impl Fn(RegionId) -> Hlc) -> bool {
-        self.removed.iter().all(|s| s.hlc <= stable(s.region))
+        self.m().removed.iter().all(|s| s.hlc <= stable(s.region))
     }
 
     /// Is this entry a tombstone every region has seen (safe to drop)? Its writes and the
     /// removals that killed them must all be stable.
     pub fn is_stable_tombstone(&self, stable: &impl Fn(RegionId) -> Hlc) -> bool {
         // An invalidation floor is dropped by its retention, not by causal stability.
-        if self.floor != 0 || self.is_alive() || !self.removals_stable(stable) {
+        if self.floor() != 0 || self.is_alive() || !self.removals_stable(stable) {
             return false;
         }
         let mut stable_all = true;
@@ -449,7 +507,7 @@ impl Entry {
                 }
             }
         }
-        for e in self.expiry.entries() {
+        for e in self.m().expiry.entries() {
             check(e.region, e.hlc);
         }
         stable_all
@@ -470,8 +528,9 @@ impl Entry {
     /// Order-independent content digest of the observable state (anti-entropy).
     pub fn digest(&self) -> u64 {
         let mut h = 0x6d65_7269_6469_616e;
-        if self.floor != 0 {
-            h = crate::digest::mix(h, self.floor);
+        let m = self.m();
+        if m.floor != 0 {
+            h = crate::digest::mix(h, m.floor);
         }
         for c in self.comps.iter().filter(|c| c.val.is_alive()) {
             h = crate::digest::mix(h, c.created.hlc.0);
@@ -482,7 +541,7 @@ impl Entry {
                 Val::Hash(m) => m.digest(crate::digest::mix(h, 3)),
             };
         }
-        for e in self.expiry.alive() {
+        for e in m.expiry.alive() {
             h = crate::digest::mix(h, e.hlc.0);
             h = crate::digest::mix(h, u64::from(e.region.0));
             h = crate::digest::mix(h, e.payload);
@@ -544,14 +603,21 @@ impl<'a> EntryWriter<'a> {
 
     /// Ship the entry's TTL entries (after a local change to them) in the delta.
     fn delta_expiry(&mut self) {
-        self.delta.expiry.merge(&self.entry.expiry);
-        self.delta.recompute_deadline();
+        if !self.entry.m().expiry.is_empty() {
+            self.delta.m_mut().expiry.merge(&self.entry.m().expiry);
+            self.delta.recompute_deadline();
+        }
         self.changed = true;
     }
 
     /// Kill every TTL entry this region observed; returns whether one was alive.
     fn kill_ttl(&mut self) -> bool {
-        if !self.entry.expiry.kill_all() {
+        if !self
+            .entry
+            .meta
+            .as_deref_mut()
+            .is_some_and(|m| m.expiry.kill_all())
+        {
             return false;
         }
         self.entry.recompute_deadline();
@@ -568,7 +634,7 @@ impl<'a> EntryWriter<'a> {
             self.kill_ttl();
         }
         let mut killed = false;
-        let floor = self.entry.floor;
+        let floor = self.entry.floor();
         for c in self.entry.comps.iter_mut() {
             // A stale fill is dead to this write, even of its own kind: observe and remove it
             // so what this write builds (an INCR, an APPEND) starts from nothing.
@@ -647,9 +713,9 @@ impl<'a> EntryWriter<'a> {
         version: u64,
         keep_ttl: bool,
     ) -> Result<(), CrdtError> {
-        if version == 0 || version <= self.entry.floor {
+        if version == 0 || version <= self.entry.floor() {
             return Err(CrdtError::Stale {
-                floor: self.entry.floor,
+                floor: self.entry.floor(),
             });
         }
         let stamp = self.stamp;
@@ -671,9 +737,9 @@ impl<'a> EntryWriter<'a> {
             matches!(self.entry.visible(), Some(Val::Str(s)) if s.reg.value.is_some() && s.reg.version > v)
         });
         if let Some(v) = version {
-            if v > self.entry.floor {
-                self.entry.floor = v;
-                self.delta.floor = v;
+            if v > self.entry.floor() {
+                self.entry.m_mut().floor = v;
+                self.delta.m_mut().floor = v;
                 self.changed = true;
             }
         }
@@ -828,10 +894,13 @@ impl<'a> EntryWriter<'a> {
     pub fn set_deadline(&mut self, deadline_ms: Option<u64>) {
         let payload = deadline_ms.unwrap_or(PERSIST);
         let stamp = self.stamp;
-        if self.entry.expiry.kill_all() {
+        if self.entry.m_mut().expiry.kill_all() {
             self.note_removal();
         }
-        self.entry.expiry.set(stamp.region, stamp.hlc, payload);
+        self.entry
+            .m_mut()
+            .expiry
+            .set(stamp.region, stamp.hlc, payload);
         self.entry.recompute_deadline();
         self.delta_expiry();
     }
@@ -869,9 +938,13 @@ impl Entry {
             }
         }
         self.comps.retain(|c| c.val.is_alive());
-        if !delta.expiry.is_empty() {
-            self.expiry.0.retain(|e| e.alive);
+        let dead_ttl = !delta.m().expiry.is_empty();
+        if let Some(m) = self.meta.as_deref_mut() {
+            if dead_ttl {
+                m.expiry.0.retain(|e| e.alive);
+            }
+            m.removed.clear();
         }
-        self.removed.clear();
+        self.tidy_meta();
     }
 }

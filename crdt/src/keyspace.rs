@@ -10,7 +10,8 @@ use crate::entry::{Access, Delta, Entry, EntryWriter, Kind};
 use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::slot::{key_slot, SLOT_COUNT};
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use hashbrown::HashTable;
+use std::collections::VecDeque;
 
 /// Fixed per-entry overhead estimate (table slot, key handle, entry header, allocator).
 pub const ENTRY_OVERHEAD_BYTES: usize = 112;
@@ -111,7 +112,77 @@ pub struct KeyspaceStats {
     pub stale_fills_hidden: u64,
 }
 
-type Table = HashMap<Bytes, Entry, ahash::RandomState>;
+/// One key and its state, in one allocation.
+struct Node {
+    key: Bytes,
+    entry: Entry,
+}
+
+/// A slot's keys. Buckets hold a pointer to the [`Node`]: a slot table holds few keys (about
+/// 60 per slot at a million keys) and grows by doubling, so many buckets are empty, and an
+/// empty pointer bucket costs 8 bytes where an inline key and entry cost 216.
+struct Table {
+    nodes: HashTable<Box<Node>>,
+    hasher: ahash::RandomState,
+}
+
+impl Table {
+    fn new(hasher: ahash::RandomState) -> Table {
+        Table {
+            nodes: HashTable::new(),
+            hasher,
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.nodes
+            .find(self.hash(key), |n| n.key[..] == *key)
+            .map(|n| &n.entry)
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let h = self.hash(key);
+        self.nodes
+            .find_mut(h, |n| n.key[..] == *key)
+            .map(|n| &mut n.entry)
+    }
+
+    /// Take a key's node out (a write or merge puts it back with [`Table::insert`]).
+    fn remove(&mut self, key: &[u8]) -> Option<Box<Node>> {
+        let h = self.hash(key);
+        match self.nodes.find_entry(h, |n| n.key[..] == *key) {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    /// Insert a node whose key is absent.
+    fn insert(&mut self, node: Box<Node>) {
+        let h = self.hash(&node.key);
+        let hasher = &self.hasher;
+        self.nodes
+            .insert_unique(h, node, |n| hasher.hash_one(&n.key[..]));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
+        self.nodes.iter().map(|n| (&n.key, &n.entry))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.nodes.iter().map(|n| &n.entry)
+    }
+
+    fn retain(&mut self, mut f: impl FnMut(&Bytes, &mut Entry) -> bool) {
+        self.nodes.retain(|n| {
+            let Node { key, entry } = &mut **n;
+            f(key, entry)
+        });
+    }
+}
 
 /// What an entry was before a write or merge (for the counters `put_back` maintains).
 struct Prior {
@@ -197,7 +268,7 @@ impl Keyspace {
         let hasher = self.hasher.clone();
         self.slots[usize::from(slot)].get_or_insert_with(|| {
             Box::new(SlotTable {
-                map: HashMap::with_hasher(hasher),
+                map: Table::new(hasher),
                 alive: 0,
                 volatile: 0,
                 digest: None,
@@ -268,20 +339,30 @@ impl Keyspace {
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
         let table = self.table_mut(slot);
-        let (mut entry, key_bytes, existed) = match table.map.remove_entry(key) {
-            Some((k, e)) => (e, k, true),
-            None => (Entry::default(), Bytes::copy_from_slice(key), false),
+        let (mut node, existed) = match table.map.remove(key) {
+            Some(n) => (n, true),
+            None => (
+                Box::new(Node {
+                    key: Bytes::copy_from_slice(key),
+                    entry: Entry::default(),
+                }),
+                false,
+            ),
         };
+        let Node {
+            key: key_bytes,
+            entry,
+        } = &mut *node;
         let was_alive = entry.is_alive();
         let was_volatile = was_alive && entry.deadline_ms().is_some();
         let floor_before = entry.floor();
         let before = if existed {
-            entry_bytes(&key_bytes, &entry)
+            entry_bytes(key_bytes, entry)
         } else {
             0
         };
         let mut w = EntryWriter {
-            entry: &mut entry,
+            entry: &mut *entry,
             delta: Entry::default(),
             stamp,
             changed: false,
@@ -326,14 +407,14 @@ impl Keyspace {
                 .filter(|c| c.val.is_alive())
                 .all(|c| c.val.kind() == Kind::Str && delta_state.carries(Kind::Str));
         if changed && full {
-            delta_state.merge_metadata(&entry);
+            delta_state.merge_metadata(entry);
         }
         touch(&mut entry.access, now_ms, coin);
         if !retain {
             entry.forget_dead_in(&delta_state);
             if !is_alive && entry.floor() != 0 {
                 // Single-region mode keeps nothing dead but the invalidation floor.
-                entry = Entry::with_floor(entry.floor());
+                *entry = Entry::with_floor(entry.floor());
             }
         }
         if changed {
@@ -346,7 +427,7 @@ impl Keyspace {
             });
         }
         if entry.floor() > floor_before {
-            self.note_floor(now_ms, &key_bytes, entry.floor());
+            self.note_floor(now_ms, key_bytes, entry.floor());
         }
         let keep = is_alive || (retain && existed) || (retain && changed) || entry.floor() != 0;
         let prior = Prior {
@@ -355,30 +436,26 @@ impl Keyspace {
             was_volatile,
             bytes: before,
         };
-        self.put_back(slot, key_bytes, entry, prior, changed, keep);
+        self.put_back(slot, node, prior, changed, keep);
         r
     }
 
     /// Store an entry back after a write or merge and keep the slot's and the keyspace's
     /// counters (live, volatile, tombstones, bytes, digest) in step. `keep == false` drops it.
-    fn put_back(
-        &mut self,
-        slot: u16,
-        key: Bytes,
-        entry: Entry,
-        prior: Prior,
-        changed: bool,
-        keep: bool,
-    ) {
-        let is_alive = entry.is_alive();
-        let is_volatile = is_alive && entry.deadline_ms().is_some();
-        let after = if keep { entry_bytes(&key, &entry) } else { 0 };
+    fn put_back(&mut self, slot: u16, node: Box<Node>, prior: Prior, changed: bool, keep: bool) {
+        let is_alive = node.entry.is_alive();
+        let is_volatile = is_alive && node.entry.deadline_ms().is_some();
+        let after = if keep {
+            entry_bytes(&node.key, &node.entry)
+        } else {
+            0
+        };
         let table = self.table_mut(slot);
         if changed {
             table.digest = None;
         }
         if keep {
-            table.map.insert(key, entry);
+            table.map.insert(node);
         }
         table.alive = table.alive + usize::from(is_alive) - usize::from(prior.was_alive);
         table.volatile =
@@ -411,18 +488,26 @@ impl Keyspace {
         let slot = key_slot(key);
         let retain = self.cfg.retain_tombstones;
         let table = self.table_mut(slot);
-        let existing = table.map.remove_entry(key);
+        let existing = table.map.remove(key);
         if existing.is_none() && !full && table.lossy {
             self.stats.partial_deltas_dropped += 1;
             return Applied::DroppedPartial;
         }
         let existed = existing.is_some();
-        let (key_bytes, mut entry) =
-            existing.unwrap_or_else(|| (Bytes::copy_from_slice(key), Entry::default()));
+        let mut node = existing.unwrap_or_else(|| {
+            Box::new(Node {
+                key: Bytes::copy_from_slice(key),
+                entry: Entry::default(),
+            })
+        });
+        let Node {
+            key: key_bytes,
+            entry,
+        } = &mut *node;
         let was_alive = entry.is_alive();
         let was_volatile = was_alive && entry.deadline_ms().is_some();
         let before = if existed {
-            entry_bytes(&key_bytes, &entry)
+            entry_bytes(key_bytes, entry)
         } else {
             0
         };
@@ -431,14 +516,14 @@ impl Keyspace {
         if !retain {
             entry.gc(&|_| Hlc(u64::MAX), true);
             if !entry.is_alive() && entry.floor() != 0 {
-                entry = Entry::with_floor(entry.floor());
+                *entry = Entry::with_floor(entry.floor());
             }
         }
         if changed && state.has_stale_fill_for(entry.floor()) {
             self.stats.stale_fills_hidden += 1;
         }
         if entry.floor() > floor_before {
-            self.note_floor(self.floor_clock_ms, &key_bytes, entry.floor());
+            self.note_floor(self.floor_clock_ms, key_bytes, entry.floor());
         }
         let is_alive = entry.is_alive();
         let keep = is_alive || retain || entry.floor() != 0;
@@ -448,7 +533,7 @@ impl Keyspace {
             was_volatile,
             bytes: before,
         };
-        self.put_back(slot, key_bytes, entry, prior, changed, keep);
+        self.put_back(slot, node, prior, changed, keep);
         self.stats.deltas_applied += 1;
         if changed {
             Applied::Changed
@@ -462,24 +547,25 @@ impl Keyspace {
         let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
             return 0;
         };
-        let Some((k, e)) = table.map.remove_entry(key) else {
+        let Some(mut node) = table.map.remove(key) else {
             return 0;
         };
+        let (k, e) = (&node.key, &node.entry);
         let alive = e.is_alive();
         let volatile = alive && e.deadline_ms().is_some();
         table.alive -= usize::from(alive);
         table.volatile -= usize::from(volatile);
         table.digest = None;
         table.lossy = true;
-        let mut bytes = entry_bytes(&k, &e);
+        let mut bytes = entry_bytes(k, e);
         let floor = e.floor();
         let mut kept_tomb = false;
         if floor != 0 {
             // The value goes, the invalidation floor stays: a stale fill must not come back
             // because the key expired or was evicted.
-            let tomb = Entry::with_floor(floor);
-            bytes -= entry_bytes(&k, &tomb);
-            table.map.insert(k, tomb);
+            node.entry = Entry::with_floor(floor);
+            bytes -= entry_bytes(&node.key, &node.entry);
+            table.map.insert(node);
             kept_tomb = true;
         }
         let s = &mut self.stats;
@@ -506,7 +592,8 @@ impl Keyspace {
     pub fn take_key(&mut self, key: &[u8]) -> Option<Entry> {
         let slot = key_slot(key);
         let table = self.slots[usize::from(slot)].as_deref_mut()?;
-        let (k, e) = table.map.remove_entry(key)?;
+        let node = table.map.remove(key)?;
+        let Node { key: k, entry: e } = *node;
         let alive = e.is_alive();
         let volatile = alive && e.deadline_ms().is_some();
         table.alive -= usize::from(alive);
@@ -755,25 +842,26 @@ impl Keyspace {
             let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
                 continue;
             };
-            let Some((k, mut e)) = table.map.remove_entry(&key[..]) else {
+            let Some(mut node) = table.map.remove(&key[..]) else {
                 continue;
             };
-            if e.floor() != floor {
+            if node.entry.floor() != floor {
                 // Raised again since: a later queue item owns it.
-                table.map.insert(k, e);
+                table.map.insert(node);
                 continue;
             }
+            let Node { key: k, entry: e } = &mut *node;
             let was_alive = e.is_alive();
             let prior = Prior {
                 existed: true,
                 was_alive,
                 was_volatile: was_alive && e.deadline_ms().is_some(),
-                bytes: entry_bytes(&k, &e),
+                bytes: entry_bytes(k, e),
             };
             e.clear_floor();
             let is_alive = e.is_alive();
             let keep = is_alive || (retain && !e.components().is_empty());
-            self.put_back(slot, k, e, prior, true, keep);
+            self.put_back(slot, node, prior, true, keep);
             forgotten += 1;
         }
         self.stats.invalidation_tombstones = self.floors.len();

@@ -208,16 +208,21 @@ impl Str {
                 c.net = c.net.checked_add(by).ok_or(CrdtError::Overflow)?;
                 c.hlc = stamp.hlc;
             }
-            Err(i) => self.ctr.insert(
-                i,
-                Contrib {
-                    region: stamp.region,
-                    hlc: stamp.hlc,
-                    net: by,
-                    obs_hlc: Hlc::ZERO,
-                    obs_net: 0,
-                },
-            ),
+            Err(i) => {
+                // One contribution per region, and most keys see one region: grow by exactly
+                // one (a plain push would reserve room for four).
+                self.ctr.reserve_exact(1);
+                self.ctr.insert(
+                    i,
+                    Contrib {
+                        region: stamp.region,
+                        hlc: stamp.hlc,
+                        net: by,
+                        obs_hlc: Hlc::ZERO,
+                        obs_net: 0,
+                    },
+                )
+            }
         }
         Ok(result)
     }
@@ -228,6 +233,7 @@ impl Str {
             match self.ctr.binary_search_by_key(&theirs.region, |c| c.region) {
                 Ok(i) => changed |= self.ctr[i].merge(theirs),
                 Err(i) => {
+                    self.ctr.reserve_exact(1);
                     self.ctr.insert(i, *theirs);
                     changed = true;
                 }
