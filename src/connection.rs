@@ -5,8 +5,9 @@
 use crate::cmd::{self, ConnState, Ctx, Locks, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
-use crate::store::{key_shard, Store};
+use crate::store::{key_shard, shard_of, Store};
 use bytes::{Bytes, BytesMut};
+use meridian_crdt::key_slot;
 use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -230,13 +231,16 @@ pub fn execute(
             return cmd::err(OOM);
         }
     }
+    let mut key_slots = cmd::KeySlots::new();
     let locks = if spec.flags & cmd::ALL_SHARDS != 0 {
         Locks::All(store.lock_all())
     } else if spec.first_key > 0 {
-        let mut idxs: Vec<usize> = spec
-            .key_indices(args.len())
-            .map(|i| key_shard(&args[i]))
-            .collect();
+        let mut idxs = smallvec::SmallVec::<[usize; 4]>::new();
+        for i in spec.key_indices(args.len()) {
+            let slot = key_slot(&args[i]);
+            key_slots.push((args[i].as_ptr() as usize, args[i].len(), slot));
+            idxs.push(shard_of(slot));
+        }
         Locks::Some(store.lock_some(&mut idxs))
     } else {
         Locks::None
@@ -247,6 +251,7 @@ pub fn execute(
         conn,
         now_ms: now,
         locks,
+        key_slots,
     };
     let reply = (spec.handler)(&mut ctx, args);
     if write {
@@ -298,6 +303,7 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         conn,
         now_ms: now,
         locks: Locks::All(guards),
+        key_slots: cmd::KeySlots::new(),
     };
     let reply = if dirty {
         Reply::NullArray

@@ -265,8 +265,9 @@ impl Keyspace {
     }
 
     fn table_mut(&mut self, slot: u16) -> &mut SlotTable {
-        let hasher = self.hasher.clone();
+        let hasher = &self.hasher;
         self.slots[usize::from(slot)].get_or_insert_with(|| {
+            let hasher = hasher.clone();
             Box::new(SlotTable {
                 map: Table::new(hasher),
                 alive: 0,
@@ -295,7 +296,12 @@ impl Keyspace {
 
     /// Lookup for a command: reclaims the key if its TTL passed and records the access.
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        let slot = key_slot(key);
+        self.get_in(key_slot(key), key, now_ms)
+    }
+
+    /// [`Keyspace::get`] for a caller that already knows the key's slot.
+    pub fn get_in(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        debug_assert_eq!(slot, key_slot(key));
         let (alive, expired) = match self.table(slot).and_then(|t| t.map.get(key)) {
             None => return None,
             Some(e) => (e.is_alive(), e.is_expired(now_ms)),
@@ -327,15 +333,21 @@ impl Keyspace {
         now_ms: u64,
         f: impl FnOnce(&mut EntryWriter) -> R,
     ) -> R {
+        self.write_in(key_slot(key), key, stamp, now_ms, f)
+    }
+
+    /// [`Keyspace::write`] for a caller that already knows the key's slot.
+    pub fn write_in<R>(
+        &mut self,
+        slot: u16,
+        key: &[u8],
+        stamp: Stamp,
+        now_ms: u64,
+        f: impl FnOnce(&mut EntryWriter) -> R,
+    ) -> R {
         debug_assert_eq!(stamp.region, self.cfg.region);
+        debug_assert_eq!(slot, key_slot(key));
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
-        let slot = key_slot(key);
-        // A live key whose deadline passed is gone for this write. (A tombstone whose
-        // leftover deadline passed is not an expired key: the write builds on it.)
-        let expired = self
-            .table(slot)
-            .and_then(|t| t.map.get(key))
-            .is_some_and(|e| e.is_alive() && e.is_expired(now_ms));
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
         let table = self.table_mut(slot);
@@ -353,6 +365,9 @@ impl Keyspace {
             key: key_bytes,
             entry,
         } = &mut *node;
+        // A live key whose deadline passed is gone for this write. (A tombstone whose
+        // leftover deadline passed is not an expired key: the write builds on it.)
+        let expired = entry.is_alive() && entry.is_expired(now_ms);
         let was_alive = entry.is_alive();
         let was_volatile = was_alive && entry.deadline_ms().is_some();
         let floor_before = entry.floor();

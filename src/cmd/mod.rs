@@ -15,8 +15,9 @@ pub mod string;
 
 use crate::frame::Reply;
 use crate::server::Shared;
-use crate::store::{key_shard, Shard, Store};
+use crate::store::{Shard, Store};
 use bytes::Bytes;
+use meridian_crdt::key_slot;
 use meridian_crdt::{CrdtError, Entry, EntryWriter, Kind};
 use parking_lot::MutexGuard;
 use std::borrow::Cow;
@@ -209,12 +210,19 @@ pub struct Ctx<'s, 'c> {
     pub conn: &'c mut ConnState,
     pub now_ms: u64,
     pub locks: Locks<'s>,
+    /// Slots of the command's key arguments, computed once when it locked them.
+    pub key_slots: KeySlots,
 }
+
+/// `(address, length, slot)` of key arguments whose slot is known. The request's argument
+/// buffers live (unchanged) for the whole command, so a key at the same address and length
+/// is the same bytes.
+pub type KeySlots = smallvec::SmallVec<[(usize, usize, u16); 2]>;
 
 impl<'s, 'c> Ctx<'s, 'c> {
     /// The (already locked) shard holding `key`.
     pub fn shard(&mut self, key: &[u8]) -> &mut Shard {
-        let idx = key_shard(key);
+        let idx = crate::store::shard_of(self.slot_of(key));
         if matches!(self.locks, Locks::None) {
             self.locks = Locks::Some(SomeGuards::new());
         }
@@ -235,6 +243,15 @@ impl<'s, 'c> Ctx<'s, 'c> {
         }
     }
 
+    /// The key's hash slot (CRC16 only for keys that are not the command's arguments).
+    pub fn slot_of(&self, key: &[u8]) -> u16 {
+        let at = key.as_ptr() as usize;
+        self.key_slots
+            .iter()
+            .find(|&&(a, n, _)| a == at && n == key.len())
+            .map_or_else(|| key_slot(key), |&(_, _, slot)| slot)
+    }
+
     /// Visit every shard (locked one at a time unless all are already held).
     pub fn each_shard(&mut self, mut f: impl FnMut(&mut Shard)) {
         match &mut self.locks {
@@ -250,8 +267,9 @@ impl<'s, 'c> Ctx<'s, 'c> {
     /// Lookup for reading: reclaims expired keys, counts hits and misses.
     pub fn read(&mut self, key: &[u8]) -> Option<&Entry> {
         let now = self.now_ms;
+        let slot = self.slot_of(key);
         let shard = self.shard(key);
-        let e = shard.ks.get(key, now);
+        let e = shard.ks.get_in(slot, key, now);
         if e.is_some() {
             shard.hits += 1;
         } else {
@@ -263,7 +281,8 @@ impl<'s, 'c> Ctx<'s, 'c> {
     /// Lookup without touching hit/miss statistics (existence checks inside writes).
     pub fn lookup(&mut self, key: &[u8]) -> Option<&Entry> {
         let now = self.now_ms;
-        self.shard(key).ks.get(key, now)
+        let slot = self.slot_of(key);
+        self.shard(key).ks.get_in(slot, key, now)
     }
 
     pub fn kind(&mut self, key: &[u8]) -> Option<Kind> {
@@ -275,9 +294,10 @@ impl<'s, 'c> Ctx<'s, 'c> {
         let now = self.now_ms;
         let store = self.store;
         // Lock (if this keyless command has not yet), then stamp: see replication's drain.
+        let slot = self.slot_of(key);
         let shard = self.shard(key);
         let stamp = store.stamp(now);
-        let r = shard.ks.write(key, stamp, now, f);
+        let r = shard.ks.write_in(slot, key, stamp, now, f);
         shard.after_write(&store.stats);
         r
     }
