@@ -7,8 +7,8 @@
 //!
 //! The policy tests run with a one-entry-per-shard delta log and first [`warm_up`] every slot
 //! table, so the limit is measured above memory that eviction cannot free and the keyspace
-//! is what the limit governs. With the default config eviction currently fails at small
-//! limits: see `small_limit_with_default_config_still_evicts` (ignored, a known bug).
+//! is what the limit governs. `small_limit_with_default_config_still_evicts` checks the
+//! default config too (slot tables are freed with their last key).
 
 mod common;
 
@@ -346,12 +346,11 @@ fn volatile_ttl_evicts_nearest_deadline_first() {
     volatile("volatile-ttl", Favour::LongTtl);
 }
 
-/// Memory eviction cannot free (slot tables kept after their keys are gone, the delta log
-/// pinning full values) is counted against maxmemory, so with a limit a few MB above current
-/// usage allkeys-lru evicts every key and then answers OOM: expected is that writes keep
-/// succeeding with the data set shrunk to what fits.
+/// With the default config and a limit a few MB above current usage, writes keep succeeding
+/// with the data set shrunk to what fits: memory eviction cannot free (slot tables that
+/// outlived their keys, the delta log pinning values) must not eat the headroom until
+/// allkeys-lru has evicted everything and answers OOM.
 #[test]
-#[ignore = "bug: unevictable memory (per-slot tables are never freed) counts against maxmemory; with maxmemory = used + 4MB allkeys-lru empties the keyspace then answers OOM"]
 fn small_limit_with_default_config_still_evicts() {
     let s = Server::start();
     let mut c = s.conn();

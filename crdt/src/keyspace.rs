@@ -172,6 +172,10 @@ impl Table {
         self.nodes.iter().map(|n| (&n.key, &n.entry))
     }
 
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
     fn values(&self) -> impl Iterator<Item = &Entry> {
         self.nodes.iter().map(|n| &n.entry)
     }
@@ -198,9 +202,6 @@ struct SlotTable {
     volatile: usize,
     /// Cached anti-entropy digest; `None` when the slot changed since.
     digest: Option<u64>,
-    /// A key of this slot was evicted or expired locally since the last repair: partial deltas
-    /// for absent keys must not rebuild it.
-    lossy: bool,
 }
 
 pub struct Keyspace {
@@ -217,6 +218,8 @@ pub struct Keyspace {
     /// Invalidation floors in the order they were raised: `(raised_at_ms, key, floor)`,
     /// popped by [`Keyspace::expire_invalidations`] (retention and count bound).
     floors: VecDeque<(u64, Bytes, u64)>,
+    /// One bit per slot: see [`Keyspace::slot_is_lossy`].
+    lossy: Vec<u64>,
 }
 
 fn entry_bytes(key: &[u8], e: &Entry) -> usize {
@@ -236,6 +239,7 @@ impl Keyspace {
             coin: seed | 1,
             floors: VecDeque::new(),
             floor_clock_ms: 0,
+            lossy: vec![0; SLOT_COUNT / 64],
         }
     }
 
@@ -273,7 +277,6 @@ impl Keyspace {
                 alive: 0,
                 volatile: 0,
                 digest: None,
-                lossy: false,
             })
         })
     }
@@ -403,7 +406,8 @@ impl Keyspace {
                 table.alive -= 1;
                 table.volatile -= usize::from(was_volatile);
                 table.digest = None;
-                table.lossy = true;
+                self.set_lossy(slot);
+                self.release_if_empty(slot);
                 let s = &mut self.stats;
                 s.keys -= 1;
                 s.volatile -= usize::from(was_volatile);
@@ -482,6 +486,9 @@ impl Keyspace {
         s.tombstones = s.tombstones + usize::from(is_tomb) - usize::from(was_tomb);
         s.volatile = s.volatile + usize::from(is_volatile) - usize::from(prior.was_volatile);
         s.bytes = s.bytes + after - prior.bytes;
+        if !keep {
+            self.release_if_empty(slot);
+        }
     }
 
     /// Take the deltas produced by local writes since the last call.
@@ -504,7 +511,7 @@ impl Keyspace {
         let retain = self.cfg.retain_tombstones;
         let table = self.table_mut(slot);
         let existing = table.map.remove(key);
-        if existing.is_none() && !full && table.lossy {
+        if existing.is_none() && !full && self.slot_is_lossy(slot) {
             self.stats.partial_deltas_dropped += 1;
             return Applied::DroppedPartial;
         }
@@ -571,7 +578,6 @@ impl Keyspace {
         table.alive -= usize::from(alive);
         table.volatile -= usize::from(volatile);
         table.digest = None;
-        table.lossy = true;
         let mut bytes = entry_bytes(k, e);
         let floor = e.floor();
         let mut kept_tomb = false;
@@ -593,6 +599,8 @@ impl Keyspace {
         } else {
             s.evicted += 1;
         }
+        self.set_lossy(slot);
+        self.release_if_empty(slot);
         bytes
     }
 
@@ -619,6 +627,7 @@ impl Keyspace {
         s.tombstones -= usize::from(!alive);
         s.volatile -= usize::from(volatile);
         s.bytes -= entry_bytes(&k, &e);
+        self.release_if_empty(slot);
         Some(e)
     }
 
@@ -763,14 +772,27 @@ impl Keyspace {
         self.table(slot).into_iter().flat_map(|t| t.map.iter())
     }
 
+    /// A key of this slot was evicted or expired locally since the last repair: partial
+    /// deltas for absent keys must not rebuild it.
     pub fn slot_is_lossy(&self, slot: u16) -> bool {
-        self.table(slot).is_some_and(|t| t.lossy)
+        self.lossy[usize::from(slot) / 64] & (1 << (slot % 64)) != 0
+    }
+
+    fn set_lossy(&mut self, slot: u16) {
+        self.lossy[usize::from(slot) / 64] |= 1 << (slot % 64);
     }
 
     /// Anti-entropy repaired the slot: partial deltas may build on absent keys again.
     pub fn mark_slot_repaired(&mut self, slot: u16) {
-        if let Some(t) = self.slots[usize::from(slot)].as_deref_mut() {
-            t.lossy = false;
+        self.lossy[usize::from(slot) / 64] &= !(1 << (slot % 64));
+    }
+
+    /// Free a slot's table once it holds no key (tombstones included): a table's bucket
+    /// array and header would otherwise outlive its keys, memory eviction cannot free.
+    fn release_if_empty(&mut self, slot: u16) {
+        let i = usize::from(slot);
+        if self.slots[i].as_deref().is_some_and(|t| t.map.is_empty()) {
+            self.slots[i] = None;
         }
     }
 
@@ -897,21 +919,24 @@ impl Keyspace {
         }
         let mut dropped = 0;
         let mut bytes_delta: isize = 0;
-        for t in self.slots.iter_mut().flatten() {
-            let mut removed_here = false;
+        for slot in self.slots.iter_mut() {
+            let Some(t) = slot.as_deref_mut() else {
+                continue;
+            };
             t.map.retain(|k, e| {
                 let before = entry_bytes(k, e) as isize;
                 if e.is_stable_tombstone(stable) {
                     dropped += 1;
                     bytes_delta -= before;
-                    removed_here = true;
                     return false;
                 }
                 e.gc(stable, false);
                 bytes_delta += entry_bytes(k, e) as isize - before;
                 true
             });
-            let _ = removed_here;
+            if t.map.is_empty() {
+                *slot = None;
+            }
         }
         self.stats.tombstones -= dropped;
         self.stats.bytes = (self.stats.bytes as isize + bytes_delta).max(0) as usize;
