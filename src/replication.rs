@@ -14,42 +14,26 @@ use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
 use meridian_replication::{encode_into, LinkConfig, RegionLink, ReplicaStore};
-use parking_lot::MutexGuard;
-use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The sharded store as the replication protocol sees it during one call. Delta batches
-/// lock each touched shard once, one shard at a time, so clients of other shards keep
-/// running; anything that needs a consistent view across shards (anti-entropy digests and
-/// key lists, borrowed entries) locks every shard, in index order, on first use and keeps
-/// them until the call ends. Acks and frontier gossip lock nothing.
+/// The sharded store as the replication protocol sees it. Every call locks only the shard
+/// it needs, for that call: a delta batch locks each touched shard once, one shard at a
+/// time; anti-entropy reads and merges a slot or a key at a time (the protocol tolerates a
+/// view that moves between calls: a difference it misses or invents is settled by the next
+/// round); GC goes shard by shard; acks and frontier gossip lock nothing. No path of the
+/// replication thread ever holds two shard locks, so clients of other shards keep running
+/// and a client of the same shard waits for at most one slot's or one batch's worth of work.
 pub struct ShellStore<'a> {
     store: &'a Store,
-    all: OnceCell<Vec<MutexGuard<'a, Shard>>>,
 }
 
 impl<'a> ShellStore<'a> {
     pub fn new(store: &'a Store) -> ShellStore<'a> {
-        ShellStore {
-            store,
-            all: OnceCell::new(),
-        }
-    }
-
-    fn all(&self) -> &[MutexGuard<'a, Shard>] {
-        self.all.get_or_init(|| self.store.lock_all())
-    }
-
-    fn all_mut(&mut self) -> &mut [MutexGuard<'a, Shard>] {
-        if self.all.get().is_none() {
-            let locked = self.store.lock_all();
-            self.all.get_or_init(|| locked);
-        }
-        self.all.get_mut().expect("initialised just above")
+        ShellStore { store }
     }
 }
 
@@ -65,20 +49,10 @@ fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
 
 impl ReplicaStore for ShellStore<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
-        let i = shard_of(delta.slot);
-        match self.all.get_mut() {
-            Some(all) => apply_to_shard(&mut all[i], delta),
-            None => apply_to_shard(&mut self.store.shard(i), delta),
-        }
+        apply_to_shard(&mut self.store.shard(shard_of(delta.slot)), delta)
     }
 
     fn apply_deltas(&mut self, deltas: &[Delta]) {
-        if let Some(all) = self.all.get_mut() {
-            for d in deltas {
-                apply_to_shard(&mut all[shard_of(d.slot)], d);
-            }
-            return;
-        }
         // Group by shard (stable: one key's deltas keep their order), then lock each
         // touched shard once.
         let mut counts = [0u32; SHARDS];
@@ -109,7 +83,7 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
-        let s = &mut self.all_mut()[key_shard(key)];
+        let mut s = self.store.shard(key_shard(key));
         let r = s.ks.merge_state(key, true, state);
         if r == Applied::Changed {
             s.touch_key(key);
@@ -119,33 +93,30 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn slot_digest(&mut self, slot: u16) -> u64 {
-        self.all_mut()[shard_of(slot)].ks.slot_digest(slot)
+        self.store.shard(shard_of(slot)).ks.slot_digest(slot)
     }
 
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
-        ReplicaStore::for_each_key_digest(&self.all()[shard_of(slot)].ks, slot, visit)
+        ReplicaStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
     }
 
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
-        ReplicaStore::for_each_entry(&self.all()[shard_of(slot)].ks, slot, visit)
+        ReplicaStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
     }
 
-    fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.all()[key_shard(key)].ks.raw_entry(key)
+    fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.store.shard(key_shard(key)).ks.raw_entry(key).cloned()
     }
 
     fn slot_is_lossy(&self, slot: u16) -> bool {
-        self.all()[shard_of(slot)].ks.slot_is_lossy(slot)
+        self.store.shard(shard_of(slot)).ks.slot_is_lossy(slot)
     }
 
     fn mark_slot_repaired(&mut self, slot: u16) {
-        self.all_mut()[shard_of(slot)].ks.mark_slot_repaired(slot)
+        self.store.shard(shard_of(slot)).ks.mark_slot_repaired(slot)
     }
 
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
-        if let Some(all) = self.all.get_mut() {
-            return all.iter_mut().map(|s| s.ks.gc(&|r| stable(r))).sum();
-        }
         // Shard by shard: GC never needs a cross-shard view.
         (0..SHARDS)
             .map(|i| self.store.shard(i).ks.gc(&|r| stable(r)))
@@ -490,13 +461,16 @@ impl Core {
                 // Younger than this round's horizon: shipped by the next round.
                 flush_at = Some(now + flush_interval_ms.max(1));
             }
-            if timer_due || now >= next_gc {
-                link.handle_timeout(now);
-                let mut locked = ShellStore::new(&store);
-                link.poll_anti_entropy(now, &mut locked);
+            if timer_due || now >= next_gc || link.has_anti_entropy_work() {
+                if timer_due || now >= next_gc {
+                    link.handle_timeout(now);
+                }
+                let mut shell = ShellStore::new(&store);
+                // One bounded step (a slot range); the rest after the next frame or flush.
+                link.poll_anti_entropy(now, &mut shell);
                 if now >= next_gc {
                     next_gc = now + gc_interval_ms;
-                    link.collect_garbage(&mut locked);
+                    link.collect_garbage(&mut shell);
                 }
                 timer_due = false;
             }
@@ -550,7 +524,9 @@ impl Core {
                     wake = wake.min(*due);
                 }
             }
-            let flush_now = flush_at.is_some_and(|t| t <= now);
+            // Due local deltas, or anti-entropy steps left: go round again at once (after
+            // any frame that is already waiting).
+            let go_on = flush_at.is_some_and(|t| t <= now) || link.has_anti_entropy_work();
             if let Some(t) = flush_at {
                 wake = wake.min(t);
             }
@@ -570,7 +546,7 @@ impl Core {
                     let now = now_ms();
                     pc.last_recv_ms.store(now.max(1), Relaxed);
                     // Batches lock each touched shard once; acks and gossip lock nothing;
-                    // anti-entropy locks every shard for the call.
+                    // anti-entropy frames lock one slot's or one key's shard at a time.
                     let mut shell = ShellStore::new(&store);
                     link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
                     drop(shell);
@@ -581,7 +557,7 @@ impl Core {
                 _ = store.stats.delta_notify.notified() => {
                     flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
                 }
-                _ = std::future::ready(()), if flush_now => {}
+                _ = std::future::ready(()), if go_on => {}
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
         }
