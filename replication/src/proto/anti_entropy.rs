@@ -89,8 +89,10 @@ struct PeerAe {
     busy: bool,
     /// Next periodic round; `None` until the first timeout arms it.
     next_due_ms: Option<u64>,
-    /// A round was requested (backpressure, restart, bootstrap, unfinished repair).
+    /// A round was requested (backpressure, restart, bootstrap).
     urgent: bool,
+    /// `starts` when the request came: a round started later answers it.
+    urgent_mark: u64,
     /// No new round before this (an unanswered round is retried after `retry_ms`).
     retry_at_ms: u64,
     pending: Option<PendingRound>,
@@ -193,6 +195,7 @@ impl AntiEntropy {
                 .map(|&r| PeerAe {
                     region: r,
                     busy: false,
+                    urgent_mark: 0,
                     next_due_ms: None,
                     urgent: false,
                     retry_at_ms: 0,
@@ -232,6 +235,7 @@ impl AntiEntropy {
     pub fn request(&mut self, peer: RegionId) {
         if let Some(i) = self.peer_index(peer) {
             self.peers[i].urgent = true;
+            self.peers[i].urgent_mark = self.starts;
         }
     }
 
@@ -545,10 +549,16 @@ impl AntiEntropy {
         if msg.last {
             let pending = peer.pending.take().expect("checked above");
             self.stats.rounds_completed += 1;
+            // A completed round started after the request answers it, clean or not: its
+            // repairs are on their way. Re-checking them is not urgent (with the link busy
+            // shipping deltas, every key in flight differs and an urgent round would
+            // repeat every `retry_ms`, shipping those keys twice).
+            if pending.start_seq > peer.urgent_mark {
+                peer.urgent = false;
+            }
             if pending.listed.is_empty() {
                 self.clean.push((from, pending.start_seq, msg.origin_seen));
                 self.stats.rounds_clean += 1;
-                peer.urgent = false;
             } else {
                 // Repairs are in flight: check again after `retry_ms` rather than a full
                 // interval later (like a periodic round: it waits while the link is busy).
