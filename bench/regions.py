@@ -220,6 +220,8 @@ def throughput(a, b, burst):
     info0 = ca.info("crdt")
     sent0 = int(dict(kv.split("=") for kv in info0["peer_b"].split(","))["bytes_sent"])
     deltas0 = int(info0["repl_deltas_sent"])
+    shard_drops0 = int(info0["deltas_dropped_from_log"])
+    link_drops0 = int(info0.get("repl_deltas_abandoned", 0))
     chunk = 10000
     # Requests are encoded before the clock starts: the figure is about the servers.
     payloads = [
@@ -261,6 +263,8 @@ def throughput(a, b, burst):
         "deltas_sent_all_links": deltas,
         "resent": int(info1["repl_deltas_resent"]),
         "ae_rounds": int(info1["repl_ae_rounds"]) - int(info0["repl_ae_rounds"]),
+        "shard_drops": int(info1["deltas_dropped_from_log"]) - shard_drops0,
+        "link_drops": int(info1.get("repl_deltas_abandoned", 0)) - link_drops0,
         "ae_shipped": int(info1["repl_ae_entries_shipped"]) - int(info0["repl_ae_entries_shipped"]),
     }
 
@@ -344,7 +348,8 @@ def main():
         rows.append(("bytes on the wire per delta", "%.1f" % tp["bytes_per_delta"],
                      "A peer_b bytes_sent / %d; resent total %d" % (args.burst, tp["resent"])))
         rows.append(("anti-entropy during the burst", "%d" % tp["ae_rounds"],
-                     "rounds completed by A; %d entries shipped by A" % tp["ae_shipped"]))
+                     "rounds completed by A; %d entries shipped by A; deltas dropped at A's "
+                     "bounds: %d shard logs, %d link logs" % (tp["ae_shipped"], tp["shard_drops"], tp["link_drops"])))
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
         print("%s  %s  %s" % ("metric".ljust(w0), "value".rjust(w1), "notes"))

@@ -160,6 +160,9 @@ pub struct Control {
     pub deltas_sent: AtomicU64,
     pub deltas_resent: AtomicU64,
     pub deltas_applied: AtomicU64,
+    /// Outgoing logs dropped at their bound (their deltas go by anti-entropy instead).
+    pub logs_dropped: AtomicU64,
+    pub deltas_abandoned: AtomicU64,
     pub ae_rounds: AtomicU64,
     pub ae_rounds_clean: AtomicU64,
     pub ae_entries_received: AtomicU64,
@@ -184,12 +187,14 @@ impl Control {
         use std::fmt::Write;
         let _ = write!(
             o,
-            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\n",
+            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\n",
             self.peers.len(),
             self.deltas_enqueued.load(Relaxed),
             self.deltas_sent.load(Relaxed),
             self.deltas_resent.load(Relaxed),
             self.deltas_applied.load(Relaxed),
+            self.logs_dropped.load(Relaxed),
+            self.deltas_abandoned.load(Relaxed),
             self.ae_rounds.load(Relaxed),
             self.ae_rounds_clean.load(Relaxed),
             self.ae_entries_received.load(Relaxed),
@@ -576,6 +581,8 @@ fn publish(
     control.deltas_sent.store(st.deltas_sent, Relaxed);
     control.deltas_resent.store(st.deltas_resent, Relaxed);
     control.deltas_applied.store(st.deltas_applied, Relaxed);
+    control.logs_dropped.store(st.logs_dropped, Relaxed);
+    control.deltas_abandoned.store(st.deltas_abandoned, Relaxed);
     control.gc_dropped.store(st.gc_dropped, Relaxed);
     control.gc_runs.store(st.gc_runs, Relaxed);
     let ts = transport.stats();

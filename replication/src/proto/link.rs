@@ -67,7 +67,10 @@ impl Default for LinkConfig {
             // `MAX_FRAME_BYTES`.
             max_batch_bytes: 128 * 1024,
             window_deltas: 32 * 1024,
-            max_log_deltas: 100_000,
+            // A burst of local writes outpaces a long link for a while: the log absorbs a few
+            // seconds of it at 200 k deltas/s (100 k overflowed in half a second, and the
+            // whole burst then went by anti-entropy).
+            max_log_deltas: 500_000,
             max_log_bytes: 64 << 20,
             resend_timeout_ms: 1_000,
             reorder_buffer_deltas: 4 * 2048,
