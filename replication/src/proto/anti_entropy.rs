@@ -19,6 +19,11 @@
 //! shipping deltas (every key in flight would show up as a difference and be shipped twice),
 //! for at most one more interval.
 //!
+//! A key with a delta still in flight to the peer (the link's outgoing log) is neither
+//! shipped nor pushed back: the delta brings it, and a round that overlaps a burst of
+//! writes would otherwise ship every key of the burst twice. The round is then not clean,
+//! and the re-check after `retry_ms` settles whatever the deltas did not.
+//!
 //! Asking before shipping means a stale side never ships its stale copies. Traffic beyond the
 //! fixed digest vector grows with the number of differing keys. The salt changes every
 //! round, so a digest or fingerprint collision only delays a repair by one round. An empty
@@ -464,6 +469,7 @@ impl AntiEntropy {
         now_ms: u64,
         from: RegionId,
         msg: &AeKeys,
+        in_flight: &dyn Fn(&[u8]) -> bool,
         store: &mut S,
     ) {
         let Some(pi) = self.peer_index(from) else {
@@ -541,7 +547,7 @@ impl AntiEntropy {
                 }),
             ));
         }
-        self.ship_deferred_if_ready(pi, store);
+        self.ship_deferred_if_ready(pi, in_flight, store);
         self.stats.slots_differing += msg.slots.len() as u64;
         let peer = &mut self.peers[pi];
         let pending = peer.pending.as_mut().expect("checked above");
@@ -571,7 +577,12 @@ impl AntiEntropy {
 
     /// Once every `want` was answered, ship our differing keys the peer did not send us
     /// (the ones it sent were merged, with a push-back where we knew more).
-    fn ship_deferred_if_ready<S: ReplicaStore + ?Sized>(&mut self, pi: usize, store: &mut S) {
+    fn ship_deferred_if_ready<S: ReplicaStore + ?Sized>(
+        &mut self,
+        pi: usize,
+        in_flight: &dyn Fn(&[u8]) -> bool,
+        store: &mut S,
+    ) {
         let ready = self.peers[pi]
             .deferred
             .as_ref()
@@ -590,7 +601,7 @@ impl AntiEntropy {
             shipped: 0,
         };
         for k in d.keys {
-            if d.received.contains(&k) {
+            if d.received.contains(&k) || in_flight(&k) {
                 continue;
             }
             if let Some(e) = store.entry(&k) {
@@ -633,6 +644,7 @@ impl AntiEntropy {
         &mut self,
         from: RegionId,
         msg: &AeEntries,
+        in_flight: &dyn Fn(&[u8]) -> bool,
         store: &mut S,
     ) {
         let Some(pi) = self.peer_index(from) else {
@@ -651,6 +663,9 @@ impl AntiEntropy {
             self.max_seen_hlc = self.max_seen_hlc.max(ks.state.max_hlc());
             store.merge_full(&ks.key, &ks.state);
             self.stats.entries_received += 1;
+            if in_flight(&ks.key) {
+                continue;
+            }
             match store.entry(&ks.key) {
                 Some(mine) if mine != ks.state => chunks.push(ks.key.clone(), mine),
                 _ => {}
@@ -667,7 +682,7 @@ impl AntiEntropy {
             for (slot, wanted) in slots {
                 let mut ship = Vec::new();
                 store.for_each_key_digest(slot, &mut |k, kd| {
-                    if wanted.contains(&fingerprint(k, kd, salt)) {
+                    if wanted.contains(&fingerprint(k, kd, salt)) && !in_flight(k) {
                         ship.push(k.clone());
                     }
                 });
@@ -691,6 +706,6 @@ impl AntiEntropy {
                 d.replies_pending = d.replies_pending.saturating_sub(1);
             }
         }
-        self.ship_deferred_if_ready(pi, store);
+        self.ship_deferred_if_ready(pi, in_flight, store);
     }
 }

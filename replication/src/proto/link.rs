@@ -30,7 +30,8 @@ use crate::codec::{Ack, Batch, Frame, Frontier};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::ReplicaStore;
 use meridian_crdt::{Delta, Hlc, RegionId};
-use std::collections::{BTreeMap, VecDeque};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -66,7 +67,7 @@ impl Default for LinkConfig {
             // Estimated bytes (`delta_bytes`); the real encoding stays well below
             // `MAX_FRAME_BYTES`.
             max_batch_bytes: 128 * 1024,
-            window_deltas: 32 * 1024,
+            window_deltas: 64 * 1024,
             // A burst of local writes outpaces a long link for a while: the log absorbs a few
             // seconds of it at 200 k deltas/s (100 k overflowed in half a second, and the
             // whole burst then went by anti-entropy).
@@ -123,6 +124,8 @@ struct Outgoing {
     log: VecDeque<(u64, Delta, usize)>,
     /// Enqueue time of each log entry's delta, parallel to `log` (for `lag_ms`).
     log_ms: VecDeque<u64>,
+    /// Keys with deltas in `log` and how many: anti-entropy leaves them to the deltas.
+    in_log: HashMap<Bytes, u32>,
     last_ack_ms: u64,
     deltas_acked: u64,
     log_bytes: usize,
@@ -203,6 +206,7 @@ impl RegionLink {
                     peer,
                     log: VecDeque::new(),
                     log_ms: VecDeque::new(),
+                    in_log: HashMap::new(),
                     last_ack_ms: 0,
                     deltas_acked: 0,
                     log_bytes: 0,
@@ -311,6 +315,7 @@ impl RegionLink {
                 self.stats.logs_dropped += 1;
                 self.stats.deltas_abandoned += o.log.len() as u64 + 1;
                 o.log.clear();
+                o.in_log.clear();
                 o.log_ms.clear();
                 o.log_bytes = 0;
                 o.floor = o.next_seq;
@@ -320,6 +325,7 @@ impl RegionLink {
                 continue;
             }
             o.log_bytes += bytes;
+            *o.in_log.entry(delta.key.clone()).or_insert(0) += 1;
             o.log.push_back((seq, delta.clone(), bytes));
             o.log_ms.push_back(now_ms);
         }
@@ -348,10 +354,16 @@ impl RegionLink {
             }
             Frame::AeDigests(d) => self.ae.handle_digests(from, d, self.own_seen),
             Frame::AeKeys(k) => {
-                self.ae.handle_keys(now_ms, from, &k, store);
+                let o = self.out.iter().find(|o| o.peer == from);
+                let in_flight = |key: &[u8]| o.is_some_and(|o| o.in_log.contains_key(key));
+                self.ae.handle_keys(now_ms, from, &k, &in_flight, store);
                 self.close_gaps();
             }
-            Frame::AeEntries(e) => self.ae.handle_entries(from, &e, store),
+            Frame::AeEntries(e) => {
+                let o = self.out.iter().find(|o| o.peer == from);
+                let in_flight = |key: &[u8]| o.is_some_and(|o| o.in_log.contains_key(key));
+                self.ae.handle_entries(from, &e, &in_flight, store)
+            }
         }
     }
 
@@ -455,7 +467,13 @@ impl RegionLink {
             return;
         }
         while o.log.front().is_some_and(|(s, _, _)| *s <= a.seq) {
-            let (_, _, bytes) = o.log.pop_front().expect("checked");
+            let (_, d, bytes) = o.log.pop_front().expect("checked");
+            if let Some(n) = o.in_log.get_mut(&d.key) {
+                *n -= 1;
+                if *n == 0 {
+                    o.in_log.remove(&d.key);
+                }
+            }
             o.log_ms.pop_front();
             o.log_bytes -= bytes;
             o.deltas_acked += 1;
