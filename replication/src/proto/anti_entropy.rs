@@ -98,6 +98,9 @@ struct PeerAe {
     urgent: bool,
     /// `starts` when the request came: a round started later answers it.
     urgent_mark: u64,
+    /// When the pending request was first seen by `poll_work` (a requested round waits
+    /// for a busy link at most `retry_ms` from then).
+    urgent_since_ms: Option<u64>,
     /// No new round before this (an unanswered round is retried after `retry_ms`).
     retry_at_ms: u64,
     pending: Option<PendingRound>,
@@ -201,6 +204,7 @@ impl AntiEntropy {
                     region: r,
                     busy: false,
                     urgent_mark: 0,
+                    urgent_since_ms: None,
                     next_due_ms: None,
                     urgent: false,
                     retry_at_ms: 0,
@@ -265,8 +269,8 @@ impl AntiEntropy {
     }
 
     /// The link to `peer` is (or no longer is) busy shipping deltas either way. A periodic
-    /// round with a busy peer waits, for at most one more interval; requested rounds
-    /// (overflow, restart, bootstrap) do not wait.
+    /// round with a busy peer waits, for at most one more interval; a requested round
+    /// (overflow, restart, bootstrap) for at most `retry_ms`.
     pub fn set_busy(&mut self, peer: RegionId, busy: bool) {
         if let Some(i) = self.peer_index(peer) {
             self.peers[i].busy = busy;
@@ -277,7 +281,12 @@ impl AntiEntropy {
         let periodic = p.next_due_ms.is_some_and(|t| {
             now_ms >= t && (!p.busy || now_ms >= t.saturating_add(self.interval_ms))
         });
-        (p.urgent || periodic) && now_ms >= p.retry_at_ms
+        let requested = p.urgent
+            && (!p.busy
+                || p
+                    .urgent_since_ms
+                    .is_some_and(|t| now_ms >= t.saturating_add(self.retry_ms)));
+        (requested || periodic) && now_ms >= p.retry_at_ms
     }
 
     /// Work is in progress (a digest vector being built or compared): call `poll_work`
@@ -288,6 +297,11 @@ impl AntiEntropy {
 
     /// Start due rounds and do one bounded step of each side's work in progress.
     pub fn poll_work<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+        for p in self.peers.iter_mut() {
+            if p.urgent && p.urgent_since_ms.is_none() {
+                p.urgent_since_ms = Some(now_ms);
+            }
+        }
         if self.building.is_none() {
             self.start_due(now_ms);
         }
@@ -561,6 +575,7 @@ impl AntiEntropy {
             // repeat every `retry_ms`, shipping those keys twice).
             if pending.start_seq > peer.urgent_mark {
                 peer.urgent = false;
+                peer.urgent_since_ms = None;
             }
             if pending.listed.is_empty() {
                 self.clean.push((from, pending.start_seq, msg.origin_seen));
