@@ -29,11 +29,16 @@ use std::time::Duration;
 /// and a client of the same shard waits for at most one slot's or one batch's worth of work.
 pub struct ShellStore<'a> {
     store: &'a Store,
+    /// `Some(i)`: `gc` collects shard `i` only (the shell spreads GC over its interval).
+    gc_shard: Option<usize>,
 }
 
 impl<'a> ShellStore<'a> {
     pub fn new(store: &'a Store) -> ShellStore<'a> {
-        ShellStore { store }
+        ShellStore {
+            store,
+            gc_shard: None,
+        }
     }
 }
 
@@ -117,6 +122,9 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
+        if let Some(i) = self.gc_shard {
+            return self.store.shard(i % SHARDS).ks.gc(&|r| stable(r));
+        }
         // Shard by shard: GC never needs a cross-shard view.
         (0..SHARDS)
             .map(|i| self.store.shard(i).ks.gc(&|r| stable(r)))
@@ -410,7 +418,11 @@ impl Core {
             (rng >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut dropped_seen = store.stats.deltas_dropped.load(Relaxed);
-        let mut next_gc = now_ms() + gc_interval_ms;
+        // GC visits one shard every `gc_interval_ms / SHARDS`: a pass over every key of the
+        // node at once held up frames (and so convergence) for milliseconds every interval.
+        let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
+        let mut gc_shard = 0usize;
+        let mut next_gc = now_ms() + gc_step_ms;
         let mut next_stats = 0u64;
         let mut rates = RateSample {
             at_ms: now_ms(),
@@ -474,7 +486,9 @@ impl Core {
                 // One bounded step (a slot range); the rest after the next frame or flush.
                 link.poll_anti_entropy(now, &mut shell);
                 if now >= next_gc {
-                    next_gc = now + gc_interval_ms;
+                    next_gc = now + gc_step_ms;
+                    shell.gc_shard = Some(gc_shard);
+                    gc_shard = (gc_shard + 1) % SHARDS;
                     link.collect_garbage(&mut shell);
                 }
                 timer_due = false;

@@ -507,7 +507,10 @@ impl AntiEntropy {
             store.for_each_key_digest(sk.slot, &mut |k, kd| {
                 let fp = fingerprint(k, kd, salt);
                 mine.insert(fp);
-                if !their.contains(&fp) {
+                // Checked now, not when the keys are shipped: the peer compared this slot
+                // one one-way delay ago, so a delta it lacked then is still unacknowledged
+                // here now; by shipping time it may be acknowledged and look settled.
+                if !their.contains(&fp) && !in_flight(k) {
                     ship.push(k.clone());
                 }
             });
