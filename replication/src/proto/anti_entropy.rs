@@ -283,8 +283,7 @@ impl AntiEntropy {
         });
         let requested = p.urgent
             && (!p.busy
-                || p
-                    .urgent_since_ms
+                || p.urgent_since_ms
                     .is_some_and(|t| now_ms >= t.saturating_add(self.retry_ms)));
         (requested || periodic) && now_ms >= p.retry_at_ms
     }
@@ -353,7 +352,8 @@ impl AntiEntropy {
             if d != 0 {
                 b.any = true;
                 b.present[slot / 8] |= 1 << (slot % 8);
-                b.digests.extend_from_slice(&digest16(d, salt).to_le_bytes());
+                b.digests
+                    .extend_from_slice(&digest16(d, salt).to_le_bytes());
             }
         }
         b.next_slot = end;

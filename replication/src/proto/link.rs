@@ -29,8 +29,8 @@
 use crate::codec::{Ack, Batch, Frame, Frontier};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::ReplicaStore;
-use meridian_crdt::{Delta, Hlc, RegionId};
 use bytes::Bytes;
+use meridian_crdt::{Delta, Hlc, RegionId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
