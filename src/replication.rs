@@ -568,7 +568,6 @@ impl Core {
                     // anti-entropy frames lock one slot's or one key's shard at a time.
                     let mut shell = ShellStore::new(&store);
                     link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
-                    drop(shell);
                     store.observe(link.max_seen_hlc());
                     // Answers (acks, anti-entropy) may be due right away.
                     timer_due = true;
