@@ -553,22 +553,33 @@ impl Core {
             tokio::select! {
                 biased;
                 got = transport.recv() => {
-                    let Some((from, frame)) = got else { return };
-                    let Some(i) = control.peers.iter().position(|p| p.region == from) else {
-                        continue;
-                    };
-                    let pc = &control.peers[i];
-                    if pc.down.load(Relaxed) {
-                        pc.frames_dropped.fetch_add(1, Relaxed);
-                        continue;
+                    // Handle the frames that are already waiting (up to a bound) before the
+                    // timers run again: after the thread was starved of CPU for a while, the
+                    // acks queued meanwhile must count as progress before a resend timeout
+                    // is judged (it resent a whole window of deltas the peer had acked).
+                    let mut next = got;
+                    for _ in 0..RECV_BURST {
+                        let Some((from, frame)) = next else { return };
+                        if let Some(i) = control.peers.iter().position(|p| p.region == from) {
+                            let pc = &control.peers[i];
+                            if pc.down.load(Relaxed) {
+                                pc.frames_dropped.fetch_add(1, Relaxed);
+                            } else {
+                                let now = now_ms();
+                                pc.last_recv_ms.store(now.max(1), Relaxed);
+                                // Batches lock each touched shard once; acks and gossip lock
+                                // nothing; anti-entropy frames lock one slot's or one key's
+                                // shard at a time.
+                                let mut shell = ShellStore::new(&store);
+                                link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
+                                store.observe(link.max_seen_hlc());
+                            }
+                        }
+                        match ready_now(transport.recv()) {
+                            Some(got) => next = got,
+                            None => break,
+                        }
                     }
-                    let now = now_ms();
-                    pc.last_recv_ms.store(now.max(1), Relaxed);
-                    // Batches lock each touched shard once; acks and gossip lock nothing;
-                    // anti-entropy frames lock one slot's or one key's shard at a time.
-                    let mut shell = ShellStore::new(&store);
-                    link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
-                    store.observe(link.max_seen_hlc());
                     // Answers (acks, anti-entropy) may be due right away.
                     timer_due = true;
                 }
@@ -579,6 +590,19 @@ impl Core {
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
         }
+    }
+}
+
+/// Frames handled in one turn of the replication loop when they are already waiting.
+const RECV_BURST: usize = 32;
+
+/// The future's output if it is ready at once (polled once, without a wake-up).
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 

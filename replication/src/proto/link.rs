@@ -67,7 +67,7 @@ impl Default for LinkConfig {
             // Estimated bytes (`delta_bytes`); the real encoding stays well below
             // `MAX_FRAME_BYTES`.
             max_batch_bytes: 128 * 1024,
-            window_deltas: 64 * 1024,
+            window_deltas: 32 * 1024,
             // A burst of local writes outpaces a long link for a while: the log absorbs a few
             // seconds of it at 200 k deltas/s (100 k overflowed in half a second, and the
             // whole burst then went by anti-entropy).
