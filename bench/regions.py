@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,30 +160,47 @@ def pct(samples, p):
     return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
 
 
-def latency(node, ops):
-    """p50/p99 (µs) of SET and INCR, one request in flight, distinct keys."""
-    c = node.conn()
-    out = {}
+def latency(nodes, ops, block=1000):
+    """p50/p99 (µs) of SET and INCR on each node, one request in flight, distinct keys.
+
+    The nodes are measured in alternating blocks of `block` requests, so that every node
+    sees the same background load (the machine is shared): comparing a node measured now
+    with one measured ten seconds later mostly compares the neighbours' activity."""
+    conns = [n.conn() for n in nodes]
+    out = [{} for _ in nodes]
     for name, mk in (
         ("SET", lambda i: resp("SET", "lat:s:%d" % i, "v")),
         ("INCR", lambda i: resp("INCR", "lat:i:%d" % (i % 1000))),
     ):
-        for i in range(min(2000, ops)):  # warm-up
-            c.sock.sendall(mk(i))
-            c.reply()
-        samples = []
-        for i in range(ops):
-            req = mk(i)
-            t0 = time.perf_counter_ns()
-            c.sock.sendall(req)
-            c.reply()
-            samples.append((time.perf_counter_ns() - t0) / 1000.0)
-        out[name] = (pct(samples, 50), pct(samples, 99))
+        for c in conns:
+            for i in range(min(2000, ops)):  # warm-up
+                c.sock.sendall(mk(i))
+                c.reply()
+        samples = [[] for _ in nodes]
+        for n, start in enumerate(range(0, ops, block)):
+            # Alternate which node goes first: the work one block leaves behind (A's
+            # replication of its writes) then falls on each node's blocks alike.
+            order = list(zip(conns, samples))
+            if n % 2:
+                order.reverse()
+            for c, s in order:
+                for i in range(start, min(ops, start + block)):
+                    req = mk(i)
+                    t0 = time.perf_counter_ns()
+                    c.sock.sendall(req)
+                    c.reply()
+                    s.append((time.perf_counter_ns() - t0) / 1000.0)
+        for o, s in zip(out, samples):
+            o[name] = (pct(s, 50), pct(s, 99))
     return out
 
 
 def convergence(a, b, c, writes):
-    """ms from SET at A (reply received) until B, resp. C, returns the value."""
+    """ms from SET at A (reply received) until B, resp. C, returns the value.
+
+    B and C are polled every ~0.25 ms rather than in a tight loop (a figure at most that
+    much late): a busy poller keeps both nodes' client threads busy and takes the CPU their
+    replication threads need on a 2-core machine."""
     ca, cb, cc = a.conn(), b.conn(), c.conn()
     to_b, to_c = [], []
     for i in range(writes):
@@ -200,6 +218,7 @@ def convergence(a, b, c, writes):
                 tb = time.perf_counter() - t0
             if tc is None and cc.cmd("GET", key) == val:
                 tc = time.perf_counter() - t0
+            time.sleep(0.0002)
         to_b.append(tb * 1000)
         to_c.append(tc * 1000)
     return to_b, to_c
@@ -212,23 +231,48 @@ def throughput(a, b, burst):
     info0 = ca.info("crdt")
     sent0 = int(dict(kv.split("=") for kv in info0["peer_b"].split(","))["bytes_sent"])
     deltas0 = int(info0["repl_deltas_sent"])
+    shard_drops0 = int(info0["deltas_dropped_from_log"])
+    link_drops0 = int(info0.get("repl_deltas_abandoned", 0))
     chunk = 10000
     # Requests are encoded before the clock starts: the figure is about the servers.
     payloads = [
         (min(chunk, burst - start), b"".join(resp("INCR", "tp:%d" % k) for k in range(start, min(start + chunk, burst))))
         for start in range(0, burst, chunk)
     ]
+    # A sender thread writes the pipeline while this thread counts the replies (each INCR
+    # reply is one `:n\r\n` line) with bytes.count: parsing 200 k replies one by one in
+    # Python made the client, not the servers, the bottleneck (~180 k/s), so the figure was
+    # the client's rate.
+    def send_all():
+        for _, payload in payloads:
+            ca.sock.sendall(payload)
+
+    sender = threading.Thread(target=send_all)
     t0 = time.perf_counter()
-    for n, payload in payloads:
-        ca.sock.sendall(payload)
-        for _ in range(n):
-            ca.reply()
+    sender.start()
+    got = ca.buf[ca.pos :].count(b"\r\n")
+    ca.buf, ca.pos = b"", 0
+    tail = b""
+    while got < burst:
+        chunk = ca.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        if chunk.startswith(b"\n") and tail == b"\r":
+            got += 1
+        got += chunk.count(b"\r\n")
+        tail = chunk[-1:]
+        if chunk.startswith(b"-") or b"\n-" in chunk:
+            raise RuntimeError("error reply during the burst")
+    sender.join()
     t_local = time.perf_counter() - t0
     want = base_b + burst
     deadline = time.monotonic() + 300
+    # Poll every 0.5 ms rather than in a tight loop: a busy poller takes most of one of the
+    # machine's two cores away from the servers being measured.
     while cb.cmd("DBSIZE") < want:
         if time.monotonic() > deadline:
             raise TimeoutError("B never saw all %d keys" % burst)
+        time.sleep(0.0005)
     t_b = time.perf_counter() - t0
 
     # A's link counters are published together (every 100 ms): once a sample shows B has
@@ -249,6 +293,10 @@ def throughput(a, b, burst):
         "bytes_per_delta": sent / burst,
         "deltas_sent_all_links": deltas,
         "resent": int(info1["repl_deltas_resent"]),
+        "ae_rounds": int(info1["repl_ae_rounds"]) - int(info0["repl_ae_rounds"]),
+        "shard_drops": int(info1["deltas_dropped_from_log"]) - shard_drops0,
+        "link_drops": int(info1.get("repl_deltas_abandoned", 0)) - link_drops0,
+        "ae_shipped": int(info1["repl_ae_entries_shipped"]) - int(info0["repl_ae_entries_shipped"]),
     }
 
 
@@ -259,6 +307,9 @@ def main():
     ap.add_argument("--conv-writes", type=int, default=200)
     ap.add_argument("--burst", type=int, default=200000)
     ap.add_argument("--io-threads", type=int, default=1)
+    ap.add_argument("--ae-interval-ms", type=int, default=0,
+                    help="anti-entropy interval of the regions (0: the default, 30 s); a short "
+                    "one makes rounds overlap every phase")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -286,6 +337,8 @@ def main():
                 'ca-cert = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s-key.pem"\n'
                 "peers = [\n%s\n]\n" % (r, i, udp[i], certs, certs, r, certs, r, peers)
             )
+            if args.ae_interval_ms:
+                cfg += "anti-entropy-interval-ms = %d\n" % args.ae_interval_ms
             path = os.path.join(tmp, "%s.toml" % r)
             with open(path, "w") as f:
                 f.write(cfg)
@@ -304,10 +357,9 @@ def main():
               "io-threads %d, %d cores" % (args.delay_ms, args.io_threads, os.cpu_count()),
               flush=True)
 
-        lat_repl = latency(a, args.ops)
         standalone = Node(["--io-threads", str(args.io_threads)], log)
         nodes.append(standalone)
-        lat_alone = latency(standalone, args.ops)
+        lat_repl, lat_alone = latency([a, standalone], args.ops)
         standalone.stop()
 
         to_b, to_c = convergence(a, b, c, args.conv_writes)
@@ -326,6 +378,9 @@ def main():
                      % (args.burst, tp["visible_s"], tp["local_s"])))
         rows.append(("bytes on the wire per delta", "%.1f" % tp["bytes_per_delta"],
                      "A peer_b bytes_sent / %d; resent total %d" % (args.burst, tp["resent"])))
+        rows.append(("anti-entropy during the burst", "%d" % tp["ae_rounds"],
+                     "rounds completed by A; %d entries shipped by A; deltas dropped at A's "
+                     "bounds: %d shard logs, %d link logs" % (tp["ae_shipped"], tp["shard_drops"], tp["link_drops"])))
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
         print("%s  %s  %s" % ("metric".ljust(w0), "value".rjust(w1), "notes"))

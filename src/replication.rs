@@ -14,42 +14,31 @@ use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
 use meridian_replication::{encode_into, LinkConfig, RegionLink, ReplicaStore};
-use parking_lot::MutexGuard;
-use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The sharded store as the replication protocol sees it during one call. Delta batches
-/// lock each touched shard once, one shard at a time, so clients of other shards keep
-/// running; anything that needs a consistent view across shards (anti-entropy digests and
-/// key lists, borrowed entries) locks every shard, in index order, on first use and keeps
-/// them until the call ends. Acks and frontier gossip lock nothing.
+/// The sharded store as the replication protocol sees it. Every call locks only the shard
+/// it needs, for that call: a delta batch locks each touched shard once, one shard at a
+/// time; anti-entropy reads and merges a slot or a key at a time (the protocol tolerates a
+/// view that moves between calls: a difference it misses or invents is settled by the next
+/// round); GC goes shard by shard; acks and frontier gossip lock nothing. No path of the
+/// replication thread ever holds two shard locks, so clients of other shards keep running
+/// and a client of the same shard waits for at most one slot's or one batch's worth of work.
 pub struct ShellStore<'a> {
     store: &'a Store,
-    all: OnceCell<Vec<MutexGuard<'a, Shard>>>,
+    /// `Some(i)`: `gc` collects shard `i` only (the shell spreads GC over its interval).
+    gc_shard: Option<usize>,
 }
 
 impl<'a> ShellStore<'a> {
     pub fn new(store: &'a Store) -> ShellStore<'a> {
         ShellStore {
             store,
-            all: OnceCell::new(),
+            gc_shard: None,
         }
-    }
-
-    fn all(&self) -> &[MutexGuard<'a, Shard>] {
-        self.all.get_or_init(|| self.store.lock_all())
-    }
-
-    fn all_mut(&mut self) -> &mut [MutexGuard<'a, Shard>] {
-        if self.all.get().is_none() {
-            let locked = self.store.lock_all();
-            self.all.get_or_init(|| locked);
-        }
-        self.all.get_mut().expect("initialised just above")
     }
 }
 
@@ -65,20 +54,10 @@ fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
 
 impl ReplicaStore for ShellStore<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
-        let i = shard_of(delta.slot);
-        match self.all.get_mut() {
-            Some(all) => apply_to_shard(&mut all[i], delta),
-            None => apply_to_shard(&mut self.store.shard(i), delta),
-        }
+        apply_to_shard(&mut self.store.shard(shard_of(delta.slot)), delta)
     }
 
     fn apply_deltas(&mut self, deltas: &[Delta]) {
-        if let Some(all) = self.all.get_mut() {
-            for d in deltas {
-                apply_to_shard(&mut all[shard_of(d.slot)], d);
-            }
-            return;
-        }
         // Group by shard (stable: one key's deltas keep their order), then lock each
         // touched shard once.
         let mut counts = [0u32; SHARDS];
@@ -109,7 +88,7 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
-        let s = &mut self.all_mut()[key_shard(key)];
+        let mut s = self.store.shard(key_shard(key));
         let r = s.ks.merge_state(key, true, state);
         if r == Applied::Changed {
             s.touch_key(key);
@@ -119,32 +98,32 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn slot_digest(&mut self, slot: u16) -> u64 {
-        self.all_mut()[shard_of(slot)].ks.slot_digest(slot)
+        self.store.shard(shard_of(slot)).ks.slot_digest(slot)
     }
 
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
-        ReplicaStore::for_each_key_digest(&self.all()[shard_of(slot)].ks, slot, visit)
+        ReplicaStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
     }
 
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
-        ReplicaStore::for_each_entry(&self.all()[shard_of(slot)].ks, slot, visit)
+        ReplicaStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
     }
 
-    fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.all()[key_shard(key)].ks.raw_entry(key)
+    fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.store.shard(key_shard(key)).ks.raw_entry(key).cloned()
     }
 
     fn slot_is_lossy(&self, slot: u16) -> bool {
-        self.all()[shard_of(slot)].ks.slot_is_lossy(slot)
+        self.store.shard(shard_of(slot)).ks.slot_is_lossy(slot)
     }
 
     fn mark_slot_repaired(&mut self, slot: u16) {
-        self.all_mut()[shard_of(slot)].ks.mark_slot_repaired(slot)
+        self.store.shard(shard_of(slot)).ks.mark_slot_repaired(slot)
     }
 
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
-        if let Some(all) = self.all.get_mut() {
-            return all.iter_mut().map(|s| s.ks.gc(&|r| stable(r))).sum();
+        if let Some(i) = self.gc_shard {
+            return self.store.shard(i % SHARDS).ks.gc(&|r| stable(r));
         }
         // Shard by shard: GC never needs a cross-shard view.
         (0..SHARDS)
@@ -189,6 +168,9 @@ pub struct Control {
     pub deltas_sent: AtomicU64,
     pub deltas_resent: AtomicU64,
     pub deltas_applied: AtomicU64,
+    /// Outgoing logs dropped at their bound (their deltas go by anti-entropy instead).
+    pub logs_dropped: AtomicU64,
+    pub deltas_abandoned: AtomicU64,
     pub ae_rounds: AtomicU64,
     pub ae_rounds_clean: AtomicU64,
     pub ae_entries_received: AtomicU64,
@@ -213,12 +195,14 @@ impl Control {
         use std::fmt::Write;
         let _ = write!(
             o,
-            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\n",
+            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\n",
             self.peers.len(),
             self.deltas_enqueued.load(Relaxed),
             self.deltas_sent.load(Relaxed),
             self.deltas_resent.load(Relaxed),
             self.deltas_applied.load(Relaxed),
+            self.logs_dropped.load(Relaxed),
+            self.deltas_abandoned.load(Relaxed),
             self.ae_rounds.load(Relaxed),
             self.ae_rounds_clean.load(Relaxed),
             self.ae_entries_received.load(Relaxed),
@@ -434,7 +418,11 @@ impl Core {
             (rng >> 11) as f64 / (1u64 << 53) as f64
         };
         let mut dropped_seen = store.stats.deltas_dropped.load(Relaxed);
-        let mut next_gc = now_ms() + gc_interval_ms;
+        // GC visits one shard every `gc_interval_ms / SHARDS`: a pass over every key of the
+        // node at once held up frames (and so convergence) for milliseconds every interval.
+        let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
+        let mut gc_shard = 0usize;
+        let mut next_gc = now_ms() + gc_step_ms;
         let mut next_stats = 0u64;
         let mut rates = RateSample {
             at_ms: now_ms(),
@@ -490,13 +478,18 @@ impl Core {
                 // Younger than this round's horizon: shipped by the next round.
                 flush_at = Some(now + flush_interval_ms.max(1));
             }
-            if timer_due || now >= next_gc {
-                link.handle_timeout(now);
-                let mut locked = ShellStore::new(&store);
-                link.poll_anti_entropy(now, &mut locked);
+            if timer_due || now >= next_gc || link.has_anti_entropy_work() {
+                if timer_due || now >= next_gc {
+                    link.handle_timeout(now);
+                }
+                let mut shell = ShellStore::new(&store);
+                // One bounded step (a slot range); the rest after the next frame or flush.
+                link.poll_anti_entropy(now, &mut shell);
                 if now >= next_gc {
-                    next_gc = now + gc_interval_ms;
-                    link.collect_garbage(&mut locked);
+                    next_gc = now + gc_step_ms;
+                    shell.gc_shard = Some(gc_shard);
+                    gc_shard = (gc_shard + 1) % SHARDS;
+                    link.collect_garbage(&mut shell);
                 }
                 timer_due = false;
             }
@@ -550,7 +543,9 @@ impl Core {
                     wake = wake.min(*due);
                 }
             }
-            let flush_now = flush_at.is_some_and(|t| t <= now);
+            // Due local deltas, or anti-entropy steps left: go round again at once (after
+            // any frame that is already waiting).
+            let go_on = flush_at.is_some_and(|t| t <= now) || link.has_anti_entropy_work();
             if let Some(t) = flush_at {
                 wake = wake.min(t);
             }
@@ -558,33 +553,56 @@ impl Core {
             tokio::select! {
                 biased;
                 got = transport.recv() => {
-                    let Some((from, frame)) = got else { return };
-                    let Some(i) = control.peers.iter().position(|p| p.region == from) else {
-                        continue;
-                    };
-                    let pc = &control.peers[i];
-                    if pc.down.load(Relaxed) {
-                        pc.frames_dropped.fetch_add(1, Relaxed);
-                        continue;
+                    // Handle the frames that are already waiting (up to a bound) before the
+                    // timers run again: after the thread was starved of CPU for a while, the
+                    // acks queued meanwhile must count as progress before a resend timeout
+                    // is judged (it resent a whole window of deltas the peer had acked).
+                    let mut next = got;
+                    for _ in 0..RECV_BURST {
+                        let Some((from, frame)) = next else { return };
+                        if let Some(i) = control.peers.iter().position(|p| p.region == from) {
+                            let pc = &control.peers[i];
+                            if pc.down.load(Relaxed) {
+                                pc.frames_dropped.fetch_add(1, Relaxed);
+                            } else {
+                                let now = now_ms();
+                                pc.last_recv_ms.store(now.max(1), Relaxed);
+                                // Batches lock each touched shard once; acks and gossip lock
+                                // nothing; anti-entropy frames lock one slot's or one key's
+                                // shard at a time.
+                                let mut shell = ShellStore::new(&store);
+                                link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
+                                store.observe(link.max_seen_hlc());
+                            }
+                        }
+                        match ready_now(transport.recv()) {
+                            Some(got) => next = got,
+                            None => break,
+                        }
                     }
-                    let now = now_ms();
-                    pc.last_recv_ms.store(now.max(1), Relaxed);
-                    // Batches lock each touched shard once; acks and gossip lock nothing;
-                    // anti-entropy locks every shard for the call.
-                    let mut shell = ShellStore::new(&store);
-                    link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
-                    drop(shell);
-                    store.observe(link.max_seen_hlc());
                     // Answers (acks, anti-entropy) may be due right away.
                     timer_due = true;
                 }
                 _ = store.stats.delta_notify.notified() => {
                     flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
                 }
-                _ = std::future::ready(()), if flush_now => {}
+                _ = std::future::ready(()), if go_on => {}
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
         }
+    }
+}
+
+/// Frames handled in one turn of the replication loop when they are already waiting.
+const RECV_BURST: usize = 32;
+
+/// The future's output if it is ready at once (polled once, without a wake-up).
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -600,6 +618,8 @@ fn publish(
     control.deltas_sent.store(st.deltas_sent, Relaxed);
     control.deltas_resent.store(st.deltas_resent, Relaxed);
     control.deltas_applied.store(st.deltas_applied, Relaxed);
+    control.logs_dropped.store(st.logs_dropped, Relaxed);
+    control.deltas_abandoned.store(st.deltas_abandoned, Relaxed);
     control.gc_dropped.store(st.gc_dropped, Relaxed);
     control.gc_runs.store(st.gc_runs, Relaxed);
     let ts = transport.stats();

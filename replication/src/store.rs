@@ -25,8 +25,9 @@ pub trait ReplicaStore {
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64));
     /// Every entry of a slot (tombstones included) with the key.
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry));
-    /// A key's full state, tombstones included.
-    fn entry(&self, key: &[u8]) -> Option<&Entry>;
+    /// A copy of a key's full state, tombstones included (a copy, so a sharded store can
+    /// lock the key's shard for this call only).
+    fn entry(&self, key: &[u8]) -> Option<Entry>;
     fn slot_is_lossy(&self, slot: u16) -> bool;
     fn mark_slot_repaired(&mut self, slot: u16);
     /// Drop metadata every region has seen (`stable(origin)` = causally stable HLC).
@@ -61,8 +62,8 @@ impl ReplicaStore for Keyspace {
         }
     }
 
-    fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.raw_entry(key)
+    fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.raw_entry(key).cloned()
     }
 
     fn slot_is_lossy(&self, slot: u16) -> bool {

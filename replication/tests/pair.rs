@@ -300,3 +300,94 @@ fn frames_are_decodable_and_batches_bounded() {
     }
     assert_eq!(shipped, enqueued);
 }
+
+/// A round that overlaps deltas still in flight leaves those keys to the deltas (no double
+/// shipping), is computed a slot range per step, and the regions still converge.
+#[test]
+fn anti_entropy_round_leaves_in_flight_keys_to_their_deltas() {
+    let cfg = LinkConfig {
+        anti_entropy_interval_ms: 1_000_000,
+        anti_entropy_retry_ms: 100,
+        anti_entropy_step_slots: 512,
+        resend_timeout_ms: 1_000_000,
+        ..LinkConfig::default()
+    };
+    let mk = |r: u16| {
+        Keyspace::new(KeyspaceConfig {
+            region: RegionId(r),
+            retain_tombstones: true,
+            ..KeyspaceConfig::default()
+        })
+    };
+    let (mut ka, mut kb) = (mk(0), mk(1));
+    let mut clock = HlcClock::new(RegionId(0));
+    let mut a = RegionLink::new(RegionId(0), &[RegionId(1)], 1, cfg.clone());
+    let mut b = RegionLink::new(RegionId(1), &[RegionId(0)], 1, cfg);
+    for i in 0..2_000u32 {
+        let st = clock.now(1_000);
+        ka.write(format!("k{i}").as_bytes(), st, 1_000, |w| {
+            w.incr_by(1).map(|_| ())
+        })
+        .unwrap_or(());
+    }
+    a.enqueue_all(1_000, ka.drain_deltas());
+    // The batches are on the wire (held here) while A runs a round with B.
+    let mut held = Vec::new();
+    let mut ae_frames = Vec::new();
+    while let Some((_, f)) = a.poll_transmit(1_000) {
+        if f.is_anti_entropy() {
+            ae_frames.push(f);
+        } else {
+            held.push(f);
+        }
+    }
+    assert!(!held.is_empty());
+    a.request_anti_entropy(RegionId(1));
+    a.handle_timeout(1_000);
+    // The link is busy shipping: the requested round waits (at most `retry_ms`).
+    a.poll_anti_entropy(1_000, &mut ka);
+    assert!(!a.has_anti_entropy_work());
+    let now = 1_100;
+    a.handle_timeout(now);
+    let mut steps = 0;
+    loop {
+        a.poll_anti_entropy(now, &mut ka);
+        b.poll_anti_entropy(now, &mut kb);
+        steps += 1;
+        let mut moved = false;
+        while let Some((_, f)) = a.poll_transmit(now) {
+            assert!(
+                !matches!(f, Frame::Batch(_)),
+                "every batch is already in flight"
+            );
+            b.handle_frame(now, RegionId(0), f, &mut kb);
+            moved = true;
+        }
+        while let Some((_, f)) = b.poll_transmit(now) {
+            a.handle_frame(now, RegionId(1), f, &mut ka);
+            moved = true;
+        }
+        if !moved && !a.has_anti_entropy_work() && !b.has_anti_entropy_work() {
+            break;
+        }
+        assert!(steps < 1_000, "the round finishes");
+    }
+    assert!(
+        steps >= 2 * SLOT_COUNT / 512,
+        "digests and comparisons took several steps"
+    );
+    let ae = a.anti_entropy_stats();
+    assert_eq!(ae.rounds_completed, 1);
+    assert!(ae.slots_differing > 0, "B lacked the keys in flight");
+    assert_eq!(
+        ae.entries_shipped, 0,
+        "keys in flight are left to their deltas"
+    );
+    // The deltas land and the regions agree.
+    for f in held {
+        b.handle_frame(1_050, RegionId(0), f, &mut kb);
+    }
+    for s in 0..SLOT_COUNT as u16 {
+        assert_eq!(ka.slot_digest(s), kb.slot_digest(s));
+    }
+}

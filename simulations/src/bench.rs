@@ -54,11 +54,15 @@ fn pump(
     let mut buf = Vec::new();
     let (mut bytes, mut ae_bytes) = (0, 0);
     loop {
+        // Anti-entropy digests and comparisons are computed a slot range per step.
+        let working = a.has_anti_entropy_work() || b.has_anti_entropy_work();
+        a.poll_anti_entropy(now, ka);
+        b.poll_anti_entropy(now, kb);
         let (m1, b1, e1) = flow(now, a, b, kb, &mut buf);
         let (m2, b2, e2) = flow(now, b, a, ka, &mut buf);
         bytes += b1 + b2;
         ae_bytes += e1 + e2;
-        if !m1 && !m2 {
+        if !m1 && !m2 && !working {
             return (bytes, ae_bytes);
         }
     }

@@ -117,8 +117,8 @@ impl ReplicaStore for SimStore {
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
         self.ks.for_each_entry(slot, visit)
     }
-    fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.ks.raw_entry(key)
+    fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.ks.raw_entry(key).cloned()
     }
     fn slot_is_lossy(&self, slot: u16) -> bool {
         self.ks.slot_is_lossy(slot)
@@ -206,6 +206,10 @@ impl Sim {
             anti_entropy_interval_ms: 1_000,
             anti_entropy_retry_ms: 600,
             anti_entropy_chunk_bytes: 4 * 1024,
+            // Not drawn from `rng` (older seeds keep their schedules): whole rounds in one
+            // step, a few steps, or many small ones.
+            anti_entropy_step_slots: [16_384, 4096, 1024][(cfg.seed % 3) as usize],
+            anti_entropy_quiet_ms: 200,
             frontier_interval_ms: 200,
         };
         let ids: Vec<RegionId> = (0..n as u16).map(RegionId).collect();

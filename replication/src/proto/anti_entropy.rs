@@ -12,6 +12,18 @@
 //!    (keys the responder lacks). Any receiver of `AeEntries` merges and pushes back where it
 //!    knew more, so both sides end with the join; join is idempotent, so echoes stop.
 //!
+//! Work is incremental: the initiator's digest vector (step 1) and the responder's comparison
+//! (step 2) cover at most `step_slots` slots per [`AntiEntropy::poll_work`] call, so a
+//! sharded store is touched one slot at a time and the caller can ship deltas, acks and
+//! merge batches between steps. Periodic rounds wait while the link to the peer is busy
+//! shipping deltas (every key in flight would show up as a difference and be shipped twice),
+//! for at most one more interval.
+//!
+//! A key with a delta still in flight to the peer (the link's outgoing log) is neither
+//! shipped nor pushed back: the delta brings it, and a round that overlaps a burst of
+//! writes would otherwise ship every key of the burst twice. The round is then not clean,
+//! and the re-check after `retry_ms` settles whatever the deltas did not.
+//!
 //! Asking before shipping means a stale side never ships its stale copies. Traffic beyond the
 //! fixed digest vector grows with the number of differing keys. The salt changes every
 //! round, so a digest or fingerprint collision only delays a repair by one round. An empty
@@ -51,12 +63,44 @@ struct Deferred {
     replies_pending: usize,
 }
 
+/// Initiator: a round whose digest vector is being computed.
+struct Building {
+    round: u64,
+    next_slot: usize,
+    present: Vec<u8>,
+    digests: Vec<u8>,
+    any: bool,
+    /// Indexes of the peers the round is for.
+    to: Vec<usize>,
+}
+
+/// Responder: a peer's digest vector being compared with ours.
+struct Responding {
+    from: RegionId,
+    msg: AeDigests,
+    /// Our own write frontier when the comparison began (valid for every slot compared
+    /// later: those writes stay in the store).
+    own_seen: Hlc,
+    next_slot: usize,
+    /// Position of the next `u16` in `msg.digests`.
+    next_digest: usize,
+    slots: Vec<SlotKeys>,
+    bytes: usize,
+}
+
 struct PeerAe {
     region: RegionId,
+    /// The link to this peer is shipping deltas: periodic rounds wait (see `set_busy`).
+    busy: bool,
     /// Next periodic round; `None` until the first timeout arms it.
     next_due_ms: Option<u64>,
-    /// A round was requested (backpressure, restart, bootstrap, unfinished repair).
+    /// A round was requested (backpressure, restart, bootstrap).
     urgent: bool,
+    /// `starts` when the request came: a round started later answers it.
+    urgent_mark: u64,
+    /// When the pending request was first seen by `poll_work` (a requested round waits
+    /// for a busy link at most `retry_ms` from then).
+    urgent_since_ms: Option<u64>,
     /// No new round before this (an unanswered round is retried after `retry_ms`).
     retry_at_ms: u64,
     pending: Option<PendingRound>,
@@ -70,6 +114,10 @@ pub struct AntiEntropy {
     /// An unanswered round is abandoned and restarted after this long.
     retry_ms: u64,
     chunk_bytes: usize,
+    /// Slots digested or compared per `poll_work` call, per side.
+    step_slots: usize,
+    building: Option<Building>,
+    responding: VecDeque<Responding>,
     counter: u64,
     /// Rounds started so far (orders round starts against the link's gap marks).
     starts: u64,
@@ -145,6 +193,7 @@ impl AntiEntropy {
         interval_ms: u64,
         retry_ms: u64,
         chunk_bytes: usize,
+        step_slots: usize,
     ) -> Self {
         assert!(peers.len() <= 64, "peer bitmask is 64 bits");
         AntiEntropy {
@@ -153,6 +202,9 @@ impl AntiEntropy {
                 .iter()
                 .map(|&r| PeerAe {
                     region: r,
+                    busy: false,
+                    urgent_mark: 0,
+                    urgent_since_ms: None,
                     next_due_ms: None,
                     urgent: false,
                     retry_at_ms: 0,
@@ -163,6 +215,9 @@ impl AntiEntropy {
             interval_ms,
             retry_ms,
             chunk_bytes,
+            step_slots: step_slots.max(1),
+            building: None,
+            responding: VecDeque::new(),
             counter: 0,
             starts: 0,
             clean: Vec::new(),
@@ -189,6 +244,7 @@ impl AntiEntropy {
     pub fn request(&mut self, peer: RegionId) {
         if let Some(i) = self.peer_index(peer) {
             self.peers[i].urgent = true;
+            self.peers[i].urgent_mark = self.starts;
         }
     }
 
@@ -212,41 +268,58 @@ impl AntiEntropy {
         self.peers.iter().filter_map(|p| p.next_due_ms).min()
     }
 
-    fn is_due(&self, p: &PeerAe, now_ms: u64) -> bool {
-        let wants = p.urgent || p.next_due_ms.is_some_and(|t| now_ms >= t);
-        wants && now_ms >= p.retry_at_ms
+    /// The link to `peer` is (or no longer is) busy shipping deltas either way. A periodic
+    /// round with a busy peer waits, for at most one more interval; a requested round
+    /// (overflow, restart, bootstrap) for at most `retry_ms`.
+    pub fn set_busy(&mut self, peer: RegionId, busy: bool) {
+        if let Some(i) = self.peer_index(peer) {
+            self.peers[i].busy = busy;
+        }
     }
 
-    /// Start the due rounds (needs the store to read digests).
-    pub fn start_due<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
-        if !self.peers.iter().any(|p| self.is_due(p, now_ms)) {
-            return;
-        }
-        let mut present = vec![0u8; SLOT_COUNT / 8];
-        let mut digests = Vec::new();
-        let mut any = false;
-        self.counter += 1;
-        let round = (u64::from(self.region.0) << 48) | (self.counter & ((1 << 48) - 1));
-        let salt = salt_of(round);
-        for slot in 0..SLOT_COUNT {
-            let d = store.slot_digest(slot as u16);
-            if d != 0 {
-                any = true;
-                present[slot / 8] |= 1 << (slot % 8);
-                digests.extend_from_slice(&digest16(d, salt).to_le_bytes());
+    fn is_due(&self, p: &PeerAe, now_ms: u64) -> bool {
+        let periodic = p.next_due_ms.is_some_and(|t| {
+            now_ms >= t && (!p.busy || now_ms >= t.saturating_add(self.interval_ms))
+        });
+        let requested = p.urgent
+            && (!p.busy
+                || p.urgent_since_ms
+                    .is_some_and(|t| now_ms >= t.saturating_add(self.retry_ms)));
+        (requested || periodic) && now_ms >= p.retry_at_ms
+    }
+
+    /// Work is in progress (a digest vector being built or compared): call `poll_work`
+    /// again soon.
+    pub fn has_work(&self) -> bool {
+        self.building.is_some() || !self.responding.is_empty()
+    }
+
+    /// Start due rounds and do one bounded step of each side's work in progress.
+    pub fn poll_work<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+        for p in self.peers.iter_mut() {
+            if p.urgent && p.urgent_since_ms.is_none() {
+                p.urgent_since_ms = Some(now_ms);
             }
         }
-        let msg = AeDigests {
-            round,
-            present: if any {
-                Bytes::from(present)
-            } else {
-                Bytes::new()
-            },
-            digests: Bytes::from(digests),
-        };
-        let due: Vec<bool> = self.peers.iter().map(|p| self.is_due(p, now_ms)).collect();
-        for (p, _) in self.peers.iter_mut().zip(due).filter(|(_, d)| *d) {
+        if self.building.is_none() {
+            self.start_due(now_ms);
+        }
+        self.step_building(now_ms, store);
+        self.step_responding(store);
+    }
+
+    /// Begin a round with every due peer; its digests are computed by later steps.
+    fn start_due(&mut self, now_ms: u64) {
+        let due: Vec<usize> = (0..self.peers.len())
+            .filter(|&i| self.is_due(&self.peers[i], now_ms))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.counter += 1;
+        let round = (u64::from(self.region.0) << 48) | (self.counter & ((1 << 48) - 1));
+        for &i in &due {
+            let p = &mut self.peers[i];
             p.next_due_ms = Some(now_ms + self.interval_ms);
             p.retry_at_ms = now_ms + self.retry_ms;
             self.starts += 1;
@@ -256,8 +329,58 @@ impl AntiEntropy {
                 listed: BTreeSet::new(),
             });
             self.stats.rounds_started += 1;
-            self.outbox
-                .push_back((p.region, Frame::AeDigests(msg.clone())));
+        }
+        self.building = Some(Building {
+            round,
+            next_slot: 0,
+            present: vec![0u8; SLOT_COUNT / 8],
+            digests: Vec::new(),
+            any: false,
+            to: due,
+        });
+    }
+
+    /// Digest the next `step_slots` slots of the round being built; ship it when complete.
+    fn step_building<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+        let Some(b) = self.building.as_mut() else {
+            return;
+        };
+        let salt = salt_of(b.round);
+        let end = (b.next_slot + self.step_slots).min(SLOT_COUNT);
+        for slot in b.next_slot..end {
+            let d = store.slot_digest(slot as u16);
+            if d != 0 {
+                b.any = true;
+                b.present[slot / 8] |= 1 << (slot % 8);
+                b.digests
+                    .extend_from_slice(&digest16(d, salt).to_le_bytes());
+            }
+        }
+        b.next_slot = end;
+        if end < SLOT_COUNT {
+            return;
+        }
+        let Some(b) = self.building.take() else {
+            return;
+        };
+        let msg = AeDigests {
+            round: b.round,
+            present: if b.any {
+                Bytes::from(b.present)
+            } else {
+                Bytes::new()
+            },
+            digests: Bytes::from(b.digests),
+        };
+        for i in b.to {
+            let p = &mut self.peers[i];
+            if p.pending.as_ref().is_some_and(|r| r.round == b.round) {
+                // The round's timers run from now: building it took several steps.
+                p.next_due_ms = Some(now_ms + self.interval_ms);
+                p.retry_at_ms = now_ms + self.retry_ms;
+                self.outbox
+                    .push_back((p.region, Frame::AeDigests(msg.clone())));
+            }
         }
     }
 
@@ -269,28 +392,44 @@ impl AntiEntropy {
         !self.outbox.is_empty()
     }
 
-    /// Responder, step 2: list the differing slots with our key fingerprints.
-    pub fn handle_digests<S: ReplicaStore + ?Sized>(
-        &mut self,
-        from: RegionId,
-        msg: &AeDigests,
-        own_seen: Hlc,
-        store: &mut S,
-    ) {
+    /// Responder, step 2: list the differing slots with our key fingerprints (by later
+    /// steps). A newer round from the same peer replaces one still being compared.
+    pub fn handle_digests(&mut self, from: RegionId, msg: AeDigests, own_seen: Hlc) {
         if self.peer_index(from).is_none() {
             return;
         }
-        let salt = salt_of(msg.round);
-        let mut theirs = msg
-            .digests
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]));
-        let mut slots = Vec::new();
-        let mut bytes = 0;
-        for slot in 0..SLOT_COUNT {
-            let their = if !msg.present.is_empty() && msg.present[slot / 8] & (1 << (slot % 8)) != 0
-            {
-                theirs.next().unwrap_or(0)
+        self.responding.retain(|r| r.from != from);
+        self.responding.push_back(Responding {
+            from,
+            msg,
+            own_seen,
+            next_slot: 0,
+            next_digest: 0,
+            slots: Vec::new(),
+            bytes: 0,
+        });
+    }
+
+    /// Compare the next `step_slots` slots of the oldest digest vector received (fewer if
+    /// a chunk of fingerprints filled up); ship the chunk, and the last one when done.
+    fn step_responding<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) {
+        let Some(r) = self.responding.front_mut() else {
+            return;
+        };
+        let salt = salt_of(r.msg.round);
+        let end = (r.next_slot + self.step_slots).min(SLOT_COUNT);
+        while r.next_slot < end {
+            let slot = r.next_slot;
+            r.next_slot += 1;
+            let has_theirs =
+                !r.msg.present.is_empty() && r.msg.present[slot / 8] & (1 << (slot % 8)) != 0;
+            let their = if has_theirs {
+                let i = r.next_digest;
+                r.next_digest += 1;
+                match r.msg.digests.get(2 * i..2 * i + 2) {
+                    Some(c) => u16::from_le_bytes([c[0], c[1]]),
+                    None => 0,
+                }
             } else {
                 0
             };
@@ -303,31 +442,37 @@ impl AntiEntropy {
             store.for_each_key_digest(slot as u16, &mut |k, kd| {
                 fps.extend_from_slice(&fingerprint(k, kd, salt).to_le_bytes());
             });
-            bytes += fps.len() + 8;
-            slots.push(SlotKeys {
+            r.bytes += fps.len() + 8;
+            r.slots.push(SlotKeys {
                 slot: slot as u16,
                 fps: Bytes::from(fps),
             });
-            if bytes >= self.chunk_bytes {
-                self.outbox.push_back((
-                    from,
-                    Frame::AeKeys(AeKeys {
-                        round: msg.round,
-                        last: false,
-                        origin_seen: own_seen,
-                        slots: std::mem::take(&mut slots),
-                    }),
-                ));
-                bytes = 0;
+            if r.bytes >= self.chunk_bytes {
+                r.bytes = 0;
+                let frame = Frame::AeKeys(AeKeys {
+                    round: r.msg.round,
+                    last: false,
+                    origin_seen: r.own_seen,
+                    slots: std::mem::take(&mut r.slots),
+                });
+                self.outbox.push_back((r.from, frame));
+                // Bounded work per step: one chunk of fingerprints at most.
+                return;
             }
         }
+        if r.next_slot < SLOT_COUNT {
+            return;
+        }
+        let Some(r) = self.responding.pop_front() else {
+            return;
+        };
         self.outbox.push_back((
-            from,
+            r.from,
             Frame::AeKeys(AeKeys {
-                round: msg.round,
+                round: r.msg.round,
                 last: true,
-                origin_seen: own_seen,
-                slots,
+                origin_seen: r.own_seen,
+                slots: r.slots,
             }),
         ));
     }
@@ -335,8 +480,10 @@ impl AntiEntropy {
     /// Initiator, step 3: ship our differing keys and ask for theirs.
     pub fn handle_keys<S: ReplicaStore + ?Sized>(
         &mut self,
+        now_ms: u64,
         from: RegionId,
         msg: &AeKeys,
+        in_flight: &dyn Fn(&[u8]) -> bool,
         store: &mut S,
     ) {
         let Some(pi) = self.peer_index(from) else {
@@ -346,6 +493,9 @@ impl AntiEntropy {
             Some(p) if p.round == msg.round => {}
             _ => return, // stale or unknown round
         }
+        // The round is being answered (the responder compares a slot range per step): it
+        // is abandoned only after `retry_ms` without an answer.
+        self.peers[pi].retry_at_ms = now_ms + self.retry_ms;
         let salt = salt_of(msg.round);
         let mut ship: Vec<Bytes> = Vec::new();
         let mut want_frames = Vec::new();
@@ -357,7 +507,10 @@ impl AntiEntropy {
             store.for_each_key_digest(sk.slot, &mut |k, kd| {
                 let fp = fingerprint(k, kd, salt);
                 mine.insert(fp);
-                if !their.contains(&fp) {
+                // Checked now, not when the keys are shipped: the peer compared this slot
+                // one one-way delay ago, so a delta it lacked then is still unacknowledged
+                // here now; by shipping time it may be acknowledged and look settled.
+                if !their.contains(&fp) && !in_flight(k) {
                     ship.push(k.clone());
                 }
             });
@@ -411,7 +564,7 @@ impl AntiEntropy {
                 }),
             ));
         }
-        self.ship_deferred_if_ready(pi, store);
+        self.ship_deferred_if_ready(pi, in_flight, store);
         self.stats.slots_differing += msg.slots.len() as u64;
         let peer = &mut self.peers[pi];
         let pending = peer.pending.as_mut().expect("checked above");
@@ -419,14 +572,22 @@ impl AntiEntropy {
         if msg.last {
             let pending = peer.pending.take().expect("checked above");
             self.stats.rounds_completed += 1;
+            // A completed round started after the request answers it, clean or not: its
+            // repairs are on their way. Re-checking them is not urgent (with the link busy
+            // shipping deltas, every key in flight differs and an urgent round would
+            // repeat every `retry_ms`, shipping those keys twice).
+            if pending.start_seq > peer.urgent_mark {
+                peer.urgent = false;
+                peer.urgent_since_ms = None;
+            }
             if pending.listed.is_empty() {
                 self.clean.push((from, pending.start_seq, msg.origin_seen));
                 self.stats.rounds_clean += 1;
-                peer.urgent = false;
             } else {
                 // Repairs are in flight: check again after `retry_ms` rather than a full
-                // interval later.
-                peer.urgent = true;
+                // interval later (like a periodic round: it waits while the link is busy).
+                let again = peer.retry_at_ms;
+                peer.next_due_ms = Some(peer.next_due_ms.map_or(again, |t| t.min(again)));
             }
             self.note_equal_slots(pi, &pending.listed, store);
         }
@@ -434,7 +595,12 @@ impl AntiEntropy {
 
     /// Once every `want` was answered, ship our differing keys the peer did not send us
     /// (the ones it sent were merged, with a push-back where we knew more).
-    fn ship_deferred_if_ready<S: ReplicaStore + ?Sized>(&mut self, pi: usize, store: &mut S) {
+    fn ship_deferred_if_ready<S: ReplicaStore + ?Sized>(
+        &mut self,
+        pi: usize,
+        in_flight: &dyn Fn(&[u8]) -> bool,
+        store: &mut S,
+    ) {
         let ready = self.peers[pi]
             .deferred
             .as_ref()
@@ -453,11 +619,11 @@ impl AntiEntropy {
             shipped: 0,
         };
         for k in d.keys {
-            if d.received.contains(&k) {
+            if d.received.contains(&k) || in_flight(&k) {
                 continue;
             }
             if let Some(e) = store.entry(&k) {
-                chunks.push(k, e.clone());
+                chunks.push(k, e);
             }
         }
         chunks.flush(Vec::new(), false);
@@ -496,6 +662,7 @@ impl AntiEntropy {
         &mut self,
         from: RegionId,
         msg: &AeEntries,
+        in_flight: &dyn Fn(&[u8]) -> bool,
         store: &mut S,
     ) {
         let Some(pi) = self.peer_index(from) else {
@@ -514,8 +681,11 @@ impl AntiEntropy {
             self.max_seen_hlc = self.max_seen_hlc.max(ks.state.max_hlc());
             store.merge_full(&ks.key, &ks.state);
             self.stats.entries_received += 1;
+            if in_flight(&ks.key) {
+                continue;
+            }
             match store.entry(&ks.key) {
-                Some(mine) if *mine != ks.state => chunks.push(ks.key.clone(), mine.clone()),
+                Some(mine) if mine != ks.state => chunks.push(ks.key.clone(), mine),
                 _ => {}
             }
         }
@@ -530,13 +700,13 @@ impl AntiEntropy {
             for (slot, wanted) in slots {
                 let mut ship = Vec::new();
                 store.for_each_key_digest(slot, &mut |k, kd| {
-                    if wanted.contains(&fingerprint(k, kd, salt)) {
+                    if wanted.contains(&fingerprint(k, kd, salt)) && !in_flight(k) {
                         ship.push(k.clone());
                     }
                 });
                 for k in ship {
                     if let Some(e) = store.entry(&k) {
-                        chunks.push(k, e.clone());
+                        chunks.push(k, e);
                     }
                 }
             }
@@ -554,6 +724,6 @@ impl AntiEntropy {
                 d.replies_pending = d.replies_pending.saturating_sub(1);
             }
         }
-        self.ship_deferred_if_ready(pi, store);
+        self.ship_deferred_if_ready(pi, in_flight, store);
     }
 }

@@ -29,8 +29,9 @@
 use crate::codec::{Ack, Batch, Frame, Frontier};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::ReplicaStore;
+use bytes::Bytes;
 use meridian_crdt::{Delta, Hlc, RegionId};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -48,6 +49,12 @@ pub struct LinkConfig {
     /// the pause before re-checking a round that found differences).
     pub anti_entropy_retry_ms: u64,
     pub anti_entropy_chunk_bytes: usize,
+    /// Slots an anti-entropy step digests or compares (bounded work between the caller's
+    /// other duties: shipping deltas, acks, merging batches).
+    pub anti_entropy_step_slots: usize,
+    /// A link that shipped or received deltas within this long is busy: periodic
+    /// anti-entropy rounds with that peer wait (at most one more interval).
+    pub anti_entropy_quiet_ms: u64,
     pub frontier_interval_ms: u64,
 }
 
@@ -61,13 +68,18 @@ impl Default for LinkConfig {
             // `MAX_FRAME_BYTES`.
             max_batch_bytes: 128 * 1024,
             window_deltas: 32 * 1024,
-            max_log_deltas: 100_000,
+            // A burst of local writes outpaces a long link for a while: the log absorbs a few
+            // seconds of it at 200 k deltas/s (100 k overflowed in half a second, and the
+            // whole burst then went by anti-entropy).
+            max_log_deltas: 500_000,
             max_log_bytes: 64 << 20,
             resend_timeout_ms: 1_000,
             reorder_buffer_deltas: 4 * 2048,
             anti_entropy_interval_ms: 30_000,
             anti_entropy_retry_ms: 5_000,
             anti_entropy_chunk_bytes: 64 * 1024,
+            anti_entropy_step_slots: 1024,
+            anti_entropy_quiet_ms: 1_000,
             frontier_interval_ms: 5_000,
         }
     }
@@ -112,6 +124,8 @@ struct Outgoing {
     log: VecDeque<(u64, Delta, usize)>,
     /// Enqueue time of each log entry's delta, parallel to `log` (for `lag_ms`).
     log_ms: VecDeque<u64>,
+    /// Keys with deltas in `log` and how many: anti-entropy leaves them to the deltas.
+    in_log: HashMap<Bytes, u32>,
     last_ack_ms: u64,
     deltas_acked: u64,
     log_bytes: usize,
@@ -121,6 +135,8 @@ struct Outgoing {
     floor: u64,
     sent_upto: u64,
     last_progress_ms: u64,
+    /// When the last batch from this peer arrived (0: never).
+    last_batch_in_ms: u64,
     ack_due: bool,
     frontier_due: bool,
 }
@@ -162,6 +178,8 @@ pub struct RegionLink {
     max_seen_hlc: Hlc,
     ae: AntiEntropy,
     rr: usize,
+    /// The last frame `poll_transmit` returned was anti-entropy: a batch goes next.
+    last_was_ae: bool,
     stats: LinkStats,
 }
 
@@ -177,6 +195,7 @@ impl RegionLink {
             cfg.anti_entropy_interval_ms,
             cfg.anti_entropy_retry_ms,
             cfg.anti_entropy_chunk_bytes,
+            cfg.anti_entropy_step_slots,
         );
         let mut link = RegionLink {
             region,
@@ -187,6 +206,7 @@ impl RegionLink {
                     peer,
                     log: VecDeque::new(),
                     log_ms: VecDeque::new(),
+                    in_log: HashMap::new(),
                     last_ack_ms: 0,
                     deltas_acked: 0,
                     log_bytes: 0,
@@ -195,6 +215,7 @@ impl RegionLink {
                     floor: 1,
                     sent_upto: 0,
                     last_progress_ms: 0,
+                    last_batch_in_ms: 0,
                     ack_due: false,
                     frontier_due: false,
                 })
@@ -206,6 +227,7 @@ impl RegionLink {
             max_seen_hlc: Hlc::ZERO,
             ae,
             rr: 0,
+            last_was_ae: false,
             stats: LinkStats::default(),
             cfg,
         };
@@ -293,6 +315,7 @@ impl RegionLink {
                 self.stats.logs_dropped += 1;
                 self.stats.deltas_abandoned += o.log.len() as u64 + 1;
                 o.log.clear();
+                o.in_log.clear();
                 o.log_ms.clear();
                 o.log_bytes = 0;
                 o.floor = o.next_seq;
@@ -302,6 +325,7 @@ impl RegionLink {
                 continue;
             }
             o.log_bytes += bytes;
+            *o.in_log.entry(delta.key.clone()).or_insert(0) += 1;
             o.log.push_back((seq, delta.clone(), bytes));
             o.log_ms.push_back(now_ms);
         }
@@ -321,19 +345,25 @@ impl RegionLink {
         store: &mut S,
     ) {
         match frame {
-            Frame::Batch(b) => self.handle_batch(from, b, store),
+            Frame::Batch(b) => self.handle_batch(now_ms, from, b, store),
             Frame::Ack(a) => self.handle_ack(now_ms, from, a),
             Frame::Frontier(f) => {
                 if self.out.iter().any(|o| o.peer == from) {
                     self.frontiers.insert(from, f.seen.into_iter().collect());
                 }
             }
-            Frame::AeDigests(d) => self.ae.handle_digests(from, &d, self.own_seen, store),
+            Frame::AeDigests(d) => self.ae.handle_digests(from, d, self.own_seen),
             Frame::AeKeys(k) => {
-                self.ae.handle_keys(from, &k, store);
+                let o = self.out.iter().find(|o| o.peer == from);
+                let in_flight = |key: &[u8]| o.is_some_and(|o| o.in_log.contains_key(key));
+                self.ae.handle_keys(now_ms, from, &k, &in_flight, store);
                 self.close_gaps();
             }
-            Frame::AeEntries(e) => self.ae.handle_entries(from, &e, store),
+            Frame::AeEntries(e) => {
+                let o = self.out.iter().find(|o| o.peer == from);
+                let in_flight = |key: &[u8]| o.is_some_and(|o| o.in_log.contains_key(key));
+                self.ae.handle_entries(from, &e, &in_flight, store)
+            }
         }
     }
 
@@ -351,11 +381,21 @@ impl RegionLink {
         }
     }
 
-    fn handle_batch<S: ReplicaStore + ?Sized>(&mut self, from: RegionId, b: Batch, store: &mut S) {
+    fn handle_batch<S: ReplicaStore + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        from: RegionId,
+        b: Batch,
+        store: &mut S,
+    ) {
         // No relaying: a peer only ships its own writes.
-        if b.origin != from || !self.out.iter().any(|o| o.peer == from) {
+        if b.origin != from {
             return;
         }
+        let Some(o) = self.out.iter_mut().find(|o| o.peer == from) else {
+            return;
+        };
+        o.last_batch_in_ms = now_ms.max(1);
         let mark = self.ae.starts();
         let inc = self.inc.entry(b.origin).or_insert_with(Incoming::unknown);
         if b.epoch < inc.epoch {
@@ -427,7 +467,13 @@ impl RegionLink {
             return;
         }
         while o.log.front().is_some_and(|(s, _, _)| *s <= a.seq) {
-            let (_, _, bytes) = o.log.pop_front().expect("checked");
+            let (_, d, bytes) = o.log.pop_front().expect("checked");
+            if let Some(n) = o.in_log.get_mut(&d.key) {
+                *n -= 1;
+                if *n == 0 {
+                    o.in_log.remove(&d.key);
+                }
+            }
             o.log_ms.pop_front();
             o.log_bytes -= bytes;
             o.deltas_acked += 1;
@@ -473,13 +519,27 @@ impl RegionLink {
             .min()
     }
 
-    /// Start due anti-entropy rounds (reads slot digests from the store).
+    /// Start due anti-entropy rounds and do one bounded step of the work in progress
+    /// (slot digests, comparisons). Call again while [`Self::has_anti_entropy_work`].
     pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
-        self.ae.start_due(now_ms, store);
+        let quiet = self.cfg.anti_entropy_quiet_ms;
+        for o in &self.out {
+            let shipping = !o.log.is_empty();
+            let receiving =
+                o.last_batch_in_ms != 0 && now_ms < o.last_batch_in_ms.saturating_add(quiet);
+            self.ae.set_busy(o.peer, shipping || receiving);
+        }
+        self.ae.poll_work(now_ms, store);
     }
 
-    /// Next frame to send, round-robin over peers: acks first, then frontier gossip and
-    /// anti-entropy, then delta batches.
+    /// Anti-entropy work is in progress: `poll_anti_entropy` has more steps to do.
+    pub fn has_anti_entropy_work(&self) -> bool {
+        self.ae.has_work()
+    }
+
+    /// Next frame to send, round-robin over peers: acks first, then frontier gossip, then
+    /// anti-entropy frames and delta batches taking turns (a repair never holds up delta
+    /// shipping by more than one frame, and the other way round).
     pub fn poll_transmit(&mut self, now_ms: u64) -> Option<(RegionId, Frame)> {
         let n = self.out.len();
         for k in 0..n {
@@ -509,9 +569,23 @@ impl RegionLink {
                 ));
             }
         }
-        if let Some(x) = self.ae.poll_transmit() {
-            return Some(x);
+        if !self.last_was_ae {
+            if let Some(x) = self.ae.poll_transmit() {
+                self.last_was_ae = true;
+                return Some(x);
+            }
         }
+        if let Some(b) = self.next_batch(now_ms) {
+            self.last_was_ae = false;
+            return Some(b);
+        }
+        let x = self.ae.poll_transmit();
+        self.last_was_ae = x.is_some();
+        x
+    }
+
+    fn next_batch(&mut self, now_ms: u64) -> Option<(RegionId, Frame)> {
+        let n = self.out.len();
         for k in 0..n {
             let i = (self.rr + k) % n;
             let o = &mut self.out[i];
