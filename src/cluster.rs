@@ -188,10 +188,12 @@ impl Cluster {
         let first = keys.next()?;
         let slot = meridian_crdt::key_slot(first);
         let mut all_keys = vec![first];
+        let mut multiple_keys = false;
         for k in keys {
             if meridian_crdt::key_slot(k) != slot {
                 return Some("CROSSSLOT Keys in request don't hash to the same slot".into());
             }
+            multiple_keys |= k != first;
             all_keys.push(k);
         }
         let migrating = {
@@ -199,17 +201,27 @@ impl Cluster {
             let topo = node.topology();
             topo.migrating(slot).is_some() || topo.importing(slot).is_some()
         };
-        // Never hold the node lock while taking a shard lock (EXEC holds every shard and may
-        // run CLUSTER commands, which take the node lock).
-        let keys_exist_locally = migrating && {
+        // Key presence decides ASK / TRYAGAIN while the slot moves (Redis counts every key
+        // argument, repeated ones included). Never hold the node lock while taking a shard
+        // lock (EXEC holds every shard and may run CLUSTER commands, which take the node lock).
+        let (mut existing_keys, mut missing_keys) = (0, 0);
+        if migrating {
             let shard = store.shard(crate::store::shard_of(slot));
-            all_keys.iter().all(|k| shard.ks.peek(k, now).is_some())
-        };
+            for k in &all_keys {
+                if shard.ks.peek(k, now).is_some() {
+                    existing_keys += 1;
+                } else {
+                    missing_keys += 1;
+                }
+            }
+        }
         let node = self.node.lock();
         let topo = node.topology();
         let route = topo.route(&RouteRequest {
             slot,
-            keys_exist_locally,
+            existing_keys,
+            missing_keys,
+            multiple_keys,
             asking,
             readonly_read,
         });

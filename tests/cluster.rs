@@ -407,3 +407,98 @@ fn resharding_1000_slots_under_load_loses_and_duplicates_nothing() {
         "no key lives on two primaries"
     );
 }
+
+#[test]
+fn split_keys_of_a_migrating_slot_get_tryagain() {
+    let cl = Cluster::start(5_000);
+    for i in 0..3 {
+        cl.wait_ok(i);
+    }
+    // A hash tag in node 0's slots (0-5460).
+    let tag = (0..)
+        .map(|n| format!("mig{n}"))
+        .find(|t| common::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
+        .expect("a tag on node 0");
+    let slot = common::key_slot(format!("{{{tag}}}").as_bytes()).to_string();
+    let [a, b, c] = ["a", "b", "c"].map(|k| format!("{{{tag}}}:{k}"));
+    let (mut src, mut dst) = (cl.conn(0), cl.conn(1));
+    for k in [&a, &b, &c] {
+        let _: () = q(&mut src, &["SET", k, k]);
+    }
+    let _: () = q(&mut src, &["SADD", &format!("{{{tag}}}:s1"), "x"]);
+    let _: () = q(&mut src, &["SADD", &format!("{{{tag}}}:s2"), "y"]);
+    let src_id: String = q(&mut src, &["CLUSTER", "MYID"]);
+    let dst_id: String = q(&mut dst, &["CLUSTER", "MYID"]);
+    let _: () = q(
+        &mut dst,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id],
+    );
+    let _: () = q(
+        &mut src,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id],
+    );
+    let dst_port = cl.ports[1].to_string();
+    let migrate = |con: &mut redis::Connection, key: &str| {
+        let _: () = q(con, &["MIGRATE", "127.0.0.1", &dst_port, key, "0", "5000"]);
+    };
+    migrate(&mut src, &a);
+    migrate(&mut src, &format!("{{{tag}}}:s1"));
+
+    // Source: keys split between the nodes → TRYAGAIN, whatever the command.
+    const TRYAGAIN: &str = "TRYAGAIN Multiple keys request during rehashing of slot";
+    let s1 = format!("{{{tag}}}:s1");
+    let s2 = format!("{{{tag}}}:s2");
+    for cmd in [
+        vec!["MGET", &a, &b],
+        vec!["EXISTS", &b, &a],
+        vec!["DEL", &a, &b, &c],
+        vec!["SUNION", &s1, &s2],
+        vec!["MSET", &a, "1", &b, "2"],
+    ] {
+        assert_eq!(qerr(&mut src, &cmd), TRYAGAIN, "{cmd:?} on the source");
+    }
+    // Nothing was written or deleted by the refused commands.
+    let vals: Vec<Option<String>> = q(&mut src, &["MGET", &b, &c]);
+    assert_eq!(
+        vals,
+        vec![Some(b.clone()), Some(c.clone())],
+        "all here: served"
+    );
+    // All gone from the source: ASK, not TRYAGAIN.
+    let ask = format!("ASK {slot} 127.0.0.1:{dst_port}");
+    assert_eq!(
+        qerr(&mut src, &["MGET", &a, &format!("{{{tag}}}:none")]),
+        ask
+    );
+    assert_eq!(qerr(&mut src, &["GET", &a]), ask);
+
+    // Target, after ASKING: a multi-key command needs every key already there.
+    let _: () = q(&mut dst, &["ASKING"]);
+    assert_eq!(qerr(&mut dst, &["MGET", &a, &b]), TRYAGAIN);
+    let _: () = q(&mut dst, &["ASKING"]);
+    assert_eq!(qerr(&mut dst, &["SUNION", &s1, &s2]), TRYAGAIN);
+    let _: () = q(&mut dst, &["ASKING"]);
+    let v: String = q(&mut dst, &["GET", &a]);
+    assert_eq!(v, a, "one key, present: served");
+    let _: () = q(&mut dst, &["ASKING"]);
+    let v: Vec<String> = q(&mut dst, &["MGET", &a, &a]);
+    assert_eq!(
+        v,
+        vec![a.clone(), a.clone()],
+        "the same key twice is one key"
+    );
+    // Without ASKING the target redirects to the owner.
+    assert!(qerr(&mut dst, &["MGET", &a, &b]).starts_with("MOVED"));
+
+    // Once every key moved, the target serves the multi-key command under ASKING.
+    migrate(&mut src, &b);
+    migrate(&mut src, &c);
+    migrate(&mut src, &s2);
+    assert_eq!(qerr(&mut src, &["MGET", &a, &b]), ask);
+    let _: () = q(&mut dst, &["ASKING"]);
+    let v: Vec<String> = q(&mut dst, &["MGET", &a, &b, &c]);
+    assert_eq!(v, vec![a.clone(), b.clone(), c.clone()]);
+    let _: () = q(&mut dst, &["ASKING"]);
+    let members: Vec<String> = common::sorted(q(&mut dst, &["SUNION", &s1, &s2]));
+    assert_eq!(members, vec!["x".to_string(), "y".to_string()]);
+}

@@ -372,8 +372,15 @@ impl Eq for SlotMap {}
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RouteRequest {
     pub slot: u16,
-    /// Every key of the command exists in the local keyspace (decides ASK while migrating).
-    pub keys_exist_locally: bool,
+    /// How many of the command's keys exist in the local keyspace and how many do not. Only
+    /// looked at while the slot is MIGRATING or IMPORTING here (the shell may leave both 0
+    /// otherwise): a migrating source serves when nothing is missing, redirects with ASK when
+    /// nothing is here, and answers TRYAGAIN when the keys are split.
+    pub existing_keys: usize,
+    pub missing_keys: usize,
+    /// The command names more than one distinct key (an importing target answers TRYAGAIN
+    /// to such a command under ASKING unless every key is already here).
+    pub multiple_keys: bool,
     /// The client sent `ASKING` just before this command.
     pub asking: bool,
     /// A read-only command from a client in `READONLY` mode (replicas may serve it).
@@ -392,9 +399,18 @@ pub enum ClusterDownReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Local,
-    Moved { slot: u16, addr: String },
-    Ask { slot: u16, addr: String },
+    Moved {
+        slot: u16,
+        addr: String,
+    },
+    Ask {
+        slot: u16,
+        addr: String,
+    },
     ClusterDown(ClusterDownReason),
+    /// A multi-key command on a slot being migrated whose keys are split between the source
+    /// and the target: the client retries after a moment (Redis `-TRYAGAIN`).
+    TryAgain,
 }
 
 impl Route {
@@ -409,6 +425,9 @@ impl Route {
             }
             Route::ClusterDown(ClusterDownReason::Unbound) => {
                 Some("CLUSTERDOWN Hash slot not served".to_string())
+            }
+            Route::TryAgain => {
+                Some("TRYAGAIN Multiple keys request during rehashing of slot".to_string())
             }
         }
     }
@@ -583,9 +602,13 @@ impl Topology {
             return Route::ClusterDown(ClusterDownReason::Unbound);
         };
         let me = self.myself;
-        if owner == me && !req.keys_exist_locally {
+        if owner == me && req.missing_keys > 0 {
             if let Some(target) = self.migrating(req.slot) {
                 if let Some(t) = self.nodes.get(&target) {
+                    // Some keys here, some already moved: no node can run it atomically.
+                    if req.existing_keys > 0 {
+                        return Route::TryAgain;
+                    }
                     return Route::Ask {
                         slot: req.slot,
                         addr: t.client_addr(),
@@ -594,6 +617,9 @@ impl Topology {
             }
         }
         if self.importing(req.slot).is_some() && req.asking {
+            if req.multiple_keys && req.missing_keys > 0 {
+                return Route::TryAgain;
+            }
             return Route::Local;
         }
         if req.readonly_read && self.myself().role == (Role::Replica { of: owner }) {
@@ -812,7 +838,9 @@ mod tests {
     fn req(slot: u16) -> RouteRequest {
         RouteRequest {
             slot,
-            keys_exist_locally: true,
+            existing_keys: 1,
+            missing_keys: 0,
+            multiple_keys: false,
             asking: false,
             readonly_read: false,
         }
@@ -874,7 +902,8 @@ mod tests {
         t.migrating.insert(7, id(2));
         assert_eq!(t.route(&req(7)), Route::Local);
         let missing = RouteRequest {
-            keys_exist_locally: false,
+            existing_keys: 0,
+            missing_keys: 1,
             ..req(7)
         };
         let ask = t.route(&missing);
@@ -889,11 +918,66 @@ mod tests {
         // Other slots are unaffected.
         assert_eq!(
             t.route(&RouteRequest {
-                keys_exist_locally: false,
+                existing_keys: 0,
+                missing_keys: 1,
                 ..req(8)
             }),
             Route::Local
         );
+    }
+
+    #[test]
+    fn split_keys_of_a_migrating_slot_get_tryagain() {
+        let mut t = cluster(1);
+        t.migrating.insert(7, id(2));
+        let split = RouteRequest {
+            existing_keys: 1,
+            missing_keys: 2,
+            multiple_keys: true,
+            ..req(7)
+        };
+        assert_eq!(t.route(&split), Route::TryAgain);
+        assert_eq!(
+            Route::TryAgain.error_text().unwrap(),
+            "TRYAGAIN Multiple keys request during rehashing of slot"
+        );
+        // All gone: ASK; all here: served.
+        let gone = RouteRequest {
+            existing_keys: 0,
+            missing_keys: 3,
+            multiple_keys: true,
+            ..req(7)
+        };
+        assert!(matches!(t.route(&gone), Route::Ask { slot: 7, .. }));
+        let here = RouteRequest {
+            existing_keys: 3,
+            missing_keys: 0,
+            multiple_keys: true,
+            ..req(7)
+        };
+        assert_eq!(t.route(&here), Route::Local);
+        // The importing side under ASKING: a multi-key command needs every key present.
+        let mut t = cluster(2);
+        t.importing.insert(7, id(1));
+        let asking = |existing_keys, missing_keys, multiple_keys| RouteRequest {
+            existing_keys,
+            missing_keys,
+            multiple_keys,
+            asking: true,
+            ..req(7)
+        };
+        assert_eq!(t.route(&asking(1, 1, true)), Route::TryAgain);
+        assert_eq!(t.route(&asking(0, 2, true)), Route::TryAgain);
+        assert_eq!(t.route(&asking(2, 0, true)), Route::Local);
+        assert_eq!(t.route(&asking(0, 1, false)), Route::Local);
+        // Without ASKING the importing side still redirects to the owner.
+        assert!(matches!(
+            t.route(&RouteRequest {
+                asking: false,
+                ..asking(1, 1, true)
+            }),
+            Route::Moved { slot: 7, .. }
+        ));
     }
 
     #[test]
@@ -917,7 +1001,8 @@ mod tests {
         assert_eq!(
             t.route(&RouteRequest {
                 asking: true,
-                keys_exist_locally: false,
+                existing_keys: 0,
+                missing_keys: 1,
                 ..req(7)
             }),
             Route::Local
