@@ -5,116 +5,11 @@
 
 mod common;
 
-use common::{free_port, q, qerr, tool_available, wait_until, Server};
+use common::cluster::{Cluster, DEADLINE};
+use common::{q, qerr, tool_available, wait_until};
 use redis::cluster::ClusterClient;
 use redis::Commands;
 use std::path::PathBuf;
-use std::time::Duration;
-
-const DEADLINE: Duration = Duration::from_secs(60);
-const PRIMARY_SLOTS: [&str; 3] = ["0-5460", "5461-10922", "10923-16383"];
-
-struct Cluster {
-    dir: PathBuf,
-    ports: Vec<u16>,
-    bus: Vec<u16>,
-    node_timeout_ms: u64,
-    nodes: Vec<Option<Server>>,
-}
-
-impl Cluster {
-    fn start(node_timeout_ms: u64) -> Cluster {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("meridian-cluster-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        let bus: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        let mut c = Cluster {
-            dir,
-            ports,
-            bus,
-            node_timeout_ms,
-            nodes: Vec::new(),
-        };
-        for i in 0..6 {
-            let s = c.spawn(i);
-            c.nodes.push(Some(s));
-        }
-        c
-    }
-
-    fn config(&self, i: usize) -> String {
-        let meet: Vec<String> = (0..6)
-            .filter(|&j| j != i)
-            .map(|j| format!("\"127.0.0.1:{}@{}\"", self.ports[j], self.bus[j]))
-            .collect();
-        let role = if i < 3 {
-            format!("slots = \"{}\"", PRIMARY_SLOTS[i])
-        } else {
-            format!("replicate = \"127.0.0.1:{}\"", self.ports[i - 3])
-        };
-        format!(
-            "bind = \"127.0.0.1\"\nport = {port}\n[cluster]\nbus-port = {bus}\nnode-timeout-ms = {t}\nnodes-file = \"{dir}/nodes-{{port}}.json\"\nmeet = [{meet}]\n{role}\n",
-            port = self.ports[i],
-            bus = self.bus[i],
-            t = self.node_timeout_ms,
-            dir = self.dir.display(),
-            meet = meet.join(", "),
-        )
-    }
-
-    fn spawn(&self, i: usize) -> Server {
-        // The client port is fixed by the config (the nodes' addresses are in each other's).
-        Server::start_with_config(&self.config(i), &["--port", &self.ports[i].to_string()])
-    }
-
-    fn conn(&self, i: usize) -> redis::Connection {
-        self.nodes[i].as_ref().expect("node running").conn()
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}/"))
-            .collect()
-    }
-
-    /// Every node sees three replicas attached (the slot map clients read is complete).
-    fn wait_replicas_attached(&self) {
-        for i in 0..6 {
-            let mut con = self.conn(i);
-            wait_until(DEADLINE, "three replicas attached", || {
-                let nodes: String = q(&mut con, &["CLUSTER", "NODES"]);
-                // The flags field: `slave`, or `myself,slave` on the node's own line.
-                nodes
-                    .lines()
-                    .filter(|l| {
-                        l.split(' ')
-                            .nth(2)
-                            .is_some_and(|f| f.split(',').any(|f| f == "slave"))
-                    })
-                    .count()
-                    == 3
-            });
-        }
-    }
-
-    fn wait_ok(&self, i: usize) {
-        let mut con = self.conn(i);
-        wait_until(DEADLINE, "cluster_state:ok", || {
-            let info: String = q(&mut con, &["CLUSTER", "INFO"]);
-            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
-        });
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[test]
 fn six_nodes_form_a_cluster_that_cluster_clients_use() {
