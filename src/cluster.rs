@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +55,23 @@ pub struct Cluster {
     nodes_file: PathBuf,
     /// `replicate = "host:port"` from the config, until that node is known.
     pending_replicate: Mutex<Option<String>>,
+    /// When this node last became a primary (ms since the epoch; 0 = not since start): the
+    /// invalidation consumer replays the stream from shortly before it.
+    pub promoted_at_ms: AtomicU64,
+}
+
+/// What a cluster node does with an invalidation of one key (from the Kafka stream, which
+/// every node consumes in full with its own consumer group).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum InvalidationScope {
+    /// The node serves the key's slot as primary (or imports it): apply in full, as a write
+    /// that replicates to its replicas and to other regions.
+    Apply,
+    /// The node replicates the slot's primary: raise the key's floor only (a max, no write,
+    /// no dot), so that a promoted replica already hides and refuses stale fills.
+    FloorOnly,
+    /// Another shard's key: nothing to do.
+    Skip,
 }
 
 impl Cluster {
@@ -131,9 +149,36 @@ impl Cluster {
             wake: Notify::new(),
             nodes_file,
             pending_replicate: Mutex::new(pending_replicate),
+            promoted_at_ms: AtomicU64::new(0),
         });
         c.save()?;
         Ok(c)
+    }
+
+    /// This node's 40-hex name (stable across restarts: it is in the state file).
+    pub fn my_name(&self) -> String {
+        self.node.lock().topology().myself_id().redis_name()
+    }
+
+    /// Per key: apply an invalidation in full, raise only its floor, or skip it.
+    pub fn invalidation_scopes(&self, keys: &[bytes::Bytes]) -> Vec<InvalidationScope> {
+        let node = self.node.lock();
+        let topo = node.topology();
+        let me = topo.myself_id();
+        let primary = topo.myself().role.primary_id();
+        keys.iter()
+            .map(|k| {
+                let slot = meridian_crdt::key_slot(k);
+                let owner = topo.slot_map().owner(slot);
+                match primary {
+                    None if owner == Some(me) || topo.importing(slot).is_some() => {
+                        InvalidationScope::Apply
+                    }
+                    Some(p) if owner == Some(p) => InvalidationScope::FloorOnly,
+                    _ => InvalidationScope::Skip,
+                }
+            })
+            .collect()
     }
 
     pub fn bus_port(&self) -> u16 {
@@ -439,7 +484,10 @@ fn on_event(cluster: &Cluster, store: &Store, e: Event) {
             tracing::info!(count, dropped, "slots lost to another node");
         }
         Event::RoleChanged(role) => match role {
-            Role::Primary => tracing::info!("role: primary"),
+            Role::Primary => {
+                cluster.promoted_at_ms.store(now_ms(), Relaxed);
+                tracing::info!("role: primary");
+            }
             Role::Replica { of } => tracing::info!(primary = %of.redis_name(), "role: replica"),
         },
         other => tracing::info!(event = ?other, "cluster event"),
