@@ -480,9 +480,14 @@ fn replay_since(consumer: &BaseConsumer<Ctx>, since_ms: u64) -> bool {
         let now_at = positions
             .find_partition(e.topic(), e.partition())
             .map(|p| p.offset());
-        // Only backwards: a consumer that is behind keeps its own position.
-        let behind = matches!(now_at, Some(rdkafka::Offset::Offset(at)) if at <= from);
-        if !behind {
+        // Only backwards: a consumer that is behind keeps its own position, and so does one
+        // that has not consumed from this partition since it started (no position yet: it
+        // starts from its committed offset, which seeking could only skip past).
+        let keep = match now_at {
+            Some(rdkafka::Offset::Offset(at)) => at <= from,
+            _ => true,
+        };
+        if !keep {
             let _ =
                 seek.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(from));
         }
