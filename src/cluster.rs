@@ -16,6 +16,7 @@ use crate::server::now_ms;
 use crate::store::Store;
 use bytes::{Buf, BytesMut};
 use meridian_regions::node::{Config as NodeConfig, Event, PersistentState};
+pub use meridian_regions::topology::InvalidationScope;
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest};
 use meridian_regions::{bus, ClusterNode, Dest};
 use parking_lot::Mutex;
@@ -58,20 +59,6 @@ pub struct Cluster {
     /// When this node last became a primary (ms since the epoch; 0 = not since start): the
     /// invalidation consumer replays the stream from shortly before it.
     pub promoted_at_ms: AtomicU64,
-}
-
-/// What a cluster node does with an invalidation of one key (from the Kafka stream, which
-/// every node consumes in full with its own consumer group).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum InvalidationScope {
-    /// The node serves the key's slot as primary (or imports it): apply in full, as a write
-    /// that replicates to its replicas and to other regions.
-    Apply,
-    /// The node replicates the slot's primary: raise the key's floor only (a max, no write,
-    /// no dot), so that a promoted replica already hides and refuses stale fills.
-    FloorOnly,
-    /// Another shard's key: nothing to do.
-    Skip,
 }
 
 impl Cluster {
@@ -164,20 +151,8 @@ impl Cluster {
     pub fn invalidation_scopes(&self, keys: &[bytes::Bytes]) -> Vec<InvalidationScope> {
         let node = self.node.lock();
         let topo = node.topology();
-        let me = topo.myself_id();
-        let primary = topo.myself().role.primary_id();
         keys.iter()
-            .map(|k| {
-                let slot = meridian_crdt::key_slot(k);
-                let owner = topo.slot_map().owner(slot);
-                match primary {
-                    None if owner == Some(me) || topo.importing(slot).is_some() => {
-                        InvalidationScope::Apply
-                    }
-                    Some(p) if owner == Some(p) => InvalidationScope::FloorOnly,
-                    _ => InvalidationScope::Skip,
-                }
-            })
+            .map(|k| topo.invalidation_scope(meridian_crdt::key_slot(k)))
             .collect()
     }
 

@@ -395,6 +395,19 @@ pub enum ClusterDownReason {
     Unbound,
 }
 
+/// What a node does with an external invalidation of one key ([`Topology::invalidation_scope`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum InvalidationScope {
+    /// The node serves the key's slot as primary (or imports it): apply it in full, as a
+    /// write that reaches its replicas and the other regions.
+    Apply,
+    /// The node replicates the slot's primary: raise the key's floor only (a max, no write,
+    /// no dot), so that a promoted replica already hides and refuses stale fills.
+    FloorOnly,
+    /// Another shard's key: nothing to do.
+    Skip,
+}
+
 /// Where a command must run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -635,6 +648,19 @@ impl Topology {
             };
         }
         Route::Local
+    }
+
+    /// What this node does with an invalidation from an external stream (which every node
+    /// of the region reads in full) for a key in `slot`.
+    pub fn invalidation_scope(&self, slot: u16) -> InvalidationScope {
+        let owner = self.slots.owner(slot);
+        match self.myself().role {
+            Role::Primary if owner == Some(self.myself) || self.importing(slot).is_some() => {
+                InvalidationScope::Apply
+            }
+            Role::Replica { of } if owner == Some(of) => InvalidationScope::FloorOnly,
+            _ => InvalidationScope::Skip,
+        }
     }
 
     /// `CLUSTER SLOTS`: contiguous ranges with their primary and non-failing replicas.
@@ -978,6 +1004,23 @@ mod tests {
             }),
             Route::Moved { slot: 7, .. }
         ));
+    }
+
+    #[test]
+    fn invalidations_apply_on_the_owner_floor_on_its_replicas_and_skip_elsewhere() {
+        let primary = cluster(1);
+        assert_eq!(primary.invalidation_scope(0), InvalidationScope::Apply);
+        assert_eq!(primary.invalidation_scope(5460), InvalidationScope::Apply);
+        assert_eq!(primary.invalidation_scope(5461), InvalidationScope::Skip);
+        let mut importer = cluster(2);
+        importer.importing.insert(7, id(1));
+        assert_eq!(importer.invalidation_scope(7), InvalidationScope::Apply);
+        assert_eq!(importer.invalidation_scope(8), InvalidationScope::Skip);
+        assert_eq!(importer.invalidation_scope(6000), InvalidationScope::Apply);
+        let replica = cluster(4); // replicates node 1
+        assert_eq!(replica.invalidation_scope(0), InvalidationScope::FloorOnly);
+        assert_eq!(replica.invalidation_scope(6000), InvalidationScope::Skip);
+        assert_eq!(replica.invalidation_scope(16383), InvalidationScope::Skip);
     }
 
     #[test]
