@@ -474,8 +474,11 @@ fn replay_since(consumer: &BaseConsumer<Ctx>, since_ms: u64) -> bool {
     };
     let mut seek = rdkafka::TopicPartitionList::new();
     for e in found.elements() {
+        // No record since then: Kafka answers the end (-1). Some brokers (tansu's memory
+        // storage) answer 0 instead; the replay then re-reads the whole partition, which
+        // costs time and cache misses but loses nothing.
         let rdkafka::Offset::Offset(from) = e.offset() else {
-            continue; // no record since then in this partition
+            continue;
         };
         let now_at = positions
             .find_partition(e.topic(), e.partition())
