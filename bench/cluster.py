@@ -8,9 +8,15 @@ Reports:
      all in the same run;
   2. resharding speed: keys/s moved by `redis-cli --cluster reshard` of 1000 slots;
   3. failover time: SIGKILL of a primary -> first write accepted by its promoted replica,
-     against the target node-timeout + 2 s.
+     against the target node-timeout + 2 s;
+  4. in-region replication lag under load (target p99 < 10 ms): while redis-benchmark
+     --cluster loads the meridian cluster, a probe SETs a fresh value on each primary in
+     turn and, from the moment the primary acknowledged it, polls GET on that shard's
+     replica (READONLY, one persistent connection) until the value is visible. The figure
+     is an upper bound by at most one GET round trip.
 
 Usage: bench/cluster.py [--requests N] [--keys N] [--node-timeout MS] [--meridian PATH]
+                        [--only-lag]
 """
 import argparse
 import csv
@@ -80,8 +86,22 @@ def wait_cluster_ok(ports, known, deadline_s=60):
     raise SystemExit("cluster did not converge")
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (port + 10000, fixed by redis-server) is free too."""
+    while True:
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 10000))
+            return p
+        except OSError:
+            continue
+
+
 def start_redis_cluster(tmp):
-    ports = [free_port() for _ in range(3)]
+    ports = [free_cluster_port() for _ in range(3)]
     procs = []
     for p in ports:
         d = os.path.join(tmp, f"redis-{p}")
@@ -116,6 +136,98 @@ def rows(proc):
     return r
 
 
+class Conn:
+    """One persistent RESP connection (for the probe: no reconnect per command)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.sock.makefile("rb")
+
+    def call(self, *args):
+        self.sock.sendall(resp(*args))
+        line = self.f.readline()
+        if not line:
+            raise SystemExit("probe connection closed")
+        if line[:1] == b"$":
+            n = int(line[1:])
+            if n < 0:
+                return None
+            return self.f.read(n + 2)[:-2].decode()
+        if line[:1] == b"-":
+            raise SystemExit(f"probe: {line.decode().strip()}")
+        return line[1:].strip().decode()
+
+    def close(self):
+        self.f.close()
+        self.sock.close()
+
+
+def key_in(slots, prefix):
+    lo, hi = (int(x) for x in slots.split("-"))
+    n = 0
+    while not lo <= crc16(f"{prefix}:{n}".encode()) % 16384 <= hi:
+        n += 1
+    return f"{prefix}:{n}"
+
+
+def percentile(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, -(-len(v) * q // 100) - 1))]
+
+
+def replication_lag(mports, requests):
+    """Probe write -> replica visibility while redis-benchmark --cluster runs."""
+    prim = [Conn(p) for p in mports[:3]]
+    repl = [Conn(p) for p in mports[3:6]]
+    for c in repl:
+        c.call("READONLY")
+    keys = [key_in(SLOTS[i], "lag") for i in range(3)]
+    load = bench(mports[0], requests, True)
+    lags = []
+    timeouts = 0
+    n = 0
+    while load.poll() is None:
+        i = n % 3
+        n += 1
+        val = f"v{n}"
+        if prim[i].call("SET", keys[i], val) != "OK":
+            raise SystemExit("probe SET refused")
+        t0 = time.perf_counter()
+        while repl[i].call("GET", keys[i]) != val:
+            if time.perf_counter() - t0 > 10:
+                timeouts += 1
+                break
+        else:
+            lags.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.005)  # pacing: about 150 probes/s, not a synchronisation
+    load_rows = rows(load)
+    for c in prim + repl:
+        c.close()
+    return lags, timeouts, load_rows
+
+
+def wait_replicas(mports, deadline_s=60):
+    """Each replica has a live link to its primary."""
+    end = time.time() + deadline_s
+    while time.time() < end:
+        if all("master_link_status:up" in cmd(p, "INFO", "replication") for p in mports[3:6]):
+            return
+        time.sleep(0.1)
+    raise SystemExit("replicas did not connect")
+
+
+def report_lag(mports, requests):
+    lags, timeouts, load_rows = replication_lag(mports, requests)
+    if not lags:
+        print(f"replication lag: no probe completed ({timeouts} over 10 s)")
+        return
+    print(f"replication lag under load (write acked by the primary -> visible on its replica; "
+          f"{len(lags)} probes, {timeouts} over 10 s; load SET {load_rows.get('SET', 0):,.0f} rps, "
+          f"GET {load_rows.get('GET', 0):,.0f} rps): p50 {percentile(lags, 50):.2f} ms, "
+          f"p99 {percentile(lags, 99):.2f} ms, max {max(lags):.2f} ms (target p99 < 10 ms)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=300000)
@@ -124,6 +236,7 @@ def main():
     ap.add_argument("--meridian", default="target/release/meridian")
     # One event loop per node, like redis-server: six nodes and the generator share 2 cores.
     ap.add_argument("--io-threads", type=int, default=1)
+    ap.add_argument("--only-lag", action="store_true", help="only the replication-lag measurement")
     args = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
@@ -131,6 +244,12 @@ def main():
     tmp = tempfile.mkdtemp(prefix="meridian-bench-cluster-")
     procs = []
     try:
+        if args.only_lag:
+            mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads)
+            procs += mprocs
+            wait_replicas(mports)
+            report_lag(mports, args.requests)
+            return
         # 1. Throughput.
         rports, rprocs = start_redis_cluster(tmp)
         procs += rprocs
@@ -162,6 +281,10 @@ def main():
         for t in ("SET", "GET"):
             print(f"| {t} | {standalone[t]:,.0f} | {redis_cluster[t]:,.0f} | {meridian[t]:,.0f} | "
                   f"{meridian[t] / standalone[t]:.2f} | {meridian[t] / redis_cluster[t]:.2f} |")
+
+        # 4 (run before the topology changes). Replication lag under load.
+        wait_replicas(mports)
+        report_lag(mports, args.requests)
 
         # 2. Resharding speed: keys in slots 0-999 (primary 0) move to primary 1.
         tags = []

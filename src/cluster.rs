@@ -16,12 +16,14 @@ use crate::server::now_ms;
 use crate::store::Store;
 use bytes::{Buf, BytesMut};
 use meridian_regions::node::{Config as NodeConfig, Event, PersistentState};
+pub use meridian_regions::topology::InvalidationScope;
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest};
 use meridian_regions::{bus, ClusterNode, Dest};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +56,9 @@ pub struct Cluster {
     nodes_file: PathBuf,
     /// `replicate = "host:port"` from the config, until that node is known.
     pending_replicate: Mutex<Option<String>>,
+    /// When this node last became a primary (ms since the epoch; 0 = not since start): the
+    /// invalidation consumer replays the stream from shortly before it.
+    pub promoted_at_ms: AtomicU64,
 }
 
 impl Cluster {
@@ -131,9 +136,24 @@ impl Cluster {
             wake: Notify::new(),
             nodes_file,
             pending_replicate: Mutex::new(pending_replicate),
+            promoted_at_ms: AtomicU64::new(0),
         });
         c.save()?;
         Ok(c)
+    }
+
+    /// This node's 40-hex name (stable across restarts: it is in the state file).
+    pub fn my_name(&self) -> String {
+        self.node.lock().topology().myself_id().redis_name()
+    }
+
+    /// Per key: apply an invalidation in full, raise only its floor, or skip it.
+    pub fn invalidation_scopes(&self, keys: &[bytes::Bytes]) -> Vec<InvalidationScope> {
+        let node = self.node.lock();
+        let topo = node.topology();
+        keys.iter()
+            .map(|k| topo.invalidation_scope(meridian_crdt::key_slot(k)))
+            .collect()
     }
 
     pub fn bus_port(&self) -> u16 {
@@ -188,10 +208,12 @@ impl Cluster {
         let first = keys.next()?;
         let slot = meridian_crdt::key_slot(first);
         let mut all_keys = vec![first];
+        let mut multiple_keys = false;
         for k in keys {
             if meridian_crdt::key_slot(k) != slot {
                 return Some("CROSSSLOT Keys in request don't hash to the same slot".into());
             }
+            multiple_keys |= k != first;
             all_keys.push(k);
         }
         let migrating = {
@@ -199,17 +221,27 @@ impl Cluster {
             let topo = node.topology();
             topo.migrating(slot).is_some() || topo.importing(slot).is_some()
         };
-        // Never hold the node lock while taking a shard lock (EXEC holds every shard and may
-        // run CLUSTER commands, which take the node lock).
-        let keys_exist_locally = migrating && {
+        // Key presence decides ASK / TRYAGAIN while the slot moves (Redis counts every key
+        // argument, repeated ones included). Never hold the node lock while taking a shard
+        // lock (EXEC holds every shard and may run CLUSTER commands, which take the node lock).
+        let (mut existing_keys, mut missing_keys) = (0, 0);
+        if migrating {
             let shard = store.shard(crate::store::shard_of(slot));
-            all_keys.iter().all(|k| shard.ks.peek(k, now).is_some())
-        };
+            for k in &all_keys {
+                if shard.ks.peek(k, now).is_some() {
+                    existing_keys += 1;
+                } else {
+                    missing_keys += 1;
+                }
+            }
+        }
         let node = self.node.lock();
         let topo = node.topology();
         let route = topo.route(&RouteRequest {
             slot,
-            keys_exist_locally,
+            existing_keys,
+            missing_keys,
+            multiple_keys,
             asking,
             readonly_read,
         });
@@ -427,7 +459,10 @@ fn on_event(cluster: &Cluster, store: &Store, e: Event) {
             tracing::info!(count, dropped, "slots lost to another node");
         }
         Event::RoleChanged(role) => match role {
-            Role::Primary => tracing::info!("role: primary"),
+            Role::Primary => {
+                cluster.promoted_at_ms.store(now_ms(), Relaxed);
+                tracing::info!("role: primary");
+            }
             Role::Replica { of } => tracing::info!(primary = %of.redis_name(), "role: replica"),
         },
         other => tracing::info!(event = ?other, "cluster event"),

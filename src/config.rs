@@ -150,7 +150,12 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
     /// Consumer group; default `meridian-<region>` (every region consumes the whole stream).
+    /// In cluster mode every node consumes it all with its own group, `<group>-<node id>`.
     pub group: Option<String>,
+    /// Cluster mode: a replica promoted to primary re-reads the records of this many ms
+    /// before its promotion and applies them in full (as a replica it applied only their
+    /// floors). Must exceed node-timeout + election time + the old primary's consumer lag.
+    pub promotion_replay_ms: u64,
     /// Where malformed records are forwarded (off when absent).
     pub dead_letter_topic: Option<String>,
     /// Passed through to librdkafka as is (security settings: `security.protocol`,
@@ -165,6 +170,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "meridian-invalidations".into(),
             group: None,
+            promotion_replay_ms: 30_000,
             dead_letter_topic: None,
             properties: Default::default(),
         }

@@ -108,6 +108,46 @@ pub fn apply(store: &Store, inv: &Invalidation, now_ms: u64) -> usize {
     removed
 }
 
+/// Apply one invalidation on a cluster node: keys of slots it serves as primary in full,
+/// keys of its primary's slots (as a replica) as a floor raise only, others not at all.
+/// Returns (keys whose value was removed, keys whose floor alone was raised).
+pub fn apply_in_cluster(
+    store: &Store,
+    cluster: &crate::cluster::Cluster,
+    inv: &Invalidation,
+    now_ms: u64,
+) -> (usize, usize) {
+    use crate::cluster::InvalidationScope;
+    // Decided under the node lock, applied after it (never both locks at once).
+    let scopes = cluster.invalidation_scopes(&inv.keys);
+    let mut removed = 0;
+    let mut floors = 0;
+    for (key, scope) in inv.keys.iter().zip(scopes) {
+        match scope {
+            InvalidationScope::Apply => {
+                let mut shard = store.shard(crate::store::key_shard(key));
+                let stamp = store.stamp(now_ms);
+                removed += usize::from(
+                    shard
+                        .ks
+                        .write(key, stamp, now_ms, |w| w.invalidate(inv.version)),
+                );
+                shard.after_write(&store.stats);
+            }
+            InvalidationScope::FloorOnly => {
+                let Some(v) = inv.version else { continue };
+                let mut shard = store.shard(crate::store::key_shard(key));
+                if shard.ks.raise_floor(key, v) {
+                    shard.touch_key(key);
+                    floors += 1;
+                }
+            }
+            InvalidationScope::Skip => {}
+        }
+    }
+    (removed, floors)
+}
+
 /// Counters for `INFO invalidations` and `/metrics`.
 #[derive(Default)]
 pub struct KafkaStats {
@@ -117,6 +157,10 @@ pub struct KafkaStats {
     pub records_malformed: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub consumer_errors: AtomicU64,
+    /// Cluster replicas: keys whose invalidation floor alone was raised.
+    pub floors_raised_as_replica: AtomicU64,
+    /// Cluster mode: times the stream was replayed after a promotion to primary.
+    pub promotion_replays: AtomicU64,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub lag: Mutex<BTreeMap<i32, i64>>,
     /// Record timestamp → applied: count per millisecond since start (or `CONFIG
@@ -235,16 +279,23 @@ fn producer_config(brokers: &str, properties: &BTreeMap<String, String>) -> Clie
 
 /// Start consuming. Errors only on configuration problems; broker outages are retried by
 /// librdkafka while the cache keeps serving.
+///
+/// In cluster mode (`cluster` given) every node consumes the whole stream with its own group
+/// `<group>-<node id>` and applies only what concerns its slots (see [`apply_in_cluster`]).
 pub fn start(
     cfg: &KafkaConfig,
     region: &str,
     store: Arc<Store>,
     stats: Arc<KafkaStats>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) -> Result<KafkaConsumer, String> {
-    let group = cfg
+    let mut group = cfg
         .group
         .clone()
         .unwrap_or_else(|| format!("meridian-{region}"));
+    if let Some(c) = &cluster {
+        group = format!("{group}-{}", c.my_name());
+    }
     let consumer: BaseConsumer<Ctx> = consumer_config(cfg, &group)
         .create_with_context(Ctx {
             stats: stats.clone(),
@@ -267,9 +318,19 @@ pub fn start(
     let stop2 = stop.clone();
     let topic = cfg.topic.clone();
     tracing::info!(brokers = %cfg.brokers, %topic, %group, "kafka invalidation consumer started");
+    let replay_ms = cfg.promotion_replay_ms;
     let thread = std::thread::Builder::new()
         .name("kafka-invalidations".into())
-        .spawn(move || run(consumer, dead_letter, store, stats, stop2))
+        .spawn(move || {
+            run(
+                consumer,
+                dead_letter,
+                store,
+                stats,
+                stop2,
+                cluster.map(|c| (c, replay_ms)),
+            )
+        })
         .map_err(|e| format!("kafka thread: {e}"))?;
     Ok(KafkaConsumer {
         stop,
@@ -283,9 +344,27 @@ fn run(
     store: Arc<Store>,
     stats: Arc<KafkaStats>,
     stop: Arc<AtomicBool>,
+    cluster: Option<(Arc<crate::cluster::Cluster>, u64)>,
 ) {
     let mut last_error_log_ms = 0u64;
+    // The promotion whose replay is done (or not needed: a node that starts as a primary
+    // resumes from its own group's committed offsets).
+    let mut replayed_promotion = 0u64;
+    let mut last_replay_try_ms = 0u64;
     while !stop.load(Relaxed) {
+        if let Some((c, replay_ms)) = &cluster {
+            let promoted = c.promoted_at_ms.load(Relaxed);
+            let now = now_ms();
+            // Retried (at most once a second) until the consumer has an assignment and the
+            // broker answers.
+            if promoted != replayed_promotion && now.saturating_sub(last_replay_try_ms) >= 1_000 {
+                last_replay_try_ms = now;
+                if replay_since(&consumer, promoted.saturating_sub(*replay_ms)) {
+                    replayed_promotion = promoted;
+                    stats.promotion_replays.fetch_add(1, Relaxed);
+                }
+            }
+        }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
             if let Some((p, _)) = &dead_letter {
                 p.poll(Duration::ZERO);
@@ -308,7 +387,16 @@ fn run(
         let now = now_ms();
         match parse_record(msg.key(), msg.payload()) {
             Ok(inv) => {
-                let removed = apply(&store, &inv, now);
+                let removed = match &cluster {
+                    None => apply(&store, &inv, now),
+                    Some((c, _)) => {
+                        let (removed, floors) = apply_in_cluster(&store, c, &inv, now);
+                        stats
+                            .floors_raised_as_replica
+                            .fetch_add(floors as u64, Relaxed);
+                        removed
+                    }
+                };
                 stats.records_applied.fetch_add(1, Relaxed);
                 stats.keys_invalidated.fetch_add(removed as u64, Relaxed);
                 if let Some(ts) = msg.timestamp().to_millis() {
@@ -351,6 +439,78 @@ fn run(
     }
     if let Some((p, _)) = &dead_letter {
         let _ = p.flush(Duration::from_secs(5));
+    }
+}
+
+/// Move every assigned partition's position back to the first record at or after
+/// `since_ms` (record timestamps), never forward. `false` when it could not be done yet
+/// (no assignment, broker unreachable): the caller tries again on the next poll.
+fn replay_since(consumer: &BaseConsumer<Ctx>, since_ms: u64) -> bool {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let positions = match consumer.position() {
+        Ok(p) if p.count() > 0 => p,
+        Ok(_) => return false,
+        Err(e) => {
+            tracing::debug!(error = %e, "kafka position (replay after promotion)");
+            return false;
+        }
+    };
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for e in positions.elements() {
+        let ts = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        if let Err(err) =
+            wanted.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(ts))
+        {
+            tracing::warn!(error = %err, "kafka replay after promotion");
+            return false;
+        }
+    }
+    let found = match consumer.offsets_for_times(wanted, TIMEOUT) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka offsets for times (replay after promotion)");
+            return false;
+        }
+    };
+    let mut seek = rdkafka::TopicPartitionList::new();
+    for e in found.elements() {
+        // No record since then: Kafka answers the end (-1). Some brokers (tansu's memory
+        // storage) answer 0 instead; the replay then re-reads the whole partition, which
+        // costs time and cache misses but loses nothing.
+        let rdkafka::Offset::Offset(from) = e.offset() else {
+            continue;
+        };
+        let now_at = positions
+            .find_partition(e.topic(), e.partition())
+            .map(|p| p.offset());
+        // Only backwards: a consumer that is behind keeps its own position, and so does one
+        // that has not consumed from this partition since it started (no position yet: it
+        // starts from its committed offset, which seeking could only skip past).
+        let keep = match now_at {
+            Some(rdkafka::Offset::Offset(at)) => at <= from,
+            _ => true,
+        };
+        if !keep {
+            let _ =
+                seek.add_partition_offset(e.topic(), e.partition(), rdkafka::Offset::Offset(from));
+        }
+    }
+    if seek.count() == 0 {
+        return true;
+    }
+    match consumer.seek_partitions(seek, TIMEOUT) {
+        Ok(done) => {
+            tracing::info!(
+                since_ms,
+                partitions = done.count(),
+                "promoted: replaying invalidations"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka seek (replay after promotion)");
+            false
+        }
     }
 }
 

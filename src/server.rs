@@ -110,14 +110,6 @@ impl Server {
             seed.rotate_left(29) ^ 0x6d65_7269_6469_616e,
             std::process::id()
         );
-        let kafka_stats = Arc::new(crate::kafka::KafkaStats::default());
-        let kafka = match &config.kafka {
-            Some(k) if k.enabled => Some(
-                crate::kafka::start(k, &config.region, store.clone(), kafka_stats.clone())
-                    .map_err(std::io::Error::other)?,
-            ),
-            _ => None,
-        };
         store
             .feed()
             .set_backlog_size(usize::try_from(config.repl_backlog_size).unwrap_or(usize::MAX));
@@ -134,6 +126,20 @@ impl Server {
             Some(c) if c.enabled => Some(
                 crate::cluster::Cluster::open(c, config.config_dir.as_deref(), config.port)
                     .map_err(std::io::Error::other)?,
+            ),
+            _ => None,
+        };
+        let kafka_stats = Arc::new(crate::kafka::KafkaStats::default());
+        let kafka = match &config.kafka {
+            Some(k) if k.enabled => Some(
+                crate::kafka::start(
+                    k,
+                    &config.region,
+                    store.clone(),
+                    kafka_stats.clone(),
+                    cluster.clone(),
+                )
+                .map_err(std::io::Error::other)?,
             ),
             _ => None,
         };

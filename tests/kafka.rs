@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::cluster::Cluster;
 use common::{free_port, info_u64, q, qerr, tool_available, wait_until, Server};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -442,4 +443,113 @@ fn broker_outage_keeps_serving_and_consumer_resumes() {
         get(&mut con, "after").is_none()
     });
     assert_eq!(get(&mut con, "during").as_deref(), Some("1"));
+}
+
+/// A key named `{prefix}:<n>` in slots `lo..=hi`.
+fn key_in(prefix: &str, lo: u16, hi: u16) -> String {
+    (0..)
+        .map(|n| format!("{prefix}:{n}"))
+        .find(|k| (lo..=hi).contains(&common::key_slot(k.as_bytes())))
+        .expect("a key in the range")
+}
+
+#[test]
+fn cluster_nodes_apply_invalidations_of_their_slots_and_a_promoted_replica_misses_none() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    broker.create_topic("inv", 2);
+    // Default group: each node consumes the whole stream as meridian-a-<node id>.
+    let toml = format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"inv\"\n",
+        broker.addr()
+    );
+    let mut cl = Cluster::start_with(1_000, &toml);
+    for i in 0..6 {
+        cl.wait_ok(i);
+    }
+    cl.wait_replicas_attached();
+    let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+    let keys: Vec<String> = ranges
+        .iter()
+        .map(|&(lo, hi)| key_in("user", lo, hi))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        let _: () = q(&mut cl.conn(i), &["SET", k, "v5", "VERSION", "5"]);
+    }
+    let p = broker.producer();
+    for k in &keys {
+        send(&p, "inv", Some(k), &versioned(7));
+    }
+    flush(&p);
+    for (i, k) in keys.iter().enumerate() {
+        let mut con = cl.conn(i);
+        wait_until(
+            DEADLINE,
+            "the owning primary applied the invalidation",
+            || get(&mut con, k).is_none(),
+        );
+        // Every node reads every record (its own group) ...
+        wait_until(DEADLINE, "every record consumed", || applied(&mut con) == 3);
+        // ... and keeps the floor of its own key only: nothing for other shards' keys.
+        assert_eq!(info_u64(&mut con, "invalidation_tombstones"), 1, "node {i}");
+        let e = qerr(&mut con, &["SET", k, "stale", "VERSION", "7"]);
+        assert!(e.starts_with("STALE"), "{e}");
+    }
+    // Replicas hold the floor too (from the stream and their own consumer): READONLY reads
+    // miss, and a node never applies another shard's keys.
+    for i in 3..6 {
+        let mut con = cl.conn(i);
+        wait_until(DEADLINE, "every record consumed", || applied(&mut con) == 3);
+        let _: () = q(&mut con, &["READONLY"]);
+        wait_until(DEADLINE, "the replica misses", || {
+            get(&mut con, &keys[i - 3]).is_none()
+        });
+        assert_eq!(info_u64(&mut con, "invalidation_tombstones"), 1, "node {i}");
+    }
+
+    // Failover: records published after the primary died are read by its replica while it
+    // is still a replica; once promoted it must have applied them in full.
+    let plain = key_in("plain", 0, 5460);
+    let fill = key_in("fill", 0, 5460);
+    let mut c0 = cl.conn(0);
+    let _: () = q(&mut c0, &["SET", &plain, "unversioned"]);
+    let _: () = q(&mut c0, &["SET", &fill, "v5", "VERSION", "5"]);
+    let replicas: i64 = q(&mut c0, &["WAIT", "1", "10000"]);
+    assert_eq!(replicas, 1);
+    cl.nodes[0] = None; // SIGKILL
+    send(&p, "inv", Some(&plain), b"");
+    send(&p, "inv", Some(&fill), &versioned(6));
+    flush(&p);
+    let mut c3 = cl.conn(3);
+    let _: () = q(&mut c3, &["READONLY"]);
+    // (Reads fail with CLUSTERDOWN between the primary's FAIL and the promotion.)
+    let gone = |con: &mut redis::Connection, k: &str| {
+        matches!(
+            redis::cmd("GET").arg(k).query::<Option<String>>(con),
+            Ok(None)
+        )
+    };
+    wait_until(
+        DEADLINE,
+        "node 3 is promoted and applied both records",
+        || {
+            common::info_field(&mut c3, "role") == "master"
+                && gone(&mut c3, &plain)
+                && gone(&mut c3, &fill)
+        },
+    );
+    let e = qerr(&mut c3, &["SET", &fill, "stale", "VERSION", "6"]);
+    assert!(e.starts_with("STALE"), "{e}");
+    // A fill newer than the invalidation is accepted by the new primary.
+    wait_until(DEADLINE, "the promoted node accepts writes", || {
+        redis::cmd("SET")
+            .arg(&fill)
+            .arg("v8")
+            .arg("VERSION")
+            .arg(8)
+            .query::<()>(&mut c3)
+            .is_ok()
+    });
+    assert_eq!(get(&mut c3, &fill).as_deref(), Some("v8"));
 }

@@ -500,6 +500,17 @@ impl Keyspace {
         self.deltas.len()
     }
 
+    /// Raise `key`'s invalidation floor to `floor` without a write: no stamp, no dot, no
+    /// delta, just the max-lattice merge of a floor-only state. A cluster replica applies
+    /// this part of an invalidation from the stream so that, once promoted, it already
+    /// hides and refuses fills at or below the floor. Returns whether the floor rose.
+    pub fn raise_floor(&mut self, key: &[u8], floor: u64) -> bool {
+        if floor == 0 {
+            return false;
+        }
+        self.merge_state(key, true, &Entry::with_floor(floor)) == Applied::Changed
+    }
+
     /// Merge remote state for one key (a delta or an anti-entropy transfer).
     pub fn apply_delta(&mut self, delta: &Delta) -> Applied {
         self.merge_state(&delta.key, delta.full, &delta.state)

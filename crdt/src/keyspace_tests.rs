@@ -820,3 +820,36 @@ fn delta_state_caches_its_deadline() {
     rebuilt.rebuild();
     assert_eq!(rebuilt.deadline_ms(), Some(500));
 }
+
+#[test]
+fn raise_floor_hides_stale_fills_without_a_delta() {
+    let mut w = Writer::new(1, true);
+    w.write("k", 10, |w| w.set_str_versioned(bytes("old"), 5, false))
+        .unwrap();
+    w.write("new", 10, |w| w.set_str_versioned(bytes("fresh"), 9, false))
+        .unwrap();
+    w.ks.drain_deltas().for_each(drop);
+    // A replica's share of an invalidation at version 7: the floor only.
+    assert!(w.ks.raise_floor(b"k", 7));
+    assert!(w.ks.raise_floor(b"new", 7));
+    assert!(
+        w.ks.raise_floor(b"absent", 7),
+        "a floor-only tombstone is kept"
+    );
+    assert!(
+        !w.ks.raise_floor(b"k", 6),
+        "a max: a lower floor changes nothing"
+    );
+    assert!(!w.ks.raise_floor(b"k", 0));
+    assert_eq!(w.ks.pending_deltas(), 0, "no write, no delta");
+    assert!(w.ks.get(b"k", 20).is_none(), "the fill at 5 ≤ 7 is hidden");
+    assert!(
+        w.ks.get(b"new", 20).is_some(),
+        "a fill newer than the floor stays"
+    );
+    assert_eq!(w.ks.raw_entry(b"absent").unwrap().floor(), 7);
+    // Fills at or below the floor are refused from now on.
+    let refused = w.write("k", 30, |w| w.set_str_versioned(bytes("again"), 7, false));
+    assert!(refused.is_err());
+    assert_consistent(&w.ks);
+}

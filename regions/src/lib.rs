@@ -42,8 +42,9 @@
 //! ```
 //!
 //! On every key-bearing command: `node.topology().route(&RouteRequest { slot: key_slot(key),
-//! keys_exist_locally, asking, readonly_read })`; `Route::error_text()` is the exact Redis
-//! error (`MOVED 3999 10.0.0.2:7000`, `ASK …`, `CLUSTERDOWN …`). Before applying a write,
+//! existing_keys, missing_keys, multiple_keys, asking, readonly_read })` (key presence is
+//! only needed while the slot is migrating or importing); `Route::error_text()` is the exact
+//! Redis error (`MOVED 3999 10.0.0.2:7000`, `ASK …`, `TRYAGAIN …`, `CLUSTERDOWN …`). Before applying a write,
 //! `node.can_write(now_ms)` must hold (false on a replica, on a primary cut off from the
 //! majority for `node_timeout_ms`, during a manual-failover pause); the server answers
 //! `-CLUSTERDOWN The cluster is down` otherwise. `CLUSTER SLOTS|SHARDS|NODES|INFO` come from
@@ -52,8 +53,7 @@
 //! `node.set_repl_offset(offset)` (it ranks replicas in elections).
 //!
 //! Known simplifications (documented where they live; see also the SETSLOT race in
-//! [`node`]): no TRYAGAIN for multi-key commands
-//! during migration, no replica migration to orphaned primaries, no replica data-age check
+//! [`node`]): no replica migration to orphaned primaries, no replica data-age check
 //! before an election, and a node pings every known node each `ping_interval_ms` (fine for
 //! tens of nodes; large clusters would sample like Redis).
 

@@ -372,8 +372,15 @@ impl Eq for SlotMap {}
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RouteRequest {
     pub slot: u16,
-    /// Every key of the command exists in the local keyspace (decides ASK while migrating).
-    pub keys_exist_locally: bool,
+    /// How many of the command's keys exist in the local keyspace and how many do not. Only
+    /// looked at while the slot is MIGRATING or IMPORTING here (the shell may leave both 0
+    /// otherwise): a migrating source serves when nothing is missing, redirects with ASK when
+    /// nothing is here, and answers TRYAGAIN when the keys are split.
+    pub existing_keys: usize,
+    pub missing_keys: usize,
+    /// The command names more than one distinct key (an importing target answers TRYAGAIN
+    /// to such a command under ASKING unless every key is already here).
+    pub multiple_keys: bool,
     /// The client sent `ASKING` just before this command.
     pub asking: bool,
     /// A read-only command from a client in `READONLY` mode (replicas may serve it).
@@ -388,13 +395,35 @@ pub enum ClusterDownReason {
     Unbound,
 }
 
+/// What a node does with an external invalidation of one key ([`Topology::invalidation_scope`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum InvalidationScope {
+    /// The node serves the key's slot as primary (or imports it): apply it in full, as a
+    /// write that reaches its replicas and the other regions.
+    Apply,
+    /// The node replicates the slot's primary: raise the key's floor only (a max, no write,
+    /// no dot), so that a promoted replica already hides and refuses stale fills.
+    FloorOnly,
+    /// Another shard's key: nothing to do.
+    Skip,
+}
+
 /// Where a command must run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Local,
-    Moved { slot: u16, addr: String },
-    Ask { slot: u16, addr: String },
+    Moved {
+        slot: u16,
+        addr: String,
+    },
+    Ask {
+        slot: u16,
+        addr: String,
+    },
     ClusterDown(ClusterDownReason),
+    /// A multi-key command on a slot being migrated whose keys are split between the source
+    /// and the target: the client retries after a moment (Redis `-TRYAGAIN`).
+    TryAgain,
 }
 
 impl Route {
@@ -409,6 +438,9 @@ impl Route {
             }
             Route::ClusterDown(ClusterDownReason::Unbound) => {
                 Some("CLUSTERDOWN Hash slot not served".to_string())
+            }
+            Route::TryAgain => {
+                Some("TRYAGAIN Multiple keys request during rehashing of slot".to_string())
             }
         }
     }
@@ -583,9 +615,13 @@ impl Topology {
             return Route::ClusterDown(ClusterDownReason::Unbound);
         };
         let me = self.myself;
-        if owner == me && !req.keys_exist_locally {
+        if owner == me && req.missing_keys > 0 {
             if let Some(target) = self.migrating(req.slot) {
                 if let Some(t) = self.nodes.get(&target) {
+                    // Some keys here, some already moved: no node can run it atomically.
+                    if req.existing_keys > 0 {
+                        return Route::TryAgain;
+                    }
                     return Route::Ask {
                         slot: req.slot,
                         addr: t.client_addr(),
@@ -594,6 +630,9 @@ impl Topology {
             }
         }
         if self.importing(req.slot).is_some() && req.asking {
+            if req.multiple_keys && req.missing_keys > 0 {
+                return Route::TryAgain;
+            }
             return Route::Local;
         }
         if req.readonly_read && self.myself().role == (Role::Replica { of: owner }) {
@@ -609,6 +648,19 @@ impl Topology {
             };
         }
         Route::Local
+    }
+
+    /// What this node does with an invalidation from an external stream (which every node
+    /// of the region reads in full) for a key in `slot`.
+    pub fn invalidation_scope(&self, slot: u16) -> InvalidationScope {
+        let owner = self.slots.owner(slot);
+        match self.myself().role {
+            Role::Primary if owner == Some(self.myself) || self.importing(slot).is_some() => {
+                InvalidationScope::Apply
+            }
+            Role::Replica { of } if owner == Some(of) => InvalidationScope::FloorOnly,
+            _ => InvalidationScope::Skip,
+        }
     }
 
     /// `CLUSTER SLOTS`: contiguous ranges with their primary and non-failing replicas.
@@ -812,7 +864,9 @@ mod tests {
     fn req(slot: u16) -> RouteRequest {
         RouteRequest {
             slot,
-            keys_exist_locally: true,
+            existing_keys: 1,
+            missing_keys: 0,
+            multiple_keys: false,
             asking: false,
             readonly_read: false,
         }
@@ -874,7 +928,8 @@ mod tests {
         t.migrating.insert(7, id(2));
         assert_eq!(t.route(&req(7)), Route::Local);
         let missing = RouteRequest {
-            keys_exist_locally: false,
+            existing_keys: 0,
+            missing_keys: 1,
             ..req(7)
         };
         let ask = t.route(&missing);
@@ -889,11 +944,83 @@ mod tests {
         // Other slots are unaffected.
         assert_eq!(
             t.route(&RouteRequest {
-                keys_exist_locally: false,
+                existing_keys: 0,
+                missing_keys: 1,
                 ..req(8)
             }),
             Route::Local
         );
+    }
+
+    #[test]
+    fn split_keys_of_a_migrating_slot_get_tryagain() {
+        let mut t = cluster(1);
+        t.migrating.insert(7, id(2));
+        let split = RouteRequest {
+            existing_keys: 1,
+            missing_keys: 2,
+            multiple_keys: true,
+            ..req(7)
+        };
+        assert_eq!(t.route(&split), Route::TryAgain);
+        assert_eq!(
+            Route::TryAgain.error_text().unwrap(),
+            "TRYAGAIN Multiple keys request during rehashing of slot"
+        );
+        // All gone: ASK; all here: served.
+        let gone = RouteRequest {
+            existing_keys: 0,
+            missing_keys: 3,
+            multiple_keys: true,
+            ..req(7)
+        };
+        assert!(matches!(t.route(&gone), Route::Ask { slot: 7, .. }));
+        let here = RouteRequest {
+            existing_keys: 3,
+            missing_keys: 0,
+            multiple_keys: true,
+            ..req(7)
+        };
+        assert_eq!(t.route(&here), Route::Local);
+        // The importing side under ASKING: a multi-key command needs every key present.
+        let mut t = cluster(2);
+        t.importing.insert(7, id(1));
+        let asking = |existing_keys, missing_keys, multiple_keys| RouteRequest {
+            existing_keys,
+            missing_keys,
+            multiple_keys,
+            asking: true,
+            ..req(7)
+        };
+        assert_eq!(t.route(&asking(1, 1, true)), Route::TryAgain);
+        assert_eq!(t.route(&asking(0, 2, true)), Route::TryAgain);
+        assert_eq!(t.route(&asking(2, 0, true)), Route::Local);
+        assert_eq!(t.route(&asking(0, 1, false)), Route::Local);
+        // Without ASKING the importing side still redirects to the owner.
+        assert!(matches!(
+            t.route(&RouteRequest {
+                asking: false,
+                ..asking(1, 1, true)
+            }),
+            Route::Moved { slot: 7, .. }
+        ));
+    }
+
+    #[test]
+    fn invalidations_apply_on_the_owner_floor_on_its_replicas_and_skip_elsewhere() {
+        let primary = cluster(1);
+        assert_eq!(primary.invalidation_scope(0), InvalidationScope::Apply);
+        assert_eq!(primary.invalidation_scope(5460), InvalidationScope::Apply);
+        assert_eq!(primary.invalidation_scope(5461), InvalidationScope::Skip);
+        let mut importer = cluster(2);
+        importer.importing.insert(7, id(1));
+        assert_eq!(importer.invalidation_scope(7), InvalidationScope::Apply);
+        assert_eq!(importer.invalidation_scope(8), InvalidationScope::Skip);
+        assert_eq!(importer.invalidation_scope(6000), InvalidationScope::Apply);
+        let replica = cluster(4); // replicates node 1
+        assert_eq!(replica.invalidation_scope(0), InvalidationScope::FloorOnly);
+        assert_eq!(replica.invalidation_scope(6000), InvalidationScope::Skip);
+        assert_eq!(replica.invalidation_scope(16383), InvalidationScope::Skip);
     }
 
     #[test]
@@ -917,7 +1044,8 @@ mod tests {
         assert_eq!(
             t.route(&RouteRequest {
                 asking: true,
-                keys_exist_locally: false,
+                existing_keys: 0,
+                missing_keys: 1,
                 ..req(7)
             }),
             Route::Local

@@ -382,7 +382,9 @@ impl Sim {
 fn route(slot: u16, exists: bool, asking: bool) -> RouteRequest {
     RouteRequest {
         slot,
-        keys_exist_locally: exists,
+        existing_keys: usize::from(exists),
+        missing_keys: usize::from(!exists),
+        multiple_keys: false,
         asking,
         readonly_read: false,
     }

@@ -619,13 +619,15 @@ pub fn info_text(
         let (p50, p99) = k.latency_percentiles().unwrap_or((0, 0));
         let _ = write!(
             o,
-            "# Invalidations\r\nkafka_enabled:{}\r\nkafka_records_applied:{}\r\nkafka_keys_invalidated:{}\r\nkafka_records_malformed:{}\r\nkafka_dead_lettered:{}\r\nkafka_consumer_errors:{}\r\nkafka_consumer_lag:{}\r\nkafka_apply_latency_p50_ms:{p50}\r\nkafka_apply_latency_p99_ms:{p99}\r\nstale_fills_refused:{}\r\nstale_fills_hidden:{}\r\ninvalidation_tombstones:{}\r\n",
+            "# Invalidations\r\nkafka_enabled:{}\r\nkafka_records_applied:{}\r\nkafka_keys_invalidated:{}\r\nkafka_records_malformed:{}\r\nkafka_dead_lettered:{}\r\nkafka_consumer_errors:{}\r\nkafka_floors_raised_as_replica:{}\r\nkafka_promotion_replays:{}\r\nkafka_consumer_lag:{}\r\nkafka_apply_latency_p50_ms:{p50}\r\nkafka_apply_latency_p99_ms:{p99}\r\nstale_fills_refused:{}\r\nstale_fills_hidden:{}\r\ninvalidation_tombstones:{}\r\n",
             u8::from(k.enabled.load(Relaxed)),
             k.records_applied.load(Relaxed),
             k.keys_invalidated.load(Relaxed),
             k.records_malformed.load(Relaxed),
             k.dead_lettered.load(Relaxed),
             k.consumer_errors.load(Relaxed),
+            k.floors_raised_as_replica.load(Relaxed),
+            k.promotion_replays.load(Relaxed),
             k.total_lag(),
             st.stale_fills_refused.load(Relaxed),
             ks.stale_fills_hidden,
