@@ -524,6 +524,7 @@ impl Keyspace {
         let existing = table.map.remove(key);
         if existing.is_none() && !full && self.slot_is_lossy(slot) {
             self.stats.partial_deltas_dropped += 1;
+            self.release_if_empty(slot);
             return Applied::DroppedPartial;
         }
         let existed = existing.is_some();
