@@ -279,14 +279,15 @@ fn replicated_stale_fill_is_refused_by_the_invalidated_region() {
     let (regions, _dir) = two_regions([Some(kafka_toml(&broker, "inv", "ga")), None]);
     let mut a = regions[0].conn();
     let mut b = regions[1].conn();
+    // Partition first: a's floor must not reach b before b makes its stale fill.
+    let _: () = q(&mut a, &["MERIDIAN", "LINK", "DOWN", "b"]);
+    let _: () = q(&mut b, &["MERIDIAN", "LINK", "DOWN", "a"]);
     let p = broker.producer();
     send(&p, "inv", Some("cart:9"), &versioned(10));
     flush(&p);
     wait_until(DEADLINE, "a applied the invalidation", || {
         applied(&mut a) == 1
     });
-    let _: () = q(&mut a, &["MERIDIAN", "LINK", "DOWN", "b"]);
-    let _: () = q(&mut b, &["MERIDIAN", "LINK", "DOWN", "a"]);
 
     // b fills from a lagging replica of the source: version 9, and its HLC is later.
     let _: () = q(&mut b, &["SET", "cart:9", "stale", "VERSION", "9"]);
