@@ -117,8 +117,15 @@ impl ReplicaStore for ShellStore<'_> {
         self.store.shard(shard_of(slot)).ks.slot_is_lossy(slot)
     }
 
-    fn mark_slot_repaired(&mut self, slot: u16) {
-        self.store.shard(shard_of(slot)).ks.mark_slot_repaired(slot)
+    fn slot_loss_mark(&self, slot: u16) -> Option<u64> {
+        self.store.shard(shard_of(slot)).ks.slot_loss_mark(slot)
+    }
+
+    fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
+        self.store
+            .shard(shard_of(slot))
+            .ks
+            .mark_slot_repaired_if(slot, mark);
     }
 
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {

@@ -220,6 +220,10 @@ pub struct Keyspace {
     floors: VecDeque<(u64, Bytes, u64)>,
     /// One bit per slot: see [`Keyspace::slot_is_lossy`].
     lossy: Vec<u64>,
+    /// Losses (eviction, expiry, dropped partial deltas) so far in this keyspace.
+    losses: u64,
+    /// Lossy slot → `losses` at its latest loss: see [`Keyspace::slot_loss_mark`].
+    loss_marks: std::collections::HashMap<u16, u64>,
 }
 
 fn entry_bytes(key: &[u8], e: &Entry) -> usize {
@@ -240,6 +244,8 @@ impl Keyspace {
             floors: VecDeque::new(),
             floor_clock_ms: 0,
             lossy: vec![0; SLOT_COUNT / 64],
+            losses: 0,
+            loss_marks: std::collections::HashMap::new(),
         }
     }
 
@@ -792,11 +798,35 @@ impl Keyspace {
 
     fn set_lossy(&mut self, slot: u16) {
         self.lossy[usize::from(slot) / 64] |= 1 << (slot % 64);
+        self.losses += 1;
+        self.loss_marks.insert(slot, self.losses);
+    }
+
+    /// `None` when the slot is not lossy; otherwise a mark that changes with every further
+    /// loss in the slot. Anti-entropy notes it when it digests the slot and repairs the
+    /// slot only if the mark is unchanged when the round completes (a key evicted after
+    /// the digest was taken is not covered by that round's comparison).
+    pub fn slot_loss_mark(&self, slot: u16) -> Option<u64> {
+        if !self.slot_is_lossy(slot) {
+            return None;
+        }
+        Some(self.loss_marks.get(&slot).copied().unwrap_or(0))
     }
 
     /// Anti-entropy repaired the slot: partial deltas may build on absent keys again.
     pub fn mark_slot_repaired(&mut self, slot: u16) {
         self.lossy[usize::from(slot) / 64] &= !(1 << (slot % 64));
+        self.loss_marks.remove(&slot);
+    }
+
+    /// [`Keyspace::mark_slot_repaired`] if no loss happened in the slot since `mark` was
+    /// read from [`Keyspace::slot_loss_mark`]. Returns whether the slot was repaired.
+    pub fn mark_slot_repaired_if(&mut self, slot: u16, mark: u64) -> bool {
+        if self.slot_loss_mark(slot) != Some(mark) {
+            return false;
+        }
+        self.mark_slot_repaired(slot);
+        true
     }
 
     /// Free a slot's table once it holds no key (tombstones included): a table's bucket

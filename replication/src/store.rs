@@ -29,7 +29,11 @@ pub trait ReplicaStore {
     /// lock the key's shard for this call only).
     fn entry(&self, key: &[u8]) -> Option<Entry>;
     fn slot_is_lossy(&self, slot: u16) -> bool;
-    fn mark_slot_repaired(&mut self, slot: u16);
+    /// `None` when the slot is not lossy, else a mark that changes with every further
+    /// loss in the slot (see `Keyspace::slot_loss_mark`).
+    fn slot_loss_mark(&self, slot: u16) -> Option<u64>;
+    /// Clear the slot's lossy flag if its loss mark is still `mark`.
+    fn mark_slot_repaired(&mut self, slot: u16, mark: u64);
     /// Drop metadata every region has seen (`stable(origin)` = causally stable HLC).
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize;
 }
@@ -70,8 +74,12 @@ impl ReplicaStore for Keyspace {
         Keyspace::slot_is_lossy(self, slot)
     }
 
-    fn mark_slot_repaired(&mut self, slot: u16) {
-        Keyspace::mark_slot_repaired(self, slot)
+    fn slot_loss_mark(&self, slot: u16) -> Option<u64> {
+        Keyspace::slot_loss_mark(self, slot)
+    }
+
+    fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
+        Keyspace::mark_slot_repaired_if(self, slot, mark);
     }
 
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {

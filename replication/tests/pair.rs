@@ -2,7 +2,7 @@
 //! queues that duplicate, reorder and drop frames, each over a real `Keyspace`.
 
 use bytes::Bytes;
-use meridian_crdt::{HlcClock, Keyspace, KeyspaceConfig, RegionId, SLOT_COUNT};
+use meridian_crdt::{key_slot, HlcClock, Keyspace, KeyspaceConfig, RegionId, SLOT_COUNT};
 use meridian_replication::{decode, encode, Frame, LinkConfig, RegionLink};
 
 struct Rng(u64);
@@ -390,4 +390,86 @@ fn anti_entropy_round_leaves_in_flight_keys_to_their_deltas() {
     for s in 0..SLOT_COUNT as u16 {
         assert_eq!(ka.slot_digest(s), kb.slot_digest(s));
     }
+}
+
+/// A key evicted after a round digested its slot was compared while still present: that
+/// round must not mark the (now lossy) slot repaired. A later round brings the key back
+/// and only then is the slot repaired (seed 617 of meridian-sim: the region wrote to the
+/// key on a state that had forgotten its own counter contribution, losing increments).
+#[test]
+fn eviction_after_the_slot_was_digested_keeps_the_slot_lossy() {
+    let cfg = LinkConfig {
+        anti_entropy_interval_ms: 1_000_000,
+        anti_entropy_retry_ms: 100,
+        anti_entropy_step_slots: 512,
+        resend_timeout_ms: 1_000_000,
+        ..LinkConfig::default()
+    };
+    let mk = |r: u16| {
+        Keyspace::new(KeyspaceConfig {
+            region: RegionId(r),
+            retain_tombstones: true,
+            ..KeyspaceConfig::default()
+        })
+    };
+    let (mut ka, mut kb) = (mk(0), mk(1));
+    let mut clock = HlcClock::new(RegionId(0));
+    let mut a = RegionLink::new(RegionId(0), &[RegionId(1)], 1, cfg.clone());
+    let mut b = RegionLink::new(RegionId(1), &[RegionId(0)], 1, cfg);
+    // A key of a slot the first step digests, held by both regions.
+    let key = (0..)
+        .map(|i| format!("ctr:{i}"))
+        .find(|k| key_slot(k.as_bytes()) < 512)
+        .expect("some key");
+    let key = key.as_bytes();
+    let slot = key_slot(key);
+    ka.write(key, clock.now(1_000), 1_000, |w| w.incr_by(13).map(|_| ()))
+        .expect("incr");
+    ka.drain_deltas().for_each(drop);
+    let state = ka.raw_entry(key).cloned().expect("written");
+    kb.merge_state(key, true, &state);
+
+    let mut round = |now: u64, a: &mut RegionLink, ka: &mut Keyspace, evict: bool| {
+        a.request_anti_entropy(RegionId(1));
+        a.handle_timeout(now);
+        let mut first = true;
+        for _ in 0..1_000 {
+            a.poll_anti_entropy(now, ka);
+            if first && evict {
+                // The slot is digested (equal to B's), then the key is evicted here.
+                assert!(a.has_anti_entropy_work(), "the round takes several steps");
+                assert!(ka.evict_key(key) > 0);
+                assert!(ka.slot_is_lossy(slot));
+            }
+            first = false;
+            b.poll_anti_entropy(now, &mut kb);
+            let mut moved = false;
+            while let Some((_, f)) = a.poll_transmit(now) {
+                b.handle_frame(now, RegionId(0), f, &mut kb);
+                moved = true;
+            }
+            while let Some((_, f)) = b.poll_transmit(now) {
+                a.handle_frame(now, RegionId(1), f, ka);
+                moved = true;
+            }
+            if !moved && !a.has_anti_entropy_work() && !b.has_anti_entropy_work() {
+                return;
+            }
+        }
+        panic!("the round finishes");
+    };
+    round(2_000, &mut a, &mut ka, true);
+    assert_eq!(a.anti_entropy_stats().rounds_completed, 1);
+    assert!(
+        ka.slot_is_lossy(slot),
+        "a round that digested the slot before the eviction does not repair it"
+    );
+    // Later rounds fetch the key back, then find the slot equal and repair it.
+    let mut now = 2_000;
+    while ka.slot_is_lossy(slot) {
+        now += 200;
+        assert!(now < 10_000, "the slot is repaired");
+        round(now, &mut a, &mut ka, false);
+    }
+    assert_eq!(ka.raw_entry(key), Some(&state));
 }

@@ -123,8 +123,11 @@ impl ReplicaStore for SimStore {
     fn slot_is_lossy(&self, slot: u16) -> bool {
         self.ks.slot_is_lossy(slot)
     }
-    fn mark_slot_repaired(&mut self, slot: u16) {
-        self.ks.mark_slot_repaired(slot)
+    fn slot_loss_mark(&self, slot: u16) -> Option<u64> {
+        self.ks.slot_loss_mark(slot)
+    }
+    fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
+        self.ks.mark_slot_repaired_if(slot, mark);
     }
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
         self.ks.gc(&|r| stable(r))

@@ -28,7 +28,8 @@
 //! fixed digest vector grows with the number of differing keys. The salt changes every
 //! round, so a digest or fingerprint collision only delays a repair by one round. An empty
 //! region bootstraps by running a round: every slot of the peer differs. A slot the keyspace
-//! marked lossy (eviction) is marked repaired once a round with every peer found it equal.
+//! marked lossy (eviction) is marked repaired once a round with every peer found it equal,
+//! counting only rounds that digested it after its latest loss (its loss mark).
 
 use crate::codec::{AeDigests, AeEntries, AeKeys, Frame, KeyState, SlotKeys};
 use crate::store::ReplicaStore;
@@ -52,6 +53,8 @@ struct PendingRound {
     round: u64,
     start_seq: u64,
     listed: BTreeSet<u16>,
+    /// Slots that were lossy when the round digested them, with their loss mark then.
+    lossy: Vec<(u16, u64)>,
 }
 
 /// Initiator side: our differing keys, shipped once every `want` was answered.
@@ -70,6 +73,8 @@ struct Building {
     present: Vec<u8>,
     digests: Vec<u8>,
     any: bool,
+    /// Lossy slots with their loss mark when digested.
+    lossy: Vec<(u16, u64)>,
     /// Indexes of the peers the round is for.
     to: Vec<usize>,
 }
@@ -123,8 +128,8 @@ pub struct AntiEntropy {
     starts: u64,
     /// Clean rounds completed: `(peer, start_seq, peer's own write frontier)`.
     clean: Vec<(RegionId, u64, Hlc)>,
-    /// Lossy slots → bitmask of peer indexes found equal since.
-    lossy_synced: BTreeMap<u16, u64>,
+    /// Lossy slots → (loss mark, bitmask of peer indexes found equal since that loss).
+    lossy_synced: BTreeMap<u16, (u64, u64)>,
     outbox: VecDeque<(RegionId, Frame)>,
     max_seen_hlc: Hlc,
     stats: AntiEntropyStats,
@@ -327,6 +332,7 @@ impl AntiEntropy {
                 round,
                 start_seq: self.starts,
                 listed: BTreeSet::new(),
+                lossy: Vec::new(),
             });
             self.stats.rounds_started += 1;
         }
@@ -336,6 +342,7 @@ impl AntiEntropy {
             present: vec![0u8; SLOT_COUNT / 8],
             digests: Vec::new(),
             any: false,
+            lossy: Vec::new(),
             to: due,
         });
     }
@@ -348,6 +355,10 @@ impl AntiEntropy {
         let salt = salt_of(b.round);
         let end = (b.next_slot + self.step_slots).min(SLOT_COUNT);
         for slot in b.next_slot..end {
+            // The mark first: a loss between the two reads only makes the repair wait.
+            if let Some(mark) = store.slot_loss_mark(slot as u16) {
+                b.lossy.push((slot as u16, mark));
+            }
             let d = store.slot_digest(slot as u16);
             if d != 0 {
                 b.any = true;
@@ -374,7 +385,8 @@ impl AntiEntropy {
         };
         for i in b.to {
             let p = &mut self.peers[i];
-            if p.pending.as_ref().is_some_and(|r| r.round == b.round) {
+            if let Some(pending) = p.pending.as_mut().filter(|r| r.round == b.round) {
+                pending.lossy.clone_from(&b.lossy);
                 // The round's timers run from now: building it took several steps.
                 p.next_due_ms = Some(now_ms + self.interval_ms);
                 p.retry_at_ms = now_ms + self.retry_ms;
@@ -589,7 +601,7 @@ impl AntiEntropy {
                 let again = peer.retry_at_ms;
                 peer.next_due_ms = Some(peer.next_due_ms.map_or(again, |t| t.min(again)));
             }
-            self.note_equal_slots(pi, &pending.listed, store);
+            self.note_equal_slots(pi, &pending, store);
         }
     }
 
@@ -630,10 +642,15 @@ impl AntiEntropy {
         self.stats.entries_shipped += chunks.shipped;
     }
 
+    /// A completed round found the slots it did not list equal. A lossy slot counts as
+    /// synced with this peer only if it was already lossy when the round digested it and
+    /// lost nothing since (its loss mark is unchanged): a key evicted after the digest was
+    /// taken was compared while still present, so the round says nothing about getting it
+    /// back. Digests are taken a slot range per step, well before the round completes.
     fn note_equal_slots<S: ReplicaStore + ?Sized>(
         &mut self,
         peer_index: usize,
-        differing: &BTreeSet<u16>,
+        round: &PendingRound,
         store: &mut S,
     ) {
         let all: u64 = if self.peers.len() == 64 {
@@ -641,17 +658,18 @@ impl AntiEntropy {
         } else {
             (1u64 << self.peers.len()) - 1
         };
-        for slot in 0..SLOT_COUNT as u16 {
-            if !store.slot_is_lossy(slot) {
+        for &(slot, mark) in &round.lossy {
+            if round.listed.contains(&slot) || store.slot_loss_mark(slot) != Some(mark) {
                 continue;
             }
-            if differing.contains(&slot) {
-                continue;
+            // Peers found equal under an older loss mark do not count any more.
+            let synced = self.lossy_synced.entry(slot).or_insert((mark, 0));
+            if synced.0 != mark {
+                *synced = (mark, 0);
             }
-            let mask = self.lossy_synced.entry(slot).or_insert(0);
-            *mask |= 1 << peer_index;
-            if *mask == all {
-                store.mark_slot_repaired(slot);
+            synced.1 |= 1 << peer_index;
+            if synced.1 == all {
+                store.mark_slot_repaired(slot, mark);
                 self.lossy_synced.remove(&slot);
             }
         }
