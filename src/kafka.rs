@@ -92,19 +92,22 @@ pub fn record_value(version: Option<u64>) -> Vec<u8> {
 /// Apply one invalidation to the local store (also used by `MERIDIAN INVALIDATE`).
 /// Returns how many keys lost a visible value.
 pub fn apply(store: &Store, inv: &Invalidation, now_ms: u64) -> usize {
-    let mut removed = 0;
-    for key in &inv.keys {
-        // Stamp under the shard lock, like a client write: the replication shell relies on
-        // every issued stamp's delta being in the shard log once it can take that lock.
-        let mut shard = store.shard(crate::store::key_shard(key));
-        let stamp = store.stamp(now_ms);
-        removed += usize::from(
-            shard
-                .ks
-                .write(key, stamp, now_ms, |w| w.invalidate(inv.version)),
-        );
-        shard.after_write(&store.stats);
-    }
+    inv.keys
+        .iter()
+        .filter(|key| invalidate_key(store, key, inv.version, now_ms))
+        .count()
+}
+
+/// Invalidate one key as a local write; returns whether a visible value was removed.
+fn invalidate_key(store: &Store, key: &[u8], version: Option<u64>, now_ms: u64) -> bool {
+    // Stamp under the shard lock, like a client write: the replication shell relies on
+    // every issued stamp's delta being in the shard log once it can take that lock.
+    let mut shard = store.shard(crate::store::key_shard(key));
+    let stamp = store.stamp(now_ms);
+    let removed = shard
+        .ks
+        .write(key, stamp, now_ms, |w| w.invalidate(version));
+    shard.after_write(&store.stats);
     removed
 }
 
@@ -125,14 +128,7 @@ pub fn apply_in_cluster(
     for (key, scope) in inv.keys.iter().zip(scopes) {
         match scope {
             InvalidationScope::Apply => {
-                let mut shard = store.shard(crate::store::key_shard(key));
-                let stamp = store.stamp(now_ms);
-                removed += usize::from(
-                    shard
-                        .ks
-                        .write(key, stamp, now_ms, |w| w.invalidate(inv.version)),
-                );
-                shard.after_write(&store.stats);
+                removed += usize::from(invalidate_key(store, key, inv.version, now_ms));
             }
             InvalidationScope::FloorOnly => {
                 let Some(v) = inv.version else { continue };

@@ -301,10 +301,9 @@ fn frames_are_decodable_and_batches_bounded() {
     assert_eq!(shipped, enqueued);
 }
 
-/// A round that overlaps deltas still in flight leaves those keys to the deltas (no double
-/// shipping), is computed a slot range per step, and the regions still converge.
-#[test]
-fn anti_entropy_round_leaves_in_flight_keys_to_their_deltas() {
+/// Regions 0 and 1 with keyspaces that keep tombstones and links that run anti-entropy
+/// only on request, 512 slots per step, and never resend on their own.
+fn stepwise_pair() -> (Keyspace, Keyspace, RegionLink, RegionLink) {
     let cfg = LinkConfig {
         anti_entropy_interval_ms: 1_000_000,
         anti_entropy_retry_ms: 100,
@@ -319,10 +318,20 @@ fn anti_entropy_round_leaves_in_flight_keys_to_their_deltas() {
             ..KeyspaceConfig::default()
         })
     };
-    let (mut ka, mut kb) = (mk(0), mk(1));
+    (
+        mk(0),
+        mk(1),
+        RegionLink::new(RegionId(0), &[RegionId(1)], 1, cfg.clone()),
+        RegionLink::new(RegionId(1), &[RegionId(0)], 1, cfg),
+    )
+}
+
+/// A round that overlaps deltas still in flight leaves those keys to the deltas (no double
+/// shipping), is computed a slot range per step, and the regions still converge.
+#[test]
+fn anti_entropy_round_leaves_in_flight_keys_to_their_deltas() {
+    let (mut ka, mut kb, mut a, mut b) = stepwise_pair();
     let mut clock = HlcClock::new(RegionId(0));
-    let mut a = RegionLink::new(RegionId(0), &[RegionId(1)], 1, cfg.clone());
-    let mut b = RegionLink::new(RegionId(1), &[RegionId(0)], 1, cfg);
     for i in 0..2_000u32 {
         let st = clock.now(1_000);
         ka.write(format!("k{i}").as_bytes(), st, 1_000, |w| {
@@ -398,24 +407,8 @@ fn anti_entropy_round_leaves_in_flight_keys_to_their_deltas() {
 /// key on a state that had forgotten its own counter contribution, losing increments).
 #[test]
 fn eviction_after_the_slot_was_digested_keeps_the_slot_lossy() {
-    let cfg = LinkConfig {
-        anti_entropy_interval_ms: 1_000_000,
-        anti_entropy_retry_ms: 100,
-        anti_entropy_step_slots: 512,
-        resend_timeout_ms: 1_000_000,
-        ..LinkConfig::default()
-    };
-    let mk = |r: u16| {
-        Keyspace::new(KeyspaceConfig {
-            region: RegionId(r),
-            retain_tombstones: true,
-            ..KeyspaceConfig::default()
-        })
-    };
-    let (mut ka, mut kb) = (mk(0), mk(1));
+    let (mut ka, mut kb, mut a, mut b) = stepwise_pair();
     let mut clock = HlcClock::new(RegionId(0));
-    let mut a = RegionLink::new(RegionId(0), &[RegionId(1)], 1, cfg.clone());
-    let mut b = RegionLink::new(RegionId(1), &[RegionId(0)], 1, cfg);
     // A key of a slot the first step digests, held by both regions.
     let key = (0..)
         .map(|i| format!("ctr:{i}"))
