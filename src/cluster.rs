@@ -195,26 +195,24 @@ impl Cluster {
             .map_err(|e| format!("{}: {e}", self.nodes_file.display()))
     }
 
-    /// Route a key-bearing command. `None`: run it here; `Some(error text)` otherwise.
+    /// Route a key-bearing command, given its keys with their slots. `None`: run it here;
+    /// `Some(error text)` otherwise.
     pub fn route(
         &self,
         store: &Store,
-        keys: &mut dyn Iterator<Item = &[u8]>,
+        keys: &[(&[u8], u16)],
         write: bool,
         asking: bool,
         readonly_read: bool,
         now: u64,
     ) -> Option<String> {
-        let first = keys.next()?;
-        let slot = meridian_crdt::key_slot(first);
-        let mut all_keys = vec![first];
+        let &(first, slot) = keys.first()?;
         let mut multiple_keys = false;
-        for k in keys {
-            if meridian_crdt::key_slot(k) != slot {
+        for &(k, s) in &keys[1..] {
+            if s != slot {
                 return Some("CROSSSLOT Keys in request don't hash to the same slot".into());
             }
             multiple_keys |= k != first;
-            all_keys.push(k);
         }
         let migrating = {
             let node = self.node.lock();
@@ -227,7 +225,7 @@ impl Cluster {
         let (mut existing_keys, mut missing_keys) = (0, 0);
         if migrating {
             let shard = store.shard(crate::store::shard_of(slot));
-            for k in &all_keys {
+            for &(k, _) in keys {
                 if shard.ks.peek(k, now).is_some() {
                     existing_keys += 1;
                 } else {

@@ -200,13 +200,20 @@ pub fn execute(
         }
         _ => {}
     }
+    // Each key's slot, computed once: for routing, lock choice and the keyspace.
+    let keys: smallvec::SmallVec<[(&[u8], u16); 4]> = if spec.first_key > 0 {
+        spec.key_indices(args.len())
+            .map(|i| (&args[i][..], key_slot(&args[i])))
+            .collect()
+    } else {
+        smallvec::SmallVec::new()
+    };
     if let Some(c) = &shared.cluster {
         let asking = std::mem::take(&mut conn.asking);
         if spec.first_key > 0 {
             let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
-            let mut keys = spec.key_indices(args.len()).map(|i| &args[i][..]);
             let write = spec.flags & cmd::WRITE != 0;
-            if let Some(e) = c.route(store, &mut keys, write, asking, readonly_read, now) {
+            if let Some(e) = c.route(store, &keys, write, asking, readonly_read, now) {
                 if conn.multi.is_some() {
                     conn.multi_error = true;
                 }
@@ -236,9 +243,8 @@ pub fn execute(
         Locks::All(store.lock_all())
     } else if spec.first_key > 0 {
         let mut idxs = smallvec::SmallVec::<[usize; 4]>::new();
-        for i in spec.key_indices(args.len()) {
-            let slot = key_slot(&args[i]);
-            key_slots.push((args[i].as_ptr() as usize, args[i].len(), slot));
+        for &(key, slot) in &keys {
+            key_slots.push((key.as_ptr() as usize, key.len(), slot));
             idxs.push(shard_of(slot));
         }
         Locks::Some(store.lock_some(&mut idxs))

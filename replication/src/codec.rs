@@ -244,12 +244,15 @@ pub fn check_entry(e: &Entry) -> Result<(), CodecError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use meridian_crdt::{Keyspace, KeyspaceConfig, Stamp};
     use proptest::prelude::*;
 
-    fn sample_frames() -> Vec<Frame> {
+    /// A keyspace holding one key of each kind (counter, set, string with a TTL, hash; in
+    /// that order) and the deltas that built it: sample content for the frame tests here and
+    /// in `replica`.
+    pub(crate) fn sample_deltas() -> (Keyspace, Vec<Delta>) {
         let mut ks = Keyspace::new(KeyspaceConfig {
             region: RegionId(1),
             retain_tombstones: true,
@@ -258,16 +261,21 @@ mod tests {
         let st = |n: u64| Stamp::new(Hlc::from_parts(1_000 + n, 0), RegionId(1));
         ks.write(b"ctr", st(1), 0, |w| w.incr_by(5).unwrap());
         ks.write(b"s", st(2), 0, |w| w.sadd(&Bytes::from_static(b"m")));
-        ks.write(b"h", st(3), 0, |w| {
+        ks.write(b"k", st(3), 0, |w| {
+            w.set_str(Bytes::from_static(b"value"), false);
+            w.set_deadline(Some(99_999));
+        });
+        ks.write(b"h", st(4), 0, |w| {
             w.hash_update(&Bytes::from_static(b"f"), |s, st| {
                 s.set(st, Bytes::from_static(b"v"))
             })
         });
-        ks.write(b"k", st(4), 0, |w| {
-            w.set_str(Bytes::from_static(b"value"), false);
-            w.set_deadline(Some(99_999));
-        });
-        let deltas: Vec<Delta> = ks.drain_deltas().collect();
+        let deltas = ks.drain_deltas().collect();
+        (ks, deltas)
+    }
+
+    fn sample_frames() -> Vec<Frame> {
+        let (ks, deltas) = sample_deltas();
         let entries = deltas
             .iter()
             .map(|d| KeyState {

@@ -242,25 +242,8 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_crdt::{Hlc, Keyspace, KeyspaceConfig, RegionId, Stamp};
+    use crate::codec::tests::sample_deltas;
     use proptest::prelude::*;
-
-    fn sample_deltas() -> (Keyspace, Vec<Delta>) {
-        let mut ks = Keyspace::new(KeyspaceConfig {
-            region: RegionId(1),
-            retain_tombstones: true,
-            ..KeyspaceConfig::default()
-        });
-        let st = |n: u64| Stamp::new(Hlc::from_parts(1_000 + n, 0), RegionId(1));
-        ks.write(b"ctr", st(1), 0, |w| w.incr_by(5).unwrap());
-        ks.write(b"s", st(2), 0, |w| w.sadd(&Bytes::from_static(b"m")));
-        ks.write(b"k", st(3), 0, |w| {
-            w.set_str(Bytes::from_static(b"value"), false);
-            w.set_deadline(Some(99_999));
-        });
-        let d = ks.drain_deltas().collect();
-        (ks, d)
-    }
 
     fn sample_frames() -> Vec<ReplicaFrame> {
         let (ks, deltas) = sample_deltas();
