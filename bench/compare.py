@@ -52,7 +52,8 @@ def start_redis(port):
 
 
 def start_meridian(path, port):
-    p = subprocess.Popen([path, "--port", str(port), "--log-level", "warn"],
+    extra = os.environ.get("MERIDIAN_ARGS", "").split()
+    p = subprocess.Popen([path, "--port", str(port), "--log-level", "warn", *extra],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, p)
     return p

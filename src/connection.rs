@@ -109,6 +109,11 @@ pub async fn serve(
             .commands
             .fetch_add(std::mem::take(&mut conn.pending_commands), Relaxed);
         if !out.is_empty() {
+            // Like Redis' event loop (read every ready client, then write every reply):
+            // let the other ready connections run their commands first, so the replies leave
+            // in one burst and a waiting client is woken once per burst, not once per
+            // connection with our processing in between.
+            tokio::task::yield_now().await;
             if stream.write_all(&out).await.is_err() {
                 break;
             }
