@@ -583,7 +583,7 @@ async fn send_snapshot(stream: &mut TcpStream, store: &Store, offset: u64) -> Re
                     chunk_bytes = 0;
                 }
                 chunk.push(KeyState {
-                    key: k.clone(),
+                    key: Bytes::copy_from_slice(k),
                     state: e.clone(),
                 });
                 chunk_bytes += size;

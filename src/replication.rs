@@ -101,11 +101,11 @@ impl ReplicaStore for ShellStore<'_> {
         self.store.shard(shard_of(slot)).ks.slot_digest(slot)
     }
 
-    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
+    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
         ReplicaStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
     }
 
-    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
+    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         ReplicaStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
     }
 

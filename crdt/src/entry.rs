@@ -21,7 +21,7 @@
 use crate::collections::{OrMap, OrSet};
 use crate::dots::Dots;
 use crate::hlc::{Hlc, RegionId, Stamp};
-use crate::strval::Str;
+use crate::strval::{Register, Str};
 use crate::CrdtError;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -685,12 +685,38 @@ impl<'a> EntryWriter<'a> {
 
     /// Record the full string component in the delta.
     fn str_delta(&mut self) {
+        self.str_delta_with(None);
+    }
+
+    /// [`EntryWriter::str_delta`], the delta carrying `wire` (the same bytes as the stored
+    /// value) instead of a second handle on the stored value.
+    fn str_delta_with(&mut self, wire: Option<&Bytes>) {
         if let Ok(i) = self.entry.comp_index(Kind::Str) {
-            let c = self.entry.comps[i].clone();
-            self.delta.merge(&Entry {
-                comps: smallvec::smallvec![c],
-                ..Entry::default()
-            });
+            let c = &self.entry.comps[i];
+            if let Val::Str(st) = &c.val {
+                let reg = Register {
+                    stamp: st.reg.stamp,
+                    value: wire.cloned().or_else(|| st.reg.value.clone()),
+                    version: st.reg.version,
+                };
+                let comp = Comp {
+                    created: c.created,
+                    val: Val::Str(Str {
+                        reg,
+                        ctr: st.ctr.clone(),
+                    }),
+                };
+                match self.delta.comp_index(Kind::Str) {
+                    // Merging a string into an empty component is a copy: move it in.
+                    Err(at) => self.delta.comps.insert(at, comp),
+                    Ok(_) => {
+                        self.delta.merge(&Entry {
+                            comps: smallvec::smallvec![comp],
+                            ..Entry::default()
+                        });
+                    }
+                }
+            }
         }
         self.changed = true;
     }
@@ -705,11 +731,23 @@ impl<'a> EntryWriter<'a> {
         }
     }
 
+    /// [`EntryWriter::set_str`] of a value that lives in a request's buffer: the entry
+    /// stores its own copy (a key never pins a request buffer), and the delta ships `value`
+    /// itself, so the stored copy is never shared (no refcount header, no atomics on it).
+    pub fn set_str_shared(&mut self, value: &Bytes, keep_ttl: bool) {
+        let stamp = self.stamp;
+        self.str_mut().set(stamp, Bytes::copy_from_slice(value));
+        self.str_delta_with(Some(value));
+        if !keep_ttl {
+            self.kill_ttl();
+        }
+    }
+
     /// `SET … VERSION n`: a fill loaded from the source at `version`. Refused (nothing
     /// written) when an invalidation at a version ≥ `version` was applied to the key.
     pub fn set_str_versioned(
         &mut self,
-        value: Bytes,
+        value: &Bytes,
         version: u64,
         keep_ttl: bool,
     ) -> Result<(), CrdtError> {
@@ -719,8 +757,9 @@ impl<'a> EntryWriter<'a> {
             });
         }
         let stamp = self.stamp;
-        self.str_mut().set_versioned(stamp, value, version);
-        self.str_delta();
+        self.str_mut()
+            .set_versioned(stamp, Bytes::copy_from_slice(value), version);
+        self.str_delta_with(Some(value));
         if !keep_ttl {
             self.kill_ttl();
         }

@@ -112,9 +112,13 @@ pub struct KeyspaceStats {
     pub stale_fills_hidden: u64,
 }
 
+/// A key's bytes, inline up to 24 bytes (most keys): no allocation of its own and no
+/// pointer to chase when a lookup compares it.
+type KeyBuf = smallvec::SmallVec<[u8; 24]>;
+
 /// One key and its state, in one allocation.
 struct Node {
-    key: Bytes,
+    key: KeyBuf,
     entry: Entry,
 }
 
@@ -139,25 +143,47 @@ impl Table {
     }
 
     fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.nodes
-            .find(self.hash(key), |n| n.key[..] == *key)
-            .map(|n| &n.entry)
+        self.get_hashed(self.hash(key), key)
     }
 
-    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
-        let h = self.hash(key);
+    fn get_hashed(&self, h: u64, key: &[u8]) -> Option<&Entry> {
+        self.nodes.find(h, |n| n.key[..] == *key).map(|n| &n.entry)
+    }
+
+    fn get_mut_hashed(&mut self, h: u64, key: &[u8]) -> Option<&mut Entry> {
         self.nodes
             .find_mut(h, |n| n.key[..] == *key)
             .map(|n| &mut n.entry)
     }
 
-    /// Take a key's node out (a write or merge puts it back with [`Table::insert`]).
-    fn remove(&mut self, key: &[u8]) -> Option<Box<Node>> {
-        let h = self.hash(key);
+    /// The node of `key` (hash `h`), created empty if absent; `true` when it existed.
+    fn get_or_create(&mut self, h: u64, key: &[u8]) -> (&mut Node, bool) {
+        let hasher = &self.hasher;
+        match self
+            .nodes
+            .entry(h, |n| n.key[..] == *key, |n| hasher.hash_one(&n.key[..]))
+        {
+            hashbrown::hash_table::Entry::Occupied(o) => (&mut **o.into_mut(), true),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                let node = Box::new(Node {
+                    key: KeyBuf::from_slice(key),
+                    entry: Entry::default(),
+                });
+                (&mut **v.insert(node).into_mut(), false)
+            }
+        }
+    }
+
+    fn remove_hashed(&mut self, h: u64, key: &[u8]) -> Option<Box<Node>> {
         match self.nodes.find_entry(h, |n| n.key[..] == *key) {
             Ok(o) => Some(o.remove().0),
             Err(_) => None,
         }
+    }
+
+    /// Take a key's node out (a write or merge puts it back with [`Table::insert`]).
+    fn remove(&mut self, key: &[u8]) -> Option<Box<Node>> {
+        self.remove_hashed(self.hash(key), key)
     }
 
     /// Insert a node whose key is absent.
@@ -168,8 +194,8 @@ impl Table {
             .insert_unique(h, node, |n| hasher.hash_one(&n.key[..]));
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Entry)> {
-        self.nodes.iter().map(|n| (&n.key, &n.entry))
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
+        self.nodes.iter().map(|n| (&n.key[..], &n.entry))
     }
 
     fn is_empty(&self) -> bool {
@@ -180,7 +206,7 @@ impl Table {
         self.nodes.iter().map(|n| &n.entry)
     }
 
-    fn retain(&mut self, mut f: impl FnMut(&Bytes, &mut Entry) -> bool) {
+    fn retain(&mut self, mut f: impl FnMut(&[u8], &mut Entry) -> bool) {
         self.nodes.retain(|n| {
             let Node { key, entry } = &mut **n;
             f(key, entry)
@@ -188,7 +214,15 @@ impl Table {
     }
 }
 
-/// What an entry was before a write or merge (for the counters `put_back` maintains).
+/// What an entry is after a write or merge (for the counters [`Keyspace::account`] keeps).
+struct After {
+    is_alive: bool,
+    is_volatile: bool,
+    bytes: usize,
+    keep: bool,
+}
+
+/// What an entry was before a write or merge (for the counters [`Keyspace::account`] keeps).
 struct Prior {
     existed: bool,
     was_alive: bool,
@@ -311,7 +345,8 @@ impl Keyspace {
     /// [`Keyspace::get`] for a caller that already knows the key's slot.
     pub fn get_in(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<&Entry> {
         debug_assert_eq!(slot, key_slot(key));
-        let (alive, expired) = match self.table(slot).and_then(|t| t.map.get(key)) {
+        let h = self.hasher.hash_one(key);
+        let (alive, expired) = match self.table(slot).and_then(|t| t.map.get_hashed(h, key)) {
             None => return None,
             Some(e) => (e.is_alive(), e.is_expired(now_ms)),
         };
@@ -324,7 +359,7 @@ impl Keyspace {
         }
         let coin = self.next_coin();
         let table = self.slots[usize::from(slot)].as_deref_mut()?;
-        let e = table.map.get_mut(key)?;
+        let e = table.map.get_mut_hashed(h, key)?;
         touch(&mut e.access, now_ms, coin);
         Some(e)
     }
@@ -342,14 +377,22 @@ impl Keyspace {
         now_ms: u64,
         f: impl FnOnce(&mut EntryWriter) -> R,
     ) -> R {
-        self.write_in(key_slot(key), key, stamp, now_ms, f)
+        self.write_in(
+            key_slot(key),
+            &Bytes::copy_from_slice(key),
+            stamp,
+            now_ms,
+            f,
+        )
     }
 
-    /// [`Keyspace::write`] for a caller that already knows the key's slot.
+    /// [`Keyspace::write`] for a caller that already knows the key's slot and holds the key
+    /// as `Bytes`: the delta shares `key` (a request argument) rather than copying it. One
+    /// table probe finds or creates the key's node, and the write happens in place.
     pub fn write_in<R>(
         &mut self,
         slot: u16,
-        key: &[u8],
+        key: &Bytes,
         stamp: Stamp,
         now_ms: u64,
         f: impl FnOnce(&mut EntryWriter) -> R,
@@ -359,32 +402,16 @@ impl Keyspace {
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
-        let table = self.table_mut(slot);
-        let (mut node, existed) = match table.map.remove(key) {
-            Some(n) => (n, true),
-            None => (
-                Box::new(Node {
-                    key: Bytes::copy_from_slice(key),
-                    entry: Entry::default(),
-                }),
-                false,
-            ),
-        };
-        let Node {
-            key: key_bytes,
-            entry,
-        } = &mut *node;
+        let h = self.hasher.hash_one(&key[..]);
+        let (node, existed) = self.table_mut(slot).map.get_or_create(h, key);
+        let entry = &mut node.entry;
         // A live key whose deadline passed is gone for this write. (A tombstone whose
         // leftover deadline passed is not an expired key: the write builds on it.)
         let expired = entry.is_alive() && entry.is_expired(now_ms);
         let was_alive = entry.is_alive();
         let was_volatile = was_alive && entry.deadline_ms().is_some();
         let floor_before = entry.floor();
-        let before = if existed {
-            entry_bytes(key_bytes, entry)
-        } else {
-            0
-        };
+        let before = if existed { entry_bytes(key, entry) } else { 0 };
         let mut w = EntryWriter {
             entry: &mut *entry,
             delta: Entry::default(),
@@ -404,22 +431,21 @@ impl Keyspace {
         }
         let r = f(&mut w);
         let (changed, mut delta_state, created_key) = (w.changed, w.delta, w.created_key);
-        if expired {
-            self.stats.expired += 1;
-            if !changed {
-                // Nothing written: plain local expiry, which never replicates.
-                let table = self.table_mut(slot);
-                table.alive -= 1;
-                table.volatile -= usize::from(was_volatile);
-                table.digest = None;
-                self.set_lossy(slot);
-                self.release_if_empty(slot);
-                let s = &mut self.stats;
-                s.keys -= 1;
-                s.volatile -= usize::from(was_volatile);
-                s.bytes -= before;
-                return r;
-            }
+        if expired && !changed {
+            // Nothing written: plain local expiry, which never replicates.
+            let table = self.table_mut(slot);
+            table.map.remove_hashed(h, key);
+            table.alive -= 1;
+            table.volatile -= usize::from(was_volatile);
+            table.digest = None;
+            self.set_lossy(slot);
+            self.release_if_empty(slot);
+            let s = &mut self.stats;
+            s.expired += 1;
+            s.keys -= 1;
+            s.volatile -= usize::from(was_volatile);
+            s.bytes -= before;
+            return r;
         }
         let is_alive = entry.is_alive();
         // Full: the delta alone rebuilds the key's whole live state. True when the write
@@ -442,57 +468,80 @@ impl Keyspace {
                 *entry = Entry::with_floor(entry.floor());
             }
         }
+        let floor = entry.floor();
+        let keep = is_alive || (retain && existed) || (retain && changed) || floor != 0;
+        let after = After {
+            is_alive,
+            is_volatile: is_alive && entry.deadline_ms().is_some(),
+            bytes: if keep { entry_bytes(key, entry) } else { 0 },
+            keep,
+        };
+        if !keep {
+            self.table_mut(slot).map.remove_hashed(h, key);
+        }
         if changed {
             self.deltas.push(Delta {
-                key: key_bytes.clone(),
+                key: key.clone(),
                 slot,
                 stamp,
                 full,
                 state: delta_state,
             });
         }
-        if entry.floor() > floor_before {
-            self.note_floor(now_ms, key_bytes, entry.floor());
+        if floor > floor_before {
+            self.note_floor(now_ms, key, floor);
         }
-        let keep = is_alive || (retain && existed) || (retain && changed) || entry.floor() != 0;
         let prior = Prior {
             existed,
             was_alive,
             was_volatile,
             bytes: before,
         };
-        self.put_back(slot, node, prior, changed, keep);
+        self.stats.expired += u64::from(expired);
+        self.account(slot, prior, after, changed);
         r
     }
 
-    /// Store an entry back after a write or merge and keep the slot's and the keyspace's
-    /// counters (live, volatile, tombstones, bytes, digest) in step. `keep == false` drops it.
+    /// Store an entry back after a merge and keep the counters (see [`Keyspace::account`]).
+    /// `keep == false` drops it.
     fn put_back(&mut self, slot: u16, node: Box<Node>, prior: Prior, changed: bool, keep: bool) {
         let is_alive = node.entry.is_alive();
-        let is_volatile = is_alive && node.entry.deadline_ms().is_some();
-        let after = if keep {
-            entry_bytes(&node.key, &node.entry)
-        } else {
-            0
+        let after = After {
+            is_alive,
+            is_volatile: is_alive && node.entry.deadline_ms().is_some(),
+            bytes: if keep {
+                entry_bytes(&node.key, &node.entry)
+            } else {
+                0
+            },
+            keep,
         };
+        if keep {
+            self.table_mut(slot).map.insert(node);
+        }
+        self.account(slot, prior, after, changed);
+    }
+
+    /// Keep the slot's and the keyspace's counters (live, volatile, tombstones, bytes,
+    /// digest) in step with a write or merge whose entry is now in its table (or, when
+    /// `!after.keep`, out of it).
+    fn account(&mut self, slot: u16, prior: Prior, after: After, changed: bool) {
         let table = self.table_mut(slot);
         if changed {
             table.digest = None;
         }
-        if keep {
-            table.map.insert(node);
-        }
+        let (is_alive, is_volatile) = (after.is_alive, after.is_volatile);
         table.alive = table.alive + usize::from(is_alive) - usize::from(prior.was_alive);
         table.volatile =
             table.volatile + usize::from(is_volatile) - usize::from(prior.was_volatile);
         let s = &mut self.stats;
         s.keys = s.keys + usize::from(is_alive) - usize::from(prior.was_alive);
         let was_tomb = prior.existed && !prior.was_alive;
-        let is_tomb = keep && !is_alive;
+        let is_tomb = after.keep && !is_alive;
         s.tombstones = s.tombstones + usize::from(is_tomb) - usize::from(was_tomb);
         s.volatile = s.volatile + usize::from(is_volatile) - usize::from(prior.was_volatile);
-        s.bytes = s.bytes + after - prior.bytes;
-        if !keep {
+        s.bytes = s.bytes + after.bytes - prior.bytes;
+        if !after.keep {
             self.release_if_empty(slot);
         }
     }
@@ -536,7 +585,7 @@ impl Keyspace {
         let existed = existing.is_some();
         let mut node = existing.unwrap_or_else(|| {
             Box::new(Node {
-                key: Bytes::copy_from_slice(key),
+                key: KeyBuf::from_slice(key),
                 entry: Entry::default(),
             })
         });
@@ -655,7 +704,7 @@ impl Keyspace {
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let mut looked = 0;
         let mut reclaimed = 0;
-        let mut expired_keys: Vec<Bytes> = Vec::new();
+        let mut expired_keys: Vec<KeyBuf> = Vec::new();
         let mut slots_seen = 0;
         while looked < budget && slots_seen < SLOT_COUNT && self.stats.volatile > 0 {
             let slot = self.expire_cursor as u16;
@@ -670,7 +719,7 @@ impl Keyspace {
             for (k, e) in table.map.iter() {
                 looked += 1;
                 if e.is_alive() && e.is_expired(now_ms) {
-                    expired_keys.push(k.clone());
+                    expired_keys.push(KeyBuf::from_slice(k));
                 }
             }
             for k in expired_keys.drain(..) {
@@ -696,7 +745,7 @@ impl Keyspace {
         if policy.volatile_only() && self.stats.volatile == 0 {
             return None;
         }
-        let mut best: Option<(u64, u16, Bytes)> = None;
+        let mut best: Option<(u64, u16, KeyBuf)> = None;
         for _ in 0..samples.max(1) {
             let Some((slot, key, e)) = self.sample(rng(), policy.volatile_only()) else {
                 break;
@@ -712,14 +761,14 @@ impl Keyspace {
                 _ => rng(),
             };
             if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-                best = Some((score, slot, key.clone()));
+                best = Some((score, slot, KeyBuf::from_slice(key)));
             }
         }
         let (_, slot, key) = best?;
         Some(self.reclaim(slot, &key, false))
     }
 
-    fn sample(&self, r: u64, volatile_only: bool) -> Option<(u16, &Bytes, &Entry)> {
+    fn sample(&self, r: u64, volatile_only: bool) -> Option<(u16, &[u8], &Entry)> {
         let start = (r % SLOT_COUNT as u64) as usize;
         for i in 0..SLOT_COUNT {
             let slot = (start + i) % SLOT_COUNT;
@@ -746,7 +795,7 @@ impl Keyspace {
         for attempt in 0..16u64 {
             let (_, k, e) = self.sample(r.rotate_left(attempt as u32 * 7), false)?;
             if !e.is_expired(now_ms) {
-                return Some(k.clone());
+                return Some(Bytes::copy_from_slice(k));
             }
         }
         None
@@ -760,7 +809,7 @@ impl Keyspace {
                 t.map
                     .iter()
                     .filter(|(_, e)| e.is_alive())
-                    .map(|(k, _)| k.clone()),
+                    .map(|(k, _)| Bytes::copy_from_slice(k)),
             );
         }
         let n = keys.len();
@@ -778,7 +827,7 @@ impl Keyspace {
     }
 
     /// Live keys of a slot (expired-but-unreclaimed ones filtered by `now_ms`).
-    pub fn slot_keys(&self, slot: u16, now_ms: u64) -> impl Iterator<Item = (&Bytes, &Entry)> {
+    pub fn slot_keys(&self, slot: u16, now_ms: u64) -> impl Iterator<Item = (&[u8], &Entry)> {
         self.table(slot)
             .into_iter()
             .flat_map(|t| t.map.iter())
@@ -786,7 +835,7 @@ impl Keyspace {
     }
 
     /// Every entry of a slot, tombstones included (anti-entropy ships them too).
-    pub fn slot_entries(&self, slot: u16) -> impl Iterator<Item = (&Bytes, &Entry)> {
+    pub fn slot_entries(&self, slot: u16) -> impl Iterator<Item = (&[u8], &Entry)> {
         self.table(slot).into_iter().flat_map(|t| t.map.iter())
     }
 
@@ -887,8 +936,9 @@ impl Keyspace {
         }
     }
 
-    fn note_floor(&mut self, now_ms: u64, key: &Bytes, floor: u64) {
-        self.floors.push_back((now_ms, key.clone(), floor));
+    fn note_floor(&mut self, now_ms: u64, key: &[u8], floor: u64) {
+        self.floors
+            .push_back((now_ms, Bytes::copy_from_slice(key), floor));
         self.stats.invalidation_tombstones = self.floors.len();
     }
 
@@ -1011,7 +1061,7 @@ impl Keyspace {
         cursor: u64,
         count: usize,
         now_ms: u64,
-        mut visit: impl FnMut(&Bytes, &Entry),
+        mut visit: impl FnMut(&[u8], &Entry),
     ) -> u64 {
         let mut slot = cursor as usize;
         let mut seen = 0;

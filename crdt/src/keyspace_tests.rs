@@ -434,7 +434,9 @@ fn scan_skips_expired_and_deleted_keys() {
     w.set("gone", 10, None);
     w.write("gone", 11, |w| w.delete());
     let mut seen = Vec::new();
-    let cursor = w.ks.scan(0, 1_000_000, 100, |k, _| seen.push(k.clone()));
+    let cursor = w.ks.scan(0, 1_000_000, 100, |k, _| {
+        seen.push(Bytes::copy_from_slice(k))
+    });
     assert_eq!(cursor, 0);
     assert_eq!(seen, vec![bytes("live")]);
 }
@@ -452,7 +454,10 @@ fn slot_access_and_drop_slot() {
     w.set("elsewhere", 10, Some(1_000));
     assert_ne!(key_slot(b"elsewhere"), slot);
     assert_eq!(w.ks.slot_len(slot), 4);
-    let mut live: Vec<Bytes> = w.ks.slot_keys(slot, 50).map(|(k, _)| k.clone()).collect();
+    let mut live: Vec<Bytes> =
+        w.ks.slot_keys(slot, 50)
+            .map(|(k, _)| Bytes::copy_from_slice(k))
+            .collect();
     live.sort();
     assert_eq!(live.len(), 4);
     let at_deadline = w.ks.slot_keys(slot, 100).count();
@@ -824,10 +829,12 @@ fn delta_state_caches_its_deadline() {
 #[test]
 fn raise_floor_hides_stale_fills_without_a_delta() {
     let mut w = Writer::new(1, true);
-    w.write("k", 10, |w| w.set_str_versioned(bytes("old"), 5, false))
+    w.write("k", 10, |w| w.set_str_versioned(&bytes("old"), 5, false))
         .unwrap();
-    w.write("new", 10, |w| w.set_str_versioned(bytes("fresh"), 9, false))
-        .unwrap();
+    w.write("new", 10, |w| {
+        w.set_str_versioned(&bytes("fresh"), 9, false)
+    })
+    .unwrap();
     w.ks.drain_deltas().for_each(drop);
     // A replica's share of an invalidation at version 7: the floor only.
     assert!(w.ks.raise_floor(b"k", 7));
@@ -849,7 +856,7 @@ fn raise_floor_hides_stale_fills_without_a_delta() {
     );
     assert_eq!(w.ks.raw_entry(b"absent").unwrap().floor(), 7);
     // Fills at or below the floor are refused from now on.
-    let refused = w.write("k", 30, |w| w.set_str_versioned(bytes("again"), 7, false));
+    let refused = w.write("k", 30, |w| w.set_str_versioned(&bytes("again"), 7, false));
     assert!(refused.is_err());
     assert_consistent(&w.ks);
 }

@@ -4,7 +4,6 @@
 //! Implemented for [`meridian_crdt::Keyspace`], so the simulator exercises exactly the store
 //! production runs; tests may wrap it (e.g. to inject faults).
 
-use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, Keyspace, RegionId, SLOT_COUNT};
 
 pub trait ReplicaStore {
@@ -22,9 +21,9 @@ pub trait ReplicaStore {
     /// Digest of a slot's observable state; 0 when the slot holds nothing alive.
     fn slot_digest(&mut self, slot: u16) -> u64;
     /// Visit every live key of a slot with its key digest.
-    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64));
+    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64));
     /// Every entry of a slot (tombstones included) with the key.
-    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry));
+    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry));
     /// A copy of a key's full state, tombstones included (a copy, so a sharded store can
     /// lock the key's shard for this call only).
     fn entry(&self, key: &[u8]) -> Option<Entry>;
@@ -52,7 +51,7 @@ impl ReplicaStore for Keyspace {
         Keyspace::slot_digest(self, slot)
     }
 
-    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
+    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
         for (k, e) in self.slot_entries(slot) {
             if e.is_alive() || e.floor() != 0 {
                 visit(k, e.digest());
@@ -60,7 +59,7 @@ impl ReplicaStore for Keyspace {
         }
     }
 
-    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
+    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         for (k, e) in self.slot_entries(slot) {
             visit(k, e);
         }

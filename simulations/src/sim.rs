@@ -111,10 +111,10 @@ impl ReplicaStore for SimStore {
     fn slot_digest(&mut self, slot: u16) -> u64 {
         self.ks.slot_digest(slot)
     }
-    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, u64)) {
+    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
         self.ks.for_each_key_digest(slot, visit)
     }
-    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&Bytes, &Entry)) {
+    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         self.ks.for_each_entry(slot, visit)
     }
     fn entry(&self, key: &[u8]) -> Option<Entry> {
@@ -434,7 +434,7 @@ impl Sim {
                     let version = self.rng.random_range(sv.saturating_sub(3).max(1)..=sv);
                     let ok = ks
                         .write(&key, stamp, now, |w| {
-                            w.set_str_versioned(value.clone(), version, false)
+                            w.set_str_versioned(&value, version, false)
                         })
                         .is_ok();
                     if ok {

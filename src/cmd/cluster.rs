@@ -403,7 +403,7 @@ fn cluster(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                 .ks
                 .slot_keys(slot, now)
                 .take(count)
-                .map(|(k, _)| Reply::Bulk(k.clone()))
+                .map(|(k, _)| Reply::Bulk(Bytes::copy_from_slice(k)))
                 .collect()
         };
         Reply::Array(keys)

@@ -252,7 +252,7 @@ fn collect_slot(
             }) {
                 continue;
             }
-            out.push(Reply::Bulk(k.clone()));
+            out.push(Reply::Bulk(Bytes::copy_from_slice(k)));
         }
     };
     match &mut ctx.locks {
@@ -320,7 +320,7 @@ fn keys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             }
             for (k, _) in shard.ks.slot_keys(slot, now) {
                 if glob_match(&pattern, k, false) {
-                    out.push(Reply::Bulk(k.clone()));
+                    out.push(Reply::Bulk(Bytes::copy_from_slice(k)));
                 }
             }
         }

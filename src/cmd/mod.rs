@@ -290,7 +290,7 @@ impl<'s, 'c> Ctx<'s, 'c> {
     }
 
     /// Apply a local write to `key` and queue its delta.
-    pub fn write<R>(&mut self, key: &[u8], f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+    pub fn write<R>(&mut self, key: &Bytes, f: impl FnOnce(&mut EntryWriter) -> R) -> R {
         let now = self.now_ms;
         let store = self.store;
         // Lock (if this keyless command has not yet), then stamp: see replication's drain.

@@ -188,11 +188,10 @@ fn set_generic(ctx: &mut Ctx, key: &Bytes, value: &Bytes, opts: SetOpts) -> Repl
             None => Reply::Null,
         };
     }
-    let value = own(value);
     let written = ctx.write(key, |w| {
         match version {
             Some(v) => w.set_str_versioned(value, v, ttl == TtlOpt::Keep)?,
-            None => w.set_str(value, ttl == TtlOpt::Keep),
+            None => w.set_str_shared(value, ttl == TtlOpt::Keep),
         }
         if let TtlOpt::At(d) = ttl {
             w.set_deadline(Some(d));
@@ -213,8 +212,7 @@ fn setnx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     if ctx.lookup(&a[1]).is_some() {
         return Reply::Int(0);
     }
-    let v = own(&a[2]);
-    ctx.write(&a[1], |w| w.set_str(v, false));
+    ctx.write(&a[1], |w| w.set_str_shared(&a[2], false));
     Reply::Int(1)
 }
 
@@ -316,8 +314,7 @@ fn mset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         return arity("mset");
     }
     for kv in a[1..].chunks(2) {
-        let v = own(&kv[1]);
-        ctx.write(&kv[0], |w| w.set_str(v, false));
+        ctx.write(&kv[0], |w| w.set_str_shared(&kv[1], false));
     }
     ok()
 }
@@ -332,8 +329,7 @@ fn msetnx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
     }
     for kv in a[1..].chunks(2) {
-        let v = own(&kv[1]);
-        ctx.write(&kv[0], |w| w.set_str(v, false));
+        ctx.write(&kv[0], |w| w.set_str_shared(&kv[1], false));
     }
     Reply::Int(1)
 }
@@ -428,7 +424,7 @@ fn setrange(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     Reply::Int(n as i64)
 }
 
-pub fn incr_generic(ctx: &mut Ctx, key: &[u8], by: i64) -> Reply {
+pub fn incr_generic(ctx: &mut Ctx, key: &Bytes, by: i64) -> Reply {
     match ctx.kind(key) {
         Some(Kind::Str) | None => {}
         Some(_) => return wrongtype(),

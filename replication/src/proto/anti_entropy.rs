@@ -523,7 +523,7 @@ impl AntiEntropy {
                 // one one-way delay ago, so a delta it lacked then is still unacknowledged
                 // here now; by shipping time it may be acknowledged and look settled.
                 if !their.contains(&fp) && !in_flight(k) {
-                    ship.push(k.clone());
+                    ship.push(Bytes::copy_from_slice(k));
                 }
             });
             let wanted: Vec<u8> = fps_of(&sk.fps)
@@ -719,7 +719,7 @@ impl AntiEntropy {
                 let mut ship = Vec::new();
                 store.for_each_key_digest(slot, &mut |k, kd| {
                     if wanted.contains(&fingerprint(k, kd, salt)) && !in_flight(k) {
-                        ship.push(k.clone());
+                        ship.push(Bytes::copy_from_slice(k));
                     }
                 });
                 for k in ship {
