@@ -28,6 +28,17 @@ static A: Counting = Counting;
 /// keyspace: where a key's memory goes, without a server. `cargo run --release -p
 /// meridian-crdt --example mem_per_key`.
 fn main() {
+    use std::mem::size_of;
+    println!(
+        "sizes: Entry {} B, Comp {} B, Val {} B, Str {} B, Register {} B, OrSet {} B, OrMap {} B",
+        size_of::<Entry>(),
+        size_of::<Comp>(),
+        size_of::<Val>(),
+        size_of::<Str>(),
+        size_of::<Register>(),
+        size_of::<OrSet>(),
+        size_of::<OrMap>()
+    );
     for kind in ["string", "counter"] {
         let mut ks = Keyspace::new(KeyspaceConfig::default());
         let n = 200_000u64;
@@ -37,7 +48,7 @@ fn main() {
             let st = Stamp::new(Hlc::from_parts(1_000 + i, 0), RegionId(0));
             if kind == "string" {
                 let v = Bytes::from(vec![b'x'; 100]);
-                ks.write(key.as_bytes(), st, 0, |w| w.set_str(v, false));
+                ks.write(key.as_bytes(), st, 0, |w| w.set_str_shared(&v, false));
             } else {
                 ks.write(key.as_bytes(), st, 0, |w| w.incr_by(1).unwrap());
             }
