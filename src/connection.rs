@@ -43,6 +43,9 @@ pub async fn serve(
             max_inline_len: shared.config.max_inline_len,
         };
         let now = now_ms();
+        // The shard lock the previous command of this batch left held (see `Held`).
+        // Released before every await below: other tasks of this thread lock shards too.
+        let mut held: Held<'_> = None;
         loop {
             match parse_request(&mut buf[..], &limits, &mut ranges) {
                 Ok(n) => {
@@ -52,8 +55,9 @@ pub async fn serve(
                     if args.is_empty() {
                         continue;
                     }
-                    let mut reply = execute(&store, &shared, &mut conn, &args, now);
+                    let mut reply = execute(&store, &shared, &mut conn, &args, now, &mut held);
                     if let Some(req) = conn.takeover.take() {
+                        drop(held.take());
                         // MERIDIAN SYNC: this connection now carries a replica stream.
                         if !out.is_empty() && stream.write_all(&out).await.is_err() {
                             break 'conn;
@@ -67,6 +71,7 @@ pub async fn serve(
                         return;
                     }
                     if let Some((n, timeout_ms)) = conn.wait.take() {
+                        drop(held.take());
                         // WAIT blocks this connection only; earlier replies go out first.
                         if !out.is_empty() {
                             if stream.write_all(&out).await.is_err() {
@@ -82,10 +87,12 @@ pub async fn serve(
                     }
                     encode(&reply, conn.resp3, &mut out);
                     if conn.close {
+                        drop(held.take());
                         let _ = stream.write_all(&out).await;
                         break 'conn;
                     }
                     if out.len() >= MAX_PENDING_OUTPUT_BYTES {
+                        drop(held.take());
                         if stream.write_all(&out).await.is_err() {
                             break 'conn;
                         }
@@ -94,6 +101,7 @@ pub async fn serve(
                 }
                 Err(ParseError::Incomplete) => break,
                 Err(e) => {
+                    drop(held.take());
                     store.stats.protocol_errors.fetch_add(1, Relaxed);
                     tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
                     if let Some(r) = e.to_reply() {
@@ -104,6 +112,7 @@ pub async fn serve(
                 }
             }
         }
+        drop(held);
         store
             .stats
             .commands
@@ -149,16 +158,42 @@ fn unknown_command(args: &[Bytes]) -> Reply {
 
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
-/// Execute one request (arguments already split) for a connection.
-pub fn execute(
-    store: &Store,
-    shared: &Shared,
+/// A shard lock kept from one command of a pipelined batch to the next when both work on
+/// that shard alone: a hot key (`SADD myset …` from many clients, several I/O threads)
+/// then costs one lock hand-over per batch instead of one per command, and its cache lines
+/// stop bouncing between cores at every command. Never held across an await.
+pub type Held<'s> = Option<(usize, parking_lot::MutexGuard<'s, crate::store::Shard>)>;
+
+/// Whether `spec` may run under (and leave behind) a [`Held`] guard: a plain keyed
+/// command of a standalone node, outside transactions, with no maxmemory to enforce. Every
+/// other path may lock shards on its own (routing checks, eviction, WATCH, EXEC), so it
+/// runs with no guard held.
+fn may_hold(store: &Store, shared: &Shared, conn: &ConnState, spec: &Spec) -> bool {
+    spec.first_key > 0
+        && spec.flags & cmd::ALL_SHARDS == 0
+        && spec.name != "watch"
+        && conn.multi.is_none()
+        && shared.cluster.is_none()
+        && store.runtime.maxmemory.load(Relaxed) == 0
+}
+
+/// Execute one request (arguments already split) for a connection. `held` carries a shard
+/// guard between the commands of one batch (see [`Held`]).
+pub fn execute<'s>(
+    store: &'s Store,
+    shared: &'s Shared,
     conn: &mut ConnState,
     args: &[Bytes],
     now: u64,
+    held: &mut Held<'s>,
 ) -> Reply {
     conn.pending_commands += 1;
-    let Some(spec) = cmd::lookup(&args[0]) else {
+    let spec = cmd::lookup(&args[0]);
+    let hold = spec.is_some_and(|s| may_hold(store, shared, conn, s));
+    if !hold {
+        drop(held.take());
+    }
+    let Some(spec) = spec else {
         if conn.multi.is_some() {
             conn.multi_error = true;
         }
@@ -252,7 +287,17 @@ pub fn execute(
             key_slots.push((key.as_ptr() as usize, key.len(), slot));
             idxs.push(shard_of(slot));
         }
-        Locks::Some(store.lock_some(&mut idxs))
+        match held.take() {
+            Some((i, g)) if idxs.iter().all(|&x| x == i) => {
+                let mut v = cmd::SomeGuards::new();
+                v.push((i, g));
+                Locks::Some(v)
+            }
+            other => {
+                drop(other);
+                Locks::Some(store.lock_some(&mut idxs))
+            }
+        }
     } else {
         Locks::None
     };
@@ -268,6 +313,13 @@ pub fn execute(
     if write {
         // The feed offset after the write (≥ its own offset): what WAIT waits for.
         ctx.conn.write_offset = store.feed().offset();
+    }
+    if hold {
+        if let Locks::Some(mut v) = ctx.locks {
+            if v.len() == 1 {
+                *held = v.pop();
+            }
+        }
     }
     reply
 }

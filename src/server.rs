@@ -76,6 +76,12 @@ impl Server {
             .await?
             .next()
             .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+        if sock_addr.port() != 0 {
+            // The I/O threads share the port through SO_REUSEPORT, which would also let a
+            // second server (same user) bind it and silently take half the connections.
+            // A plain bind first fails if anyone holds the port, as redis-server does.
+            drop(std::net::TcpListener::bind(sock_addr)?);
+        }
         let listener = reuseport_listener(sock_addr)?;
         // With `--port 0` the kernel picks the port: report the real one (INFO, CLIENT LIST).
         let mut config = config;

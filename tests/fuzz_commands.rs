@@ -202,20 +202,24 @@ proptest! {
         let (store, shared) = (&p.node.store, &p.node.shared);
         let now = meridian::server::now_ms();
         let mut conn = ConnState::new(1, "127.0.0.1:1".into(), now);
+        // One pipelined batch: a shard guard may pass from command to command (a command
+        // that locks on its own while a guard is held would hang here).
+        let mut held = None;
         for req in &reqs {
             let args: Vec<Bytes> = req.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-            let _ = meridian::connection::execute(store, shared, &mut conn, &args, now);
+            let _ = meridian::connection::execute(store, shared, &mut conn, &args, now, &mut held);
         }
         // Leave no transaction or watch behind; undo limits a case may have set.
         for end in [&["DISCARD"][..], &["UNWATCH"]] {
             let args: Vec<Bytes> = end.iter().map(|a| Bytes::from_static(a.as_bytes())).collect();
-            let _ = meridian::connection::execute(store, shared, &mut conn, &args, now);
+            let _ = meridian::connection::execute(store, shared, &mut conn, &args, now, &mut held);
         }
+        drop(held);
         store.runtime.maxmemory.store(0, Relaxed);
         store.runtime.proto_max_bulk_len.store(MAX_BULK, Relaxed);
         // The store still works after whatever the case did.
         let get = [Bytes::from_static(b"PING")];
-        let reply = meridian::connection::execute(store, shared, &mut conn, &get, now);
+        let reply = meridian::connection::execute(store, shared, &mut conn, &get, now, &mut None);
         prop_assert_eq!(reply, meridian::frame::Reply::Simple("PONG".into()));
     }
 }

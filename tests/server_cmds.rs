@@ -669,3 +669,43 @@ fn cluster_keyslot_and_slot_queries() {
         "ERR value is not an integer or out of range"
     );
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_refuses_to_start() {
+    /// Kills the second server if the test fails while it still runs.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let s = Server::start();
+    let port = s.port.to_string();
+    let mut second = Reap(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["--port", &port, "--io-threads", "2", "--log-level", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut status = None;
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "second server exits",
+        || {
+            status = second.0.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    let status = status.unwrap();
+    assert!(!status.success(), "second server must fail, got {status}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("in use"), "error names the cause: {err}");
+    // The first server keeps every connection.
+    for _ in 0..20 {
+        assert_eq!(q::<String>(&mut s.conn(), &["PING"]), "PONG");
+    }
+}
