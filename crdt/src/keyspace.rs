@@ -572,34 +572,26 @@ impl Keyspace {
     }
 
     /// Merge a remote entry state. `full` says it is the origin's whole state for the key.
+    /// In place: one table probe finds or creates the key's node.
     pub fn merge_state(&mut self, key: &[u8], full: bool, state: &Entry) -> Applied {
         let slot = key_slot(key);
         let retain = self.cfg.retain_tombstones;
-        let table = self.table_mut(slot);
-        let existing = table.map.remove(key);
-        if existing.is_none() && !full && self.slot_is_lossy(slot) {
+        let h = self.hasher.hash_one(key);
+        if !full
+            && self.slot_is_lossy(slot)
+            && self
+                .table(slot)
+                .and_then(|t| t.map.get_hashed(h, key))
+                .is_none()
+        {
             self.stats.partial_deltas_dropped += 1;
-            self.release_if_empty(slot);
             return Applied::DroppedPartial;
         }
-        let existed = existing.is_some();
-        let mut node = existing.unwrap_or_else(|| {
-            Box::new(Node {
-                key: KeyBuf::from_slice(key),
-                entry: Entry::default(),
-            })
-        });
-        let Node {
-            key: key_bytes,
-            entry,
-        } = &mut *node;
+        let (node, existed) = self.table_mut(slot).map.get_or_create(h, key);
+        let entry = &mut node.entry;
         let was_alive = entry.is_alive();
         let was_volatile = was_alive && entry.deadline_ms().is_some();
-        let before = if existed {
-            entry_bytes(key_bytes, entry)
-        } else {
-            0
-        };
+        let before = if existed { entry_bytes(key, entry) } else { 0 };
         let floor_before = entry.floor();
         let changed = entry.merge(state);
         if !retain {
@@ -608,21 +600,32 @@ impl Keyspace {
                 *entry = Entry::with_floor(entry.floor());
             }
         }
-        if changed && state.has_stale_fill_for(entry.floor()) {
+        let floor = entry.floor();
+        let stale_fill_hidden = changed && state.has_stale_fill_for(floor);
+        let is_alive = entry.is_alive();
+        let keep = is_alive || retain || floor != 0;
+        let after = After {
+            is_alive,
+            is_volatile: is_alive && entry.deadline_ms().is_some(),
+            bytes: if keep { entry_bytes(key, entry) } else { 0 },
+            keep,
+        };
+        if !keep {
+            self.table_mut(slot).map.remove_hashed(h, key);
+        }
+        if stale_fill_hidden {
             self.stats.stale_fills_hidden += 1;
         }
-        if entry.floor() > floor_before {
-            self.note_floor(self.floor_clock_ms, key_bytes, entry.floor());
+        if floor > floor_before {
+            self.note_floor(self.floor_clock_ms, key, floor);
         }
-        let is_alive = entry.is_alive();
-        let keep = is_alive || retain || entry.floor() != 0;
         let prior = Prior {
             existed,
             was_alive,
             was_volatile,
             bytes: before,
         };
-        self.put_back(slot, node, prior, changed, keep);
+        self.account(slot, prior, after, changed);
         self.stats.deltas_applied += 1;
         if changed {
             Applied::Changed
