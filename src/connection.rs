@@ -245,14 +245,16 @@ pub fn execute<'s>(
         spec.key_indices(args.len())
             .map(|i| (&args[i][..], key_slot(&args[i])))
             .collect()
+    } else if let Some(k) = admin_write_key(spec, args) {
+        smallvec::smallvec![(k, key_slot(k))]
     } else {
         smallvec::SmallVec::new()
     };
     if let Some(c) = &shared.cluster {
         let asking = std::mem::take(&mut conn.asking);
-        if spec.first_key > 0 {
+        if !keys.is_empty() {
             let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
-            let write = spec.flags & cmd::WRITE != 0;
+            let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
             if let Some(e) = c.route(store, &keys, write, asking, readonly_read, now) {
                 if conn.multi.is_some() {
                     conn.multi_error = true;
@@ -322,6 +324,13 @@ pub fn execute<'s>(
         }
     }
     reply
+}
+
+/// The key of an admin subcommand that writes one key (`MERIDIAN INVALIDATE <key> …`):
+/// in a cluster it is routed like a write, so a node never writes a slot it does not own.
+fn admin_write_key<'a>(spec: &Spec, args: &'a [Bytes]) -> Option<&'a [u8]> {
+    (spec.name == "meridian" && args.len() >= 3 && args[1].eq_ignore_ascii_case(b"invalidate"))
+        .then(|| &args[2][..])
 }
 
 /// Evict if over `maxmemory`; false when the limit holds and nothing can be evicted.

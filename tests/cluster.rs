@@ -63,6 +63,14 @@ fn six_nodes_form_a_cluster_that_cluster_clients_use() {
     let slot: i64 = q(&mut c0, &["CLUSTER", "KEYSLOT", "foo"]);
     let e = qerr(&mut c0, &["GET", "foo"]);
     assert_eq!(e, format!("MOVED {slot} 127.0.0.1:{}", cl.ports[2]));
+    // MERIDIAN INVALIDATE is routed like a write: the owner applies it, others redirect.
+    let e = qerr(&mut c0, &["MERIDIAN", "INVALIDATE", "foo"]);
+    assert_eq!(e, format!("MOVED {slot} 127.0.0.1:{}", cl.ports[2]));
+    let mut owner = cl.conn(2);
+    let _: () = q(&mut owner, &["SET", "foo", "v"]);
+    let removed: i64 = q(&mut owner, &["MERIDIAN", "INVALIDATE", "foo"]);
+    assert_eq!(removed, 1);
+    assert_eq!(q::<Option<String>>(&mut owner, &["GET", "foo"]), None);
     let e = qerr(&mut cl.conn(3), &["GET", "key:1"]);
     assert!(
         e.starts_with("MOVED"),
