@@ -46,18 +46,10 @@ fn with_hash<R>(
     }
 }
 
-fn check_hash(ctx: &mut Ctx, key: &[u8]) -> Result<(), Reply> {
-    match ctx.kind(key) {
-        None | Some(Kind::Hash) => Ok(()),
-        Some(_) => Err(wrongtype()),
-    }
-}
-
 fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
     if !a.len().is_multiple_of(2) {
         return Err(arity(name));
     }
-    check_hash(ctx, &a[1])?;
     // A field named twice (`HSET h f 1 f 2`) is set once, to its last value, as in Redis:
     // one write stamps every field with the same HLC, and a register must not be set twice
     // with one stamp.
@@ -67,7 +59,9 @@ fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
         .rev()
         .filter(|fv| seen.insert(&fv[0]))
         .collect();
+    // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
     let added = ctx.write(&a[1], |w| {
+        w.expect(Kind::Hash)?;
         let mut added = 0;
         for fv in pairs.into_iter().rev() {
             let value = own(&fv[1]);
@@ -75,9 +69,9 @@ fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
             w.hash_update(&own(&fv[0]), |s, stamp| s.set(stamp, value));
             added += i64::from(!was);
         }
-        added
+        Ok(added)
     });
-    Ok(added)
+    added.map_err(crdt_err)
 }
 
 fn hset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {

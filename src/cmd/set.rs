@@ -31,19 +31,16 @@ fn with_set<R>(ctx: &mut Ctx, key: &[u8], f: impl FnOnce(&OrSet) -> R) -> Result
     }
 }
 
-fn check_set(ctx: &mut Ctx, key: &[u8]) -> Result<(), Reply> {
-    match ctx.kind(key) {
-        None | Some(Kind::Set) => Ok(()),
-        Some(_) => Err(wrongtype()),
-    }
-}
-
 fn sadd(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    if let Err(e) = check_set(ctx, &a[1]) {
-        return e;
+    // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
+    let added = ctx.write(&a[1], |w| {
+        w.expect(Kind::Set)?;
+        Ok(a[2..].iter().filter(|m| w.sadd(&own(m))).count())
+    });
+    match added {
+        Ok(n) => Reply::Int(n as i64),
+        Err(e) => crdt_err(e),
     }
-    let added = ctx.write(&a[1], |w| a[2..].iter().filter(|m| w.sadd(&own(m))).count());
-    Reply::Int(added as i64)
 }
 
 fn srem(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
