@@ -222,6 +222,18 @@ struct After {
     keep: bool,
 }
 
+impl After {
+    fn of(key: &[u8], e: &Entry, keep: bool) -> After {
+        let is_alive = e.is_alive();
+        After {
+            is_alive,
+            is_volatile: is_alive && e.deadline_ms().is_some(),
+            bytes: if keep { entry_bytes(key, e) } else { 0 },
+            keep,
+        }
+    }
+}
+
 /// What an entry was before a write or merge (for the counters [`Keyspace::account`] keeps).
 struct Prior {
     existed: bool,
@@ -470,12 +482,7 @@ impl Keyspace {
         }
         let floor = entry.floor();
         let keep = is_alive || (retain && existed) || (retain && changed) || floor != 0;
-        let after = After {
-            is_alive,
-            is_volatile: is_alive && entry.deadline_ms().is_some(),
-            bytes: if keep { entry_bytes(key, entry) } else { 0 },
-            keep,
-        };
+        let after = After::of(key, entry, keep);
         if !keep {
             self.table_mut(slot).map.remove_hashed(h, key);
         }
@@ -505,17 +512,7 @@ impl Keyspace {
     /// Store an entry back after a merge and keep the counters (see [`Keyspace::account`]).
     /// `keep == false` drops it.
     fn put_back(&mut self, slot: u16, node: Box<Node>, prior: Prior, changed: bool, keep: bool) {
-        let is_alive = node.entry.is_alive();
-        let after = After {
-            is_alive,
-            is_volatile: is_alive && node.entry.deadline_ms().is_some(),
-            bytes: if keep {
-                entry_bytes(&node.key, &node.entry)
-            } else {
-                0
-            },
-            keep,
-        };
+        let after = After::of(&node.key, &node.entry, keep);
         if keep {
             self.table_mut(slot).map.insert(node);
         }
@@ -604,12 +601,7 @@ impl Keyspace {
         let stale_fill_hidden = changed && state.has_stale_fill_for(floor);
         let is_alive = entry.is_alive();
         let keep = is_alive || retain || floor != 0;
-        let after = After {
-            is_alive,
-            is_volatile: is_alive && entry.deadline_ms().is_some(),
-            bytes: if keep { entry_bytes(key, entry) } else { 0 },
-            keep,
-        };
+        let after = After::of(key, entry, keep);
         if !keep {
             self.table_mut(slot).map.remove_hashed(h, key);
         }
