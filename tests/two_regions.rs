@@ -193,3 +193,34 @@ fn new_region_bootstraps_by_anti_entropy() {
         info_u64(&mut cb, "anti_entropy_rounds") + info_u64(&mut ca, "anti_entropy_rounds") > 0
     });
 }
+
+/// The replication thread runs at a lower priority (nice 5) than the client I/O threads, so
+/// that local requests win a contended core.
+#[cfg(target_os = "linux")]
+#[test]
+fn replication_thread_yields_the_core_to_client_threads() {
+    let pair = Pair::new();
+    let a = pair.start(0, "", &[]);
+    let nice_of = |name: &str| -> Option<i64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", a.pid())).ok()?;
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                // Fields after the parenthesised command: state is field 3, nice field 19.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                return rest.split(' ').nth(16)?.parse().ok();
+            }
+        }
+        None
+    };
+    // It lowers its own priority as it starts: wait for that, with a deadline.
+    wait_until(CONVERGE, "the replication thread runs at nice 5", || {
+        nice_of("meridian-repl") == Some(5)
+    });
+    assert_eq!(
+        nice_of("meridian"),
+        Some(0),
+        "the main (client) thread's nice value"
+    );
+}
