@@ -165,16 +165,18 @@ const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 pub type Held<'s> = Option<(usize, parking_lot::MutexGuard<'s, crate::store::Shard>)>;
 
 /// Whether `spec` may run under (and leave behind) a [`Held`] guard: a plain keyed
-/// command of a standalone node, outside transactions, with no maxmemory to enforce. Every
-/// other path may lock shards on its own (routing checks, eviction, WATCH, EXEC), so it
-/// runs with no guard held.
-fn may_hold(store: &Store, shared: &Shared, conn: &ConnState, spec: &Spec) -> bool {
+/// command of a standalone node, outside transactions, with no maxmemory to enforce
+/// (`maxmemory` is the command's one reading of the limit, which `make_room` uses too, so
+/// a concurrent CONFIG SET cannot make eviction lock shards under the guard). Every other
+/// path may lock shards on its own (routing checks, eviction, WATCH, EXEC), so it runs with
+/// no guard held.
+fn may_hold(shared: &Shared, conn: &ConnState, spec: &Spec, maxmemory: u64) -> bool {
     spec.first_key > 0
         && spec.flags & cmd::ALL_SHARDS == 0
         && spec.name != "watch"
         && conn.multi.is_none()
         && shared.cluster.is_none()
-        && store.runtime.maxmemory.load(Relaxed) == 0
+        && maxmemory == 0
 }
 
 /// Execute one request (arguments already split) for a connection. `held` carries a shard
@@ -189,7 +191,8 @@ pub fn execute<'s>(
 ) -> Reply {
     conn.pending_commands += 1;
     let spec = cmd::lookup(&args[0]);
-    let hold = spec.is_some_and(|s| may_hold(store, shared, conn, s));
+    let maxmemory = store.runtime.maxmemory.load(Relaxed);
+    let hold = spec.is_some_and(|s| may_hold(shared, conn, s, maxmemory));
     if !hold {
         drop(held.take());
     }
@@ -276,7 +279,7 @@ pub fn execute<'s>(
         if let Some(refused) = shared.inregion.write_refusal(now) {
             return refused;
         }
-        if !make_room(store, conn, now) && spec.flags & cmd::DENYOOM != 0 {
+        if !make_room(store, conn, now, maxmemory) && spec.flags & cmd::DENYOOM != 0 {
             return cmd::err(OOM);
         }
     }
@@ -333,9 +336,10 @@ fn admin_write_key<'a>(spec: &Spec, args: &'a [Bytes]) -> Option<&'a [u8]> {
         .then(|| &args[2][..])
 }
 
-/// Evict if over `maxmemory`; false when the limit holds and nothing can be evicted.
-fn make_room(store: &Store, conn: &mut ConnState, now: u64) -> bool {
-    if store.runtime.maxmemory.load(Relaxed) == 0 {
+/// Evict if over `maxmemory` (the caller's reading of the limit); false when the limit
+/// holds and nothing can be evicted.
+fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory: u64) -> bool {
+    if maxmemory == 0 {
         return true;
     }
     store.enforce_maxmemory(now, &mut || conn.random())
@@ -359,7 +363,8 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         }
     }
     let needs_room = specs.iter().any(|s| s.flags & cmd::DENYOOM != 0);
-    if needs_room && !make_room(store, conn, now) {
+    let maxmemory = store.runtime.maxmemory.load(Relaxed);
+    if needs_room && !make_room(store, conn, now, maxmemory) {
         unwatch_all(store, conn);
         return cmd::err(OOM);
     }
