@@ -584,7 +584,7 @@ async fn send_snapshot(stream: &mut TcpStream, store: &Store, offset: u64) -> Re
                 }
                 chunk.push(KeyState {
                     key: Bytes::copy_from_slice(k),
-                    state: e.clone(),
+                    state: e.into_owned(),
                 });
                 chunk_bytes += size;
                 entries_sent += 1;

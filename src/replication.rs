@@ -14,6 +14,7 @@ use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
 use meridian_replication::{encode_into, LinkConfig, RegionLink, ReplicaStore};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -110,7 +111,11 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.store.shard(key_shard(key)).ks.raw_entry(key).cloned()
+        self.store
+            .shard(key_shard(key))
+            .ks
+            .raw_entry(key)
+            .map(Cow::into_owned)
     }
 
     fn slot_is_lossy(&self, slot: u16) -> bool {

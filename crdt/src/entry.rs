@@ -137,18 +137,16 @@ pub struct Access {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Entry {
-    comps: SmallVec<[Comp; 1]>,
+    pub(crate) comps: SmallVec<[Comp; 1]>,
     /// TTLs, removal records and the invalidation floor: absent for most keys (no TTL, never
     /// overwritten across types, never invalidated), so kept out of line. `None` reads as
     /// an empty [`Meta`].
-    meta: Option<Box<Meta>>,
-    #[serde(skip)]
-    pub access: Access,
+    pub(crate) meta: Option<Box<Meta>>,
 }
 
 /// The rarely present part of an [`Entry`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Meta {
+pub(crate) struct Meta {
     expiry: Dots<u64>,
     /// Per region (sorted, at most one each): the stamp of its latest write that removed
     /// something here (DEL, SREM, HDEL, an overwrite of another type, a TTL replaced).
@@ -170,7 +168,7 @@ impl Meta {
         deadline_ms: 0,
     };
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.expiry.is_empty() && self.removed.is_empty() && self.floor == 0
     }
 }
@@ -189,6 +187,14 @@ impl PartialEq for Entry {
 impl Eq for Entry {}
 
 impl Entry {
+    /// An entry of one component and no metadata.
+    pub(crate) fn from_comp(c: Comp) -> Entry {
+        Entry {
+            comps: smallvec::smallvec![c],
+            meta: None,
+        }
+    }
+
     fn m(&self) -> &Meta {
         static EMPTY: Meta = Meta::EMPTY;
         self.meta.as_deref().unwrap_or(&EMPTY)
@@ -706,16 +712,7 @@ impl<'a> EntryWriter<'a> {
                         ctr: st.ctr.clone(),
                     }),
                 };
-                match self.delta.comp_index(Kind::Str) {
-                    // Merging a string into an empty component is a copy: move it in.
-                    Err(at) => self.delta.comps.insert(at, comp),
-                    Ok(_) => {
-                        self.delta.merge(&Entry {
-                            comps: smallvec::smallvec![comp],
-                            ..Entry::default()
-                        });
-                    }
-                }
+                self.delta_put(comp);
             }
         }
         self.changed = true;
@@ -836,14 +833,25 @@ impl<'a> EntryWriter<'a> {
     fn delta_set_member(&mut self, created: Stamp, member: &Bytes, dots: &Dots<()>) {
         let mut s = OrSet::default();
         s.merge_member(member, dots);
-        self.delta.merge(&Entry {
-            comps: smallvec::smallvec![Comp {
-                created,
-                val: Val::Set(s)
-            }],
-            ..Entry::default()
+        self.delta_put(Comp {
+            created,
+            val: Val::Set(s),
         });
         self.changed = true;
+    }
+
+    /// Add a component built for the delta (its collection counters computed by merging into
+    /// an empty one): moved in when the delta has none of its kind, merged otherwise.
+    fn delta_put(&mut self, comp: Comp) {
+        match self.delta.comp_index(comp.val.kind()) {
+            Err(at) => self.delta.comps.insert(at, comp),
+            Ok(_) => {
+                self.delta.merge(&Entry {
+                    comps: smallvec::smallvec![comp],
+                    ..Entry::default()
+                });
+            }
+        }
     }
 
     /// Local update of one hash field (`HSET`, `HINCRBY`…); the closure sees the field's
@@ -889,12 +897,9 @@ impl<'a> EntryWriter<'a> {
     fn delta_hash_field(&mut self, created: Stamp, field: &Bytes, state: &Str) {
         let mut m = OrMap::default();
         m.merge_field(field, state);
-        self.delta.merge(&Entry {
-            comps: smallvec::smallvec![Comp {
-                created,
-                val: Val::Hash(m)
-            }],
-            ..Entry::default()
+        self.delta_put(Comp {
+            created,
+            val: Val::Hash(m),
         });
         self.changed = true;
     }

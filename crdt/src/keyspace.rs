@@ -8,13 +8,16 @@
 
 use crate::entry::{Access, Delta, Entry, EntryWriter, Kind};
 use crate::hlc::{Hlc, RegionId, Stamp};
+use crate::packed::{Key, Stored};
 use crate::slot::{key_slot, SLOT_COUNT};
 use bytes::Bytes;
 use hashbrown::HashTable;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
-/// Fixed per-entry overhead estimate (table slot, key handle, entry header, allocator).
-pub const ENTRY_OVERHEAD_BYTES: usize = 112;
+/// Bytes of a node itself plus its share of the slot table (a bucket pointer and control
+/// byte at about half load), for `used_memory`.
+pub const NODE_BYTES: usize = 64 + 18;
 
 #[derive(Clone, Debug)]
 pub struct KeyspaceConfig {
@@ -112,19 +115,77 @@ pub struct KeyspaceStats {
     pub stale_fills_hidden: u64,
 }
 
-/// A key's bytes, inline up to 24 bytes (most keys): no allocation of its own and no
-/// pointer to chase when a lookup compares it.
-type KeyBuf = smallvec::SmallVec<[u8; 24]>;
-
-/// One key and its state, in one allocation.
+/// One key and its state, in one 64-byte allocation (see [`crate::packed`]).
 struct Node {
-    key: KeyBuf,
-    entry: Entry,
+    key: Key,
+    access: Access,
+    body: Stored,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 64);
+
+impl Node {
+    /// The node's entry opened for a write or merge; packed again when the guard drops.
+    fn body_open(&mut self) -> Opened<'_> {
+        let scratch = match &self.body {
+            Stored::Full(_) => None,
+            _ => Some(std::mem::replace(&mut self.body, Stored::PLACEHOLDER).unpack()),
+        };
+        Opened {
+            body: &mut self.body,
+            scratch,
+        }
+    }
+}
+
+/// A node's body as a full [`Entry`] for a write or merge: in place when boxed, unpacked on
+/// the stack when packed (no box allocated for it). Dropping it packs the entry again if
+/// it has a packed shape.
+struct Opened<'a> {
+    body: &'a mut Stored,
+    scratch: Option<Entry>,
+}
+
+impl Opened<'_> {
+    fn entry(&mut self) -> &mut Entry {
+        match (&mut self.scratch, &mut *self.body) {
+            (Some(e), _) => e,
+            (None, Stored::Full(b)) => b,
+            (None, _) => unreachable!("a packed body is opened into scratch"),
+        }
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        match self.scratch.take() {
+            Some(e) => {
+                #[cfg(debug_assertions)]
+                let before = e.clone();
+                *self.body = Stored::pack(e);
+                #[cfg(debug_assertions)]
+                assert_eq!(self.body.view().as_ref(), &before, "packing is lossless");
+            }
+            None => {
+                #[cfg(debug_assertions)]
+                let before = self.body.view().into_owned();
+                self.body.settle();
+                #[cfg(debug_assertions)]
+                assert_eq!(self.body.view().as_ref(), &before, "packing is lossless");
+            }
+        }
+    }
+}
+
+/// Bytes a node costs, for `used_memory`: the node, its key and body allocations, and its
+/// share of the table (a bucket pointer plus control byte at about half load).
+fn node_bytes(n: &Node) -> usize {
+    NODE_BYTES + n.key.heap_bytes() + n.body.heap_bytes()
 }
 
 /// A slot's keys. Buckets hold a pointer to the [`Node`]: a slot table holds few keys (about
 /// 60 per slot at a million keys) and grows by doubling, so many buckets are empty, and an
-/// empty pointer bucket costs 8 bytes where an inline key and entry cost 216.
+/// empty pointer bucket costs 8 bytes where an inline node costs 64.
 struct Table {
     nodes: HashTable<Box<Node>>,
     hasher: ahash::RandomState,
@@ -142,18 +203,18 @@ impl Table {
         self.hasher.hash_one(key)
     }
 
-    fn get(&self, key: &[u8]) -> Option<&Entry> {
+    fn get(&self, key: &[u8]) -> Option<&Node> {
         self.get_hashed(self.hash(key), key)
     }
 
-    fn get_hashed(&self, h: u64, key: &[u8]) -> Option<&Entry> {
-        self.nodes.find(h, |n| n.key[..] == *key).map(|n| &n.entry)
+    fn get_hashed(&self, h: u64, key: &[u8]) -> Option<&Node> {
+        self.nodes.find(h, |n| n.key[..] == *key).map(|n| &**n)
     }
 
-    fn get_mut_hashed(&mut self, h: u64, key: &[u8]) -> Option<&mut Entry> {
+    fn get_mut_hashed(&mut self, h: u64, key: &[u8]) -> Option<&mut Node> {
         self.nodes
             .find_mut(h, |n| n.key[..] == *key)
-            .map(|n| &mut n.entry)
+            .map(|n| &mut **n)
     }
 
     /// The node of `key` (hash `h`), created empty if absent; `true` when it existed.
@@ -166,8 +227,9 @@ impl Table {
             hashbrown::hash_table::Entry::Occupied(o) => (&mut **o.into_mut(), true),
             hashbrown::hash_table::Entry::Vacant(v) => {
                 let node = Box::new(Node {
-                    key: KeyBuf::from_slice(key),
-                    entry: Entry::default(),
+                    key: Key::new(key),
+                    access: Access::default(),
+                    body: Stored::Empty,
                 });
                 (&mut **v.insert(node).into_mut(), false)
             }
@@ -194,23 +256,16 @@ impl Table {
             .insert_unique(h, node, |n| hasher.hash_one(&n.key[..]));
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.nodes.iter().map(|n| (&n.key[..], &n.entry))
+    fn iter(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().map(|n| &**n)
     }
 
     fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 
-    fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.nodes.iter().map(|n| &n.entry)
-    }
-
-    fn retain(&mut self, mut f: impl FnMut(&[u8], &mut Entry) -> bool) {
-        self.nodes.retain(|n| {
-            let Node { key, entry } = &mut **n;
-            f(key, entry)
-        });
+    fn retain(&mut self, mut f: impl FnMut(&mut Node) -> bool) {
+        self.nodes.retain(|n| f(n));
     }
 }
 
@@ -223,12 +278,12 @@ struct After {
 }
 
 impl After {
-    fn of(key: &[u8], e: &Entry, keep: bool) -> After {
-        let is_alive = e.is_alive();
+    fn of(n: &Node, keep: bool) -> After {
+        let is_alive = n.body.is_alive();
         After {
             is_alive,
-            is_volatile: is_alive && e.deadline_ms().is_some(),
-            bytes: if keep { entry_bytes(key, e) } else { 0 },
+            is_volatile: is_alive && n.body.deadline_ms().is_some(),
+            bytes: if keep { node_bytes(n) } else { 0 },
             keep,
         }
     }
@@ -270,10 +325,6 @@ pub struct Keyspace {
     losses: u64,
     /// Lossy slot → `losses` at its latest loss: see [`Keyspace::slot_loss_mark`].
     loss_marks: std::collections::HashMap<u16, u64>,
-}
-
-fn entry_bytes(key: &[u8], e: &Entry) -> usize {
-    key.len() + ENTRY_OVERHEAD_BYTES + e.heap_bytes()
 }
 
 impl Keyspace {
@@ -344,23 +395,23 @@ impl Keyspace {
     }
 
     /// Read-only lookup; an expired key reads as absent (it is reclaimed by `get` or expiry).
-    pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<&Entry> {
-        let e = self.table(key_slot(key))?.map.get(key)?;
-        (e.is_alive() && !e.is_expired(now_ms)).then_some(e)
+    pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<Cow<'_, Entry>> {
+        let n = self.table(key_slot(key))?.map.get(key)?;
+        (n.body.is_alive() && !n.body.is_expired(now_ms)).then(|| n.body.view())
     }
 
     /// Lookup for a command: reclaims the key if its TTL passed and records the access.
-    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<Cow<'_, Entry>> {
         self.get_in(key_slot(key), key, now_ms)
     }
 
     /// [`Keyspace::get`] for a caller that already knows the key's slot.
-    pub fn get_in(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<&Entry> {
+    pub fn get_in(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<Cow<'_, Entry>> {
         debug_assert_eq!(slot, key_slot(key));
         let h = self.hasher.hash_one(key);
         let (alive, expired) = match self.table(slot).and_then(|t| t.map.get_hashed(h, key)) {
             None => return None,
-            Some(e) => (e.is_alive(), e.is_expired(now_ms)),
+            Some(n) => (n.body.is_alive(), n.body.is_expired(now_ms)),
         };
         if !alive {
             return None;
@@ -371,9 +422,9 @@ impl Keyspace {
         }
         let coin = self.next_coin();
         let table = self.slots[usize::from(slot)].as_deref_mut()?;
-        let e = table.map.get_mut_hashed(h, key)?;
-        touch(&mut e.access, now_ms, coin);
-        Some(e)
+        let n = table.map.get_mut_hashed(h, key)?;
+        touch(&mut n.access, now_ms, coin);
+        Some(n.body.view())
     }
 
     pub fn exists(&mut self, key: &[u8], now_ms: u64) -> bool {
@@ -416,14 +467,15 @@ impl Keyspace {
         let retain = self.cfg.retain_tombstones;
         let h = self.hasher.hash_one(&key[..]);
         let (node, existed) = self.table_mut(slot).map.get_or_create(h, key);
-        let entry = &mut node.entry;
         // A live key whose deadline passed is gone for this write. (A tombstone whose
         // leftover deadline passed is not an expired key: the write builds on it.)
-        let expired = entry.is_alive() && entry.is_expired(now_ms);
-        let was_alive = entry.is_alive();
-        let was_volatile = was_alive && entry.deadline_ms().is_some();
-        let floor_before = entry.floor();
-        let before = if existed { entry_bytes(key, entry) } else { 0 };
+        let was_alive = node.body.is_alive();
+        let expired = was_alive && node.body.is_expired(now_ms);
+        let was_volatile = was_alive && node.body.deadline_ms().is_some();
+        let floor_before = node.body.floor();
+        let before = if existed { node_bytes(node) } else { 0 };
+        let mut opened = node.body_open();
+        let entry = opened.entry();
         let mut w = EntryWriter {
             entry: &mut *entry,
             delta: Entry::default(),
@@ -445,6 +497,7 @@ impl Keyspace {
         let (changed, mut delta_state, created_key) = (w.changed, w.delta, w.created_key);
         if expired && !changed {
             // Nothing written: plain local expiry, which never replicates.
+            drop(opened);
             let table = self.table_mut(slot);
             table.map.remove_hashed(h, key);
             table.alive -= 1;
@@ -472,7 +525,6 @@ impl Keyspace {
         if changed && full {
             delta_state.merge_metadata(entry);
         }
-        touch(&mut entry.access, now_ms, coin);
         if !retain {
             entry.forget_dead_in(&delta_state);
             if !is_alive && entry.floor() != 0 {
@@ -481,8 +533,10 @@ impl Keyspace {
             }
         }
         let floor = entry.floor();
+        drop(opened);
+        touch(&mut node.access, now_ms, coin);
         let keep = is_alive || (retain && existed) || (retain && changed) || floor != 0;
-        let after = After::of(key, entry, keep);
+        let after = After::of(node, keep);
         if !keep {
             self.table_mut(slot).map.remove_hashed(h, key);
         }
@@ -512,7 +566,7 @@ impl Keyspace {
     /// Store an entry back after a merge and keep the counters (see [`Keyspace::account`]).
     /// `keep == false` drops it.
     fn put_back(&mut self, slot: u16, node: Box<Node>, prior: Prior, changed: bool, keep: bool) {
-        let after = After::of(&node.key, &node.entry, keep);
+        let after = After::of(&node, keep);
         if keep {
             self.table_mut(slot).map.insert(node);
         }
@@ -585,11 +639,12 @@ impl Keyspace {
             return Applied::DroppedPartial;
         }
         let (node, existed) = self.table_mut(slot).map.get_or_create(h, key);
-        let entry = &mut node.entry;
-        let was_alive = entry.is_alive();
-        let was_volatile = was_alive && entry.deadline_ms().is_some();
-        let before = if existed { entry_bytes(key, entry) } else { 0 };
-        let floor_before = entry.floor();
+        let was_alive = node.body.is_alive();
+        let was_volatile = was_alive && node.body.deadline_ms().is_some();
+        let before = if existed { node_bytes(node) } else { 0 };
+        let floor_before = node.body.floor();
+        let mut opened = node.body_open();
+        let entry = opened.entry();
         let changed = entry.merge(state);
         if !retain {
             entry.gc(&|_| Hlc(u64::MAX), true);
@@ -600,8 +655,9 @@ impl Keyspace {
         let floor = entry.floor();
         let stale_fill_hidden = changed && state.has_stale_fill_for(floor);
         let is_alive = entry.is_alive();
+        drop(opened);
         let keep = is_alive || retain || floor != 0;
-        let after = After::of(key, entry, keep);
+        let after = After::of(node, keep);
         if !keep {
             self.table_mut(slot).map.remove_hashed(h, key);
         }
@@ -634,20 +690,19 @@ impl Keyspace {
         let Some(mut node) = table.map.remove(key) else {
             return 0;
         };
-        let (k, e) = (&node.key, &node.entry);
-        let alive = e.is_alive();
-        let volatile = alive && e.deadline_ms().is_some();
+        let alive = node.body.is_alive();
+        let volatile = alive && node.body.deadline_ms().is_some();
         table.alive -= usize::from(alive);
         table.volatile -= usize::from(volatile);
         table.digest = None;
-        let mut bytes = entry_bytes(k, e);
-        let floor = e.floor();
+        let mut bytes = node_bytes(&node);
+        let floor = node.body.floor();
         let mut kept_tomb = false;
         if floor != 0 {
             // The value goes, the invalidation floor stays: a stale fill must not come back
             // because the key expired or was evicted.
-            node.entry = Entry::with_floor(floor);
-            bytes -= entry_bytes(&node.key, &node.entry);
+            node.body = Stored::pack(Entry::with_floor(floor));
+            bytes -= node_bytes(&node);
             table.map.insert(node);
             kept_tomb = true;
         }
@@ -678,7 +733,8 @@ impl Keyspace {
         let slot = key_slot(key);
         let table = self.slots[usize::from(slot)].as_deref_mut()?;
         let node = table.map.remove(key)?;
-        let Node { key: k, entry: e } = *node;
+        let bytes = node_bytes(&node);
+        let e = node.body.unpack();
         let alive = e.is_alive();
         let volatile = alive && e.deadline_ms().is_some();
         table.alive -= usize::from(alive);
@@ -688,7 +744,7 @@ impl Keyspace {
         s.keys -= usize::from(alive);
         s.tombstones -= usize::from(!alive);
         s.volatile -= usize::from(volatile);
-        s.bytes -= entry_bytes(&k, &e);
+        s.bytes -= bytes;
         self.release_if_empty(slot);
         Some(e)
     }
@@ -699,7 +755,7 @@ impl Keyspace {
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let mut looked = 0;
         let mut reclaimed = 0;
-        let mut expired_keys: Vec<KeyBuf> = Vec::new();
+        let mut expired_keys: Vec<Key> = Vec::new();
         let mut slots_seen = 0;
         while looked < budget && slots_seen < SLOT_COUNT && self.stats.volatile > 0 {
             let slot = self.expire_cursor as u16;
@@ -711,10 +767,10 @@ impl Keyspace {
             if table.volatile == 0 {
                 continue;
             }
-            for (k, e) in table.map.iter() {
+            for n in table.map.iter() {
                 looked += 1;
-                if e.is_alive() && e.is_expired(now_ms) {
-                    expired_keys.push(KeyBuf::from_slice(k));
+                if n.body.is_alive() && n.body.is_expired(now_ms) {
+                    expired_keys.push(n.key.clone());
                 }
             }
             for k in expired_keys.drain(..) {
@@ -740,30 +796,30 @@ impl Keyspace {
         if policy.volatile_only() && self.stats.volatile == 0 {
             return None;
         }
-        let mut best: Option<(u64, u16, KeyBuf)> = None;
+        let mut best: Option<(u64, u16, Key)> = None;
         for _ in 0..samples.max(1) {
-            let Some((slot, key, e)) = self.sample(rng(), policy.volatile_only()) else {
+            let Some((slot, n)) = self.sample(rng(), policy.volatile_only()) else {
                 break;
             };
             let score = match policy {
                 EvictionPolicy::AllKeysLru | EvictionPolicy::VolatileLru => {
-                    u64::from(lru_idle_ms(&e.access, now_ms))
+                    u64::from(lru_idle_ms(&n.access, now_ms))
                 }
                 EvictionPolicy::AllKeysLfu | EvictionPolicy::VolatileLfu => {
-                    u64::from(u8::MAX - lfu_decayed(&e.access, now_ms))
+                    u64::from(u8::MAX - lfu_decayed(&n.access, now_ms))
                 }
-                EvictionPolicy::VolatileTtl => u64::MAX - e.deadline_ms().unwrap_or(u64::MAX),
+                EvictionPolicy::VolatileTtl => u64::MAX - n.body.deadline_ms().unwrap_or(u64::MAX),
                 _ => rng(),
             };
             if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-                best = Some((score, slot, KeyBuf::from_slice(key)));
+                best = Some((score, slot, n.key.clone()));
             }
         }
         let (_, slot, key) = best?;
         Some(self.reclaim(slot, &key, false))
     }
 
-    fn sample(&self, r: u64, volatile_only: bool) -> Option<(u16, &[u8], &Entry)> {
+    fn sample(&self, r: u64, volatile_only: bool) -> Option<(u16, &Node)> {
         let start = (r % SLOT_COUNT as u64) as usize;
         for i in 0..SLOT_COUNT {
             let slot = (start + i) % SLOT_COUNT;
@@ -778,9 +834,9 @@ impl Keyspace {
             return t
                 .map
                 .iter()
-                .filter(|(_, e)| e.is_alive() && (!volatile_only || e.deadline_ms().is_some()))
+                .filter(|n| n.body.is_alive() && (!volatile_only || n.body.deadline_ms().is_some()))
                 .nth(pick)
-                .map(|(k, e)| (slot as u16, k, e));
+                .map(|n| (slot as u16, n));
         }
         None
     }
@@ -788,9 +844,9 @@ impl Keyspace {
     /// A random live key (RANDOMKEY); `r` is the caller's random number.
     pub fn random_key(&self, r: u64, now_ms: u64) -> Option<Bytes> {
         for attempt in 0..16u64 {
-            let (_, k, e) = self.sample(r.rotate_left(attempt as u32 * 7), false)?;
-            if !e.is_expired(now_ms) {
-                return Some(Bytes::copy_from_slice(k));
+            let (_, n) = self.sample(r.rotate_left(attempt as u32 * 7), false)?;
+            if !n.body.is_expired(now_ms) {
+                return Some(Bytes::copy_from_slice(&n.key));
             }
         }
         None
@@ -803,8 +859,8 @@ impl Keyspace {
             keys.extend(
                 t.map
                     .iter()
-                    .filter(|(_, e)| e.is_alive())
-                    .map(|(k, _)| Bytes::copy_from_slice(k)),
+                    .filter(|n| n.body.is_alive())
+                    .map(|n| Bytes::copy_from_slice(&n.key)),
             );
         }
         let n = keys.len();
@@ -822,16 +878,24 @@ impl Keyspace {
     }
 
     /// Live keys of a slot (expired-but-unreclaimed ones filtered by `now_ms`).
-    pub fn slot_keys(&self, slot: u16, now_ms: u64) -> impl Iterator<Item = (&[u8], &Entry)> {
+    pub fn slot_keys(
+        &self,
+        slot: u16,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (&[u8], Cow<'_, Entry>)> {
         self.table(slot)
             .into_iter()
             .flat_map(|t| t.map.iter())
-            .filter(move |(_, e)| e.is_alive() && !e.is_expired(now_ms))
+            .filter(move |n| n.body.is_alive() && !n.body.is_expired(now_ms))
+            .map(|n| (&n.key[..], n.body.view()))
     }
 
     /// Every entry of a slot, tombstones included (anti-entropy ships them too).
-    pub fn slot_entries(&self, slot: u16) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.table(slot).into_iter().flat_map(|t| t.map.iter())
+    pub fn slot_entries(&self, slot: u16) -> impl Iterator<Item = (&[u8], Cow<'_, Entry>)> {
+        self.table(slot)
+            .into_iter()
+            .flat_map(|t| t.map.iter())
+            .map(|n| (&n.key[..], n.body.view()))
     }
 
     /// A key of this slot was evicted or expired locally since the last repair: partial
@@ -889,9 +953,9 @@ impl Keyspace {
         };
         let mut bytes = 0;
         let mut tombs = 0;
-        for (k, e) in t.map.iter() {
-            bytes += entry_bytes(k, e);
-            tombs += usize::from(!e.is_alive());
+        for n in t.map.iter() {
+            bytes += node_bytes(n);
+            tombs += usize::from(!n.body.is_alive());
         }
         let s = &mut self.stats;
         s.keys -= t.alive;
@@ -911,11 +975,11 @@ impl Keyspace {
             return d;
         }
         let mut acc = 0u64;
-        for (k, e) in t.map.iter() {
-            if e.is_alive() || e.floor() != 0 {
+        for n in t.map.iter() {
+            if n.body.is_alive() || n.body.floor() != 0 {
                 acc = acc.wrapping_add(crate::digest::mix(
-                    crate::digest::mix_bytes(0, k),
-                    e.digest(),
+                    crate::digest::mix_bytes(0, &n.key),
+                    n.body.view().digest(),
                 ));
             }
         }
@@ -926,7 +990,7 @@ impl Keyspace {
     /// Digest of one key's state (anti-entropy key-level comparison); 0 when absent.
     pub fn key_digest(&self, key: &[u8]) -> u64 {
         match self.table(key_slot(key)).and_then(|t| t.map.get(key)) {
-            Some(e) if e.is_alive() || e.floor() != 0 => e.digest(),
+            Some(n) if n.body.is_alive() || n.body.floor() != 0 => n.body.view().digest(),
             _ => 0,
         }
     }
@@ -969,22 +1033,24 @@ impl Keyspace {
             let Some(mut node) = table.map.remove(&key[..]) else {
                 continue;
             };
-            if node.entry.floor() != floor {
+            if node.body.floor() != floor {
                 // Raised again since: a later queue item owns it.
                 table.map.insert(node);
                 continue;
             }
-            let Node { key: k, entry: e } = &mut *node;
-            let was_alive = e.is_alive();
+            let was_alive = node.body.is_alive();
             let prior = Prior {
                 existed: true,
                 was_alive,
-                was_volatile: was_alive && e.deadline_ms().is_some(),
-                bytes: entry_bytes(k, e),
+                was_volatile: was_alive && node.body.deadline_ms().is_some(),
+                bytes: node_bytes(&node),
             };
+            let mut opened = node.body_open();
+            let e = opened.entry();
             e.clear_floor();
             let is_alive = e.is_alive();
             let keep = is_alive || (retain && !e.components().is_empty());
+            drop(opened);
             self.put_back(slot, node, prior, true, keep);
             forgotten += 1;
         }
@@ -993,8 +1059,8 @@ impl Keyspace {
     }
 
     /// Raw entry (tombstones included) for anti-entropy.
-    pub fn raw_entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.table(key_slot(key))?.map.get(key)
+    pub fn raw_entry(&self, key: &[u8]) -> Option<Cow<'_, Entry>> {
+        Some(self.table(key_slot(key))?.map.get(key)?.body.view())
     }
 
     /// Drop metadata every region has seen: dead members/fields/TTLs whose dots are at or
@@ -1010,15 +1076,22 @@ impl Keyspace {
             let Some(t) = slot.as_deref_mut() else {
                 continue;
             };
-            t.map.retain(|k, e| {
-                let before = entry_bytes(k, e) as isize;
+            t.map.retain(|n| {
+                // A packed value has nothing dead in it: no tombstone, TTL or reset to collect.
+                if matches!(n.body, Stored::Str { .. } | Stored::Ctr { .. }) {
+                    return true;
+                }
+                let before = node_bytes(n) as isize;
+                let mut opened = n.body_open();
+                let e = opened.entry();
                 if e.is_stable_tombstone(stable) {
                     dropped += 1;
                     bytes_delta -= before;
                     return false;
                 }
                 e.gc(stable, false);
-                bytes_delta += entry_bytes(k, e) as isize - before;
+                drop(opened);
+                bytes_delta += node_bytes(n) as isize - before;
                 true
             });
             if t.map.is_empty() {
@@ -1035,7 +1108,8 @@ impl Keyspace {
     pub fn metadata_elements(&self) -> usize {
         let mut n = 0;
         for t in self.slots.iter().flatten() {
-            for e in t.map.values() {
+            for node in t.map.iter() {
+                let e = node.body.view();
                 n += 1 + e.expiry().entries().len();
                 for c in e.components() {
                     n += match &c.val {
@@ -1062,9 +1136,9 @@ impl Keyspace {
         let mut seen = 0;
         while slot < SLOT_COUNT {
             if let Some(t) = self.slots[slot].as_deref() {
-                for (k, e) in t.map.iter() {
-                    if e.is_alive() && !e.is_expired(now_ms) {
-                        visit(k, e);
+                for n in t.map.iter() {
+                    if n.body.is_alive() && !n.body.is_expired(now_ms) {
+                        visit(&n.key, &n.body.view());
                         seen += 1;
                     }
                 }

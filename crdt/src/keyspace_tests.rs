@@ -61,9 +61,25 @@ fn assert_consistent(ks: &Keyspace) {
     for (slot, t) in ks.slots.iter().enumerate() {
         let Some(t) = t.as_deref() else { continue };
         let (mut alive, mut vol) = (0, 0);
-        for (k, e) in t.map.iter() {
+        for n in t.map.iter() {
+            let (k, e) = (&n.key[..], n.body.view());
             assert_eq!(key_slot(k) as usize, slot, "key stored in its slot");
-            let mut rebuilt = e.clone();
+            // Canonical storage: packed exactly when the entry has a packed shape, and the
+            // packed body answers like the entry it stands for.
+            let repacked = Stored::pack(e.clone().into_owned());
+            assert_eq!(
+                matches!(n.body, Stored::Full(_)),
+                matches!(repacked, Stored::Full(_)),
+                "{k:?} stored packed iff packable"
+            );
+            assert_eq!(n.body.is_alive(), e.is_alive(), "packed liveness of {k:?}");
+            assert_eq!(
+                n.body.deadline_ms(),
+                e.deadline_ms(),
+                "packed deadline of {k:?}"
+            );
+            assert_eq!(n.body.floor(), e.floor(), "packed floor of {k:?}");
+            let mut rebuilt = e.clone().into_owned();
             rebuilt.rebuild();
             assert_eq!(
                 e.deadline_ms(),
@@ -71,7 +87,7 @@ fn assert_consistent(ks: &Keyspace) {
                 "cached deadline of {k:?}"
             );
             assert_eq!(e.is_alive(), rebuilt.is_alive(), "cached liveness of {k:?}");
-            bytes_total += entry_bytes(k, e);
+            bytes_total += node_bytes(n);
             if e.is_alive() {
                 alive += 1;
                 vol += usize::from(e.deadline_ms().is_some());

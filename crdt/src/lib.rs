@@ -17,6 +17,7 @@ pub mod dots;
 pub mod entry;
 pub mod hlc;
 pub mod keyspace;
+mod packed;
 pub mod slot;
 pub mod strval;
 

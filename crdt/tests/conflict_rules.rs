@@ -417,6 +417,7 @@ fn hincrby_fields_are_counters() {
     converge(&mut rs);
     let field_int = |r: &Replica| {
         r.ks.peek(b"k0", NOW_MS)
+            .as_deref()
             .and_then(|e| e.as_hash())
             .and_then(|h| h.get(b"f"))
             .map(|s| s.integer().unwrap())

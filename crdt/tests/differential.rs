@@ -139,15 +139,15 @@ proptest! {
                 }
             }
             for (o, t) in ours.iter().zip(&theirs) {
-                let read = o.ks.peek(KEY.as_bytes(), NOW_MS).and_then(|e| e.as_str()).and_then(|s| s.bytes());
+                let read = o.ks.peek(KEY.as_bytes(), NOW_MS).as_deref().and_then(|e| e.as_str()).and_then(|s| s.bytes());
                 prop_assert_eq!(&read, &t.val);
-                let stamp = o.ks.peek(KEY.as_bytes(), NOW_MS).and_then(|e| e.as_str()).map(|s| s.reg.stamp);
+                let stamp = o.ks.peek(KEY.as_bytes(), NOW_MS).as_deref().and_then(|e| e.as_str()).map(|s| s.reg.stamp);
                 prop_assert_eq!(stamp.map(|s| (s.hlc.0, s.region.0)).unwrap_or((0, 0)), t.marker);
             }
         }
         exchange_everything(&mut ours, &mut theirs, seed);
         for (o, t) in ours.iter().zip(&theirs) {
-            let read = o.ks.peek(KEY.as_bytes(), NOW_MS).and_then(|e| e.as_str()).and_then(|s| s.bytes());
+            let read = o.ks.peek(KEY.as_bytes(), NOW_MS).as_deref().and_then(|e| e.as_str()).and_then(|s| s.bytes());
             prop_assert_eq!(&read, &t.val);
         }
     }
@@ -209,6 +209,7 @@ proptest! {
 
 fn members(r: &Replica) -> BTreeSet<Bytes> {
     r.ks.peek(KEY.as_bytes(), NOW_MS)
+        .as_deref()
         .and_then(|e| e.as_set())
         .map(|s| s.members().cloned().collect())
         .unwrap_or_default()

@@ -251,7 +251,7 @@ mod tests {
             .iter()
             .map(|d| KeyState {
                 key: d.key.clone(),
-                state: ks.raw_entry(&d.key).unwrap().clone(),
+                state: ks.raw_entry(&d.key).unwrap().into_owned(),
             })
             .collect();
         vec![

@@ -5,6 +5,7 @@
 //! production runs; tests may wrap it (e.g. to inject faults).
 
 use meridian_crdt::{Applied, Delta, Entry, Hlc, Keyspace, RegionId, SLOT_COUNT};
+use std::borrow::Cow;
 
 pub trait ReplicaStore {
     /// Merge a delta shipped by a region link.
@@ -61,12 +62,12 @@ impl ReplicaStore for Keyspace {
 
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         for (k, e) in self.slot_entries(slot) {
-            visit(k, e);
+            visit(k, &e);
         }
     }
 
     fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.raw_entry(key).cloned()
+        self.raw_entry(key).map(Cow::into_owned)
     }
 
     fn slot_is_lossy(&self, slot: u16) -> bool {

@@ -419,7 +419,7 @@ fn eviction_after_the_slot_was_digested_keeps_the_slot_lossy() {
     ka.write(key, clock.now(1_000), 1_000, |w| w.incr_by(13).map(|_| ()))
         .expect("incr");
     ka.drain_deltas().for_each(drop);
-    let state = ka.raw_entry(key).cloned().expect("written");
+    let state = ka.raw_entry(key).map(|e| e.into_owned()).expect("written");
     kb.merge_state(key, true, &state);
 
     let mut round = |now: u64, a: &mut RegionLink, ka: &mut Keyspace, evict: bool| {
@@ -464,5 +464,5 @@ fn eviction_after_the_slot_was_digested_keeps_the_slot_lossy() {
         assert!(now < 10_000, "the slot is repaired");
         round(now, &mut a, &mut ka, false);
     }
-    assert_eq!(ka.raw_entry(key), Some(&state));
+    assert_eq!(ka.raw_entry(key).as_deref(), Some(&state));
 }

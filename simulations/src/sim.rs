@@ -118,7 +118,7 @@ impl ReplicaStore for SimStore {
         self.ks.for_each_entry(slot, visit)
     }
     fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.ks.raw_entry(key).cloned()
+        self.ks.raw_entry(key).map(|e| e.into_owned())
     }
     fn slot_is_lossy(&self, slot: u16) -> bool {
         self.ks.slot_is_lossy(slot)
@@ -296,7 +296,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         let stamp = node.clock.now(now);
         let ks = &mut node.store.ks;
-        let seen = ks.raw_entry(&key).cloned();
+        let seen = ks.raw_entry(&key).map(|e| e.into_owned());
         let seen_str = seen.as_ref().and_then(|e| e.as_str()).cloned();
         let alive = seen.as_ref().is_some_and(|e| e.is_alive());
         let model = self
@@ -610,8 +610,8 @@ impl Sim {
                         && self.nodes.iter().enumerate().any(|(j, other)| {
                             j != a
                                 && other.store.ks.raw_entry(&k).is_some_and(|theirs| {
-                                    let mut joined = theirs.clone();
-                                    !joined.merge(mine)
+                                    let mut joined = theirs.into_owned();
+                                    !joined.merge(&mine)
                                 })
                         })
                 });
@@ -789,7 +789,7 @@ impl Sim {
             let mut deadlines = Vec::new();
             for node in &self.nodes {
                 let e = node.store.ks.raw_entry(key);
-                let got = render(e);
+                let got = render(e.as_deref());
                 if got != expected {
                     self.report.violations.push(format!(
                         "value ({phase}): key {:?} at region {}: got {:?}, oracle expects {:?}",

@@ -59,7 +59,7 @@ fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     for k in &keys {
         let shard = ctx.shard(k);
         if let Some(e) = shard.ks.raw_entry(k).filter(|e| e.is_alive()) {
-            match postcard::to_allocvec(e) {
+            match postcard::to_allocvec(&*e) {
                 Ok(blob) => batch.push((k.clone(), blob)),
                 Err(e) => return err_owned(format!("ERR cannot serialize {k:?}: {e}")),
             }

@@ -53,12 +53,17 @@ fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
     // A field named twice (`HSET h f 1 f 2`) is set once, to its last value, as in Redis:
     // one write stamps every field with the same HLC, and a register must not be set twice
     // with one stamp.
-    let mut seen = std::collections::HashSet::with_capacity(a.len() / 2);
-    let pairs: Vec<&[Bytes]> = a[2..]
-        .chunks(2)
-        .rev()
-        .filter(|fv| seen.insert(&fv[0]))
-        .collect();
+    let pairs: Vec<&[Bytes]> = if a.len() == 4 {
+        // One pair (the common case): nothing to deduplicate.
+        vec![&a[2..4]]
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(a.len() / 2);
+        a[2..]
+            .chunks(2)
+            .rev()
+            .filter(|fv| seen.insert(&fv[0]))
+            .collect()
+    };
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
     let added = ctx.write(&a[1], |w| {
         w.expect(Kind::Hash)?;

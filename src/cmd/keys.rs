@@ -5,6 +5,7 @@
 use super::*;
 use crate::util::glob_match;
 use meridian_crdt::{key_slot, Val, SLOT_COUNT};
+use std::borrow::Cow;
 
 pub fn specs() -> Vec<Spec> {
     vec![
@@ -59,7 +60,7 @@ fn type_(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
 /// Copy the visible value of `from` into a fresh key `to` (rename = delete + create).
 fn rename_generic(ctx: &mut Ctx, a: &[Bytes], nx: bool) -> Reply {
     let (from, to) = (&a[1], &a[2]);
-    let Some(entry) = ctx.lookup(from).cloned() else {
+    let Some(entry) = ctx.lookup(from).map(Cow::into_owned) else {
         return err("ERR no such key");
     };
     if from == to {

@@ -265,7 +265,7 @@ impl<'s, 'c> Ctx<'s, 'c> {
     }
 
     /// Lookup for reading: reclaims expired keys, counts hits and misses.
-    pub fn read(&mut self, key: &[u8]) -> Option<&Entry> {
+    pub fn read(&mut self, key: &[u8]) -> Option<Cow<'_, Entry>> {
         let now = self.now_ms;
         let slot = self.slot_of(key);
         let shard = self.shard(key);
@@ -279,14 +279,14 @@ impl<'s, 'c> Ctx<'s, 'c> {
     }
 
     /// Lookup without touching hit/miss statistics (existence checks inside writes).
-    pub fn lookup(&mut self, key: &[u8]) -> Option<&Entry> {
+    pub fn lookup(&mut self, key: &[u8]) -> Option<Cow<'_, Entry>> {
         let now = self.now_ms;
         let slot = self.slot_of(key);
         self.shard(key).ks.get_in(slot, key, now)
     }
 
     pub fn kind(&mut self, key: &[u8]) -> Option<Kind> {
-        self.lookup(key).and_then(Entry::kind)
+        self.lookup(key).and_then(|e| e.kind())
     }
 
     /// Apply a local write to `key` and queue its delta.

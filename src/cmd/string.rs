@@ -289,7 +289,7 @@ fn getex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     };
     match ttl {
         TtlOpt::At(d) => ctx.write(&a[1], |w| w.set_deadline(Some(d))),
-        TtlOpt::Persist if ctx.lookup(&a[1]).and_then(Entry::deadline_ms).is_some() => {
+        TtlOpt::Persist if ctx.lookup(&a[1]).and_then(|e| e.deadline_ms()).is_some() => {
             ctx.write(&a[1], |w| w.set_deadline(None));
         }
         _ => {}

@@ -258,22 +258,21 @@ impl Replica {
     }
 
     pub fn raw(&self, key: &str) -> Option<Entry> {
-        self.ks.raw_entry(key.as_bytes()).cloned()
+        self.ks.raw_entry(key.as_bytes()).map(|e| e.into_owned())
     }
 
     pub fn view(&self, key: &str) -> View {
-        view_of(self.ks.peek(key.as_bytes(), NOW_MS))
+        view_of(self.ks.peek(key.as_bytes(), NOW_MS).as_deref())
     }
 
     pub fn view_at(&self, key: &str, now_ms: u64) -> View {
-        view_of(self.ks.peek(key.as_bytes(), now_ms))
+        view_of(self.ks.peek(key.as_bytes(), now_ms).as_deref())
     }
 
     pub fn int(&self, key: &str) -> Option<i64> {
         self.ks
             .peek(key.as_bytes(), NOW_MS)
-            .and_then(Entry::as_str)
-            .map(|s| s.integer().expect("integer value"))
+            .and_then(|e| e.as_str().map(|s| s.integer().expect("integer value")))
     }
 }
 

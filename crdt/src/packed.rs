@@ -1,0 +1,460 @@
+//! How the keyspace stores a key: a 16-byte key handle and a packed body, 64 bytes per node.
+//!
+//! Most keys are a plain string or a counter written from one region, with no TTL. The full
+//! [`Entry`] for those carries a component list, a register, a counter vector and metadata
+//! slots that are all empty or zero but still cost their space (a 160-byte node plus a
+//! separate counter allocation). [`Stored`] keeps those two shapes packed into the fields
+//! that are actually set, and everything else as a boxed [`Entry`]. Packing is exact: a
+//! packed body unpacks to the very `Entry` it was packed from (tested), so merge, digest and
+//! every rule of the CRDT are unchanged; only the storage differs.
+//!
+//! Readers get a `Cow<Entry>` ([`Stored::view`]); writers open the body as a full entry
+//! (the keyspace's `Opened`: in place when boxed, unpacked when packed), work on it and pack
+//! it again.
+
+use crate::entry::{Comp, Entry, Val};
+use crate::hlc::{Hlc, RegionId, Stamp};
+use crate::strval::{Contrib, Register, Str};
+use bytes::Bytes;
+use std::borrow::Cow;
+
+/// Inline key length: 0..=15. An enum so that the other values of its byte are free for
+/// [`Key`]'s tag (the whole key handle stays 16 bytes).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Len {
+    L0,
+    L1,
+    L2,
+    L3,
+    L4,
+    L5,
+    L6,
+    L7,
+    L8,
+    L9,
+    L10,
+    L11,
+    L12,
+    L13,
+    L14,
+    L15,
+}
+
+const LENS: [Len; 16] = [
+    Len::L0,
+    Len::L1,
+    Len::L2,
+    Len::L3,
+    Len::L4,
+    Len::L5,
+    Len::L6,
+    Len::L7,
+    Len::L8,
+    Len::L9,
+    Len::L10,
+    Len::L11,
+    Len::L12,
+    Len::L13,
+    Len::L14,
+    Len::L15,
+];
+
+/// Keys up to this many bytes live inside the node.
+pub(crate) const INLINE_KEY: usize = 15;
+
+/// A key's bytes: inline up to 15 bytes (no allocation, no pointer to chase on compare),
+/// otherwise in a boxed slice behind a thin pointer.
+#[derive(Clone, Debug)]
+pub(crate) enum Key {
+    Inline { len: Len, bytes: [u8; INLINE_KEY] },
+    Heap(Box<Box<[u8]>>),
+}
+
+impl Key {
+    pub(crate) fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: LENS[key.len()],
+                bytes,
+            }
+        } else {
+            Key::Heap(Box::new(key.into()))
+        }
+    }
+
+    /// Bytes allocated for the key outside the node.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Key::Inline { .. } => 0,
+            Key::Heap(b) => 16 + b.len(),
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..*len as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+/// A key's state as stored: packed when it is one of the two common shapes, else boxed.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    /// A string written by `SET` and friends: one string component whose register holds a
+    /// plain (unversioned) value, no counter contributions, no TTL, removal record or floor.
+    Str {
+        created: Hlc,
+        at: Hlc,
+        created_region: RegionId,
+        region: RegionId,
+        value: Box<[u8]>,
+    },
+    /// A counter built by `INCR` in one region: one string component with an empty
+    /// register and a single contribution no reset has observed, no metadata.
+    Ctr {
+        created: Hlc,
+        hlc: Hlc,
+        net: i64,
+        created_region: RegionId,
+        region: RegionId,
+    },
+    /// No component and no metadata: a node just created, before its first write lands.
+    Empty,
+    Full(Box<Entry>),
+}
+
+impl Stored {
+    /// Stands in while a body is moved out (allocates nothing).
+    pub(crate) const PLACEHOLDER: Stored = Stored::Empty;
+
+    /// Pack `e` if it has one of the packed shapes.
+    pub(crate) fn pack(e: Entry) -> Stored {
+        match Stored::packable(&e) {
+            Some(Shape::Str) => {
+                let mut e = e;
+                let c = e.comps.pop();
+                match c {
+                    Some(Comp {
+                        created,
+                        val:
+                            Val::Str(Str {
+                                reg:
+                                    Register {
+                                        stamp,
+                                        value: Some(v),
+                                        ..
+                                    },
+                                ..
+                            }),
+                    }) => Stored::Str {
+                        created: created.hlc,
+                        at: stamp.hlc,
+                        created_region: created.region,
+                        region: stamp.region,
+                        value: Vec::from(v).into_boxed_slice(),
+                    },
+                    _ => unreachable!("checked by packable"),
+                }
+            }
+            Some(Shape::Empty) => Stored::Empty,
+            Some(Shape::Ctr) => {
+                let c = &e.comps[0];
+                let Val::Str(s) = &c.val else {
+                    unreachable!("checked by packable")
+                };
+                let k = s.ctr[0];
+                Stored::Ctr {
+                    created: c.created.hlc,
+                    hlc: k.hlc,
+                    net: k.net,
+                    created_region: c.created.region,
+                    region: k.region,
+                }
+            }
+            None => Stored::Full(Box::new(e)),
+        }
+    }
+
+    fn packable(e: &Entry) -> Option<Shape> {
+        if e.meta.as_deref().is_some_and(|m| !m.is_empty()) {
+            return None;
+        }
+        if e.comps.is_empty() {
+            return Some(Shape::Empty);
+        }
+        if e.comps.len() != 1 {
+            return None;
+        }
+        let Val::Str(s) = &e.comps[0].val else {
+            return None;
+        };
+        if s.reg.version != 0 {
+            return None;
+        }
+        if s.ctr.is_empty() && s.reg.value.is_some() {
+            return Some(Shape::Str);
+        }
+        let plain_counter = s.reg.value.is_none()
+            && s.reg.stamp == Stamp::ZERO
+            && s.ctr.len() == 1
+            && s.ctr[0].obs_hlc == Hlc::ZERO
+            && s.ctr[0].obs_net == 0;
+        plain_counter.then_some(Shape::Ctr)
+    }
+
+    /// The full entry, moved out.
+    pub(crate) fn unpack(self) -> Entry {
+        match self {
+            Stored::Full(b) => *b,
+            Stored::Str {
+                created,
+                at,
+                created_region,
+                region,
+                value,
+            } => string_entry(created, created_region, at, region, Bytes::from(value)),
+            other => other.to_entry(),
+        }
+    }
+
+    /// The full entry, rebuilt from a packed body (cloning the value).
+    fn to_entry(&self) -> Entry {
+        match self {
+            Stored::Full(b) => (**b).clone(),
+            Stored::Empty => Entry::default(),
+            Stored::Str {
+                created,
+                at,
+                created_region,
+                region,
+                value,
+            } => string_entry(
+                *created,
+                *created_region,
+                *at,
+                *region,
+                Bytes::copy_from_slice(value),
+            ),
+            Stored::Ctr {
+                created,
+                hlc,
+                net,
+                created_region,
+                region,
+            } => Entry::from_comp(Comp {
+                created: Stamp::new(*created, *created_region),
+                val: Val::Str(Str {
+                    reg: Register::default(),
+                    ctr: vec![Contrib {
+                        region: *region,
+                        hlc: *hlc,
+                        net: *net,
+                        obs_hlc: Hlc::ZERO,
+                        obs_net: 0,
+                    }],
+                }),
+            }),
+        }
+    }
+
+    /// The entry for reading: borrowed when boxed, rebuilt when packed.
+    pub(crate) fn view(&self) -> Cow<'_, Entry> {
+        match self {
+            Stored::Full(b) => Cow::Borrowed(&**b),
+            packed => Cow::Owned(packed.to_entry()),
+        }
+    }
+
+    /// Pack again after a write or merge, if the entry now has a packed shape.
+    pub(crate) fn settle(&mut self) {
+        if let Stored::Full(b) = self {
+            if Stored::packable(b).is_some() {
+                let e = std::mem::take(&mut **b);
+                *self = Stored::pack(e);
+            }
+        }
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        match self {
+            Stored::Full(b) => b.is_alive(),
+            Stored::Str { .. } => true,
+            Stored::Ctr { hlc, .. } => *hlc > Hlc::ZERO,
+            Stored::Empty => false,
+        }
+    }
+
+    pub(crate) fn deadline_ms(&self) -> Option<u64> {
+        match self {
+            Stored::Full(b) => b.deadline_ms(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        match self {
+            Stored::Full(b) => b.is_expired(now_ms),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn floor(&self) -> u64 {
+        match self {
+            Stored::Full(b) => b.floor(),
+            _ => 0,
+        }
+    }
+
+    /// Bytes allocated outside the node (for `used_memory`): the box and what the entry
+    /// holds, or the packed string's value.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Stored::Full(b) => BOX_BYTES + b.heap_bytes(),
+            Stored::Str { value, .. } => alloc_class(value.len()),
+            Stored::Ctr { .. } | Stored::Empty => 0,
+        }
+    }
+}
+
+enum Shape {
+    Empty,
+    Str,
+    Ctr,
+}
+
+/// What a boxed [`Entry`] costs on its own (its size class).
+const BOX_BYTES: usize = 112;
+
+/// Bytes the allocator hands out for a request of `n` (jemalloc size classes, roughly):
+/// 16-byte steps to 128, then four classes per doubling.
+fn alloc_class(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else if n <= 128 {
+        n.div_ceil(16) * 16
+    } else {
+        let step = (n.next_power_of_two() / 8).max(16);
+        n.div_ceil(step) * step
+    }
+}
+
+fn string_entry(
+    created: Hlc,
+    created_region: RegionId,
+    at: Hlc,
+    region: RegionId,
+    value: Bytes,
+) -> Entry {
+    Entry::from_comp(Comp {
+        created: Stamp::new(created, created_region),
+        val: Val::Str(Str {
+            reg: Register {
+                stamp: Stamp::new(at, region),
+                value: Some(value),
+                version: 0,
+            },
+            ctr: Vec::new(),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyspace::{Keyspace, KeyspaceConfig};
+
+    fn st(hlc: u64, region: u16) -> Stamp {
+        Stamp::new(Hlc(hlc), RegionId(region))
+    }
+
+    /// Packing a key's whole state and unpacking it gives the same state back, and only the
+    /// two common shapes are packed.
+    fn roundtrip(e: &Entry) -> &'static str {
+        let packed = Stored::pack(e.clone());
+        let shape = match &packed {
+            Stored::Str { .. } => "str",
+            Stored::Ctr { .. } => "ctr",
+            Stored::Empty => "empty",
+            Stored::Full(_) => "full",
+        };
+        assert_eq!(packed.view().as_ref(), e, "view of {shape}");
+        assert_eq!(packed.is_alive(), e.is_alive());
+        assert_eq!(packed.deadline_ms(), e.deadline_ms());
+        assert_eq!(packed.floor(), e.floor());
+        assert_eq!(&packed.unpack(), e, "unpack of {shape}");
+        shape
+    }
+
+    fn state(ks: &Keyspace, key: &str) -> Entry {
+        ks.raw_entry(key.as_bytes()).expect("present").into_owned()
+    }
+
+    #[test]
+    fn common_shapes_pack_and_everything_else_stays_full() {
+        let mut a = Keyspace::new(KeyspaceConfig {
+            region: RegionId(1),
+            retain_tombstones: true,
+            ..KeyspaceConfig::default()
+        });
+        let mut b = Keyspace::new(KeyspaceConfig {
+            region: RegionId(2),
+            retain_tombstones: true,
+            ..KeyspaceConfig::default()
+        });
+        let v = Bytes::from_static(b"value");
+        a.write(b"s", st(10, 1), 0, |w| w.set_str_shared(&v, false));
+        a.write(b"s", st(11, 1), 0, |w| w.set_str_shared(&v, false));
+        assert_eq!(
+            roundtrip(&state(&a, "s")),
+            "str",
+            "SET twice: creation != write stamp"
+        );
+        a.write(b"c", st(12, 1), 0, |w| w.incr_by(5).map(drop))
+            .unwrap();
+        assert_eq!(roundtrip(&state(&a, "c")), "ctr");
+        // Another region's increment on top: two contributions.
+        b.merge_state(b"c", true, &state(&a, "c"));
+        assert_eq!(roundtrip(&state(&b, "c")), "ctr", "replicated as is");
+        b.write(b"c", st(13, 2), 0, |w| w.incr_by(1).map(drop))
+            .unwrap();
+        assert_eq!(roundtrip(&state(&b, "c")), "full");
+        // TTL, reset, versioned fill, set, tombstone.
+        a.write(b"t", st(14, 1), 0, |w| {
+            w.set_str_shared(&v, false);
+            w.set_deadline(Some(1_000_000));
+        });
+        assert_eq!(roundtrip(&state(&a, "t")), "full");
+        a.write(b"c", st(15, 1), 0, |w| w.set_str_shared(&v, false));
+        assert_eq!(
+            roundtrip(&state(&a, "c")),
+            "full",
+            "SET over INCR observes the counter"
+        );
+        a.write(b"f", st(16, 1), 0, |w| w.set_str_versioned(&v, 7, false))
+            .unwrap();
+        assert_eq!(roundtrip(&state(&a, "f")), "full");
+        a.write(b"m", st(17, 1), 0, |w| w.sadd(&v));
+        assert_eq!(roundtrip(&state(&a, "m")), "full");
+        a.write(b"s", st(18, 1), 0, |w| w.delete());
+        assert_eq!(roundtrip(&state(&a, "s")), "full", "tombstone");
+        assert_eq!(roundtrip(&Entry::default()), "empty");
+    }
+
+    #[test]
+    fn keys_inline_up_to_fifteen_bytes_and_on_the_heap_beyond() {
+        for len in [0, 1, 14, 15, 16, 24, 300] {
+            let key: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let k = Key::new(&key);
+            assert_eq!(&k[..], &key[..]);
+            assert_eq!(k.heap_bytes() == 0, len <= INLINE_KEY, "len {len}");
+        }
+        assert_eq!(std::mem::size_of::<Key>(), 16);
+    }
+}
