@@ -85,6 +85,7 @@ pub fn render(store: &Store, shared: &Shared) -> String {
     let ks = store.sum_stats();
     let ir = &shared.inregion;
     let (hits, misses) = store.hits_misses();
+    let (produced, dropped) = store.delta_counts();
     let mut o = Exposition(String::new());
     o.gauges(&[
         (
@@ -166,12 +167,12 @@ pub fn render(store: &Store, shared: &Shared) -> String {
         (
             "deltas_produced_total",
             "CRDT deltas yielded by local writes.",
-            st.deltas_produced.load(Relaxed),
+            produced,
         ),
         (
             "deltas_dropped_total",
             "Deltas dropped from the bounded log.",
-            st.deltas_dropped.load(Relaxed),
+            dropped,
         ),
         (
             "protocol_errors_total",

@@ -27,6 +27,10 @@ pub struct Shard {
     /// Keyspace hits and misses (counted under the shard lock: no shared atomics).
     pub hits: u64,
     pub misses: u64,
+    /// Deltas local writes produced, and those the bounded log dropped unshipped (under the
+    /// shard lock: a write touches no shared counter). Summed by [`Store::delta_counts`].
+    produced: u64,
+    dropped: u64,
     /// The node-wide in-region replication feed (inactive until a replica syncs).
     pub feed: Arc<ReplFeed>,
 }
@@ -38,7 +42,7 @@ impl Shard {
         let mut logged = false;
         let feed = self.feed.is_active();
         for d in self.ks.drain_deltas() {
-            stats.deltas_produced.fetch_add(1, Relaxed);
+            self.produced += 1;
             if feed {
                 // Offsets are assigned here, under this shard's lock.
                 self.feed.push_delta(&d);
@@ -53,7 +57,11 @@ impl Shard {
             }
             if self.log.len() >= self.log_max {
                 self.log.pop_front();
-                stats.deltas_dropped.fetch_add(1, Relaxed);
+                self.dropped += 1;
+                if self.notify {
+                    // The replication task watches this: a lost delta means anti-entropy.
+                    stats.deltas_dropped.fetch_add(1, Relaxed);
+                }
             }
             self.log.push_back(d);
             logged = true;
@@ -108,7 +116,8 @@ pub struct Stats {
     pub connections_received: AtomicU64,
     pub connected_clients: AtomicUsize,
     pub rejected_connections: AtomicU64,
-    pub deltas_produced: AtomicU64,
+    /// Deltas dropped from a shard log while regions replicate (see [`Store::delta_counts`]
+    /// for the totals).
     pub deltas_dropped: AtomicU64,
     pub ops_per_sec: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -174,6 +183,8 @@ impl Store {
                     notify: replicated,
                     watched: HashMap::new(),
                     hits: 0,
+                    produced: 0,
+                    dropped: 0,
                     misses: 0,
                     feed: feed.clone(),
                 })
@@ -269,6 +280,14 @@ impl Store {
         self.shards.iter().fold((0, 0), |(h, m), s| {
             let s = s.lock();
             (h + s.hits, m + s.misses)
+        })
+    }
+
+    /// (deltas produced, deltas dropped from the logs) summed over shards.
+    pub fn delta_counts(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(p, d), s| {
+            let s = s.lock();
+            (p + s.produced, d + s.dropped)
         })
     }
 

@@ -8,7 +8,7 @@
 
 use crate::dots::Dots;
 use crate::hlc::{Hlc, RegionId, Stamp};
-use crate::strval::Str;
+use crate::strval::{Register, Str};
 use crate::FixedState;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -65,11 +65,29 @@ impl OrSet {
         self.heap_bytes
     }
 
-    fn slot_for(&mut self, member: &Bytes) -> &mut Dots<()> {
+    /// The member's dots, created empty if absent. The set keeps its own copy of a new
+    /// member's bytes (a member never pins a request buffer); a present one costs no copy.
+    fn slot_for(&mut self, member: &[u8]) -> &mut Dots<()> {
         if !self.members.contains_key(member) {
             self.heap_bytes += member.len() + ELEMENT_OVERHEAD_BYTES;
+            self.members
+                .insert(Bytes::copy_from_slice(member), Dots::default());
         }
-        self.members.entry(member.clone()).or_default()
+        match self.members.get_mut(member) {
+            Some(d) => d,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    /// A one-member set (a delta), sharing `member`'s bytes.
+    pub fn from_member(member: Bytes, dots: Dots<()>) -> OrSet {
+        let mut s = OrSet {
+            alive: usize::from(dots.is_alive()),
+            heap_bytes: member.len() + ELEMENT_OVERHEAD_BYTES,
+            ..OrSet::default()
+        };
+        s.members.insert(member, dots);
+        s
     }
 
     /// `SADD`: returns whether the member was absent. The returned dots are the delta.
@@ -282,6 +300,48 @@ impl OrMap {
         if let Some((f, s)) = self.fields.remove_entry(field) {
             self.heap_bytes -= f.len() + ELEMENT_OVERHEAD_BYTES + s.heap_bytes();
         }
+    }
+
+    /// `HSET` of one field to a value held in a request buffer: the map stores its own
+    /// copies (of the field only when it is new); the returned delta state carries `value`
+    /// itself. Returns whether the field was present, and the delta state.
+    pub fn set_field(&mut self, field: &[u8], stamp: Stamp, value: &Bytes) -> (bool, Str) {
+        if !self.fields.contains_key(field) {
+            self.heap_bytes += field.len() + ELEMENT_OVERHEAD_BYTES;
+            self.fields
+                .insert(Bytes::copy_from_slice(field), Str::default());
+        }
+        let slot = match self.fields.get_mut(field) {
+            Some(s) => s,
+            None => unreachable!("inserted above"),
+        };
+        let was = slot.is_alive();
+        let before = slot.heap_bytes();
+        slot.set(stamp, Bytes::copy_from_slice(value));
+        self.heap_bytes = self.heap_bytes + slot.heap_bytes() - before;
+        if !was {
+            self.alive += 1;
+        }
+        let state = Str {
+            reg: Register {
+                stamp: slot.reg.stamp,
+                value: Some(value.clone()),
+                version: slot.reg.version,
+            },
+            ctr: slot.ctr.clone(),
+        };
+        (was, state)
+    }
+
+    /// A one-field map (a delta), sharing `field`'s bytes.
+    pub fn from_field(field: Bytes, state: Str) -> OrMap {
+        let mut m = OrMap {
+            alive: usize::from(state.is_alive()),
+            heap_bytes: field.len() + ELEMENT_OVERHEAD_BYTES + state.heap_bytes(),
+            ..OrMap::default()
+        };
+        m.fields.insert(field, state);
+        m
     }
 
     pub fn merge_field(&mut self, field: &Bytes, theirs: &Str) -> bool {

@@ -806,7 +806,11 @@ impl<'a> EntryWriter<'a> {
             unreachable!()
         };
         let (new, dots) = set.add(stamp, member);
-        self.delta_set_member(created, member, &dots);
+        self.delta_put(Comp {
+            created,
+            val: Val::Set(OrSet::from_member(member.clone(), dots)),
+        });
+        self.changed = true;
         new
     }
 
@@ -852,6 +856,24 @@ impl<'a> EntryWriter<'a> {
                 });
             }
         }
+    }
+
+    /// `HSET` of one field to a value in a request buffer: the entry stores copies, the
+    /// delta shares `field` and `value`. Returns whether the field was present.
+    pub fn hash_set(&mut self, field: &Bytes, value: &Bytes) -> bool {
+        let i = self.comp(Kind::Hash);
+        let stamp = self.stamp;
+        let created = self.entry.comps[i].created;
+        let Val::Hash(h) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        let (was, state) = h.set_field(field, stamp, value);
+        self.delta_put(Comp {
+            created,
+            val: Val::Hash(OrMap::from_field(field.clone(), state)),
+        });
+        self.changed = true;
+        was
     }
 
     /// Local update of one hash field (`HSET`, `HINCRBY`…); the closure sees the field's

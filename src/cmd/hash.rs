@@ -69,10 +69,7 @@ fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
         w.expect(Kind::Hash)?;
         let mut added = 0;
         for fv in pairs.into_iter().rev() {
-            let value = own(&fv[1]);
-            let was = w.entry().as_hash().is_some_and(|h| h.get(&fv[0]).is_some());
-            w.hash_update(&own(&fv[0]), |s, stamp| s.set(stamp, value));
-            added += i64::from(!was);
+            added += i64::from(!w.hash_set(&fv[0], &fv[1]));
         }
         Ok(added)
     });

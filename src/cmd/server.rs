@@ -597,13 +597,14 @@ pub fn info_text(
         }
     }
     if want("crdt") {
+        let delta_counts = store.delta_counts();
         let _ = write!(
             o,
             "# CRDT\r\nregion:{}\r\nregion_id:{}\r\ndeltas_produced:{}\r\ndeltas_dropped_from_log:{}\r\ndeltas_applied:{}\r\npartial_deltas_dropped:{}\r\ntombstones:{}\r\n\r\n",
             shared.config.region,
             shared.config.region_id,
-            st.deltas_produced.load(Relaxed),
-            st.deltas_dropped.load(Relaxed),
+            delta_counts.0,
+            delta_counts.1,
             ks.deltas_applied,
             ks.partial_deltas_dropped,
             ks.tombstones,

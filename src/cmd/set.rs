@@ -35,7 +35,7 @@ fn sadd(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
     let added = ctx.write(&a[1], |w| {
         w.expect(Kind::Set)?;
-        Ok(a[2..].iter().filter(|m| w.sadd(&own(m))).count())
+        Ok(a[2..].iter().filter(|m| w.sadd(m)).count())
     });
     match added {
         Ok(n) => Reply::Int(n as i64),
