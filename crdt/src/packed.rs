@@ -1,4 +1,4 @@
-//! How the keyspace stores a key: a 16-byte key handle and a packed body, 64 bytes per node.
+//! How the keyspace stores a key: a 24-byte key handle and a packed body, 64 bytes per node.
 //!
 //! Most keys are a plain string or a counter written from one region, with no TTL. The full
 //! [`Entry`] for those carries a component list, a register, a counter vector and metadata
@@ -17,9 +17,10 @@ use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::strval::{Contrib, Register, Str};
 use bytes::Bytes;
 use std::borrow::Cow;
+use thin_vec::ThinVec;
 
-/// Inline key length: 0..=15. An enum so that the other values of its byte are free for
-/// [`Key`]'s tag (the whole key handle stays 16 bytes).
+/// Inline key length: 0..=23. An enum so that the other values of its byte are free for
+/// [`Key`]'s tag (the whole key handle stays 24 bytes).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Len {
@@ -39,9 +40,17 @@ pub(crate) enum Len {
     L13,
     L14,
     L15,
+    L16,
+    L17,
+    L18,
+    L19,
+    L20,
+    L21,
+    L22,
+    L23,
 }
 
-const LENS: [Len; 16] = [
+const LENS: [Len; INLINE_KEY + 1] = [
     Len::L0,
     Len::L1,
     Len::L2,
@@ -58,17 +67,25 @@ const LENS: [Len; 16] = [
     Len::L13,
     Len::L14,
     Len::L15,
+    Len::L16,
+    Len::L17,
+    Len::L18,
+    Len::L19,
+    Len::L20,
+    Len::L21,
+    Len::L22,
+    Len::L23,
 ];
 
 /// Keys up to this many bytes live inside the node.
-pub(crate) const INLINE_KEY: usize = 15;
+pub(crate) const INLINE_KEY: usize = 23;
 
-/// A key's bytes: inline up to 15 bytes (no allocation, no pointer to chase on compare),
-/// otherwise in a boxed slice behind a thin pointer.
+/// A key's bytes: inline up to 23 bytes (no allocation, no pointer to chase on compare:
+/// `redis-benchmark`'s 16-byte keys and most real ones), otherwise behind a thin pointer.
 #[derive(Clone, Debug)]
 pub(crate) enum Key {
     Inline { len: Len, bytes: [u8; INLINE_KEY] },
-    Heap(Box<Box<[u8]>>),
+    Heap(ThinVec<u8>),
 }
 
 impl Key {
@@ -81,7 +98,7 @@ impl Key {
                 bytes,
             }
         } else {
-            Key::Heap(Box::new(key.into()))
+            Key::Heap(ThinVec::from(key))
         }
     }
 
@@ -89,7 +106,7 @@ impl Key {
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
             Key::Inline { .. } => 0,
-            Key::Heap(b) => 16 + b.len(),
+            Key::Heap(b) => alloc_class(THIN_HEADER + b.len()),
         }
     }
 }
@@ -114,7 +131,10 @@ pub(crate) enum Stored {
         at: Hlc,
         created_region: RegionId,
         region: RegionId,
-        value: Box<[u8]>,
+        /// `value.len()`, capped at `u16::MAX`: accounting reads it here instead of from the
+        /// value's header (a cache miss a `SET` would otherwise take for nothing).
+        len_hint: u16,
+        value: ThinVec<u8>,
     },
     /// A counter built by `INCR` in one region: one string component with an empty
     /// register and a single contribution no reset has observed, no metadata.
@@ -158,7 +178,8 @@ impl Stored {
                         at: stamp.hlc,
                         created_region: created.region,
                         region: stamp.region,
-                        value: Vec::from(v).into_boxed_slice(),
+                        len_hint: u16::try_from(v.len()).unwrap_or(u16::MAX),
+                        value: ThinVec::from(&v[..]),
                     },
                     _ => unreachable!("checked by packable"),
                 }
@@ -219,7 +240,14 @@ impl Stored {
                 created_region,
                 region,
                 value,
-            } => string_entry(created, created_region, at, region, Bytes::from(value)),
+                ..
+            } => string_entry(
+                created,
+                created_region,
+                at,
+                region,
+                Bytes::copy_from_slice(&value),
+            ),
             other => other.to_entry(),
         }
     }
@@ -235,6 +263,7 @@ impl Stored {
                 created_region,
                 region,
                 value,
+                ..
             } => string_entry(
                 *created,
                 *created_region,
@@ -317,7 +346,13 @@ impl Stored {
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
             Stored::Full(b) => BOX_BYTES + b.heap_bytes(),
-            Stored::Str { value, .. } => alloc_class(value.len()),
+            Stored::Str { len_hint: 0, .. } => 0,
+            Stored::Str {
+                len_hint: u16::MAX,
+                value,
+                ..
+            } => alloc_class(THIN_HEADER + value.len()),
+            Stored::Str { len_hint, .. } => alloc_class(THIN_HEADER + usize::from(*len_hint)),
             Stored::Ctr { .. } | Stored::Empty => 0,
         }
     }
@@ -328,6 +363,9 @@ enum Shape {
     Str,
     Ctr,
 }
+
+/// The length and capacity words in front of a [`ThinVec`]'s bytes.
+const THIN_HEADER: usize = 16;
 
 /// What a boxed [`Entry`] costs on its own (its size class).
 const BOX_BYTES: usize = 112;
@@ -449,12 +487,12 @@ mod tests {
 
     #[test]
     fn keys_inline_up_to_fifteen_bytes_and_on_the_heap_beyond() {
-        for len in [0, 1, 14, 15, 16, 24, 300] {
+        for len in [0, 1, 15, 16, 22, 23, 24, 300] {
             let key: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let k = Key::new(&key);
             assert_eq!(&k[..], &key[..]);
             assert_eq!(k.heap_bytes() == 0, len <= INLINE_KEY, "len {len}");
         }
-        assert_eq!(std::mem::size_of::<Key>(), 16);
+        assert_eq!(std::mem::size_of::<Key>(), 24);
     }
 }
