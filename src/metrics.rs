@@ -112,8 +112,8 @@ pub fn render(store: &Store, shared: &Shared) -> String {
         ),
         (
             "used_memory_bytes",
-            "Bytes allocated (jemalloc).",
-            crate::memory::allocated_bytes(),
+            "Bytes in use: allocated (jemalloc) less the node slabs' free slots.",
+            store.used_memory_now(),
         ),
         (
             "used_memory_rss_bytes",

@@ -147,6 +147,9 @@ pub struct Store {
     pub runtime: Runtime,
     used_memory: AtomicU64,
     used_memory_at_ms: AtomicU64,
+    /// Per shard, the last read of its keyspace's unused slab bytes (a shard whose lock is
+    /// taken when `used_memory` refreshes keeps its previous figure).
+    slab_free: Box<[AtomicU64]>,
     next_evict_shard: AtomicUsize,
     feed: Arc<ReplFeed>,
 }
@@ -198,6 +201,7 @@ impl Store {
             runtime,
             used_memory: AtomicU64::new(0),
             used_memory_at_ms: AtomicU64::new(0),
+            slab_free: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             next_evict_shard: AtomicUsize::new(0),
             feed,
         }
@@ -329,14 +333,27 @@ impl Store {
         t
     }
 
-    /// Bytes the allocator reports in use (what `maxmemory` is compared with), refreshed at
-    /// most once per millisecond.
+    /// Bytes the allocator reports in use, less the keyspaces' unused node-slab bytes (free
+    /// for new keys, like an allocator's own free lists): what `maxmemory` is compared
+    /// with. Refreshed at most once per millisecond. Never waits for a shard lock (the
+    /// caller may hold one): a busy shard counts with its previous figure.
     pub fn used_memory(&self, now_ms: u64) -> u64 {
         if self.used_memory_at_ms.swap(now_ms, Relaxed) != now_ms {
-            self.used_memory
-                .store(crate::memory::allocated_bytes(), Relaxed);
+            self.used_memory.store(self.used_memory_now(), Relaxed);
         }
         self.used_memory.load(Relaxed)
+    }
+
+    /// [`Store::used_memory`] read now (INFO, metrics).
+    pub fn used_memory_now(&self) -> u64 {
+        let mut free = 0;
+        for (shard, cached) in self.shards.iter().zip(self.slab_free.iter()) {
+            if let Some(s) = shard.try_lock() {
+                cached.store(s.ks.slab_free_bytes() as u64, Relaxed);
+            }
+            free += cached.load(Relaxed);
+        }
+        crate::memory::allocated_bytes().saturating_sub(free)
     }
 
     /// Evict keys until memory is under `maxmemory`. Returns false if the limit is exceeded

@@ -123,6 +123,7 @@ struct Node {
 }
 
 const _: () = assert!(std::mem::size_of::<Node>() == 64);
+const _: () = assert!(std::mem::size_of::<Option<Node>>() == 64);
 
 impl Node {
     /// The node's entry opened for a write or merge; packed again when the guard drops.
@@ -183,89 +184,186 @@ fn node_bytes(n: &Node) -> usize {
     NODE_BYTES + n.key.heap_bytes() + n.body.heap_bytes()
 }
 
-/// A slot's keys. Buckets hold a pointer to the [`Node`]: a slot table holds few keys (about
-/// 60 per slot at a million keys) and grows by doubling, so many buckets are empty, and an
-/// empty pointer bucket costs 8 bytes where an inline node costs 64.
-struct Table {
-    nodes: HashTable<Box<Node>>,
-    hasher: ahash::RandomState,
+/// Nodes per slab chunk: a chunk reserves 256 KiB of address space, and only the pages its
+/// nodes have been written to become resident.
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// Every node of a keyspace, named by a 32-bit handle. A slot table's bucket is then 4 bytes
+/// instead of an 8-byte pointer (at a million keys most slot tables sit at half load, so the
+/// bucket is a fifth of a counter's memory), and a node costs exactly its 64 bytes with no
+/// allocator rounding. Freed handles are reused first; what they hold stays counted as free
+/// ([`Slab::free_bytes`]), the way an allocator's free lists do.
+#[derive(Default)]
+struct Slab {
+    chunks: Vec<Vec<Option<Node>>>,
+    free: Vec<u32>,
+    live: usize,
 }
 
-impl Table {
-    fn new(hasher: ahash::RandomState) -> Table {
-        Table {
-            nodes: HashTable::new(),
-            hasher,
+impl Slab {
+    fn insert(&mut self, node: Node) -> u32 {
+        self.live += 1;
+        if let Some(h) = self.free.pop() {
+            *self.slot(h) = Some(node);
+            return h;
+        }
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let c = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[c];
+        chunk.push(Some(node));
+        ((c << CHUNK_BITS) | (chunk.len() - 1)) as u32
+    }
+
+    fn slot(&mut self, h: u32) -> &mut Option<Node> {
+        let h = h as usize;
+        &mut self.chunks[h >> CHUNK_BITS][h & (CHUNK - 1)]
+    }
+
+    fn get(&self, h: u32) -> &Node {
+        let h = h as usize;
+        match &self.chunks[h >> CHUNK_BITS][h & (CHUNK - 1)] {
+            Some(n) => n,
+            None => unreachable!("a table never holds a freed handle"),
         }
     }
 
+    fn get_mut(&mut self, h: u32) -> &mut Node {
+        match self.slot(h) {
+            Some(n) => n,
+            None => unreachable!("a table never holds a freed handle"),
+        }
+    }
+
+    fn remove(&mut self, h: u32) -> Node {
+        let Some(n) = self.slot(h).take() else {
+            unreachable!("a table never holds a freed handle")
+        };
+        self.free.push(h);
+        self.live -= 1;
+        n
+    }
+
+    /// Bytes the slab holds that no node uses: freed slots and the unwritten tail of the
+    /// newest chunk (allocated, so the allocator counts them as used).
+    fn free_bytes(&self) -> usize {
+        (self.chunks.len() * CHUNK - self.live) * std::mem::size_of::<Option<Node>>()
+            + self.free.capacity() * 4
+    }
+}
+
+/// The nodes and the hasher shared by every slot table of a keyspace. Table operations
+/// live here because a table holds only handles: finding a key reads its node.
+struct Nodes {
+    slab: Slab,
+    hasher: ahash::RandomState,
+}
+
+/// A slot's keys: handles of its nodes.
+#[derive(Default)]
+struct Table {
+    nodes: HashTable<u32>,
+}
+
+impl Table {
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+impl Nodes {
     fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
-    fn get(&self, key: &[u8]) -> Option<&Node> {
-        self.get_hashed(self.hash(key), key)
+    fn get<'a>(&'a self, t: &Table, key: &[u8]) -> Option<&'a Node> {
+        self.get_hashed(t, self.hash(key), key)
     }
 
-    fn get_hashed(&self, h: u64, key: &[u8]) -> Option<&Node> {
-        self.nodes.find(h, |n| n.key[..] == *key).map(|n| &**n)
+    fn get_hashed<'a>(&'a self, t: &Table, h: u64, key: &[u8]) -> Option<&'a Node> {
+        let slab = &self.slab;
+        let i = *t.nodes.find(h, |&i| slab.get(i).key[..] == *key)?;
+        Some(slab.get(i))
     }
 
-    fn get_mut_hashed(&mut self, h: u64, key: &[u8]) -> Option<&mut Node> {
-        self.nodes
-            .find_mut(h, |n| n.key[..] == *key)
-            .map(|n| &mut **n)
+    fn get_mut_hashed(&mut self, t: &Table, h: u64, key: &[u8]) -> Option<&mut Node> {
+        let slab = &self.slab;
+        let i = *t.nodes.find(h, |&i| slab.get(i).key[..] == *key)?;
+        Some(self.slab.get_mut(i))
     }
 
     /// The node of `key` (hash `h`), created empty if absent; `true` when it existed.
-    fn get_or_create(&mut self, h: u64, key: &[u8]) -> (&mut Node, bool) {
-        let hasher = &self.hasher;
-        match self
-            .nodes
-            .entry(h, |n| n.key[..] == *key, |n| hasher.hash_one(&n.key[..]))
-        {
-            hashbrown::hash_table::Entry::Occupied(o) => (&mut **o.into_mut(), true),
+    fn get_or_create(&mut self, t: &mut Table, h: u64, key: &[u8]) -> (&mut Node, bool) {
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        match t.nodes.entry(
+            h,
+            |&i| slab.get(i).key[..] == *key,
+            |&i| hasher.hash_one(&slab.get(i).key[..]),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(o) => {
+                let i = *o.get();
+                (self.slab.get_mut(i), true)
+            }
             hashbrown::hash_table::Entry::Vacant(v) => {
-                let node = Box::new(Node {
+                let i = self.slab.insert(Node {
                     key: Key::new(key),
                     access: Access::default(),
                     body: Stored::Empty,
                 });
-                (&mut **v.insert(node).into_mut(), false)
+                v.insert(i);
+                (self.slab.get_mut(i), false)
             }
         }
     }
 
-    fn remove_hashed(&mut self, h: u64, key: &[u8]) -> Option<Box<Node>> {
-        match self.nodes.find_entry(h, |n| n.key[..] == *key) {
-            Ok(o) => Some(o.remove().0),
+    fn remove_hashed(&mut self, t: &mut Table, h: u64, key: &[u8]) -> Option<Node> {
+        let slab = &self.slab;
+        match t.nodes.find_entry(h, |&i| slab.get(i).key[..] == *key) {
+            Ok(o) => {
+                let i = o.remove().0;
+                Some(self.slab.remove(i))
+            }
             Err(_) => None,
         }
     }
 
-    /// Take a key's node out (a write or merge puts it back with [`Table::insert`]).
-    fn remove(&mut self, key: &[u8]) -> Option<Box<Node>> {
-        self.remove_hashed(self.hash(key), key)
+    /// Take a key's node out (a write or merge puts it back with [`Nodes::insert`]).
+    fn remove(&mut self, t: &mut Table, key: &[u8]) -> Option<Node> {
+        self.remove_hashed(t, self.hash(key), key)
     }
 
     /// Insert a node whose key is absent.
-    fn insert(&mut self, node: Box<Node>) {
+    fn insert(&mut self, t: &mut Table, node: Node) {
         let h = self.hash(&node.key);
-        let hasher = &self.hasher;
-        self.nodes
-            .insert_unique(h, node, |n| hasher.hash_one(&n.key[..]));
+        let i = self.slab.insert(node);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        t.nodes
+            .insert_unique(h, i, |&i| hasher.hash_one(&slab.get(i).key[..]));
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().map(|n| &**n)
+    fn iter<'a>(&'a self, t: &'a Table) -> impl Iterator<Item = &'a Node> {
+        t.nodes.iter().map(|&i| self.slab.get(i))
     }
 
-    fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+    /// Keep the nodes `f` says to keep; free the others.
+    fn retain(&mut self, t: &mut Table, mut f: impl FnMut(&mut Node) -> bool) {
+        let slab = &mut self.slab;
+        t.nodes.retain(|&mut i| {
+            let keep = f(slab.get_mut(i));
+            if !keep {
+                slab.remove(i);
+            }
+            keep
+        });
     }
 
-    fn retain(&mut self, mut f: impl FnMut(&mut Node) -> bool) {
-        self.nodes.retain(|n| f(n));
+    /// Free every node of a table that is being dropped.
+    fn free_table(&mut self, t: &Table) {
+        for &i in t.nodes.iter() {
+            self.slab.remove(i);
+        }
     }
 }
 
@@ -297,6 +395,18 @@ struct Prior {
     bytes: usize,
 }
 
+/// A slot's table, created with its first key.
+fn slot_table(slots: &mut [Option<Box<SlotTable>>], slot: u16) -> &mut SlotTable {
+    slots[usize::from(slot)].get_or_insert_with(|| {
+        Box::new(SlotTable {
+            map: Table::default(),
+            alive: 0,
+            volatile: 0,
+            digest: None,
+        })
+    })
+}
+
 struct SlotTable {
     map: Table,
     alive: usize,
@@ -308,7 +418,7 @@ struct SlotTable {
 pub struct Keyspace {
     cfg: KeyspaceConfig,
     slots: Vec<Option<Box<SlotTable>>>,
-    hasher: ahash::RandomState,
+    nodes: Nodes,
     stats: KeyspaceStats,
     deltas: Vec<Delta>,
     expire_cursor: usize,
@@ -331,7 +441,15 @@ impl Keyspace {
     pub fn new(cfg: KeyspaceConfig) -> Keyspace {
         let seed = cfg.seed;
         Keyspace {
-            hasher: ahash::RandomState::with_seeds(seed, seed ^ 0x9e37, seed.rotate_left(17), 7),
+            nodes: Nodes {
+                slab: Slab::default(),
+                hasher: ahash::RandomState::with_seeds(
+                    seed,
+                    seed ^ 0x9e37,
+                    seed.rotate_left(17),
+                    7,
+                ),
+            },
             cfg,
             slots: (0..SLOT_COUNT).map(|_| None).collect(),
             stats: KeyspaceStats::default(),
@@ -372,16 +490,14 @@ impl Keyspace {
     }
 
     fn table_mut(&mut self, slot: u16) -> &mut SlotTable {
-        let hasher = &self.hasher;
-        self.slots[usize::from(slot)].get_or_insert_with(|| {
-            let hasher = hasher.clone();
-            Box::new(SlotTable {
-                map: Table::new(hasher),
-                alive: 0,
-                volatile: 0,
-                digest: None,
-            })
-        })
+        slot_table(&mut self.slots, slot)
+    }
+
+    /// Bytes the keyspace's node slab holds unused (freed or not yet written): allocated,
+    /// but available to new keys. `used_memory` leaves them out, as an allocator's own free
+    /// lists are.
+    pub fn slab_free_bytes(&self) -> usize {
+        self.nodes.slab.free_bytes()
     }
 
     fn next_coin(&mut self) -> u64 {
@@ -396,7 +512,7 @@ impl Keyspace {
 
     /// Read-only lookup; an expired key reads as absent (it is reclaimed by `get` or expiry).
     pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<Cow<'_, Entry>> {
-        let n = self.table(key_slot(key))?.map.get(key)?;
+        let n = self.nodes.get(&self.table(key_slot(key))?.map, key)?;
         (n.body.is_alive() && !n.body.is_expired(now_ms)).then(|| n.body.view())
     }
 
@@ -408,8 +524,11 @@ impl Keyspace {
     /// [`Keyspace::get`] for a caller that already knows the key's slot.
     pub fn get_in(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<Cow<'_, Entry>> {
         debug_assert_eq!(slot, key_slot(key));
-        let h = self.hasher.hash_one(key);
-        let (alive, expired) = match self.table(slot).and_then(|t| t.map.get_hashed(h, key)) {
+        let h = self.nodes.hash(key);
+        let (alive, expired) = match self
+            .table(slot)
+            .and_then(|t| self.nodes.get_hashed(&t.map, h, key))
+        {
             None => return None,
             Some(n) => (n.body.is_alive(), n.body.is_expired(now_ms)),
         };
@@ -421,8 +540,8 @@ impl Keyspace {
             return None;
         }
         let coin = self.next_coin();
-        let table = self.slots[usize::from(slot)].as_deref_mut()?;
-        let n = table.map.get_mut_hashed(h, key)?;
+        let table = self.slots[usize::from(slot)].as_deref()?;
+        let n = self.nodes.get_mut_hashed(&table.map, h, key)?;
         touch(&mut n.access, now_ms, coin);
         Some(n.body.view())
     }
@@ -465,8 +584,9 @@ impl Keyspace {
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
-        let h = self.hasher.hash_one(&key[..]);
-        let (node, existed) = self.table_mut(slot).map.get_or_create(h, key);
+        let h = self.nodes.hash(key);
+        let table = slot_table(&mut self.slots, slot);
+        let (node, existed) = self.nodes.get_or_create(&mut table.map, h, key);
         // A live key whose deadline passed is gone for this write. (A tombstone whose
         // leftover deadline passed is not an expired key: the write builds on it.)
         let was_alive = node.body.is_alive();
@@ -498,8 +618,8 @@ impl Keyspace {
         if expired && !changed {
             // Nothing written: plain local expiry, which never replicates.
             drop(opened);
-            let table = self.table_mut(slot);
-            table.map.remove_hashed(h, key);
+            let table = slot_table(&mut self.slots, slot);
+            self.nodes.remove_hashed(&mut table.map, h, key);
             table.alive -= 1;
             table.volatile -= usize::from(was_volatile);
             table.digest = None;
@@ -538,7 +658,8 @@ impl Keyspace {
         let keep = is_alive || (retain && existed) || (retain && changed) || floor != 0;
         let after = After::of(node, keep);
         if !keep {
-            self.table_mut(slot).map.remove_hashed(h, key);
+            let table = slot_table(&mut self.slots, slot);
+            self.nodes.remove_hashed(&mut table.map, h, key);
         }
         if changed {
             self.deltas.push(Delta {
@@ -565,10 +686,11 @@ impl Keyspace {
 
     /// Store an entry back after a merge and keep the counters (see [`Keyspace::account`]).
     /// `keep == false` drops it.
-    fn put_back(&mut self, slot: u16, node: Box<Node>, prior: Prior, changed: bool, keep: bool) {
+    fn put_back(&mut self, slot: u16, node: Node, prior: Prior, changed: bool, keep: bool) {
         let after = After::of(&node, keep);
         if keep {
-            self.table_mut(slot).map.insert(node);
+            let table = slot_table(&mut self.slots, slot);
+            self.nodes.insert(&mut table.map, node);
         }
         self.account(slot, prior, after, changed);
     }
@@ -627,18 +749,19 @@ impl Keyspace {
     pub fn merge_state(&mut self, key: &[u8], full: bool, state: &Entry) -> Applied {
         let slot = key_slot(key);
         let retain = self.cfg.retain_tombstones;
-        let h = self.hasher.hash_one(key);
+        let h = self.nodes.hash(key);
         if !full
             && self.slot_is_lossy(slot)
             && self
                 .table(slot)
-                .and_then(|t| t.map.get_hashed(h, key))
+                .and_then(|t| self.nodes.get_hashed(&t.map, h, key))
                 .is_none()
         {
             self.stats.partial_deltas_dropped += 1;
             return Applied::DroppedPartial;
         }
-        let (node, existed) = self.table_mut(slot).map.get_or_create(h, key);
+        let table = slot_table(&mut self.slots, slot);
+        let (node, existed) = self.nodes.get_or_create(&mut table.map, h, key);
         let was_alive = node.body.is_alive();
         let was_volatile = was_alive && node.body.deadline_ms().is_some();
         let before = if existed { node_bytes(node) } else { 0 };
@@ -659,7 +782,8 @@ impl Keyspace {
         let keep = is_alive || retain || floor != 0;
         let after = After::of(node, keep);
         if !keep {
-            self.table_mut(slot).map.remove_hashed(h, key);
+            let table = slot_table(&mut self.slots, slot);
+            self.nodes.remove_hashed(&mut table.map, h, key);
         }
         if stale_fill_hidden {
             self.stats.stale_fills_hidden += 1;
@@ -687,7 +811,7 @@ impl Keyspace {
         let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
             return 0;
         };
-        let Some(mut node) = table.map.remove(key) else {
+        let Some(mut node) = self.nodes.remove(&mut table.map, key) else {
             return 0;
         };
         let alive = node.body.is_alive();
@@ -703,7 +827,7 @@ impl Keyspace {
             // because the key expired or was evicted.
             node.body = Stored::pack(Entry::with_floor(floor));
             bytes -= node_bytes(&node);
-            table.map.insert(node);
+            self.nodes.insert(&mut table.map, node);
             kept_tomb = true;
         }
         let s = &mut self.stats;
@@ -732,7 +856,7 @@ impl Keyspace {
     pub fn take_key(&mut self, key: &[u8]) -> Option<Entry> {
         let slot = key_slot(key);
         let table = self.slots[usize::from(slot)].as_deref_mut()?;
-        let node = table.map.remove(key)?;
+        let node = self.nodes.remove(&mut table.map, key)?;
         let bytes = node_bytes(&node);
         let e = node.body.unpack();
         let alive = e.is_alive();
@@ -767,7 +891,7 @@ impl Keyspace {
             if table.volatile == 0 {
                 continue;
             }
-            for n in table.map.iter() {
+            for n in self.nodes.iter(&table.map) {
                 looked += 1;
                 if n.body.is_alive() && n.body.is_expired(now_ms) {
                     expired_keys.push(n.key.clone());
@@ -831,9 +955,9 @@ impl Keyspace {
                 continue;
             }
             let pick = ((r >> 14) % n as u64) as usize;
-            return t
-                .map
-                .iter()
+            return self
+                .nodes
+                .iter(&t.map)
                 .filter(|n| n.body.is_alive() && (!volatile_only || n.body.deadline_ms().is_some()))
                 .nth(pick)
                 .map(|n| (slot as u16, n));
@@ -857,8 +981,8 @@ impl Keyspace {
         let mut keys = Vec::new();
         for t in self.slots.iter().flatten() {
             keys.extend(
-                t.map
-                    .iter()
+                self.nodes
+                    .iter(&t.map)
                     .filter(|n| n.body.is_alive())
                     .map(|n| Bytes::copy_from_slice(&n.key)),
             );
@@ -885,7 +1009,7 @@ impl Keyspace {
     ) -> impl Iterator<Item = (&[u8], Cow<'_, Entry>)> {
         self.table(slot)
             .into_iter()
-            .flat_map(|t| t.map.iter())
+            .flat_map(|t| self.nodes.iter(&t.map))
             .filter(move |n| n.body.is_alive() && !n.body.is_expired(now_ms))
             .map(|n| (&n.key[..], n.body.view()))
     }
@@ -894,7 +1018,7 @@ impl Keyspace {
     pub fn slot_entries(&self, slot: u16) -> impl Iterator<Item = (&[u8], Cow<'_, Entry>)> {
         self.table(slot)
             .into_iter()
-            .flat_map(|t| t.map.iter())
+            .flat_map(|t| self.nodes.iter(&t.map))
             .map(|n| (&n.key[..], n.body.view()))
     }
 
@@ -953,10 +1077,11 @@ impl Keyspace {
         };
         let mut bytes = 0;
         let mut tombs = 0;
-        for n in t.map.iter() {
+        for n in self.nodes.iter(&t.map) {
             bytes += node_bytes(n);
             tombs += usize::from(!n.body.is_alive());
         }
+        self.nodes.free_table(&t.map);
         let s = &mut self.stats;
         s.keys -= t.alive;
         s.volatile -= t.volatile;
@@ -975,7 +1100,7 @@ impl Keyspace {
             return d;
         }
         let mut acc = 0u64;
-        for n in t.map.iter() {
+        for n in self.nodes.iter(&t.map) {
             if n.body.is_alive() || n.body.floor() != 0 {
                 acc = acc.wrapping_add(crate::digest::mix(
                     crate::digest::mix_bytes(0, &n.key),
@@ -989,7 +1114,10 @@ impl Keyspace {
 
     /// Digest of one key's state (anti-entropy key-level comparison); 0 when absent.
     pub fn key_digest(&self, key: &[u8]) -> u64 {
-        match self.table(key_slot(key)).and_then(|t| t.map.get(key)) {
+        match self
+            .table(key_slot(key))
+            .and_then(|t| self.nodes.get(&t.map, key))
+        {
             Some(n) if n.body.is_alive() || n.body.floor() != 0 => n.body.view().digest(),
             _ => 0,
         }
@@ -1030,12 +1158,12 @@ impl Keyspace {
             let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
                 continue;
             };
-            let Some(mut node) = table.map.remove(&key[..]) else {
+            let Some(mut node) = self.nodes.remove(&mut table.map, &key[..]) else {
                 continue;
             };
             if node.body.floor() != floor {
                 // Raised again since: a later queue item owns it.
-                table.map.insert(node);
+                self.nodes.insert(&mut table.map, node);
                 continue;
             }
             let was_alive = node.body.is_alive();
@@ -1060,7 +1188,8 @@ impl Keyspace {
 
     /// Raw entry (tombstones included) for anti-entropy.
     pub fn raw_entry(&self, key: &[u8]) -> Option<Cow<'_, Entry>> {
-        Some(self.table(key_slot(key))?.map.get(key)?.body.view())
+        let t = self.table(key_slot(key))?;
+        Some(self.nodes.get(&t.map, key)?.body.view())
     }
 
     /// Drop metadata every region has seen: dead members/fields/TTLs whose dots are at or
@@ -1076,7 +1205,7 @@ impl Keyspace {
             let Some(t) = slot.as_deref_mut() else {
                 continue;
             };
-            t.map.retain(|n| {
+            self.nodes.retain(&mut t.map, |n| {
                 // A packed value has nothing dead in it: no tombstone, TTL or reset to collect.
                 if matches!(n.body, Stored::Str { .. } | Stored::Ctr { .. }) {
                     return true;
@@ -1108,7 +1237,7 @@ impl Keyspace {
     pub fn metadata_elements(&self) -> usize {
         let mut n = 0;
         for t in self.slots.iter().flatten() {
-            for node in t.map.iter() {
+            for node in self.nodes.iter(&t.map) {
                 let e = node.body.view();
                 n += 1 + e.expiry().entries().len();
                 for c in e.components() {
@@ -1136,7 +1265,7 @@ impl Keyspace {
         let mut seen = 0;
         while slot < SLOT_COUNT {
             if let Some(t) = self.slots[slot].as_deref() {
-                for n in t.map.iter() {
+                for n in self.nodes.iter(&t.map) {
                     if n.body.is_alive() && !n.body.is_expired(now_ms) {
                         visit(&n.key, &n.body.view());
                         seen += 1;

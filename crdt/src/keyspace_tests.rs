@@ -58,10 +58,12 @@ impl Writer {
 /// Recount everything the keyspace caches and compare.
 fn assert_consistent(ks: &Keyspace) {
     let (mut keys, mut volatile, mut tombstones, mut bytes_total) = (0, 0, 0, 0);
+    let mut nodes = 0;
     for (slot, t) in ks.slots.iter().enumerate() {
         let Some(t) = t.as_deref() else { continue };
         let (mut alive, mut vol) = (0, 0);
-        for n in t.map.iter() {
+        for n in ks.nodes.iter(&t.map) {
+            nodes += 1;
             let (k, e) = (&n.key[..], n.body.view());
             assert_eq!(key_slot(k) as usize, slot, "key stored in its slot");
             // Canonical storage: packed exactly when the entry has a packed shape, and the
@@ -101,6 +103,15 @@ fn assert_consistent(ks: &Keyspace) {
         keys += alive;
         volatile += vol;
     }
+    // Every slab slot is either a node some table holds or on the free list.
+    let slab = &ks.nodes.slab;
+    assert_eq!(slab.live, nodes, "slab holds exactly the tables' nodes");
+    let slots_written: usize = slab.chunks.iter().map(Vec::len).sum();
+    assert_eq!(
+        slots_written,
+        nodes + slab.free.len(),
+        "freed handles are all listed"
+    );
     let s = ks.stats();
     assert_eq!(s.keys, keys, "stats.keys");
     assert_eq!(s.volatile, volatile, "stats.volatile");

@@ -546,7 +546,7 @@ pub fn info_text(
         );
     }
     if want("memory") {
-        let used = memory::allocated_bytes();
+        let used = store.used_memory_now();
         let rss = memory::process_rss_bytes();
         let max = store.runtime.maxmemory.load(Relaxed);
         let _ = write!(
