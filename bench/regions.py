@@ -310,6 +310,8 @@ def main():
     ap.add_argument("--ae-interval-ms", type=int, default=0,
                     help="anti-entropy interval of the regions (0: the default, 30 s); a short "
                     "one makes rounds overlap every phase")
+    ap.add_argument("--flush-interval-ms", type=int, default=0,
+                    help="regions' flush-interval-ms (0: the default)")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -339,6 +341,8 @@ def main():
             )
             if args.ae_interval_ms:
                 cfg += "anti-entropy-interval-ms = %d\n" % args.ae_interval_ms
+            if args.flush_interval_ms:
+                cfg += "flush-interval-ms = %d\n" % args.flush_interval_ms
             path = os.path.join(tmp, "%s.toml" % r)
             with open(path, "w") as f:
                 f.write(cfg)
