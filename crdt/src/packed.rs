@@ -230,25 +230,11 @@ impl Stored {
         plain_counter.then_some(Shape::Ctr)
     }
 
-    /// The full entry, moved out.
+    /// The full entry, moved out (a packed string's value is copied into a `Bytes`).
     pub(crate) fn unpack(self) -> Entry {
         match self {
             Stored::Full(b) => *b,
-            Stored::Str {
-                created,
-                at,
-                created_region,
-                region,
-                value,
-                ..
-            } => string_entry(
-                created,
-                created_region,
-                at,
-                region,
-                Bytes::copy_from_slice(&value),
-            ),
-            other => other.to_entry(),
+            packed => packed.to_entry(),
         }
     }
 
