@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, Notify};
 /// Bus messages waiting for the cluster task (inbound) or for one destination (outbound).
 const BUS_QUEUE: usize = 1024;
 const TICK_MS: u64 = 100;
+/// Bus bind retries at start (250 ms apart).
+const BUS_BIND_ATTEMPTS: u32 = 40;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the state file holds.
@@ -300,11 +302,22 @@ pub async fn run(
     inregion.set_refuse_writes(false);
     follow_role(&cluster, &inregion);
     let port = cluster.bus_port();
-    let listener = match TcpListener::bind((bind.as_str(), port)).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(port, error = %e, "cannot bind the cluster bus; cluster disabled");
-            return;
+    // A restarted node may find its bus port held for a moment (a peer's reconnect attempt
+    // that the kernel turned into a self-connection before we came back): retry for a
+    // while, then give up like Redis does: a cluster node without its bus must not serve.
+    let mut attempt = 0u32;
+    let listener = loop {
+        match TcpListener::bind((bind.as_str(), port)).await {
+            Ok(l) => break l,
+            Err(e) if attempt < BUS_BIND_ATTEMPTS => {
+                attempt += 1;
+                tracing::warn!(port, error = %e, attempt, "cluster bus port busy; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                tracing::error!(port, error = %e, "cannot bind the cluster bus; exiting");
+                std::process::exit(1);
+            }
         }
     };
     tracing::info!(port, "cluster bus listening");
@@ -484,11 +497,24 @@ fn send(links: &mut HashMap<String, mpsc::Sender<Vec<u8>>>, addr: String, bytes:
     links.insert(addr, tx);
 }
 
+/// A TCP connection to a port on this host that nobody listens on can end up connected
+/// to itself (the kernel picked the destination port as the source port).
+pub fn is_self_connection(s: &TcpStream) -> bool {
+    matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p)
+}
+
 async fn write_link(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
         _ => return, // dropped: the next message retries
     };
+    // Connecting to a dead peer's bus port on this host can connect the socket to itself
+    // (the kernel picked the destination port as the source port). Such a link talks to
+    // us, not to the peer, and holds the port the peer needs when it restarts: drop it.
+    if is_self_connection(&stream) {
+        tracing::debug!(addr, "cluster bus connection to itself dropped");
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let mut stream = stream;
     while let Some(first) = rx.recv().await {

@@ -784,6 +784,12 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
         Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
         Err(_) => return Err(format!("connect {addr}: timed out")),
     };
+    if crate::cluster::is_self_connection(&stream) {
+        // Dropped at once: it would hold the port the primary needs when it restarts.
+        return Err(format!(
+            "connect {addr}: connected to itself (primary down)"
+        ));
+    }
     let _ = stream.set_nodelay(true);
     let (ask_id, ask_offset) = match hub.master_replid.lock().clone() {
         Some(id) => (id, hub.applied_offset.load(Relaxed)),
