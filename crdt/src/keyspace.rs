@@ -501,13 +501,7 @@ impl Keyspace {
     }
 
     fn next_coin(&mut self) -> u64 {
-        // xorshift64*: deterministic, seeded by the config (never the OS).
-        let mut x = self.coin;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.coin = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        next_coin(&mut self.coin)
     }
 
     /// Read-only lookup; an expired key reads as absent (it is reclaimed by `get` or expiry).
@@ -682,6 +676,58 @@ impl Keyspace {
         self.stats.expired += u64::from(expired);
         self.account(slot, prior, after, changed);
         r
+    }
+
+    /// `SET key value` with no option (the TTL cleared, no version): what
+    /// `write_in(.., |w| w.set_str_shared(value, false))` does, without unpacking a packed
+    /// string (its old value is never read). Anything else takes the general path.
+    pub fn set_plain(&mut self, slot: u16, key: &Bytes, stamp: Stamp, now_ms: u64, value: &Bytes) {
+        debug_assert_eq!(stamp.region, self.cfg.region);
+        debug_assert_eq!(slot, key_slot(key));
+        let h = self.nodes.hash(key);
+        let node = match self.slots[usize::from(slot)].as_deref() {
+            Some(t) => self.nodes.get_mut_hashed(&t.map, h, key),
+            None => None,
+        };
+        let Some(node) = node.filter(|n| matches!(n.body, Stored::Str { .. })) else {
+            self.write_in(slot, key, stamp, now_ms, |w| w.set_str_shared(value, false));
+            return;
+        };
+        self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
+        let coin = next_coin(&mut self.coin);
+        let before = node_bytes(node);
+        let Some((created, old)) = node.body.overwrite_str(stamp, value) else {
+            unreachable!("a packed string, checked above")
+        };
+        touch(&mut node.access, now_ms, coin);
+        let after = After::of(node, true);
+        // A packed string is live, has no TTL, no other component and no metadata: the
+        // delta is the whole new string, as the general path builds it.
+        self.deltas.push(Delta {
+            key: key.clone(),
+            slot,
+            stamp,
+            full: true,
+            state: Entry::from_comp(crate::entry::Comp {
+                created,
+                val: crate::entry::Val::Str(crate::strval::Str {
+                    reg: crate::strval::Register {
+                        stamp,
+                        value: Some(value.clone()),
+                        version: 0,
+                    },
+                    ctr: Vec::new(),
+                }),
+            }),
+        });
+        let prior = Prior {
+            existed: true,
+            was_alive: true,
+            was_volatile: false,
+            bytes: before,
+        };
+        self.account(slot, prior, after, true);
+        drop(old);
     }
 
     /// Store an entry back after a merge and keep the counters (see [`Keyspace::account`]).
@@ -1289,6 +1335,16 @@ impl Entry {
     fn carries(&self, kind: Kind) -> bool {
         self.components().iter().any(|c| c.val.kind() == kind)
     }
+}
+
+/// xorshift64*: deterministic, seeded by the config (never the OS).
+fn next_coin(coin: &mut u64) -> u64 {
+    let mut x = *coin;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *coin = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 const LFU_INIT: u8 = 5;

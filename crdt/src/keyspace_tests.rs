@@ -887,3 +887,69 @@ fn raise_floor_hides_stale_fills_without_a_delta() {
     assert!(refused.is_err());
     assert_consistent(&w.ks);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
+
+    /// `set_plain` (a packed string overwritten in place) leaves the same state, the same
+    /// delta and the same counters as the general write path, whatever the key held before:
+    /// a packed string, a counter, a set, a TTL'd string, a tombstone, another region's
+    /// string, or nothing.
+    #[test]
+    fn plain_set_is_the_general_set(
+        retain in any::<bool>(),
+        ops in prop::collection::vec((0u8..8, 0usize..4, 0usize..3), 1..60),
+    ) {
+        let mut fast = Writer::new(1, retain);
+        let mut general = Writer::new(1, retain);
+        let mut remote = Writer::new(2, retain);
+        let keys = ["a", "b", "c", "{a}d"];
+        let values = [bytes(""), bytes("v"), Bytes::from(vec![b'x'; 300])];
+        for (step, (op, k, v)) in ops.into_iter().enumerate() {
+            let now = 1_000 + step as u64;
+            let key = keys[k];
+            let kb = Bytes::copy_from_slice(key.as_bytes());
+            let slot = key_slot(key.as_bytes());
+            match op {
+                0..=2 => {
+                    let stamp = fast.clock.now(now);
+                    prop_assert_eq!(general.clock.now(now), stamp);
+                    fast.ks.set_plain(slot, &kb, stamp, now, &values[v]);
+                    general.ks.write_in(slot, &kb, stamp, now, |w| w.set_str_shared(&values[v], false));
+                }
+                op => {
+                    // Another region's string, delivered to both.
+                    let from_remote = (op == 7).then(|| {
+                        remote.write(key, now, |w| w.set_str_shared(&values[v], false));
+                        remote.ks.drain_deltas().collect::<Vec<_>>()
+                    });
+                    for w in [&mut fast, &mut general] {
+                        match op {
+                            3 => { w.write(key, now, |w| w.incr_by(1)).ok(); }
+                            4 => { w.write(key, now, |w| w.delete()); }
+                            5 => { w.write(key, now, |w| w.set_deadline(Some(now + 1_000))); }
+                            6 => { w.write(key, now, |w| w.sadd(&bytes("m"))); }
+                            _ => {
+                                for d in from_remote.iter().flatten() {
+                                    w.ks.apply_delta(d);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for key in keys {
+                prop_assert_eq!(
+                    fast.ks.raw_entry(key.as_bytes()).map(|e| e.into_owned()),
+                    general.ks.raw_entry(key.as_bytes()).map(|e| e.into_owned()),
+                    "state of {} after step {}", key, step
+                );
+            }
+            let (df, dg): (Vec<_>, Vec<_>) =
+                (fast.ks.drain_deltas().collect(), general.ks.drain_deltas().collect());
+            prop_assert_eq!(df, dg, "deltas after step {}", step);
+            prop_assert_eq!(fast.ks.stats(), general.ks.stats(), "stats after step {}", step);
+            assert_consistent(&fast.ks);
+        }
+    }
+}

@@ -287,6 +287,36 @@ impl Stored {
         }
     }
 
+    /// A plain `SET` (no TTL, no version) of a packed string, in place: the new value
+    /// replaces the old one without reading it. Returns the string's creation stamp and the
+    /// old value, or
+    /// `None` (nothing changed) when the body is not a packed string. The result is the
+    /// packed form of what the general write path builds (see `Keyspace::set_plain`).
+    /// The old value is handed back, so the caller can free it last: freeing reads its
+    /// header, a likely cache miss that other work can then overlap.
+    pub(crate) fn overwrite_str(
+        &mut self,
+        stamp: Stamp,
+        value: &[u8],
+    ) -> Option<(Stamp, ThinVec<u8>)> {
+        let Stored::Str {
+            created,
+            created_region,
+            at,
+            region,
+            len_hint,
+            value: stored,
+        } = self
+        else {
+            return None;
+        };
+        *at = stamp.hlc;
+        *region = stamp.region;
+        *len_hint = u16::try_from(value.len()).unwrap_or(u16::MAX);
+        let old = std::mem::replace(stored, ThinVec::from(value));
+        Some((Stamp::new(*created, *created_region), old))
+    }
+
     /// Pack again after a write or merge, if the entry now has a packed shape.
     pub(crate) fn settle(&mut self) {
         if let Stored::Full(b) = self {

@@ -301,6 +301,18 @@ impl<'s, 'c> Ctx<'s, 'c> {
         shard.after_write(&store.stats);
         r
     }
+
+    /// `SET key value` with no option: [`Ctx::write`] of `set_str_shared(value, false)`,
+    /// with the keyspace's in-place path for a plain string.
+    pub fn set_plain(&mut self, key: &Bytes, value: &Bytes) {
+        let now = self.now_ms;
+        let store = self.store;
+        let slot = self.slot_of(key);
+        let shard = self.shard(key);
+        let stamp = store.stamp(now);
+        shard.ks.set_plain(slot, key, stamp, now, value);
+        shard.after_write(&store.stats);
+    }
 }
 
 // ---- replies and argument helpers shared by the families ----

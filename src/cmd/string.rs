@@ -188,6 +188,13 @@ fn set_generic(ctx: &mut Ctx, key: &Bytes, value: &Bytes, opts: SetOpts) -> Repl
             None => Reply::Null,
         };
     }
+    if ttl == TtlOpt::None && version.is_none() {
+        ctx.set_plain(key, value);
+        return match old {
+            Some(v) => bulk_opt(v),
+            None => ok(),
+        };
+    }
     let written = ctx.write(key, |w| {
         match version {
             Some(v) => w.set_str_versioned(value, v, ttl == TtlOpt::Keep)?,
