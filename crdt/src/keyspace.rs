@@ -250,7 +250,6 @@ impl Slab {
     /// newest chunk (allocated, so the allocator counts them as used).
     fn free_bytes(&self) -> usize {
         (self.chunks.len() * CHUNK - self.live) * std::mem::size_of::<Option<Node>>()
-            + self.free.capacity() * 4
     }
 }
 
