@@ -394,9 +394,30 @@ struct Prior {
     bytes: usize,
 }
 
+/// Where a slot's table pointer sits in `Keyspace::slots`: grouped by `slot % 16`, so the
+/// slots a server shard holds (its shard is `slot % 16`) are 1024 neighbours (8 KiB that
+/// stay in cache) instead of every 16th entry of 128 KiB (a cache miss on most lookups).
+/// A bijection on `0..SLOT_COUNT`; out-of-range slots map out of range.
+fn slot_index(slot: u16) -> usize {
+    let s = usize::from(slot);
+    if s >= SLOT_COUNT {
+        return usize::MAX;
+    }
+    (s % SLOT_GROUPS) * (SLOT_COUNT / SLOT_GROUPS) + s / SLOT_GROUPS
+}
+
+/// Inverse of [`slot_index`].
+#[cfg(test)]
+fn slot_at(index: usize) -> u16 {
+    let per = SLOT_COUNT / SLOT_GROUPS;
+    ((index % per) * SLOT_GROUPS + index / per) as u16
+}
+
+const SLOT_GROUPS: usize = 16;
+
 /// A slot's table, created with its first key.
 fn slot_table(slots: &mut [Option<Box<SlotTable>>], slot: u16) -> &mut SlotTable {
-    slots[usize::from(slot)].get_or_insert_with(|| {
+    slots[slot_index(slot)].get_or_insert_with(|| {
         Box::new(SlotTable {
             map: Table::default(),
             alive: 0,
@@ -485,7 +506,7 @@ impl Keyspace {
     }
 
     fn table(&self, slot: u16) -> Option<&SlotTable> {
-        self.slots.get(usize::from(slot))?.as_deref()
+        self.slots.get(slot_index(slot))?.as_deref()
     }
 
     fn table_mut(&mut self, slot: u16) -> &mut SlotTable {
@@ -533,7 +554,7 @@ impl Keyspace {
             return None;
         }
         let coin = self.next_coin();
-        let table = self.slots[usize::from(slot)].as_deref()?;
+        let table = self.slots[slot_index(slot)].as_deref()?;
         let n = self.nodes.get_mut_hashed(&table.map, h, key)?;
         touch(&mut n.access, now_ms, coin);
         Some(n.body.view())
@@ -684,7 +705,7 @@ impl Keyspace {
         debug_assert_eq!(stamp.region, self.cfg.region);
         debug_assert_eq!(slot, key_slot(key));
         let h = self.nodes.hash(key);
-        let node = match self.slots[usize::from(slot)].as_deref() {
+        let node = match self.slots[slot_index(slot)].as_deref() {
             Some(t) => self.nodes.get_mut_hashed(&t.map, h, key),
             None => None,
         };
@@ -853,7 +874,7 @@ impl Keyspace {
 
     /// Local removal without a delta (expiry, eviction): other regions keep the key.
     fn reclaim(&mut self, slot: u16, key: &[u8], expired: bool) -> usize {
-        let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
+        let Some(table) = self.slots[slot_index(slot)].as_deref_mut() else {
             return 0;
         };
         let Some(mut node) = self.nodes.remove(&mut table.map, key) else {
@@ -900,7 +921,7 @@ impl Keyspace {
     /// the slot lossy (the key moved, it was not lost). Returns the state that left.
     pub fn take_key(&mut self, key: &[u8]) -> Option<Entry> {
         let slot = key_slot(key);
-        let table = self.slots[usize::from(slot)].as_deref_mut()?;
+        let table = self.slots[slot_index(slot)].as_deref_mut()?;
         let node = self.nodes.remove(&mut table.map, key)?;
         let bytes = node_bytes(&node);
         let e = node.body.unpack();
@@ -930,7 +951,7 @@ impl Keyspace {
             let slot = self.expire_cursor as u16;
             self.expire_cursor = (self.expire_cursor + 1) % SLOT_COUNT;
             slots_seen += 1;
-            let Some(table) = self.slots[usize::from(slot)].as_deref() else {
+            let Some(table) = self.slots[slot_index(slot)].as_deref() else {
                 continue;
             };
             if table.volatile == 0 {
@@ -992,7 +1013,7 @@ impl Keyspace {
         let start = (r % SLOT_COUNT as u64) as usize;
         for i in 0..SLOT_COUNT {
             let slot = (start + i) % SLOT_COUNT;
-            let Some(t) = self.slots[slot].as_deref() else {
+            let Some(t) = self.slots[slot_index(slot as u16)].as_deref() else {
                 continue;
             };
             let n = if volatile_only { t.volatile } else { t.alive };
@@ -1109,7 +1130,7 @@ impl Keyspace {
     /// Free a slot's table once it holds no key (tombstones included): a table's bucket
     /// array and header would otherwise outlive its keys, memory eviction cannot free.
     fn release_if_empty(&mut self, slot: u16) {
-        let i = usize::from(slot);
+        let i = slot_index(slot);
         if self.slots[i].as_deref().is_some_and(|t| t.map.is_empty()) {
             self.slots[i] = None;
         }
@@ -1117,7 +1138,7 @@ impl Keyspace {
 
     /// Drop a whole slot locally (it moved to another node). Returns the keys dropped.
     pub fn drop_slot(&mut self, slot: u16) -> usize {
-        let Some(t) = self.slots[usize::from(slot)].take() else {
+        let Some(t) = self.slots[slot_index(slot)].take() else {
             return 0;
         };
         let mut bytes = 0;
@@ -1138,7 +1159,7 @@ impl Keyspace {
     /// Digest of a slot's observable state: equal on two regions iff (with overwhelming
     /// probability) they hold the same live state for the slot. Cached until the slot changes.
     pub fn slot_digest(&mut self, slot: u16) -> u64 {
-        let Some(t) = self.slots[usize::from(slot)].as_deref_mut() else {
+        let Some(t) = self.slots[slot_index(slot)].as_deref_mut() else {
             return 0;
         };
         if let Some(d) = t.digest {
@@ -1200,7 +1221,7 @@ impl Keyspace {
             };
             let slot = key_slot(&key);
             let retain = self.cfg.retain_tombstones;
-            let Some(table) = self.slots[usize::from(slot)].as_deref_mut() else {
+            let Some(table) = self.slots[slot_index(slot)].as_deref_mut() else {
                 continue;
             };
             let Some(mut node) = self.nodes.remove(&mut table.map, &key[..]) else {
@@ -1309,7 +1330,7 @@ impl Keyspace {
         let mut slot = cursor as usize;
         let mut seen = 0;
         while slot < SLOT_COUNT {
-            if let Some(t) = self.slots[slot].as_deref() {
+            if let Some(t) = self.slots[slot_index(slot as u16)].as_deref() {
                 for n in self.nodes.iter(&t.map) {
                     if n.body.is_alive() && !n.body.is_expired(now_ms) {
                         visit(&n.key, &n.body.view());

@@ -59,7 +59,9 @@ impl Writer {
 fn assert_consistent(ks: &Keyspace) {
     let (mut keys, mut volatile, mut tombstones, mut bytes_total) = (0, 0, 0, 0);
     let mut nodes = 0;
-    for (slot, t) in ks.slots.iter().enumerate() {
+    for (i, t) in ks.slots.iter().enumerate() {
+        let slot = usize::from(slot_at(i));
+        assert_eq!(slot_index(slot as u16), i);
         let Some(t) = t.as_deref() else { continue };
         let (mut alive, mut vol) = (0, 0);
         for n in ks.nodes.iter(&t.map) {
