@@ -181,8 +181,27 @@ impl Drop for Server {
     }
 }
 
-/// A free loopback port (bound then released; a small race is acceptable for tests).
+/// A free loopback port for a server a test starts, below Linux' ephemeral range
+/// (32768–60999). A port from that range could be taken, between this check and the
+/// server's bind, as the source port of any outgoing connection of the tests running in
+/// parallel, and a reconnect to a killed node's port could even connect to itself; both made
+/// cluster tests flaky ("Address already in use" at a node's start or restart). Ports are
+/// handed out in turn from a per-process starting point, and each is checked free (TCP and
+/// UDP) before it is returned.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
