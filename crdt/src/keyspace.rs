@@ -728,17 +728,7 @@ impl Keyspace {
             slot,
             stamp,
             full: true,
-            state: Entry::from_comp(crate::entry::Comp {
-                created,
-                val: crate::entry::Val::Str(crate::strval::Str {
-                    reg: crate::strval::Register {
-                        stamp,
-                        value: Some(value.clone()),
-                        version: 0,
-                    },
-                    ctr: Vec::new(),
-                }),
-            }),
+            state: crate::packed::string_entry(created, stamp, value.clone()),
         });
         let prior = Prior {
             existed: true,

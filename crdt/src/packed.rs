@@ -251,10 +251,8 @@ impl Stored {
                 value,
                 ..
             } => string_entry(
-                *created,
-                *created_region,
-                *at,
-                *region,
+                Stamp::new(*created, *created_region),
+                Stamp::new(*at, *region),
                 Bytes::copy_from_slice(value),
             ),
             Stored::Ctr {
@@ -399,18 +397,14 @@ fn alloc_class(n: usize) -> usize {
     }
 }
 
-fn string_entry(
-    created: Hlc,
-    created_region: RegionId,
-    at: Hlc,
-    region: RegionId,
-    value: Bytes,
-) -> Entry {
+/// The full entry of a packed string: one string component created at `created`, whose
+/// register holds `value` written at `at`.
+pub(crate) fn string_entry(created: Stamp, at: Stamp, value: Bytes) -> Entry {
     Entry::from_comp(Comp {
-        created: Stamp::new(created, created_region),
+        created,
         val: Val::Str(Str {
             reg: Register {
-                stamp: Stamp::new(at, region),
+                stamp: at,
                 value: Some(value),
                 version: 0,
             },
