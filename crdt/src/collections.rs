@@ -68,15 +68,7 @@ impl OrSet {
     /// The member's dots, created empty if absent. The set keeps its own copy of a new
     /// member's bytes (a member never pins a request buffer); a present one costs no copy.
     fn slot_for(&mut self, member: &[u8]) -> &mut Dots<()> {
-        if !self.members.contains_key(member) {
-            self.heap_bytes += member.len() + ELEMENT_OVERHEAD_BYTES;
-            self.members
-                .insert(Bytes::copy_from_slice(member), Dots::default());
-        }
-        match self.members.get_mut(member) {
-            Some(d) => d,
-            None => unreachable!("inserted above"),
-        }
+        element(&mut self.members, &mut self.heap_bytes, member)
     }
 
     /// A one-member set (a delta), sharing `member`'s bytes.
@@ -204,6 +196,24 @@ impl OrSet {
     }
 }
 
+/// A member's or field's state, created empty (and counted in `heap_bytes`) if absent. The
+/// collection keeps its own copy of a new element's bytes, so an element never pins a
+/// request or frame buffer; a present one costs no copy.
+fn element<'a, V: Default>(
+    map: &'a mut HashMap<Bytes, V, FixedState>,
+    heap_bytes: &mut usize,
+    key: &[u8],
+) -> &'a mut V {
+    if !map.contains_key(key) {
+        *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
+        map.insert(Bytes::copy_from_slice(key), V::default());
+    }
+    match map.get_mut(key) {
+        Some(v) => v,
+        None => unreachable!("inserted above"),
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrMap {
     fields: HashMap<Bytes, Str, FixedState>,
@@ -256,10 +266,7 @@ impl OrMap {
 
     /// Run a local update on one field; returns (was alive, result, field state for the delta).
     pub fn update<R>(&mut self, field: &Bytes, f: impl FnOnce(&mut Str) -> R) -> (bool, R, Str) {
-        if !self.fields.contains_key(field) {
-            self.heap_bytes += field.len() + ELEMENT_OVERHEAD_BYTES;
-        }
-        let slot = self.fields.entry(field.clone()).or_default();
+        let slot = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
         let r = f(slot);
@@ -306,15 +313,7 @@ impl OrMap {
     /// copies (of the field only when it is new); the returned delta state carries `value`
     /// itself. Returns whether the field was present, and the delta state.
     pub fn set_field(&mut self, field: &[u8], stamp: Stamp, value: &Bytes) -> (bool, Str) {
-        if !self.fields.contains_key(field) {
-            self.heap_bytes += field.len() + ELEMENT_OVERHEAD_BYTES;
-            self.fields
-                .insert(Bytes::copy_from_slice(field), Str::default());
-        }
-        let slot = match self.fields.get_mut(field) {
-            Some(s) => s,
-            None => unreachable!("inserted above"),
-        };
+        let slot = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
         slot.set(stamp, Bytes::copy_from_slice(value));
@@ -345,10 +344,7 @@ impl OrMap {
     }
 
     pub fn merge_field(&mut self, field: &Bytes, theirs: &Str) -> bool {
-        if !self.fields.contains_key(field) {
-            self.heap_bytes += field.len() + ELEMENT_OVERHEAD_BYTES;
-        }
-        let slot = self.fields.entry(field.clone()).or_default();
+        let slot = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
         let changed = slot.merge(theirs);
