@@ -6,7 +6,10 @@ SET/GET/INCR/SADD/HSET with -c 50 (plain and -P 16), prints requests/s and p99 f
 the ratio, then measures RSS growth per key after loading 1M 100-byte strings and 1M
 counters into a fresh instance of each server.
 
-Usage: bench/compare.py [--requests N] [--keys N] [--meridian PATH] [--skip-memory]
+Usage: bench/compare.py [--requests N] [--rounds N] [--keys N] [--meridian PATH]
+                        [--skip-memory] [--skip-throughput]
+Each test runs on the two servers in turn, --rounds times (median reported); -P 16 runs
+5x the requests, so a test lasts about a second rather than a noisy fifth of one.
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and a release
 build of meridian (cargo build --release).
 """
@@ -76,8 +79,8 @@ def rss_bytes(pid):
     return 0
 
 
-def run_benchmark(port, requests, pipeline):
-    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", TESTS, "-c", "50",
+def run_benchmark(port, requests, pipeline, tests=TESTS):
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", tests, "-c", "50",
            "-n", str(requests), "-r", "100000", "--csv", "-q"]
     if pipeline > 1:
         cmd += ["-P", str(pipeline)]
@@ -147,6 +150,7 @@ def main():
     ap.add_argument("--requests", type=int, default=200000)
     ap.add_argument("--keys", type=int, default=1000000)
     ap.add_argument("--meridian", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "meridian"))
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
@@ -158,7 +162,7 @@ def main():
         raise SystemExit(f"{meridian} missing: cargo build --release")
 
     if not args.skip_throughput:
-        throughput(meridian, args.requests)
+        throughput(meridian, args.requests, args.rounds)
     if args.skip_memory:
         return
     print(f"\n# memory: RSS growth per key after {args.keys} SET key:%08d <100 B> / INCR ctr:%08d")
@@ -170,23 +174,38 @@ def main():
         print(f"{kind:<9}{rb:>12.0f}{mb:>16.0f}{mb / rb:>8.2f}{mer[kind][1] / mer[kind][2]:>27.2f}")
 
 
-def throughput(meridian, requests):
-    print(f"# throughput: redis-benchmark -t {TESTS} -c 50 -n {requests} -r 100000")
+def throughput(meridian, requests, rounds):
+    p16 = requests * 5
+    print(f"# throughput: redis-benchmark -t <test> -c 50 -r 100000, -n {requests} (-P 16: -n {p16}),")
+    print(f"# each test on both servers in turn (who goes first alternates), median of {rounds} rounds")
     print(f"{'test':<8}{'P':>4}{'redis rps':>14}{'meridian rps':>14}{'ratio':>8}{'redis p99':>11}{'meridian p99':>14}")
     for pipeline in (1, 16):
+        n = p16 if pipeline > 1 else requests
         rport, mport = free_port(), free_port()
         r, m = start_redis(rport), start_meridian(meridian, mport)
+        runs = {t: ([], []) for t in TESTS.upper().split(",")}
         try:
-            # Alternate who goes first per run so neither always gets the warm machine.
-            rr = run_benchmark(rport, requests, pipeline)
-            mm = run_benchmark(mport, requests, pipeline)
+            turn = 0
+            for _ in range(rounds):
+                for t in TESTS.split(","):
+                    # Alternate who goes first, so neither always gets the warmer machine.
+                    order = [(0, rport), (1, mport)] if turn % 2 == 0 else [(1, mport), (0, rport)]
+                    turn += 1
+                    for who, port in order:
+                        runs[t.upper()][who].append(run_benchmark(port, n, pipeline, t)[t.upper()])
         finally:
             stop(r)
             stop(m)
-        for t in TESTS.upper().split(","):
-            (r_rps, r_p99), (m_rps, m_p99) = rr[t], mm[t]
+        for t, (rr, mm) in runs.items():
+            (r_rps, r_p99), (m_rps, m_p99) = median(rr), median(mm)
             print(f"{t:<8}{pipeline:>4}{r_rps:>14.0f}{m_rps:>14.0f}{m_rps / r_rps:>8.2f}{r_p99:>10.3f}ms{m_p99:>12.3f}ms")
 
+
+def median(rows):
+    """Median requests/s and median p99 of a test's rounds."""
+    rps = sorted(r for r, _ in rows)
+    p99 = sorted(p for _, p in rows)
+    return rps[len(rps) // 2], p99[len(p99) // 2]
 
 if __name__ == "__main__":
     sys.exit(main())

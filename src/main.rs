@@ -67,7 +67,9 @@ fn main() {
     };
     let result = rt.block_on(async move {
         let io_threads = match config.io_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => meridian::config::default_io_threads(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
             n => n,
         };
         let server = Server::bind(config).await?;

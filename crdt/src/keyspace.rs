@@ -10,6 +10,7 @@ use crate::entry::{Access, Delta, Entry, EntryWriter, Kind};
 use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::packed::{Key, Stored};
 use crate::slot::{key_slot, SLOT_COUNT};
+use crate::CrdtError;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::borrow::Cow;
@@ -537,6 +538,25 @@ impl Keyspace {
 
     /// [`Keyspace::get`] for a caller that already knows the key's slot.
     pub fn get_in(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<Cow<'_, Entry>> {
+        self.touch_live(slot, key, now_ms).map(|n| n.body.view())
+    }
+
+    /// `GET`: the visible string value of a live key (`Ok(None)`: a string with no visible
+    /// value), `Err(WrongType)` for other kinds, `None` when absent; lookup, expiry and
+    /// access tracking as [`Keyspace::get_in`]. A packed string is copied out directly,
+    /// without rebuilding its entry.
+    pub fn get_string_in(
+        &mut self,
+        slot: u16,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Option<Result<Option<Bytes>, CrdtError>> {
+        self.touch_live(slot, key, now_ms)
+            .map(|n| n.body.string_value())
+    }
+
+    /// The node of a live key, its access recorded; an expired key is reclaimed (`None`).
+    fn touch_live(&mut self, slot: u16, key: &[u8], now_ms: u64) -> Option<&mut Node> {
         debug_assert_eq!(slot, key_slot(key));
         let h = self.nodes.hash(key);
         let (alive, expired) = match self
@@ -557,7 +577,7 @@ impl Keyspace {
         let table = self.slots[slot_index(slot)].as_deref()?;
         let n = self.nodes.get_mut_hashed(&table.map, h, key)?;
         touch(&mut n.access, now_ms, coin);
-        Some(n.body.view())
+        Some(n)
     }
 
     pub fn exists(&mut self, key: &[u8], now_ms: u64) -> bool {

@@ -900,13 +900,20 @@ proptest! {
     #[test]
     fn plain_set_is_the_general_set(
         retain in any::<bool>(),
-        ops in prop::collection::vec((0u8..8, 0usize..4, 0usize..3), 1..60),
+        ops in prop::collection::vec((0u8..8, 0usize..4, 0usize..5), 1..60),
     ) {
         let mut fast = Writer::new(1, retain);
         let mut general = Writer::new(1, retain);
         let mut remote = Writer::new(2, retain);
         let keys = ["a", "b", "c", "{a}d"];
-        let values = [bytes(""), bytes("v"), Bytes::from(vec![b'x'; 300])];
+        // Same-length pairs ("v"/"w", 300 x/y) take the overwrite-in-place path.
+        let values = [
+            bytes(""),
+            bytes("v"),
+            Bytes::from(vec![b'x'; 300]),
+            bytes("w"),
+            Bytes::from(vec![b'y'; 300]),
+        ];
         for (step, (op, k, v)) in ops.into_iter().enumerate() {
             let now = 1_000 + step as u64;
             let key = keys[k];

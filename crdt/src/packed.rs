@@ -15,6 +15,7 @@
 use crate::entry::{Comp, Entry, Val};
 use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::strval::{Contrib, Register, Str};
+use crate::CrdtError;
 use bytes::Bytes;
 use std::borrow::Cow;
 use thin_vec::ThinVec;
@@ -277,6 +278,23 @@ impl Stored {
         }
     }
 
+    /// What `Entry::as_str` then `Str::bytes` give for this body, without rebuilding a
+    /// packed string's entry; `Err(WrongType)` when it is not a string.
+    pub(crate) fn string_value(&self) -> Result<Option<Bytes>, CrdtError> {
+        let v = match self {
+            Stored::Str { value, .. } => Ok(Some(Bytes::copy_from_slice(value))),
+            other => (other.view().as_str().map(|s| s.bytes())).ok_or(CrdtError::WrongType),
+        };
+        debug_assert_eq!(
+            v,
+            self.view()
+                .as_str()
+                .map(|s| s.bytes())
+                .ok_or(CrdtError::WrongType)
+        );
+        v
+    }
+
     /// The entry for reading: borrowed when boxed, rebuilt when packed.
     pub(crate) fn view(&self) -> Cow<'_, Entry> {
         match self {
@@ -310,8 +328,16 @@ impl Stored {
         };
         *at = stamp.hlc;
         *region = stamp.region;
-        *len_hint = u16::try_from(value.len()).unwrap_or(u16::MAX);
-        let old = std::mem::replace(stored, ThinVec::from(value));
+        let old = if usize::from(*len_hint) == value.len() && stored.len() == value.len() {
+            // Same length (fixed-size tokens, counters kept as strings, benchmarks): write
+            // over the old bytes, no free and no allocation. The hint check comes first, so
+            // a different length is decided without reading the old value's header.
+            stored.copy_from_slice(value);
+            ThinVec::new()
+        } else {
+            *len_hint = u16::try_from(value.len()).unwrap_or(u16::MAX);
+            std::mem::replace(stored, ThinVec::from(value))
+        };
         Some((Stamp::new(*created, *created_region), old))
     }
 

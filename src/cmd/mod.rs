@@ -278,6 +278,20 @@ impl<'s, 'c> Ctx<'s, 'c> {
         e
     }
 
+    /// [`Ctx::read`] of a string's value (`Keyspace::get_string_in`).
+    pub fn read_string(&mut self, key: &[u8]) -> Option<Result<Option<Bytes>, CrdtError>> {
+        let now = self.now_ms;
+        let slot = self.slot_of(key);
+        let shard = self.shard(key);
+        let v = shard.ks.get_string_in(slot, key, now);
+        if v.is_some() {
+            shard.hits += 1;
+        } else {
+            shard.misses += 1;
+        }
+        v
+    }
+
     /// Lookup without touching hit/miss statistics (existence checks inside writes).
     pub fn lookup(&mut self, key: &[u8]) -> Option<Cow<'_, Entry>> {
         let now = self.now_ms;

@@ -43,12 +43,9 @@ pub fn specs() -> Vec<Spec> {
 
 /// The visible string value of a key: Ok(None) when absent, Err(WRONGTYPE) for other types.
 pub fn get_string(ctx: &mut Ctx, key: &[u8]) -> Result<Option<Bytes>, Reply> {
-    match ctx.read(key) {
+    match ctx.read_string(key) {
         None => Ok(None),
-        Some(e) => match e.as_str() {
-            Some(s) => Ok(s.bytes()),
-            None => Err(wrongtype()),
-        },
+        Some(v) => v.map_err(|_| wrongtype()),
     }
 }
 
