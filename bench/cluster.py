@@ -5,7 +5,9 @@ Reports:
   1. aggregate throughput of a 3-primary meridian cluster with the cluster-aware load
      generator (`redis-benchmark --cluster`), against a 3-primary redis-server cluster driven
      the same way and against 3 standalone redis-server instances (3 generators at once),
-     all in the same run;
+     all in the same run. Like for like, the meridian cluster has no replicas there (nor do
+     the redis-server ones); the six-node cluster with a replica per primary is measured
+     too, as its own column;
   2. resharding speed: keys/s moved by `redis-cli --cluster reshard` of 1000 slots;
   3. failover time: SIGKILL of a primary -> first write accepted by its promoted replica,
      against the target node-timeout + 2 s;
@@ -53,12 +55,14 @@ def cmd(port, *args, timeout=5):
         return data.decode(errors="replace")
 
 
-def start_meridian_cluster(path, node_timeout, tmp, io_threads):
-    ports = [free_port() for _ in range(6)]
-    buses = [free_port() for _ in range(6)]
+def start_meridian_cluster(path, node_timeout, tmp, io_threads, replicas=True):
+    """Three primaries, each with a replica unless `replicas` is false."""
+    n = 6 if replicas else 3
+    ports = [free_port() for _ in range(n)]
+    buses = [free_port() for _ in range(n)]
     procs = []
-    for i in range(6):
-        meet = ", ".join(f'"127.0.0.1:{ports[j]}@{buses[j]}"' for j in range(6) if j != i)
+    for i in range(n):
+        meet = ", ".join(f'"127.0.0.1:{ports[j]}@{buses[j]}"' for j in range(n) if j != i)
         role = f'slots = "{SLOTS[i]}"' if i < 3 else f'replicate = "127.0.0.1:{ports[i - 3]}"'
         conf = os.path.join(tmp, f"node-{i}.toml")
         with open(conf, "w") as f:
@@ -69,7 +73,7 @@ def start_meridian_cluster(path, node_timeout, tmp, io_threads):
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     for p, port in zip(procs, ports):
         wait_port(port, p)
-    wait_cluster_ok(ports, 6)
+    wait_cluster_ok(ports, n)
     return ports, procs
 
 
@@ -285,22 +289,34 @@ def main():
         for _, pr in singles:
             stop(pr)
             procs.remove(pr)
+        # Like for like first: three primaries and no replicas, as the redis-server cluster
+        # and the standalone instances have none. Then the six-node cluster (a replica per
+        # primary, which the primaries stream every write to), the one the rest measures.
+        mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads,
+                                                replicas=False)
+        procs += mprocs
+        bare = rows(bench(mports[0], args.requests, True))
+        bare3 = three_cluster_generators(mports, args.requests)
+        for p in mprocs:
+            stop(p)
+            procs.remove(p)
         mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads)
         procs += mprocs
         meridian = rows(bench(mports[0], args.requests, True))
         meridian3 = three_cluster_generators(mports, args.requests)
-        print("one cluster-aware generator (redis-benchmark --cluster):")
-        print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) | meridian cluster (3 primaries) | vs standalone | vs redis cluster |")
-        print("|---|---|---|---|---|---|")
-        for t in ("SET", "GET"):
-            print(f"| {t} | {standalone[t]:,.0f} | {redis_cluster[t]:,.0f} | {meridian[t]:,.0f} | "
-                  f"{meridian[t] / standalone[t]:.2f} | {meridian[t] / redis_cluster[t]:.2f} |")
-        print("three cluster-aware generators at once (as many as the standalone baseline):")
-        print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) | meridian cluster (3 primaries) | vs standalone | vs redis cluster |")
-        print("|---|---|---|---|---|---|")
-        for t in ("SET", "GET"):
-            print(f"| {t} | {standalone[t]:,.0f} | {redis_cluster3[t]:,.0f} | {meridian3[t]:,.0f} | "
-                  f"{meridian3[t] / standalone[t]:.2f} | {meridian3[t] / redis_cluster3[t]:.2f} |")
+        for title, red, mer_bare, mer in (
+                ("one cluster-aware generator (redis-benchmark --cluster):", redis_cluster, bare, meridian),
+                ("three cluster-aware generators at once (as many as the standalone baseline):",
+                 redis_cluster3, bare3, meridian3)):
+            print(title)
+            print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) "
+                  "| meridian, 3 primaries | vs standalone | vs redis cluster "
+                  "| meridian, 3 primaries + 3 replicas | vs standalone |")
+            print("|---|---|---|---|---|---|---|---|")
+            for t in ("SET", "GET"):
+                print(f"| {t} | {standalone[t]:,.0f} | {red[t]:,.0f} | {mer_bare[t]:,.0f} | "
+                      f"{mer_bare[t] / standalone[t]:.2f} | {mer_bare[t] / red[t]:.2f} | "
+                      f"{mer[t]:,.0f} | {mer[t] / standalone[t]:.2f} |")
 
         # 4 (run before the topology changes). Replication lag under load.
         wait_replicas(mports)

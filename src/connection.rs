@@ -7,8 +7,10 @@ use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
 use crate::store::{key_shard, shard_of, Store};
 use bytes::{Bytes, BytesMut};
-use meridian_crdt::key_slot;
+use meridian_crdt::{key_slot, Prefetch};
 use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +29,8 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut ranges = Vec::new();
+    let mut ahead: VecDeque<Ahead> = VecDeque::with_capacity(LOOKAHEAD);
+    let mut spare: Vec<Vec<Range<usize>>> = Vec::new();
     let mut args: Vec<Bytes> = Vec::new();
     'conn: loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
@@ -37,7 +40,7 @@ pub async fn serve(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let limits = Limits {
+        let mut limits = Limits {
             max_bulk_len: store.runtime.proto_max_bulk_len.load(Relaxed),
             max_multibulk_len: shared.config.max_multibulk_len,
             max_inline_len: shared.config.max_inline_len,
@@ -46,72 +49,105 @@ pub async fn serve(
         // The shard lock the previous command of this batch left held (see `Held`).
         // Released before every await below: other tasks of this thread lock shards too.
         let mut held: Held<'_> = None;
+        // Requests parsed ahead of the one running (see `Ahead`); `ahead_bytes` of `buf`.
+        let mut ahead_bytes = 0;
+        let mut exhausted = false;
+        let mut tail: Option<ParseError> = None;
         loop {
-            match parse_request(&mut buf[..], &limits, &mut ranges) {
-                Ok(n) => {
-                    let frame = buf.split_to(n).freeze();
-                    args.clear();
-                    args.extend(ranges.iter().map(|r| frame.slice(r.clone())));
-                    if args.is_empty() {
-                        continue;
+            while ahead.len() < LOOKAHEAD && !exhausted {
+                let mut ranges = spare.pop().unwrap_or_default();
+                match parse_request(&mut buf[ahead_bytes..], &limits, &mut ranges) {
+                    Ok(n) => {
+                        let key = first_key(&buf[ahead_bytes..ahead_bytes + n], &ranges);
+                        ahead_bytes += n;
+                        ahead.push_back(Ahead {
+                            len: n,
+                            ranges,
+                            key,
+                        });
                     }
-                    let mut reply = execute(&store, &shared, &mut conn, &args, now, &mut held);
-                    if let Some(req) = conn.takeover.take() {
-                        drop(held.take());
-                        // MERIDIAN SYNC: this connection now carries a replica stream.
-                        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                            break 'conn;
+                    Err(e) => {
+                        spare.push(ranges);
+                        exhausted = true;
+                        if !matches!(e, ParseError::Incomplete) {
+                            tail = Some(e);
                         }
-                        let rest = buf.split();
-                        let hub = shared.inregion.clone();
-                        let peer = conn.addr.clone();
-                        crate::replica::serve_replica(stream, rest, store.clone(), hub, req, peer)
-                            .await;
-                        unwatch_all(&store, &mut conn);
-                        return;
                     }
-                    if let Some((n, timeout_ms)) = conn.wait.take() {
-                        drop(held.take());
-                        // WAIT blocks this connection only; earlier replies go out first.
-                        if !out.is_empty() {
-                            if stream.write_all(&out).await.is_err() {
-                                break 'conn;
-                            }
-                            out.clear();
-                        }
-                        let acked = shared
-                            .inregion
-                            .wait_for(conn.write_offset, n, timeout_ms)
-                            .await;
-                        reply = Reply::Int(acked as i64);
-                    }
-                    encode(&reply, conn.resp3, &mut out);
-                    if conn.close {
-                        drop(held.take());
-                        let _ = stream.write_all(&out).await;
-                        break 'conn;
-                    }
-                    if out.len() >= MAX_PENDING_OUTPUT_BYTES {
-                        drop(held.take());
-                        if stream.write_all(&out).await.is_err() {
-                            break 'conn;
-                        }
-                        out.clear();
-                    }
-                }
-                Err(ParseError::Incomplete) => break,
-                Err(e) => {
-                    drop(held.take());
-                    store.stats.protocol_errors.fetch_add(1, Relaxed);
-                    tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
-                    if let Some(r) = e.to_reply() {
-                        encode(&r, conn.resp3, &mut out);
-                    }
-                    let _ = stream.write_all(&out).await;
-                    break 'conn;
                 }
             }
+            let Some(next) = ahead.pop_front() else {
+                let Some(e) = tail.take() else { break };
+                drop(held.take());
+                store.stats.protocol_errors.fetch_add(1, Relaxed);
+                tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
+                if let Some(r) = e.to_reply() {
+                    encode(&r, conn.resp3, &mut out);
+                }
+                let _ = stream.write_all(&out).await;
+                break 'conn;
+            };
+            ahead_bytes -= next.len;
+            let frame = buf.split_to(next.len).freeze();
+            args.clear();
+            args.extend(next.ranges.iter().map(|r| frame.slice(r.clone())));
+            spare.push(next.ranges);
+            if args.is_empty() {
+                continue;
+            }
+            let current = next.key.map(|(_, r)| &frame[r]);
+            prefetch_ahead(&store, &held, &buf, &ahead, current);
+            let mut reply = execute(&store, &shared, &mut conn, &args, now, &mut held);
+            if conn.last_cmd == "config" {
+                // CONFIG SET may have changed the limits the requests after it are parsed
+                // with: parse those again.
+                limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
+                spare.extend(ahead.drain(..).map(|a| a.ranges));
+                (ahead_bytes, exhausted, tail) = (0, false, None);
+            }
+            if let Some(req) = conn.takeover.take() {
+                drop(held.take());
+                // MERIDIAN SYNC: this connection now carries a replica stream (the requests
+                // parsed ahead are still in `buf`: they go with it).
+                if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                    break 'conn;
+                }
+                let rest = buf.split();
+                let hub = shared.inregion.clone();
+                let peer = conn.addr.clone();
+                crate::replica::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
+                unwatch_all(&store, &mut conn);
+                return;
+            }
+            if let Some((n, timeout_ms)) = conn.wait.take() {
+                drop(held.take());
+                // WAIT blocks this connection only; earlier replies go out first.
+                if !out.is_empty() {
+                    if stream.write_all(&out).await.is_err() {
+                        break 'conn;
+                    }
+                    out.clear();
+                }
+                let acked = shared
+                    .inregion
+                    .wait_for(conn.write_offset, n, timeout_ms)
+                    .await;
+                reply = Reply::Int(acked as i64);
+            }
+            encode(&reply, conn.resp3, &mut out);
+            if conn.close {
+                drop(held.take());
+                let _ = stream.write_all(&out).await;
+                break 'conn;
+            }
+            if out.len() >= MAX_PENDING_OUTPUT_BYTES {
+                drop(held.take());
+                if stream.write_all(&out).await.is_err() {
+                    break 'conn;
+                }
+                out.clear();
+            }
         }
+        debug_assert!(ahead.is_empty() && ahead_bytes == 0);
         drop(held);
         store
             .stats
@@ -133,6 +169,53 @@ pub async fn serve(
         }
     }
     unwatch_all(&store, &mut conn);
+}
+
+/// Requests of a pipeline parsed ahead of the one running: while it runs, the keyspace
+/// lookups of the next ones are prefetched, one stage per request of distance (the
+/// next request's value, the one after's node, the third's slot table), so a batch's cache
+/// misses overlap instead of each stalling its own command.
+const LOOKAHEAD: usize = 3;
+
+/// A request parsed but not yet run: its length in the read buffer, its arguments (ranges
+/// of those bytes) and, for a keyed command, its first key's slot and range.
+struct Ahead {
+    len: usize,
+    ranges: Vec<Range<usize>>,
+    key: Option<(u16, Range<usize>)>,
+}
+
+/// The first key of a parsed request (`frame` holds its bytes), if its command has keys.
+fn first_key(frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16, Range<usize>)> {
+    let spec = cmd::lookup(&frame[ranges.first()?.clone()])?;
+    let first = usize::try_from(spec.first_key).ok().filter(|&i| i > 0)?;
+    let r = ranges.get(first)?.clone();
+    Some((key_slot(&frame[r.clone()]), r))
+}
+
+/// Issue the prefetch stage each request parsed ahead is due (see [`LOOKAHEAD`]); `buf`
+/// starts with the first of them. A request on the key of the one about to run
+/// (`current`) needs none: that key will be in cache (a hot key, e.g. `SADD myset …` from
+/// every client, would otherwise pay for three hints per command that fetch nothing).
+fn prefetch_ahead(
+    store: &Store,
+    held: &Held<'_>,
+    buf: &[u8],
+    ahead: &VecDeque<Ahead>,
+    current: Option<&[u8]>,
+) {
+    const STAGES: [Prefetch; LOOKAHEAD] = [Prefetch::Value, Prefetch::Node, Prefetch::Table];
+    let held = held.as_ref().map(|(i, g)| (*i, &**g));
+    let mut at = 0;
+    for (a, stage) in ahead.iter().zip(STAGES) {
+        if let Some((slot, r)) = &a.key {
+            let key = &buf[at + r.start..at + r.end];
+            if current != Some(key) {
+                store.prefetch(held, stage, *slot, key);
+            }
+        }
+        at += a.len;
+    }
 }
 
 fn unknown_command(args: &[Bytes]) -> Reply {

@@ -5,7 +5,7 @@
 use crate::replica::ReplFeed;
 use bytes::Bytes;
 use meridian_crdt::{
-    key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, RegionId, Stamp,
+    key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, Prefetch, RegionId, Stamp,
 };
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
@@ -254,6 +254,21 @@ impl Store {
 
     pub fn shard(&self, idx: usize) -> MutexGuard<'_, Shard> {
         self.shards[idx].lock()
+    }
+
+    /// A lookup hint for a command further down a pipeline (see `Keyspace::prefetch`),
+    /// through `held` when it is that shard's guard, else only if the shard's lock is free
+    /// right now: a hint never waits.
+    pub fn prefetch(&self, held: Option<(usize, &Shard)>, stage: Prefetch, slot: u16, key: &[u8]) {
+        let i = shard_of(slot);
+        match held {
+            Some((h, shard)) if h == i => shard.ks.prefetch(stage, slot, key),
+            _ => {
+                if let Some(shard) = self.shards[i].try_lock() {
+                    shard.ks.prefetch(stage, slot, key);
+                }
+            }
+        }
     }
 
     /// Start a drain of the delta logs: later deltas wake the replication task again.

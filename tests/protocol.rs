@@ -83,6 +83,19 @@ fn oversized_requests_are_refused() {
         Resp::err("ERR Protocol error: invalid bulk length")
     );
     raw.assert_closed();
+    // A new limit applies from the next request on, even one pipelined in the same write
+    // (requests are parsed ahead of the one running).
+    let big = vec![b'w'; limit + 1];
+    let mut write =
+        b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$18\r\nproto-max-bulk-len\r\n$3\r\n2mb\r\n".to_vec();
+    write.extend_from_slice(format!("*2\r\n$4\r\nECHO\r\n${}\r\n", big.len()).as_bytes());
+    write.extend_from_slice(&big);
+    write.extend_from_slice(b"\r\n");
+    let mut raw = s.raw();
+    raw.send(&write);
+    assert_eq!(raw.read(), Resp::Simple("OK".into()));
+    assert_eq!(raw.read(), Resp::Bulk(big));
+    q::<()>(&mut c, &["CONFIG", "SET", "proto-max-bulk-len", "1mb"]);
 
     // Commands that build strings respect the same limit.
     let half = "y".repeat(limit / 2 + 1);

@@ -25,7 +25,7 @@ pub use collections::{OrMap, OrSet};
 pub use dots::{DotEntry, Dots};
 pub use entry::{Comp, Delta, Entry, EntryWriter, Kind, Val, PERSIST};
 pub use hlc::{Hlc, HlcClock, RegionId, Stamp};
-pub use keyspace::{Applied, EvictionPolicy, Keyspace, KeyspaceConfig, KeyspaceStats};
+pub use keyspace::{Applied, EvictionPolicy, Keyspace, KeyspaceConfig, KeyspaceStats, Prefetch};
 pub use slot::{key_slot, SLOT_COUNT};
 pub use strval::{parse_i64, Contrib, Register, Str, StrValue};
 
