@@ -18,7 +18,7 @@ Reports:
      is an upper bound by at most one GET round trip.
 
 Usage: bench/cluster.py [--requests N] [--keys N] [--node-timeout MS] [--meridian PATH]
-                        [--only-lag]
+                        [--only-lag] [--only-throughput] [--pipelines 1,16]
 """
 import argparse
 import csv
@@ -122,9 +122,12 @@ def start_redis_cluster(tmp):
     return ports, procs
 
 
+PIPELINE = 1
+
+
 def bench(port, requests, cluster, clients=50):
     args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-c", str(clients),
-            "-n", str(requests), "-r", "100000", "--csv", "-q"]
+            "-n", str(requests), "-r", "100000", "--csv", "-q", "-P", str(PIPELINE)]
     if cluster:
         args.append("--cluster")
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -247,16 +250,73 @@ def report_lag(mports, requests):
           f"p99 {percentile(lags, 99):.2f} ms, max {max(lags):.2f} ms (target p99 < 10 ms)")
 
 
+def throughput(args, tmp, procs, pipeline):
+    """Print the throughput tables for one pipeline depth (see the module docs, item 1)."""
+    global PIPELINE
+    PIPELINE = pipeline
+    requests = args.requests * (5 if pipeline > 1 else 1)
+    rports, rprocs = start_redis_cluster(tmp)
+    procs += rprocs
+    redis_cluster = rows(bench(rports[0], requests, True))
+    redis_cluster3 = three_cluster_generators(rports, requests)
+    for p in rprocs:
+        stop(p)
+        procs.remove(p)
+    singles = []
+    for _ in range(3):
+        p = free_port()
+        pr = subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(p, pr)
+        singles.append((p, pr))
+        procs.append(pr)
+    standalone = summed([bench(p, requests // 3, False, clients=17) for p, _ in singles])
+    for _, pr in singles:
+        stop(pr)
+        procs.remove(pr)
+    # Like for like first: three primaries and no replicas, as the redis-server cluster and
+    # the standalone instances have none. Then the six-node cluster (a replica per primary,
+    # which the primaries stream every write to; on 2 cores the replicas compete for CPU).
+    results = []
+    for replicas in (False, True):
+        mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads,
+                                                replicas=replicas)
+        procs += mprocs
+        results.append((rows(bench(mports[0], requests, True)), three_cluster_generators(mports, requests)))
+        for p in mprocs:
+            stop(p)
+            procs.remove(p)
+    (bare, bare3), (meridian, meridian3) = results
+    for title, red, mer_bare, mer in (
+            ("one cluster-aware generator (redis-benchmark --cluster)", redis_cluster, bare, meridian),
+            ("three cluster-aware generators at once (as many as the standalone baseline)",
+             redis_cluster3, bare3, meridian3)):
+        print(f"-P {pipeline}, -n {requests}, {title}:")
+        print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) "
+              "| meridian, 3 primaries | vs standalone | vs redis cluster "
+              "| meridian, 3 primaries + 3 replicas | vs standalone |")
+        print("|---|---|---|---|---|---|---|---|")
+        for t in ("SET", "GET"):
+            print(f"| {t} | {standalone[t]:,.0f} | {red[t]:,.0f} | {mer_bare[t]:,.0f} | "
+                  f"{mer_bare[t] / standalone[t]:.2f} | {mer_bare[t] / red[t]:.2f} | "
+                  f"{mer[t]:,.0f} | {mer[t] / standalone[t]:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=300000)
+    # redis-benchmark --cluster times a run in steps of its 250 ms progress tick: a run must
+    # last several seconds for the rate to mean anything (1.5 M at P1, 5x that at -P 16).
+    ap.add_argument("--requests", type=int, default=1500000)
     ap.add_argument("--keys", type=int, default=50000)
     ap.add_argument("--node-timeout", type=int, default=2000)
     ap.add_argument("--meridian", default="target/release/meridian")
     # One event loop per node, like redis-server: six nodes and the generator share 2 cores.
     ap.add_argument("--io-threads", type=int, default=1)
     ap.add_argument("--only-lag", action="store_true", help="only the replication-lag measurement")
+    ap.add_argument("--pipelines", default="1,16", help="redis-benchmark -P values for the throughput runs")
+    ap.add_argument("--only-throughput", action="store_true", help="stop after the throughput tables")
     args = ap.parse_args()
+    args.pipelines = [int(p) for p in args.pipelines.split(",")]
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found")
@@ -269,55 +329,15 @@ def main():
             wait_replicas(mports)
             report_lag(mports, args.requests)
             return
-        # 1. Throughput.
-        rports, rprocs = start_redis_cluster(tmp)
-        procs += rprocs
-        redis_cluster = rows(bench(rports[0], args.requests, True))
-        redis_cluster3 = three_cluster_generators(rports, args.requests)
-        for p in rprocs:
-            stop(p)
-            procs.remove(p)
-        singles = []
-        for _ in range(3):
-            p = free_port()
-            pr = subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_port(p, pr)
-            singles.append((p, pr))
-            procs.append(pr)
-        standalone = summed([bench(p, args.requests // 3, False, clients=17) for p, _ in singles])
-        for _, pr in singles:
-            stop(pr)
-            procs.remove(pr)
-        # Like for like first: three primaries and no replicas, as the redis-server cluster
-        # and the standalone instances have none. Then the six-node cluster (a replica per
-        # primary, which the primaries stream every write to), the one the rest measures.
-        mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads,
-                                                replicas=False)
-        procs += mprocs
-        bare = rows(bench(mports[0], args.requests, True))
-        bare3 = three_cluster_generators(mports, args.requests)
-        for p in mprocs:
-            stop(p)
-            procs.remove(p)
+        # 1. Throughput, without and with pipelining.
+        for pipeline in args.pipelines:
+            throughput(args, tmp, procs, pipeline)
+        global PIPELINE
+        PIPELINE = 1
+        if args.only_throughput:
+            return
         mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads)
         procs += mprocs
-        meridian = rows(bench(mports[0], args.requests, True))
-        meridian3 = three_cluster_generators(mports, args.requests)
-        for title, red, mer_bare, mer in (
-                ("one cluster-aware generator (redis-benchmark --cluster):", redis_cluster, bare, meridian),
-                ("three cluster-aware generators at once (as many as the standalone baseline):",
-                 redis_cluster3, bare3, meridian3)):
-            print(title)
-            print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) "
-                  "| meridian, 3 primaries | vs standalone | vs redis cluster "
-                  "| meridian, 3 primaries + 3 replicas | vs standalone |")
-            print("|---|---|---|---|---|---|---|---|")
-            for t in ("SET", "GET"):
-                print(f"| {t} | {standalone[t]:,.0f} | {red[t]:,.0f} | {mer_bare[t]:,.0f} | "
-                      f"{mer_bare[t] / standalone[t]:.2f} | {mer_bare[t] / red[t]:.2f} | "
-                      f"{mer[t]:,.0f} | {mer[t] / standalone[t]:.2f} |")
-
         # 4 (run before the topology changes). Replication lag under load.
         wait_replicas(mports)
         report_lag(mports, args.requests)

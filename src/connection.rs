@@ -5,9 +5,9 @@
 use crate::cmd::{self, ConnState, Ctx, Locks, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
-use crate::store::{key_shard, shard_of, Store};
+use crate::store::{key_shard, shard_of, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
-use meridian_crdt::{key_slot, Prefetch};
+use meridian_crdt::key_slot;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -171,11 +171,10 @@ pub async fn serve(
     unwatch_all(&store, &mut conn);
 }
 
-/// Requests of a pipeline parsed ahead of the one running: while it runs, the keyspace
-/// lookups of the next ones are prefetched, one stage per request of distance (the
-/// next request's value, the one after's node, the third's slot table), so a batch's cache
-/// misses overlap instead of each stalling its own command.
-const LOOKAHEAD: usize = 3;
+/// Requests of a pipeline parsed before the one running is: while it runs, the keyspace
+/// lookups of the next ones are prefetched in stages ([`Store::prefetch_ahead`]), so a
+/// batch's cache misses overlap instead of each stalling its own command.
+const LOOKAHEAD: usize = PREFETCH_AHEAD + 1;
 
 /// A request parsed but not yet run: its length in the read buffer, its arguments (ranges
 /// of those bytes) and, for a keyed command, its first key's slot and range.
@@ -193,10 +192,10 @@ fn first_key(frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16, Range<usize>
     Some((key_slot(&frame[r.clone()]), r))
 }
 
-/// Issue the prefetch stage each request parsed ahead is due (see [`LOOKAHEAD`]); `buf`
-/// starts with the first of them. A request on the key of the one about to run
-/// (`current`) needs none: that key will be in cache (a hot key, e.g. `SADD myset …` from
-/// every client, would otherwise pay for three hints per command that fetch nothing).
+/// Prefetch for the requests parsed ahead (see [`Store::prefetch_ahead`]); `buf` starts with
+/// the first of them. A request on the key of the one about to run (`current`) needs none:
+/// that key will be in cache (a hot key, e.g. `SADD myset …` from every client, would
+/// otherwise pay for hints that fetch nothing).
 fn prefetch_ahead(
     store: &Store,
     held: &Held<'_>,
@@ -204,18 +203,18 @@ fn prefetch_ahead(
     ahead: &VecDeque<Ahead>,
     current: Option<&[u8]>,
 ) {
-    const STAGES: [Prefetch; LOOKAHEAD] = [Prefetch::Value, Prefetch::Node, Prefetch::Table];
     let held = held.as_ref().map(|(i, g)| (*i, &**g));
     let mut at = 0;
-    for (a, stage) in ahead.iter().zip(STAGES) {
-        if let Some((slot, r)) = &a.key {
-            let key = &buf[at + r.start..at + r.end];
-            if current != Some(key) {
-                store.prefetch(held, stage, *slot, key);
-            }
-        }
-        at += a.len;
-    }
+    store.prefetch_ahead(
+        held,
+        ahead.iter().map(|a| {
+            let frame = &buf[at..at + a.len];
+            at += a.len;
+            let (slot, r) = a.key.as_ref()?;
+            let key = &frame[r.clone()];
+            (current != Some(key)).then_some((*slot, key))
+        }),
+    );
 }
 
 fn unknown_command(args: &[Bytes]) -> Reply {

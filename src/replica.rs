@@ -37,7 +37,7 @@
 
 use crate::frame::Reply;
 use crate::server::now_ms;
-use crate::store::{shard_of, Store};
+use crate::store::{shard_of, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Applied, Delta, Entry};
 use meridian_replication::codec::KeyState;
@@ -47,6 +47,7 @@ use meridian_replication::replica::{
 };
 use parking_lot::Mutex;
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +75,15 @@ fn new_replid() -> String {
     format!("{a:016x}{b:016x}{:08x}", c as u32)
 }
 
+/// Bytes the feed's frame arena grows by (frames are split off it).
+const ARENA_BYTES: usize = 64 * 1024;
+
 struct FeedState {
     backlog: Backlog,
+    /// Where a change is encoded before it is copied to `arena`.
+    scratch: Vec<u8>,
+    /// The tail of the shared buffer the backlog's frames are split from.
+    arena: BytesMut,
     /// This node's replication id: names the stream the offsets belong to.
     replid: String,
 }
@@ -99,6 +107,8 @@ impl ReplFeed {
             offset: AtomicU64::new(0),
             state: Mutex::new(FeedState {
                 backlog: Backlog::new(max_size_bytes, 0),
+                scratch: Vec::new(),
+                arena: BytesMut::new(),
                 replid: new_replid(),
             }),
             appended: Notify::new(),
@@ -122,22 +132,34 @@ impl ReplFeed {
     #[inline]
     pub fn push_delta(&self, delta: &Delta) {
         if self.is_active() {
-            self.push(encode_delta(delta));
+            self.push(|out| encode_delta(delta, out));
         }
     }
 
     /// Record a whole key state merged from elsewhere (call under the key's shard lock).
     pub fn push_state(&self, key: &[u8], state: &Entry) {
         if self.is_active() {
-            self.push(encode_state(key, state));
+            self.push(|out| encode_state(key, state, out));
         }
     }
 
-    fn push(&self, encoded: Result<Vec<u8>, meridian_replication::CodecError>) {
-        let mut st = self.state.lock();
-        match encoded {
-            Ok(v) => {
-                let off = st.backlog.push(Bytes::from(v));
+    /// Append one frame, encoded by `encode` into the feed's arena: frames are slices of
+    /// one shared buffer (no allocation per change, none of the small `Vec`'s regrowth).
+    fn push(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, meridian_replication::CodecError>,
+    ) {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        st.scratch.clear();
+        match encode(&mut st.scratch) {
+            Ok(_) => {
+                if st.arena.capacity() - st.arena.len() < st.scratch.len() {
+                    st.arena.reserve(ARENA_BYTES.max(st.scratch.len()));
+                }
+                st.arena.extend_from_slice(&st.scratch);
+                let frame = st.arena.split().freeze();
+                let off = st.backlog.push(frame);
                 self.offset.store(off, Relaxed);
             }
             Err(e) => {
@@ -149,7 +171,11 @@ impl ReplFeed {
                 self.offset.store(st.backlog.offset(), Relaxed);
             }
         }
-        drop(st);
+        if st.scratch.capacity() > ARENA_BYTES {
+            // One huge change does not pin its buffer for the life of the feed.
+            st.scratch = Vec::new();
+        }
+        drop(guard);
         self.appended.notify_waiters();
     }
 
@@ -838,9 +864,33 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
     let mut ack_buf = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(ACK_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Frames decoded ahead of the one being applied, whose keys are prefetched meanwhile
+    // (as a client connection does for pipelined requests).
+    let mut ahead: VecDeque<ReplicaFrame> = VecDeque::with_capacity(PREFETCH_AHEAD + 1);
     loop {
-        while let Some((frame, used)) = decode_frame(&buf).map_err(|e| format!("bad frame: {e}"))? {
-            let _ = buf.split_to(used);
+        loop {
+            while ahead.len() <= PREFETCH_AHEAD {
+                match decode_frame(&buf).map_err(|e| format!("bad frame: {e}"))? {
+                    Some((frame, used)) => {
+                        let _ = buf.split_to(used);
+                        ahead.push_back(frame);
+                    }
+                    None => break,
+                }
+            }
+            let Some(frame) = ahead.pop_front() else {
+                break;
+            };
+            store.prefetch_ahead(
+                None,
+                ahead.iter().map(|next| match next {
+                    ReplicaFrame::Delta(d) => Some((d.slot, &d.key[..])),
+                    ReplicaFrame::State { key, .. } => {
+                        Some((meridian_crdt::key_slot(key), &key[..]))
+                    }
+                    _ => None,
+                }),
+            );
             match frame {
                 ReplicaFrame::Entries(entries) => {
                     if snapshot.is_none() {

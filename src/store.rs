@@ -154,6 +154,10 @@ pub struct Store {
     feed: Arc<ReplFeed>,
 }
 
+/// Requests (or replicated changes) a batch keeps decoded ahead of the one running, for
+/// [`Store::prefetch_ahead`].
+pub const PREFETCH_AHEAD: usize = 6;
+
 pub fn shard_of(slot: u16) -> usize {
     usize::from(slot) % SHARDS
 }
@@ -259,7 +263,7 @@ impl Store {
     /// A lookup hint for a command further down a pipeline (see `Keyspace::prefetch`),
     /// through `held` when it is that shard's guard, else only if the shard's lock is free
     /// right now: a hint never waits.
-    pub fn prefetch(&self, held: Option<(usize, &Shard)>, stage: Prefetch, slot: u16, key: &[u8]) {
+    fn prefetch(&self, held: Option<(usize, &Shard)>, stage: Prefetch, slot: u16, key: &[u8]) {
         let i = shard_of(slot);
         match held {
             Some((h, shard)) if h == i => shard.ks.prefetch(stage, slot, key),
@@ -267,6 +271,29 @@ impl Store {
                 if let Some(shard) = self.shards[i].try_lock() {
                     shard.ks.prefetch(stage, slot, key);
                 }
+            }
+        }
+    }
+
+    /// While one request of a batch runs, prefetch for the next ones (`keys`, the next
+    /// first; `None` for one with no key to fetch): the slot table of the sixth, the node of
+    /// the fourth, the value of the second. Each stage reads what the one before fetched,
+    /// two requests earlier: one request's worth of work was not always enough for a line
+    /// to arrive.
+    pub fn prefetch_ahead<'k>(
+        &self,
+        held: Option<(usize, &Shard)>,
+        keys: impl Iterator<Item = Option<(u16, &'k [u8])>>,
+    ) {
+        for (distance, key) in (1..=PREFETCH_AHEAD).zip(keys) {
+            let stage = match distance {
+                2 => Prefetch::Value,
+                4 => Prefetch::Node,
+                6 => Prefetch::Table,
+                _ => continue,
+            };
+            if let Some((slot, key)) = key {
+                self.prefetch(held, stage, slot, key);
             }
         }
     }

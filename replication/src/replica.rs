@@ -84,18 +84,15 @@ pub fn encode_frame(frame: &ReplicaFrame, out: &mut Vec<u8>) -> Result<usize, Co
     encode_with(frame, out)
 }
 
-/// Encode `ReplicaFrame::Delta(delta.clone())` without the clone.
-pub fn encode_delta(delta: &Delta) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::new();
-    encode_with(&FrameRef::Delta(delta), &mut out)?;
-    Ok(out)
+/// Append `ReplicaFrame::Delta(delta.clone())`, encoded without the clone, to `out`;
+/// returns its size on the wire (on error `out` is left as it was).
+pub fn encode_delta(delta: &Delta, out: &mut Vec<u8>) -> Result<usize, CodecError> {
+    encode_with(&FrameRef::Delta(delta), out)
 }
 
-/// Encode `ReplicaFrame::State { key, state }` without cloning.
-pub fn encode_state(key: &[u8], state: &Entry) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::new();
-    encode_with(&FrameRef::State { key, state }, &mut out)?;
-    Ok(out)
+/// Append `ReplicaFrame::State { key, state }`, encoded without cloning, to `out`.
+pub fn encode_state(key: &[u8], state: &Entry, out: &mut Vec<u8>) -> Result<usize, CodecError> {
+    encode_with(&FrameRef::State { key, state }, out)
 }
 
 /// Decode one frame from the front of `buf`: `Ok(Some((frame, consumed)))`, `Ok(None)` when
@@ -290,17 +287,18 @@ mod tests {
         let (_, deltas) = sample_deltas();
         let mut owned = Vec::new();
         encode_frame(&ReplicaFrame::Delta(deltas[2].clone()), &mut owned).unwrap();
-        assert_eq!(encode_delta(&deltas[2]).unwrap(), owned);
+        let mut borrowed = b"already here".to_vec();
+        encode_delta(&deltas[2], &mut borrowed).unwrap();
+        assert_eq!(borrowed[12..], owned[..]);
         let mut owned = Vec::new();
         let st = ReplicaFrame::State {
             key: deltas[0].key.clone(),
             state: deltas[0].state.clone(),
         };
         encode_frame(&st, &mut owned).unwrap();
-        assert_eq!(
-            encode_state(&deltas[0].key, &deltas[0].state).unwrap(),
-            owned
-        );
+        let mut borrowed = Vec::new();
+        encode_state(&deltas[0].key, &deltas[0].state, &mut borrowed).unwrap();
+        assert_eq!(borrowed, owned);
     }
 
     #[test]
@@ -316,7 +314,8 @@ mod tests {
         );
         let (_, mut deltas) = sample_deltas();
         deltas[0].slot = deltas[0].slot.wrapping_add(1) % 16384;
-        let bytes = encode_delta(&deltas[0]).unwrap();
+        let mut bytes = Vec::new();
+        encode_delta(&deltas[0], &mut bytes).unwrap();
         assert!(matches!(decode_frame(&bytes), Err(CodecError::Invalid(_))));
     }
 
