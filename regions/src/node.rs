@@ -281,6 +281,9 @@ pub struct ClusterNode {
     paused_for: Option<(NodeId, u64)>,
     /// Last time this primary found itself in the minority.
     minority_at_ms: Option<u64>,
+    /// Since when this node has reached a majority without a break (`None`: not now, or
+    /// not since it started): see `settled`.
+    majority_since_ms: Option<u64>,
     gossip_cursor: usize,
     stats: Stats,
 }
@@ -301,6 +304,7 @@ impl ClusterNode {
             manual: None,
             paused_for: None,
             minority_at_ms: None,
+            majority_since_ms: None,
             gossip_cursor: 0,
             stats: Stats::default(),
         }
@@ -537,11 +541,16 @@ impl ClusterNode {
         }
 
         // Epoch collision (Redis clusterHandleConfigEpochCollision): the lower id moves.
+        // Not while this node's view may be stale (see `settled`): the move takes an epoch
+        // above every one it has heard of, and a primary back from a crash or a partition
+        // would outbid the failover that replaced it (whose claim it has not heard yet) and
+        // win its old slots back, taking acknowledged writes with them.
         let myself = self.topo.myself();
         if h.replica_of.is_none()
             && myself.role.is_primary()
             && h.config_epoch == myself.config_epoch
             && me < sender
+            && self.settled(now_ms)
         {
             self.topo.current_epoch += 1;
             let epoch = self.topo.current_epoch;
@@ -1006,6 +1015,14 @@ impl ClusterNode {
         reachable > self.topo.size() / 2
     }
 
+    /// Whether this node has reached a majority for 2 × node-timeout without a break:
+    /// every node pings each peer at least every node-timeout / 2, so by then it has
+    /// heard every live primary's slot claims.
+    fn settled(&self, now_ms: u64) -> bool {
+        self.majority_since_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) >= 2 * self.config.node_timeout_ms)
+    }
+
     fn in_rejoin_delay(&self, now_ms: u64) -> bool {
         self.minority_at_ms
             .is_some_and(|at| now_ms.saturating_sub(at) < self.config.rejoin_delay_ms())
@@ -1014,6 +1031,9 @@ impl ClusterNode {
     fn update_state(&mut self, now_ms: u64) {
         if !self.reaches_majority(now_ms) {
             self.minority_at_ms = Some(now_ms);
+            self.majority_since_ms = None;
+        } else if self.majority_since_ms.is_none() {
+            self.majority_since_ms = Some(now_ms);
         }
         let ok_now = self.state_ok_at(now_ms);
         let ok = ok_now && !(self.topo.myself().role.is_primary() && self.in_rejoin_delay(now_ms));
@@ -1263,6 +1283,7 @@ impl ClusterNode {
         self.manual = None;
         self.paused_for = None;
         self.minority_at_ms = None;
+        self.majority_since_ms = None;
         self.push_event(Event::RoleChanged(Role::Primary));
         self.update_state(now_ms);
     }
@@ -1580,7 +1601,8 @@ mod tests {
                 let now = m.now_ms;
                 m.nodes[r].replicate(now, p).unwrap();
             }
-            m.run(1000);
+            // Long enough for the nodes to settle and resolve epoch collisions.
+            m.run(1000 + 2 * TIMEOUT_MS);
             m
         }
     }
@@ -1757,6 +1779,29 @@ mod tests {
             Role::Replica { of: m.id(3) }
         );
         assert!(m.nodes.iter().all(|n| n.topology().state_ok()));
+    }
+
+    #[test]
+    fn a_returning_primary_with_a_colliding_epoch_does_not_win_its_slots_back() {
+        // Node 0 fails over to node 3 while cut off. It comes back with a config epoch equal
+        // to node 1's (a collision not yet resolved when it went away) and the lowest id, so
+        // the collision rule makes it take a fresh epoch: that epoch must not outbid the
+        // failover and win its old slots back.
+        let mut m = Mesh::cluster(6, 3);
+        m.cut[0] = true;
+        m.run(5 * TIMEOUT_MS);
+        assert_eq!(m.nodes[1].topology().owner(0), Some(m.id(3)));
+        let e1 = m.nodes[1].topology().myself().config_epoch;
+        m.nodes[0].topo.myself_mut().config_epoch = e1;
+        m.cut[0] = false;
+        m.run(3 * TIMEOUT_MS);
+        assert_eq!(
+            m.nodes[0].topology().myself().role,
+            Role::Replica { of: m.id(3) }
+        );
+        for n in &m.nodes {
+            assert_eq!(n.topology().owner(0), Some(m.id(3)));
+        }
     }
 
     #[test]
