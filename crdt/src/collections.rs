@@ -8,6 +8,7 @@
 
 use crate::dots::Dots;
 use crate::hlc::{Hlc, RegionId, Stamp};
+use crate::packed::Key;
 use crate::strval::{Register, Str};
 use crate::FixedState;
 use bytes::Bytes;
@@ -18,7 +19,7 @@ const ELEMENT_OVERHEAD_BYTES: usize = 64;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrSet {
-    members: HashMap<Bytes, Dots<()>, FixedState>,
+    members: HashMap<Key, Dots<()>, FixedState>,
     #[serde(skip)]
     alive: usize,
     #[serde(skip)]
@@ -45,16 +46,16 @@ impl OrSet {
         self.members.get(member).is_some_and(Dots::is_alive)
     }
 
-    pub fn members(&self) -> impl Iterator<Item = &Bytes> {
+    pub fn members(&self) -> impl Iterator<Item = &[u8]> {
         self.members
             .iter()
             .filter(|(_, d)| d.is_alive())
-            .map(|(m, _)| m)
+            .map(|(m, _)| &m[..])
     }
 
     /// All members including tombstones (for deltas and anti-entropy).
-    pub fn raw(&self) -> impl Iterator<Item = (&Bytes, &Dots<()>)> {
-        self.members.iter()
+    pub fn raw(&self) -> impl Iterator<Item = (&[u8], &Dots<()>)> {
+        self.members.iter().map(|(m, d)| (&m[..], d))
     }
 
     pub fn element_count(&self) -> usize {
@@ -71,19 +72,19 @@ impl OrSet {
         element(&mut self.members, &mut self.heap_bytes, member)
     }
 
-    /// A one-member set (a delta), sharing `member`'s bytes.
-    pub fn from_member(member: Bytes, dots: Dots<()>) -> OrSet {
+    /// A one-member set (a delta).
+    pub fn from_member(member: &[u8], dots: Dots<()>) -> OrSet {
         let mut s = OrSet {
             alive: usize::from(dots.is_alive()),
             heap_bytes: member.len() + ELEMENT_OVERHEAD_BYTES,
             ..OrSet::default()
         };
-        s.members.insert(member, dots);
+        s.members.insert(Key::new(member), dots);
         s
     }
 
     /// `SADD`: returns whether the member was absent. The returned dots are the delta.
-    pub fn add(&mut self, stamp: Stamp, member: &Bytes) -> (bool, Dots<()>) {
+    pub fn add(&mut self, stamp: Stamp, member: &[u8]) -> (bool, Dots<()>) {
         let dots = self.slot_for(member);
         let was = dots.is_alive();
         dots.set(stamp.region, stamp.hlc, ());
@@ -113,7 +114,7 @@ impl OrSet {
         }
     }
 
-    pub fn merge_member(&mut self, member: &Bytes, theirs: &Dots<()>) -> bool {
+    pub fn merge_member(&mut self, member: &[u8], theirs: &Dots<()>) -> bool {
         let dots = self.slot_for(member);
         let was = dots.is_alive();
         let changed = dots.merge(theirs);
@@ -200,13 +201,13 @@ impl OrSet {
 /// collection keeps its own copy of a new element's bytes, so an element never pins a
 /// request or frame buffer; a present one costs no copy.
 fn element<'a, V: Default>(
-    map: &'a mut HashMap<Bytes, V, FixedState>,
+    map: &'a mut HashMap<Key, V, FixedState>,
     heap_bytes: &mut usize,
     key: &[u8],
 ) -> &'a mut V {
     if !map.contains_key(key) {
         *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
-        map.insert(Bytes::copy_from_slice(key), V::default());
+        map.insert(Key::new(key), V::default());
     }
     match map.get_mut(key) {
         Some(v) => v,
@@ -216,7 +217,7 @@ fn element<'a, V: Default>(
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrMap {
-    fields: HashMap<Bytes, Str, FixedState>,
+    fields: HashMap<Key, Str, FixedState>,
     #[serde(skip)]
     alive: usize,
     #[serde(skip)]
@@ -248,12 +249,12 @@ impl OrMap {
         self.fields.get(field)
     }
 
-    pub fn fields(&self) -> impl Iterator<Item = (&Bytes, &Str)> {
-        self.fields.iter().filter(|(_, s)| s.is_alive())
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &Str)> {
+        self.raw().filter(|(_, s)| s.is_alive())
     }
 
-    pub fn raw(&self) -> impl Iterator<Item = (&Bytes, &Str)> {
-        self.fields.iter()
+    pub fn raw(&self) -> impl Iterator<Item = (&[u8], &Str)> {
+        self.fields.iter().map(|(f, s)| (&f[..], s))
     }
 
     pub fn element_count(&self) -> usize {
@@ -265,7 +266,7 @@ impl OrMap {
     }
 
     /// Run a local update on one field; returns (was alive, result, field state for the delta).
-    pub fn update<R>(&mut self, field: &Bytes, f: impl FnOnce(&mut Str) -> R) -> (bool, R, Str) {
+    pub fn update<R>(&mut self, field: &[u8], f: impl FnOnce(&mut Str) -> R) -> (bool, R, Str) {
         let slot = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
@@ -332,18 +333,18 @@ impl OrMap {
         (was, state)
     }
 
-    /// A one-field map (a delta), sharing `field`'s bytes.
-    pub fn from_field(field: Bytes, state: Str) -> OrMap {
+    /// A one-field map (a delta).
+    pub fn from_field(field: &[u8], state: Str) -> OrMap {
         let mut m = OrMap {
             alive: usize::from(state.is_alive()),
             heap_bytes: field.len() + ELEMENT_OVERHEAD_BYTES + state.heap_bytes(),
             ..OrMap::default()
         };
-        m.fields.insert(field, state);
+        m.fields.insert(Key::new(field), state);
         m
     }
 
-    pub fn merge_field(&mut self, field: &Bytes, theirs: &Str) -> bool {
+    pub fn merge_field(&mut self, field: &[u8], theirs: &Str) -> bool {
         let slot = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();

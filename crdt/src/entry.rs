@@ -798,7 +798,7 @@ impl<'a> EntryWriter<'a> {
     }
 
     /// `SADD` of one member; returns whether it was new.
-    pub fn sadd(&mut self, member: &Bytes) -> bool {
+    pub fn sadd(&mut self, member: &[u8]) -> bool {
         let i = self.comp(Kind::Set);
         let stamp = self.stamp;
         let created = self.entry.comps[i].created;
@@ -808,7 +808,7 @@ impl<'a> EntryWriter<'a> {
         let (new, dots) = set.add(stamp, member);
         self.delta_put(Comp {
             created,
-            val: Val::Set(OrSet::from_member(member.clone(), dots)),
+            val: Val::Set(OrSet::from_member(member, dots)),
         });
         self.changed = true;
         new
@@ -825,8 +825,7 @@ impl<'a> EntryWriter<'a> {
         };
         match set.remove(member) {
             Some(dots) => {
-                let m = Bytes::copy_from_slice(member);
-                self.delta_set_member(created, &m, &dots);
+                self.delta_set_member(created, member, &dots);
                 self.note_removal();
                 true
             }
@@ -834,7 +833,7 @@ impl<'a> EntryWriter<'a> {
         }
     }
 
-    fn delta_set_member(&mut self, created: Stamp, member: &Bytes, dots: &Dots<()>) {
+    fn delta_set_member(&mut self, created: Stamp, member: &[u8], dots: &Dots<()>) {
         let mut s = OrSet::default();
         s.merge_member(member, dots);
         self.delta_put(Comp {
@@ -860,7 +859,7 @@ impl<'a> EntryWriter<'a> {
 
     /// `HSET` of one field to a value in a request buffer: the entry stores copies, the
     /// delta shares `field` and `value`. Returns whether the field was present.
-    pub fn hash_set(&mut self, field: &Bytes, value: &Bytes) -> bool {
+    pub fn hash_set(&mut self, field: &[u8], value: &Bytes) -> bool {
         let i = self.comp(Kind::Hash);
         let stamp = self.stamp;
         let created = self.entry.comps[i].created;
@@ -870,7 +869,7 @@ impl<'a> EntryWriter<'a> {
         let (was, state) = h.set_field(field, stamp, value);
         self.delta_put(Comp {
             created,
-            val: Val::Hash(OrMap::from_field(field.clone(), state)),
+            val: Val::Hash(OrMap::from_field(field, state)),
         });
         self.changed = true;
         was
@@ -878,7 +877,7 @@ impl<'a> EntryWriter<'a> {
 
     /// Local update of one hash field (`HSET`, `HINCRBY`…); the closure sees the field's
     /// string state and the write's stamp.
-    pub fn hash_update<R>(&mut self, field: &Bytes, f: impl FnOnce(&mut Str, Stamp) -> R) -> R {
+    pub fn hash_update<R>(&mut self, field: &[u8], f: impl FnOnce(&mut Str, Stamp) -> R) -> R {
         let i = self.comp(Kind::Hash);
         let stamp = self.stamp;
         let created = self.entry.comps[i].created;
@@ -916,7 +915,7 @@ impl<'a> EntryWriter<'a> {
         }
     }
 
-    fn delta_hash_field(&mut self, created: Stamp, field: &Bytes, state: &Str) {
+    fn delta_hash_field(&mut self, created: Stamp, field: &[u8], state: &Str) {
         let mut m = OrMap::default();
         m.merge_field(field, state);
         self.delta_put(Comp {

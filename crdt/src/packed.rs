@@ -112,6 +112,39 @@ impl Key {
     }
 }
 
+// A key compares, hashes and (de)serializes as its bytes, like the `Bytes` it stands in for:
+// a collection of `Key`s is looked up by `&[u8]` and encodes exactly as one of `Bytes`.
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        **self == **other
+    }
+}
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        Bytes::deserialize(d).map(|b| Key::new(&b))
+    }
+}
+
 impl std::ops::Deref for Key {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

@@ -211,7 +211,7 @@ fn members(r: &Replica) -> BTreeSet<Bytes> {
     r.ks.peek(KEY.as_bytes(), NOW_MS)
         .as_deref()
         .and_then(|e| e.as_set())
-        .map(|s| s.members().cloned().collect())
+        .map(|s| s.members().map(Bytes::copy_from_slice).collect())
         .unwrap_or_default()
 }
 

@@ -211,14 +211,14 @@ pub fn render(e: Option<&Entry>) -> Rendered {
         None => Rendered::Absent,
         Some(Val::Str(s)) => s.bytes().map_or(Rendered::Absent, Rendered::Str),
         Some(Val::Set(s)) => {
-            let mut m: Vec<Bytes> = s.members().cloned().collect();
+            let mut m: Vec<Bytes> = s.members().map(Bytes::copy_from_slice).collect();
             m.sort();
             Rendered::Set(m)
         }
         Some(Val::Hash(h)) => {
             let mut f: Vec<(Bytes, Bytes)> = h
                 .fields()
-                .filter_map(|(f, s)| s.bytes().map(|v| (f.clone(), v)))
+                .filter_map(|(f, s)| s.bytes().map(|v| (Bytes::copy_from_slice(f), v)))
                 .collect();
             f.sort();
             Rendered::Hash(f)

@@ -130,7 +130,7 @@ fn hgetall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     let resp3 = ctx.conn.resp3;
     let pairs = match with_hash(ctx, &a[1], |h| {
         h.fields()
-            .map(|(f, s)| (f.clone(), s.bytes().unwrap_or_default()))
+            .map(|(f, s)| (Bytes::copy_from_slice(f), s.bytes().unwrap_or_default()))
             .collect::<Vec<_>>()
     }) {
         Err(e) => return e,
@@ -155,7 +155,9 @@ fn hgetall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
 
 fn hkeys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     match with_hash(ctx, &a[1], |h| {
-        h.fields().map(|(f, _)| Reply::Bulk(f.clone())).collect()
+        h.fields()
+            .map(|(f, _)| Reply::Bulk(Bytes::copy_from_slice(f)))
+            .collect()
     }) {
         Err(e) => e,
         Ok(v) => Reply::Array(v.unwrap_or_default()),

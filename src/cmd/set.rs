@@ -63,7 +63,9 @@ fn members_reply(ctx: &Ctx, members: Vec<Bytes>) -> Reply {
 }
 
 fn smembers(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_set(ctx, &a[1], |s| s.members().cloned().collect::<Vec<_>>()) {
+    match with_set(ctx, &a[1], |s| {
+        s.members().map(Bytes::copy_from_slice).collect::<Vec<_>>()
+    }) {
         Err(e) => e,
         Ok(m) => members_reply(ctx, m.unwrap_or_default()),
     }
@@ -111,7 +113,9 @@ fn pick_distinct(ctx: &mut Ctx, s: &[Bytes], n: usize) -> Vec<Bytes> {
 /// The members SPOP/SRANDMEMBER pick from; for an absent key, the empty reply to give
 /// (empty array with a count, nil without), or WRONGTYPE.
 fn members_for_pick(ctx: &mut Ctx, key: &[u8], with_count: bool) -> Result<Vec<Bytes>, Reply> {
-    match with_set(ctx, key, |s| s.members().cloned().collect::<Vec<_>>())? {
+    match with_set(ctx, key, |s| {
+        s.members().map(Bytes::copy_from_slice).collect::<Vec<_>>()
+    })? {
         Some(m) => Ok(m),
         None if with_count => Err(Reply::Array(vec![])),
         None => Err(Reply::Null),
@@ -191,7 +195,9 @@ enum Op {
 fn combine(ctx: &mut Ctx, a: &[Bytes], op: Op) -> Reply {
     let mut sets: Vec<Option<Vec<Bytes>>> = Vec::with_capacity(a.len() - 1);
     for k in &a[1..] {
-        match with_set(ctx, k, |s| s.members().cloned().collect::<Vec<_>>()) {
+        match with_set(ctx, k, |s| {
+            s.members().map(Bytes::copy_from_slice).collect::<Vec<_>>()
+        }) {
             Err(e) => return e,
             Ok(m) => sets.push(m),
         }

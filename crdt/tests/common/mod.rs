@@ -297,9 +297,11 @@ pub fn view_of(e: Option<&Entry>) -> View {
     match e.visible() {
         None => View::Missing,
         Some(Val::Str(s)) => View::Str(str_bytes(s), deadline),
-        Some(Val::Set(s)) => View::Set(s.members().cloned().collect(), deadline),
+        Some(Val::Set(s)) => View::Set(s.members().map(Bytes::copy_from_slice).collect(), deadline),
         Some(Val::Hash(h)) => View::Hash(
-            h.fields().map(|(f, s)| (f.clone(), str_bytes(s))).collect(),
+            h.fields()
+                .map(|(f, s)| (Bytes::copy_from_slice(f), str_bytes(s)))
+                .collect(),
             deadline,
         ),
     }
