@@ -818,6 +818,54 @@ impl Keyspace {
         drop(old);
     }
 
+    /// `INCRBY key by` (the whole command): [`Keyspace::write_in`] of `incr_by(by)`, with
+    /// an in-place path for a counter this region packed (the common counter): its value
+    /// and write stamp change in the node, and the delta is the counter's packed entry, as
+    /// the general path builds it. Anything else (another kind, another region's counter,
+    /// an overflow) takes the general path.
+    pub fn incr_plain(
+        &mut self,
+        slot: u16,
+        key: &Bytes,
+        stamp: Stamp,
+        now_ms: u64,
+        by: i64,
+    ) -> Result<i64, CrdtError> {
+        debug_assert_eq!(stamp.region, self.cfg.region);
+        debug_assert_eq!(slot, key_slot(key));
+        let h = self.nodes.hash(key);
+        let node = match self.slots[slot_index(slot)].as_deref() {
+            Some(t) => self.nodes.get_mut_hashed(&t.map, h, key),
+            None => None,
+        };
+        let Some((node, (created, value))) =
+            node.and_then(|n| n.body.incr_own(stamp, by).map(|r| (n, r)))
+        else {
+            return self.write_in(slot, key, stamp, now_ms, |w| w.incr_by(by));
+        };
+        self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
+        let coin = next_coin(&mut self.coin);
+        // A packed counter has no heap part: its size did not change.
+        let bytes = node_bytes(node);
+        touch(&mut node.access, now_ms, coin);
+        let after = After::of(node, true);
+        self.deltas.push(Delta {
+            key: key.clone(),
+            slot,
+            stamp,
+            full: true,
+            state: crate::packed::counter_entry(created, stamp, value),
+        });
+        let prior = Prior {
+            existed: true,
+            was_alive: true,
+            was_volatile: false,
+            bytes,
+        };
+        self.account(slot, prior, after, true);
+        Ok(value)
+    }
+
     /// Store an entry back after a merge and keep the counters (see [`Keyspace::account`]).
     /// `keep == false` drops it.
     fn put_back(&mut self, slot: u16, node: Node, prior: Prior, changed: bool, keep: bool) {

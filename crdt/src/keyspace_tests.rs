@@ -893,14 +893,15 @@ fn raise_floor_hides_stale_fills_without_a_delta() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
-    /// `set_plain` (a packed string overwritten in place) leaves the same state, the same
-    /// delta and the same counters as the general write path, whatever the key held before:
-    /// a packed string, a counter, a set, a TTL'd string, a tombstone, another region's
-    /// string, or nothing.
+    /// `set_plain` (a packed string overwritten in place) and `incr_plain` (a packed counter
+    /// incremented in place) leave the same state, the same delta, the same reply and the
+    /// same counters as the general write path, whatever the key held before: a packed
+    /// string, a counter, a set, a TTL'd string, a tombstone, another region's string, or
+    /// nothing; overflows included.
     #[test]
     fn plain_set_is_the_general_set(
         retain in any::<bool>(),
-        ops in prop::collection::vec((0u8..8, 0usize..4, 0usize..5), 1..60),
+        ops in prop::collection::vec((0u8..10, 0usize..4, 0usize..5), 1..60),
     ) {
         let mut fast = Writer::new(1, retain);
         let mut general = Writer::new(1, retain);
@@ -925,6 +926,17 @@ proptest! {
                     prop_assert_eq!(general.clock.now(now), stamp);
                     fast.ks.set_plain(slot, &kb, stamp, now, &values[v]);
                     general.ks.write_in(slot, &kb, stamp, now, |w| w.set_str_shared(&values[v], false));
+                }
+                8 | 9 => {
+                    // incr_plain, the same way: in place on a counter this region packed.
+                    let by = [1, -3, i64::MAX, i64::MIN, 0][v];
+                    let stamp = fast.clock.now(now);
+                    prop_assert_eq!(general.clock.now(now), stamp);
+                    let r = fast.ks.incr_plain(slot, &kb, stamp, now, by);
+                    prop_assert_eq!(
+                        r,
+                        general.ks.write_in(slot, &kb, stamp, now, |w| w.incr_by(by))
+                    );
                 }
                 op => {
                     // Another region's string, delivered to both.

@@ -295,19 +295,11 @@ impl Stored {
                 net,
                 created_region,
                 region,
-            } => Entry::from_comp(Comp {
-                created: Stamp::new(*created, *created_region),
-                val: Val::Str(Str {
-                    reg: Register::default(),
-                    ctr: vec![Contrib {
-                        region: *region,
-                        hlc: *hlc,
-                        net: *net,
-                        obs_hlc: Hlc::ZERO,
-                        obs_net: 0,
-                    }],
-                }),
-            }),
+            } => counter_entry(
+                Stamp::new(*created, *created_region),
+                Stamp::new(*hlc, *region),
+                *net,
+            ),
         }
     }
 
@@ -372,6 +364,29 @@ impl Stored {
             std::mem::replace(stored, ThinVec::from(value))
         };
         Some((Stamp::new(*created, *created_region), old))
+    }
+
+    /// `INCRBY` of a counter packed by the writing region (`stamp.region`), in place:
+    /// returns the counter's creation stamp and its new value. `None`, and nothing changed,
+    /// when the body is not such a counter or the value would leave i64 (the general path
+    /// then decides).
+    pub(crate) fn incr_own(&mut self, stamp: Stamp, by: i64) -> Option<(Stamp, i64)> {
+        let Stored::Ctr {
+            created,
+            hlc,
+            net,
+            created_region,
+            region,
+        } = self
+        else {
+            return None;
+        };
+        if *region != stamp.region {
+            return None;
+        }
+        *net = net.checked_add(by)?;
+        *hlc = stamp.hlc;
+        Some((Stamp::new(*created, *created_region), *net))
     }
 
     /// Pack again after a write or merge, if the entry now has a packed shape.
@@ -458,6 +473,25 @@ fn alloc_class(n: usize) -> usize {
 
 /// The full entry of a packed string: one string component created at `created`, whose
 /// register holds `value` written at `at`.
+/// The entry a packed counter stands for: one string component, created at `created`, with
+/// an empty register and the single contribution `net` of region `at.region`, last
+/// written at `at.hlc`.
+pub(crate) fn counter_entry(created: Stamp, at: Stamp, net: i64) -> Entry {
+    Entry::from_comp(Comp {
+        created,
+        val: Val::Str(Str {
+            reg: Register::default(),
+            ctr: vec![Contrib {
+                region: at.region,
+                hlc: at.hlc,
+                net,
+                obs_hlc: Hlc::ZERO,
+                obs_net: 0,
+            }],
+        }),
+    })
+}
+
 pub(crate) fn string_entry(created: Stamp, at: Stamp, value: Bytes) -> Entry {
     Entry::from_comp(Comp {
         created,

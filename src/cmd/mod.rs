@@ -316,6 +316,19 @@ impl<'s, 'c> Ctx<'s, 'c> {
         r
     }
 
+    /// `INCRBY key by`: [`Ctx::write`] of `incr_by(by)`, with the keyspace's in-place path
+    /// for a counter this region packed.
+    pub fn incr_plain(&mut self, key: &Bytes, by: i64) -> Result<i64, CrdtError> {
+        let now = self.now_ms;
+        let store = self.store;
+        let slot = self.slot_of(key);
+        let shard = self.shard(key);
+        let stamp = store.stamp(now);
+        let r = shard.ks.incr_plain(slot, key, stamp, now, by);
+        shard.after_write(&store.stats);
+        r
+    }
+
     /// `SET key value` with no option: [`Ctx::write`] of `set_str_shared(value, false)`,
     /// with the keyspace's in-place path for a plain string.
     pub fn set_plain(&mut self, key: &Bytes, value: &Bytes) {

@@ -430,7 +430,7 @@ fn setrange(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
 
 pub fn incr_generic(ctx: &mut Ctx, key: &Bytes, by: i64) -> Reply {
     // One probe: `incr_by` refuses another type itself (WRONGTYPE, nothing written).
-    match ctx.write(key, |w| w.incr_by(by)) {
+    match ctx.incr_plain(key, by) {
         Ok(n) => Reply::Int(n),
         Err(e) => crdt_err(e),
     }
