@@ -929,6 +929,18 @@ impl Keyspace {
     /// Merge a remote entry state. `full` says it is the origin's whole state for the key.
     /// In place: one table probe finds or creates the key's node.
     pub fn merge_state(&mut self, key: &[u8], full: bool, state: &Entry) -> Applied {
+        self.merge_state_with(key, full, state, true)
+    }
+
+    /// [`Keyspace::merge_state`]; `in_place` lets a plain string merge into a packed string
+    /// of the same incarnation without opening the node (tests compare both ways).
+    pub(crate) fn merge_state_with(
+        &mut self,
+        key: &[u8],
+        full: bool,
+        state: &Entry,
+        in_place: bool,
+    ) -> Applied {
         let slot = key_slot(key);
         let retain = self.cfg.retain_tombstones;
         let h = self.nodes.hash(key);
@@ -944,9 +956,31 @@ impl Keyspace {
         }
         let table = slot_table(&mut self.slots, slot);
         let (node, existed) = self.nodes.get_or_create(&mut table.map, h, key);
+        let before = if existed { node_bytes(node) } else { 0 };
+        // The common replicated write, a plain string over the same plain string, in place:
+        // live before and after, no TTL, no floor, nothing to collect.
+        let plain = in_place
+            .then(|| crate::packed::plain_string(state))
+            .flatten()
+            .and_then(|(created, at, value)| node.body.merge_plain_str(created, at, value));
+        if let Some(changed) = plain {
+            let after = After::of(node, true);
+            let prior = Prior {
+                existed,
+                was_alive: true,
+                was_volatile: false,
+                bytes: before,
+            };
+            self.account(slot, prior, after, changed);
+            self.stats.deltas_applied += 1;
+            return if changed {
+                Applied::Changed
+            } else {
+                Applied::Unchanged
+            };
+        }
         let was_alive = node.body.is_alive();
         let was_volatile = was_alive && node.body.deadline_ms().is_some();
-        let before = if existed { node_bytes(node) } else { 0 };
         let floor_before = node.body.floor();
         let mut opened = node.body_open();
         let entry = opened.entry();

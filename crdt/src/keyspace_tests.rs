@@ -893,6 +893,56 @@ fn raise_floor_hides_stale_fills_without_a_delta() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
+    /// Merging a plain string into a packed string in place gives what the general merge
+    /// gives (state, reply, counters), whatever order the other regions' writes arrive in:
+    /// newer, older, repeated, across deletes, TTLs, counters and type changes.
+    #[test]
+    fn plain_string_merge_is_the_general_merge(
+        retain in any::<bool>(),
+        ops in prop::collection::vec((0u8..8, 0usize..3, 0usize..3, 0usize..4), 1..50),
+        order in prop::collection::vec(any::<prop::sample::Index>(), 0..80),
+    ) {
+        let mut regions = [Writer::new(1, retain), Writer::new(2, retain), Writer::new(3, retain)];
+        let values = [bytes("v"), bytes("w"), Bytes::from(vec![b'x'; 40]), bytes("")];
+        let keys = ["a", "b", "c"];
+        let mut deltas = Vec::new();
+        for (step, (op, r, k, v)) in ops.into_iter().enumerate() {
+            let now = 1_000 + step as u64;
+            let w = &mut regions[r];
+            let key = keys[k];
+            match op {
+                0..=3 => w.write(key, now, |w| w.set_str_shared(&values[v], false)),
+                4 => { w.write(key, now, |w| w.incr_by(1)).ok(); }
+                5 => { w.write(key, now, |w| w.delete()); }
+                6 => w.write(key, now, |w| w.set_deadline(Some(now + 5))),
+                _ => { w.write(key, now, |w| w.sadd(b"m")); }
+            }
+            deltas.extend(w.ks.drain_deltas());
+        }
+        // Deliver in order, then again in a shuffled order with repeats.
+        let mut schedule: Vec<usize> = (0..deltas.len()).collect();
+        if !deltas.is_empty() {
+            schedule.extend(order.iter().map(|i| i.index(deltas.len())));
+        }
+        let mut fast = Writer::new(9, retain);
+        let mut general = Writer::new(9, retain);
+        for (n, &i) in schedule.iter().enumerate() {
+            let d = &deltas[i];
+            let a = fast.ks.merge_state_with(&d.key, d.full, &d.state, true);
+            let b = general.ks.merge_state_with(&d.key, d.full, &d.state, false);
+            prop_assert_eq!(a, b, "reply to delivery {}", n);
+            for key in keys {
+                prop_assert_eq!(
+                    fast.ks.raw_entry(key.as_bytes()).map(|e| e.into_owned()),
+                    general.ks.raw_entry(key.as_bytes()).map(|e| e.into_owned()),
+                    "state of {} after delivery {}", key, n
+                );
+            }
+            prop_assert_eq!(fast.ks.stats(), general.ks.stats(), "stats after delivery {}", n);
+            assert_consistent(&fast.ks);
+        }
+    }
+
     /// `set_plain` (a packed string overwritten in place) and `incr_plain` (a packed counter
     /// incremented in place) leave the same state, the same delta, the same reply and the
     /// same counters as the general write path, whatever the key held before: a packed

@@ -389,6 +389,36 @@ impl Stored {
         Some((Stamp::new(*created, *created_region), *net))
     }
 
+    /// Merge a remote plain string (`created`, written at `at`, holding `value`) into a
+    /// packed string of the same incarnation (same creation stamp), in place: the later
+    /// write wins, as `Register::merge` decides. Returns whether it changed, or `None`
+    /// (nothing done) when the body is not a packed string created at `created`.
+    pub(crate) fn merge_plain_str(
+        &mut self,
+        created: Stamp,
+        at: Stamp,
+        value: &[u8],
+    ) -> Option<bool> {
+        let Stored::Str {
+            created: c,
+            created_region: cr,
+            at: a,
+            region: r,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        if Stamp::new(*c, *cr) != created {
+            return None;
+        }
+        if at <= Stamp::new(*a, *r) {
+            return Some(false);
+        }
+        drop(self.overwrite_str(at, value));
+        Some(true)
+    }
+
     /// Pack again after a write or merge, if the entry now has a packed shape.
     pub(crate) fn settle(&mut self) {
         if let Stored::Full(b) = self {
@@ -473,6 +503,27 @@ fn alloc_class(n: usize) -> usize {
 
 /// The full entry of a packed string: one string component created at `created`, whose
 /// register holds `value` written at `at`.
+/// `(created, written at, value)` of an entry that is a plain string (the shape
+/// [`Stored::Str`] packs), else `None`.
+pub(crate) fn plain_string(e: &Entry) -> Option<(Stamp, Stamp, &Bytes)> {
+    if !matches!(Stored::packable(e), Some(Shape::Str)) {
+        return None;
+    }
+    let c = &e.comps[0];
+    match &c.val {
+        Val::Str(Str {
+            reg:
+                Register {
+                    stamp,
+                    value: Some(v),
+                    ..
+                },
+            ..
+        }) => Some((c.created, *stamp, v)),
+        _ => None,
+    }
+}
+
 /// The entry a packed counter stands for: one string component, created at `created`, with
 /// an empty register and the single contribution `net` of region `at.region`, last
 /// written at `at.hlc`.
