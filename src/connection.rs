@@ -46,6 +46,9 @@ pub async fn serve(
             max_inline_len: shared.config.max_inline_len,
         };
         let now = now_ms();
+        // The replication task's wake-up waits until the replies are written (flushed
+        // before every await below that can wait on the client or on others).
+        store.defer_replication_wake();
         // The shard lock the previous command of this batch left held (see `Held`).
         // Released before every await below: other tasks of this thread lock shards too.
         let mut held: Held<'_> = None;
@@ -78,6 +81,7 @@ pub async fn serve(
             let Some(next) = ahead.pop_front() else {
                 let Some(e) = tail.take() else { break };
                 drop(held.take());
+                store.flush_replication_wake();
                 store.stats.protocol_errors.fetch_add(1, Relaxed);
                 tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
                 if let Some(r) = e.to_reply() {
@@ -106,6 +110,7 @@ pub async fn serve(
             }
             if let Some(req) = conn.takeover.take() {
                 drop(held.take());
+                store.flush_replication_wake();
                 // MERIDIAN SYNC: this connection now carries a replica stream (the requests
                 // parsed ahead are still in `buf`: they go with it).
                 if !out.is_empty() && stream.write_all(&out).await.is_err() {
@@ -120,6 +125,7 @@ pub async fn serve(
             }
             if let Some((n, timeout_ms)) = conn.wait.take() {
                 drop(held.take());
+                store.flush_replication_wake();
                 // WAIT blocks this connection only; earlier replies go out first.
                 if !out.is_empty() {
                     if stream.write_all(&out).await.is_err() {
@@ -136,11 +142,13 @@ pub async fn serve(
             encode(&reply, conn.resp3, &mut out);
             if conn.close {
                 drop(held.take());
+                store.flush_replication_wake();
                 let _ = stream.write_all(&out).await;
                 break 'conn;
             }
             if out.len() >= MAX_PENDING_OUTPUT_BYTES {
                 drop(held.take());
+                store.flush_replication_wake();
                 if stream.write_all(&out).await.is_err() {
                     break 'conn;
                 }
@@ -159,16 +167,38 @@ pub async fn serve(
             // in one burst and a waiting client is woken once per burst, not once per
             // connection with our processing in between.
             tokio::task::yield_now().await;
-            if stream.write_all(&out).await.is_err() {
+            if write_replies(&mut stream, &out, &store).await.is_err() {
                 break;
             }
             out.clear();
+        } else {
+            store.flush_replication_wake();
         }
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         }
     }
+    store.flush_replication_wake();
     unwatch_all(&store, &mut conn);
+}
+
+/// Write a batch's replies, then do the replication wake-up its writes put off (see
+/// `Store::defer_replication_wake`): after the bytes are on their way, or before waiting
+/// for a full socket to drain.
+async fn write_replies(stream: &mut TcpStream, out: &[u8], store: &Store) -> std::io::Result<()> {
+    let sent = match stream.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => {
+            store.flush_replication_wake();
+            return Err(e);
+        }
+    };
+    store.flush_replication_wake();
+    if sent < out.len() {
+        stream.write_all(&out[sent..]).await?;
+    }
+    Ok(())
 }
 
 /// Requests of a pipeline parsed before the one running is: while it runs, the keyspace

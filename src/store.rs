@@ -8,8 +8,11 @@ use meridian_crdt::{
     key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, Prefetch, RegionId, Stamp,
 };
 use parking_lot::{Mutex, MutexGuard};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 
 /// Number of shard locks. Power of two; slot → shard is `slot % SHARDS`.
@@ -71,7 +74,11 @@ impl Shard {
             // burst of writes costs one wake-up (a syscall across threads), not one each.
             // Set under the shard lock, cleared by the drain before it locks the shards.
             if !stats.deltas_pending.swap(true, AcqRel) {
-                stats.delta_notify.notify_one();
+                if DEFER_WAKE.get() {
+                    stats.wake_owed.store(true, Release);
+                } else {
+                    stats.delta_notify.notify_one();
+                }
             }
         }
     }
@@ -128,6 +135,14 @@ pub struct Stats {
     pub delta_notify: tokio::sync::Notify,
     /// Some shard log got deltas since the replication task last started a drain.
     pub deltas_pending: AtomicBool,
+    /// A wake-up of the replication task put off by [`Store::defer_replication_wake`].
+    wake_owed: AtomicBool,
+}
+
+thread_local! {
+    /// This thread runs client requests between [`Store::defer_replication_wake`] and
+    /// [`Store::flush_replication_wake`].
+    static DEFER_WAKE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Settings `CONFIG SET` may change at run time.
@@ -295,6 +310,23 @@ impl Store {
             if let Some((slot, key)) = key {
                 self.prefetch(held, stage, slot, key);
             }
+        }
+    }
+
+    /// Until [`Store::flush_replication_wake`] on this thread, a write's wake-up of the
+    /// replication task is noted instead of done. A connection defers it while it runs a
+    /// batch and flushes it once the replies are written (before it can wait on anything):
+    /// the wake-up (a futex syscall, and a thread the scheduler may run on this core at
+    /// once) then comes after the client has its reply, not in front of it.
+    pub fn defer_replication_wake(&self) {
+        DEFER_WAKE.set(true);
+    }
+
+    /// Stop deferring on this thread, and wake the replication task if a write owes it.
+    pub fn flush_replication_wake(&self) {
+        DEFER_WAKE.set(false);
+        if self.stats.wake_owed.swap(false, AcqRel) {
+            self.stats.delta_notify.notify_one();
         }
     }
 
