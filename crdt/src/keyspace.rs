@@ -801,12 +801,29 @@ impl Keyspace {
         let after = After::of(node, true);
         // A packed string is live, has no TTL, no other component and no metadata: the
         // delta is the whole new string, as the general path builds it.
+        let state = crate::packed::string_entry(created, stamp, value.clone());
+        self.record_in_place(slot, key, stamp, before, after, state);
+        drop(old);
+    }
+
+    /// The bookkeeping of a local write done in place on a live packed node with no TTL
+    /// (`set_plain`, `incr_plain`): its full delta (`state`, the node's new entry) and the
+    /// counters (it was `before` bytes).
+    fn record_in_place(
+        &mut self,
+        slot: u16,
+        key: &Bytes,
+        stamp: Stamp,
+        before: usize,
+        after: After,
+        state: Entry,
+    ) {
         self.deltas.push(Delta {
             key: key.clone(),
             slot,
             stamp,
             full: true,
-            state: crate::packed::string_entry(created, stamp, value.clone()),
+            state,
         });
         let prior = Prior {
             existed: true,
@@ -815,7 +832,6 @@ impl Keyspace {
             bytes: before,
         };
         self.account(slot, prior, after, true);
-        drop(old);
     }
 
     /// `INCRBY key by` (the whole command): [`Keyspace::write_in`] of `incr_by(by)`, with
@@ -849,20 +865,8 @@ impl Keyspace {
         let bytes = node_bytes(node);
         touch(&mut node.access, now_ms, coin);
         let after = After::of(node, true);
-        self.deltas.push(Delta {
-            key: key.clone(),
-            slot,
-            stamp,
-            full: true,
-            state: crate::packed::counter_entry(created, stamp, value),
-        });
-        let prior = Prior {
-            existed: true,
-            was_alive: true,
-            was_volatile: false,
-            bytes,
-        };
-        self.account(slot, prior, after, true);
+        let state = crate::packed::counter_entry(created, stamp, value);
+        self.record_in_place(slot, key, stamp, bytes, after, state);
         Ok(value)
     }
 

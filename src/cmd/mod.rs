@@ -305,40 +305,43 @@ impl<'s, 'c> Ctx<'s, 'c> {
 
     /// Apply a local write to `key` and queue its delta.
     pub fn write<R>(&mut self, key: &Bytes, f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+        self.local_write(key, |ks, slot, stamp, now| {
+            ks.write_in(slot, key, stamp, now, f)
+        })
+    }
+
+    /// `INCRBY key by`: [`Ctx::write`] of `incr_by(by)`, with the keyspace's in-place path
+    /// for a counter this region packed.
+    pub fn incr_plain(&mut self, key: &Bytes, by: i64) -> Result<i64, CrdtError> {
+        self.local_write(key, |ks, slot, stamp, now| {
+            ks.incr_plain(slot, key, stamp, now, by)
+        })
+    }
+
+    /// `SET key value` with no option: [`Ctx::write`] of `set_str_shared(value, false)`,
+    /// with the keyspace's in-place path for a plain string.
+    pub fn set_plain(&mut self, key: &Bytes, value: &Bytes) {
+        self.local_write(key, |ks, slot, stamp, now| {
+            ks.set_plain(slot, key, stamp, now, value)
+        })
+    }
+
+    /// Run one local write of `key` on its keyspace (with the key's slot, a fresh stamp
+    /// and the time), then log its deltas.
+    fn local_write<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&mut meridian_crdt::Keyspace, u16, meridian_crdt::Stamp, u64) -> R,
+    ) -> R {
         let now = self.now_ms;
         let store = self.store;
         // Lock (if this keyless command has not yet), then stamp: see replication's drain.
         let slot = self.slot_of(key);
         let shard = self.shard(key);
         let stamp = store.stamp(now);
-        let r = shard.ks.write_in(slot, key, stamp, now, f);
+        let r = f(&mut shard.ks, slot, stamp, now);
         shard.after_write(&store.stats);
         r
-    }
-
-    /// `INCRBY key by`: [`Ctx::write`] of `incr_by(by)`, with the keyspace's in-place path
-    /// for a counter this region packed.
-    pub fn incr_plain(&mut self, key: &Bytes, by: i64) -> Result<i64, CrdtError> {
-        let now = self.now_ms;
-        let store = self.store;
-        let slot = self.slot_of(key);
-        let shard = self.shard(key);
-        let stamp = store.stamp(now);
-        let r = shard.ks.incr_plain(slot, key, stamp, now, by);
-        shard.after_write(&store.stats);
-        r
-    }
-
-    /// `SET key value` with no option: [`Ctx::write`] of `set_str_shared(value, false)`,
-    /// with the keyspace's in-place path for a plain string.
-    pub fn set_plain(&mut self, key: &Bytes, value: &Bytes) {
-        let now = self.now_ms;
-        let store = self.store;
-        let slot = self.slot_of(key);
-        let shard = self.shard(key);
-        let stamp = store.stamp(now);
-        shard.ks.set_plain(slot, key, stamp, now, value);
-        shard.after_write(&store.stats);
     }
 }
 
