@@ -349,7 +349,7 @@ impl Sim {
                 let dots_of = |e: &Option<Entry>, mem: &[u8]| -> Vec<(RegionId, Hlc)> {
                     e.as_ref()
                         .and_then(|e| e.as_set())
-                        .and_then(|s| s.raw().find(|(k, _)| k.as_ref() == mem).map(|(_, d)| d))
+                        .and_then(|s| s.raw().find(|(k, _)| *k == mem).map(|(_, d)| d))
                         .map_or(Vec::new(), |d| {
                             d.entries().iter().map(|x| (x.region, x.hlc)).collect()
                         })
@@ -377,11 +377,9 @@ impl Sim {
             }
             (3, KeyModel::Hash(fields)) => {
                 let field_of = |e: &Option<Entry>, f: &[u8]| {
-                    e.as_ref().and_then(|e| e.as_hash()).and_then(|h| {
-                        h.raw()
-                            .find(|(k, _)| k.as_ref() == f)
-                            .map(|(_, s)| s.clone())
-                    })
+                    e.as_ref()
+                        .and_then(|e| e.as_hash())
+                        .and_then(|h| h.raw().find(|(k, _)| *k == f).map(|(_, s)| s.clone()))
                 };
                 if kind == 0 {
                     op_code = 9;
