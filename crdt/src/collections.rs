@@ -199,12 +199,23 @@ impl OrSet {
 
 /// A member's or field's state, created empty (and counted in `heap_bytes`) if absent. The
 /// collection keeps its own copy of a new element's bytes, so an element never pins a
-/// request or frame buffer; a present one costs no copy.
+/// request or frame buffer. An inline-sized element is found or inserted with one probe;
+/// a longer one is looked up first, so a present one costs no allocation.
 fn element<'a, V: Default>(
     map: &'a mut HashMap<Key, V, FixedState>,
     heap_bytes: &mut usize,
     key: &[u8],
 ) -> &'a mut V {
+    if key.len() <= crate::packed::INLINE_KEY {
+        // An inline key costs no allocation to build: one probe finds or inserts.
+        return match map.entry(Key::new(key)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
+                v.insert(V::default())
+            }
+        };
+    }
     if !map.contains_key(key) {
         *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
         map.insert(Key::new(key), V::default());
