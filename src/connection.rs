@@ -61,12 +61,18 @@ pub async fn serve(
                 let mut ranges = spare.pop().unwrap_or_default();
                 match parse_request(&mut buf[ahead_bytes..], &limits, &mut ranges) {
                     Ok(n) => {
-                        let key = first_key(&buf[ahead_bytes..ahead_bytes + n], &ranges);
+                        let frame = &buf[ahead_bytes..ahead_bytes + n];
+                        let spec = ranges.first().and_then(|r| cmd::lookup(&frame[r.clone()]));
+                        let key = spec.and_then(|spec| first_key(spec, frame, &ranges));
+                        // Nothing after a barrier is parsed before it has run.
+                        let barrier = spec.is_some_and(|spec| BARRIERS.contains(&spec.name));
+                        exhausted = barrier;
                         ahead_bytes += n;
                         ahead.push_back(Ahead {
                             len: n,
                             ranges,
                             key,
+                            barrier,
                         });
                     }
                     Err(e) => {
@@ -91,6 +97,7 @@ pub async fn serve(
                 break 'conn;
             };
             ahead_bytes -= next.len;
+            let barrier = next.barrier;
             let frame = buf.split_to(next.len).freeze();
             args.clear();
             args.extend(next.ranges.iter().map(|r| frame.slice(r.clone())));
@@ -101,12 +108,10 @@ pub async fn serve(
             let current = next.key.map(|(_, r)| &frame[r]);
             prefetch_ahead(&store, &held, &buf, &ahead, current);
             let mut reply = execute(&store, &shared, &mut conn, &args, now, &mut held);
-            if conn.last_cmd == "config" {
-                // CONFIG SET may have changed the limits the requests after it are parsed
-                // with: parse those again.
+            if barrier {
+                // Parse on, with the limits as they are now.
                 limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
-                spare.extend(ahead.drain(..).map(|a| a.ranges));
-                (ahead_bytes, exhausted, tail) = (0, false, None);
+                exhausted = false;
             }
             if let Some(req) = conn.takeover.take() {
                 drop(held.take());
@@ -206,17 +211,24 @@ async fn write_replies(stream: &mut TcpStream, out: &[u8], store: &Store) -> std
 /// batch's cache misses overlap instead of each stalling its own command.
 const LOOKAHEAD: usize = PREFETCH_AHEAD + 1;
 
+/// Commands the requests after which are parsed only once they have run: CONFIG SET may
+/// change the limits they are parsed with, and MERIDIAN SYNC turns the rest of the
+/// connection into a replica stream (its bytes are not requests; inline parsing may even
+/// rewrite bytes in place).
+const BARRIERS: [&str; 2] = ["config", "meridian"];
+
 /// A request parsed but not yet run: its length in the read buffer, its arguments (ranges
-/// of those bytes) and, for a keyed command, its first key's slot and range.
+/// of those bytes), for a keyed command its first key's slot and range, and whether it is
+/// one of the [`BARRIERS`].
 struct Ahead {
     len: usize,
     ranges: Vec<Range<usize>>,
     key: Option<(u16, Range<usize>)>,
+    barrier: bool,
 }
 
 /// The first key of a parsed request (`frame` holds its bytes), if its command has keys.
-fn first_key(frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16, Range<usize>)> {
-    let spec = cmd::lookup(&frame[ranges.first()?.clone()])?;
+fn first_key(spec: &Spec, frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16, Range<usize>)> {
     let first = usize::try_from(spec.first_key).ok().filter(|&i| i > 0)?;
     let r = ranges.get(first)?.clone();
     Some((key_slot(&frame[r.clone()]), r))
