@@ -443,6 +443,19 @@ fn slot_at(index: usize) -> u16 {
 
 const SLOT_GROUPS: usize = 16;
 
+/// The node of `key` in `slot`, if it has one (live or not). Free-standing, so the rest of
+/// the keyspace stays borrowable while the node is held.
+fn node_mut<'a>(
+    slots: &[Option<Box<SlotTable>>],
+    nodes: &'a mut Nodes,
+    slot: u16,
+    key: &[u8],
+) -> Option<&'a mut Node> {
+    let h = nodes.hash(key);
+    let t = slots[slot_index(slot)].as_deref()?;
+    nodes.get_mut_hashed(&t.map, h, key)
+}
+
 /// A slot's table, created with its first key.
 fn slot_table(slots: &mut [Option<Box<SlotTable>>], slot: u16) -> &mut SlotTable {
     slots[slot_index(slot)].get_or_insert_with(|| {
@@ -782,11 +795,7 @@ impl Keyspace {
     pub fn set_plain(&mut self, slot: u16, key: &Bytes, stamp: Stamp, now_ms: u64, value: &Bytes) {
         debug_assert_eq!(stamp.region, self.cfg.region);
         debug_assert_eq!(slot, key_slot(key));
-        let h = self.nodes.hash(key);
-        let node = match self.slots[slot_index(slot)].as_deref() {
-            Some(t) => self.nodes.get_mut_hashed(&t.map, h, key),
-            None => None,
-        };
+        let node = node_mut(&self.slots, &mut self.nodes, slot, key);
         let Some(node) = node.filter(|n| matches!(n.body, Stored::Str { .. })) else {
             self.write_in(slot, key, stamp, now_ms, |w| w.set_str_shared(value, false));
             return;
@@ -849,11 +858,7 @@ impl Keyspace {
     ) -> Result<i64, CrdtError> {
         debug_assert_eq!(stamp.region, self.cfg.region);
         debug_assert_eq!(slot, key_slot(key));
-        let h = self.nodes.hash(key);
-        let node = match self.slots[slot_index(slot)].as_deref() {
-            Some(t) => self.nodes.get_mut_hashed(&t.map, h, key),
-            None => None,
-        };
+        let node = node_mut(&self.slots, &mut self.nodes, slot, key);
         let Some((node, (created, value))) =
             node.and_then(|n| n.body.incr_own(stamp, by).map(|r| (n, r)))
         else {

@@ -266,30 +266,33 @@ impl<'s, 'c> Ctx<'s, 'c> {
 
     /// Lookup for reading: reclaims expired keys, counts hits and misses.
     pub fn read(&mut self, key: &[u8]) -> Option<Cow<'_, Entry>> {
-        let now = self.now_ms;
-        let slot = self.slot_of(key);
-        let shard = self.shard(key);
-        let e = shard.ks.get_in(slot, key, now);
-        if e.is_some() {
-            shard.hits += 1;
-        } else {
-            shard.misses += 1;
-        }
-        e
+        self.counted_read(key, |ks, slot, now| ks.get_in(slot, key, now))
     }
 
     /// [`Ctx::read`] of a string's value (`Keyspace::get_string_in`).
     pub fn read_string(&mut self, key: &[u8]) -> Option<Result<Option<Bytes>, CrdtError>> {
+        self.counted_read(key, |ks, slot, now| ks.get_string_in(slot, key, now))
+    }
+
+    /// A read of `key` on its keyspace, counted as a hit when it finds the key.
+    fn counted_read<'a, R>(
+        &'a mut self,
+        key: &[u8],
+        f: impl FnOnce(&'a mut meridian_crdt::Keyspace, u16, u64) -> Option<R>,
+    ) -> Option<R> {
         let now = self.now_ms;
         let slot = self.slot_of(key);
         let shard = self.shard(key);
-        let v = shard.ks.get_string_in(slot, key, now);
-        if v.is_some() {
-            shard.hits += 1;
+        let Shard {
+            ks, hits, misses, ..
+        } = shard;
+        let r = f(ks, slot, now);
+        if r.is_some() {
+            *hits += 1;
         } else {
-            shard.misses += 1;
+            *misses += 1;
         }
-        v
+        r
     }
 
     /// Lookup without touching hit/miss statistics (existence checks inside writes).
