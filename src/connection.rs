@@ -71,6 +71,7 @@ pub async fn serve(
                         ahead.push_back(Ahead {
                             len: n,
                             ranges,
+                            spec,
                             key,
                             barrier,
                         });
@@ -86,8 +87,7 @@ pub async fn serve(
             }
             let Some(next) = ahead.pop_front() else {
                 let Some(e) = tail.take() else { break };
-                drop(held.take());
-                store.flush_replication_wake();
+                before_await(&mut held, &store);
                 store.stats.protocol_errors.fetch_add(1, Relaxed);
                 tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
                 if let Some(r) = e.to_reply() {
@@ -105,17 +105,19 @@ pub async fn serve(
             if args.is_empty() {
                 continue;
             }
-            let current = next.key.map(|(_, r)| &frame[r]);
+            let current = next.key.clone().map(|(_, r)| &frame[r]);
             prefetch_ahead(&store, &held, &buf, &ahead, current);
-            let mut reply = execute(&store, &shared, &mut conn, &args, now, &mut held);
+            let first_slot = next.key.map(|(slot, _)| slot);
+            let mut reply = execute_parsed(
+                &store, &shared, &mut conn, &args, next.spec, first_slot, now, &mut held,
+            );
             if barrier {
                 // Parse on, with the limits as they are now.
                 limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
                 exhausted = false;
             }
             if let Some(req) = conn.takeover.take() {
-                drop(held.take());
-                store.flush_replication_wake();
+                before_await(&mut held, &store);
                 // MERIDIAN SYNC: this connection now carries a replica stream (the requests
                 // parsed ahead are still in `buf`: they go with it).
                 if !out.is_empty() && stream.write_all(&out).await.is_err() {
@@ -129,8 +131,7 @@ pub async fn serve(
                 return;
             }
             if let Some((n, timeout_ms)) = conn.wait.take() {
-                drop(held.take());
-                store.flush_replication_wake();
+                before_await(&mut held, &store);
                 // WAIT blocks this connection only; earlier replies go out first.
                 if !out.is_empty() {
                     if stream.write_all(&out).await.is_err() {
@@ -146,14 +147,12 @@ pub async fn serve(
             }
             encode(&reply, conn.resp3, &mut out);
             if conn.close {
-                drop(held.take());
-                store.flush_replication_wake();
+                before_await(&mut held, &store);
                 let _ = stream.write_all(&out).await;
                 break 'conn;
             }
             if out.len() >= MAX_PENDING_OUTPUT_BYTES {
-                drop(held.take());
-                store.flush_replication_wake();
+                before_await(&mut held, &store);
                 if stream.write_all(&out).await.is_err() {
                     break 'conn;
                 }
@@ -187,6 +186,14 @@ pub async fn serve(
     unwatch_all(&store, &mut conn);
 }
 
+/// What every await inside a batch needs first: the shard guard a command left held is
+/// released (other tasks of this thread lock shards too), and the replication wake-up the
+/// batch's writes put off is done (see `Store::defer_replication_wake`).
+fn before_await(held: &mut Held<'_>, store: &Store) {
+    drop(held.take());
+    store.flush_replication_wake();
+}
+
 /// Write a batch's replies, then do the replication wake-up its writes put off (see
 /// `Store::defer_replication_wake`): after the bytes are on their way, or before waiting
 /// for a full socket to drain.
@@ -218,11 +225,13 @@ const LOOKAHEAD: usize = PREFETCH_AHEAD + 1;
 const BARRIERS: [&str; 2] = ["config", "meridian"];
 
 /// A request parsed but not yet run: its length in the read buffer, its arguments (ranges
-/// of those bytes), for a keyed command its first key's slot and range, and whether it is
-/// one of the [`BARRIERS`].
+/// of those bytes), its command, for a keyed command its first key's slot and range (both
+/// looked up once, for the prefetch and for `execute`), and whether it is one of the
+/// [`BARRIERS`].
 struct Ahead {
     len: usize,
     ranges: Vec<Range<usize>>,
+    spec: Option<&'static Spec>,
     key: Option<(u16, Range<usize>)>,
     barrier: bool,
 }
@@ -313,8 +322,24 @@ pub fn execute<'s>(
     now: u64,
     held: &mut Held<'s>,
 ) -> Reply {
-    conn.pending_commands += 1;
     let spec = cmd::lookup(&args[0]);
+    execute_parsed(store, shared, conn, args, spec, None, now, held)
+}
+
+/// [`execute`] of a request whose command `spec` (`cmd::lookup` of `args[0]`) and, when
+/// known, first key's slot were found when it was parsed.
+#[allow(clippy::too_many_arguments)]
+fn execute_parsed<'s>(
+    store: &'s Store,
+    shared: &'s Shared,
+    conn: &mut ConnState,
+    args: &[Bytes],
+    spec: Option<&'static Spec>,
+    first_slot: Option<u16>,
+    now: u64,
+    held: &mut Held<'s>,
+) -> Reply {
+    conn.pending_commands += 1;
     let maxmemory = store.runtime.maxmemory.load(Relaxed);
     let hold = spec.is_some_and(|s| may_hold(shared, conn, s, maxmemory));
     if !hold {
@@ -369,8 +394,15 @@ pub fn execute<'s>(
     }
     // Each key's slot, computed once: for routing, lock choice and the keyspace.
     let keys: smallvec::SmallVec<[(&[u8], u16); 4]> = if spec.first_key > 0 {
+        let first = spec.first_key as usize;
         spec.key_indices(args.len())
-            .map(|i| (&args[i][..], key_slot(&args[i])))
+            .map(|i| {
+                let slot = match first_slot {
+                    Some(slot) if i == first => slot,
+                    _ => key_slot(&args[i]),
+                };
+                (&args[i][..], slot)
+            })
             .collect()
     } else if let Some(k) = admin_write_key(spec, args) {
         smallvec::smallvec![(k, key_slot(k))]

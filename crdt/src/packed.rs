@@ -501,8 +501,6 @@ fn alloc_class(n: usize) -> usize {
     }
 }
 
-/// The full entry of a packed string: one string component created at `created`, whose
-/// register holds `value` written at `at`.
 /// `(created, written at, value)` of an entry that is a plain string (the shape
 /// [`Stored::Str`] packs), else `None`.
 pub(crate) fn plain_string(e: &Entry) -> Option<(Stamp, Stamp, &Bytes)> {
@@ -543,6 +541,8 @@ pub(crate) fn counter_entry(created: Stamp, at: Stamp, net: i64) -> Entry {
     })
 }
 
+/// The full entry of a packed string: one string component created at `created`, whose
+/// register holds `value` written at `at`.
 pub(crate) fn string_entry(created: Stamp, at: Stamp, value: Bytes) -> Entry {
     Entry::from_comp(Comp {
         created,
