@@ -31,7 +31,6 @@ pub async fn serve(
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut ahead: VecDeque<Ahead> = VecDeque::with_capacity(LOOKAHEAD);
     let mut spare: Vec<Vec<Range<usize>>> = Vec::new();
-    let mut args: Vec<Bytes> = Vec::new();
     'conn: loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
             buf.reserve(READ_CHUNK_BYTES);
@@ -98,9 +97,10 @@ pub async fn serve(
             };
             ahead_bytes -= next.len;
             let barrier = next.barrier;
+            // The arguments are slices of the request's bytes: a handler shares one as
+            // `Bytes` (a reference count on `frame`) only when a delta carries it.
             let frame = buf.split_to(next.len).freeze();
-            args.clear();
-            args.extend(next.ranges.iter().map(|r| frame.slice(r.clone())));
+            let args: Args<'_> = next.ranges.iter().map(|r| &frame[r.clone()]).collect();
             spare.push(next.ranges);
             if args.is_empty() {
                 continue;
@@ -109,7 +109,7 @@ pub async fn serve(
             prefetch_ahead(&store, &held, &buf, &ahead, current);
             let first_slot = next.key.map(|(slot, _)| slot);
             let mut reply = execute_parsed(
-                &store, &shared, &mut conn, &args, next.spec, first_slot, now, &mut held,
+                &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
             );
             if barrier {
                 // Parse on, with the limits as they are now.
@@ -268,7 +268,10 @@ fn prefetch_ahead(
     );
 }
 
-fn unknown_command(args: &[Bytes]) -> Reply {
+/// A request's arguments (its command's name first), slices of its bytes.
+type Args<'a> = smallvec::SmallVec<[&'a [u8]; 8]>;
+
+fn unknown_command(args: &[&[u8]]) -> Reply {
     let mut msg = format!(
         "ERR unknown command '{}', with args beginning with: ",
         String::from_utf8_lossy(&args[0][..args[0].len().min(128)])
@@ -323,7 +326,18 @@ pub fn execute<'s>(
     held: &mut Held<'s>,
 ) -> Reply {
     let spec = cmd::lookup(&args[0]);
-    execute_parsed(store, shared, conn, args, spec, None, now, held)
+    let slices: Args<'_> = args.iter().map(|a| &a[..]).collect();
+    execute_parsed(
+        store,
+        shared,
+        conn,
+        &Bytes::new(),
+        &slices,
+        spec,
+        None,
+        now,
+        held,
+    )
 }
 
 /// [`execute`] of a request whose command `spec` (`cmd::lookup` of `args[0]`) and, when
@@ -333,7 +347,8 @@ fn execute_parsed<'s>(
     store: &'s Store,
     shared: &'s Shared,
     conn: &mut ConnState,
-    args: &[Bytes],
+    frame: &Bytes,
+    args: &[&[u8]],
     spec: Option<&'static Spec>,
     first_slot: Option<u16>,
     now: u64,
@@ -380,9 +395,10 @@ fn execute_parsed<'s>(
                 return cmd::err("ERR WATCH inside MULTI is not allowed");
             }
             for k in &args[1..] {
-                let mut shard = store.shard(key_shard(k));
-                let v = shard.watch(k);
-                conn.watched.push((k.clone(), v));
+                let k = Bytes::copy_from_slice(k);
+                let mut shard = store.shard(key_shard(&k));
+                let v = shard.watch(&k);
+                conn.watched.push((k, v));
             }
             return cmd::ok();
         }
@@ -399,9 +415,9 @@ fn execute_parsed<'s>(
             .map(|i| {
                 let slot = match first_slot {
                     Some(slot) if i == first => slot,
-                    _ => key_slot(&args[i]),
+                    _ => key_slot(args[i]),
                 };
-                (&args[i][..], slot)
+                (args[i], slot)
             })
             .collect()
     } else if let Some(k) = admin_write_key(spec, args) {
@@ -427,7 +443,7 @@ fn execute_parsed<'s>(
             conn.multi_error = true;
             return cmd::err("ERR Command not allowed inside a transaction");
         }
-        queue.push(args.to_vec());
+        queue.push(args.iter().map(|a| Bytes::copy_from_slice(a)).collect());
         return Reply::Simple(Cow::Borrowed("QUEUED"));
     }
     let write = spec.flags & cmd::WRITE != 0;
@@ -469,6 +485,7 @@ fn execute_parsed<'s>(
         now_ms: now,
         locks,
         key_slots,
+        frame,
     };
     let reply = (spec.handler)(&mut ctx, args);
     if write {
@@ -487,9 +504,9 @@ fn execute_parsed<'s>(
 
 /// The key of an admin subcommand that writes one key (`MERIDIAN INVALIDATE <key> …`):
 /// in a cluster it is routed like a write, so a node never writes a slot it does not own.
-fn admin_write_key<'a>(spec: &Spec, args: &'a [Bytes]) -> Option<&'a [u8]> {
+fn admin_write_key<'a>(spec: &Spec, args: &[&'a [u8]]) -> Option<&'a [u8]> {
     (spec.name == "meridian" && args.len() >= 3 && args[1].eq_ignore_ascii_case(b"invalidate"))
-        .then(|| &args[2][..])
+        .then(|| args[2])
 }
 
 /// Evict if over `maxmemory` (the caller's reading of the limit); false when the limit
@@ -530,6 +547,8 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         .iter()
         .any(|(k, v)| guards[key_shard(k)].watch_version(k) != *v);
     let watched = std::mem::take(&mut conn.watched);
+    // Queued arguments are copies (see `execute_parsed`): no request buffer to share.
+    let no_frame = Bytes::new();
     let mut ctx = Ctx {
         store,
         shared,
@@ -537,6 +556,7 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         now_ms: now,
         locks: Locks::All(guards),
         key_slots: cmd::KeySlots::new(),
+        frame: &no_frame,
     };
     let reply = if dirty {
         Reply::NullArray
@@ -545,7 +565,10 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
             queue
                 .iter()
                 .zip(specs)
-                .map(|(a, spec)| (spec.handler)(&mut ctx, a))
+                .map(|(a, spec)| {
+                    let args: Args<'_> = a.iter().map(|a| &a[..]).collect();
+                    (spec.handler)(&mut ctx, &args)
+                })
                 .collect(),
         )
     };

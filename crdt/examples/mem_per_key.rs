@@ -48,7 +48,9 @@ fn main() {
             let st = Stamp::new(Hlc::from_parts(1_000 + i, 0), RegionId(0));
             if kind == "string" {
                 let v = Bytes::from(vec![b'x'; 100]);
-                ks.write(key.as_bytes(), st, 0, |w| w.set_str_shared(&v, false));
+                ks.write(key.as_bytes(), st, 0, |w| {
+                    w.set_str_shared(v.clone(), false)
+                });
             } else {
                 ks.write(key.as_bytes(), st, 0, |w| w.incr_by(1).unwrap());
             }

@@ -324,11 +324,11 @@ impl OrMap {
     /// `HSET` of one field to a value held in a request buffer: the map stores its own
     /// copies (of the field only when it is new); the returned delta state carries `value`
     /// itself. Returns whether the field was present, and the delta state.
-    pub fn set_field(&mut self, field: &[u8], stamp: Stamp, value: &Bytes) -> (bool, Str) {
+    pub fn set_field(&mut self, field: &[u8], stamp: Stamp, value: Bytes) -> (bool, Str) {
         let slot = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
-        slot.set(stamp, Bytes::copy_from_slice(value));
+        slot.set(stamp, Bytes::copy_from_slice(&value));
         self.heap_bytes = self.heap_bytes + slot.heap_bytes() - before;
         if !was {
             self.alive += 1;
@@ -336,7 +336,7 @@ impl OrMap {
         let state = Str {
             reg: Register {
                 stamp: slot.reg.stamp,
-                value: Some(value.clone()),
+                value: Some(value),
                 version: slot.reg.version,
             },
             ctr: slot.ctr.clone(),

@@ -696,13 +696,13 @@ impl<'a> EntryWriter<'a> {
 
     /// [`EntryWriter::str_delta`], the delta carrying `wire` (the same bytes as the stored
     /// value) instead of a second handle on the stored value.
-    fn str_delta_with(&mut self, wire: Option<&Bytes>) {
+    fn str_delta_with(&mut self, wire: Option<Bytes>) {
         if let Ok(i) = self.entry.comp_index(Kind::Str) {
             let c = &self.entry.comps[i];
             if let Val::Str(st) = &c.val {
                 let reg = Register {
                     stamp: st.reg.stamp,
-                    value: wire.cloned().or_else(|| st.reg.value.clone()),
+                    value: wire.or_else(|| st.reg.value.clone()),
                     version: st.reg.version,
                 };
                 let comp = Comp {
@@ -731,9 +731,9 @@ impl<'a> EntryWriter<'a> {
     /// [`EntryWriter::set_str`] of a value that lives in a request's buffer: the entry
     /// stores its own copy (a key never pins a request buffer), and the delta ships `value`
     /// itself, so the stored copy is never shared (no refcount header, no atomics on it).
-    pub fn set_str_shared(&mut self, value: &Bytes, keep_ttl: bool) {
+    pub fn set_str_shared(&mut self, value: Bytes, keep_ttl: bool) {
         let stamp = self.stamp;
-        self.str_mut().set(stamp, Bytes::copy_from_slice(value));
+        self.str_mut().set(stamp, Bytes::copy_from_slice(&value));
         self.str_delta_with(Some(value));
         if !keep_ttl {
             self.kill_ttl();
@@ -744,7 +744,7 @@ impl<'a> EntryWriter<'a> {
     /// written) when an invalidation at a version ≥ `version` was applied to the key.
     pub fn set_str_versioned(
         &mut self,
-        value: &Bytes,
+        value: Bytes,
         version: u64,
         keep_ttl: bool,
     ) -> Result<(), CrdtError> {
@@ -755,7 +755,7 @@ impl<'a> EntryWriter<'a> {
         }
         let stamp = self.stamp;
         self.str_mut()
-            .set_versioned(stamp, Bytes::copy_from_slice(value), version);
+            .set_versioned(stamp, Bytes::copy_from_slice(&value), version);
         self.str_delta_with(Some(value));
         if !keep_ttl {
             self.kill_ttl();
@@ -859,7 +859,7 @@ impl<'a> EntryWriter<'a> {
 
     /// `HSET` of one field to a value in a request buffer: the entry stores copies, the
     /// delta shares `field` and `value`. Returns whether the field was present.
-    pub fn hash_set(&mut self, field: &[u8], value: &Bytes) -> bool {
+    pub fn hash_set(&mut self, field: &[u8], value: Bytes) -> bool {
         let i = self.comp(Kind::Hash);
         let stamp = self.stamp;
         let created = self.entry.comps[i].created;

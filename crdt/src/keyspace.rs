@@ -664,13 +664,7 @@ impl Keyspace {
         now_ms: u64,
         f: impl FnOnce(&mut EntryWriter) -> R,
     ) -> R {
-        self.write_in(
-            key_slot(key),
-            &Bytes::copy_from_slice(key),
-            stamp,
-            now_ms,
-            f,
-        )
+        self.write_in(key_slot(key), Bytes::copy_from_slice(key), stamp, now_ms, f)
     }
 
     /// [`Keyspace::write`] for a caller that already knows the key's slot and holds the key
@@ -679,19 +673,19 @@ impl Keyspace {
     pub fn write_in<R>(
         &mut self,
         slot: u16,
-        key: &Bytes,
+        key: Bytes,
         stamp: Stamp,
         now_ms: u64,
         f: impl FnOnce(&mut EntryWriter) -> R,
     ) -> R {
         debug_assert_eq!(stamp.region, self.cfg.region);
-        debug_assert_eq!(slot, key_slot(key));
+        debug_assert_eq!(slot, key_slot(&key));
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
-        let h = self.nodes.hash(key);
+        let h = self.nodes.hash(&key);
         let table = slot_table(&mut self.slots, slot);
-        let (node, existed) = self.nodes.get_or_create(&mut table.map, h, key);
+        let (node, existed) = self.nodes.get_or_create(&mut table.map, h, &key);
         // A live key whose deadline passed is gone for this write. (A tombstone whose
         // leftover deadline passed is not an expired key: the write builds on it.)
         let was_alive = node.body.is_alive();
@@ -724,7 +718,7 @@ impl Keyspace {
             // Nothing written: plain local expiry, which never replicates.
             drop(opened);
             let table = slot_table(&mut self.slots, slot);
-            self.nodes.remove_hashed(&mut table.map, h, key);
+            self.nodes.remove_hashed(&mut table.map, h, &key);
             table.alive -= 1;
             table.volatile -= usize::from(was_volatile);
             table.digest = None;
@@ -764,19 +758,19 @@ impl Keyspace {
         let after = After::of(node, keep);
         if !keep {
             let table = slot_table(&mut self.slots, slot);
-            self.nodes.remove_hashed(&mut table.map, h, key);
+            self.nodes.remove_hashed(&mut table.map, h, &key);
+        }
+        if floor > floor_before {
+            self.note_floor(now_ms, &key, floor);
         }
         if changed {
             self.deltas.push(Delta {
-                key: key.clone(),
+                key,
                 slot,
                 stamp,
                 full,
                 state: delta_state,
             });
-        }
-        if floor > floor_before {
-            self.note_floor(now_ms, key, floor);
         }
         let prior = Prior {
             existed,
@@ -792,10 +786,10 @@ impl Keyspace {
     /// `SET key value` with no option (the TTL cleared, no version): what
     /// `write_in(.., |w| w.set_str_shared(value, false))` does, without unpacking a packed
     /// string (its old value is never read). Anything else takes the general path.
-    pub fn set_plain(&mut self, slot: u16, key: &Bytes, stamp: Stamp, now_ms: u64, value: &Bytes) {
+    pub fn set_plain(&mut self, slot: u16, key: Bytes, stamp: Stamp, now_ms: u64, value: Bytes) {
         debug_assert_eq!(stamp.region, self.cfg.region);
-        debug_assert_eq!(slot, key_slot(key));
-        let node = node_mut(&self.slots, &mut self.nodes, slot, key);
+        debug_assert_eq!(slot, key_slot(&key));
+        let node = node_mut(&self.slots, &mut self.nodes, slot, &key);
         let Some(node) = node.filter(|n| matches!(n.body, Stored::Str { .. })) else {
             self.write_in(slot, key, stamp, now_ms, |w| w.set_str_shared(value, false));
             return;
@@ -803,14 +797,14 @@ impl Keyspace {
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let coin = next_coin(&mut self.coin);
         let before = node_bytes(node);
-        let Some((created, old)) = node.body.overwrite_str(stamp, value) else {
+        let Some((created, old)) = node.body.overwrite_str(stamp, &value) else {
             unreachable!("a packed string, checked above")
         };
         touch(&mut node.access, now_ms, coin);
         let after = After::of(node, true);
         // A packed string is live, has no TTL, no other component and no metadata: the
         // delta is the whole new string, as the general path builds it.
-        let state = crate::packed::string_entry(created, stamp, value.clone());
+        let state = crate::packed::string_entry(created, stamp, value);
         self.record_in_place(slot, key, stamp, before, after, state);
         drop(old);
     }
@@ -821,14 +815,14 @@ impl Keyspace {
     fn record_in_place(
         &mut self,
         slot: u16,
-        key: &Bytes,
+        key: Bytes,
         stamp: Stamp,
         before: usize,
         after: After,
         state: Entry,
     ) {
         self.deltas.push(Delta {
-            key: key.clone(),
+            key,
             slot,
             stamp,
             full: true,
@@ -851,14 +845,14 @@ impl Keyspace {
     pub fn incr_plain(
         &mut self,
         slot: u16,
-        key: &Bytes,
+        key: Bytes,
         stamp: Stamp,
         now_ms: u64,
         by: i64,
     ) -> Result<i64, CrdtError> {
         debug_assert_eq!(stamp.region, self.cfg.region);
-        debug_assert_eq!(slot, key_slot(key));
-        let node = node_mut(&self.slots, &mut self.nodes, slot, key);
+        debug_assert_eq!(slot, key_slot(&key));
+        let node = node_mut(&self.slots, &mut self.nodes, slot, &key);
         let Some((node, (created, value))) =
             node.and_then(|n| n.body.incr_own(stamp, by).map(|r| (n, r)))
         else {

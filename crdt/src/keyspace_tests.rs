@@ -858,12 +858,10 @@ fn delta_state_caches_its_deadline() {
 #[test]
 fn raise_floor_hides_stale_fills_without_a_delta() {
     let mut w = Writer::new(1, true);
-    w.write("k", 10, |w| w.set_str_versioned(&bytes("old"), 5, false))
+    w.write("k", 10, |w| w.set_str_versioned(bytes("old"), 5, false))
         .unwrap();
-    w.write("new", 10, |w| {
-        w.set_str_versioned(&bytes("fresh"), 9, false)
-    })
-    .unwrap();
+    w.write("new", 10, |w| w.set_str_versioned(bytes("fresh"), 9, false))
+        .unwrap();
     w.ks.drain_deltas().for_each(drop);
     // A replica's share of an invalidation at version 7: the floor only.
     assert!(w.ks.raise_floor(b"k", 7));
@@ -885,7 +883,7 @@ fn raise_floor_hides_stale_fills_without_a_delta() {
     );
     assert_eq!(w.ks.raw_entry(b"absent").unwrap().floor(), 7);
     // Fills at or below the floor are refused from now on.
-    let refused = w.write("k", 30, |w| w.set_str_versioned(&bytes("again"), 7, false));
+    let refused = w.write("k", 30, |w| w.set_str_versioned(bytes("again"), 7, false));
     assert!(refused.is_err());
     assert_consistent(&w.ks);
 }
@@ -911,7 +909,7 @@ proptest! {
             let w = &mut regions[r];
             let key = keys[k];
             match op {
-                0..=3 => w.write(key, now, |w| w.set_str_shared(&values[v], false)),
+                0..=3 => w.write(key, now, |w| w.set_str_shared(values[v].clone(), false)),
                 4 => { w.write(key, now, |w| w.incr_by(1)).ok(); }
                 5 => { w.write(key, now, |w| w.delete()); }
                 6 => w.write(key, now, |w| w.set_deadline(Some(now + 5))),
@@ -974,24 +972,24 @@ proptest! {
                 0..=2 => {
                     let stamp = fast.clock.now(now);
                     prop_assert_eq!(general.clock.now(now), stamp);
-                    fast.ks.set_plain(slot, &kb, stamp, now, &values[v]);
-                    general.ks.write_in(slot, &kb, stamp, now, |w| w.set_str_shared(&values[v], false));
+                    fast.ks.set_plain(slot, kb.clone(), stamp, now, values[v].clone());
+                    general.ks.write_in(slot, kb, stamp, now, |w| w.set_str_shared(values[v].clone(), false));
                 }
                 8 | 9 => {
                     // incr_plain, the same way: in place on a counter this region packed.
                     let by = [1, -3, i64::MAX, i64::MIN, 0][v];
                     let stamp = fast.clock.now(now);
                     prop_assert_eq!(general.clock.now(now), stamp);
-                    let r = fast.ks.incr_plain(slot, &kb, stamp, now, by);
+                    let r = fast.ks.incr_plain(slot, kb.clone(), stamp, now, by);
                     prop_assert_eq!(
                         r,
-                        general.ks.write_in(slot, &kb, stamp, now, |w| w.incr_by(by))
+                        general.ks.write_in(slot, kb, stamp, now, |w| w.incr_by(by))
                     );
                 }
                 op => {
                     // Another region's string, delivered to both.
                     let from_remote = (op == 7).then(|| {
-                        remote.write(key, now, |w| w.set_str_shared(&values[v], false));
+                        remote.write(key, now, |w| w.set_str_shared(values[v].clone(), false));
                         remote.ks.drain_deltas().collect::<Vec<_>>()
                     });
                     for w in [&mut fast, &mut general] {

@@ -601,8 +601,8 @@ mod tests {
             ..KeyspaceConfig::default()
         });
         let v = Bytes::from_static(b"value");
-        a.write(b"s", st(10, 1), 0, |w| w.set_str_shared(&v, false));
-        a.write(b"s", st(11, 1), 0, |w| w.set_str_shared(&v, false));
+        a.write(b"s", st(10, 1), 0, |w| w.set_str_shared(v.clone(), false));
+        a.write(b"s", st(11, 1), 0, |w| w.set_str_shared(v.clone(), false));
         assert_eq!(
             roundtrip(&state(&a, "s")),
             "str",
@@ -619,18 +619,20 @@ mod tests {
         assert_eq!(roundtrip(&state(&b, "c")), "full");
         // TTL, reset, versioned fill, set, tombstone.
         a.write(b"t", st(14, 1), 0, |w| {
-            w.set_str_shared(&v, false);
+            w.set_str_shared(v.clone(), false);
             w.set_deadline(Some(1_000_000));
         });
         assert_eq!(roundtrip(&state(&a, "t")), "full");
-        a.write(b"c", st(15, 1), 0, |w| w.set_str_shared(&v, false));
+        a.write(b"c", st(15, 1), 0, |w| w.set_str_shared(v.clone(), false));
         assert_eq!(
             roundtrip(&state(&a, "c")),
             "full",
             "SET over INCR observes the counter"
         );
-        a.write(b"f", st(16, 1), 0, |w| w.set_str_versioned(&v, 7, false))
-            .unwrap();
+        a.write(b"f", st(16, 1), 0, |w| {
+            w.set_str_versioned(v.clone(), 7, false)
+        })
+        .unwrap();
         assert_eq!(roundtrip(&state(&a, "f")), "full");
         a.write(b"m", st(17, 1), 0, |w| w.sadd(&v));
         assert_eq!(roundtrip(&state(&a, "m")), "full");

@@ -866,10 +866,10 @@ fn fill_newer_than_invalidation_survives_it() {
 fn stale_fill_after_invalidation_is_refused_locally() {
     let mut r = Replica::new(1);
     r.op("k0", 10, &Op::Invalidate(Some(7)));
-    let refused = r.write("k0", 11, |w| w.set_str_versioned(&b("old"), 7, false));
+    let refused = r.write("k0", 11, |w| w.set_str_versioned(b("old"), 7, false));
     assert_eq!(refused, Err(CrdtError::Stale { floor: 7 }));
     assert_eq!(r.view("k0"), View::Missing);
-    r.write("k0", 12, |w| w.set_str_versioned(&b("new"), 8, false))
+    r.write("k0", 12, |w| w.set_str_versioned(b("new"), 8, false))
         .expect("a newer version is accepted");
     assert_eq!(r.view("k0"), str_view("new"));
 }
@@ -912,7 +912,7 @@ fn invalidation_floor_survives_expiry_and_eviction() {
     r.op("k0", 10, &Op::Invalidate(Some(4)));
     r.op("k0", 11, &Op::SetVersioned(1, 6));
     r.ks.evict_key(b"k0");
-    let refused = r.write("k0", 12, |w| w.set_str_versioned(&b("old"), 4, false));
+    let refused = r.write("k0", 12, |w| w.set_str_versioned(b("old"), 4, false));
     assert_eq!(refused, Err(CrdtError::Stale { floor: 4 }));
 }
 
@@ -936,6 +936,6 @@ fn invalidation_floors_are_bounded_by_retention_and_count() {
     assert_eq!(r.ks.stats().invalidation_tombstones, 0);
     assert_eq!(r.ks.stats().tombstones, 0);
     // With the floor gone, an old fill is accepted again (the documented bound).
-    r.write("k1", 3_000, |w| w.set_str_versioned(&b("x"), 1, false))
+    r.write("k1", 3_000, |w| w.set_str_versioned(b("x"), 1, false))
         .expect("accepted after retention");
 }

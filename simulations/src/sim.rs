@@ -432,7 +432,7 @@ impl Sim {
                     let version = self.rng.random_range(sv.saturating_sub(3).max(1)..=sv);
                     let ok = ks
                         .write(&key, stamp, now, |w| {
-                            w.set_str_versioned(&value, version, false)
+                            w.set_str_versioned(value.clone(), version, false)
                         })
                         .is_ok();
                     if ok {

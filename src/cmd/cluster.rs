@@ -22,13 +22,13 @@ pub fn specs() -> Vec<Spec> {
 /// [AUTH2 user pw] [KEYS key …]`: move keys to another node of the region with their CRDT
 /// state intact (the target merges it: `MERIDIAN MERGE`), then drop them here without a
 /// delta. Blocks this connection's thread for the transfer, like Redis' MIGRATE.
-fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     use std::io::{BufRead, BufReader, Write};
-    let host = String::from_utf8_lossy(&a[1]).to_string();
-    let Some(port) = crate::util::parse_int(&a[2]).filter(|p| (1..=65535).contains(p)) else {
+    let host = String::from_utf8_lossy(a[1]).to_string();
+    let Some(port) = crate::util::parse_int(a[2]).filter(|p| (1..=65535).contains(p)) else {
         return err("ERR Invalid port");
     };
-    let Some(timeout_ms) = crate::util::parse_int(&a[5]).filter(|t| *t >= 0) else {
+    let Some(timeout_ms) = crate::util::parse_int(a[5]).filter(|t| *t >= 0) else {
         return not_int();
     };
     let (mut copy, mut keys) = (false, Vec::new());
@@ -52,7 +52,7 @@ fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         i += 1;
     }
     if keys.is_empty() {
-        keys.push(a[3].clone());
+        keys.push(a[3]);
     }
     // Collect what exists, with its whole state.
     let mut batch = Vec::new();
@@ -60,7 +60,7 @@ fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         let shard = ctx.shard(k);
         if let Some(e) = shard.ks.raw_entry(k).filter(|e| e.is_alive()) {
             match postcard::to_allocvec(&*e) {
-                Ok(blob) => batch.push((k.clone(), blob)),
+                Ok(blob) => batch.push((*k, blob)),
                 Err(e) => return err_owned(format!("ERR cannot serialize {k:?}: {e}")),
             }
         }
@@ -115,17 +115,17 @@ fn migrate(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     ok()
 }
 
-fn readonly(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn readonly(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.readonly = true;
     ok()
 }
 
-fn readwrite(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn readwrite(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.readonly = false;
     ok()
 }
 
-fn asking(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn asking(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.asking = true;
     ok()
 }
@@ -151,8 +151,8 @@ fn node_arg(a: &[u8]) -> Result<meridian_regions::NodeId, Reply> {
 }
 
 /// Slot list arguments (`ADDSLOTS 1 2 3`) or pairs (`ADDSLOTSRANGE 1 5 7 9`).
-fn slot_list(a: &[Bytes], ranges: bool) -> Result<Vec<u32>, Reply> {
-    let one = |b: &Bytes| match crate::util::parse_int(b) {
+fn slot_list(a: &[&[u8]], ranges: bool) -> Result<Vec<u32>, Reply> {
+    let one = |b: &&[u8]| match crate::util::parse_int(b) {
         Some(n) if (0..SLOT_COUNT as i64).contains(&n) => Ok(n as u32),
         _ => Err(err("ERR Invalid or out of range slot")),
     };
@@ -178,10 +178,10 @@ fn slot_list(a: &[Bytes], ranges: bool) -> Result<Vec<u32>, Reply> {
 }
 
 /// Topology subcommands of a cluster-enabled node; `None` when `sub` is not one of them.
-fn cluster_topology(ctx: &mut Ctx, a: &[Bytes]) -> Option<Reply> {
+fn cluster_topology(ctx: &mut Ctx, a: &[&[u8]]) -> Option<Reply> {
     use meridian_regions::node::{FailoverMode, SetSlot};
     let c = ctx.shared.cluster.clone()?;
-    let sub = String::from_utf8_lossy(&a[1]).to_ascii_lowercase();
+    let sub = String::from_utf8_lossy(a[1]).to_ascii_lowercase();
     let now = ctx.now_ms;
     let done = |r: Result<(), meridian_regions::ClusterError>| match r {
         Ok(()) => {
@@ -253,8 +253,8 @@ fn cluster_topology(ctx: &mut Ctx, a: &[Bytes]) -> Option<Reply> {
             )
         }
         ("meet", 4 | 5) => {
-            let host = String::from_utf8_lossy(&a[2]).to_string();
-            let port = crate::util::parse_int(&a[3]).filter(|p| (1..=65535).contains(p));
+            let host = String::from_utf8_lossy(a[2]).to_string();
+            let port = crate::util::parse_int(a[3]).filter(|p| (1..=65535).contains(p));
             let bus = match a.get(4) {
                 Some(b) => crate::util::parse_int(b).filter(|p| (1..=65535).contains(p)),
                 None => port.map(|p| p + 10_000).filter(|p| *p <= 65535),
@@ -263,7 +263,7 @@ fn cluster_topology(ctx: &mut Ctx, a: &[Bytes]) -> Option<Reply> {
                 (Some(_), Some(bus)) => done(c.node.lock().meet(now, &host, bus as u16)),
                 _ => err_owned(format!(
                     "ERR Invalid node address specified: {host}:{}",
-                    String::from_utf8_lossy(&a[3])
+                    String::from_utf8_lossy(a[3])
                 )),
             }
         }
@@ -276,11 +276,11 @@ fn cluster_topology(ctx: &mut Ctx, a: &[Bytes]) -> Option<Reply> {
             }
         }
         ("setslot", 4 | 5) => {
-            let slot = match crate::util::parse_int(&a[2]) {
+            let slot = match crate::util::parse_int(a[2]) {
                 Some(n) if (0..SLOT_COUNT as i64).contains(&n) => n as u32,
                 _ => return Some(err("ERR Invalid or out of range slot")),
             };
-            let op = String::from_utf8_lossy(&a[3]).to_ascii_lowercase();
+            let op = String::from_utf8_lossy(a[3]).to_ascii_lowercase();
             let target = a.get(4).map(|b| node_arg(b));
             let op = match (op.as_str(), target) {
                 ("stable", None) => SetSlot::Stable,
@@ -299,11 +299,11 @@ fn cluster_topology(ctx: &mut Ctx, a: &[Bytes]) -> Option<Reply> {
             };
             done(c.node.lock().set_slot(now, slot, op, keys as u64))
         }
-        ("replicate", 3) => match node_arg(&a[2]) {
+        ("replicate", 3) => match node_arg(a[2]) {
             Ok(id) => done(c.node.lock().replicate(now, id)),
             Err(e) => e,
         },
-        ("forget", 3) => match node_arg(&a[2]) {
+        ("forget", 3) => match node_arg(a[2]) {
             Ok(id) => done(c.node.lock().forget(now, id)),
             Err(e) => e,
         },
@@ -359,15 +359,15 @@ fn slot_arg(b: &[u8], out_of_range: &'static str) -> Result<u16, Reply> {
     }
 }
 
-fn cluster(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn cluster(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if let Some(r) = cluster_topology(ctx, a) {
         return r;
     }
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"keyslot") && a.len() == 3 {
-        Reply::Int(i64::from(key_slot(&a[2])))
+        Reply::Int(i64::from(key_slot(a[2])))
     } else if sub.eq_ignore_ascii_case(b"countkeysinslot") && a.len() == 3 {
-        let slot = match slot_arg(&a[2], "ERR Invalid slot") {
+        let slot = match slot_arg(a[2], "ERR Invalid slot") {
             Ok(s) => s,
             Err(e) => return e,
         };
@@ -379,11 +379,11 @@ fn cluster(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         Reply::Int(n as i64)
     } else if sub.eq_ignore_ascii_case(b"getkeysinslot") && a.len() == 4 {
         const INVALID: &str = "ERR Invalid slot or number of keys";
-        let slot = match slot_arg(&a[2], INVALID) {
+        let slot = match slot_arg(a[2], INVALID) {
             Ok(s) => s,
             Err(e) => return e,
         };
-        let count = match crate::util::parse_int(&a[3]) {
+        let count = match crate::util::parse_int(a[3]) {
             None => return not_int(),
             Some(n) if n >= 0 => n as usize,
             Some(_) => return err(INVALID),

@@ -46,52 +46,55 @@ fn with_hash<R>(
     }
 }
 
-fn set_fields(ctx: &mut Ctx, a: &[Bytes], name: &str) -> Result<i64, Reply> {
+fn set_fields(ctx: &mut Ctx, a: &[&[u8]], name: &str) -> Result<i64, Reply> {
     if !a.len().is_multiple_of(2) {
         return Err(arity(name));
     }
     // A field named twice (`HSET h f 1 f 2`) is set once, to its last value, as in Redis:
     // one write stamps every field with the same HLC, and a register must not be set twice
     // with one stamp.
-    let pairs: Vec<&[Bytes]> = if a.len() == 4 {
+    // Each field with its value, shared with the request for the delta to carry.
+    let mut pairs: smallvec::SmallVec<[(&[u8], Bytes); 2]> = if a.len() == 4 {
         // One pair (the common case): nothing to deduplicate.
-        vec![&a[2..4]]
+        smallvec::smallvec![(a[2], ctx.bytes(a[3]))]
     } else {
         let mut seen = std::collections::HashSet::with_capacity(a.len() / 2);
         a[2..]
             .chunks(2)
             .rev()
-            .filter(|fv| seen.insert(&fv[0]))
+            .filter(|fv| seen.insert(fv[0]))
+            .map(|fv| (fv[0], ctx.bytes(fv[1])))
             .collect()
     };
+    pairs.reverse();
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
-    let added = ctx.write(&a[1], |w| {
+    let added = ctx.write(a[1], |w| {
         w.expect(Kind::Hash)?;
         let mut added = 0;
-        for fv in pairs.into_iter().rev() {
-            added += i64::from(!w.hash_set(&fv[0], &fv[1]));
+        for (field, value) in pairs {
+            added += i64::from(!w.hash_set(field, value));
         }
         Ok(added)
     });
     added.map_err(crdt_err)
 }
 
-fn hset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn hset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     flat(set_fields(ctx, a, "hset").map(Reply::Int))
 }
 
-fn hmset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn hmset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     flat(set_fields(ctx, a, "hmset").map(|_| ok()))
 }
 
-fn hsetnx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_hash(ctx, &a[1], |h| h.get(&a[2]).is_some()) {
+fn hsetnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_hash(ctx, a[1], |h| h.get(a[2]).is_some()) {
         Err(e) => e,
         Ok(Some(true)) => Reply::Int(0),
         Ok(_) => {
-            let value = own(&a[3]);
-            ctx.write(&a[1], |w| {
-                w.hash_update(&own(&a[2]), |s, stamp| s.set(stamp, value))
+            let value = own(a[3]);
+            ctx.write(a[1], |w| {
+                w.hash_update(&own(a[2]), |s, stamp| s.set(stamp, value))
             });
             Reply::Int(1)
         }
@@ -102,12 +105,12 @@ fn field_bytes(h: &OrMap, f: &[u8]) -> Option<Bytes> {
     h.get(f).and_then(Str::bytes)
 }
 
-fn hget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    flat(with_hash(ctx, &a[1], |h| field_bytes(h, &a[2])).map(|v| bulk_opt(v.flatten())))
+fn hget(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    flat(with_hash(ctx, a[1], |h| field_bytes(h, a[2])).map(|v| bulk_opt(v.flatten())))
 }
 
-fn hmget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_hash(ctx, &a[1], |h| {
+fn hmget(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_hash(ctx, a[1], |h| {
         a[2..].iter().map(|f| bulk_opt(field_bytes(h, f))).collect()
     }) {
         Err(e) => e,
@@ -116,19 +119,19 @@ fn hmget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn hdel(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match ctx.kind(&a[1]) {
+fn hdel(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match ctx.kind(a[1]) {
         None => return Reply::Int(0),
         Some(Kind::Hash) => {}
         Some(_) => return wrongtype(),
     }
-    let n = ctx.write(&a[1], |w| a[2..].iter().filter(|f| w.hdel(f)).count());
+    let n = ctx.write(a[1], |w| a[2..].iter().filter(|f| w.hdel(f)).count());
     Reply::Int(n as i64)
 }
 
-fn hgetall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn hgetall(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let resp3 = ctx.conn.resp3;
-    let pairs = match with_hash(ctx, &a[1], |h| {
+    let pairs = match with_hash(ctx, a[1], |h| {
         h.fields()
             .map(|(f, s)| (Bytes::copy_from_slice(f), s.bytes().unwrap_or_default()))
             .collect::<Vec<_>>()
@@ -153,8 +156,8 @@ fn hgetall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn hkeys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_hash(ctx, &a[1], |h| {
+fn hkeys(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_hash(ctx, a[1], |h| {
         h.fields()
             .map(|(f, _)| Reply::Bulk(Bytes::copy_from_slice(f)))
             .collect()
@@ -164,8 +167,8 @@ fn hkeys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn hvals(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_hash(ctx, &a[1], |h| {
+fn hvals(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_hash(ctx, a[1], |h| {
         h.fields()
             .map(|(_, s)| Reply::Bulk(s.bytes().unwrap_or_default()))
             .collect()
@@ -175,29 +178,29 @@ fn hvals(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn hlen(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    flat(with_hash(ctx, &a[1], |h| h.len()).map(|n| Reply::Int(n.unwrap_or(0) as i64)))
+fn hlen(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    flat(with_hash(ctx, a[1], |h| h.len()).map(|n| Reply::Int(n.unwrap_or(0) as i64)))
 }
 
-fn hexists(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn hexists(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     flat(
-        with_hash(ctx, &a[1], |h| h.get(&a[2]).is_some())
+        with_hash(ctx, a[1], |h| h.get(a[2]).is_some())
             .map(|v| Reply::Int(i64::from(v.unwrap_or(false)))),
     )
 }
 
-fn hstrlen(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn hstrlen(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     flat(
-        with_hash(ctx, &a[1], |h| h.get(&a[2]).map_or(0, Str::len))
+        with_hash(ctx, a[1], |h| h.get(a[2]).map_or(0, Str::len))
             .map(|n| Reply::Int(n.unwrap_or(0) as i64)),
     )
 }
 
-fn hincrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(by) = crate::util::parse_int(&a[3]) else {
+fn hincrby(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(by) = crate::util::parse_int(a[3]) else {
         return not_int();
     };
-    let current = match with_hash(ctx, &a[1], |h| h.get(&a[2]).map(Str::integer)) {
+    let current = match with_hash(ctx, a[1], |h| h.get(a[2]).map(Str::integer)) {
         Err(e) => return e,
         Ok(v) => v.flatten(),
     };
@@ -209,23 +212,23 @@ fn hincrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     if current.checked_add(by).is_none() {
         return err("ERR increment or decrement would overflow");
     }
-    match ctx.write(&a[1], |w| {
-        w.hash_update(&own(&a[2]), |s, stamp| s.incr_by(stamp, by))
+    match ctx.write(a[1], |w| {
+        w.hash_update(&own(a[2]), |s, stamp| s.incr_by(stamp, by))
     }) {
         Ok(n) => Reply::Int(n),
         Err(e) => crdt_err(e),
     }
 }
 
-fn hincrbyfloat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(by) = parse_float(&a[3]) else {
+fn hincrbyfloat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(by) = parse_float(a[3]) else {
         return not_float();
     };
     // Redis rejects a non-finite increment itself before looking at the field.
     if !by.is_finite() {
         return err("ERR value is NaN or Infinity");
     }
-    let current = match with_hash(ctx, &a[1], |h| h.get(&a[2]).and_then(Str::value)) {
+    let current = match with_hash(ctx, a[1], |h| h.get(a[2]).and_then(Str::value)) {
         Err(e) => return e,
         Ok(v) => v.flatten(),
     };
@@ -243,8 +246,8 @@ fn hincrbyfloat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
     let s = Bytes::from(format_float(next));
     let v = s.clone();
-    ctx.write(&a[1], |w| {
-        w.hash_update(&own(&a[2]), |f, stamp| f.set(stamp, v))
+    ctx.write(a[1], |w| {
+        w.hash_update(&own(a[2]), |f, stamp| f.set(stamp, v))
     });
     bulk(s)
 }

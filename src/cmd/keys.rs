@@ -34,7 +34,7 @@ pub fn specs() -> Vec<Spec> {
     ]
 }
 
-fn del(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn del(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let mut n = 0;
     for k in &a[1..] {
         if ctx.lookup(k).is_some() && ctx.write(k, |w| w.delete()) {
@@ -44,7 +44,7 @@ fn del(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     Reply::Int(n)
 }
 
-fn exists(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn exists(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let mut n = 0;
     for k in &a[1..] {
         n += i64::from(ctx.lookup(k).is_some());
@@ -52,13 +52,13 @@ fn exists(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     Reply::Int(n)
 }
 
-fn type_(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let name = ctx.kind(&a[1]).map_or("none", Kind::name);
+fn type_(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let name = ctx.kind(a[1]).map_or("none", Kind::name);
     Reply::Simple(Cow::Borrowed(name))
 }
 
 /// Copy the visible value of `from` into a fresh key `to` (rename = delete + create).
-fn rename_generic(ctx: &mut Ctx, a: &[Bytes], nx: bool) -> Reply {
+fn rename_generic(ctx: &mut Ctx, a: &[&[u8]], nx: bool) -> Reply {
     let (from, to) = (&a[1], &a[2]);
     let Some(entry) = ctx.lookup(from).map(Cow::into_owned) else {
         return err("ERR no such key");
@@ -101,22 +101,22 @@ fn rename_generic(ctx: &mut Ctx, a: &[Bytes], nx: bool) -> Reply {
     }
 }
 
-fn rename(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn rename(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     rename_generic(ctx, a, false)
 }
 
-fn renamenx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn renamenx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     rename_generic(ctx, a, true)
 }
 
 fn expire_generic(
     ctx: &mut Ctx,
-    a: &[Bytes],
+    a: &[&[u8]],
     unit_ms: u64,
     absolute: bool,
     cmd: &'static str,
 ) -> Reply {
-    let Some(n) = crate::util::parse_int(&a[2]) else {
+    let Some(n) = crate::util::parse_int(a[2]) else {
         return not_int();
     };
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
@@ -154,7 +154,7 @@ fn expire_generic(
     let Some(deadline) = deadline else {
         return invalid();
     };
-    let current = match ctx.lookup(&a[1]) {
+    let current = match ctx.lookup(a[1]) {
         None => return Reply::Int(0),
         Some(e) => e.deadline_ms(),
     };
@@ -168,28 +168,28 @@ fn expire_generic(
         return Reply::Int(0);
     }
     if deadline <= ctx.now_ms as i64 {
-        ctx.write(&a[1], |w| w.delete());
+        ctx.write(a[1], |w| w.delete());
     } else if deadline >= (1i64 << 47) {
         return invalid();
     } else {
-        ctx.write(&a[1], |w| w.set_deadline(Some(deadline as u64)));
+        ctx.write(a[1], |w| w.set_deadline(Some(deadline as u64)));
     }
     Reply::Int(1)
 }
 
-fn expire(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn expire(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     expire_generic(ctx, a, 1000, false, "expire")
 }
 
-fn pexpire(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn pexpire(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     expire_generic(ctx, a, 1, false, "pexpire")
 }
 
-fn expireat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn expireat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     expire_generic(ctx, a, 1000, true, "expireat")
 }
 
-fn pexpireat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn pexpireat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     expire_generic(ctx, a, 1, true, "pexpireat")
 }
 
@@ -201,31 +201,31 @@ fn deadline_of(ctx: &mut Ctx, key: &[u8]) -> Result<u64, i64> {
     }
 }
 
-fn ttl(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn ttl(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let now = ctx.now_ms;
     Reply::Int(
-        deadline_of(ctx, &a[1])
+        deadline_of(ctx, a[1])
             .map_or_else(|c| c, |d| ((d.saturating_sub(now) + 500) / 1000) as i64),
     )
 }
 
-fn pttl(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn pttl(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let now = ctx.now_ms;
-    Reply::Int(deadline_of(ctx, &a[1]).map_or_else(|c| c, |d| d.saturating_sub(now) as i64))
+    Reply::Int(deadline_of(ctx, a[1]).map_or_else(|c| c, |d| d.saturating_sub(now) as i64))
 }
 
-fn expiretime(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    Reply::Int(deadline_of(ctx, &a[1]).map_or_else(|c| c, |d| (d / 1000) as i64))
+fn expiretime(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    Reply::Int(deadline_of(ctx, a[1]).map_or_else(|c| c, |d| (d / 1000) as i64))
 }
 
-fn pexpiretime(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    Reply::Int(deadline_of(ctx, &a[1]).map_or_else(|c| c, |d| d as i64))
+fn pexpiretime(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    Reply::Int(deadline_of(ctx, a[1]).map_or_else(|c| c, |d| d as i64))
 }
 
-fn persist(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match deadline_of(ctx, &a[1]) {
+fn persist(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match deadline_of(ctx, a[1]) {
         Ok(_) => {
-            ctx.write(&a[1], |w| w.set_deadline(None));
+            ctx.write(a[1], |w| w.set_deadline(None));
             Reply::Int(1)
         }
         Err(_) => Reply::Int(0),
@@ -262,8 +262,8 @@ fn collect_slot(
     }
 }
 
-fn scan(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(cursor) = std::str::from_utf8(&a[1])
+fn scan(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(cursor) = std::str::from_utf8(a[1])
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     else {
@@ -277,15 +277,15 @@ fn scan(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
         let o = &a[i];
         if o.eq_ignore_ascii_case(b"match") {
-            pattern = Some(a[i + 1].as_ref());
+            pattern = Some(a[i + 1]);
         } else if o.eq_ignore_ascii_case(b"count") {
-            match crate::util::parse_int(&a[i + 1]) {
+            match crate::util::parse_int(a[i + 1]) {
                 Some(n) if n >= 1 => count = n as usize,
                 Some(_) => return syntax(),
                 None => return not_int(),
             }
         } else if o.eq_ignore_ascii_case(b"type") {
-            kind = Some(a[i + 1].as_ref());
+            kind = Some(a[i + 1]);
         } else {
             return syntax();
         }
@@ -310,9 +310,9 @@ fn scan(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     ])
 }
 
-fn keys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn keys(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let now = ctx.now_ms;
-    let pattern = a[1].clone();
+    let pattern = a[1];
     let mut out = Vec::new();
     ctx.each_shard(|shard| {
         for slot in 0..SLOT_COUNT as u16 {
@@ -320,7 +320,7 @@ fn keys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
                 continue;
             }
             for (k, _) in shard.ks.slot_keys(slot, now) {
-                if glob_match(&pattern, k, false) {
+                if glob_match(pattern, k, false) {
                     out.push(Reply::Bulk(Bytes::copy_from_slice(k)));
                 }
             }
@@ -329,13 +329,13 @@ fn keys(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     Reply::Array(out)
 }
 
-fn dbsize(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn dbsize(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     let mut n = 0;
     ctx.each_shard(|s| n += s.ks.len());
     Reply::Int(n as i64)
 }
 
-fn randomkey(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn randomkey(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     let r = ctx.conn.random();
     let now = ctx.now_ms;
     let shards = crate::store::SHARDS;
@@ -353,7 +353,7 @@ fn randomkey(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
     Reply::Null
 }
 
-fn flushall(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn flushall(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() > 2
         || a.get(1)
             .is_some_and(|o| !o.eq_ignore_ascii_case(b"async") && !o.eq_ignore_ascii_case(b"sync"))

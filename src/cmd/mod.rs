@@ -24,7 +24,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub type Handler = fn(&mut Ctx, &[Bytes]) -> Reply;
+/// A command's handler: `args` are the request's arguments (the name first), slices of the
+/// request's bytes ([`Ctx::bytes`] shares one without copying).
+pub type Handler = fn(&mut Ctx, &[&[u8]]) -> Reply;
 
 pub const WRITE: u32 = 1;
 pub const READONLY: u32 = 2;
@@ -212,6 +214,8 @@ pub struct Ctx<'s, 'c> {
     pub locks: Locks<'s>,
     /// Slots of the command's key arguments, computed once when it locked them.
     pub key_slots: KeySlots,
+    /// The request's bytes, which its arguments are slices of (empty when they are not).
+    pub frame: &'c Bytes,
 }
 
 /// `(address, length, slot)` of key arguments whose slot is known. The request's argument
@@ -220,6 +224,18 @@ pub struct Ctx<'s, 'c> {
 pub type KeySlots = smallvec::SmallVec<[(usize, usize, u16); 2]>;
 
 impl<'s, 'c> Ctx<'s, 'c> {
+    /// An argument as `Bytes` sharing the request's buffer (a reference count, no copy), for
+    /// a delta to carry; a copy when `arg` is not a slice of the request.
+    pub fn bytes(&self, arg: &[u8]) -> Bytes {
+        let frame = self.frame.as_ptr() as usize;
+        let at = arg.as_ptr() as usize;
+        if at >= frame && at + arg.len() <= frame + self.frame.len() && !arg.is_empty() {
+            self.frame.slice_ref(arg)
+        } else {
+            Bytes::copy_from_slice(arg)
+        }
+    }
+
     /// The (already locked) shard holding `key`.
     pub fn shard(&mut self, key: &[u8]) -> &mut Shard {
         let idx = crate::store::shard_of(self.slot_of(key));
@@ -307,25 +323,28 @@ impl<'s, 'c> Ctx<'s, 'c> {
     }
 
     /// Apply a local write to `key` and queue its delta.
-    pub fn write<R>(&mut self, key: &Bytes, f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+    pub fn write<R>(&mut self, key: &[u8], f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+        let owned = self.bytes(key);
         self.local_write(key, |ks, slot, stamp, now| {
-            ks.write_in(slot, key, stamp, now, f)
+            ks.write_in(slot, owned, stamp, now, f)
         })
     }
 
     /// `INCRBY key by`: [`Ctx::write`] of `incr_by(by)`, with the keyspace's in-place path
     /// for a counter this region packed.
-    pub fn incr_plain(&mut self, key: &Bytes, by: i64) -> Result<i64, CrdtError> {
+    pub fn incr_plain(&mut self, key: &[u8], by: i64) -> Result<i64, CrdtError> {
+        let owned = self.bytes(key);
         self.local_write(key, |ks, slot, stamp, now| {
-            ks.incr_plain(slot, key, stamp, now, by)
+            ks.incr_plain(slot, owned, stamp, now, by)
         })
     }
 
     /// `SET key value` with no option: [`Ctx::write`] of `set_str_shared(value, false)`,
     /// with the keyspace's in-place path for a plain string.
-    pub fn set_plain(&mut self, key: &Bytes, value: &Bytes) {
+    pub fn set_plain(&mut self, key: &[u8], value: &[u8]) {
+        let (owned, value) = (self.bytes(key), self.bytes(value));
         self.local_write(key, |ks, slot, stamp, now| {
-            ks.set_plain(slot, key, stamp, now, value)
+            ks.set_plain(slot, owned, stamp, now, value)
         })
     }
 
@@ -413,7 +432,7 @@ pub fn flat(r: Result<Reply, Reply>) -> Reply {
 
 /// Copy an argument into its own allocation before storing it: arguments are slices of the
 /// connection's read buffer, which must not be pinned by stored values.
-pub fn own(b: &Bytes) -> Bytes {
+pub fn own(b: &[u8]) -> Bytes {
     Bytes::copy_from_slice(b)
 }
 

@@ -16,15 +16,15 @@ pub fn specs() -> Vec<Spec> {
 }
 
 /// `REPLICAOF host port` / `REPLICAOF NO ONE`.
-fn replicaof(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn replicaof(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a[1].eq_ignore_ascii_case(b"no") && a[2].eq_ignore_ascii_case(b"one") {
         ctx.shared.inregion.follow(None);
         return ok();
     }
-    let Ok(host) = std::str::from_utf8(&a[1]) else {
+    let Ok(host) = std::str::from_utf8(a[1]) else {
         return err("ERR Invalid master host");
     };
-    let port = match crate::util::parse_int(&a[2]) {
+    let port = match crate::util::parse_int(a[2]) {
         Some(p) if (1..=65535).contains(&p) => p as u16,
         _ => return err("ERR Invalid master port"),
     };
@@ -40,11 +40,11 @@ fn replicaof(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
 }
 
 /// `WAIT numreplicas timeout`: the connection blocks (see `connection::serve`).
-fn wait(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(n) = crate::util::parse_int(&a[1]) else {
+fn wait(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(n) = crate::util::parse_int(a[1]) else {
         return not_int();
     };
-    let Some(timeout_ms) = crate::util::parse_int(&a[2]) else {
+    let Some(timeout_ms) = crate::util::parse_int(a[2]) else {
         return err("ERR timeout is not an integer or out of range");
     };
     if timeout_ms < 0 {
@@ -57,7 +57,7 @@ fn wait(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     Reply::Null
 }
 
-fn role(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn role(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     let hub = &ctx.shared.inregion;
     match (hub.role(), hub.following()) {
         (Role::Replica, Some(p)) => Reply::Array(vec![

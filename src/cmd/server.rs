@@ -32,23 +32,23 @@ pub fn specs() -> Vec<Spec> {
 }
 
 /// MULTI/EXEC/DISCARD/WATCH/UNWATCH are run by the connection; reaching here is a bug.
-fn in_connection(_ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn in_connection(_ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     err("ERR internal: transaction command dispatched outside the connection")
 }
 
-fn ping(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn ping(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     match a.len() {
         1 => Reply::Simple(Cow::Borrowed("PONG")),
-        2 => bulk(a[1].clone()),
+        2 => bulk(Bytes::copy_from_slice(a[1])),
         _ => arity("ping"),
     }
 }
 
-fn echo(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    bulk(a[1].clone())
+fn echo(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    bulk(Bytes::copy_from_slice(a[1]))
 }
 
-fn hello(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn hello(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let mut i = 1;
     if let Some(v) = a.get(1) {
         match crate::util::parse_int(v) {
@@ -63,12 +63,12 @@ fn hello(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         if a[i].eq_ignore_ascii_case(b"auth") && i + 2 < a.len() {
             i += 3;
         } else if a[i].eq_ignore_ascii_case(b"setname") && i + 1 < a.len() {
-            ctx.conn.name = Some(own(&a[i + 1]));
+            ctx.conn.name = Some(own(a[i + 1]));
             i += 2;
         } else {
             return err_owned(format!(
                 "ERR Syntax error in HELLO option '{}'",
-                String::from_utf8_lossy(&a[i])
+                String::from_utf8_lossy(a[i])
             ));
         }
     }
@@ -84,16 +84,16 @@ fn hello(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     ])
 }
 
-fn auth(_ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn auth(_ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 }
 
-fn quit(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn quit(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.close = true;
     ok()
 }
 
-fn reset(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn reset(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.resp3 = false;
     ctx.conn.name = None;
     ctx.conn.multi = None;
@@ -101,8 +101,8 @@ fn reset(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
     Reply::Simple(Cow::Borrowed("RESET"))
 }
 
-fn select(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match crate::util::parse_int(&a[1]) {
+fn select(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match crate::util::parse_int(a[1]) {
         Some(0) => ok(),
         Some(_) => err("ERR DB index is out of range"),
         None => not_int(),
@@ -125,7 +125,7 @@ fn command_info(spec: &Spec) -> Reply {
     ])
 }
 
-fn command(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn command(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let Some(sub) = a.get(1) else {
         let mut all: Vec<&Spec> = table().values().collect();
         all.sort_by_key(|s| s.name);
@@ -171,7 +171,7 @@ fn command(_ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
         Reply::Array(
             spec.key_indices(args.len())
-                .map(|i| Reply::Bulk(args[i].clone()))
+                .map(|i| Reply::Bulk(Bytes::copy_from_slice(args[i])))
                 .collect(),
         )
     } else if sub.eq_ignore_ascii_case(b"list") {
@@ -206,13 +206,13 @@ fn client_line(ctx: &Ctx, id: u64, addr: &str, name: &[u8], created_ms: u64, cmd
     )
 }
 
-fn client(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"setname") && a.len() == 3 {
         if a[2].iter().any(|&b| b <= b' ' || b > b'~') {
             return err("ERR Client names cannot contain spaces, newlines or special characters.");
         }
-        let name = (!a[2].is_empty()).then(|| own(&a[2]));
+        let name = (!a[2].is_empty()).then(|| own(a[2]));
         ctx.conn.name = name.clone();
         if let Some(c) = ctx.shared.clients.lock().get_mut(&ctx.conn.id) {
             c.name = name;
@@ -343,7 +343,7 @@ const CONFIG_NAMES: [&str; 18] = [
 /// A validated CONFIG SET assignment, applied once every pair parsed.
 type ConfigChange = Box<dyn FnOnce(&Store, &crate::server::Shared)>;
 
-fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"get") {
         if a.len() < 3 {
@@ -372,8 +372,8 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         let mut changes: Vec<ConfigChange> = Vec::new();
         let mut seen: Vec<String> = Vec::new();
         for kv in a[2..].chunks(2) {
-            let name = String::from_utf8_lossy(&kv[0]).to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&kv[1]).to_string();
+            let name = String::from_utf8_lossy(kv[0]).to_ascii_lowercase();
+            let value = String::from_utf8_lossy(kv[1]).to_string();
             // Redis' wording: "CONFIG SET failed (possibly related to argument '<name>') - <why>".
             let fail = |why: &str| {
                 err_owned(format!(
@@ -498,7 +498,7 @@ fn config(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn info(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn info(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let wanted: Vec<String> = a[1..]
         .iter()
         .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
@@ -663,7 +663,7 @@ pub fn info_text(
     o
 }
 
-fn time(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn time(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     let micros = crate::server::now_micros();
     let _ = ctx;
     Reply::Array(vec![
@@ -672,13 +672,13 @@ fn time(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
     ])
 }
 
-fn lastsave(ctx: &mut Ctx, _a: &[Bytes]) -> Reply {
+fn lastsave(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     Reply::Int((ctx.shared.started_ms / 1000) as i64)
 }
 
 /// meridian-specific admin: `MERIDIAN DELTAS [n]` shows the newest deltas of every shard's
 /// log (what the replication link will ship), `MERIDIAN REGION`.
-fn meridian(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"deltas") {
         let n = match a.get(2) {

@@ -31,9 +31,9 @@ fn with_set<R>(ctx: &mut Ctx, key: &[u8], f: impl FnOnce(&OrSet) -> R) -> Result
     }
 }
 
-fn sadd(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn sadd(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
-    let added = ctx.write(&a[1], |w| {
+    let added = ctx.write(a[1], |w| {
         w.expect(Kind::Set)?;
         Ok(a[2..].iter().filter(|m| w.sadd(m)).count())
     });
@@ -43,13 +43,13 @@ fn sadd(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn srem(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match ctx.kind(&a[1]) {
+fn srem(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match ctx.kind(a[1]) {
         None => return Reply::Int(0),
         Some(Kind::Set) => {}
         Some(_) => return wrongtype(),
     }
-    let removed = ctx.write(&a[1], |w| a[2..].iter().filter(|m| w.srem(m)).count());
+    let removed = ctx.write(a[1], |w| a[2..].iter().filter(|m| w.srem(m)).count());
     Reply::Int(removed as i64)
 }
 
@@ -62,8 +62,8 @@ fn members_reply(ctx: &Ctx, members: Vec<Bytes>) -> Reply {
     }
 }
 
-fn smembers(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_set(ctx, &a[1], |s| {
+fn smembers(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_set(ctx, a[1], |s| {
         s.members().map(Bytes::copy_from_slice).collect::<Vec<_>>()
     }) {
         Err(e) => e,
@@ -71,15 +71,15 @@ fn smembers(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn sismember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_set(ctx, &a[1], |s| s.contains(&a[2])) {
+fn sismember(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_set(ctx, a[1], |s| s.contains(a[2])) {
         Err(e) => e,
         Ok(v) => Reply::Int(i64::from(v.unwrap_or(false))),
     }
 }
 
-fn smismember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_set(ctx, &a[1], |s| {
+fn smismember(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_set(ctx, a[1], |s| {
         a[2..]
             .iter()
             .map(|m| Reply::Int(i64::from(s.contains(m))))
@@ -91,8 +91,8 @@ fn smismember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn scard(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match with_set(ctx, &a[1], |s| s.len()) {
+fn scard(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match with_set(ctx, a[1], |s| s.len()) {
         Err(e) => e,
         Ok(n) => Reply::Int(n.unwrap_or(0) as i64),
     }
@@ -122,7 +122,7 @@ fn members_for_pick(ctx: &mut Ctx, key: &[u8], with_count: bool) -> Result<Vec<B
     }
 }
 
-fn spop(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn spop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() > 3 {
         return syntax();
     }
@@ -133,13 +133,13 @@ fn spop(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             _ => return err("ERR value is out of range, must be positive"),
         },
     };
-    let members = match members_for_pick(ctx, &a[1], count.is_some()) {
+    let members = match members_for_pick(ctx, a[1], count.is_some()) {
         Ok(m) => m,
         Err(reply) => return reply,
     };
     let picked = pick_distinct(ctx, &members, count.unwrap_or(1));
     if !picked.is_empty() {
-        ctx.write(&a[1], |w| {
+        ctx.write(a[1], |w| {
             for m in &picked {
                 w.srem(m);
             }
@@ -151,7 +151,7 @@ fn spop(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn srandmember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn srandmember(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() > 3 {
         return syntax();
     }
@@ -162,7 +162,7 @@ fn srandmember(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
             None => return not_int(),
         },
     };
-    let members = match members_for_pick(ctx, &a[1], count.is_some()) {
+    let members = match members_for_pick(ctx, a[1], count.is_some()) {
         Ok(m) => m,
         Err(reply) => return reply,
     };
@@ -192,7 +192,7 @@ enum Op {
     Diff,
 }
 
-fn combine(ctx: &mut Ctx, a: &[Bytes], op: Op) -> Reply {
+fn combine(ctx: &mut Ctx, a: &[&[u8]], op: Op) -> Reply {
     let mut sets: Vec<Option<Vec<Bytes>>> = Vec::with_capacity(a.len() - 1);
     for k in &a[1..] {
         match with_set(ctx, k, |s| {
@@ -241,14 +241,14 @@ fn combine(ctx: &mut Ctx, a: &[Bytes], op: Op) -> Reply {
     members_reply(ctx, result)
 }
 
-fn sinter(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn sinter(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     combine(ctx, a, Op::Inter)
 }
 
-fn sunion(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn sunion(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     combine(ctx, a, Op::Union)
 }
 
-fn sdiff(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn sdiff(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     combine(ctx, a, Op::Diff)
 }

@@ -49,8 +49,8 @@ pub fn get_string(ctx: &mut Ctx, key: &[u8]) -> Result<Option<Bytes>, Reply> {
     }
 }
 
-fn get(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    flat(get_string(ctx, &a[1]).map(bulk_opt))
+fn get(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    flat(get_string(ctx, a[1]).map(bulk_opt))
 }
 
 /// TTL options shared by SET and GETEX.
@@ -88,7 +88,7 @@ pub fn parse_expire(opt: &[u8], val: &[u8], now_ms: u64, cmd: &'static str) -> R
 /// `EX|PX|EXAT|PXAT <n>` at `a[i]`: `None` if `a[i]` is not such an option (or lacks its
 /// argument), else the parsed deadline or the error to answer.
 fn expire_option(
-    a: &[Bytes],
+    a: &[&[u8]],
     i: usize,
     now_ms: u64,
     cmd: &'static str,
@@ -101,7 +101,7 @@ fn expire_option(
     Some(parse_expire(o, value, now_ms, cmd))
 }
 
-fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn set(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let (mut nx, mut xx, mut get) = (false, false, false);
     let mut ttl = TtlOpt::None;
     let mut version = None;
@@ -110,7 +110,7 @@ fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         let o = &a[i];
         if o.eq_ignore_ascii_case(b"version") && version.is_none() && i + 1 < a.len() {
             // meridian extension: the source version this value was loaded at.
-            match crate::util::parse_int(&a[i + 1]) {
+            match crate::util::parse_int(a[i + 1]) {
                 Some(v) if v > 0 => version = Some(v as u64),
                 _ => return err("ERR VERSION must be a positive integer"),
             }
@@ -139,8 +139,8 @@ fn set(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
     set_generic(
         ctx,
-        &a[1],
-        &a[2],
+        a[1],
+        a[2],
         SetOpts {
             nx,
             xx,
@@ -162,7 +162,7 @@ struct SetOpts {
     version: Option<u64>,
 }
 
-fn set_generic(ctx: &mut Ctx, key: &Bytes, value: &Bytes, opts: SetOpts) -> Reply {
+fn set_generic(ctx: &mut Ctx, key: &[u8], value: &[u8], opts: SetOpts) -> Reply {
     let SetOpts {
         nx,
         xx,
@@ -192,6 +192,7 @@ fn set_generic(ctx: &mut Ctx, key: &Bytes, value: &Bytes, opts: SetOpts) -> Repl
             None => ok(),
         };
     }
+    let value = ctx.bytes(value);
     let written = ctx.write(key, |w| {
         match version {
             Some(v) => w.set_str_versioned(value, v, ttl == TtlOpt::Keep)?,
@@ -212,16 +213,17 @@ fn set_generic(ctx: &mut Ctx, key: &Bytes, value: &Bytes, opts: SetOpts) -> Repl
     }
 }
 
-fn setnx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    if ctx.lookup(&a[1]).is_some() {
+fn setnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    if ctx.lookup(a[1]).is_some() {
         return Reply::Int(0);
     }
-    ctx.write(&a[1], |w| w.set_str_shared(&a[2], false));
+    let value = ctx.bytes(a[2]);
+    ctx.write(a[1], |w| w.set_str_shared(value, false));
     Reply::Int(1)
 }
 
-fn setex_generic(ctx: &mut Ctx, a: &[Bytes], unit: &'static [u8], cmd: &'static str) -> Reply {
-    let d = match parse_expire(unit, &a[2], ctx.now_ms, cmd) {
+fn setex_generic(ctx: &mut Ctx, a: &[&[u8]], unit: &'static [u8], cmd: &'static str) -> Reply {
+    let d = match parse_expire(unit, a[2], ctx.now_ms, cmd) {
         Ok(d) => d,
         Err(e) => return e,
     };
@@ -232,18 +234,18 @@ fn setex_generic(ctx: &mut Ctx, a: &[Bytes], unit: &'static [u8], cmd: &'static 
         ttl: TtlOpt::At(d),
         version: None,
     };
-    set_generic(ctx, &a[1], &a[3], opts)
+    set_generic(ctx, a[1], a[3], opts)
 }
 
-fn setex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn setex(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     setex_generic(ctx, a, b"ex", "setex")
 }
 
-fn psetex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn psetex(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     setex_generic(ctx, a, b"px", "psetex")
 }
 
-fn getset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn getset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let opts = SetOpts {
         nx: false,
         xx: false,
@@ -251,21 +253,21 @@ fn getset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         ttl: TtlOpt::None,
         version: None,
     };
-    set_generic(ctx, &a[1], &a[2], opts)
+    set_generic(ctx, a[1], a[2], opts)
 }
 
-fn getdel(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match get_string(ctx, &a[1]) {
+fn getdel(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match get_string(ctx, a[1]) {
         Err(e) => e,
         Ok(None) => Reply::Null,
         Ok(Some(v)) => {
-            ctx.write(&a[1], |w| w.delete());
+            ctx.write(a[1], |w| w.delete());
             bulk(v)
         }
     }
 }
 
-fn getex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn getex(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let mut ttl = TtlOpt::None;
     let mut i = 2;
     while i < a.len() {
@@ -286,22 +288,22 @@ fn getex(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         }
         i += 1;
     }
-    let v = match get_string(ctx, &a[1]) {
+    let v = match get_string(ctx, a[1]) {
         Err(e) => return e,
         Ok(None) => return Reply::Null,
         Ok(Some(v)) => v,
     };
     match ttl {
-        TtlOpt::At(d) => ctx.write(&a[1], |w| w.set_deadline(Some(d))),
-        TtlOpt::Persist if ctx.lookup(&a[1]).and_then(|e| e.deadline_ms()).is_some() => {
-            ctx.write(&a[1], |w| w.set_deadline(None));
+        TtlOpt::At(d) => ctx.write(a[1], |w| w.set_deadline(Some(d))),
+        TtlOpt::Persist if ctx.lookup(a[1]).and_then(|e| e.deadline_ms()).is_some() => {
+            ctx.write(a[1], |w| w.set_deadline(None));
         }
         _ => {}
     }
     bulk(v)
 }
 
-fn mget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn mget(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let mut out = Vec::with_capacity(a.len() - 1);
     for k in &a[1..] {
         let v = match ctx.read(k) {
@@ -313,27 +315,29 @@ fn mget(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     Reply::Array(out)
 }
 
-fn mset(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn mset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() % 2 != 1 {
         return arity("mset");
     }
     for kv in a[1..].chunks(2) {
-        ctx.write(&kv[0], |w| w.set_str_shared(&kv[1], false));
+        let value = ctx.bytes(kv[1]);
+        ctx.write(kv[0], |w| w.set_str_shared(value, false));
     }
     ok()
 }
 
-fn msetnx(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
+fn msetnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() % 2 != 1 {
         return arity("msetnx");
     }
     for kv in a[1..].chunks(2) {
-        if ctx.lookup(&kv[0]).is_some() {
+        if ctx.lookup(kv[0]).is_some() {
             return Reply::Int(0);
         }
     }
     for kv in a[1..].chunks(2) {
-        ctx.write(&kv[0], |w| w.set_str_shared(&kv[1], false));
+        let value = ctx.bytes(kv[1]);
+        ctx.write(kv[0], |w| w.set_str_shared(value, false));
     }
     Reply::Int(1)
 }
@@ -346,8 +350,8 @@ fn too_big() -> Reply {
     err("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
 }
 
-fn append(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let cur = match get_string(ctx, &a[1]) {
+fn append(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let cur = match get_string(ctx, a[1]) {
         Ok(v) => v.unwrap_or_default(),
         Err(e) => return e,
     };
@@ -356,14 +360,14 @@ fn append(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
     let mut v = Vec::with_capacity(cur.len() + a[2].len());
     v.extend_from_slice(&cur);
-    v.extend_from_slice(&a[2]);
+    v.extend_from_slice(a[2]);
     let n = v.len();
-    ctx.write(&a[1], |w| w.set_str(Bytes::from(v), true));
+    ctx.write(a[1], |w| w.set_str(Bytes::from(v), true));
     Reply::Int(n as i64)
 }
 
-fn strlen(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match ctx.read(&a[1]) {
+fn strlen(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match ctx.read(a[1]) {
         None => Reply::Int(0),
         Some(e) => match e.as_str() {
             Some(s) => Reply::Int(s.len() as i64),
@@ -372,12 +376,12 @@ fn strlen(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
 }
 
-fn getrange(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let (Some(start), Some(end)) = (crate::util::parse_int(&a[2]), crate::util::parse_int(&a[3]))
+fn getrange(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let (Some(start), Some(end)) = (crate::util::parse_int(a[2]), crate::util::parse_int(a[3]))
     else {
         return not_int();
     };
-    let v = match get_string(ctx, &a[1]) {
+    let v = match get_string(ctx, a[1]) {
         Err(e) => return e,
         Ok(None) => return bulk(Bytes::new()),
         Ok(Some(v)) => v,
@@ -399,15 +403,15 @@ fn getrange(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     bulk(v.slice(s as usize..=e as usize))
 }
 
-fn setrange(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(offset) = crate::util::parse_int(&a[2]) else {
+fn setrange(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(offset) = crate::util::parse_int(a[2]) else {
         return not_int();
     };
     if offset < 0 {
         return err("ERR offset is out of range");
     }
     let offset = offset as usize;
-    let cur = match get_string(ctx, &a[1]) {
+    let cur = match get_string(ctx, a[1]) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -424,11 +428,11 @@ fn setrange(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
     }
     v[offset..offset + patch.len()].copy_from_slice(patch);
     let n = v.len();
-    ctx.write(&a[1], |w| w.set_str(Bytes::from(v), true));
+    ctx.write(a[1], |w| w.set_str(Bytes::from(v), true));
     Reply::Int(n as i64)
 }
 
-pub fn incr_generic(ctx: &mut Ctx, key: &Bytes, by: i64) -> Reply {
+pub fn incr_generic(ctx: &mut Ctx, key: &[u8], by: i64) -> Reply {
     // One probe: `incr_by` refuses another type itself (WRONGTYPE, nothing written).
     match ctx.incr_plain(key, by) {
         Ok(n) => Reply::Int(n),
@@ -436,36 +440,36 @@ pub fn incr_generic(ctx: &mut Ctx, key: &Bytes, by: i64) -> Reply {
     }
 }
 
-fn incr(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    incr_generic(ctx, &a[1], 1)
+fn incr(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    incr_generic(ctx, a[1], 1)
 }
 
-fn decr(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    incr_generic(ctx, &a[1], -1)
+fn decr(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    incr_generic(ctx, a[1], -1)
 }
 
-fn incrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    match crate::util::parse_int(&a[2]) {
-        Some(by) => incr_generic(ctx, &a[1], by),
+fn incrby(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    match crate::util::parse_int(a[2]) {
+        Some(by) => incr_generic(ctx, a[1], by),
         None => not_int(),
     }
 }
 
-fn decrby(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(by) = crate::util::parse_int(&a[2]) else {
+fn decrby(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(by) = crate::util::parse_int(a[2]) else {
         return not_int();
     };
     match by.checked_neg() {
-        Some(by) => incr_generic(ctx, &a[1], by),
+        Some(by) => incr_generic(ctx, a[1], by),
         None => err("ERR decrement would overflow"),
     }
 }
 
-fn incrbyfloat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
-    let Some(by) = parse_float(&a[2]) else {
+fn incrbyfloat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(by) = parse_float(a[2]) else {
         return not_float();
     };
-    let cur = match ctx.lookup(&a[1]) {
+    let cur = match ctx.lookup(a[1]) {
         None => 0.0,
         Some(e) => match e.as_str().and_then(|s| s.value()) {
             None => return wrongtype(),
@@ -481,6 +485,6 @@ fn incrbyfloat(ctx: &mut Ctx, a: &[Bytes]) -> Reply {
         return err("ERR increment would produce NaN or Infinity");
     }
     let s = Bytes::from(format_float(next));
-    ctx.write(&a[1], |w| w.set_str(s.clone(), true));
+    ctx.write(a[1], |w| w.set_str(s.clone(), true));
     bulk(s)
 }

@@ -111,7 +111,7 @@ pub fn apply_op(w: &mut EntryWriter, op: &Op) {
             }
         }
         Op::SetVersioned(v, version) => {
-            let _ = w.set_str_versioned(&value(v), version, false);
+            let _ = w.set_str_versioned(value(v), version, false);
         }
         Op::Invalidate(version) => {
             w.invalidate(version);
