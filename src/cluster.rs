@@ -12,6 +12,7 @@
 //! `nodes-file` before the node acts on a change, like Redis' nodes.conf.
 
 use crate::config::ClusterConfig;
+use crate::connection::Held;
 use crate::server::now_ms;
 use crate::store::Store;
 use bytes::{Buf, BytesMut};
@@ -199,14 +200,16 @@ impl Cluster {
 
     /// Route a key-bearing command, given its keys with their slots. `None`: run it here;
     /// `Some(error text)` otherwise.
-    pub fn route(
+    #[allow(clippy::too_many_arguments)]
+    pub fn route<'s>(
         &self,
-        store: &Store,
+        store: &'s Store,
         keys: &[(&[u8], u16)],
         write: bool,
         asking: bool,
         readonly_read: bool,
         now: u64,
+        held: &mut Held<'s>,
     ) -> Option<String> {
         let &(first, slot) = keys.first()?;
         let mut multiple_keys = false;
@@ -216,16 +219,18 @@ impl Cluster {
             }
             multiple_keys |= k != first;
         }
-        let migrating = {
-            let node = self.node.lock();
-            let topo = node.topology();
-            topo.migrating(slot).is_some() || topo.importing(slot).is_some()
-        };
+        let mut node = self.node.lock();
+        let topo = node.topology();
         // Key presence decides ASK / TRYAGAIN while the slot moves (Redis counts every key
         // argument, repeated ones included). Never hold the node lock while taking a shard
-        // lock (EXEC holds every shard and may run CLUSTER commands, which take the node lock).
+        // lock (EXEC holds every shard and may run CLUSTER commands, which take the node
+        // lock), nor a shard lock the connection kept from its previous command (`held`: it
+        // may be this very shard). A stable slot (the common case) needs neither: one
+        // node lock routes it.
         let (mut existing_keys, mut missing_keys) = (0, 0);
-        if migrating {
+        if topo.migrating(slot).is_some() || topo.importing(slot).is_some() {
+            drop(node);
+            held.release();
             let shard = store.shard(crate::store::shard_of(slot));
             for &(k, _) in keys {
                 if shard.ks.peek(k, now).is_some() {
@@ -234,8 +239,9 @@ impl Cluster {
                     missing_keys += 1;
                 }
             }
+            drop(shard);
+            node = self.node.lock();
         }
-        let node = self.node.lock();
         let topo = node.topology();
         let route = topo.route(&RouteRequest {
             slot,

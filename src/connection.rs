@@ -50,7 +50,7 @@ pub async fn serve(
         store.defer_replication_wake();
         // The shard lock the previous command of this batch left held (see `Held`).
         // Released before every await below: other tasks of this thread lock shards too.
-        let mut held: Held<'_> = None;
+        let mut held = Held::new(shared.io_threads.load(Relaxed) == 1);
         // Requests parsed ahead of the one running (see `Ahead`); `ahead_bytes` of `buf`.
         let mut ahead_bytes = 0;
         let mut exhausted = false;
@@ -106,7 +106,7 @@ pub async fn serve(
                 continue;
             }
             let current = next.key.clone().map(|(_, r)| &frame[r]);
-            prefetch_ahead(&store, &held, &buf, &ahead, current);
+            prefetch_ahead(&store, &mut held, &buf, &ahead, current);
             let first_slot = next.key.map(|(slot, _)| slot);
             let mut reply = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
@@ -190,7 +190,7 @@ pub async fn serve(
 /// released (other tasks of this thread lock shards too), and the replication wake-up the
 /// batch's writes put off is done (see `Store::defer_replication_wake`).
 fn before_await(held: &mut Held<'_>, store: &Store) {
-    drop(held.take());
+    held.release();
     store.flush_replication_wake();
 }
 
@@ -247,14 +247,13 @@ fn first_key(spec: &Spec, frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16,
 /// the first of them. A request on the key of the one about to run (`current`) needs none:
 /// that key will be in cache (a hot key, e.g. `SADD myset …` from every client, would
 /// otherwise pay for hints that fetch nothing).
-fn prefetch_ahead(
-    store: &Store,
-    held: &Held<'_>,
+fn prefetch_ahead<'s>(
+    store: &'s Store,
+    held: &mut Held<'s>,
     buf: &[u8],
     ahead: &VecDeque<Ahead>,
     current: Option<&[u8]>,
 ) {
-    let held = held.as_ref().map(|(i, g)| (*i, &**g));
     let mut at = 0;
     store.prefetch_ahead(
         held,
@@ -294,24 +293,19 @@ fn unknown_command(args: &[&[u8]]) -> Reply {
 
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
-/// A shard lock kept from one command of a pipelined batch to the next when both work on
-/// that shard alone: a hot key (`SADD myset …` from many clients, several I/O threads)
-/// then costs one lock hand-over per batch instead of one per command, and its cache lines
-/// stop bouncing between cores at every command. Never held across an await.
-pub type Held<'s> = Option<(usize, parking_lot::MutexGuard<'s, crate::store::Shard>)>;
+pub use crate::store::Held;
 
 /// Whether `spec` may run under (and leave behind) a [`Held`] guard: a plain keyed
-/// command of a standalone node, outside transactions, with no maxmemory to enforce
-/// (`maxmemory` is the command's one reading of the limit, which `make_room` uses too, so
-/// a concurrent CONFIG SET cannot make eviction lock shards under the guard). Every other
-/// path may lock shards on its own (routing checks, eviction, WATCH, EXEC), so it runs with
-/// no guard held.
-fn may_hold(shared: &Shared, conn: &ConnState, spec: &Spec, maxmemory: u64) -> bool {
+/// command, outside transactions, with no maxmemory to enforce (`maxmemory` is the
+/// command's one reading of the limit, which `make_room` uses too, so a concurrent CONFIG
+/// SET cannot make eviction lock shards under the guard). Every other path may lock shards
+/// on its own (eviction, WATCH, EXEC), so it runs with no guard held; cluster routing, which
+/// locks a shard only while the key's slot is migrating, releases the guard first.
+fn may_hold(conn: &ConnState, spec: &Spec, maxmemory: u64) -> bool {
     spec.first_key > 0
         && spec.flags & cmd::ALL_SHARDS == 0
         && spec.name != "watch"
         && conn.multi.is_none()
-        && shared.cluster.is_none()
         && maxmemory == 0
 }
 
@@ -356,9 +350,9 @@ fn execute_parsed<'s>(
 ) -> Reply {
     conn.pending_commands += 1;
     let maxmemory = store.runtime.maxmemory.load(Relaxed);
-    let hold = spec.is_some_and(|s| may_hold(shared, conn, s, maxmemory));
+    let hold = spec.is_some_and(|s| may_hold(conn, s, maxmemory));
     if !hold {
-        drop(held.take());
+        held.release();
     }
     let Some(spec) = spec else {
         if conn.multi.is_some() {
@@ -430,7 +424,7 @@ fn execute_parsed<'s>(
         if !keys.is_empty() {
             let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
             let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
-            if let Some(e) = c.route(store, &keys, write, asking, readonly_read, now) {
+            if let Some(e) = c.route(store, &keys, write, asking, readonly_read, now, held) {
                 if conn.multi.is_some() {
                     conn.multi_error = true;
                 }
@@ -464,17 +458,24 @@ fn execute_parsed<'s>(
             key_slots.push((key.as_ptr() as usize, key.len(), slot));
             idxs.push(shard_of(slot));
         }
-        match held.take() {
-            Some((i, g)) if idxs.iter().all(|&x| x == i) => {
-                let mut v = cmd::SomeGuards::new();
+        idxs.sort_unstable();
+        idxs.dedup();
+        let mut v = cmd::SomeGuards::new();
+        if hold {
+            for &i in &idxs {
+                let Some(g) = store.try_take(held, i) else {
+                    break;
+                };
                 v.push((i, g));
-                Locks::Some(v)
-            }
-            other => {
-                drop(other);
-                Locks::Some(store.lock_some(&mut idxs))
             }
         }
+        if v.len() < idxs.len() {
+            // A shard is busy: wait for it holding nothing (see `Held`).
+            drop(v);
+            held.release();
+            v = store.lock_some(&mut idxs);
+        }
+        Locks::Some(v)
     } else {
         Locks::None
     };
@@ -493,9 +494,9 @@ fn execute_parsed<'s>(
         ctx.conn.write_offset = store.feed().offset();
     }
     if hold {
-        if let Locks::Some(mut v) = ctx.locks {
-            if v.len() == 1 {
-                *held = v.pop();
+        if let Locks::Some(v) = ctx.locks {
+            for (i, g) in v {
+                held.put(i, g);
             }
         }
     }

@@ -37,7 +37,7 @@
 
 use crate::frame::Reply;
 use crate::server::now_ms;
-use crate::store::{shard_of, Store, PREFETCH_AHEAD};
+use crate::store::{shard_of, Held, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Applied, Delta, Entry};
 use meridian_replication::codec::KeyState;
@@ -882,7 +882,7 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                 break;
             };
             store.prefetch_ahead(
-                None,
+                &mut Held::new(false),
                 ahead.iter().map(|next| match next {
                     ReplicaFrame::Delta(d) => Some((d.slot, &d.key[..])),
                     ReplicaFrame::State { key, .. } => {

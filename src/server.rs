@@ -51,6 +51,8 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// In-region replication (both roles): `follow`, WAIT, min-replicas, INFO.
     pub inregion: Arc<crate::replica::InRegion>,
+    /// Threads serving clients (see `store::Held`: with one, a batch keeps its shard locks).
+    pub io_threads: AtomicUsize,
 }
 
 pub struct Server {
@@ -152,6 +154,7 @@ impl Server {
         let shared = Arc::new(Shared {
             cluster,
             inregion,
+            io_threads: AtomicUsize::new(1),
             config,
             started_ms: now_ms(),
             run_id,
@@ -212,6 +215,7 @@ impl Server {
     /// Redis' single event loop, times the cores).
     pub fn spawn_io_threads(&self, extra: usize) -> std::io::Result<()> {
         let addr = self.local_addr()?;
+        self.shared.io_threads.store(1 + extra, Relaxed);
         for i in 0..extra {
             let (store, shared) = (self.store.clone(), self.shared.clone());
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -276,18 +276,24 @@ impl Store {
     }
 
     /// A lookup hint for a command further down a pipeline (see `Keyspace::prefetch`),
-    /// through `held` when it is that shard's guard, else only if the shard's lock is free
-    /// right now: a hint never waits.
-    fn prefetch(&self, held: Option<(usize, &Shard)>, stage: Prefetch, slot: u16, key: &[u8]) {
+    /// through a guard `held` has, else only if the shard's lock is free right now (a hint
+    /// never waits); `held` keeps that guard if it keeps several.
+    fn prefetch<'s>(&'s self, held: &mut Held<'s>, stage: Prefetch, slot: u16, key: &[u8]) {
         let i = shard_of(slot);
-        match held {
-            Some((h, shard)) if h == i => shard.ks.prefetch(stage, slot, key),
-            _ => {
-                if let Some(shard) = self.shards[i].try_lock() {
-                    shard.ks.prefetch(stage, slot, key);
-                }
+        if let Some(shard) = held.get(i) {
+            shard.ks.prefetch(stage, slot, key);
+        } else if let Some(shard) = self.shards[i].try_lock() {
+            shard.ks.prefetch(stage, slot, key);
+            if held.many {
+                held.put(i, shard);
             }
         }
+    }
+
+    /// The guard of shard `i`: from `held`, else taken now if that needs no wait. `None`
+    /// when another thread has it.
+    pub fn try_take<'s>(&'s self, held: &mut Held<'s>, i: usize) -> Option<MutexGuard<'s, Shard>> {
+        held.take(i).or_else(|| self.shards[i].try_lock())
     }
 
     /// While one request of a batch runs, prefetch for the next ones (`keys`, the next
@@ -295,9 +301,9 @@ impl Store {
     /// the fourth, the value of the second. Each stage reads what the one before fetched,
     /// two requests earlier: one request's worth of work was not always enough for a line
     /// to arrive.
-    pub fn prefetch_ahead<'k>(
-        &self,
-        held: Option<(usize, &Shard)>,
+    pub fn prefetch_ahead<'s, 'k>(
+        &'s self,
+        held: &mut Held<'s>,
         keys: impl Iterator<Item = Option<(u16, &'k [u8])>>,
     ) {
         for (distance, key) in (1..=PREFETCH_AHEAD).zip(keys) {
@@ -492,5 +498,67 @@ impl Store {
             n += reclaimed;
         }
         n
+    }
+}
+
+/// Shard locks a client connection keeps from one command of a pipelined batch to the next
+/// (never across an await: [`Held::release`] first). A command whose shards are all held,
+/// or free at once, runs without taking and releasing a lock, and the prefetch hints for the
+/// requests parsed ahead go through the same guards: a lock and an unlock are two locked
+/// instructions, each waiting for every load before it, which stalls a pipeline whose
+/// lookups were prefetched to overlap. A hot key (`SADD myset …` from many clients) also
+/// stops bouncing its shard's cache lines between cores at every command.
+///
+/// With one client thread (`many`) a batch keeps every shard it touched; the other lockers
+/// (the replication and Kafka threads) wait at most one batch. With several client threads
+/// it keeps one, as they would otherwise queue on each other's batches. Taking a guard
+/// while holding others is only ever a `try_lock`: a thread that must wait for a shard
+/// releases everything first, so no thread waits while holding one (no deadlock).
+pub struct Held<'s> {
+    guards: [Option<MutexGuard<'s, Shard>>; SHARDS],
+    /// Bit `i`: `guards[i]` is held.
+    mask: u32,
+    /// Keep every guard taken, not just the last command's one.
+    pub many: bool,
+}
+
+impl<'s> Held<'s> {
+    pub fn new(many: bool) -> Held<'s> {
+        Held {
+            guards: Default::default(),
+            mask: 0,
+            many,
+        }
+    }
+
+    /// Release every guard.
+    pub fn release(&mut self) {
+        while self.mask != 0 {
+            let i = self.mask.trailing_zeros() as usize;
+            self.guards[i] = None;
+            self.mask &= self.mask - 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mask == 0
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Shard> {
+        self.guards[i].as_deref()
+    }
+
+    pub fn take(&mut self, i: usize) -> Option<MutexGuard<'s, Shard>> {
+        self.mask &= !(1 << i);
+        self.guards[i].take()
+    }
+
+    /// Keep `guard` (of shard `i`); unless `many`, in place of any other.
+    pub fn put(&mut self, i: usize, guard: MutexGuard<'s, Shard>) {
+        if !self.many {
+            self.release();
+        }
+        self.guards[i] = Some(guard);
+        self.mask |= 1 << i;
     }
 }

@@ -458,7 +458,14 @@ fn concurrent_evictors_never_give_up_while_keys_remain() {
             .map(|a| Bytes::copy_from_slice(a.as_bytes()))
             .collect();
         let now = meridian::server::now_ms();
-        meridian::connection::execute(store, shared, &mut conn, &args, now, &mut None)
+        meridian::connection::execute(
+            store,
+            shared,
+            &mut conn,
+            &args,
+            now,
+            &mut meridian::connection::Held::new(false),
+        )
     };
     let mut early = 0;
     for round in 0..100 {
