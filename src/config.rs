@@ -80,6 +80,8 @@ pub struct ReplicationConfig {
     /// write after a quiet interval ships at once; a stream of writes waits up to this long
     /// to ship together, for far fewer wake-ups, frames and acks.
     pub flush_interval_ms: u64,
+    /// `background` (idle class while it keeps up) or `normal`: see `sched`.
+    pub thread_priority: crate::sched::ThreadPriority,
 }
 
 impl Default for ReplicationConfig {
@@ -98,6 +100,7 @@ impl Default for ReplicationConfig {
             anti_entropy_interval_ms: l.anti_entropy_interval_ms,
             gc_interval_ms: 1_000,
             flush_interval_ms: 1,
+            thread_priority: Default::default(),
         }
     }
 }

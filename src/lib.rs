@@ -20,6 +20,7 @@ pub mod memory;
 pub mod metrics;
 pub mod replica;
 pub mod replication;
+pub mod sched;
 pub mod server;
 pub mod store;
 pub mod util;

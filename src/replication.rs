@@ -275,6 +275,7 @@ struct Core {
     faults: Vec<(u64, f64)>,
     gc_interval_ms: u64,
     flush_interval_ms: u64,
+    thread_priority: crate::sched::ThreadPriority,
 }
 
 fn read_pem(
@@ -364,6 +365,7 @@ impl Replicator {
                 faults: rc.peers.iter().map(|p| (p.delay_ms, p.drop_rate)).collect(),
                 gc_interval_ms: rc.gc_interval_ms.max(10),
                 flush_interval_ms: rc.flush_interval_ms,
+                thread_priority: rc.thread_priority,
             }),
         }))
     }
@@ -385,32 +387,12 @@ impl Replicator {
         std::thread::Builder::new()
             .name("meridian-repl".into())
             .spawn(move || {
-                lower_this_threads_priority();
-                rt.block_on(core.run(store))
+                let governor = crate::sched::Governor::start(core.thread_priority);
+                rt.block_on(core.run(store, governor))
             })?;
         Ok(())
     }
 }
-
-/// Give the replication thread a nice value of 5. When it and the client I/O threads want
-/// the same core, the clients' requests win: a woken I/O thread preempts it at once, so
-/// replication work costs local latency less (it still takes every idle cycle).
-#[cfg(target_os = "linux")]
-fn lower_this_threads_priority() {
-    const REPLICATION_NICE: libc::c_int = 5;
-    // On Linux a nice value is per thread: PRIO_PROCESS with this thread's id.
-    // SAFETY: plain syscalls on the calling thread, no pointers.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, REPLICATION_NICE)
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the replication thread's priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_this_threads_priority() {}
 
 impl Drop for Replicator {
     fn drop(&mut self) {
@@ -432,7 +414,7 @@ struct RateSample {
 
 impl Core {
     /// The replication loop (never returns while the server runs).
-    async fn run(self, store: Arc<Store>) {
+    async fn run(self, store: Arc<Store>, mut governor: crate::sched::Governor) {
         let Core {
             control,
             transport,
@@ -440,6 +422,7 @@ impl Core {
             faults,
             gc_interval_ms,
             flush_interval_ms,
+            thread_priority: _,
         } = self;
         let n = control.peers.len();
         let idx_of_id = |id: RegionId| control.peers.iter().position(|p| p.region_id == id.0);
@@ -472,8 +455,12 @@ impl Core {
         // a stream of writes ships once per interval).
         let mut flush_at: Option<u64> = Some(0);
         let mut last_flush = 0u64;
+        // When the loop last went to sleep, and the deadline it slept until: a loop that runs
+        // well after it was due was starved of CPU (see `sched::Governor`).
+        let (mut slept_at, mut due) = (u64::MAX, u64::MAX);
         loop {
             let now = now_ms();
+            governor.observe(now, now.saturating_sub(due.max(slept_at)));
             // Local deltas. The link ships them in HLC order (its frontier for our own
             // writes relies on it), but shards fill their logs concurrently. A write is
             // stamped and logged under its shard lock, so once every shard was locked after
@@ -585,6 +572,8 @@ impl Core {
                 wake = wake.min(t);
             }
             let sleep = Duration::from_millis(wake.saturating_sub(now).max(1));
+            slept_at = now_ms();
+            due = now + sleep.as_millis() as u64;
             tokio::select! {
                 biased;
                 got = transport.recv() => {
