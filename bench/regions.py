@@ -13,7 +13,7 @@ one standalone `meridian` without replication, and reports:
     timed until B's DBSIZE shows them all;
   * bytes on the wire per delta (A's `INFO crdt` peer_b bytes_sent / deltas in that phase).
 
-Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 20000]
+Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 60000]
        [--conv-writes 200] [--burst 200000]
        (binary: $MERIDIAN_BIN, else $CARGO_TARGET_DIR/release/meridian, else target/release)
 """
@@ -303,7 +303,7 @@ def throughput(a, b, burst):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--delay-ms", type=int, default=50)
-    ap.add_argument("--ops", type=int, default=20000)
+    ap.add_argument("--ops", type=int, default=60000)
     ap.add_argument("--conv-writes", type=int, default=200)
     ap.add_argument("--burst", type=int, default=200000)
     ap.add_argument("--io-threads", type=int, default=1)
