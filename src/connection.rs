@@ -63,6 +63,10 @@ pub async fn serve(
                         let frame = &buf[ahead_bytes..ahead_bytes + n];
                         let spec = ranges.first().and_then(|r| cmd::lookup(&frame[r.clone()]));
                         let key = spec.and_then(|spec| first_key(spec, frame, &ranges));
+                        let element = spec
+                            .filter(|s| s.flags & cmd::ELEMENT != 0)
+                            .and_then(|s| ranges.get(s.first_key as usize + 1))
+                            .cloned();
                         // Nothing after a barrier is parsed before it has run.
                         let barrier = spec.is_some_and(|spec| BARRIERS.contains(&spec.name));
                         exhausted = barrier;
@@ -72,6 +76,7 @@ pub async fn serve(
                             ranges,
                             spec,
                             key,
+                            element,
                             barrier,
                         });
                     }
@@ -226,13 +231,15 @@ const BARRIERS: [&str; 2] = ["config", "meridian"];
 
 /// A request parsed but not yet run: its length in the read buffer, its arguments (ranges
 /// of those bytes), its command, for a keyed command its first key's slot and range (both
-/// looked up once, for the prefetch and for `execute`), and whether it is one of the
-/// [`BARRIERS`].
+/// looked up once, for the prefetch and for `execute`), the member or field it names (for
+/// the prefetch), and whether it is one of the [`BARRIERS`].
 struct Ahead {
     len: usize,
     ranges: Vec<Range<usize>>,
     spec: Option<&'static Spec>,
     key: Option<(u16, Range<usize>)>,
+    /// The member or field a set or hash command names after its key (`cmd::ELEMENT`).
+    element: Option<Range<usize>>,
     barrier: bool,
 }
 
@@ -244,9 +251,10 @@ fn first_key(spec: &Spec, frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16,
 }
 
 /// Prefetch for the requests parsed ahead (see [`Store::prefetch_ahead`]); `buf` starts with
-/// the first of them. A request on the key of the one about to run (`current`) needs none:
-/// that key will be in cache (a hot key, e.g. `SADD myset …` from every client, would
-/// otherwise pay for hints that fetch nothing).
+/// the first of them. A request on the key of the one about to run (`current`) needs none
+/// for the key, which will be in cache (a hot key, e.g. `SET counter …` from every client,
+/// would otherwise pay for hints that fetch nothing), but still one for the member or field
+/// it names (`SADD myset <random member>`).
 fn prefetch_ahead<'s>(
     store: &'s Store,
     held: &mut Held<'s>,
@@ -262,7 +270,9 @@ fn prefetch_ahead<'s>(
             at += a.len;
             let (slot, r) = a.key.as_ref()?;
             let key = &frame[r.clone()];
-            (current != Some(key)).then_some((*slot, key))
+            let element = a.element.clone().map(|r| &frame[r]);
+            // A hot key's member or field still needs its probe.
+            (current != Some(key) || element.is_some()).then_some((*slot, key, element))
         }),
     );
 }

@@ -884,9 +884,9 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
             store.prefetch_ahead(
                 &mut Held::new(false),
                 ahead.iter().map(|next| match next {
-                    ReplicaFrame::Delta(d) => Some((d.slot, &d.key[..])),
+                    ReplicaFrame::Delta(d) => Some((d.slot, &d.key[..], None)),
                     ReplicaFrame::State { key, .. } => {
-                        Some((meridian_crdt::key_slot(key), &key[..]))
+                        Some((meridian_crdt::key_slot(key), &key[..], None))
                     }
                     _ => None,
                 }),

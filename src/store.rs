@@ -278,12 +278,19 @@ impl Store {
     /// A lookup hint for a command further down a pipeline (see `Keyspace::prefetch`),
     /// through a guard `held` has, else only if the shard's lock is free right now (a hint
     /// never waits); `held` keeps that guard if it keeps several.
-    fn prefetch<'s>(&'s self, held: &mut Held<'s>, stage: Prefetch, slot: u16, key: &[u8]) {
+    fn prefetch<'s>(
+        &'s self,
+        held: &mut Held<'s>,
+        stage: Prefetch,
+        slot: u16,
+        key: &[u8],
+        element: Option<&[u8]>,
+    ) {
         let i = shard_of(slot);
         if let Some(shard) = held.get(i) {
-            shard.ks.prefetch(stage, slot, key);
+            shard.ks.prefetch(stage, slot, key, element);
         } else if let Some(shard) = self.shards[i].try_lock() {
-            shard.ks.prefetch(stage, slot, key);
+            shard.ks.prefetch(stage, slot, key, element);
             if held.many {
                 held.put(i, shard);
             }
@@ -297,14 +304,15 @@ impl Store {
     }
 
     /// While one request of a batch runs, prefetch for the next ones (`keys`, the next
-    /// first; `None` for one with no key to fetch): the slot table of the sixth, the node of
-    /// the fourth, the value of the second. Each stage reads what the one before fetched,
+    /// first: slot, key and the member or field it names, if any; `None` for one with no key
+    /// to fetch): the slot table of the sixth, the node of the fourth, the value (or the
+    /// member's or field's entry) of the second. Each stage reads what the one before fetched,
     /// two requests earlier: one request's worth of work was not always enough for a line
     /// to arrive.
     pub fn prefetch_ahead<'s, 'k>(
         &'s self,
         held: &mut Held<'s>,
-        keys: impl Iterator<Item = Option<(u16, &'k [u8])>>,
+        keys: impl Iterator<Item = Option<(u16, &'k [u8], Option<&'k [u8]>)>>,
     ) {
         for (distance, key) in (1..=PREFETCH_AHEAD).zip(keys) {
             let stage = match distance {
@@ -313,8 +321,8 @@ impl Store {
                 6 => Prefetch::Table,
                 _ => continue,
             };
-            if let Some((slot, key)) = key {
-                self.prefetch(held, stage, slot, key);
+            if let Some((slot, key, element)) = key {
+                self.prefetch(held, stage, slot, key, element);
             }
         }
     }

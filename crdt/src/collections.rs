@@ -12,8 +12,8 @@ use crate::packed::Key;
 use crate::strval::{Register, Str};
 use crate::FixedState;
 use bytes::Bytes;
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 const ELEMENT_OVERHEAD_BYTES: usize = 64;
 
@@ -44,6 +44,12 @@ impl OrSet {
 
     pub fn contains(&self, member: &[u8]) -> bool {
         self.members.get(member).is_some_and(Dots::is_alive)
+    }
+
+    /// A lookup hint (see `Keyspace::prefetch`): probes for `member`, which brings its
+    /// bucket into cache.
+    pub(crate) fn prefetch(&self, member: &[u8]) {
+        prefetch_element(&self.members, member);
     }
 
     pub fn members(&self) -> impl Iterator<Item = &[u8]> {
@@ -201,6 +207,22 @@ impl OrSet {
 /// collection keeps its own copy of a new element's bytes, so an element never pins a
 /// request or frame buffer. An inline-sized element is found or inserted with one probe;
 /// a longer one is looked up first, so a present one costs no allocation.
+/// A lookup hint for `key` in `map`: its probe reads the control bytes (a few per hundred
+/// elements, so mostly in cache) and prefetches each candidate bucket instead of comparing
+/// it, so nothing waits for the buckets themselves (a 100 k-field hash is megabytes of
+/// them). A lookup that did compare would stall on the bucket's miss as the command's own
+/// lookup does.
+fn prefetch_element<V>(map: &HashMap<Key, V, FixedState>, key: &[u8]) {
+    let h = std::hash::BuildHasher::hash_one(map.hasher(), key);
+    let _ = map.raw_entry().from_hash(h, |k| {
+        // The bucket is the key and the value next to it: its first two lines.
+        let at: *const u8 = (k as *const Key).cast();
+        crate::keyspace::prefetch(at);
+        crate::keyspace::prefetch(at.wrapping_add(64));
+        false
+    });
+}
+
 fn element<'a, V: Default>(
     map: &'a mut HashMap<Key, V, FixedState>,
     heap_bytes: &mut usize,
@@ -209,8 +231,8 @@ fn element<'a, V: Default>(
     if key.len() <= crate::packed::INLINE_KEY {
         // An inline key costs no allocation to build: one probe finds or inserts.
         return match map.entry(Key::new(key)) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
+            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(v) => {
                 *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
                 v.insert(V::default())
             }
@@ -253,6 +275,11 @@ impl OrMap {
 
     pub fn get(&self, field: &[u8]) -> Option<&Str> {
         self.fields.get(field).filter(|s| s.is_alive())
+    }
+
+    /// A lookup hint (see `Keyspace::prefetch`): see [`prefetch_element`].
+    pub(crate) fn prefetch(&self, field: &[u8]) {
+        prefetch_element(&self.fields, field);
     }
 
     /// A field's state even when dead (its tombstone).

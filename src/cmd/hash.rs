@@ -7,23 +7,47 @@ use meridian_crdt::{OrMap, Str, StrValue};
 
 pub fn specs() -> Vec<Spec> {
     vec![
-        spec!("hset", -4, WRITE | DENYOOM | FAST, 1, 1, 1, hset),
-        spec!("hmset", -4, WRITE | DENYOOM | FAST, 1, 1, 1, hmset),
-        spec!("hsetnx", 4, WRITE | DENYOOM | FAST, 1, 1, 1, hsetnx),
-        spec!("hget", 3, READONLY | FAST, 1, 1, 1, hget),
-        spec!("hmget", -3, READONLY | FAST, 1, 1, 1, hmget),
-        spec!("hdel", -3, WRITE | FAST, 1, 1, 1, hdel),
+        spec!("hset", -4, WRITE | DENYOOM | FAST | ELEMENT, 1, 1, 1, hset),
+        spec!(
+            "hmset",
+            -4,
+            WRITE | DENYOOM | FAST | ELEMENT,
+            1,
+            1,
+            1,
+            hmset
+        ),
+        spec!(
+            "hsetnx",
+            4,
+            WRITE | DENYOOM | FAST | ELEMENT,
+            1,
+            1,
+            1,
+            hsetnx
+        ),
+        spec!("hget", 3, READONLY | FAST | ELEMENT, 1, 1, 1, hget),
+        spec!("hmget", -3, READONLY | FAST | ELEMENT, 1, 1, 1, hmget),
+        spec!("hdel", -3, WRITE | FAST | ELEMENT, 1, 1, 1, hdel),
         spec!("hgetall", 2, READONLY, 1, 1, 1, hgetall),
         spec!("hkeys", 2, READONLY, 1, 1, 1, hkeys),
         spec!("hvals", 2, READONLY, 1, 1, 1, hvals),
         spec!("hlen", 2, READONLY | FAST, 1, 1, 1, hlen),
-        spec!("hexists", 3, READONLY | FAST, 1, 1, 1, hexists),
-        spec!("hstrlen", 3, READONLY | FAST, 1, 1, 1, hstrlen),
-        spec!("hincrby", 4, WRITE | DENYOOM | FAST, 1, 1, 1, hincrby),
+        spec!("hexists", 3, READONLY | FAST | ELEMENT, 1, 1, 1, hexists),
+        spec!("hstrlen", 3, READONLY | FAST | ELEMENT, 1, 1, 1, hstrlen),
+        spec!(
+            "hincrby",
+            4,
+            WRITE | DENYOOM | FAST | ELEMENT,
+            1,
+            1,
+            1,
+            hincrby
+        ),
         spec!(
             "hincrbyfloat",
             4,
-            WRITE | DENYOOM | FAST,
+            WRITE | DENYOOM | FAST | ELEMENT,
             1,
             1,
             1,

@@ -39,6 +39,9 @@ pub const ALL_SHARDS: u32 = 32;
 pub const NO_MULTI: u32 = 64;
 pub const LOADING: u32 = 128;
 pub const STALE: u32 = 256;
+/// The argument after the key names a member or field: it is prefetched with the key when
+/// the request is parsed ahead of the one running (see `Keyspace::prefetch`).
+pub const ELEMENT: u32 = 512;
 
 pub struct Spec {
     pub name: &'static str,

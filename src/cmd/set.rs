@@ -6,11 +6,27 @@ use meridian_crdt::OrSet;
 
 pub fn specs() -> Vec<Spec> {
     vec![
-        spec!("sadd", -3, WRITE | DENYOOM | FAST, 1, 1, 1, sadd),
-        spec!("srem", -3, WRITE | FAST, 1, 1, 1, srem),
+        spec!("sadd", -3, WRITE | DENYOOM | FAST | ELEMENT, 1, 1, 1, sadd),
+        spec!("srem", -3, WRITE | FAST | ELEMENT, 1, 1, 1, srem),
         spec!("smembers", 2, READONLY, 1, 1, 1, smembers),
-        spec!("sismember", 3, READONLY | FAST, 1, 1, 1, sismember),
-        spec!("smismember", -3, READONLY | FAST, 1, 1, 1, smismember),
+        spec!(
+            "sismember",
+            3,
+            READONLY | FAST | ELEMENT,
+            1,
+            1,
+            1,
+            sismember
+        ),
+        spec!(
+            "smismember",
+            -3,
+            READONLY | FAST | ELEMENT,
+            1,
+            1,
+            1,
+            smismember
+        ),
         spec!("scard", 2, READONLY | FAST, 1, 1, 1, scard),
         spec!("spop", -2, WRITE | FAST, 1, 1, 1, spop),
         spec!("srandmember", -2, READONLY, 1, 1, 1, srandmember),
