@@ -497,6 +497,7 @@ fn execute_parsed<'s>(
         locks,
         key_slots,
         frame,
+        held,
     };
     let reply = (spec.handler)(&mut ctx, args);
     if write {
@@ -506,7 +507,7 @@ fn execute_parsed<'s>(
     if hold {
         if let Locks::Some(v) = ctx.locks {
             for (i, g) in v {
-                held.put(i, g);
+                ctx.held.put(i, g);
             }
         }
     }
@@ -568,6 +569,7 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         locks: Locks::All(guards),
         key_slots: cmd::KeySlots::new(),
         frame: &no_frame,
+        held: &mut Held::new(false),
     };
     let reply = if dirty {
         Reply::NullArray

@@ -219,6 +219,10 @@ pub struct Ctx<'s, 'c> {
     pub key_slots: KeySlots,
     /// The request's bytes, which its arguments are slices of (empty when they are not).
     pub frame: &'c Bytes,
+    /// The shard guards the connection's batch keeps besides `locks` (`store::Held`): a
+    /// shard locked on demand is taken from here first (this thread holds it: waiting for
+    /// it would never end).
+    pub held: &'c mut crate::store::Held<'s>,
 }
 
 /// `(address, length, slot)` of key arguments whose slot is known. The request's argument
@@ -251,8 +255,10 @@ impl<'s, 'c> Ctx<'s, 'c> {
                 let pos = match v.iter().position(|(i, _)| *i == idx) {
                     Some(p) => p,
                     None => {
-                        // Keyless commands lock on demand; keyed ones were locked up front.
-                        v.push((idx, self.store.shard(idx)));
+                        // Keyless commands lock on demand; keyed ones were locked up front
+                        // (but for keys in options, as MIGRATE … KEYS has).
+                        let g = self.held.take(idx).unwrap_or_else(|| self.store.shard(idx));
+                        v.push((idx, g));
                         v.len() - 1
                     }
                 };
