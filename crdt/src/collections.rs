@@ -203,10 +203,6 @@ impl OrSet {
     }
 }
 
-/// A member's or field's state, created empty (and counted in `heap_bytes`) if absent. The
-/// collection keeps its own copy of a new element's bytes, so an element never pins a
-/// request or frame buffer. An inline-sized element is found or inserted with one probe;
-/// a longer one is looked up first, so a present one costs no allocation.
 /// A lookup hint for `key` in `map`: its probe reads the control bytes (a few per hundred
 /// elements, so mostly in cache) and prefetches each candidate bucket instead of comparing
 /// it, so nothing waits for the buckets themselves (a 100 k-field hash is megabytes of
@@ -223,6 +219,10 @@ fn prefetch_element<V>(map: &HashMap<Key, V, FixedState>, key: &[u8]) {
     });
 }
 
+/// A member's or field's state, created empty (and counted in `heap_bytes`) if absent. The
+/// collection keeps its own copy of a new element's bytes, so an element never pins a
+/// request or frame buffer. An inline-sized element is found or inserted with one probe;
+/// a longer one is looked up first, so a present one costs no allocation.
 fn element<'a, V: Default>(
     map: &'a mut HashMap<Key, V, FixedState>,
     heap_bytes: &mut usize,

@@ -570,9 +570,9 @@ impl Keyspace {
     /// what the previous one (issued a command earlier) brought into cache: the slot's
     /// table, then the key's node (this stage reads the table's buckets), then the value.
     /// They never change state, and a wrong or absent key just fetches nothing useful.
-    /// `element` (a member or field the command names after the key) is looked up in the
-    /// key's set or hash at the value stage: that probe's misses (a 100 k-field hash) then
-    /// overlap with the commands before it, which the CPU runs on while it waits.
+    /// `element` (a member or field the command names after the key) is probed for in the
+    /// key's set or hash at the value stage, its candidate buckets prefetched rather than
+    /// compared: their misses (a 100 k-field hash) then overlap with the commands before it.
     pub fn prefetch(&self, stage: Prefetch, slot: u16, key: &[u8], element: Option<&[u8]>) {
         let Some(Some(t)) = self.slots.get(slot_index(slot)) else {
             return;

@@ -118,7 +118,7 @@ fn hsetnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         Ok(_) => {
             let value = own(a[3]);
             ctx.write(a[1], |w| {
-                w.hash_update(&own(a[2]), |s, stamp| s.set(stamp, value))
+                w.hash_update(a[2], |s, stamp| s.set(stamp, value))
             });
             Reply::Int(1)
         }
@@ -237,7 +237,7 @@ fn hincrby(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         return err("ERR increment or decrement would overflow");
     }
     match ctx.write(a[1], |w| {
-        w.hash_update(&own(a[2]), |s, stamp| s.incr_by(stamp, by))
+        w.hash_update(a[2], |s, stamp| s.incr_by(stamp, by))
     }) {
         Ok(n) => Reply::Int(n),
         Err(e) => crdt_err(e),
@@ -270,8 +270,6 @@ fn hincrbyfloat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
     let s = Bytes::from(format_float(next));
     let v = s.clone();
-    ctx.write(a[1], |w| {
-        w.hash_update(&own(a[2]), |f, stamp| f.set(stamp, v))
-    });
+    ctx.write(a[1], |w| w.hash_update(a[2], |f, stamp| f.set(stamp, v)));
     bulk(s)
 }
