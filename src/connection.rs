@@ -203,15 +203,13 @@ fn before_await(held: &mut Held<'_>, store: &Store) {
 /// `Store::defer_replication_wake`): after the bytes are on their way, or before waiting
 /// for a full socket to drain.
 async fn write_replies(stream: &mut TcpStream, out: &[u8], store: &Store) -> std::io::Result<()> {
-    let sent = match stream.try_write(out) {
+    let sent = stream.try_write(out);
+    store.flush_replication_wake();
+    let sent = match sent {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(e) => {
-            store.flush_replication_wake();
-            return Err(e);
-        }
+        Err(e) => return Err(e),
     };
-    store.flush_replication_wake();
     if sent < out.len() {
         stream.write_all(&out[sent..]).await?;
     }

@@ -524,8 +524,6 @@ impl Store {
 /// releases everything first, so no thread waits while holding one (no deadlock).
 pub struct Held<'s> {
     guards: [Option<MutexGuard<'s, Shard>>; SHARDS],
-    /// Bit `i`: `guards[i]` is held.
-    mask: u32,
     /// Keep every guard taken, not just the last command's one.
     pub many: bool,
 }
@@ -534,22 +532,13 @@ impl<'s> Held<'s> {
     pub fn new(many: bool) -> Held<'s> {
         Held {
             guards: Default::default(),
-            mask: 0,
             many,
         }
     }
 
     /// Release every guard.
     pub fn release(&mut self) {
-        while self.mask != 0 {
-            let i = self.mask.trailing_zeros() as usize;
-            self.guards[i] = None;
-            self.mask &= self.mask - 1;
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.mask == 0
+        self.guards = Default::default();
     }
 
     pub fn get(&self, i: usize) -> Option<&Shard> {
@@ -557,7 +546,6 @@ impl<'s> Held<'s> {
     }
 
     pub fn take(&mut self, i: usize) -> Option<MutexGuard<'s, Shard>> {
-        self.mask &= !(1 << i);
         self.guards[i].take()
     }
 
@@ -567,6 +555,5 @@ impl<'s> Held<'s> {
             self.release();
         }
         self.guards[i] = Some(guard);
-        self.mask |= 1 << i;
     }
 }
