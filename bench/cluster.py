@@ -5,7 +5,9 @@ Reports:
   1. aggregate throughput of a 3-primary meridian cluster with the cluster-aware load
      generator (`redis-benchmark --cluster`), against a 3-primary redis-server cluster driven
      the same way and against 3 standalone redis-server instances (3 generators at once),
-     all in the same run. Like for like, the meridian cluster has no replicas there (nor do
+     all in the same run. Throughput is what the servers report processing
+     (`total_commands_processed`) over a window while the load runs; the standalone and
+     meridian figures are medians of alternating rounds. Like for like, the meridian cluster has no replicas there (nor do
      the redis-server ones); the six-node cluster with a replica per primary is measured
      too, as its own column;
   2. resharding speed: keys/s moved by `redis-cli --cluster reshard` of 1000 slots;
@@ -19,6 +21,7 @@ Reports:
 
 Usage: bench/cluster.py [--requests N] [--keys N] [--node-timeout MS] [--meridian PATH]
                         [--only-lag] [--only-throughput] [--pipelines 1,16]
+                        [--rounds N] [--warm S] [--window S]
 """
 import argparse
 import csv
@@ -27,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,27 +129,50 @@ def start_redis_cluster(tmp):
 PIPELINE = 1
 
 
-def bench(port, requests, cluster, clients=50):
-    args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-c", str(clients),
+def bench(port, requests, cluster, clients=50, tests="set,get"):
+    args = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", tests, "-c", str(clients),
             "-n", str(requests), "-r", "100000", "--csv", "-q", "-P", str(PIPELINE)]
     if cluster:
         args.append("--cluster")
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
-def summed(gens):
-    """Sum the per-test rates of generators that ran at the same time."""
-    total = {}
-    for g in gens:
-        for k, v in rows(g).items():
-            total[k] = total.get(k, 0) + v
+def commands_processed(ports):
+    total = 0
+    for p in ports:
+        info = cmd(p, "INFO", "stats")
+        total += int(info.split("total_commands_processed:")[1].split()[0])
     return total
 
 
-def three_cluster_generators(ports, requests):
-    """Three `redis-benchmark --cluster` processes at once (each seeded from another node),
-    like the three generators of the standalone baseline."""
-    return summed([bench(ports[i], requests // 3, True, clients=17) for i in range(3)])
+def served_rate(ports, gens, warm_s, window_s):
+    """Commands/s the servers on `ports` process together while every generator in `gens`
+    runs: their `total_commands_processed` over a window after a warm-up, read from the
+    servers themselves. Generators' own figures would not do for an aggregate: each times
+    only itself (one that finishes early leaves its CPU to the others, and the sum of their
+    rates then exceeds what ran at once), and `redis-benchmark --cluster` rounds its run time
+    up to its 250 ms progress tick. The generators are stopped afterwards."""
+    try:
+        time.sleep(warm_s)
+        t0, n0 = time.perf_counter(), commands_processed(ports)
+        time.sleep(window_s)
+        t1, n1 = time.perf_counter(), commands_processed(ports)
+        if any(g.poll() is not None for g in gens):
+            raise SystemExit("a load generator ended before the measurement window did")
+        return (n1 - n0 - len(ports)) / (t1 - t0)  # minus the first INFO on each server
+    finally:
+        for g in gens:
+            if g.poll() is None:
+                g.terminate()
+            g.communicate()
+
+
+def aggregate(ports, targets, cluster, test, args):
+    """Rate of `test` with one generator per entry of `targets` (ports they connect to; 50
+    clients shared among them), measured at the servers `ports` (see `served_rate`)."""
+    clients = max(1, 50 // len(targets))
+    gens = [bench(t, 10**9, cluster, clients=clients, tests=test) for t in targets]
+    return served_rate(ports, gens, args.warm, args.window)
 
 
 def rows(proc):
@@ -251,53 +278,77 @@ def report_lag(mports, requests):
 
 
 def throughput(args, tmp, procs, pipeline):
-    """Print the throughput tables for one pipeline depth (see the module docs, item 1)."""
+    """Print the throughput tables for one pipeline depth (see the module docs, item 1).
+
+    The three standalone redis-servers and the three-primary meridian cluster run side by
+    side and are measured in alternating rounds (the median is reported), so a change in the
+    machine's speed during the run falls on both alike."""
     global PIPELINE
     PIPELINE = pipeline
-    requests = args.requests * (5 if pipeline > 1 else 1)
+    tests = ("set", "get")
+
+    def stopping(ps):
+        for p in ps:
+            stop(p)
+            procs.remove(p)
+
     rports, rprocs = start_redis_cluster(tmp)
     procs += rprocs
-    redis_cluster = rows(bench(rports[0], requests, True))
-    redis_cluster3 = three_cluster_generators(rports, requests)
-    for p in rprocs:
-        stop(p)
-        procs.remove(p)
+    redis_cluster = {t: aggregate(rports, rports[:1], True, t, args) for t in tests}
+    redis_cluster3 = {t: aggregate(rports, rports, True, t, args) for t in tests}
+    stopping(rprocs)
+
     singles = []
     for _ in range(3):
         p = free_port()
         pr = subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(p, pr)
-        singles.append((p, pr))
+        singles.append(p)
         procs.append(pr)
-    standalone = summed([bench(p, requests // 3, False, clients=17) for p, _ in singles])
-    for _, pr in singles:
-        stop(pr)
-        procs.remove(pr)
-    # Like for like first: three primaries and no replicas, as the redis-server cluster and
-    # the standalone instances have none. Then the six-node cluster (a replica per primary,
-    # which the primaries stream every write to; on 2 cores the replicas compete for CPU).
-    results = []
-    for replicas in (False, True):
-        mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads,
-                                                replicas=replicas)
-        procs += mprocs
-        results.append((rows(bench(mports[0], requests, True)), three_cluster_generators(mports, requests)))
-        for p in mprocs:
-            stop(p)
-            procs.remove(p)
-    (bare, bare3), (meridian, meridian3) = results
+    sprocs = procs[-3:]
+    # Like for like: three primaries and no replicas, as the redis-server cluster and the
+    # standalone instances have none.
+    mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads,
+                                            replicas=False)
+    procs += mprocs
+    samples = {k: {t: [] for t in tests} for k in ("standalone", "bare", "bare3")}
+    for _ in range(args.rounds):
+        for t in tests:
+            samples["standalone"][t].append(aggregate(singles, singles, False, t, args))
+            samples["bare"][t].append(aggregate(mports, mports[:1], True, t, args))
+            samples["bare3"][t].append(aggregate(mports, mports, True, t, args))
+    stopping(sprocs + mprocs)
+    med = {k: {t: statistics.median(v) for t, v in d.items()} for k, d in samples.items()}
+    standalone, bare, bare3 = med["standalone"], med["bare"], med["bare3"]
+
+    # The six-node cluster: a replica per primary, which the primaries stream every write to;
+    # on 2 cores the replicas compete for CPU. Only the primaries' commands are counted.
+    mports, mprocs = start_meridian_cluster(args.meridian, args.node_timeout, tmp, args.io_threads,
+                                            replicas=True)
+    procs += mprocs
+    wait_replicas(mports)
+    meridian = {t: aggregate(mports[:3], mports[:1], True, t, args) for t in tests}
+    meridian3 = {t: aggregate(mports[:3], mports[:3], True, t, args) for t in tests}
+    stopping(mprocs)
+
+    print(f"-P {pipeline}: commands/s summed over the servers ({args.window:g} s window after "
+          f"{args.warm:g} s of load; standalone and 3-primary meridian: median of {args.rounds} "
+          f"alternating rounds, per-round ratios "
+          + ", ".join(f"{t.upper()} " + "/".join(f"{b / a:.2f}" for a, b in zip(samples['standalone'][t], samples['bare'][t]))
+                      for t in tests) + " with one generator)")
     for title, red, mer_bare, mer in (
-            ("one cluster-aware generator (redis-benchmark --cluster)", redis_cluster, bare, meridian),
+            ("one cluster-aware generator (redis-benchmark --cluster, 50 clients)", redis_cluster, bare,
+             meridian),
             ("three cluster-aware generators at once (as many as the standalone baseline)",
              redis_cluster3, bare3, meridian3)):
-        print(f"-P {pipeline}, -n {requests}, {title}:")
+        print(f"-P {pipeline}, {title}:")
         print("| test | 3 standalone redis-server | redis-server cluster (3 primaries) "
               "| meridian, 3 primaries | vs standalone | vs redis cluster "
               "| meridian, 3 primaries + 3 replicas | vs standalone |")
         print("|---|---|---|---|---|---|---|---|")
-        for t in ("SET", "GET"):
-            print(f"| {t} | {standalone[t]:,.0f} | {red[t]:,.0f} | {mer_bare[t]:,.0f} | "
+        for t in tests:
+            print(f"| {t.upper()} | {standalone[t]:,.0f} | {red[t]:,.0f} | {mer_bare[t]:,.0f} | "
                   f"{mer_bare[t] / standalone[t]:.2f} | {mer_bare[t] / red[t]:.2f} | "
                   f"{mer[t]:,.0f} | {mer[t] / standalone[t]:.2f} |")
 
@@ -315,6 +366,9 @@ def main():
     ap.add_argument("--only-lag", action="store_true", help="only the replication-lag measurement")
     ap.add_argument("--pipelines", default="1,16", help="redis-benchmark -P values for the throughput runs")
     ap.add_argument("--only-throughput", action="store_true", help="stop after the throughput tables")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating standalone/meridian throughput rounds")
+    ap.add_argument("--warm", type=float, default=1.0, help="seconds of load before a throughput window")
+    ap.add_argument("--window", type=float, default=3.0, help="seconds a throughput window lasts")
     args = ap.parse_args()
     args.pipelines = [int(p) for p in args.pipelines.split(",")]
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):

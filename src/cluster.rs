@@ -51,9 +51,57 @@ struct Saved {
     primary: Option<String>,
 }
 
+/// The node as the shell holds it: [`ClusterNode`] plus a memo of whether it accepts writes.
+///
+/// `ClusterNode::can_write` walks the slot owners (coverage, and whether a majority is
+/// reachable at `now`); routing asks it for every write, a few hundred times per
+/// millisecond under load. The answer for one millisecond is kept until the millisecond
+/// changes or anything touches the node mutably: every mutable access goes through
+/// `DerefMut`, which forgets the memo, so no message, tick or admin command can be missed
+/// (a manual failover's client pause counts from the very next write).
+pub struct NodeCell {
+    node: ClusterNode,
+    write_ok: Option<(u64, bool)>,
+}
+
+impl NodeCell {
+    fn new(node: ClusterNode) -> Self {
+        NodeCell {
+            node,
+            write_ok: None,
+        }
+    }
+
+    /// [`ClusterNode::can_write`], memoized for `now_ms` (see the type's docs).
+    pub fn can_write(&mut self, now_ms: u64) -> bool {
+        match self.write_ok {
+            Some((at, ok)) if at == now_ms => ok,
+            _ => {
+                let ok = self.node.can_write(now_ms);
+                self.write_ok = Some((now_ms, ok));
+                ok
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for NodeCell {
+    type Target = ClusterNode;
+    fn deref(&self) -> &ClusterNode {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for NodeCell {
+    fn deref_mut(&mut self) -> &mut ClusterNode {
+        self.write_ok = None;
+        &mut self.node
+    }
+}
+
 /// Shared between the cluster task and every connection.
 pub struct Cluster {
-    pub node: Mutex<ClusterNode>,
+    pub node: Mutex<NodeCell>,
     /// Wakes the cluster task after an admin command queued bus messages.
     wake: Notify,
     nodes_file: PathBuf,
@@ -135,7 +183,7 @@ impl Cluster {
             node.meet(now, &host, bus).map_err(|e| e.to_string())?;
         }
         let c = Arc::new(Cluster {
-            node: Mutex::new(node),
+            node: Mutex::new(NodeCell::new(node)),
             wake: Notify::new(),
             nodes_file,
             pending_replicate: Mutex::new(pending_replicate),
