@@ -5,7 +5,7 @@
 use crate::cmd::{self, ConnState, Ctx, Locks, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
-use crate::store::{key_shard, shard_of, Store, PREFETCH_AHEAD};
+use crate::store::{key_shard, shard_of, Hint, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::key_slot;
 use std::borrow::Cow;
@@ -55,6 +55,7 @@ pub async fn serve(
         let mut ahead_bytes = 0;
         let mut exhausted = false;
         let mut tail: Option<ParseError> = None;
+        let mut batch_start = true;
         loop {
             while ahead.len() < LOOKAHEAD && !exhausted {
                 let mut ranges = spare.pop().unwrap_or_default();
@@ -111,6 +112,16 @@ pub async fn serve(
                 continue;
             }
             let current = next.key.clone().map(|(_, r)| &frame[r]);
+            if std::mem::take(&mut batch_start) {
+                let element = next.element.clone().map(|r| &frame[r]);
+                let first = current
+                    .zip(next.key.as_ref())
+                    .map(|(k, (slot, _))| (*slot, k, element));
+                store.prefetch_ramp(
+                    &mut held,
+                    std::iter::once(first).chain(ahead_keys(&buf, &ahead, None)),
+                );
+            }
             prefetch_ahead(&store, &mut held, &buf, &ahead, current);
             let first_slot = next.key.map(|(slot, _)| slot);
             let mut reply = execute_parsed(
@@ -260,19 +271,26 @@ fn prefetch_ahead<'s>(
     ahead: &VecDeque<Ahead>,
     current: Option<&[u8]>,
 ) {
+    store.prefetch_ahead(held, ahead_keys(buf, ahead, current));
+}
+
+/// The prefetch hint of each request parsed ahead: `None` for a request with no key, or on
+/// the key of `current` (the request about to run) without a member or field to probe.
+fn ahead_keys<'b>(
+    buf: &'b [u8],
+    ahead: &'b VecDeque<Ahead>,
+    current: Option<&'b [u8]>,
+) -> impl Iterator<Item = Hint<'b>> + Clone + 'b {
     let mut at = 0;
-    store.prefetch_ahead(
-        held,
-        ahead.iter().map(|a| {
-            let frame = &buf[at..at + a.len];
-            at += a.len;
-            let (slot, r) = a.key.as_ref()?;
-            let key = &frame[r.clone()];
-            let element = a.element.clone().map(|r| &frame[r]);
-            // A hot key's member or field still needs its probe.
-            (current != Some(key) || element.is_some()).then_some((*slot, key, element))
-        }),
-    );
+    ahead.iter().map(move |a| {
+        let frame = &buf[at..at + a.len];
+        at += a.len;
+        let (slot, r) = a.key.as_ref()?;
+        let key = &frame[r.clone()];
+        let element = a.element.clone().map(|r| &frame[r]);
+        // A hot key's member or field still needs its probe.
+        (current != Some(key) || element.is_some()).then_some((*slot, key, element))
+    })
 }
 
 /// A request's arguments (its command's name first), slices of its bytes.
