@@ -12,6 +12,7 @@ use crate::packed::Key;
 use crate::strval::{Register, Str};
 use crate::FixedState;
 use bytes::Bytes;
+use hashbrown::hash_map::RawEntryMut;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -75,26 +76,19 @@ impl OrSet {
     /// The member's dots, created empty if absent. The set keeps its own copy of a new
     /// member's bytes (a member never pins a request buffer); a present one costs no copy.
     fn slot_for(&mut self, member: &[u8]) -> &mut Dots<()> {
-        element(&mut self.members, &mut self.heap_bytes, member)
+        element(&mut self.members, &mut self.heap_bytes, member).0
     }
 
-    /// A one-member set (a delta).
-    pub fn from_member(member: &[u8], dots: Dots<()>) -> OrSet {
-        let mut s = OrSet {
-            alive: usize::from(dots.is_alive()),
-            heap_bytes: member.len() + ELEMENT_OVERHEAD_BYTES,
-            ..OrSet::default()
-        };
-        s.members.insert(Key::new(member), dots);
-        s
-    }
-
-    /// `SADD`: returns whether the member was absent. The returned dots are the delta.
-    pub fn add(&mut self, stamp: Stamp, member: &[u8]) -> (bool, Dots<()>) {
-        let dots = self.slot_for(member);
+    /// `SADD`: returns whether the member was absent, and the delta: a one-member set.
+    pub fn add(&mut self, stamp: Stamp, member: &[u8]) -> (bool, OrSet) {
+        let (dots, hash) = element(&mut self.members, &mut self.heap_bytes, member);
         let was = dots.is_alive();
         dots.set(stamp.region, stamp.hlc, ());
-        let delta = dots.clone();
+        let delta = OrSet {
+            alive: usize::from(dots.is_alive()),
+            heap_bytes: member.len() + ELEMENT_OVERHEAD_BYTES,
+            members: one_element(member, hash, dots.clone()),
+        };
         if !was {
             self.alive += 1;
         }
@@ -219,33 +213,34 @@ fn prefetch_element<V>(map: &HashMap<Key, V, FixedState>, key: &[u8]) {
     });
 }
 
-/// A member's or field's state, created empty (and counted in `heap_bytes`) if absent. The
-/// collection keeps its own copy of a new element's bytes, so an element never pins a
-/// request or frame buffer. An inline-sized element is found or inserted with one probe;
-/// a longer one is looked up first, so a present one costs no allocation.
+/// A member's or field's state, created empty (and counted in `heap_bytes`) if absent, and
+/// the element's hash (for a one-element delta built next: [`one_element`]). The collection
+/// keeps its own copy of a new element's bytes, so an element never pins a request or frame
+/// buffer; one probe finds or inserts it, and a present one costs no allocation.
 fn element<'a, V: Default>(
     map: &'a mut HashMap<Key, V, FixedState>,
     heap_bytes: &mut usize,
     key: &[u8],
-) -> &'a mut V {
-    if key.len() <= crate::packed::INLINE_KEY {
-        // An inline key costs no allocation to build: one probe finds or inserts.
-        return match map.entry(Key::new(key)) {
-            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
-            hashbrown::hash_map::Entry::Vacant(v) => {
-                *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
-                v.insert(V::default())
-            }
-        };
+) -> (&'a mut V, u64) {
+    let h = std::hash::BuildHasher::hash_one(map.hasher(), key);
+    let v = match map.raw_entry_mut().from_key_hashed_nocheck(h, key) {
+        RawEntryMut::Occupied(o) => o.into_mut(),
+        RawEntryMut::Vacant(v) => {
+            *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
+            v.insert_hashed_nocheck(h, Key::new(key), V::default()).1
+        }
+    };
+    (v, h)
+}
+
+/// A one-element map (a delta's), sized for that element, which `hash` (from [`element`])
+/// places without hashing it again.
+fn one_element<V>(key: &[u8], hash: u64, value: V) -> HashMap<Key, V, FixedState> {
+    let mut map = HashMap::with_capacity_and_hasher(1, FixedState::default());
+    if let RawEntryMut::Vacant(v) = map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
+        v.insert_hashed_nocheck(hash, Key::new(key), value);
     }
-    if !map.contains_key(key) {
-        *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
-        map.insert(Key::new(key), V::default());
-    }
-    match map.get_mut(key) {
-        Some(v) => v,
-        None => unreachable!("inserted above"),
-    }
+    map
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -305,7 +300,7 @@ impl OrMap {
 
     /// Run a local update on one field; returns (was alive, result, field state for the delta).
     pub fn update<R>(&mut self, field: &[u8], f: impl FnOnce(&mut Str) -> R) -> (bool, R, Str) {
-        let slot = element(&mut self.fields, &mut self.heap_bytes, field);
+        let (slot, _) = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
         let r = f(slot);
@@ -350,9 +345,9 @@ impl OrMap {
 
     /// `HSET` of one field to a value held in a request buffer: the map stores its own
     /// copies (of the field only when it is new); the returned delta state carries `value`
-    /// itself. Returns whether the field was present, and the delta state.
-    pub fn set_field(&mut self, field: &[u8], stamp: Stamp, value: Bytes) -> (bool, Str) {
-        let slot = element(&mut self.fields, &mut self.heap_bytes, field);
+    /// itself. Returns whether the field was present, and the delta: a one-field map.
+    pub fn set_field(&mut self, field: &[u8], stamp: Stamp, value: Bytes) -> (bool, OrMap) {
+        let (slot, hash) = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
         slot.set(stamp, Bytes::copy_from_slice(&value));
@@ -368,22 +363,16 @@ impl OrMap {
             },
             ctr: slot.ctr.clone(),
         };
-        (was, state)
-    }
-
-    /// A one-field map (a delta).
-    pub fn from_field(field: &[u8], state: Str) -> OrMap {
-        let mut m = OrMap {
+        let delta = OrMap {
             alive: usize::from(state.is_alive()),
             heap_bytes: field.len() + ELEMENT_OVERHEAD_BYTES + state.heap_bytes(),
-            ..OrMap::default()
+            fields: one_element(field, hash, state),
         };
-        m.fields.insert(Key::new(field), state);
-        m
+        (was, delta)
     }
 
     pub fn merge_field(&mut self, field: &[u8], theirs: &Str) -> bool {
-        let slot = element(&mut self.fields, &mut self.heap_bytes, field);
+        let (slot, _) = element(&mut self.fields, &mut self.heap_bytes, field);
         let was = slot.is_alive();
         let before = slot.heap_bytes();
         let changed = slot.merge(theirs);

@@ -805,10 +805,10 @@ impl<'a> EntryWriter<'a> {
         let Val::Set(set) = &mut self.entry.comps[i].val else {
             unreachable!()
         };
-        let (new, dots) = set.add(stamp, member);
+        let (new, delta) = set.add(stamp, member);
         self.delta_put(Comp {
             created,
-            val: Val::Set(OrSet::from_member(member, dots)),
+            val: Val::Set(delta),
         });
         self.changed = true;
         new
@@ -866,10 +866,10 @@ impl<'a> EntryWriter<'a> {
         let Val::Hash(h) = &mut self.entry.comps[i].val else {
             unreachable!()
         };
-        let (was, state) = h.set_field(field, stamp, value);
+        let (was, delta) = h.set_field(field, stamp, value);
         self.delta_put(Comp {
             created,
-            val: Val::Hash(OrMap::from_field(field, state)),
+            val: Val::Hash(delta),
         });
         self.changed = true;
         was
