@@ -169,7 +169,8 @@ def served_rate(ports, gens, warm_s, window_s):
 
 def aggregate(ports, targets, cluster, test, args):
     """Rate of `test` with one generator per entry of `targets` (ports they connect to; 50
-    clients shared among them), measured at the servers `ports` (see `served_rate`)."""
+    clients split evenly among them: 16 each for three), measured at the servers `ports`
+    (see `served_rate`)."""
     clients = max(1, 50 // len(targets))
     gens = [bench(t, 10**9, cluster, clients=clients, tests=test) for t in targets]
     return served_rate(ports, gens, args.warm, args.window)
@@ -282,7 +283,8 @@ def throughput(args, tmp, procs, pipeline):
 
     The three standalone redis-servers and the three-primary meridian cluster run side by
     side and are measured in alternating rounds (the median is reported), so a change in the
-    machine's speed during the run falls on both alike."""
+    machine's speed during the run falls on both alike. The redis-server cluster and the
+    six-node meridian cluster are one sample each, taken before and after."""
     global PIPELINE
     PIPELINE = pipeline
     tests = ("set", "get")
@@ -370,6 +372,8 @@ def main():
     ap.add_argument("--warm", type=float, default=1.0, help="seconds of load before a throughput window")
     ap.add_argument("--window", type=float, default=3.0, help="seconds a throughput window lasts")
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     args.pipelines = [int(p) for p in args.pipelines.split(",")]
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):

@@ -112,14 +112,15 @@ pub async fn serve(
                 continue;
             }
             let current = next.key.clone().map(|(_, r)| &frame[r]);
-            if std::mem::take(&mut batch_start) {
+            // A lone request (`-P 1`) looks its key up at once: a ramp would only repeat that.
+            if std::mem::take(&mut batch_start) && !ahead.is_empty() {
                 let element = next.element.clone().map(|r| &frame[r]);
                 let first = current
                     .zip(next.key.as_ref())
                     .map(|(k, (slot, _))| (*slot, k, element));
                 store.prefetch_ramp(
                     &mut held,
-                    std::iter::once(first).chain(ahead_keys(&buf, &ahead, None)),
+                    std::iter::once(first).chain(ahead_keys(&buf, &ahead, current)),
                 );
             }
             prefetch_ahead(&store, &mut held, &buf, &ahead, current);

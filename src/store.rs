@@ -331,12 +331,13 @@ impl Store {
         }
     }
 
-    /// Before the first request of a batch runs: the stages [`Store::prefetch_ahead`] would
-    /// have run for it and the requests after it, had the batch been under way (`keys`: the
-    /// request about to run, then the ones parsed ahead). Without this ramp the first six
-    /// requests of every batch went without some stage, and at `-P 16` that is six in sixteen:
-    /// all their slot tables are requested at once, then the nodes of the first four, then
-    /// the value of the second, so their misses overlap instead of following each other.
+    /// Before the first request of a batch runs (`keys`: that request, then the ones parsed
+    /// ahead): the stages [`Store::prefetch_ahead`] would have run for the next ones, had the
+    /// batch been under way. Without this ramp the first six requests of every batch went
+    /// without some stage, and at `-P 16` that is six in sixteen. All their slot tables are
+    /// requested at once, then the nodes of the first four (the one about to run included:
+    /// its miss then overlaps the others), then the value of the second; with
+    /// `prefetch_ahead` for the first request each of them gets every stage once.
     pub fn prefetch_ramp<'s, 'k>(
         &'s self,
         held: &mut Held<'s>,
