@@ -7,20 +7,17 @@
 //! every region has seen them (see `gc`).
 
 use crate::dots::Dots;
+use crate::elements::Elements;
 use crate::hlc::{Hlc, RegionId, Stamp};
-use crate::packed::Key;
 use crate::strval::{Register, Str};
-use crate::FixedState;
 use bytes::Bytes;
-use hashbrown::hash_map::RawEntryMut;
-use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 const ELEMENT_OVERHEAD_BYTES: usize = 64;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrSet {
-    members: HashMap<Key, Dots<()>, FixedState>,
+    members: Elements<Dots<()>>,
     #[serde(skip)]
     alive: usize,
     #[serde(skip)]
@@ -50,7 +47,7 @@ impl OrSet {
     /// A lookup hint (see `Keyspace::prefetch`): probes for `member`, which brings its
     /// bucket into cache.
     pub(crate) fn prefetch(&self, member: &[u8]) {
-        prefetch_element(&self.members, member);
+        self.members.prefetch(member);
     }
 
     pub fn members(&self) -> impl Iterator<Item = &[u8]> {
@@ -87,7 +84,7 @@ impl OrSet {
         let delta = OrSet {
             alive: usize::from(dots.is_alive()),
             heap_bytes: member.len() + ELEMENT_OVERHEAD_BYTES,
-            members: one_element(member, hash, dots.clone()),
+            members: Elements::one(member, hash, dots.clone()),
         };
         if !was {
             self.alive += 1;
@@ -129,7 +126,7 @@ impl OrSet {
 
     pub fn merge(&mut self, other: &OrSet) -> bool {
         let mut changed = false;
-        for (m, d) in &other.members {
+        for (m, d) in other.members.iter() {
             changed |= self.merge_member(m, d);
         }
         changed
@@ -181,7 +178,7 @@ impl OrSet {
     pub(crate) fn digest(&self, h: u64) -> u64 {
         // Order-independent: sum of per-member hashes.
         let mut acc: u64 = 0;
-        for (m, d) in &self.members {
+        for (m, d) in self.members.iter() {
             let mut x = crate::digest::mix_bytes(0x5e7, m);
             let mut any = false;
             for e in d.alive() {
@@ -197,55 +194,25 @@ impl OrSet {
     }
 }
 
-/// A lookup hint for `key` in `map`: its probe reads the control bytes (a few per hundred
-/// elements, so mostly in cache) and prefetches each candidate bucket instead of comparing
-/// it, so nothing waits for the buckets themselves (a 100 k-field hash is megabytes of
-/// them). A lookup that did compare would stall on the bucket's miss as the command's own
-/// lookup does.
-fn prefetch_element<V>(map: &HashMap<Key, V, FixedState>, key: &[u8]) {
-    let h = std::hash::BuildHasher::hash_one(map.hasher(), key);
-    let _ = map.raw_entry().from_hash(h, |k| {
-        // The bucket is the key and the value next to it: its first two lines.
-        let at: *const u8 = (k as *const Key).cast();
-        crate::keyspace::prefetch(at);
-        crate::keyspace::prefetch(at.wrapping_add(64));
-        false
-    });
-}
-
 /// A member's or field's state, created empty (and counted in `heap_bytes`) if absent, and
-/// the element's hash (for a one-element delta built next: [`one_element`]). The collection
-/// keeps its own copy of a new element's bytes, so an element never pins a request or frame
-/// buffer; one probe finds or inserts it, and a present one costs no allocation.
+/// the element's hash (for a one-element delta built next: [`Elements::one`]). The
+/// collection keeps its own copy of a new element's bytes, so an element never pins a
+/// request or frame buffer.
 fn element<'a, V: Default>(
-    map: &'a mut HashMap<Key, V, FixedState>,
+    map: &'a mut Elements<V>,
     heap_bytes: &mut usize,
     key: &[u8],
 ) -> (&'a mut V, u64) {
-    let h = std::hash::BuildHasher::hash_one(map.hasher(), key);
-    let v = match map.raw_entry_mut().from_key_hashed_nocheck(h, key) {
-        RawEntryMut::Occupied(o) => o.into_mut(),
-        RawEntryMut::Vacant(v) => {
-            *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
-            v.insert_hashed_nocheck(h, Key::new(key), V::default()).1
-        }
-    };
-    (v, h)
-}
-
-/// A one-element map (a delta's), sized for that element, which `hash` (from [`element`])
-/// places without hashing it again.
-fn one_element<V>(key: &[u8], hash: u64, value: V) -> HashMap<Key, V, FixedState> {
-    let mut map = HashMap::with_capacity_and_hasher(1, FixedState::default());
-    if let RawEntryMut::Vacant(v) = map.raw_entry_mut().from_key_hashed_nocheck(hash, key) {
-        v.insert_hashed_nocheck(hash, Key::new(key), value);
+    let (v, h, new) = map.element(key, V::default);
+    if new {
+        *heap_bytes += key.len() + ELEMENT_OVERHEAD_BYTES;
     }
-    map
+    (v, h)
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrMap {
-    fields: HashMap<Key, Str, FixedState>,
+    fields: Elements<Str>,
     #[serde(skip)]
     alive: usize,
     #[serde(skip)]
@@ -274,7 +241,7 @@ impl OrMap {
 
     /// A lookup hint (see `Keyspace::prefetch`): see [`prefetch_element`].
     pub(crate) fn prefetch(&self, field: &[u8]) {
-        prefetch_element(&self.fields, field);
+        self.fields.prefetch(field);
     }
 
     /// A field's state even when dead (its tombstone).
@@ -366,7 +333,7 @@ impl OrMap {
         let delta = OrMap {
             alive: usize::from(state.is_alive()),
             heap_bytes: field.len() + ELEMENT_OVERHEAD_BYTES + state.heap_bytes(),
-            fields: one_element(field, hash, state),
+            fields: Elements::one(field, hash, state),
         };
         (was, delta)
     }
@@ -388,7 +355,7 @@ impl OrMap {
 
     pub fn merge(&mut self, other: &OrMap) -> bool {
         let mut changed = false;
-        for (f, s) in &other.fields {
+        for (f, s) in other.fields.iter() {
             changed |= self.merge_field(f, s);
         }
         changed
@@ -442,7 +409,7 @@ impl OrMap {
 
     pub(crate) fn digest(&self, h: u64) -> u64 {
         let mut acc: u64 = 0;
-        for (f, s) in &self.fields {
+        for (f, s) in self.fields.iter() {
             if s.is_alive() {
                 acc = acc.wrapping_add(s.digest(crate::digest::mix_bytes(0x4a5, f)));
             }

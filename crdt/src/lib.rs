@@ -14,6 +14,7 @@
 pub mod collections;
 pub mod digest;
 pub mod dots;
+mod elements;
 pub mod entry;
 pub mod hlc;
 pub mod keyspace;
