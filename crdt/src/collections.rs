@@ -239,7 +239,7 @@ impl OrMap {
         self.fields.get(field).filter(|s| s.is_alive())
     }
 
-    /// A lookup hint (see `Keyspace::prefetch`): see [`prefetch_element`].
+    /// A lookup hint (see `Keyspace::prefetch` and `Elements::prefetch`).
     pub(crate) fn prefetch(&self, field: &[u8]) {
         self.fields.prefetch(field);
     }

@@ -3,8 +3,8 @@
 //! A hashbrown table that grows like `HashMap` while it is small, and incrementally once it
 //! is large, like Redis' dict. A table of a million fields doubling in one step moves every
 //! field while the shard (and, with one I/O thread, every client) waits: milliseconds per
-//! hundred thousand fields. From [`INCREMENTAL_MIN_CAPACITY`] on, a full table is replaced
-//! by an empty one twice its size; the old one is kept, searched after the new one, and
+//! hundred thousand fields. From [`INCREMENTAL_MIN_BUCKETS`] on, a full table is replaced
+//! by an empty one with room for twice its elements; the old one is kept, searched after the new one, and
 //! moved over [`MIGRATE_BUCKETS`] buckets at a time by each write. Every element lives in
 //! exactly one of the two tables.
 //!
@@ -22,16 +22,16 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::hash::BuildHasher;
 
-/// Tables at least this large (in elements they hold before growing) grow incrementally.
-pub(crate) const INCREMENTAL_MIN_CAPACITY: usize = 3584;
+/// Tables of at least this many buckets (3584 elements when full) grow incrementally.
+pub(crate) const INCREMENTAL_MIN_BUCKETS: usize = 4096;
 
 /// Old-table buckets a write moves while a table grows incrementally: at most this many
 /// elements, a cache miss or two each in a large table. The new table has room for twice
-/// the old one's elements, and a migration takes a step per write for an eighth more writes
-/// than the old table's capacity divided by this: inserts (one per write at most) never
-/// fill it first. Measured on a hash growing to 1 M fields under `redis-benchmark -P 16`:
-/// 16 buckets gave p99 2.9 ms, 4 gave 1.9–2.2 ms (maximum 6 ms either way, against 117 ms
-/// for the one-step doubling).
+/// the elements the old one's buckets hold when full (deleted slots included), and a
+/// migration takes a step per write for a seventh more writes than that capacity divided
+/// by this: inserts (one per write at most) never fill it first. Measured on a hash growing
+/// to 1 M fields under `redis-benchmark -P 16`: 16 buckets gave p99 2.9 ms, 4 gave 1.9–2.2
+/// ms (maximum 6 ms either way, against 117 ms for the one-step doubling).
 pub(crate) const MIGRATE_BUCKETS: usize = 4;
 
 #[derive(Clone)]
@@ -127,11 +127,11 @@ impl<V> Elements<V> {
         // Find, then insert, as `HashMap`'s entry does: `HashTable::entry` makes room before
         // it probes, so after removals it may grow where the map reused a deleted slot, and
         // iteration order would differ.
-        let in_old = match self.old.is_empty() {
-            true => None,
-            false => self.old.find_bucket_index(h, eq).map(|i| (true, i)),
+        let found = match self.cur.find_bucket_index(h, eq) {
+            Some(i) => Some((false, i)),
+            None if self.old.is_empty() => None,
+            None => self.old.find_bucket_index(h, eq).map(|i| (true, i)),
         };
-        let found = in_old.or_else(|| self.cur.find_bucket_index(h, eq).map(|i| (false, i)));
         if let Some((in_old, i)) = found {
             let table = if in_old { &mut self.old } else { &mut self.cur };
             return match table.get_bucket_mut(i) {
@@ -139,7 +139,8 @@ impl<V> Elements<V> {
                 None => unreachable!("a bucket just found is occupied"),
             };
         }
-        if self.cur.len() == self.cur.capacity() && self.cur.capacity() >= INCREMENTAL_MIN_CAPACITY
+        if self.cur.len() == self.cur.capacity()
+            && self.cur.num_buckets() >= INCREMENTAL_MIN_BUCKETS
         {
             // Full and large: grow by moving, not by one big rehash.
             self.start_growth();
@@ -148,10 +149,13 @@ impl<V> Elements<V> {
         (&mut e.into_mut().1, h, true)
     }
 
-    /// Replace the full `cur` with an empty table twice its size and start moving into it.
+    /// Replace the full `cur` with an empty table of twice its room and start moving into it.
     fn start_growth(&mut self) {
         self.finish_growth();
-        let fresh = HashTable::with_capacity(self.cur.capacity() * 2);
+        // Twice what the buckets hold when full: deleted slots lower `capacity()`, and the
+        // move takes as many steps as there are buckets either way.
+        let full = self.cur.num_buckets() / 8 * 7;
+        let fresh = HashTable::with_capacity(full.max(self.cur.len()) * 2);
         self.old = std::mem::replace(&mut self.cur, fresh);
         self.cursor = 0;
     }
@@ -370,6 +374,60 @@ mod tests {
             m.entry(Key::new(&k(100_000 + j))).or_insert(0);
             order(&e, &m);
         }
+    }
+
+    /// Up to the incremental size (3584 elements fill 4096 buckets) growth is `HashMap`'s,
+    /// step for step: same capacities, same order.
+    #[test]
+    fn matches_hashmap_up_to_the_incremental_size() {
+        let mut e: Elements<u32> = Elements::default();
+        let mut m: hashbrown::HashMap<Key, u32, FixedState> = hashbrown::HashMap::default();
+        for i in 0..3584u32 {
+            e.element(&k(i), || i);
+            m.entry(Key::new(&k(i))).or_insert(i);
+            if i.is_power_of_two() || i == 3583 {
+                assert_eq!(e.cur.capacity(), m.capacity(), "at {i}");
+                assert!(!e.migrating());
+                let a: Vec<_> = e.iter().map(|(k, _)| k.to_vec()).collect();
+                let b: Vec<_> = m.iter().map(|(k, _)| k.to_vec()).collect();
+                assert_eq!(a, b, "at {i}");
+            }
+        }
+        assert_eq!(e.cur.num_buckets(), INCREMENTAL_MIN_BUCKETS);
+        e.element(&k(3584), || 0);
+        assert!(
+            e.migrating(),
+            "the next element starts the incremental growth"
+        );
+    }
+
+    /// Mid-growth, a clone, a serde round trip, equality and `retain` see every element once;
+    /// removing them all ends the growth.
+    #[test]
+    fn whole_table_operations_during_growth() {
+        let mut e: Elements<u32> = Elements::default();
+        let mut i = 0u32;
+        while !e.migrating() {
+            e.element(&k(i), || i);
+            i += 1;
+        }
+        let c = e.clone();
+        assert_eq!(c, e);
+        let bytes = postcard::to_allocvec(&e).expect("encode");
+        let back: Elements<u32> = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, e);
+        assert_eq!(back.len(), i as usize);
+        let mut kept = c.clone();
+        kept.retain(|_, v| *v % 2 == 0);
+        assert_eq!(kept.len(), i.div_ceil(2) as usize);
+        assert!(kept.iter().all(|(_, v)| v % 2 == 0));
+        assert!(!kept.migrating(), "retain finishes the move");
+        let mut gone = c;
+        for j in 0..i {
+            assert_eq!(gone.remove_entry(&k(j)).map(|x| x.1), Some(j));
+        }
+        assert_eq!(gone.len(), 0);
+        assert!(!gone.migrating());
     }
 
     /// While a growth is under way, an element in the old table is found, updated, and
