@@ -187,7 +187,7 @@ pub async fn serve(
             // let the other ready connections run their commands first, so the replies leave
             // in one burst and a waiting client is woken once per burst, not once per
             // connection with our processing in between.
-            tokio::task::yield_now().await;
+            YieldOnce(false).await;
             if write_replies(&mut stream, &out, &store).await.is_err() {
                 break;
             }
@@ -201,6 +201,27 @@ pub async fn serve(
     }
     store.flush_replication_wake();
     unwatch_all(&store, &mut conn);
+}
+
+/// Yield to the tasks already queued, without letting the I/O driver run first (unlike
+/// `tokio::task::yield_now`, which defers the wake-up until the driver is polled, so
+/// connections that became ready meanwhile would run their commands before our replies
+/// leave).
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// What every await inside a batch needs first: the shard guard a command left held is
