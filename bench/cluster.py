@@ -357,8 +357,8 @@ def throughput(args, tmp, procs, pipeline):
 
 def main():
     ap = argparse.ArgumentParser()
-    # redis-benchmark --cluster times a run in steps of its 250 ms progress tick: a run must
-    # last several seconds for the rate to mean anything (1.5 M at P1, 5x that at -P 16).
+    # Requests of the load the replication-lag probe runs under (throughput runs are timed
+    # by window instead: --warm, --window).
     ap.add_argument("--requests", type=int, default=1500000)
     ap.add_argument("--keys", type=int, default=50000)
     ap.add_argument("--node-timeout", type=int, default=2000)

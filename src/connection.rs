@@ -123,7 +123,7 @@ pub async fn serve(
                     std::iter::once(first).chain(ahead_keys(&buf, &ahead, current)),
                 );
             }
-            prefetch_ahead(&store, &mut held, &buf, &ahead, current);
+            store.prefetch_ahead(&mut held, ahead_keys(&buf, &ahead, current));
             let first_slot = next.key.map(|(slot, _)| slot);
             let mut reply = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
@@ -281,23 +281,12 @@ fn first_key(spec: &Spec, frame: &[u8], ranges: &[Range<usize>]) -> Option<(u16,
     Some((key_slot(&frame[r.clone()]), r))
 }
 
-/// Prefetch for the requests parsed ahead (see [`Store::prefetch_ahead`]); `buf` starts with
-/// the first of them. A request on the key of the one about to run (`current`) needs none
-/// for the key, which will be in cache (a hot key, e.g. `SET counter …` from every client,
-/// would otherwise pay for hints that fetch nothing), but still one for the member or field
-/// it names (`SADD myset <random member>`).
-fn prefetch_ahead<'s>(
-    store: &'s Store,
-    held: &mut Held<'s>,
-    buf: &[u8],
-    ahead: &VecDeque<Ahead>,
-    current: Option<&[u8]>,
-) {
-    store.prefetch_ahead(held, ahead_keys(buf, ahead, current));
-}
-
-/// The prefetch hint of each request parsed ahead: `None` for a request with no key, or on
-/// the key of `current` (the request about to run) without a member or field to probe.
+/// The prefetch hints of the requests parsed ahead (for [`Store::prefetch_ahead`] and
+/// [`Store::prefetch_ramp`]); `buf` starts with the first of them. `None` for a request with
+/// no key, and for one on the key of the request about to run (`current`) that names no
+/// member or field: that key will be in cache (a hot key, e.g. `SET counter …` from every
+/// client, would otherwise pay for hints that fetch nothing), but a member or field still
+/// needs its probe (`SADD myset <random member>`).
 fn ahead_keys<'b>(
     buf: &'b [u8],
     ahead: &'b VecDeque<Ahead>,
