@@ -545,6 +545,40 @@ fn info_reports_the_bound_port() {
     assert_eq!(info_u64(&mut c, "tcp_port"), u64::from(s.port));
 }
 
+/// Every write yields a delta; without peers the server keeps what `MERIDIAN DELTAS` shows
+/// of the newest ones (key, slot, stamp, full or partial), newest first.
+#[test]
+fn every_write_shows_its_delta() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let produced = info_u64(&mut c, "deltas_produced");
+    let _: () = q(&mut c, &["SET", "{d}s", "v"]);
+    let _: i64 = q(&mut c, &["INCR", "{d}n"]);
+    let _: i64 = q(&mut c, &["SADD", "{d}set", "a"]);
+    let _: i64 = q(&mut c, &["SADD", "{d}set", "b"]);
+    // A key longer than a note's reused buffer.
+    let long = format!("{{d}}{}", "k".repeat(1000));
+    let _: () = q(&mut c, &["SET", &long, "v"]);
+    assert_eq!(info_u64(&mut c, "deltas_produced"), produced + 5);
+    let shown: Vec<(String, i64, String, String)> = q(&mut c, &["MERIDIAN", "DELTAS", "5"]);
+    let keys: Vec<&str> = shown.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(keys, [long.as_str(), "{d}set", "{d}set", "{d}n", "{d}s"]);
+    let slot: i64 = q(&mut c, &["CLUSTER", "KEYSLOT", "{d}"]);
+    assert!(shown.iter().all(|d| d.1 == slot), "{shown:?}");
+    // Sets are partial deltas once the key exists; strings and counters carry their state.
+    let kinds: Vec<&str> = shown.iter().map(|d| d.3.as_str()).collect();
+    assert_eq!(kinds, ["full", "partial", "full", "full", "full"]);
+    let stamps: HashSet<&str> = shown.iter().map(|d| d.2.as_str()).collect();
+    assert_eq!(stamps.len(), 5, "each write has its own stamp: {shown:?}");
+    // The ring keeps the newest: after many writes to this shard, only they are shown.
+    for i in 0..100 {
+        let _: () = q(&mut c, &["SET", &format!("{{d}}later{i}"), "v"]);
+    }
+    let shown: Vec<(String, i64, String, String)> = q(&mut c, &["MERIDIAN", "DELTAS", "3"]);
+    let keys: Vec<&str> = shown.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(keys, ["{d}later99", "{d}later98", "{d}later97"]);
+}
+
 #[test]
 fn time_is_the_server_clock() {
     let s = Server::start();

@@ -690,8 +690,8 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         };
         let mut all = Vec::new();
         ctx.each_shard(|s| {
-            for d in s.log.iter() {
-                all.push((d.stamp, d.key.clone(), d.slot, d.full));
+            for d in s.recent_deltas() {
+                all.push((d.stamp, Bytes::from(d.key), d.slot, d.full));
             }
         });
         all.sort_by_key(|d| std::cmp::Reverse(d.0));
