@@ -225,10 +225,17 @@ impl<V> Elements<V> {
     pub(crate) fn prefetch(&self, key: &[u8]) {
         let h = hash_of(key);
         let hint = |e: &(Key, V)| {
-            // The bucket is the key and the value next to it: its first two lines.
+            // The bucket is the key and the value next to it, every line of it: buckets are
+            // not line-aligned, so a hash field's 104 bytes span three lines more often than
+            // two.
             let at: *const u8 = (e as *const (Key, V)).cast();
-            crate::keyspace::prefetch(at);
-            crate::keyspace::prefetch(at.wrapping_add(64));
+            let size = std::mem::size_of::<(Key, V)>();
+            let mut off = 0;
+            while off < size {
+                crate::keyspace::prefetch(at.wrapping_add(off));
+                off += 64;
+            }
+            crate::keyspace::prefetch(at.wrapping_add(size - 1));
             false
         };
         let _ = self.cur.find(h, hint);
