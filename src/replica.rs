@@ -75,15 +75,13 @@ fn new_replid() -> String {
     format!("{a:016x}{b:016x}{:08x}", c as u32)
 }
 
-/// Bytes the feed's frame arena grows by (frames are split off it).
-const ARENA_BYTES: usize = 64 * 1024;
+/// The encoding buffer is kept for the next change unless one grew it past this.
+const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
 
 struct FeedState {
     backlog: Backlog,
-    /// Where a change is encoded before it is copied to `arena`.
+    /// Where a change is encoded before it is copied into the backlog.
     scratch: Vec<u8>,
-    /// The tail of the shared buffer the backlog's frames are split from.
-    arena: BytesMut,
     /// This node's replication id: names the stream the offsets belong to.
     replid: String,
 }
@@ -108,7 +106,6 @@ impl ReplFeed {
             state: Mutex::new(FeedState {
                 backlog: Backlog::new(max_size_bytes, 0),
                 scratch: Vec::new(),
-                arena: BytesMut::new(),
                 replid: new_replid(),
             }),
             appended: Notify::new(),
@@ -143,8 +140,8 @@ impl ReplFeed {
         }
     }
 
-    /// Append one frame, encoded by `encode` into the feed's arena: frames are slices of
-    /// one shared buffer (no allocation per change, none of the small `Vec`'s regrowth).
+    /// Append one frame, encoded by `encode` into a reused buffer and copied into the
+    /// backlog's ring (no allocation per change).
     fn push(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, meridian_replication::CodecError>,
@@ -154,24 +151,19 @@ impl ReplFeed {
         st.scratch.clear();
         match encode(&mut st.scratch) {
             Ok(_) => {
-                if st.arena.capacity() - st.arena.len() < st.scratch.len() {
-                    st.arena.reserve(ARENA_BYTES.max(st.scratch.len()));
-                }
-                st.arena.extend_from_slice(&st.scratch);
-                let frame = st.arena.split().freeze();
-                let off = st.backlog.push(frame);
+                let off = st.backlog.push(&st.scratch);
                 self.offset.store(off, Relaxed);
             }
             Err(e) => {
                 // Cannot be streamed (too large): skip an offset and forget the backlog, so
                 // every replica falls back to a full sync.
                 tracing::warn!(error = %e, "change too large for the replica stream; replicas will resync");
-                st.backlog.push(Bytes::new());
+                st.backlog.push(&[]);
                 st.backlog.clear();
                 self.offset.store(st.backlog.offset(), Relaxed);
             }
         }
-        if st.scratch.capacity() > ARENA_BYTES {
+        if st.scratch.capacity() > SCRATCH_KEEP_BYTES {
             // One huge change does not pin its buffer for the life of the feed.
             st.scratch = Vec::new();
         }
@@ -680,7 +672,6 @@ async fn stream_changes(
         }
     };
     let writer = async {
-        let mut frames: Vec<Bytes> = Vec::new();
         let mut out: Vec<u8> = Vec::new();
         let mut next_ping = now_ms() + PING_INTERVAL_MS;
         loop {
@@ -692,22 +683,23 @@ async fn stream_changes(
             if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == Role::Replica {
                 return Err("replica links dropped on request".to_string());
             }
-            frames.clear();
+            out.clear();
             let to = hub
                 .feed
                 .state
                 .lock()
                 .backlog
-                .read_after(sent, SEND_BATCH_BYTES, &mut frames);
+                .read_after(sent, SEND_BATCH_BYTES, &mut out);
+            let from = sent;
             match to {
                 Ok(to) => sent = to,
                 Err(e) => return Err(format!("replica fell out of the backlog ({e})")),
             }
             let now = now_ms();
-            if !frames.is_empty() {
-                out.clear();
-                frames.iter().for_each(|f| out.extend_from_slice(f));
-                write_timed(&mut wr, &out).await?;
+            if sent > from {
+                if !out.is_empty() {
+                    write_timed(&mut wr, &out).await?;
+                }
                 continue;
             }
             if now >= next_ping {
