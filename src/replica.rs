@@ -158,9 +158,8 @@ impl ReplFeed {
                 // Cannot be streamed (too large): skip an offset and forget the backlog, so
                 // every replica falls back to a full sync.
                 tracing::warn!(error = %e, "change too large for the replica stream; replicas will resync");
-                st.backlog.push(&[]);
-                st.backlog.clear();
-                self.offset.store(st.backlog.offset(), Relaxed);
+                let off = st.backlog.skip_offset();
+                self.offset.store(off, Relaxed);
             }
         }
         if st.scratch.capacity() > SCRATCH_KEEP_BYTES {

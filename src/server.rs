@@ -102,8 +102,8 @@ impl Server {
         let store = Arc::new(Store::new(
             RegionId(config.region_id),
             seed,
-            // Without peers nobody consumes the log: keep only a few deltas per shard for
-            // inspection (MERIDIAN DELTAS) so it never pins memory eviction cannot free.
+            // Without peers nobody consumes the log: it keeps notes of only a few deltas per
+            // shard, for inspection (MERIDIAN DELTAS; see `store::Shard::notes`).
             if repl.is_some() {
                 config.delta_log_max
             } else {

@@ -40,10 +40,10 @@ struct Notes {
 
 impl Notes {
     /// Keep what `MERIDIAN DELTAS` shows of `d`, over the oldest note when `max` are kept
-    /// (then `true`).
+    /// (then `true`). `max` is the shard's fixed `log_max` (the ring is never resized).
     fn keep(&mut self, d: &Delta, max: usize) -> bool {
         if max == 0 {
-            return true;
+            return false;
         }
         let full = self.ring.len() >= max;
         let note = if full {
@@ -55,7 +55,7 @@ impl Notes {
             let last = self.ring.len() - 1;
             &mut self.ring[last]
         };
-        if note.key.capacity() > NOTE_KEY_KEEP_BYTES {
+        if note.key.capacity() > NOTE_KEY_KEEP_BYTES && d.key.len() <= NOTE_KEY_KEEP_BYTES {
             note.key = Vec::new();
         }
         note.key.clear();
@@ -75,8 +75,8 @@ pub struct Shard {
     /// Without peers nothing ships the log: only what `MERIDIAN DELTAS` shows of the newest
     /// `log_max` deltas is kept, in a ring, with the key copied. A kept `Delta` shares its
     /// key and value with the request's read buffer, so the connection could not reuse that
-    /// buffer and would allocate a fresh one for every batch it reads (5–10 % of
-    /// throughput under `redis-benchmark -P 16`).
+    /// buffer and would allocate a fresh one for every batch it reads (2–5 % of
+    /// throughput under `redis-benchmark -P 16`, measured).
     notes: Notes,
     log_max: usize,
     /// Wake the replication task on new deltas (multi-region only).
@@ -95,7 +95,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Move the keyspace's fresh deltas into the bounded log and bump watched keys.
+    /// Move the keyspace's fresh deltas into the bounded log (without peers: their notes)
+    /// and the in-region feed, and bump watched keys.
     pub fn after_write(&mut self, stats: &Stats) {
         let watched = !self.watched.is_empty();
         let mut logged = false;
@@ -123,15 +124,13 @@ impl Shard {
             if self.log.len() >= self.log_max {
                 self.log.pop_front();
                 self.dropped += 1;
-                if self.notify {
-                    // The replication task watches this: a lost delta means anti-entropy.
-                    stats.deltas_dropped.fetch_add(1, Relaxed);
-                }
+                // The replication task watches this: a lost delta means anti-entropy.
+                stats.deltas_dropped.fetch_add(1, Relaxed);
             }
             self.log.push_back(d);
             logged = true;
         }
-        if logged && self.notify {
+        if logged {
             // Wake the replication task only for the first delta since its last drain: a
             // burst of writes costs one wake-up (a syscall across threads), not one each.
             // Set under the shard lock, cleared by the drain before it locks the shards.
@@ -551,7 +550,7 @@ impl Store {
     pub fn enforce_maxmemory(&self, now_ms: u64, rng: &mut impl FnMut() -> u64) -> bool {
         let max = self.runtime.maxmemory.load(Relaxed);
         if max == 0 {
-            return true;
+            return false;
         }
         let used = self.used_memory(now_ms);
         if used <= max {

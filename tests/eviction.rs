@@ -5,7 +5,7 @@
 //! - volatile-* evict only keys with a TTL: keys without one always survive, and once no
 //!   volatile key is left, writes get OOM.
 //!
-//! The policy tests run with a one-entry-per-shard delta log and first [`warm_up`] every slot
+//! The policy tests run with one delta note per shard and first [`warm_up`] every slot
 //! table, so the limit is measured above memory that eviction cannot free and the keyspace
 //! is what the limit governs. `small_limit_with_default_config_still_evicts` checks the
 //! default config too (slot tables are freed with their last key).
@@ -33,7 +33,8 @@ fn value() -> String {
     "x".repeat(VALUE_BYTES)
 }
 
-/// Delta log of one entry per shard: logged deltas pin their values, which eviction cannot free.
+/// One delta note per shard (the default keeps 16): notes hold copies of keys, which
+/// eviction cannot free.
 const SMALL_LOG: &str = "delta-log-max = 1\n";
 
 fn start() -> Server {
@@ -348,7 +349,7 @@ fn volatile_ttl_evicts_nearest_deadline_first() {
 
 /// With the default config and a limit a few MB above current usage, writes keep succeeding
 /// with the data set shrunk to what fits: memory eviction cannot free (slot tables that
-/// outlived their keys, the delta log pinning values) must not eat the headroom until
+/// outlived their keys, the delta log's notes) must not eat the headroom until
 /// allkeys-lru has evicted everything and answers OOM.
 #[test]
 fn small_limit_with_default_config_still_evicts() {

@@ -552,6 +552,7 @@ fn every_write_shows_its_delta() {
     let s = Server::start();
     let mut c = s.conn();
     let produced = info_u64(&mut c, "deltas_produced");
+    let dropped = info_u64(&mut c, "deltas_dropped_from_log");
     let _: () = q(&mut c, &["SET", "{d}s", "v"]);
     let _: i64 = q(&mut c, &["INCR", "{d}n"]);
     let _: i64 = q(&mut c, &["SADD", "{d}set", "a"]);
@@ -577,6 +578,14 @@ fn every_write_shows_its_delta() {
     let shown: Vec<(String, i64, String, String)> = q(&mut c, &["MERIDIAN", "DELTAS", "3"]);
     let keys: Vec<&str> = shown.iter().map(|d| d.0.as_str()).collect();
     assert_eq!(keys, ["{d}later99", "{d}later98", "{d}later97"]);
+    // Bounded: one shard took all 105 writes and keeps the newest 16; the rest count as
+    // dropped from the log.
+    let all: Vec<(String, i64, String, String)> = q(&mut c, &["MERIDIAN", "DELTAS", "1000"]);
+    assert_eq!(all.len(), 16, "{all:?}");
+    assert_eq!(
+        info_u64(&mut c, "deltas_dropped_from_log"),
+        dropped + 105 - 16
+    );
 }
 
 #[test]

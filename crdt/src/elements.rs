@@ -226,8 +226,7 @@ impl<V> Elements<V> {
         let h = hash_of(key);
         let hint = |e: &(Key, V)| {
             // The bucket is the key and the value next to it, every line of it: buckets are
-            // not line-aligned, so a hash field's 104 bytes span three lines more often than
-            // two.
+            // not line-aligned, so a hash field's 104 bytes span three lines as often as two.
             let at: *const u8 = (e as *const (Key, V)).cast();
             let size = std::mem::size_of::<(Key, V)>();
             let mut off = 0;

@@ -124,9 +124,6 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(ReplicaFrame, usize)>, CodecEr
     Ok(Some((frame, n)))
 }
 
-/// Room the backlog's ring may keep beyond its bound before it gives the excess back.
-const MIN_RING_BYTES: usize = 64 * 1024;
-
 /// The stream position a replica asked for is no longer (or not yet) in the backlog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("offset {0} is outside the replication backlog")]
@@ -138,15 +135,16 @@ pub struct OutOfBacklog(pub u64);
 ///
 /// The frames are kept back to back in one byte ring and copied out to a sender. Keeping
 /// each frame as its own `Bytes` (slices of a shared arena) cost the writing thread two
-/// atomic reference-count updates per change on lines the sender's thread updated too
-/// (about a tenth of a primary's CPU under `SET` load), and the sender copied the bytes
-/// into its socket buffer anyway.
+/// atomic reference-count updates per change on lines the sender's side updated too, and
+/// the sender copied the bytes into its socket buffer anyway.
 #[derive(Debug)]
 pub struct Backlog {
     /// The frames' bytes, oldest first.
     bytes: VecDeque<u8>,
-    /// Each frame's length, oldest first.
-    lens: VecDeque<usize>,
+    /// Where each frame ends, oldest first, counted in bytes ever pushed.
+    ends: VecDeque<u64>,
+    /// Bytes ever pushed before `bytes[0]`.
+    base: u64,
     max_size_bytes: usize,
     offset: u64,
 }
@@ -156,7 +154,8 @@ impl Backlog {
     pub fn new(max_size_bytes: usize, offset: u64) -> Backlog {
         Backlog {
             bytes: VecDeque::new(),
-            lens: VecDeque::new(),
+            ends: VecDeque::new(),
+            base: 0,
             max_size_bytes: max_size_bytes.max(1),
             offset,
         }
@@ -168,15 +167,15 @@ impl Backlog {
 
     /// Offset of the oldest frame held (`offset() + 1` when empty).
     pub fn first_offset(&self) -> u64 {
-        self.offset + 1 - self.lens.len() as u64
+        self.offset + 1 - self.ends.len() as u64
     }
 
     pub fn len(&self) -> usize {
-        self.lens.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lens.is_empty()
+        self.ends.is_empty()
     }
 
     pub fn size_bytes(&self) -> usize {
@@ -187,42 +186,65 @@ impl Backlog {
         self.max_size_bytes
     }
 
-    /// Append one encoded frame (copied in); returns its offset. Trims the oldest frames
-    /// over the bound.
+    /// Append one encoded frame (copied in, never empty); returns its offset. The oldest
+    /// frames go first, so the ring never holds more than the bound, or than one frame
+    /// larger than it.
     pub fn push(&mut self, frame: &[u8]) -> u64 {
-        self.offset += 1;
+        debug_assert!(
+            !frame.is_empty(),
+            "an empty frame would shift replica offsets"
+        );
+        self.drop_oldest(frame.len());
+        let needed = self.bytes.len() + frame.len();
+        if needed > self.bytes.capacity() {
+            // Doubling, but never past the bound (or the one frame larger than it).
+            let room = (self.bytes.capacity() * 2).clamp(needed, needed.max(self.max_size_bytes));
+            self.bytes.reserve_exact(room - self.bytes.len());
+        }
         self.bytes.extend(frame);
-        self.lens.push_back(frame.len());
-        self.trim();
+        self.ends.push_back(self.base + self.bytes.len() as u64);
+        self.offset += 1;
+        self.offset
+    }
+
+    /// Give up an offset without a frame (a change that cannot be streamed): the backlog is
+    /// forgotten, so every replica falls back to a full sync.
+    pub fn skip_offset(&mut self) -> u64 {
+        self.offset += 1;
+        self.clear();
         self.offset
     }
 
     pub fn set_max_size_bytes(&mut self, max_size_bytes: usize) {
         self.max_size_bytes = max_size_bytes.max(1);
-        self.trim();
+        self.drop_oldest(0);
     }
 
     /// Forget every frame; the offset keeps counting.
     pub fn clear(&mut self) {
+        self.base += self.bytes.len() as u64;
         self.bytes.clear();
-        self.lens.clear();
+        self.ends.clear();
+        self.bytes.shrink_to(self.max_size_bytes);
     }
 
-    fn trim(&mut self) {
-        let mut drop_bytes = 0;
-        while self.bytes.len() - drop_bytes > self.max_size_bytes && self.lens.len() > 1 {
-            if let Some(n) = self.lens.pop_front() {
-                drop_bytes += n;
+    /// Drop the oldest frames until `incoming` more bytes fit the bound (or none is left),
+    /// and give back room a frame larger than the bound left behind.
+    fn drop_oldest(&mut self, incoming: usize) {
+        let mut cut = 0u64;
+        while self.bytes.len() - cut as usize + incoming > self.max_size_bytes {
+            match self.ends.pop_front() {
+                Some(end) => cut = end - self.base,
+                None => break,
             }
         }
-        self.bytes.drain(..drop_bytes);
-        if self.bytes.capacity() > 2 * self.max_size_bytes.max(MIN_RING_BYTES)
-            && self.bytes.len() <= self.max_size_bytes
-        {
-            // One huge frame (or a lowered bound) does not pin its room.
-            self.bytes.shrink_to(self.max_size_bytes);
+        self.bytes.drain(..cut as usize);
+        self.base += cut;
+        let keep = self.max_size_bytes.max(self.bytes.len() + incoming);
+        if self.bytes.capacity() > keep.saturating_mul(2) {
+            self.bytes.shrink_to(keep);
         }
-        debug_assert!(self.lens.len() as u64 <= self.offset);
+        debug_assert!(self.ends.len() as u64 <= self.offset + 1);
     }
 
     /// Can a replica that applied everything up to `applied` continue from the backlog?
@@ -242,27 +264,28 @@ impl Backlog {
             return Err(OutOfBacklog(applied));
         }
         let skip = (applied + 1 - self.first_offset()) as usize;
-        // The due frames start where the ones after them, summed from the back, do not.
-        let due: usize = self.lens.range(skip..).sum();
-        let start = self.bytes.len() - due;
-        let mut taken_bytes = 0;
-        let mut n = 0u64;
-        for &len in self.lens.range(skip..) {
-            if n > 0 && taken_bytes + len > max_bytes {
-                break;
-            }
-            taken_bytes += len;
-            n += 1;
+        if skip == self.ends.len() {
+            return Ok(applied);
         }
+        let from = match skip {
+            0 => self.base,
+            _ => self.ends[skip - 1],
+        };
+        // The due frames that end within the budget; at least the first.
+        let limit = from.saturating_add(max_bytes as u64);
+        let n = (self.ends.partition_point(|&e| e <= limit) - skip).max(1);
+        let (start, end) = (
+            (from - self.base) as usize,
+            (self.ends[skip + n - 1] - self.base) as usize,
+        );
         let (a, b) = self.bytes.as_slices();
-        let end = start + taken_bytes;
         if start < a.len() {
             out.extend_from_slice(&a[start..end.min(a.len())]);
         }
         if end > a.len() {
             out.extend_from_slice(&b[start.saturating_sub(a.len())..end - a.len()]);
         }
-        Ok(applied + n)
+        Ok(applied + n as u64)
     }
 }
 
@@ -381,14 +404,36 @@ mod tests {
         b.clear();
         assert!(b.is_empty() && b.covers(4) && !b.covers(3));
         assert_eq!(b.push(b"x"), 5);
-        // An empty frame takes an offset (a change that could not be streamed).
-        assert_eq!(b.push(b""), 6);
+        // A change that could not be streamed takes an offset and forgets the backlog.
+        assert_eq!(b.skip_offset(), 6);
+        assert!(b.is_empty() && !b.covers(5) && b.covers(6));
+        assert_eq!(b.push(b"yy"), 7);
         out.clear();
-        assert_eq!(b.read_after(4, 100, &mut out), Ok(6));
-        assert_eq!(out, b"x");
+        assert_eq!(b.read_after(6, 100, &mut out), Ok(7));
+        assert_eq!(out, b"yy");
         // A backlog started at a later offset.
         let b = Backlog::new(10, 100);
         assert!(b.covers(100) && !b.covers(99));
+    }
+
+    /// A frame far over the bound is kept alone; the room it took is given back once
+    /// smaller frames follow, and the ring never holds more than the bound otherwise.
+    #[test]
+    fn backlog_gives_back_a_huge_frames_room() {
+        let mut b = Backlog::new(1000, 0);
+        for i in 0..100u8 {
+            b.push(&[i; 30]);
+            assert!(b.size_bytes() <= 1000);
+        }
+        assert!(b.bytes.capacity() <= 2000, "{}", b.bytes.capacity());
+        b.push(&vec![7u8; 1 << 20]);
+        assert_eq!((b.len(), b.size_bytes()), (1, 1 << 20));
+        b.push(b"small");
+        assert_eq!(b.len(), 1);
+        assert!(b.bytes.capacity() <= 2000, "{}", b.bytes.capacity());
+        let mut out = Vec::new();
+        assert_eq!(b.read_after(101, 100, &mut out), Ok(102));
+        assert_eq!(out, b"small");
     }
 
     /// Frames wrap around the ring's end many times and still read back whole, in order.
@@ -445,7 +490,13 @@ mod tests {
                     prop_assert!(to > from || to == b.offset());
                     // Offset o is frame o - 1; the bytes are those frames, back to back.
                     let want: Vec<u8> = (from..to).flat_map(|o| frame(o as usize)).collect();
-                    prop_assert_eq!(out, want);
+                    prop_assert_eq!(&out, &want);
+                    // Within the budget unless one frame alone exceeds it, and no frame
+                    // that would still have fit was left out.
+                    prop_assert!(out.len() <= budget || to == from + 1);
+                    if to < b.offset() {
+                        prop_assert!(out.len() + sizes[to as usize] > budget);
+                    }
                 }
                 Err(_) => prop_assert!(!b.covers(from)),
             }

@@ -677,7 +677,8 @@ fn lastsave(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
 }
 
 /// meridian-specific admin: `MERIDIAN DELTAS [n]` shows the newest deltas of every shard's
-/// log (what the replication link will ship), `MERIDIAN REGION`.
+/// log (with peers, what the replication link will ship; without, the notes kept of the
+/// newest writes), `MERIDIAN REGION`.
 fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"deltas") {
