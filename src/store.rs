@@ -550,7 +550,7 @@ impl Store {
     pub fn enforce_maxmemory(&self, now_ms: u64, rng: &mut impl FnMut() -> u64) -> bool {
         let max = self.runtime.maxmemory.load(Relaxed);
         if max == 0 {
-            return false;
+            return true;
         }
         let used = self.used_memory(now_ms);
         if used <= max {

@@ -171,7 +171,10 @@ impl<V> Elements<V> {
             return;
         }
         let left = self.old.num_buckets() - self.cursor;
-        let room = (self.cur.capacity()).saturating_sub(self.cur.len() + self.old.len());
+        let room = self
+            .cur
+            .capacity()
+            .saturating_sub(self.cur.len() + self.old.len());
         let n = if left >= room {
             2 * MIGRATE_BUCKETS
         } else {
