@@ -689,16 +689,13 @@ async fn stream_changes(
                 .lock()
                 .backlog
                 .read_after(sent, SEND_BATCH_BYTES, &mut out);
-            let from = sent;
             match to {
                 Ok(to) => sent = to,
                 Err(e) => return Err(format!("replica fell out of the backlog ({e})")),
             }
             let now = now_ms();
-            if sent > from {
-                if !out.is_empty() {
-                    write_timed(&mut wr, &out).await?;
-                }
+            if !out.is_empty() {
+                write_timed(&mut wr, &out).await?;
                 continue;
             }
             if now >= next_ping {

@@ -47,7 +47,7 @@ impl Notes {
         }
         let full = self.ring.len() >= max;
         let note = if full {
-            let at = self.next % self.ring.len();
+            let at = self.next;
             self.next = (at + 1) % self.ring.len();
             &mut self.ring[at]
         } else {
@@ -663,10 +663,10 @@ impl<'s> Held<'s> {
 mod tests {
     use super::*;
 
-    fn store(maxmemory: u64, policy: EvictionPolicy) -> Store {
+    fn store(maxmemory: u64) -> Store {
         let runtime = Runtime {
             maxmemory: AtomicU64::new(maxmemory),
-            policy: Mutex::new(policy),
+            policy: Mutex::new(EvictionPolicy::NoEviction),
             samples: AtomicUsize::new(5),
             maxclients: AtomicUsize::new(10),
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
@@ -674,13 +674,13 @@ mod tests {
         Store::new(RegionId(1), 7, 16, runtime, false)
     }
 
-    /// No limit means room for every write, whatever the policy (a connection that read a
-    /// limit just before `CONFIG SET maxmemory 0` must not answer -OOM).
+    /// No limit means room for every write (a connection that read a limit just before
+    /// `CONFIG SET maxmemory 0` must not answer -OOM).
     #[test]
     fn without_a_limit_there_is_always_room() {
         let mut rng = || 4u64;
-        assert!(store(0, EvictionPolicy::NoEviction).enforce_maxmemory(1, &mut rng));
+        assert!(store(0).enforce_maxmemory(1, &mut rng));
         // A limit far below what the process already uses, with nothing to evict: no room.
-        assert!(!store(1, EvictionPolicy::NoEviction).enforce_maxmemory(1, &mut rng));
+        assert!(!store(1).enforce_maxmemory(1, &mut rng));
     }
 }
