@@ -458,17 +458,18 @@ impl InRegion {
         let replicas = self.replicas.lock();
         let primary = self.following();
         match &primary {
+            // `slave_read_only:1`: a replica never takes a write (standalone it answers
+            // -READONLY, in a cluster it redirects with -MOVED), as Redis' default.
             Some(p) if self.role() == Role::Replica => {
                 let last = self.last_io_ms.load(Relaxed);
                 let _ = write!(
                     o,
-                    "role:slave\r\nmaster_host:{}\r\nmaster_port:{}\r\nmaster_link_status:{}\r\nmaster_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:{}\r\nslave_read_repl_offset:{off}\r\nslave_repl_offset:{off}\r\nslave_priority:100\r\nslave_read_only:{}\r\nreplica_announced:1\r\n",
+                    "role:slave\r\nmaster_host:{}\r\nmaster_port:{}\r\nmaster_link_status:{}\r\nmaster_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:{}\r\nslave_read_repl_offset:{off}\r\nslave_repl_offset:{off}\r\nslave_priority:100\r\nslave_read_only:1\r\nreplica_announced:1\r\n",
                     p.host,
                     p.port,
                     if self.link_up() { "up" } else { "down" },
                     if last == 0 { -1 } else { (now_ms.saturating_sub(last) / 1000) as i64 },
                     u8::from(self.sync_in_progress.load(Relaxed)),
-                    u8::from(self.readonly.load(Relaxed)),
                     off = self.applied_offset.load(Relaxed),
                 );
             }

@@ -405,3 +405,167 @@ fn split_keys_of_a_migrating_slot_get_tryagain() {
     let members: Vec<String> = common::sorted(q(&mut dst, &["SUNION", &s1, &s2]));
     assert_eq!(members, vec!["x".to_string(), "y".to_string()]);
 }
+
+/// Six fresh nodes (no `meet`, no `slots` in their configs) become a cluster at runtime the
+/// way Redis users make one: `redis-cli --cluster create … --cluster-replicas 1`, which
+/// gives each node its config epoch (CLUSTER SET-CONFIG-EPOCH), assigns slots, MEETs them
+/// and attaches replicas. Then cluster clients work, and the admin subcommands a cluster
+/// tool reads (REPLICAS, BUMPEPOCH, HELP) answer as in Redis.
+#[test]
+fn redis_cli_cluster_create_forms_a_cluster_at_runtime() {
+    if !tool_available("redis-cli") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("meridian-create-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("cluster dir");
+    let ports: Vec<u16> = (0..6).map(|_| common::free_port()).collect();
+    let nodes: Vec<common::Server> = ports
+        .iter()
+        .map(|p| {
+            let toml = format!(
+                "bind = \"127.0.0.1\"\nport = {p}\n[cluster]\nbus-port = {bus}\nnode-timeout-ms = 5000\nnodes-file = \"{dir}/nodes-{p}.json\"\n",
+                bus = common::free_port(),
+                dir = dir.display(),
+            );
+            common::Server::start_with_config(&toml, &["--port", &p.to_string()])
+        })
+        .collect();
+
+    // A fresh node takes a config epoch; it refuses one once set, or once it knows a peer.
+    let mut c5 = nodes[5].conn();
+    let e = qerr(&mut c5, &["CLUSTER", "SET-CONFIG-EPOCH", "-1"]);
+    assert_eq!(e, "ERR Invalid config epoch specified: -1");
+
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("[OK] All 16384 slots covered."),
+        "redis-cli --cluster create failed ({}):\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in &nodes {
+        let mut con = n.conn();
+        wait_until(DEADLINE, "cluster_state:ok with six nodes", || {
+            let info: String = q(&mut con, &["CLUSTER", "INFO"]);
+            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+        });
+    }
+    let e = qerr(&mut c5, &["CLUSTER", "SET-CONFIG-EPOCH", "9"]);
+    assert_eq!(
+        e,
+        "ERR The user can assign a config epoch only when the node does not know any other node."
+    );
+
+    // Every node's epoch is its own: redis-cli handed out distinct ones before the MEETs.
+    let mut c0 = nodes[0].conn();
+    let table: String = q(&mut c0, &["CLUSTER", "NODES"]);
+    let mut epochs: Vec<&str> = table.lines().filter_map(|l| l.split(' ').nth(6)).collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    assert_eq!(epochs.len(), 6, "config epochs not distinct:\n{table}");
+
+    // Each primary lists its one replica, in CLUSTER NODES' line format.
+    let primaries: Vec<(String, usize)> = table
+        .lines()
+        .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("master")))
+        .filter_map(|l| {
+            let id = l.split(' ').next()?.to_string();
+            let port: u16 = l
+                .split(' ')
+                .nth(1)?
+                .split([':', '@'])
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((id, ports.iter().position(|p| *p == port)?))
+        })
+        .collect();
+    assert_eq!(primaries.len(), 3, "{table}");
+    let replica_line = |con: &mut redis::Connection, id: &str| -> Option<String> {
+        let lines: Vec<String> = q(con, &["CLUSTER", "REPLICAS", id]);
+        (lines.len() == 1).then(|| lines[0].clone())
+    };
+    for (id, _) in &primaries {
+        wait_until(DEADLINE, "the primary's replica is listed", || {
+            replica_line(&mut c0, id).is_some_and(|l| {
+                l.split(' ').nth(2).is_some_and(|f| f.contains("slave"))
+                    && l.split(' ').nth(3) == Some(id.as_str())
+            })
+        });
+    }
+    let replica_id = replica_line(&mut c0, &primaries[0].0)
+        .and_then(|l| l.split(' ').next().map(str::to_string))
+        .expect("a replica");
+    let e = qerr(&mut c0, &["CLUSTER", "SLAVES", &replica_id]);
+    assert_eq!(e, "ERR The specified node is not a master");
+
+    // Cluster clients read and write across the slots.
+    let client = ClusterClient::new(
+        addrs
+            .iter()
+            .map(|a| format!("redis://{a}/"))
+            .collect::<Vec<_>>(),
+    )
+    .expect("cluster client");
+    let mut con = client.get_connection().expect("cluster connection");
+    for i in 0..300 {
+        let _: () = con
+            .set(format!("k:{i}"), i)
+            .expect("SET through the cluster");
+    }
+    for i in 0..300 {
+        let v: i64 = con.get(format!("k:{i}")).expect("GET through the cluster");
+        assert_eq!(v, i);
+    }
+    let mut held = 0;
+    for (_, i) in &primaries {
+        let n: i64 = q(&mut nodes[*i].conn(), &["DBSIZE"]);
+        assert!(n > 50, "primary on port {} holds {n} keys", ports[*i]);
+        held += n;
+    }
+    assert_eq!(held, 300);
+
+    // BUMPEPOCH: a primary whose epoch is not the greatest takes a new, greatest one.
+    let (_, lowest) = primaries
+        .iter()
+        .min_by_key(|(id, _)| {
+            table
+                .lines()
+                .find(|l| l.starts_with(id.as_str()))
+                .and_then(|l| l.split(' ').nth(6)?.parse::<u64>().ok())
+        })
+        .expect("a primary");
+    let bumped: String = q(&mut nodes[*lowest].conn(), &["CLUSTER", "BUMPEPOCH"]);
+    let epoch = bumped
+        .strip_prefix("BUMPED ")
+        .and_then(|e| e.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("not bumped: {bumped}\n{table}"));
+    let greatest = epochs.iter().filter_map(|e| e.parse::<u64>().ok()).max();
+    assert!(
+        greatest.is_some_and(|g| epoch > g),
+        "{bumped} is not above every epoch:\n{table}"
+    );
+    let still: String = q(&mut nodes[*lowest].conn(), &["CLUSTER", "BUMPEPOCH"]);
+    assert_eq!(still, format!("STILL {epoch}"));
+
+    // Unknown subcommands and wrong arities get Redis' errors; HELP lists the subcommands.
+    let e = qerr(&mut c0, &["CLUSTER", "NOSUCH"]);
+    assert_eq!(e, "ERR unknown subcommand 'NOSUCH'. Try CLUSTER HELP.");
+    let e = qerr(&mut c0, &["CLUSTER", "REPLICAS"]);
+    assert_eq!(
+        e,
+        "ERR wrong number of arguments for 'cluster|replicas' command"
+    );
+    let help: Vec<String> = q(&mut c0, &["CLUSTER", "HELP"]);
+    assert!(help.iter().any(|l| l.starts_with("REPLICAS")), "{help:?}");
+
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -206,6 +206,14 @@ pub enum ClusterError {
     BadAddress,
     #[error("ERR too many known nodes")]
     TooManyNodes,
+    #[error("ERR Invalid config epoch specified: {0}")]
+    BadEpoch(i64),
+    #[error(
+        "ERR The user can assign a config epoch only when the node does not know any other node."
+    )]
+    EpochWithPeers,
+    #[error("ERR Node config epoch is already non-zero")]
+    EpochAlreadySet,
     #[error("ERR bad bus message: {0}")]
     Bus(#[from] BusError),
 }
@@ -1239,6 +1247,44 @@ impl ClusterNode {
             }
         }
         Ok(())
+    }
+
+    /// `CLUSTER SET-CONFIG-EPOCH epoch`: the tool creating a cluster (`redis-cli --cluster
+    /// create`) gives each fresh node a different config epoch before they meet, so no
+    /// collision has to be resolved afterwards. Only while the node knows no other node and
+    /// its config epoch is still 0, as in Redis.
+    pub fn set_config_epoch(&mut self, epoch: i64) -> Result<(), ClusterError> {
+        let Ok(e) = u64::try_from(epoch) else {
+            return Err(ClusterError::BadEpoch(epoch));
+        };
+        if self.topo.nodes.len() > 1 {
+            return Err(ClusterError::EpochWithPeers);
+        }
+        if self.topo.myself().config_epoch != 0 {
+            return Err(ClusterError::EpochAlreadySet);
+        }
+        self.topo.myself_mut().config_epoch = e;
+        self.topo.current_epoch = self.topo.current_epoch.max(e);
+        Ok(())
+    }
+
+    /// `CLUSTER BUMPEPOCH`: take a new config epoch without a vote unless ours is already
+    /// the greatest the node knows (and not 0). Returns whether it bumped and the config
+    /// epoch now (`BUMPED n` / `STILL n`).
+    pub fn bump_epoch(&mut self, now_ms: u64) -> (bool, u64) {
+        let mine = self.topo.myself().config_epoch;
+        let max = self
+            .topo
+            .nodes
+            .values()
+            .map(|n| n.config_epoch)
+            .fold(self.topo.current_epoch, u64::max);
+        if mine != 0 && mine == max {
+            return (false, mine);
+        }
+        self.bump_epoch_without_consensus();
+        self.broadcast_pong(now_ms);
+        (true, self.topo.myself().config_epoch)
     }
 
     /// `CLUSTER FORGET node-id`: drop the node and ignore it in gossip for a minute.

@@ -706,40 +706,62 @@ impl Topology {
     pub fn cluster_nodes(&self) -> String {
         let mut out = String::new();
         for n in self.nodes.values() {
-            let _ = write!(
-                out,
-                "{} {}:{}@{} {} {} {} {} {} {}",
-                n.id,
-                n.host,
-                n.port,
-                n.bus_port,
-                self.flags_text(n),
-                n.role
-                    .primary_id()
-                    .map_or_else(|| "-".to_string(), |p| p.redis_name()),
-                n.ping_sent_ms,
-                n.pong_received_ms,
-                n.config_epoch,
-                self.link_state(n),
-            );
-            for (start, end) in ranges_of(self.slots.slots_of(n.id)) {
-                if start == end {
-                    let _ = write!(out, " {start}");
-                } else {
-                    let _ = write!(out, " {start}-{end}");
-                }
-            }
-            if n.id == self.myself {
-                for (slot, target) in &self.migrating {
-                    let _ = write!(out, " [{slot}->-{target}]");
-                }
-                for (slot, source) in &self.importing {
-                    let _ = write!(out, " [{slot}-<-{source}]");
-                }
-            }
+            self.node_line(n, &mut out);
             out.push('\n');
         }
         out
+    }
+
+    /// `CLUSTER REPLICAS <primary>`: the replicas' `CLUSTER NODES` lines (no newline);
+    /// `None` when `primary` is not a known primary.
+    pub fn cluster_replicas(&self, primary: NodeId) -> Option<Vec<String>> {
+        if !self.nodes.get(&primary)?.role.is_primary() {
+            return None;
+        }
+        Some(
+            self.replicas_of(primary)
+                .map(|n| {
+                    let mut line = String::new();
+                    self.node_line(n, &mut line);
+                    line
+                })
+                .collect(),
+        )
+    }
+
+    /// One node's `CLUSTER NODES` line, without the newline.
+    fn node_line(&self, n: &NodeInfo, out: &mut String) {
+        let _ = write!(
+            out,
+            "{} {}:{}@{} {} {} {} {} {} {}",
+            n.id,
+            n.host,
+            n.port,
+            n.bus_port,
+            self.flags_text(n),
+            n.role
+                .primary_id()
+                .map_or_else(|| "-".to_string(), |p| p.redis_name()),
+            n.ping_sent_ms,
+            n.pong_received_ms,
+            n.config_epoch,
+            self.link_state(n),
+        );
+        for (start, end) in ranges_of(self.slots.slots_of(n.id)) {
+            if start == end {
+                let _ = write!(out, " {start}");
+            } else {
+                let _ = write!(out, " {start}-{end}");
+            }
+        }
+        if n.id == self.myself {
+            for (slot, target) in &self.migrating {
+                let _ = write!(out, " [{slot}->-{target}]");
+            }
+            for (slot, source) in &self.importing {
+                let _ = write!(out, " [{slot}-<-{source}]");
+            }
+        }
     }
 
     fn flags_text(&self, n: &NodeInfo) -> String {

@@ -1,7 +1,7 @@
 //! Cluster commands. Slot arithmetic (KEYSLOT, COUNTKEYSINSLOT, GETKEYSINSLOT) works on any
 //! node; with `[cluster]` enabled the topology subcommands (INFO, MYID, NODES, SLOTS, SHARDS,
 //! MEET, ADDSLOTS[RANGE], DELSLOTS[RANGE], SETSLOT, REPLICATE, FAILOVER, FORGET, RESET,
-//! SAVECONFIG) drive the node's `ClusterNode` (src/cluster.rs), and ASKING/READONLY/READWRITE
+//! SAVECONFIG, REPLICAS/SLAVES, SET-CONFIG-EPOCH, BUMPEPOCH) drive the node's `ClusterNode` (src/cluster.rs), and ASKING/READONLY/READWRITE
 //! set the connection's routing flags.
 
 use super::*;
@@ -344,6 +344,25 @@ fn cluster_topology(ctx: &mut Ctx, a: &[&[u8]]) -> Option<Reply> {
             Err(e) => err_owned(format!("ERR error saving the cluster node config: {e}")),
         },
         ("count-failure-reports", 3) => Reply::Int(0),
+        ("replicas" | "slaves", 3) => match node_arg(a[2]) {
+            Ok(id) => match c.node.lock().topology().cluster_replicas(id) {
+                Some(lines) => Reply::Array(lines.iter().map(|l| text(l)).collect()),
+                None => err("ERR The specified node is not a master"),
+            },
+            Err(e) => e,
+        },
+        ("set-config-epoch", 3) => match crate::util::parse_int(a[2]) {
+            Some(epoch) => done(c.node.lock().set_config_epoch(epoch)),
+            None => not_int(),
+        },
+        ("bumpepoch", 2) => {
+            let (bumped, epoch) = c.node.lock().bump_epoch(now);
+            c.poke();
+            Reply::Simple(std::borrow::Cow::Owned(format!(
+                "{} {epoch}",
+                if bumped { "BUMPED" } else { "STILL" }
+            )))
+        }
         _ => return None,
     };
     Some(reply)
@@ -411,7 +430,80 @@ fn cluster(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         err("ERR This instance has cluster support disabled")
     } else if sub.eq_ignore_ascii_case(b"myid") {
         bulk(Bytes::from(ctx.shared.run_id.clone()))
-    } else {
+    } else if sub.eq_ignore_ascii_case(b"help") && a.len() == 2 {
+        Reply::Array(HELP.iter().map(|l| text(l)).collect())
+    } else if ctx.shared.cluster.is_none() {
         err("ERR This instance has cluster support disabled")
+    } else {
+        let name = String::from_utf8_lossy(sub).to_ascii_lowercase();
+        if SUBCOMMANDS.contains(&name.as_str()) {
+            err_owned(format!(
+                "ERR wrong number of arguments for 'cluster|{name}' command"
+            ))
+        } else {
+            err_owned(format!(
+                "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
+                String::from_utf8_lossy(sub)
+            ))
+        }
     }
 }
+
+/// The subcommands a cluster-enabled node serves (for the wrong-arity error).
+const SUBCOMMANDS: &[&str] = &[
+    "addslots",
+    "addslotsrange",
+    "bumpepoch",
+    "count-failure-reports",
+    "countkeysinslot",
+    "delslots",
+    "delslotsrange",
+    "failover",
+    "forget",
+    "getkeysinslot",
+    "help",
+    "info",
+    "keyslot",
+    "meet",
+    "myid",
+    "nodes",
+    "replicas",
+    "replicate",
+    "reset",
+    "saveconfig",
+    "set-config-epoch",
+    "setslot",
+    "shards",
+    "slaves",
+    "slots",
+];
+
+/// `CLUSTER HELP`.
+const HELP: &[&str] = &[
+    "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "ADDSLOTS <slot> [<slot> ...]",
+    "ADDSLOTSRANGE <start slot> <end slot> [<start slot> <end slot> ...]",
+    "BUMPEPOCH",
+    "COUNT-FAILURE-REPORTS <node-id>",
+    "COUNTKEYSINSLOT <slot>",
+    "DELSLOTS <slot> [<slot> ...]",
+    "DELSLOTSRANGE <start slot> <end slot> [<start slot> <end slot> ...]",
+    "FAILOVER [FORCE|TAKEOVER]",
+    "FORGET <node-id>",
+    "GETKEYSINSLOT <slot> <count>",
+    "INFO",
+    "KEYSLOT <key>",
+    "MEET <ip> <port> [<bus-port>]",
+    "MYID",
+    "NODES",
+    "REPLICAS <node-id>",
+    "REPLICATE <node-id>",
+    "RESET [HARD|SOFT]",
+    "SAVECONFIG",
+    "SET-CONFIG-EPOCH <epoch>",
+    "SETSLOT <slot> (IMPORTING <node-id>|MIGRATING <node-id>|STABLE|NODE <node-id>)",
+    "SHARDS",
+    "SLAVES <node-id>",
+    "SLOTS",
+    "HELP",
+];
