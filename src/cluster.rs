@@ -519,6 +519,10 @@ fn on_event(cluster: &Cluster, store: &Store, e: Event) {
                 let mut shard = store.shard(crate::store::shard_of(slot));
                 if shard.ks.slot_len(slot) > 0 {
                     dropped += shard.ks.drop_slot(slot);
+                    // Our replicas drop theirs too (a replica itself has none: it never
+                    // streams).
+                    shard.feed.push_forget_slot(slot);
+                    shard.touch_all_watched();
                 }
             }
             tracing::info!(count, dropped, "slots lost to another node");

@@ -140,6 +140,22 @@ impl ReplFeed {
         }
     }
 
+    /// Record that `key` left this node with its state (MIGRATE), so replicas drop their
+    /// copy too (call under the key's shard lock). No-op while inactive.
+    pub fn push_forget(&self, key: &[u8]) {
+        if self.is_active() {
+            self.push(|out| meridian_replication::replica::encode_forget(key, out));
+        }
+    }
+
+    /// Record that every key of `slot` left this node (the slot went to another node), so
+    /// replicas drop theirs too (call under the slot's shard lock). No-op while inactive.
+    pub fn push_forget_slot(&self, slot: u16) {
+        if self.is_active() {
+            self.push(|out| encode_frame(&ReplicaFrame::ForgetSlot { slot }, out));
+        }
+    }
+
     /// Append one frame, encoded by `encode` into a reused buffer and copied into the
     /// backlog's ring (no allocation per change).
     fn push(
@@ -920,6 +936,30 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                         return Err("change frame inside a snapshot".into());
                     }
                     apply_state(store, &key, &state);
+                    applied += 1;
+                    hub.applied_offset.store(applied, Relaxed);
+                }
+                ReplicaFrame::Forget { key } => {
+                    if snapshot.is_some() {
+                        return Err("change frame inside a snapshot".into());
+                    }
+                    let mut s = store.shard(shard_of(meridian_crdt::key_slot(&key)));
+                    if s.ks.take_key(&key).is_some() {
+                        s.touch_key(&key);
+                    }
+                    drop(s);
+                    applied += 1;
+                    hub.applied_offset.store(applied, Relaxed);
+                }
+                ReplicaFrame::ForgetSlot { slot } => {
+                    if snapshot.is_some() {
+                        return Err("change frame inside a snapshot".into());
+                    }
+                    let mut s = store.shard(shard_of(slot));
+                    if s.ks.drop_slot(slot) > 0 {
+                        s.touch_all_watched();
+                    }
+                    drop(s);
                     applied += 1;
                     hub.applied_offset.store(applied, Relaxed);
                 }

@@ -309,6 +309,19 @@ fn resharding_1000_slots_under_load_loses_and_duplicates_nothing() {
         KEYS as i64 + counters,
         "no key lives on two primaries"
     );
+    // Each replica follows its primary's moves: keys migrated away are dropped there too,
+    // so it holds exactly its primary's keys (none of the moved slots stay on node 0's).
+    for i in 0..3 {
+        let (mut primary, mut replica) = (cl.conn(i), cl.conn(i + 3));
+        wait_until(DEADLINE, "the replica holds its primary's keys", || {
+            q::<i64>(&mut primary, &["DBSIZE"]) == q::<i64>(&mut replica, &["DBSIZE"])
+        });
+    }
+    let mut r0 = cl.conn(3);
+    let moved: i64 = (0..1000)
+        .map(|s| q::<i64>(&mut r0, &["CLUSTER", "COUNTKEYSINSLOT", &s.to_string()]))
+        .sum();
+    assert_eq!(moved, 0, "node 0's replica still holds keys of moved slots");
 }
 
 #[test]
@@ -568,4 +581,44 @@ fn redis_cli_cluster_create_forms_a_cluster_at_runtime() {
 
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A primary that loses a slot still holding keys (another node claims it with a greater
+/// config epoch: here SETSLOT NODE then BUMPEPOCH, Redis' way to take a slot over) drops
+/// those keys, and its replica drops them too, in stream order.
+#[test]
+fn a_slot_taken_over_is_dropped_by_the_old_owner_and_its_replica() {
+    let cl = Cluster::start(5_000);
+    for i in 0..6 {
+        cl.wait_ok(i);
+    }
+    cl.wait_replicas_attached();
+    let tag = (0..)
+        .map(|n| format!("t{n}"))
+        .find(|t| common::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
+        .expect("a tag on node 0");
+    let slot = common::key_slot(format!("{{{tag}}}").as_bytes()).to_string();
+    let (mut c0, mut c1, mut r0) = (cl.conn(0), cl.conn(1), cl.conn(3));
+    for i in 0..20 {
+        let _: () = q(&mut c0, &["SET", &format!("{{{tag}}}:{i}"), "v"]);
+    }
+    let _: i64 = q(&mut c0, &["WAIT", "1", "5000"]);
+    let count =
+        |con: &mut redis::Connection| -> i64 { q(con, &["CLUSTER", "COUNTKEYSINSLOT", &slot]) };
+    assert_eq!(count(&mut r0), 20, "the replica has the keys");
+
+    let id1: String = q(&mut c1, &["CLUSTER", "MYID"]);
+    let _: () = q(&mut c1, &["CLUSTER", "SETSLOT", &slot, "NODE", &id1]);
+    let bumped: String = q(&mut c1, &["CLUSTER", "BUMPEPOCH"]);
+    assert!(bumped.starts_with("BUMPED"), "{bumped}");
+    wait_until(
+        DEADLINE,
+        "the old owner and its replica drop the slot",
+        || count(&mut c0) == 0 && count(&mut r0) == 0,
+    );
+    let e = qerr(&mut c0, &["GET", &format!("{{{tag}}}:0")]);
+    assert_eq!(e, format!("MOVED {slot} 127.0.0.1:{}", cl.ports[1]));
+    // The rest of node 0's data is untouched on both.
+    let (n0, n3): (i64, i64) = (q(&mut c0, &["DBSIZE"]), q(&mut r0, &["DBSIZE"]));
+    assert_eq!(n0, n3);
 }

@@ -49,12 +49,25 @@ pub enum ReplicaFrame {
     Ping,
     /// Replica → primary: every change up to `offset` is applied.
     Ack { offset: u64 },
+    /// Primary → replica: the key left this node with its state (MIGRATE moved it to the
+    /// slot's new owner); drop the local copy, leaving no tombstone (the key lives on in the
+    /// region). Occupies the next offset.
+    Forget { key: Bytes },
+    /// Primary → replica: every key of `slot` left this node (the slot went to another
+    /// node); drop them, leaving no tombstones. Occupies the next offset.
+    ForgetSlot { slot: u16 },
 }
 
 impl ReplicaFrame {
     /// Does this frame occupy a stream offset?
     pub fn has_offset(&self) -> bool {
-        matches!(self, ReplicaFrame::Delta(_) | ReplicaFrame::State { .. })
+        matches!(
+            self,
+            ReplicaFrame::Delta(_)
+                | ReplicaFrame::State { .. }
+                | ReplicaFrame::Forget { .. }
+                | ReplicaFrame::ForgetSlot { .. }
+        )
     }
 }
 
@@ -72,6 +85,15 @@ enum FrameRef<'a> {
     State {
         key: &'a [u8],
         state: &'a Entry,
+    },
+    #[allow(dead_code)]
+    Ping,
+    #[allow(dead_code)]
+    Ack {
+        offset: u64,
+    },
+    Forget {
+        key: &'a [u8],
     },
 }
 
@@ -93,6 +115,11 @@ pub fn encode_delta(delta: &Delta, out: &mut Vec<u8>) -> Result<usize, CodecErro
 /// Append `ReplicaFrame::State { key, state }`, encoded without cloning, to `out`.
 pub fn encode_state(key: &[u8], state: &Entry, out: &mut Vec<u8>) -> Result<usize, CodecError> {
     encode_with(&FrameRef::State { key, state }, out)
+}
+
+/// Append `ReplicaFrame::Forget { key }`, encoded without copying the key, to `out`.
+pub fn encode_forget(key: &[u8], out: &mut Vec<u8>) -> Result<usize, CodecError> {
+    encode_with(&FrameRef::Forget { key }, out)
 }
 
 /// Decode one frame from the front of `buf`: `Ok(Some((frame, consumed)))`, `Ok(None)` when
@@ -119,7 +146,15 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(ReplicaFrame, usize)>, CodecEr
             check_entry(state)?;
             state.rebuild();
         }
-        ReplicaFrame::SnapshotEnd { .. } | ReplicaFrame::Ping | ReplicaFrame::Ack { .. } => {}
+        ReplicaFrame::ForgetSlot { slot } => {
+            if usize::from(*slot) >= meridian_crdt::SLOT_COUNT {
+                return Err(CodecError::Invalid("slot out of range"));
+            }
+        }
+        ReplicaFrame::SnapshotEnd { .. }
+        | ReplicaFrame::Ping
+        | ReplicaFrame::Ack { .. }
+        | ReplicaFrame::Forget { .. } => {}
     }
     Ok(Some((frame, n)))
 }
@@ -314,6 +349,10 @@ mod tests {
             },
             ReplicaFrame::Ping,
             ReplicaFrame::Ack { offset: 42 },
+            ReplicaFrame::Forget {
+                key: deltas[2].key.clone(),
+            },
+            ReplicaFrame::ForgetSlot { slot: 16383 },
         ]
     }
 
@@ -352,6 +391,23 @@ mod tests {
         let mut borrowed = Vec::new();
         encode_state(&deltas[0].key, &deltas[0].state, &mut borrowed).unwrap();
         assert_eq!(borrowed, owned);
+        let mut owned = Vec::new();
+        let forget = ReplicaFrame::Forget {
+            key: deltas[1].key.clone(),
+        };
+        encode_frame(&forget, &mut owned).unwrap();
+        let mut borrowed = Vec::new();
+        encode_forget(&deltas[1].key, &mut borrowed).unwrap();
+        assert_eq!(borrowed, owned);
+        assert!(forget.has_offset() && ReplicaFrame::ForgetSlot { slot: 0 }.has_offset());
+        assert!(!ReplicaFrame::Ping.has_offset());
+    }
+
+    #[test]
+    fn rejects_a_slot_out_of_range() {
+        let mut b = Vec::new();
+        encode_frame(&ReplicaFrame::ForgetSlot { slot: 16384 }, &mut b).unwrap();
+        assert!(matches!(decode_frame(&b), Err(CodecError::Invalid(_))));
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub fn specs() -> Vec<Spec> {
 /// `MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]
 /// [AUTH2 user pw] [KEYS key …]`: move keys to another node of the region with their CRDT
 /// state intact (the target merges it: `MERIDIAN MERGE`), then drop them here without a
-/// delta. Blocks this connection's thread for the transfer, like Redis' MIGRATE.
+/// delta (no tombstone for the other regions: the key lives on in this one); this node's
+/// replicas are told to drop them too. Blocks this connection's thread for the transfer, like Redis' MIGRATE.
 fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     use std::io::{BufRead, BufReader, Write};
     let host = String::from_utf8_lossy(a[1]).to_string();
@@ -108,8 +109,11 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if !copy {
         for (k, _) in &batch {
             let shard = ctx.shard(k);
-            shard.ks.take_key(k);
-            shard.touch_key(k);
+            if shard.ks.take_key(k).is_some() {
+                // Replicas drop their copy too (the key lives on at the target).
+                shard.feed.push_forget(k);
+                shard.touch_key(k);
+            }
         }
     }
     ok()

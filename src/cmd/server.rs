@@ -769,8 +769,12 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         }
         entry.rebuild();
         let shard = ctx.shard(key);
-        shard.ks.merge_state(key, true, &entry);
-        shard.touch_key(key);
+        if shard.ks.merge_state(key, true, &entry) == meridian_crdt::Applied::Changed {
+            shard.touch_key(key);
+            // This node's replicas get the key too (a replica promoted later must hold it).
+            shard.feed.push_state(key, &entry);
+        }
+        ctx.store.observe(entry.max_hlc());
         ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
