@@ -1171,9 +1171,10 @@ impl ClusterNode {
                     self.topo.migrating.remove(&slot);
                 }
                 if node == me && self.topo.importing.remove(&slot).is_some() {
-                    // Finishing an import: take a fresh epoch without consensus so the new
-                    // ownership beats the source's claim everywhere.
-                    self.bump_epoch_without_consensus();
+                    // Finishing an import: hold the greatest config epoch (take a fresh one
+                    // without consensus unless ours already is) so the new ownership beats
+                    // the source's claim everywhere. Once per reshard, not once per slot.
+                    self.bump_epoch_unless_greatest();
                 }
                 self.topo.slots.assign(slot, Some(node));
             }
@@ -1272,19 +1273,11 @@ impl ClusterNode {
     /// the greatest the node knows (and not 0). Returns whether it bumped and the config
     /// epoch now (`BUMPED n` / `STILL n`).
     pub fn bump_epoch(&mut self, now_ms: u64) -> (bool, u64) {
-        let mine = self.topo.myself().config_epoch;
-        let max = self
-            .topo
-            .nodes
-            .values()
-            .map(|n| n.config_epoch)
-            .fold(self.topo.current_epoch, u64::max);
-        if mine != 0 && mine == max {
-            return (false, mine);
+        let bumped = self.bump_epoch_unless_greatest();
+        if bumped {
+            self.broadcast_pong(now_ms);
         }
-        self.bump_epoch_without_consensus();
-        self.broadcast_pong(now_ms);
-        (true, self.topo.myself().config_epoch)
+        (bumped, self.topo.myself().config_epoch)
     }
 
     /// `CLUSTER FORGET node-id`: drop the node and ignore it in gossip for a minute.
@@ -1335,6 +1328,28 @@ impl ClusterNode {
     }
 
     // ---------------------------------------------------------------- helpers
+
+    /// Redis' `clusterBumpConfigEpochWithoutConsensus`: a new config epoch unless ours is
+    /// already the greatest known (and not 0). Stricter than Redis: ours must also be the
+    /// only one that great (a tie with another node's would not make our claims win).
+    /// Returns whether it bumped.
+    fn bump_epoch_unless_greatest(&mut self) -> bool {
+        let me = self.myself_id();
+        let mine = self.topo.myself().config_epoch;
+        let others = self
+            .topo
+            .nodes
+            .values()
+            .filter(|n| n.id != me)
+            .map(|n| n.config_epoch)
+            .max()
+            .unwrap_or(0);
+        if mine != 0 && mine > others && mine >= self.topo.current_epoch {
+            return false;
+        }
+        self.bump_epoch_without_consensus();
+        true
+    }
 
     fn bump_epoch_without_consensus(&mut self) {
         self.topo.current_epoch += 1;
@@ -1802,6 +1817,53 @@ mod tests {
         assert!(
             m.nodes[0].topology().myself().role.is_primary(),
             "kept its other slots"
+        );
+    }
+
+    #[test]
+    fn finishing_imports_takes_one_new_epoch_per_reshard() {
+        let mut m = Mesh::cluster(3, 3);
+        let (id0, id1) = (m.id(0), m.id(1));
+        let before = m.nodes[1].persistent_state().current_epoch;
+        for slot in 0..100 {
+            let now = m.now_ms;
+            m.nodes[1]
+                .set_slot(now, slot, SetSlot::Importing(id0), 0)
+                .unwrap();
+            m.nodes[1]
+                .set_slot(now, slot, SetSlot::Node(id1), 0)
+                .unwrap();
+        }
+        let after = m.nodes[1].persistent_state();
+        assert_eq!(after.config_epoch, before + 1, "one bump, not one per slot");
+        m.settle();
+        assert_eq!(m.nodes[2].topology().owner(99), Some(id1));
+        // Already the greatest: BUMPEPOCH keeps it; a node tied with another bumps.
+        let now = m.now_ms;
+        assert_eq!(m.nodes[1].bump_epoch(now), (false, before + 1));
+        m.nodes[2].topo.myself_mut().config_epoch = before + 1;
+        assert_eq!(m.nodes[2].bump_epoch(now), (true, before + 2));
+    }
+
+    #[test]
+    fn set_config_epoch_only_on_a_lone_fresh_node() {
+        let mut m = Mesh::new(1);
+        assert_eq!(
+            m.nodes[0].set_config_epoch(-1),
+            Err(ClusterError::BadEpoch(-1))
+        );
+        m.nodes[0].set_config_epoch(5).unwrap();
+        let st = m.nodes[0].persistent_state();
+        assert_eq!((st.config_epoch, st.current_epoch), (5, 5));
+        assert_eq!(
+            m.nodes[0].set_config_epoch(6),
+            Err(ClusterError::EpochAlreadySet)
+        );
+        let mut m = Mesh::cluster(2, 2);
+        m.nodes[1].topo.myself_mut().config_epoch = 0;
+        assert_eq!(
+            m.nodes[1].set_config_epoch(9),
+            Err(ClusterError::EpochWithPeers)
         );
     }
 
