@@ -247,7 +247,7 @@ impl Cluster {
     }
 
     /// Route a key-bearing command, given its keys with their slots. `None`: run it here;
-    /// `Some(error text)` otherwise.
+    /// otherwise why not (see [`Refusal`]).
     #[allow(clippy::too_many_arguments)]
     pub fn route<'s>(
         &self,
@@ -258,12 +258,14 @@ impl Cluster {
         readonly_read: bool,
         now: u64,
         held: &mut Held<'s>,
-    ) -> Option<String> {
+    ) -> Option<Refusal> {
         let &(first, slot) = keys.first()?;
         let mut multiple_keys = false;
         for &(k, s) in &keys[1..] {
             if s != slot {
-                return Some("CROSSSLOT Keys in request don't hash to the same slot".into());
+                return Some(Refusal::Error(
+                    "CROSSSLOT Keys in request don't hash to the same slot".into(),
+                ));
             }
             multiple_keys |= k != first;
         }
@@ -301,11 +303,24 @@ impl Cluster {
         });
         match route {
             Route::Local if write && !node.can_write(now) => {
-                Some("CLUSTERDOWN The cluster is down".into())
+                Some(match node.write_paused_until(now) {
+                    Some(until_ms) => Refusal::Paused { until_ms },
+                    None => Refusal::Error("CLUSTERDOWN The cluster is down".into()),
+                })
             }
-            r => r.error_text(),
+            r => r.error_text().map(Refusal::Error),
         }
     }
+}
+
+/// Why a command does not run here now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Answer with this error (`MOVED …`, `ASK …`, `CLUSTERDOWN …`, `CROSSSLOT …`).
+    Error(String),
+    /// A write while this primary pauses writes for a manual failover: wait, then route
+    /// it again (it runs here if the failover is abandoned, or is redirected).
+    Paused { until_ms: u64 },
 }
 
 /// `0-5460,7000,8000-8100` → slot numbers.

@@ -2,6 +2,7 @@
 //! them in order, write all replies with one write (pipelining). Transactions (MULTI/EXEC/
 //! WATCH) are handled here because they span commands.
 
+use crate::cluster::Refusal;
 use crate::cmd::{self, ConnState, Ctx, Locks, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
@@ -19,6 +20,9 @@ use tokio::net::TcpStream;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Flush replies early when a huge pipeline produced this much output.
 const MAX_PENDING_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// How often a write paused by a manual failover looks again (the pause lasts until the
+/// replica took over, milliseconds usually).
+const PAUSE_RECHECK: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub async fn serve(
     mut stream: TcpStream,
@@ -44,7 +48,7 @@ pub async fn serve(
             max_multibulk_len: shared.config.max_multibulk_len,
             max_inline_len: shared.config.max_inline_len,
         };
-        let now = now_ms();
+        let mut now = now_ms();
         // The replication task's wake-up waits until the replies are written (flushed
         // before every await below that can wait on the client or on others).
         store.defer_replication_wake();
@@ -128,6 +132,25 @@ pub async fn serve(
             let mut reply = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
             );
+            while conn.paused_until.take().is_some() {
+                // A write during a manual failover's pause: earlier replies go out, then it
+                // waits and is routed again (runs here if the failover is abandoned, or gets
+                // MOVED to the promoted replica), like Redis' client pause. The pause is
+                // bounded by the failover's timeout.
+                before_await(&mut held, &store);
+                if !out.is_empty() {
+                    if stream.write_all(&out).await.is_err() {
+                        break 'conn;
+                    }
+                    out.clear();
+                }
+                tokio::time::sleep(PAUSE_RECHECK).await;
+                now = now_ms();
+                reply = execute_parsed(
+                    &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now,
+                    &mut held,
+                );
+            }
             if barrier {
                 // Parse on, with the limits as they are now.
                 limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
@@ -420,7 +443,22 @@ fn execute_parsed<'s>(
             unwatch_all(store, conn);
             return cmd::ok();
         }
-        "exec" => return exec(store, shared, conn, now),
+        "exec" => {
+            if let Some(c) = &shared.cluster {
+                match route_exec(store, c, conn, now, held) {
+                    None => {}
+                    Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms),
+                    Some(Refusal::Error(e)) => {
+                        // As Redis: a redirected EXEC discards the transaction.
+                        conn.multi = None;
+                        conn.multi_error = false;
+                        unwatch_all(store, conn);
+                        return Reply::Error(Cow::Owned(e));
+                    }
+                }
+            }
+            return exec(store, shared, conn, now);
+        }
         "watch" => {
             if conn.multi.is_some() {
                 return cmd::err("ERR WATCH inside MULTI is not allowed");
@@ -461,11 +499,17 @@ fn execute_parsed<'s>(
         if !keys.is_empty() {
             let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
             let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
-            if let Some(e) = c.route(store, &keys, write, asking, readonly_read, now, held) {
-                if conn.multi.is_some() {
-                    conn.multi_error = true;
+            match c.route(store, &keys, write, asking, readonly_read, now, held) {
+                None => {}
+                // Queued inside MULTI: EXEC is routed (and waits) as a whole.
+                Some(Refusal::Paused { .. }) if conn.multi.is_some() => {}
+                Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms),
+                Some(Refusal::Error(e)) => {
+                    if conn.multi.is_some() {
+                        conn.multi_error = true;
+                    }
+                    return Reply::Error(Cow::Owned(e));
                 }
-                return Reply::Error(Cow::Owned(e));
             }
         }
     }
@@ -539,6 +583,51 @@ fn execute_parsed<'s>(
         }
     }
     reply
+}
+
+/// A write to wait through a manual failover's pause: `serve` runs it again (it is not
+/// counted twice).
+fn paused(conn: &mut ConnState, until_ms: u64) -> Reply {
+    conn.paused_until = Some(until_ms);
+    conn.pending_commands -= 1;
+    Reply::Null
+}
+
+/// Route an EXEC in a cluster by every key of its queued commands, as Redis does: all in
+/// one slot served here (else `CROSSSLOT`, `MOVED`…), and, if any of them writes, only while
+/// this node takes writes. `None` without a transaction or with a failed one (EXEC answers).
+fn route_exec<'s>(
+    store: &'s Store,
+    c: &crate::cluster::Cluster,
+    conn: &mut ConnState,
+    now: u64,
+    held: &mut crate::store::Held<'s>,
+) -> Option<Refusal> {
+    let asking = std::mem::take(&mut conn.asking);
+    let queue = conn.multi.as_ref().filter(|_| !conn.multi_error)?;
+    let mut keys: smallvec::SmallVec<[(&[u8], u16); 4]> = smallvec::SmallVec::new();
+    let (mut write, mut reads_only) = (false, true);
+    for q in queue {
+        let args: smallvec::SmallVec<[&[u8]; 8]> = q.iter().map(|a| &a[..]).collect();
+        let Some(spec) = cmd::lookup(args[0]) else {
+            continue;
+        };
+        write |= spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
+        reads_only &= spec.flags & cmd::READONLY != 0;
+        if spec.first_key > 0 {
+            keys.extend(
+                spec.key_indices(q.len())
+                    .map(|i| (&q[i][..], key_slot(&q[i]))),
+            );
+        } else if let Some(k) = admin_write_key(spec, &args) {
+            keys.push((k, key_slot(k)));
+        }
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    let readonly_read = conn.readonly && reads_only;
+    c.route(store, &keys, write, asking, readonly_read, now, held)
 }
 
 /// The key of an admin subcommand that writes one key (`MERIDIAN INVALIDATE <key> …`):

@@ -60,6 +60,27 @@ fn six_nodes_form_a_cluster_that_cluster_clients_use() {
     // Direct (non-cluster) clients get the Redis errors cluster clients rely on.
     let e = qerr(&mut c0, &["MSET", "a", "1", "b", "2"]);
     assert!(e.starts_with("CROSSSLOT"), "{e}");
+    // A transaction is routed as a whole at EXEC, as in Redis: keys of two slots (both
+    // served here) → CROSSSLOT, and the transaction is gone.
+    let mine: Vec<String> = (0..)
+        .map(|n| format!("tx{n}"))
+        .filter(|k| common::key_slot(k.as_bytes()) < 5461)
+        .take(2)
+        .collect();
+    assert_ne!(
+        common::key_slot(mine[0].as_bytes()),
+        common::key_slot(mine[1].as_bytes())
+    );
+    let _: () = q(&mut c0, &["MULTI"]);
+    let queued: String = q(&mut c0, &["SET", &mine[0], "1"]);
+    assert_eq!(queued, "QUEUED");
+    let _: String = q(&mut c0, &["SET", &mine[1], "2"]);
+    let e = qerr(&mut c0, &["EXEC"]);
+    assert_eq!(e, "CROSSSLOT Keys in request don't hash to the same slot");
+    assert_eq!(qerr(&mut c0, &["EXEC"]), "ERR EXEC without MULTI");
+    for k in &mine {
+        assert_eq!(q::<i64>(&mut c0, &["EXISTS", k]), 0, "{k}");
+    }
     let slot: i64 = q(&mut c0, &["CLUSTER", "KEYSLOT", "foo"]);
     let e = qerr(&mut c0, &["GET", "foo"]);
     assert_eq!(e, format!("MOVED {slot} 127.0.0.1:{}", cl.ports[2]));
@@ -621,4 +642,99 @@ fn a_slot_taken_over_is_dropped_by_the_old_owner_and_its_replica() {
     // The rest of node 0's data is untouched on both.
     let (n0, n3): (i64, i64) = (q(&mut c0, &["DBSIZE"]), q(&mut r0, &["DBSIZE"]));
     assert_eq!(n0, n3);
+}
+
+/// `CLUSTER FAILOVER` (default mode) under a steady writer: the primary pauses writes until
+/// its replica has everything and takes over, so the writer sees only delays and then
+/// `MOVED` (never `CLUSTERDOWN`, as in Redis), and no acknowledged INCR is lost: each reply
+/// is exactly one more than the last, across the switch.
+#[test]
+fn manual_failover_pauses_writers_and_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let cl = Cluster::start(5_000);
+    for i in 0..6 {
+        cl.wait_ok(i);
+    }
+    cl.wait_replicas_attached();
+    let tag = (0..)
+        .map(|n| format!("mf{n}"))
+        .find(|t| common::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
+        .expect("a tag on node 0");
+    // Four writers, each INCRs its own counter on node 0 through its own connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let key = format!("{{{tag}}}:ctr{w}");
+            let acked = Arc::new(AtomicU64::new(0));
+            let (stop, seen) = (stop.clone(), acked.clone());
+            let mut port = cl.ports[0];
+            let handle = std::thread::spawn(move || {
+                let connect = |port: u16| {
+                    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                        .and_then(|c| c.get_connection())
+                        .expect("writer connection")
+                };
+                let mut con = connect(port);
+                let mut errors = Vec::new();
+                while !stop.load(Relaxed) {
+                    match redis::cmd("INCR").arg(&key).query::<u64>(&mut con) {
+                        Ok(n) => {
+                            let before = seen.fetch_add(1, Relaxed);
+                            assert_eq!(n, before + 1, "an acknowledged INCR was lost ({port})");
+                        }
+                        Err(e) if common::err_text(&e).starts_with("MOVED") => {
+                            port = common::err_text(&e)
+                                .rsplit(':')
+                                .next()
+                                .and_then(|p| p.parse().ok())
+                                .expect("MOVED names a port");
+                            con = connect(port);
+                        }
+                        Err(e) => errors.push(common::err_text(&e)),
+                    }
+                }
+                (key, port, errors)
+            });
+            (acked, handle)
+        })
+        .collect();
+    let acked = || {
+        writers
+            .iter()
+            .map(|(a, _)| a.load(Relaxed))
+            .min()
+            .unwrap_or(0)
+    };
+    wait_until(DEADLINE, "the writers are going", || acked() > 200);
+    let _: () = q(&mut cl.conn(3), &["CLUSTER", "FAILOVER"]);
+    let role = |i: usize| -> String {
+        let r: Vec<redis::Value> = q(&mut cl.conn(i), &["ROLE"]);
+        match r.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        }
+    };
+    wait_until(DEADLINE, "the replica took over", || {
+        role(3) == "master" && role(0) == "slave"
+    });
+    let at_switch = acked();
+    wait_until(DEADLINE, "the writers go on at the new primary", || {
+        acked() > at_switch + 200
+    });
+    stop.store(true, Relaxed);
+    let mut promoted = cl.conn(3);
+    for (count, handle) in writers {
+        let (key, port, errors) = handle.join().expect("writer");
+        assert_eq!(
+            port, cl.ports[3],
+            "{key}: the writer followed MOVED to the promoted replica"
+        );
+        assert!(
+            errors.is_empty(),
+            "{key}: writes failed during the failover: {errors:?}"
+        );
+        let total: u64 = q(&mut promoted, &["GET", &key]);
+        assert_eq!(total, count.load(Relaxed), "{key}");
+    }
 }

@@ -376,6 +376,18 @@ impl ClusterNode {
             && !self.in_rejoin_delay(now_ms)
     }
 
+    /// When the pause of a manual failover is the only reason [`Self::can_write`] says no:
+    /// until when it lasts (ms). Redis makes writers wait through the pause (not fail):
+    /// they then run here, or get MOVED to the promoted replica.
+    pub fn write_paused_until(&self, now_ms: u64) -> Option<u64> {
+        let (_, until) = self.paused_for?;
+        (self.topo.myself().role.is_primary()
+            && now_ms <= until
+            && self.state_ok_at(now_ms)
+            && !self.in_rejoin_delay(now_ms))
+        .then_some(until)
+    }
+
     // ---------------------------------------------------------------- inputs: messages
 
     /// Applies one message from the bus. The sender is identified by the message header, not

@@ -166,6 +166,9 @@ pub struct ConnState {
     pub wait: Option<(usize, u64)>,
     /// Set by `MERIDIAN SYNC`: the connection becomes a replica stream.
     pub takeover: Option<crate::replica::SyncRequest>,
+    /// Cluster: the command was a write while the primary pauses writes for a manual
+    /// failover (until this time, ms); the connection waits, then runs it again.
+    pub paused_until: Option<u64>,
 }
 
 impl ConnState {
@@ -187,6 +190,7 @@ impl ConnState {
             write_offset: 0,
             wait: None,
             takeover: None,
+            paused_until: None,
             rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }
