@@ -7,7 +7,10 @@ Reports:
      the same way and against 3 standalone redis-server instances (3 generators at once),
      all in the same run. Throughput is what the servers report processing
      (`total_commands_processed`) over a window while the load runs; the standalone and
-     meridian figures are medians of alternating rounds. Like for like, the meridian cluster has no replicas there (nor do
+     meridian figures are medians of alternating rounds. A third table splits the CPU per
+     request between the servers and the load generators (from /proc), which share the
+     machine's cores: it shows whether a ratio is the servers' doing or the generators'.
+     Like for like, the meridian cluster has no replicas there (nor do
      the redis-server ones); the six-node cluster with a replica per primary is measured
      too, as its own column;
   2. resharding speed: keys/s moved by `redis-cli --cluster reshard` of 1000 slots;
@@ -145,7 +148,18 @@ def commands_processed(ports):
     return total
 
 
-def served_rate(ports, gens, warm_s, window_s):
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# CPU per request, (server ns, generator ns) per window: CPU[label][test] -> list of pairs.
+CPU = {}
+
+
+def served_rate(ports, gens, warm_s, window_s, pids=(), label=None, test=None):
     """Commands/s the servers on `ports` process together while every generator in `gens`
     runs: their `total_commands_processed` over a window after a warm-up, read from the
     servers themselves. Generators' own figures would not do for an aggregate: each times
@@ -155,11 +169,19 @@ def served_rate(ports, gens, warm_s, window_s):
     try:
         time.sleep(warm_s)
         t0, n0 = time.perf_counter(), commands_processed(ports)
+        s0 = sum(cpu_seconds(p) for p in pids)
+        g0 = sum(cpu_seconds(g.pid) for g in gens)
         time.sleep(window_s)
         t1, n1 = time.perf_counter(), commands_processed(ports)
+        s1 = sum(cpu_seconds(p) for p in pids)
+        g1 = sum(cpu_seconds(g.pid) for g in gens)
         if any(g.poll() is not None for g in gens):
             raise SystemExit("a load generator ended before the measurement window did")
-        return (n1 - n0 - len(ports)) / (t1 - t0)  # minus the first INFO on each server
+        n = n1 - n0 - len(ports)  # minus the first INFO on each server
+        if label and n > 0:
+            CPU.setdefault(label, {}).setdefault(test, []).append(
+                (1e9 * (s1 - s0) / n, 1e9 * (g1 - g0) / n))
+        return n / (t1 - t0)
     finally:
         for g in gens:
             if g.poll() is None:
@@ -167,13 +189,14 @@ def served_rate(ports, gens, warm_s, window_s):
             g.communicate()
 
 
-def aggregate(ports, targets, cluster, test, args):
+def aggregate(ports, targets, cluster, test, args, pids=(), label=None):
     """Rate of `test` with one generator per entry of `targets` (ports they connect to; 50
     clients split evenly among them: 16 each for three), measured at the servers `ports`
-    (see `served_rate`)."""
+    (see `served_rate`); with `label`, the CPU per request of the servers (`pids`) and of
+    the generators is recorded in `CPU`."""
     clients = max(1, 50 // len(targets))
     gens = [bench(t, 10**9, cluster, clients=clients, tests=test) for t in targets]
-    return served_rate(ports, gens, args.warm, args.window)
+    return served_rate(ports, gens, args.warm, args.window, pids, label, test)
 
 
 def rows(proc):
@@ -296,7 +319,8 @@ def throughput(args, tmp, procs, pipeline):
 
     rports, rprocs = start_redis_cluster(tmp)
     procs += rprocs
-    redis_cluster = {t: aggregate(rports, rports[:1], True, t, args) for t in tests}
+    redis_cluster = {t: aggregate(rports, rports[:1], True, t, args, [p.pid for p in rprocs],
+                                  "redis cluster") for t in tests}
     redis_cluster3 = {t: aggregate(rports, rports, True, t, args) for t in tests}
     stopping(rprocs)
 
@@ -317,8 +341,10 @@ def throughput(args, tmp, procs, pipeline):
     samples = {k: {t: [] for t in tests} for k in ("standalone", "bare", "bare3")}
     for _ in range(args.rounds):
         for t in tests:
-            samples["standalone"][t].append(aggregate(singles, singles, False, t, args))
-            samples["bare"][t].append(aggregate(mports, mports[:1], True, t, args))
+            samples["standalone"][t].append(aggregate(singles, singles, False, t, args,
+                                                      [p.pid for p in sprocs], "standalone"))
+            samples["bare"][t].append(aggregate(mports, mports[:1], True, t, args,
+                                                [p.pid for p in mprocs], "meridian"))
             samples["bare3"][t].append(aggregate(mports, mports, True, t, args))
     stopping(sprocs + mprocs)
     med = {k: {t: statistics.median(v) for t, v in d.items()} for k, d in samples.items()}
@@ -353,6 +379,21 @@ def throughput(args, tmp, procs, pipeline):
             print(f"| {t.upper()} | {standalone[t]:,.0f} | {red[t]:,.0f} | {mer_bare[t]:,.0f} | "
                   f"{mer_bare[t] / standalone[t]:.2f} | {mer_bare[t] / red[t]:.2f} | "
                   f"{mer[t]:,.0f} | {mer[t] / standalone[t]:.2f} |")
+    # Where the CPU goes (both share the machine's cores): the servers' own cost per
+    # request, and the load generators'. On a small box the generators' share decides the
+    # rate: the cluster-aware generator spends more per request than the plain one.
+    print(f"-P {pipeline}, CPU per request in ns (median over rounds; servers summed / "
+          f"generators summed; one generator for the clusters, three for the standalone servers):")
+    print("| test | " + " | ".join(f"{k}: server / generator" for k in CPU) + " | meridian server vs standalone |")
+    print("|---|" + "---|" * (len(CPU) + 1))
+    for t in tests:
+        med_cpu = {k: tuple(statistics.median(x[i] for x in CPU[k].get(t, [(0, 0)])) for i in (0, 1))
+                   for k in CPU}
+        ratio = (med_cpu["meridian"][0] / med_cpu["standalone"][0]
+                 if "meridian" in med_cpu and med_cpu["standalone"][0] else float("nan"))
+        print(f"| {t.upper()} | " + " | ".join(f"{a:,.0f} / {b:,.0f}" for a, b in med_cpu.values())
+              + f" | {ratio:.2f} |")
+    CPU.clear()
 
 
 def main():
