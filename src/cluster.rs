@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,6 +110,9 @@ pub struct Cluster {
     /// When this node last became a primary (ms since the epoch; 0 = not since start): the
     /// invalidation consumer replays the stream from shortly before it.
     pub promoted_at_ms: AtomicU64,
+    /// Mirror of [`ClusterNode::pausing_writes`], read by every write under its shard lock
+    /// (see `run`: how a manual failover's pause is made exact).
+    pub writes_paused: AtomicBool,
 }
 
 impl Cluster {
@@ -188,6 +191,7 @@ impl Cluster {
             nodes_file,
             pending_replicate: Mutex::new(pending_replicate),
             promoted_at_ms: AtomicU64::new(0),
+            writes_paused: AtomicBool::new(false),
         });
         c.save()?;
         Ok(c)
@@ -401,12 +405,25 @@ pub async fn run(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { return };
-                let mut node = cluster.node.lock();
-                if let Err(e) = node.handle_message(now_ms(), msg) {
-                    tracing::warn!(error = %e, "cluster bus message refused");
-                }
-                // Take whatever else already arrived under the same lock.
+                // Take whatever else already arrived too.
+                let mut batch = vec![msg];
                 while let Ok(m) = rx.try_recv() {
+                    batch.push(m);
+                }
+                if batch.iter().any(|m| matches!(m.body, bus::Body::MfStart)) {
+                    // A replica asks for a manual failover: the offset this primary answers
+                    // with must cover every write it acknowledged or will. Writes check the
+                    // flag under their shard lock, so once every shard lock has been taken
+                    // after raising it, no write runs any more and every one that ran is in
+                    // the feed offset read below. (Lowered again after the batch if this
+                    // node does not pause. Shard locks are never taken under the node lock.)
+                    cluster.writes_paused.store(true, SeqCst);
+                    drop(store.lock_all());
+                }
+                let mut node = cluster.node.lock();
+                // Headers carry the offset (elections, manual failovers): fresh, not a tick old.
+                node.set_repl_offset(inregion.repl_offset());
+                for m in batch {
                     if let Err(e) = node.handle_message(now_ms(), m) {
                         tracing::warn!(error = %e, "cluster bus message refused");
                     }
@@ -428,6 +445,9 @@ pub async fn run(
         }
         let (out, events) = {
             let mut node = cluster.node.lock();
+            cluster
+                .writes_paused
+                .store(node.pausing_writes(now_ms()), SeqCst);
             let mut out = Vec::new();
             while let Some(o) = node.poll_outgoing() {
                 let addr = match &o.to {

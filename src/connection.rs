@@ -132,7 +132,7 @@ pub async fn serve(
             let mut reply = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
             );
-            while conn.paused_until.take().is_some() {
+            while let Some(until) = conn.paused_until.take() {
                 // A write during a manual failover's pause: earlier replies go out, then it
                 // waits and is routed again (runs here if the failover is abandoned, or gets
                 // MOVED to the promoted replica), like Redis' client pause. The pause is
@@ -144,8 +144,13 @@ pub async fn serve(
                     }
                     out.clear();
                 }
-                tokio::time::sleep(PAUSE_RECHECK).await;
-                now = now_ms();
+                loop {
+                    tokio::time::sleep(PAUSE_RECHECK).await;
+                    now = now_ms();
+                    if !write_pause_began(&shared) || now > until {
+                        break;
+                    }
+                }
                 reply = execute_parsed(
                     &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now,
                     &mut held,
@@ -370,7 +375,9 @@ fn may_hold(conn: &ConnState, spec: &Spec, maxmemory: u64) -> bool {
 }
 
 /// Execute one request (arguments already split) for a connection. `held` carries a shard
-/// guard between the commands of one batch (see [`Held`]).
+/// guard between the commands of one batch (see [`Held`]). A cluster write during a manual
+/// failover's pause answers `Null` and sets `conn.paused_until`: the caller runs it again
+/// later (as `serve` does).
 pub fn execute<'s>(
     store: &'s Store,
     shared: &'s Shared,
@@ -440,14 +447,17 @@ fn execute_parsed<'s>(
             if conn.multi.take().is_none() {
                 return cmd::err("ERR DISCARD without MULTI");
             }
+            conn.asking = false;
             unwatch_all(store, conn);
             return cmd::ok();
         }
         "exec" => {
+            // ASKING lasts the whole transaction, as in Redis.
+            let asking = std::mem::take(&mut conn.asking);
             if let Some(c) = &shared.cluster {
-                match route_exec(store, c, conn, now, held) {
+                match route_exec(store, c, conn, asking, now, held) {
                     None => {}
-                    Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms),
+                    Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms, asking),
                     Some(Refusal::Error(e)) => {
                         // As Redis: a redirected EXEC discards the transaction.
                         conn.multi = None;
@@ -457,7 +467,7 @@ fn execute_parsed<'s>(
                     }
                 }
             }
-            return exec(store, shared, conn, now);
+            return exec(store, shared, conn, now, asking);
         }
         "watch" => {
             if conn.multi.is_some() {
@@ -494,16 +504,24 @@ fn execute_parsed<'s>(
     } else {
         smallvec::SmallVec::new()
     };
+    // ASKING: for the next command, or, inside MULTI, until EXEC (as in Redis).
+    let asking = if conn.multi.is_some() {
+        conn.asking
+    } else {
+        std::mem::take(&mut conn.asking)
+    };
+    // A write routed in a cluster (checked again under its shard lock, see below).
+    let mut routed_write = false;
     if let Some(c) = &shared.cluster {
-        let asking = std::mem::take(&mut conn.asking);
         if !keys.is_empty() {
             let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
             let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
+            routed_write = write;
             match c.route(store, &keys, write, asking, readonly_read, now, held) {
                 None => {}
                 // Queued inside MULTI: EXEC is routed (and waits) as a whole.
                 Some(Refusal::Paused { .. }) if conn.multi.is_some() => {}
-                Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms),
+                Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms, asking),
                 Some(Refusal::Error(e)) => {
                     if conn.multi.is_some() {
                         conn.multi_error = true;
@@ -560,6 +578,11 @@ fn execute_parsed<'s>(
     } else {
         Locks::None
     };
+    if routed_write && conn.multi.is_none() && write_pause_began(shared) {
+        // Routed just before a manual failover paused writes: wait with the others.
+        drop(locks);
+        return paused(conn, u64::MAX, asking);
+    }
     let mut ctx = Ctx {
         store,
         shared,
@@ -585,12 +608,25 @@ fn execute_parsed<'s>(
     reply
 }
 
-/// A write to wait through a manual failover's pause: `serve` runs it again (it is not
-/// counted twice).
-fn paused(conn: &mut ConnState, until_ms: u64) -> Reply {
+/// A write to wait through a manual failover's pause: `serve` runs it again, with its
+/// ASKING permission (it is not counted twice).
+fn paused(conn: &mut ConnState, until_ms: u64, asking: bool) -> Reply {
     conn.paused_until = Some(until_ms);
+    conn.asking = asking;
     conn.pending_commands -= 1;
     Reply::Null
+}
+
+/// Checked by a routed write under its shard lock(s): has this primary begun pausing writes
+/// for a manual failover since the write was routed? The cluster task raises the flag, then
+/// takes every shard lock once before it reads the offset it tells the replica, so no write
+/// it did not count can run after that (see `cluster::run`).
+#[inline]
+fn write_pause_began(shared: &Shared) -> bool {
+    shared
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.writes_paused.load(Relaxed))
 }
 
 /// Route an EXEC in a cluster by every key of its queued commands, as Redis does: all in
@@ -599,11 +635,11 @@ fn paused(conn: &mut ConnState, until_ms: u64) -> Reply {
 fn route_exec<'s>(
     store: &'s Store,
     c: &crate::cluster::Cluster,
-    conn: &mut ConnState,
+    conn: &ConnState,
+    asking: bool,
     now: u64,
     held: &mut crate::store::Held<'s>,
 ) -> Option<Refusal> {
-    let asking = std::mem::take(&mut conn.asking);
     let queue = conn.multi.as_ref().filter(|_| !conn.multi_error)?;
     let mut keys: smallvec::SmallVec<[(&[u8], u16); 4]> = smallvec::SmallVec::new();
     let (mut write, mut reads_only) = (false, true);
@@ -612,7 +648,7 @@ fn route_exec<'s>(
         let Some(spec) = cmd::lookup(args[0]) else {
             continue;
         };
-        write |= spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
+        write |= spec.flags & cmd::WRITE != 0;
         reads_only &= spec.flags & cmd::READONLY != 0;
         if spec.first_key > 0 {
             keys.extend(
@@ -620,6 +656,7 @@ fn route_exec<'s>(
                     .map(|i| (&q[i][..], key_slot(&q[i]))),
             );
         } else if let Some(k) = admin_write_key(spec, &args) {
+            write = true;
             keys.push((k, key_slot(k)));
         }
     }
@@ -646,7 +683,7 @@ fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory: u64) -> b
     store.enforce_maxmemory(now, &mut || conn.random())
 }
 
-fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply {
+fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64, asking: bool) -> Reply {
     let Some(queue) = conn.multi.take() else {
         return cmd::err("ERR EXEC without MULTI");
     };
@@ -670,6 +707,12 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64) -> Reply
         return cmd::err(OOM);
     }
     let guards = store.lock_all();
+    if writes && write_pause_began(shared) {
+        // See `execute_parsed`: the transaction waits, whole, with its WATCHes.
+        drop(guards);
+        conn.multi = Some(queue);
+        return paused(conn, u64::MAX, asking);
+    }
     let dirty = conn
         .watched
         .iter()

@@ -376,6 +376,11 @@ impl ClusterNode {
             && !self.in_rejoin_delay(now_ms)
     }
 
+    /// Whether this primary pauses writes for a manual failover now (whatever else).
+    pub fn pausing_writes(&self, now_ms: u64) -> bool {
+        self.paused_for.is_some_and(|(_, until)| now_ms <= until)
+    }
+
     /// When the pause of a manual failover is the only reason [`Self::can_write`] says no:
     /// until when it lasts (ms). Redis makes writers wait through the pause (not fail):
     /// they then run here, or get MOVED to the promoted replica.

@@ -349,10 +349,16 @@ fn cluster_topology(ctx: &mut Ctx, a: &[&[u8]]) -> Option<Reply> {
         },
         ("count-failure-reports", 3) => Reply::Int(0),
         ("replicas" | "slaves", 3) => match node_arg(a[2]) {
-            Ok(id) => match c.node.lock().topology().cluster_replicas(id) {
-                Some(lines) => Reply::Array(lines.iter().map(|l| text(l)).collect()),
-                None => err("ERR The specified node is not a master"),
-            },
+            Ok(id) => {
+                let node = c.node.lock();
+                match node.topology().cluster_replicas(id) {
+                    Some(lines) => Reply::Array(lines.iter().map(|l| text(l)).collect()),
+                    None if node.topology().node(id).is_none() => {
+                        err_owned(format!("ERR Unknown node {}", id.redis_name()))
+                    }
+                    None => err("ERR The specified node is not a master"),
+                }
+            }
             Err(e) => e,
         },
         ("set-config-epoch", 3) => match crate::util::parse_int(a[2]) {
@@ -430,9 +436,9 @@ fn cluster(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 .collect()
         };
         Reply::Array(keys)
-    } else if sub.eq_ignore_ascii_case(b"info") {
+    } else if sub.eq_ignore_ascii_case(b"info") && ctx.shared.cluster.is_none() {
         err("ERR This instance has cluster support disabled")
-    } else if sub.eq_ignore_ascii_case(b"myid") {
+    } else if sub.eq_ignore_ascii_case(b"myid") && ctx.shared.cluster.is_none() {
         bulk(Bytes::from(ctx.shared.run_id.clone()))
     } else if sub.eq_ignore_ascii_case(b"help") && a.len() == 2 {
         Reply::Array(HELP.iter().map(|l| text(l)).collect())
@@ -445,9 +451,10 @@ fn cluster(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 "ERR wrong number of arguments for 'cluster|{name}' command"
             ))
         } else {
+            // Redis shows at most 128 bytes of the name.
             err_owned(format!(
                 "ERR unknown subcommand '{}'. Try CLUSTER HELP.",
-                String::from_utf8_lossy(sub)
+                String::from_utf8_lossy(&sub[..sub.len().min(128)])
             ))
         }
     }
