@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cluster::{Cluster, DEADLINE};
+use common::cluster::{tag_on_node0, Cluster, DEADLINE};
 use common::{q, qerr, tool_available, wait_until};
 use redis::cluster::ClusterClient;
 use redis::Commands;
@@ -136,11 +136,7 @@ fn redis_py_cluster_client_reads_and_writes_every_slot() {
     if !python_redis_available() {
         return;
     }
-    let cl = Cluster::start(5_000);
-    for i in 0..6 {
-        cl.wait_ok(i);
-    }
-    cl.wait_replicas_attached();
+    let cl = Cluster::start_ready(5_000);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/cluster_client.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
@@ -355,10 +351,7 @@ fn split_keys_of_a_migrating_slot_get_tryagain() {
         cl.wait_ok(i);
     }
     // A hash tag in node 0's slots (0-5460).
-    let tag = (0..)
-        .map(|n| format!("mig{n}"))
-        .find(|t| common::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
-        .expect("a tag on node 0");
+    let tag = tag_on_node0("mig");
     let slot = common::key_slot(format!("{{{tag}}}").as_bytes()).to_string();
     let [a, b, c] = ["a", "b", "c"].map(|k| format!("{{{tag}}}:{k}"));
     let (mut src, mut dst) = (cl.conn(0), cl.conn(1));
@@ -630,19 +623,12 @@ fn redis_cli_cluster_create_forms_a_cluster_at_runtime() {
 }
 
 /// A primary that loses a slot still holding keys (another node claims it with a greater
-/// config epoch: here SETSLOT NODE then BUMPEPOCH, Redis' way to take a slot over) drops
+/// config epoch: here BUMPEPOCH then SETSLOT NODE, Redis' way to take a slot over) drops
 /// those keys, and its replica drops them too, in stream order.
 #[test]
 fn a_slot_taken_over_is_dropped_by_the_old_owner_and_its_replica() {
-    let cl = Cluster::start(5_000);
-    for i in 0..6 {
-        cl.wait_ok(i);
-    }
-    cl.wait_replicas_attached();
-    let tag = (0..)
-        .map(|n| format!("t{n}"))
-        .find(|t| common::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
-        .expect("a tag on node 0");
+    let cl = Cluster::start_ready(5_000);
+    let tag = tag_on_node0("t");
     let slot = common::key_slot(format!("{{{tag}}}").as_bytes()).to_string();
     let (mut c0, mut c1, mut r0) = (cl.conn(0), cl.conn(1), cl.conn(3));
     for i in 0..20 {
@@ -681,15 +667,8 @@ fn a_slot_taken_over_is_dropped_by_the_old_owner_and_its_replica() {
 fn manual_failover_pauses_writers_and_loses_no_acknowledged_write() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
-    let cl = Cluster::start(5_000);
-    for i in 0..6 {
-        cl.wait_ok(i);
-    }
-    cl.wait_replicas_attached();
-    let tag = (0..)
-        .map(|n| format!("mf{n}"))
-        .find(|t| common::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
-        .expect("a tag on node 0");
+    let cl = Cluster::start_ready(5_000);
+    let tag = tag_on_node0("mf");
     // Four writers, each INCRs its own counter on node 0 through its own connection.
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)

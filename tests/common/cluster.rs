@@ -46,6 +46,16 @@ impl Cluster {
         c
     }
 
+    /// Six nodes, each at `cluster_state:ok`, with every replica attached.
+    pub fn start_ready(node_timeout_ms: u64) -> Cluster {
+        let cl = Cluster::start(node_timeout_ms);
+        for i in 0..6 {
+            cl.wait_ok(i);
+        }
+        cl.wait_replicas_attached();
+        cl
+    }
+
     pub fn config(&self, i: usize) -> String {
         let meet: Vec<String> = (0..6)
             .filter(|&j| j != i)
@@ -117,4 +127,12 @@ impl Drop for Cluster {
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A hash tag `prefix<n>` (use it as `{tag}`) whose slot node 0 serves (0-5460).
+pub fn tag_on_node0(prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .find(|t| super::key_slot(format!("{{{t}}}").as_bytes()) < 5461)
+        .expect("a tag on node 0")
 }
