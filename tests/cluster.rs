@@ -29,17 +29,7 @@ fn six_nodes_form_a_cluster_that_cluster_clients_use() {
     // redis-rs cluster client: keys spread over every primary.
     let client = ClusterClient::new(cl.urls()).expect("cluster client");
     let mut con = client.get_connection().expect("cluster connection");
-    for i in 0..600 {
-        let _: () = con
-            .set(format!("key:{i}"), i)
-            .expect("SET through the cluster");
-    }
-    for i in 0..600 {
-        let v: i64 = con
-            .get(format!("key:{i}"))
-            .expect("GET through the cluster");
-        assert_eq!(v, i);
-    }
+    set_and_read_back(&mut con, "key", 600);
     let _: i64 = con.incr("{user}:visits", 5).expect("INCR");
     let _: () = redis::cmd("MSET")
         .arg("{user}:a")
@@ -109,6 +99,21 @@ fn six_nodes_form_a_cluster_that_cluster_clients_use() {
             text.contains("[OK] All nodes agree about slots configuration."),
             "{text}"
         );
+    }
+}
+
+/// SET `<prefix>:<i>` = i for i in 0..n through a cluster client, then GET each back.
+fn set_and_read_back(con: &mut redis::cluster::ClusterConnection, prefix: &str, n: i64) {
+    for i in 0..n {
+        let _: () = con
+            .set(format!("{prefix}:{i}"), i)
+            .expect("SET through the cluster");
+    }
+    for i in 0..n {
+        let v: i64 = con
+            .get(format!("{prefix}:{i}"))
+            .expect("GET through the cluster");
+        assert_eq!(v, i, "{prefix}:{i}");
     }
 }
 
@@ -567,15 +572,7 @@ fn redis_cli_cluster_create_forms_a_cluster_at_runtime() {
     )
     .expect("cluster client");
     let mut con = client.get_connection().expect("cluster connection");
-    for i in 0..300 {
-        let _: () = con
-            .set(format!("k:{i}"), i)
-            .expect("SET through the cluster");
-    }
-    for i in 0..300 {
-        let v: i64 = con.get(format!("k:{i}")).expect("GET through the cluster");
-        assert_eq!(v, i);
-    }
+    set_and_read_back(&mut con, "k", 300);
     let mut held = 0;
     for (_, i) in &primaries {
         let n: i64 = q(&mut nodes[*i].conn(), &["DBSIZE"]);
