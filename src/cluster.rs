@@ -16,7 +16,9 @@ use crate::connection::Held;
 use crate::server::now_ms;
 use crate::store::Store;
 use bytes::{Buf, BytesMut};
-use meridian_regions::node::{Config as NodeConfig, Event, PersistentState};
+use meridian_regions::node::{
+    Config as NodeConfig, Event, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
+};
 pub use meridian_regions::topology::InvalidationScope;
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest};
 use meridian_regions::{bus, ClusterNode, Dest};
@@ -24,7 +26,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,9 +112,10 @@ pub struct Cluster {
     /// When this node last became a primary (ms since the epoch; 0 = not since start): the
     /// invalidation consumer replays the stream from shortly before it.
     pub promoted_at_ms: AtomicU64,
-    /// Mirror of [`ClusterNode::pausing_writes`], read by every write under its shard lock
-    /// (see `run`: how a manual failover's pause is made exact).
-    pub writes_paused: AtomicBool,
+    /// While a manual failover pauses writes: until when (ms since the epoch; 0 = no
+    /// pause). Mirror of [`ClusterNode::pause_deadline`], read by every cluster write under
+    /// its shard lock (see `run`: how the pause is made exact).
+    pub writes_paused_until: AtomicU64,
 }
 
 impl Cluster {
@@ -191,7 +194,7 @@ impl Cluster {
             nodes_file,
             pending_replicate: Mutex::new(pending_replicate),
             promoted_at_ms: AtomicU64::new(0),
-            writes_paused: AtomicBool::new(false),
+            writes_paused_until: AtomicU64::new(0),
         });
         c.save()?;
         Ok(c)
@@ -410,15 +413,29 @@ pub async fn run(
                 while let Ok(m) = rx.try_recv() {
                     batch.push(m);
                 }
-                if batch.iter().any(|m| matches!(m.body, bus::Body::MfStart)) {
-                    // A replica asks for a manual failover: the offset this primary answers
-                    // with must cover every write it acknowledged or will. Writes check the
-                    // flag under their shard lock, so once every shard lock has been taken
-                    // after raising it, no write runs any more and every one that ran is in
-                    // the feed offset read below. (Lowered again after the batch if this
-                    // node does not pause. Shard locks are never taken under the node lock.)
-                    cluster.writes_paused.store(true, SeqCst);
-                    drop(store.lock_all());
+                let pausing = {
+                    let node = cluster.node.lock();
+                    batch.iter().any(|m| {
+                        matches!(m.body, bus::Body::MfStart) && node.pauses_for(m.header.sender)
+                    })
+                };
+                if pausing {
+                    // One of our replicas asks for a manual failover: the offset this primary
+                    // answers with must cover every write it acknowledged or will. Writes
+                    // check the deadline under their shard lock, so once each shard lock has
+                    // been taken (and let go) after raising it, no write runs any more and
+                    // every one that ran is in the feed offset read below. One lock at a
+                    // time, never under the node lock, on a blocking thread (a MIGRATE holds
+                    // its shard across a transfer): this task's runtime serves clients too.
+                    let until = now_ms().saturating_add(MF_PAUSE_MULT * MANUAL_FAILOVER_TIMEOUT_MS);
+                    cluster.writes_paused_until.store(until, SeqCst);
+                    let s = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for i in 0..crate::store::SHARDS {
+                            drop(s.shard(i));
+                        }
+                    })
+                    .await;
                 }
                 let mut node = cluster.node.lock();
                 // Headers carry the offset (elections, manual failovers): fresh, not a tick old.
@@ -445,9 +462,10 @@ pub async fn run(
         }
         let (out, events) = {
             let mut node = cluster.node.lock();
-            cluster
-                .writes_paused
-                .store(node.pausing_writes(now_ms()), SeqCst);
+            let until = node.pause_deadline().unwrap_or(0);
+            if cluster.writes_paused_until.load(Relaxed) != until {
+                cluster.writes_paused_until.store(until, SeqCst);
+            }
             let mut out = Vec::new();
             while let Some(o) = node.poll_outgoing() {
                 let addr = match &o.to {

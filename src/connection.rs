@@ -147,7 +147,7 @@ pub async fn serve(
                 loop {
                     tokio::time::sleep(PAUSE_RECHECK).await;
                     now = now_ms();
-                    if !write_pause_began(&shared) || now > until {
+                    if !write_pause_began(&shared, now) || now > until {
                         break;
                     }
                 }
@@ -467,7 +467,12 @@ fn execute_parsed<'s>(
                     }
                 }
             }
-            return exec(store, shared, conn, now, asking);
+            let reply = exec(store, shared, conn, now, asking);
+            if conn.paused_until.is_none() {
+                // An ASKING queued inside the transaction ran in it: it ends with EXEC.
+                conn.asking = false;
+            }
+            return reply;
         }
         "watch" => {
             if conn.multi.is_some() {
@@ -578,8 +583,9 @@ fn execute_parsed<'s>(
     } else {
         Locks::None
     };
-    if routed_write && conn.multi.is_none() && write_pause_began(shared) {
-        // Routed just before a manual failover paused writes: wait with the others.
+    if (routed_write || write) && conn.multi.is_none() && write_pause_began(shared, now) {
+        // A manual failover paused writes (perhaps since this one was routed): wait with the
+        // others. Handlers that lock on demand check for themselves (`Ctx::pause_began`).
         drop(locks);
         return paused(conn, u64::MAX, asking);
     }
@@ -610,23 +616,23 @@ fn execute_parsed<'s>(
 
 /// A write to wait through a manual failover's pause: `serve` runs it again, with its
 /// ASKING permission (it is not counted twice).
-fn paused(conn: &mut ConnState, until_ms: u64, asking: bool) -> Reply {
+pub(crate) fn paused(conn: &mut ConnState, until_ms: u64, asking: bool) -> Reply {
     conn.paused_until = Some(until_ms);
     conn.asking = asking;
     conn.pending_commands -= 1;
     Reply::Null
 }
 
-/// Checked by a routed write under its shard lock(s): has this primary begun pausing writes
-/// for a manual failover since the write was routed? The cluster task raises the flag, then
-/// takes every shard lock once before it reads the offset it tells the replica, so no write
-/// it did not count can run after that (see `cluster::run`).
+/// Checked by every cluster write under its shard lock(s): does a manual failover pause
+/// writes now (begun, perhaps, since the write was routed)? The cluster task raises the
+/// deadline, then takes each shard lock once before it reads the offset it tells the
+/// replica, so no write it did not count can run after that (see `cluster::run`).
 #[inline]
-fn write_pause_began(shared: &Shared) -> bool {
+pub(crate) fn write_pause_began(shared: &Shared, now: u64) -> bool {
     shared
         .cluster
         .as_ref()
-        .is_some_and(|c| c.writes_paused.load(Relaxed))
+        .is_some_and(|c| now <= c.writes_paused_until.load(Relaxed))
 }
 
 /// Route an EXEC in a cluster by every key of its queued commands, as Redis does: all in
@@ -707,7 +713,9 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64, asking: 
         return cmd::err(OOM);
     }
     let guards = store.lock_all();
-    if writes && write_pause_began(shared) {
+    // (Any MERIDIAN subcommand counts: INVALIDATE and MERGE write.)
+    let pausable = writes || specs.iter().any(|s| s.name == "meridian");
+    if pausable && write_pause_began(shared, now) {
         // See `execute_parsed`: the transaction waits, whole, with its WATCHes.
         drop(guards);
         conn.multi = Some(queue);

@@ -71,6 +71,8 @@ pub const ELECTION_DELAY_RANDOM_MS: u64 = 500;
 /// Extra election delay per rank (replicas with a more recent offset go first).
 pub const ELECTION_DELAY_PER_RANK_MS: u64 = 1000;
 pub const MANUAL_FAILOVER_TIMEOUT_MS: u64 = 5000;
+/// A primary pauses writes for this many manual-failover timeouts.
+pub const MF_PAUSE_MULT: u64 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -376,9 +378,17 @@ impl ClusterNode {
             && !self.in_rejoin_delay(now_ms)
     }
 
-    /// Whether this primary pauses writes for a manual failover now (whatever else).
-    pub fn pausing_writes(&self, now_ms: u64) -> bool {
-        self.paused_for.is_some_and(|(_, until)| now_ms <= until)
+    /// Until when (ms) this primary pauses writes for a manual failover, if it does.
+    pub fn pause_deadline(&self) -> Option<u64> {
+        self.paused_for.map(|(_, until)| until)
+    }
+
+    /// Would a manual-failover request (MFSTART) from `sender` pause this node's writes?
+    /// (This node is a primary and `sender` one of its replicas.)
+    pub fn pauses_for(&self, sender: NodeId) -> bool {
+        let me = self.myself_id();
+        self.topo.myself().role.is_primary()
+            && self.topo.node(sender).map(|n| n.role) == Some(Role::Replica { of: me })
     }
 
     /// When the pause of a manual failover is the only reason [`Self::can_write`] says no:
@@ -454,11 +464,13 @@ impl ClusterNode {
                 slots,
             } => self.process_update(now_ms, node, config_epoch, &slots),
             Body::MfStart => {
-                let mine = self.topo.myself().role.is_primary()
-                    && self.topo.node(sender).map(|n| n.role) == Some(Role::Replica { of: me });
-                if mine {
-                    self.paused_for =
-                        Some((sender, now_ms.saturating_add(MANUAL_FAILOVER_TIMEOUT_MS)));
+                if self.pauses_for(sender) {
+                    // Twice the replica's deadline, as Redis (CLUSTER_MF_PAUSE_MULT): the pause
+                    // must outlast a promotion that comes at the end of it.
+                    self.paused_for = Some((
+                        sender,
+                        now_ms.saturating_add(MF_PAUSE_MULT * MANUAL_FAILOVER_TIMEOUT_MS),
+                    ));
                     self.send_ping_kind(now_ms, sender, PingKind::Ping);
                 }
             }

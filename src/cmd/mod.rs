@@ -272,6 +272,25 @@ impl<'s, 'c> Ctx<'s, 'c> {
         }
     }
 
+    /// For a handler that writes `key` with its shard locked on demand (keyless commands:
+    /// MERIDIAN INVALIDATE/MERGE): lock that shard now (kept until the command ends) and
+    /// tell whether a manual failover pauses writes, in which case the handler returns
+    /// [`Ctx::wait_out_pause`] instead of writing. With every shard held (EXEC) the pause
+    /// cannot have been made exact yet, so the write goes ahead and is counted.
+    pub fn pause_began(&mut self, key: &[u8]) -> bool {
+        if matches!(self.locks, Locks::All(_)) {
+            return false;
+        }
+        let _ = self.shard(key);
+        crate::connection::write_pause_began(self.shared, self.now_ms)
+    }
+
+    /// The reply of a write that waits out a manual failover's pause (see
+    /// [`Ctx::pause_began`]): the connection runs the command again afterwards.
+    pub fn wait_out_pause(&mut self) -> Reply {
+        crate::connection::paused(self.conn, u64::MAX, false)
+    }
+
     /// The key's hash slot (CRC16 only for keys that are not the command's arguments).
     pub fn slot_of(&self, key: &[u8]) -> u16 {
         let at = key.as_ptr() as usize;

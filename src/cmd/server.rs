@@ -753,6 +753,9 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         let Some(key) = a.get(2) else {
             return usage();
         };
+        if ctx.pause_began(key) {
+            return ctx.wait_out_pause();
+        }
         let removed = ctx.write(key, |w| w.invalidate(version));
         Reply::Int(i64::from(removed))
     } else if sub.eq_ignore_ascii_case(b"merge") {
@@ -768,6 +771,11 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             return err_owned(format!("ERR bad key state: {e}"));
         }
         entry.rebuild();
+        if ctx.pause_began(key) {
+            // MIGRATE's source drops the key once we answer: the promoted replica must have
+            // it, so it waits out a manual failover like any write.
+            return ctx.wait_out_pause();
+        }
         let shard = ctx.shard(key);
         if shard.ks.merge_state(key, true, &entry) == meridian_crdt::Applied::Changed {
             shard.touch_key(key);
