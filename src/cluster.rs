@@ -309,12 +309,11 @@ impl Cluster {
             readonly_read,
         });
         match route {
-            Route::Local if write && !node.can_write(now) => {
-                Some(match node.write_paused_until(now) {
-                    Some(until_ms) => Refusal::Paused { until_ms },
-                    None => Refusal::Error("CLUSTERDOWN The cluster is down".into()),
-                })
-            }
+            Route::Local if write && !node.can_write(now) => Some(if node.write_paused(now) {
+                Refusal::Paused
+            } else {
+                Refusal::Error("CLUSTERDOWN The cluster is down".into())
+            }),
             r => r.error_text().map(Refusal::Error),
         }
     }
@@ -327,7 +326,7 @@ pub enum Refusal {
     Error(String),
     /// A write while this primary pauses writes for a manual failover: wait, then route
     /// it again (it runs here if the failover is abandoned, or is redirected).
-    Paused { until_ms: u64 },
+    Paused,
 }
 
 /// `0-5460,7000,8000-8100` → slot numbers.

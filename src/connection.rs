@@ -132,11 +132,11 @@ pub async fn serve(
             let mut reply = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
             );
-            while let Some(until) = conn.paused_until.take() {
+            while std::mem::take(&mut conn.paused) {
                 // A write during a manual failover's pause: earlier replies go out, then it
                 // waits and is routed again (runs here if the failover is abandoned, or gets
                 // MOVED to the promoted replica), like Redis' client pause. The pause is
-                // bounded by the failover's timeout.
+                // bounded by its deadline (`write_pause_began`).
                 before_await(&mut held, &store);
                 if !out.is_empty() {
                     if stream.write_all(&out).await.is_err() {
@@ -147,7 +147,7 @@ pub async fn serve(
                 loop {
                     tokio::time::sleep(PAUSE_RECHECK).await;
                     now = now_ms();
-                    if !write_pause_began(&shared, now) || now > until {
+                    if !write_pause_began(&shared, now) {
                         break;
                     }
                 }
@@ -376,8 +376,8 @@ fn may_hold(conn: &ConnState, spec: &Spec, maxmemory: u64) -> bool {
 
 /// Execute one request (arguments already split) for a connection. `held` carries a shard
 /// guard between the commands of one batch (see [`Held`]). A cluster write during a manual
-/// failover's pause answers `Null` and sets `conn.paused_until`: the caller runs it again
-/// later (as `serve` does).
+/// failover's pause answers `Null` and sets `conn.paused`: the caller runs it again later
+/// (as `serve` does).
 pub fn execute<'s>(
     store: &'s Store,
     shared: &'s Shared,
@@ -457,7 +457,7 @@ fn execute_parsed<'s>(
             if let Some(c) = &shared.cluster {
                 match route_exec(store, c, conn, asking, now, held) {
                     None => {}
-                    Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms, asking),
+                    Some(Refusal::Paused) => return paused(conn, asking),
                     Some(Refusal::Error(e)) => {
                         // As Redis: a redirected EXEC discards the transaction.
                         conn.multi = None;
@@ -468,7 +468,7 @@ fn execute_parsed<'s>(
                 }
             }
             let reply = exec(store, shared, conn, now, asking);
-            if conn.paused_until.is_none() {
+            if !conn.paused {
                 // An ASKING queued inside the transaction ran in it: it ends with EXEC.
                 conn.asking = false;
             }
@@ -515,18 +515,15 @@ fn execute_parsed<'s>(
     } else {
         std::mem::take(&mut conn.asking)
     };
-    // A write routed in a cluster (checked again under its shard lock, see below).
-    let mut routed_write = false;
     if let Some(c) = &shared.cluster {
         if !keys.is_empty() {
             let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
             let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
-            routed_write = write;
             match c.route(store, &keys, write, asking, readonly_read, now, held) {
                 None => {}
                 // Queued inside MULTI: EXEC is routed (and waits) as a whole.
-                Some(Refusal::Paused { .. }) if conn.multi.is_some() => {}
-                Some(Refusal::Paused { until_ms }) => return paused(conn, until_ms, asking),
+                Some(Refusal::Paused) if conn.multi.is_some() => {}
+                Some(Refusal::Paused) => return paused(conn, asking),
                 Some(Refusal::Error(e)) => {
                     if conn.multi.is_some() {
                         conn.multi_error = true;
@@ -583,11 +580,11 @@ fn execute_parsed<'s>(
     } else {
         Locks::None
     };
-    if (routed_write || write) && conn.multi.is_none() && write_pause_began(shared, now) {
+    if write && conn.multi.is_none() && write_pause_began(shared, now) {
         // A manual failover paused writes (perhaps since this one was routed): wait with the
         // others. Handlers that lock on demand check for themselves (`Ctx::pause_began`).
         drop(locks);
-        return paused(conn, u64::MAX, asking);
+        return paused(conn, asking);
     }
     let mut ctx = Ctx {
         store,
@@ -616,8 +613,8 @@ fn execute_parsed<'s>(
 
 /// A write to wait through a manual failover's pause: `serve` runs it again, with its
 /// ASKING permission (it is not counted twice).
-pub(crate) fn paused(conn: &mut ConnState, until_ms: u64, asking: bool) -> Reply {
-    conn.paused_until = Some(until_ms);
+pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Reply {
+    conn.paused = true;
     conn.asking = asking;
     conn.pending_commands -= 1;
     Reply::Null
@@ -719,7 +716,7 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64, asking: 
         // See `execute_parsed`: the transaction waits, whole, with its WATCHes.
         drop(guards);
         conn.multi = Some(queue);
-        return paused(conn, u64::MAX, asking);
+        return paused(conn, asking);
     }
     let dirty = conn
         .watched

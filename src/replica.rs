@@ -896,6 +896,11 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                     _ => None,
                 }),
             );
+            // A change (it takes the next offset) never comes inside a snapshot.
+            let change = frame.has_offset();
+            if change && snapshot.is_some() {
+                return Err("change frame inside a snapshot".into());
+            }
             match frame {
                 ReplicaFrame::Entries(entries) => {
                     if snapshot.is_none() {
@@ -919,52 +924,32 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                     tracing::info!(%addr, offset, "full resync complete");
                 }
                 ReplicaFrame::Delta(d) => {
-                    if snapshot.is_some() {
-                        return Err("change frame inside a snapshot".into());
-                    }
                     let mut s = store.shard(shard_of(d.slot));
                     if s.ks.apply_delta(&d) == Applied::Changed {
                         s.touch_key(&d.key);
                     }
                     drop(s);
                     store.observe(d.stamp.hlc);
-                    applied += 1;
-                    hub.applied_offset.store(applied, Relaxed);
                 }
-                ReplicaFrame::State { key, state } => {
-                    if snapshot.is_some() {
-                        return Err("change frame inside a snapshot".into());
-                    }
-                    apply_state(store, &key, &state);
-                    applied += 1;
-                    hub.applied_offset.store(applied, Relaxed);
-                }
+                ReplicaFrame::State { key, state } => apply_state(store, &key, &state),
                 ReplicaFrame::Forget { key } => {
-                    if snapshot.is_some() {
-                        return Err("change frame inside a snapshot".into());
-                    }
-                    let mut s = store.shard(shard_of(meridian_crdt::key_slot(&key)));
+                    let mut s = store.shard(crate::store::key_shard(&key));
                     if s.ks.take_key(&key).is_some() {
                         s.touch_key(&key);
                     }
-                    drop(s);
-                    applied += 1;
-                    hub.applied_offset.store(applied, Relaxed);
                 }
                 ReplicaFrame::ForgetSlot { slot } => {
-                    if snapshot.is_some() {
-                        return Err("change frame inside a snapshot".into());
-                    }
                     let mut s = store.shard(shard_of(slot));
                     if s.ks.drop_slot(slot) > 0 {
                         s.touch_all_watched();
                     }
-                    drop(s);
-                    applied += 1;
-                    hub.applied_offset.store(applied, Relaxed);
                 }
                 ReplicaFrame::Ping => {}
                 ReplicaFrame::Ack { .. } => return Err("unexpected ack from primary".into()),
+            }
+            if change {
+                applied += 1;
+                hub.applied_offset.store(applied, Relaxed);
             }
         }
         if snapshot.is_none() && applied != acked {

@@ -391,16 +391,14 @@ impl ClusterNode {
             && self.topo.node(sender).map(|n| n.role) == Some(Role::Replica { of: me })
     }
 
-    /// When the pause of a manual failover is the only reason [`Self::can_write`] says no:
-    /// until when it lasts (ms). Redis makes writers wait through the pause (not fail):
-    /// they then run here, or get MOVED to the promoted replica.
-    pub fn write_paused_until(&self, now_ms: u64) -> Option<u64> {
-        let (_, until) = self.paused_for?;
-        (self.topo.myself().role.is_primary()
-            && now_ms <= until
+    /// Is the pause of a manual failover the only reason [`Self::can_write`] says no? Redis
+    /// makes writers wait through the pause (not fail): they then run here, or get MOVED to
+    /// the promoted replica.
+    pub fn write_paused(&self, now_ms: u64) -> bool {
+        self.paused_for.is_some_and(|(_, until)| now_ms <= until)
+            && self.topo.myself().role.is_primary()
             && self.state_ok_at(now_ms)
-            && !self.in_rejoin_delay(now_ms))
-        .then_some(until)
+            && !self.in_rejoin_delay(now_ms)
     }
 
     // ---------------------------------------------------------------- inputs: messages

@@ -167,8 +167,8 @@ pub struct ConnState {
     /// Set by `MERIDIAN SYNC`: the connection becomes a replica stream.
     pub takeover: Option<crate::replica::SyncRequest>,
     /// Cluster: the command was a write while the primary pauses writes for a manual
-    /// failover (until this time, ms); the connection waits, then runs it again.
-    pub paused_until: Option<u64>,
+    /// failover; the connection waits out the pause, then runs it again.
+    pub paused: bool,
 }
 
 impl ConnState {
@@ -190,7 +190,7 @@ impl ConnState {
             write_offset: 0,
             wait: None,
             takeover: None,
-            paused_until: None,
+            paused: false,
             rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }
@@ -288,7 +288,7 @@ impl<'s, 'c> Ctx<'s, 'c> {
     /// The reply of a write that waits out a manual failover's pause (see
     /// [`Ctx::pause_began`]): the connection runs the command again afterwards.
     pub fn wait_out_pause(&mut self) -> Reply {
-        crate::connection::paused(self.conn, u64::MAX, false)
+        crate::connection::paused(self.conn, false)
     }
 
     /// The key's hash slot (CRC16 only for keys that are not the command's arguments).
