@@ -442,6 +442,45 @@ impl Entry {
             }
         }
         changed |= self.merge_meta(other);
+        changed |= self.drop_superseded_ttl();
+        changed
+    }
+
+    /// The stamp of the latest write to a string register of this key (`SET` and friends):
+    /// the key's TTL is decided as of it (see [`Entry::drop_superseded_ttl`]).
+    fn ttl_base(&self) -> Stamp {
+        self.comps
+            .iter()
+            .filter_map(|c| match &c.val {
+                Val::Str(s) => Some(s.reg.stamp),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Stamp::ZERO)
+    }
+
+    /// A register write decides the key's TTL as of its stamp: `SET` without `KEEPTTL`
+    /// clears it, and the writes that keep it (`KEEPTTL`, `APPEND`, `SETRANGE`,
+    /// `INCRBYFLOAT`) re-issue the deadline they saw under their own stamp. So every TTL
+    /// entry older than the latest register write is dead, wherever it lands — also one the
+    /// writing region never saw because it had evicted or lost the key (it would have
+    /// cleared it had it kept the key). The base only grows and a dead entry stays dead,
+    /// so this stays a lattice. Returns whether an entry died.
+    fn drop_superseded_ttl(&mut self) -> bool {
+        let base = self.ttl_base();
+        let Some(m) = self.meta.as_deref_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        for e in m.expiry.0.iter_mut() {
+            if e.alive && Stamp::new(e.hlc, e.region) < base {
+                e.alive = false;
+                changed = true;
+            }
+        }
+        if changed {
+            self.recompute_deadline();
+        }
         changed
     }
 
@@ -718,14 +757,37 @@ impl<'a> EntryWriter<'a> {
         self.changed = true;
     }
 
+    /// After a register write: `keep_ttl == false` clears the TTLs it observed; `true`
+    /// re-issues the deadline it saw under this write's stamp (older TTL entries are dead
+    /// once a later register write lands: [`Entry::drop_superseded_ttl`]).
+    fn register_ttl(&mut self, keep_ttl: bool) {
+        if !keep_ttl {
+            self.kill_ttl();
+            return;
+        }
+        let alive: Option<u64> =
+            self.entry
+                .m()
+                .expiry
+                .alive()
+                .map(|e| e.payload)
+                .fold(None, |acc, p| match acc {
+                    _ if p == PERSIST => Some(PERSIST),
+                    Some(PERSIST) => Some(PERSIST),
+                    Some(a) => Some(a.max(p)),
+                    None => Some(p),
+                });
+        if let Some(p) = alive {
+            self.set_deadline((p != PERSIST).then_some(p));
+        }
+    }
+
     /// `SET` (any type is overwritten). `keep_ttl == false` clears the TTLs it observed.
     pub fn set_str(&mut self, value: Bytes, keep_ttl: bool) {
         let stamp = self.stamp;
         self.str_mut().set(stamp, value);
         self.str_delta();
-        if !keep_ttl {
-            self.kill_ttl();
-        }
+        self.register_ttl(keep_ttl);
     }
 
     /// [`EntryWriter::set_str`] of a value that lives in a request's buffer: the entry
@@ -735,9 +797,7 @@ impl<'a> EntryWriter<'a> {
         let stamp = self.stamp;
         self.str_mut().set(stamp, Bytes::copy_from_slice(&value));
         self.str_delta_with(Some(value));
-        if !keep_ttl {
-            self.kill_ttl();
-        }
+        self.register_ttl(keep_ttl);
     }
 
     /// `SET … VERSION n`: a fill loaded from the source at `version`. Refused (nothing
@@ -757,9 +817,7 @@ impl<'a> EntryWriter<'a> {
         self.str_mut()
             .set_versioned(stamp, Bytes::copy_from_slice(&value), version);
         self.str_delta_with(Some(value));
-        if !keep_ttl {
-            self.kill_ttl();
-        }
+        self.register_ttl(keep_ttl);
         Ok(())
     }
 

@@ -693,6 +693,7 @@ impl Keyspace {
         self.floor_clock_ms = self.floor_clock_ms.max(now_ms);
         let coin = self.next_coin();
         let retain = self.cfg.retain_tombstones;
+        let lost_here = self.slot_is_lossy(slot);
         let h = self.nodes.hash(&key);
         let table = slot_table(&mut self.slots, slot);
         let (node, existed) = self.nodes.get_or_create(&mut table.map, h, &key);
@@ -705,6 +706,8 @@ impl Keyspace {
         let before = if existed { node_bytes(node) } else { 0 };
         let mut opened = node.body_open();
         let entry = opened.entry();
+        // No state at all here (a new node, or what eviction left of an invalidated key).
+        let bare = entry.components().is_empty();
         let mut w = EntryWriter {
             entry: &mut *entry,
             delta: Entry::default(),
@@ -725,10 +728,18 @@ impl Keyspace {
         let r = f(&mut w);
         let (changed, mut delta_state, created_key) = (w.changed, w.delta, w.created_key);
         if expired && !changed {
-            // Nothing written: plain local expiry, which never replicates.
+            // Nothing written: plain local expiry, which never replicates. The invalidation
+            // floor stays, as every reclaim keeps it (a refused stale fill is the usual
+            // reason nothing was written).
             drop(opened);
             let table = slot_table(&mut self.slots, slot);
-            self.nodes.remove_hashed(&mut table.map, h, &key);
+            let mut kept = 0;
+            if floor_before != 0 {
+                node.body = Stored::pack(Entry::with_floor(floor_before));
+                kept = node_bytes(node);
+            } else {
+                self.nodes.remove_hashed(&mut table.map, h, &key);
+            }
             table.alive -= 1;
             table.volatile -= usize::from(was_volatile);
             table.digest = None;
@@ -737,20 +748,26 @@ impl Keyspace {
             let s = &mut self.stats;
             s.expired += 1;
             s.keys -= 1;
+            s.tombstones += usize::from(floor_before != 0);
             s.volatile -= usize::from(was_volatile);
-            s.bytes -= before;
+            s.bytes = s.bytes + kept - before;
             return r;
         }
         let is_alive = entry.is_alive();
         // Full: the delta alone rebuilds the key's whole live state. True when the write
         // created the key, or when every live component is a string the delta carries whole
         // (a string write always ships its whole string). The TTL goes along.
-        let full = created_key
-            || entry
-                .components()
-                .iter()
-                .filter(|c| c.val.is_alive())
-                .all(|c| c.val.kind() == Kind::Str && delta_state.carries(Kind::Str));
+        //
+        // Not when the key had no state here while its slot is lossy: this region evicted or
+        // lost keys there and cannot tell "absent" from "forgotten", so what it wrote is its
+        // part only, never to be taken elsewhere for the whole key.
+        let full = !(lost_here && bare)
+            && (created_key
+                || entry
+                    .components()
+                    .iter()
+                    .filter(|c| c.val.is_alive())
+                    .all(|c| c.val.kind() == Kind::Str && delta_state.carries(Kind::Str)));
         if changed && full {
             delta_state.merge_metadata(entry);
         }
@@ -874,7 +891,7 @@ impl Keyspace {
         let bytes = node_bytes(node);
         touch(&mut node.access, now_ms, coin);
         let after = After::of(node, true);
-        let state = crate::packed::counter_entry(created, stamp, value);
+        let state = crate::packed::counter_entry(created, stamp, value, true);
         self.record_in_place(slot, key, stamp, bytes, after, state);
         Ok(value)
     }
@@ -1570,3 +1587,7 @@ fn lru_idle_ms(a: &Access, now_ms: u64) -> u32 {
 #[cfg(test)]
 #[path = "keyspace_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "loss_tests.rs"]
+mod loss_tests;

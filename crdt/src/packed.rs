@@ -171,13 +171,16 @@ pub(crate) enum Stored {
         value: ThinVec<u8>,
     },
     /// A counter built by `INCR` in one region: one string component with an empty
-    /// register and a single contribution no reset has observed, no metadata.
+    /// register and a single contribution no reset has observed, opened by the write that
+    /// created the component (its incarnation is `created`), no metadata.
     Ctr {
         created: Hlc,
         hlc: Hlc,
         net: i64,
         created_region: RegionId,
         region: RegionId,
+        /// [`Contrib::own`].
+        own: bool,
     },
     /// No component and no metadata: a node just created, before its first write lands.
     Empty,
@@ -231,6 +234,7 @@ impl Stored {
                     net: k.net,
                     created_region: c.created.region,
                     region: k.region,
+                    own: k.own,
                 }
             }
             None => Stored::Full(Box::new(e)),
@@ -259,6 +263,7 @@ impl Stored {
         let plain_counter = s.reg.value.is_none()
             && s.reg.stamp == Stamp::ZERO
             && s.ctr.len() == 1
+            && s.ctr[0].inc == e.comps[0].created.hlc
             && s.ctr[0].obs_hlc == Hlc::ZERO
             && s.ctr[0].obs_net == 0;
         plain_counter.then_some(Shape::Ctr)
@@ -295,10 +300,12 @@ impl Stored {
                 net,
                 created_region,
                 region,
+                own,
             } => counter_entry(
                 Stamp::new(*created, *created_region),
                 Stamp::new(*hlc, *region),
                 *net,
+                *own,
             ),
         }
     }
@@ -377,11 +384,12 @@ impl Stored {
             net,
             created_region,
             region,
+            own,
         } = self
         else {
             return None;
         };
-        if *region != stamp.region {
+        if *region != stamp.region || !*own {
             return None;
         }
         *net = net.checked_add(by)?;
@@ -523,19 +531,21 @@ pub(crate) fn plain_string(e: &Entry) -> Option<(Stamp, Stamp, &Bytes)> {
 }
 
 /// The entry a packed counter stands for: one string component, created at `created`, with
-/// an empty register and the single contribution `net` of region `at.region`, last
-/// written at `at.hlc`.
-pub(crate) fn counter_entry(created: Stamp, at: Stamp, net: i64) -> Entry {
+/// an empty register and the single contribution `net` of region `at.region`, opened at
+/// `created.hlc` and last written at `at.hlc` (`own`: see [`Contrib::own`]).
+pub(crate) fn counter_entry(created: Stamp, at: Stamp, net: i64, own: bool) -> Entry {
     Entry::from_comp(Comp {
         created,
         val: Val::Str(Str {
             reg: Register::default(),
             ctr: vec![Contrib {
                 region: at.region,
+                inc: created.hlc,
                 hlc: at.hlc,
                 net,
                 obs_hlc: Hlc::ZERO,
                 obs_net: 0,
+                own,
             }],
         }),
     })

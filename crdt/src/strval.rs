@@ -2,11 +2,22 @@
 //!
 //! A Redis string is both a byte value (`SET`, `APPEND`) and a counter (`INCR`). meridian keeps
 //! both halves: the register holds the last written bytes, ordered by [`Stamp`] (HLC, region);
-//! each region's counter contribution is `(hlc, net)` — only that region writes it, so its own
-//! HLC orders it — plus the part of it a reset (`SET`/`DEL`) observed, `(obs_hlc, obs_net)`.
+//! a counter contribution is `(hlc, net)` — only its region writes it, so its own HLC orders
+//! it — plus the part of it a reset (`SET`/`DEL`) observed, `(obs_hlc, obs_net)`.
 //! The visible integer is `base + Σ(net − obs_net)` where `base` is the register's integer value
 //! (0 when absent): a `SET` or `DEL` resets exactly the increments it saw, and concurrent
 //! increments elsewhere survive.
+//!
+//! A contribution is identified by `(region, incarnation)`. A region adds to a contribution
+//! only while it holds that contribution's latest state, which only it can have (it is its
+//! sole writer): [`Contrib::own`], a local flag, says this replica opened or extended it and
+//! has held it since. Whenever a region no longer holds its own latest state for a key —
+//! the key was evicted, expired and reclaimed, its tombstone collected, the process restarted
+//! empty, the key moved in from another node, a replica was promoted — its next increment
+//! opens a *new* incarnation (the write's HLC) instead of restarting the old one from zero:
+//! the old incarnation's increments stay counted wherever they are held, and a reset's
+//! observation of the old one does not subtract from the new one. Incarnations of one region
+//! are summed like those of different regions.
 
 use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::CrdtError;
@@ -36,17 +47,59 @@ impl Register {
     }
 }
 
-/// One region's counter contribution and the part of it a reset has observed.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// One incarnation of a region's counter contribution and the part of it a reset has
+/// observed.
+#[derive(Copy, Clone, Debug, Serialize, Deserialize)]
 pub struct Contrib {
     pub region: RegionId,
+    /// The HLC of the write that opened this incarnation (see the module doc).
+    pub inc: Hlc,
     pub hlc: Hlc,
     pub net: i64,
     pub obs_hlc: Hlc,
     pub obs_net: i64,
+    /// Local, never shipped, not part of equality or digests: this replica opened or extended
+    /// this contribution itself (it is of this replica's region) and has held it ever since,
+    /// so it holds its latest state and may add to it. State that arrives by a merge never
+    /// has it.
+    #[serde(skip)]
+    pub own: bool,
+}
+
+impl PartialEq for Contrib {
+    fn eq(&self, o: &Contrib) -> bool {
+        (
+            self.region,
+            self.inc,
+            self.hlc,
+            self.net,
+            self.obs_hlc,
+            self.obs_net,
+        ) == (o.region, o.inc, o.hlc, o.net, o.obs_hlc, o.obs_net)
+    }
+}
+impl Eq for Contrib {}
+
+impl std::hash::Hash for Contrib {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (
+            self.region,
+            self.inc,
+            self.hlc,
+            self.net,
+            self.obs_hlc,
+            self.obs_net,
+        )
+            .hash(h)
+    }
 }
 
 impl Contrib {
+    /// The contribution's identity and sort key.
+    pub fn id(&self) -> (RegionId, Hlc) {
+        (self.region, self.inc)
+    }
+
     /// Not fully observed by a reset.
     pub fn is_live(&self) -> bool {
         self.hlc > self.obs_hlc
@@ -75,7 +128,7 @@ impl Contrib {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Str {
     pub reg: Register,
-    /// Sorted by region, at most one per region.
+    /// Sorted by `(region, incarnation)`, at most one each.
     pub ctr: Vec<Contrib>,
 }
 
@@ -201,27 +254,49 @@ impl Str {
     pub fn incr_by(&mut self, stamp: Stamp, by: i64) -> Result<i64, CrdtError> {
         let current = self.exact_integer()?;
         let result = i64::try_from(current + i128::from(by)).map_err(|_| CrdtError::Overflow)?;
-        match self.ctr.binary_search_by_key(&stamp.region, |c| c.region) {
-            Ok(i) => {
+        // The incarnation this replica holds whole, if any (at most one per region: a new
+        // one is opened only when none is held).
+        match self
+            .ctr
+            .iter()
+            .position(|c| c.own && c.region == stamp.region)
+        {
+            Some(i) => {
                 let c = &mut self.ctr[i];
                 debug_assert!(stamp.hlc > c.hlc);
                 c.net = c.net.checked_add(by).ok_or(CrdtError::Overflow)?;
                 c.hlc = stamp.hlc;
             }
-            Err(i) => {
-                // One contribution per region, and most keys see one region: grow by exactly
-                // one (a plain push would reserve room for four).
+            None => {
+                // The write's HLC names the new incarnation. Above every incarnation of this
+                // region seen here (a restart whose clock is behind its own past must not
+                // reuse one).
+                let newest = self
+                    .ctr
+                    .iter()
+                    .filter(|c| c.region == stamp.region)
+                    .map(|c| c.inc)
+                    .max();
+                let inc = match newest {
+                    Some(n) if n >= stamp.hlc => Hlc(n.0.saturating_add(1)),
+                    _ => stamp.hlc,
+                };
+                let c = Contrib {
+                    region: stamp.region,
+                    inc,
+                    hlc: stamp.hlc,
+                    net: by,
+                    obs_hlc: Hlc::ZERO,
+                    obs_net: 0,
+                    own: true,
+                };
+                let i = match self.ctr.binary_search_by_key(&c.id(), Contrib::id) {
+                    Ok(i) | Err(i) => i,
+                };
+                // Most keys see one region: grow by exactly one (a plain push would reserve
+                // room for four).
                 self.ctr.reserve_exact(1);
-                self.ctr.insert(
-                    i,
-                    Contrib {
-                        region: stamp.region,
-                        hlc: stamp.hlc,
-                        net: by,
-                        obs_hlc: Hlc::ZERO,
-                        obs_net: 0,
-                    },
-                )
+                self.ctr.insert(i, c);
             }
         }
         Ok(result)
@@ -230,11 +305,18 @@ impl Str {
     pub fn merge(&mut self, other: &Str) -> bool {
         let mut changed = self.reg.merge(&other.reg);
         for theirs in &other.ctr {
-            match self.ctr.binary_search_by_key(&theirs.region, |c| c.region) {
+            match self.ctr.binary_search_by_key(&theirs.id(), Contrib::id) {
                 Ok(i) => changed |= self.ctr[i].merge(theirs),
                 Err(i) => {
                     self.ctr.reserve_exact(1);
-                    self.ctr.insert(i, *theirs);
+                    // Merged in, not held since it was opened here: never extended.
+                    self.ctr.insert(
+                        i,
+                        Contrib {
+                            own: false,
+                            ..*theirs
+                        },
+                    );
                     changed = true;
                 }
             }
@@ -267,6 +349,7 @@ impl Str {
         }
         for c in self.ctr.iter().filter(|c| c.is_live()) {
             h = crate::digest::mix(h, u64::from(c.region.0));
+            h = crate::digest::mix(h, c.inc.0);
             h = crate::digest::mix(h, c.hlc.0);
             h = crate::digest::mix(h, c.obs_hlc.0);
             h = crate::digest::mix(h, c.net as u64);
