@@ -27,6 +27,9 @@ pub struct Config {
     pub region_id: u16,
     /// Bound of each shard's delta log.
     pub delta_log_max: usize,
+    /// A remote HLC more than this far ahead of the local clock is not merged (held until
+    /// local time catches up): see `meridian_replication::proto::link`.
+    pub max_clock_offset_ms: u64,
     /// Background cycles per second (active expiry, stats), like Redis' `hz`.
     pub hz: u32,
     /// Threads serving clients (0 = [`default_io_threads`] of the cores).
@@ -220,6 +223,7 @@ impl Default for Config {
             region: "a".into(),
             region_id: 0,
             delta_log_max: 8192,
+            max_clock_offset_ms: meridian_replication::DEFAULT_MAX_CLOCK_OFFSET_MS,
             hz: 10,
             io_threads: 0,
             active_expire_budget: 2000,
@@ -271,6 +275,9 @@ pub struct Cli {
     pub region: Option<String>,
     #[arg(long)]
     pub region_id: Option<u16>,
+    /// Remote HLCs further ahead of the local clock than this (ms) are held, not merged.
+    #[arg(long)]
+    pub max_clock_offset_ms: Option<u64>,
     #[arg(long)]
     pub hz: Option<u32>,
     /// Threads serving clients (0 = three quarters of the cores, at least one).
@@ -388,6 +395,9 @@ impl Config {
         }
         if let Some(v) = cli.region_id {
             c.region_id = v;
+        }
+        if let Some(v) = cli.max_clock_offset_ms {
+            c.max_clock_offset_ms = v;
         }
         if let Some(v) = cli.io_threads {
             c.io_threads = v;
@@ -544,6 +554,15 @@ mod tests {
         assert_eq!(c.port, 7000);
         assert_eq!(c.maxmemory, 64 << 20);
         assert!(toml::from_str::<Config>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn max_clock_offset_has_a_default_a_key_and_a_flag() {
+        assert_eq!(Config::default().max_clock_offset_ms, 10_000);
+        let c: Config = toml::from_str("max-clock-offset-ms = 2500\n").unwrap();
+        assert_eq!(c.max_clock_offset_ms, 2500);
+        let cli = Cli::parse_from(["meridian", "--max-clock-offset-ms", "750"]);
+        assert_eq!(Config::load(&cli).unwrap().max_clock_offset_ms, 750);
     }
 
     #[test]

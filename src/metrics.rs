@@ -200,7 +200,7 @@ pub fn render(store: &Store, shared: &Shared) -> String {
 /// Multi-region link state (the same figures as `INFO crdt`). Tombstones waiting for GC
 /// are `meridian_tombstones`.
 fn replication(o: &mut Exposition, c: &Control, now: u64) {
-    let totals: [(&str, &str, &AtomicU64); 12] = [
+    let totals: [(&str, &str, &AtomicU64); 15] = [
         (
             "deltas_enqueued_total",
             "Local deltas queued for the peers.",
@@ -261,6 +261,21 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "Incoming connections from a region not accepted here.",
             &c.identity_rejections,
         ),
+        (
+            "clock_held_deltas_total",
+            "Deltas from peers held (not merged, not acknowledged) for an HLC further ahead of the local clock than max-clock-offset-ms.",
+            &c.deltas_clock_held,
+        ),
+        (
+            "clock_held_entries_total",
+            "Anti-entropy entries from peers held for an HLC further ahead of the local clock than max-clock-offset-ms.",
+            &c.entries_clock_held,
+        ),
+        (
+            "local_losses_total",
+            "Drains that found local deltas dropped from a full shard delta log (repaired by anti-entropy).",
+            &c.local_losses,
+        ),
     ];
     for (name, help, v) in totals {
         o.metric(&format!("repl_{name}"), "counter", help, v.load(Relaxed));
@@ -276,10 +291,25 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "Configured peer regions.",
             c.peers.len() as u64,
         ),
+        (
+            "repl_local_gap_slots",
+            "Slots of lost local deltas not yet repaired with every peer (GC of this region's tombstones waits).",
+            c.local_gap_slots.load(Relaxed),
+        ),
+        (
+            "repl_max_clock_offset_ms",
+            "Remote HLCs further ahead of the local clock than this are held.",
+            c.max_clock_offset_ms.load(Relaxed),
+        ),
+        (
+            "repl_restart_handshake_done",
+            "1 once every peer answered this incarnation's restart handshake.",
+            u64::from(c.handshake_done.load(Relaxed)),
+        ),
     ]);
 
     type PeerValue = fn(&PeerControl, u64) -> i64;
-    let families: [(&str, &str, &str, PeerValue); 15] = [
+    let families: [(&str, &str, &str, PeerValue); 16] = [
         (
             "peer_connected",
             "gauge",
@@ -369,6 +399,12 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "gauge",
             "The peer's numeric region id.",
             |p, _| i64::from(p.region_id),
+        ),
+        (
+            "peer_clock_held_total",
+            "counter",
+            "Deltas and entries from the peer held for an HLC too far ahead of the local clock.",
+            |p, _| p.clock_held.load(Relaxed) as i64,
         ),
     ];
     for (name, kind, help, value) in families {

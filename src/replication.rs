@@ -5,7 +5,16 @@
 //! (`MERIDIAN LINK DOWN|UP <region>`).
 //!
 //! Client writes never wait on replication: a shard's delta log is bounded; when it
-//! overflows the oldest deltas are dropped and the task asks every peer for anti-entropy.
+//! overflows the oldest deltas are dropped, and the drain reports them to the link
+//! (`RegionLink::note_local_loss`: their lowest stamp and their slots), which asks every
+//! peer for anti-entropy and holds this region's GC frontier below them until those slots
+//! are repaired with every peer.
+//!
+//! The link's incarnation id is random (not the wall clock: a restart after a backward clock
+//! step would look stale to peers). Until the restart handshake is answered (a round trip
+//! once connected), writes are stamped from the local clock alone, which a backward step may
+//! have put below this region's previous incarnation; the handshake then raises the clock
+//! above every stamp of ours that peers hold.
 
 use crate::config::{Config, ReplicationConfig};
 use crate::server::now_ms;
@@ -170,6 +179,8 @@ pub struct PeerControl {
     /// Milliseconds since the last frame received from the peer.
     pub last_recv_ms: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Deltas and anti-entropy entries from the peer held: too far ahead of our clock.
+    pub clock_held: AtomicU64,
 }
 
 /// What the rest of the server sees of replication.
@@ -189,6 +200,19 @@ pub struct Control {
     pub ae_entries_shipped: AtomicU64,
     pub gc_dropped: AtomicU64,
     pub gc_runs: AtomicU64,
+    /// Deltas from peers held for carrying an HLC too far ahead of the local clock (each
+    /// attempt; the sender resends), and anti-entropy entries likewise.
+    pub deltas_clock_held: AtomicU64,
+    pub entries_clock_held: AtomicU64,
+    /// `max-clock-offset-ms` in force.
+    pub max_clock_offset_ms: AtomicU64,
+    /// Losses from the shard delta logs reported to the link, and the slots whose repair
+    /// still holds back this region's GC frontier.
+    pub local_losses: AtomicU64,
+    pub local_gap_slots: AtomicU64,
+    /// This incarnation's link id, and whether every peer answered its restart handshake.
+    pub incarnation: AtomicU64,
+    pub handshake_done: AtomicBool,
     /// Deltas merged from peers per second, over the last publishing second.
     pub deltas_applied_per_sec: AtomicU64,
     /// Incoming replication connections refused in the TLS handshake (unknown CA...).
@@ -207,7 +231,7 @@ impl Control {
         use std::fmt::Write;
         let _ = write!(
             o,
-            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\n",
+            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\nrepl_max_clock_offset_ms:{}\r\nrepl_clock_held_deltas:{}\r\nrepl_clock_held_entries:{}\r\nrepl_local_losses:{}\r\nrepl_local_gap_slots:{}\r\nrepl_incarnation:{:016x}\r\nrepl_restart_handshake_done:{}\r\n",
             self.peers.len(),
             self.deltas_enqueued.load(Relaxed),
             self.deltas_sent.load(Relaxed),
@@ -222,12 +246,19 @@ impl Control {
             self.gc_dropped.load(Relaxed),
             self.handshake_failures.load(Relaxed),
             self.identity_rejections.load(Relaxed),
+            self.max_clock_offset_ms.load(Relaxed),
+            self.deltas_clock_held.load(Relaxed),
+            self.entries_clock_held.load(Relaxed),
+            self.local_losses.load(Relaxed),
+            self.local_gap_slots.load(Relaxed),
+            self.incarnation.load(Relaxed),
+            u8::from(self.handshake_done.load(Relaxed)),
         );
         for p in &self.peers {
             let last = p.last_recv_ms.load(Relaxed);
             let _ = write!(
                 o,
-                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={}\r\n",
+                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={},clock_held={}\r\n",
                 p.region,
                 p.region_id,
                 if p.down.load(Relaxed) { "down" } else { "up" },
@@ -244,6 +275,7 @@ impl Control {
                 ms_ago(now, p.last_ack_ms.load(Relaxed)),
                 p.ae_bytes_sent.load(Relaxed),
                 ms_ago(now, last),
+                p.clock_held.load(Relaxed),
             );
         }
     }
@@ -338,11 +370,16 @@ impl Replicator {
             resend_timeout_ms: rc.resend_timeout_ms.max(1),
             max_log_deltas: rc.log_max_deltas.max(1),
             anti_entropy_interval_ms: rc.anti_entropy_interval_ms.max(10),
+            max_clock_offset_ms: config.max_clock_offset_ms,
             ..LinkConfig::default()
         };
         let ids: Vec<RegionId> = rc.peers.iter().map(|p| RegionId(p.region_id)).collect();
-        // The epoch must grow across restarts: wall-clock milliseconds do.
-        let link = RegionLink::new(RegionId(config.region_id), &ids, now_ms().max(1), link_cfg);
+        // An incarnation id, compared by peers for equality only: random, never the wall
+        // clock (a restart after a backward step must not look stale). The top bit keeps it
+        // off 1, which would declare the region's first incarnation ever (a restart cannot
+        // know it is not one).
+        let incarnation = rand::random::<u64>() | 1 << 63;
+        let link = RegionLink::new(RegionId(config.region_id), &ids, incarnation, link_cfg);
         let control = Arc::new(Control {
             peers: rc
                 .peers
@@ -353,6 +390,8 @@ impl Replicator {
                     ..PeerControl::default()
                 })
                 .collect(),
+            max_clock_offset_ms: AtomicU64::new(config.max_clock_offset_ms),
+            incarnation: AtomicU64::new(incarnation),
             ..Control::default()
         });
         Ok(Some(Replicator {
@@ -435,7 +474,6 @@ impl Core {
             rng ^= rng << 17;
             (rng >> 11) as f64 / (1u64 << 53) as f64
         };
-        let mut dropped_seen = store.stats.deltas_dropped.load(Relaxed);
         // GC visits one shard every `gc_interval_ms / SHARDS`: a pass over every key of the
         // node at once held up frames (and so convergence) for milliseconds every interval.
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
@@ -448,6 +486,7 @@ impl Core {
             acked: vec![0; n],
         };
         let mut pending: Vec<Delta> = Vec::new();
+        let mut lost: Option<(Hlc, Vec<u16>)> = None;
         let mut buf = Vec::new();
         let mut timer_due = true;
         // When the local deltas that woke us get drained: right away if the last drain is
@@ -477,6 +516,14 @@ impl Core {
                     if !shard.log.is_empty() {
                         pending.extend(shard.log.drain(..));
                     }
+                    // Deltas the full log dropped, taken under the same lock: any lost delta
+                    // stamped at or below `horizon` is reported before `note_local_hlc`
+                    // passes it.
+                    if let Some((below, slots)) = shard.take_lost() {
+                        let l = lost.get_or_insert((below, Vec::new()));
+                        l.0 = l.0.min(below);
+                        l.1.extend(slots);
+                    }
                 }
                 pending.sort_by_key(|d| d.stamp.hlc);
                 horizon
@@ -484,16 +531,17 @@ impl Core {
                 Hlc::ZERO
             };
             let ready = pending.partition_point(|d| d.stamp.hlc <= horizon);
-            let dropped = store.stats.deltas_dropped.load(Relaxed);
-            if dropped != dropped_seen {
-                // The bounded shard log lost deltas: fall back to digests with every peer.
-                dropped_seen = dropped;
-                for p in &control.peers {
-                    link.request_anti_entropy(RegionId(p.region_id));
-                }
-            }
             for d in pending.drain(..ready) {
                 link.enqueue(now, d);
+            }
+            if let Some((below, slots)) = lost.take() {
+                // Anti-entropy with every peer, and GC held back until those slots are
+                // repaired.
+                link.note_local_loss(below, slots);
+                // The lost deltas may be younger than this drain's horizon: drain again
+                // soon, so a horizon past them tells the link every older delta is enqueued
+                // (even if no write follows).
+                flush_at.get_or_insert(now + flush_interval_ms.max(1));
             }
             link.note_local_hlc(horizon);
             if flush && !pending.is_empty() {
@@ -646,6 +694,14 @@ fn publish(
     control.deltas_abandoned.store(st.deltas_abandoned, Relaxed);
     control.gc_dropped.store(st.gc_dropped, Relaxed);
     control.gc_runs.store(st.gc_runs, Relaxed);
+    control
+        .deltas_clock_held
+        .store(st.deltas_clock_held, Relaxed);
+    control.local_losses.store(st.local_losses, Relaxed);
+    control
+        .local_gap_slots
+        .store(link.local_gap_slots() as u64, Relaxed);
+    control.handshake_done.store(link.handshake_done(), Relaxed);
     let ts = transport.stats();
     control
         .handshake_failures
@@ -662,6 +718,9 @@ fn publish(
     control
         .ae_entries_shipped
         .store(ae.entries_shipped, Relaxed);
+    control
+        .entries_clock_held
+        .store(ae.entries_clock_held, Relaxed);
     // Rates over windows of at least a second.
     let elapsed_ms = now.saturating_sub(rates.at_ms);
     let sample = elapsed_ms >= 1000;
@@ -687,6 +746,7 @@ fn publish(
             pc.lag_ms.store(status.lag_ms, Relaxed);
             pc.last_ack_ms.store(status.last_ack_ms, Relaxed);
             pc.deltas_acked.store(status.deltas_acked, Relaxed);
+            pc.clock_held.store(status.clock_held, Relaxed);
             if sample {
                 pc.deltas_per_sec
                     .store(per_sec(rates.acked[i], status.deltas_acked), Relaxed);

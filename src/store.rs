@@ -92,6 +92,32 @@ pub struct Shard {
     dropped: u64,
     /// The node-wide in-region replication feed (inactive until a replica syncs).
     pub feed: Arc<ReplFeed>,
+    /// This shard's index (its slots are those with `slot % SHARDS == index`).
+    index: usize,
+    /// Deltas the log dropped since the replication task last took them
+    /// ([`Shard::take_lost`]). Peers never get those deltas: the replication task reports
+    /// them to the link, which repairs their slots before GC may rely on them.
+    lost: Lost,
+}
+
+/// Words of a shard's lost-slot bitmap: one bit per slot of the shard.
+const LOST_WORDS: usize = meridian_crdt::SLOT_COUNT / SHARDS / 64;
+
+/// Deltas dropped from a shard's log: the lowest stamp among them, and their slots, one
+/// bit per slot of the shard (`slot / SHARDS`).
+#[derive(Default)]
+struct Lost {
+    below: Option<Hlc>,
+    slots: [u64; LOST_WORDS],
+}
+
+impl Lost {
+    #[cold]
+    fn note(&mut self, d: &Delta) {
+        self.below = Some(self.below.map_or(d.stamp.hlc, |b| b.min(d.stamp.hlc)));
+        let bit = usize::from(d.slot) / SHARDS;
+        self.slots[bit / 64] |= 1 << (bit % 64);
+    }
 }
 
 impl Shard {
@@ -122,9 +148,10 @@ impl Shard {
                 continue;
             }
             if self.log.len() >= self.log_max {
-                self.log.pop_front();
+                if let Some(lost) = self.log.pop_front() {
+                    self.lost.note(&lost);
+                }
                 self.dropped += 1;
-                // The replication task watches this: a lost delta means anti-entropy.
                 stats.deltas_dropped.fetch_add(1, Relaxed);
             }
             self.log.push_back(d);
@@ -142,6 +169,23 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The deltas the log dropped since the last call: the lowest stamp among them and
+    /// their slots (`None`: none dropped). The replication task calls it when it drains the
+    /// log, under the same lock, so a drain never misses a loss older than what it ships.
+    pub fn take_lost(&mut self) -> Option<(Hlc, Vec<u16>)> {
+        let below = self.lost.below.take()?;
+        let mut slots = Vec::new();
+        for (w, word) in self.lost.slots.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                slots.push(((w * 64 + b) * SHARDS + self.index) as u16);
+            }
+        }
+        Some((below, slots))
     }
 
     /// What `MERIDIAN DELTAS` shows of the deltas this shard keeps (log or notes).
@@ -286,6 +330,8 @@ impl Store {
                     dropped: 0,
                     misses: 0,
                     feed: feed.clone(),
+                    index: i,
+                    lost: Lost::default(),
                 })
             })
             .collect();
@@ -672,6 +718,42 @@ mod tests {
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
         };
         Store::new(RegionId(1), 7, 16, runtime, false)
+    }
+
+    /// A delta dropped from a full log is reported once, with its slot and stamp: the
+    /// oldest is dropped, so the lowest stamp is the first dropped one.
+    #[test]
+    fn a_delta_dropped_from_the_log_is_reported_with_its_slot() {
+        let runtime = Runtime {
+            maxmemory: AtomicU64::new(0),
+            policy: Mutex::new(EvictionPolicy::NoEviction),
+            samples: AtomicUsize::new(5),
+            maxclients: AtomicUsize::new(10),
+            proto_max_bulk_len: AtomicUsize::new(1 << 20),
+        };
+        let store = Store::new(RegionId(1), 7, 2, runtime, true);
+        // Three keys of one shard, distinct slots.
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| key_shard(k.as_bytes()) == 3)
+            .take(3)
+            .collect();
+        let mut stamps = Vec::new();
+        let mut shard = store.shard(3);
+        assert_eq!(shard.take_lost(), None);
+        for (i, k) in keys.iter().enumerate() {
+            let st = store.stamp(1_000 + i as u64);
+            stamps.push(st);
+            shard.ks.write(k.as_bytes(), st, 1_000, |w| {
+                w.set_str(Bytes::from_static(b"v"), false)
+            });
+            shard.after_write(&store.stats);
+        }
+        assert_eq!(shard.log.len(), 2, "the bound holds");
+        let (below, slots) = shard.take_lost().expect("one delta dropped");
+        assert_eq!(below, stamps[0].hlc);
+        assert_eq!(slots, vec![key_slot(keys[0].as_bytes())]);
+        assert_eq!(shard.take_lost(), None, "reported once");
     }
 
     /// No limit means room for every write (a connection that read a limit just before

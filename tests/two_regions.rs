@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{free_port, http_get, info_u64, q, scrape_metrics, wait_until, Server};
+use common::{
+    free_port, http_get, info_field, info_u64, key_slot, q, scrape_metrics, wait_until, Server,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,10 +43,15 @@ impl Pair {
 
     /// Region `i`, with `extra` lines in its `[replication]` table and extra flags.
     fn start(&self, i: usize, extra: &str, flags: &[&str]) -> Server {
+        self.start_top(i, "", extra, flags)
+    }
+
+    /// [`Pair::start`] with `top` lines among the top-level keys.
+    fn start_top(&self, i: usize, top: &str, extra: &str, flags: &[&str]) -> Server {
         let j = 1 - i;
         let d = self.dir.display();
         let toml = format!(
-            "region = \"{r}\"\nregion-id = {i}\n\n[replication]\nlisten = \"127.0.0.1:{port}\"\nca-cert = \"{d}/ca.pem\"\ncert = \"{d}/{r}.pem\"\nkey = \"{d}/{r}-key.pem\"\nresend-timeout-ms = 200\n{extra}\npeers = [{{ region = \"{p}\", region-id = {j}, addr = \"127.0.0.1:{pport}\" }}]\n",
+            "region = \"{r}\"\nregion-id = {i}\n{top}\n\n[replication]\nlisten = \"127.0.0.1:{port}\"\nca-cert = \"{d}/ca.pem\"\ncert = \"{d}/{r}.pem\"\nkey = \"{d}/{r}-key.pem\"\nresend-timeout-ms = 200\n{extra}\npeers = [{{ region = \"{p}\", region-id = {j}, addr = \"127.0.0.1:{pport}\" }}]\n",
             r = NAMES[i],
             port = self.udp[i],
             p = NAMES[j],
@@ -114,6 +121,7 @@ fn link_state_is_on_the_metrics_endpoint() {
         "frames_received_total",
         "frames_dropped_total",
         "anti_entropy_bytes_sent_total",
+        "clock_held_total",
     ] {
         peer(&m, name);
     }
@@ -132,10 +140,19 @@ fn link_state_is_on_the_metrics_endpoint() {
         "gc_dropped_total",
         "handshake_failures_total",
         "identity_rejections_total",
+        "clock_held_deltas_total",
+        "clock_held_entries_total",
+        "local_losses_total",
+        "local_gap_slots",
+        "restart_handshake_done",
     ] {
         let key = format!("meridian_repl_{name}");
         assert!(m.contains_key(&key), "{key} missing from /metrics");
     }
+    assert_eq!(
+        m["meridian_repl_max_clock_offset_ms"], 10_000.0,
+        "the default"
+    );
     // Tombstones waiting for GC (the deleted key, until both regions saw the delete).
     assert!(m.contains_key("meridian_tombstones"));
 
@@ -223,4 +240,61 @@ fn replication_thread_yields_the_core_to_client_threads() {
         Some(0),
         "the main (client) thread's nice value"
     );
+}
+
+/// A delta dropped from a full per-shard delta log (`delta-log-max = 2`, a pipelined burst
+/// into one shard) never ships: the drain reports the loss, anti-entropy repairs its slot
+/// with the peer, and only then may GC collect the tombstone it left. The removed member
+/// stays removed everywhere, also after GC and later anti-entropy rounds.
+#[test]
+fn a_delta_lost_from_a_full_log_is_repaired_before_gc() {
+    let pair = Pair::new();
+    let ae = "anti-entropy-interval-ms = 1000";
+    let a = pair.start_top(0, "delta-log-max = 2", ae, &[]);
+    let b = pair.start(1, ae, &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let _: i64 = q(&mut ca, &["SADD", "lost:set", "m"]);
+    wait_until(CONVERGE, "b has the member", || {
+        q::<i64>(&mut cb, &["SISMEMBER", "lost:set", "m"]) == 1
+    });
+    // The removal, then enough writes into the same shard to push it out of the log
+    // before the replication thread drains it (the batch wakes it once, after its replies).
+    let shard = key_slot(b"lost:set") % 16;
+    let fillers: Vec<String> = (0..)
+        .map(|i| format!("lost:fill:{i}"))
+        .filter(|k| key_slot(k.as_bytes()) % 16 == shard)
+        .take(64)
+        .collect();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SREM").arg("lost:set").arg("m").ignore();
+    for k in &fillers {
+        pipe.cmd("SET").arg(k).arg("v").ignore();
+    }
+    let _: () = pipe.query(&mut ca).expect("burst");
+    wait_until(CONVERGE, "a reports the loss", || {
+        info_u64(&mut ca, "repl_local_losses") >= 1
+            && info_u64(&mut ca, "deltas_dropped_from_log") >= 1
+    });
+    wait_until(CONVERGE, "the loss is repaired, b converged", || {
+        info_u64(&mut ca, "repl_local_gap_slots") == 0
+            && q::<i64>(&mut cb, &["EXISTS", "lost:set"]) == 0
+            && q::<i64>(&mut cb, &["EXISTS", &fillers[63]]) == 1
+    });
+    // Frontiers circulate (every 5 s), then GC collects the tombstone on both sides.
+    wait_until(CONVERGE, "the tombstone is collected", || {
+        info_u64(&mut ca, "tombstones") == 0 && info_u64(&mut cb, "tombstones") == 0
+    });
+    let rounds = info_u64(&mut ca, "repl_ae_rounds") + info_u64(&mut cb, "repl_ae_rounds");
+    wait_until(CONVERGE, "more anti-entropy rounds ran after GC", || {
+        info_u64(&mut ca, "repl_ae_rounds") + info_u64(&mut cb, "repl_ae_rounds") >= rounds + 2
+    });
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(
+            q::<i64>(c, &["SISMEMBER", "lost:set", "m"]),
+            0,
+            "nothing came back"
+        );
+    }
+    assert_eq!(info_field(&mut ca, "repl_restart_handshake_done"), "1");
+    assert_eq!(info_u64(&mut ca, "repl_clock_held_deltas"), 0);
 }

@@ -11,7 +11,9 @@ use meridian_crdt::{key_slot, Delta, Entry, Hlc, RegionId, Str, Val};
 use meridian_regions::wire::{FrameError, Framing};
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: `Hello` (restart handshake); a batch's epoch is an incarnation id compared for
+/// equality, not magnitude.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Hard limit on one frame (prefix excluded). Batches and anti-entropy chunks stay far below.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 const FRAMING: Framing = Framing {
@@ -31,7 +33,8 @@ pub enum CodecError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub origin: RegionId,
-    /// Incarnation of the sender's log; a restarted sender starts a new epoch.
+    /// Incarnation of the sender's log: an id (not a time, not ordered) that changes with
+    /// every restart; 1 declares the region's first incarnation ever (a fresh deployment).
     pub epoch: u64,
     /// Every sequence below `floor` was acknowledged or abandoned (log dropped).
     pub floor: u64,
@@ -52,6 +55,17 @@ pub struct Ack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frontier {
     pub seen: Vec<(RegionId, Hlc)>,
+}
+
+/// Restart handshake. A link sends `ask: true` to every peer when it starts (again until
+/// some `Hello` from that peer arrives); a peer answers with `ask: false`. `your_max` is
+/// the greatest HLC the sender knows the receiver's region to have issued (its deltas,
+/// its gossiped frontier): a region restarted empty raises its clock above it, so it never
+/// reissues a stamp its previous incarnation used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub ask: bool,
+    pub your_max: Hlc,
 }
 
 /// Anti-entropy step 1 (initiator → responder): salted 16-bit digests of non-empty slots.
@@ -108,6 +122,7 @@ pub enum Frame {
     AeDigests(AeDigests),
     AeKeys(AeKeys),
     AeEntries(AeEntries),
+    Hello(Hello),
 }
 
 impl Frame {
@@ -178,7 +193,7 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
                 ks.state.rebuild();
             }
         }
-        Frame::Ack(_) | Frame::Frontier(_) => {}
+        Frame::Ack(_) | Frame::Frontier(_) | Frame::Hello(_) => {}
     }
     Ok(())
 }
@@ -299,6 +314,10 @@ pub(crate) mod tests {
             Frame::Frontier(Frontier {
                 seen: vec![(RegionId(1), Hlc(5))],
             }),
+            Frame::Hello(Hello {
+                ask: true,
+                your_max: Hlc(1 << 40),
+            }),
             Frame::AeEntries(AeEntries {
                 round: 9,
                 entries,
@@ -344,7 +363,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn corrupted_frames_never_panic(which in 0usize..4, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+        fn corrupted_frames_never_panic(which in 0usize..5, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
             let mut bytes = encode(&sample_frames()[which]).unwrap();
             for (pos, val) in flips {
                 let i = pos % bytes.len();

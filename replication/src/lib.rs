@@ -24,5 +24,5 @@ pub use codec::{
     decode, encode, encode_into, CodecError, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 pub use proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
-pub use proto::link::{LinkConfig, LinkStats, PeerStatus, RegionLink};
+pub use proto::link::{LinkConfig, LinkStats, PeerStatus, RegionLink, DEFAULT_MAX_CLOCK_OFFSET_MS};
 pub use store::ReplicaStore;

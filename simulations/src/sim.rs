@@ -214,6 +214,7 @@ impl Sim {
             anti_entropy_step_slots: [16_384, 4096, 1024][(cfg.seed % 3) as usize],
             anti_entropy_quiet_ms: 200,
             frontier_interval_ms: 200,
+            max_clock_offset_ms: meridian_replication::DEFAULT_MAX_CLOCK_OFFSET_MS,
         };
         let ids: Vec<RegionId> = (0..n as u16).map(RegionId).collect();
         let nodes = ids

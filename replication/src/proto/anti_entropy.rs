@@ -30,6 +30,11 @@
 //! region bootstraps by running a round: every slot of the peer differs. A slot the keyspace
 //! marked lossy (eviction) is marked repaired once a round with every peer found it equal,
 //! counting only rounds that digested it after its latest loss (its loss mark).
+//!
+//! A received entry carrying an HLC further ahead of the local clock than the link's bound
+//! (`limit`) is neither merged nor answered (a peer with a bad clock must not drag this
+//! region's clock ahead): its slot keeps differing, so later rounds offer it again, and it
+//! merges once local time has caught up with it.
 
 use crate::codec::{AeDigests, AeEntries, AeKeys, Frame, KeyState, SlotKeys};
 use crate::store::ReplicaStore;
@@ -47,6 +52,8 @@ pub struct AntiEntropyStats {
     pub slots_differing: u64,
     pub entries_shipped: u64,
     pub entries_received: u64,
+    /// Received entries not merged: an HLC in them was too far ahead of the local clock.
+    pub entries_clock_held: u64,
 }
 
 struct PendingRound {
@@ -128,6 +135,8 @@ pub struct AntiEntropy {
     starts: u64,
     /// Clean rounds completed: `(peer, start_seq, peer's own write frontier)`.
     clean: Vec<(RegionId, u64, Hlc)>,
+    /// Every round completed: `(peer, start_seq, slots found differing)`.
+    completed: Vec<(RegionId, u64, BTreeSet<u16>)>,
     /// Lossy slots → (loss mark, bitmask of peer indexes found equal since that loss).
     lossy_synced: BTreeMap<u16, (u64, u64)>,
     outbox: VecDeque<(RegionId, Frame)>,
@@ -226,6 +235,7 @@ impl AntiEntropy {
             counter: 0,
             starts: 0,
             clean: Vec::new(),
+            completed: Vec::new(),
             lossy_synced: BTreeMap::new(),
             outbox: VecDeque::new(),
             max_seen_hlc: Hlc::ZERO,
@@ -261,6 +271,13 @@ impl AntiEntropy {
     /// Clean rounds completed since the last call: `(peer, start_seq, peer's frontier)`.
     pub fn take_clean_rounds(&mut self) -> Vec<(RegionId, u64, Hlc)> {
         std::mem::take(&mut self.clean)
+    }
+
+    /// Every round completed since the last call: `(peer, start_seq, slots that differed)`.
+    /// A slot not listed was found equal with the peer (digests taken after the round's
+    /// start).
+    pub fn take_completed_rounds(&mut self) -> Vec<(RegionId, u64, BTreeSet<u16>)> {
+        std::mem::take(&mut self.completed)
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -602,6 +619,8 @@ impl AntiEntropy {
                 peer.next_due_ms = Some(peer.next_due_ms.map_or(again, |t| t.min(again)));
             }
             self.note_equal_slots(pi, &pending, store);
+            self.completed
+                .push((from, pending.start_seq, pending.listed));
         }
     }
 
@@ -676,16 +695,20 @@ impl AntiEntropy {
     }
 
     /// Steps 3–4 on either side: merge, push back what we knew more, ship what was asked.
+    /// An entry with an HLC above `limit` is neither merged nor pushed back (see the module
+    /// doc); returns how many were held so.
     pub fn handle_entries<S: ReplicaStore + ?Sized>(
         &mut self,
         from: RegionId,
         msg: &AeEntries,
         in_flight: &dyn Fn(&[u8]) -> bool,
+        limit: Hlc,
         store: &mut S,
-    ) {
+    ) -> u64 {
         let Some(pi) = self.peer_index(from) else {
-            return;
+            return 0;
         };
+        let mut held = 0;
         let mut chunks = EntryChunks {
             to: from,
             round: msg.round,
@@ -696,7 +719,14 @@ impl AntiEntropy {
             shipped: 0,
         };
         for ks in &msg.entries {
-            self.max_seen_hlc = self.max_seen_hlc.max(ks.state.max_hlc());
+            let max = ks.state.max_hlc();
+            if max > limit {
+                // Not merged, and not answered either: a push-back would be refused in turn
+                // and echo back and forth. Later rounds offer it again.
+                held += 1;
+                continue;
+            }
+            self.max_seen_hlc = self.max_seen_hlc.max(max);
             store.merge_full(&ks.key, &ks.state);
             self.stats.entries_received += 1;
             if in_flight(&ks.key) {
@@ -743,5 +773,7 @@ impl AntiEntropy {
             }
         }
         self.ship_deferred_if_ready(pi, in_flight, store);
+        self.stats.entries_clock_held += held;
+        held
     }
 }

@@ -11,10 +11,41 @@
 //! buffered, the rest dropped (the sender resends); duplicates at or below the acknowledged
 //! sequence are ignored. The ack names the highest contiguous sequence.
 //!
+//! Incarnations: a link's `epoch` is an id of its incarnation, compared for equality only (a
+//! wall-clock epoch made a region restarted after a backward clock step look stale, and its
+//! batches were dropped). A batch from another incarnation than the one on record resets the
+//! origin's incoming state, with a gap; a stale frame of an older incarnation arriving late
+//! does the same (and the next current one again): harmless, each merge is a real write.
+//!
+//! Bounded clocks: a delta or anti-entropy entry carrying an HLC more than
+//! `max_clock_offset_ms` ahead of the local clock (the `now_ms` passed in) is not merged,
+//! so `max_seen_hlc` (which the shell folds into its clock) never runs ahead of local time
+//! by more than the bound, and one peer with a bad clock cannot drag every region's clock
+//! along. Such a delta is held, not refused: it is not acknowledged, so the sender resends it
+//! (after `resend_timeout_ms`, with everything after it) until local time has caught up with
+//! it; a held entry is offered again by later anti-entropy rounds. Both are counted
+//! (`deltas_clock_held`, `entries_clock_held`, per peer `clock_held`).
+//!
+//! Restart handshake: at start a link sends `Hello { ask }` to every peer (again every
+//! `resend_timeout_ms` until some `Hello` from it arrives); the answer carries the greatest
+//! HLC the peer knows this region to have issued, which `max_seen_hlc` then includes: a
+//! region restarted empty (or after a backward clock step) never reissues an HLC of its
+//! previous incarnation.
+//!
 //! Causal stability for GC: each region knows, per origin, an HLC below which it holds every
 //! write of that origin (the stamp of the last contiguous delta; frozen after a gap until a
 //! clean anti-entropy round with that origin). Regions gossip these vectors (`Frontier`);
 //! the minimum over all regions is what `collect_garbage` hands to the keyspace.
+//!
+//! Local losses: a local delta lost before it reached the link (the shell's bounded
+//! per-shard log overflowed) leaves peers with a contiguous run of sequences that hides a
+//! hole, so their frontiers for this region pass writes they never got. The shell reports
+//! it (`note_local_loss`: the lowest lost stamp and the slots); until anti-entropy has found
+//! each of those slots equal with every peer, in a round started after that peer
+//! acknowledged every delta enqueued before the loss (an older delta still in flight could
+//! otherwise land after the comparison, on a peer that never got the lost one's effect),
+//! this region's own entry in every frontier stays below the lowest lost stamp, so no region
+//! collects metadata the lost deltas' effects may still need.
 //!
 //! Driving it (the QUIC shell or the simulator):
 //! ```text
@@ -24,14 +55,15 @@
 //! then:             while let Some((peer, frame)) = link.poll_transmit(now) { send }
 //! periodically:     link.collect_garbage(&mut keyspace)
 //! clock:            hlc_clock.observe(link.max_seen_hlc()); link.note_local_hlc(hlc_clock.last())
+//! lost local delta: link.note_local_loss(lowest_lost_stamp, slots)
 //! ```
 
-use crate::codec::{Ack, Batch, Frame, Frontier};
+use crate::codec::{Ack, Batch, Frame, Frontier, Hello};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::ReplicaStore;
 use bytes::Bytes;
 use meridian_crdt::{Delta, Hlc, RegionId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -56,7 +88,19 @@ pub struct LinkConfig {
     /// anti-entropy rounds with that peer wait (at most one more interval).
     pub anti_entropy_quiet_ms: u64,
     pub frontier_interval_ms: u64,
+    /// Remote HLCs more than this far ahead of the local clock are not merged (held until
+    /// local time catches up; see the module doc).
+    pub max_clock_offset_ms: u64,
 }
+
+/// Default bound on how far a remote HLC may be ahead of the local clock. Healthy clocks
+/// (NTP) agree within milliseconds, tens of them across continents; a VM resumed from a
+/// pause or a host that booted before its clock was synchronized can be off by seconds.
+/// A bound that small clocks can exceed would hold replication from a healthy region (stale
+/// reads), so it is loose: 10 s. It still catches the faults that matter (clocks off by
+/// minutes, hours, years) and limits how far ahead of real time any region's HLC, and so
+/// the last-writer-wins order, can be pushed: by at most 10 s.
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 10_000;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -83,6 +127,7 @@ impl Default for LinkConfig {
             anti_entropy_step_slots: 1024,
             anti_entropy_quiet_ms: 1_000,
             frontier_interval_ms: 5_000,
+            max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
         }
     }
 }
@@ -100,6 +145,11 @@ pub struct LinkStats {
     pub deltas_abandoned: u64,
     pub gc_runs: u64,
     pub gc_dropped: u64,
+    /// Times a delta from a peer was held: its HLC was too far ahead of the local clock
+    /// (each attempt counts; the sender resends it).
+    pub deltas_clock_held: u64,
+    /// Local losses reported by the shell (`note_local_loss`).
+    pub local_losses: u64,
 }
 
 /// A delta's rough wire size, for batch and log bounds (exact sizes would cost an encode).
@@ -118,6 +168,9 @@ pub struct PeerStatus {
     pub last_ack_ms: u64,
     /// Deltas the peer acknowledged, in total.
     pub deltas_acked: u64,
+    /// Deltas and anti-entropy entries from the peer held because they were too far ahead
+    /// of the local clock.
+    pub clock_held: u64,
 }
 
 struct Outgoing {
@@ -141,7 +194,35 @@ struct Outgoing {
     last_batch_in_ms: u64,
     ack_due: bool,
     frontier_due: bool,
+    /// Our `Hello` is unanswered: sent again at `next_hello_ms`.
+    hello_pending: bool,
+    next_hello_ms: u64,
+    hello_due: bool,
+    /// The peer asked: answer with our `Hello`.
+    hello_answer_due: bool,
+    /// The greatest HLC this peer's region is known to have issued (for its `Hello`).
+    max_issued: Hlc,
+    /// Deltas and entries from this peer held for being too far ahead (see `LinkStats`).
+    clock_held: u64,
 }
+
+/// One report of `RegionLink::note_local_loss` still to be repaired.
+struct LocalGap {
+    /// The lowest stamp among the lost deltas: this region's own frontier stays below it.
+    below: Hlc,
+    /// Per peer (index of `out`), the last sequence enqueued once every local delta stamped
+    /// below `below` was enqueued; `None` until then.
+    need_seq: Option<Vec<u64>>,
+    /// Per peer: `AntiEntropy::starts` when the peer had acknowledged `need_seq`; rounds
+    /// started later count.
+    after: Vec<Option<u64>>,
+    /// Slots still to repair → bitmask of the peers a counting round found them equal with.
+    slots: BTreeMap<u16, u64>,
+}
+
+/// Reports beyond this many pending ones are merged into the newest (bounded memory; a
+/// merged report waits for the later of the two conditions).
+const MAX_LOCAL_GAPS: usize = 8;
 
 struct Incoming {
     epoch: u64,
@@ -178,6 +259,10 @@ pub struct RegionLink {
     own_seen: Hlc,
     next_frontier_ms: u64,
     max_seen_hlc: Hlc,
+    /// The greatest HLC peers reported this region to have issued (`Hello`).
+    own_floor: Hlc,
+    /// Local losses not yet repaired with every peer, oldest first.
+    gaps: VecDeque<LocalGap>,
     ae: AntiEntropy,
     rr: usize,
     /// The last frame `poll_transmit` returned was anti-entropy: a batch goes next.
@@ -186,10 +271,12 @@ pub struct RegionLink {
 }
 
 impl RegionLink {
-    /// `epoch` must grow with every restart of this region's link (an incarnation number
-    /// kept by the shell), so peers can tell a fresh log from a stale one.
+    /// `epoch` identifies this incarnation of the region's link: any nonzero id, different
+    /// for every start (the shell draws a random one; peers only compare ids for equality).
+    /// `1` declares the region's first incarnation ever: peers then take its log from
+    /// sequence 1 as complete; any other id makes both sides repair by anti-entropy.
     pub fn new(region: RegionId, peers: &[RegionId], epoch: u64, cfg: LinkConfig) -> RegionLink {
-        assert!(epoch > 0, "epochs start at 1");
+        assert!(epoch != 0, "0 means no incarnation");
         assert!(!peers.contains(&region), "a region is not its own peer");
         let ae = AntiEntropy::new(
             region,
@@ -220,6 +307,12 @@ impl RegionLink {
                     last_batch_in_ms: 0,
                     ack_due: false,
                     frontier_due: false,
+                    hello_pending: true,
+                    next_hello_ms: 0,
+                    hello_due: false,
+                    hello_answer_due: false,
+                    max_issued: Hlc::ZERO,
+                    clock_held: 0,
                 })
                 .collect(),
             inc: BTreeMap::new(),
@@ -227,13 +320,15 @@ impl RegionLink {
             own_seen: Hlc::ZERO,
             next_frontier_ms: 0,
             max_seen_hlc: Hlc::ZERO,
+            own_floor: Hlc::ZERO,
+            gaps: VecDeque::new(),
             ae,
             rr: 0,
             last_was_ae: false,
             stats: LinkStats::default(),
             cfg,
         };
-        if epoch > 1 {
+        if epoch != 1 {
             // A restarted region lost its unshipped log: repair both ways by digests.
             for &p in peers {
                 link.ae.request(p);
@@ -254,10 +349,34 @@ impl RegionLink {
         self.ae.stats()
     }
 
-    /// Greatest HLC received from peers: the shell folds it into its clock so that later
-    /// local writes are causally after what it has seen.
+    /// Greatest HLC received from peers (never more than `max_clock_offset_ms` ahead of the
+    /// local clock when it was merged), and the greatest HLC peers reported this region to
+    /// have issued: the shell folds it into its clock so that later local writes are
+    /// causally after what it has seen, and above any stamp of a previous incarnation.
     pub fn max_seen_hlc(&self) -> Hlc {
-        self.max_seen_hlc.max(self.ae.max_seen_hlc())
+        self.max_seen_hlc
+            .max(self.ae.max_seen_hlc())
+            .max(self.own_floor)
+    }
+
+    /// The greatest HLC a peer may hand us at `now_ms` (see `max_clock_offset_ms`).
+    fn clock_limit(&self, now_ms: u64) -> Hlc {
+        Hlc::limit(now_ms, self.cfg.max_clock_offset_ms)
+    }
+
+    /// Every peer answered this link's `Hello` (the restart handshake is complete).
+    pub fn handshake_done(&self) -> bool {
+        self.out.iter().all(|o| !o.hello_pending)
+    }
+
+    /// Slots of local losses not yet repaired with every peer (0: the own frontier is not
+    /// held back).
+    pub fn local_gap_slots(&self) -> usize {
+        let mut slots: BTreeSet<u16> = BTreeSet::new();
+        for g in &self.gaps {
+            slots.extend(g.slots.keys());
+        }
+        slots.len()
     }
 
     /// Deltas in the outgoing log for `peer` (not yet acknowledged).
@@ -276,18 +395,130 @@ impl RegionLink {
             lag_ms: o.log_ms.front().map_or(0, |t| now_ms.saturating_sub(*t)),
             last_ack_ms: o.last_ack_ms,
             deltas_acked: o.deltas_acked,
+            clock_held: o.clock_held,
         })
     }
 
     /// Nothing to send or resend: every log acknowledged, no anti-entropy output queued.
     pub fn is_idle(&self) -> bool {
-        self.out.iter().all(|o| o.log.is_empty() && !o.ack_due) && !self.ae.has_pending_output()
+        self.out
+            .iter()
+            .all(|o| o.log.is_empty() && !o.ack_due && !o.hello_due && !o.hello_answer_due)
+            && !self.ae.has_pending_output()
     }
 
     /// The local clock's latest HLC: every local write at or below it is already in the
-    /// local keyspace. Lets an idle (or restarted) region's frontier advance for GC.
+    /// local keyspace, and its delta was enqueued (or reported lost). Lets an idle (or
+    /// restarted) region's frontier advance for GC.
     pub fn note_local_hlc(&mut self, hlc: Hlc) {
         self.own_seen = self.own_seen.max(hlc);
+        if !self.gaps.is_empty() {
+            self.gap_progress();
+        }
+    }
+
+    /// Local deltas were lost before they were enqueued (a bounded log overflowed): the
+    /// lowest stamp among them and the slots of their keys. Call before `note_local_hlc`
+    /// passes `below` (the shell: in the drain that found the loss). Requests anti-entropy
+    /// with every peer, and holds this region's own frontier below `below` until the slots
+    /// are repaired (see the module doc).
+    pub fn note_local_loss(&mut self, below: Hlc, slots: impl IntoIterator<Item = u16>) {
+        let slots: BTreeMap<u16, u64> = slots
+            .into_iter()
+            .filter(|&s| usize::from(s) < meridian_crdt::SLOT_COUNT)
+            .map(|s| (s, 0))
+            .collect();
+        if slots.is_empty() || self.out.is_empty() {
+            return;
+        }
+        self.stats.local_losses += 1;
+        if self.gaps.len() >= MAX_LOCAL_GAPS {
+            // Merge into the newest: it waits for the later of the two conditions.
+            let g = self.gaps.back_mut().expect("full");
+            g.below = g.below.min(below);
+            g.need_seq = None;
+            g.after.fill(None);
+            for m in g.slots.values_mut() {
+                *m = 0;
+            }
+            g.slots.extend(slots);
+        } else {
+            self.gaps.push_back(LocalGap {
+                below,
+                need_seq: None,
+                after: vec![None; self.out.len()],
+                slots,
+            });
+        }
+        for o in &self.out {
+            self.ae.request(o.peer);
+        }
+        self.gap_progress();
+    }
+
+    /// Advance the pending local gaps' conditions: the sequences every peer must
+    /// acknowledge once all deltas below the loss are enqueued, then the round count mark
+    /// once it did.
+    fn gap_progress(&mut self) {
+        let starts = self.ae.starts();
+        for g in self.gaps.iter_mut() {
+            if g.need_seq.is_none() {
+                // Local deltas are enqueued in HLC order and `own_seen` covers every one
+                // enqueued: past `below`, every delta below it is in the logs.
+                if self.own_seen < g.below {
+                    continue;
+                }
+                g.need_seq = Some(self.out.iter().map(|o| o.next_seq - 1).collect());
+            }
+            let Some(need) = g.need_seq.as_ref() else {
+                continue;
+            };
+            for (i, o) in self.out.iter().enumerate() {
+                if g.after[i].is_none() && o.acked >= need[i] {
+                    g.after[i] = Some(starts);
+                    // Only a round started from now on counts: run one.
+                    self.ae.request(o.peer);
+                }
+            }
+        }
+    }
+
+    /// Count completed anti-entropy rounds towards the pending local gaps.
+    fn repair_gaps(&mut self) {
+        let rounds = self.ae.take_completed_rounds();
+        if self.gaps.is_empty() {
+            return;
+        }
+        self.gap_progress();
+        let n = self.out.len();
+        let all: u64 = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        for (peer, start_seq, listed) in rounds {
+            let Some(i) = self.out.iter().position(|o| o.peer == peer) else {
+                continue;
+            };
+            for g in self.gaps.iter_mut() {
+                let counts = matches!(g.after[i], Some(after) if start_seq > after);
+                if !counts {
+                    continue;
+                }
+                for (slot, mask) in g.slots.iter_mut() {
+                    if !listed.contains(slot) {
+                        *mask |= 1 << i;
+                    }
+                }
+                g.slots.retain(|_, mask| *mask != all);
+            }
+        }
+        self.gaps.retain(|g| !g.slots.is_empty());
+    }
+
+    /// This region's own entry in its frontier: `own_seen`, held below every unrepaired
+    /// local loss.
+    fn own_claim(&self) -> Hlc {
+        match self.gaps.iter().map(|g| g.below).min() {
+            Some(below) => self.own_seen.min(Hlc(below.0.saturating_sub(1))),
+            None => self.own_seen,
+        }
     }
 
     pub fn request_anti_entropy(&mut self, peer: RegionId) {
@@ -350,21 +581,48 @@ impl RegionLink {
             Frame::Batch(b) => self.handle_batch(now_ms, from, b, store),
             Frame::Ack(a) => self.handle_ack(now_ms, from, a),
             Frame::Frontier(f) => {
-                if self.out.iter().any(|o| o.peer == from) {
-                    self.frontiers.insert(from, f.seen.into_iter().collect());
+                let limit = self.clock_limit(now_ms);
+                if let Some(o) = self.out.iter_mut().find(|o| o.peer == from) {
+                    let frontier: BTreeMap<RegionId, Hlc> = f.seen.into_iter().collect();
+                    // Its own entry is a clock reading of the peer (for its `Hello`; within
+                    // the bound, as every stamp we merge).
+                    if let Some(&own) = frontier.get(&from).filter(|&&h| h <= limit) {
+                        o.max_issued = o.max_issued.max(own);
+                    }
+                    self.frontiers.insert(from, frontier);
                 }
             }
-            Frame::AeDigests(d) => self.ae.handle_digests(from, d, self.own_seen),
+            Frame::Hello(h) => {
+                if let Some(o) = self.out.iter_mut().find(|o| o.peer == from) {
+                    o.hello_pending = false;
+                    o.hello_answer_due |= h.ask;
+                    // Our own stamps as the peer holds them: never more than our previous
+                    // incarnation issued (and within the peer's bound when it recorded
+                    // them), so adopted without ours: after a backward clock step they are
+                    // ahead of our clock, and stamping below them could reuse one.
+                    self.own_floor = self.own_floor.max(h.your_max);
+                }
+            }
+            Frame::AeDigests(d) => self.ae.handle_digests(from, d, self.own_claim()),
             Frame::AeKeys(k) => {
-                let o = self.out.iter().find(|o| o.peer == from);
-                let in_flight = |key: &[u8]| o.is_some_and(|o| o.in_log.contains_key(key));
+                let limit = self.clock_limit(now_ms);
+                let o = self.out.iter_mut().find(|o| o.peer == from);
+                let in_flight = |key: &[u8]| o.as_ref().is_some_and(|o| o.in_log.contains_key(key));
                 self.ae.handle_keys(now_ms, from, &k, &in_flight, store);
+                if let Some(o) = o.filter(|_| k.origin_seen <= limit) {
+                    o.max_issued = o.max_issued.max(k.origin_seen);
+                }
                 self.close_gaps();
+                self.repair_gaps();
             }
             Frame::AeEntries(e) => {
-                let o = self.out.iter().find(|o| o.peer == from);
-                let in_flight = |key: &[u8]| o.is_some_and(|o| o.in_log.contains_key(key));
-                self.ae.handle_entries(from, &e, &in_flight, store)
+                let limit = self.clock_limit(now_ms);
+                let o = self.out.iter_mut().find(|o| o.peer == from);
+                let in_flight = |key: &[u8]| o.as_ref().is_some_and(|o| o.in_log.contains_key(key));
+                let held = self.ae.handle_entries(from, &e, &in_flight, limit, store);
+                if let Some(o) = o {
+                    o.clock_held += held;
+                }
             }
         }
     }
@@ -394,18 +652,17 @@ impl RegionLink {
         if b.origin != from {
             return;
         }
-        let Some(o) = self.out.iter_mut().find(|o| o.peer == from) else {
+        let Some(oi) = self.out.iter().position(|o| o.peer == from) else {
             return;
         };
-        o.last_batch_in_ms = now_ms.max(1);
+        self.out[oi].last_batch_in_ms = now_ms.max(1);
+        let limit = self.clock_limit(now_ms);
         let mark = self.ae.starts();
         let inc = self.inc.entry(b.origin).or_insert_with(Incoming::unknown);
-        if b.epoch < inc.epoch {
-            return; // a previous incarnation's batch
-        }
-        if b.epoch > inc.epoch {
-            // First contact with this incarnation. Anything but a first-ever log from
-            // sequence 1 may hide writes we never got.
+        if b.epoch != inc.epoch {
+            // Another incarnation than the one on record: ids are not ordered (a restart
+            // after a backward clock step must be taken), so any other one resets. Anything
+            // but a first-ever log from sequence 1 may hide writes we never got.
             let fresh = inc.epoch == 0 && b.epoch == 1 && b.floor == 1;
             *inc = Incoming {
                 epoch: b.epoch,
@@ -424,18 +681,31 @@ impl RegionLink {
             inc.buffer = keep;
         }
         // The run of deltas that extends the contiguous prefix, in sequence order: the
-        // store merges it in one call (the shell locks each shard once per batch).
+        // store merges it in one call (the shell locks each shard once per batch). A delta
+        // too far ahead of our clock ends the run unacknowledged: the sender resends it.
         let mut run: Vec<Delta> = Vec::with_capacity(b.deltas.len());
+        let mut held = false;
+        let mut max_seen = self.max_seen_hlc;
+        let mut issued = Hlc::ZERO;
         for (i, d) in b.deltas.into_iter().enumerate() {
             let seq = b.first_seq + i as u64;
             if seq <= inc.acked {
                 self.stats.deltas_duplicate += 1;
             } else if seq == inc.acked + 1 {
-                run.push(d);
-                inc.acked = seq;
-                while let Some(d) = inc.buffer.remove(&(inc.acked + 1)) {
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    let max = d.state.max_hlc().max(d.stamp.hlc);
+                    if max > limit {
+                        // Held (dropped here, not acknowledged); what follows it stays in
+                        // the reorder buffer or comes again with the resend.
+                        held = true;
+                        break;
+                    }
+                    max_seen = max_seen.max(max);
+                    issued = issued.max(d.stamp.hlc);
                     run.push(d);
                     inc.acked += 1;
+                    next = inc.buffer.remove(&(inc.acked + 1));
                 }
             } else if seq - inc.acked <= self.cfg.reorder_buffer_deltas {
                 inc.buffer.entry(seq).or_insert(d);
@@ -443,19 +713,22 @@ impl RegionLink {
                 self.stats.deltas_out_of_order_dropped += 1;
             }
         }
+        let o = &mut self.out[oi];
+        if held {
+            self.stats.deltas_clock_held += 1;
+            o.clock_held += 1;
+        }
         if !run.is_empty() {
             store.apply_deltas(&run);
             self.stats.deltas_applied += run.len() as u64;
-            for d in &run {
-                self.max_seen_hlc = self.max_seen_hlc.max(d.state.max_hlc()).max(d.stamp.hlc);
-                if !inc.gap {
-                    inc.seen = inc.seen.max(d.stamp.hlc);
-                }
+            self.max_seen_hlc = max_seen;
+            // A run is in sequence order, which is the origin's HLC order.
+            if !inc.gap {
+                inc.seen = inc.seen.max(issued);
             }
+            o.max_issued = o.max_issued.max(issued);
         }
-        if let Some(o) = self.out.iter_mut().find(|o| o.peer == from) {
-            o.ack_due = true;
-        }
+        o.ack_due = true;
     }
 
     fn handle_ack(&mut self, now_ms: u64, from: RegionId, a: Ack) {
@@ -485,6 +758,9 @@ impl RegionLink {
         o.acked = a.seq;
         o.sent_upto = o.sent_upto.max(a.seq);
         o.last_progress_ms = now_ms;
+        if !self.gaps.is_empty() {
+            self.gap_progress();
+        }
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -504,6 +780,12 @@ impl RegionLink {
                 o.frontier_due = true;
             }
         }
+        for o in self.out.iter_mut() {
+            if o.hello_pending && now_ms >= o.next_hello_ms {
+                o.hello_due = true;
+                o.next_hello_ms = now_ms.saturating_add(self.cfg.resend_timeout_ms);
+            }
+        }
         self.ae.handle_timeout(now_ms);
     }
 
@@ -515,10 +797,21 @@ impl RegionLink {
             .filter(|o| o.sent_upto > o.acked)
             .map(|o| o.last_progress_ms + self.cfg.resend_timeout_ms)
             .min();
-        [resend, Some(self.next_frontier_ms), self.ae.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        let hello = self
+            .out
+            .iter()
+            .filter(|o| o.hello_pending)
+            .map(|o| o.next_hello_ms)
+            .min();
+        [
+            resend,
+            Some(self.next_frontier_ms),
+            hello,
+            self.ae.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Start due anti-entropy rounds and do one bounded step of the work in progress
@@ -539,7 +832,8 @@ impl RegionLink {
         self.ae.has_work()
     }
 
-    /// Next frame to send, round-robin over peers: acks first, then frontier gossip, then
+    /// Next frame to send, round-robin over peers: handshakes and acks first, then frontier
+    /// gossip, then
     /// anti-entropy frames and delta batches taking turns (a repair never holds up delta
     /// shipping by more than one frame, and the other way round).
     pub fn poll_transmit(&mut self, now_ms: u64) -> Option<(RegionId, Frame)> {
@@ -547,6 +841,18 @@ impl RegionLink {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let o = &mut self.out[i];
+            if o.hello_due || o.hello_answer_due {
+                let ask = o.hello_due;
+                o.hello_due = false;
+                o.hello_answer_due = false;
+                return Some((
+                    o.peer,
+                    Frame::Hello(Hello {
+                        ask,
+                        your_max: o.max_issued,
+                    }),
+                ));
+            }
             if o.ack_due {
                 o.ack_due = false;
                 let Some(inc) = self.inc.get(&o.peer) else {
@@ -637,9 +943,10 @@ impl RegionLink {
         None
     }
 
-    /// This region's view: per origin, an HLC below which it holds every write.
+    /// This region's view: per origin, an HLC below which it holds every write (its own
+    /// entry held below unrepaired local losses).
     pub fn seen_vector(&self) -> Vec<(RegionId, Hlc)> {
-        let mut v = vec![(self.region, self.own_seen)];
+        let mut v = vec![(self.region, self.own_claim())];
         for o in &self.out {
             let seen = self.inc.get(&o.peer).map_or(Hlc::ZERO, |i| i.seen);
             v.push((o.peer, seen));
@@ -673,5 +980,422 @@ impl RegionLink {
         self.stats.gc_runs += 1;
         self.stats.gc_dropped += dropped as u64;
         dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+    use meridian_crdt::{key_slot, HlcClock, Keyspace, KeyspaceConfig, Stamp};
+
+    /// One region: its keyspace, link and clock; `skew_ms` is added to the shared time to
+    /// make its physical clock reading.
+    struct Side {
+        ks: Keyspace,
+        link: RegionLink,
+        clock: HlcClock,
+        skew_ms: i64,
+    }
+
+    fn cfg() -> LinkConfig {
+        LinkConfig {
+            anti_entropy_interval_ms: 1_000_000,
+            anti_entropy_retry_ms: 100,
+            anti_entropy_quiet_ms: 10,
+            frontier_interval_ms: 100,
+            resend_timeout_ms: 200,
+            ..LinkConfig::default()
+        }
+    }
+
+    fn side(r: u16, epoch: u64) -> Side {
+        Side {
+            ks: Keyspace::new(KeyspaceConfig {
+                region: RegionId(r),
+                retain_tombstones: true,
+                ..KeyspaceConfig::default()
+            }),
+            link: RegionLink::new(RegionId(r), &[RegionId(1 - r)], epoch, cfg()),
+            clock: HlcClock::new(RegionId(r)),
+            skew_ms: 0,
+        }
+    }
+
+    fn pair() -> [Side; 2] {
+        [side(0, 1), side(1, 1)]
+    }
+
+    impl Side {
+        fn phys(&self, now: u64) -> u64 {
+            now.saturating_add_signed(self.skew_ms)
+        }
+
+        /// A local write at `now` (on this side's clock); its deltas stay in the keyspace.
+        fn write(
+            &mut self,
+            now: u64,
+            key: &str,
+            f: impl FnOnce(&mut meridian_crdt::EntryWriter),
+        ) -> Stamp {
+            let phys = self.phys(now);
+            let st = self.clock.now(phys);
+            self.ks.write(key.as_bytes(), st, phys, f);
+            st
+        }
+
+        /// Enqueue the keyspace's deltas (what the shell's drain does).
+        fn ship(&mut self, now: u64) {
+            let phys = self.phys(now);
+            let deltas: Vec<Delta> = self.ks.drain_deltas().collect();
+            self.link.enqueue_all(phys, deltas);
+            self.link.note_local_hlc(self.clock.last());
+        }
+
+        /// The keyspace's deltas are lost before the link (a full shard log): reported.
+        fn lose(&mut self) {
+            let lost: Vec<Delta> = self.ks.drain_deltas().collect();
+            let below = lost.iter().map(|d| d.stamp.hlc).min().expect("a delta");
+            self.link
+                .note_local_loss(below, lost.iter().map(|d| d.slot));
+            // The shell's next drain: its horizon passes the lost stamps.
+            self.link.note_local_hlc(self.clock.last());
+        }
+
+        fn alive(&self, key: &str) -> bool {
+            self.ks.peek(key.as_bytes(), 0).is_some()
+        }
+    }
+
+    /// Through the codec, as on the wire.
+    fn wire(f: Frame) -> Frame {
+        decode(&encode(&f).expect("encodes"))
+            .expect("decodes")
+            .expect("complete")
+            .0
+    }
+
+    fn deliver(now: u64, s: &mut [Side; 2], to: usize, f: Frame) {
+        let from = s[1 - to].link.region();
+        let t = &mut s[to];
+        let phys = t.phys(now);
+        t.link.handle_frame(phys, from, f, &mut t.ks);
+        let seen = t.link.max_seen_hlc();
+        t.clock.observe(seen);
+    }
+
+    /// Run both sides at `now` (timers, anti-entropy steps) and deliver every frame `pass`
+    /// accepts until nothing moves; returns the others (recipient, frame), undelivered.
+    fn pump(now: u64, s: &mut [Side; 2], pass: &dyn Fn(&Frame) -> bool) -> Vec<(usize, Frame)> {
+        let mut held = Vec::new();
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..2 {
+                let x = &mut s[i];
+                let phys = x.phys(now);
+                x.link.handle_timeout(phys);
+                x.link.poll_anti_entropy(phys, &mut x.ks);
+                let mut out = Vec::new();
+                while let Some((_, f)) = x.link.poll_transmit(phys) {
+                    out.push(wire(f));
+                }
+                for f in out {
+                    moved = true;
+                    if pass(&f) {
+                        deliver(now, s, 1 - i, f);
+                    } else {
+                        held.push((1 - i, f));
+                    }
+                }
+            }
+            if !moved && s.iter().all(|x| !x.link.has_anti_entropy_work()) {
+                return held;
+            }
+        }
+        panic!("the links keep talking");
+    }
+
+    fn all(_: &Frame) -> bool {
+        true
+    }
+
+    fn not_ae(f: &Frame) -> bool {
+        !f.is_anti_entropy()
+    }
+
+    fn set(w: &mut meridian_crdt::EntryWriter) {
+        w.set_str(Bytes::from_static(b"v"), false);
+    }
+
+    // ---- bounded clocks ----
+
+    /// A peer whose clock is a minute fast: its delta is held (neither merged, adopted nor
+    /// acknowledged), the link keeps working, and once local time is within the bound the
+    /// sender's resend applies it.
+    #[test]
+    fn a_delta_from_too_far_ahead_is_held_until_local_time_catches_up() {
+        let mut s = pair();
+        s[0].skew_ms = 60_000;
+        let now = 100_000;
+        let st = s[0].write(now, "k", set);
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        assert!(!s[1].alive("k"), "not merged");
+        assert!(s[1].link.max_seen_hlc() < st.hlc, "not adopted");
+        assert!(s[1].clock.now(now).hlc < st.hlc);
+        assert_eq!(s[1].link.stats().deltas_clock_held, 1);
+        assert_eq!(s[0].link.backlog(RegionId(1)), 1, "not acknowledged");
+        let from_a = s[1].link.peer_status(now, RegionId(0)).expect("peer");
+        assert_eq!(from_a.clock_held, 1);
+        // The link stays up: B's own writes still reach A.
+        s[1].write(now, "b", set);
+        s[1].ship(now);
+        pump(now, &mut s, &all);
+        assert!(s[0].alive("b"));
+        // Resends while B's clock is still behind are held again.
+        pump(now + 300, &mut s, &all);
+        assert!(!s[1].alive("k"));
+        assert!(s[1].link.stats().deltas_clock_held >= 2);
+        // Local time within the bound of A's stamp: the next resend applies it.
+        let caught_up = now + 60_000 - DEFAULT_MAX_CLOCK_OFFSET_MS;
+        pump(caught_up, &mut s, &all);
+        pump(caught_up + 300, &mut s, &all);
+        assert!(s[1].alive("k"), "applied once local time caught up");
+        assert_eq!(s[0].link.backlog(RegionId(1)), 0, "acknowledged");
+        assert!(s[1].link.max_seen_hlc() >= st.hlc);
+        assert!(s[1].clock.now(caught_up).hlc > st.hlc);
+    }
+
+    /// Anti-entropy entries too far ahead are not merged and not pushed back (no echo),
+    /// and merge in a later round once local time has caught up.
+    #[test]
+    fn an_entry_from_too_far_ahead_is_held_until_a_later_round() {
+        let mut s = pair();
+        s[0].skew_ms = 60_000;
+        let now = 100_000;
+        let st = s[0].write(now, "k", set);
+        // Lost before the link: only anti-entropy can carry it.
+        s[0].ks.drain_deltas().for_each(drop);
+        s[1].link.request_anti_entropy(RegionId(0));
+        pump(now, &mut s, &all);
+        pump(now + 200, &mut s, &all);
+        assert!(!s[1].alive("k"));
+        assert!(s[1].link.max_seen_hlc() < st.hlc);
+        let held = s[1].link.anti_entropy_stats().entries_clock_held;
+        assert!(held >= 1, "held: {held}");
+        assert_eq!(
+            s[1].link
+                .peer_status(now, RegionId(0))
+                .expect("peer")
+                .clock_held,
+            held
+        );
+        let caught_up = now + 60_000 - DEFAULT_MAX_CLOCK_OFFSET_MS;
+        s[1].link.request_anti_entropy(RegionId(0));
+        pump(caught_up, &mut s, &all);
+        assert!(s[1].alive("k"), "merged by a later round");
+        assert!(s[1].link.max_seen_hlc() >= st.hlc);
+    }
+
+    // ---- incarnations and the restart handshake ----
+
+    /// Incarnation ids are not ordered: a restart whose id is smaller (a wall-clock epoch
+    /// after a backward step) is taken, and so is every batch after a late frame of the old
+    /// incarnation.
+    #[test]
+    fn a_restart_with_a_smaller_incarnation_id_is_taken() {
+        let mut s = [side(0, 5_000), side(1, 1)];
+        let now = 10_000;
+        s[0].write(now, "x", set);
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        assert!(s[1].alive("x"));
+        // A batch of the old incarnation, still on the wire when it stops.
+        s[0].write(now, "late", set);
+        s[0].ship(now);
+        let old = pump(now, &mut s, &|f| !matches!(f, Frame::Batch(_)));
+        assert_eq!(old.len(), 1);
+        // Restart: an empty keyspace, a smaller id, the clock stepped back.
+        s[0] = side(0, 7);
+        s[0].skew_ms = -5_000;
+        s[0].write(now, "y", set);
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        assert!(s[1].alive("y"), "the new incarnation's batch is merged");
+        for (to, f) in old {
+            deliver(now, &mut s, to, f);
+        }
+        assert!(
+            s[1].alive("late"),
+            "a late write of the old incarnation is still a write"
+        );
+        s[0].write(now + 1, "z", set);
+        s[0].ship(now + 1);
+        pump(now + 1, &mut s, &all);
+        pump(now + 300, &mut s, &all);
+        assert!(s[1].alive("z"), "the current incarnation is taken again");
+        assert_eq!(s[0].link.backlog(RegionId(1)), 0);
+    }
+
+    /// A region restarted empty with its clock a minute behind learns from the handshake
+    /// the greatest stamp of its own that the peer holds, and stamps above it, although
+    /// the offset bound holds back the anti-entropy entries that carry those stamps.
+    #[test]
+    fn a_region_restarted_empty_stamps_above_its_previous_incarnation() {
+        let mut s = pair();
+        let now = 100_000;
+        let mut last = Stamp::ZERO;
+        for i in 0..20 {
+            last = s[0].write(now + i, &format!("k{i}"), set);
+        }
+        s[0].ship(now + 20);
+        pump(now + 20, &mut s, &all);
+        assert!(s[0].link.handshake_done() && s[1].link.handshake_done());
+        assert!(s[1].alive("k19"));
+        s[0] = side(0, 0xdead_beef);
+        s[0].skew_ms = -60_000;
+        assert!(!s[0].link.handshake_done());
+        assert_eq!(s[0].link.max_seen_hlc(), Hlc::ZERO);
+        pump(now + 30, &mut s, &all);
+        assert!(s[0].link.handshake_done());
+        assert!(s[0].link.max_seen_hlc() >= last.hlc, "raised by the answer");
+        let next = s[0].write(now + 30, "new", set);
+        assert!(
+            next > last,
+            "never below (or equal to) a stamp it issued before"
+        );
+        assert!(
+            !s[0].alive("k0"),
+            "the entries themselves wait for the clock"
+        );
+        assert!(s[0].link.anti_entropy_stats().entries_clock_held > 0);
+        // The handshake is not repeated once answered.
+        let hellos = pump(now + 1_000, &mut s, &|f| !matches!(f, Frame::Hello(_)));
+        assert!(hellos.is_empty(), "{hellos:?}");
+    }
+
+    // ---- local losses and GC ----
+
+    /// `s` holds one member, added by A and shipped; A's removal of it is lost before the
+    /// link (a full shard log), while a later write ships. B's frontier for A passes the
+    /// removal, but A's own claim stays below it: no region may collect the tombstone
+    /// until anti-entropy has repaired the slot with B. Without that, A collected it and
+    /// the next round brought the member back from B.
+    #[test]
+    fn gc_waits_until_a_lost_local_delta_is_repaired() {
+        let mut s = pair();
+        let mut now = 10_000;
+        s[0].write(now, "s", |w| {
+            w.sadd(&Bytes::from_static(b"m"));
+        });
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        assert!(s[1].alive("s"));
+        now += 10;
+        let rem = s[0].write(now, "s", |w| {
+            w.srem(b"m");
+        });
+        assert!(!s[0].alive("s"), "the set is empty: the key is a tombstone");
+        s[0].lose();
+        assert_eq!(s[0].link.local_gap_slots(), 1);
+        now += 10;
+        s[0].write(now, "other", set);
+        s[0].ship(now);
+        // Deltas, acks and frontiers flow; anti-entropy does not yet.
+        for t in [now, now + 200, now + 400] {
+            pump(t, &mut s, &not_ae);
+        }
+        let b_seen_a = s[1].link.seen_vector()[1].1;
+        assert!(
+            b_seen_a > rem.hlc,
+            "B's contiguous prefix passed the lost removal"
+        );
+        assert!(s[0].link.stable_frontier()[&RegionId(0)] < rem.hlc);
+        assert!(s[1].link.stable_frontier()[&RegionId(0)] < rem.hlc);
+        assert_eq!(s[0].link.collect_garbage(&mut s[0].ks), 0, "tombstone kept");
+        assert_eq!(s[0].ks.stats().tombstones, 1);
+        // Anti-entropy repairs B, a later round finds the slot equal: GC may go on.
+        for _ in 0..20 {
+            now += 200;
+            pump(now, &mut s, &all);
+            if s[0].link.local_gap_slots() == 0 {
+                break;
+            }
+        }
+        assert_eq!(s[0].link.local_gap_slots(), 0, "repaired");
+        assert!(!s[1].alive("s"), "B got the removal by anti-entropy");
+        for _ in 0..3 {
+            now += 200;
+            pump(now, &mut s, &all);
+        }
+        assert!(s[0].link.stable_frontier()[&RegionId(0)] >= rem.hlc);
+        let dropped =
+            s[0].link.collect_garbage(&mut s[0].ks) + s[1].link.collect_garbage(&mut s[1].ks);
+        assert!(dropped >= 1, "collected once safe");
+        s[0].link.request_anti_entropy(RegionId(1));
+        now += 200;
+        pump(now, &mut s, &all);
+        assert!(!s[0].alive("s") && !s[1].alive("s"), "nothing comes back");
+    }
+
+    /// An anti-entropy round that compares the slot while an older delta of the key is
+    /// still in flight does not count: B lacks both the add and the lost removal and looks
+    /// equal, then the add lands. Only a round started after B acknowledged it repairs.
+    #[test]
+    fn a_round_before_older_deltas_are_acknowledged_does_not_repair_a_loss() {
+        let mut s = pair();
+        let mut now = 10_000;
+        s[0].write(now, "s", |w| {
+            w.sadd(&Bytes::from_static(b"m"));
+        });
+        s[0].ship(now);
+        let add = pump(now, &mut s, &|f| !matches!(f, Frame::Batch(_)));
+        assert_eq!(add.len(), 1, "the add is on the wire");
+        now += 10;
+        s[0].write(now, "s", |w| {
+            w.srem(b"m");
+        });
+        s[0].lose();
+        // Rounds while the add is in flight (resends held back too) find the slot equal.
+        for _ in 0..5 {
+            now += 200;
+            let resent = pump(now, &mut s, &|f| !matches!(f, Frame::Batch(_)));
+            assert!(resent.iter().all(|(_, f)| matches!(f, Frame::Batch(_))));
+        }
+        assert!(s[0].link.anti_entropy_stats().rounds_completed >= 1);
+        assert_eq!(s[0].link.local_gap_slots(), 1, "those rounds do not count");
+        for (to, f) in add {
+            deliver(now, &mut s, to, f);
+        }
+        assert!(s[1].alive("s"), "the add landed after the comparison");
+        for _ in 0..20 {
+            now += 200;
+            pump(now, &mut s, &all);
+            if s[0].link.local_gap_slots() == 0 {
+                break;
+            }
+        }
+        assert_eq!(s[0].link.local_gap_slots(), 0);
+        assert!(
+            !s[1].alive("s"),
+            "repaired before the loss stopped holding GC back"
+        );
+    }
+
+    /// The gap report names the slots; a loss with no slot or without peers is no gap.
+    #[test]
+    fn a_loss_report_without_slots_holds_nothing() {
+        let mut s = pair();
+        s[0].link.note_local_loss(Hlc(5), std::iter::empty());
+        assert_eq!(s[0].link.local_gap_slots(), 0);
+        assert_eq!(s[0].link.stats().local_losses, 0);
+        let key = "k";
+        s[0].link
+            .note_local_loss(Hlc(5), [key_slot(key.as_bytes()), u16::MAX]);
+        assert_eq!(
+            s[0].link.local_gap_slots(),
+            1,
+            "out-of-range slots are ignored"
+        );
     }
 }
