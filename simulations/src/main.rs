@@ -5,71 +5,87 @@
 //! meridian-sim --seeds A..B        sweep; prints the replay command of every failure
 //! meridian-sim --self-check N      run seed N twice and compare trace hashes
 //! meridian-sim --bench-link        in-process link / wire-size / anti-entropy benchmark
-//! options: --bug (inject the dropped-counter-contribution bug), --gc-during-faults,
-//!          --writes-on-evicted, --no-evictions, --fault-ms MS
+//! options: --fault-ms MS, --max-heal-ms MS
+//!          --bug NAME   inject a deliberate bug (drop-counter, merge-replaces,
+//!                       evict-drops-floor, set-keeps-ttl, silent-local-loss,
+//!                       partial-rebuilds, drop-type-change, expiry-replicates)
+//!          --no-FAULT   turn a fault mode off, for debugging only (gc-during-faults,
+//!                       evictions, writes-on-evicted, expiry, empty-restarts,
+//!                       log-overflow, clock-jumps, type-conflicts, invalidations)
 //! ```
-//! Exit code 1 on any violation or determinism mismatch, 2 on bad usage.
+//! Every fault mode is on by default; no flag turns one on. Exit code 1 on any violation or
+//! determinism mismatch, 2 on bad usage.
 
-use meridian_crdt::RegionId;
+use meridian_simulations::sim::Faults;
 use meridian_simulations::{bench, run, Bug, SimConfig, SimReport};
 use std::process::ExitCode;
 use std::time::Instant;
 
+#[derive(Default)]
 struct Opts {
-    bug: bool,
-    gc_during_faults: bool,
-    writes_on_evicted: bool,
-    no_evictions: bool,
+    bug: Option<Bug>,
+    off: Vec<&'static str>,
     fault_ms: Option<u64>,
+    max_heal_ms: Option<u64>,
 }
 
 impl Opts {
     fn config(&self, seed: u64) -> SimConfig {
         let mut cfg = SimConfig::new(seed);
-        if self.bug {
-            cfg.bug = Some(Bug::DropCounterContributionsOf(RegionId(1)));
+        cfg.bug = self.bug;
+        for name in &self.off {
+            *cfg.faults.switch(name).expect("checked when parsed") = false;
         }
-        cfg.gc_during_faults = self.gc_during_faults;
-        cfg.writes_on_evicted = self.writes_on_evicted;
-        cfg.evictions = !self.no_evictions;
         if let Some(ms) = self.fault_ms {
             cfg.fault_ms = ms;
+        }
+        if let Some(ms) = self.max_heal_ms {
+            cfg.max_heal_ms = ms;
         }
         cfg
     }
 
     fn flags(&self) -> String {
         let mut s = String::new();
-        if self.bug {
-            s.push_str(" --bug");
+        if let Some(b) = self.bug {
+            s.push_str(&format!(" --bug {}", b.name()));
         }
-        if self.gc_during_faults {
-            s.push_str(" --gc-during-faults");
-        }
-        if self.writes_on_evicted {
-            s.push_str(" --writes-on-evicted");
-        }
-        if self.no_evictions {
-            s.push_str(" --no-evictions");
+        for name in &self.off {
+            s.push_str(&format!(" --no-{name}"));
         }
         if let Some(ms) = self.fault_ms {
             s.push_str(&format!(" --fault-ms {ms}"));
+        }
+        if let Some(ms) = self.max_heal_ms {
+            s.push_str(&format!(" --max-heal-ms {ms}"));
         }
         s
     }
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: meridian-sim (--seed N | --seeds A..B | --self-check N | --bench-link) [--bug] [--gc-during-faults] [--writes-on-evicted] [--no-evictions] [--fault-ms MS]");
+    eprintln!(
+        "usage: meridian-sim (--seed N | --seeds A..B | --self-check N | --bench-link) \
+         [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS]\n  \
+         faults (all on by default): {}\n  bugs: {}",
+        Faults::NAMES.join(", "),
+        Bug::NAMES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     ExitCode::from(2)
 }
 
 fn print_report(r: &SimReport) {
     println!(
-        "seed {} regions {} ops {} refused {} frames {} dropped {} delta_bytes {} anti_entropy_bytes {} crashes {} evictions {} partial_dropped {} logs_dropped {} gc_dropped {} converge_ms {} metadata {}",
+        "seed {} regions {} ops {} refused {} frames {} dropped {} delta_bytes {} anti_entropy_bytes {} crashes {} empty_restarts {} evictions {} expired {} clock_jumps {} stalls {} local_deltas_dropped {} partial_dropped {} logs_dropped {} clock_held {} gc_dropped {} atoms_lost {} converge_ms {} metadata {}",
         r.seed, r.regions, r.ops, r.ops_refused, r.frames, r.frames_dropped, r.delta_bytes,
-        r.anti_entropy_bytes, r.crashes, r.evictions, r.partial_deltas_dropped, r.logs_dropped,
-        r.gc_dropped, r.converge_ms, r.metadata_elements
+        r.anti_entropy_bytes, r.crashes, r.empty_restarts, r.evictions, r.expired,
+        r.clock_jumps, r.stalls, r.local_deltas_dropped, r.partial_deltas_dropped,
+        r.logs_dropped, r.deltas_clock_held, r.gc_dropped, r.atoms_lost, r.converge_ms,
+        r.metadata_elements
     );
     for v in &r.violations {
         println!("VIOLATION {v}");
@@ -78,27 +94,29 @@ fn print_report(r: &SimReport) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Opts {
-        bug: false,
-        gc_during_faults: false,
-        writes_on_evicted: false,
-        no_evictions: false,
-        fault_ms: None,
-    };
+    let mut opts = Opts::default();
     let mut mode: Option<(String, String)> = None;
     let mut i = 0;
     while i < args.len() {
-        match args[i].as_str() {
-            "--bug" => opts.bug = true,
-            "--gc-during-faults" => opts.gc_during_faults = true,
-            "--writes-on-evicted" => opts.writes_on_evicted = true,
-            "--no-evictions" => opts.no_evictions = true,
+        let arg = args[i].as_str();
+        match arg {
             "--bench-link" => mode = Some(("bench".into(), String::new())),
-            "--fault-ms" => {
+            "--bug" => {
                 i += 1;
-                match args.get(i).and_then(|s| s.parse().ok()) {
-                    Some(ms) => opts.fault_ms = Some(ms),
+                match args.get(i).and_then(|s| Bug::parse(s)) {
+                    Some(b) => opts.bug = Some(b),
                     None => return usage(),
+                }
+            }
+            "--fault-ms" | "--max-heal-ms" => {
+                i += 1;
+                let Some(ms) = args.get(i).and_then(|s| s.parse().ok()) else {
+                    return usage();
+                };
+                if arg == "--fault-ms" {
+                    opts.fault_ms = Some(ms);
+                } else {
+                    opts.max_heal_ms = Some(ms);
                 }
             }
             m @ ("--seed" | "--seeds" | "--self-check") => {
@@ -108,7 +126,18 @@ fn main() -> ExitCode {
                 };
                 mode = Some((m.to_string(), v.clone()));
             }
-            _ => return usage(),
+            _ => {
+                let name = arg.strip_prefix("--no-");
+                match name.and_then(|n| Faults::NAMES.iter().find(|f| **f == n)) {
+                    Some(f) => opts.off.push(f),
+                    None => {
+                        if Faults::NAMES.iter().any(|f| arg == format!("--{f}")) {
+                            eprintln!("{arg}: every fault mode is on by default");
+                        }
+                        return usage();
+                    }
+                }
+            }
         }
         i += 1;
     }
@@ -162,14 +191,20 @@ fn main() -> ExitCode {
             let start = Instant::now();
             let mut failures = 0;
             let mut combined = 0u64;
+            let mut by_kind: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
             for seed in a..b {
                 let r = run(opts.config(seed));
                 combined = meridian_crdt::digest::mix(combined, r.trace_hash);
                 if !r.violations.is_empty() {
                     failures += 1;
+                    let kinds = r.violation_kinds();
+                    for k in &kinds {
+                        by_kind.entry(k.clone()).or_insert((0, seed)).0 += 1;
+                    }
                     println!(
-                        "FAIL seed {seed}: {} violation(s), first: {}",
+                        "FAIL seed {seed}: {} violation(s) [{}], first: {}",
                         r.violations.len(),
+                        kinds.join(" "),
                         r.violations[0]
                     );
                     println!("  replay: meridian-sim --seed {seed}{}", opts.flags());
@@ -182,6 +217,12 @@ fn main() -> ExitCode {
             if !deterministic {
                 println!(
                     "DETERMINISM MISMATCH on seed {a}: replay: meridian-sim --self-check {a}{}",
+                    opts.flags()
+                );
+            }
+            for (kind, (n, seed)) in &by_kind {
+                println!(
+                    "  {kind}: {n} seed(s), e.g. meridian-sim --seed {seed}{}",
                     opts.flags()
                 );
             }

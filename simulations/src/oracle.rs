@@ -1,167 +1,913 @@
 //! The oracle: what every key must converge to, computed from the operations the workload
-//! applied and what each resetting operation observed at its region.
+//! applied, what each operation observed at its region, and which acknowledged writes no
+//! copy anywhere holds any more.
 //!
-//! Counters: the converged value is the register's base plus, per region, its total
-//! increments minus the part a reset (`SET`/`DEL`/`HDEL`) observed — the exact-sum rule.
-//! Registers: the max-stamp `SET` wins unless a `DEL` observed exactly that write (LWW).
-//! Sets: a member is present iff some add dot was not observed by a remove (add-wins).
-//! What a reset observed is read from the resetting region's keyspace just before it runs;
-//! everything else is the oracle's own bookkeeping.
+//! A key's history is a list of *atoms*, one per effect of an acknowledged write:
+//! - register writes and register tombstones (`SET`, a versioned fill, `HSET` of a field;
+//!   `DEL`/`HDEL` of what the region held), ordered by stamp, a tombstone winning a tie;
+//! - increments, each of one counter *incarnation* `(region, inc)` (read back from the
+//!   writing region's state right after the write), flagged once a reset observed them;
+//! - set adds (dots), flagged once a remove observed them;
+//! - TTL entries (`SET … EX`, `EXPIRE`, `PERSIST`), flagged once a write observed and
+//!   replaced them;
+//! - component creations (the type-conflict rule: the live component with the greatest
+//!   creating stamp is the visible one), and invalidation floors.
+//!
+//! What a removing write observes is read from its region's state just before it runs: it
+//! removes exactly the atoms that state contains (an increment `(region, inc, hlc)` is held
+//! by a contribution `(region, inc)` at or past `hlc`; a dot by its region's entry at or
+//! past it). A write on a key its region evicted therefore observes nothing of the old
+//! state, and the increments, members and TTLs it could not see survive.
+//!
+//! Converged value: the register is the greatest non-lost register atom; a string's value
+//! is that register's value plus every non-lost increment no reset observed (the exact-sum
+//! rule); a member is present iff one of its non-lost adds was not observed by a remove; a
+//! TTL entry is alive unless a write observed it or a later register write of the key
+//! superseded it (the documented TTL rule); a string filled at a version at or below the
+//! floor is hidden.
+//!
+//! Loss: when a copy of a key goes away (eviction, expiry reclaim, an empty restart, a
+//! dropped log or frame), the simulator hands [`KeyModel::forget_lost`] the join of every
+//! copy before and after. An atom held before and by no copy after is lost for good — the
+//! system cannot be expected to show it — and a removal whose record is lost stops
+//! counting (what it removed comes back wherever it survived). Garbage collection is never
+//! a loss: what it drops must be redundant, so the oracle keeps expecting the atoms.
 
 use bytes::Bytes;
-use meridian_crdt::{parse_i64, Entry, Hlc, RegionId, Stamp, Str, Val};
-use std::collections::BTreeMap;
+use meridian_crdt::{parse_i64, Comp, Dots, Entry, Hlc, Kind, RegionId, Stamp, Str, Val, PERSIST};
 
-#[derive(Clone, Debug, Default)]
-pub struct StrModel {
-    reg: Option<(Stamp, Bytes)>,
-    reg_killed: Stamp,
-    /// Per region: (stamp of its last increment, sum of all its increments).
-    contrib: BTreeMap<RegionId, (Hlc, i64)>,
-    /// Per region: the greatest (hlc, net) of its contribution a reset observed.
-    observed: BTreeMap<RegionId, (Hlc, i64)>,
-}
+/// Where a string atom lives: the key's string component (`None`) or a hash field.
+pub type Field = Option<Bytes>;
 
-impl StrModel {
-    pub fn set(&mut self, stamp: Stamp, value: Bytes, seen: Option<&Str>) {
-        self.observe_counters(seen);
-        if self.reg.as_ref().is_none_or(|(s, _)| stamp > *s) {
-            self.reg = Some((stamp, value));
-        }
-    }
-
-    pub fn incr(&mut self, stamp: Stamp, by: i64) {
-        let c = self.contrib.entry(stamp.region).or_insert((Hlc::ZERO, 0));
-        c.0 = c.0.max(stamp.hlc);
-        c.1 += by;
-    }
-
-    /// A `DEL`/`HDEL` at a region whose state was `seen`.
-    pub fn remove(&mut self, seen: Option<&Str>) {
-        if let Some(s) = seen {
-            self.reg_killed = self.reg_killed.max(s.reg.stamp);
-        }
-        self.observe_counters(seen);
-    }
-
-    fn observe_counters(&mut self, seen: Option<&Str>) {
-        for c in seen.map_or(&[][..], |s| &s.ctr[..]) {
-            let o = self.observed.entry(c.region).or_insert((Hlc::ZERO, 0));
-            *o = (*o).max((c.hlc, c.net));
-        }
-    }
-
-    /// Expected visible value (integers in decimal).
-    pub fn expected(&self) -> Option<Bytes> {
-        let reg = self
-            .reg
-            .as_ref()
-            .filter(|(s, _)| *s > self.reg_killed)
-            .map(|(_, v)| v.clone());
-        let obs = |r: &RegionId| self.observed.get(r).copied().unwrap_or((Hlc::ZERO, 0));
-        let live = self.contrib.iter().any(|(r, c)| c.0 > obs(r).0);
-        if !live {
-            return reg;
-        }
-        let base = match &reg {
-            None => 0i128,
-            Some(b) => match parse_i64(b) {
-                Some(n) => i128::from(n),
-                None => return reg,
-            },
-        };
-        let sum: i128 = self
-            .contrib
-            .iter()
-            .map(|(r, c)| i128::from(c.1) - i128::from(obs(r).1))
-            .sum();
-        let v = (base + sum).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
-        Some(Bytes::from(v.to_string()))
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct SetModel {
-    adds: BTreeMap<Bytes, BTreeMap<RegionId, Hlc>>,
-    killed: BTreeMap<Bytes, BTreeMap<RegionId, Hlc>>,
-}
-
-impl SetModel {
-    pub fn add(&mut self, stamp: Stamp, member: &Bytes) {
-        let h = self.adds.entry(member.clone()).or_default();
-        let e = h.entry(stamp.region).or_insert(Hlc::ZERO);
-        *e = (*e).max(stamp.hlc);
-    }
-
-    /// A remove of `member` observed these dots (a dot kills every earlier dot of its region).
-    pub fn remove_observed(&mut self, member: &Bytes, dots: impl Iterator<Item = (RegionId, Hlc)>) {
-        let k = self.killed.entry(member.clone()).or_default();
-        for (r, h) in dots {
-            let e = k.entry(r).or_insert(Hlc::ZERO);
-            *e = (*e).max(h);
-        }
-    }
-
-    pub fn expected(&self) -> Vec<Bytes> {
-        self.adds
-            .iter()
-            .filter(|(m, adds)| {
-                adds.iter().any(|(r, h)| {
-                    *h > self
-                        .killed
-                        .get(*m)
-                        .and_then(|k| k.get(r))
-                        .copied()
-                        .unwrap_or(Hlc::ZERO)
-                })
-            })
-            .map(|(m, _)| m.clone())
-            .collect()
-    }
-}
-
-/// A cache-aside key fed by versioned fills (`SET … VERSION v`) and invalidations from the
-/// source of truth. The register rule is LWW with observed removal, as for strings; on top,
-/// the winning fill is hidden when its version is at or below the greatest invalidation
-/// version applied anywhere: no value older than an applied invalidation reappears.
-#[derive(Clone, Debug, Default)]
-pub struct FillModel {
-    /// Accepted fills by stamp: (source version, value).
-    fills: BTreeMap<Stamp, (u64, Bytes)>,
-    /// Greatest register stamp an invalidation observed and removed.
-    killed: Stamp,
-    /// Greatest invalidation version applied in any region.
-    pub floor: u64,
-}
-
-impl FillModel {
-    pub fn fill(&mut self, stamp: Stamp, version: u64, value: Bytes) {
-        self.fills.insert(stamp, (version, value));
-    }
-
-    /// An invalidation at a region whose raw register was `seen` (hidden fills included);
-    /// `removes` says whether it removed what it saw (it keeps a newer visible fill).
-    pub fn invalidate(&mut self, version: Option<u64>, seen: Option<&Str>, removes: bool) {
-        if let Some(v) = version {
-            self.floor = self.floor.max(v);
-        }
-        if let Some(s) = seen.filter(|s| removes && s.reg.value.is_some()) {
-            self.killed = self.killed.max(s.reg.stamp);
-        }
-    }
-
-    pub fn expected(&self) -> Option<Bytes> {
-        let (stamp, (version, value)) = self.fills.last_key_value()?;
-        (*stamp > self.killed && *version > self.floor).then(|| value.clone())
-    }
+#[derive(Clone, Debug)]
+struct RegAtom {
+    field: Field,
+    stamp: Stamp,
+    /// `None`: a tombstone (an observed `DEL`/`HDEL` of the register written at `stamp`).
+    value: Option<Bytes>,
+    version: u64,
+    lost: bool,
+    live_at: u16,
 }
 
 #[derive(Clone, Debug)]
-pub enum KeyModel {
-    Str(StrModel),
-    Set(SetModel),
-    Hash(BTreeMap<Bytes, StrModel>),
-    Fill(FillModel),
+struct IncAtom {
+    field: Field,
+    stamp: Stamp,
+    /// The incarnation the increment went into (the contribution's id is `(region, inc)`).
+    inc: Hlc,
+    by: i64,
+    observed: bool,
+    lost: bool,
+    live_at: u16,
+}
+
+#[derive(Clone, Debug)]
+struct AddAtom {
+    member: Bytes,
+    stamp: Stamp,
+    killed: bool,
+    lost: bool,
+    live_at: u16,
+}
+
+#[derive(Clone, Debug)]
+struct TtlAtom {
+    stamp: Stamp,
+    payload: u64,
+    killed: bool,
+    lost: bool,
+}
+
+#[derive(Clone, Debug)]
+struct CreatedAtom {
+    kind: Kind,
+    stamp: Stamp,
+    lost: bool,
+}
+
+#[derive(Clone, Debug)]
+struct FloorAtom {
+    version: u64,
+    lost: bool,
+}
+
+/// What one region's state for a key looked like to an operation.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    e: Option<&'a Entry>,
+    /// Everything in `e` is dead to the operation (the key expired here: the write first
+    /// removes what it observed, as a `DEL` would).
+    dead: bool,
+}
+
+impl<'a> View<'a> {
+    pub fn new(e: Option<&'a Entry>) -> View<'a> {
+        View { e, dead: false }
+    }
+
+    /// The view after an implicit `DEL` of everything in it.
+    pub fn deleted(self) -> View<'a> {
+        View {
+            e: self.e,
+            dead: true,
+        }
+    }
+
+    fn key_alive(&self) -> bool {
+        !self.dead && self.e.is_some_and(Entry::is_alive)
+    }
+
+    fn comp_alive(&self, c: &Comp) -> bool {
+        !self.dead && c.val.is_alive()
+    }
+
+    pub fn floor(&self) -> u64 {
+        self.e.map_or(0, Entry::floor)
+    }
+}
+
+fn comp_of(e: &Entry, kind: Kind) -> Option<&Comp> {
+    e.components().iter().find(|c| c.val.kind() == kind)
+}
+
+/// The string atoms of `field` live in this `Str` of `e`.
+pub fn str_at<'a>(e: &'a Entry, field: &Field) -> Option<&'a Str> {
+    match field {
+        None => comp_of(e, Kind::Str).and_then(|c| match &c.val {
+            Val::Str(s) => Some(s),
+            _ => None,
+        }),
+        Some(f) => comp_of(e, Kind::Hash).and_then(|c| match &c.val {
+            Val::Hash(h) => h.raw_get(f),
+            _ => None,
+        }),
+    }
+}
+
+fn member_dots<'a>(e: &'a Entry, member: &[u8]) -> Option<&'a Dots<()>> {
+    comp_of(e, Kind::Set).and_then(|c| match &c.val {
+        Val::Set(s) => s.raw().find(|(m, _)| *m == member).map(|(_, d)| d),
+        _ => None,
+    })
+}
+
+/// The dot entry of `region` in `dots`, as `(hlc, alive)`.
+fn dot_of<P: Clone + Ord>(dots: &Dots<P>, region: RegionId) -> Option<(Hlc, bool)> {
+    dots.entries()
+        .iter()
+        .find(|d| d.region == region)
+        .map(|d| (d.hlc, d.alive))
+}
+
+impl RegAtom {
+    fn contained(&self, e: Option<&Entry>) -> bool {
+        let Some(s) = e.and_then(|e| str_at(e, &self.field)) else {
+            return false;
+        };
+        match self.value {
+            // A write is held, or superseded by a later register held.
+            Some(_) => s.reg.stamp >= self.stamp,
+            None => {
+                s.reg.stamp > self.stamp || (s.reg.stamp == self.stamp && s.reg.value.is_none())
+            }
+        }
+    }
+
+    /// The register this write set is what the state holds, alive.
+    fn live(&self, e: Option<&Entry>) -> bool {
+        self.value.is_some()
+            && e.and_then(|e| str_at(e, &self.field))
+                .is_some_and(|s| s.reg.stamp == self.stamp && s.reg.value.is_some())
+    }
+}
+
+impl IncAtom {
+    fn contrib<'a>(&self, e: Option<&'a Entry>) -> Option<&'a meridian_crdt::Contrib> {
+        e.and_then(|e| str_at(e, &self.field)).and_then(|s| {
+            s.ctr
+                .iter()
+                .find(|c| c.region == self.stamp.region && c.inc == self.inc)
+        })
+    }
+
+    fn contained(&self, e: Option<&Entry>) -> bool {
+        self.contrib(e).is_some_and(|c| c.hlc >= self.stamp.hlc)
+    }
+
+    fn observed_in(&self, e: Option<&Entry>) -> bool {
+        self.contrib(e).is_some_and(|c| c.obs_hlc >= self.stamp.hlc)
+    }
+
+    fn live(&self, e: Option<&Entry>) -> bool {
+        self.contrib(e)
+            .is_some_and(|c| c.hlc >= self.stamp.hlc && c.obs_hlc < self.stamp.hlc)
+    }
+}
+
+impl AddAtom {
+    fn dot(&self, e: Option<&Entry>) -> Option<(Hlc, bool)> {
+        e.and_then(|e| member_dots(e, &self.member))
+            .and_then(|d| dot_of(d, self.stamp.region))
+    }
+
+    fn contained(&self, e: Option<&Entry>) -> bool {
+        self.dot(e).is_some_and(|(h, _)| h >= self.stamp.hlc)
+    }
+
+    fn killed_in(&self, e: Option<&Entry>) -> bool {
+        self.dot(e)
+            .is_some_and(|(h, alive)| h > self.stamp.hlc || (h == self.stamp.hlc && !alive))
+    }
+
+    fn live(&self, e: Option<&Entry>) -> bool {
+        self.dot(e)
+            .is_some_and(|(h, alive)| h == self.stamp.hlc && alive)
+    }
+}
+
+impl TtlAtom {
+    fn dot(&self, e: Option<&Entry>) -> Option<(Hlc, bool)> {
+        e.and_then(|e| dot_of(e.expiry(), self.stamp.region))
+    }
+
+    fn contained(&self, e: Option<&Entry>) -> bool {
+        self.dot(e).is_some_and(|(h, _)| h >= self.stamp.hlc)
+    }
+
+    fn killed_in(&self, e: Option<&Entry>) -> bool {
+        self.dot(e)
+            .is_some_and(|(h, alive)| h > self.stamp.hlc || (h == self.stamp.hlc && !alive))
+    }
+}
+
+impl CreatedAtom {
+    fn contained(&self, e: Option<&Entry>) -> bool {
+        e.and_then(|e| comp_of(e, self.kind))
+            .is_some_and(|c| c.created >= self.stamp)
+    }
+}
+
+/// Whether `small`'s information is all in `big` (joining it in changes nothing).
+pub fn entry_contains(big: Option<&Entry>, small: &Entry) -> bool {
+    match big {
+        None => small.components().is_empty() && small.expiry().is_empty() && small.floor() == 0,
+        Some(b) => {
+            let mut j = b.clone();
+            !j.merge(small)
+        }
+    }
+}
+
+/// One key's history (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct KeyModel {
+    regs: Vec<RegAtom>,
+    incs: Vec<IncAtom>,
+    adds: Vec<AddAtom>,
+    ttls: Vec<TtlAtom>,
+    created: Vec<CreatedAtom>,
+    floors: Vec<FloorAtom>,
+}
+
+/// A violation of a per-region rule found by [`KeyModel::check_region`].
+pub struct LocalViolation(pub String);
+
+impl KeyModel {
+    // ---- what removing writes observe ----
+
+    /// `Str::remove` of the string at `field` (alive in the view): a tombstone for the
+    /// register it held and an observation of every increment it held.
+    fn kill_str(&mut self, v: &View, field: &Field) {
+        let Some(s) = v.e.and_then(|e| str_at(e, field)) else {
+            return;
+        };
+        if s.reg.value.is_some() {
+            self.regs.push(RegAtom {
+                field: field.clone(),
+                stamp: s.reg.stamp,
+                value: None,
+                version: 0,
+                lost: false,
+                live_at: 0,
+            });
+        }
+        self.reset_counters(v, field);
+    }
+
+    /// A reset (`SET`, `DEL`): every increment the state at `field` held is observed.
+    fn reset_counters(&mut self, v: &View, field: &Field) {
+        for a in self.incs.iter_mut().filter(|a| a.field == *field) {
+            if a.contained(v.e) {
+                a.observed = true;
+            }
+        }
+    }
+
+    fn kill_member(&mut self, v: &View, member: &[u8]) {
+        for a in self.adds.iter_mut().filter(|a| a.member == member) {
+            if a.contained(v.e) {
+                a.killed = true;
+            }
+        }
+    }
+
+    fn kill_ttl(&mut self, v: &View) {
+        for a in self.ttls.iter_mut() {
+            if a.contained(v.e) {
+                a.killed = true;
+            }
+        }
+    }
+
+    /// Observed remove of one live component (`Val::kill_all`).
+    fn kill_comp(&mut self, v: &View, c: &Comp) {
+        match &c.val {
+            Val::Str(_) => self.kill_str(v, &None),
+            Val::Set(s) => {
+                let members: Vec<Bytes> = s
+                    .raw()
+                    .filter(|(_, d)| d.is_alive())
+                    .map(|(m, _)| Bytes::copy_from_slice(m))
+                    .collect();
+                for m in members {
+                    self.kill_member(v, &m);
+                }
+            }
+            Val::Hash(h) => {
+                let fields: Vec<Bytes> = h
+                    .raw()
+                    .filter(|(_, s)| s.is_alive())
+                    .map(|(f, _)| Bytes::copy_from_slice(f))
+                    .collect();
+                for f in fields {
+                    self.kill_str(v, &Some(f));
+                }
+            }
+        }
+    }
+
+    /// `EntryWriter::kill_everything`: every live component and the TTL.
+    fn kill_everything(&mut self, v: &View) {
+        let Some(e) = v.e else { return };
+        if !e.components().iter().any(|c| v.comp_alive(c)) {
+            return;
+        }
+        for c in e.components() {
+            if v.comp_alive(c) {
+                self.kill_comp(v, c);
+            }
+        }
+        self.kill_ttl(v);
+    }
+
+    /// `EntryWriter::comp`: a write of `kind` removes the other live components (and a
+    /// stale fill) it observes, kills leftover TTLs when it creates the key, and (re)creates
+    /// its component when that is not alive.
+    fn comp(&mut self, v: &View, kind: Kind, stamp: Stamp) {
+        if !v.key_alive() {
+            self.kill_ttl(v);
+        }
+        let floor = v.floor();
+        let mut same_killed = false;
+        if let Some(e) = v.e {
+            for c in e.components() {
+                let stale =
+                    matches!(&c.val, Val::Str(s) if s.reg.version != 0 && s.reg.version <= floor);
+                if (c.val.kind() != kind || stale) && v.comp_alive(c) {
+                    self.kill_comp(v, c);
+                    same_killed |= c.val.kind() == kind;
+                }
+            }
+        }
+        let existing = v.e.and_then(|e| comp_of(e, kind));
+        let alive = existing.is_some_and(|c| v.comp_alive(c)) && !same_killed;
+        if existing.is_none_or(|c| !alive && c.created < stamp) {
+            self.created.push(CreatedAtom {
+                kind,
+                stamp,
+                lost: false,
+            });
+        }
+    }
+
+    // ---- operations (each called with the region's view just before it ran) ----
+
+    /// `DEL` (also the implicit removal a write on an expired key starts with).
+    pub fn delete(&mut self, v: &View) {
+        if v.key_alive() {
+            self.kill_everything(v);
+        }
+    }
+
+    /// `SET value [EX]` or a versioned fill (`version > 0`); `deadline`: the `EX` part.
+    pub fn set_str(
+        &mut self,
+        v: &View,
+        stamp: Stamp,
+        value: Bytes,
+        version: u64,
+        deadline: Option<u64>,
+    ) {
+        self.comp(v, Kind::Str, stamp);
+        self.reset_counters(v, &None);
+        self.regs.push(RegAtom {
+            field: None,
+            stamp,
+            value: Some(value),
+            version,
+            lost: false,
+            live_at: 0,
+        });
+        self.kill_ttl(v);
+        if let Some(d) = deadline {
+            self.set_deadline(v, stamp, Some(d));
+        }
+    }
+
+    /// `INCRBY`/`HINCRBY` that passed the type check: its component write happened; `inc`
+    /// is the incarnation it went into (`None`: refused, e.g. not an integer).
+    pub fn incr(&mut self, v: &View, stamp: Stamp, field: Field, by: i64, inc: Option<Hlc>) {
+        let kind = if field.is_some() {
+            Kind::Hash
+        } else {
+            Kind::Str
+        };
+        self.comp(v, kind, stamp);
+        if let Some(inc) = inc {
+            self.incs.push(IncAtom {
+                field,
+                stamp,
+                inc,
+                by,
+                observed: false,
+                lost: false,
+                live_at: 0,
+            });
+        }
+    }
+
+    /// `HSET` of one field.
+    pub fn hset(&mut self, v: &View, stamp: Stamp, field: Bytes, value: Bytes) {
+        self.comp(v, Kind::Hash, stamp);
+        let field = Some(field);
+        self.reset_counters(v, &field);
+        self.regs.push(RegAtom {
+            field,
+            stamp,
+            value: Some(value),
+            version: 0,
+            lost: false,
+            live_at: 0,
+        });
+    }
+
+    /// `HDEL` of a field the view holds alive.
+    pub fn hdel(&mut self, v: &View, field: Bytes) {
+        let field = Some(field);
+        if v.e
+            .and_then(|e| str_at(e, &field))
+            .is_some_and(|s| !v.dead && s.is_alive())
+        {
+            self.kill_str(v, &field);
+        }
+    }
+
+    pub fn sadd(&mut self, v: &View, stamp: Stamp, member: Bytes) {
+        self.comp(v, Kind::Set, stamp);
+        self.adds.push(AddAtom {
+            member,
+            stamp,
+            killed: false,
+            lost: false,
+            live_at: 0,
+        });
+    }
+
+    /// `SREM` of a member the view holds alive.
+    pub fn srem(&mut self, v: &View, member: &[u8]) {
+        if !v.dead
+            && v.e
+                .and_then(|e| member_dots(e, member))
+                .is_some_and(Dots::is_alive)
+        {
+            self.kill_member(v, member);
+        }
+    }
+
+    /// `EXPIRE` (`Some`) / `PERSIST` (`None`): replaces the TTLs the view holds.
+    pub fn set_deadline(&mut self, v: &View, stamp: Stamp, deadline: Option<u64>) {
+        self.kill_ttl(v);
+        self.ttls.push(TtlAtom {
+            stamp,
+            payload: deadline.unwrap_or(PERSIST),
+            killed: false,
+            lost: false,
+        });
+    }
+
+    /// An invalidation: raises the floor, and removes what the view holds unless its visible
+    /// value is a fill newer than `version`.
+    pub fn invalidate(&mut self, v: &View, version: Option<u64>) {
+        if let Some(ver) = version {
+            if ver > v.floor() {
+                self.floors.push(FloorAtom {
+                    version: ver,
+                    lost: false,
+                });
+            }
+        }
+        let newer = version.is_some_and(|ver| {
+            !v.dead
+                && matches!(v.e.and_then(Entry::visible),
+                    Some(Val::Str(s)) if s.reg.value.is_some() && s.reg.version > ver)
+        });
+        if !newer {
+            self.kill_everything(v);
+        }
+    }
+
+    // ---- loss ----
+
+    /// Some copy of the key went away: `before` is the join of every copy that existed
+    /// (the lost one included), `after` of every copy left. See the module doc.
+    pub fn forget_lost(&mut self, before: Option<&Entry>, after: Option<&Entry>) -> usize {
+        let mut lost = 0;
+        let mut gone = |held: bool, now: bool, flag: &mut bool| {
+            if !*flag && held && !now {
+                *flag = true;
+                lost += 1;
+            }
+        };
+        for a in self.regs.iter_mut() {
+            gone(a.contained(before), a.contained(after), &mut a.lost);
+        }
+        for a in self.incs.iter_mut() {
+            gone(a.contained(before), a.contained(after), &mut a.lost);
+            if a.observed && a.observed_in(before) && !a.observed_in(after) {
+                a.observed = false;
+            }
+        }
+        for a in self.adds.iter_mut() {
+            gone(a.contained(before), a.contained(after), &mut a.lost);
+            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+                a.killed = false;
+            }
+        }
+        for a in self.ttls.iter_mut() {
+            gone(a.contained(before), a.contained(after), &mut a.lost);
+            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+                a.killed = false;
+            }
+        }
+        for a in self.created.iter_mut() {
+            gone(a.contained(before), a.contained(after), &mut a.lost);
+        }
+        let floor = |e: Option<&Entry>| e.map_or(0, Entry::floor);
+        for a in self.floors.iter_mut() {
+            gone(
+                floor(before) >= a.version,
+                floor(after) >= a.version,
+                &mut a.lost,
+            );
+        }
+        lost
+    }
+
+    // ---- per-region checks during the fault phase ----
+
+    /// Local rules for one region's state `e` of this key (bit `bit` of the atoms'
+    /// `live_at`): an atom that was live in the region's state stays live there until a
+    /// removal the oracle recorded (or a later write) replaces it, unless the region lost
+    /// its copy of the key since the last check (`lost_copy`).
+    pub fn check_region(
+        &mut self,
+        bit: u16,
+        e: Option<&Entry>,
+        lost_copy: bool,
+    ) -> Option<LocalViolation> {
+        let mut bad = None;
+        let mask = 1u16 << bit;
+        // (field, stamp, tombstone) of every register atom recorded.
+        let regs: Vec<(Field, Stamp, bool)> = self
+            .regs
+            .iter()
+            .map(|t| (t.field.clone(), t.stamp, t.value.is_none()))
+            .collect();
+        for a in self.regs.iter_mut() {
+            let now = a.live(e);
+            if a.live_at & mask != 0 && !now && !lost_copy && !a.lost {
+                let s = e.and_then(|e| str_at(e, &a.field));
+                let tomb = regs
+                    .iter()
+                    .any(|(f, st, t)| *f == a.field && *st == a.stamp && *t);
+                let later = regs.iter().any(|(f, st, _)| *f == a.field && *st > a.stamp);
+                // Replaced by a later write, or removed by a recorded DEL/HDEL (the tombstone
+                // may be collected since, and the key written again).
+                let ok = s.is_some_and(|s| s.reg.stamp > a.stamp) || tomb || later;
+                if !ok {
+                    bad.get_or_insert(LocalViolation(format!(
+                        "register {:?} written at {} (field {:?}) is gone without a recorded \
+                         removal (state: {})",
+                        a.value,
+                        fmt_stamp(a.stamp),
+                        a.field,
+                        fmt_entry(e)
+                    )));
+                }
+            }
+            a.live_at = (a.live_at & !mask) | if now { mask } else { 0 };
+        }
+        for a in self.incs.iter_mut() {
+            let now = a.live(e);
+            if a.live_at & mask != 0 && !now && !lost_copy && !a.lost {
+                // Observed by a recorded reset (its record may be collected since).
+                if !a.observed {
+                    bad.get_or_insert(LocalViolation(format!(
+                        "increment {} at {} (incarnation {}, field {:?}) is no longer counted \
+                         (state: {})",
+                        a.by,
+                        fmt_stamp(a.stamp),
+                        fmt_hlc(a.inc),
+                        a.field,
+                        fmt_entry(e)
+                    )));
+                }
+            }
+            a.live_at = (a.live_at & !mask) | if now { mask } else { 0 };
+        }
+        for a in self.adds.iter_mut() {
+            let now = a.live(e);
+            if a.live_at & mask != 0 && !now && !lost_copy && !a.lost {
+                // Removed by a recorded remove (its tombstone may be collected since), or
+                // replaced by a later add of the same region, alive.
+                let moved_on = a.dot(e).is_some_and(|(h, alive)| h > a.stamp.hlc && alive);
+                if !a.killed && !moved_on {
+                    bad.get_or_insert(LocalViolation(format!(
+                        "member {:?} added at {} is gone without a recorded remove (state: {})",
+                        a.member,
+                        fmt_stamp(a.stamp),
+                        fmt_entry(e)
+                    )));
+                }
+            }
+            a.live_at = (a.live_at & !mask) | if now { mask } else { 0 };
+        }
+        bad
+    }
+
+    /// Where the atom lists end (before an operation adds its atoms).
+    pub fn marks(&self) -> [usize; 3] {
+        [self.regs.len(), self.incs.len(), self.adds.len()]
+    }
+
+    /// Right after a write at a region: the atoms it added (those past `marks`; register
+    /// tombstones aside) are live in the region's state.
+    pub fn check_own_write(&mut self, bit: u16, e: Option<&Entry>, marks: [usize; 3]) -> bool {
+        let mask = 1u16 << bit;
+        let mut ok = true;
+        for a in self.regs[marks[0]..].iter_mut() {
+            if a.value.is_some() {
+                ok &= a.live(e);
+            }
+            if a.live(e) {
+                a.live_at |= mask;
+            }
+        }
+        for a in self.incs[marks[1]..].iter_mut() {
+            ok &= a.live(e);
+            if a.live(e) {
+                a.live_at |= mask;
+            }
+        }
+        for a in self.adds[marks[2]..].iter_mut() {
+            ok &= a.live(e);
+            if a.live(e) {
+                a.live_at |= mask;
+            }
+        }
+        ok
+    }
+
+    /// Forget the region's liveness bits (its copy was replaced wholesale).
+    pub fn clear_region(&mut self, bit: u16) {
+        let mask = !(1u16 << bit);
+        self.regs.iter_mut().for_each(|a| a.live_at &= mask);
+        self.incs.iter_mut().for_each(|a| a.live_at &= mask);
+        self.adds.iter_mut().for_each(|a| a.live_at &= mask);
+    }
+
+    /// A compact listing of the atoms (debugging).
+    pub fn describe(&self) -> String {
+        let flag = |lost: bool, dead: bool| match (lost, dead) {
+            (true, _) => " LOST",
+            (false, true) => " dead",
+            _ => "",
+        };
+        let mut out = String::new();
+        for a in &self.regs {
+            out.push_str(&format!(
+                "\n  reg {:?} {} {:?} v{}{}",
+                a.field,
+                fmt_stamp(a.stamp),
+                a.value,
+                a.version,
+                flag(a.lost, false)
+            ));
+        }
+        for a in &self.incs {
+            out.push_str(&format!(
+                "\n  inc {:?} {} inc {} by {}{} live_at {:b}",
+                a.field,
+                fmt_stamp(a.stamp),
+                fmt_hlc(a.inc),
+                a.by,
+                flag(a.lost, a.observed),
+                a.live_at
+            ));
+        }
+        for a in &self.adds {
+            out.push_str(&format!(
+                "\n  add {:?} {}{} live_at {:b}",
+                a.member,
+                fmt_stamp(a.stamp),
+                flag(a.lost, a.killed),
+                a.live_at
+            ));
+        }
+        for a in &self.ttls {
+            out.push_str(&format!(
+                "\n  ttl {} {}{}",
+                fmt_stamp(a.stamp),
+                a.payload as i64 - 1_700_000_000_000,
+                flag(a.lost, a.killed)
+            ));
+        }
+        for a in &self.created {
+            out.push_str(&format!(
+                "\n  created {:?} {}{}",
+                a.kind,
+                fmt_stamp(a.stamp),
+                flag(a.lost, false)
+            ));
+        }
+        for a in &self.floors {
+            out.push_str(&format!("\n  floor {}{}", a.version, flag(a.lost, false)));
+        }
+        out
+    }
+
+    /// Atoms the model holds (for reports).
+    pub fn atoms(&self) -> usize {
+        self.regs.len()
+            + self.incs.len()
+            + self.adds.len()
+            + self.ttls.len()
+            + self.created.len()
+            + self.floors.len()
+    }
+
+    /// Acknowledged atoms lost everywhere.
+    pub fn lost_atoms(&self) -> usize {
+        self.regs.iter().filter(|a| a.lost).count()
+            + self.incs.iter().filter(|a| a.lost).count()
+            + self.adds.iter().filter(|a| a.lost).count()
+            + self.ttls.iter().filter(|a| a.lost).count()
+    }
+
+    // ---- the converged value ----
+
+    fn floor(&self) -> u64 {
+        self.floors
+            .iter()
+            .filter(|a| !a.lost)
+            .map(|a| a.version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The register of `field`: the greatest non-lost atom, a tombstone winning a tie.
+    fn register(&self, field: &Field) -> Option<&RegAtom> {
+        self.regs
+            .iter()
+            .filter(|a| !a.lost && a.field == *field)
+            .max_by_key(|a| (a.stamp, a.value.is_none()))
+    }
+
+    /// The string at `field`: `(visible value, alive, register version)`.
+    fn str_value(&self, field: &Field) -> (Option<Bytes>, bool, u64) {
+        let reg = self.register(field);
+        let reg_value = reg.and_then(|r| r.value.clone());
+        let version = reg.filter(|r| r.value.is_some()).map_or(0, |r| r.version);
+        let live: Vec<&IncAtom> = self
+            .incs
+            .iter()
+            .filter(|a| !a.lost && !a.observed && a.field == *field)
+            .collect();
+        if live.is_empty() {
+            let alive = reg_value.is_some();
+            return (reg_value, alive, version);
+        }
+        let base = match &reg_value {
+            None => 0i128,
+            Some(b) => match parse_i64(b) {
+                Some(n) => i128::from(n),
+                None => return (reg_value, true, version),
+            },
+        };
+        let sum: i128 = live.iter().map(|a| i128::from(a.by)).sum();
+        let v = (base + sum).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+        (Some(Bytes::from(v.to_string())), true, version)
+    }
+
+    fn members(&self) -> Vec<Bytes> {
+        let mut m: Vec<Bytes> = self
+            .adds
+            .iter()
+            .filter(|a| !a.lost && !a.killed)
+            .map(|a| a.member.clone())
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    }
+
+    fn fields(&self) -> Vec<(Bytes, Bytes)> {
+        let mut names: Vec<Bytes> = self
+            .regs
+            .iter()
+            .filter_map(|a| a.field.clone())
+            .chain(self.incs.iter().filter_map(|a| a.field.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|f| {
+                let (v, _, _) = self.str_value(&Some(f.clone()));
+                v.map(|v| (f, v))
+            })
+            .collect()
+    }
+
+    fn created_of(&self, kind: Kind) -> Stamp {
+        self.created
+            .iter()
+            .filter(|a| !a.lost && a.kind == kind)
+            .map(|a| a.stamp)
+            .max()
+            .unwrap_or(Stamp::ZERO)
+    }
+
+    /// The deadline the key must converge to (`None`: no TTL).
+    pub fn deadline(&self) -> Option<u64> {
+        // The documented rule: every TTL entry older than the key's latest register write
+        // is dead.
+        let base = self
+            .regs
+            .iter()
+            .filter(|a| !a.lost && a.field.is_none())
+            .map(|a| a.stamp)
+            .max()
+            .unwrap_or(Stamp::ZERO);
+        let alive: Vec<u64> = self
+            .ttls
+            .iter()
+            .filter(|a| !a.lost && !a.killed && a.stamp >= base)
+            .map(|a| a.payload)
+            .collect();
+        if alive.is_empty() || alive.contains(&PERSIST) {
+            return None;
+        }
+        alive.into_iter().max()
+    }
+
+    /// What a client must read from a converged region whose clock reads `now_ms`.
+    pub fn expected(&self, now_ms: u64) -> Rendered {
+        if self.deadline().is_some_and(|d| d <= now_ms) {
+            return Rendered::Absent;
+        }
+        let floor = self.floor();
+        let mut shown: Vec<(Stamp, Rendered)> = Vec::new();
+        let (s, _, version) = self.str_value(&None);
+        if let Some(s) = s {
+            if version == 0 || version > floor {
+                shown.push((self.created_of(Kind::Str), Rendered::Str(s)));
+            }
+        }
+        let m = self.members();
+        if !m.is_empty() {
+            shown.push((self.created_of(Kind::Set), Rendered::Set(m)));
+        }
+        let f = self.fields();
+        if !f.is_empty() {
+            shown.push((self.created_of(Kind::Hash), Rendered::Hash(f)));
+        }
+        shown
+            .into_iter()
+            .max_by_key(|(c, _)| *c)
+            .map_or(Rendered::Absent, |(_, r)| r)
+    }
 }
 
 /// A key's observable value, rendered for comparison.
@@ -173,38 +919,9 @@ pub enum Rendered {
     Hash(Vec<(Bytes, Bytes)>),
 }
 
-impl KeyModel {
-    pub fn expected(&self) -> Rendered {
-        match self {
-            KeyModel::Str(s) => s.expected().map_or(Rendered::Absent, Rendered::Str),
-            KeyModel::Fill(f) => f.expected().map_or(Rendered::Absent, Rendered::Str),
-            KeyModel::Set(s) => {
-                let m = s.expected();
-                if m.is_empty() {
-                    Rendered::Absent
-                } else {
-                    Rendered::Set(m)
-                }
-            }
-            KeyModel::Hash(fields) => {
-                let f: Vec<_> = fields
-                    .iter()
-                    .filter_map(|(f, m)| m.expected().map(|v| (f.clone(), v)))
-                    .collect();
-                if f.is_empty() {
-                    Rendered::Absent
-                } else {
-                    Rendered::Hash(f)
-                }
-            }
-        }
-    }
-}
-
-/// Render a keyspace entry the way a client would see it (TTL ignored: it is compared
-/// separately, because regions with skewed clocks expire at different instants).
-pub fn render(e: Option<&Entry>) -> Rendered {
-    let Some(e) = e.filter(|e| e.is_alive()) else {
+/// Render a keyspace entry the way a client at a region whose clock reads `now_ms` sees it.
+pub fn render(e: Option<&Entry>, now_ms: u64) -> Rendered {
+    let Some(e) = e.filter(|e| e.is_alive() && !e.is_expired(now_ms)) else {
         return Rendered::Absent;
     };
     match e.visible() {
@@ -224,4 +941,114 @@ pub fn render(e: Option<&Entry>) -> Rendered {
             Rendered::Hash(f)
         }
     }
+}
+
+/// The incarnation an increment at `stamp` went into, read from its region's state right
+/// after the write (the contribution of that region last written at that stamp).
+pub fn incarnation_of(e: Option<&Entry>, field: &Field, stamp: Stamp) -> Option<Hlc> {
+    e.and_then(|e| str_at(e, field)).and_then(|s| {
+        s.ctr
+            .iter()
+            .find(|c| c.region == stamp.region && c.hlc == stamp.hlc)
+            .map(|c| c.inc)
+    })
+}
+
+/// A compact rendering of an HLC for debugging: milliseconds since the simulation's epoch
+/// and the logical counter.
+pub fn fmt_hlc(h: Hlc) -> String {
+    let ms = h.physical_ms() as i64 - 1_700_000_000_000;
+    if h.logical() == 0 {
+        format!("{ms}")
+    } else {
+        format!("{ms}.{}", h.logical())
+    }
+}
+
+pub fn fmt_stamp(s: Stamp) -> String {
+    format!("{}@r{}", fmt_hlc(s.hlc), s.region.0)
+}
+
+fn fmt_str(s: &Str) -> String {
+    let mut out = format!(
+        "reg {}={:?}",
+        fmt_stamp(s.reg.stamp),
+        s.reg
+            .value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    );
+    if s.reg.version != 0 {
+        out.push_str(&format!(" v{}", s.reg.version));
+    }
+    for c in &s.ctr {
+        out.push_str(&format!(
+            " ctr(r{} inc {} at {} net {} obs {} {}{})",
+            c.region.0,
+            fmt_hlc(c.inc),
+            fmt_hlc(c.hlc),
+            c.net,
+            fmt_hlc(c.obs_hlc),
+            c.obs_net,
+            if c.own { " own" } else { "" }
+        ));
+    }
+    out
+}
+
+/// A compact rendering of an entry for debugging.
+pub fn fmt_entry(e: Option<&Entry>) -> String {
+    let Some(e) = e else {
+        return "-".into();
+    };
+    let mut out = String::new();
+    for c in e.components() {
+        out.push_str(&format!(
+            "[{:?} created {}: ",
+            c.val.kind(),
+            fmt_stamp(c.created)
+        ));
+        match &c.val {
+            Val::Str(s) => out.push_str(&fmt_str(s)),
+            Val::Set(s) => {
+                for (m, d) in s.raw() {
+                    out.push_str(&format!("{}:", String::from_utf8_lossy(m)));
+                    for x in d.entries() {
+                        out.push_str(&format!(
+                            "{}@r{}{} ",
+                            fmt_hlc(x.hlc),
+                            x.region.0,
+                            if x.alive { "" } else { "✝" }
+                        ));
+                    }
+                }
+            }
+            Val::Hash(h) => {
+                for (f, s) in h.raw() {
+                    out.push_str(&format!(
+                        "{}: {{{}}} ",
+                        String::from_utf8_lossy(f),
+                        fmt_str(s)
+                    ));
+                }
+            }
+        }
+        out.push_str("] ");
+    }
+    for x in e.expiry().entries() {
+        out.push_str(&format!(
+            "ttl {}@r{}{}={} ",
+            fmt_hlc(x.hlc),
+            x.region.0,
+            if x.alive { "" } else { "✝" },
+            x.payload as i64 - 1_700_000_000_000
+        ));
+    }
+    if e.floor() != 0 {
+        out.push_str(&format!("floor {} ", e.floor()));
+    }
+    for r in e.removals() {
+        out.push_str(&format!("rm {} ", fmt_stamp(*r)));
+    }
+    out
 }

@@ -2,18 +2,46 @@
 //! `RegionLink`, connected by a faulty network, all driven by one seeded RNG and virtual
 //! time. Phase 1 runs the workload under faults; phase 2 heals everything, lets the
 //! protocol quiesce, collects garbage, and runs the checkers.
+//!
+//! Every fault is on by default ([`Faults`]); a switch only turns one off, for debugging:
+//! partitions (symmetric, one-way, isolation), loss, duplication, reordering, crashes
+//! (the keyspace survives), empty restarts (a region loses all its state and starts again
+//! with a fresh keyspace, link and clock), eviction of live keys and writes to them before
+//! anti-entropy repaired their slot, key expiry (short TTLs, the active cycle, lazy expiry
+//! on reads and writes), garbage collection during faults, overflow of the bounded
+//! per-region delta log (a starved replication loop), clock skew with far jumps ahead (and
+//! back), type conflicts, invalidation floors.
+//!
+//! Checkers, during the fault phase (per region, as soon as its state changes):
+//! - `local`: an acknowledged write is live in its region's state right after it, and an
+//!   atom once live in a region's state (a register, an increment, a member) stays live
+//!   there until a removal the oracle recorded (or a later write) replaces it — unless the
+//!   region lost its copy of the key (eviction, expiry, empty restart) in between;
+//! - `floor`: a region's invalidation floor for a key never goes down, whatever it evicts or
+//!   expires (only an empty restart resets it);
+//! - `partial`: a region that lost a key (eviction, expiry, empty restart) never rebuilds it
+//!   from a partial delta before its slot was repaired;
+//!
+//! and after heal: `liveness` (convergence), `value` (the oracle, per region and at its
+//! clock), `ttl` (the converged deadline is the oracle's, and the same everywhere), `gc`
+//! (metadata bounded, tombstones collected), `repair` (no lossy slot left).
 
-use crate::oracle::{render, FillModel, KeyModel, Rendered, SetModel, StrModel};
+use crate::oracle::{
+    entry_contains, fmt_entry, fmt_stamp, incarnation_of, render, KeyModel, Rendered, View,
+};
 use bytes::Bytes;
 use meridian_crdt::digest::{mix, mix_bytes};
 use meridian_crdt::{
-    key_slot, Applied, Delta, Entry, Hlc, HlcClock, Keyspace, KeyspaceConfig, RegionId, Val,
-    SLOT_COUNT,
+    key_slot, Applied, CrdtError, Delta, Entry, EvictionPolicy, Hlc, HlcClock, Keyspace,
+    KeyspaceConfig, Kind, RegionId, Val, SLOT_COUNT,
 };
-use meridian_replication::{decode, encode_into, Frame, LinkConfig, RegionLink, ReplicaStore};
+use meridian_replication::{
+    decode, encode_into, Frame, LinkConfig, RegionLink, ReplicaStore, DEFAULT_MAX_CLOCK_OFFSET_MS,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A deliberate bug, for showing that the checkers have teeth.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -21,6 +49,118 @@ pub enum Bug {
     /// Receivers silently drop any incoming state carrying this region's counter
     /// contribution (a merge that loses one region's increments).
     DropCounterContributionsOf(RegionId),
+    /// A full delta replaces the receiver's state for the key instead of joining it.
+    MergeReplacesLocalState,
+    /// Eviction forgets the key's invalidation floor along with its value.
+    EvictionDropsFloor,
+    /// `SET` without `EX` keeps the key's TTL (the documented rule clears it).
+    SetKeepsTtl,
+    /// A region silently forgets a key it just wrote (no eviction, no expiry recorded).
+    SilentLocalLoss,
+    /// A partial delta for a key the region lost rebuilds it as if it were whole.
+    PartialDeltaRebuildsLostKey,
+    /// A merge drops an incoming component of another type than the visible one.
+    DropConcurrentTypeChange,
+    /// Local expiry replicates as a `DEL`.
+    ExpiryReplicatesDelete,
+}
+
+impl Bug {
+    pub const NAMES: [(&'static str, Bug); 8] = [
+        ("drop-counter", Bug::DropCounterContributionsOf(RegionId(1))),
+        ("merge-replaces", Bug::MergeReplacesLocalState),
+        ("evict-drops-floor", Bug::EvictionDropsFloor),
+        ("set-keeps-ttl", Bug::SetKeepsTtl),
+        ("silent-local-loss", Bug::SilentLocalLoss),
+        ("partial-rebuilds", Bug::PartialDeltaRebuildsLostKey),
+        ("drop-type-change", Bug::DropConcurrentTypeChange),
+        ("expiry-replicates", Bug::ExpiryReplicatesDelete),
+    ];
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, b)| *b == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// The fault modes. All on by default; turning one off is for debugging only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Collect garbage during the fault phase too (not only after heal).
+    pub gc_during_faults: bool,
+    /// Evict live keys (whatever other regions hold of them).
+    pub evictions: bool,
+    /// Write to keys in slots a region lost keys of, before anti-entropy repaired them.
+    pub writes_on_evicted: bool,
+    /// Keys with TTLs that expire during the run; the active expiry cycle; lazy expiry.
+    pub expiry: bool,
+    /// A region loses all its state and restarts with a fresh keyspace, link and clock.
+    pub empty_restarts: bool,
+    /// The per-region delta log is bounded and its replication loop starves: deltas are
+    /// dropped before they are shipped.
+    pub log_overflow: bool,
+    /// A region's clock jumps far ahead (seconds past the offset bound, or hours), then back.
+    pub clock_jumps: bool,
+    /// Keys written with different types concurrently.
+    pub type_conflicts: bool,
+    /// Cache-aside keys: versioned fills and invalidations (floors).
+    pub invalidations: bool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            gc_during_faults: true,
+            evictions: true,
+            writes_on_evicted: true,
+            expiry: true,
+            empty_restarts: true,
+            log_overflow: true,
+            clock_jumps: true,
+            type_conflicts: true,
+            invalidations: true,
+        }
+    }
+}
+
+impl Faults {
+    /// `--no-<name>` switches, in order.
+    pub const NAMES: [&'static str; 9] = [
+        "gc-during-faults",
+        "evictions",
+        "writes-on-evicted",
+        "expiry",
+        "empty-restarts",
+        "log-overflow",
+        "clock-jumps",
+        "type-conflicts",
+        "invalidations",
+    ];
+
+    /// The switch called `name` (see [`Faults::NAMES`]).
+    pub fn switch(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "gc-during-faults" => &mut self.gc_during_faults,
+            "evictions" => &mut self.evictions,
+            "writes-on-evicted" => &mut self.writes_on_evicted,
+            "expiry" => &mut self.expiry,
+            "empty-restarts" => &mut self.empty_restarts,
+            "log-overflow" => &mut self.log_overflow,
+            "clock-jumps" => &mut self.clock_jumps,
+            "type-conflicts" => &mut self.type_conflicts,
+            "invalidations" => &mut self.invalidations,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -31,13 +171,7 @@ pub struct SimConfig {
     pub fault_ms: u64,
     /// Give up converging after this long (a liveness violation).
     pub max_heal_ms: u64,
-    /// Collect garbage during the fault phase too (not only after heal).
-    pub gc_during_faults: bool,
-    /// Let a region write to a key it evicted before anti-entropy repaired the slot (the
-    /// server must refuse this; see the report).
-    pub writes_on_evicted: bool,
-    /// Inject eviction faults.
-    pub evictions: bool,
+    pub faults: Faults,
 }
 
 impl SimConfig {
@@ -47,9 +181,7 @@ impl SimConfig {
             bug: None,
             fault_ms: 3_000,
             max_heal_ms: 60_000,
-            gc_during_faults: false,
-            writes_on_evicted: false,
-            evictions: true,
+            faults: Faults::default(),
         }
     }
 }
@@ -65,48 +197,133 @@ pub struct SimReport {
     pub delta_bytes: u64,
     pub anti_entropy_bytes: u64,
     pub crashes: u64,
+    pub empty_restarts: u64,
     pub evictions: u64,
+    pub expired: u64,
+    pub clock_jumps: u64,
+    pub stalls: u64,
+    /// Deltas the bounded per-region log dropped before they were shipped.
+    pub local_deltas_dropped: u64,
     pub partial_deltas_dropped: u64,
     pub logs_dropped: u64,
+    pub deltas_clock_held: u64,
     pub gc_dropped: u64,
+    /// Acknowledged atoms (writes' effects) no copy anywhere held any more.
+    pub atoms_lost: u64,
     pub converge_ms: u64,
     pub metadata_elements: usize,
     pub trace_hash: u64,
     pub violations: Vec<String>,
 }
 
+impl SimReport {
+    /// The distinct kinds of violation (the word before the first ':' or ' ').
+    pub fn violation_kinds(&self) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .violations
+            .iter()
+            .map(|v| {
+                v.split([':', ' ', '('])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    }
+}
+
 /// The store each simulated region runs: the production `Keyspace`, optionally wrapped by a
-/// deliberate bug on the receive path.
+/// deliberate bug on the receive path, and the `partial` checker.
 pub struct SimStore {
     pub ks: Keyspace,
     bug: Option<Bug>,
+    /// Slots of the workload this region lost a key of (eviction, expiry, empty restart)
+    /// and has not been found in sync with every peer since: a partial delta must not
+    /// rebuild an absent key there.
+    lost_slots: BTreeSet<u16>,
+    violations: Vec<String>,
 }
 
 impl SimStore {
+    fn new(cfg: KeyspaceConfig, bug: Option<Bug>) -> SimStore {
+        SimStore {
+            ks: Keyspace::new(cfg),
+            bug,
+            lost_slots: BTreeSet::new(),
+            violations: Vec::new(),
+        }
+    }
+
     fn tainted(&self, e: &Entry) -> bool {
-        let Some(Bug::DropCounterContributionsOf(r)) = self.bug else {
+        match self.bug {
+            Some(Bug::DropCounterContributionsOf(r)) => {
+                e.components().iter().any(|c| match &c.val {
+                    Val::Str(s) => s.ctr.iter().any(|k| k.region == r),
+                    Val::Hash(h) => h.raw().any(|(_, s)| s.ctr.iter().any(|k| k.region == r)),
+                    Val::Set(_) => false,
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Bug::DropConcurrentTypeChange`]: the incoming state has a component of another
+    /// type than the key's visible one here.
+    fn other_type(&self, key: &[u8], e: &Entry) -> bool {
+        if self.bug != Some(Bug::DropConcurrentTypeChange) {
+            return false;
+        }
+        let Some(kind) = self.ks.raw_entry(key).and_then(|m| m.kind()) else {
             return false;
         };
-        e.components().iter().any(|c| match &c.val {
-            Val::Str(s) => s.ctr.iter().any(|k| k.region == r),
-            Val::Hash(h) => h.raw().any(|(_, s)| s.ctr.iter().any(|k| k.region == r)),
-            Val::Set(_) => false,
-        })
+        e.components()
+            .iter()
+            .any(|c| c.val.kind() != kind && c.val.is_alive())
+    }
+
+    fn bare(&self, key: &[u8]) -> bool {
+        self.ks
+            .raw_entry(key)
+            .is_none_or(|e| e.components().is_empty())
+    }
+
+    fn merge(&mut self, key: &[u8], full: bool, state: &Entry) -> Applied {
+        if self.tainted(state) || self.other_type(key, state) {
+            return Applied::Unchanged;
+        }
+        let bare = self.bare(key);
+        let slot = key_slot(key);
+        let r = match self.bug {
+            Some(Bug::PartialDeltaRebuildsLostKey) if !full && bare => {
+                self.ks.merge_state(key, true, state)
+            }
+            Some(Bug::MergeReplacesLocalState) if full => {
+                self.ks.take_key(key);
+                self.ks.merge_state(key, true, state)
+            }
+            _ => self.ks.merge_state(key, full, state),
+        };
+        if !full && bare && r == Applied::Changed && self.lost_slots.contains(&slot) {
+            self.violations.push(format!(
+                "partial: region {} rebuilt key {:?} it had lost from a partial delta before \
+                 its slot {slot} was repaired",
+                self.ks.region().0,
+                String::from_utf8_lossy(key)
+            ));
+        }
+        r
     }
 }
 
 impl ReplicaStore for SimStore {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
-        if self.tainted(&delta.state) {
-            return Applied::Unchanged;
-        }
-        self.ks.apply_delta(delta)
+        self.merge(&delta.key, delta.full, &delta.state)
     }
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
-        if self.tainted(state) {
-            return Applied::Unchanged;
-        }
-        self.ks.merge_full(key, state)
+        self.merge(key, true, state)
     }
     fn slot_digest(&mut self, slot: u16) -> u64 {
         self.ks.slot_digest(slot)
@@ -139,21 +356,141 @@ struct Node {
     store: SimStore,
     clock: HlcClock,
     link: RegionLink,
-    epoch: u64,
     up: bool,
     restart_at: u64,
+    /// The clock's offset from true time when no jump is in progress.
+    base_skew_ms: i64,
     skew_ms: i64,
+    /// A clock jump in progress ends (back to `base_skew_ms`) at this virtual time.
+    jump_until: u64,
+    /// The replication loop is starved until then: nothing drained, sent or received.
+    stall_until: u64,
+    /// Local deltas not yet drained by the replication loop (bounded: the oldest go).
+    shard_log: VecDeque<Delta>,
+    /// Lowest stamp and slots of deltas the log dropped since the last drain.
+    lost: Option<(Hlc, BTreeSet<u16>)>,
+    /// The deltas enqueued into the current link, as many as its fullest outgoing log holds
+    /// (the logs are suffixes of this sequence).
+    sent: VecDeque<Delta>,
+    /// Deltas delivered to this region that its state did not take (yet): its link may hold
+    /// them in its reorder buffer until the gap before them fills. Forgotten (a copy gone)
+    /// after `BUFFERED_MS`.
+    buffered: VecDeque<(u64, Delta)>,
+}
+
+impl Node {
+    fn drain_buffered(&mut self) -> Vec<Delta> {
+        self.buffered.drain(..).map(|(_, d)| d).collect()
+    }
 }
 
 struct Msg {
     from: usize,
     to: usize,
     bytes: Vec<u8>,
+    frame: Frame,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Class {
+    Ctr,
+    Sess,
+    Set,
+    Hash,
+    Fill,
+    Mix,
+}
+
+struct KeySpec {
+    key: Bytes,
+    class: Class,
+}
+
+enum Op {
+    Del,
+    Get,
+    Set {
+        value: Bytes,
+        ex: Option<u64>,
+    },
+    Incr {
+        by: i64,
+    },
+    Sadd(Bytes),
+    Srem(Bytes),
+    Hset(Bytes, Bytes),
+    Hincr(Bytes, i64),
+    Hdel(Bytes),
+    Fill {
+        version: u64,
+        value: Bytes,
+        ex: Option<u64>,
+    },
+    Invalidate(Option<u64>),
+    Expire(u64),
+    Persist,
+}
+
+/// What a write's closure reports back.
+enum Outcome {
+    Done,
+    Refused,
+    Incr(Result<i64, CrdtError>),
 }
 
 const BASE_MS: u64 = 1_700_000_000_000;
 const TICK_MS: u64 = 10;
-const TTL_MS: u64 = 3_600_000;
+const LONG_TTL_MS: u64 = 3_600_000;
+const ACTIVE_EXPIRE_BUDGET: usize = 64;
+/// How long a delivered delta not (yet) merged may wait in a reorder buffer.
+const BUFFERED_MS: u64 = 2_000;
+
+const MEMBERS: [&[u8]; 4] = [b"m0", b"m1", b"m2", b"m3"];
+const FIELDS: [&[u8]; 4] = [b"f0", b"f1", b"n0", b"n1"];
+
+fn mk_keys(f: &Faults) -> Vec<KeySpec> {
+    let mut keys = Vec::new();
+    let mut add = |name: String, class| {
+        keys.push(KeySpec {
+            key: Bytes::from(name),
+            class,
+        })
+    };
+    for i in 0..4 {
+        add(format!("ctr:{i}"), Class::Ctr);
+        add(format!("sess:{i}"), Class::Sess);
+    }
+    for i in 0..3 {
+        add(format!("set:{i}"), Class::Set);
+        add(format!("hash:{i}"), Class::Hash);
+        if f.invalidations {
+            add(format!("fill:{i}"), Class::Fill);
+        }
+        if f.type_conflicts {
+            add(format!("mix:{i}"), Class::Mix);
+        }
+    }
+    keys
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Batch(_) => "Batch",
+        Frame::AeEntries(_) => "AeEntries",
+        Frame::AeKeys(_) => "AeKeys",
+        Frame::AeDigests(_) => "AeDigests",
+        _ => "control",
+    }
+}
+
+/// Every key a frame carries state for, with that state.
+fn frame_states(frame: &Frame) -> Vec<(&Bytes, &Entry)> {
+    match frame {
+        Frame::Batch(b) => b.deltas.iter().map(|d| (&d.key, &d.state)).collect(),
+        Frame::AeEntries(e) => e.entries.iter().map(|k| (&k.key, &k.state)).collect(),
+        _ => Vec::new(),
+    }
+}
 
 struct Sim {
     cfg: SimConfig,
@@ -168,31 +505,24 @@ struct Sim {
     dup_pct: u32,
     delay_ms: u64,
     jitter_ms: u64,
+    shard_log_max: usize,
     now: u64,
-    model: BTreeMap<Bytes, KeyModel>,
-    keys: Vec<(Bytes, u8)>,
+    keys: Vec<KeySpec>,
+    index: BTreeMap<Bytes, usize>,
+    models: Vec<KeyModel>,
+    /// Per region: keys whose state changed since the last local check (bitmask).
+    dirty: Vec<u64>,
+    /// Per region: keys whose copy the region lost since the last local check.
+    lost_copy: Vec<u64>,
+    /// Per region and key: the greatest invalidation floor seen there.
+    floors: Vec<Vec<u64>>,
     /// The source of truth's current version for fill keys (invalidations bump it).
     source_version: u64,
+    /// `MERIDIAN_SIM_KEY`: print every event touching this key (debugging a replay).
+    debug_key: Option<Bytes>,
     trace: u64,
     report: SimReport,
 }
-
-fn mk_keys() -> Vec<(Bytes, u8)> {
-    let mut keys = Vec::new();
-    for i in 0..4 {
-        keys.push((Bytes::from(format!("ctr:{i}")), 0));
-        keys.push((Bytes::from(format!("sess:{i}")), 1));
-    }
-    for i in 0..3 {
-        keys.push((Bytes::from(format!("set:{i}")), 2));
-        keys.push((Bytes::from(format!("hash:{i}")), 3));
-        keys.push((Bytes::from(format!("fill:{i}")), 4));
-    }
-    keys
-}
-
-const MEMBERS: [&[u8]; 4] = [b"m0", b"m1", b"m2", b"m3"];
-const FIELDS: [&[u8]; 4] = [b"f0", b"f1", b"n0", b"n1"];
 
 impl Sim {
     fn new(cfg: SimConfig) -> Sim {
@@ -209,47 +539,58 @@ impl Sim {
             anti_entropy_interval_ms: 1_000,
             anti_entropy_retry_ms: 600,
             anti_entropy_chunk_bytes: 4 * 1024,
-            // Not drawn from `rng` (older seeds keep their schedules): whole rounds in one
-            // step, a few steps, or many small ones.
             anti_entropy_step_slots: [16_384, 4096, 1024][(cfg.seed % 3) as usize],
             anti_entropy_quiet_ms: 200,
             frontier_interval_ms: 200,
-            max_clock_offset_ms: meridian_replication::DEFAULT_MAX_CLOCK_OFFSET_MS,
+            max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
         };
         let ids: Vec<RegionId> = (0..n as u16).map(RegionId).collect();
-        let nodes = ids
-            .iter()
-            .map(|&id| {
-                let peers: Vec<_> = ids.iter().copied().filter(|&p| p != id).collect();
-                Node {
-                    id,
-                    store: SimStore {
-                        ks: Keyspace::new(KeyspaceConfig {
-                            region: id,
-                            retain_tombstones: true,
-                            seed: cfg.seed ^ u64::from(id.0),
-                        }),
-                        bug: cfg.bug,
-                    },
-                    clock: HlcClock::new(id),
-                    link: RegionLink::new(id, &peers, 1, link_cfg.clone()),
-                    epoch: 1,
-                    up: true,
-                    restart_at: 0,
-                    skew_ms: rng.random_range(-2_000..=2_000),
-                }
-            })
-            .collect();
+        let mut nodes = Vec::new();
+        for &id in &ids {
+            let peers: Vec<_> = ids.iter().copied().filter(|&p| p != id).collect();
+            let skew = rng.random_range(-2_000..=2_000);
+            nodes.push(Node {
+                id,
+                store: SimStore::new(keyspace_config(id, cfg.seed), cfg.bug),
+                clock: HlcClock::new(id),
+                // 1: every region's first incarnation ever (a fresh deployment).
+                link: RegionLink::new(id, &peers, 1, link_cfg.clone()),
+                up: true,
+                restart_at: 0,
+                base_skew_ms: skew,
+                skew_ms: skew,
+                jump_until: 0,
+                stall_until: 0,
+                shard_log: VecDeque::new(),
+                lost: None,
+                sent: VecDeque::new(),
+                buffered: VecDeque::new(),
+            });
+        }
         let report = SimReport {
             seed: cfg.seed,
             regions: n,
             ..SimReport::default()
         };
+        let keys = mk_keys(&cfg.faults);
+        assert!(keys.len() <= 64, "key bitmasks are 64 bits");
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.key.clone(), i))
+            .collect();
+        let models = vec![KeyModel::default(); keys.len()];
+        let floors = vec![vec![0; keys.len()]; n];
         Sim {
             loss_pct: rng.random_range(0..=20),
             dup_pct: rng.random_range(0..=20),
             delay_ms: rng.random_range(1..=50),
             jitter_ms: rng.random_range(0..=100),
+            shard_log_max: if cfg.faults.log_overflow {
+                rng.random_range(2..=16)
+            } else {
+                usize::MAX
+            },
             rng,
             link_cfg,
             nodes,
@@ -257,9 +598,14 @@ impl Sim {
             wire_seq: 0,
             blocked: vec![vec![false; n]; n],
             now: 0,
-            model: BTreeMap::new(),
+            keys,
+            index,
+            models,
+            dirty: vec![0; n],
+            lost_copy: vec![0; n],
+            floors,
             source_version: 1,
-            keys: mk_keys(),
+            debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
             trace: mix(0x0074_7261_6365, cfg.seed),
             report,
             cfg,
@@ -274,201 +620,468 @@ impl Sim {
         (BASE_MS + self.now).saturating_add_signed(self.nodes[i].skew_ms)
     }
 
-    // ---- workload ----
+    fn debug(&self, key: &[u8], what: impl FnOnce() -> String) {
+        if self.debug_key.as_deref() == Some(key) {
+            eprintln!("[{:>6} ms] {}", self.now, what());
+        }
+    }
 
-    fn op(&mut self, i: usize) {
-        let (key, class) = self.keys[self.rng.random_range(0..self.keys.len())].clone();
-        let kind = self.rng.random_range(0..10u32);
-        let now = self.node_now(i);
-        if !self.cfg.writes_on_evicted && self.nodes[i].store.ks.slot_is_lossy(key_slot(&key)) {
-            // A key of this slot was evicted here and anti-entropy has not repaired the slot
-            // yet. Writing would build on a state that may have forgotten this region's own
-            // counter contribution (even a full delta from a peer can carry a stale copy),
-            // and the new contribution would clobber the old one everywhere. The server must
-            // refuse such writes (-TRYAGAIN) the same way.
-            self.report.ops_refused += 1;
+    fn bit(i: usize) -> u16 {
+        i as u16
+    }
+
+    fn key_index(&self, key: &[u8]) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    // ---- loss accounting ----
+
+    /// A copy of key `k` (`copy`) went away. If no remaining copy holds what it held, the
+    /// oracle forgets the atoms only it held.
+    fn copy_gone(&mut self, k: usize, copy: &Entry) {
+        let key = self.keys[k].key.clone();
+        self.debug(&key, || format!("copy gone {}", fmt_entry(Some(copy))));
+        if self
+            .nodes
+            .iter()
+            .any(|n| entry_contains(n.store.ks.raw_entry(&key).as_deref(), copy))
+        {
             return;
         }
+        let after = self.holdings(&key);
+        if after
+            .as_ref()
+            .is_some_and(|a| entry_contains(Some(a), copy))
+        {
+            return;
+        }
+        let mut before = after.clone().unwrap_or_default();
+        before.merge(copy);
+        let n = self.models[k].forget_lost(Some(&before), after.as_ref());
+        self.report.atoms_lost += n as u64;
+    }
+
+    /// Region `i` lost its copy of key `k` (`copy` is what it held).
+    fn region_lost(&mut self, i: usize, k: usize, copy: Option<Entry>) {
+        self.debug(&self.keys[k].key, || format!("r{i} lost its copy"));
+        self.lost_copy[i] |= 1 << k;
+        self.dirty[i] |= 1 << k;
+        self.nodes[i]
+            .store
+            .lost_slots
+            .insert(key_slot(&self.keys[k].key));
+        if let Some(c) = copy {
+            self.copy_gone(k, &c);
+        }
+    }
+
+    /// The join of every copy of `key` the system holds: keyspaces (of crashed regions
+    /// too), undrained local deltas, outgoing delta logs, frames on the wire.
+    fn holdings(&self, key: &[u8]) -> Option<Entry> {
+        let mut acc: Option<Entry> = None;
+        let mut join = |e: &Entry| match acc.as_mut() {
+            None => acc = Some(e.clone()),
+            Some(a) => {
+                a.merge(e);
+            }
+        };
+        for n in &self.nodes {
+            if let Some(e) = n.store.ks.raw_entry(key) {
+                join(&e);
+            }
+            for d in n.shard_log.iter().chain(n.sent.iter()) {
+                if d.key == key {
+                    join(&d.state);
+                }
+            }
+            for (_, d) in &n.buffered {
+                if d.key == key {
+                    join(&d.state);
+                }
+            }
+        }
+        for m in self.wire.values() {
+            for (k, s) in frame_states(&m.frame) {
+                if k == key {
+                    join(s);
+                }
+            }
+        }
+        acc
+    }
+
+    /// Trim node `i`'s mirror of its outgoing logs to what the fullest log still holds;
+    /// a delta no log holds any more is a copy gone.
+    fn trim_sent(&mut self, i: usize) {
+        let keep = self.max_backlog(i);
+        while self.nodes[i].sent.len() > keep {
+            let d = self.nodes[i].sent.pop_front().expect("len checked");
+            if let Some(k) = self.key_index(&d.key) {
+                self.copy_gone(k, &d.state);
+            }
+        }
+    }
+
+    fn max_backlog(&self, i: usize) -> usize {
+        let n = &self.nodes[i];
+        self.nodes
+            .iter()
+            .filter(|p| p.id != n.id)
+            .map(|p| n.link.backlog(p.id))
+            .max()
+            .unwrap_or(0)
+    }
+
+    // ---- workload ----
+
+    fn ttl(&mut self) -> Option<u64> {
+        if !self.cfg.faults.expiry {
+            return None;
+        }
+        Some(match self.rng.random_range(0..10u32) {
+            0..=3 => self.rng.random_range(100..=2_500),
+            4..=6 => self.rng.random_range(2_500..=30_000),
+            _ => LONG_TTL_MS,
+        })
+    }
+
+    fn choose_op(&mut self, class: Class) -> Op {
+        let kind = self.rng.random_range(0..10u32);
         let by = self.rng.random_range(-5..=10i64);
         let member = Bytes::from_static(MEMBERS[self.rng.random_range(0..MEMBERS.len())]);
         let field = Bytes::from_static(FIELDS[self.rng.random_range(0..FIELDS.len())]);
         let value = Bytes::from(format!("v{}", self.rng.random_range(0..1000u32)));
         let num = Bytes::from(self.rng.random_range(-50..=50i64).to_string());
-        let node = &mut self.nodes[i];
-        let stamp = node.clock.now(now);
-        let ks = &mut node.store.ks;
-        let seen = ks.raw_entry(&key).map(|e| e.into_owned());
-        let seen_str = seen.as_ref().and_then(|e| e.as_str()).cloned();
-        let alive = seen.as_ref().is_some_and(|e| e.is_alive());
-        let model = self
-            .model
-            .entry(key.clone())
-            .or_insert_with(|| match class {
-                0 | 1 => KeyModel::Str(StrModel::default()),
-                2 => KeyModel::Set(SetModel::default()),
-                3 => KeyModel::Hash(BTreeMap::new()),
-                _ => KeyModel::Fill(FillModel::default()),
-            });
-        let op_code: u64;
-        match (class, model) {
-            (0, KeyModel::Str(m)) => match kind {
-                0 => {
-                    op_code = 1;
-                    if ks.write(&key, stamp, now, |w| w.delete()) {
-                        m.remove(seen_str.as_ref());
-                    }
-                }
+        let expiry = self.cfg.faults.expiry;
+        match class {
+            Class::Ctr => match kind {
+                0 => Op::Del,
                 1 => {
-                    op_code = 2;
-                    ks.write(&key, stamp, now, |w| w.set_str(num.clone(), false));
-                    m.set(stamp, num, seen_str.as_ref());
+                    let ex = if self.rng.random_bool(0.4) {
+                        self.ttl()
+                    } else {
+                        None
+                    };
+                    Op::Set { value: num, ex }
                 }
+                2 if expiry => Op::Get,
+                _ => Op::Incr { by },
+            },
+            Class::Sess => match kind {
+                0 | 1 => Op::Del,
+                2 if expiry => Op::Get,
+                3 if expiry => Op::Expire(self.ttl().unwrap_or(LONG_TTL_MS)),
+                4 if expiry => Op::Persist,
                 _ => {
-                    op_code = 3;
-                    if ks.write(&key, stamp, now, |w| w.incr_by(by)).is_ok() {
-                        m.incr(stamp, by);
-                    }
+                    let ex = if self.rng.random_bool(0.7) {
+                        self.ttl()
+                    } else {
+                        None
+                    };
+                    Op::Set { value, ex }
                 }
             },
-            (1, KeyModel::Str(m)) => {
-                if kind < 3 {
-                    op_code = 4;
-                    if ks.write(&key, stamp, now, |w| w.delete()) {
-                        m.remove(seen_str.as_ref());
-                    }
-                } else {
-                    op_code = 5;
-                    let deadline = now + TTL_MS;
-                    ks.write(&key, stamp, now, |w| {
-                        w.set_str(value.clone(), false);
-                        w.set_deadline(Some(deadline));
-                    });
-                    m.set(stamp, value, seen_str.as_ref());
-                }
-            }
-            (2, KeyModel::Set(m)) => {
-                let dots_of = |e: &Option<Entry>, mem: &[u8]| -> Vec<(RegionId, Hlc)> {
-                    e.as_ref()
-                        .and_then(|e| e.as_set())
-                        .and_then(|s| s.raw().find(|(k, _)| *k == mem).map(|(_, d)| d))
-                        .map_or(Vec::new(), |d| {
-                            d.entries().iter().map(|x| (x.region, x.hlc)).collect()
-                        })
-                };
-                if kind == 0 {
-                    op_code = 6;
-                    if ks.write(&key, stamp, now, |w| w.delete()) {
-                        for mem in MEMBERS {
-                            let mem = Bytes::from_static(mem);
-                            let d = dots_of(&seen, &mem);
-                            m.remove_observed(&mem, d.into_iter());
-                        }
-                    }
-                } else if kind < 4 {
-                    op_code = 7;
-                    if ks.write(&key, stamp, now, |w| w.srem(&member)) {
-                        let d = dots_of(&seen, &member);
-                        m.remove_observed(&member, d.into_iter());
-                    }
-                } else {
-                    op_code = 8;
-                    ks.write(&key, stamp, now, |w| w.sadd(&member));
-                    m.add(stamp, &member);
-                }
-            }
-            (3, KeyModel::Hash(fields)) => {
-                let field_of = |e: &Option<Entry>, f: &[u8]| {
-                    e.as_ref()
-                        .and_then(|e| e.as_hash())
-                        .and_then(|h| h.raw().find(|(k, _)| *k == f).map(|(_, s)| s.clone()))
-                };
-                if kind == 0 {
-                    op_code = 9;
-                    if ks.write(&key, stamp, now, |w| w.delete()) {
-                        for f in FIELDS {
-                            let fb = Bytes::from_static(f);
-                            let s = field_of(&seen, f);
-                            if s.as_ref().is_some_and(|s| s.is_alive()) {
-                                fields.entry(fb).or_default().remove(s.as_ref());
-                            }
-                        }
-                    }
-                } else if kind < 3 {
-                    op_code = 10;
-                    if ks.write(&key, stamp, now, |w| w.hdel(&field)) {
-                        let s = field_of(&seen, &field);
-                        fields.entry(field).or_default().remove(s.as_ref());
-                    }
-                } else if field.starts_with(b"n") {
-                    op_code = 11;
-                    let ok = ks.write(&key, stamp, now, |w| {
-                        w.hash_update(&field, |s, st| s.incr_by(st, by))
-                    });
-                    if ok.is_ok() {
-                        fields.entry(field).or_default().incr(stamp, by);
-                    }
-                } else {
-                    op_code = 12;
-                    let s = field_of(&seen, &field);
-                    ks.write(&key, stamp, now, |w| {
-                        w.hash_update(&field, |s, st| s.set(st, value.clone()))
-                    });
-                    fields
-                        .entry(field)
-                        .or_default()
-                        .set(stamp, value, s.as_ref());
-                }
-            }
-            (4, KeyModel::Fill(m)) => {
-                let raw_str = seen.as_ref().and_then(|e| {
-                    e.components().iter().find_map(|c| match &c.val {
-                        Val::Str(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                });
+            Class::Set => match kind {
+                0 => Op::Del,
+                1..=3 => Op::Srem(member),
+                _ => Op::Sadd(member),
+            },
+            Class::Hash => match kind {
+                0 => Op::Del,
+                1 | 2 => Op::Hdel(field),
+                _ if field.starts_with(b"n") => Op::Hincr(field, by),
+                _ => Op::Hset(field, value),
+            },
+            Class::Fill => {
                 if kind < 6 {
                     // A cache-aside fill, read from a source replica up to 3 versions behind.
-                    op_code = 13;
                     let sv = self.source_version;
                     let version = self.rng.random_range(sv.saturating_sub(3).max(1)..=sv);
-                    let ok = ks
-                        .write(&key, stamp, now, |w| {
-                            w.set_str_versioned(value.clone(), version, false)
-                        })
-                        .is_ok();
-                    if ok {
-                        m.fill(stamp, version, value);
-                    }
+                    let ex = if self.rng.random_bool(0.3) {
+                        self.ttl()
+                    } else {
+                        None
+                    };
+                    Op::Fill { version, value, ex }
                 } else {
                     // The source changed (versioned invalidation at its new version), or an
                     // unversioned invalidation; applied in this region, as its consumer would.
-                    op_code = 14;
-                    let version = (kind < 9).then(|| {
+                    Op::Invalidate((kind < 9).then(|| {
                         self.source_version += 1;
                         self.source_version
-                    });
-                    let newer = version.is_some_and(|v| {
-                        seen_str
-                            .as_ref()
-                            .is_some_and(|s| s.reg.value.is_some() && s.reg.version > v)
-                    });
-                    ks.write(&key, stamp, now, |w| w.invalidate(version));
-                    m.invalidate(version, raw_str.as_ref(), !newer);
+                    }))
                 }
             }
-            _ => unreachable!("key classes map to their models"),
+            Class::Mix => match kind {
+                0 => Op::Del,
+                1 | 2 => Op::Set {
+                    value: if self.rng.random_bool(0.5) {
+                        num
+                    } else {
+                        value
+                    },
+                    ex: None,
+                },
+                3..=5 => Op::Incr { by },
+                6 | 7 => Op::Sadd(member),
+                _ => Op::Hset(field, value),
+            },
         }
-        let _ = alive;
+    }
+
+    fn op(&mut self, i: usize) {
+        let k = self.rng.random_range(0..self.keys.len());
+        let class = self.keys[k].class;
+        let op = self.choose_op(class);
+        let key = self.keys[k].key.clone();
+        let now = self.node_now(i);
+        let writes = !matches!(op, Op::Get);
+        if writes
+            && !self.cfg.faults.writes_on_evicted
+            && self.nodes[i].store.ks.slot_is_lossy(key_slot(&key))
+        {
+            // The region lost a key of this slot and anti-entropy has not repaired it yet:
+            // the server refuses the write (-TRYAGAIN) with this switch off.
+            self.report.ops_refused += 1;
+            return;
+        }
+        // Reads first (lazy expiry): GET, and the existence checks EXPIRE/PERSIST make.
+        if matches!(op, Op::Get | Op::Expire(_) | Op::Persist) {
+            let before = self.nodes[i].store.ks.raw_entry(&key).map(Cow::into_owned);
+            let live = self.nodes[i]
+                .store
+                .ks
+                .get(&key, now)
+                .map(|e| e.into_owned());
+            if before.as_ref().is_some_and(Entry::is_alive)
+                && self.nodes[i]
+                    .store
+                    .ks
+                    .raw_entry(&key)
+                    .is_none_or(|e| !e.is_alive())
+            {
+                self.report.expired += 1;
+                self.region_lost(i, k, before);
+            }
+            let go = match op {
+                Op::Get => false,
+                Op::Expire(_) => live.is_some(),
+                _ => live.as_ref().and_then(Entry::deadline_ms).is_some(),
+            };
+            if !go {
+                self.report.ops += 1;
+                self.trace(0x60 ^ (i as u64) << 8 ^ k as u64);
+                return;
+            }
+        }
+        let bug = self.cfg.bug;
+        let node = &mut self.nodes[i];
+        let seen = node.store.ks.raw_entry(&key).map(Cow::into_owned);
+        let expired = seen
+            .as_ref()
+            .is_some_and(|e| e.is_alive() && e.is_expired(now));
+        let stamp = node.clock.now(now);
+        let ks = &mut node.store.ks;
+        debug_assert_eq!(ks.pending_deltas(), 0);
+        let deadline = |ex: Option<u64>| ex.map(|t| now + t);
+        let outcome = match &op {
+            Op::Get => unreachable!("reads return above"),
+            Op::Del => ks.write(&key, stamp, now, |w| {
+                w.delete();
+                Outcome::Done
+            }),
+            Op::Set { value, ex } => ks.write(&key, stamp, now, |w| {
+                let keep = ex.is_none() && bug == Some(Bug::SetKeepsTtl);
+                w.set_str(value.clone(), keep);
+                if let Some(d) = deadline(*ex) {
+                    w.set_deadline(Some(d));
+                }
+                Outcome::Done
+            }),
+            Op::Incr { by } => ks.write(&key, stamp, now, |w| Outcome::Incr(w.incr_by(*by))),
+            Op::Sadd(m) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::Set).is_err() {
+                    return Outcome::Refused;
+                }
+                w.sadd(m);
+                Outcome::Done
+            }),
+            Op::Srem(m) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::Set).is_err() {
+                    return Outcome::Refused;
+                }
+                w.srem(m);
+                Outcome::Done
+            }),
+            Op::Hset(f, v) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::Hash).is_err() {
+                    return Outcome::Refused;
+                }
+                w.hash_set(f, v.clone());
+                Outcome::Done
+            }),
+            Op::Hincr(f, by) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::Hash).is_err() {
+                    return Outcome::Refused;
+                }
+                Outcome::Incr(w.hash_update(f, |s, st| s.incr_by(st, *by)))
+            }),
+            Op::Hdel(f) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::Hash).is_err() {
+                    return Outcome::Refused;
+                }
+                w.hdel(f);
+                Outcome::Done
+            }),
+            Op::Fill { version, value, ex } => ks.write(&key, stamp, now, |w| {
+                if w.set_str_versioned(value.clone(), *version, false).is_err() {
+                    return Outcome::Refused;
+                }
+                if let Some(d) = deadline(*ex) {
+                    w.set_deadline(Some(d));
+                }
+                Outcome::Done
+            }),
+            Op::Invalidate(v) => ks.write(&key, stamp, now, |w| {
+                w.invalidate(*v);
+                Outcome::Done
+            }),
+            Op::Expire(t) => ks.write(&key, stamp, now, |w| {
+                w.set_deadline(Some(now + t));
+                Outcome::Done
+            }),
+            Op::Persist => ks.write(&key, stamp, now, |w| {
+                w.set_deadline(None);
+                Outcome::Done
+            }),
+        };
+        let changed = ks.pending_deltas() > 0;
+        let after = ks.raw_entry(&key).map(Cow::into_owned);
         self.report.ops += 1;
+        self.dirty[i] |= 1 << k;
+        let op_code = match &op {
+            Op::Del => 1,
+            Op::Get => 2,
+            Op::Set { .. } => 3,
+            Op::Incr { .. } => 4,
+            Op::Sadd(_) => 5,
+            Op::Srem(_) => 6,
+            Op::Hset(..) => 7,
+            Op::Hincr(..) => 8,
+            Op::Hdel(_) => 9,
+            Op::Fill { .. } => 10,
+            Op::Invalidate(_) => 11,
+            Op::Expire(_) => 12,
+            Op::Persist => 13,
+        };
         self.trace(op_code ^ (i as u64) << 8 ^ stamp.hlc.0 << 16);
+        if expired && !changed {
+            // Nothing written: the key was reclaimed as expired (a refused write on it).
+            self.report.expired += 1;
+            self.region_lost(i, k, seen);
+            return;
+        }
+        if matches!(outcome, Outcome::Refused) && !changed {
+            self.report.ops_refused += 1;
+            return;
+        }
+        let v0 = View::new(seen.as_ref());
+        let marks = self.models[k].marks();
+        let view = if expired {
+            self.models[k].delete(&v0);
+            v0.deleted()
+        } else {
+            v0
+        };
+        let model = &mut self.models[k];
+        match (&op, &outcome) {
+            (_, Outcome::Refused) => {}
+            (Op::Del, _) => model.delete(&view),
+            (Op::Set { value, ex }, _) => {
+                model.set_str(&view, stamp, value.clone(), 0, deadline(*ex))
+            }
+            (Op::Incr { by }, Outcome::Incr(r)) => {
+                if r != &Err(CrdtError::WrongType) {
+                    let inc = r
+                        .is_ok()
+                        .then(|| incarnation_of(after.as_ref(), &None, stamp))
+                        .flatten();
+                    model.incr(&view, stamp, None, *by, inc);
+                }
+            }
+            (Op::Sadd(m), _) => model.sadd(&view, stamp, m.clone()),
+            (Op::Srem(m), _) => model.srem(&view, m),
+            (Op::Hset(f, v), _) => model.hset(&view, stamp, f.clone(), v.clone()),
+            (Op::Hincr(f, by), Outcome::Incr(r)) => {
+                let field = Some(f.clone());
+                let inc = r
+                    .is_ok()
+                    .then(|| incarnation_of(after.as_ref(), &field, stamp))
+                    .flatten();
+                model.incr(&view, stamp, field, *by, inc);
+            }
+            (Op::Hdel(f), _) => model.hdel(&view, f.clone()),
+            (Op::Fill { version, value, ex }, _) => {
+                model.set_str(&view, stamp, value.clone(), *version, deadline(*ex))
+            }
+            (Op::Invalidate(v), _) => model.invalidate(&view, *v),
+            (Op::Expire(t), _) => model.set_deadline(&view, stamp, Some(now + t)),
+            (Op::Persist, _) => model.set_deadline(&view, stamp, None),
+            _ => unreachable!("outcomes match their operations"),
+        }
+        let ok = model.check_own_write(Self::bit(i), after.as_ref(), marks);
+        self.debug(&key, || {
+            format!(
+                "r{i} op {op_code} {} expired {expired}\n    seen  {}\n    after {}",
+                fmt_stamp(stamp),
+                fmt_entry(seen.as_ref()),
+                fmt_entry(after.as_ref())
+            )
+        });
+        if !ok {
+            self.report.violations.push(format!(
+                "local: region {i} does not read its own write at {} to key {:?} right after \
+                 it (state {})",
+                fmt_stamp(stamp),
+                self.keys[k].key,
+                fmt_entry(after.as_ref())
+            ));
+            self.debug(&key, || format!("model {}", self.models[k].describe()));
+        }
+        // The write's delta goes to the bounded per-region log.
+        let deltas: Vec<Delta> = self.nodes[i].store.ks.drain_deltas().collect();
+        for d in deltas {
+            self.log_delta(i, d);
+        }
+        if bug == Some(Bug::SilentLocalLoss) && i == 0 && self.rng.random_bool(0.2) {
+            self.nodes[i].store.ks.evict_key(&key);
+        }
+    }
+
+    /// Append a local delta to node `i`'s bounded log; a full log drops its oldest delta.
+    fn log_delta(&mut self, i: usize, d: Delta) {
+        let node = &mut self.nodes[i];
+        node.shard_log.push_back(d);
+        if node.shard_log.len() <= self.shard_log_max {
+            return;
+        }
+        let old = node.shard_log.pop_front().expect("over the bound");
+        let l = node.lost.get_or_insert((old.stamp.hlc, BTreeSet::new()));
+        l.0 = l.0.min(old.stamp.hlc);
+        l.1.insert(old.slot);
+        self.report.local_deltas_dropped += 1;
+        if let Some(k) = self.key_index(&old.key) {
+            self.copy_gone(k, &old.state);
+        }
     }
 
     // ---- network ----
 
-    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>, faults: bool) {
+    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>, frame: Frame, faults: bool) {
         self.report.frames += 1;
         if self.blocked[from][to] || (faults && self.rng.random_range(0..100) < self.loss_pct) {
             self.report.frames_dropped += 1;
+            self.frame_gone(&frame);
             return;
         }
         let copies = if faults && self.rng.random_range(0..100) < self.dup_pct {
@@ -479,46 +1092,127 @@ impl Sim {
         for _ in 0..copies {
             let at = self.now + self.delay_ms + self.rng.random_range(0..=self.jitter_ms);
             self.wire_seq += 1;
+            let frame = frame.clone();
             self.wire.insert(
                 (at, self.wire_seq),
                 Msg {
                     from,
                     to,
                     bytes: bytes.clone(),
+                    frame,
                 },
             );
         }
     }
 
-    fn pump(&mut self, faults: bool, gc: bool) {
+    /// A frame left the system undelivered (or delivered and not taken): its states are
+    /// copies gone.
+    fn frame_gone(&mut self, frame: &Frame) {
+        for (key, state) in frame_states(frame) {
+            if let Some(k) = self.key_index(key) {
+                self.copy_gone(k, state);
+            }
+        }
+    }
+
+    fn transmit(&mut self, i: usize, faults: bool) {
+        if !self.nodes[i].up || self.now < self.nodes[i].stall_until {
+            return;
+        }
+        let now = self.node_now(i);
         let mut buf = Vec::new();
+        let mut out = Vec::new();
+        while let Some((peer, frame)) = self.nodes[i].link.poll_transmit(now) {
+            buf.clear();
+            let n = encode_into(&frame, &mut buf).expect("frames stay under the limit");
+            if frame.is_anti_entropy() {
+                self.report.anti_entropy_bytes += n as u64;
+            } else if matches!(frame, Frame::Batch(_)) {
+                self.report.delta_bytes += n as u64;
+            }
+            out.push((peer.0 as usize, buf.clone(), frame));
+        }
+        for (to, bytes, frame) in out {
+            self.send(i, to, bytes, frame, faults);
+        }
+    }
+
+    fn pump(&mut self, faults: bool, gc: bool) {
         for i in 0..self.nodes.len() {
-            if !self.nodes[i].up {
+            if !self.nodes[i].up || self.now < self.nodes[i].stall_until {
                 continue;
             }
             let now = self.node_now(i);
+            // The replication loop drains the local log (in HLC order), reports what the
+            // bound dropped, then tells the link how far its own writes are enqueued.
+            let mut deltas: Vec<Delta> = self.nodes[i].shard_log.drain(..).collect();
+            deltas.sort_by_key(|d| d.stamp.hlc);
             let node = &mut self.nodes[i];
-            let deltas: Vec<Delta> = node.store.ks.drain_deltas().collect();
-            node.link.enqueue_all(now, deltas);
+            for d in deltas {
+                node.sent.push_back(d.clone());
+                node.link.enqueue(now, d);
+            }
+            if let Some((below, slots)) = node.lost.take() {
+                node.link.note_local_loss(below, slots);
+            }
             node.link.note_local_hlc(node.clock.last());
             node.link.handle_timeout(now);
             node.link.poll_anti_entropy(now, &mut node.store);
             if gc {
                 self.report.gc_dropped += node.link.collect_garbage(&mut node.store) as u64;
             }
-            let mut out = Vec::new();
-            while let Some((peer, frame)) = self.nodes[i].link.poll_transmit(now) {
-                buf.clear();
-                let n = encode_into(&frame, &mut buf).expect("frames stay under the limit");
-                if frame.is_anti_entropy() {
-                    self.report.anti_entropy_bytes += n as u64;
-                } else if matches!(frame, Frame::Batch(_)) {
-                    self.report.delta_bytes += n as u64;
-                }
-                out.push((peer.0 as usize, buf.clone()));
+            if self.cfg.faults.expiry {
+                self.expire_cycle(i);
             }
-            for (to, bytes) in out {
-                self.send(i, to, bytes, faults);
+            self.trim_sent(i);
+            self.transmit(i, faults);
+        }
+    }
+
+    /// The active expiry cycle of region `i`.
+    fn expire_cycle(&mut self, i: usize) {
+        let now = self.node_now(i);
+        let due: Vec<(usize, Entry)> = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| {
+                let e = self.nodes[i].store.ks.raw_entry(&s.key)?;
+                (e.is_alive() && e.is_expired(now)).then(|| (k, e.into_owned()))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        if self.cfg.bug == Some(Bug::ExpiryReplicatesDelete) {
+            for (k, _) in &due {
+                let key = self.keys[*k].key.clone();
+                let node = &mut self.nodes[i];
+                let stamp = node.clock.now(now);
+                // Written before the deadline passed, as a replicated DEL would be.
+                node.store
+                    .ks
+                    .write(&key, stamp, now - 1_000_000, |w| w.delete());
+                let deltas: Vec<Delta> = node.store.ks.drain_deltas().collect();
+                for d in deltas {
+                    self.log_delta(i, d);
+                }
+            }
+        }
+        self.nodes[i]
+            .store
+            .ks
+            .active_expire(now, ACTIVE_EXPIRE_BUDGET);
+        for (k, e) in due {
+            let key = self.keys[k].key.clone();
+            let gone = self.nodes[i]
+                .store
+                .ks
+                .raw_entry(&key)
+                .is_none_or(|e| !e.is_alive());
+            if gone {
+                self.report.expired += 1;
+                self.region_lost(i, k, Some(e));
             }
         }
     }
@@ -529,19 +1223,78 @@ impl Sim {
                 break;
             }
             let msg = entry.remove();
+            if self.now < self.nodes[msg.to].stall_until {
+                // The receiving loop is starved: the frame waits in its socket.
+                let at = self.nodes[msg.to].stall_until;
+                self.wire_seq += 1;
+                self.wire.insert((at, self.wire_seq), msg);
+                continue;
+            }
             if !self.nodes[msg.to].up || self.blocked[msg.from][msg.to] {
                 self.report.frames_dropped += 1;
+                self.frame_gone(&msg.frame);
                 continue;
             }
             self.trace(mix_bytes(msg.from as u64 * 8 + msg.to as u64, &msg.bytes));
-            let now = self.node_now(msg.to);
-            let (frame, _) = decode(&msg.bytes)
-                .expect("the simulator only sends valid frames")
-                .expect("frames are whole");
+            let to = msg.to;
+            let now = self.node_now(to);
+            let frame = match decode(&msg.bytes) {
+                Ok(Some((frame, _))) => frame,
+                Ok(None) => unreachable!("frames are whole"),
+                Err(e) => {
+                    // A peer cannot read what a region encoded: the frame is lost.
+                    let v = format!(
+                        "codec: region {to} cannot decode a {} frame region {} sent: {e}",
+                        frame_name(&msg.frame),
+                        msg.from
+                    );
+                    if !self.report.violations.contains(&v) {
+                        self.report.violations.push(v);
+                    }
+                    self.frame_gone(&msg.frame);
+                    continue;
+                }
+            };
             let from = self.nodes[msg.from].id;
-            let node = &mut self.nodes[msg.to];
+            let node = &mut self.nodes[to];
             node.link.handle_frame(now, from, frame, &mut node.store);
             node.clock.observe(node.link.max_seen_hlc());
+            let mut gone = Vec::new();
+            let batch = matches!(msg.frame, Frame::Batch(_));
+            for (key, state) in frame_states(&msg.frame) {
+                self.debug(key, || {
+                    format!(
+                        "r{to} <- r{} {}: {}",
+                        msg.from,
+                        frame_name(&msg.frame),
+                        fmt_entry(Some(state))
+                    )
+                });
+                if let Some(k) = self.key_index(key) {
+                    self.dirty[to] |= 1 << k;
+                    if !entry_contains(self.nodes[to].store.ks.raw_entry(key).as_deref(), state) {
+                        gone.push((k, state.clone()));
+                    }
+                }
+            }
+            if batch {
+                if let Frame::Batch(b) = &msg.frame {
+                    for d in &b.deltas {
+                        if gone.iter().any(|(k, _)| self.keys[*k].key == d.key) {
+                            self.nodes[to].buffered.push_back((self.now, d.clone()));
+                        }
+                    }
+                }
+            } else {
+                for (k, state) in gone {
+                    self.copy_gone(k, &state);
+                }
+            }
+            if matches!(msg.frame, Frame::Ack(_)) {
+                self.trim_sent(to);
+            }
+            let v = std::mem::take(&mut self.nodes[to].store.violations);
+            self.report.violations.extend(v);
         }
     }
 
@@ -549,7 +1302,8 @@ impl Sim {
 
     fn fault(&mut self) {
         let n = self.nodes.len();
-        match self.rng.random_range(0..9u32) {
+        let f = self.cfg.faults.clone();
+        match self.rng.random_range(0..14u32) {
             0 => {
                 // Symmetric partition into two random sides.
                 let side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
@@ -586,74 +1340,323 @@ impl Sim {
             5 => {
                 let a = self.rng.random_range(0..n);
                 if self.nodes[a].up {
-                    self.crash(a);
+                    self.crash(a, false);
                 }
             }
             6 => {
+                if f.empty_restarts {
+                    let a = self.rng.random_range(0..n);
+                    if self.nodes[a].up {
+                        self.crash(a, true);
+                    }
+                }
+                self.trace(8);
+            }
+            7 => {
                 let a = self.rng.random_range(0..n);
                 let jump = self.rng.random_range(-1_000..=1_000i64);
-                self.nodes[a].skew_ms = (self.nodes[a].skew_ms + jump).clamp(-3_000, 3_000);
+                let node = &mut self.nodes[a];
+                node.base_skew_ms = (node.base_skew_ms + jump).clamp(-3_000, 3_000);
+                if node.jump_until == 0 {
+                    node.skew_ms = node.base_skew_ms;
+                }
                 self.trace(6);
             }
+            8 => {
+                if f.clock_jumps {
+                    self.clock_jump();
+                }
+                self.trace(9);
+            }
+            9 => {
+                if f.log_overflow {
+                    let a = self.rng.random_range(0..n);
+                    let ms = self.rng.random_range(100..=1_500);
+                    self.nodes[a].stall_until = self.nodes[a].stall_until.max(self.now + ms);
+                    self.report.stalls += 1;
+                }
+                self.trace(10);
+            }
             _ => {
-                let a = self.rng.random_range(0..n);
-                let k = self.keys[self.rng.random_range(0..self.keys.len())]
-                    .0
-                    .clone();
-                // A cache may lose a key it alone holds; the exact-value checkers need the
-                // data to survive somewhere, so only redundant copies are evicted: this
-                // region's state for the key must already be contained in another's.
-                // Like production eviction, only live keys are evicted (never tombstones).
-                let redundant = self.nodes[a].store.ks.raw_entry(&k).is_some_and(|mine| {
-                    mine.is_alive()
-                        && self.nodes.iter().enumerate().any(|(j, other)| {
-                            j != a
-                                && other.store.ks.raw_entry(&k).is_some_and(|theirs| {
-                                    let mut joined = theirs.into_owned();
-                                    !joined.merge(&mine)
-                                })
-                        })
-                });
-                if self.cfg.evictions && redundant && self.nodes[a].store.ks.evict_key(&k) > 0 {
-                    self.report.evictions += 1;
+                if f.evictions {
+                    let a = self.rng.random_range(0..n);
+                    if self.rng.random_bool(0.5) {
+                        let k = self.rng.random_range(0..self.keys.len());
+                        self.evict(a, Some(k));
+                    } else {
+                        self.evict(a, None);
+                    }
                 }
                 self.trace(7);
             }
         }
     }
 
-    /// The region's process dies: its outgoing logs, receive state and not-yet-drained
-    /// deltas are lost. Its keyspace survives (a replica takes over with the data).
-    fn crash(&mut self, a: usize) {
-        self.report.crashes += 1;
+    /// A clock jump at a random region: ahead past the offset bound (seconds to minutes,
+    /// sometimes hours) or behind, for a while; then back.
+    fn clock_jump(&mut self) {
+        let a = self.rng.random_range(0..self.nodes.len());
+        let jump: i64 = match self.rng.random_range(0..10u32) {
+            0..=4 => self.rng.random_range(15_000..=120_000),
+            5..=7 => self.rng.random_range(3_600_000..=3 * 3_600_000),
+            _ => -self.rng.random_range(15_000..=120_000),
+        };
+        let until = self.now + self.rng.random_range(100..=1_500);
+        let node = &mut self.nodes[a];
+        node.skew_ms = node.base_skew_ms + jump;
+        node.jump_until = until;
+        self.report.clock_jumps += 1;
+    }
+
+    fn end_jumps(&mut self, force: bool) {
+        for node in self.nodes.iter_mut() {
+            if node.jump_until != 0 && (force || self.now >= node.jump_until) {
+                node.jump_until = 0;
+                node.skew_ms = node.base_skew_ms;
+            }
+        }
+    }
+
+    /// Evict key `k` at region `a` if it is live there (`None`: let an eviction policy
+    /// pick one, as the server's `maxmemory` enforcement would).
+    fn evict(&mut self, a: usize, k: Option<usize>) {
+        let before: Vec<Option<Entry>> = self
+            .keys
+            .iter()
+            .map(|s| {
+                self.nodes[a]
+                    .store
+                    .ks
+                    .raw_entry(&s.key)
+                    .map(Cow::into_owned)
+            })
+            .collect();
+        let now = self.node_now(a);
+        match k {
+            Some(k) => {
+                if !before[k].as_ref().is_some_and(Entry::is_alive) {
+                    return;
+                }
+                let key = self.keys[k].key.clone();
+                if self.cfg.bug == Some(Bug::EvictionDropsFloor) {
+                    self.nodes[a].store.ks.take_key(&key);
+                } else {
+                    self.nodes[a].store.ks.evict_key(&key);
+                }
+            }
+            None => {
+                let (policy, _) = EvictionPolicy::ALL[self.rng.random_range(1..8usize)];
+                let mut r = self.rng.random::<u64>();
+                let mut next = move || {
+                    r = mix(r, 0x65766963);
+                    r
+                };
+                self.nodes[a].store.ks.evict_one(policy, 5, now, &mut next);
+            }
+        }
+        for (k, b) in before.into_iter().enumerate() {
+            let was = b.as_ref().is_some_and(Entry::is_alive);
+            let is = self.nodes[a]
+                .store
+                .ks
+                .raw_entry(&self.keys[k].key)
+                .is_some_and(|e| e.is_alive());
+            if was && !is {
+                self.report.evictions += 1;
+                self.region_lost(a, k, b);
+            }
+        }
+    }
+
+    /// The region's process dies. Its unshipped local deltas, outgoing logs and receive
+    /// state are lost. `empty`: its keyspace too (no persistence, no replica): it restarts
+    /// with a fresh keyspace and a clock read from its own wall clock. Otherwise a replica
+    /// takes over with the data and the clock.
+    fn crash(&mut self, a: usize, empty: bool) {
+        if let Some(k) = self.debug_key.clone() {
+            self.debug(&k, || format!("r{a} crashes (empty: {empty})"));
+        }
         let down_ms = self.rng.random_range(50..=1_000);
         let node = &mut self.nodes[a];
         node.up = false;
         node.restart_at = self.now + down_ms;
-        node.store.ks.drain_deltas().for_each(drop);
-        self.trace(5);
+        node.stall_until = 0;
+        let dropped: Vec<Delta> = node
+            .shard_log
+            .drain(..)
+            .chain(node.sent.drain(..))
+            .collect();
+        let dropped: Vec<Delta> = dropped.into_iter().chain(node.drain_buffered()).collect();
+        node.lost = None;
+        let mut copies: BTreeMap<usize, Entry> = BTreeMap::new();
+        for d in dropped {
+            if let Some(k) = self.key_index(&d.key) {
+                copies.entry(k).or_default().merge(&d.state);
+            }
+        }
+        if empty {
+            self.report.empty_restarts += 1;
+            for k in 0..self.keys.len() {
+                if let Some(e) = self.nodes[a].store.ks.raw_entry(&self.keys[k].key) {
+                    copies.entry(k).or_default().merge(&e);
+                }
+            }
+            let id = self.nodes[a].id;
+            let node = &mut self.nodes[a];
+            node.store.ks = Keyspace::new(keyspace_config(id, self.cfg.seed));
+            node.clock = HlcClock::new(id);
+            for k in 0..self.keys.len() {
+                self.models[k].clear_region(Self::bit(a));
+                self.floors[a][k] = 0;
+                let slot = key_slot(&self.keys[k].key);
+                self.nodes[a].store.lost_slots.insert(slot);
+                self.lost_copy[a] |= 1 << k;
+                self.dirty[a] |= 1 << k;
+            }
+            self.trace(11);
+        } else {
+            self.report.crashes += 1;
+            self.trace(5);
+        }
+        for (k, c) in copies {
+            self.copy_gone(k, &c);
+        }
     }
 
     fn restart_due(&mut self, force: bool) {
         let ids: Vec<RegionId> = self.nodes.iter().map(|n| n.id).collect();
-        for node in self.nodes.iter_mut() {
-            if !node.up && (force || self.now >= node.restart_at) {
-                node.up = true;
-                node.epoch += 1;
-                let peers: Vec<_> = ids.iter().copied().filter(|&p| p != node.id).collect();
-                node.link = RegionLink::new(node.id, &peers, node.epoch, self.link_cfg.clone());
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            if node.up || !(force || self.now >= node.restart_at) {
+                continue;
+            }
+            // A new incarnation id, random as the server's (never 1, which declares a
+            // region's first start ever).
+            let epoch = self.rng.random::<u64>() | 1 << 63;
+            let node = &mut self.nodes[i];
+            node.up = true;
+            let peers: Vec<_> = ids.iter().copied().filter(|&p| p != node.id).collect();
+            node.link = RegionLink::new(node.id, &peers, epoch, self.link_cfg.clone());
+        }
+    }
+
+    /// Forget buffered deltas the region merged since, or that waited too long (`force`:
+    /// all of them — the links are idle, a delta not merged by now never will be).
+    fn prune_buffered(&mut self, force: bool) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].buffered.is_empty() {
+                continue;
+            }
+            let all = std::mem::take(&mut self.nodes[i].buffered);
+            let mut gone = Vec::new();
+            for (at, d) in all {
+                let merged = entry_contains(
+                    self.nodes[i].store.ks.raw_entry(&d.key).as_deref(),
+                    &d.state,
+                );
+                if merged {
+                    continue;
+                }
+                if force || self.now >= at + BUFFERED_MS {
+                    gone.push(d);
+                } else {
+                    self.nodes[i].buffered.push_back((at, d));
+                }
+            }
+            for d in gone {
+                if let Some(k) = self.key_index(&d.key) {
+                    self.copy_gone(k, &d.state);
+                }
+            }
+        }
+    }
+
+    // ---- checks during the run ----
+
+    fn check_local(&mut self) {
+        for i in 0..self.nodes.len() {
+            let dirty = std::mem::take(&mut self.dirty[i]);
+            let lost = std::mem::take(&mut self.lost_copy[i]);
+            if dirty == 0 {
+                continue;
+            }
+            for k in 0..self.keys.len() {
+                if dirty & (1 << k) == 0 {
+                    continue;
+                }
+                let key = self.keys[k].key.clone();
+                let e = self.nodes[i].store.ks.raw_entry(&key).map(Cow::into_owned);
+                self.debug(&key, || format!("r{i} state {}", fmt_entry(e.as_ref())));
+                if let Some(v) =
+                    self.models[k].check_region(Self::bit(i), e.as_ref(), lost & (1 << k) != 0)
+                {
+                    self.report.violations.push(format!(
+                        "local: region {i} key {:?} at {} ms: {}",
+                        key, self.now, v.0
+                    ));
+                }
+                let floor = e.as_ref().map_or(0, Entry::floor);
+                if floor < self.floors[i][k] {
+                    self.report.violations.push(format!(
+                        "floor: region {i} key {:?} at {} ms: invalidation floor went down from \
+                         {} to {floor}",
+                        key, self.now, self.floors[i][k]
+                    ));
+                }
+                self.floors[i][k] = self.floors[i][k].max(floor);
+            }
+        }
+    }
+
+    /// Slots a region lost keys of count as repaired once the region's keyspace no longer
+    /// marks them lossy and they hold the same state as every other region's.
+    fn settle_lost_slots(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].store.lost_slots.is_empty() {
+                continue;
+            }
+            let slots: Vec<u16> = self.nodes[i].store.lost_slots.iter().copied().collect();
+            for s in slots {
+                if self.nodes[i].store.ks.slot_is_lossy(s) {
+                    continue;
+                }
+                let d = self.nodes[i].store.ks.slot_digest(s);
+                let equal = (0..self.nodes.len())
+                    .filter(|&j| j != i)
+                    .all(|j| self.nodes[j].store.ks.slot_digest(s) == d);
+                if equal {
+                    self.nodes[i].store.lost_slots.remove(&s);
+                }
             }
         }
     }
 
     // ---- run ----
 
+    fn tick(&mut self, faults: bool, gc: bool) {
+        self.pump(faults, gc);
+        self.deliver();
+        // Whatever handling frames produced goes out now: nothing stays in a link's queues
+        // between ticks where loss accounting could not see it.
+        for i in 0..self.nodes.len() {
+            self.transmit(i, faults);
+            self.trim_sent(i);
+        }
+        self.prune_buffered(false);
+        self.check_local();
+        #[allow(clippy::manual_is_multiple_of)]
+        if self.now % 100 == 0 {
+            self.settle_lost_slots();
+        }
+    }
+
     fn run(mut self) -> SimReport {
         let op_pct = self.rng.random_range(10..=60u32);
-        let fault_pct = self.rng.random_range(1..=8u32);
+        let fault_pct = self.rng.random_range(2..=10u32);
         while self.now < self.cfg.fault_ms {
             self.now += TICK_MS;
             self.restart_due(false);
+            self.end_jumps(false);
             for i in 0..self.nodes.len() {
                 if self.nodes[i].up && self.rng.random_range(0..100) < op_pct {
                     self.op(i);
@@ -662,27 +1665,36 @@ impl Sim {
             if self.rng.random_range(0..100) < fault_pct {
                 self.fault();
             }
-            self.pump(true, self.cfg.gc_during_faults);
-            self.deliver();
+            self.tick(true, self.cfg.faults.gc_during_faults);
         }
         // Phase 2: heal, quiesce, collect garbage.
         for row in self.blocked.iter_mut() {
             row.iter_mut().for_each(|x| *x = false);
         }
         self.restart_due(true);
+        self.end_jumps(true);
+        for n in self.nodes.iter_mut() {
+            n.stall_until = 0;
+        }
         let heal_start = self.now;
         let mut converged_at = None;
-        while self.now < heal_start + self.cfg.max_heal_ms {
+        let mut waited_for_clocks = false;
+        let mut deadline = heal_start + self.cfg.max_heal_ms;
+        while self.now < deadline {
             self.now += TICK_MS;
-            self.pump(false, false);
-            self.deliver();
+            self.tick(false, false);
             // Checking digests of every slot is the expensive part: every 200 ms is enough.
-            // (`%` rather than `is_multiple_of`: the workspace MSRV is 1.80.)
             #[allow(clippy::manual_is_multiple_of)]
             let check = self.now % 200 == 0;
             if check && self.converged() {
                 converged_at = Some(self.now);
                 break;
+            }
+            if check && !waited_for_clocks && self.now >= heal_start + 5_000 {
+                // A region whose clock ran far ahead stamped writes no peer merges until
+                // its own clock catches up: wait that out (nothing else happens meanwhile).
+                waited_for_clocks = true;
+                deadline += self.wait_for_clocks();
             }
         }
         match converged_at {
@@ -693,41 +1705,76 @@ impl Sim {
                     self.cfg.max_heal_ms
                 ))
             }
-            Some(t) => self.report.converge_ms = t - heal_start,
-        }
-        // Values must be right before garbage collection, and stay right after it.
-        self.check_values("after heal");
-        // Let frontiers and clean anti-entropy rounds circulate, then collect.
-        for _ in 0..(3_000 / TICK_MS) {
-            self.now += TICK_MS;
-            self.pump(false, true);
-            self.deliver();
-        }
-        self.check();
-        if std::env::var_os("MERIDIAN_SIM_DEBUG").is_some() {
-            for n in &self.nodes {
-                eprintln!("r{} stable {:?}", n.id.0, n.link.stable_frontier());
-                eprintln!(
-                    "r{} seen {:?} epoch {}",
-                    n.id.0,
-                    n.link.seen_vector(),
-                    n.epoch
-                );
-                for (k, _) in &self.keys {
-                    if let Some(e) = n.store.ks.raw_entry(k) {
-                        if !e.is_alive() {
-                            eprintln!(
-                                "  tomb {:?} {:?} lossy {}",
-                                k,
-                                e,
-                                n.store.ks.slot_is_lossy(key_slot(k))
-                            );
-                        }
-                    }
-                }
+            Some(t) => {
+                self.report.converge_ms =
+                    t - heal_start - (deadline - heal_start - self.cfg.max_heal_ms)
             }
         }
+        // Values must be right before garbage collection, and stay right after it.
+        self.prune_buffered(true);
+        self.check_values("after heal");
+        // Let frontiers and clean anti-entropy rounds circulate, then collect; and let
+        // anti-entropy repair the slots of keys that expired meanwhile. Keys expire at each
+        // region's own clock, so rounds are not clean (and GC waits) until every region
+        // passed a deadline: wait for a quiet system, at most 40 s.
+        let gc_start = self.now;
+        while self.now < gc_start + 3_000
+            || (self.now < gc_start + 40_000 && (self.any_lossy_slot() || self.any_tombstone()))
+        {
+            self.now += TICK_MS;
+            self.tick(false, true);
+        }
+        self.prune_buffered(true);
+        self.check_values("after gc");
+        self.check_metadata();
         self.finish()
+    }
+
+    fn any_tombstone(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            self.keys.iter().any(|k| {
+                n.store
+                    .ks
+                    .raw_entry(&k.key)
+                    .is_some_and(|e| !e.is_alive() && e.floor() == 0)
+            })
+        })
+    }
+
+    fn any_lossy_slot(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            self.keys
+                .iter()
+                .any(|k| n.store.ks.slot_is_lossy(key_slot(&k.key)))
+        })
+    }
+
+    /// Advance time, quietly, until every region's wall clock has passed every HLC issued.
+    /// Returns how long.
+    fn wait_for_clocks(&mut self) -> u64 {
+        let max_hlc = self
+            .nodes
+            .iter()
+            .map(|n| n.clock.last().physical_ms())
+            .max()
+            .unwrap_or(0);
+        let min_wall = (0..self.nodes.len())
+            .map(|i| self.node_now(i))
+            .min()
+            .unwrap_or(0);
+        if max_hlc > min_wall + self.link_cfg.max_clock_offset_ms {
+            let gap = max_hlc - min_wall + 1_000;
+            let gap = gap.div_ceil(TICK_MS) * TICK_MS;
+            // Frames in flight keep their relative order; they arrive after the wait.
+            let wire = std::mem::take(&mut self.wire);
+            for ((at, seq), m) in wire {
+                self.wire.insert((at + gap, seq), m);
+            }
+            self.now += gap;
+            self.trace(0xc10c);
+            return gap;
+        }
+        0
     }
 
     fn divergence_detail(&mut self) -> String {
@@ -740,13 +1787,17 @@ impl Sim {
                 .map(|&p| n.link.backlog(p))
                 .collect();
             out.push_str(&format!(
-                "[r{} idle {} backlog {:?} ae {:?}] ",
+                "[r{} up {} idle {} backlog {:?} hlc {} link {:?} ae {:?}] ",
                 n.id.0,
+                n.up,
                 n.link.is_idle(),
                 backlog,
+                crate::oracle::fmt_hlc(n.clock.last()),
+                n.link.stats(),
                 n.link.anti_entropy_stats()
             ));
         }
+        out.push_str(&format!("now {} ", self.now));
         let mut differing = Vec::new();
         for s in 0..SLOT_COUNT as u16 {
             let d0 = self.nodes[0].store.ks.slot_digest(s);
@@ -773,31 +1824,37 @@ impl Sim {
         })
     }
 
-    fn check(&mut self) {
-        self.check_values("after gc");
-        self.check_metadata();
-    }
-
     fn check_values(&mut self, phase: &str) {
-        let keys: Vec<Bytes> = self.keys.iter().map(|(k, _)| k.clone()).collect();
-        for key in &keys {
-            let expected = self
-                .model
-                .get(key)
-                .map_or(Rendered::Absent, KeyModel::expected);
+        for k in 0..self.keys.len() {
+            let key = self.keys[k].key.clone();
+            self.debug(&key, || format!("model {}", self.models[k].describe()));
+            let model = &self.models[k];
+            let expected_deadline = model.deadline();
             let mut deadlines = Vec::new();
-            for node in &self.nodes {
-                let e = node.store.ks.raw_entry(key);
-                let got = render(e.as_deref());
+            for i in 0..self.nodes.len() {
+                let now = self.node_now(i);
+                let expected = model.expected(now);
+                let e = self.nodes[i].store.ks.raw_entry(&key);
+                let got = render(e.as_deref(), now);
                 if got != expected {
                     self.report.violations.push(format!(
-                        "value ({phase}): key {:?} at region {}: got {:?}, oracle expects {:?}",
-                        key, node.id.0, got, expected
+                        "value ({phase}): key {:?} at region {i}: got {:?}, oracle expects {:?}",
+                        key, got, expected
                     ));
                 }
-                deadlines.push(e.filter(|e| e.is_alive()).and_then(|e| e.deadline_ms()));
+                let alive = e.as_ref().filter(|e| e.is_alive() && !e.is_expired(now));
+                let d = alive.and_then(|e| e.deadline_ms());
+                if alive.is_some() && expected != Rendered::Absent && d != expected_deadline {
+                    self.report.violations.push(format!(
+                        "ttl ({phase}): key {key:?} at region {i} has deadline {d:?}, oracle \
+                         expects {expected_deadline:?}"
+                    ));
+                }
+                if alive.is_some() {
+                    deadlines.push((i, d));
+                }
             }
-            if deadlines.windows(2).any(|w| w[0] != w[1]) {
+            if deadlines.windows(2).any(|w| w[0].1 != w[1].1) {
                 self.report.violations.push(format!(
                     "ttl ({phase}): key {key:?} has different deadlines across regions: {deadlines:?}"
                 ));
@@ -807,9 +1864,13 @@ impl Sim {
 
     fn check_metadata(&mut self) {
         // Metadata bounded: after heal and GC every tombstone is gone, and what is left is
-        // bounded by the hot key space, not by the number of operations.
+        // bounded by the hot key space, not by the number of operations. Counter
+        // incarnations: at most one per loss of a region's state for a key.
         let n = self.nodes.len();
-        let bound = self.keys.len() * (2 + 2 * n + MEMBERS.len() * (1 + n));
+        let losses =
+            (self.report.evictions + self.report.expired + self.report.empty_restarts) as usize;
+        let bound =
+            self.keys.len() * (2 + 2 * n + MEMBERS.len() * (1 + n) + FIELDS.len() * n) + 2 * losses;
         for node in &self.nodes {
             let stats = node.store.ks.stats();
             let meta = node.store.ks.metadata_elements();
@@ -818,16 +1879,30 @@ impl Sim {
             let floors = self
                 .keys
                 .iter()
-                .filter(|(k, _)| {
+                .filter(|s| {
                     node.store
                         .ks
-                        .raw_entry(k)
+                        .raw_entry(&s.key)
                         .is_some_and(|e| !e.is_alive() && e.floor() != 0)
                 })
                 .count();
             if stats.tombstones > floors {
+                let tombs: Vec<String> = self
+                    .keys
+                    .iter()
+                    .filter_map(|s| {
+                        let e = node.store.ks.raw_entry(&s.key)?;
+                        (!e.is_alive() && e.floor() == 0).then(|| {
+                            format!(
+                                "{} {}",
+                                String::from_utf8_lossy(&s.key),
+                                crate::oracle::fmt_entry(Some(&e))
+                            )
+                        })
+                    })
+                    .collect();
                 self.report.violations.push(format!(
-                    "gc: region {} keeps {} tombstone keys after heal",
+                    "gc: region {} keeps {} tombstone keys after heal: {tombs:?}",
                     node.id.0,
                     stats.tombstones - floors
                 ));
@@ -854,7 +1929,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             let s = self.nodes[i].store.ks.stats().clone();
             self.report.partial_deltas_dropped += s.partial_deltas_dropped;
-            self.report.logs_dropped += self.nodes[i].link.stats().logs_dropped;
+            let ls = self.nodes[i].link.stats().clone();
+            self.report.logs_dropped += ls.logs_dropped;
+            self.report.deltas_clock_held += ls.deltas_clock_held;
             for slot in 0..SLOT_COUNT as u16 {
                 let d = self.nodes[i].store.ks.slot_digest(slot);
                 if d != 0 {
@@ -865,6 +1942,14 @@ impl Sim {
         self.trace(self.report.violations.len() as u64);
         self.report.trace_hash = self.trace;
         self.report
+    }
+}
+
+fn keyspace_config(id: RegionId, seed: u64) -> KeyspaceConfig {
+    KeyspaceConfig {
+        region: id,
+        retain_tombstones: true,
+        seed: seed ^ u64::from(id.0),
     }
 }
 
