@@ -497,8 +497,26 @@ impl Core {
         // When the loop last went to sleep, and the deadline it slept until: a loop that runs
         // well after it was due was starved of CPU (see `sched::Governor`).
         let (mut slept_at, mut due) = (u64::MAX, u64::MAX);
+        let mut last_now = 0u64;
         loop {
             let now = now_ms();
+            if now < last_now {
+                // The wall clock stepped back (the link's timers are clamped the same way in
+                // `handle_timeout`): no deadline may now wait longer than its own span.
+                next_gc = next_gc.min(now + gc_step_ms);
+                next_stats = next_stats.min(now);
+                last_flush = last_flush.min(now);
+                if let Some(t) = flush_at.as_mut() {
+                    *t = (*t).min(now);
+                }
+                for (q, &(delay, _)) in delayed.iter_mut().zip(&faults) {
+                    for (at, _) in q.iter_mut() {
+                        *at = (*at).min(now + delay);
+                    }
+                }
+                timer_due = true;
+            }
+            last_now = now;
             governor.observe(now, now.saturating_sub(due.max(slept_at)));
             // Local deltas. The link ships them in HLC order (its frontier for our own
             // writes relies on it), but shards fill their logs concurrently. A write is

@@ -221,9 +221,11 @@ fn strictly_sorted<T: Ord>(mut it: impl Iterator<Item = T>) -> bool {
 }
 
 fn check_str(s: &Str) -> Result<(), CodecError> {
-    if !strictly_sorted(s.ctr.iter().map(|c| c.region)) {
+    // One contribution per (region, incarnation): a region has several incarnations after
+    // it lost its own (eviction, restart...), and the merge binary-searches them by that id.
+    if !strictly_sorted(s.ctr.iter().map(|c| c.id())) {
         return Err(CodecError::Invalid(
-            "counter contributions not sorted by region",
+            "counter contributions not sorted by (region, incarnation)",
         ));
     }
     Ok(())
@@ -341,6 +343,47 @@ pub(crate) mod tests {
             assert_eq!(used, bytes.len());
             assert_eq!(back, f);
         }
+    }
+
+    /// A counter holding two incarnations of one region's contribution (the region evicted
+    /// the key and incremented again, then got its old state back) is valid on the wire:
+    /// rejecting it left such keys unrepairable by anti-entropy.
+    #[test]
+    fn counter_incarnations_of_one_region_are_valid() {
+        let mut ks = Keyspace::new(KeyspaceConfig {
+            region: RegionId(1),
+            retain_tombstones: true,
+            ..KeyspaceConfig::default()
+        });
+        let st = |n: u64| Stamp::new(Hlc::from_parts(1_000 + n, 0), RegionId(1));
+        ks.write(b"c", st(1), 0, |w| w.incr_by(10).unwrap());
+        let old = ks.raw_entry(b"c").unwrap().into_owned();
+        assert!(ks.evict_key(b"c") > 0);
+        ks.write(b"c", st(2), 0, |w| w.incr_by(1).unwrap());
+        ks.merge_state(b"c", true, &old);
+        let state = ks.raw_entry(b"c").unwrap().into_owned();
+        let contribs: Vec<_> = state
+            .components()
+            .iter()
+            .filter_map(|c| match &c.val {
+                Val::Str(s) => Some(s.ctr.iter().map(|c| c.id()).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(contribs.len(), 2, "two incarnations: {contribs:?}");
+        assert_eq!(contribs[0].0, contribs[1].0, "of one region");
+        let f = Frame::AeEntries(AeEntries {
+            round: 1,
+            entries: vec![KeyState {
+                key: Bytes::from_static(b"c"),
+                state,
+            }],
+            want: Vec::new(),
+            last: true,
+        });
+        let (back, _) = decode(&encode(&f).unwrap()).unwrap().unwrap();
+        assert_eq!(back, f);
     }
 
     #[test]

@@ -282,7 +282,13 @@ impl AntiEntropy {
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
         for p in self.peers.iter_mut() {
-            p.next_due_ms.get_or_insert(now_ms + self.interval_ms);
+            let due = p.next_due_ms.get_or_insert(now_ms + self.interval_ms);
+            // After the clock stepped back, no timer waits longer than its own span.
+            *due = (*due).min(now_ms.saturating_add(self.interval_ms));
+            p.retry_at_ms = p.retry_at_ms.min(now_ms.saturating_add(self.retry_ms));
+            if let Some(t) = p.urgent_since_ms.as_mut() {
+                *t = (*t).min(now_ms);
+            }
         }
     }
 

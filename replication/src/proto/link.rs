@@ -764,6 +764,21 @@ impl RegionLink {
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        // The caller's clock may step back (a wall clock corrected by NTP): no deadline then
+        // waits longer than its own span, or resends, gossip and handshakes would stop for
+        // as long as the step.
+        self.next_frontier_ms = self
+            .next_frontier_ms
+            .min(now_ms.saturating_add(self.cfg.frontier_interval_ms));
+        for o in self.out.iter_mut() {
+            o.last_progress_ms = o.last_progress_ms.min(now_ms);
+            o.next_hello_ms = o
+                .next_hello_ms
+                .min(now_ms.saturating_add(self.cfg.resend_timeout_ms));
+            if o.last_batch_in_ms > now_ms {
+                o.last_batch_in_ms = now_ms.max(1);
+            }
+        }
         for o in self.out.iter_mut() {
             if o.sent_upto > o.acked
                 && now_ms
@@ -1195,6 +1210,34 @@ mod tests {
         pump(caught_up, &mut s, &all);
         assert!(s[1].alive("k"), "merged by a later round");
         assert!(s[1].link.max_seen_hlc() >= st.hlc);
+    }
+
+    /// A clock stepped back by an hour (the caller's `now`): resends, anti-entropy retries
+    /// and the handshake go on within their own timeouts, not an hour later.
+    #[test]
+    fn timers_survive_a_backward_clock_step() {
+        let mut s = pair();
+        let t0 = 3_600_000 + 10_000;
+        // A round starts and its digests are lost; so is A's first batch.
+        s[0].link.request_anti_entropy(RegionId(1));
+        pump(t0, &mut s, &|_| false);
+        s[0].write(t0, "k", set);
+        s[0].ship(t0);
+        let lost = pump(t0, &mut s, &|_| false);
+        assert!(lost.iter().any(|(_, f)| matches!(f, Frame::Batch(_))));
+        assert_eq!(s[0].link.anti_entropy_stats().rounds_started, 1);
+        // A's clock steps back an hour; B's does not (B would hold A's hour-old stamps).
+        s[0].skew_ms = -3_600_000;
+        for t in [t0, t0 + 300, t0 + 600] {
+            pump(t, &mut s, &all);
+        }
+        assert!(s[1].alive("k"), "resent within the timeout");
+        assert_eq!(s[0].link.backlog(RegionId(1)), 0);
+        assert!(s[0].link.handshake_done() && s[1].link.handshake_done());
+        assert!(
+            s[0].link.anti_entropy_stats().rounds_completed >= 1,
+            "the lost round is retried"
+        );
     }
 
     // ---- incarnations and the restart handshake ----
