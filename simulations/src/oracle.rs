@@ -47,6 +47,9 @@ struct RegAtom {
     value: Option<Bytes>,
     version: u64,
     lost: bool,
+    /// (Tombstones) garbage collection dropped this record somewhere: it was stable, so
+    /// it is never lost afterwards.
+    collected: bool,
     live_at: u16,
 }
 
@@ -59,6 +62,8 @@ struct IncAtom {
     by: i64,
     observed: bool,
     lost: bool,
+    /// GC dropped the record of the reset that observed it (see `RegAtom::collected`).
+    collected: bool,
     live_at: u16,
 }
 
@@ -68,6 +73,7 @@ struct AddAtom {
     stamp: Stamp,
     killed: bool,
     lost: bool,
+    collected: bool,
     live_at: u16,
 }
 
@@ -77,6 +83,7 @@ struct TtlAtom {
     payload: u64,
     killed: bool,
     lost: bool,
+    collected: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -289,6 +296,7 @@ impl KeyModel {
                 value: None,
                 version: 0,
                 lost: false,
+                collected: false,
                 live_at: 0,
             });
         }
@@ -417,6 +425,7 @@ impl KeyModel {
             value: Some(value),
             version,
             lost: false,
+            collected: false,
             live_at: 0,
         });
         self.kill_ttl(v);
@@ -442,6 +451,7 @@ impl KeyModel {
                 by,
                 observed: false,
                 lost: false,
+                collected: false,
                 live_at: 0,
             });
         }
@@ -458,6 +468,7 @@ impl KeyModel {
             value: Some(value),
             version: 0,
             lost: false,
+            collected: false,
             live_at: 0,
         });
     }
@@ -480,6 +491,7 @@ impl KeyModel {
             stamp,
             killed: false,
             lost: false,
+            collected: false,
             live_at: 0,
         });
     }
@@ -503,6 +515,7 @@ impl KeyModel {
             payload: deadline.unwrap_or(PERSIST),
             killed: false,
             lost: false,
+            collected: false,
         });
     }
 
@@ -530,7 +543,9 @@ impl KeyModel {
     // ---- loss ----
 
     /// Some copy of the key went away: `before` is the join of every copy that existed
-    /// (the lost one included), `after` of every copy left. See the module doc.
+    /// (the lost one included), `after` of every copy left. See the module doc. A removal
+    /// record garbage collection dropped somewhere is never lost: collection says every
+    /// region has it (if a stale copy of what it removed comes back, that is a bug).
     pub fn forget_lost(&mut self, before: Option<&Entry>, after: Option<&Entry>) -> usize {
         let mut lost = 0;
         let mut gone = |held: bool, now: bool, flag: &mut bool| {
@@ -540,23 +555,24 @@ impl KeyModel {
             }
         };
         for a in self.regs.iter_mut() {
-            gone(a.contained(before), a.contained(after), &mut a.lost);
+            let now = a.contained(after) || a.collected;
+            gone(a.contained(before), now, &mut a.lost);
         }
         for a in self.incs.iter_mut() {
             gone(a.contained(before), a.contained(after), &mut a.lost);
-            if a.observed && a.observed_in(before) && !a.observed_in(after) {
+            if a.observed && !a.collected && a.observed_in(before) && !a.observed_in(after) {
                 a.observed = false;
             }
         }
         for a in self.adds.iter_mut() {
             gone(a.contained(before), a.contained(after), &mut a.lost);
-            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+            if a.killed && !a.collected && a.killed_in(before) && !a.killed_in(after) {
                 a.killed = false;
             }
         }
         for a in self.ttls.iter_mut() {
             gone(a.contained(before), a.contained(after), &mut a.lost);
-            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+            if a.killed && !a.collected && a.killed_in(before) && !a.killed_in(after) {
                 a.killed = false;
             }
         }
@@ -572,6 +588,31 @@ impl KeyModel {
             );
         }
         lost
+    }
+
+    /// Garbage collection at one region turned its state `before` into `after`: the
+    /// removal records it dropped are stable (see [`KeyModel::forget_lost`]).
+    pub fn note_collected(&mut self, before: Option<&Entry>, after: Option<&Entry>) {
+        for a in self.regs.iter_mut().filter(|a| a.value.is_none()) {
+            if a.contained(before) && !a.contained(after) {
+                a.collected = true;
+            }
+        }
+        for a in self.incs.iter_mut() {
+            if a.observed && a.observed_in(before) && !a.observed_in(after) {
+                a.collected = true;
+            }
+        }
+        for a in self.adds.iter_mut() {
+            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+                a.collected = true;
+            }
+        }
+        for a in self.ttls.iter_mut() {
+            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+                a.collected = true;
+            }
+        }
     }
 
     // ---- per-region checks during the fault phase ----

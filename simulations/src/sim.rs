@@ -33,7 +33,7 @@ use bytes::Bytes;
 use meridian_crdt::digest::{mix, mix_bytes};
 use meridian_crdt::{
     key_slot, Applied, CrdtError, Delta, Entry, EvictionPolicy, Hlc, HlcClock, Keyspace,
-    KeyspaceConfig, Kind, RegionId, Val, SLOT_COUNT,
+    KeyspaceConfig, Kind, RegionId, Stamp, Val, SLOT_COUNT,
 };
 use meridian_replication::{
     decode, encode_into, Frame, LinkConfig, RegionLink, ReplicaStore, DEFAULT_MAX_CLOCK_OFFSET_MS,
@@ -245,6 +245,11 @@ pub struct SimStore {
     /// rebuild an absent key there.
     lost_slots: BTreeSet<u16>,
     violations: Vec<String>,
+    debug_key: Option<Bytes>,
+    /// Deltas (origin stamp, key) this region's link handed to the store, ever (since its
+    /// last crash): a delivered delta its state lacks was buffered or held if it is not here,
+    /// and dropped for good if it is.
+    offered: BTreeSet<(Stamp, Bytes)>,
 }
 
 impl SimStore {
@@ -254,6 +259,8 @@ impl SimStore {
             bug,
             lost_slots: BTreeSet::new(),
             violations: Vec::new(),
+            debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
+            offered: BTreeSet::new(),
         }
     }
 
@@ -306,6 +313,14 @@ impl SimStore {
             }
             _ => self.ks.merge_state(key, full, state),
         };
+        if self.debug_key.as_deref() == Some(key) {
+            eprintln!(
+                "    r{} merges (full {full}) {} -> {r:?}: {}",
+                self.ks.region().0,
+                fmt_entry(Some(state)),
+                fmt_entry(self.ks.raw_entry(key).as_deref())
+            );
+        }
         if !full && bare && r == Applied::Changed && self.lost_slots.contains(&slot) {
             self.violations.push(format!(
                 "partial: region {} rebuilt key {:?} it had lost from a partial delta before \
@@ -320,6 +335,7 @@ impl SimStore {
 
 impl ReplicaStore for SimStore {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
+        self.offered.insert((delta.stamp, delta.key.clone()));
         self.merge(&delta.key, delta.full, &delta.state)
     }
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
@@ -659,6 +675,26 @@ impl Sim {
         before.merge(copy);
         let n = self.models[k].forget_lost(Some(&before), after.as_ref());
         self.report.atoms_lost += n as u64;
+        self.debug(&key, || {
+            let mut src = String::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                src.push_str(&format!(
+                    "\n  r{i}: up {} backlog {} sent-all {} log {} sent {} buffered {}",
+                    n.up,
+                    self.max_backlog(i),
+                    n.sent.len(),
+                    n.shard_log.iter().filter(|d| d.key == key).count(),
+                    n.sent.iter().filter(|d| d.key == key).count(),
+                    n.buffered.iter().filter(|(_, d)| d.key == key).count()
+                ));
+            }
+            format!(
+                "forget_lost: {n} atom(s); copy {}; held now {}; {src}; model {}",
+                fmt_entry(Some(copy)),
+                fmt_entry(after.as_ref()),
+                self.models[k].describe()
+            )
+        });
     }
 
     /// Region `i` lost its copy of key `k` (`copy` is what it held).
@@ -1159,13 +1195,41 @@ impl Sim {
             node.link.handle_timeout(now);
             node.link.poll_anti_entropy(now, &mut node.store);
             if gc {
-                self.report.gc_dropped += node.link.collect_garbage(&mut node.store) as u64;
+                self.collect_garbage(i);
             }
             if self.cfg.faults.expiry {
                 self.expire_cycle(i);
             }
             self.trim_sent(i);
             self.transmit(i, faults);
+        }
+    }
+
+    /// Garbage collection at region `i`; the removal records it drops are stable (the
+    /// oracle never counts them lost afterwards).
+    fn collect_garbage(&mut self, i: usize) {
+        let before: Vec<Option<Entry>> = self
+            .keys
+            .iter()
+            .map(|s| {
+                self.nodes[i]
+                    .store
+                    .ks
+                    .raw_entry(&s.key)
+                    .map(Cow::into_owned)
+            })
+            .collect();
+        let node = &mut self.nodes[i];
+        self.report.gc_dropped += node.link.collect_garbage(&mut node.store) as u64;
+        for (k, b) in before.into_iter().enumerate() {
+            let after = self.nodes[i]
+                .store
+                .ks
+                .raw_entry(&self.keys[k].key)
+                .map(Cow::into_owned);
+            if b != after {
+                self.models[k].note_collected(b.as_ref(), after.as_ref());
+            }
         }
     }
 
@@ -1278,9 +1342,23 @@ impl Sim {
                 }
             }
             if batch {
+                // A delta the store never saw waits in the link's reorder buffer (or comes
+                // again, held for its clock); one it saw and did not take is gone.
                 if let Frame::Batch(b) = &msg.frame {
                     for d in &b.deltas {
-                        if gone.iter().any(|(k, _)| self.keys[*k].key == d.key) {
+                        let Some(k) = self.key_index(&d.key) else {
+                            continue;
+                        };
+                        if !gone.iter().any(|(g, _)| *g == k) {
+                            continue;
+                        }
+                        let seen = self.nodes[to]
+                            .store
+                            .offered
+                            .contains(&(d.stamp, d.key.clone()));
+                        if seen {
+                            self.copy_gone(k, &d.state);
+                        } else {
                             self.nodes[to].buffered.push_back((self.now, d.clone()));
                         }
                     }
@@ -1487,6 +1565,7 @@ impl Sim {
             .chain(node.sent.drain(..))
             .collect();
         let dropped: Vec<Delta> = dropped.into_iter().chain(node.drain_buffered()).collect();
+        node.store.offered.clear();
         node.lost = None;
         let mut copies: BTreeMap<usize, Entry> = BTreeMap::new();
         for d in dropped {
@@ -1815,6 +1894,14 @@ impl Sim {
 
     fn converged(&mut self) -> bool {
         if !self.nodes.iter().all(|n| n.link.is_idle()) {
+            return false;
+        }
+        // No state in flight either (a stale duplicate may still land).
+        if self
+            .wire
+            .values()
+            .any(|m| !frame_states(&m.frame).is_empty())
+        {
             return false;
         }
         let (first, rest) = self.nodes.split_first_mut().expect("at least two regions");
