@@ -240,10 +240,12 @@ impl SimReport {
 pub struct SimStore {
     pub ks: Keyspace,
     bug: Option<Bug>,
-    /// Slots of the workload this region lost a key of (eviction, expiry, empty restart)
-    /// and has not been found in sync with every peer since: a partial delta must not
-    /// rebuild an absent key there.
-    lost_slots: BTreeSet<u16>,
+    /// Slots of the workload this region lost a key of (eviction, expiry, empty restart),
+    /// not repaired since: a partial delta must not rebuild an absent key there. `true`: the
+    /// keyspace marked the slot lossy itself (eviction, expiry) and says when anti-entropy
+    /// repaired it; `false` (empty restart: a fresh keyspace knows of no loss): repaired
+    /// once the slot holds what every other region's holds.
+    lost_slots: BTreeMap<u16, bool>,
     violations: Vec<String>,
     debug_key: Option<Bytes>,
     /// Deltas (origin stamp, key) this region's link handed to the store, ever (since its
@@ -257,7 +259,7 @@ impl SimStore {
         SimStore {
             ks: Keyspace::new(cfg),
             bug,
-            lost_slots: BTreeSet::new(),
+            lost_slots: BTreeMap::new(),
             violations: Vec::new(),
             debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
             offered: BTreeSet::new(),
@@ -321,7 +323,7 @@ impl SimStore {
                 fmt_entry(self.ks.raw_entry(key).as_deref())
             );
         }
-        if !full && bare && r == Applied::Changed && self.lost_slots.contains(&slot) {
+        if !full && bare && r == Applied::Changed && self.lost_slots.contains_key(&slot) {
             self.violations.push(format!(
                 "partial: region {} rebuilt key {:?} it had lost from a partial delta before \
                  its slot {slot} was repaired",
@@ -705,7 +707,7 @@ impl Sim {
         self.nodes[i]
             .store
             .lost_slots
-            .insert(key_slot(&self.keys[k].key));
+            .insert(key_slot(&self.keys[k].key), true);
         if let Some(c) = copy {
             self.copy_gone(k, &c);
         }
@@ -1320,6 +1322,7 @@ impl Sim {
                 }
             };
             let from = self.nodes[msg.from].id;
+            self.settle_lost_slots_of(to);
             let node = &mut self.nodes[to];
             node.link.handle_frame(now, from, frame, &mut node.store);
             node.clock.observe(node.link.max_seen_hlc());
@@ -1588,7 +1591,7 @@ impl Sim {
                 self.models[k].clear_region(Self::bit(a));
                 self.floors[a][k] = 0;
                 let slot = key_slot(&self.keys[k].key);
-                self.nodes[a].store.lost_slots.insert(slot);
+                self.nodes[a].store.lost_slots.insert(slot, false);
                 self.lost_copy[a] |= 1 << k;
                 self.dirty[a] |= 1 << k;
             }
@@ -1687,16 +1690,32 @@ impl Sim {
         }
     }
 
-    /// Slots a region lost keys of count as repaired once the region's keyspace no longer
-    /// marks them lossy and they hold the same state as every other region's.
+    /// Slots a region lost keys of count as repaired once its keyspace no longer marks them
+    /// lossy (anti-entropy found them equal with every peer after the loss) or, after an
+    /// empty restart, once they hold what every other region's holds.
     fn settle_lost_slots(&mut self) {
         for i in 0..self.nodes.len() {
+            self.settle_lost_slots_of(i);
+        }
+    }
+
+    fn settle_lost_slots_of(&mut self, i: usize) {
+        {
             if self.nodes[i].store.lost_slots.is_empty() {
-                continue;
+                return;
             }
-            let slots: Vec<u16> = self.nodes[i].store.lost_slots.iter().copied().collect();
-            for s in slots {
+            let slots: Vec<(u16, bool)> = self.nodes[i]
+                .store
+                .lost_slots
+                .iter()
+                .map(|(s, k)| (*s, *k))
+                .collect();
+            for (s, ks_knows) in slots {
                 if self.nodes[i].store.ks.slot_is_lossy(s) {
+                    continue;
+                }
+                if ks_knows {
+                    self.nodes[i].store.lost_slots.remove(&s);
                     continue;
                 }
                 let d = self.nodes[i].store.ks.slot_digest(s);
