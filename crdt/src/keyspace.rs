@@ -496,6 +496,8 @@ pub struct Keyspace {
     losses: u64,
     /// Lossy slot → `losses` at its latest loss: see [`Keyspace::slot_loss_mark`].
     loss_marks: std::collections::HashMap<u16, u64>,
+    /// `losses` right after [`Keyspace::mark_all_lossy`] (0: never marked).
+    start_losses: u64,
 }
 
 impl Keyspace {
@@ -522,6 +524,7 @@ impl Keyspace {
             lossy: vec![0; SLOT_COUNT / 64],
             losses: 0,
             loss_marks: std::collections::HashMap::new(),
+            start_losses: 0,
         }
     }
 
@@ -974,12 +977,14 @@ impl Keyspace {
         let slot = key_slot(key);
         let retain = self.cfg.retain_tombstones;
         let h = self.nodes.hash(key);
+        // Absent here: no node, or one with no component (what eviction or expiry left of an
+        // invalidated key: its floor).
         if !full
             && self.slot_is_lossy(slot)
             && self
                 .table(slot)
                 .and_then(|t| self.nodes.get_hashed(&t.map, h, key))
-                .is_none()
+                .is_none_or(|n| n.body.is_bare())
         {
             self.stats.partial_deltas_dropped += 1;
             return Applied::DroppedPartial;
@@ -1272,6 +1277,31 @@ impl Keyspace {
     /// deltas for absent keys must not rebuild it.
     pub fn slot_is_lossy(&self, slot: u16) -> bool {
         self.lossy[usize::from(slot) / 64] & (1 << (slot % 64)) != 0
+    }
+
+    /// Every slot `keep` selects is lossy: this keyspace may have lost keys there it cannot
+    /// name (a region restarted empty: its peers hold state of its previous life), so partial
+    /// deltas must not rebuild absent keys until anti-entropy has repaired the slot.
+    pub fn mark_all_lossy(&mut self, keep: impl Fn(u16) -> bool) {
+        for slot in (0..SLOT_COUNT as u16).filter(|&s| keep(s)) {
+            self.set_lossy(slot);
+        }
+        self.start_losses = self.losses;
+    }
+
+    /// Undo [`Keyspace::mark_all_lossy`] in the slots no loss happened in since (the start
+    /// turned out to be a first one: no peer held anything of this region).
+    pub fn clear_start_losses(&mut self) {
+        let upto = std::mem::take(&mut self.start_losses);
+        let slots: Vec<u16> = self
+            .loss_marks
+            .iter()
+            .filter(|&(_, &m)| m <= upto)
+            .map(|(&s, _)| s)
+            .collect();
+        for slot in slots {
+            self.mark_slot_repaired(slot);
+        }
     }
 
     fn set_lossy(&mut self, slot: u16) {

@@ -267,3 +267,34 @@ fn the_floor_survives_expiry_when_a_stale_fill_is_refused() {
 fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
+
+#[test]
+fn a_floor_left_by_eviction_does_not_let_a_partial_delta_rebuild_the_key() {
+    let (mut a, mut b) = (Region::new(1), Region::new(2));
+    a.write("s", 10, |w| w.invalidate(Some(3)));
+    a.write("s", 11, |w| w.sadd(b"m1"));
+    a.ship_to(&mut b);
+    b.ks.evict_key(b"s");
+    assert_eq!(b.ks.raw_entry(b"s").unwrap().floor(), 3, "the floor stays");
+    a.write("s", 12, |w| w.sadd(b"m2"));
+    assert!(!a.shipped[0].full);
+    a.ship_to(&mut b);
+    assert!(
+        b.ks.raw_entry(b"s").unwrap().as_set().is_none(),
+        "a set of m2 alone would be a partial rebuild"
+    );
+}
+
+#[test]
+fn a_restart_marks_every_slot_lossy_until_repaired_or_found_to_be_a_first_start() {
+    let mut a = Region::new(1);
+    a.ks.mark_all_lossy(|s| s % 2 == 0);
+    assert!(a.ks.slot_is_lossy(0) && !a.ks.slot_is_lossy(1));
+    a.incr("x", 10, 1);
+    a.ks.evict_key(b"x"); // a real loss after the start
+    a.ks.clear_start_losses();
+    let x = key_slot(b"x");
+    assert!(a.ks.slot_is_lossy(x), "a later loss stays");
+    let other = if x == 0 { 2 } else { 0 };
+    assert!(!a.ks.slot_is_lossy(other));
+}

@@ -437,6 +437,15 @@ impl Stored {
         }
     }
 
+    /// No component at all (a new node, or a floor-only remnant).
+    pub(crate) fn is_bare(&self) -> bool {
+        match self {
+            Stored::Full(b) => b.comps.is_empty(),
+            Stored::Empty => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn is_alive(&self) -> bool {
         match self {
             Stored::Full(b) => b.is_alive(),
