@@ -30,6 +30,9 @@ pub struct Config {
     /// A remote HLC more than this far ahead of the local clock is not merged (held until
     /// local time catches up): see `meridian_replication::proto::link`.
     pub max_clock_offset_ms: u64,
+    /// After a start, client writes wait until every peer answered the restart handshake,
+    /// for at most this long (0: never wait): see `replication::Control::holds_writes`.
+    pub restart_write_hold_ms: u64,
     /// Background cycles per second (active expiry, stats), like Redis' `hz`.
     pub hz: u32,
     /// Threads serving clients (0 = [`default_io_threads`] of the cores).
@@ -224,6 +227,7 @@ impl Default for Config {
             region_id: 0,
             delta_log_max: 8192,
             max_clock_offset_ms: meridian_replication::DEFAULT_MAX_CLOCK_OFFSET_MS,
+            restart_write_hold_ms: 10_000,
             hz: 10,
             io_threads: 0,
             active_expire_budget: 2000,
@@ -278,6 +282,10 @@ pub struct Cli {
     /// Remote HLCs further ahead of the local clock than this (ms) are held, not merged.
     #[arg(long)]
     pub max_clock_offset_ms: Option<u64>,
+    /// After a start, client writes wait (at most this long, ms; 0: never) until every peer
+    /// answered the restart handshake.
+    #[arg(long)]
+    pub restart_write_hold_ms: Option<u64>,
     #[arg(long)]
     pub hz: Option<u32>,
     /// Threads serving clients (0 = three quarters of the cores, at least one).
@@ -398,6 +406,9 @@ impl Config {
         }
         if let Some(v) = cli.max_clock_offset_ms {
             c.max_clock_offset_ms = v;
+        }
+        if let Some(v) = cli.restart_write_hold_ms {
+            c.restart_write_hold_ms = v;
         }
         if let Some(v) = cli.io_threads {
             c.io_threads = v;
@@ -563,6 +574,11 @@ mod tests {
         assert_eq!(c.max_clock_offset_ms, 2500);
         let cli = Cli::parse_from(["meridian", "--max-clock-offset-ms", "750"]);
         assert_eq!(Config::load(&cli).unwrap().max_clock_offset_ms, 750);
+        assert_eq!(Config::default().restart_write_hold_ms, 10_000);
+        let c: Config = toml::from_str("restart-write-hold-ms = 0\n").unwrap();
+        assert_eq!(c.restart_write_hold_ms, 0);
+        let cli = Cli::parse_from(["meridian", "--restart-write-hold-ms", "250"]);
+        assert_eq!(Config::load(&cli).unwrap().restart_write_hold_ms, 250);
     }
 
     #[test]

@@ -132,11 +132,19 @@ pub async fn serve(
             let mut reply = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
             );
+            let mut counted = false;
             while std::mem::take(&mut conn.paused) {
                 // A write during a manual failover's pause: earlier replies go out, then it
                 // waits and is routed again (runs here if the failover is abandoned, or gets
                 // MOVED to the promoted replica), like Redis' client pause. The pause is
-                // bounded by its deadline (`write_pause_began`).
+                // bounded by its deadline (`write_pause_began`). Likewise a write in the
+                // restart window (counted once per command).
+                if !counted && restart_holds_writes(&shared, now) {
+                    counted = true;
+                    if let Some(r) = &shared.repl {
+                        r.restart_writes_held.fetch_add(1, Relaxed);
+                    }
+                }
                 before_await(&mut held, &store);
                 if !out.is_empty() {
                     if stream.write_all(&out).await.is_err() {
@@ -620,16 +628,26 @@ pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Reply {
     Reply::Null
 }
 
-/// Checked by every cluster write under its shard lock(s): does a manual failover pause
-/// writes now (begun, perhaps, since the write was routed)? The cluster task raises the
-/// deadline, then takes each shard lock once before it reads the offset it tells the
-/// replica, so no write it did not count can run after that (see `cluster::run`).
+/// Checked by every write under its shard lock(s): do writes wait now? A manual failover
+/// pauses a cluster node's writes (begun, perhaps, since the write was routed): the cluster
+/// task raises the deadline, then takes each shard lock once before it reads the offset it
+/// tells the replica, so no write it did not count can run after that (see `cluster::run`).
+/// A node with peer regions holds writes until every peer answered its restart handshake
+/// (bounded by `restart-write-hold-ms`), cluster or not: see
+/// [`crate::replication::Control::holds_writes`].
 #[inline]
 pub(crate) fn write_pause_began(shared: &Shared, now: u64) -> bool {
     shared
         .cluster
         .as_ref()
         .is_some_and(|c| now <= c.writes_paused_until.load(Relaxed))
+        || restart_holds_writes(shared, now)
+}
+
+/// The restart window: see [`write_pause_began`].
+#[inline]
+fn restart_holds_writes(shared: &Shared, now: u64) -> bool {
+    shared.repl.as_ref().is_some_and(|r| r.holds_writes(now))
 }
 
 /// Route an EXEC in a cluster by every key of its queued commands, as Redis does: all in

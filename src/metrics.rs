@@ -200,7 +200,7 @@ pub fn render(store: &Store, shared: &Shared) -> String {
 /// Multi-region link state (the same figures as `INFO crdt`). Tombstones waiting for GC
 /// are `meridian_tombstones`.
 fn replication(o: &mut Exposition, c: &Control, now: u64) {
-    let totals: [(&str, &str, &AtomicU64); 15] = [
+    let totals: [(&str, &str, &AtomicU64); 16] = [
         (
             "deltas_enqueued_total",
             "Local deltas queued for the peers.",
@@ -276,6 +276,11 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "Drains that found local deltas dropped from a full shard delta log (repaired by anti-entropy).",
             &c.local_losses,
         ),
+        (
+            "restart_writes_held_total",
+            "Client writes that waited for the restart handshake (restart-write-hold-ms).",
+            &c.restart_writes_held,
+        ),
     ];
     for (name, help, v) in totals {
         o.metric(&format!("repl_{name}"), "counter", help, v.load(Relaxed));
@@ -305,6 +310,11 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "repl_restart_handshake_done",
             "1 once every peer answered this incarnation's restart handshake.",
             u64::from(c.handshake_done.load(Relaxed)),
+        ),
+        (
+            "repl_restart_hold_remaining_ms",
+            "How much longer client writes may wait for the restart handshake (0: they don't).",
+            c.hold_remaining_ms(now),
         ),
     ]);
 

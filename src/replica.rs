@@ -919,6 +919,11 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                     }
                     applied = offset;
                     hub.applied_offset.store(applied, Relaxed);
+                    // It now holds its primary's whole state and follows its stream, which
+                    // carries only changes the primary took: the start's lossy marks (a
+                    // node with peers) must not make it drop a partial delta for a key its
+                    // primary built (losses since, e.g. its own expiry, stay).
+                    store.clear_start_losses();
                     *hub.master_replid.lock() = Some(replid);
                     hub.sync_in_progress.store(false, Relaxed);
                     tracing::info!(%addr, offset, "full resync complete");

@@ -26,7 +26,10 @@ use meridian_replication::{encode_into, LinkConfig, RegionLink, ReplicaStore};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,7 +215,14 @@ pub struct Control {
     pub local_gap_slots: AtomicU64,
     /// This incarnation's link id, and whether every peer answered its restart handshake.
     pub incarnation: AtomicU64,
+    /// Published (Release) only after the store clock observed every peer's answer and the
+    /// start's lossy slots were settled (`handshake_completed`).
     pub handshake_done: AtomicBool,
+    /// Client writes wait until `handshake_done` or this wall-clock ms, whichever is first
+    /// (0: never wait; `restart-write-hold-ms`).
+    pub hold_until_ms: AtomicU64,
+    /// Client writes (commands, or transactions) that waited for the restart handshake.
+    pub restart_writes_held: AtomicU64,
     /// Deltas merged from peers per second, over the last publishing second.
     pub deltas_applied_per_sec: AtomicU64,
     /// Incoming replication connections refused in the TLS handshake (unknown CA...).
@@ -222,6 +232,26 @@ pub struct Control {
 }
 
 impl Control {
+    /// Do client writes wait now (the restart window)? Until every peer answered the
+    /// restart handshake, this region's clock may be below stamps it issued in an earlier
+    /// life (an empty restart): a write stamped then could order before, or be swallowed
+    /// by, its own older writes. Bounded by `restart-write-hold-ms`. One load once done.
+    #[inline]
+    pub fn holds_writes(&self, now_ms: u64) -> bool {
+        !self.handshake_done.load(Acquire) && now_ms <= self.hold_until_ms.load(Relaxed)
+    }
+
+    /// Milliseconds client writes may still wait for the restart handshake (0: they don't).
+    pub fn hold_remaining_ms(&self, now_ms: u64) -> u64 {
+        if self.handshake_done.load(Acquire) {
+            return 0;
+        }
+        self.hold_until_ms
+            .load(Relaxed)
+            .saturating_add(1)
+            .saturating_sub(now_ms)
+    }
+
     pub fn peer(&self, region: &[u8]) -> Option<&PeerControl> {
         self.peers.iter().find(|p| p.region.as_bytes() == region)
     }
@@ -231,7 +261,7 @@ impl Control {
         use std::fmt::Write;
         let _ = write!(
             o,
-            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\nrepl_max_clock_offset_ms:{}\r\nrepl_clock_held_deltas:{}\r\nrepl_clock_held_entries:{}\r\nrepl_local_losses:{}\r\nrepl_local_gap_slots:{}\r\nrepl_incarnation:{:016x}\r\nrepl_restart_handshake_done:{}\r\n",
+            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\nrepl_max_clock_offset_ms:{}\r\nrepl_clock_held_deltas:{}\r\nrepl_clock_held_entries:{}\r\nrepl_local_losses:{}\r\nrepl_local_gap_slots:{}\r\nrepl_incarnation:{:016x}\r\nrepl_restart_handshake_done:{}\r\nrepl_restart_writes_held:{}\r\nrepl_restart_hold_remaining_ms:{}\r\n",
             self.peers.len(),
             self.deltas_enqueued.load(Relaxed),
             self.deltas_sent.load(Relaxed),
@@ -253,6 +283,8 @@ impl Control {
             self.local_gap_slots.load(Relaxed),
             self.incarnation.load(Relaxed),
             u8::from(self.handshake_done.load(Relaxed)),
+            self.restart_writes_held.load(Relaxed),
+            self.hold_remaining_ms(now),
         );
         for p in &self.peers {
             let last = p.last_recv_ms.load(Relaxed);
@@ -392,6 +424,10 @@ impl Replicator {
                 .collect(),
             max_clock_offset_ms: AtomicU64::new(config.max_clock_offset_ms),
             incarnation: AtomicU64::new(incarnation),
+            hold_until_ms: AtomicU64::new(match config.restart_write_hold_ms {
+                0 => 0,
+                hold => now_ms().saturating_add(hold),
+            }),
             ..Control::default()
         });
         Ok(Some(Replicator {
@@ -498,6 +534,8 @@ impl Core {
         // well after it was due was starved of CPU (see `sched::Governor`).
         let (mut slept_at, mut due) = (u64::MAX, u64::MAX);
         let mut last_now = 0u64;
+        // The restart handshake completed (`handshake_completed` ran).
+        let mut handshake_seen = false;
         loop {
             let now = now_ms();
             if now < last_now {
@@ -663,6 +701,10 @@ impl Core {
                                 let mut shell = ShellStore::new(&store);
                                 link.handle_frame(now, RegionId(pc.region_id), frame, &mut shell);
                                 store.observe(link.max_seen_hlc());
+                                if !handshake_seen && link.handshake_done() {
+                                    handshake_seen = true;
+                                    handshake_completed(&control, &store, &mut link);
+                                }
                             }
                         }
                         match ready_now(transport.recv()) {
@@ -672,6 +714,10 @@ impl Core {
                     }
                     // Answers (acks, anti-entropy) may be due right away.
                     timer_due = true;
+                    // The link gossips its frontier only after a drain that follows what it
+                    // merged (`RegionLink::note_drained`, GC's safety): drain soon, even with
+                    // no local write.
+                    flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
                 }
                 _ = store.stats.delta_notify.notified() => {
                     flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
@@ -681,6 +727,31 @@ impl Core {
             }
         }
     }
+}
+
+/// Every peer answered the restart handshake (called once, right after the frame that
+/// completed it, whose `your_max` the store clock has already observed: so no write let
+/// through by `handshake_done` can be stamped below a stamp of this region's earlier life).
+/// If no peer holds any stamp of ours, this is a first start: the slots `Store::new` marked
+/// lossy are cleared (those with a real loss since stay lossy). Otherwise they stay lossy
+/// (partial deltas from peers must not rebuild keys this region lost with its earlier life)
+/// until anti-entropy, asked for now with every peer, found each equal with every peer.
+fn handshake_completed(control: &Control, store: &Store, link: &mut RegionLink) {
+    if link.restarted() {
+        let peers: Vec<RegionId> = control
+            .peers
+            .iter()
+            .map(|p| RegionId(p.region_id))
+            .collect();
+        for p in peers {
+            link.request_anti_entropy(p);
+        }
+        tracing::info!("restart handshake done: restarted, slots lossy until repaired");
+    } else {
+        store.clear_start_losses();
+        tracing::info!("restart handshake done: first start");
+    }
+    control.handshake_done.store(true, Release);
 }
 
 /// Frames handled in one turn of the replication loop when they are already waiting.
@@ -719,7 +790,6 @@ fn publish(
     control
         .local_gap_slots
         .store(link.local_gap_slots() as u64, Relaxed);
-    control.handshake_done.store(link.handshake_done(), Relaxed);
     let ts = transport.stats();
     control
         .handshake_failures

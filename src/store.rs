@@ -314,12 +314,20 @@ impl Store {
         let feed = Arc::new(ReplFeed::new(crate::replica::DEFAULT_BACKLOG_BYTES));
         let shards = (0..SHARDS)
             .map(|i| {
+                let mut ks = Keyspace::new(KeyspaceConfig {
+                    region,
+                    retain_tombstones: replicated,
+                    seed: seed.wrapping_add(i as u64),
+                });
+                if replicated {
+                    // A start cannot tell itself from an empty restart: peers may hold state
+                    // of an earlier life that this node lost, so partial deltas must not
+                    // rebuild absent keys until the restart handshake shows a first start
+                    // (`clear_start_losses`) or anti-entropy repaired the slot.
+                    ks.mark_all_lossy(|slot| shard_of(slot) == i);
+                }
                 Mutex::new(Shard {
-                    ks: Keyspace::new(KeyspaceConfig {
-                        region,
-                        retain_tombstones: replicated,
-                        seed: seed.wrapping_add(i as u64),
-                    }),
+                    ks,
                     log: VecDeque::new(),
                     notes: Notes::default(),
                     log_max,
@@ -352,6 +360,15 @@ impl Store {
     /// The in-region replication feed (the same one every shard holds).
     pub fn feed(&self) -> &Arc<ReplFeed> {
         &self.feed
+    }
+
+    /// Undo the start's lossy marking (`Store::new`) in every slot no loss happened in since:
+    /// the restart handshake found a first start, or a replica's full resync made it hold
+    /// its primary's whole state.
+    pub fn clear_start_losses(&self) {
+        for s in &self.shards {
+            s.lock().ks.clear_start_losses();
+        }
     }
 
     /// Drop every key locally, without deltas (a replica's full resync starts from empty).

@@ -5,7 +5,8 @@
 //! meridian-sim --seeds A..B        sweep; prints the replay command of every failure
 //! meridian-sim --self-check N      run seed N twice and compare trace hashes
 //! meridian-sim --bench-link        in-process link / wire-size / anti-entropy benchmark
-//! options: --fault-ms MS, --max-heal-ms MS
+//! options: --fault-ms MS, --max-heal-ms MS, --restart-write-hold-ms MS (virtual; 0: writes
+//!          are never held after an empty restart)
 //!          --bug NAME   inject a deliberate bug (drop-counter, merge-replaces,
 //!                       evict-drops-floor, set-keeps-ttl, silent-local-loss,
 //!                       partial-rebuilds, drop-type-change, expiry-replicates)
@@ -27,6 +28,7 @@ struct Opts {
     off: Vec<&'static str>,
     fault_ms: Option<u64>,
     max_heal_ms: Option<u64>,
+    restart_write_hold_ms: Option<u64>,
 }
 
 impl Opts {
@@ -41,6 +43,9 @@ impl Opts {
         }
         if let Some(ms) = self.max_heal_ms {
             cfg.max_heal_ms = ms;
+        }
+        if let Some(ms) = self.restart_write_hold_ms {
+            cfg.restart_write_hold_ms = ms;
         }
         cfg
     }
@@ -59,6 +64,9 @@ impl Opts {
         if let Some(ms) = self.max_heal_ms {
             s.push_str(&format!(" --max-heal-ms {ms}"));
         }
+        if let Some(ms) = self.restart_write_hold_ms {
+            s.push_str(&format!(" --restart-write-hold-ms {ms}"));
+        }
         s
     }
 }
@@ -66,7 +74,7 @@ impl Opts {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: meridian-sim (--seed N | --seeds A..B | --self-check N | --bench-link) \
-         [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS]\n  \
+         [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS] [--restart-write-hold-ms MS]\n  \
          faults (all on by default): {}\n  bugs: {}",
         Faults::NAMES.join(", "),
         Bug::NAMES
@@ -80,12 +88,12 @@ fn usage() -> ExitCode {
 
 fn print_report(r: &SimReport) {
     println!(
-        "seed {} regions {} ops {} refused {} frames {} dropped {} delta_bytes {} anti_entropy_bytes {} crashes {} empty_restarts {} evictions {} expired {} clock_jumps {} stalls {} local_deltas_dropped {} partial_dropped {} logs_dropped {} clock_held {} gc_dropped {} atoms_lost {} converge_ms {} metadata {}",
+        "seed {} regions {} ops {} refused {} frames {} dropped {} delta_bytes {} anti_entropy_bytes {} crashes {} empty_restarts {} evictions {} expired {} clock_jumps {} stalls {} local_deltas_dropped {} partial_dropped {} logs_dropped {} clock_held {} gc_dropped {} atoms_lost {} converge_ms {} metadata {} restart_writes_held {} restart_holds_expired {}",
         r.seed, r.regions, r.ops, r.ops_refused, r.frames, r.frames_dropped, r.delta_bytes,
         r.anti_entropy_bytes, r.crashes, r.empty_restarts, r.evictions, r.expired,
         r.clock_jumps, r.stalls, r.local_deltas_dropped, r.partial_deltas_dropped,
         r.logs_dropped, r.deltas_clock_held, r.gc_dropped, r.atoms_lost, r.converge_ms,
-        r.metadata_elements
+        r.metadata_elements, r.restart_writes_held, r.restart_holds_expired
     );
     for v in &r.violations {
         println!("VIOLATION {v}");
@@ -108,15 +116,15 @@ fn main() -> ExitCode {
                     None => return usage(),
                 }
             }
-            "--fault-ms" | "--max-heal-ms" => {
+            "--fault-ms" | "--max-heal-ms" | "--restart-write-hold-ms" => {
                 i += 1;
                 let Some(ms) = args.get(i).and_then(|s| s.parse().ok()) else {
                     return usage();
                 };
-                if arg == "--fault-ms" {
-                    opts.fault_ms = Some(ms);
-                } else {
-                    opts.max_heal_ms = Some(ms);
+                match arg {
+                    "--fault-ms" => opts.fault_ms = Some(ms),
+                    "--max-heal-ms" => opts.max_heal_ms = Some(ms),
+                    _ => opts.restart_write_hold_ms = Some(ms),
                 }
             }
             m @ ("--seed" | "--seeds" | "--self-check") => {

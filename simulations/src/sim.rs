@@ -172,6 +172,10 @@ pub struct SimConfig {
     /// Give up converging after this long (a liveness violation).
     pub max_heal_ms: u64,
     pub faults: Faults,
+    /// After an empty restart, writes at the region are refused (the server holds them)
+    /// until every peer answered its restart handshake, or this many virtual ms passed
+    /// (0: never held), as the server's `restart-write-hold-ms`.
+    pub restart_write_hold_ms: u64,
 }
 
 impl SimConfig {
@@ -182,6 +186,7 @@ impl SimConfig {
             fault_ms: 3_000,
             max_heal_ms: 60_000,
             faults: Faults::default(),
+            restart_write_hold_ms: 10_000,
         }
     }
 }
@@ -192,6 +197,10 @@ pub struct SimReport {
     pub regions: usize,
     pub ops: u64,
     pub ops_refused: u64,
+    /// Of `ops_refused`: writes at a region in its restart window (the server holds them).
+    pub restart_writes_held: u64,
+    /// Restart windows that ended by `restart_write_hold_ms` before the handshake completed.
+    pub restart_holds_expired: u64,
     pub frames: u64,
     pub frames_dropped: u64,
     pub delta_bytes: u64,
@@ -242,9 +251,9 @@ pub struct SimStore {
     bug: Option<Bug>,
     /// Slots of the workload this region lost a key of (eviction, expiry, empty restart),
     /// not repaired since: a partial delta must not rebuild an absent key there. `true`: the
-    /// keyspace marked the slot lossy itself (eviction, expiry) and says when anti-entropy
-    /// repaired it; `false` (empty restart: a fresh keyspace knows of no loss): repaired
-    /// once the slot holds what every other region's holds.
+    /// keyspace marked the slot lossy itself (eviction, expiry, and an empty restart's
+    /// `mark_all_lossy`) and says when anti-entropy repaired it; `false`: repaired once the
+    /// slot holds what every other region's holds.
     lost_slots: BTreeMap<u16, bool>,
     violations: Vec<String>,
     debug_key: Option<Bytes>,
@@ -383,6 +392,10 @@ struct Node {
     jump_until: u64,
     /// The replication loop is starved until then: nothing drained, sent or received.
     stall_until: u64,
+    /// Restarted empty, its restart handshake not yet complete: client writes are held
+    /// (refused here) until then, or until `hold_until` (virtual ms; 0: not held) passes.
+    restart_window: bool,
+    hold_until: u64,
     /// Local deltas not yet drained by the replication loop (bounded: the oldest go).
     shard_log: VecDeque<Delta>,
     /// Lowest stamp and slots of deltas the log dropped since the last drain.
@@ -579,6 +592,9 @@ impl Sim {
                 skew_ms: skew,
                 jump_until: 0,
                 stall_until: 0,
+                // The first start of a fresh deployment: nothing to hold or mark lossy.
+                restart_window: false,
+                hold_until: 0,
                 shard_log: VecDeque::new(),
                 lost: None,
                 sent: VecDeque::new(),
@@ -874,6 +890,19 @@ impl Sim {
         let key = self.keys[k].key.clone();
         let now = self.node_now(i);
         let writes = !matches!(op, Op::Get);
+        if writes && self.nodes[i].restart_window && self.nodes[i].hold_until > 0 {
+            if self.now <= self.nodes[i].hold_until {
+                // The server holds the write until the restart handshake completes (its
+                // clock may still be below stamps of the region's earlier life): the client
+                // waits; here it is not issued.
+                self.report.ops_refused += 1;
+                self.report.restart_writes_held += 1;
+                return;
+            }
+            // The hold expired first: writes go ahead, stamped from the local clock alone.
+            self.nodes[i].hold_until = 0;
+            self.report.restart_holds_expired += 1;
+        }
         if writes
             && !self.cfg.faults.writes_on_evicted
             && self.nodes[i].store.ks.slot_is_lossy(key_slot(&key))
@@ -1323,9 +1352,25 @@ impl Sim {
             };
             let from = self.nodes[msg.from].id;
             self.settle_lost_slots_of(to);
+            let regions = self.nodes.len() as u16;
             let node = &mut self.nodes[to];
             node.link.handle_frame(now, from, frame, &mut node.store);
             node.clock.observe(node.link.max_seen_hlc());
+            if node.restart_window && node.link.handshake_done() {
+                // As the server's `handshake_completed`: after the clock observed every
+                // answer. No stamp of ours known to any peer: a first start, the start's
+                // lossy marks go; else they stay until anti-entropy repairs each slot.
+                node.restart_window = false;
+                if node.link.restarted() {
+                    for p in (0..regions).map(RegionId) {
+                        if p != node.id {
+                            node.link.request_anti_entropy(p);
+                        }
+                    }
+                } else {
+                    node.store.ks.clear_start_losses();
+                }
+            }
             let mut gone = Vec::new();
             let batch = matches!(msg.frame, Frame::Batch(_));
             for (key, state) in frame_states(&msg.frame) {
@@ -1586,12 +1631,17 @@ impl Sim {
             let id = self.nodes[a].id;
             let node = &mut self.nodes[a];
             node.store.ks = Keyspace::new(keyspace_config(id, self.cfg.seed));
+            // As the server's `Store::new` with peers: a start cannot tell itself from an
+            // empty restart, so every slot is lossy until the handshake or anti-entropy
+            // settles it; writes wait for the handshake (`restart_write_hold_ms`).
+            node.store.ks.mark_all_lossy(|_| true);
+            node.restart_window = true;
             node.clock = HlcClock::new(id);
             for k in 0..self.keys.len() {
                 self.models[k].clear_region(Self::bit(a));
                 self.floors[a][k] = 0;
                 let slot = key_slot(&self.keys[k].key);
-                self.nodes[a].store.lost_slots.insert(slot, false);
+                self.nodes[a].store.lost_slots.insert(slot, true);
                 self.lost_copy[a] |= 1 << k;
                 self.dirty[a] |= 1 << k;
             }
@@ -1617,6 +1667,10 @@ impl Sim {
             let epoch = self.rng.random::<u64>() | 1 << 63;
             let node = &mut self.nodes[i];
             node.up = true;
+            node.hold_until = match self.cfg.restart_write_hold_ms {
+                0 => 0,
+                hold => self.now + hold,
+            };
             let peers: Vec<_> = ids.iter().copied().filter(|&p| p != node.id).collect();
             node.link = RegionLink::new(node.id, &peers, epoch, self.link_cfg.clone());
         }

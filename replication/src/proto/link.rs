@@ -202,6 +202,10 @@ struct Outgoing {
     hello_answer_due: bool,
     /// The greatest HLC this peer's region is known to have issued (for its `Hello`).
     max_issued: Hlc,
+    /// `max_issued` when the peer's `Hello { ask }` arrived: the answer. Frames the peer
+    /// sent after its ask (its writes, frontier gossip) are of its current life; counting
+    /// them would make a first start look like a restart (`RegionLink::restarted`).
+    answer_max: Hlc,
     /// Deltas and entries from this peer held for being too far ahead (see `LinkStats`).
     clock_held: u64,
 }
@@ -312,6 +316,7 @@ impl RegionLink {
                     hello_due: false,
                     hello_answer_due: false,
                     max_issued: Hlc::ZERO,
+                    answer_max: Hlc::ZERO,
                     clock_held: 0,
                 })
                 .collect(),
@@ -367,6 +372,15 @@ impl RegionLink {
     /// Every peer answered this link's `Hello` (the restart handshake is complete).
     pub fn handshake_done(&self) -> bool {
         self.out.iter().all(|o| !o.hello_pending)
+    }
+
+    /// Some peer's `Hello` reported a stamp of this region (`own_floor` above zero): this
+    /// start follows an earlier life whose state peers hold and this region may have lost
+    /// (or, started after its peers, it was heard from in this life before a peer answered:
+    /// a false positive costs only an anti-entropy round). Final once
+    /// [`RegionLink::handshake_done`].
+    pub fn restarted(&self) -> bool {
+        self.own_floor > Hlc::ZERO
     }
 
     /// Slots of local losses not yet repaired with every peer (0: the own frontier is not
@@ -595,7 +609,10 @@ impl RegionLink {
             Frame::Hello(h) => {
                 if let Some(o) = self.out.iter_mut().find(|o| o.peer == from) {
                     o.hello_pending = false;
-                    o.hello_answer_due |= h.ask;
+                    if h.ask {
+                        o.hello_answer_due = true;
+                        o.answer_max = o.max_issued;
+                    }
                     // Our own stamps as the peer holds them: never more than our previous
                     // incarnation issued (and within the peer's bound when it recorded
                     // them), so adopted without ours: after a backward clock step they are
@@ -859,14 +876,12 @@ impl RegionLink {
             if o.hello_due || o.hello_answer_due {
                 let ask = o.hello_due;
                 o.hello_due = false;
-                o.hello_answer_due = false;
-                return Some((
-                    o.peer,
-                    Frame::Hello(Hello {
-                        ask,
-                        your_max: o.max_issued,
-                    }),
-                ));
+                let your_max = if std::mem::take(&mut o.hello_answer_due) {
+                    o.answer_max
+                } else {
+                    o.max_issued
+                };
+                return Some((o.peer, Frame::Hello(Hello { ask, your_max })));
             }
             if o.ack_due {
                 o.ack_due = false;
@@ -1294,13 +1309,23 @@ mod tests {
         s[0].ship(now + 20);
         pump(now + 20, &mut s, &all);
         assert!(s[0].link.handshake_done() && s[1].link.handshake_done());
+        assert!(
+            !s[0].link.restarted() && !s[1].link.restarted(),
+            "a first start"
+        );
         assert!(s[1].alive("k19"));
         s[0] = side(0, 0xdead_beef);
         s[0].skew_ms = -60_000;
         assert!(!s[0].link.handshake_done());
+        assert!(!s[0].link.restarted());
         assert_eq!(s[0].link.max_seen_hlc(), Hlc::ZERO);
         pump(now + 30, &mut s, &all);
         assert!(s[0].link.handshake_done());
+        assert!(
+            s[0].link.restarted(),
+            "the peer held stamps of its previous life"
+        );
+        assert!(!s[1].link.restarted());
         assert!(s[0].link.max_seen_hlc() >= last.hlc, "raised by the answer");
         let next = s[0].write(now + 30, "new", set);
         assert!(
