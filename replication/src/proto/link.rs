@@ -260,6 +260,12 @@ pub struct RegionLink {
     inc: BTreeMap<RegionId, Incoming>,
     /// Peers' last gossiped frontiers.
     frontiers: BTreeMap<RegionId, BTreeMap<RegionId, Hlc>>,
+    /// Something was merged since the shell last reported a drain (`note_local_hlc`): the
+    /// frontier is not gossiped until then (see `collect_garbage`).
+    merged_since_drain: bool,
+    /// Earlier GC runs' frontiers, each with the peers' own entries as gossiped then, oldest
+    /// first (see `collect_garbage`).
+    gc_snaps: VecDeque<GcSnap>,
     own_seen: Hlc,
     next_frontier_ms: u64,
     max_seen_hlc: Hlc,
@@ -322,6 +328,8 @@ impl RegionLink {
                 .collect(),
             inc: BTreeMap::new(),
             frontiers: BTreeMap::new(),
+            merged_since_drain: false,
+            gc_snaps: VecDeque::new(),
             own_seen: Hlc::ZERO,
             next_frontier_ms: 0,
             max_seen_hlc: Hlc::ZERO,
@@ -425,10 +433,19 @@ impl RegionLink {
     /// local keyspace, and its delta was enqueued (or reported lost). Lets an idle (or
     /// restarted) region's frontier advance for GC.
     pub fn note_local_hlc(&mut self, hlc: Hlc) {
+        if hlc > Hlc::ZERO {
+            self.note_drained();
+        }
         self.own_seen = self.own_seen.max(hlc);
         if !self.gaps.is_empty() {
             self.gap_progress();
         }
+    }
+
+    /// The shell drained its local logs: every local write made before the frames merged
+    /// so far is enqueued (or reported lost). The frontier is gossiped only after this.
+    pub fn note_drained(&mut self) {
+        self.merged_since_drain = false;
     }
 
     /// Local deltas were lost before they were enqueued (a bounded log overflowed): the
@@ -591,6 +608,9 @@ impl RegionLink {
         frame: Frame,
         store: &mut S,
     ) {
+        if matches!(frame, Frame::Batch(_) | Frame::AeEntries(_)) {
+            self.merged_since_drain = true;
+        }
         match frame {
             Frame::Batch(b) => self.handle_batch(now_ms, from, b, store),
             Frame::Ack(a) => self.handle_ack(now_ms, from, a),
@@ -897,7 +917,9 @@ impl RegionLink {
                     }),
                 ));
             }
-            if o.frontier_due {
+            // Our own entry must cover every local write made before what we merged (the
+            // shell drains before it reports `note_local_hlc`): `collect_garbage` relies on it.
+            if o.frontier_due && !self.merged_since_drain {
                 o.frontier_due = false;
                 return Some((
                     o.peer,
@@ -1001,8 +1023,52 @@ impl RegionLink {
     }
 
     /// Drop tombstone metadata that is causally stable. Returns entries dropped.
+    ///
+    /// Stable is not enough on its own: a write a peer made *before* it merged a removal can
+    /// carry a live copy of what the removal killed (a string write ships its whole string,
+    /// an `SADD` the member's dots), and if it lands after the tombstone was collected, the
+    /// removed state comes back. So this collects with the frontier of an earlier run `j`
+    /// only once every peer's writes up to its own frontier entry as gossiped at `j` — which
+    /// covers every write it made before merging what the frontier at `j` says it merged
+    /// (it gossips only after draining: `merged_since_drain`) — have reached this region.
     pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
-        let stable = self.stable_frontier();
+        let now = self.stable_frontier();
+        let claims: BTreeMap<RegionId, Hlc> = self
+            .out
+            .iter()
+            .map(|o| {
+                let own = self.frontiers.get(&o.peer).and_then(|f| f.get(&o.peer));
+                (o.peer, own.copied().unwrap_or(Hlc::ZERO))
+            })
+            .collect();
+        if self
+            .gc_snaps
+            .back()
+            .is_none_or(|s| s.frontier != now || s.claims != claims)
+        {
+            if self.gc_snaps.len() >= GC_SNAPS {
+                // Keep the oldest (the next to become usable): thin out the newest.
+                self.gc_snaps.pop_back();
+            }
+            self.gc_snaps.push_back(GcSnap {
+                frontier: now.clone(),
+                claims,
+            });
+        }
+        // A peer's write reaches us only from that peer (anti-entropy from a third region
+        // ships state that already merged the removal): what we merged from each peer is
+        // what counts, not what everyone did (a cut between two peers must not stop us).
+        let mine: BTreeMap<RegionId, Hlc> = self.seen_vector().into_iter().collect();
+        let covered = |s: &GcSnap| {
+            s.claims
+                .iter()
+                .all(|(r, h)| *h <= mine.get(r).copied().unwrap_or(Hlc::ZERO))
+        };
+        let Some(j) = self.gc_snaps.iter().rposition(covered) else {
+            return 0;
+        };
+        self.gc_snaps.drain(..j);
+        let stable = &self.gc_snaps[0].frontier;
         if stable.values().all(|h| *h == Hlc::ZERO) {
             return 0;
         }
@@ -1011,6 +1077,16 @@ impl RegionLink {
         self.stats.gc_dropped += dropped as u64;
         dropped
     }
+}
+
+/// Bound on the frontiers `collect_garbage` keeps waiting to become usable.
+const GC_SNAPS: usize = 64;
+
+/// A GC run's stable frontier and the peers' own frontier entries it was computed from.
+#[derive(Debug)]
+struct GcSnap {
+    frontier: BTreeMap<RegionId, Hlc>,
+    claims: BTreeMap<RegionId, Hlc>,
 }
 
 #[cfg(test)]
@@ -1125,6 +1201,8 @@ mod tests {
                 let phys = x.phys(now);
                 x.link.handle_timeout(phys);
                 x.link.poll_anti_entropy(phys, &mut x.ks);
+                // The shell drains its (here: empty, tests ship by hand) logs every round.
+                x.link.note_drained();
                 let mut out = Vec::new();
                 while let Some((_, f)) = x.link.poll_transmit(phys) {
                     out.push(wire(f));
@@ -1295,6 +1373,54 @@ mod tests {
         assert_eq!(s[0].link.backlog(RegionId(1)), 0);
     }
 
+    /// A peer's write made before it merged a removal carries a live copy of what the
+    /// removal killed (an INCR ships its whole string). While that write is on its way, the
+    /// removal's tombstone is stable but must not be collected: the copy would bring the
+    /// reset increments back.
+    #[test]
+    fn gc_waits_for_writes_a_peer_made_before_it_merged_the_removal() {
+        let mut s = pair();
+        let mut now = 100_000;
+        s[0].write(now, "k", |w| {
+            w.incr_by(5).expect("in range");
+        });
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        // B increments concurrently with A's DEL; B's delta is held on the wire.
+        s[1].write(now + 1, "k", |w| {
+            w.incr_by(1).expect("in range");
+        });
+        s[1].ship(now + 1);
+        let del = s[0].write(now + 2, "k", |w| {
+            w.delete();
+        });
+        s[0].ship(now + 2);
+        let from_b = |f: &Frame| !matches!(f, Frame::Batch(b) if b.origin == RegionId(1) && !b.deltas.is_empty());
+        let mut dropped = 0;
+        for _ in 0..30 {
+            now += 200;
+            pump(now, &mut s, &from_b);
+            dropped += s[0].link.collect_garbage(&mut s[0].ks);
+        }
+        assert!(
+            s[0].link.stable_frontier()[&RegionId(0)] >= del.hlc,
+            "the removal is stable: {:?} {del:?}",
+            s[0].link.stable_frontier()
+        );
+        assert_eq!(dropped, 0, "B's increment is still on its way");
+        assert_eq!(s[0].ks.stats().tombstones, 1);
+        for _ in 0..10 {
+            now += 1_000;
+            pump(now, &mut s, &all);
+            s[0].link.collect_garbage(&mut s[0].ks);
+            s[1].link.collect_garbage(&mut s[1].ks);
+        }
+        for x in &s {
+            let e = x.ks.raw_entry(b"k").expect("kept: B's increment survives");
+            assert_eq!(e.as_str().and_then(|v| v.integer().ok()), Some(1));
+        }
+    }
+
     /// A region restarted empty with its clock a minute behind learns from the handshake
     /// the greatest stamp of its own that the peer holds, and stamps above it, although
     /// the offset bound holds back the anti-entropy entries that carry those stamps.
@@ -1392,13 +1518,19 @@ mod tests {
         }
         assert_eq!(s[0].link.local_gap_slots(), 0, "repaired");
         assert!(!s[1].alive("s"), "B got the removal by anti-entropy");
-        for _ in 0..3 {
+        // GC runs as the shell runs it, every round: it collects once the frontier of an
+        // earlier run is covered by what both sides have merged since.
+        let mut dropped = 0;
+        for _ in 0..40 {
             now += 200;
             pump(now, &mut s, &all);
+            dropped +=
+                s[0].link.collect_garbage(&mut s[0].ks) + s[1].link.collect_garbage(&mut s[1].ks);
+            if dropped >= 1 {
+                break;
+            }
         }
         assert!(s[0].link.stable_frontier()[&RegionId(0)] >= rem.hlc);
-        let dropped =
-            s[0].link.collect_garbage(&mut s[0].ks) + s[1].link.collect_garbage(&mut s[1].ks);
         assert!(dropped >= 1, "collected once safe");
         s[0].link.request_anti_entropy(RegionId(1));
         now += 200;
