@@ -930,7 +930,9 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                 }
                 ReplicaFrame::Delta(d) => {
                     let mut s = store.shard(shard_of(d.slot));
-                    if s.ks.apply_delta(&d) == Applied::Changed {
+                    // A replica mirrors its primary: what the primary applied, it applies, even
+                    // in a slot its own expiry made lossy (it has no anti-entropy to wait for).
+                    if s.ks.merge_state(&d.key, true, &d.state) == Applied::Changed {
                         s.touch_key(&d.key);
                     }
                     drop(s);

@@ -620,6 +620,9 @@ pub struct EntryWriter<'a> {
     pub(crate) stamp: Stamp,
     pub(crate) changed: bool,
     pub(crate) created_key: bool,
+    /// A string register write that clears the TTL (`SET` without `KEEPTTL`): its delta is
+    /// the key's whole visible state as of its stamp, wherever it lands.
+    pub(crate) whole: bool,
 }
 
 impl<'a> EntryWriter<'a> {
@@ -763,6 +766,7 @@ impl<'a> EntryWriter<'a> {
     fn register_ttl(&mut self, keep_ttl: bool) {
         if !keep_ttl {
             self.kill_ttl();
+            self.whole = true;
             return;
         }
         let alive: Option<u64> =

@@ -717,6 +717,7 @@ impl Keyspace {
             stamp,
             changed: false,
             created_key: !was_alive || expired,
+            whole: false,
         };
         if expired {
             // This write starts a new key. Rather than dropping the old one and starting from
@@ -729,7 +730,8 @@ impl Keyspace {
             w.changed = false;
         }
         let r = f(&mut w);
-        let (changed, mut delta_state, created_key) = (w.changed, w.delta, w.created_key);
+        let (changed, mut delta_state, created_key, whole) =
+            (w.changed, w.delta, w.created_key, w.whole);
         if expired && !changed {
             // Nothing written: plain local expiry, which never replicates. The invalidation
             // floor stays, as every reclaim keeps it (a refused stale fill is the usual
@@ -764,13 +766,17 @@ impl Keyspace {
         // Not when the key had no state here while its slot is lossy: this region evicted or
         // lost keys there and cannot tell "absent" from "forgotten", so what it wrote is its
         // part only, never to be taken elsewhere for the whole key.
-        let full = !(lost_here && bare)
-            && (created_key
-                || entry
-                    .components()
-                    .iter()
-                    .filter(|c| c.val.is_alive())
-                    .all(|c| c.val.kind() == Kind::Str && delta_state.carries(Kind::Str)));
+        // A `SET` without `KEEPTTL` is whole anyway: the register it writes wins over
+        // everything older, and older TTL entries die with it (a cache refill after local
+        // expiry reaches regions that reclaimed the key too).
+        let full = whole
+            || !(lost_here && bare)
+                && (created_key
+                    || entry
+                        .components()
+                        .iter()
+                        .filter(|c| c.val.is_alive())
+                        .all(|c| c.val.kind() == Kind::Str && delta_state.carries(Kind::Str)));
         if changed && full {
             delta_state.merge_metadata(entry);
         }

@@ -298,3 +298,26 @@ fn a_restart_marks_every_slot_lossy_until_repaired_or_found_to_be_a_first_start(
     let other = if x == 0 { 2 } else { 0 };
     assert!(!a.ks.slot_is_lossy(other));
 }
+
+#[test]
+fn a_set_on_a_key_absent_in_a_lossy_slot_is_whole() {
+    // The cache refill after local expiry: it must reach regions that reclaimed the key too.
+    let mut a = Region::new(1);
+    a.write("k", 10, |w| {
+        w.set_str(bytes("old"), false);
+        w.set_deadline(Some(100));
+    });
+    a.shipped.clear();
+    assert!(a.ks.get(b"k", 200).is_none(), "expired and reclaimed");
+    a.write("k", 210, |w| w.set_str(bytes("fresh"), false));
+    assert!(
+        a.shipped[0].full,
+        "a SET without KEEPTTL is the whole visible state"
+    );
+    let mut c = Region::new(3);
+    c.write("k", 5, |w| w.set_str(bytes("x"), false));
+    c.ks.evict_key(b"k");
+    a.ship_to(&mut c);
+    let e = c.ks.raw_entry(b"k").expect("taken");
+    assert_eq!(e.as_str().unwrap().bytes(), Some(bytes("fresh")));
+}

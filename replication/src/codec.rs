@@ -55,6 +55,9 @@ pub struct Ack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frontier {
     pub seen: Vec<(RegionId, Hlc)>,
+    /// The greatest stamp of the sender's own deltas enqueued so far (every local write
+    /// made before what it merged is enqueued when it gossips): what GC waits for.
+    pub enqueued: Hlc,
 }
 
 /// Restart handshake. A link sends `ask: true` to every peer when it starts (again until
@@ -315,6 +318,7 @@ pub(crate) mod tests {
             }),
             Frame::Frontier(Frontier {
                 seen: vec![(RegionId(1), Hlc(5))],
+                enqueued: Hlc(4),
             }),
             Frame::Hello(Hello {
                 ask: true,

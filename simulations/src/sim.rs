@@ -1222,7 +1222,9 @@ impl Sim {
             if let Some((below, slots)) = node.lost.take() {
                 node.link.note_local_loss(below, slots);
             }
-            node.link.note_local_hlc(node.clock.last());
+            // As the server: the wall clock too (a write stamped later is stamped above it).
+            let wall = Hlc(Hlc::from_parts(now, 0).0.saturating_sub(1));
+            node.link.note_local_hlc(node.clock.last().max(wall));
             node.link.handle_timeout(now);
             node.link.poll_anti_entropy(now, &mut node.store);
             if gc {

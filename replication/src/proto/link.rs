@@ -266,6 +266,10 @@ pub struct RegionLink {
     /// Earlier GC runs' frontiers, each with the peers' own entries as gossiped then, oldest
     /// first (see `collect_garbage`).
     gc_snaps: VecDeque<GcSnap>,
+    /// Per peer, its `Frontier::enqueued` as last gossiped.
+    peer_enqueued: BTreeMap<RegionId, Hlc>,
+    /// The greatest stamp of a local delta enqueued so far.
+    enqueued_max: Hlc,
     own_seen: Hlc,
     next_frontier_ms: u64,
     max_seen_hlc: Hlc,
@@ -330,6 +334,8 @@ impl RegionLink {
             frontiers: BTreeMap::new(),
             merged_since_drain: false,
             gc_snaps: VecDeque::new(),
+            peer_enqueued: BTreeMap::new(),
+            enqueued_max: Hlc::ZERO,
             own_seen: Hlc::ZERO,
             next_frontier_ms: 0,
             max_seen_hlc: Hlc::ZERO,
@@ -568,6 +574,7 @@ impl RegionLink {
             "local deltas come in HLC order"
         );
         self.own_seen = self.own_seen.max(delta.stamp.hlc);
+        self.enqueued_max = self.enqueued_max.max(delta.stamp.hlc);
         self.stats.deltas_enqueued += 1;
         let bytes = delta_bytes(&delta);
         for o in self.out.iter_mut() {
@@ -624,6 +631,7 @@ impl RegionLink {
                         o.max_issued = o.max_issued.max(own);
                     }
                     self.frontiers.insert(from, frontier);
+                    self.peer_enqueued.insert(from, f.enqueued);
                 }
             }
             Frame::Hello(h) => {
@@ -632,6 +640,25 @@ impl RegionLink {
                     if h.ask {
                         o.hello_answer_due = true;
                         o.answer_max = o.max_issued;
+                    }
+                    if h.ask && o.max_issued > Hlc::ZERO {
+                        // The peer restarted (we heard from its previous life) and lost
+                        // what it held, removals included. Our unacknowledged deltas may
+                        // predate removals it had sent us: resent, they would rebuild what
+                        // those removed at a region that no longer knows it. It gets our
+                        // current state by anti-entropy instead, and GC forgets the
+                        // frontiers its previous life gossiped.
+                        self.stats.logs_dropped += 1;
+                        self.stats.deltas_abandoned += o.log.len() as u64;
+                        o.log.clear();
+                        o.in_log.clear();
+                        o.log_ms.clear();
+                        o.log_bytes = 0;
+                        o.floor = o.next_seq;
+                        o.acked = o.floor - 1;
+                        o.sent_upto = o.acked;
+                        self.ae.request(o.peer);
+                        self.gc_snaps.clear();
                     }
                     // Our own stamps as the peer holds them: never more than our previous
                     // incarnation issued (and within the peer's bound when it recorded
@@ -925,6 +952,7 @@ impl RegionLink {
                     o.peer,
                     Frame::Frontier(Frontier {
                         seen: self.seen_vector(),
+                        enqueued: self.enqueued_max,
                     }),
                 ));
             }
@@ -1028,16 +1056,19 @@ impl RegionLink {
     /// carry a live copy of what the removal killed (a string write ships its whole string,
     /// an `SADD` the member's dots), and if it lands after the tombstone was collected, the
     /// removed state comes back. So this collects with the frontier of an earlier run `j`
-    /// only once every peer's writes up to its own frontier entry as gossiped at `j` — which
-    /// covers every write it made before merging what the frontier at `j` says it merged
-    /// (it gossips only after draining: `merged_since_drain`) — have reached this region.
+    /// only once every peer's deltas up to the greatest one it had enqueued when it gossiped
+    /// the frontier of `j` — which covers every write it made before merging what that
+    /// frontier says it merged (it gossips only after draining: `merged_since_drain`) — have
+    /// reached this region.
     pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
         let now = self.stable_frontier();
+        // The greatest stamp each peer had enqueued when it gossiped: its deltas, not its
+        // clock (an idle peer's claim stays put, so what we merged from it catches up).
         let claims: BTreeMap<RegionId, Hlc> = self
             .out
             .iter()
             .map(|o| {
-                let own = self.frontiers.get(&o.peer).and_then(|f| f.get(&o.peer));
+                let own = self.peer_enqueued.get(&o.peer);
                 (o.peer, own.copied().unwrap_or(Hlc::ZERO))
             })
             .collect();
