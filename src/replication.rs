@@ -566,11 +566,11 @@ impl Core {
                 flush_at = None;
                 last_flush = now;
                 store.arm_delta_wakeup();
-                // Also the wall clock (a write stamped later is stamped above it): an idle
-                // region's own frontier keeps advancing, past stamps of its previous life too.
-                let horizon = store
-                    .last_hlc()
-                    .max(Hlc(Hlc::from_parts(now, 0).0.saturating_sub(1)));
+                // The clock first takes the wall clock (every write stamped from now on is
+                // above it; one stamped before is in a log): an idle region's own frontier
+                // keeps advancing, past stamps of its previous life too.
+                store.observe(Hlc::from_parts(now, 0));
+                let horizon = store.last_hlc();
                 for i in 0..SHARDS {
                     let mut shard = store.shard(i);
                     if !shard.log.is_empty() {

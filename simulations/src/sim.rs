@@ -1222,9 +1222,10 @@ impl Sim {
             if let Some((below, slots)) = node.lost.take() {
                 node.link.note_local_loss(below, slots);
             }
-            // As the server: the wall clock too (a write stamped later is stamped above it).
-            let wall = Hlc(Hlc::from_parts(now, 0).0.saturating_sub(1));
-            node.link.note_local_hlc(node.clock.last().max(wall));
+            // As the server: the clock takes the wall clock first (a write stamped later is
+            // stamped above it).
+            node.clock.observe(Hlc::from_parts(now, 0));
+            node.link.note_local_hlc(node.clock.last());
             node.link.handle_timeout(now);
             node.link.poll_anti_entropy(now, &mut node.store);
             if gc {
