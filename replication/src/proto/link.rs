@@ -210,6 +210,22 @@ struct Outgoing {
     clock_held: u64,
 }
 
+impl Outgoing {
+    /// Drop the whole log (acknowledged or not): the peer is owed anti-entropy instead, and
+    /// the next batch's floor tells it the gap. Returns how many deltas were abandoned.
+    fn abandon_log(&mut self) -> u64 {
+        let n = self.log.len() as u64;
+        self.log.clear();
+        self.in_log.clear();
+        self.log_ms.clear();
+        self.log_bytes = 0;
+        self.floor = self.next_seq;
+        self.acked = self.floor - 1;
+        self.sent_upto = self.acked;
+        n
+    }
+}
+
 /// One report of `RegionLink::note_local_loss` still to be repaired.
 struct LocalGap {
     /// The lowest stamp among the lost deltas: this region's own frontier stays below it.
@@ -584,14 +600,7 @@ impl RegionLink {
                 || o.log_bytes + bytes > self.cfg.max_log_bytes
             {
                 self.stats.logs_dropped += 1;
-                self.stats.deltas_abandoned += o.log.len() as u64 + 1;
-                o.log.clear();
-                o.in_log.clear();
-                o.log_ms.clear();
-                o.log_bytes = 0;
-                o.floor = o.next_seq;
-                o.acked = o.floor - 1;
-                o.sent_upto = o.acked;
+                self.stats.deltas_abandoned += o.abandon_log() + 1;
                 self.ae.request(o.peer);
                 continue;
             }
@@ -649,14 +658,7 @@ impl RegionLink {
                         // current state by anti-entropy instead, and GC forgets the
                         // frontiers its previous life gossiped.
                         self.stats.logs_dropped += 1;
-                        self.stats.deltas_abandoned += o.log.len() as u64;
-                        o.log.clear();
-                        o.in_log.clear();
-                        o.log_ms.clear();
-                        o.log_bytes = 0;
-                        o.floor = o.next_seq;
-                        o.acked = o.floor - 1;
-                        o.sent_upto = o.acked;
+                        self.stats.deltas_abandoned += o.abandon_log();
                         self.ae.request(o.peer);
                         self.gc_snaps.clear();
                     }
