@@ -66,22 +66,9 @@ pub struct Contrib {
     pub own: bool,
 }
 
-impl PartialEq for Contrib {
-    fn eq(&self, o: &Contrib) -> bool {
-        (
-            self.region,
-            self.inc,
-            self.hlc,
-            self.net,
-            self.obs_hlc,
-            self.obs_net,
-        ) == (o.region, o.inc, o.hlc, o.net, o.obs_hlc, o.obs_net)
-    }
-}
-impl Eq for Contrib {}
-
-impl std::hash::Hash for Contrib {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+impl Contrib {
+    /// Everything but the local [`Contrib::own`]: what equality and hashing see.
+    fn shared(&self) -> (RegionId, Hlc, Hlc, i64, Hlc, i64) {
         (
             self.region,
             self.inc,
@@ -90,7 +77,19 @@ impl std::hash::Hash for Contrib {
             self.obs_hlc,
             self.obs_net,
         )
-            .hash(h)
+    }
+}
+
+impl PartialEq for Contrib {
+    fn eq(&self, o: &Contrib) -> bool {
+        self.shared() == o.shared()
+    }
+}
+impl Eq for Contrib {}
+
+impl std::hash::Hash for Contrib {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.shared().hash(h)
     }
 }
 
