@@ -637,11 +637,17 @@ pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Reply {
 /// [`crate::replication::Control::holds_writes`].
 #[inline]
 pub(crate) fn write_pause_began(shared: &Shared, now: u64) -> bool {
+    failover_pause_began(shared, now) || restart_holds_writes(shared, now)
+}
+
+/// A manual failover's pause alone (see [`write_pause_began`]): what a write that issues no
+/// stamp of its own (MIGRATE's target side merging a moved key) waits for.
+#[inline]
+pub(crate) fn failover_pause_began(shared: &Shared, now: u64) -> bool {
     shared
         .cluster
         .as_ref()
         .is_some_and(|c| now <= c.writes_paused_until.load(Relaxed))
-        || restart_holds_writes(shared, now)
 }
 
 /// The restart window: see [`write_pause_began`].

@@ -64,11 +64,15 @@ pub struct Frontier {
 /// some `Hello` from that peer arrives); a peer answers with `ask: false`. `your_max` is
 /// the greatest HLC the sender knows the receiver's region to have issued (its deltas,
 /// its gossiped frontier): a region restarted empty raises its clock above it, so it never
-/// reissues a stamp its previous incarnation used.
+/// reissues a stamp its previous incarnation used. `clock` is the sender's own clock at
+/// its last drain, at or above every stamp its state holds: a link started after the
+/// sender's previous one (a failover, a restarted process that kept its state) may not
+/// know `your_max` yet, so the asker raises its clock above this too (within its bound).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub ask: bool,
     pub your_max: Hlc,
+    pub clock: Hlc,
 }
 
 /// Anti-entropy step 1 (initiator → responder): salted 16-bit digests of non-empty slots.
@@ -323,6 +327,7 @@ pub(crate) mod tests {
             Frame::Hello(Hello {
                 ask: true,
                 your_max: Hlc(1 << 40),
+                clock: Hlc(1 << 41),
             }),
             Frame::AeEntries(AeEntries {
                 round: 9,

@@ -609,7 +609,11 @@ impl KeyModel {
             }
         }
         for a in self.ttls.iter_mut() {
-            if a.killed && a.killed_in(before) && !a.killed_in(after) {
+            // Garbage collection only drops a dead entry, so one it dropped was killed
+            // there, by a write that observed it or by a later register write superseding
+            // it (the TTL rule: the oracle cannot tell which once that write is lost).
+            if a.killed_in(before) && !a.killed_in(after) {
+                a.killed = true;
                 a.collected = true;
             }
         }

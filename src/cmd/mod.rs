@@ -285,6 +285,17 @@ impl<'s, 'c> Ctx<'s, 'c> {
         crate::connection::write_pause_began(self.shared, self.now_ms)
     }
 
+    /// [`Ctx::pause_began`] for a write that issues no stamp of its own (a merged state):
+    /// only a manual failover's pause counts, not the restart window (which keeps this
+    /// region from reissuing stamps of its previous life).
+    pub fn failover_pause_began(&mut self, key: &[u8]) -> bool {
+        if matches!(self.locks, Locks::All(_)) {
+            return false;
+        }
+        let _ = self.shard(key);
+        crate::connection::failover_pause_began(self.shared, self.now_ms)
+    }
+
     /// The reply of a write that waits out a manual failover's pause (see
     /// [`Ctx::pause_began`]): the connection runs the command again afterwards.
     pub fn wait_out_pause(&mut self) -> Reply {

@@ -771,9 +771,10 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             return err_owned(format!("ERR bad key state: {e}"));
         }
         entry.rebuild();
-        if ctx.pause_began(key) {
+        if ctx.failover_pause_began(key) {
             // MIGRATE's source drops the key once we answer: the promoted replica must have
-            // it, so it waits out a manual failover like any write.
+            // it, so it waits out a manual failover like any write. It issues no stamp, so
+            // the restart window does not hold it.
             return ctx.wait_out_pause();
         }
         let shard = ctx.shard(key);

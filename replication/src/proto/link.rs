@@ -28,9 +28,10 @@
 //!
 //! Restart handshake: at start a link sends `Hello { ask }` to every peer (again every
 //! `resend_timeout_ms` until some `Hello` from it arrives); the answer carries the greatest
-//! HLC the peer knows this region to have issued, which `max_seen_hlc` then includes: a
-//! region restarted empty (or after a backward clock step) never reissues an HLC of its
-//! previous incarnation.
+//! HLC the peer knows this region to have issued, and the peer's clock (at or above every
+//! stamp its state holds, for a peer whose link is younger than our previous life), which
+//! `max_seen_hlc` then includes (the clock capped at our bound): a region restarted empty
+//! (or after a backward clock step) never reissues an HLC of its previous incarnation.
 //!
 //! Causal stability for GC: each region knows, per origin, an HLC below which it holds every
 //! write of that origin (the stamp of the last contiguous delta; frozen after a gap until a
@@ -291,6 +292,8 @@ pub struct RegionLink {
     max_seen_hlc: Hlc,
     /// The greatest HLC peers reported this region to have issued (`Hello`).
     own_floor: Hlc,
+    /// The greatest peer clock a `Hello` reported (capped at our bound when it arrived).
+    peer_clock: Hlc,
     /// Local losses not yet repaired with every peer, oldest first.
     gaps: VecDeque<LocalGap>,
     ae: AntiEntropy,
@@ -356,6 +359,7 @@ impl RegionLink {
             next_frontier_ms: 0,
             max_seen_hlc: Hlc::ZERO,
             own_floor: Hlc::ZERO,
+            peer_clock: Hlc::ZERO,
             gaps: VecDeque::new(),
             ae,
             rr: 0,
@@ -392,6 +396,7 @@ impl RegionLink {
         self.max_seen_hlc
             .max(self.ae.max_seen_hlc())
             .max(self.own_floor)
+            .max(self.peer_clock)
     }
 
     /// The greatest HLC a peer may hand us at `now_ms` (see `max_clock_offset_ms`).
@@ -667,6 +672,10 @@ impl RegionLink {
                     // them), so adopted without ours: after a backward clock step they are
                     // ahead of our clock, and stamping below them could reuse one.
                     self.own_floor = self.own_floor.max(h.your_max);
+                    // The peer's clock covers every stamp it holds, ours included, even
+                    // when its link is younger than our previous life.
+                    let limit = self.clock_limit(now_ms);
+                    self.peer_clock = self.peer_clock.max(h.clock.min(limit));
                 }
             }
             Frame::AeDigests(d) => self.ae.handle_digests(from, d, self.own_claim()),
@@ -930,7 +939,15 @@ impl RegionLink {
                 } else {
                     o.max_issued
                 };
-                return Some((o.peer, Frame::Hello(Hello { ask, your_max })));
+                let clock = self.own_seen.max(self.max_seen_hlc);
+                return Some((
+                    o.peer,
+                    Frame::Hello(Hello {
+                        ask,
+                        your_max,
+                        clock,
+                    }),
+                ));
             }
             if o.ack_due {
                 o.ack_due = false;
@@ -1499,6 +1516,39 @@ mod tests {
         // The handshake is not repeated once answered.
         let hellos = pump(now + 1_000, &mut s, &|f| !matches!(f, Frame::Hello(_)));
         assert!(hellos.is_empty(), "{hellos:?}");
+    }
+
+    /// As above, but the peer's link is younger than the restarted region's previous life
+    /// (the peer failed over, or its process restarted with its state): it knows no stamp
+    /// of ours to answer with, so its clock (at or above every stamp it holds) raises ours.
+    #[test]
+    fn a_peer_with_a_new_link_still_raises_a_restarted_regions_clock() {
+        let mut s = pair();
+        let now = 100_000;
+        let mut last = Stamp::ZERO;
+        for i in 0..20 {
+            last = s[0].write(now + i, &format!("k{i}"), set);
+        }
+        s[0].ship(now + 20);
+        pump(now + 20, &mut s, &all);
+        assert!(s[1].alive("k19"));
+        // The peer's new link; its shell folds what it merged into its clock and drains.
+        s[1].clock.observe(s[1].link.max_seen_hlc());
+        s[1].link = RegionLink::new(RegionId(1), &[RegionId(0)], 7, cfg());
+        s[1].ship(now + 25);
+        // Restarted with its clock 5 s behind (within the offset bound: a peer clock
+        // further ahead than that is capped at the bound).
+        s[0] = side(0, 0xdead_beef);
+        s[0].skew_ms = -5_000;
+        // Only the handshake: the restart window ends with it, and writes begin.
+        pump(now + 30, &mut s, &|f| matches!(f, Frame::Hello(_)));
+        assert!(s[0].link.handshake_done());
+        assert!(
+            s[0].link.max_seen_hlc() >= last.hlc,
+            "raised by the peer's clock"
+        );
+        let next = s[0].write(now + 30, "new", set);
+        assert!(next > last, "never below a stamp it issued before");
     }
 
     // ---- local losses and GC ----
