@@ -9,7 +9,7 @@ use bytes::Bytes;
 use meridian_crdt::RegionId;
 use meridian_replication::codec::{encode, Ack, Frame};
 use meridian_replication::transport::{
-    generate_ca, generate_node_cert, write_deployment, PeerConfig, PeerState, QuicConfig,
+    generate_ca, generate_node_cert, write_deployment, PeerConfig, PeerKey, PeerState, QuicConfig,
     QuicTransport,
 };
 
@@ -283,4 +283,79 @@ fn deployment_files_are_written() {
     }
     assert!(write_deployment(&dir, &["Bad Name"]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The nodes of a region that is a cluster are distinct peers: two nodes of region a both
+/// connect to b's node at once, neither replaces the other, and b tells their frames apart
+/// and answers each one (`send_to`). A node removed from the topology is closed and no
+/// longer dialed; added again, it reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_of_a_clustered_region_are_distinct_peers() {
+    let ca = ca();
+    let b = node(&ca, "b", &[("a", unused())]);
+    let b_addr = b.local_addr().unwrap();
+    let a1 = node(&ca, "a", &[("b", b_addr)]);
+    let a2 = node(&ca, "a", &[("b", b_addr)]);
+    let key = |t: &QuicTransport| PeerKey {
+        region: "a".into(),
+        addr: t.local_addr().unwrap(),
+    };
+    let (k1, k2) = (key(&a1), key(&a2));
+    wait_until("both a nodes connected at b", || {
+        let states = b.node_states();
+        [&k1, &k2]
+            .iter()
+            .all(|k| states.iter().any(|(key, s)| key == *k && s.connected))
+    })
+    .await;
+    for (i, a) in [&a1, &a2].into_iter().enumerate() {
+        a.send("b", frame_bytes(i as u64)).unwrap();
+    }
+    let mut from = Vec::new();
+    for _ in 0..2 {
+        let (k, f) = tokio::time::timeout(DEADLINE, b.recv_from())
+            .await
+            .expect("frame in time")
+            .expect("open");
+        from.push((k, f));
+    }
+    from.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want = vec![(k1.clone(), frame(0)), (k2.clone(), frame(1))];
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(from, want, "each frame tagged with its node");
+    for (i, (k, a)) in [(&k1, &a1), (&k2, &a2)].into_iter().enumerate() {
+        b.send_to(k, frame_bytes(10 + i as u64)).unwrap();
+        let (peer, got) = tokio::time::timeout(DEADLINE, a.recv())
+            .await
+            .expect("frame in time")
+            .expect("open");
+        assert_eq!((peer.as_str(), got), ("b", frame(10 + i as u64)));
+    }
+    for (k, s) in b.node_states().iter().filter(|(k, _)| *k == k1 || *k == k2) {
+        assert_eq!(s.connects, 1, "{k}: never replaced by its sibling");
+    }
+    assert!(state(&b, "a").connected);
+
+    // a2 drops b from its topology: closed, not redialed.
+    let kb = PeerKey {
+        region: "b".into(),
+        addr: b_addr,
+    };
+    a2.remove_peer(&kb);
+    wait_until("a2's link closed at b", || {
+        b.node_states()
+            .iter()
+            .any(|(k, s)| *k == k2 && !s.connected)
+    })
+    .await;
+    assert!(a2.send_to(&kb, frame_bytes(1)).is_err());
+    assert!(
+        b.node_states().iter().any(|(k, s)| *k == k1 && s.connected),
+        "a1 untouched"
+    );
+    a2.add_peer("b", b_addr).unwrap();
+    wait_until("a2 back", || {
+        b.node_states().iter().any(|(k, s)| *k == k2 && s.connected)
+    })
+    .await;
 }

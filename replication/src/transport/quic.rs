@@ -7,11 +7,19 @@
 //! peer region. Anything else (unknown CA, unexpected region, wrong ALPN) is closed and
 //! logged; it never affects other links.
 //!
-//! Topology: one QUIC connection per peer pair. The region whose name sorts lower dials
-//! (`"a" < "b"`: a dials b, b only accepts from a), so two nodes never race to open two
-//! connections. The dialer keeps the link up: reconnect with exponential backoff
-//! ([`INITIAL_BACKOFF_MS`] doubling to [`MAX_BACKOFF_MS`]), keep-alives from quinn's
-//! `TransportConfig`. A new connection from a peer replaces its previous one (restart).
+//! Topology: one QUIC connection per pair of *nodes*; a peer is a [`PeerKey`] (its region,
+//! proven by its certificate, and its advertised replication address), so the nodes of a
+//! region that is a cluster are distinct peers. The region whose name sorts lower dials
+//! (`"a" < "b"`: a's nodes dial b's, b's only accept from a's), so two nodes never race to
+//! open two connections. The dialer opens its stream with an identity preamble
+//! ([`IDENT_MAGIC`], its advertised address); the acceptor keys the connection by it,
+//! registering a node of an accepted region it did not know yet (at most
+//! [`MAX_PEERS_PER_REGION`] per region). Peers come from the config and at run time
+//! ([`QuicTransport::add_peer`], [`QuicTransport::remove_peer`]: a discovered topology).
+//! The dialer keeps the link up: reconnect with exponential backoff ([`INITIAL_BACKOFF_MS`]
+//! doubling to [`MAX_BACKOFF_MS`]), keep-alives from quinn's `TransportConfig`. A new
+//! connection from a peer node replaces its previous one (restart); nodes of one region
+//! never replace each other's.
 //!
 //! Framing: each side opens one unidirectional stream per connection and writes codec
 //! frames (`len: u32 LE` prefix, see [`crate::codec`]) back to back. The reader decodes with
@@ -58,6 +66,12 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const WRITE_COALESCE_FRAMES: usize = 64;
 const WRITE_COALESCE_BYTES: usize = 1 << 20;
 const MAX_REGION_NAME_BYTES: usize = 63;
+/// First bytes a dialer writes on its stream, then its advertised address (`u16` LE length,
+/// UTF-8 `host:port`), then codec frames.
+pub const IDENT_MAGIC: &[u8; 4] = b"MRI1";
+const MAX_IDENT_BYTES: usize = 255;
+/// Nodes of one peer region this endpoint keeps (configured, added or accepted).
+pub const MAX_PEERS_PER_REGION: usize = 1024;
 
 /// QUIC application close codes (visible to the peer).
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -210,6 +224,19 @@ pub struct PeerConfig {
     pub addr: SocketAddr,
 }
 
+/// One peer node: its region (its certificate's) and its advertised replication address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerKey {
+    pub region: String,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.region, self.addr)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QuicConfig {
     pub region: String,
@@ -219,6 +246,11 @@ pub struct QuicConfig {
     pub cert_pem: String,
     pub key_pem: String,
     pub peers: Vec<PeerConfig>,
+    /// Regions accepted besides those of `peers` (their nodes are added at run time).
+    pub accept_regions: Vec<String>,
+    /// The address peers know this node by (sent in the identity preamble); `None`: the
+    /// bound address.
+    pub advertise: Option<SocketAddr>,
     /// Bound of each per-peer send queue, in frames.
     pub send_queue_frames: usize,
     /// Bound of the received-frames channel, in frames.
@@ -245,6 +277,8 @@ impl QuicConfig {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
             peers,
+            accept_regions: Vec::new(),
+            advertise: None,
             send_queue_frames: 4096,
             recv_queue_frames: 4096,
             keep_alive_ms: 1_000,
@@ -286,7 +320,10 @@ struct Counters {
 }
 
 struct Peer {
+    key: PeerKey,
     region: String,
+    /// The task dialing it (we are the dialer), aborted when the peer is removed.
+    dial_task: Mutex<Option<JoinHandle<()>>>,
     send_tx: mpsc::Sender<Bytes>,
     /// Held by the writer of the live connection; a replaced connection releases it when
     /// its task ends.
@@ -304,6 +341,46 @@ struct Peer {
 }
 
 impl Peer {
+    fn new(key: PeerKey, send_queue_frames: usize) -> Peer {
+        let (send_tx, send_rx) = mpsc::channel(send_queue_frames);
+        Peer {
+            region: key.region.clone(),
+            key,
+            dial_task: Mutex::new(None),
+            send_tx,
+            send_rx: tokio::sync::Mutex::new(send_rx),
+            current: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            dialing: AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            frames_sent: AtomicU64::new(0),
+            frames_received: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Close the live connection and stop dialing (the peer was removed).
+    fn close(&self) {
+        if let Some(t) = self
+            .dial_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+        if let Some((_, c)) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            c.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"peer removed");
+        }
+    }
+
     fn install(&self, conn: quinn::Connection) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,19 +423,60 @@ impl Peer {
 
 struct Shared {
     region: String,
+    /// Sent in the identity preamble when dialing.
+    advertise: String,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    peers: HashMap<String, Arc<Peer>>,
-    recv_tx: mpsc::Sender<(String, Frame)>,
+    /// Regions whose nodes we talk to.
+    regions: std::collections::BTreeSet<String>,
+    peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
+    send_queue_frames: usize,
+    recv_tx: mpsc::Sender<(PeerKey, Frame)>,
     counters: Counters,
     connect_timeout: Duration,
 }
 
-/// One region's replication endpoint. Must be created inside a tokio runtime; dropping it
+impl Shared {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, Arc<Peer>>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peer `key`, registered if new (`None`: its region is not one we talk to, or it
+    /// has too many nodes already). Returns whether it was new.
+    fn peer_or_add(&self, key: &PeerKey) -> Option<(Arc<Peer>, bool)> {
+        if !self.regions.contains(&key.region) {
+            return None;
+        }
+        let mut peers = self.peers();
+        if let Some(p) = peers.get(key) {
+            return Some((p.clone(), false));
+        }
+        if peers.keys().filter(|k| k.region == key.region).count() >= MAX_PEERS_PER_REGION {
+            return None;
+        }
+        let p = Arc::new(Peer::new(key.clone(), self.send_queue_frames));
+        peers.insert(key.clone(), p.clone());
+        Some((p, true))
+    }
+
+    /// The nodes of `region`, in key order.
+    fn region_peers(&self, region: &str) -> Vec<Arc<Peer>> {
+        let mut v: Vec<Arc<Peer>> = self
+            .peers()
+            .values()
+            .filter(|p| p.region == region)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+}
+
+/// One node's replication endpoint. Must be created inside a tokio runtime; dropping it
 /// closes the endpoint and stops its tasks.
 pub struct QuicTransport {
     shared: Arc<Shared>,
-    recv_rx: tokio::sync::Mutex<mpsc::Receiver<(String, Frame)>>,
+    recv_rx: tokio::sync::Mutex<mpsc::Receiver<(PeerKey, Frame)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -430,34 +548,28 @@ impl QuicTransport {
         client_config.transport_config(transport);
 
         let endpoint = quinn::Endpoint::server(server_config, cfg.bind)?;
-        let peers = cfg
-            .peers
-            .iter()
-            .map(|p| {
-                let (send_tx, send_rx) = mpsc::channel(cfg.send_queue_frames);
-                let peer = Peer {
-                    region: p.region.clone(),
-                    send_tx,
-                    send_rx: tokio::sync::Mutex::new(send_rx),
-                    current: Mutex::new(None),
-                    generation: AtomicU64::new(0),
-                    dialing: AtomicBool::new(false),
-                    bytes_sent: AtomicU64::new(0),
-                    bytes_received: AtomicU64::new(0),
-                    frames_sent: AtomicU64::new(0),
-                    frames_received: AtomicU64::new(0),
-                    connects: AtomicU64::new(0),
-                    protocol_errors: AtomicU64::new(0),
-                };
-                (p.region.clone(), Arc::new(peer))
-            })
-            .collect();
+        let advertise = match cfg.advertise {
+            Some(a) => a,
+            None => endpoint.local_addr()?,
+        };
+        let mut regions: std::collections::BTreeSet<String> =
+            cfg.peers.iter().map(|p| p.region.clone()).collect();
+        for r in &cfg.accept_regions {
+            check_region(r)?;
+            if *r == cfg.region {
+                return Err(TransportError::InvalidRegion(r.clone()));
+            }
+            regions.insert(r.clone());
+        }
         let (recv_tx, recv_rx) = mpsc::channel(cfg.recv_queue_frames);
         let shared = Arc::new(Shared {
             region: cfg.region.clone(),
+            advertise: advertise.to_string(),
             endpoint,
             client_config,
-            peers,
+            regions,
+            peers: Mutex::new(HashMap::new()),
+            send_queue_frames: cfg.send_queue_frames,
             recv_tx,
             counters: Counters::default(),
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
@@ -469,9 +581,7 @@ impl QuicTransport {
             tasks: Mutex::new(vec![accept_task]),
         };
         for peer in &cfg.peers {
-            if cfg.region < peer.region {
-                transport.connect(&peer.region, peer.addr)?;
-            }
+            transport.add_peer(&peer.region, peer.addr)?;
         }
         info!(region = %cfg.region, addr = ?transport.local_addr().ok(), "replication endpoint up");
         Ok(transport)
@@ -485,60 +595,139 @@ impl QuicTransport {
         self.shared.endpoint.local_addr()
     }
 
-    /// Keep a connection to `peer` at `addr` up (dial, then redial with backoff). `start`
-    /// calls this for the peers this region must dial; calling it directly ignores the
-    /// dial-order rule (the acceptor may then refuse). A second call for a peer is a no-op.
-    pub fn connect(&self, peer: &str, addr: SocketAddr) -> Result<(), TransportError> {
-        let p = self
+    /// The address this node gives peers (its identity preamble).
+    pub fn advertised(&self) -> &str {
+        &self.shared.advertise
+    }
+
+    /// Talk to the node of `region` at `addr` (its advertised replication address): when
+    /// this region dials (its name sorts lower), keep a connection up (dial, then redial
+    /// with backoff); otherwise wait for the node to dial. A second call for a node is a
+    /// no-op. `region` must be a configured or accepted one.
+    pub fn add_peer(&self, region: &str, addr: SocketAddr) -> Result<PeerKey, TransportError> {
+        let key = PeerKey {
+            region: region.to_string(),
+            addr,
+        };
+        let (p, _) = self
             .shared
-            .peers
-            .get(peer)
-            .ok_or_else(|| TransportError::UnknownPeer(peer.to_string()))?;
-        if p.dialing.swap(true, Ordering::Relaxed) {
-            return Ok(());
+            .peer_or_add(&key)
+            .ok_or_else(|| TransportError::UnknownPeer(region.to_string()))?;
+        if self.shared.region.as_str() < region && !p.dialing.swap(true, Ordering::Relaxed) {
+            let task = tokio::spawn(dial_loop(self.shared.clone(), p.clone(), addr));
+            *p.dial_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
-        let task = tokio::spawn(dial_loop(self.shared.clone(), p.clone(), addr));
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        Ok(key)
+    }
+
+    /// Keep a connection to the node of `region` at `addr` up, whatever the dial-order rule
+    /// says (tests; the acceptor may refuse it). A second call for a node is a no-op.
+    pub fn connect(&self, region: &str, addr: SocketAddr) -> Result<(), TransportError> {
+        let key = PeerKey {
+            region: region.to_string(),
+            addr,
+        };
+        let (p, _) = self
+            .shared
+            .peer_or_add(&key)
+            .ok_or_else(|| TransportError::UnknownPeer(region.to_string()))?;
+        if !p.dialing.swap(true, Ordering::Relaxed) {
+            let task = tokio::spawn(dial_loop(self.shared.clone(), p.clone(), addr));
+            *p.dial_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
         Ok(())
     }
 
-    /// Queue one encoded frame (codec framing, length prefix included) for `peer`. Never
-    /// blocks. The bytes are written as given: the receiver closes the connection if they
-    /// are not a valid frame.
-    pub fn send(&self, peer: &str, frame_bytes: Bytes) -> Result<(), SendError> {
+    /// Stop talking to `key`: its connection closes and it is no longer dialed (a node that
+    /// left its region's topology). It may come back by dialing us, or `add_peer`.
+    pub fn remove_peer(&self, key: &PeerKey) {
+        let removed = self.shared.peers().remove(key);
+        if let Some(p) = removed {
+            p.close();
+        }
+    }
+
+    /// Queue one encoded frame (codec framing, length prefix included) for the node `key`.
+    /// Never blocks. The bytes are written as given: the receiver closes the connection if
+    /// they are not a valid frame.
+    pub fn send_to(&self, key: &PeerKey, frame_bytes: Bytes) -> Result<(), SendError> {
         let p = self
             .shared
-            .peers
-            .get(peer)
-            .ok_or_else(|| SendError::UnknownPeer(peer.to_string()))?;
+            .peers()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| SendError::UnknownPeer(key.to_string()))?;
+        Self::queue(&p, frame_bytes)
+    }
+
+    fn queue(p: &Peer, frame_bytes: Bytes) -> Result<(), SendError> {
         if !p.connected() {
-            return Err(SendError::NotConnected(peer.to_string()));
+            return Err(SendError::NotConnected(p.key.to_string()));
         }
         p.send_tx.try_send(frame_bytes).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full(peer.to_string()),
-            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(peer.to_string()),
+            mpsc::error::TrySendError::Full(_) => SendError::Full(p.key.to_string()),
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected(p.key.to_string()),
         })
+    }
+
+    /// Queue one encoded frame for a node of `region`: the first connected one in key order
+    /// (a region of one node: that node).
+    pub fn send(&self, region: &str, frame_bytes: Bytes) -> Result<(), SendError> {
+        let nodes = self.shared.region_peers(region);
+        if nodes.is_empty() {
+            return Err(SendError::UnknownPeer(region.to_string()));
+        }
+        match nodes.iter().find(|p| p.connected()) {
+            Some(p) => Self::queue(p, frame_bytes),
+            None => Err(SendError::NotConnected(region.to_string())),
+        }
+    }
+
+    /// Next frame received from any peer node, with its key. `None` once shut down.
+    pub async fn recv_from(&self) -> Option<(PeerKey, Frame)> {
+        self.recv_rx.lock().await.recv().await
     }
 
     /// Next frame received from any peer, with the peer's region. `None` once shut down.
     pub async fn recv(&self) -> Option<(String, Frame)> {
-        self.recv_rx.lock().await.recv().await
+        self.recv_from().await.map(|(k, f)| (k.region, f))
     }
 
-    pub fn peer_state(&self, peer: &str) -> Option<PeerState> {
-        self.shared.peers.get(peer).map(|p| p.state())
+    /// A peer region's state: connected if any of its nodes is, counters summed.
+    pub fn peer_state(&self, region: &str) -> Option<PeerState> {
+        let nodes = self.shared.region_peers(region);
+        if nodes.is_empty() && !self.shared.regions.contains(region) {
+            return None;
+        }
+        Some(nodes.iter().fold(PeerState::default(), |mut acc, p| {
+            let s = p.state();
+            acc.connected |= s.connected;
+            acc.bytes_sent += s.bytes_sent;
+            acc.bytes_received += s.bytes_received;
+            acc.frames_sent += s.frames_sent;
+            acc.frames_received += s.frames_received;
+            acc.connects += s.connects;
+            acc.protocol_errors += s.protocol_errors;
+            acc
+        }))
     }
 
-    /// Every configured peer's state, sorted by region.
+    /// Every peer region's state (see [`QuicTransport::peer_state`]), sorted by region.
     pub fn peer_states(&self) -> Vec<(String, PeerState)> {
+        self.shared
+            .regions
+            .iter()
+            .filter_map(|r| self.peer_state(r).map(|s| (r.clone(), s)))
+            .collect()
+    }
+
+    /// Every peer node's state, sorted by key.
+    pub fn node_states(&self) -> Vec<(PeerKey, PeerState)> {
         let mut states: Vec<_> = self
             .shared
-            .peers
+            .peers()
             .iter()
-            .map(|(r, p)| (r.clone(), p.state()))
+            .map(|(k, p)| (k.clone(), p.state()))
             .collect();
         states.sort_by(|a, b| a.0.cmp(&b.0));
         states
@@ -562,6 +751,10 @@ impl QuicTransport {
             .drain(..)
         {
             task.abort();
+        }
+        let peers: Vec<Arc<Peer>> = self.shared.peers().values().cloned().collect();
+        for p in peers {
+            p.close();
         }
         self.shared
             .endpoint
@@ -594,11 +787,15 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    match identify(&shared, &conn) {
-        Ok(peer) => {
+    let identified = match identify(&shared, &conn) {
+        Ok(region) => read_ident(&shared, &conn, region).await,
+        Err(reason) => Err(reason),
+    };
+    match identified {
+        Ok((peer, stream, buf)) => {
             shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
-            info!(%remote, peer = %peer.region, "replication link accepted");
-            run_connection(&shared, &peer, conn).await;
+            info!(%remote, peer = %peer.key, "replication link accepted");
+            run_connection(&shared, &peer, conn, Some((stream, buf))).await;
         }
         Err(reason) => {
             shared
@@ -611,8 +808,56 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
-/// Map an accepted connection to the expected peer its certificate names.
-fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<Arc<Peer>, String> {
+/// The dialer's identity preamble (see [`IDENT_MAGIC`]) on its stream: the peer node, the
+/// stream, and whatever of the first frames came with it.
+async fn read_ident(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    region: String,
+) -> Result<(Arc<Peer>, quinn::RecvStream, Vec<u8>), String> {
+    let read = async {
+        let mut stream = conn.accept_uni().await.map_err(|e| e.to_string())?;
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if buf.len() >= 6 {
+                let len = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
+                if &buf[..4] != IDENT_MAGIC || len > MAX_IDENT_BYTES {
+                    return Err("bad identity preamble".to_string());
+                }
+                if buf.len() >= 6 + len {
+                    let addr = std::str::from_utf8(&buf[6..6 + len])
+                        .ok()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .ok_or("identity preamble: not a socket address")?;
+                    let rest = buf.split_off(6 + len);
+                    return Ok((addr, stream, rest));
+                }
+            }
+            match stream.read_chunk(READ_CHUNK_BYTES, true).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err("stream ended before the identity preamble".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+            if buf.len() > 6 + MAX_IDENT_BYTES + READ_CHUNK_BYTES {
+                return Err("identity preamble too long".into());
+            }
+        }
+    };
+    let (addr, stream, rest) = tokio::time::timeout(shared.connect_timeout, read)
+        .await
+        .map_err(|_| "no identity preamble in time".to_string())??;
+    let key = PeerKey { region, addr };
+    let (peer, new) = shared
+        .peer_or_add(&key)
+        .ok_or_else(|| format!("too many nodes of region {:?}", key.region))?;
+    if new {
+        info!(peer = %key, "new peer node");
+    }
+    Ok((peer, stream, rest))
+}
+
+/// The region an accepted connection's certificate names, if it is one we accept from.
+fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<String, String> {
     let protocol = conn
         .handshake_data()
         .and_then(|d| d.downcast::<HandshakeData>().ok())
@@ -627,23 +872,22 @@ fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<Arc<Peer>, Stri
     let leaf = certs.first().ok_or("empty client certificate chain")?;
     let cert = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("unparsable client certificate: {e}"))?;
-    let mut matched = shared.peers.values().filter(|p| {
-        ServerName::try_from(region_dns_name(&p.region))
+    let mut matched = shared.regions.iter().filter(|r| {
+        ServerName::try_from(region_dns_name(r))
             .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
             .unwrap_or(false)
     });
-    let peer = match (matched.next(), matched.next()) {
-        (Some(peer), None) => peer,
+    let region = match (matched.next(), matched.next()) {
+        (Some(region), None) => region,
         (None, _) => return Err("certificate names no expected peer region".into()),
         (Some(_), Some(_)) => return Err("certificate names several peer regions".into()),
     };
-    if peer.region > shared.region {
+    if *region > shared.region {
         return Err(format!(
-            "region {:?} must be dialed by us (the lower name dials)",
-            peer.region
+            "region {region:?} must be dialed by us (the lower name dials)"
         ));
     }
-    Ok(peer.clone())
+    Ok(region.clone())
 }
 
 async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
@@ -651,9 +895,9 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
     loop {
         match dial(&shared, &peer.region, addr).await {
             Ok(conn) => {
-                info!(peer = %peer.region, %addr, "replication link connected");
+                info!(peer = %peer.key, "replication link connected");
                 let up = Instant::now();
-                run_connection(&shared, &peer, conn).await;
+                run_connection(&shared, &peer, conn, None).await;
                 if up.elapsed() >= Duration::from_millis(STABLE_CONNECTION_MS) {
                     backoff_ms = INITIAL_BACKOFF_MS;
                 }
@@ -685,11 +929,28 @@ enum LinkEnd {
 }
 
 /// Drive one established connection until it ends; the peer's state tracks it meanwhile.
-async fn run_connection(shared: &Shared, peer: &Peer, conn: quinn::Connection) {
+/// `accepted`: the acceptor already took the dialer's stream (and bytes past its identity
+/// preamble); a dialer writes the preamble first.
+async fn run_connection(
+    shared: &Shared,
+    peer: &Peer,
+    conn: quinn::Connection,
+    accepted: Option<(quinn::RecvStream, Vec<u8>)>,
+) {
     let generation = peer.install(conn.clone());
+    let ident = if accepted.is_none() {
+        let addr = shared.advertise.as_bytes();
+        let mut b = Vec::with_capacity(6 + addr.len());
+        b.extend_from_slice(IDENT_MAGIC);
+        b.extend_from_slice(&(addr.len().min(MAX_IDENT_BYTES) as u16).to_le_bytes());
+        b.extend_from_slice(&addr[..addr.len().min(MAX_IDENT_BYTES)]);
+        Some(Bytes::from(b))
+    } else {
+        None
+    };
     let end = tokio::select! {
-        end = write_loop(peer, &conn) => end,
-        end = read_loop(shared, peer, &conn) => end,
+        end = write_loop(peer, &conn, ident) => end,
+        end = read_loop(shared, peer, &conn, accepted) => end,
         e = conn.closed() => LinkEnd::Lost(e.to_string()),
     };
     match end {
@@ -706,11 +967,16 @@ async fn run_connection(shared: &Shared, peer: &Peer, conn: quinn::Connection) {
     peer.uninstall(generation);
 }
 
-async fn write_loop(peer: &Peer, conn: &quinn::Connection) -> LinkEnd {
+async fn write_loop(peer: &Peer, conn: &quinn::Connection, ident: Option<Bytes>) -> LinkEnd {
     let mut stream = match conn.open_uni().await {
         Ok(s) => s,
         Err(e) => return LinkEnd::Lost(e.to_string()),
     };
+    if let Some(ident) = ident {
+        if let Err(e) = stream.write_all(&ident).await {
+            return LinkEnd::Lost(e.to_string());
+        }
+    }
     let mut queue = peer.send_rx.lock().await;
     let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_COALESCE_FRAMES);
     while let Some(frame) = queue.recv().await {
@@ -738,23 +1004,33 @@ async fn write_loop(peer: &Peer, conn: &quinn::Connection) -> LinkEnd {
     LinkEnd::Lost("send queue closed".into())
 }
 
-async fn read_loop(shared: &Shared, peer: &Peer, conn: &quinn::Connection) -> LinkEnd {
-    let mut stream = match conn.accept_uni().await {
-        Ok(s) => s,
-        Err(e) => return LinkEnd::Lost(e.to_string()),
+async fn read_loop(
+    shared: &Shared,
+    peer: &Peer,
+    conn: &quinn::Connection,
+    accepted: Option<(quinn::RecvStream, Vec<u8>)>,
+) -> LinkEnd {
+    let (mut stream, mut buf) = match accepted {
+        Some(a) => a,
+        None => match conn.accept_uni().await {
+            Ok(s) => (s, Vec::with_capacity(READ_CHUNK_BYTES)),
+            Err(e) => return LinkEnd::Lost(e.to_string()),
+        },
     };
     // `decode` rejects an oversize length as soon as the prefix is in, so this buffer stays
     // below MAX_FRAME_BYTES + prefix + one read chunk.
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut first = !buf.is_empty();
     loop {
-        match stream.read_chunk(READ_CHUNK_BYTES, true).await {
-            Ok(Some(chunk)) => {
-                peer.bytes_received
-                    .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
-                buf.extend_from_slice(&chunk.bytes);
+        if !std::mem::take(&mut first) {
+            match stream.read_chunk(READ_CHUNK_BYTES, true).await {
+                Ok(Some(chunk)) => {
+                    peer.bytes_received
+                        .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+                    buf.extend_from_slice(&chunk.bytes);
+                }
+                Ok(None) => return LinkEnd::Lost("peer finished its stream".into()),
+                Err(e) => return LinkEnd::Lost(e.to_string()),
             }
-            Ok(None) => return LinkEnd::Lost("peer finished its stream".into()),
-            Err(e) => return LinkEnd::Lost(e.to_string()),
         }
         let mut consumed = 0;
         loop {
@@ -764,7 +1040,7 @@ async fn read_loop(shared: &Shared, peer: &Peer, conn: &quinn::Connection) -> Li
                     peer.frames_received.fetch_add(1, Ordering::Relaxed);
                     if shared
                         .recv_tx
-                        .send((peer.region.clone(), frame))
+                        .send((peer.key.clone(), frame))
                         .await
                         .is_err()
                     {
