@@ -200,6 +200,57 @@ pub struct PeerEntry {
     pub drop_rate: f64,
 }
 
+/// Most regions a deployment may have (this region and its peers), and so one more than
+/// the greatest `region-id`. Every region links to every other (a full mesh: one QUIC
+/// connection, one outgoing log and window per peer, each write shipped once per peer), and
+/// the replication protocol holds no fixed-width per-peer set, but meshes were measured to
+/// 32 regions only (README, "Many regions"); 64 leaves room without promising more.
+pub const MAX_REGIONS: usize = 64;
+
+impl Config {
+    /// The region count and ids are within what the code supports, names and ids unique.
+    pub fn check_regions(&self) -> Result<(), String> {
+        let max_id = MAX_REGIONS - 1;
+        if usize::from(self.region_id) > max_id {
+            return Err(format!(
+                "region-id {} is out of range: region ids are 0..={max_id} (at most \
+                 {MAX_REGIONS} regions)",
+                self.region_id
+            ));
+        }
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        if r.peers.len() >= MAX_REGIONS {
+            return Err(format!(
+                "[replication] lists {} peers: at most {MAX_REGIONS} regions are supported \
+                 (this one and {} peers)",
+                r.peers.len(),
+                MAX_REGIONS - 1
+            ));
+        }
+        for (i, p) in r.peers.iter().enumerate() {
+            if usize::from(p.region_id) > max_id {
+                return Err(format!(
+                    "peer {}: region-id {} is out of range: region ids are 0..={max_id} \
+                     (at most {MAX_REGIONS} regions)",
+                    p.region, p.region_id
+                ));
+            }
+            if let Some(q) = r.peers[..i]
+                .iter()
+                .find(|q| q.region == p.region || q.region_id == p.region_id)
+            {
+                return Err(format!(
+                    "peers {} (region-id {}) and {} (region-id {}) share a name or an id",
+                    q.region, q.region_id, p.region, p.region_id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ReplicationConfig {
     /// A path from the config, resolved against the config file's directory.
     pub fn resolve(&self, dir: Option<&std::path::Path>, p: &std::path::Path) -> PathBuf {
@@ -470,6 +521,7 @@ impl Config {
         if c.hz == 0 || c.hz > 500 {
             return Err("hz must be within 1..=500".into());
         }
+        c.check_regions()?;
         if let Some(r) = &c.replication {
             for p in &r.peers {
                 if p.region == c.region || p.region_id == c.region_id {
@@ -596,6 +648,91 @@ mod tests {
             PathBuf::from("/etc/m/certs/a.pem")
         );
         assert!(Config::default().replication.is_none());
+    }
+
+    fn with_peers(region_id: u16, peers: impl IntoIterator<Item = (String, u16)>) -> String {
+        let list: Vec<String> = peers
+            .into_iter()
+            .map(|(r, id)| {
+                format!("  {{ region = \"{r}\", region-id = {id}, addr = \"127.0.0.1:1\" }},")
+            })
+            .collect();
+        format!(
+            "region = \"r{region_id}\"\nregion-id = {region_id}\n[replication]\ncert = \"c.pem\"\nkey = \"k.pem\"\npeers = [\n{}\n]\n",
+            list.join("\n")
+        )
+    }
+
+    fn load_toml(text: &str) -> Result<Config, String> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "meridian-config-test-{}-{n}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let path_text = path.to_str().ok_or("UTF-8 temp path")?.to_string();
+        let got = Config::load(&Cli::parse_from(["meridian", "--config", &path_text]));
+        let _ = std::fs::remove_file(&path);
+        got
+    }
+
+    fn mesh(n: u16, me: u16) -> String {
+        with_peers(
+            me,
+            (0..n).filter(|&j| j != me).map(|j| (format!("r{j}"), j)),
+        )
+    }
+
+    #[test]
+    fn the_largest_supported_mesh_loads() {
+        let max = MAX_REGIONS as u16;
+        let c = load_toml(&mesh(max, max - 1)).expect("64 regions are supported");
+        assert_eq!(c.replication.map(|r| r.peers.len()), Some(MAX_REGIONS - 1));
+        assert!(load_toml(&mesh(32, 0)).is_ok());
+    }
+
+    #[test]
+    fn more_regions_than_supported_is_a_config_error() {
+        // 65 regions: 64 peers (ids 0..=64, so one of them is out of range too; the count is
+        // reported first).
+        let err = load_toml(&mesh(MAX_REGIONS as u16 + 1, 0)).unwrap_err();
+        assert!(
+            err.contains("lists 64 peers") && err.contains("at most 64 regions"),
+            "{err}"
+        );
+        // Far more (the link once asserted at most 64 peers: a panic at start).
+        let err = load_toml(&mesh(200, 3)).unwrap_err();
+        assert!(err.contains("lists 199 peers"), "{err}");
+    }
+
+    #[test]
+    fn region_ids_out_of_range_are_config_errors() {
+        let err = load_toml(&with_peers(64, [("b".to_string(), 1)])).unwrap_err();
+        assert!(
+            err.contains("region-id 64 is out of range") && err.contains("0..=63"),
+            "{err}"
+        );
+        let err = load_toml(&with_peers(0, [("b".to_string(), 1000)])).unwrap_err();
+        assert!(
+            err.contains("peer b: region-id 1000 is out of range"),
+            "{err}"
+        );
+        // Without replication too: the id is the region's HLC tie-break everywhere.
+        let err = load_toml("region-id = 65535\n").unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+        let cli = Cli::parse_from(["meridian", "--region-id", "64"]);
+        assert!(Config::load(&cli).is_err());
+        let cli = Cli::parse_from(["meridian", "--region-id", "63"]);
+        assert_eq!(Config::load(&cli).map(|c| c.region_id), Ok(63));
+    }
+
+    #[test]
+    fn peers_sharing_a_name_or_an_id_are_config_errors() {
+        let err = load_toml(&with_peers(0, [("b".into(), 1), ("c".into(), 1)])).unwrap_err();
+        assert!(err.contains("share a name or an id"), "{err}");
+        let err = load_toml(&with_peers(0, [("b".into(), 1), ("b".into(), 2)])).unwrap_err();
+        assert!(err.contains("share a name or an id"), "{err}");
     }
 
     #[test]

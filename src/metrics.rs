@@ -319,7 +319,7 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
     ]);
 
     type PeerValue = fn(&PeerControl, u64) -> i64;
-    let families: [(&str, &str, &str, PeerValue); 16] = [
+    let families: [(&str, &str, &str, PeerValue); 17] = [
         (
             "peer_connected",
             "gauge",
@@ -391,6 +391,12 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "counter",
             "Frames read from the peer.",
             |p, _| p.frames_received.load(Relaxed) as i64,
+        ),
+        (
+            "peer_frames_handled_total",
+            "counter",
+            "Frames from the peer taken off the receive queue and handled (at rest: all received).",
+            |p, _| p.frames_handled.load(Relaxed) as i64,
         ),
         (
             "peer_frames_dropped_total",

@@ -182,6 +182,10 @@ pub struct PeerControl {
     /// Milliseconds since the last frame received from the peer.
     pub last_recv_ms: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Frames from the peer taken off the transport's receive queue by the replication loop
+    /// (merged, or dropped and counted in `frames_dropped` while the link is cut): at rest
+    /// equal to `frames_received`, the difference is what waits in the queue.
+    pub frames_handled: AtomicU64,
     /// Deltas and anti-entropy entries from the peer held: too far ahead of our clock.
     pub clock_held: AtomicU64,
 }
@@ -290,7 +294,7 @@ impl Control {
             let last = p.last_recv_ms.load(Relaxed);
             let _ = write!(
                 o,
-                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={},clock_held={}\r\n",
+                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_handled={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={},clock_held={}\r\n",
                 p.region,
                 p.region_id,
                 if p.down.load(Relaxed) { "down" } else { "up" },
@@ -299,6 +303,7 @@ impl Control {
                 p.bytes_received.load(Relaxed),
                 p.frames_sent.load(Relaxed),
                 p.frames_received.load(Relaxed),
+                p.frames_handled.load(Relaxed),
                 p.frames_dropped.load(Relaxed),
                 p.backlog.load(Relaxed),
                 p.lag_ms.load(Relaxed),
@@ -689,11 +694,18 @@ impl Core {
                     // timers run again: after the thread was starved of CPU for a while, the
                     // acks queued meanwhile must count as progress before a resend timeout
                     // is judged (it resent a whole window of deltas the peer had acked).
+                    // Every frame taken from the transport is handled here: the burst
+                    // bound is checked before the next one is taken, never after (taking
+                    // one more and leaving the loop lost it: a batch then came again only
+                    // after the resend timeout, with everything after it).
                     let mut next = got;
-                    for _ in 0..RECV_BURST {
+                    let mut handled = 0;
+                    loop {
                         let Some((from, frame)) = next else { return };
+                        handled += 1;
                         if let Some(i) = control.peers.iter().position(|p| p.region == from) {
                             let pc = &control.peers[i];
+                            pc.frames_handled.fetch_add(1, Relaxed);
                             if pc.down.load(Relaxed) {
                                 pc.frames_dropped.fetch_add(1, Relaxed);
                             } else {
@@ -710,6 +722,12 @@ impl Core {
                                     handshake_completed(&control, &store, &mut link);
                                 }
                             }
+                        } else {
+                            // The transport only accepts configured peers' certificates.
+                            tracing::warn!(region = %from, "frame from an unknown region dropped");
+                        }
+                        if handled >= RECV_BURST {
+                            break;
                         }
                         match ready_now(transport.recv()) {
                             Some(got) => next = got,

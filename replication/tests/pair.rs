@@ -468,3 +468,62 @@ fn eviction_after_the_slot_was_digested_keeps_the_slot_lossy() {
     }
     assert_eq!(ka.raw_entry(key).as_deref(), Some(&state));
 }
+
+/// A lossy slot is repaired once a round with *every* peer found it equal. The peers found
+/// equal are a bit set of any width: a region with more than 64 peers neither panics nor
+/// repairs the slot before the last peer's round (the set was one `u64` that asserted at
+/// most 64 peers when the link was built).
+#[test]
+fn a_lossy_slot_waits_for_every_one_of_more_than_64_peers() {
+    const PEERS: u16 = 70;
+    let cfg = LinkConfig {
+        anti_entropy_interval_ms: 3_600_000,
+        ..LinkConfig::default()
+    };
+    let peer_ids: Vec<RegionId> = (1..=PEERS).map(RegionId).collect();
+    let mut a = RegionLink::new(RegionId(0), &peer_ids, 1, cfg.clone());
+    let mut ka = Keyspace::new(KeyspaceConfig::default());
+    let slot = 5;
+    ka.mark_all_lossy(|s| s == slot);
+    assert!(ka.slot_is_lossy(slot));
+    for (n, &p) in peer_ids.iter().enumerate() {
+        // Every peer is empty: the round with it finds every slot equal.
+        let mut b = RegionLink::new(p, &[RegionId(0)], 1, cfg.clone());
+        let mut kb = Keyspace::new(KeyspaceConfig {
+            region: p,
+            ..KeyspaceConfig::default()
+        });
+        let now = 2_000 + n as u64;
+        a.request_anti_entropy(p);
+        a.handle_timeout(now);
+        let mut done = false;
+        for _ in 0..1_000 {
+            a.poll_anti_entropy(now, &mut ka);
+            b.poll_anti_entropy(now, &mut kb);
+            let mut moved = false;
+            while let Some((to, f)) = a.poll_transmit(now) {
+                if to == p {
+                    b.handle_frame(now, RegionId(0), f, &mut kb);
+                    moved = true;
+                }
+            }
+            while let Some((_, f)) = b.poll_transmit(now) {
+                a.handle_frame(now, p, f, &mut ka);
+                moved = true;
+            }
+            if !moved && !a.has_anti_entropy_work() && !b.has_anti_entropy_work() {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "the round with peer {} finishes", p.0);
+        assert_eq!(a.anti_entropy_stats().rounds_completed, n as u64 + 1);
+        let last = n + 1 == peer_ids.len();
+        assert_eq!(
+            ka.slot_is_lossy(slot),
+            !last,
+            "after the rounds with {} of {PEERS} peers",
+            n + 1
+        );
+    }
+}

@@ -137,8 +137,9 @@ pub struct AntiEntropy {
     clean: Vec<(RegionId, u64, Hlc)>,
     /// Every round completed: `(peer, start_seq, slots found differing)`.
     completed: Vec<(RegionId, u64, BTreeSet<u16>)>,
-    /// Lossy slots → (loss mark, bitmask of peer indexes found equal since that loss).
-    lossy_synced: BTreeMap<u16, (u64, u64)>,
+    /// Lossy slots → (loss mark, peer indexes found equal since that loss; a bit set of
+    /// any width, so no peer count can overflow it).
+    lossy_synced: BTreeMap<u16, (u64, Vec<u64>)>,
     outbox: VecDeque<(RegionId, Frame)>,
     max_seen_hlc: Hlc,
     stats: AntiEntropyStats,
@@ -209,7 +210,6 @@ impl AntiEntropy {
         chunk_bytes: usize,
         step_slots: usize,
     ) -> Self {
-        assert!(peers.len() <= 64, "peer bitmask is 64 bits");
         AntiEntropy {
             region,
             peers: peers
@@ -678,22 +678,22 @@ impl AntiEntropy {
         round: &PendingRound,
         store: &mut S,
     ) {
-        let all: u64 = if self.peers.len() == 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.peers.len()) - 1
-        };
         for &(slot, mark) in &round.lossy {
             if round.listed.contains(&slot) || store.slot_loss_mark(slot) != Some(mark) {
                 continue;
             }
             // Peers found equal under an older loss mark do not count any more.
-            let synced = self.lossy_synced.entry(slot).or_insert((mark, 0));
+            let words = self.peers.len().div_ceil(64);
+            let synced = self
+                .lossy_synced
+                .entry(slot)
+                .or_insert_with(|| (mark, vec![0; words]));
             if synced.0 != mark {
-                *synced = (mark, 0);
+                *synced = (mark, vec![0; words]);
             }
-            synced.1 |= 1 << peer_index;
-            if synced.1 == all {
+            synced.1[peer_index / 64] |= 1 << (peer_index % 64);
+            let found: u32 = synced.1.iter().map(|w| w.count_ones()).sum();
+            if found as usize == self.peers.len() {
                 store.mark_slot_repaired(slot, mark);
                 self.lossy_synced.remove(&slot);
             }
