@@ -13,13 +13,27 @@ one standalone `meridian` without replication, and reports:
     timed until B's DBSIZE shows them all;
   * bytes on the wire per delta (A's `INFO crdt` peer_b bytes_sent / deltas in that phase).
 
+Repair mode (`--repair`, issue 20: "repair costs what diverged, once"): two regions, no
+injected delay unless `--delay-ms` is given. Preloads `--repair-keys` keys (SET, 100-byte
+values) at A and waits until B holds them, cuts the link both ways (`MERIDIAN LINK DOWN`),
+writes `--repair-writes` SETs at A over those keys in a pipelined burst (key i % keys, so
+each key is overwritten several times and the burst overflows the logs; plus
+`--repair-writes-b` SETs at B on keys of its own), heals (`LINK UP`) and reports: bytes per
+direction after the heal (`INFO crdt` peer bytes_sent, and its anti-entropy part
+ae_bytes_sent), the diverged data (key + value bytes of the keys that differ), heal time
+(until both regions return the same value for every sampled key; deadline 120 s) and until
+the counters settle, and each region's RSS (VmRSS) before the burst, before the heal and
+after it settled.
+
 Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 60000]
        [--conv-writes 200] [--burst 200000]
+       python3 bench/regions.py --repair [--repair-keys 200000] [--repair-writes 600000]
        (binary: $MERIDIAN_BIN, else $CARGO_TARGET_DIR/release/meridian, else target/release)
 """
 
 import argparse
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -300,6 +314,224 @@ def throughput(a, b, burst):
     }
 
 
+def start_regions(names, args, tmp, log):
+    """Start one meridian per region name, full mesh over QUIC on loopback; returns the
+    nodes once every link is connected."""
+    nodes = []
+    certs = os.path.join(tmp, "certs")
+    subprocess.run(
+        [BIN, "certs", "--out", certs, "--regions", ",".join(names)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    udp = [free_port(socket.SOCK_DGRAM) for _ in names]
+    for i, r in enumerate(names):
+        peers = "\n".join(
+            '  { region = "%s", region-id = %d, addr = "127.0.0.1:%d", delay-ms = %d },'
+            % (names[j], j, udp[j], args.delay_ms)
+            for j in range(len(names))
+            if j != i
+        )
+        cfg = (
+            'region = "%s"\nregion-id = %d\n\n[replication]\nlisten = "127.0.0.1:%d"\n'
+            'ca-cert = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s-key.pem"\n'
+            "peers = [\n%s\n]\n" % (r, i, udp[i], certs, certs, r, certs, r, peers)
+        )
+        if args.ae_interval_ms:
+            cfg += "anti-entropy-interval-ms = %d\n" % args.ae_interval_ms
+        if args.flush_interval_ms:
+            cfg += "flush-interval-ms = %d\n" % args.flush_interval_ms
+        path = os.path.join(tmp, "%s.toml" % r)
+        with open(path, "w") as f:
+            f.write(cfg)
+        nodes.append(Node(["--config", path, "--io-threads", str(args.io_threads)], log))
+
+    def links_up():
+        return all(
+            all("connected=1" in v for k, v in n.conn().info("crdt").items() if k.startswith("peer_"))
+            for n in nodes
+        )
+
+    wait_for("all links connected", links_up)
+    return nodes
+
+
+def peer_counters(conn, peer):
+    info = conn.info("crdt")
+    p = dict(kv.split("=") for kv in info["peer_%s" % peer].split(","))
+    return {
+        "sent": int(p["bytes_sent"]),
+        "ae": int(p["ae_bytes_sent"]),
+        "backlog": int(p["backlog_deltas"]),
+        "shipped": int(info["repl_ae_entries_shipped"]),
+        "rounds": int(info["repl_ae_rounds"]),
+        "abandoned": int(info.get("repl_deltas_abandoned", 0)),
+        "shard_drops": int(info["deltas_dropped_from_log"]),
+        "sent_deltas": int(info["repl_deltas_sent"]),
+    }
+
+
+def rss_mb(node):
+    with open("/proc/%d/status" % node.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def pipeline(conn, reqs, chunk=10000):
+    """Send requests in chunks of `chunk`, reading every reply (errors raise)."""
+    for start in range(0, len(reqs), chunk):
+        part = reqs[start : start + chunk]
+        conn.sock.sendall(b"".join(part))
+        for _ in part:
+            conn.reply()
+
+
+def value(tag, i, n):
+    v = b"%s:%d:" % (tag, i)
+    return v + b"x" * max(0, n - len(v))
+
+
+def repair(a, b, args):
+    """Issue 20: bytes, heal time and RSS of a repair after a partition (see module doc)."""
+    ca, cb = a.conn(), b.conn()
+    keys = args.repair_keys
+    vb = args.value_bytes
+    key = lambda i: b"rk:%08d" % i
+    pipeline(ca, [resp("SET", key(i), value(b"p", i, vb)) for i in range(keys)])
+    wait_for("B holds the preload", lambda: cb.cmd("DBSIZE") >= keys, timeout=300)
+    wait_for("A's backlog drains", lambda: peer_counters(ca, "b")["backlog"] == 0, timeout=300)
+    time.sleep(1.0)
+    rss0 = (rss_mb(a), rss_mb(b))
+    ca.cmd("MERIDIAN", "LINK", "DOWN", "b")
+    cb.cmd("MERIDIAN", "LINK", "DOWN", "a")
+    time.sleep(0.2)
+    c0 = (peer_counters(ca, "b"), peer_counters(cb, "a"))
+    # The burst at A: overwrite the preloaded keys in turn (the last write of key i is the
+    # one with the greatest j ≡ i mod keys). Pipelined as fast as A takes them.
+    t0 = time.perf_counter()
+    w = args.repair_writes
+    for start in range(0, w, 50000):
+        pipeline(ca, [resp("SET", key(j % keys), value(b"a", j, vb)) for j in range(start, min(w, start + 50000))])
+    t_burst = time.perf_counter() - t0
+    wb = args.repair_writes_b
+    if wb:
+        pipeline(cb, [resp("SET", b"rb:%08d" % j, value(b"b", j, vb)) for j in range(wb)])
+    changed_a = min(w, keys)
+    diverged = changed_a * (len(key(0)) + vb) + wb * (len(b"rb:%08d" % 0) + vb)
+    time.sleep(1.0)
+    rss1 = (rss_mb(a), rss_mb(b))
+    sample = sorted(random.Random(7).sample(range(keys), min(keys, args.repair_sample)))
+    sample_keys = [key(i) for i in sample] + [b"rb:%08d" % j for j in range(0, wb, max(1, wb // 200))]
+    ca.cmd("MERIDIAN", "LINK", "UP", "b")
+    cb.cmd("MERIDIAN", "LINK", "UP", "a")
+    t0 = time.perf_counter()
+    stale_at = {}
+    heal = None
+    deadline = t0 + 120
+    pending = list(sample_keys)
+    while pending and time.perf_counter() < deadline:
+        ca.sock.sendall(b"".join(resp("GET", k) for k in pending))
+        va = [ca.reply() for _ in pending]
+        cb.sock.sendall(b"".join(resp("GET", k) for k in pending))
+        vbv = [cb.reply() for _ in pending]
+        now = time.perf_counter() - t0
+        still = []
+        for k, x, y in zip(pending, va, vbv):
+            if x != y:
+                still.append(k)
+            else:
+                stale_at[k] = now
+        pending = still
+        if not pending:
+            heal = now
+            break
+        time.sleep(0.01)
+    # Settled: no counter moved for 2 s (A and B both idle on the link).
+    last, quiet_since = None, time.perf_counter()
+    while time.perf_counter() < deadline + 60:
+        cur = (peer_counters(ca, "b"), peer_counters(cb, "a"))
+        snap = tuple((c["sent"], c["backlog"]) for c in cur)
+        if snap != last:
+            last, quiet_since = snap, time.perf_counter()
+        elif time.perf_counter() - quiet_since >= 2.0 and all(c["backlog"] == 0 for c in cur):
+            break
+        time.sleep(0.1)
+    settled = quiet_since - t0
+    c1 = (peer_counters(ca, "b"), peer_counters(cb, "a"))
+    time.sleep(1.0)
+    rss2 = (rss_mb(a), rss_mb(b))
+    dbs = (ca.cmd("DBSIZE"), cb.cmd("DBSIZE"))
+    after = sorted(stale_at.values())
+    out = {
+        "burst_s": t_burst,
+        "diverged": diverged,
+        "a_to_b": c1[0]["sent"] - c0[0]["sent"],
+        "b_to_a": c1[1]["sent"] - c0[1]["sent"],
+        "ae_a_to_b": c1[0]["ae"] - c0[0]["ae"],
+        "ae_b_to_a": c1[1]["ae"] - c0[1]["ae"],
+        "shipped_a": c1[0]["shipped"] - c0[0]["shipped"],
+        "shipped_b": c1[1]["shipped"] - c0[1]["shipped"],
+        "rounds": (c1[0]["rounds"] - c0[0]["rounds"], c1[1]["rounds"] - c0[1]["rounds"]),
+        "abandoned_a": c1[0]["abandoned"] - c0[0]["abandoned"],
+        "shard_drops_a": c1[0]["shard_drops"] - c0[0]["shard_drops"],
+        "deltas_sent_a": c1[0]["sent_deltas"] - c0[0]["sent_deltas"],
+        "heal_s": heal,
+        "stale_1s": sum(1 for k in sample_keys if stale_at.get(k, 1e9) > 1.0) / max(1, len(sample_keys)),
+        "heal_p50_s": pct(after, 50) if after else None,
+        "settled_s": settled,
+        "rss": (rss0, rss1, rss2),
+        "dbsize": dbs,
+        "sampled": len(sample_keys),
+    }
+    return out
+
+
+def repair_main(args):
+    tmp = tempfile.mkdtemp(prefix="meridian-bench-")
+    log = open(os.path.join(tmp, "servers.log"), "wb")
+    nodes = []
+    try:
+        nodes.extend(start_regions(["a", "b"], args, tmp, log))
+        a, b = nodes
+        print("meridian repair benchmark: two regions, loopback, one-way delay %d ms, %d keys "
+              "preloaded (%d-byte values), link cut, %d SETs at A (%d at B), healed; %d cores"
+              % (args.delay_ms, args.repair_keys, args.value_bytes, args.repair_writes,
+                 args.repair_writes_b, os.cpu_count()), flush=True)
+        r = repair(a, b, args)
+        mb = lambda x: "%.1f MB" % (x / 1e6)
+        (ra0, rb0), (ra1, rb1), (ra2, rb2) = r["rss"]
+        rows = [
+            ("diverged data (key + value)", mb(r["diverged"]), "burst took %.2f s at A" % r["burst_s"]),
+            ("bytes A→B after heal", mb(r["a_to_b"]),
+             "x%.2f of diverged; anti-entropy %s; %d deltas sent"
+             % (r["a_to_b"] / max(1, r["diverged"]), mb(r["ae_a_to_b"]), r["deltas_sent_a"])),
+            ("bytes B→A after heal", mb(r["b_to_a"]), "anti-entropy %s" % mb(r["ae_b_to_a"])),
+            ("total / diverged", "%.2f" % ((r["a_to_b"] + r["b_to_a"]) / max(1, r["diverged"])), "target ≤ 1.2"),
+            ("anti-entropy entries shipped", "%d / %d" % (r["shipped_a"], r["shipped_b"]),
+             "by A / by B; rounds %d / %d" % r["rounds"]),
+            ("deltas dropped at A", "%d / %d" % (r["shard_drops_a"], r["abandoned_a"]), "shard logs / link log"),
+            ("heal time (all sampled equal)", "%s" % ("%.2f s" % r["heal_s"] if r["heal_s"] is not None else "not healed in 120 s"),
+             "%d sampled keys; p50 %.2f s; %.0f %% still stale after 1 s"
+             % (r["sampled"], r["heal_p50_s"] or -1, 100 * r["stale_1s"])),
+            ("counters settled", "%.2f s" % r["settled_s"], "DBSIZE A %d, B %d" % r["dbsize"]),
+            ("RSS A (MB)", "%.0f → %.0f → %.0f" % (ra0, ra1, ra2), "before burst → before heal → after heal"),
+            ("RSS B (MB)", "%.0f → %.0f → %.0f" % (rb0, rb1, rb2), "before burst → before heal → after heal"),
+        ]
+        w0 = max(len(x[0]) for x in rows)
+        w1 = max(len(x[1]) for x in rows)
+        print("%s  %s  %s" % ("metric".ljust(w0), "value".rjust(w1), "notes"))
+        print("-" * (w0 + w1 + 40))
+        for x in rows:
+            print("%s  %s  %s" % (x[0].ljust(w0), x[1].rjust(w1), x[2]))
+    finally:
+        for n in nodes:
+            n.stop()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--delay-ms", type=int, default=50)
@@ -312,50 +544,25 @@ def main():
                     "one makes rounds overlap every phase")
     ap.add_argument("--flush-interval-ms", type=int, default=0,
                     help="regions' flush-interval-ms (0: the default)")
+    ap.add_argument("--repair", action="store_true",
+                    help="run only the repair measurement (two regions, see the module doc)")
+    ap.add_argument("--repair-keys", type=int, default=200000)
+    ap.add_argument("--repair-writes", type=int, default=600000)
+    ap.add_argument("--repair-writes-b", type=int, default=0)
+    ap.add_argument("--repair-sample", type=int, default=2000)
+    ap.add_argument("--value-bytes", type=int, default=100)
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
+    if args.repair:
+        return repair_main(args)
 
     tmp = tempfile.mkdtemp(prefix="meridian-bench-")
     log = open(os.path.join(tmp, "servers.log"), "wb")
     nodes = []
     try:
-        certs = os.path.join(tmp, "certs")
-        subprocess.run(
-            [BIN, "certs", "--out", certs, "--regions", ",".join(NAMES)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        udp = [free_port(socket.SOCK_DGRAM) for _ in NAMES]
-        for i, r in enumerate(NAMES):
-            peers = "\n".join(
-                '  { region = "%s", region-id = %d, addr = "127.0.0.1:%d", delay-ms = %d },'
-                % (NAMES[j], j, udp[j], args.delay_ms)
-                for j in range(3)
-                if j != i
-            )
-            cfg = (
-                'region = "%s"\nregion-id = %d\n\n[replication]\nlisten = "127.0.0.1:%d"\n'
-                'ca-cert = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s-key.pem"\n'
-                "peers = [\n%s\n]\n" % (r, i, udp[i], certs, certs, r, certs, r, peers)
-            )
-            if args.ae_interval_ms:
-                cfg += "anti-entropy-interval-ms = %d\n" % args.ae_interval_ms
-            if args.flush_interval_ms:
-                cfg += "flush-interval-ms = %d\n" % args.flush_interval_ms
-            path = os.path.join(tmp, "%s.toml" % r)
-            with open(path, "w") as f:
-                f.write(cfg)
-            nodes.append(Node(["--config", path, "--io-threads", str(args.io_threads)], log))
+        nodes.extend(start_regions(NAMES, args, tmp, log))
         a, b, c = nodes
-
-        def links_up():
-            return all(
-                all("connected=1" in v for k, v in n.conn().info("crdt").items() if k.startswith("peer_"))
-                for n in nodes
-            )
-
-        wait_for("all links connected", links_up)
 
         print("meridian three-region benchmark: loopback, one-way delay %d ms on every link, "
               "io-threads %d, %d cores" % (args.delay_ms, args.io_threads, os.cpu_count()),

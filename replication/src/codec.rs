@@ -12,8 +12,9 @@ use meridian_regions::wire::{FrameError, Framing};
 use serde::{Deserialize, Serialize};
 
 /// 2: `Hello` (restart handshake); a batch's epoch is an incarnation id compared for
-/// equality, not magnitude.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// equality, not magnitude. 3: `AeEntries::offer` (versions of the asker's differing keys,
+/// so a side whose copy is older leaves the key to the asker instead of shipping it).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Hard limit on one frame (prefix excluded). Batches and anti-entropy chunks stay far below.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 const FRAMING: Framing = Framing {
@@ -104,6 +105,19 @@ pub struct AeKeys {
     pub slots: Vec<SlotKeys>,
 }
 
+/// Versions of the sender's differing keys in one slot: per key, its salted 32-bit key id
+/// (`u32` LE) and the physical milliseconds of the greatest HLC in its state, low 32 bits
+/// (`u32` LE, compared with wrap-around; versions within one millisecond count as equal),
+/// 8 bytes each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersions {
+    pub slot: u16,
+    pub keys: Bytes,
+}
+
+/// Bytes per key in [`SlotVersions::keys`].
+pub const VERSION_BYTES: usize = 8;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     pub key: Bytes,
@@ -119,6 +133,11 @@ pub struct AeEntries {
     pub want: Vec<SlotKeys>,
     /// This frame completes the answer to one `want` request.
     pub last: bool,
+    /// With a `want`: the versions of the sender's own differing keys in the wanted slots.
+    /// A wanted key whose offered version is newer than the receiver's copy is not shipped
+    /// (the sender ships its copy, and the receiver pushes back what it knew more). Empty:
+    /// every wanted key is shipped.
+    pub offer: Vec<SlotVersions>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +214,13 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
         Frame::AeKeys(k) => check_slot_keys(&k.slots)?,
         Frame::AeEntries(e) => {
             check_slot_keys(&e.want)?;
+            for v in &e.offer {
+                if usize::from(v.slot) >= meridian_crdt::SLOT_COUNT
+                    || v.keys.len() % VERSION_BYTES != 0
+                {
+                    return Err(CodecError::Invalid("bad slot version list"));
+                }
+            }
             for ks in e.entries.iter_mut() {
                 check_entry(&ks.state)?;
                 ks.state.rebuild();
@@ -337,6 +363,10 @@ pub(crate) mod tests {
                     fps: Bytes::from_static(&[1, 2, 3, 4]),
                 }],
                 last: true,
+                offer: vec![SlotVersions {
+                    slot: 3,
+                    keys: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]),
+                }],
             }),
         ]
     }
@@ -390,6 +420,7 @@ pub(crate) mod tests {
             }],
             want: Vec::new(),
             last: true,
+            offer: Vec::new(),
         });
         let (back, _) = decode(&encode(&f).unwrap()).unwrap().unwrap();
         assert_eq!(back, f);

@@ -574,6 +574,8 @@ impl Sim {
             anti_entropy_quiet_ms: 200,
             frontier_interval_ms: 200,
             max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
+            // Off as in production; on for the open investigation (see `LinkConfig`).
+            coalesce: std::env::var_os("MERIDIAN_SIM_COALESCE").is_some(),
         };
         let ids: Vec<RegionId> = (0..n as u16).map(RegionId).collect();
         let mut nodes = Vec::new();

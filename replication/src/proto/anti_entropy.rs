@@ -24,6 +24,17 @@
 //! writes would otherwise ship every key of the burst twice. The round is then not clean,
 //! and the re-check after `retry_ms` settles whatever the deltas did not.
 //!
+//! A key both sides hold in different versions shows up on both sides: the initiator's copy
+//! is unmatched, and so is the responder's fingerprint. The initiator's `want` therefore
+//! carries an `offer`: each of its unmatched keys in the wanted slots with a salted key id
+//! and the millisecond of the greatest HLC in its state. The responder ships a wanted key
+//! only if its copy is not older than the offered one (same millisecond or later, or not
+//! offered); an older
+//! copy is left to the initiator, which ships its own (or its delta in flight brings it).
+//! Where the two were concurrent, the responder's merge of that copy pushes back what it
+//! knew more, as for any entry. So a one-sided divergence costs one copy of each diverged
+//! key, whichever side starts the round.
+//!
 //! Asking before shipping means a stale side never ships its stale copies. Traffic beyond the
 //! fixed digest vector grows with the number of differing keys. The salt changes every
 //! round, so a digest or fingerprint collision only delays a repair by one round. An empty
@@ -36,7 +47,9 @@
 //! region's clock ahead): its slot keeps differing, so later rounds offer it again, and it
 //! merges once local time has caught up with it.
 
-use crate::codec::{AeDigests, AeEntries, AeKeys, Frame, KeyState, SlotKeys};
+use crate::codec::{
+    AeDigests, AeEntries, AeKeys, Frame, KeyState, SlotKeys, SlotVersions, VERSION_BYTES,
+};
 use crate::store::ReplicaStore;
 use bytes::Bytes;
 use meridian_crdt::digest::{mix, mix_bytes};
@@ -54,6 +67,8 @@ pub struct AntiEntropyStats {
     pub entries_received: u64,
     /// Received entries not merged: an HLC in them was too far ahead of the local clock.
     pub entries_clock_held: u64,
+    /// Wanted keys not shipped: the asker offered a newer version (it ships its own).
+    pub entries_left_to_peer: u64,
 }
 
 struct PendingRound {
@@ -158,6 +173,30 @@ fn fingerprint(key: &[u8], key_digest: u64, salt: u64) -> u32 {
     (mix(mix_bytes(salt, key), key_digest) >> 32) as u32
 }
 
+/// Salted 32-bit id of a key alone (its version is compared apart, see `AeEntries::offer`).
+fn key_id(key: &[u8], salt: u64) -> u32 {
+    (mix_bytes(mix(salt, 0x6b65_7969), key) >> 32) as u32
+}
+
+/// A key's version in an offer: the low 32 bits of the physical milliseconds of the
+/// greatest HLC in its state.
+fn version_of(h: Hlc) -> u32 {
+    h.physical_ms() as u32
+}
+
+/// `a` is a later version than `b` (wrap-around: versions compared are close in time).
+fn newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// `(key id, version)` pairs of a [`SlotVersions`] list.
+fn versions_of(b: &Bytes) -> impl Iterator<Item = (u32, u32)> + '_ {
+    b.chunks_exact(VERSION_BYTES).map(|c| {
+        let word = |i: usize| u32::from_le_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+        (word(0), word(4))
+    })
+}
+
 fn fps_of(b: &Bytes) -> impl Iterator<Item = u32> + '_ {
     b.chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -195,6 +234,7 @@ impl EntryChunks<'_> {
                 entries: std::mem::take(&mut self.cur),
                 want,
                 last,
+                offer: Vec::new(),
             }),
         ));
         self.cur_bytes = 0;
@@ -535,24 +575,45 @@ impl AntiEntropy {
         let mut ship: Vec<Bytes> = Vec::new();
         let mut want_frames = Vec::new();
         let mut want = Vec::new();
+        let mut offer = Vec::new();
         let mut want_bytes = 0;
         for sk in &msg.slots {
             let their: HashSet<u32> = fps_of(&sk.fps).collect();
             let mut mine: HashSet<u32> = HashSet::new();
+            // Our keys the peer's list does not match, and whether each is in flight.
+            let mut unmatched: Vec<(Bytes, bool)> = Vec::new();
             store.for_each_key_digest(sk.slot, &mut |k, kd| {
                 let fp = fingerprint(k, kd, salt);
                 mine.insert(fp);
-                // Checked now, not when the keys are shipped: the peer compared this slot
-                // one one-way delay ago, so a delta it lacked then is still unacknowledged
-                // here now; by shipping time it may be acknowledged and look settled.
-                if !their.contains(&fp) && !in_flight(k) {
-                    ship.push(Bytes::copy_from_slice(k));
+                if !their.contains(&fp) {
+                    // Checked now, not when the keys are shipped: the peer compared this
+                    // slot one one-way delay ago, so a delta it lacked then is still
+                    // unacknowledged here now; by shipping time it may be acknowledged and
+                    // look settled.
+                    unmatched.push((Bytes::copy_from_slice(k), in_flight(k)));
                 }
             });
             let wanted: Vec<u8> = fps_of(&sk.fps)
                 .filter(|fp| !mine.contains(fp))
                 .flat_map(u32::to_le_bytes)
                 .collect();
+            if !wanted.is_empty() && !unmatched.is_empty() {
+                // Our versions of the keys we hold differently (a key in flight too: its
+                // delta brings our version, so an older copy of the peer's is not needed).
+                let mut versions = Vec::with_capacity(unmatched.len() * VERSION_BYTES);
+                for (k, _) in &unmatched {
+                    if let Some(e) = store.entry(k) {
+                        versions.extend_from_slice(&key_id(k, salt).to_le_bytes());
+                        versions.extend_from_slice(&version_of(e.max_hlc()).to_le_bytes());
+                    }
+                }
+                want_bytes += versions.len() + 8;
+                offer.push(SlotVersions {
+                    slot: sk.slot,
+                    keys: Bytes::from(versions),
+                });
+            }
+            ship.extend(unmatched.into_iter().filter(|(_, f)| !f).map(|(k, _)| k));
             if !wanted.is_empty() {
                 want_bytes += wanted.len() + 8;
                 want.push(SlotKeys {
@@ -560,13 +621,13 @@ impl AntiEntropy {
                     fps: Bytes::from(wanted),
                 });
                 if want_bytes >= self.chunk_bytes {
-                    want_frames.push(std::mem::take(&mut want));
+                    want_frames.push((std::mem::take(&mut want), std::mem::take(&mut offer)));
                     want_bytes = 0;
                 }
             }
         }
         if !want.is_empty() {
-            want_frames.push(want);
+            want_frames.push((want, offer));
         }
         let pi_region = self.peers[pi].region;
         let deferred = self.peers[pi].deferred.get_or_insert_with(|| Deferred {
@@ -588,7 +649,7 @@ impl AntiEntropy {
         deferred.keys.extend(ship);
         deferred.replies_pending += want_frames.len();
         deferred.keys_done |= msg.last;
-        for w in want_frames {
+        for (w, offer) in want_frames {
             self.outbox.push_back((
                 pi_region,
                 Frame::AeEntries(AeEntries {
@@ -596,6 +657,7 @@ impl AntiEntropy {
                     entries: Vec::new(),
                     want: w,
                     last: false,
+                    offer,
                 }),
             ));
         }
@@ -743,11 +805,24 @@ impl AntiEntropy {
                 _ => {}
             }
         }
+        let mut left = 0;
         if !msg.want.is_empty() {
             let salt = salt_of(msg.round);
             let mut by_slot: HashMap<u16, HashSet<u32>> = HashMap::new();
             for sk in &msg.want {
                 by_slot.entry(sk.slot).or_default().extend(fps_of(&sk.fps));
+            }
+            // The asker's versions of its own differing keys, by slot and key id.
+            let mut offered: HashMap<u16, HashMap<u32, u32>> = HashMap::new();
+            for v in &msg.offer {
+                let m = offered.entry(v.slot).or_default();
+                for (id, version) in versions_of(&v.keys) {
+                    // Two keys with one id: the older version decides (ship rather than not).
+                    let e = m.entry(id).or_insert(version);
+                    if newer(*e, version) {
+                        *e = version;
+                    }
+                }
             }
             let mut slots: Vec<_> = by_slot.into_iter().collect();
             slots.sort_unstable_by_key(|(s, _)| *s);
@@ -758,10 +833,23 @@ impl AntiEntropy {
                         ship.push(Bytes::copy_from_slice(k));
                     }
                 });
+                let theirs = offered.get(&slot);
                 for k in ship {
-                    if let Some(e) = store.entry(&k) {
-                        chunks.push(k, e);
+                    let Some(e) = store.entry(&k) else {
+                        continue;
+                    };
+                    // The asker holds a newer version: it ships it, and our merge of it
+                    // pushes back whatever ours had that it lacks. (A key-id collision only
+                    // delays this key to the next round: the slot keeps differing.)
+                    let mine = version_of(e.max_hlc());
+                    let left_to_them = theirs
+                        .and_then(|m| m.get(&key_id(&k, salt)))
+                        .is_some_and(|&v| newer(v, mine));
+                    if left_to_them {
+                        left += 1;
+                        continue;
                     }
+                    chunks.push(k, e);
                 }
             }
         }
@@ -780,6 +868,7 @@ impl AntiEntropy {
         }
         self.ship_deferred_if_ready(pi, in_flight, store);
         self.stats.entries_clock_held += held;
+        self.stats.entries_left_to_peer += left;
         held
     }
 }
