@@ -20,7 +20,7 @@ use meridian_regions::node::{
     Config as NodeConfig, Event, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
 };
 pub use meridian_regions::topology::InvalidationScope;
-use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest};
+use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest, Topology};
 use meridian_regions::{bus, ClusterNode, Dest};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -496,6 +496,9 @@ pub async fn run(
         for (addr, bytes) in out {
             send(&mut links, addr, bytes);
         }
+        // Before `SlotsLost` drops a slot's keys: from then on nothing from another region
+        // stores one again.
+        cluster.publish_served(&store);
         for e in events {
             if matches!(e, Event::RoleChanged(_)) {
                 follow_role(&cluster, &inregion);
@@ -550,6 +553,26 @@ fn resolve_pending_replicate(cluster: &Cluster) {
     }
 }
 
+/// Whether this node stores `slot`'s keys: its primary (itself, or the one it replicates:
+/// a replica holds its primary's slots) owns the slot, or it imports it.
+fn serves(topo: &Topology, slot: u16) -> bool {
+    let me = topo.myself().role.primary_id().unwrap_or(topo.myself_id());
+    topo.slot_map().owner(slot) == Some(me) || topo.importing(slot).is_some()
+}
+
+impl Cluster {
+    /// Rewrite the store's [`crate::store::ServedSlots`] from the topology (what other
+    /// regions' deltas and anti-entropy may store here).
+    pub fn publish_served(&self, store: &Store) {
+        let node = self.node.lock();
+        let topo = node.topology();
+        let changed = store.served.publish(|slot| serves(topo, slot));
+        if changed > 0 {
+            tracing::debug!(changed, served = store.served.count(), "served slots");
+        }
+    }
+}
+
 fn on_event(cluster: &Cluster, store: &Store, e: Event) {
     match e {
         Event::SlotsLost { count } => {
@@ -558,12 +581,8 @@ fn on_event(cluster: &Cluster, store: &Store, e: Event) {
             let lost: Vec<u16> = {
                 let node = cluster.node.lock();
                 let topo = node.topology();
-                // A replica holds its primary's slots.
-                let me = topo.myself().role.primary_id().unwrap_or(topo.myself_id());
                 (0..meridian_crdt::SLOT_COUNT as u16)
-                    .filter(|&s| {
-                        topo.slot_map().owner(s) != Some(me) && topo.importing(s).is_none()
-                    })
+                    .filter(|&s| !serves(topo, s))
                     .collect()
             };
             let mut dropped = 0;

@@ -329,8 +329,8 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
         (
             "peer_link_up",
             "gauge",
-            "0 while the link is cut (MERIDIAN LINK DOWN).",
-            |p, _| i64::from(!p.down.load(Relaxed)),
+            "1 while the link is connected and not cut (MERIDIAN LINK DOWN).",
+            |p, _| i64::from(p.link_state() == "up"),
         ),
         (
             "peer_backlog_deltas",
@@ -470,6 +470,11 @@ fn invalidation_metrics(
             "stale_fills_refused_total",
             "Local SET … VERSION at or below the key's invalidation.",
             store.stats.stale_fills_refused.load(Relaxed),
+        ),
+        (
+            "repl_refused_not_served_total",
+            "Deltas and anti-entropy entries from other regions refused for a slot this node does not serve.",
+            store.stats.refused_not_served.load(Relaxed),
         ),
         (
             "stale_fills_hidden_total",

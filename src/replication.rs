@@ -65,8 +65,22 @@ fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
     r
 }
 
+impl ShellStore<'_> {
+    /// Whether this node stores `slot` (see `ServedSlots`); counts a refusal.
+    fn serves(&self, slot: u16) -> bool {
+        let ok = self.store.served.serves(slot);
+        if !ok {
+            self.store.stats.refused_not_served.fetch_add(1, Relaxed);
+        }
+        ok
+    }
+}
+
 impl ReplicaStore for ShellStore<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
+        if !self.serves(delta.slot) {
+            return Applied::Unchanged;
+        }
         apply_to_shard(&mut self.store.shard(shard_of(delta.slot)), delta)
     }
 
@@ -74,7 +88,15 @@ impl ReplicaStore for ShellStore<'_> {
         // Group by shard (stable: one key's deltas keep their order), then lock each
         // touched shard once.
         let mut counts = [0u32; SHARDS];
-        for d in deltas {
+        let served = |d: &Delta| self.store.served.serves(d.slot);
+        let refused = deltas.iter().filter(|d| !served(d)).count();
+        if refused > 0 {
+            self.store
+                .stats
+                .refused_not_served
+                .fetch_add(refused as u64, Relaxed);
+        }
+        for d in deltas.iter().filter(|d| served(d)) {
             counts[shard_of(d.slot)] += 1;
         }
         let mut starts = [0u32; SHARDS + 1];
@@ -82,8 +104,8 @@ impl ReplicaStore for ShellStore<'_> {
             starts[i + 1] = starts[i] + counts[i];
         }
         let mut fill = starts;
-        let mut order = vec![0u32; deltas.len()];
-        for (n, d) in deltas.iter().enumerate() {
+        let mut order = vec![0u32; deltas.len() - refused];
+        for (n, d) in deltas.iter().enumerate().filter(|(_, d)| served(d)) {
             let i = shard_of(d.slot);
             order[fill[i] as usize] = n as u32;
             fill[i] += 1;
@@ -101,6 +123,9 @@ impl ReplicaStore for ShellStore<'_> {
     }
 
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
+        if !self.serves(meridian_crdt::key_slot(key)) {
+            return Applied::Unchanged;
+        }
         let mut s = self.store.shard(key_shard(key));
         let r = s.ks.merge_state(key, true, state);
         if r == Applied::Changed {
@@ -110,19 +135,31 @@ impl ReplicaStore for ShellStore<'_> {
         r
     }
 
+    // A slot this node does not serve shows as empty (its keys, if any, are being dropped
+    // or migrated): anti-entropy never ships a copy of a slot from a node that lost it.
     fn slot_digest(&mut self, slot: u16) -> u64 {
+        if !self.store.served.serves(slot) {
+            return 0;
+        }
         self.store.shard(shard_of(slot)).ks.slot_digest(slot)
     }
 
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
-        ReplicaStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
+        if self.store.served.serves(slot) {
+            ReplicaStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
+        }
     }
 
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
-        ReplicaStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
+        if self.store.served.serves(slot) {
+            ReplicaStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
+        }
     }
 
     fn entry(&self, key: &[u8]) -> Option<Entry> {
+        if !self.store.served.serves(meridian_crdt::key_slot(key)) {
+            return None;
+        }
         self.store
             .shard(key_shard(key))
             .ks
@@ -188,6 +225,20 @@ pub struct PeerControl {
     pub frames_handled: AtomicU64,
     /// Deltas and anti-entropy entries from the peer held: too far ahead of our clock.
     pub clock_held: AtomicU64,
+}
+
+impl PeerControl {
+    /// `down`: cut by `MERIDIAN LINK DOWN`; `up`: connected and not cut; `connecting`:
+    /// not cut, but no connection to the peer now (a link never reads `up` unconnected).
+    pub fn link_state(&self) -> &'static str {
+        if self.down.load(Relaxed) {
+            "down"
+        } else if self.connected.load(Relaxed) {
+            "up"
+        } else {
+            "connecting"
+        }
+    }
 }
 
 /// What the rest of the server sees of replication.
@@ -297,7 +348,7 @@ impl Control {
                 "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_handled={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={},clock_held={}\r\n",
                 p.region,
                 p.region_id,
-                if p.down.load(Relaxed) { "down" } else { "up" },
+                p.link_state(),
                 u8::from(p.connected.load(Relaxed)),
                 p.bytes_sent.load(Relaxed),
                 p.bytes_received.load(Relaxed),
@@ -541,6 +592,8 @@ impl Core {
         let mut last_now = 0u64;
         // The restart handshake completed (`handshake_completed` ran).
         let mut handshake_seen = false;
+        // Refusals already logged, and when the next warning may go out (one per 10 s).
+        let mut refused_logged = (0u64, 0u64);
         loop {
             let now = now_ms();
             if now < last_now {
@@ -668,6 +721,15 @@ impl Core {
             if now >= next_stats {
                 next_stats = now + 100;
                 publish(now, &control, &transport, &link, &mut rates);
+                let refused = store.stats.refused_not_served.load(Relaxed);
+                if refused > refused_logged.0 && now >= refused_logged.1 {
+                    tracing::warn!(
+                        refused = refused - refused_logged.0,
+                        served_slots = store.served.count(),
+                        "refused deltas/entries from other regions for slots this node does not serve"
+                    );
+                    refused_logged = (refused, now + 10_000);
+                }
             }
             let mut wake = link
                 .poll_timeout()
@@ -867,5 +929,81 @@ fn publish(
     }
     if sample {
         rates.at_ms = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Runtime;
+    use meridian_crdt::{EvictionPolicy, HlcClock, Keyspace, KeyspaceConfig};
+    use parking_lot::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    fn store() -> Store {
+        let runtime = Runtime {
+            maxmemory: AtomicU64::new(0),
+            policy: Mutex::new(EvictionPolicy::NoEviction),
+            samples: AtomicUsize::new(5),
+            maxclients: AtomicUsize::new(10),
+            proto_max_bulk_len: AtomicUsize::new(1 << 20),
+        };
+        Store::new(RegionId(0), 7, 64, runtime, true)
+    }
+
+    /// Deltas of keys written in another region, one per key.
+    fn peer_deltas(keys: &[&str]) -> Vec<Delta> {
+        let mut ks = Keyspace::new(KeyspaceConfig {
+            region: RegionId(1),
+            retain_tombstones: true,
+            seed: 1,
+        });
+        let mut clock = HlcClock::new(RegionId(1));
+        for (i, k) in keys.iter().enumerate() {
+            let st = clock.now(1_000 + i as u64);
+            ks.write(k.as_bytes(), st, 1_000, |w| {
+                w.set_str(Bytes::from_static(b"v"), false);
+            });
+        }
+        ks.drain_deltas().collect()
+    }
+
+    /// A node stores nothing of a slot it does not serve, whatever a peer sends it (deltas
+    /// one by one or batched, anti-entropy entries), counts each refusal, and shows such a
+    /// slot to anti-entropy as empty.
+    #[test]
+    fn a_node_refuses_what_peers_send_for_slots_it_does_not_serve() {
+        let store = store();
+        let mine = meridian_crdt::key_slot(b"mine");
+        store.served.publish(|s| s == mine);
+        let deltas = peer_deltas(&["mine", "other1", "other2"]);
+        let mut shell = ShellStore::new(&store);
+        shell.apply_deltas(&deltas);
+        assert_eq!(store.stats.refused_not_served.load(Relaxed), 2);
+        for d in &deltas {
+            let held = shell.entry(&d.key).is_some();
+            assert_eq!(held, d.slot == mine, "{:?}", d.key);
+            assert_eq!(store.shard(shard_of(d.slot)).ks.slot_len(d.slot) > 0, held);
+        }
+        let other = deltas
+            .iter()
+            .find(|d| d.slot != mine)
+            .expect("a foreign key");
+        assert_eq!(shell.apply_delta(other), Applied::Unchanged);
+        assert_eq!(
+            shell.merge_full(&other.key, &other.state),
+            Applied::Unchanged
+        );
+        assert_eq!(store.stats.refused_not_served.load(Relaxed), 4);
+        assert_eq!(store.shard(shard_of(other.slot)).ks.slot_len(other.slot), 0);
+        // Anti-entropy sees only served slots.
+        assert_ne!(shell.slot_digest(mine), 0);
+        store.served.publish(|_| false);
+        assert_eq!(shell.slot_digest(mine), 0);
+        let mut seen = 0;
+        shell.for_each_entry(mine, &mut |_, _| seen += 1);
+        shell.for_each_key_digest(mine, &mut |_, _| seen += 1);
+        assert_eq!(seen, 0);
+        assert!(shell.entry(b"mine").is_none());
     }
 }

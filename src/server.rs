@@ -137,6 +137,10 @@ impl Server {
             ),
             _ => None,
         };
+        if let Some(c) = &cluster {
+            // Before replication starts merging what other regions send.
+            c.publish_served(&store);
+        }
         let kafka_stats = Arc::new(crate::kafka::KafkaStats::default());
         let kafka = match &config.kafka {
             Some(k) if k.enabled => Some(

@@ -258,6 +258,9 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     /// Local `SET … VERSION n` refused at or below the key's invalidation floor.
     pub stale_fills_refused: AtomicU64,
+    /// Deltas and anti-entropy entries from other regions refused for a slot this node
+    /// does not serve ([`ServedSlots`]).
+    pub refused_not_served: AtomicU64,
     /// Signalled when a shard log receives deltas while `deltas_pending` was clear (the
     /// replication task waits on it).
     pub delta_notify: tokio::sync::Notify,
@@ -295,6 +298,54 @@ pub struct Store {
     slab_free: Box<[AtomicU64]>,
     next_evict_shard: AtomicUsize,
     feed: Arc<ReplFeed>,
+    /// The slots this node may store (see [`ServedSlots`]).
+    pub served: ServedSlots,
+}
+
+/// The slots this node serves, so may store: all of them outside a cluster; in a cluster
+/// those its primary (itself, or the one it replicates) owns or it imports. The cluster
+/// shell rewrites it after every change of the topology (`cluster::publish_served`);
+/// what arrives from another region for any other slot is refused (`ShellStore`).
+pub struct ServedSlots {
+    bits: Box<[AtomicU64]>,
+}
+
+impl ServedSlots {
+    const WORDS: usize = meridian_crdt::SLOT_COUNT / 64;
+
+    pub fn all() -> ServedSlots {
+        ServedSlots {
+            bits: (0..Self::WORDS).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+
+    #[inline]
+    pub fn serves(&self, slot: u16) -> bool {
+        let s = usize::from(slot);
+        self.bits
+            .get(s / 64)
+            .is_some_and(|w| w.load(Relaxed) & (1 << (s % 64)) != 0)
+    }
+
+    /// Replace the set with the slots `serves` accepts; returns how many changed.
+    pub fn publish(&self, serves: impl Fn(u16) -> bool) -> u32 {
+        let mut changed = 0;
+        for (i, w) in self.bits.iter().enumerate() {
+            let mut word = 0u64;
+            for b in 0..64 {
+                if serves((i * 64 + b) as u16) {
+                    word |= 1 << b;
+                }
+            }
+            let old = w.swap(word, Relaxed);
+            changed += (old ^ word).count_ones();
+        }
+        changed
+    }
+
+    pub fn count(&self) -> u32 {
+        self.bits.iter().map(|w| w.load(Relaxed).count_ones()).sum()
+    }
 }
 
 /// Requests (or replicated changes) a batch keeps decoded ahead of the one running, for
@@ -366,6 +417,7 @@ impl Store {
             slab_free: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             next_evict_shard: AtomicUsize::new(0),
             feed,
+            served: ServedSlots::all(),
         }
     }
 

@@ -600,7 +600,7 @@ pub fn info_text(
         let delta_counts = store.delta_counts();
         let _ = write!(
             o,
-            "# CRDT\r\nregion:{}\r\nregion_id:{}\r\ndeltas_produced:{}\r\ndeltas_dropped_from_log:{}\r\ndeltas_applied:{}\r\npartial_deltas_dropped:{}\r\ntombstones:{}\r\n\r\n",
+            "# CRDT\r\nregion:{}\r\nregion_id:{}\r\ndeltas_produced:{}\r\ndeltas_dropped_from_log:{}\r\ndeltas_applied:{}\r\npartial_deltas_dropped:{}\r\ntombstones:{}\r\nserved_slots:{}\r\nrepl_refused_not_served:{}\r\n\r\n",
             shared.config.region,
             shared.config.region_id,
             delta_counts.0,
@@ -608,6 +608,8 @@ pub fn info_text(
             ks.deltas_applied,
             ks.partial_deltas_dropped,
             ks.tombstones,
+            store.served.count(),
+            store.stats.refused_not_served.load(Relaxed),
         );
         if let Some(c) = &shared.repl {
             o.truncate(o.len() - 2);
