@@ -120,11 +120,22 @@ pub struct Cluster {
 
 impl Cluster {
     /// Build the node from the config and its state file (creating a new identity if none).
+    /// `repl_listen`: the `[replication] listen` address, if the node has that table; its
+    /// port is announced on the bus (`NodeInfo::repl_port`, on `announce-ip`), so every
+    /// node of the region learns every other's inter-region replication endpoint.
     pub fn open(
         cfg: &ClusterConfig,
         dir: Option<&std::path::Path>,
         port: u16,
+        repl_listen: Option<&str>,
     ) -> Result<Arc<Cluster>, String> {
+        let repl_port = match repl_listen {
+            Some(l) => l
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("replication listen {l}: {e}"))?
+                .port(),
+            None => 0,
+        };
         let nodes_file = match (dir, cfg.nodes_file.is_relative()) {
             (Some(d), true) => d.join(&cfg.nodes_file),
             _ => cfg.nodes_file.clone(),
@@ -148,7 +159,8 @@ impl Cluster {
             None => NodeId(uuid::Uuid::new_v4()),
         };
         let bus_port = cfg.bus_port.unwrap_or(port.wrapping_add(10_000));
-        let me = NodeInfo::new(id, cfg.announce_ip.clone(), port, bus_port);
+        let mut me = NodeInfo::new(id, cfg.announce_ip.clone(), port, bus_port);
+        me.repl_port = repl_port;
         let mut node = ClusterNode::new(
             NodeConfig {
                 node_timeout_ms: cfg.node_timeout_ms,

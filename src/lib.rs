@@ -9,6 +9,7 @@
 //! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
 //! - [`replication`]: inter-region QUIC links; [`replica`]: in-region replicas (REPLICAOF,
 //!   PSYNC-like stream over the client port); [`kafka`]: the invalidation stream.
+//! - [`topology`]: this node's region as peer regions discover it.
 
 pub mod cluster;
 pub mod cmd;
@@ -23,6 +24,7 @@ pub mod replication;
 pub mod sched;
 pub mod server;
 pub mod store;
+pub mod topology;
 pub mod util;
 
 /// The Redis version meridian answers to (`INFO`, `HELLO`): the command semantics it follows.

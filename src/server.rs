@@ -132,8 +132,13 @@ impl Server {
         }
         let cluster = match &config.cluster {
             Some(c) if c.enabled => Some(
-                crate::cluster::Cluster::open(c, config.config_dir.as_deref(), config.port)
-                    .map_err(std::io::Error::other)?,
+                crate::cluster::Cluster::open(
+                    c,
+                    config.config_dir.as_deref(),
+                    config.port,
+                    config.replication.as_ref().map(|r| r.listen.as_str()),
+                )
+                .map_err(std::io::Error::other)?,
             ),
             _ => None,
         };

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::topology::{NodeFlags, NodeId, SlotBitmap};
 use crate::wire::{FrameError, Framing};
 
-pub const BUS_PROTOCOL_VERSION: u8 = 1;
+/// 2: `Header::repl_port` and `GossipEntry::repl_port` (inter-region replication endpoint).
+pub const BUS_PROTOCOL_VERSION: u8 = 2;
 /// Hard limit on one frame body; a header with its 2 KiB slot bitmap plus full gossip stays
 /// far below.
 pub const MAX_BUS_FRAME_BYTES: usize = 16 * 1024;
@@ -41,6 +42,8 @@ pub struct Header {
     pub host: String,
     pub port: u16,
     pub bus_port: u16,
+    /// The sender's inter-region replication port on `host` (0 = none).
+    pub repl_port: u16,
     pub current_epoch: u64,
     /// The sender's config epoch; a replica sends its primary's (as Redis does).
     pub config_epoch: u64,
@@ -62,6 +65,8 @@ pub struct GossipEntry {
     pub host: String,
     pub port: u16,
     pub bus_port: u16,
+    /// Its inter-region replication port on `host` (0 = none).
+    pub repl_port: u16,
     /// PFAIL/FAIL bits here are failure reports.
     pub flags: NodeFlags,
     pub pong_received_ms: u64,
@@ -196,6 +201,7 @@ mod tests {
             host: "10.0.0.1".into(),
             port: 7000,
             bus_port: 17000,
+            repl_port: 7102,
             current_epoch: 9,
             config_epoch: 4,
             replica_of: None,
@@ -215,6 +221,7 @@ mod tests {
                     host: "10.0.0.2".into(),
                     port: 7001,
                     bus_port: 17001,
+                    repl_port: 7103,
                     flags: NodeFlags(NodeFlags::PFAIL),
                     pong_received_ms: 55,
                 }],

@@ -373,6 +373,12 @@ impl ClusterNode {
         self.topo.myself_mut().repl_offset = offset;
     }
 
+    /// This node's inter-region replication port on its host (0 = none); sent in every
+    /// header from now on, so the other nodes learn it with the next PING/PONG.
+    pub fn set_repl_port(&mut self, port: u16) {
+        self.topo.myself_mut().repl_port = port;
+    }
+
     /// Whether a write to one of this node's slots may be accepted now: this node is a
     /// primary, not paused by a manual failover, and the cluster state is OK as of `now_ms`
     /// (in particular it reaches a majority of the slot-owning primaries).
@@ -431,7 +437,7 @@ impl ClusterNode {
             }
             let h = &msg.header;
             if self
-                .add_node(now_ms, sender, &h.host, h.port, h.bus_port)
+                .add_node(now_ms, sender, &h.host, h.port, h.bus_port, h.repl_port)
                 .is_err()
             {
                 return Ok(());
@@ -508,6 +514,7 @@ impl ClusterNode {
             n.port = h.port;
             n.bus_port = h.bus_port;
         }
+        n.repl_port = h.repl_port;
         n.repl_offset = h.repl_offset;
         if h.flags.has(NodeFlags::NOFAILOVER) {
             n.flags.set(NodeFlags::NOFAILOVER);
@@ -688,7 +695,7 @@ impl ClusterNode {
             } else {
                 // Learn of it and ping it; the handshake flag clears when it answers.
                 if self
-                    .add_node(now_ms, g.id, &g.host, g.port, g.bus_port)
+                    .add_node(now_ms, g.id, &g.host, g.port, g.bus_port, g.repl_port)
                     .is_ok()
                 {
                     if let Some(n) = self.topo.nodes.get_mut(&g.id) {
@@ -1427,11 +1434,13 @@ impl ClusterNode {
         host: &str,
         port: u16,
         bus_port: u16,
+        repl_port: u16,
     ) -> Result<(), ClusterError> {
         if self.topo.nodes.len() >= MAX_NODES {
             return Err(ClusterError::TooManyNodes);
         }
         let mut info = NodeInfo::new(id, host, port, bus_port);
+        info.repl_port = repl_port;
         // Age starts now, so a node that never answers becomes PFAIL after the timeout.
         info.data_received_ms = now_ms;
         self.topo.nodes.insert(id, info);
@@ -1479,6 +1488,7 @@ impl ClusterNode {
             host: me.host.clone(),
             port: me.port,
             bus_port: me.bus_port,
+            repl_port: me.repl_port,
             current_epoch: self.topo.current_epoch,
             config_epoch,
             replica_of: me.role.primary_id(),
@@ -1503,6 +1513,7 @@ impl ClusterNode {
             host: n.host.clone(),
             port: n.port,
             bus_port: n.bus_port,
+            repl_port: n.repl_port,
             flags: NodeFlags(n.flags.0 & (NodeFlags::PFAIL | NodeFlags::FAIL)),
             pong_received_ms: n.pong_received_ms,
         };
@@ -2044,5 +2055,111 @@ mod tests {
         assert_eq!(t.slot_map().assigned(), 0);
         assert_eq!(t.myself_id(), NodeId::from_u128(99));
         assert_eq!(t.current_epoch(), 0);
+    }
+
+    /// Delivers node `from`'s queued messages one at a time (none dropped), handing each
+    /// to `check` after the receiver applied it.
+    fn deliver_each(m: &mut Mesh, from: usize, mut check: impl FnMut(&Mesh, usize, &'static str)) {
+        while let Some(out) = m.nodes[from].poll_outgoing() {
+            let Some(j) = m.index(&out.to) else {
+                continue;
+            };
+            let kind = out.msg.kind();
+            let now = m.now_ms;
+            m.nodes[j].handle_message(now, out.msg).unwrap();
+            check(m, j, kind);
+        }
+    }
+
+    #[test]
+    fn learns_repl_port_from_meet_ping_and_pong() {
+        let mut m = Mesh::new(2);
+        m.nodes[0].set_repl_port(7102);
+        m.nodes[1].set_repl_port(7202);
+        let (a, b) = (m.id(0), m.id(1));
+        m.nodes[0].meet(1, "h1", 17000).unwrap();
+        let mut seen_meet = false;
+        deliver_each(&mut m, 0, |m, j, kind| {
+            assert_eq!((j, kind), (1, "meet"));
+            let a_at_b = m.nodes[1].topology().node(a).unwrap();
+            assert_eq!(a_at_b.repl_port, 7102);
+            assert_eq!(a_at_b.repl_addr().as_deref(), Some("h0:7102"));
+            seen_meet = true;
+        });
+        assert!(seen_meet);
+        // The meeting node ignores the PONG of a node it cannot name yet (as Redis) and
+        // learns it from the PING that follows; whichever message introduces it carries
+        // the port, and every later PING/PONG header keeps it.
+        let mut kinds = Vec::new();
+        for _ in 0..20 {
+            m.now_ms += TICK_INTERVAL_MS;
+            let now = m.now_ms;
+            m.nodes[0].tick(now, 5);
+            m.nodes[1].tick(now, 3);
+            deliver_each(&mut m, 1, |m, j, kind| {
+                if j == 0 {
+                    if let Some(b_at_a) = m.nodes[0].topology().node(b) {
+                        assert_eq!(b_at_a.repl_addr().as_deref(), Some("h1:7202"));
+                        kinds.push(kind);
+                    }
+                }
+            });
+            deliver_each(&mut m, 0, |_, _, _| {});
+        }
+        assert!(
+            kinds.contains(&"ping") && kinds.contains(&"pong"),
+            "{kinds:?}"
+        );
+        m.run(500);
+        // A changed port (a restart with another `[replication] listen`) reaches the peer
+        // with the next header; none (0) reads as no address.
+        m.nodes[1].set_repl_port(7302);
+        m.run(500);
+        assert_eq!(m.nodes[0].topology().node(b).unwrap().repl_port, 7302);
+        m.nodes[1].set_repl_port(0);
+        m.run(500);
+        assert_eq!(m.nodes[0].topology().node(b).unwrap().repl_addr(), None);
+        // Redis-compatible output does not show it.
+        assert!(!m.nodes[0].topology().cluster_nodes().contains("7302"));
+    }
+
+    #[test]
+    fn gossip_carries_repl_port() {
+        let mut m = Mesh::new(3);
+        for i in 0..3 {
+            m.nodes[i].set_repl_port(7100 + i as u16);
+        }
+        let c = m.id(2);
+        // 0 and 2 form a cluster; 1 has never heard of 2.
+        m.nodes[0].meet(1, "h2", 17000).unwrap();
+        m.run(500);
+        assert!(m.nodes[1].topology().node(c).is_none());
+        let gossip = m.nodes[0].gossip_for(None);
+        let g = gossip
+            .iter()
+            .find(|g| g.id == c)
+            .expect("0 gossips about 2");
+        assert_eq!(g.repl_port, 7102);
+        // 0 meets 1: the MEET's gossip introduces 2 to 1, with its replication port,
+        // before 2 and 1 ever talked.
+        let now = m.now_ms;
+        m.nodes[0].meet(now, "h1", 17000).unwrap();
+        let mut learned = false;
+        deliver_each(&mut m, 0, |m, j, kind| {
+            if (j, kind) == (1, "meet") {
+                let c_at_1 = m.nodes[1].topology().node(c).expect("learned by gossip");
+                assert!(c_at_1.flags.has(NodeFlags::HANDSHAKE));
+                assert_eq!(c_at_1.repl_addr().as_deref(), Some("h2:7102"));
+                learned = true;
+            }
+        });
+        assert!(learned);
+        m.run(1000);
+        for i in 0..3 {
+            for j in 0..3 {
+                let n = m.nodes[i].topology().node(m.id(j)).unwrap();
+                assert_eq!(n.repl_port, 7100 + j as u16, "node {j} as node {i} sees it");
+            }
+        }
     }
 }

@@ -220,6 +220,10 @@ pub struct NodeInfo {
     pub host: String,
     pub port: u16,
     pub bus_port: u16,
+    /// UDP port of the node's inter-region replication endpoint on `host` (0 = none: the
+    /// node has no `[replication]` table). Learned from the bus like `port`; not part of any
+    /// `CLUSTER` reply (Redis has no such field).
+    pub repl_port: u16,
     pub role: Role,
     pub flags: NodeFlags,
     /// The epoch of this node's last slot-configuration change as a primary (a replica's
@@ -243,6 +247,7 @@ impl NodeInfo {
             host: host.into(),
             port,
             bus_port,
+            repl_port: 0,
             role: Role::Primary,
             flags: NodeFlags::default(),
             config_epoch: 0,
@@ -260,6 +265,17 @@ impl NodeInfo {
     /// `host:bus_port` — where cluster-bus messages go.
     pub fn bus_addr(&self) -> String {
         format!("{}:{}", self.host, self.bus_port)
+    }
+    /// `host:repl_port` (`[host]:repl_port` for an IPv6 literal) — the node's inter-region
+    /// replication endpoint, if it has one.
+    pub fn repl_addr(&self) -> Option<String> {
+        (self.repl_port != 0).then(|| {
+            if self.host.contains(':') && !self.host.starts_with('[') {
+                format!("[{}]:{}", self.host, self.repl_port)
+            } else {
+                format!("{}:{}", self.host, self.repl_port)
+            }
+        })
     }
 }
 

@@ -149,6 +149,11 @@ pub enum Frame {
     AeKeys(AeKeys),
     AeEntries(AeEntries),
     Hello(Hello),
+    /// Discovery: asks the receiver for its region's topology (answered by `Topology`).
+    TopologyRequest,
+    /// The sender's region: its nodes, their replication addresses and served slots
+    /// (validated on decode: see [`crate::proto::topology::RegionTopology::validate`]).
+    Topology(crate::proto::topology::RegionTopology),
 }
 
 impl Frame {
@@ -227,6 +232,8 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
             }
         }
         Frame::Ack(_) | Frame::Frontier(_) | Frame::Hello(_) => {}
+        Frame::TopologyRequest => {}
+        Frame::Topology(t) => t.validate().map_err(CodecError::Invalid)?,
     }
     Ok(())
 }

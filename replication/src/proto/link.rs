@@ -803,6 +803,8 @@ impl RegionLink {
                     o.clock_held += held;
                 }
             }
+            // Discovery is the shell's (`proto::topology`), not the link's.
+            Frame::TopologyRequest | Frame::Topology(_) => {}
         }
     }
 

@@ -2,3 +2,4 @@
 
 pub mod anti_entropy;
 pub mod link;
+pub mod topology;
