@@ -191,8 +191,16 @@ impl Default for KafkaConfig {
 pub struct PeerEntry {
     pub region: String,
     pub region_id: u16,
-    /// The peer's replication UDP address.
+    /// The peer's replication UDP address (a region of one node, replicated one link per
+    /// peer region). Either this or `seeds`.
+    #[serde(default)]
     pub addr: String,
+    /// Replication addresses of any of the peer region's nodes: the peer region may be a
+    /// cluster; its topology is discovered and followed, and this node links to each of its
+    /// primaries whose slots it shares (node mode, see README "Clustered regions"). Every
+    /// region of a deployment that uses `seeds` must use them for all its peers.
+    #[serde(default)]
+    pub seeds: Vec<String>,
     /// Test faults on frames this node sends to the peer: one-way delay and drop rate.
     #[serde(default)]
     pub delay_ms: u64,
@@ -246,12 +254,48 @@ impl Config {
                     q.region, q.region_id, p.region, p.region_id
                 ));
             }
+            match (p.addr.is_empty(), p.seeds.is_empty()) {
+                (true, true) => {
+                    return Err(format!("peer {}: give `addr` or `seeds`", p.region));
+                }
+                (false, false) => {
+                    return Err(format!(
+                        "peer {}: give `addr` (one node) or `seeds` (any of its nodes), not both",
+                        p.region
+                    ));
+                }
+                _ => {}
+            }
+            for a in p
+                .seeds
+                .iter()
+                .chain(Some(&p.addr).filter(|a| !a.is_empty()))
+            {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(format!(
+                        "peer {}: {a:?} is not an ip:port address",
+                        p.region
+                    ));
+                }
+            }
+        }
+        if r.node_mode() && r.peers.iter().any(|p| p.seeds.is_empty()) {
+            return Err(
+                "[replication]: peers named by `seeds` (node mode) and by `addr` cannot be mixed"
+                    .into(),
+            );
         }
         Ok(())
     }
 }
 
 impl ReplicationConfig {
+    /// Peers are named by `seeds`: links go to the peer regions' nodes, whichever serves
+    /// each slot (regions that are clusters), not to one address per region.
+    pub fn node_mode(&self) -> bool {
+        self.peers.iter().any(|p| !p.seeds.is_empty())
+    }
+
     /// A path from the config, resolved against the config file's directory.
     pub fn resolve(&self, dir: Option<&std::path::Path>, p: &std::path::Path) -> PathBuf {
         match dir {

@@ -9,7 +9,8 @@
 //! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
 //! - [`replication`]: inter-region QUIC links; [`replica`]: in-region replicas (REPLICAOF,
 //!   PSYNC-like stream over the client port); [`kafka`]: the invalidation stream.
-//! - [`topology`]: this node's region as peer regions discover it.
+//! - [`topology`]: this node's region as peer regions discover it; [`replication_nodes`]:
+//!   the inter-region shell in node mode (peer regions that are clusters).
 
 pub mod cluster;
 pub mod cmd;
@@ -21,6 +22,7 @@ pub mod memory;
 pub mod metrics;
 pub mod replica;
 pub mod replication;
+pub mod replication_nodes;
 pub mod sched;
 pub mod server;
 pub mod store;

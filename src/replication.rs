@@ -385,6 +385,9 @@ pub struct Replicator {
     /// The replication thread's runtime (the transport's tasks are registered on it).
     rt: Option<tokio::runtime::Runtime>,
     core: Option<Core>,
+    /// Node mode (peers named by `seeds`): see `replication_nodes`.
+    nodes: Option<crate::replication_nodes::NodesCore>,
+    thread_priority: crate::sched::ThreadPriority,
 }
 
 /// What the replication loop owns.
@@ -395,7 +398,6 @@ struct Core {
     faults: Vec<(u64, f64)>,
     gc_interval_ms: u64,
     flush_interval_ms: u64,
-    thread_priority: crate::sched::ThreadPriority,
 }
 
 fn read_pem(
@@ -418,8 +420,9 @@ impl Replicator {
             .listen
             .parse()
             .map_err(|e| format!("replication listen {}: {e}", rc.listen))?;
+        let node_mode = rc.node_mode();
         let mut peers = Vec::new();
-        for p in &rc.peers {
+        for p in rc.peers.iter().filter(|_| !node_mode) {
             peers.push(PeerConfig {
                 region: p.region.clone(),
                 addr: p
@@ -428,7 +431,7 @@ impl Replicator {
                     .map_err(|e| format!("peer {} addr {}: {e}", p.region, p.addr))?,
             });
         }
-        let qc = QuicConfig::new(
+        let mut qc = QuicConfig::new(
             config.region.clone(),
             bind,
             read_pem(rc, config, &rc.ca_cert)?,
@@ -436,6 +439,8 @@ impl Replicator {
             read_pem(rc, config, &rc.key)?,
             peers,
         );
+        // Node mode: the peer regions' nodes are added as they are discovered.
+        qc.accept_regions = rc.peers.iter().map(|p| p.region.clone()).collect();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -467,7 +472,12 @@ impl Replicator {
         // off 1, which would declare the region's first incarnation ever (a restart cannot
         // know it is not one).
         let incarnation = rand::random::<u64>() | 1 << 63;
-        let link = RegionLink::new(RegionId(config.region_id), &ids, incarnation, link_cfg);
+        let link = RegionLink::new(
+            RegionId(config.region_id),
+            &ids,
+            incarnation,
+            link_cfg.clone(),
+        );
         let control = Arc::new(Control {
             peers: rc
                 .peers
@@ -486,9 +496,49 @@ impl Replicator {
             }),
             ..Control::default()
         });
+        if node_mode {
+            let mut seeded = Vec::new();
+            for p in &rc.peers {
+                let mut seeds = Vec::new();
+                for s in &p.seeds {
+                    seeds.push(
+                        s.parse()
+                            .map_err(|e| format!("peer {} seed {s}: {e}", p.region))?,
+                    );
+                }
+                seeded.push(crate::replication_nodes::PeerRegion {
+                    name: p.region.clone(),
+                    id: RegionId(p.region_id),
+                    seeds,
+                });
+            }
+            let links = meridian_replication::proto::node_links::NodeLinks::new(
+                RegionId(config.region_id),
+                &ids,
+                incarnation,
+                link_cfg,
+            );
+            return Ok(Some(Replicator {
+                control: control.clone(),
+                rt: Some(rt),
+                core: None,
+                nodes: Some(crate::replication_nodes::NodesCore {
+                    control,
+                    transport,
+                    links,
+                    region: config.region.clone(),
+                    peers: seeded,
+                    single_addr: rc.listen.clone(),
+                    flush_interval_ms: rc.flush_interval_ms,
+                }),
+                thread_priority: rc.thread_priority,
+            }));
+        }
         Ok(Some(Replicator {
             control: control.clone(),
             rt: Some(rt),
+            nodes: None,
+            thread_priority: rc.thread_priority,
             core: Some(Core {
                 control,
                 transport,
@@ -496,30 +546,43 @@ impl Replicator {
                 faults: rc.peers.iter().map(|p| (p.delay_ms, p.drop_rate)).collect(),
                 gc_interval_ms: rc.gc_interval_ms.max(10),
                 flush_interval_ms: rc.flush_interval_ms,
-                thread_priority: rc.thread_priority,
             }),
         }))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match &self.core {
-            Some(core) => core.transport.local_addr(),
-            None => Err(std::io::Error::other("replication already running")),
+        match (&self.core, &self.nodes) {
+            (Some(core), _) => core.transport.local_addr(),
+            (_, Some(nodes)) => nodes.transport.local_addr(),
+            _ => Err(std::io::Error::other("replication already running")),
         }
     }
 
     /// Run replication on its own thread (`meridian-repl`) with its own current-thread
     /// runtime: QUIC, TLS, encoding and merging never run on a client I/O thread, and the
     /// client threads only pay a shard lock and, at most, one wake-up per burst of writes.
-    pub fn spawn(mut self, store: Arc<Store>) -> std::io::Result<()> {
-        let (Some(rt), Some(core)) = (self.rt.take(), self.core.take()) else {
+    pub fn spawn(
+        mut self,
+        store: Arc<Store>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> std::io::Result<()> {
+        let Some(rt) = self.rt.take() else {
             return Err(std::io::Error::other("replication already running"));
         };
+        let priority = self.thread_priority;
+        let (core, nodes) = (self.core.take(), self.nodes.take());
         std::thread::Builder::new()
             .name("meridian-repl".into())
             .spawn(move || {
-                let governor = crate::sched::Governor::start(core.thread_priority);
-                rt.block_on(core.run(store, governor))
+                match (core, nodes) {
+                    (Some(core), _) => {
+                        let governor = crate::sched::Governor::start(priority);
+                        rt.block_on(core.run(store, governor))
+                    }
+                    // Node mode runs at normal priority (no starvation governor yet).
+                    (None, Some(nodes)) => rt.block_on(nodes.run(store, cluster)),
+                    (None, None) => {}
+                }
             })?;
         Ok(())
     }
@@ -530,6 +593,7 @@ impl Drop for Replicator {
         // Not spawned (startup failed later): stop the transport, then the runtime without
         // blocking, since this may run inside the main runtime.
         drop(self.core.take());
+        drop(self.nodes.take());
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
@@ -553,7 +617,6 @@ impl Core {
             faults,
             gc_interval_ms,
             flush_interval_ms,
-            thread_priority: _,
         } = self;
         let n = control.peers.len();
         let idx_of_id = |id: RegionId| control.peers.iter().position(|p| p.region_id == id.0);
@@ -843,7 +906,7 @@ fn handshake_completed(control: &Control, store: &Store, link: &mut RegionLink) 
 const RECV_BURST: usize = 32;
 
 /// The future's output if it is ready at once (polled once, without a wake-up).
-fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+pub(crate) fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match f.as_mut().poll(&mut cx) {

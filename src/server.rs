@@ -199,7 +199,7 @@ impl Server {
             ));
         }
         if let Some(r) = self.repl.take() {
-            r.spawn(self.store.clone())?;
+            r.spawn(self.store.clone(), self.shared.cluster.clone())?;
         }
         tokio::spawn(crate::replica::run_replica_link(
             self.store.clone(),

@@ -2,4 +2,5 @@
 
 pub mod anti_entropy;
 pub mod link;
+pub mod node_links;
 pub mod topology;

@@ -1,0 +1,495 @@
+//! The links of one node of a region that may be a cluster (ARCHITECTURE.md, "Clustered
+//! regions"): one [`RegionLink`] per peer *node* whose served slots intersect ours, each
+//! scoped to that intersection, with deltas routed by slot to the node of each peer region
+//! that serves it now.
+//!
+//! Nothing moves with a slot. When a peer region's slot map changes (reshard, failover) the
+//! slots that changed hands become a local gap of the new owner's link
+//! ([`RegionLink::note_local_loss`]): anti-entropy of those slots with the new owner repairs
+//! whatever the old owner had not been sent or acknowledged. A delta with no known owner
+//! (topology not learned yet) is counted and its slot repaired the same way once routed.
+//! Each link's anti-entropy sees only its scope ([`Scoped`]), so two nodes compare exactly
+//! the slots they share, and a link never merges a key outside it.
+//!
+//! Tombstone GC across links is not composed yet: [`NodeLinks`] offers no
+//! `collect_garbage`, so a shell driving it keeps deleted-state metadata (bounded by what
+//! was deleted); the single-node shell keeps using one [`RegionLink`] with GC.
+//!
+//! Sans-IO like [`RegionLink`]: the shell maps [`PeerNode`]s to transport peers, passes
+//! time in, and lends the store per call.
+
+use crate::codec::Frame;
+use crate::proto::link::{LinkConfig, RegionLink};
+use crate::store::ReplicaStore;
+use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId, SLOT_COUNT};
+use std::collections::BTreeSet;
+
+/// A node of a peer region, as the shell names it (e.g. an index into its transport peers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerNode {
+    pub region: RegionId,
+    pub node: u64,
+}
+
+/// A set of hash slots.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SlotSet {
+    bits: Box<[u64]>,
+}
+
+impl std::fmt::Debug for SlotSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotSet({} slots)", self.len())
+    }
+}
+
+impl Default for SlotSet {
+    fn default() -> Self {
+        SlotSet {
+            bits: vec![0; SLOT_COUNT / 64].into_boxed_slice(),
+        }
+    }
+}
+
+impl SlotSet {
+    pub fn contains(&self, slot: u16) -> bool {
+        let s = usize::from(slot);
+        self.bits
+            .get(s / 64)
+            .is_some_and(|w| w & (1 << (s % 64)) != 0)
+    }
+
+    pub fn insert(&mut self, slot: u16) {
+        let s = usize::from(slot);
+        if let Some(w) = self.bits.get_mut(s / 64) {
+            *w |= 1 << (s % 64);
+        }
+    }
+
+    pub fn remove(&mut self, slot: u16) {
+        let s = usize::from(slot);
+        if let Some(w) = self.bits.get_mut(s / 64) {
+            *w &= !(1 << (s % 64));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&w| w == 0)
+    }
+}
+
+/// Which peer regions' links found a lossy slot equal, at which loss mark: the slot is
+/// repaired once every peer region's did at the same mark (each link only knows its own).
+#[derive(Default)]
+pub struct RepairTally {
+    regions: usize,
+    seen: std::collections::HashMap<u16, (u64, BTreeSet<RegionId>)>,
+}
+
+impl RepairTally {
+    /// `region`'s link found `slot` equal at `mark`: whether every peer region's has now.
+    fn note(&mut self, region: RegionId, slot: u16, mark: u64) -> bool {
+        let e = self.seen.entry(slot).or_insert((mark, BTreeSet::new()));
+        if e.0 != mark {
+            *e = (mark, BTreeSet::new());
+        }
+        e.1.insert(region);
+        let done = e.1.len() >= self.regions;
+        if done {
+            self.seen.remove(&slot);
+        }
+        done
+    }
+}
+
+/// A store seen through one link's scope: slots outside it look empty to anti-entropy and
+/// take no merge (counted in `refused`); a lossy slot is marked repaired only once the
+/// links to every peer region found it equal (`tally`).
+pub struct Scoped<'a, S: ReplicaStore + ?Sized> {
+    pub inner: &'a mut S,
+    pub scope: &'a SlotSet,
+    pub refused: &'a mut u64,
+    pub region: RegionId,
+    pub tally: &'a mut RepairTally,
+}
+
+impl<S: ReplicaStore + ?Sized> ReplicaStore for Scoped<'_, S> {
+    fn apply_delta(&mut self, delta: &Delta) -> Applied {
+        if !self.scope.contains(delta.slot) {
+            *self.refused += 1;
+            return Applied::Unchanged;
+        }
+        self.inner.apply_delta(delta)
+    }
+
+    fn apply_deltas(&mut self, deltas: &[Delta]) {
+        if deltas.iter().all(|d| self.scope.contains(d.slot)) {
+            return self.inner.apply_deltas(deltas);
+        }
+        let kept: Vec<Delta> = deltas
+            .iter()
+            .filter(|d| self.scope.contains(d.slot))
+            .cloned()
+            .collect();
+        *self.refused += (deltas.len() - kept.len()) as u64;
+        self.inner.apply_deltas(&kept);
+    }
+
+    fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
+        if !self.scope.contains(meridian_crdt::key_slot(key)) {
+            *self.refused += 1;
+            return Applied::Unchanged;
+        }
+        self.inner.merge_full(key, state)
+    }
+
+    fn slot_digest(&mut self, slot: u16) -> u64 {
+        if self.scope.contains(slot) {
+            self.inner.slot_digest(slot)
+        } else {
+            0
+        }
+    }
+
+    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
+        if self.scope.contains(slot) {
+            self.inner.for_each_key_digest(slot, visit);
+        }
+    }
+
+    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
+        if self.scope.contains(slot) {
+            self.inner.for_each_entry(slot, visit);
+        }
+    }
+
+    fn entry(&self, key: &[u8]) -> Option<Entry> {
+        if self.scope.contains(meridian_crdt::key_slot(key)) {
+            self.inner.entry(key)
+        } else {
+            None
+        }
+    }
+
+    fn slot_is_lossy(&self, slot: u16) -> bool {
+        self.inner.slot_is_lossy(slot)
+    }
+
+    fn slot_loss_mark(&self, slot: u16) -> Option<u64> {
+        self.inner.slot_loss_mark(slot)
+    }
+
+    fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
+        // Equal with this peer only: the slot's other peers are other regions' links,
+        // which each mark on their own (a lossy slot needs every one of them).
+        if self.scope.contains(slot) && self.tally.note(self.region, slot, mark) {
+            self.inner.mark_slot_repaired(slot, mark);
+        }
+    }
+
+    fn gc(&mut self, _stable: &dyn Fn(RegionId) -> Hlc) -> usize {
+        // Not composed across links yet (module doc).
+        0
+    }
+}
+
+struct Instance {
+    peer: PeerNode,
+    link: RegionLink,
+    scope: SlotSet,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeLinksStats {
+    /// Local deltas with no known owner in some peer region (their slots are repaired by
+    /// anti-entropy once routed).
+    pub unrouted: u64,
+    /// Deltas and entries from a peer node for slots outside its link's scope.
+    pub refused: u64,
+    /// Slots that changed hands in a peer region's map (each a local gap of its new link).
+    pub slots_rerouted: u64,
+    pub links_opened: u64,
+    pub links_closed: u64,
+}
+
+/// One node's links to the nodes of its peer regions (module doc).
+pub struct NodeLinks {
+    region: RegionId,
+    cfg: LinkConfig,
+    /// Incarnation ids of this node's links: `epoch_base`, `epoch_base + 1`, … (each link is
+    /// a new incarnation to its peer; the shell picks a random base per process).
+    next_epoch: u64,
+    /// Per peer region, the node serving each slot (`None`: not known).
+    owners: Vec<(RegionId, Vec<Option<u64>>)>,
+    links: Vec<Instance>,
+    /// Per peer region, slots whose deltas found no owner since the last routing.
+    unrouted: Vec<(RegionId, BTreeSet<u16>)>,
+    rr: usize,
+    tally: RepairTally,
+    stats: NodeLinksStats,
+}
+
+impl NodeLinks {
+    /// `peers`: the peer regions; `epoch_base`: this process's first link incarnation id
+    /// (random, never 0 or 1: see [`RegionLink::new`]).
+    pub fn new(region: RegionId, peers: &[RegionId], epoch_base: u64, cfg: LinkConfig) -> Self {
+        NodeLinks {
+            region,
+            cfg,
+            next_epoch: epoch_base.max(2),
+            owners: peers
+                .iter()
+                .filter(|&&p| p != region)
+                .map(|&p| (p, vec![None; SLOT_COUNT]))
+                .collect(),
+            links: Vec::new(),
+            unrouted: peers.iter().map(|&p| (p, BTreeSet::new())).collect(),
+            rr: 0,
+            tally: RepairTally {
+                regions: peers.iter().filter(|&&p| p != region).count(),
+                ..RepairTally::default()
+            },
+            stats: NodeLinksStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &NodeLinksStats {
+        &self.stats
+    }
+
+    /// The peer nodes this node has a link to, with their scope sizes.
+    pub fn peers(&self) -> impl Iterator<Item = (PeerNode, usize)> + '_ {
+        self.links.iter().map(|i| (i.peer, i.scope.len()))
+    }
+
+    pub fn link(&self, peer: PeerNode) -> Option<&RegionLink> {
+        self.links.iter().find(|i| i.peer == peer).map(|i| &i.link)
+    }
+
+    fn index_or_open(&mut self, peer: PeerNode) -> usize {
+        if let Some(i) = self.links.iter().position(|i| i.peer == peer) {
+            return i;
+        }
+        let epoch = self.next_epoch;
+        self.next_epoch = self.next_epoch.wrapping_add(1).max(2);
+        self.links.push(Instance {
+            peer,
+            link: RegionLink::new(self.region, &[peer.region], epoch, self.cfg.clone()),
+            scope: SlotSet::default(),
+        });
+        self.stats.links_opened += 1;
+        self.links.len() - 1
+    }
+
+    /// A peer region's slot map as it is now: `owner_of(slot)` is the node serving it.
+    /// Slots that changed hands become local gaps of their new owner's link (repaired by
+    /// anti-entropy); links left with no slot and nothing in flight are closed.
+    pub fn set_owners(&mut self, region: RegionId, owner_of: impl Fn(u16) -> Option<u64>) {
+        let Some(ri) = self.owners.iter().position(|(r, _)| *r == region) else {
+            return;
+        };
+        let mut moved: Vec<(u64, Vec<u16>)> = Vec::new();
+        for slot in 0..SLOT_COUNT as u16 {
+            let new = owner_of(slot);
+            let old = self.owners[ri].1[usize::from(slot)];
+            let unrouted = self.unrouted[ri].1.contains(&slot);
+            if new == old && !unrouted {
+                continue;
+            }
+            self.owners[ri].1[usize::from(slot)] = new;
+            if let Some(o) = old.filter(|&o| Some(o) != new) {
+                let peer = PeerNode { region, node: o };
+                if let Some(inst) = self.links.iter_mut().find(|i| i.peer == peer) {
+                    inst.scope.remove(slot);
+                }
+            }
+            if let Some(n) = new {
+                self.unrouted[ri].1.remove(&slot);
+                match moved.iter_mut().find(|(m, _)| *m == n) {
+                    Some((_, v)) => v.push(slot),
+                    None => moved.push((n, vec![slot])),
+                }
+            }
+        }
+        for (node, slots) in moved {
+            let i = self.index_or_open(PeerNode { region, node });
+            for &s in &slots {
+                self.links[i].scope.insert(s);
+            }
+            self.stats.slots_rerouted += slots.len() as u64;
+            // Whatever the previous owner (or nobody) was not sent of these slots is
+            // repaired with the new one before this link's frontier passes it.
+            self.links[i].link.note_local_loss(Hlc::ZERO, slots);
+        }
+        self.close_idle();
+    }
+
+    /// Close links with an empty scope and nothing left to deliver.
+    fn close_idle(&mut self) {
+        let before = self.links.len();
+        self.links.retain(|i| {
+            !(i.scope.is_empty() && i.link.backlog(i.peer.region) == 0 && i.link.is_idle())
+        });
+        self.stats.links_closed += (before - self.links.len()) as u64;
+    }
+
+    /// A local delta: to the node serving its slot in each peer region.
+    pub fn enqueue(&mut self, now_ms: u64, delta: Delta) {
+        let slot = usize::from(delta.slot);
+        for ri in 0..self.owners.len() {
+            let region = self.owners[ri].0;
+            match self.owners[ri].1.get(slot).copied().flatten() {
+                Some(node) => {
+                    let peer = PeerNode { region, node };
+                    let i = self.index_or_open(peer);
+                    self.links[i].link.enqueue(now_ms, delta.clone());
+                }
+                None => {
+                    self.stats.unrouted += 1;
+                    self.unrouted[ri].1.insert(delta.slot);
+                }
+            }
+        }
+    }
+
+    /// See [`RegionLink::note_local_hlc`] (every link).
+    pub fn note_local_hlc(&mut self, hlc: Hlc) {
+        for i in &mut self.links {
+            i.link.note_local_hlc(hlc);
+        }
+    }
+
+    /// See [`RegionLink::note_local_loss`] (every link whose scope has one of the slots).
+    pub fn note_local_loss(&mut self, below: Hlc, slots: &[u16]) {
+        for i in &mut self.links {
+            let mine: Vec<u16> = slots
+                .iter()
+                .copied()
+                .filter(|&s| i.scope.contains(s))
+                .collect();
+            if !mine.is_empty() {
+                i.link.note_local_loss(below, mine);
+            }
+        }
+    }
+
+    /// A frame from a peer node (a link is opened for a node we did not route to yet: its
+    /// batches are acknowledged, and merged where our scope has their slots).
+    pub fn handle_frame<S: ReplicaStore + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        from: PeerNode,
+        frame: Frame,
+        store: &mut S,
+    ) {
+        if !self.owners.iter().any(|(r, _)| *r == from.region) {
+            return;
+        }
+        let i = self.index_or_open(from);
+        let inst = &mut self.links[i];
+        let mut scoped = Scoped {
+            inner: store,
+            scope: &inst.scope,
+            refused: &mut self.stats.refused,
+            region: from.region,
+            tally: &mut self.tally,
+        };
+        inst.link
+            .handle_frame(now_ms, from.region, frame, &mut scoped);
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        for i in &mut self.links {
+            i.link.handle_timeout(now_ms);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.links
+            .iter()
+            .filter_map(|i| i.link.poll_timeout())
+            .min()
+    }
+
+    pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+        for inst in &mut self.links {
+            let mut scoped = Scoped {
+                inner: &mut *store,
+                scope: &inst.scope,
+                refused: &mut self.stats.refused,
+                region: inst.peer.region,
+                tally: &mut self.tally,
+            };
+            inst.link.poll_anti_entropy(now_ms, &mut scoped);
+        }
+    }
+
+    pub fn has_anti_entropy_work(&self) -> bool {
+        self.links.iter().any(|i| i.link.has_anti_entropy_work())
+    }
+
+    /// Next frame to send, round-robin over the links.
+    pub fn poll_transmit(&mut self, now_ms: u64) -> Option<(PeerNode, Frame)> {
+        let n = self.links.len();
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            if let Some((_, f)) = self.links[i].link.poll_transmit(now_ms) {
+                self.rr = i + 1;
+                return Some((self.links[i].peer, f));
+            }
+        }
+        None
+    }
+
+    /// See [`RegionLink::max_seen_hlc`] (over every link).
+    pub fn max_seen_hlc(&self) -> Hlc {
+        self.links
+            .iter()
+            .map(|i| i.link.max_seen_hlc())
+            .max()
+            .unwrap_or(Hlc::ZERO)
+    }
+
+    /// Every link answered its restart handshake.
+    pub fn handshake_done(&self) -> bool {
+        self.links.iter().all(|i| i.link.handshake_done())
+    }
+
+    /// Some link's handshake reported a stamp of this region (see
+    /// [`RegionLink::restarted`]).
+    pub fn restarted(&self) -> bool {
+        self.links.iter().any(|i| i.link.restarted())
+    }
+
+    /// Ask every link for an anti-entropy round (a restarted node repairs what it lost).
+    pub fn request_anti_entropy(&mut self) {
+        for i in &mut self.links {
+            i.link.request_anti_entropy(i.peer.region);
+        }
+    }
+
+    /// Local deltas not yet acknowledged by the nodes of `region`.
+    pub fn backlog_of(&self, region: RegionId) -> usize {
+        self.links
+            .iter()
+            .filter(|i| i.peer.region == region)
+            .map(|i| i.link.backlog(region))
+            .sum()
+    }
+
+    /// Local deltas not yet acknowledged, over every link.
+    pub fn backlog(&self) -> usize {
+        self.links
+            .iter()
+            .map(|i| i.link.backlog(i.peer.region))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+#[path = "node_links_tests.rs"]
+mod tests;

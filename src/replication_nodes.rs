@@ -1,0 +1,338 @@
+//! Node mode of the inter-region shell (issue 20, ARCHITECTURE.md "Clustered regions"):
+//! peers named by `seeds`, regions that may be clusters. This node learns each peer
+//! region's topology (`Frame::TopologyRequest` to any connected node of it, answered with
+//! `Frame::Topology`), connects to the peer primaries, and drives a
+//! [`NodeLinks`]: one link per peer node whose slots it shares, deltas routed by slot.
+//! It answers peers' topology requests from its own region's view (`src/topology.rs`).
+//!
+//! Shared with the region-mode loop (`replication.rs`): the drain of the shard logs (HLC
+//! order up to the horizon, losses reported), `ShellStore` (one shard lock per call;
+//! nothing stored outside the served slots), `Control` for `INFO crdt` and `/metrics`, the
+//! restart window. Not here yet: tombstone GC (not composed across links: deleted-state
+//! metadata is kept), the per-peer test faults (`delay-ms`, `drop-rate`).
+
+use crate::cluster::Cluster;
+use crate::replication::{Control, ShellStore};
+use crate::server::now_ms;
+use crate::store::{Store, SHARDS};
+use bytes::Bytes;
+use meridian_crdt::{Delta, Hlc, RegionId, SLOT_COUNT};
+use meridian_replication::codec::Frame;
+use meridian_replication::encode_into;
+use meridian_replication::proto::node_links::{NodeLinks, PeerNode};
+use meridian_replication::proto::topology::PeerTopologies;
+use meridian_replication::transport::quic::{PeerKey, QuicTransport};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often each peer region's topology is asked for (and this node's own served slots
+/// compared with the last look).
+const TOPOLOGY_POLL_MS: u64 = 500;
+
+/// A peer region as configured.
+pub struct PeerRegion {
+    pub name: String,
+    pub id: RegionId,
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// What the node-mode loop owns.
+pub struct NodesCore {
+    pub control: Arc<Control>,
+    pub transport: QuicTransport,
+    pub links: NodeLinks,
+    pub region: String,
+    pub peers: Vec<PeerRegion>,
+    /// This node's replication address as peers reach it (a region of one node).
+    pub single_addr: String,
+    pub flush_interval_ms: u64,
+}
+
+/// Transport peers by index: a [`PeerNode`]'s `node` is its index here.
+#[derive(Default)]
+struct NodeTable {
+    keys: Vec<PeerKey>,
+    index: HashMap<PeerKey, u64>,
+}
+
+impl NodeTable {
+    fn index_of(&mut self, key: &PeerKey) -> u64 {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.keys.len() as u64;
+        self.keys.push(key.clone());
+        self.index.insert(key.clone(), i);
+        i
+    }
+}
+
+impl NodesCore {
+    pub async fn run(self, store: Arc<Store>, cluster: Option<Arc<Cluster>>) {
+        let NodesCore {
+            control,
+            transport,
+            mut links,
+            region,
+            peers,
+            single_addr,
+            flush_interval_ms,
+        } = self;
+        for p in &peers {
+            for s in &p.seeds {
+                if let Err(e) = transport.add_peer(&p.name, *s) {
+                    tracing::warn!(peer = %p.name, seed = %s, error = %e, "seed refused");
+                }
+            }
+        }
+        let mut table = NodeTable::default();
+        let mut topos = PeerTopologies::new();
+        let mut served: Vec<bool> = vec![false; SLOT_COUNT];
+        let mut next_poll = 0u64;
+        let mut next_stats = 0u64;
+        let mut pending: Vec<Delta> = Vec::new();
+        let mut lost: Option<(Hlc, Vec<u16>)> = None;
+        let mut buf = Vec::new();
+        let mut handshake_seen = false;
+        let mut flush_at: Option<u64> = Some(0);
+        let mut last_flush = 0u64;
+        loop {
+            let now = now_ms();
+            if now >= next_poll {
+                next_poll = now + TOPOLOGY_POLL_MS;
+                // Slots this node started serving (an import completed, a promotion, the
+                // start): repaired with every peer region before its frontier passes them.
+                let gained: Vec<u16> = (0..SLOT_COUNT as u16)
+                    .filter(|&s| {
+                        let now_served = store.served.serves(s);
+                        let was = std::mem::replace(&mut served[usize::from(s)], now_served);
+                        now_served && !was
+                    })
+                    .collect();
+                if !gained.is_empty() {
+                    links.note_local_loss(Hlc::ZERO, &gained);
+                }
+                let mut req = Vec::new();
+                if encode_into(&Frame::TopologyRequest, &mut req).is_ok() {
+                    let req = Bytes::from(req);
+                    for p in &peers {
+                        let _ = transport.send(&p.name, req.clone());
+                    }
+                }
+            }
+            // Local deltas, as in region mode (see `replication::Core::run`).
+            let flush = flush_at.is_some_and(|t| now >= t);
+            let horizon = if flush {
+                flush_at = None;
+                last_flush = now;
+                store.arm_delta_wakeup();
+                store.observe(Hlc::from_parts(now, 0));
+                let horizon = store.last_hlc();
+                for i in 0..SHARDS {
+                    let mut shard = store.shard(i);
+                    shard.drain_log_into(&mut pending);
+                    if let Some((below, slots)) = shard.take_lost() {
+                        let l = lost.get_or_insert((below, Vec::new()));
+                        l.0 = l.0.min(below);
+                        l.1.extend(slots);
+                    }
+                }
+                pending.sort_by_key(|d| d.stamp.hlc);
+                horizon
+            } else {
+                Hlc::ZERO
+            };
+            let ready = pending.partition_point(|d| d.stamp.hlc <= horizon);
+            for d in pending.drain(..ready) {
+                links.enqueue(now, d);
+            }
+            if let Some((below, slots)) = lost.take() {
+                links.note_local_loss(below, &slots);
+                flush_at.get_or_insert(now + flush_interval_ms.max(1));
+            }
+            links.note_local_hlc(horizon);
+            if flush && !pending.is_empty() {
+                flush_at = Some(now + flush_interval_ms.max(1));
+            }
+            links.handle_timeout(now);
+            links.poll_anti_entropy(now, &mut ShellStore::new(&store));
+            while let Some((peer, frame)) = links.poll_transmit(now) {
+                let Some(key) = table.keys.get(peer.node as usize) else {
+                    continue;
+                };
+                let pc = control.peer(key.region.as_bytes());
+                if pc.is_some_and(|pc| pc.down.load(Relaxed)) {
+                    if let Some(pc) = pc {
+                        pc.frames_dropped.fetch_add(1, Relaxed);
+                    }
+                    continue;
+                }
+                buf.clear();
+                if encode_into(&frame, &mut buf).is_err() {
+                    continue;
+                }
+                if transport
+                    .send_to(key, Bytes::copy_from_slice(&buf))
+                    .is_err()
+                {
+                    if let Some(pc) = pc {
+                        pc.frames_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            if !handshake_seen
+                && peers.iter().all(|p| topos.get(&p.name).is_some())
+                && links.peers().count() > 0
+                && links.handshake_done()
+            {
+                handshake_seen = true;
+                if links.restarted() {
+                    links.request_anti_entropy();
+                    tracing::info!("restart handshake done: restarted, slots lossy until repaired");
+                } else {
+                    store.clear_start_losses();
+                    tracing::info!("restart handshake done: first start");
+                }
+                control.handshake_done.store(true, Release);
+            }
+            if now >= next_stats {
+                next_stats = now + 100;
+                publish(&control, &transport, &links, &peers);
+            }
+            let wake = links
+                .poll_timeout()
+                .unwrap_or(now + 1000)
+                .min(next_poll)
+                .min(next_stats)
+                .min(flush_at.unwrap_or(u64::MAX));
+            let go_on = flush_at.is_some_and(|t| t <= now) || links.has_anti_entropy_work();
+            let sleep = Duration::from_millis(wake.saturating_sub(now).max(1));
+            tokio::select! {
+                biased;
+                got = transport.recv_from() => {
+                    let mut next = got;
+                    let mut handled = 0;
+                    loop {
+                        let Some((from, frame)) = next else { return };
+                        handled += 1;
+                        let now = now_ms();
+                        'frame: { match frame {
+                            Frame::TopologyRequest => {
+                                let t = match &cluster {
+                                    Some(c) => c.region_topology(&region),
+                                    None => crate::topology::region_topology(&region, None, &single_addr),
+                                };
+                                buf.clear();
+                                if encode_into(&Frame::Topology(t), &mut buf).is_ok() {
+                                    let _ = transport.send_to(&from, Bytes::copy_from_slice(&buf));
+                                }
+                            }
+                            Frame::Topology(t) => {
+                                if t.region == from.region && topos.update(t) {
+                                    reroute(&transport, &mut links, &mut table, &topos, &peers);
+                                }
+                            }
+                            frame => {
+                                let Some(p) = peers.iter().find(|p| p.name == from.region) else {
+                                    break 'frame;
+                                };
+                                let pc = control.peer(from.region.as_bytes());
+                                if let Some(pc) = pc {
+                                    pc.frames_handled.fetch_add(1, Relaxed);
+                                    if pc.down.load(Relaxed) {
+                                        pc.frames_dropped.fetch_add(1, Relaxed);
+                                        break 'frame;
+                                    }
+                                    pc.last_recv_ms.store(now.max(1), Relaxed);
+                                }
+                                let node = table.index_of(&from);
+                                let peer = PeerNode { region: p.id, node };
+                                links.handle_frame(now, peer, frame, &mut ShellStore::new(&store));
+                                store.observe(links.max_seen_hlc());
+                            }
+                        } }
+                        if handled >= 32 {
+                            break;
+                        }
+                        match crate::replication::ready_now(transport.recv_from()) {
+                            Some(got) => next = got,
+                            None => break,
+                        }
+                    }
+                    flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
+                }
+                _ = store.stats.delta_notify.notified() => {
+                    flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
+                }
+                _ = std::future::ready(()), if go_on => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+/// A peer region's topology changed: connect to its primaries and route its slots to them.
+fn reroute(
+    transport: &QuicTransport,
+    links: &mut NodeLinks,
+    table: &mut NodeTable,
+    topos: &PeerTopologies,
+    peers: &[PeerRegion],
+) {
+    for p in peers {
+        let Some(t) = topos.get(&p.name) else {
+            continue;
+        };
+        let mut owners: Vec<Option<u64>> = vec![None; SLOT_COUNT];
+        for n in t.nodes.iter().filter(|n| n.primary) {
+            let Ok(addr) = n.repl_addr.parse::<SocketAddr>() else {
+                tracing::warn!(peer = %p.name, addr = %n.repl_addr, "peer node address not ip:port");
+                continue;
+            };
+            let key = match transport.add_peer(&p.name, addr) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(peer = %p.name, %addr, error = %e, "cannot add peer node");
+                    continue;
+                }
+            };
+            let idx = table.index_of(&key);
+            for &(a, b) in &n.slots {
+                for s in a..=b {
+                    if let Some(o) = owners.get_mut(usize::from(s)) {
+                        *o = Some(idx);
+                    }
+                }
+            }
+        }
+        links.set_owners(p.id, |s| owners.get(usize::from(s)).copied().flatten());
+        tracing::info!(
+            peer = %p.name,
+            version = t.version,
+            nodes = t.nodes.len(),
+            "peer region topology"
+        );
+    }
+}
+
+fn publish(control: &Control, transport: &QuicTransport, links: &NodeLinks, peers: &[PeerRegion]) {
+    let st = links.stats();
+    control.local_gap_slots.store(0, Relaxed);
+    control.local_losses.store(st.slots_rerouted, Relaxed);
+    for p in peers {
+        let Some(pc) = control.peer(p.name.as_bytes()) else {
+            continue;
+        };
+        if let Some(ps) = transport.peer_state(&p.name) {
+            pc.connected.store(ps.connected, Relaxed);
+            pc.bytes_sent.store(ps.bytes_sent, Relaxed);
+            pc.bytes_received.store(ps.bytes_received, Relaxed);
+            pc.frames_sent.store(ps.frames_sent, Relaxed);
+            pc.frames_received.store(ps.frames_received, Relaxed);
+        }
+        pc.backlog.store(links.backlog_of(p.id) as u64, Relaxed);
+    }
+}

@@ -1,0 +1,279 @@
+//! Clustered regions (issue 20): region a is a cluster of three primaries, region b a
+//! single node; peers are named by `seeds` (one address of the other region), each node
+//! discovers the other region's topology and links to the nodes serving its slots. Real
+//! processes, real QUIC; every wait is a condition with a deadline.
+
+mod common;
+
+use common::{free_port, info_u64, key_slot, q, wait_until, Server};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const A_SLOTS: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind an ephemeral UDP port")
+        .port()
+}
+
+struct Deployment {
+    dir: PathBuf,
+    a: Vec<Server>,
+    b: Server,
+}
+
+impl Deployment {
+    fn start() -> Deployment {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("meridian-cr-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        meridian_replication::transport::quic::write_deployment(&dir, &["a", "b"])
+            .expect("certificates");
+        let d = dir.display().to_string();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let bus: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let udp_a: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+        let udp_b = free_udp_port();
+        let repl = |region: &str, listen: u16, peer: &str, peer_id: u16, seed: u16| {
+            format!(
+                "[replication]\nlisten = \"127.0.0.1:{listen}\"\nca-cert = \"{d}/ca.pem\"\ncert = \"{d}/{region}.pem\"\nkey = \"{d}/{region}-key.pem\"\nresend-timeout-ms = 200\nanti-entropy-interval-ms = 2000\npeers = [ {{ region = \"{peer}\", region-id = {peer_id}, seeds = [\"127.0.0.1:{seed}\"] }} ]\n"
+            )
+        };
+        let mut a = Vec::new();
+        for i in 0..3 {
+            let meet: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("\"127.0.0.1:{}@{}\"", ports[j], bus[j]))
+                .collect();
+            let (lo, hi) = A_SLOTS[i];
+            let toml = format!(
+                "region = \"a\"\nregion-id = 0\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nmeet = [{meet}]\nslots = \"{lo}-{hi}\"\n",
+                port = ports[i],
+                bus = bus[i],
+                meet = meet.join(", "),
+                // Each a node seeds b; b seeds a's first node only.
+                repl = repl("a", udp_a[i], "b", 1, udp_b),
+            );
+            a.push(Server::start_with_config(
+                &toml,
+                &["--port", &ports[i].to_string()],
+            ));
+        }
+        let b = Server::start_with_config(
+            &format!(
+                "region = \"b\"\nregion-id = 1\n{}",
+                repl("b", udp_b, "a", 0, udp_a[0])
+            ),
+            &[],
+        );
+        let dep = Deployment { dir, a, b };
+        for s in &dep.a {
+            let mut con = s.conn();
+            wait_until(DEADLINE, "cluster_state:ok", || {
+                let info: String = q(&mut con, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+        }
+        dep
+    }
+
+    /// The a node serving `key`.
+    fn a_owner(&self, key: &str) -> &Server {
+        let slot = key_slot(key.as_bytes());
+        let i = A_SLOTS
+            .iter()
+            .position(|&(lo, hi)| (lo..=hi).contains(&slot))
+            .expect("a slot range");
+        &self.a[i]
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn get(s: &Server, key: &str) -> Option<String> {
+    let mut con = s.conn();
+    q(&mut con, &["GET", key])
+}
+
+/// Writes in both regions, through each a key's owner, and counters incremented in both,
+/// converge exactly; every a node holds only keys of its own slots.
+#[test]
+fn a_clustered_region_and_a_single_node_region_converge() {
+    let dep = Deployment::start();
+    let mut a_keys = Vec::new();
+    let mut b_keys = Vec::new();
+    let mut bcon = dep.b.conn();
+    for i in 0..150 {
+        let k = format!("fromA:{i}");
+        let mut con = dep.a_owner(&k).conn();
+        let _: () = q(&mut con, &["SET", &k, &format!("a{i}")]);
+        a_keys.push(k);
+        let k = format!("fromB:{i}");
+        let _: () = q(&mut bcon, &["SET", &k, &format!("b{i}")]);
+        b_keys.push(k);
+    }
+    let counters: Vec<String> = (0..30).map(|j| format!("ctr:{j}")).collect();
+    for c in &counters {
+        let mut con = dep.a_owner(c).conn();
+        let _: i64 = q(&mut con, &["INCRBY", c, "2"]);
+        let _: i64 = q(&mut bcon, &["INCRBY", c, "3"]);
+    }
+    for (i, k) in a_keys.iter().enumerate() {
+        wait_until(DEADLINE, &format!("{k} in b"), || {
+            get(&dep.b, k) == Some(format!("a{i}"))
+        });
+    }
+    for (i, k) in b_keys.iter().enumerate() {
+        wait_until(DEADLINE, &format!("{k} in a"), || {
+            get(dep.a_owner(k), k) == Some(format!("b{i}"))
+        });
+    }
+    for c in &counters {
+        wait_until(DEADLINE, &format!("{c} exact"), || {
+            get(&dep.b, c).as_deref() == Some("5") && get(dep.a_owner(c), c).as_deref() == Some("5")
+        });
+    }
+    // Every a node stores only its own slots' keys: its DBSIZE is the number of keys
+    // written to its slots.
+    let total = a_keys.len() + b_keys.len() + counters.len();
+    let mut sum = 0;
+    for (i, s) in dep.a.iter().enumerate() {
+        let (lo, hi) = A_SLOTS[i];
+        let mine = a_keys
+            .iter()
+            .chain(&b_keys)
+            .chain(&counters)
+            .filter(|k| (lo..=hi).contains(&key_slot(k.as_bytes())))
+            .count();
+        let mut con = s.conn();
+        let n: usize = q(&mut con, &["DBSIZE"]);
+        assert_eq!(n, mine, "a node {i} holds only its slots' keys");
+        sum += n;
+        assert_eq!(info_u64(&mut con, "repl_refused_not_served"), 0);
+    }
+    assert_eq!(sum, total);
+    let n: usize = q(&mut bcon, &["DBSIZE"]);
+    assert_eq!(n, total);
+}
+
+/// Keys of `n` distinct slots of a's node 0 (0-5460), `per` keys each (hash tags).
+fn keys_in_node0_slots(n: usize, per: usize) -> Vec<(u16, Vec<String>)> {
+    let mut out: Vec<(u16, Vec<String>)> = Vec::new();
+    let mut t = 0;
+    while out.len() < n {
+        let tag = format!("rs{t}");
+        t += 1;
+        let slot = key_slot(tag.as_bytes());
+        if slot > 5460 || out.iter().any(|(s, _)| *s == slot) {
+            continue;
+        }
+        out.push((slot, (0..per).map(|i| format!("{{{tag}}}:{i}")).collect()));
+    }
+    out
+}
+
+/// Region a moves slots from its node 0 to node 1 (IMPORTING/MIGRATING, MIGRATE of every
+/// key, SETSLOT NODE) while region b keeps writing to keys of those slots and both regions
+/// increment counters there. b follows a's new topology: everything converges at the new
+/// owner, counters are exact, and the old owner keeps no key of the moved slots.
+#[test]
+fn a_reshard_in_the_clustered_region_while_the_other_region_writes() {
+    let dep = Deployment::start();
+    let moved = keys_in_node0_slots(8, 5);
+    let mut bcon = dep.b.conn();
+    let write_round = |bcon: &mut redis::Connection, round: usize| {
+        for (_, keys) in &moved {
+            for k in keys {
+                let _: () = q(bcon, &["SET", k, &format!("r{round}")]);
+                let _: i64 = q(bcon, &["INCR", &format!("{k}:c")]);
+            }
+        }
+    };
+    write_round(&mut bcon, 0);
+    for (_, keys) in &moved {
+        for k in keys {
+            wait_until(DEADLINE, &format!("{k} at a's node 0"), || {
+                get(&dep.a[0], k).as_deref() == Some("r0")
+            });
+        }
+    }
+    let mut src = dep.a[0].conn();
+    let mut dst = dep.a[1].conn();
+    let src_id: String = q(&mut src, &["CLUSTER", "MYID"]);
+    let dst_id: String = q(&mut dst, &["CLUSTER", "MYID"]);
+    let dst_port = dep.a[1]
+        .addr()
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    for (round, (slot, keys)) in moved.iter().enumerate() {
+        let slot = slot.to_string();
+        let _: () = q(
+            &mut dst,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id],
+        );
+        let _: () = q(
+            &mut src,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id],
+        );
+        write_round(&mut bcon, round + 1);
+        // a increments there too, at whichever node serves the key now (the source while
+        // it still has it).
+        for k in keys {
+            let c = format!("{k}:c");
+            let _: i64 = q(&mut src, &["INCR", &c]);
+        }
+        // As `redis-cli --cluster reshard` does: migrate until the slot is empty (deltas
+        // from b keep landing at the source while it still serves the slot), then hand it
+        // over; the source refuses while it holds a key, so that step may take a retry.
+        wait_until(DEADLINE, &format!("slot {slot} handed over"), || {
+            let in_slot: Vec<String> = q(&mut src, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+            for k in &in_slot {
+                let _: () = q(
+                    &mut src,
+                    &["MIGRATE", "127.0.0.1", &dst_port, k, "0", "5000"],
+                );
+            }
+            redis::cmd("CLUSTER")
+                .arg(&["SETSLOT", &slot, "NODE", &dst_id])
+                .query::<()>(&mut src)
+                .is_ok()
+        });
+        for s in &dep.a {
+            let mut con = s.conn();
+            let _: () = q(&mut con, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+        }
+    }
+    let last = moved.len();
+    write_round(&mut bcon, last + 1);
+    let want = format!("r{}", last + 1);
+    // b's counters: one INCR per round (0..=last+1); a's: one per moved slot's round.
+    let b_incr = last + 2;
+    for (_, keys) in &moved {
+        for k in keys {
+            let c = format!("{k}:c");
+            wait_until(DEADLINE, &format!("{k} at a's node 1"), || {
+                get(&dep.a[1], k).as_deref() == Some(want.as_str())
+            });
+            wait_until(DEADLINE, &format!("{c} exact in both regions"), || {
+                // b's increments and the one a made while the slot moved.
+                let want_c = (b_incr + 1).to_string();
+                get(&dep.a[1], &c).as_deref() == Some(want_c.as_str())
+                    && get(&dep.b, &c).as_deref() == Some(want_c.as_str())
+            });
+        }
+    }
+    for (slot, _) in &moved {
+        let n: usize = q(&mut src, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+        assert_eq!(n, 0, "the old owner keeps nothing of slot {slot}");
+    }
+}
