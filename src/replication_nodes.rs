@@ -97,17 +97,41 @@ impl NodesCore {
         let mut lost: Option<(Hlc, Vec<u16>)> = None;
         let mut buf = Vec::new();
         let mut handshake_seen = false;
+        // Whether this node was a primary at the last look (a replica has no links).
+        let mut primary = true;
         let mut flush_at: Option<u64> = Some(0);
         let mut last_flush = 0u64;
         loop {
             let now = now_ms();
             if now >= next_poll {
                 next_poll = now + TOPOLOGY_POLL_MS;
+                // A replica has no links: its primary replicates its slots; promoted, it
+                // takes them over (every slot then a gain, repaired with every peer).
+                let is_primary = cluster.as_ref().is_none_or(|c| {
+                    c.node
+                        .lock()
+                        .topology()
+                        .myself()
+                        .role
+                        .primary_id()
+                        .is_none()
+                });
+                if is_primary != primary {
+                    primary = is_primary;
+                    if primary {
+                        reroute(&transport, &mut links, &mut table, &topos, &peers);
+                    } else {
+                        for p in &peers {
+                            links.set_owners(p.id, |_| None);
+                        }
+                    }
+                    tracing::info!(primary, "inter-region links follow the node's role");
+                }
                 // Slots this node started serving (an import completed, a promotion, the
                 // start): repaired with every peer region before its frontier passes them.
                 let gained: Vec<u16> = (0..SLOT_COUNT as u16)
                     .filter(|&s| {
-                        let now_served = store.served.serves(s);
+                        let now_served = primary && store.served.serves(s);
                         let was = std::mem::replace(&mut served[usize::from(s)], now_served);
                         now_served && !was
                     })
@@ -219,6 +243,10 @@ impl NodesCore {
                         let Some((from, frame)) = next else { return };
                         handled += 1;
                         let now = now_ms();
+                        let pc = control.peer(from.region.as_bytes());
+                        if let Some(pc) = pc {
+                            pc.frames_handled.fetch_add(1, Relaxed);
+                        }
                         'frame: { match frame {
                             Frame::TopologyRequest => {
                                 let t = match &cluster {
@@ -231,7 +259,7 @@ impl NodesCore {
                                 }
                             }
                             Frame::Topology(t) => {
-                                if t.region == from.region && topos.update(t) {
+                                if t.region == from.region && topos.update(t) && primary {
                                     reroute(&transport, &mut links, &mut table, &topos, &peers);
                                 }
                             }
@@ -239,9 +267,7 @@ impl NodesCore {
                                 let Some(p) = peers.iter().find(|p| p.name == from.region) else {
                                     break 'frame;
                                 };
-                                let pc = control.peer(from.region.as_bytes());
                                 if let Some(pc) = pc {
-                                    pc.frames_handled.fetch_add(1, Relaxed);
                                     if pc.down.load(Relaxed) {
                                         pc.frames_dropped.fetch_add(1, Relaxed);
                                         break 'frame;
