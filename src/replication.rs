@@ -510,6 +510,8 @@ impl Replicator {
                     name: p.region.clone(),
                     id: RegionId(p.region_id),
                     seeds,
+                    delay_ms: p.delay_ms,
+                    drop_rate: p.drop_rate,
                 });
             }
             let links = meridian_replication::proto::node_links::NodeLinks::new(

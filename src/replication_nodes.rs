@@ -8,8 +8,9 @@
 //! Shared with the region-mode loop (`replication.rs`): the drain of the shard logs (HLC
 //! order up to the horizon, losses reported), `ShellStore` (one shard lock per call;
 //! nothing stored outside the served slots), `Control` for `INFO crdt` and `/metrics`, the
-//! restart window. Not here yet: tombstone GC (not composed across links: deleted-state
-//! metadata is kept), the per-peer test faults (`delay-ms`, `drop-rate`).
+//! restart window, the per-peer test faults (`delay-ms`, `drop-rate`, on the frames this
+//! node sends to the region's nodes). Not here yet: tombstone GC (not composed across
+//! links: deleted-state metadata is kept).
 
 use crate::cluster::Cluster;
 use crate::replication::{Control, ShellStore};
@@ -37,6 +38,10 @@ pub struct PeerRegion {
     pub name: String,
     pub id: RegionId,
     pub seeds: Vec<SocketAddr>,
+    /// Test faults on frames this node sends to the region's nodes: one-way delay (ms)
+    /// and drop rate.
+    pub delay_ms: u64,
+    pub drop_rate: f64,
 }
 
 /// What the node-mode loop owns.
@@ -97,6 +102,16 @@ impl NodesCore {
         let mut lost: Option<(Hlc, Vec<u16>)> = None;
         let mut buf = Vec::new();
         let mut handshake_seen = false;
+        // Frames held for a peer region's injected delay (constant: FIFO), and the drop
+        // rate's generator.
+        let mut delayed: std::collections::VecDeque<(u64, PeerKey, Bytes)> = Default::default();
+        let mut rng: u64 = now_ms() | 1;
+        let mut next_rand = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
         // Whether this node was a primary at the last look (a replica has no links).
         let mut primary = true;
         let mut flush_at: Option<u64> = Some(0);
@@ -198,10 +213,32 @@ impl NodesCore {
                 if encode_into(&frame, &mut buf).is_err() {
                     continue;
                 }
-                if transport
-                    .send_to(key, Bytes::copy_from_slice(&buf))
-                    .is_err()
-                {
+                let (delay, drop_rate) = peers
+                    .iter()
+                    .find(|p| p.name == key.region)
+                    .map_or((0, 0.0), |p| (p.delay_ms, p.drop_rate));
+                let bytes = Bytes::copy_from_slice(&buf);
+                let sent = if drop_rate > 0.0 && next_rand() < drop_rate {
+                    false
+                } else if delay > 0 {
+                    delayed.push_back((now + delay, key.clone(), bytes));
+                    true
+                } else {
+                    transport.send_to(key, bytes).is_ok()
+                };
+                if !sent {
+                    if let Some(pc) = pc {
+                        pc.frames_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            while delayed.front().is_some_and(|(due, _, _)| *due <= now) {
+                let Some((_, key, bytes)) = delayed.pop_front() else {
+                    break;
+                };
+                let pc = control.peer(key.region.as_bytes());
+                let cut = pc.is_some_and(|pc| pc.down.load(Relaxed));
+                if cut || transport.send_to(&key, bytes).is_err() {
                     if let Some(pc) = pc {
                         pc.frames_dropped.fetch_add(1, Relaxed);
                     }
@@ -231,7 +268,8 @@ impl NodesCore {
                 .unwrap_or(now + 1000)
                 .min(next_poll)
                 .min(next_stats)
-                .min(flush_at.unwrap_or(u64::MAX));
+                .min(flush_at.unwrap_or(u64::MAX))
+                .min(delayed.front().map_or(u64::MAX, |d| d.0));
             let go_on = flush_at.is_some_and(|t| t <= now) || links.has_anti_entropy_work();
             let sleep = Duration::from_millis(wake.saturating_sub(now).max(1));
             tokio::select! {
