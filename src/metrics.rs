@@ -430,6 +430,51 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             o.sample(&name, Some(("peer", &p.region)), value(p, now));
         }
     }
+    // Node mode: per peer node (labels peer region and node address).
+    type NodeValue = fn(&crate::replication::NodeStatus) -> i64;
+    let nodes = c.nodes.lock().clone();
+    if nodes.is_empty() {
+        return;
+    }
+    let node_families: [(&str, &str, &str, NodeValue); 4] = [
+        (
+            "node_connected",
+            "gauge",
+            "1 while the QUIC connection to the peer node is up.",
+            |n| i64::from(n.connected),
+        ),
+        (
+            "node_slots",
+            "gauge",
+            "Slots the link to the peer node covers.",
+            |n| n.slots as i64,
+        ),
+        (
+            "node_backlog_deltas",
+            "gauge",
+            "Local deltas not yet acknowledged by the peer node.",
+            |n| n.backlog_deltas as i64,
+        ),
+        (
+            "node_lag_ms",
+            "gauge",
+            "Age of the oldest delta the peer node has not acknowledged.",
+            |n| n.lag_ms as i64,
+        ),
+    ];
+    for (name, kind, help, value) in node_families {
+        let name = format!("repl_{name}");
+        o.family(&name, kind, help);
+        for n in &nodes {
+            let _ = writeln!(
+                o.0,
+                "meridian_{name}{{peer=\"{}\",node=\"{}\"}} {}",
+                n.region,
+                n.addr,
+                value(n)
+            );
+        }
+    }
 }
 
 /// The Kafka invalidation stream and the versioned tombstones it leaves.

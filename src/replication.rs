@@ -241,10 +241,27 @@ impl PeerControl {
     }
 }
 
+/// One peer node's link in node mode (`replication_nodes`), for `INFO crdt` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    pub region: String,
+    /// Its replication address.
+    pub addr: String,
+    pub connected: bool,
+    /// Slots this node's link to it covers (ours that it serves in its region).
+    pub slots: usize,
+    pub backlog_deltas: usize,
+    pub lag_ms: u64,
+    pub last_ack_ms: u64,
+    pub deltas_acked: u64,
+}
+
 /// What the rest of the server sees of replication.
 #[derive(Default)]
 pub struct Control {
     pub peers: Vec<PeerControl>,
+    /// Node mode: every peer node this node has a link to (empty in region mode).
+    pub nodes: parking_lot::Mutex<Vec<NodeStatus>>,
     pub deltas_enqueued: AtomicU64,
     pub deltas_sent: AtomicU64,
     pub deltas_resent: AtomicU64,
@@ -364,6 +381,20 @@ impl Control {
                 p.ae_bytes_sent.load(Relaxed),
                 ms_ago(now, last),
                 p.clock_held.load(Relaxed),
+            );
+        }
+        for (i, n) in self.nodes.lock().iter().enumerate() {
+            let _ = write!(
+                o,
+                "peer_node_{i}:region={},addr={},connected={},slots={},backlog_deltas={},lag_ms={},last_ack_ms_ago={},deltas_acked={}\r\n",
+                n.region,
+                n.addr,
+                u8::from(n.connected),
+                n.slots,
+                n.backlog_deltas,
+                n.lag_ms,
+                ms_ago(now, n.last_ack_ms),
+                n.deltas_acked,
             );
         }
     }

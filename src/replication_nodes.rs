@@ -261,7 +261,7 @@ impl NodesCore {
             }
             if now >= next_stats {
                 next_stats = now + 100;
-                publish(&control, &transport, &links, &peers);
+                publish(now, &control, &transport, &links, &table, &peers);
             }
             let wake = links
                 .poll_timeout()
@@ -382,10 +382,39 @@ fn reroute(
     }
 }
 
-fn publish(control: &Control, transport: &QuicTransport, links: &NodeLinks, peers: &[PeerRegion]) {
+fn publish(
+    now: u64,
+    control: &Control,
+    transport: &QuicTransport,
+    links: &NodeLinks,
+    table: &NodeTable,
+    peers: &[PeerRegion],
+) {
     let st = links.stats();
     control.local_gap_slots.store(0, Relaxed);
     control.local_losses.store(st.slots_rerouted, Relaxed);
+    let states: HashMap<PeerKey, bool> = transport
+        .node_states()
+        .into_iter()
+        .map(|(k, s)| (k, s.connected))
+        .collect();
+    let mut nodes = Vec::new();
+    for (peer, slots) in links.peers() {
+        let (Some(key), Some(link)) = (table.keys.get(peer.node as usize), links.link(peer)) else {
+            continue;
+        };
+        let status = link.peer_status(now, peer.region).unwrap_or_default();
+        nodes.push(crate::replication::NodeStatus {
+            region: key.region.clone(),
+            addr: key.addr.to_string(),
+            connected: states.get(key).copied().unwrap_or(false),
+            slots,
+            backlog_deltas: status.backlog_deltas,
+            lag_ms: status.lag_ms,
+            last_ack_ms: status.last_ack_ms,
+            deltas_acked: status.deltas_acked,
+        });
+    }
     for p in peers {
         let Some(pc) = control.peer(p.name.as_bytes()) else {
             continue;
@@ -397,6 +426,18 @@ fn publish(control: &Control, transport: &QuicTransport, links: &NodeLinks, peer
             pc.frames_sent.store(ps.frames_sent, Relaxed);
             pc.frames_received.store(ps.frames_received, Relaxed);
         }
-        pc.backlog.store(links.backlog_of(p.id) as u64, Relaxed);
+        let mine = nodes.iter().filter(|n| n.region == p.name);
+        let (mut backlog, mut lag, mut last_ack, mut acked) = (0, 0, 0, 0);
+        for n in mine {
+            backlog += n.backlog_deltas as u64;
+            lag = lag.max(n.lag_ms);
+            last_ack = last_ack.max(n.last_ack_ms);
+            acked += n.deltas_acked;
+        }
+        pc.backlog.store(backlog, Relaxed);
+        pc.lag_ms.store(lag, Relaxed);
+        pc.last_ack_ms.store(last_ack, Relaxed);
+        pc.deltas_acked.store(acked, Relaxed);
     }
+    *control.nodes.lock() = nodes;
 }

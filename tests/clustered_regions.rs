@@ -192,6 +192,26 @@ fn a_clustered_region_and_a_single_node_region_converge() {
     assert_eq!(sum, total);
     let n: usize = q(&mut bcon, &["DBSIZE"]);
     assert_eq!(n, total);
+    // b's link state, per peer node: one link to each of a's primaries, connected, covering
+    // every slot between them, nothing left unacknowledged.
+    wait_until(DEADLINE, "b's per-node link state", || {
+        let info: String = q(&mut bcon, &["INFO", "crdt"]);
+        let nodes: Vec<&str> = info
+            .lines()
+            .filter(|l| l.starts_with("peer_node_"))
+            .collect();
+        let field = |l: &str, f: &str| -> u64 {
+            l.split([':', ','])
+                .find_map(|kv| kv.strip_prefix(&format!("{f}=")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(u64::MAX)
+        };
+        nodes.len() == 3
+            && nodes.iter().all(|l| field(l, "connected") == 1)
+            && nodes.iter().map(|l| field(l, "slots")).sum::<u64>() == 16384
+            && nodes.iter().all(|l| field(l, "backlog_deltas") == 0)
+            && info.contains("peer_a:id=0,link=up,connected=1")
+    });
 }
 
 /// Keys of `n` distinct slots of a's node 0 (0-5460), `per` keys each (hash tags).
