@@ -25,9 +25,30 @@ ae_bytes_sent), the diverged data (key + value bytes of the keys that differ), h
 the counters settle, and each region's RSS (VmRSS) before the burst, before the heal and
 after it settled.
 
+Clustered mode (`--clustered`, issue 20 "Benchmark"): the topology of
+examples/clustered-regions on free ports (configs generated like its start.sh, in a temp
+dir): region a = 3 primaries + 3 replicas, b = 2 primaries + 2 replicas, c = one node, peers
+named by `seeds` (node mode, src/replication_nodes.rs), certificates by `meridian certs`.
+Node mode does not implement `delay-ms` yet, so there is NO injected delay: the figures are
+plain loopback. Waits until both clusters are ok, replicas linked and every primary's links
+connected (restart handshake done), then:
+  * convergence: per origin region, `--conv-writes` SETs on keys spread over the slots, each
+    at its owner node; the owner node of the key in each other region is polled (GET, one in
+    flight per node, a tight loop unless `--poll-us`) until it returns the value: p50/p99
+    per (from, to) pair;
+  * deltas/s: `--burst` INCRs on distinct keys, pipelined into all of a's primaries at once
+    (one connection each), timed until the DBSIZE sum of b's primaries and c's DBSIZE show
+    them all (a→b and a→c separately; bytes per delta from a's primaries' peer bytes_sent);
+  * then a correctness check: each node's DBSIZE equals the number of written keys of its
+    slots (replicas: their primary's), every INCR key reads 1 at its owner in every region,
+    `repl_refused_not_served` is 0 everywhere; problems are printed and the exit status is 1.
+`--shape both` (the default) repeats it all with region a as a single node for comparison.
+
 Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 60000]
        [--conv-writes 200] [--burst 200000]
        python3 bench/regions.py --repair [--repair-keys 200000] [--repair-writes 600000]
+       python3 bench/regions.py --clustered [--shape both|cluster|single] [--conv-writes 200]
+       [--burst 200000] [--poll-us 0] [--keep-logs]
        (binary: $MERIDIAN_BIN, else $CARGO_TARGET_DIR/release/meridian, else target/release)
 """
 
@@ -532,6 +553,436 @@ def repair_main(args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------
+# Clustered regions (issue 20, "Benchmark"): the topology of examples/clustered-regions.
+
+A_SLOTS = [(0, 5460), (5461, 10922), (10923, 16383)]
+B_SLOTS = [(0, 8191), (8192, 16383)]
+
+_CRC_TABLE = []
+for _i in range(256):
+    _c = _i << 8
+    for _ in range(8):
+        _c = ((_c << 1) ^ 0x1021) if _c & 0x8000 else (_c << 1)
+    _CRC_TABLE.append(_c & 0xFFFF)
+
+
+def key_slot(key):
+    """Redis Cluster hash slot: CRC16-XMODEM of the key (or its {hash tag}) mod 16384."""
+    s = key.find(b"{")
+    if s >= 0:
+        e = key.find(b"}", s + 1)
+        if e > s + 1:
+            key = key[s + 1 : e]
+    crc = 0
+    for b in key:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[((crc >> 8) ^ b) & 0xFF]
+    return crc % 16384
+
+
+class CNode:
+    """One process of a clustered deployment."""
+
+    def __init__(self, region, rid, slots=None, replica_of=None):
+        self.region, self.rid = region, rid
+        self.slots, self.replica_of = slots, replica_of
+        self.port, self.bus, self.udp = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+        self.proc = None
+
+    @property
+    def primary(self):
+        return self.replica_of is None
+
+    def label(self):
+        return "%s:%d" % (self.region, self.port)
+
+
+class Deployment:
+    """Regions a, b, c as in examples/clustered-regions/start.sh (a: 3 primaries + 3
+    replicas, b: 2 + 2, c: one node; `single_a` makes a one node), on free ports, peers
+    named by `seeds` (node mode). No injected delay: node mode ignores `delay-ms`."""
+
+    def __init__(self, tmp, args, log, single_a=False):
+        self.tmp, self.log = tmp, log
+        certs = os.path.join(tmp, "certs")
+        subprocess.run([BIN, "certs", "--out", certs, "--regions", "a,b,c"], check=True,
+                       stdout=subprocess.DEVNULL)
+        self.regions = {}
+        for name, rid, shape in (("a", 0, None if single_a else A_SLOTS), ("b", 1, B_SLOTS),
+                                 ("c", 2, None)):
+            if shape is None:
+                self.regions[name] = [CNode(name, rid)]
+                continue
+            prim = [CNode(name, rid, slots=s) for s in shape]
+            self.regions[name] = prim + [CNode(name, rid, replica_of=p) for p in prim]
+        self.nodes = [n for ns in self.regions.values() for n in ns]
+        # Seeds of a region: its first two primaries' UDP endpoints (start.sh does the same).
+        seeds = {r: [n.udp for n in ns if n.primary][:2] for r, ns in self.regions.items()}
+        rids = {r: ns[0].rid for r, ns in self.regions.items()}
+        for n in self.nodes:
+            peers = ", ".join(
+                '{ region = "%s", region-id = %d, seeds = [%s] }'
+                % (r, rids[r], ", ".join('"127.0.0.1:%d"' % u for u in seeds[r]))
+                for r in self.regions if r != n.region)
+            cfg = ('region = "%s"\nregion-id = %d\nbind = "127.0.0.1"\nport = %d\n\n'
+                   '[replication]\nlisten = "127.0.0.1:%d"\nca-cert = "%s/ca.pem"\n'
+                   'cert = "%s/%s.pem"\nkey = "%s/%s-key.pem"\npeers = [%s]\n'
+                   % (n.region, n.rid, n.port, n.udp, certs, certs, n.region, certs, n.region,
+                      peers))
+            if args.thread_priority:
+                cfg += 'thread-priority = "%s"\n' % args.thread_priority
+            members = self.regions[n.region]
+            if len(members) > 1:
+                meet = ", ".join('"127.0.0.1:%d@%d"' % (m.port, m.bus) for m in members if m is not n)
+                role = ('slots = "%d-%d"' % n.slots if n.primary
+                        else 'replicate = "127.0.0.1:%d"' % n.replica_of.port)
+                cfg += ('\n[cluster]\nbus-port = %d\nannounce-ip = "127.0.0.1"\n'
+                        'node-timeout-ms = 5000\nnodes-file = "%s/nodes-{port}.json"\n'
+                        'meet = [%s]\n%s\n' % (n.bus, tmp, meet, role))
+            path = os.path.join(tmp, "node-%d.toml" % n.port)
+            with open(path, "w") as f:
+                f.write(cfg)
+            n.proc = subprocess.Popen(
+                [BIN, "--config", path, "--log-level", "warn", "--io-threads", str(args.io_threads)],
+                stdout=subprocess.DEVNULL, stderr=log)
+        self.conns = {}
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def conn(self, port):
+        c = self.conns.get(port)
+        if c is None:
+            c = self.conns[port] = Conn(port)
+        return c
+
+    def primaries(self, region):
+        return [n for n in self.regions[region] if n.primary]
+
+    def _alive(self):
+        for n in self.nodes:
+            if n.proc.poll() is not None:
+                raise RuntimeError("%s exited: %s" % (n.label(), n.proc.returncode))
+
+    def _wait_ready(self):
+        def listening():
+            self._alive()
+            for n in self.nodes:
+                try:
+                    socket.create_connection(("127.0.0.1", n.port), timeout=0.2).close()
+                except OSError:
+                    return False
+            return True
+
+        wait_for("every node listening", listening)
+        for r, ns in self.regions.items():
+            if len(ns) == 1:
+                continue
+            want = "cluster_known_nodes:%d" % len(ns)
+
+            def ok():
+                self._alive()
+                for n in ns:
+                    info = self.conn(n.port).cmd("CLUSTER", "INFO").decode()
+                    if "cluster_state:ok" not in info or want not in info:
+                        return False
+                return True
+
+            wait_for("region %s cluster_state:ok" % r, ok, timeout=90)
+
+            def replicas_up():
+                return all("master_link_status:up" in self.conn(n.port).cmd("INFO", "replication").decode()
+                           for n in ns if not n.primary)
+
+            wait_for("region %s replicas linked" % r, replicas_up, timeout=90)
+
+        # Every primary: restart handshake done with every peer region and every peer
+        # region connected.
+        def links():
+            self._alive()
+            for n in self.nodes:
+                if not n.primary:
+                    continue
+                info = self.conn(n.port).info("crdt")
+                if info.get("repl_restart_handshake_done") != "1":
+                    return False
+                for k, v in info.items():
+                    if k.startswith("peer_") and "connected=1" not in v:
+                        return False
+            return True
+
+        wait_for("every primary's links connected and handshake done", links, timeout=90)
+        # The slot → owner map each region's primaries actually serve (CLUSTER SLOTS).
+        self.owner = {}
+        for r, ns in self.regions.items():
+            if len(ns) == 1:
+                self.owner[r] = [ns[0]] * 16384
+                continue
+            by_port = {n.port: n for n in ns}
+            m = [None] * 16384
+            for row in self.conn(ns[0].port).cmd("CLUSTER", "SLOTS"):
+                lo, hi, master = row[0], row[1], row[2]
+                for s in range(lo, hi + 1):
+                    m[s] = by_port[master[1]]
+            if any(x is None for x in m):
+                raise RuntimeError("region %s does not cover every slot" % r)
+            self.owner[r] = m
+
+    def owner_of(self, region, key):
+        return self.owner[region][key_slot(key)]
+
+    def stop(self):
+        for c in self.conns.values():
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.kill()
+        for n in self.nodes:
+            if n.proc is not None:
+                n.proc.wait()
+
+
+def clustered_convergence(dep, writes, poll_s, prefix=b"cv"):
+    """Per origin region: `writes` SETs, each at the key's owner node, then the owner node
+    in each other region is polled (GET, one in flight per node) until it returns the value.
+    Returns {(from, to): [ms]} and the keys written."""
+    out = {}
+    keys = []
+    names = list(dep.regions)
+    for origin in names:
+        others = [r for r in names if r != origin]
+        for r in others:
+            out[(origin, r)] = []
+        for i in range(writes):
+            key = b"%s:%s:%d" % (prefix, origin.encode(), i)
+            val = b"%s%d" % (origin.encode(), i)
+            keys.append(key)
+            dep.conn(dep.owner_of(origin, key).port).cmd("SET", key, val)
+            t0 = time.perf_counter()
+            pending = {r: dep.conn(dep.owner_of(r, key).port) for r in others}
+            req = resp("GET", key)
+            deadline = t0 + 30
+            while pending:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("%r written at %s never reached %s" % (key, origin, sorted(pending)))
+                for c in pending.values():
+                    c.sock.sendall(req)
+                for r, c in list(pending.items()):
+                    if c.reply() == val:
+                        out[(origin, r)].append((time.perf_counter() - t0) * 1000)
+                        del pending[r]
+                if pending and poll_s:
+                    time.sleep(poll_s)
+    return out, keys
+
+
+def _peer_bytes(dep, region, peer):
+    total = 0
+    for n in dep.primaries(region):
+        v = dep.conn(n.port).info("crdt").get("peer_%s" % peer, "")
+        total += int(dict(kv.split("=", 1) for kv in v.split(",") if "=" in kv).get("bytes_sent", 0))
+    return total
+
+
+def clustered_throughput(dep, burst, tag):
+    """Pipeline `burst` INCRs on distinct keys into all of region a's primaries at once
+    (one connection each, all sending together); time until the DBSIZE sums of region b's
+    primaries and of c show them all."""
+    keys = [b"tp%s:%d" % (tag, k) for k in range(burst)]
+    groups = {}
+    for k in keys:
+        groups.setdefault(dep.owner_of("a", k).port, []).append(k)
+    chunk = 10000
+    payloads = {
+        port: [(min(chunk, len(ks) - s), b"".join(resp("INCR", k) for k in ks[s : s + chunk]))
+               for s in range(0, len(ks), chunk)]
+        for port, ks in groups.items()
+    }
+    watch = {r: [dep.conn(n.port) for n in dep.primaries(r)] for r in ("b", "c")}
+    base = {r: sum(c.cmd("DBSIZE") for c in cs) for r, cs in watch.items()}
+    bytes0 = {r: _peer_bytes(dep, "a", r) for r in ("b", "c")}
+    # Own connections for the burst (replies are counted, not parsed: see `throughput`).
+    conns = {port: Conn(port) for port in groups}
+    errors = []
+
+    def send_all(c, parts):
+        for _, payload in parts:
+            c.sock.sendall(payload)
+
+    def count_all(c, n):
+        got, tail = 0, b""
+        while got < n:
+            data = c.sock.recv(1 << 20)
+            if not data:
+                errors.append("connection closed")
+                return
+            if data.startswith(b"\n") and tail == b"\r":
+                got += 1
+            got += data.count(b"\r\n")
+            tail = data[-1:]
+            if data.startswith(b"-") or b"\n-" in data:
+                errors.append(data[:200])
+                return
+
+    threads = []
+    for port, parts in payloads.items():
+        threads.append(threading.Thread(target=send_all, args=(conns[port], parts)))
+        threads.append(threading.Thread(target=count_all, args=(conns[port], len(groups[port]))))
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    t_local = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError("error during the burst: %r" % errors[0])
+    seen = {}
+    deadline = time.monotonic() + 300
+    while len(seen) < len(watch):
+        for r, cs in watch.items():
+            if r not in seen and sum(c.cmd("DBSIZE") for c in cs) >= base[r] + burst:
+                seen[r] = time.perf_counter() - t0
+        if time.monotonic() > deadline:
+            raise TimeoutError("regions %s never saw all %d keys" % (sorted(set(watch) - set(seen)), burst))
+        time.sleep(0.0005)
+    for c in conns.values():
+        c.sock.close()
+    time.sleep(0.3)
+    bytes1 = {r: _peer_bytes(dep, "a", r) for r in ("b", "c")}
+    return {
+        "local_s": t_local,
+        "visible_s": seen,
+        "rate": {r: burst / s for r, s in seen.items()},
+        "bytes_per_delta": {r: (bytes1[r] - bytes0[r]) / float(burst) for r in ("b", "c")},
+        "per_primary": {port: len(ks) for port, ks in groups.items()},
+        "keys": keys,
+    }
+
+
+def _get_all(dep, region, keys):
+    """GET every key at its owner node in `region` (pipelined per node)."""
+    by = {}
+    for k in keys:
+        by.setdefault(dep.owner_of(region, k).port, []).append(k)
+    out = {}
+    for port, ks in by.items():
+        c = dep.conn(port)
+        for s in range(0, len(ks), 10000):
+            part = ks[s : s + 10000]
+            c.sock.sendall(b"".join(resp("GET", k) for k in part))
+            for k in part:
+                out[k] = c.reply()
+    return out
+
+
+def clustered_check(dep, conv_keys, tp_keys):
+    """Correctness after the measurements: every key on its owner only (DBSIZE per node =
+    keys of its slots; replicas = their primary), every INCR key reads 1 everywhere, no
+    delta refused as not served. Returns a list of problems (empty: none found)."""
+    problems = []
+    everything = conv_keys + tp_keys
+    slots = [key_slot(k) for k in everything]
+    for r, ns in dep.regions.items():
+        for n in ns:
+            src = n if n.primary else n.replica_of
+            if len(ns) == 1:
+                want = len(everything)
+            else:
+                lo, hi = src.slots
+                want = sum(1 for s in slots if lo <= s <= hi)
+            got = None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                got = dep.conn(n.port).cmd("DBSIZE")
+                if got == want:
+                    break
+                time.sleep(0.1)
+            if got != want:
+                problems.append("%s%s DBSIZE %d, keys of its slots written %d"
+                                % (n.label(), "" if n.primary else " (replica)", got, want))
+            refused = int(dep.conn(n.port).info("crdt").get("repl_refused_not_served", 0))
+            if refused:
+                problems.append("%s repl_refused_not_served=%d" % (n.label(), refused))
+        vals = _get_all(dep, r, tp_keys)
+        bad = [(k, v) for k, v in vals.items() if v != b"1"]
+        if bad:
+            problems.append("region %s: %d of %d INCR keys not 1 (e.g. %r)"
+                            % (r, len(bad), len(tp_keys), bad[:3]))
+    return problems
+
+
+def clustered_run(args, single_a):
+    tmp = tempfile.mkdtemp(prefix="meridian-bench-cr-")
+    log = open(os.path.join(tmp, "servers.log"), "wb")
+    dep = None
+    shape = ("a = 1 node" if single_a else "a = 3 primaries + 3 replicas") + \
+        ", b = 2 primaries + 2 replicas, c = 1 node"
+    try:
+        t0 = time.perf_counter()
+        dep = Deployment(tmp, args, log, single_a=single_a)
+        print("\n%s (%d processes; ready in %.1f s)" % (shape, len(dep.nodes), time.perf_counter() - t0),
+              flush=True)
+        probe = dep.conn(dep.nodes[0].port)
+        for i in range(200):
+            k = b"slot:%d" % i
+            if probe.cmd("CLUSTER", "KEYSLOT", k) != key_slot(k):
+                raise RuntimeError("bench key_slot disagrees with CLUSTER KEYSLOT on %r" % k)
+        _, warm_keys = clustered_convergence(dep, 10, args.poll_us / 1e6, b"warm")
+        conv, conv_keys = clustered_convergence(dep, args.conv_writes, args.poll_us / 1e6)
+        conv_keys = warm_keys + conv_keys
+        tp = clustered_throughput(dep, args.burst, b"1" if single_a else b"3")
+        problems = clustered_check(dep, conv_keys, tp["keys"])
+        rows = []
+        for (src, dst), s in sorted(conv.items()):
+            rows.append(("convergence %s→%s p50 / p99 (ms)" % (src, dst),
+                         "%.2f / %.2f" % (pct(s, 50), pct(s, 99)),
+                         "%d writes, max %.2f" % (len(s), max(s))))
+        for r in ("b", "c"):
+            rows.append(("replicated deltas/s a→%s" % r, "%.0f" % tp["rate"][r],
+                         "%d INCRs into a's %d primar%s at once, all visible in %s after %.2f s "
+                         "(a ingested in %.2f s); %.1f B/delta on the wire"
+                         % (args.burst, len(tp["per_primary"]), "y" if len(tp["per_primary"]) == 1 else "ies",
+                            r, tp["visible_s"][r], tp["local_s"], tp["bytes_per_delta"][r])))
+        rows.append(("correctness check", "ok" if not problems else "%d problems" % len(problems),
+                     "keys only on their slots' owners (and replicas), INCRs exact, none refused"))
+        w0 = max(len(x[0]) for x in rows)
+        w1 = max(len(x[1]) for x in rows)
+        print("%s  %s  %s" % ("metric".ljust(w0), "value".rjust(w1), "notes"))
+        print("-" * (w0 + w1 + 40))
+        for x in rows:
+            print("%s  %s  %s" % (x[0].ljust(w0), x[1].rjust(w1), x[2]), flush=True)
+        for p in problems:
+            print("  PROBLEM: %s" % p, flush=True)
+        return not problems
+    finally:
+        if dep is not None:
+            dep.stop()
+        log.close()
+        if args.keep_logs:
+            print("  servers' log kept: %s/servers.log" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clustered_main(args):
+    print("meridian clustered-regions benchmark: loopback, NO injected delay (node mode ignores "
+          "delay-ms), io-threads %d, thread-priority %s, %d cores, %d writes per origin region, "
+          "burst %d" % (args.io_threads, args.thread_priority or "default", os.cpu_count(),
+                        args.conv_writes, args.burst), flush=True)
+    ok = True
+    if args.shape in ("cluster", "both"):
+        ok &= clustered_run(args, single_a=False)
+    if args.shape in ("single", "both"):
+        ok &= clustered_run(args, single_a=True)
+    if not ok:
+        sys.exit(1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--delay-ms", type=int, default=50)
@@ -551,11 +1002,25 @@ def main():
     ap.add_argument("--repair-writes-b", type=int, default=0)
     ap.add_argument("--repair-sample", type=int, default=2000)
     ap.add_argument("--value-bytes", type=int, default=100)
+    ap.add_argument("--clustered", action="store_true",
+                    help="run only the clustered-regions measurement (the topology of "
+                    "examples/clustered-regions, see the module doc)")
+    ap.add_argument("--shape", choices=("cluster", "single", "both"), default="both",
+                    help="--clustered: region a as 3 primaries + 3 replicas, as one node, or both")
+    ap.add_argument("--poll-us", type=float, default=0,
+                    help="--clustered: pause between convergence polls (0: a tight loop)")
+    ap.add_argument("--thread-priority", default="",
+                    help="--clustered: nodes' replication thread-priority (background or normal; "
+                    "default: the server's default, background)")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="--clustered: keep the servers' log (temp dir) for inspection")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     if args.repair:
         return repair_main(args)
+    if args.clustered:
+        return clustered_main(args)
 
     tmp = tempfile.mkdtemp(prefix="meridian-bench-")
     log = open(os.path.join(tmp, "servers.log"), "wb")
