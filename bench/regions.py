@@ -28,14 +28,14 @@ after it settled.
 Clustered mode (`--clustered`, issue 20 "Benchmark"): the topology of
 examples/clustered-regions on free ports (configs generated like its start.sh, in a temp
 dir): region a = 3 primaries + 3 replicas, b = 2 primaries + 2 replicas, c = one node, peers
-named by `seeds` (node mode, src/replication_nodes.rs), certificates by `meridian certs`.
-Node mode does not implement `delay-ms` yet, so there is NO injected delay: the figures are
-plain loopback. Waits until both clusters are ok, replicas linked and every primary's links
+named by `seeds` (node mode, src/replication_nodes.rs), certificates by `meridian certs`,
+`--delay-ms` (default 50; 0 = plain loopback) injected one-way on every peer (node mode
+honours `delay-ms` since de850cb; older binaries ignore it: check the p50). Waits until both clusters are ok, replicas linked and every primary's links
 connected (restart handshake done), then:
   * convergence: per origin region, `--conv-writes` SETs on keys spread over the slots, each
     at its owner node; the owner node of the key in each other region is polled (GET, one in
-    flight per node, a tight loop unless `--poll-us`) until it returns the value: p50/p99
-    per (from, to) pair;
+    flight per node, a tight loop from 3 ms before the injected delay, unless `--poll-us`)
+    until it returns the value: p50/p99 per (from, to) pair;
   * deltas/s: `--burst` INCRs on distinct keys, pipelined into all of a's primaries at once
     (one connection each), timed until the DBSIZE sum of b's primaries and c's DBSIZE show
     them all (a→b and a→c separately; bytes per delta from a's primaries' peer bytes_sent);
@@ -47,7 +47,8 @@ connected (restart handshake done), then:
 Usage: cargo build --release && python3 bench/regions.py [--delay-ms 50] [--ops 60000]
        [--conv-writes 200] [--burst 200000]
        python3 bench/regions.py --repair [--repair-keys 200000] [--repair-writes 600000]
-       python3 bench/regions.py --clustered [--shape both|cluster|single] [--conv-writes 200]
+       python3 bench/regions.py --clustered [--delay-ms 50] [--shape both|cluster|single]
+       [--conv-writes 200]
        [--burst 200000] [--poll-us 0] [--keep-logs]
        (binary: $MERIDIAN_BIN, else $CARGO_TARGET_DIR/release/meridian, else target/release)
 """
@@ -600,7 +601,8 @@ class CNode:
 class Deployment:
     """Regions a, b, c as in examples/clustered-regions/start.sh (a: 3 primaries + 3
     replicas, b: 2 + 2, c: one node; `single_a` makes a one node), on free ports, peers
-    named by `seeds` (node mode). No injected delay: node mode ignores `delay-ms`."""
+    named by `seeds` (node mode), `delay-ms` on every peer (node mode honours it since
+    de850cb; it delays the frames to every node of the peer region)."""
 
     def __init__(self, tmp, args, log, single_a=False):
         self.tmp, self.log = tmp, log
@@ -621,8 +623,8 @@ class Deployment:
         rids = {r: ns[0].rid for r, ns in self.regions.items()}
         for n in self.nodes:
             peers = ", ".join(
-                '{ region = "%s", region-id = %d, seeds = [%s] }'
-                % (r, rids[r], ", ".join('"127.0.0.1:%d"' % u for u in seeds[r]))
+                '{ region = "%s", region-id = %d, seeds = [%s], delay-ms = %d }'
+                % (r, rids[r], ", ".join('"127.0.0.1:%d"' % u for u in seeds[r]), args.delay_ms)
                 for r in self.regions if r != n.region)
             cfg = ('region = "%s"\nregion-id = %d\nbind = "127.0.0.1"\nport = %d\n\n'
                    '[replication]\nlisten = "127.0.0.1:%d"\nca-cert = "%s/ca.pem"\n'
@@ -747,7 +749,7 @@ class Deployment:
                 n.proc.wait()
 
 
-def clustered_convergence(dep, writes, poll_s, prefix=b"cv"):
+def clustered_convergence(dep, writes, poll_s, delay_ms, prefix=b"cv"):
     """Per origin region: `writes` SETs, each at the key's owner node, then the owner node
     in each other region is polled (GET, one in flight per node) until it returns the value.
     Returns {(from, to): [ms]} and the keys written."""
@@ -767,6 +769,10 @@ def clustered_convergence(dep, writes, poll_s, prefix=b"cv"):
             pending = {r: dep.conn(dep.owner_of(r, key).port) for r in others}
             req = resp("GET", key)
             deadline = t0 + 30
+            # No region can have it before the injected delay: polling starts 3 ms before.
+            pause = t0 + max(0.0, delay_ms - 3) / 1000.0 - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
             while pending:
                 if time.perf_counter() > deadline:
                     raise TimeoutError("%r written at %s never reached %s" % (key, origin, sorted(pending)))
@@ -932,8 +938,9 @@ def clustered_run(args, single_a):
             k = b"slot:%d" % i
             if probe.cmd("CLUSTER", "KEYSLOT", k) != key_slot(k):
                 raise RuntimeError("bench key_slot disagrees with CLUSTER KEYSLOT on %r" % k)
-        _, warm_keys = clustered_convergence(dep, 10, args.poll_us / 1e6, b"warm")
-        conv, conv_keys = clustered_convergence(dep, args.conv_writes, args.poll_us / 1e6)
+        _, warm_keys = clustered_convergence(dep, 10, args.poll_us / 1e6, args.delay_ms, b"warm")
+        conv, conv_keys = clustered_convergence(dep, args.conv_writes, args.poll_us / 1e6,
+                                                args.delay_ms)
         conv_keys = warm_keys + conv_keys
         tp = clustered_throughput(dep, args.burst, b"1" if single_a else b"3")
         problems = clustered_check(dep, conv_keys, tp["keys"])
@@ -970,10 +977,10 @@ def clustered_run(args, single_a):
 
 
 def clustered_main(args):
-    print("meridian clustered-regions benchmark: loopback, NO injected delay (node mode ignores "
-          "delay-ms), io-threads %d, thread-priority %s, %d cores, %d writes per origin region, "
-          "burst %d" % (args.io_threads, args.thread_priority or "default", os.cpu_count(),
-                        args.conv_writes, args.burst), flush=True)
+    print("meridian clustered-regions benchmark: loopback, one-way delay %d ms on every link, "
+          "io-threads %d, thread-priority %s, %d cores, %d writes per origin region, burst %d"
+          % (args.delay_ms, args.io_threads, args.thread_priority or "default", os.cpu_count(),
+             args.conv_writes, args.burst), flush=True)
     ok = True
     if args.shape in ("cluster", "both"):
         ok &= clustered_run(args, single_a=False)
