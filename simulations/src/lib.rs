@@ -12,6 +12,7 @@
 //! same trace hash.
 
 pub mod bench;
+pub mod cluster_sim;
 pub mod oracle;
 pub mod sim;
 

@@ -5,6 +5,9 @@
 //! meridian-sim --seeds A..B        sweep; prints the replay command of every failure
 //! meridian-sim --self-check N      run seed N twice and compare trace hashes
 //! meridian-sim --bench-link        in-process link / wire-size / anti-entropy benchmark
+//! meridian-sim --clustered (--seed N | --seeds A..B | --self-check N)
+//!                                  regions as clusters (`cluster_sim`: reshards, failovers,
+//!                                  stale topology; its own --bug and --no-FAULT names)
 //! options: --fault-ms MS, --max-heal-ms MS, --restart-write-hold-ms MS (virtual; 0: writes
 //!          are never held after an empty restart)
 //!          --bug NAME   inject a deliberate bug (drop-counter, merge-replaces,
@@ -102,6 +105,9 @@ fn print_report(r: &SimReport) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--clustered") {
+        return meridian_simulations::cluster_sim::cli(&args);
+    }
     let mut opts = Opts::default();
     let mut mode: Option<(String, String)> = None;
     let mut i = 0;

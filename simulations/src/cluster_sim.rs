@@ -1,0 +1,1487 @@
+//! The clustered-regions simulator (issue 20): regions that are clusters with different
+//! numbers of primaries and different slot maps, every primary driving the production
+//! [`NodeLinks`] over the real codec, one seeded RNG, virtual time.
+//!
+//! Per run: 2–3 regions, each with 1–4 primaries over a random slot map; a random workload
+//! (`SET`, `DEL`, `EXPIRE` with a far deadline, `INCRBY`, `SADD`, `SREM`) at the node of
+//! each key's region that serves its slot. Faults, every one on by default
+//! ([`ClusterFaults`]; a switch only turns one off, for debugging):
+//! - `network`: frames dropped, duplicated, delayed and so reordered;
+//! - `partitions`: the links between two regions cut for a while, both ways;
+//! - `reshards`: a slot range moves between two primaries of a region while writes and
+//!   deltas are in flight (keys merged at the target, dropped at the source, the target's
+//!   gained slots a local gap as the shell notes them); the other regions learn the new map
+//!   each after its own random delay, so their routing is stale meanwhile;
+//! - `failovers`: a primary dies and its replica takes over (new node id, fresh
+//!   `NodeLinks` with a new epoch base) holding the primary's keyspace as of its last sync:
+//!   the writes after it are lost with the old primary unless a peer region got them;
+//! - `late-topology`: one region's topology reaches the others only seconds in (their
+//!   deltas to it are unrouted until then).
+//!
+//! Then heal: every fault stops, every node learns every peer's current map, and the links
+//! run until nothing moves. Checkers:
+//! - `placement` (every step and after heal): no node stores a key of a slot it does not
+//!   serve;
+//! - `local`: a write is live in its node's state right after it;
+//! - `converge`: every key reads the same (value and deadline) at its owner in every region;
+//! - `value` / `counter`: that value is the oracle's ([`KeyModel`], as in the single-node
+//!   simulator), counters exact against the acknowledged increments;
+//! - `liveness`: the links quiesce within `max_heal_ms`.
+//!
+//! Failover and the oracle: a failover is a loss like the single-node simulator's empty
+//! restart. Just before it the simulator joins every copy of each key (keyspaces and link
+//! logs of all live nodes, the dying one included — a reshard's source keeps unacknowledged
+//! deltas of keys it moved away — and the states in frames on the wire); just after it, every
+//! copy left (the promoted replica's snapshot included; the dead node's frames in flight are
+//! dropped with it). [`KeyModel::forget_lost`] marks the atoms only the dead node held as
+//! lost: an increment the old primary acknowledged but neither shipped to a peer region nor
+//! had synced to its replica is not expected any more. Everything else — in particular an
+//! increment the old primary had shipped and a peer region holds — must survive, and the
+//! promoted replica must get it back by anti-entropy. A reshard is not a loss: the oracle
+//! expects every atom through it. One case is left unjudged: when an atom survives a
+//! failover only in a link log or a frame (a reshard's source still holds an unacknowledged
+//! delta of a key it moved to the node that just failed), whether it lands depends on
+//! whether its receiver already learned the move (then the former owner's delta is outside
+//! its link's scope and refused, by design). Such a key is *in doubt*
+//! (`ClusterReport::keys_in_doubt`, about 1 key in 700): still checked by `converge` and
+//! `placement`, not by `value`/`counter`.
+//!
+//! Bugs ([`ClusterBug`]) prove each checker fires: `skip-reroute-gap` (a `NodeLinks` whose
+//! `set_owners` does not make changed slots local gaps), `store-unserved` (a node that
+//! stores deltas of slots it does not serve) and `migration-loses-keys` (a reshard that drops
+//! the moved keys instead of merging them at the target).
+
+use crate::oracle::{fmt_entry, fmt_stamp, incarnation_of, render, KeyModel, Rendered, View};
+use bytes::Bytes;
+use meridian_crdt::digest::mix;
+use meridian_crdt::{
+    key_slot, Applied, Delta, Entry, Hlc, HlcClock, Keyspace, KeyspaceConfig, Kind, RegionId,
+    SLOT_COUNT,
+};
+use meridian_replication::proto::node_links::{NodeLinks, PeerNode, SlotSet};
+use meridian_replication::{decode, encode, Frame, LinkConfig, ReplicaStore};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// A deliberate bug, for showing that the checkers have teeth.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ClusterBug {
+    /// `NodeLinks::set_owners` does not make the slots that changed hands local gaps.
+    SkipRerouteGap,
+    /// A node stores deltas and entries of slots it does not serve.
+    StoreUnserved,
+    /// A reshard drops the moved keys at the source without merging them at the target.
+    MigrationLosesKeys,
+}
+
+impl ClusterBug {
+    pub const NAMES: [(&'static str, ClusterBug); 3] = [
+        ("skip-reroute-gap", ClusterBug::SkipRerouteGap),
+        ("store-unserved", ClusterBug::StoreUnserved),
+        ("migration-loses-keys", ClusterBug::MigrationLosesKeys),
+    ];
+
+    pub fn parse(name: &str) -> Option<ClusterBug> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, b)| *b == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// Fault modes, every one on by default (module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFaults {
+    pub network: bool,
+    pub partitions: bool,
+    pub reshards: bool,
+    pub failovers: bool,
+    pub late_topology: bool,
+}
+
+impl Default for ClusterFaults {
+    fn default() -> Self {
+        ClusterFaults {
+            network: true,
+            partitions: true,
+            reshards: true,
+            failovers: true,
+            late_topology: true,
+        }
+    }
+}
+
+impl ClusterFaults {
+    pub const NAMES: [&'static str; 5] = [
+        "network",
+        "partitions",
+        "reshards",
+        "failovers",
+        "late-topology",
+    ];
+
+    pub fn switch(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "network" => &mut self.network,
+            "partitions" => &mut self.partitions,
+            "reshards" => &mut self.reshards,
+            "failovers" => &mut self.failovers,
+            "late-topology" => &mut self.late_topology,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub seed: u64,
+    pub faults: ClusterFaults,
+    pub bug: Option<ClusterBug>,
+    /// Virtual duration of the workload under faults.
+    pub fault_ms: u64,
+    /// Virtual time the links get to quiesce after heal.
+    pub max_heal_ms: u64,
+}
+
+impl ClusterConfig {
+    pub fn new(seed: u64) -> ClusterConfig {
+        ClusterConfig {
+            seed,
+            faults: ClusterFaults::default(),
+            bug: None,
+            fault_ms: 4_000,
+            max_heal_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ClusterReport {
+    pub seed: u64,
+    /// Primaries per region at the start.
+    pub shape: Vec<usize>,
+    pub ops: u64,
+    pub ops_refused: u64,
+    pub frames: u64,
+    pub frames_dropped: u64,
+    pub reshards: u64,
+    pub slots_moved: u64,
+    pub keys_migrated: u64,
+    pub failovers: u64,
+    pub atoms_lost: u64,
+    pub refused_unserved: u64,
+    pub refused_scope: u64,
+    pub unrouted: u64,
+    pub slots_rerouted: u64,
+    pub heal_ms: u64,
+    /// Keys left out of the `value`/`counter` checks (module doc: failover and the oracle).
+    pub keys_in_doubt: u64,
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+}
+
+impl ClusterReport {
+    /// The distinct kinds (first word) of the violations.
+    pub fn violation_kinds(&self) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .violations
+            .iter()
+            .map(|v| v.split([':', ' ']).next().unwrap_or("").to_string())
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    }
+}
+
+const KEY_COUNT: usize = 45;
+const MEMBERS: [&[u8]; 4] = [b"m0", b"m1", b"m2", b"m3"];
+const TICK_MS: u64 = 5;
+const START_MS: u64 = 1_000_000;
+/// `EXPIRE` sets deadlines past any run's end: TTLs replicate, nothing expires.
+const FAR_TTL_MS: u64 = 100_000_000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Counter,
+    Str,
+    Set,
+}
+
+fn link_config() -> LinkConfig {
+    LinkConfig {
+        // Periodic anti-entropy off in practice: repairs come from the gaps the topology
+        // changes open, so a missing gap shows.
+        anti_entropy_interval_ms: 100_000_000,
+        anti_entropy_retry_ms: 100,
+        anti_entropy_quiet_ms: 10,
+        frontier_interval_ms: 100,
+        resend_timeout_ms: 200,
+        ..LinkConfig::default()
+    }
+}
+
+/// A node's keyspace as the shell shows it to replication: nothing stored outside the
+/// slots it serves (unless the bug says so).
+struct Served<'a> {
+    ks: &'a mut Keyspace,
+    served: &'a SlotSet,
+    refused: &'a mut u64,
+    bug: bool,
+}
+
+impl Served<'_> {
+    fn serves(&mut self, slot: u16) -> bool {
+        if self.served.contains(slot) || self.bug {
+            return true;
+        }
+        *self.refused += 1;
+        false
+    }
+}
+
+impl ReplicaStore for Served<'_> {
+    fn apply_delta(&mut self, delta: &Delta) -> Applied {
+        if !self.serves(delta.slot) {
+            return Applied::Unchanged;
+        }
+        ReplicaStore::apply_delta(self.ks, delta)
+    }
+    fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
+        if !self.serves(key_slot(key)) {
+            return Applied::Unchanged;
+        }
+        ReplicaStore::merge_full(self.ks, key, state)
+    }
+    fn slot_digest(&mut self, slot: u16) -> u64 {
+        if self.served.contains(slot) {
+            ReplicaStore::slot_digest(self.ks, slot)
+        } else {
+            0
+        }
+    }
+    fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
+        if self.served.contains(slot) {
+            ReplicaStore::for_each_key_digest(self.ks, slot, visit)
+        }
+    }
+    fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
+        if self.served.contains(slot) {
+            ReplicaStore::for_each_entry(self.ks, slot, visit)
+        }
+    }
+    fn entry(&self, key: &[u8]) -> Option<Entry> {
+        if self.served.contains(key_slot(key)) {
+            ReplicaStore::entry(self.ks, key)
+        } else {
+            None
+        }
+    }
+    fn slot_is_lossy(&self, slot: u16) -> bool {
+        self.ks.slot_is_lossy(slot)
+    }
+    fn slot_loss_mark(&self, slot: u16) -> Option<u64> {
+        self.ks.slot_loss_mark(slot)
+    }
+    fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
+        ReplicaStore::mark_slot_repaired(self.ks, slot, mark)
+    }
+    fn gc(&mut self, _stable: &dyn Fn(RegionId) -> Hlc) -> usize {
+        0
+    }
+}
+
+/// One primary.
+struct Node {
+    region: usize,
+    id: u64,
+    alive: bool,
+    ks: Keyspace,
+    clock: HlcClock,
+    links: NodeLinks,
+    served: SlotSet,
+    /// Its replica: the keyspace as of the last sync (the replica stream lags).
+    replica: Keyspace,
+    /// Per region, the version of its map this node follows (0: none yet).
+    known: Vec<u64>,
+}
+
+struct Region {
+    id: RegionId,
+    /// Slot → node id serving it.
+    map: Rc<Vec<Option<u64>>>,
+    version: u64,
+    next_id: u64,
+}
+
+struct Msg {
+    from: (usize, u64),
+    to: (usize, u64),
+    bytes: Vec<u8>,
+}
+
+/// A topology update on its way to a node.
+struct TopoUpdate {
+    at: u64,
+    node: usize,
+    region: usize,
+    version: u64,
+    map: Rc<Vec<Option<u64>>>,
+}
+
+struct Sim {
+    cfg: ClusterConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    regions: Vec<Region>,
+    nodes: Vec<Node>,
+    keys: Vec<(Bytes, Class)>,
+    models: Vec<KeyModel>,
+    wire: BTreeMap<(u64, u64), Msg>,
+    wire_seq: u64,
+    topo: Vec<TopoUpdate>,
+    /// Region pairs cut until the given time.
+    cut: BTreeMap<(usize, usize), u64>,
+    loss_pct: u32,
+    dup_pct: u32,
+    max_delay_ms: u64,
+    /// Where a region's first topology is held back (`late-topology`): region, until.
+    late: Option<(usize, u64)>,
+    refused_unserved: u64,
+    report: ClusterReport,
+    trace: u64,
+    /// Keys whose value the oracle cannot settle (see `failover`).
+    in_doubt: Vec<bool>,
+    /// `MERIDIAN_SIM_KEY`: trace this key's history on stderr.
+    debug_key: Option<Bytes>,
+}
+
+fn ks_config(region: RegionId, seed: u64, id: u64) -> KeyspaceConfig {
+    KeyspaceConfig {
+        region,
+        retain_tombstones: true,
+        seed: seed ^ (u64::from(region.0) << 32) ^ id,
+    }
+}
+
+fn frame_states(frame: &Frame) -> Vec<(&Bytes, &Entry)> {
+    match frame {
+        Frame::Batch(b) => b.deltas.iter().map(|d| (&d.key, &d.state)).collect(),
+        Frame::AeEntries(e) => e.entries.iter().map(|k| (&k.key, &k.state)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn decode_frame(bytes: &[u8]) -> Frame {
+    decode(bytes)
+        .expect("the codec decodes what it encoded")
+        .expect("a whole frame")
+        .0
+}
+
+impl Sim {
+    fn new(cfg: ClusterConfig) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xC1u64 << 56);
+        let n_regions = rng.random_range(2..=3usize);
+        let mut regions = Vec::new();
+        let mut shape = Vec::new();
+        for r in 0..n_regions {
+            let primaries = rng.random_range(1..=4usize);
+            shape.push(primaries);
+            // Random cut points: node i serves [cuts[i], cuts[i+1]).
+            let mut cuts: Vec<u16> = (1..primaries)
+                .map(|_| rng.random_range(1..SLOT_COUNT as u16))
+                .collect();
+            cuts.sort();
+            cuts.dedup();
+            let mut map = vec![None; SLOT_COUNT];
+            let mut owner = 0u64;
+            for (s, m) in map.iter_mut().enumerate() {
+                while (owner as usize) < cuts.len() && s >= usize::from(cuts[owner as usize]) {
+                    owner += 1;
+                }
+                *m = Some(owner);
+            }
+            regions.push(Region {
+                id: RegionId(r as u16),
+                map: Rc::new(map),
+                version: 1,
+                next_id: cuts.len() as u64 + 1,
+            });
+        }
+        let classes = [Class::Counter, Class::Str, Class::Set];
+        let keys: Vec<(Bytes, Class)> = (0..KEY_COUNT)
+            .map(|i| {
+                let c = classes[i % 3];
+                let name = match c {
+                    Class::Counter => format!("ctr:{i}"),
+                    Class::Str => format!("str:{i}"),
+                    Class::Set => format!("set:{i}"),
+                };
+                (Bytes::from(name), c)
+            })
+            .collect();
+        let mut sim = Sim {
+            rng,
+            now: START_MS,
+            nodes: Vec::new(),
+            models: (0..keys.len()).map(|_| KeyModel::default()).collect(),
+            keys,
+            wire: BTreeMap::new(),
+            wire_seq: 0,
+            topo: Vec::new(),
+            cut: BTreeMap::new(),
+            loss_pct: 0,
+            dup_pct: 0,
+            max_delay_ms: 5,
+            late: None,
+            refused_unserved: 0,
+            report: ClusterReport {
+                seed: cfg.seed,
+                shape,
+                ..ClusterReport::default()
+            },
+            trace: cfg.seed,
+            in_doubt: vec![false; KEY_COUNT],
+            debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
+            regions,
+            cfg,
+        };
+        if sim.cfg.faults.network {
+            sim.loss_pct = sim.rng.random_range(1..=10);
+            sim.dup_pct = sim.rng.random_range(0..=5);
+            sim.max_delay_ms = sim.rng.random_range(5..=120);
+        }
+        if sim.cfg.faults.late_topology {
+            let r = sim.rng.random_range(0..n_regions);
+            let until = START_MS + sim.rng.random_range(500..=sim.cfg.fault_ms.max(600));
+            sim.late = Some((r, until));
+        }
+        for r in 0..n_regions {
+            let ids: Vec<u64> = {
+                let mut v: Vec<u64> = sim.regions[r].map.iter().flatten().copied().collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            for id in ids {
+                sim.add_node(r, id, None);
+            }
+        }
+        for r in 0..n_regions {
+            sim.publish(r);
+        }
+        sim
+    }
+
+    fn debug(&self, key: &[u8], what: impl FnOnce() -> String) {
+        if self.debug_key.as_deref() == Some(key) {
+            eprintln!("[{:>8} ms] {}", self.now - START_MS, what());
+        }
+    }
+
+    fn trace(&mut self, x: u64) {
+        self.trace = mix(self.trace, x);
+    }
+
+    fn node_index(&self, region: usize, id: u64) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.region == region && n.id == id && n.alive)
+    }
+
+    /// A new primary `id` of region `r` serving what the map gives it, with `state` (a
+    /// promoted replica's keyspace) or empty.
+    fn add_node(&mut self, r: usize, id: u64, state: Option<Keyspace>) -> usize {
+        let region = self.regions[r].id;
+        let peers: Vec<RegionId> = self.regions.iter().map(|g| g.id).collect();
+        let epoch_base = self.rng.random_range(2..u64::MAX / 2);
+        let mut links = NodeLinks::new(region, &peers, epoch_base, link_config());
+        if self.cfg.bug == Some(ClusterBug::SkipRerouteGap) {
+            links.inject_bug_skip_reroute_gap();
+        }
+        let mut served = SlotSet::default();
+        for (s, o) in self.regions[r].map.iter().enumerate() {
+            if *o == Some(id) {
+                served.insert(s as u16);
+            }
+        }
+        let seed = self.cfg.seed;
+        let ks = state.unwrap_or_else(|| Keyspace::new(ks_config(region, seed, id)));
+        let mut clock = HlcClock::new(region);
+        for (key, _) in &self.keys {
+            if let Some(e) = ks.raw_entry(key) {
+                clock.observe(e.max_hlc());
+            }
+        }
+        self.nodes.push(Node {
+            region: r,
+            id,
+            alive: true,
+            ks,
+            clock,
+            links,
+            served,
+            replica: Keyspace::new(ks_config(region, seed, id ^ 0xFEED)),
+            known: vec![0; self.regions.len()],
+        });
+        let i = self.nodes.len() - 1;
+        self.sync_replica(i);
+        // What every other region's map is now reaches the new node soon (it asks).
+        for g in 0..self.regions.len() {
+            if g != r {
+                let at = self.now + self.rng.random_range(0..=50);
+                self.schedule_topology(i, g, at);
+            }
+        }
+        i
+    }
+
+    fn schedule_topology(&mut self, node: usize, region: usize, at: u64) {
+        let at = match self.late {
+            Some((late, until)) if late == region => at.max(until),
+            _ => at,
+        };
+        self.topo.push(TopoUpdate {
+            at,
+            node,
+            region,
+            version: self.regions[region].version,
+            map: self.regions[region].map.clone(),
+        });
+    }
+
+    /// Region `r`'s map changed (or is first known): every node of the other regions learns
+    /// it after its own delay.
+    fn publish(&mut self, r: usize) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive && self.nodes[i].region != r {
+                let delay = if self.cfg.faults.reshards || self.cfg.faults.failovers {
+                    self.rng.random_range(0..=1_500)
+                } else {
+                    self.rng.random_range(0..=50)
+                };
+                self.schedule_topology(i, r, self.now + delay);
+            }
+        }
+    }
+
+    fn deliver_topology(&mut self, force: bool) {
+        let now = self.now;
+        let (due, rest): (Vec<TopoUpdate>, Vec<TopoUpdate>) = std::mem::take(&mut self.topo)
+            .into_iter()
+            .partition(|u| force || u.at <= now);
+        self.topo = rest;
+        for u in due {
+            let n = &mut self.nodes[u.node];
+            if !n.alive || n.known[u.region] >= u.version {
+                continue;
+            }
+            n.known[u.region] = u.version;
+            let map = u.map.clone();
+            n.links
+                .set_owners(self.regions[u.region].id, |s| map[usize::from(s)]);
+            self.trace = mix(self.trace, (u.node as u64) << 32 ^ u.version);
+        }
+    }
+
+    /// The replica of node `i` resyncs: it holds the primary's keyspace as of now.
+    fn sync_replica(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let region = self.regions[n.region].id;
+        let mut replica = Keyspace::new(ks_config(region, self.cfg.seed, n.id ^ 0xFEED));
+        for (key, _) in &self.keys {
+            if n.served.contains(key_slot(key)) {
+                if let Some(e) = n.ks.raw_entry(key) {
+                    replica.merge_state(key, true, &e);
+                }
+            }
+        }
+        replica.drain_deltas().for_each(drop);
+        n.replica = replica;
+    }
+
+    // ---- workload ----
+
+    fn op(&mut self) {
+        let k = self.rng.random_range(0..self.keys.len());
+        let (key, class) = self.keys[k].clone();
+        let r = self.rng.random_range(0..self.regions.len());
+        let slot = key_slot(&key);
+        let Some(i) = self.regions[r].map[usize::from(slot)].and_then(|id| self.node_index(r, id))
+        else {
+            self.report.ops_refused += 1;
+            return;
+        };
+        let now = self.now;
+        let choice = self.rng.random_range(0..100u32);
+        let member = MEMBERS[self.rng.random_range(0..MEMBERS.len())];
+        let by = self.rng.random_range(-3..=9i64);
+        let value = Bytes::from(format!("v{}", self.rng.random_range(0..1000u32)));
+        let node = &mut self.nodes[i];
+        let seen = node.ks.raw_entry(&key).map(Cow::into_owned);
+        let live = seen.as_ref().is_some_and(|e| e.is_alive());
+        let stamp = node.clock.now(now);
+        let ks = &mut node.ks;
+        enum Done {
+            Del,
+            Set,
+            Expire,
+            Incr(Option<Hlc>),
+            Sadd,
+            Srem,
+            Nothing,
+        }
+        let done = match class {
+            Class::Counter => {
+                let ok = ks.write(&key, stamp, now, |w| w.incr_by(by).is_ok());
+                let after = ks.raw_entry(&key).map(Cow::into_owned);
+                Done::Incr(
+                    ok.then(|| incarnation_of(after.as_ref(), &None, stamp))
+                        .flatten(),
+                )
+            }
+            Class::Str if choice < 15 => {
+                ks.write(&key, stamp, now, |w| w.delete());
+                Done::Del
+            }
+            Class::Str if choice < 30 => {
+                if !live {
+                    Done::Nothing
+                } else {
+                    ks.write(&key, stamp, now, |w| w.set_deadline(Some(now + FAR_TTL_MS)));
+                    Done::Expire
+                }
+            }
+            Class::Str => {
+                ks.write(&key, stamp, now, |w| w.set_str(value.clone(), false));
+                Done::Set
+            }
+            Class::Set if choice < 10 => {
+                ks.write(&key, stamp, now, |w| w.delete());
+                Done::Del
+            }
+            Class::Set if choice < 40 => {
+                ks.write(&key, stamp, now, |w| {
+                    if w.expect(Kind::Set).is_ok() {
+                        w.srem(member);
+                    }
+                });
+                Done::Srem
+            }
+            Class::Set => {
+                ks.write(&key, stamp, now, |w| {
+                    if w.expect(Kind::Set).is_ok() {
+                        w.sadd(member);
+                    }
+                });
+                Done::Sadd
+            }
+        };
+        let after = ks.raw_entry(&key).map(Cow::into_owned);
+        let view = View::new(seen.as_ref());
+        let model = &mut self.models[k];
+        let marks = model.marks();
+        match done {
+            Done::Nothing => {
+                self.report.ops += 1;
+                return;
+            }
+            Done::Del => model.delete(&view),
+            Done::Set => model.set_str(&view, stamp, value, 0, None),
+            Done::Expire => model.set_deadline(&view, stamp, Some(now + FAR_TTL_MS)),
+            Done::Incr(inc) => model.incr(&view, stamp, None, by, inc),
+            Done::Sadd => model.sadd(&view, stamp, Bytes::from_static(member)),
+            Done::Srem => model.srem(&view, member),
+        }
+        self.report.ops += 1;
+        self.debug(&key, || {
+            format!(
+                "node {r}/{} op at {} by {by} choice {choice}: {}",
+                self.nodes[i].id,
+                fmt_stamp(stamp),
+                fmt_entry(after.as_ref())
+            )
+        });
+        let model = &mut self.models[k];
+        if !model.check_own_write(r as u16, after.as_ref(), marks) {
+            self.report.violations.push(format!(
+                "local: node {r}/{} does not read its own write at {} to {:?} (state {})",
+                self.nodes[i].id,
+                fmt_stamp(stamp),
+                key,
+                fmt_entry(after.as_ref())
+            ));
+        }
+        self.trace(stamp.hlc.0 ^ (k as u64) << 48);
+        let node = &mut self.nodes[i];
+        let deltas: Vec<Delta> = node.ks.drain_deltas().collect();
+        for d in deltas {
+            node.links.enqueue(now, d);
+        }
+        node.links.note_local_hlc(node.clock.last());
+    }
+
+    // ---- network ----
+
+    fn is_cut(&self, a: usize, b: usize) -> bool {
+        let pair = (a.min(b), a.max(b));
+        self.cut.get(&pair).is_some_and(|&until| self.now < until)
+    }
+
+    fn send(&mut self, from: (usize, u64), to: PeerNode, frame: Frame, faults: bool) {
+        self.report.frames += 1;
+        let to_region = usize::from(to.region.0);
+        if self.is_cut(from.0, to_region)
+            || (faults && self.rng.random_range(0..100) < self.loss_pct)
+        {
+            self.report.frames_dropped += 1;
+            return;
+        }
+        let bytes = encode(&frame).expect("frames stay under the limit");
+        let copies = if faults && self.rng.random_range(0..100) < self.dup_pct {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if faults {
+                1 + self.rng.random_range(0..=self.max_delay_ms)
+            } else {
+                1
+            };
+            self.wire_seq += 1;
+            self.wire.insert(
+                (self.now + delay, self.wire_seq),
+                Msg {
+                    from,
+                    to: (to_region, to.node),
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    fn deliver(&mut self) {
+        while let Some(entry) = self.wire.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let m = entry.remove();
+            if self.is_cut(m.from.0, m.to.0) {
+                self.report.frames_dropped += 1;
+                continue;
+            }
+            let Some(i) = self.node_index(m.to.0, m.to.1) else {
+                continue;
+            };
+            let frame = decode_frame(&m.bytes);
+            self.trace(m.bytes.len() as u64 ^ (i as u64) << 40);
+            let from = PeerNode {
+                region: self.regions[m.from.0].id,
+                node: m.from.1,
+            };
+            let bug = self.cfg.bug == Some(ClusterBug::StoreUnserved);
+            let now = self.now;
+            let dk = self.debug_key.clone();
+            let before = dk
+                .as_ref()
+                .and_then(|k| self.nodes[i].ks.raw_entry(k).map(Cow::into_owned));
+            let what = dk.as_ref().map(|_| format!("{frame:?}"));
+            {
+                let n = &mut self.nodes[i];
+                let mut st = Served {
+                    ks: &mut n.ks,
+                    served: &n.served,
+                    refused: &mut self.refused_unserved,
+                    bug,
+                };
+                n.links.handle_frame(now, from, frame, &mut st);
+                let seen = n.links.max_seen_hlc();
+                n.clock.observe(seen);
+            }
+            if let Some(k) = dk {
+                let after = self.nodes[i].ks.raw_entry(&k).map(Cow::into_owned);
+                if after != before {
+                    let what = what.unwrap_or_default();
+                    self.debug(&k, || {
+                        format!(
+                            "node {}/{} merged from {}/{} ({}): {}",
+                            m.to.0,
+                            m.to.1,
+                            m.from.0,
+                            m.from.1,
+                            &what[..what.len().min(300)],
+                            fmt_entry(after.as_ref())
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every live node: timers, anti-entropy steps, transmit.
+    fn pump(&mut self, faults: bool) {
+        let now = self.now;
+        let bug = self.cfg.bug == Some(ClusterBug::StoreUnserved);
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            let mut out = Vec::new();
+            {
+                let n = &mut self.nodes[i];
+                n.links.note_local_hlc(n.clock.last());
+                n.links.handle_timeout(now);
+                for _ in 0..64 {
+                    let mut st = Served {
+                        ks: &mut n.ks,
+                        served: &n.served,
+                        refused: &mut self.refused_unserved,
+                        bug,
+                    };
+                    n.links.poll_anti_entropy(now, &mut st);
+                    while let Some(x) = n.links.poll_transmit(now) {
+                        out.push(x);
+                    }
+                    if !n.links.has_anti_entropy_work() {
+                        break;
+                    }
+                }
+            }
+            let from = (self.nodes[i].region, self.nodes[i].id);
+            for (to, f) in out {
+                self.send(from, to, f, faults);
+            }
+        }
+    }
+
+    // ---- faults ----
+
+    fn fault(&mut self) {
+        let f = self.cfg.faults.clone();
+        let roll = self.rng.random_range(0..1000u32);
+        if f.partitions && roll < 4 && self.regions.len() >= 2 {
+            let a = self.rng.random_range(0..self.regions.len());
+            let b = (a + self.rng.random_range(1..self.regions.len())) % self.regions.len();
+            let until = self.now + self.rng.random_range(50..=1_500);
+            self.cut.insert((a.min(b), a.max(b)), until);
+            self.trace(0xC07 ^ until);
+        } else if f.reshards && (4..12).contains(&roll) {
+            self.reshard();
+        } else if f.failovers && (12..15).contains(&roll) {
+            self.failover();
+        }
+        if self.rng.random_range(0..100) < 5 {
+            let i = self.rng.random_range(0..self.nodes.len());
+            if self.nodes[i].alive {
+                self.sync_replica(i);
+            }
+        }
+    }
+
+    /// Move a slot range between two primaries of one region.
+    fn reshard(&mut self) {
+        let r = self.rng.random_range(0..self.regions.len());
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive && self.nodes[i].region == r)
+            .collect();
+        if alive.len() < 2 {
+            return;
+        }
+        let src = alive[self.rng.random_range(0..alive.len())];
+        let dst = loop {
+            let d = alive[self.rng.random_range(0..alive.len())];
+            if d != src {
+                break d;
+            }
+        };
+        // Around a key the source serves, or anywhere in its slots.
+        let src_keys: Vec<u16> = self
+            .keys
+            .iter()
+            .map(|(k, _)| key_slot(k))
+            .filter(|&s| self.nodes[src].served.contains(s))
+            .collect();
+        let centre = if !src_keys.is_empty() && self.rng.random_bool(0.8) {
+            src_keys[self.rng.random_range(0..src_keys.len())]
+        } else {
+            match (0..SLOT_COUNT as u16).find(|&s| self.nodes[src].served.contains(s)) {
+                Some(s) => s,
+                None => return,
+            }
+        };
+        let (below, above) = (
+            self.rng.random_range(0..2_000u16),
+            self.rng.random_range(0..2_000u16),
+        );
+        let mut lo = centre;
+        while lo > 0 && centre - (lo - 1) <= below && self.nodes[src].served.contains(lo - 1) {
+            lo -= 1;
+        }
+        let mut hi = centre;
+        while usize::from(hi) + 1 < SLOT_COUNT
+            && hi + 1 - centre <= above
+            && self.nodes[src].served.contains(hi + 1)
+        {
+            hi += 1;
+        }
+        let mut moved: Vec<(Bytes, Entry)> = Vec::new();
+        let mut slots = Vec::new();
+        for s in lo..=hi {
+            ReplicaStore::for_each_entry(&self.nodes[src].ks, s, &mut |k, e| {
+                moved.push((Bytes::copy_from_slice(k), e.clone()))
+            });
+            let n = &mut self.nodes[src];
+            n.served.remove(s);
+            n.ks.drop_slot(s);
+            n.replica.drop_slot(s);
+            self.nodes[dst].served.insert(s);
+            slots.push(s);
+        }
+        let src_clock = self.nodes[src].clock.last();
+        let d = &mut self.nodes[dst];
+        d.clock.observe(src_clock);
+        if self.cfg.bug != Some(ClusterBug::MigrationLosesKeys) {
+            for (k, e) in &moved {
+                d.ks.merge_state(k, true, e);
+            }
+        }
+        d.ks.drain_deltas().for_each(drop);
+        // The shell makes gained slots a local gap of the new owner's links.
+        d.links.note_local_loss(Hlc::ZERO, &slots);
+        let new_id = d.id;
+        let mut map = (*self.regions[r].map).clone();
+        for &s in &slots {
+            map[usize::from(s)] = Some(new_id);
+        }
+        self.regions[r].map = Rc::new(map);
+        self.regions[r].version += 1;
+        self.report.reshards += 1;
+        self.report.slots_moved += slots.len() as u64;
+        self.report.keys_migrated += moved.len() as u64;
+        self.trace(0x5EA ^ u64::from(lo) << 16 ^ u64::from(hi) << 32);
+        self.publish(r);
+    }
+
+    /// The join of every copy of key `k`: keyspaces and link logs of live nodes, states on
+    /// the wire.
+    fn holdings(&self, key: &[u8], in_flight: bool) -> Option<Entry> {
+        let mut acc: Option<Entry> = None;
+        let mut join = |e: &Entry| match acc.as_mut() {
+            None => acc = Some(e.clone()),
+            Some(a) => {
+                a.merge(e);
+            }
+        };
+        for n in self.nodes.iter().filter(|n| n.alive) {
+            if let Some(e) = n.ks.raw_entry(key) {
+                join(&e);
+            }
+            if !in_flight {
+                continue;
+            }
+            // A source's unacknowledged deltas of a key it since migrated away.
+            for (p, _) in n.links.peers() {
+                if let Some(l) = n.links.link(p) {
+                    l.for_each_logged(&mut |d| {
+                        if d.key == key {
+                            join(&d.state);
+                        }
+                    });
+                }
+            }
+        }
+        for m in self.wire.values().filter(|_| in_flight) {
+            let f = decode_frame(&m.bytes);
+            for (k, s) in frame_states(&f) {
+                if k == key {
+                    join(s);
+                }
+            }
+        }
+        acc
+    }
+
+    /// A primary dies; its replica (the keyspace as of its last sync) takes over its slots
+    /// under a new node id.
+    fn failover(&mut self) {
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        let x = alive[self.rng.random_range(0..alive.len())];
+        let before: Vec<Option<Entry>> = self
+            .keys
+            .iter()
+            .map(|(k, _)| self.holdings(k, true))
+            .collect();
+        let r = self.nodes[x].region;
+        let old = self.nodes[x].id;
+        self.nodes[x].alive = false;
+        let (from, to) = ((r, old), (r, old));
+        self.wire.retain(|_, m| m.from != from && m.to != to);
+        let new_id = self.regions[r].next_id;
+        self.regions[r].next_id += 1;
+        let mut map = (*self.regions[r].map).clone();
+        for o in map.iter_mut() {
+            if *o == Some(old) {
+                *o = Some(new_id);
+            }
+        }
+        self.regions[r].map = Rc::new(map);
+        self.regions[r].version += 1;
+        let snapshot = std::mem::replace(
+            &mut self.nodes[x].replica,
+            Keyspace::new(ks_config(self.regions[r].id, 0, 0)),
+        );
+        let i = self.add_node(r, new_id, Some(snapshot));
+        let slots: Vec<u16> = (0..SLOT_COUNT as u16)
+            .filter(|&s| self.nodes[i].served.contains(s))
+            .collect();
+        self.nodes[i].links.note_local_loss(Hlc::ZERO, &slots);
+        for (k, before) in before.iter().enumerate() {
+            let after = self.holdings(&self.keys[k].0, true);
+            let stored = self.holdings(&self.keys[k].0, false);
+            // Atoms left only in logs and frames: whether they land depends on races the
+            // design settles by refusing them (a former owner's delta is out of its link's
+            // scope once the receiver learned the move), so the key's value is in doubt.
+            let mut only_stored = self.models[k].clone();
+            if only_stored.forget_lost(before.as_ref(), stored.as_ref())
+                != self.models[k]
+                    .clone()
+                    .forget_lost(before.as_ref(), after.as_ref())
+            {
+                self.in_doubt[k] = true;
+            }
+            let n = self.models[k].forget_lost(before.as_ref(), after.as_ref());
+            self.debug(&self.keys[k].0, || {
+                format!(
+                    "failover {r}/{old} -> {new_id}: {n} atom(s) lost\n  before {}\n  after  {}",
+                    fmt_entry(before.as_ref()),
+                    fmt_entry(after.as_ref())
+                )
+            });
+            self.report.atoms_lost += n as u64;
+        }
+        self.report.failovers += 1;
+        self.trace(0xFA11 ^ old << 8 ^ new_id << 24);
+        self.publish(r);
+    }
+
+    // ---- checkers ----
+
+    fn owner_of(&self, r: usize, key: &[u8]) -> Option<usize> {
+        self.regions[r].map[usize::from(key_slot(key))].and_then(|id| self.node_index(r, id))
+    }
+
+    fn check_placement(&mut self, phase: &str) {
+        for n in self.nodes.iter().filter(|n| n.alive) {
+            for (key, _) in &self.keys {
+                if !n.served.contains(key_slot(key)) && n.ks.raw_entry(key).is_some() {
+                    self.report.violations.push(format!(
+                        "placement ({phase}): node {}/{} stores {:?} of slot {} it does not \
+                         serve",
+                        n.region,
+                        n.id,
+                        key,
+                        key_slot(key)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn check_values(&mut self) {
+        let now = self.now;
+        for k in 0..self.keys.len() {
+            let (key, class) = self.keys[k].clone();
+            let mut got: Vec<(usize, Rendered, Option<u64>)> = Vec::new();
+            for r in 0..self.regions.len() {
+                let Some(i) = self.owner_of(r, &key) else {
+                    self.report
+                        .violations
+                        .push(format!("converge: no owner of {key:?} in region {r}"));
+                    continue;
+                };
+                let e = self.nodes[i].ks.raw_entry(&key);
+                let v = render(e.as_deref(), now);
+                let d = e
+                    .as_deref()
+                    .filter(|e| e.is_alive())
+                    .and_then(|e| e.deadline_ms());
+                got.push((r, v, if matches!(class, Class::Str) { d } else { None }));
+            }
+            if got.windows(2).any(|w| w[0].1 != w[1].1 || w[0].2 != w[1].2) {
+                self.report
+                    .violations
+                    .push(format!("converge: {key:?} differs across regions: {got:?}"));
+            }
+            self.debug(&key, || {
+                let mut s = format!("model {}", self.models[k].describe());
+                for n in self.nodes.iter().filter(|n| n.alive) {
+                    s.push_str(&format!(
+                        "\n  node {}/{}: {}",
+                        n.region,
+                        n.id,
+                        fmt_entry(n.ks.raw_entry(&key).as_deref())
+                    ));
+                }
+                s
+            });
+            let expected = self.models[k].expected(now);
+            let deadline = self.models[k].deadline();
+            let kind = if class == Class::Counter {
+                "counter"
+            } else {
+                "value"
+            };
+            if self.in_doubt[k] {
+                continue;
+            }
+            for (r, v, d) in &got {
+                let ttl_bad = class == Class::Str && *v != Rendered::Absent && *d != deadline;
+                if *v != expected || ttl_bad {
+                    self.report.violations.push(format!(
+                        "{kind}: {key:?} in region {r} reads {v:?} (deadline {d:?}), the oracle \
+                         expects {expected:?} (deadline {deadline:?})"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Nothing left to move: no data on the wire, no anti-entropy work, every local delta
+    /// acknowledged by a live owner.
+    fn quiet(&self) -> bool {
+        if self.wire.values().any(|m| {
+            let f = decode_frame(&m.bytes);
+            matches!(f, Frame::Batch(_)) || f.is_anti_entropy()
+        }) {
+            return false;
+        }
+        self.nodes
+            .iter()
+            .filter(|n| n.alive)
+            .all(|n| !n.links.has_anti_entropy_work() && self.live_backlog(n) == 0)
+    }
+
+    /// Unacknowledged deltas on links to live nodes that serve something (a link to a dead
+    /// or emptied node may keep its log: its slots are gaps of their new owners' links).
+    fn live_backlog(&self, n: &Node) -> usize {
+        n.links
+            .peers()
+            .filter(|(p, scope)| {
+                *scope > 0 && self.node_index(usize::from(p.region.0), p.node).is_some()
+            })
+            .map(|(p, _)| n.links.link(p).map_or(0, |l| l.backlog(p.region)))
+            .sum()
+    }
+
+    fn tick(&mut self, faults: bool) {
+        self.deliver_topology(false);
+        self.deliver();
+        self.pump(faults);
+        self.now += TICK_MS;
+    }
+
+    fn run(mut self) -> ClusterReport {
+        let end = START_MS + self.cfg.fault_ms;
+        while self.now < end {
+            let ops = self.rng.random_range(0..4);
+            for _ in 0..ops {
+                self.op();
+            }
+            self.fault();
+            self.tick(true);
+            self.check_placement("faults");
+            if self.report.violations.len() > 50 {
+                break;
+            }
+        }
+        // Heal: no more faults; every node learns every current map.
+        self.cut.clear();
+        self.late = None;
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            for r in 0..self.regions.len() {
+                if r != self.nodes[i].region {
+                    self.schedule_topology(i, r, self.now);
+                }
+            }
+        }
+        self.deliver_topology(true);
+        let heal_start = self.now;
+        let mut quiet_ticks = 0;
+        while self.now < heal_start + self.cfg.max_heal_ms {
+            self.tick(false);
+            if self.quiet() {
+                quiet_ticks += 1;
+                // Quiet across a resend timeout: nothing waits on a timer either.
+                if quiet_ticks * TICK_MS > 400 {
+                    break;
+                }
+            } else {
+                quiet_ticks = 0;
+            }
+        }
+        self.report.heal_ms = self.now - heal_start;
+        if !self.quiet() {
+            let detail: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.alive)
+                .map(|n| {
+                    format!(
+                        "{}/{}: backlog {} live {} ae {}",
+                        n.region,
+                        n.id,
+                        n.links.backlog(),
+                        self.live_backlog(n),
+                        n.links.has_anti_entropy_work()
+                    )
+                })
+                .collect();
+            self.report.violations.push(format!(
+                "liveness: the links did not quiesce within {} ms: {detail:?}",
+                self.cfg.max_heal_ms
+            ));
+        }
+        self.check_placement("after heal");
+        self.check_values();
+        self.finish()
+    }
+
+    fn finish(mut self) -> ClusterReport {
+        for n in self.nodes.iter().filter(|n| n.alive) {
+            let s = n.links.stats();
+            self.report.refused_scope += s.refused;
+            self.report.unrouted += s.unrouted;
+            self.report.slots_rerouted += s.slots_rerouted;
+        }
+        self.report.refused_unserved = self.refused_unserved;
+        self.report.keys_in_doubt = self.in_doubt.iter().filter(|&&d| d).count() as u64;
+        for k in 0..self.keys.len() {
+            for r in 0..self.regions.len() {
+                if let Some(i) = self.owner_of(r, &self.keys[k].0) {
+                    let d = self.nodes[i]
+                        .ks
+                        .raw_entry(&self.keys[k].0)
+                        .map_or(0, |e| e.digest());
+                    self.trace = mix(self.trace, d);
+                }
+            }
+        }
+        self.trace(self.report.violations.len() as u64);
+        self.report.trace_hash = self.trace;
+        self.report
+    }
+}
+
+/// Run one seeded clustered-regions simulation.
+pub fn run(cfg: ClusterConfig) -> ClusterReport {
+    Sim::new(cfg).run()
+}
+
+fn print_report(r: &ClusterReport) {
+    println!(
+        "seed {} shape {:?} ops {} refused {} frames {} dropped {} reshards {} slots_moved {} \
+         keys_migrated {} failovers {} atoms_lost {} refused_unserved {} refused_scope {} \
+         unrouted {} slots_rerouted {} heal_ms {} keys_in_doubt {}",
+        r.seed,
+        r.shape,
+        r.ops,
+        r.ops_refused,
+        r.frames,
+        r.frames_dropped,
+        r.reshards,
+        r.slots_moved,
+        r.keys_migrated,
+        r.failovers,
+        r.atoms_lost,
+        r.refused_unserved,
+        r.refused_scope,
+        r.unrouted,
+        r.slots_rerouted,
+        r.heal_ms,
+        r.keys_in_doubt
+    );
+    for v in &r.violations {
+        println!("VIOLATION {v}");
+    }
+}
+
+/// `meridian-sim --clustered …` (see `main.rs`): `--seed N`, `--seeds A..B`,
+/// `--self-check N`, `--bug NAME`, `--no-FAULT`, `--fault-ms MS`, `--max-heal-ms MS`.
+pub fn cli(args: &[String]) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let usage = || {
+        eprintln!(
+            "usage: meridian-sim --clustered (--seed N | --seeds A..B | --self-check N) \
+             [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS]\n  \
+             faults (all on by default): {}\n  bugs: {}",
+            ClusterFaults::NAMES.join(", "),
+            ClusterBug::NAMES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        ExitCode::from(2)
+    };
+    let mut base = ClusterConfig::new(0);
+    let mut flags = String::from(" --clustered");
+    let mut mode: Option<(String, String)> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        match arg {
+            "--clustered" => {}
+            "--bug" => {
+                i += 1;
+                match args.get(i).and_then(|s| ClusterBug::parse(s)) {
+                    Some(b) => {
+                        base.bug = Some(b);
+                        flags.push_str(&format!(" --bug {}", b.name()));
+                    }
+                    None => return usage(),
+                }
+            }
+            "--fault-ms" | "--max-heal-ms" => {
+                i += 1;
+                let Some(ms) = args.get(i).and_then(|s| s.parse().ok()) else {
+                    return usage();
+                };
+                if arg == "--fault-ms" {
+                    base.fault_ms = ms;
+                } else {
+                    base.max_heal_ms = ms;
+                }
+                flags.push_str(&format!(" {arg} {ms}"));
+            }
+            "--seed" | "--seeds" | "--self-check" => {
+                i += 1;
+                let Some(v) = args.get(i) else {
+                    return usage();
+                };
+                mode = Some((arg.to_string(), v.clone()));
+            }
+            _ => {
+                let Some(sw) = arg
+                    .strip_prefix("--no-")
+                    .and_then(|n| base.faults.switch(n))
+                else {
+                    return usage();
+                };
+                *sw = false;
+                flags.push_str(&format!(" {arg}"));
+            }
+        }
+        i += 1;
+    }
+    let config = |seed: u64| ClusterConfig {
+        seed,
+        ..base.clone()
+    };
+    let Some((mode, value)) = mode else {
+        return usage();
+    };
+    match mode.as_str() {
+        "--seed" => {
+            let Ok(seed) = value.parse::<u64>() else {
+                return usage();
+            };
+            let r = run(config(seed));
+            print_report(&r);
+            println!("trace-hash {:016x}", r.trace_hash);
+            if r.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        "--self-check" => {
+            let Ok(seed) = value.parse::<u64>() else {
+                return usage();
+            };
+            let (a, b) = (run(config(seed)), run(config(seed)));
+            println!("run 1 trace-hash {:016x}", a.trace_hash);
+            println!("run 2 trace-hash {:016x}", b.trace_hash);
+            if a.trace_hash == b.trace_hash {
+                println!("determinism ok");
+                ExitCode::SUCCESS
+            } else {
+                println!("DETERMINISM MISMATCH: replay: meridian-sim --self-check {seed}{flags}");
+                ExitCode::FAILURE
+            }
+        }
+        _ => {
+            let Some((a, b)) = value.split_once("..") else {
+                return usage();
+            };
+            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+                return usage();
+            };
+            let start = std::time::Instant::now();
+            let mut failures = 0;
+            let mut combined = 0u64;
+            let mut by_kind: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let (mut reshards, mut failovers, mut lost, mut doubt) = (0, 0, 0, 0);
+            for seed in a..b {
+                let r = run(config(seed));
+                combined = mix(combined, r.trace_hash);
+                reshards += r.reshards;
+                failovers += r.failovers;
+                lost += r.atoms_lost;
+                doubt += r.keys_in_doubt;
+                if !r.violations.is_empty() {
+                    failures += 1;
+                    let kinds = r.violation_kinds();
+                    for k in &kinds {
+                        by_kind.entry(k.clone()).or_insert((0, seed)).0 += 1;
+                    }
+                    println!(
+                        "FAIL seed {seed}: {} violation(s) [{}], first: {}",
+                        r.violations.len(),
+                        kinds.join(" "),
+                        r.violations[0]
+                    );
+                    println!("  replay: meridian-sim --seed {seed}{flags}");
+                }
+            }
+            let deterministic = run(config(a)).trace_hash == run(config(a)).trace_hash;
+            if !deterministic {
+                println!("DETERMINISM MISMATCH on seed {a}: meridian-sim --self-check {a}{flags}");
+            }
+            for (kind, (n, seed)) in &by_kind {
+                println!("  {kind}: {n} seed(s), e.g. meridian-sim --seed {seed}{flags}");
+            }
+            let n = b.saturating_sub(a);
+            println!(
+                "{n} clustered seeds, {failures} failed, {reshards} reshards, {failovers} \
+                 failovers, {lost} atoms lost with failed primaries, {doubt} keys in doubt, \
+                 {:.1} seeds/s, \
+                 determinism {}",
+                n as f64 / start.elapsed().as_secs_f64().max(1e-9),
+                if deterministic { "ok" } else { "MISMATCH" }
+            );
+            println!("trace-hash {combined:016x}");
+            if failures == 0 && deterministic {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
