@@ -400,9 +400,11 @@ struct Node {
     shard_log: VecDeque<Delta>,
     /// Lowest stamp and slots of deltas the log dropped since the last drain.
     lost: Option<(Hlc, BTreeSet<u16>)>,
-    /// The deltas enqueued into the current link, as many as its fullest outgoing log holds
-    /// (the logs are suffixes of this sequence).
-    sent: VecDeque<Delta>,
+    /// What the current link's outgoing logs hold, per key: the join of the states of its
+    /// logged deltas, read from the link (`RegionLink::for_each_logged`) after every step
+    /// that may change them. Not a count of enqueued deltas: with coalescing a log entry
+    /// carries the join of several writes, so the logs are no suffix of what was enqueued.
+    sent: BTreeMap<Bytes, Entry>,
     /// Deltas delivered to this region that its state did not take (yet): its link may hold
     /// them in its reorder buffer until the gap before them fills. Forgotten (a copy gone)
     /// after `BUFFERED_MS`.
@@ -574,8 +576,13 @@ impl Sim {
             anti_entropy_quiet_ms: 200,
             frontier_interval_ms: 200,
             max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
-            // Off as in production; on for the open investigation (see `LinkConfig`).
-            coalesce: std::env::var_os("MERIDIAN_SIM_COALESCE").is_some(),
+            // As in production (on); `MERIDIAN_SIM_COALESCE=0` turns it off, any other
+            // value on.
+            coalesce: match std::env::var("MERIDIAN_SIM_COALESCE").as_deref() {
+                Ok("0") => false,
+                Ok(_) => true,
+                Err(_) => LinkConfig::default().coalesce,
+            },
         };
         let ids: Vec<RegionId> = (0..n as u16).map(RegionId).collect();
         let mut nodes = Vec::new();
@@ -599,7 +606,7 @@ impl Sim {
                 hold_until: 0,
                 shard_log: VecDeque::new(),
                 lost: None,
-                sent: VecDeque::new(),
+                sent: BTreeMap::new(),
                 buffered: VecDeque::new(),
             });
         }
@@ -704,7 +711,7 @@ impl Sim {
                     self.max_backlog(i),
                     n.sent.len(),
                     n.shard_log.iter().filter(|d| d.key == key).count(),
-                    n.sent.iter().filter(|d| d.key == key).count(),
+                    usize::from(n.sent.contains_key(&key)),
                     n.buffered.iter().filter(|(_, d)| d.key == key).count()
                 ));
             }
@@ -745,10 +752,13 @@ impl Sim {
             if let Some(e) = n.store.ks.raw_entry(key) {
                 join(&e);
             }
-            for d in n.shard_log.iter().chain(n.sent.iter()) {
+            for d in &n.shard_log {
                 if d.key == key {
                     join(&d.state);
                 }
+            }
+            if let Some(e) = n.sent.get(key) {
+                join(e);
             }
             for (_, d) in &n.buffered {
                 if d.key == key {
@@ -766,14 +776,32 @@ impl Sim {
         acc
     }
 
-    /// Trim node `i`'s mirror of its outgoing logs to what the fullest log still holds;
-    /// a delta no log holds any more is a copy gone.
+    /// Read node `i`'s outgoing logs again; what the logs held before (per key) and no
+    /// longer hold is a copy gone.
     fn trim_sent(&mut self, i: usize) {
-        let keep = self.max_backlog(i);
-        while self.nodes[i].sent.len() > keep {
-            let d = self.nodes[i].sent.pop_front().expect("len checked");
-            if let Some(k) = self.key_index(&d.key) {
-                self.copy_gone(k, &d.state);
+        if !self.nodes[i].up {
+            // Crashed: its logs went with the process (`crash`); the link is replaced at
+            // restart.
+            return;
+        }
+        let mut now: BTreeMap<Bytes, Entry> = BTreeMap::new();
+        self.nodes[i]
+            .link
+            .for_each_logged(&mut |d| match now.get_mut(&d.key) {
+                Some(e) => {
+                    e.merge(&d.state);
+                }
+                None => {
+                    now.insert(d.key.clone(), d.state.clone());
+                }
+            });
+        let before = std::mem::replace(&mut self.nodes[i].sent, now);
+        for (key, copy) in before {
+            if entry_contains(self.nodes[i].sent.get(&key), &copy) {
+                continue;
+            }
+            if let Some(k) = self.key_index(&key) {
+                self.copy_gone(k, &copy);
             }
         }
     }
@@ -1218,9 +1246,12 @@ impl Sim {
             deltas.sort_by_key(|d| d.stamp.hlc);
             let node = &mut self.nodes[i];
             for d in deltas {
-                node.sent.push_back(d.clone());
+                node.sent.entry(d.key.clone()).or_default().merge(&d.state);
                 node.link.enqueue(now, d);
             }
+            // What the enqueue did not keep (a full log is dropped) is a copy gone.
+            self.trim_sent(i);
+            let node = &mut self.nodes[i];
             if let Some((below, slots)) = node.lost.take() {
                 node.link.note_local_loss(below, slots);
             }
@@ -1612,18 +1643,19 @@ impl Sim {
         node.up = false;
         node.restart_at = self.now + down_ms;
         node.stall_until = 0;
-        let dropped: Vec<Delta> = node
-            .shard_log
-            .drain(..)
-            .chain(node.sent.drain(..))
-            .collect();
-        let dropped: Vec<Delta> = dropped.into_iter().chain(node.drain_buffered()).collect();
+        let mut dropped: Vec<Delta> = node.shard_log.drain(..).collect();
+        dropped.extend(node.drain_buffered());
+        let logged = std::mem::take(&mut node.sent);
         node.store.offered.clear();
         node.lost = None;
         let mut copies: BTreeMap<usize, Entry> = BTreeMap::new();
-        for d in dropped {
-            if let Some(k) = self.key_index(&d.key) {
-                copies.entry(k).or_default().merge(&d.state);
+        for (key, state) in dropped
+            .iter()
+            .map(|d| (&d.key, &d.state))
+            .chain(logged.iter())
+        {
+            if let Some(k) = self.key_index(key) {
+                copies.entry(k).or_default().merge(state);
             }
         }
         if empty {

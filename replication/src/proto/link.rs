@@ -93,9 +93,10 @@ pub struct LinkConfig {
     /// local time catches up; see the module doc).
     pub max_clock_offset_ms: u64,
     /// Join a delta into the never-sent delta of its key in the log (see
-    /// [`RegionLink::enqueue`]). Off by default: with it on, the simulator sweep reports
-    /// value violations on counters (`MERIDIAN_SIM_COALESCE=1 meridian-sim --seed 18`)
-    /// not yet explained (the link or the simulator's accounting of a joined delta).
+    /// [`RegionLink::enqueue`]). On by default. (The violations the simulator once reported
+    /// with it on were its own: it mirrored each outgoing log as the last `backlog` deltas
+    /// enqueued, which a log holding joined entries is not, and so took deltas still logged
+    /// for lost. It now reads the logs: `RegionLink::for_each_logged`.)
     pub coalesce: bool,
 }
 
@@ -134,7 +135,7 @@ impl Default for LinkConfig {
             anti_entropy_quiet_ms: 1_000,
             frontier_interval_ms: 5_000,
             max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
-            coalesce: false,
+            coalesce: true,
         }
     }
 }
@@ -510,7 +511,9 @@ impl RegionLink {
     }
 
     /// Visit every delta the outgoing logs hold (unacknowledged; a coalesced one carries
-    /// the join of several writes). For accounting, e.g. the simulator's oracle.
+    /// the join of several writes). For accounting, e.g. the simulator's oracle: with
+    /// coalescing the logs are no suffix of the enqueued deltas, so `backlog` (entries)
+    /// does not say which writes a log still holds.
     pub fn for_each_logged(&self, visit: &mut dyn FnMut(&Delta)) {
         for o in &self.out {
             for (_, d, _) in &o.log {
