@@ -575,39 +575,46 @@ fn serves(topo: &Topology, slot: u16) -> bool {
 impl Cluster {
     /// Rewrite the store's [`crate::store::ServedSlots`] from the topology (what other
     /// regions' deltas and anti-entropy may store here).
+    /// When the set changed, keys of slots no longer served are dropped too (after it
+    /// changed: nothing from another region stores one again), so a delta merged between
+    /// the topology change and this call does not linger.
     pub fn publish_served(&self, store: &Store) {
-        let node = self.node.lock();
-        let topo = node.topology();
-        let changed = store.served.publish(|slot| serves(topo, slot));
+        let changed = {
+            let node = self.node.lock();
+            let topo = node.topology();
+            store.served.publish(|slot| serves(topo, slot))
+        };
         if changed > 0 {
             tracing::debug!(changed, served = store.served.count(), "served slots");
+            let dropped = drop_unserved(store);
+            if dropped > 0 {
+                tracing::info!(dropped, "keys of slots no longer served dropped");
+            }
         }
     }
+}
+
+/// Drop the keys of every slot the store's `ServedSlots` says this node does not serve
+/// (nor imports). Returns the keys dropped. Takes shard locks only (never the node lock).
+fn drop_unserved(store: &Store) -> usize {
+    let mut dropped = 0;
+    for slot in (0..meridian_crdt::SLOT_COUNT as u16).filter(|&s| !store.served.serves(s)) {
+        let mut shard = store.shard(crate::store::shard_of(slot));
+        if shard.ks.slot_len(slot) > 0 {
+            dropped += shard.ks.drop_slot(slot);
+            // Our replicas drop theirs too (a replica itself has none: it never streams).
+            shard.feed.push_forget_slot(slot);
+            shard.touch_all_watched();
+        }
+    }
+    dropped
 }
 
 fn on_event(cluster: &Cluster, store: &Store, e: Event) {
     match e {
         Event::SlotsLost { count } => {
-            // Keys of slots this node no longer serves (nor imports) are dropped locally.
-            // (Copied out first: the node lock is never held while taking a shard lock.)
-            let lost: Vec<u16> = {
-                let node = cluster.node.lock();
-                let topo = node.topology();
-                (0..meridian_crdt::SLOT_COUNT as u16)
-                    .filter(|&s| !serves(topo, s))
-                    .collect()
-            };
-            let mut dropped = 0;
-            for slot in lost {
-                let mut shard = store.shard(crate::store::shard_of(slot));
-                if shard.ks.slot_len(slot) > 0 {
-                    dropped += shard.ks.drop_slot(slot);
-                    // Our replicas drop theirs too (a replica itself has none: it never
-                    // streams).
-                    shard.feed.push_forget_slot(slot);
-                    shard.touch_all_watched();
-                }
-            }
+            cluster.publish_served(store);
+            let dropped = drop_unserved(store);
             tracing::info!(count, dropped, "slots lost to another node");
         }
         Event::RoleChanged(role) => match role {

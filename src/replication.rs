@@ -53,6 +53,14 @@ impl<'a> ShellStore<'a> {
             gc_shard: None,
         }
     }
+
+    /// A view whose `gc` collects shard `i` only (GC spread over its interval).
+    pub fn for_gc_shard(store: &'a Store, i: usize) -> ShellStore<'a> {
+        ShellStore {
+            store,
+            gc_shard: Some(i),
+        }
+    }
 }
 
 fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
@@ -563,6 +571,7 @@ impl Replicator {
                     peers: seeded,
                     single_addr: rc.listen.clone(),
                     flush_interval_ms: rc.flush_interval_ms,
+                    gc_interval_ms: rc.gc_interval_ms.max(10),
                 }),
                 thread_priority: rc.thread_priority,
             }));

@@ -9,8 +9,8 @@
 //! order up to the horizon, losses reported), `ShellStore` (one shard lock per call;
 //! nothing stored outside the served slots), `Control` for `INFO crdt` and `/metrics`, the
 //! restart window, the per-peer test faults (`delay-ms`, `drop-rate`, on the frames this
-//! node sends to the region's nodes). Not here yet: tombstone GC (not composed across
-//! links: deleted-state metadata is kept).
+//! node sends to the region's nodes), GC spread over shards ([`NodeLinks::collect_garbage`]:
+//! with three regions or more, what a third region wrote is kept).
 
 use crate::cluster::Cluster;
 use crate::replication::{Control, ShellStore};
@@ -54,6 +54,8 @@ pub struct NodesCore {
     /// This node's replication address as peers reach it (a region of one node).
     pub single_addr: String,
     pub flush_interval_ms: u64,
+    /// GC visits one shard every `gc_interval_ms / SHARDS` (as in region mode).
+    pub gc_interval_ms: u64,
 }
 
 /// Transport peers by index: a [`PeerNode`]'s `node` is its index here.
@@ -85,7 +87,11 @@ impl NodesCore {
             peers,
             single_addr,
             flush_interval_ms,
+            gc_interval_ms,
         } = self;
+        let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
+        let mut next_gc = now_ms() + gc_step_ms;
+        let mut gc_shard = 0usize;
         for p in &peers {
             for s in &p.seeds {
                 if let Err(e) = transport.add_peer(&p.name, *s) {
@@ -198,6 +204,11 @@ impl NodesCore {
             }
             links.handle_timeout(now);
             links.poll_anti_entropy(now, &mut ShellStore::new(&store));
+            if now >= next_gc {
+                next_gc = now + gc_step_ms;
+                links.collect_garbage(&mut ShellStore::for_gc_shard(&store, gc_shard));
+                gc_shard = (gc_shard + 1) % SHARDS;
+            }
             while let Some((peer, frame)) = links.poll_transmit(now) {
                 let Some(key) = table.keys.get(peer.node as usize) else {
                     continue;
@@ -268,6 +279,7 @@ impl NodesCore {
                 .unwrap_or(now + 1000)
                 .min(next_poll)
                 .min(next_stats)
+                .min(next_gc)
                 .min(flush_at.unwrap_or(u64::MAX))
                 .min(delayed.front().map_or(u64::MAX, |d| d.0));
             let go_on = flush_at.is_some_and(|t| t <= now) || links.has_anti_entropy_work();
@@ -393,6 +405,29 @@ fn publish(
     let st = links.stats();
     control.local_gap_slots.store(0, Relaxed);
     control.local_losses.store(st.slots_rerouted, Relaxed);
+    control.gc_dropped.store(st.gc_dropped, Relaxed);
+    let (ls, ae) = links.totals();
+    control.deltas_enqueued.store(ls.deltas_enqueued, Relaxed);
+    control.deltas_sent.store(ls.deltas_sent, Relaxed);
+    control.deltas_resent.store(ls.deltas_resent, Relaxed);
+    control.deltas_applied.store(ls.deltas_applied, Relaxed);
+    control.logs_dropped.store(ls.logs_dropped, Relaxed);
+    control.deltas_abandoned.store(ls.deltas_abandoned, Relaxed);
+    control.gc_runs.store(ls.gc_runs, Relaxed);
+    control
+        .deltas_clock_held
+        .store(ls.deltas_clock_held, Relaxed);
+    control.ae_rounds.store(ae.rounds_completed, Relaxed);
+    control.ae_rounds_clean.store(ae.rounds_clean, Relaxed);
+    control
+        .ae_entries_received
+        .store(ae.entries_received, Relaxed);
+    control
+        .ae_entries_shipped
+        .store(ae.entries_shipped, Relaxed);
+    control
+        .entries_clock_held
+        .store(ae.entries_clock_held, Relaxed);
     let states: HashMap<PeerKey, bool> = transport
         .node_states()
         .into_iter()

@@ -212,6 +212,29 @@ fn a_clustered_region_and_a_single_node_region_converge() {
             && nodes.iter().all(|l| field(l, "backlog_deltas") == 0)
             && info.contains("peer_a:id=0,link=up,connected=1")
     });
+    // Deletes in the region that did not write the keys: gone everywhere, and the
+    // deleted-state metadata is collected on every node once every link's peer has seen it.
+    for k in a_keys.iter().step_by(2) {
+        let _: i64 = q(&mut bcon, &["DEL", k]);
+    }
+    for k in b_keys.iter().step_by(2) {
+        let mut con = dep.a_owner(k).conn();
+        let _: i64 = q(&mut con, &["DEL", k]);
+    }
+    for k in a_keys.iter().chain(&b_keys).step_by(2) {
+        wait_until(DEADLINE, &format!("{k} deleted everywhere"), || {
+            get(&dep.b, k).is_none() && get(dep.a_owner(k), k).is_none()
+        });
+    }
+    for s in dep.a.iter().chain(std::iter::once(&dep.b)) {
+        let mut con = s.conn();
+        wait_until(DEADLINE, "tombstones collected", || {
+            info_u64(&mut con, "tombstones") == 0
+        });
+    }
+    for (i, k) in a_keys.iter().enumerate().skip(1).step_by(2) {
+        assert_eq!(get(&dep.b, k), Some(format!("a{i}")), "{k} kept");
+    }
 }
 
 /// Keys of `n` distinct slots of a's node 0 (0-5460), `per` keys each (hash tags).

@@ -391,6 +391,11 @@ fn slot_arg(b: &[u8], out_of_range: &'static str) -> Result<u16, Reply> {
 
 fn cluster(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if let Some(r) = cluster_topology(ctx, a) {
+        // A slot assignment changed by hand (SETSLOT NODE, DELSLOTS…): what other regions
+        // may store here follows at once (see `Cluster::publish_served`).
+        if let Some(c) = &ctx.shared.cluster {
+            c.publish_served(ctx.store);
+        }
         return r;
     }
     let sub = &a[1];

@@ -750,6 +750,17 @@ impl RegionLink {
                     // the bound, as every stamp we merge).
                     if let Some(&own) = frontier.get(&from).filter(|&&h| h <= limit) {
                         o.max_issued = o.max_issued.max(own);
+                        // An idle stream still advances: the peer gossips only after a
+                        // drain, so every write of its own at or below its own entry was
+                        // enqueued (a lost one holds that entry back), the greatest at
+                        // `enqueued`; once the contiguous prefix we merged reaches that,
+                        // we hold all of them. (Without this a peer with nothing to send
+                        // us would pin our frontier for its region: with several nodes per
+                        // region, one node idle towards us stopped GC for the others.)
+                        let inc = self.inc.entry(from).or_insert_with(Incoming::unknown);
+                        if !inc.gap && f.enqueued <= inc.seen {
+                            inc.seen = inc.seen.max(own);
+                        }
                     }
                     self.frontiers.insert(from, frontier);
                     self.peer_enqueued.insert(from, f.enqueued);
@@ -1191,6 +1202,29 @@ impl RegionLink {
     /// frontier says it merged (it gossips only after draining: `merged_since_drain`) — have
     /// reached this region.
     pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
+        let Some(stable) = self.gc_frontier() else {
+            return 0;
+        };
+        if stable.values().all(|h| *h == Hlc::ZERO) {
+            return 0;
+        }
+        let dropped = store.gc(&|r| stable.get(&r).copied().unwrap_or(Hlc::ZERO));
+        self.note_gc(dropped);
+        dropped
+    }
+
+    /// Count a GC run made with [`RegionLink::gc_frontier`] (by a caller that composes
+    /// several links' frontiers: `NodeLinks`).
+    pub fn note_gc(&mut self, dropped: usize) {
+        self.stats.gc_runs += 1;
+        self.stats.gc_dropped += dropped as u64;
+    }
+
+    /// The stable frontier [`RegionLink::collect_garbage`] may collect with now (`None`:
+    /// none is usable yet): that of an earlier run, once every peer's deltas up to what it
+    /// had enqueued when it gossiped it have reached this region. Regions this link does
+    /// not know are absent (a caller reads them as `Hlc::ZERO`).
+    pub fn gc_frontier(&mut self) -> Option<BTreeMap<RegionId, Hlc>> {
         let now = self.stable_frontier();
         // The greatest stamp each peer had enqueued when it gossiped: its deltas, not its
         // clock (an idle peer's claim stays put, so what we merged from it catches up).
@@ -1225,18 +1259,9 @@ impl RegionLink {
                 .iter()
                 .all(|(r, h)| *h <= mine.get(r).copied().unwrap_or(Hlc::ZERO))
         };
-        let Some(j) = self.gc_snaps.iter().rposition(covered) else {
-            return 0;
-        };
+        let j = self.gc_snaps.iter().rposition(covered)?;
         self.gc_snaps.drain(..j);
-        let stable = &self.gc_snaps[0].frontier;
-        if stable.values().all(|h| *h == Hlc::ZERO) {
-            return 0;
-        }
-        let dropped = store.gc(&|r| stable.get(&r).copied().unwrap_or(Hlc::ZERO));
-        self.stats.gc_runs += 1;
-        self.stats.gc_dropped += dropped as u64;
-        dropped
+        Some(self.gc_snaps[0].frontier.clone())
     }
 }
 

@@ -11,9 +11,10 @@
 //! Each link's anti-entropy sees only its scope ([`Scoped`]), so two nodes compare exactly
 //! the slots they share, and a link never merges a key outside it.
 //!
-//! Tombstone GC across links is not composed yet: [`NodeLinks`] offers no
-//! `collect_garbage`, so a shell driving it keeps deleted-state metadata (bounded by what
-//! was deleted); the single-node shell keeps using one [`RegionLink`] with GC.
+//! Tombstone GC composes the links' frontiers ([`NodeLinks::collect_garbage`]): the
+//! minimum over every link, once every slot is routed in every peer region. A link knows
+//! only its two regions, so with three regions or more what a third region wrote is kept.
+//!
 //!
 //! Sans-IO like [`RegionLink`]: the shell maps [`PeerNode`]s to transport peers, passes
 //! time in, and lends the store per call.
@@ -192,7 +193,7 @@ impl<S: ReplicaStore + ?Sized> ReplicaStore for Scoped<'_, S> {
     }
 
     fn gc(&mut self, _stable: &dyn Fn(RegionId) -> Hlc) -> usize {
-        // Not composed across links yet (module doc).
+        // One link's frontier is not enough: GC is node-wide (`NodeLinks::collect_garbage`).
         0
     }
 }
@@ -212,6 +213,8 @@ pub struct NodeLinksStats {
     pub refused: u64,
     /// Slots that changed hands in a peer region's map (each a local gap of its new link).
     pub slots_rerouted: u64,
+    /// Deleted-state entries garbage-collected.
+    pub gc_dropped: u64,
     pub links_opened: u64,
     pub links_closed: u64,
 }
@@ -475,6 +478,59 @@ impl NodeLinks {
         self.links.iter().all(|i| i.link.handshake_done())
     }
 
+    /// Drop deleted-state metadata that every link's peer has seen: the minimum, per origin
+    /// region, of every link's usable GC frontier ([`RegionLink::gc_frontier`]), a region
+    /// a link does not know counting as nothing seen. Each link vouches for its own pair
+    /// of nodes (what the peer merged of our stream, what we merged of its stream, and its
+    /// writes made before it merged a removal: `Frontier::enqueued`); a write of another
+    /// node of a region reaches each peer over that node's own link, which the peer's GC
+    /// waits for. With three regions or more, a link knows only its two: what a third
+    /// region wrote is never collected here (conservative; the node-wide aggregate of
+    /// third-party entries would lift it). Returns the entries dropped.
+    pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
+        // Every slot must have a link in every peer region: a slot with no known owner
+        // keeps deltas nobody received.
+        let routed = self
+            .owners
+            .iter()
+            .all(|(_, o)| o.iter().all(Option::is_some))
+            && self.unrouted.iter().all(|(_, u)| u.is_empty());
+        if self.links.is_empty() || !routed {
+            return 0;
+        }
+        let mut frontiers = Vec::with_capacity(self.links.len());
+        for i in &mut self.links {
+            match i.link.gc_frontier() {
+                Some(f) => frontiers.push(f),
+                None => return 0,
+            }
+        }
+        let mut regions: BTreeSet<RegionId> = BTreeSet::new();
+        for f in &frontiers {
+            regions.extend(f.keys().copied());
+        }
+        let stable: std::collections::BTreeMap<RegionId, Hlc> = regions
+            .into_iter()
+            .map(|r| {
+                let h = frontiers
+                    .iter()
+                    .map(|f| f.get(&r).copied().unwrap_or(Hlc::ZERO))
+                    .min()
+                    .unwrap_or(Hlc::ZERO);
+                (r, h)
+            })
+            .collect();
+        if stable.values().all(|h| *h == Hlc::ZERO) {
+            return 0;
+        }
+        let dropped = store.gc(&|r| stable.get(&r).copied().unwrap_or(Hlc::ZERO));
+        if let Some(i) = self.links.first_mut() {
+            i.link.note_gc(dropped);
+        }
+        self.stats.gc_dropped += dropped as u64;
+        dropped
+    }
+
     /// Some link's handshake reported a stamp of this region (see
     /// [`RegionLink::restarted`]).
     pub fn restarted(&self) -> bool {
@@ -486,6 +542,37 @@ impl NodeLinks {
         for i in &mut self.links {
             i.link.request_anti_entropy(i.peer.region);
         }
+    }
+
+    /// Every link's counters summed: (link, anti-entropy). Links closed since are not
+    /// counted any more.
+    pub fn totals(
+        &self,
+    ) -> (
+        crate::proto::link::LinkStats,
+        crate::proto::anti_entropy::AntiEntropyStats,
+    ) {
+        let mut l = crate::proto::link::LinkStats::default();
+        let mut a = crate::proto::anti_entropy::AntiEntropyStats::default();
+        for i in &self.links {
+            let s = i.link.stats();
+            l.deltas_enqueued += s.deltas_enqueued;
+            l.deltas_sent += s.deltas_sent;
+            l.deltas_resent += s.deltas_resent;
+            l.deltas_applied += s.deltas_applied;
+            l.logs_dropped += s.logs_dropped;
+            l.deltas_abandoned += s.deltas_abandoned;
+            l.gc_runs += s.gc_runs;
+            l.deltas_clock_held += s.deltas_clock_held;
+            l.local_losses += s.local_losses;
+            let e = i.link.anti_entropy_stats();
+            a.rounds_completed += e.rounds_completed;
+            a.rounds_clean += e.rounds_clean;
+            a.entries_received += e.entries_received;
+            a.entries_shipped += e.entries_shipped;
+            a.entries_clock_held += e.entries_clock_held;
+        }
+        (l, a)
     }
 
     /// Local deltas not yet acknowledged by the nodes of `region`.
