@@ -20,6 +20,8 @@
 //! Every fault mode is on by default; no flag turns one on. Exit code 1 on any violation or
 //! determinism mismatch, 2 on bad usage.
 
+mod cluster_cli;
+
 use meridian_simulations::sim::Faults;
 use meridian_simulations::{bench, run, Bug, SimConfig, SimReport};
 use std::process::ExitCode;
@@ -106,7 +108,7 @@ fn print_report(r: &SimReport) {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--clustered") {
-        return meridian_simulations::cluster_sim::cli(&args);
+        return cluster_cli::cli(&args);
     }
     let mut opts = Opts::default();
     let mut mode: Option<(String, String)> = None;
