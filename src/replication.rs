@@ -728,26 +728,7 @@ impl Core {
             let horizon = if flush {
                 flush_at = None;
                 last_flush = now;
-                store.arm_delta_wakeup();
-                // The clock first takes the wall clock (every write stamped from now on is
-                // above it; one stamped before is in a log): an idle region's own frontier
-                // keeps advancing, past stamps of its previous life too.
-                store.observe(Hlc::from_parts(now, 0));
-                let horizon = store.last_hlc();
-                for i in 0..SHARDS {
-                    let mut shard = store.shard(i);
-                    shard.drain_log_into(&mut pending);
-                    // Deltas the full log dropped, taken under the same lock: any lost delta
-                    // stamped at or below `horizon` is reported before `note_local_hlc`
-                    // passes it.
-                    if let Some((below, slots)) = shard.take_lost() {
-                        let l = lost.get_or_insert((below, Vec::new()));
-                        l.0 = l.0.min(below);
-                        l.1.extend(slots);
-                    }
-                }
-                pending.sort_by_key(|d| d.stamp.hlc);
-                horizon
+                drain_local(&store, now, &mut pending, &mut lost)
             } else {
                 Hlc::ZERO
             };
@@ -917,6 +898,35 @@ impl Core {
             }
         }
     }
+}
+
+/// One drain of the shards' delta logs (both shells' loops): returns the horizon — the
+/// store clock after it observed the wall clock `now_ms`, so every write stamped at or
+/// below it is in `pending` (sorted by stamp; younger ones wait for the next drain), and an
+/// idle region's own frontier keeps advancing, past stamps of its previous life too.
+/// Deltas a full log dropped are added to `lost` (lowest stamp, slots), taken under the
+/// same shard lock, so any lost delta at or below the horizon is reported before
+/// `note_local_hlc` passes it.
+pub(crate) fn drain_local(
+    store: &Store,
+    now_ms: u64,
+    pending: &mut Vec<Delta>,
+    lost: &mut Option<(Hlc, Vec<u16>)>,
+) -> Hlc {
+    store.arm_delta_wakeup();
+    store.observe(Hlc::from_parts(now_ms, 0));
+    let horizon = store.last_hlc();
+    for i in 0..SHARDS {
+        let mut shard = store.shard(i);
+        shard.drain_log_into(pending);
+        if let Some((below, slots)) = shard.take_lost() {
+            let l = lost.get_or_insert((below, Vec::new()));
+            l.0 = l.0.min(below);
+            l.1.extend(slots);
+        }
+    }
+    pending.sort_by_key(|d| d.stamp.hlc);
+    horizon
 }
 
 /// Every peer answered the restart handshake (called once, right after the frame that

@@ -173,20 +173,7 @@ impl NodesCore {
             let horizon = if flush {
                 flush_at = None;
                 last_flush = now;
-                store.arm_delta_wakeup();
-                store.observe(Hlc::from_parts(now, 0));
-                let horizon = store.last_hlc();
-                for i in 0..SHARDS {
-                    let mut shard = store.shard(i);
-                    shard.drain_log_into(&mut pending);
-                    if let Some((below, slots)) = shard.take_lost() {
-                        let l = lost.get_or_insert((below, Vec::new()));
-                        l.0 = l.0.min(below);
-                        l.1.extend(slots);
-                    }
-                }
-                pending.sort_by_key(|d| d.stamp.hlc);
-                horizon
+                crate::replication::drain_local(&store, now, &mut pending, &mut lost)
             } else {
                 Hlc::ZERO
             };
