@@ -39,102 +39,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("MERIDIAN_BIN") or os.path.join(
-    os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "meridian"
-)
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def resp(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class Conn:
-    """Minimal RESP2 client: simple replies, errors, integers, bulk strings, arrays."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.pos = 0
-
-    def _fill(self):
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        self.buf = self.buf[self.pos :] + chunk
-        self.pos = 0
-
-    def _line(self):
-        while True:
-            i = self.buf.find(b"\r\n", self.pos)
-            if i >= 0:
-                line, self.pos = self.buf[self.pos : i], i + 2
-                return line
-            self._fill()
-
-    def _exact(self, n):
-        while len(self.buf) - self.pos < n + 2:
-            self._fill()
-        data = self.buf[self.pos : self.pos + n]
-        self.pos += n + 2
-        return data
-
-    def reply(self):
-        line = self._line()
-        t, rest = line[:1], line[1:]
-        if t == b"+":
-            return rest.decode()
-        if t == b"-":
-            raise RuntimeError(rest.decode())
-        if t == b":":
-            return int(rest)
-        if t == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n)
-        if t == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.reply() for _ in range(n)]
-        raise RuntimeError("unexpected reply %r" % line)
-
-    def cmd(self, *args):
-        self.sock.sendall(resp(*args))
-        return self.reply()
-
-    def info(self, section):
-        text = self.cmd("INFO", section).decode()
-        out = {}
-        for line in text.splitlines():
-            if ":" in line:
-                k, v = line.split(":", 1)
-                out[k] = v
-        return out
-
-
-def wait_for(what, cond, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
-
-
-def pct(samples, p):
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
+# The shared RESP client and helpers of the three-region benchmark (same folder).
+from regions import BIN, ROOT, Conn, free_port, pct, resp, wait_for  # noqa: E402,F401
 
 
 def peer_fields(value):
@@ -191,7 +97,7 @@ class Mesh:
                 return False
 
         for i in range(n):
-            wait_for("region %d listening" % i, lambda: up(i))
+            wait_for("region %d listening" % i, lambda: up(i), timeout=120)
         self.conns = [Conn(p) for p in self.ports]
 
         def ready():
@@ -204,7 +110,7 @@ class Mesh:
                         return False
             return True
 
-        wait_for("every link connected and every handshake done", ready)
+        wait_for("every link connected and every handshake done", ready, timeout=120)
 
         # A region starts with a new incarnation, so it repairs by anti-entropy with every peer
         # once at start: measure after those rounds, not during them.
