@@ -383,7 +383,7 @@ pub async fn run(
     cluster: Arc<Cluster>,
     store: Arc<Store>,
     bind: String,
-    inregion: Arc<crate::replica::InRegion>,
+    inregion: Arc<crate::replica_stream::InRegion>,
 ) {
     // Replicas answer MOVED (the routing does), not READONLY.
     inregion.set_refuse_writes(false);
@@ -521,7 +521,7 @@ pub async fn run(
 }
 
 /// Point the in-region replica stream at this node's primary (or stop following).
-fn follow_role(cluster: &Cluster, inregion: &crate::replica::InRegion) {
+fn follow_role(cluster: &Cluster, inregion: &crate::replica_stream::InRegion) {
     let target = {
         let node = cluster.node.lock();
         let topo = node.topology();
@@ -529,7 +529,7 @@ fn follow_role(cluster: &Cluster, inregion: &crate::replica::InRegion) {
             .role
             .primary_id()
             .and_then(|p| topo.node(p))
-            .map(|p| crate::replica::PrimaryAddr {
+            .map(|p| crate::replica_stream::PrimaryAddr {
                 host: p.host.clone(),
                 port: p.port,
             })

@@ -179,7 +179,7 @@ pub async fn serve(
                 let rest = buf.split();
                 let hub = shared.inregion.clone();
                 let peer = conn.addr.clone();
-                crate::replica::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
+                crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
                 unwatch_all(&store, &mut conn);
                 return;
             }

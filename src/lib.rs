@@ -20,7 +20,7 @@ pub mod frame;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;
-pub mod replica;
+pub mod replica_stream;
 pub mod replication;
 pub mod replication_nodes;
 pub mod sched;

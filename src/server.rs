@@ -50,7 +50,7 @@ pub struct Shared {
     /// Region cluster (None: standalone).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// In-region replication (both roles): `follow`, WAIT, min-replicas, INFO.
-    pub inregion: Arc<crate::replica::InRegion>,
+    pub inregion: Arc<crate::replica_stream::InRegion>,
     /// Threads serving clients (see `store::Held`: with one, a batch keeps its shard locks).
     pub io_threads: AtomicUsize,
 }
@@ -121,14 +121,14 @@ impl Server {
         store
             .feed()
             .set_backlog_size(usize::try_from(config.repl_backlog_size).unwrap_or(usize::MAX));
-        let inregion = Arc::new(crate::replica::InRegion::new(
+        let inregion = Arc::new(crate::replica_stream::InRegion::new(
             store.feed().clone(),
             config.min_replicas_to_write,
             config.min_replicas_max_lag,
         ));
         inregion.set_listening_port(config.port);
         if let Some((host, port)) = config.replicaof_addr() {
-            inregion.follow(Some(crate::replica::PrimaryAddr { host, port }));
+            inregion.follow(Some(crate::replica_stream::PrimaryAddr { host, port }));
         }
         let cluster = match &config.cluster {
             Some(c) if c.enabled => Some(
@@ -201,7 +201,7 @@ impl Server {
         if let Some(r) = self.repl.take() {
             r.spawn(self.store.clone(), self.shared.cluster.clone())?;
         }
-        tokio::spawn(crate::replica::run_replica_link(
+        tokio::spawn(crate::replica_stream::run_replica_link(
             self.store.clone(),
             self.shared.inregion.clone(),
         ));

@@ -2,7 +2,7 @@
 //! behind its own lock, with a per-shard bounded delta log. The node's HLC lives here (one
 //! atomic), as do the runtime memory settings and the counters `INFO` reports.
 
-use crate::replica::ReplFeed;
+use crate::replica_stream::ReplFeed;
 use bytes::Bytes;
 use meridian_crdt::{
     key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, Prefetch, RegionId, Stamp,
@@ -374,7 +374,7 @@ impl Store {
         runtime: Runtime,
         replicated: bool,
     ) -> Store {
-        let feed = Arc::new(ReplFeed::new(crate::replica::DEFAULT_BACKLOG_BYTES));
+        let feed = Arc::new(ReplFeed::new(crate::replica_stream::DEFAULT_BACKLOG_BYTES));
         let shards = (0..SHARDS)
             .map(|i| {
                 let mut ks = Keyspace::new(KeyspaceConfig {

@@ -11,12 +11,12 @@
 //!   resends, backpressure, GC frontier gossip; it embeds the anti-entropy engine.
 //! - [`proto::anti_entropy`]: slot digests → key fingerprints → entries, so repair traffic
 //!   grows with divergence, not data size; also bootstraps an empty region.
-//! - [`replica`]: the in-region replica stream (PSYNC-like): frames and the primary's
-//!   bounded backlog.
+//! - [`replica_stream`]: the in-region replica stream (PSYNC-like): frames, the primary's
+//!   bounded backlog, and both ends as state machines (`StreamSender`, `StreamReceiver`).
 
 pub mod codec;
 pub mod proto;
-pub mod replica;
+pub mod replica_stream;
 pub mod store;
 pub mod transport;
 

@@ -165,7 +165,7 @@ pub struct ConnState {
     /// Set by WAIT: (numreplicas, timeout_ms); the connection blocks on it.
     pub wait: Option<(usize, u64)>,
     /// Set by `MERIDIAN SYNC`: the connection becomes a replica stream.
-    pub takeover: Option<crate::replica::SyncRequest>,
+    pub takeover: Option<crate::replica_stream::SyncRequest>,
     /// Cluster: the command was a write while the primary pauses writes for a manual
     /// failover; the connection waits out the pause, then runs it again.
     pub paused: bool,

@@ -1,9 +1,9 @@
 //! In-region replication commands: `REPLICAOF`/`SLAVEOF`, `WAIT`, `ROLE`. The stream itself
-//! (`MERIDIAN SYNC`) and its state live in `crate::replica`.
+//! (`MERIDIAN SYNC`) and its state live in `crate::replica_stream`.
 
 use super::{err, not_int, ok, spec, Ctx, Spec, ADMIN, NO_MULTI, STALE};
 use crate::frame::Reply;
-use crate::replica::{PrimaryAddr, Role};
+use crate::replica_stream::{PrimaryAddr, Role};
 use bytes::Bytes;
 
 pub fn specs() -> Vec<Spec> {

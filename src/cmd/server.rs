@@ -795,18 +795,11 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         let (Some(id), Some(off), Some(port), 5) = (a.get(2), a.get(3), a.get(4), a.len()) else {
             return err("ERR usage: MERIDIAN SYNC <replid|?> <offset> <port>");
         };
-        let (Some(off), Some(port)) = (crate::util::parse_int(off), crate::util::parse_int(port))
-        else {
-            return not_int();
+        let req = match crate::replica_stream::SyncRequest::parse(id, off, port) {
+            Ok(req) => req,
+            Err(e) => return err(e),
         };
-        if off < 0 || !(0..=65535).contains(&port) {
-            return not_int();
-        }
-        ctx.conn.takeover = Some(crate::replica::SyncRequest {
-            replid: String::from_utf8_lossy(id).into_owned(),
-            offset: off as u64,
-            listening_port: port as u16,
-        });
+        ctx.conn.takeover = Some(req);
         ok()
     } else {
         unknown_sub("MERIDIAN", sub)

@@ -40,14 +40,13 @@ use crate::server::now_ms;
 use crate::store::{shard_of, Held, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Applied, Delta, Entry};
-use meridian_replication::codec::KeyState;
-use meridian_replication::replica::{
-    decode_frame, encode_delta, encode_frame, encode_state, Backlog, ReplicaFrame,
-    SNAPSHOT_CHUNK_BYTES,
+use meridian_replication::replica_stream::{
+    decide, encode_delta, encode_frame, encode_state, Backlog, ReceiverEvent, ReplicaFrame,
+    SnapshotWriter, StreamReceiver, StreamSender, LINK_TIMEOUT_MS,
 };
+pub use meridian_replication::replica_stream::SyncRequest;
 use parking_lot::Mutex;
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,17 +54,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
-pub const ACK_INTERVAL_MS: u64 = 100;
-pub const PING_INTERVAL_MS: u64 = 1_000;
-/// No byte from the other side for this long: the link is dead.
-pub const LINK_TIMEOUT_MS: u64 = 10_000;
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 const RECONNECT_MIN_MS: u64 = 100;
 const RECONNECT_MAX_MS: u64 = 2_000;
-/// Backlog frames handed to one socket write.
-const SEND_BATCH_BYTES: usize = 256 * 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-const MAX_HANDSHAKE_LINE_BYTES: usize = 512;
 pub const DEFAULT_BACKLOG_BYTES: usize = 1024 * 1024;
 
 fn new_replid() -> String {
@@ -144,7 +136,7 @@ impl ReplFeed {
     /// copy too (call under the key's shard lock). No-op while inactive.
     pub fn push_forget(&self, key: &[u8]) {
         if self.is_active() {
-            self.push(|out| meridian_replication::replica::encode_forget(key, out));
+            self.push(|out| meridian_replication::replica_stream::encode_forget(key, out));
         }
     }
 
@@ -214,14 +206,6 @@ pub struct PrimaryAddr {
 pub enum Role {
     Primary,
     Replica,
-}
-
-/// `MERIDIAN SYNC` arguments; the connection hands its socket to [`serve_replica`].
-#[derive(Clone, Debug)]
-pub struct SyncRequest {
-    pub replid: String,
-    pub offset: u64,
-    pub listening_port: u16,
 }
 
 struct ReplicaSlot {
@@ -525,7 +509,7 @@ impl InRegion {
 }
 
 // ---------------------------------------------------------------------------------------
-// Primary side: one replica connection
+// Primary side: one replica connection (protocol: `meridian_replication::replica_stream`)
 // ---------------------------------------------------------------------------------------
 
 /// Serve one replica on a client connection that sent `MERIDIAN SYNC` (never returns
@@ -549,32 +533,23 @@ pub async fn serve_replica(
         .map_or(peer.as_str(), |(h, _)| h)
         .to_string();
     // Decide under the backlog lock, so the backlog cannot move between check and start.
-    let (partial, replid, start) = {
+    let resync = {
         let st = hub.feed.state.lock();
-        let partial =
-            hub.feed.is_active() && req.replid == st.replid && st.backlog.covers(req.offset);
-        if !partial {
-            hub.feed.active.store(true, Relaxed);
-        }
-        let start = if partial {
-            req.offset
-        } else {
-            st.backlog.offset()
-        };
-        (partial, st.replid.clone(), start)
+        let resync = decide(&req, &st.replid, hub.feed.is_active(), &st.backlog);
+        hub.feed.active.store(true, Relaxed);
+        resync
     };
+    let start = resync.offset();
     let id = hub.register_replica(ip.clone(), req.listening_port, start);
     let result = async {
-        if partial {
+        write_timed(&mut stream, &resync.line()).await?;
+        if resync.is_partial() {
             hub.sync_partial_ok.fetch_add(1, Relaxed);
-            write_timed(&mut stream, format!("+CONTINUE {replid} {start}\r\n").as_bytes()).await?;
         } else {
             hub.sync_full.fetch_add(1, Relaxed);
             if req.replid != "?" {
                 hub.sync_partial_err.fetch_add(1, Relaxed);
             }
-            write_timed(&mut stream, format!("+FULLRESYNC {replid} {start}\r\n").as_bytes())
-                .await?;
             send_snapshot(&mut stream, &store, start).await?;
         }
         hub.update_replica(id, |r| {
@@ -582,7 +557,7 @@ pub async fn serve_replica(
             r.ack_offset = start;
             r.last_ack_ms = now_ms();
         });
-        tracing::info!(replica = %format!("{ip}:{}", req.listening_port), partial, offset = start, "replica synchronised, streaming");
+        tracing::info!(replica = %format!("{ip}:{}", req.listening_port), partial = resync.is_partial(), offset = start, "replica synchronised, streaming");
         stream_changes(stream, pending, &hub, id, start).await
     }
     .await;
@@ -601,137 +576,93 @@ async fn write_timed(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Resu
 }
 
 /// Every entry of every slot (tombstones included), one slot under its shard's lock at a
-/// time, in chunks of about `SNAPSHOT_CHUNK_BYTES`; then `SnapshotEnd { offset }`.
+/// time, cut into chunks by [`SnapshotWriter`]; then `SnapshotEnd { offset }`.
 async fn send_snapshot(stream: &mut TcpStream, store: &Store, offset: u64) -> Result<(), String> {
-    let mut chunk: Vec<KeyState> = Vec::new();
-    let mut chunk_bytes = 0usize;
-    let mut encoded: Vec<u8> = Vec::new();
-    let mut entries_sent = 0u64;
+    let mut w = SnapshotWriter::new();
     for slot in 0..meridian_crdt::SLOT_COUNT as u16 {
         {
             let shard = store.shard(shard_of(slot));
             for (k, e) in shard.ks.slot_entries(slot) {
-                let size = k.len() + e.heap_bytes() + 64;
-                if size >= SNAPSHOT_CHUNK_BYTES && !chunk.is_empty() {
-                    flush_chunk(&mut chunk, &mut encoded);
-                    chunk_bytes = 0;
-                }
-                chunk.push(KeyState {
-                    key: Bytes::copy_from_slice(k),
-                    state: e.into_owned(),
-                });
-                chunk_bytes += size;
-                entries_sent += 1;
-                if chunk_bytes >= SNAPSHOT_CHUNK_BYTES {
-                    flush_chunk(&mut chunk, &mut encoded);
-                    chunk_bytes = 0;
-                }
+                w.push(k, e.into_owned()).map_err(|e| e.to_string())?;
             }
         }
-        if encoded.len() >= SNAPSHOT_CHUNK_BYTES {
-            write_timed(stream, &encoded).await?;
-            encoded.clear();
+        if let Some(bytes) = w.take_ready() {
+            write_timed(stream, &bytes).await?;
         }
     }
-    flush_chunk(&mut chunk, &mut encoded);
-    encode_frame(&ReplicaFrame::SnapshotEnd { offset }, &mut encoded).map_err(|e| e.to_string())?;
-    write_timed(stream, &encoded).await?;
-    tracing::info!(entries = entries_sent, offset, "snapshot sent to replica");
+    let (rest, entries) = w.finish(offset).map_err(|e| e.to_string())?;
+    write_timed(stream, &rest).await?;
+    tracing::info!(entries, offset, "snapshot sent to replica");
     Ok(())
 }
 
-fn flush_chunk(chunk: &mut Vec<KeyState>, out: &mut Vec<u8>) {
-    if chunk.is_empty() {
-        return;
-    }
-    let frame = ReplicaFrame::Entries(std::mem::take(chunk));
-    if let Err(e) = encode_frame(&frame, out) {
-        // One value beyond the frame limit: the replica misses that key (logged).
-        tracing::error!(error = %e, "snapshot chunk cannot be encoded; skipped");
-    }
-}
-
-/// Stream backlog frames after `sent` and read acks, until an error or a kill request.
+/// Stream backlog frames after `start` and read acks ([`StreamSender`]), until an error or
+/// a kill request.
 async fn stream_changes(
     stream: TcpStream,
-    mut inbuf: BytesMut,
+    pending: BytesMut,
     hub: &InRegion,
     id: u64,
-    mut sent: u64,
+    start: u64,
 ) -> Result<(), String> {
     let epoch = hub.kill_epoch.load(Relaxed);
     let (mut rd, mut wr) = stream.into_split();
-    let reader = async {
-        loop {
-            while let Some((frame, used)) = decode_frame(&inbuf).map_err(|e| e.to_string())? {
-                let _ = inbuf.split_to(used);
-                match frame {
-                    ReplicaFrame::Ack { offset } => hub.update_replica(id, |r| {
-                        r.ack_offset = r.ack_offset.max(offset);
-                        r.last_ack_ms = now_ms();
-                    }),
-                    other => return Err(format!("unexpected frame from replica: {other:?}")),
-                }
+    let mut tx = StreamSender::new(now_ms(), start);
+    let mut inbuf = pending;
+    let mut out: Vec<u8> = Vec::new();
+    let on_ack = |offset: u64| {
+        hub.update_replica(id, |r| {
+            r.ack_offset = r.ack_offset.max(offset);
+            r.last_ack_ms = now_ms();
+        })
+    };
+    loop {
+        if !inbuf.is_empty() {
+            if let Some(acked) = tx.handle_bytes(now_ms(), &inbuf).map_err(|e| e.to_string())? {
+                on_ack(acked);
             }
+            inbuf.clear();
+        }
+        let appended = hub.feed.appended.notified();
+        let killed = hub.kill.notified();
+        tokio::pin!(appended, killed);
+        appended.as_mut().enable();
+        killed.as_mut().enable();
+        if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == Role::Replica {
+            return Err("replica links dropped on request".to_string());
+        }
+        let now = now_ms();
+        out.clear();
+        {
+            let st = hub.feed.state.lock();
+            tx.poll_transmit(now, &st.backlog, &mut out)
+                .map_err(|e| e.to_string())?;
+        }
+        if !out.is_empty() {
+            write_timed(&mut wr, &out).await?;
+            // Acks that arrived meanwhile (a long burst must not look like silence).
             inbuf.reserve(READ_CHUNK_BYTES);
-            match tokio::time::timeout(
-                Duration::from_millis(LINK_TIMEOUT_MS),
-                rd.read_buf(&mut inbuf),
-            )
-            .await
-            {
-                Ok(Ok(0)) => return Err("replica closed the connection".to_string()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(format!("read: {e}")),
-                Err(_) => return Err("no ack from replica within the link timeout".into()),
+            match rd.try_read_buf(&mut inbuf) {
+                Ok(0) => return Err("replica closed the connection".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("read: {e}")),
             }
+            continue;
         }
-    };
-    let writer = async {
-        let mut out: Vec<u8> = Vec::new();
-        let mut next_ping = now_ms() + PING_INTERVAL_MS;
-        loop {
-            let appended = hub.feed.appended.notified();
-            let killed = hub.kill.notified();
-            tokio::pin!(appended, killed);
-            appended.as_mut().enable();
-            killed.as_mut().enable();
-            if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == Role::Replica {
-                return Err("replica links dropped on request".to_string());
-            }
-            out.clear();
-            let to = hub
-                .feed
-                .state
-                .lock()
-                .backlog
-                .read_after(sent, SEND_BATCH_BYTES, &mut out);
-            match to {
-                Ok(to) => sent = to,
-                Err(e) => return Err(format!("replica fell out of the backlog ({e})")),
-            }
-            let now = now_ms();
-            if !out.is_empty() {
-                write_timed(&mut wr, &out).await?;
-                continue;
-            }
-            if now >= next_ping {
-                out.clear();
-                encode_frame(&ReplicaFrame::Ping, &mut out).map_err(|e| e.to_string())?;
-                write_timed(&mut wr, &out).await?;
-                next_ping = now + PING_INTERVAL_MS;
-            }
-            let sleep = Duration::from_millis(next_ping.saturating_sub(now).max(1));
-            tokio::select! {
-                _ = appended => {}
-                _ = killed => {}
-                _ = tokio::time::sleep(sleep) => {}
-            }
+        tx.handle_timeout(now).map_err(|e| e.to_string())?;
+        let wake = Duration::from_millis(tx.poll_timeout().saturating_sub(now).max(1));
+        inbuf.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            r = rd.read_buf(&mut inbuf) => match r {
+                Ok(0) => return Err("replica closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            },
+            _ = appended => {}
+            _ = killed => {}
+            _ = tokio::time::sleep(wake) => {}
         }
-    };
-    tokio::select! {
-        r = reader => r,
-        w = writer => w,
     }
 }
 
@@ -777,32 +708,6 @@ pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>) {
     }
 }
 
-fn resp_command(args: &[&str]) -> Vec<u8> {
-    let mut out = bytes::BytesMut::new();
-    crate::frame::encode_command(args, &mut out);
-    out.to_vec()
-}
-
-enum Handshake {
-    Full { replid: String, offset: u64 },
-    Continue { offset: u64 },
-}
-
-fn parse_handshake(line: &str) -> Result<Handshake, String> {
-    let mut parts = line.split(' ');
-    let word = parts.next().unwrap_or("");
-    let replid = parts.next().unwrap_or("").to_string();
-    let offset = parts
-        .next()
-        .and_then(|o| o.parse::<u64>().ok())
-        .ok_or_else(|| format!("bad handshake reply {line:?}"))?;
-    match word {
-        "+FULLRESYNC" if !replid.is_empty() => Ok(Handshake::Full { replid, offset }),
-        "+CONTINUE" => Ok(Handshake::Continue { offset }),
-        _ => Err(format!("primary refused: {line}")),
-    }
-}
-
 async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result<(), String> {
     let addr = format!("{}:{}", target.host, target.port);
     let mut stream = match tokio::time::timeout(
@@ -822,73 +727,23 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
         ));
     }
     let _ = stream.set_nodelay(true);
-    let (ask_id, ask_offset) = match hub.master_replid.lock().clone() {
-        Some(id) => (id, hub.applied_offset.load(Relaxed)),
-        None => ("?".to_string(), 0),
-    };
-    let port = hub.listening_port.load(Relaxed).to_string();
-    let hello = resp_command(&["MERIDIAN", "SYNC", &ask_id, &ask_offset.to_string(), &port]);
-    write_timed(&mut stream, &hello).await?;
-    // The handshake line, then frames.
+    let position = hub
+        .master_replid
+        .lock()
+        .clone()
+        .map(|id| (id, hub.applied_offset.load(Relaxed)));
+    let port = hub.listening_port.load(Relaxed) as u16;
+    let mut rx = StreamReceiver::new(now_ms(), position, port, PREFETCH_AHEAD);
+    write_timed(&mut stream, &rx.request()).await?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let line = loop {
-        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = buf.split_to(pos + 2);
-            break String::from_utf8_lossy(&line[..pos]).to_string();
-        }
-        if buf.len() > MAX_HANDSHAKE_LINE_BYTES {
-            return Err("handshake line too long".into());
-        }
-        read_timed(&mut stream, &mut buf).await?;
-    };
-    let handshake = parse_handshake(&line)?;
-    hub.link_up.store(true, Relaxed);
-    hub.last_io_ms.store(now_ms(), Relaxed);
-    // `None` while a snapshot is being received: (replid, offset) it will end at.
-    let mut snapshot: Option<(String, u64)> = None;
-    match handshake {
-        Handshake::Full { replid, offset } => {
-            hub.sync_in_progress.store(true, Relaxed);
-            // Forget the old position first: a link lost mid-snapshot must not resume.
-            *hub.master_replid.lock() = None;
-            store.drop_all_slots();
-            tracing::info!(%addr, offset, "full resync from primary");
-            snapshot = Some((replid, offset));
-        }
-        Handshake::Continue { offset } => {
-            if offset != ask_offset {
-                return Err(format!(
-                    "primary continues at {offset}, we asked {ask_offset}"
-                ));
-            }
-            tracing::info!(%addr, offset, "partial resync from primary");
-        }
-    }
-    let mut applied = hub.applied_offset.load(Relaxed);
-    let mut acked = u64::MAX;
     let mut ack_buf = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(ACK_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Frames decoded ahead of the one being applied, whose keys are prefetched meanwhile
-    // (as a client connection does for pipelined requests).
-    let mut ahead: VecDeque<ReplicaFrame> = VecDeque::with_capacity(PREFETCH_AHEAD + 1);
     loop {
-        loop {
-            while ahead.len() <= PREFETCH_AHEAD {
-                match decode_frame(&buf).map_err(|e| format!("bad frame: {e}"))? {
-                    Some((frame, used)) => {
-                        let _ = buf.split_to(used);
-                        ahead.push_back(frame);
-                    }
-                    None => break,
-                }
-            }
-            let Some(frame) = ahead.pop_front() else {
-                break;
-            };
+        while let Some(ev) = rx.poll_event().map_err(|e| e.to_string())? {
+            // Frames decoded ahead of this one: their keys are prefetched while it applies
+            // (as a client connection does for pipelined requests).
             store.prefetch_ahead(
                 &mut Held::new(false),
-                ahead.iter().map(|next| match next {
+                rx.ahead().map(|next| match next {
                     ReplicaFrame::Delta(d) => Some((d.slot, &d.key[..], None)),
                     ReplicaFrame::State { key, .. } => {
                         Some((meridian_crdt::key_slot(key), &key[..], None))
@@ -896,107 +751,95 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
                     _ => None,
                 }),
             );
-            // A change (it takes the next offset) never comes inside a snapshot.
-            let change = frame.has_offset();
-            if change && snapshot.is_some() {
-                return Err("change frame inside a snapshot".into());
-            }
-            match frame {
-                ReplicaFrame::Entries(entries) => {
-                    if snapshot.is_none() {
-                        return Err("snapshot entries outside a snapshot".into());
-                    }
-                    for ks in &entries {
-                        apply_state(store, &ks.key, &ks.state);
-                    }
-                }
-                ReplicaFrame::SnapshotEnd { offset } => {
-                    let Some((replid, expected)) = snapshot.take() else {
-                        return Err("snapshot end outside a snapshot".into());
-                    };
-                    if offset != expected {
-                        return Err("snapshot end offset mismatch".into());
-                    }
-                    applied = offset;
-                    hub.applied_offset.store(applied, Relaxed);
-                    // It now holds its primary's whole state and follows its stream, which
-                    // carries only changes the primary took: the start's lossy marks (a
-                    // node with peers) must not make it drop a partial delta for a key its
-                    // primary built (losses since, e.g. its own expiry, stay).
-                    store.clear_start_losses();
-                    *hub.master_replid.lock() = Some(replid);
-                    hub.sync_in_progress.store(false, Relaxed);
-                    tracing::info!(%addr, offset, "full resync complete");
-                }
-                ReplicaFrame::Delta(d) => {
-                    let mut s = store.shard(shard_of(d.slot));
-                    // A replica mirrors its primary: what the primary applied, it applies, even
-                    // in a slot its own expiry made lossy (it has no anti-entropy to wait for).
-                    if s.ks.merge_state(&d.key, true, &d.state) == Applied::Changed {
-                        s.touch_key(&d.key);
-                    }
-                    drop(s);
-                    store.observe(d.stamp.hlc);
-                }
-                ReplicaFrame::State { key, state } => apply_state(store, &key, &state),
-                ReplicaFrame::Forget { key } => {
-                    let mut s = store.shard(crate::store::key_shard(&key));
-                    if s.ks.take_key(&key).is_some() {
-                        s.touch_key(&key);
-                    }
-                }
-                ReplicaFrame::ForgetSlot { slot } => {
-                    let mut s = store.shard(shard_of(slot));
-                    if s.ks.drop_slot(slot) > 0 {
-                        s.touch_all_watched();
-                    }
-                }
-                ReplicaFrame::Ping => {}
-                ReplicaFrame::Ack { .. } => return Err("unexpected ack from primary".into()),
-            }
-            if change {
-                applied += 1;
-                hub.applied_offset.store(applied, Relaxed);
-            }
+            apply_event(store, hub, &addr, ev);
         }
-        if snapshot.is_none() && applied != acked {
-            send_ack(&mut stream, &mut ack_buf, applied).await?;
-            acked = applied;
+        hub.applied_offset.store(rx.applied(), Relaxed);
+        ack_buf.clear();
+        if rx
+            .poll_transmit(now_ms(), &mut ack_buf)
+            .map_err(|e| e.to_string())?
+        {
+            write_timed(&mut stream, &ack_buf).await?;
         }
+        let now = now_ms();
+        rx.handle_timeout(now).map_err(|e| e.to_string())?;
+        let wake = Duration::from_millis(rx.poll_timeout().saturating_sub(now).max(1));
+        buf.clear();
         buf.reserve(READ_CHUNK_BYTES);
         tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), stream.read_buf(&mut buf)) => {
-                match r {
-                    Ok(Ok(0)) => return Err("primary closed the connection".into()),
-                    Ok(Ok(_)) => hub.last_io_ms.store(now_ms(), Relaxed),
-                    Ok(Err(e)) => return Err(format!("read: {e}")),
-                    Err(_) => return Err("nothing from primary within the link timeout".into()),
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) => return Err("primary closed the connection".into()),
+                Ok(_) => {
+                    let now = now_ms();
+                    hub.last_io_ms.store(now, Relaxed);
+                    rx.handle_bytes(now, &buf);
                 }
-            }
-            _ = tick.tick() => {
-                if snapshot.is_none() {
-                    send_ack(&mut stream, &mut ack_buf, applied).await?;
-                    acked = applied;
-                }
-            }
+                Err(e) => return Err(format!("read: {e}")),
+            },
+            _ = tokio::time::sleep(wake) => {}
         }
     }
 }
 
-async fn read_timed(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), String> {
-    buf.reserve(READ_CHUNK_BYTES);
-    match tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), stream.read_buf(buf)).await {
-        Ok(Ok(0)) => Err("primary closed the connection".into()),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("read: {e}")),
-        Err(_) => Err("nothing from primary within the link timeout".into()),
+/// Apply what the receiver says, under one shard lock at a time.
+fn apply_event(store: &Store, hub: &InRegion, addr: &str, ev: ReceiverEvent) {
+    match ev {
+        ReceiverEvent::FullResync { offset, .. } => {
+            hub.link_up.store(true, Relaxed);
+            hub.sync_in_progress.store(true, Relaxed);
+            // Forget the old position first: a link lost mid-snapshot must not resume.
+            *hub.master_replid.lock() = None;
+            store.drop_all_slots();
+            tracing::info!(%addr, offset, "full resync from primary");
+        }
+        ReceiverEvent::Continue { offset } => {
+            hub.link_up.store(true, Relaxed);
+            tracing::info!(%addr, offset, "partial resync from primary");
+        }
+        ReceiverEvent::SnapshotDone { replid, offset } => {
+            // It now holds its primary's whole state and follows its stream, which carries
+            // only changes the primary took: the start's lossy marks (a node with peers)
+            // must not make it drop a partial delta for a key its primary built (losses
+            // since, e.g. its own expiry, stay).
+            store.clear_start_losses();
+            *hub.master_replid.lock() = Some(replid);
+            hub.applied_offset.store(offset, Relaxed);
+            hub.sync_in_progress.store(false, Relaxed);
+            tracing::info!(%addr, offset, "full resync complete");
+        }
+        ReceiverEvent::Apply(frame) => match frame {
+            ReplicaFrame::Entries(entries) => {
+                for ks in &entries {
+                    apply_state(store, &ks.key, &ks.state);
+                }
+            }
+            ReplicaFrame::Delta(d) => {
+                let mut s = store.shard(shard_of(d.slot));
+                // A replica mirrors its primary: what the primary applied, it applies, even
+                // in a slot its own expiry made lossy (it has no anti-entropy to wait for).
+                if s.ks.merge_state(&d.key, true, &d.state) == Applied::Changed {
+                    s.touch_key(&d.key);
+                }
+                drop(s);
+                store.observe(d.stamp.hlc);
+            }
+            ReplicaFrame::State { key, state } => apply_state(store, &key, &state),
+            ReplicaFrame::Forget { key } => {
+                let mut s = store.shard(crate::store::key_shard(&key));
+                if s.ks.take_key(&key).is_some() {
+                    s.touch_key(&key);
+                }
+            }
+            ReplicaFrame::ForgetSlot { slot } => {
+                let mut s = store.shard(shard_of(slot));
+                if s.ks.drop_slot(slot) > 0 {
+                    s.touch_all_watched();
+                }
+            }
+            // The receiver hands out nothing else.
+            ReplicaFrame::SnapshotEnd { .. } | ReplicaFrame::Ping | ReplicaFrame::Ack { .. } => {}
+        },
     }
-}
-
-async fn send_ack(stream: &mut TcpStream, buf: &mut Vec<u8>, offset: u64) -> Result<(), String> {
-    buf.clear();
-    encode_frame(&ReplicaFrame::Ack { offset }, buf).map_err(|e| e.to_string())?;
-    write_timed(stream, buf).await
 }
 
 /// Merge a whole key state (snapshot entry or streamed state) under the key's shard lock.
