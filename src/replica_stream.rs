@@ -40,11 +40,11 @@ use crate::server::now_ms;
 use crate::store::{shard_of, Held, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Applied, Delta, Entry};
+pub use meridian_replication::replica_stream::SyncRequest;
 use meridian_replication::replica_stream::{
     decide, encode_delta, encode_frame, encode_state, Backlog, ReceiverEvent, ReplicaFrame,
     SnapshotWriter, StreamReceiver, StreamSender, LINK_TIMEOUT_MS,
 };
-pub use meridian_replication::replica_stream::SyncRequest;
 use parking_lot::Mutex;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -618,7 +618,10 @@ async fn stream_changes(
     };
     loop {
         if !inbuf.is_empty() {
-            if let Some(acked) = tx.handle_bytes(now_ms(), &inbuf).map_err(|e| e.to_string())? {
+            if let Some(acked) = tx
+                .handle_bytes(now_ms(), &inbuf)
+                .map_err(|e| e.to_string())?
+            {
                 on_ack(acked);
             }
             inbuf.clear();

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod cluster_sim;
 pub mod oracle;
+pub mod replica_sim;
 pub mod sim;
 
 pub use sim::{run, Bug, SimConfig, SimReport};

@@ -8,6 +8,10 @@
 //! meridian-sim --clustered (--seed N | --seeds A..B | --self-check N)
 //!                                  regions as clusters (`cluster_sim`: reshards, failovers,
 //!                                  stale topology; its own --bug and --no-FAULT names)
+//! meridian-sim --replicas (--seed N | --seeds A..B | --self-check N)
+//!                                  the in-region replica stream (`replica_sim`: cuts,
+//!                                  backlog overflows, slot moves, failovers; its own
+//!                                  --bug and --no-FAULT names)
 //! options: --fault-ms MS, --max-heal-ms MS, --restart-write-hold-ms MS (virtual; 0: writes
 //!          are never held after an empty restart)
 //!          --bug NAME   inject a deliberate bug (drop-counter, merge-replaces,
@@ -15,12 +19,14 @@
 //!                       partial-rebuilds, drop-type-change, expiry-replicates)
 //!          --no-FAULT   turn a fault mode off, for debugging only (gc-during-faults,
 //!                       evictions, writes-on-evicted, expiry, empty-restarts,
-//!                       log-overflow, clock-jumps, type-conflicts, invalidations)
+//!                       log-overflow, clock-jumps, type-conflicts, invalidations,
+//!                       expulsions)
 //! ```
 //! Every fault mode is on by default; no flag turns one on. Exit code 1 on any violation or
 //! determinism mismatch, 2 on bad usage.
 
 mod cluster_cli;
+mod replica_cli;
 
 use meridian_simulations::sim::Faults;
 use meridian_simulations::{bench, run, Bug, SimConfig, SimReport};
@@ -93,12 +99,13 @@ fn usage() -> ExitCode {
 
 fn print_report(r: &SimReport) {
     println!(
-        "seed {} regions {} ops {} refused {} frames {} dropped {} delta_bytes {} anti_entropy_bytes {} crashes {} empty_restarts {} evictions {} expired {} clock_jumps {} stalls {} local_deltas_dropped {} partial_dropped {} logs_dropped {} clock_held {} gc_dropped {} atoms_lost {} converge_ms {} metadata {} restart_writes_held {} restart_holds_expired {}",
+        "seed {} regions {} ops {} refused {} frames {} dropped {} delta_bytes {} anti_entropy_bytes {} crashes {} empty_restarts {} evictions {} expired {} clock_jumps {} stalls {} local_deltas_dropped {} partial_dropped {} logs_dropped {} clock_held {} gc_dropped {} atoms_lost {} converge_ms {} metadata {} restart_writes_held {} restart_holds_expired {} expulsions {} frames_refused {} forgets {} operator_restarts {}",
         r.seed, r.regions, r.ops, r.ops_refused, r.frames, r.frames_dropped, r.delta_bytes,
         r.anti_entropy_bytes, r.crashes, r.empty_restarts, r.evictions, r.expired,
         r.clock_jumps, r.stalls, r.local_deltas_dropped, r.partial_deltas_dropped,
         r.logs_dropped, r.deltas_clock_held, r.gc_dropped, r.atoms_lost, r.converge_ms,
-        r.metadata_elements, r.restart_writes_held, r.restart_holds_expired
+        r.metadata_elements, r.restart_writes_held, r.restart_holds_expired, r.expulsions,
+        r.frames_refused, r.forgets, r.operator_restarts
     );
     for v in &r.violations {
         println!("VIOLATION {v}");
@@ -109,6 +116,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--clustered") {
         return cluster_cli::cli(&args);
+    }
+    if args.iter().any(|a| a == "--replicas") {
+        return replica_cli::cli(&args);
     }
     let mut opts = Opts::default();
     let mut mode: Option<(String, String)> = None;

@@ -29,7 +29,10 @@ enum Phase {
     /// Waiting for `+CONTINUE`/`+FULLRESYNC`.
     Handshake,
     /// Receiving a snapshot that ends at `offset`.
-    Snapshot { replid: String, offset: u64 },
+    Snapshot {
+        replid: String,
+        offset: u64,
+    },
     Streaming,
 }
 

@@ -167,7 +167,8 @@ fn connect(p: &mut Primary, r: &Replica, now: u64) -> Conn {
 fn pump(p: &mut Primary, r: &mut Replica, c: &mut Conn, now: u64, chunk: usize) {
     loop {
         if let Some(tx) = &mut c.tx {
-            tx.poll_transmit(now, &p.backlog, &mut c.to_replica).unwrap();
+            tx.poll_transmit(now, &p.backlog, &mut c.to_replica)
+                .unwrap();
         }
         if c.to_replica.is_empty() && c.to_primary.is_empty() {
             break;
@@ -276,7 +277,10 @@ fn a_lost_snapshot_never_resumes_partially() {
     assert!(c.rx.in_snapshot());
     assert_eq!(c.rx.position(), None);
     let mut ack = Vec::new();
-    assert!(!c.rx.poll_transmit(10_000, &mut ack).unwrap(), "no ack mid-snapshot");
+    assert!(
+        !c.rx.poll_transmit(10_000, &mut ack).unwrap(),
+        "no ack mid-snapshot"
+    );
 }
 
 #[test]
@@ -290,7 +294,10 @@ fn protocol_violations_close_the_connection() {
     // A change inside a snapshot.
     let mut rx = StreamReceiver::new(0, None, 1, 4);
     rx.handle_bytes(0, b"+FULLRESYNC abc 5\r\n");
-    assert!(matches!(rx.poll_event(), Ok(Some(ReceiverEvent::FullResync { .. }))));
+    assert!(matches!(
+        rx.poll_event(),
+        Ok(Some(ReceiverEvent::FullResync { .. }))
+    ));
     rx.handle_bytes(0, &frame(&ReplicaFrame::Delta(deltas[0].clone())));
     assert!(matches!(rx.poll_event(), Err(StreamError::Protocol(_))));
     // A snapshot that ends elsewhere than announced.
@@ -320,13 +327,18 @@ fn protocol_violations_close_the_connection() {
         rx.handle_bytes(0, b"+CONTINUE abc 3\r\n");
         rx.poll_event().unwrap();
         rx.handle_bytes(0, &frame(&f));
-        assert!(matches!(rx.poll_event(), Err(StreamError::Protocol(_))), "{f:?}");
+        assert!(
+            matches!(rx.poll_event(), Err(StreamError::Protocol(_))),
+            "{f:?}"
+        );
     }
     // Primary side: anything but an ack, or an ack of what was never sent.
     let mut tx = StreamSender::new(0, 10);
     assert!(tx.handle_bytes(0, &frame(&ReplicaFrame::Ping)).is_err());
     let mut tx = StreamSender::new(0, 10);
-    assert!(tx.handle_bytes(0, &frame(&ReplicaFrame::Ack { offset: 11 })).is_err());
+    assert!(tx
+        .handle_bytes(0, &frame(&ReplicaFrame::Ack { offset: 11 }))
+        .is_err());
     let mut tx = StreamSender::new(0, 10);
     assert_eq!(
         tx.handle_bytes(0, &frame(&ReplicaFrame::Ack { offset: 10 })),
@@ -351,11 +363,15 @@ fn timeouts_pings_and_acks() {
     let mut out = Vec::new();
     tx.poll_transmit(10, &backlog, &mut out).unwrap();
     assert!(out.is_empty());
-    tx.poll_transmit(PING_INTERVAL_MS, &backlog, &mut out).unwrap();
+    tx.poll_transmit(PING_INTERVAL_MS, &backlog, &mut out)
+        .unwrap();
     assert_eq!(decode_frame(&out).unwrap().unwrap().0, ReplicaFrame::Ping);
     assert!(tx.poll_timeout() <= LINK_TIMEOUT_MS);
     assert!(tx.handle_timeout(LINK_TIMEOUT_MS - 1).is_ok());
-    assert_eq!(tx.handle_timeout(LINK_TIMEOUT_MS), Err(StreamError::Timeout));
+    assert_eq!(
+        tx.handle_timeout(LINK_TIMEOUT_MS),
+        Err(StreamError::Timeout)
+    );
 
     let mut rx = StreamReceiver::new(0, Some(("abc".into(), 3)), 1, 4);
     rx.handle_bytes(0, b"+CONTINUE abc 3\r\n");
@@ -363,8 +379,14 @@ fn timeouts_pings_and_acks() {
     let mut out = Vec::new();
     assert!(rx.poll_transmit(0, &mut out).unwrap(), "first ack at once");
     assert!(!rx.poll_transmit(50, &mut out).unwrap());
-    assert!(rx.poll_transmit(ACK_INTERVAL_MS, &mut out).unwrap(), "periodic ack");
-    assert_eq!(rx.handle_timeout(LINK_TIMEOUT_MS), Err(StreamError::Timeout));
+    assert!(
+        rx.poll_transmit(ACK_INTERVAL_MS, &mut out).unwrap(),
+        "periodic ack"
+    );
+    assert_eq!(
+        rx.handle_timeout(LINK_TIMEOUT_MS),
+        Err(StreamError::Timeout)
+    );
 }
 
 #[test]
