@@ -18,6 +18,7 @@ pub mod codec;
 pub mod proto;
 pub mod replica_stream;
 pub mod store;
+#[cfg(feature = "transport")]
 pub mod transport;
 
 pub use codec::{
