@@ -25,7 +25,7 @@ pub enum ThreadPriority {
     /// Idle class while it keeps up (see the module docs).
     #[default]
     Background,
-    /// The normal class, at nice 5.
+    /// The normal class, 5 nicer than the process.
     Normal,
 }
 
@@ -33,8 +33,9 @@ pub enum ThreadPriority {
 pub const STARVED_MS: u64 = 10;
 /// How long a starved replication thread stays in the normal class.
 pub const BOOST_MS: u64 = 1_000;
-/// Nice value of the replication thread in the normal and batch classes: when it and a
-/// client thread want the same core, the client's requests win.
+/// How much nicer than the process (whatever nice value it was started with) the
+/// replication thread runs in the normal and batch classes: when it and a client thread
+/// want the same core, the client's requests win.
 const NICE: i32 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,8 +59,8 @@ impl Governor {
             idle: false,
             boosted_until: None,
         };
-        if set_nice(NICE).is_err() {
-            tracing::debug!("cannot lower the replication thread's nice value");
+        if nicer_by(NICE).is_err() {
+            tracing::debug!("cannot lower the replication thread's priority");
         }
         if priority == ThreadPriority::Normal {
             return fixed;
@@ -110,7 +111,7 @@ fn can_leave_idle() -> bool {
     std::thread::Builder::new()
         .name("meridian-sched-probe".into())
         .spawn(|| {
-            set_nice(NICE).is_ok()
+            nicer_by(NICE).is_ok()
                 && set_class(Class::Idle).is_ok()
                 && set_class(Class::Normal).is_ok()
         })
@@ -137,13 +138,20 @@ fn set_class(class: Class) -> std::io::Result<()> {
     }
 }
 
+/// Raise the calling thread's nice value by `by` over its current one (at most 19).
 #[cfg(target_os = "linux")]
-fn set_nice(nice: i32) -> std::io::Result<()> {
-    // On Linux a nice value is per thread: PRIO_PROCESS with this thread's id.
-    // SAFETY: plain syscalls on the calling thread, no pointers.
+fn nicer_by(by: i32) -> std::io::Result<()> {
+    // On Linux a nice value is per thread: PRIO_PROCESS with this thread's id. getpriority
+    // may return -1 as a value, so errno tells an error apart.
+    // SAFETY: plain syscalls on the calling thread; errno is this thread's.
     let rc = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19))
     };
     if rc == 0 {
         Ok(())
@@ -158,7 +166,7 @@ fn set_class(_: Class) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_nice(_: i32) -> std::io::Result<()> {
+fn nicer_by(_: i32) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 

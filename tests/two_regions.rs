@@ -213,8 +213,8 @@ fn new_region_bootstraps_by_anti_entropy() {
     });
 }
 
-/// The replication thread runs at a lower priority (nice 5) than the client I/O threads, so
-/// that local requests win a contended core.
+/// The replication thread runs at a lower priority (5 nicer) than the client I/O threads,
+/// so that local requests win a contended core — whatever nice value the test runs at.
 #[cfg(target_os = "linux")]
 #[test]
 fn replication_thread_yields_the_core_to_client_threads() {
@@ -233,15 +233,12 @@ fn replication_thread_yields_the_core_to_client_threads() {
         }
         None
     };
+    let main = nice_of("meridian").expect("the main (client) thread's nice value");
     // It lowers its own priority as it starts: wait for that, with a deadline.
-    wait_until(CONVERGE, "the replication thread runs at nice 5", || {
-        nice_of("meridian-repl") == Some(5)
+    let want = (main + 5).min(19);
+    wait_until(CONVERGE, "the replication thread runs 5 nicer than the process", || {
+        nice_of("meridian-repl") == Some(want)
     });
-    assert_eq!(
-        nice_of("meridian"),
-        Some(0),
-        "the main (client) thread's nice value"
-    );
 }
 
 /// A delta dropped from a full per-shard delta log (`delta-log-max = 2`, a pipelined burst
