@@ -37,9 +37,9 @@
 
 use crate::frame::Reply;
 use crate::server::now_ms;
-use crate::store::{shard_of, Held, Store, PREFETCH_AHEAD};
+use crate::store::{shard_of, Held, Remote, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
-use meridian_crdt::{Applied, Delta, Entry};
+use meridian_crdt::{Delta, Entry};
 pub use meridian_replication::replica_stream::SyncRequest;
 use meridian_replication::replica_stream::{
     decide, encode_delta, encode_frame, encode_state, Backlog, ReceiverEvent, ReplicaFrame,
@@ -817,14 +817,11 @@ fn apply_event(store: &Store, hub: &InRegion, addr: &str, ev: ReceiverEvent) {
                 }
             }
             ReplicaFrame::Delta(d) => {
-                let mut s = store.shard(shard_of(d.slot));
                 // A replica mirrors its primary: what the primary applied, it applies, even
-                // in a slot its own expiry made lossy (it has no anti-entropy to wait for).
-                if s.ks.merge_state(&d.key, true, &d.state) == Applied::Changed {
-                    s.touch_key(&d.key);
-                }
-                drop(s);
-                store.observe(d.stamp.hlc);
+                // in a slot its own expiry made lossy (it has no anti-entropy to wait for),
+                // so a delta merges as a state.
+                let mut s = store.shard(shard_of(d.slot));
+                store.merge_remote(&mut s, Remote::State(&d.key, &d.state));
             }
             ReplicaFrame::State { key, state } => apply_state(store, &key, &state),
             ReplicaFrame::Forget { key } => {
@@ -848,9 +845,5 @@ fn apply_event(store: &Store, hub: &InRegion, addr: &str, ev: ReceiverEvent) {
 /// Merge a whole key state (snapshot entry or streamed state) under the key's shard lock.
 fn apply_state(store: &Store, key: &Bytes, state: &Entry) {
     let mut s = store.shard(crate::store::key_shard(key));
-    if s.ks.merge_state(key, true, state) == Applied::Changed {
-        s.touch_key(key);
-    }
-    drop(s);
-    store.observe(state.max_hlc());
+    store.merge_remote(&mut s, Remote::State(key, state));
 }

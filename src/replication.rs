@@ -18,7 +18,7 @@
 
 use crate::config::{Config, ReplicationConfig};
 use crate::server::now_ms;
-use crate::store::{key_shard, shard_of, Shard, Store, SHARDS};
+use crate::store::{key_shard, shard_of, Remote, Store, SHARDS};
 use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
@@ -63,16 +63,6 @@ impl<'a> ShellStore<'a> {
     }
 }
 
-fn apply_to_shard(s: &mut Shard, delta: &Delta) -> Applied {
-    let r = s.ks.apply_delta(delta);
-    if r == Applied::Changed {
-        s.touch_key(&delta.key);
-        // The primary's state changed: in-region replicas must see it too.
-        s.feed.push_delta(delta);
-    }
-    r
-}
-
 impl ShellStore<'_> {
     /// Whether this node stores `slot` (see `ServedSlots`); counts a refusal.
     fn serves(&self, slot: u16) -> bool {
@@ -89,7 +79,8 @@ impl ReplicaStore for ShellStore<'_> {
         if !self.serves(delta.slot) {
             return Applied::Unchanged;
         }
-        apply_to_shard(&mut self.store.shard(shard_of(delta.slot)), delta)
+        let mut shard = self.store.shard(shard_of(delta.slot));
+        self.store.merge_remote(&mut shard, Remote::Delta(delta))
     }
 
     fn apply_deltas(&mut self, deltas: &[Delta]) {
@@ -125,7 +116,8 @@ impl ReplicaStore for ShellStore<'_> {
             }
             let mut shard = self.store.shard(i);
             for &n in run {
-                apply_to_shard(&mut shard, &deltas[n as usize]);
+                self.store
+                    .merge_remote(&mut shard, Remote::Delta(&deltas[n as usize]));
             }
         }
     }
@@ -135,12 +127,7 @@ impl ReplicaStore for ShellStore<'_> {
             return Applied::Unchanged;
         }
         let mut s = self.store.shard(key_shard(key));
-        let r = s.ks.merge_state(key, true, state);
-        if r == Applied::Changed {
-            s.touch_key(key);
-            s.feed.push_state(key, state);
-        }
-        r
+        self.store.merge_remote(&mut s, Remote::State(key, state))
     }
 
     // A slot this node does not serve shows as empty (its keys, if any, are being dropped

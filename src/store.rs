@@ -5,7 +5,8 @@
 use crate::replica_stream::ReplFeed;
 use bytes::Bytes;
 use meridian_crdt::{
-    key_slot, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, Prefetch, RegionId, Stamp,
+    key_slot, Applied, Delta, EvictionPolicy, Hlc, Keyspace, KeyspaceConfig, Prefetch, RegionId,
+    Stamp,
 };
 use parking_lot::{Mutex, MutexGuard};
 use std::cell::Cell;
@@ -118,6 +119,16 @@ impl Lost {
         let bit = usize::from(d.slot) / SHARDS;
         self.slots[bit / 64] |= 1 << (bit % 64);
     }
+}
+
+/// State from elsewhere, for [`Store::merge_remote`].
+pub enum Remote<'a> {
+    /// A peer region's delta: `Keyspace::apply_delta` (a partial delta for a key of a slot
+    /// this node lost is refused until anti-entropy repaired the slot).
+    Delta(&'a Delta),
+    /// A whole key state (anti-entropy, a snapshot, MIGRATE), or a change this replica's
+    /// primary applied: merged as it is.
+    State(&'a [u8], &'a meridian_crdt::Entry),
 }
 
 impl Shard {
@@ -471,6 +482,34 @@ impl Store {
     }
 
     /// Fold a remote HLC into the node clock.
+    /// The one entry for state from elsewhere — a peer region (its deltas, anti-entropy),
+    /// this node's primary (the replica stream), another node of the region (MIGRATE's
+    /// target): merge it into `shard` (locked by the caller), and when that changed
+    /// anything, bump the key's watchers and feed this node's own replicas (a no-op on a
+    /// replica); then fold its stamp into the node's clock.
+    pub fn merge_remote(&self, shard: &mut Shard, remote: Remote<'_>) -> Applied {
+        let (applied, hlc) = match remote {
+            Remote::Delta(d) => {
+                let r = shard.ks.apply_delta(d);
+                if r == Applied::Changed {
+                    shard.touch_key(&d.key);
+                    shard.feed.push_delta(d);
+                }
+                (r, d.stamp.hlc)
+            }
+            Remote::State(key, state) => {
+                let r = shard.ks.merge_state(key, true, state);
+                if r == Applied::Changed {
+                    shard.touch_key(key);
+                    shard.feed.push_state(key, state);
+                }
+                (r, state.max_hlc())
+            }
+        };
+        self.observe(hlc);
+        applied
+    }
+
     pub fn observe(&self, hlc: Hlc) {
         self.clock.fetch_max(hlc.0, Relaxed);
     }

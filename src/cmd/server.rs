@@ -779,13 +779,12 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             // the restart window does not hold it.
             return ctx.wait_out_pause();
         }
-        let shard = ctx.shard(key);
-        if shard.ks.merge_state(key, true, &entry) == meridian_crdt::Applied::Changed {
-            shard.touch_key(key);
-            // This node's replicas get the key too (a replica promoted later must hold it).
-            shard.feed.push_state(key, &entry);
-        }
-        ctx.store.observe(entry.max_hlc());
+        // This node's replicas get the key too (a replica promoted later must hold it).
+        let store = ctx.store;
+        store.merge_remote(
+            ctx.shard(key),
+            crate::store::Remote::State(key, &entry),
+        );
         ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
