@@ -1,20 +1,27 @@
-//! Unit tests of the keyspace's local memory management and bookkeeping: lazy and active
-//! expiry, eviction policies, SCAN, per-slot access, and the stats and per-slot counters
-//! (checked against a recount after random operations).
+//! The keyspace's test support (a [`Writer`] region, [`assert_consistent`]: a recount of
+//! everything the keyspace caches, checked by every test) and the tests that cross its jobs:
+//! stats and per-slot counters against a recount after random operations, writer edge cases,
+//! invalidation floors, and the packed fast paths against the general ones. Tests of one job
+//! sit next to it (`expiry.rs`, `eviction.rs`, `scan.rs`, `gc.rs`, `write.rs`).
 
+use super::slab::node_bytes;
+use super::tables::{slot_at, slot_index};
 use super::*;
-use crate::hlc::HlcClock;
+use crate::entry::{EntryWriter, Kind};
+use crate::hlc::{Hlc, HlcClock};
+use crate::packed::Stored;
+use crate::slot::key_slot;
 use proptest::prelude::*;
 
 /// Proptest case count: `default`, or `PROPTEST_CASES` for a longer soak.
-fn cases(default: u32) -> u32 {
+pub(super) fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-fn ks(region: u16, retain: bool) -> Keyspace {
+pub(super) fn ks(region: u16, retain: bool) -> Keyspace {
     Keyspace::new(KeyspaceConfig {
         region: RegionId(region),
         retain_tombstones: retain,
@@ -22,30 +29,35 @@ fn ks(region: u16, retain: bool) -> Keyspace {
     })
 }
 
-fn bytes(s: &str) -> Bytes {
+pub(super) fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
 /// A region writing with its own clock (physical time = `now_ms`).
-struct Writer {
-    ks: Keyspace,
-    clock: HlcClock,
+pub(super) struct Writer {
+    pub(super) ks: Keyspace,
+    pub(super) clock: HlcClock,
 }
 
 impl Writer {
-    fn new(region: u16, retain: bool) -> Writer {
+    pub(super) fn new(region: u16, retain: bool) -> Writer {
         Writer {
             ks: ks(region, retain),
             clock: HlcClock::new(RegionId(region)),
         }
     }
 
-    fn write<R>(&mut self, key: &str, now_ms: u64, f: impl FnOnce(&mut EntryWriter) -> R) -> R {
+    pub(super) fn write<R>(
+        &mut self,
+        key: &str,
+        now_ms: u64,
+        f: impl FnOnce(&mut EntryWriter) -> R,
+    ) -> R {
         let stamp = self.clock.now(now_ms);
         self.ks.write(key.as_bytes(), stamp, now_ms, f)
     }
 
-    fn set(&mut self, key: &str, now_ms: u64, deadline_ms: Option<u64>) {
+    pub(super) fn set(&mut self, key: &str, now_ms: u64, deadline_ms: Option<u64>) {
         self.write(key, now_ms, |w| {
             w.set_str(bytes("v"), false);
             if deadline_ms.is_some() {
@@ -56,7 +68,7 @@ impl Writer {
 }
 
 /// Recount everything the keyspace caches and compare.
-fn assert_consistent(ks: &Keyspace) {
+pub(super) fn assert_consistent(ks: &Keyspace) {
     let (mut keys, mut volatile, mut tombstones, mut bytes_total) = (0, 0, 0, 0);
     let mut nodes = 0;
     for (i, t) in ks.slots.iter().enumerate() {
@@ -126,7 +138,7 @@ fn assert_consistent(ks: &Keyspace) {
 }
 
 /// `n` keys, each in a slot of its own.
-fn keys_in_distinct_slots(prefix: &str, n: usize) -> Vec<String> {
+pub(super) fn keys_in_distinct_slots(prefix: &str, n: usize) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut i = 0;
@@ -140,422 +152,10 @@ fn keys_in_distinct_slots(prefix: &str, n: usize) -> Vec<String> {
     out
 }
 
-// ---- expiry ----
+pub(super) const TAG_SLOT_KEYS: [&str; 5] = ["{t}a", "{t}b", "{t}c", "{t}d", "{t}e"];
 
-#[test]
-fn get_reclaims_an_expired_key_lazily() {
-    let mut w = Writer::new(1, true);
-    w.set("k", 10, Some(100));
-    assert_eq!(w.ks.stats().volatile, 1);
-    assert!(w.ks.get(b"k", 99).is_some());
-    assert!(
-        w.ks.peek(b"k", 100).is_none(),
-        "peek hides it at the deadline"
-    );
-    assert_eq!(
-        w.ks.len(),
-        1,
-        "not reclaimed by a peek (like Redis, until touched)"
-    );
-    assert!(w.ks.get(b"k", 100).is_none());
-    assert_eq!(w.ks.len(), 0);
-    assert_eq!(w.ks.stats().expired, 1);
-    assert_eq!(w.ks.stats().volatile, 0);
-    assert!(w.ks.raw_entry(b"k").is_none());
-    assert!(
-        w.ks.slot_is_lossy(key_slot(b"k")),
-        "local loss is remembered"
-    );
-    assert_eq!(w.ks.pending_deltas(), 1, "only the SET produced a delta");
-    assert_consistent(&w.ks);
-}
-
-#[test]
-fn a_write_after_the_deadline_starts_a_new_key() {
-    let mut w = Writer::new(1, true);
-    w.write("k", 10, |w| {
-        w.incr_by(5).unwrap();
-        w.set_deadline(Some(100));
-    });
-    let r = w.write("k", 150, |w| w.incr_by(1));
-    assert_eq!(r, Ok(1));
-    assert_eq!(w.ks.stats().expired, 1);
-    let e = w.ks.get(b"k", 150).unwrap();
-    assert_eq!(e.deadline_ms(), None);
-    assert_consistent(&w.ks);
-}
-
-#[test]
-fn active_expire_is_bounded_by_its_budget() {
-    let mut w = Writer::new(1, true);
-    let volatile = keys_in_distinct_slots("v", 10);
-    let plain = keys_in_distinct_slots("p", 5);
-    for k in &volatile {
-        w.set(k, 10, Some(100));
-    }
-    for k in &plain {
-        w.set(k, 10, None);
-    }
-    assert_eq!(w.ks.stats().volatile, 10);
-    assert_eq!(w.ks.active_expire(99, 1_000), 0, "nothing due yet");
-    assert_eq!(w.ks.active_expire(100, 3), 3);
-    assert_eq!(w.ks.stats().keys, 12);
-    let mut total = 3;
-    loop {
-        let n = w.ks.active_expire(100, 4);
-        assert!(n <= 4);
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    assert_eq!(total, 10);
-    assert_eq!(w.ks.stats().expired, 10);
-    assert_eq!(w.ks.stats().volatile, 0);
-    for k in &plain {
-        assert!(
-            w.ks.get(k.as_bytes(), 100).is_some(),
-            "keys without TTL stay"
-        );
-    }
-    for k in &volatile {
-        assert!(w.ks.raw_entry(k.as_bytes()).is_none());
-    }
-    assert_consistent(&w.ks);
-}
-
-// ---- eviction ----
-
-/// An "rng" that makes `sample` visit every key of `slot`, one per call, in table order.
-fn slot_walker(slot: u16) -> impl FnMut() -> u64 {
-    let mut i = 0u64;
-    move || {
-        let r = (i << 14) | u64::from(slot);
-        i += 1;
-        r
-    }
-}
-
-const TAG_SLOT_KEYS: [&str; 5] = ["{t}a", "{t}b", "{t}c", "{t}d", "{t}e"];
-
-fn tag_slot() -> u16 {
+pub(super) fn tag_slot() -> u16 {
     key_slot(b"{t}")
-}
-
-#[test]
-fn noeviction_never_evicts() {
-    let mut w = Writer::new(1, true);
-    for k in TAG_SLOT_KEYS {
-        w.set(k, 1_000, None);
-    }
-    let mut rng = slot_walker(tag_slot());
-    assert_eq!(
-        w.ks.evict_one(EvictionPolicy::NoEviction, 5, 1_000, &mut rng),
-        None
-    );
-    assert_eq!(w.ks.len(), 5);
-}
-
-#[test]
-fn lru_evicts_the_least_recently_touched_sample() {
-    for policy in [EvictionPolicy::AllKeysLru, EvictionPolicy::VolatileLru] {
-        let mut w = Writer::new(1, true);
-        for (i, k) in TAG_SLOT_KEYS.iter().enumerate() {
-            w.set(k, 1_000 * (i as u64 + 1) * 10, Some(1 << 40));
-        }
-        // "{t}a" was written first but read last: "{t}b" is now the least recent.
-        assert!(w.ks.get(b"{t}a", 100_000).is_some());
-        let mut rng = slot_walker(tag_slot());
-        let freed = w.ks.evict_one(policy, 5, 100_000, &mut rng);
-        assert!(freed.is_some_and(|b| b > 0), "{policy:?}");
-        assert!(
-            w.ks.raw_entry(b"{t}b").is_none(),
-            "{policy:?} evicts the LRU key"
-        );
-        assert_eq!(w.ks.len(), 4);
-        assert_eq!(w.ks.stats().evicted, 1);
-        assert_eq!(w.ks.pending_deltas(), 5, "eviction yields no delta");
-        assert_consistent(&w.ks);
-    }
-}
-
-#[test]
-fn lfu_evicts_the_least_frequently_used_sample() {
-    for policy in [EvictionPolicy::AllKeysLfu, EvictionPolicy::VolatileLfu] {
-        let mut w = Writer::new(1, true);
-        for k in TAG_SLOT_KEYS {
-            w.set(k, 1_000, Some(1 << 40));
-        }
-        for k in TAG_SLOT_KEYS.iter().filter(|k| **k != "{t}c") {
-            for _ in 0..50 {
-                w.ks.get(k.as_bytes(), 1_000);
-            }
-        }
-        let mut rng = slot_walker(tag_slot());
-        assert!(w.ks.evict_one(policy, 5, 1_000, &mut rng).is_some());
-        assert!(
-            w.ks.raw_entry(b"{t}c").is_none(),
-            "{policy:?} evicts the cold key"
-        );
-        assert_consistent(&w.ks);
-    }
-}
-
-#[test]
-fn volatile_ttl_evicts_the_nearest_deadline() {
-    let mut w = Writer::new(1, true);
-    let deadlines = [50_000, 20_000, 90_000, 30_000];
-    for (k, d) in TAG_SLOT_KEYS.iter().zip(deadlines) {
-        w.set(k, 1_000, Some(d));
-    }
-    w.set(TAG_SLOT_KEYS[4], 1_000, None);
-    let mut rng = slot_walker(tag_slot());
-    assert!(w
-        .ks
-        .evict_one(EvictionPolicy::VolatileTtl, 5, 1_000, &mut rng)
-        .is_some());
-    assert!(w.ks.raw_entry(b"{t}b").is_none());
-    let mut rng = slot_walker(tag_slot());
-    w.ks.evict_one(EvictionPolicy::VolatileTtl, 5, 1_000, &mut rng);
-    assert!(w.ks.raw_entry(b"{t}d").is_none());
-    assert_consistent(&w.ks);
-}
-
-#[test]
-fn volatile_policies_never_evict_keys_without_ttl() {
-    let volatile_policies = [
-        EvictionPolicy::VolatileLru,
-        EvictionPolicy::VolatileLfu,
-        EvictionPolicy::VolatileRandom,
-        EvictionPolicy::VolatileTtl,
-    ];
-    for policy in volatile_policies {
-        let mut w = Writer::new(1, true);
-        let plain = keys_in_distinct_slots("p", 6);
-        for k in &plain {
-            w.set(k, 1_000, None);
-        }
-        let mut x = 7u64;
-        let mut rng = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        assert_eq!(
-            w.ks.evict_one(policy, 5, 1_000, &mut rng),
-            None,
-            "{policy:?}"
-        );
-        for k in TAG_SLOT_KEYS {
-            w.set(k, 1_000, Some(1 << 40));
-        }
-        let mut evicted = 0;
-        while w.ks.evict_one(policy, 3, 1_000, &mut rng).is_some() {
-            evicted += 1;
-            assert!(evicted <= TAG_SLOT_KEYS.len());
-        }
-        assert_eq!(
-            evicted,
-            TAG_SLOT_KEYS.len(),
-            "{policy:?} evicts every volatile key"
-        );
-        assert_eq!(
-            w.ks.len(),
-            plain.len(),
-            "{policy:?} keeps every key without TTL"
-        );
-        for k in &plain {
-            assert!(w.ks.raw_entry(k.as_bytes()).is_some());
-        }
-        assert_consistent(&w.ks);
-    }
-}
-
-#[test]
-fn allkeys_random_evicts_until_empty() {
-    let mut w = Writer::new(1, false);
-    for k in keys_in_distinct_slots("r", 8) {
-        w.set(&k, 1_000, None);
-    }
-    let mut x = 99u64;
-    let mut rng = move || {
-        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        x
-    };
-    let mut n = 0;
-    while w
-        .ks
-        .evict_one(EvictionPolicy::AllKeysRandom, 5, 1_000, &mut rng)
-        .is_some()
-    {
-        n += 1;
-    }
-    assert_eq!(n, 8);
-    assert!(w.ks.is_empty());
-    assert_eq!(w.ks.stats().bytes, 0);
-    assert_consistent(&w.ks);
-}
-
-#[test]
-fn eviction_policy_names_round_trip() {
-    for (p, name) in EvictionPolicy::ALL {
-        assert_eq!(EvictionPolicy::parse(name), Some(p));
-        assert_eq!(EvictionPolicy::parse(&name.to_uppercase()), Some(p));
-        assert_eq!(p.name(), name);
-    }
-    assert_eq!(EvictionPolicy::parse("lru"), None);
-}
-
-// ---- SCAN and per-slot access ----
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
-
-    /// Every key present throughout a full scan is returned at least once, whatever the
-    /// COUNT and whatever other keys come and go during the scan; nothing else is returned.
-    #[test]
-    fn scan_returns_every_key_present_throughout(
-        stable in prop::collection::btree_set("[a-z]{1,6}", 0..60),
-        churn in prop::collection::vec(("[A-Z]{1,6}", any::<bool>()), 0..40),
-        count in 1usize..50,
-    ) {
-        let mut w = Writer::new(1, true);
-        for k in &stable {
-            w.set(k, 1_000, None);
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        let mut cursor = 0;
-        let mut churn = churn.into_iter();
-        let mut calls = 0;
-        loop {
-            cursor = w.ks.scan(cursor, count, 1_000, |k, _| {
-                seen.insert(String::from_utf8(k.to_vec()).unwrap());
-            });
-            calls += 1;
-            prop_assert!(calls <= SLOT_COUNT + 1);
-            if let Some((k, add)) = churn.next() {
-                if add {
-                    w.set(&k, 1_000, None);
-                } else {
-                    w.write(&k, 1_000, |w| w.delete());
-                }
-            }
-            if cursor == 0 {
-                break;
-            }
-        }
-        for k in &stable {
-            prop_assert!(seen.contains(k), "{} missed", k);
-        }
-        for k in &seen {
-            prop_assert!(stable.contains(k) || k.chars().all(|c| c.is_ascii_uppercase()));
-        }
-        assert_consistent(&w.ks);
-    }
-}
-
-#[test]
-fn scan_skips_expired_and_deleted_keys() {
-    let mut w = Writer::new(1, true);
-    w.set("live", 10, None);
-    w.set("old", 10, Some(100));
-    w.set("gone", 10, None);
-    w.write("gone", 11, |w| w.delete());
-    let mut seen = Vec::new();
-    let cursor = w.ks.scan(0, 1_000_000, 100, |k, _| {
-        seen.push(Bytes::copy_from_slice(k))
-    });
-    assert_eq!(cursor, 0);
-    assert_eq!(seen, vec![bytes("live")]);
-}
-
-#[test]
-fn slot_access_and_drop_slot() {
-    let mut w = Writer::new(1, true);
-    let slot = tag_slot();
-    for k in &TAG_SLOT_KEYS[..3] {
-        w.set(k, 10, None);
-    }
-    w.set(TAG_SLOT_KEYS[3], 10, Some(100));
-    w.set(TAG_SLOT_KEYS[4], 10, None);
-    w.write(TAG_SLOT_KEYS[4], 11, |w| w.delete());
-    w.set("elsewhere", 10, Some(1_000));
-    assert_ne!(key_slot(b"elsewhere"), slot);
-    assert_eq!(w.ks.slot_len(slot), 4);
-    let mut live: Vec<Bytes> =
-        w.ks.slot_keys(slot, 50)
-            .map(|(k, _)| Bytes::copy_from_slice(k))
-            .collect();
-    live.sort();
-    assert_eq!(live.len(), 4);
-    let at_deadline = w.ks.slot_keys(slot, 100).count();
-    assert_eq!(at_deadline, 3, "slot_keys filters keys past their deadline");
-    assert_eq!(
-        w.ks.slot_len(slot),
-        4,
-        "slot_len counts them until reclaimed"
-    );
-    assert_eq!(
-        w.ks.slot_entries(slot).count(),
-        5,
-        "slot_entries includes tombstones"
-    );
-    assert_eq!(w.ks.stats().tombstones, 1);
-    assert_eq!(w.ks.stats().volatile, 2);
-    assert_ne!(w.ks.slot_digest(slot), 0);
-
-    assert_eq!(w.ks.drop_slot(slot), 4);
-    assert_eq!(w.ks.slot_len(slot), 0);
-    assert_eq!(w.ks.slot_keys(slot, 50).count(), 0);
-    assert_eq!(w.ks.slot_digest(slot), 0);
-    assert_eq!(w.ks.len(), 1);
-    assert_eq!(w.ks.stats().tombstones, 0);
-    assert_eq!(w.ks.stats().volatile, 1);
-    assert!(w.ks.get(b"elsewhere", 50).is_some());
-    assert_eq!(
-        w.ks.drop_slot(slot),
-        0,
-        "dropping an absent slot is a no-op"
-    );
-    assert_consistent(&w.ks);
-}
-
-#[test]
-fn slot_digest_is_cached_and_follows_changes() {
-    let mut w = Writer::new(1, true);
-    let slot = key_slot(b"{t}a");
-    assert_eq!(w.ks.slot_digest(slot), 0);
-    w.set("{t}a", 10, None);
-    let d1 = w.ks.slot_digest(slot);
-    assert_eq!(w.ks.slot_digest(slot), d1);
-    w.ks.get(b"{t}a", 20);
-    assert_eq!(w.ks.slot_digest(slot), d1, "reads do not change the digest");
-    w.set("{t}b", 10, None);
-    let d2 = w.ks.slot_digest(slot);
-    assert_ne!(d2, d1);
-    w.write("{t}b", 30, |w| w.delete());
-    assert_eq!(
-        w.ks.slot_digest(slot),
-        d1,
-        "the digest covers live state only"
-    );
-}
-
-#[test]
-fn delete_all_yields_a_delta_per_live_key() {
-    let mut w = Writer::new(1, true);
-    for k in keys_in_distinct_slots("d", 6) {
-        w.set(&k, 10, None);
-    }
-    w.ks.drain_deltas().for_each(drop);
-    let mut clock = w.clock.clone();
-    let n = w.ks.delete_all(&mut || clock.now(20), 20);
-    assert_eq!(n, 6);
-    assert_eq!(w.ks.pending_deltas(), 6);
-    assert!(w.ks.is_empty());
-    assert_eq!(w.ks.stats().tombstones, 6);
-    assert_consistent(&w.ks);
 }
 
 // ---- stats stay consistent under random operations ----

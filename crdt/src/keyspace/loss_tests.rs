@@ -3,7 +3,9 @@
 //! deltas and whole states by hand; each test states what a user relies on.
 
 use super::*;
-use crate::hlc::HlcClock;
+use crate::entry::EntryWriter;
+use crate::hlc::{Hlc, HlcClock};
+use crate::slot::key_slot;
 
 struct Region {
     ks: Keyspace,
