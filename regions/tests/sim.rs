@@ -678,9 +678,15 @@ fn seeds() -> Vec<u64> {
 fn cluster_converges_fails_over_and_heals_across_seeds() {
     let mut failures = Vec::new();
     let mut worst_failover_ms = (0, 0);
+    // Every seed's trace hash folded in order: equal before and after a refactoring that
+    // must not change behaviour.
+    let mut traces = 0u64;
     for seed in seeds() {
         match run_seed(seed) {
-            Ok((_, failover_ms)) => worst_failover_ms = worst_failover_ms.max((failover_ms, seed)),
+            Ok((trace, failover_ms)) => {
+                traces = (traces ^ trace).wrapping_mul(0x100_0000_01b3);
+                worst_failover_ms = worst_failover_ms.max((failover_ms, seed));
+            }
             Err(e) => {
                 eprintln!(
                 "seed {seed} failed: {e}\n  replay: MERIDIAN_REGIONS_SEED={seed} cargo test -p meridian-regions --test sim"
@@ -690,7 +696,7 @@ fn cluster_converges_fails_over_and_heals_across_seeds() {
         }
     }
     eprintln!(
-        "slowest failover: {} ms (seed {}), node timeout {NODE_TIMEOUT_MS} ms",
+        "slowest failover: {} ms (seed {}), node timeout {NODE_TIMEOUT_MS} ms, trace-hash {traces:016x}",
         worst_failover_ms.0, worst_failover_ms.1
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
