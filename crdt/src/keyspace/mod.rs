@@ -42,7 +42,7 @@ use crate::hlc::RegionId;
 use crate::slot::SLOT_COUNT;
 use bytes::Bytes;
 use slab::{node_bytes, Node, Slab};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use tables::{slot_table, Nodes, SlotTable};
 
 /// Bytes of a node itself plus its share of the slot table (a bucket pointer and control
@@ -142,8 +142,10 @@ pub struct Keyspace {
     lossy: Vec<u64>,
     /// Losses (eviction, expiry, dropped partial deltas) so far in this keyspace.
     losses: u64,
-    /// Lossy slot → `losses` at its latest loss: see [`Keyspace::slot_loss_mark`].
-    loss_marks: std::collections::HashMap<u16, u64>,
+    /// Lossy slot → `losses` at its latest loss: see [`Keyspace::slot_loss_mark`]. Ordered,
+    /// as every map in the cores is (a std `HashMap` is seeded by the OS);
+    /// `clear_start_losses` walks it.
+    loss_marks: BTreeMap<u16, u64>,
     /// `losses` right after [`Keyspace::mark_all_lossy`] (0: never marked).
     start_losses: u64,
 }
@@ -171,7 +173,7 @@ impl Keyspace {
             floor_clock_ms: 0,
             lossy: vec![0; SLOT_COUNT / 64],
             losses: 0,
-            loss_marks: std::collections::HashMap::new(),
+            loss_marks: BTreeMap::new(),
             start_losses: 0,
         }
     }

@@ -139,7 +139,7 @@ pub(super) fn assert_consistent(ks: &Keyspace) {
 
 /// `n` keys, each in a slot of its own.
 pub(super) fn keys_in_distinct_slots(prefix: &str, n: usize) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     let mut i = 0;
     while out.len() < n {
