@@ -12,8 +12,8 @@
 //! `nodes-file` before the node acts on a change, like Redis' nodes.conf.
 
 use crate::config::ClusterConfig;
-use crate::connection::Held;
-use crate::server::now_ms;
+use crate::store::Held;
+use crate::util::now_ms;
 use crate::store::Store;
 use bytes::{Buf, BytesMut};
 use meridian_regions::node::{

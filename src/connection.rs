@@ -3,10 +3,11 @@
 //! WATCH) are handled here because they span commands.
 
 use crate::cluster::Refusal;
-use crate::cmd::{self, ConnState, Ctx, Locks, Spec};
+use crate::transaction::{self, unwatch_all};
+use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
-use crate::store::{key_shard, shard_of, Hint, Store, PREFETCH_AHEAD};
+use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::key_slot;
 use std::borrow::Cow;
@@ -129,17 +130,17 @@ pub async fn serve(
             }
             store.prefetch_ahead(&mut held, ahead_keys(&buf, &ahead, current));
             let first_slot = next.key.map(|(slot, _)| slot);
-            let mut reply = execute_parsed(
+            let mut outcome = execute_parsed(
                 &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
             );
             let mut counted = false;
-            while std::mem::take(&mut conn.paused) {
+            while matches!(outcome, Outcome::Pause) {
                 // A write during a manual failover's pause: earlier replies go out, then it
                 // waits and is routed again (runs here if the failover is abandoned, or gets
                 // MOVED to the promoted replica), like Redis' client pause. The pause is
-                // bounded by its deadline (`write_pause_began`). Likewise a write in the
+                // bounded by its deadline (`Shared::write_pause_began`). Likewise a write in the
                 // restart window (counted once per command).
-                if !counted && restart_holds_writes(&shared, now) {
+                if !counted && shared.restart_holds_writes(now) {
                     counted = true;
                     if let Some(r) = &shared.repl {
                         r.restart_writes_held.fetch_add(1, Relaxed);
@@ -155,11 +156,11 @@ pub async fn serve(
                 loop {
                     tokio::time::sleep(PAUSE_RECHECK).await;
                     now = now_ms();
-                    if !write_pause_began(&shared, now) {
+                    if !shared.write_pause_began(now) {
                         break;
                     }
                 }
-                reply = execute_parsed(
+                outcome = execute_parsed(
                     &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now,
                     &mut held,
                 );
@@ -169,7 +170,9 @@ pub async fn serve(
                 limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
                 exhausted = false;
             }
-            if let Some(req) = conn.takeover.take() {
+            let reply = match outcome {
+                Outcome::Reply(r) => r,
+                Outcome::Takeover(req) => {
                 before_await(&mut held, &store);
                 // MERIDIAN SYNC: this connection now carries a replica stream (the requests
                 // parsed ahead are still in `buf`: they go with it).
@@ -182,8 +185,8 @@ pub async fn serve(
                 crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
                 unwatch_all(&store, &mut conn);
                 return;
-            }
-            if let Some((n, timeout_ms)) = conn.wait.take() {
+                }
+                Outcome::Wait { replicas, timeout_ms } => {
                 before_await(&mut held, &store);
                 // WAIT blocks this connection only; earlier replies go out first.
                 if !out.is_empty() {
@@ -194,16 +197,20 @@ pub async fn serve(
                 }
                 let acked = shared
                     .inregion
-                    .wait_for(conn.write_offset, n, timeout_ms)
+                    .wait_for(conn.write_offset, replicas, timeout_ms)
                     .await;
-                reply = Reply::Int(acked as i64);
-            }
+                Reply::Int(acked as i64)
+                }
+                Outcome::Close(r) => {
+                    encode(&r, conn.resp3, &mut out);
+                    before_await(&mut held, &store);
+                    let _ = stream.write_all(&out).await;
+                    break 'conn;
+                }
+                // Waited out above.
+                Outcome::Pause => Reply::Null,
+            };
             encode(&reply, conn.resp3, &mut out);
-            if conn.close {
-                before_await(&mut held, &store);
-                let _ = stream.write_all(&out).await;
-                break 'conn;
-            }
             if out.len() >= MAX_PENDING_OUTPUT_BYTES {
                 before_await(&mut held, &store);
                 if stream.write_all(&out).await.is_err() {
@@ -341,7 +348,7 @@ fn ahead_keys<'b>(
 }
 
 /// A request's arguments (its command's name first), slices of its bytes.
-type Args<'a> = smallvec::SmallVec<[&'a [u8]; 8]>;
+pub(crate) type Args<'a> = smallvec::SmallVec<[&'a [u8]; 8]>;
 
 fn unknown_command(args: &[&[u8]]) -> Reply {
     let mut msg = format!(
@@ -364,7 +371,7 @@ fn unknown_command(args: &[&[u8]]) -> Reply {
     Reply::Error(Cow::Owned(msg))
 }
 
-const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
 pub use crate::store::Held;
 
@@ -407,6 +414,7 @@ pub fn execute<'s>(
         now,
         held,
     )
+    .into_reply()
 }
 
 /// [`execute`] of a request whose command `spec` (`cmd::lookup` of `args[0]`) and, when
@@ -422,7 +430,7 @@ fn execute_parsed<'s>(
     first_slot: Option<u16>,
     now: u64,
     held: &mut Held<'s>,
-) -> Reply {
+) -> Outcome {
     conn.pending_commands += 1;
     let maxmemory = store.runtime.maxmemory.load(Relaxed);
     let hold = spec.is_some_and(|s| may_hold(conn, s, maxmemory));
@@ -433,72 +441,17 @@ fn execute_parsed<'s>(
         if conn.multi.is_some() {
             conn.multi_error = true;
         }
-        return unknown_command(args);
+        return unknown_command(args).into();
     };
     if !spec.arity_ok(args.len()) {
         if conn.multi.is_some() {
             conn.multi_error = true;
         }
-        return cmd::arity(spec.name);
+        return cmd::arity(spec.name).into();
     }
     conn.last_cmd = spec.name;
-    match spec.name {
-        "multi" => {
-            if conn.multi.is_some() {
-                return cmd::err("ERR MULTI calls can not be nested");
-            }
-            conn.multi = Some(Vec::new());
-            conn.multi_error = false;
-            return cmd::ok();
-        }
-        "discard" => {
-            if conn.multi.take().is_none() {
-                return cmd::err("ERR DISCARD without MULTI");
-            }
-            conn.asking = false;
-            unwatch_all(store, conn);
-            return cmd::ok();
-        }
-        "exec" => {
-            // ASKING lasts the whole transaction, as in Redis.
-            let asking = std::mem::take(&mut conn.asking);
-            if let Some(c) = &shared.cluster {
-                match route_exec(store, c, conn, asking, now, held) {
-                    None => {}
-                    Some(Refusal::Paused) => return paused(conn, asking),
-                    Some(Refusal::Error(e)) => {
-                        // As Redis: a redirected EXEC discards the transaction.
-                        conn.multi = None;
-                        conn.multi_error = false;
-                        unwatch_all(store, conn);
-                        return Reply::Error(Cow::Owned(e));
-                    }
-                }
-            }
-            let reply = exec(store, shared, conn, now, asking);
-            if !conn.paused {
-                // An ASKING queued inside the transaction ran in it: it ends with EXEC.
-                conn.asking = false;
-            }
-            return reply;
-        }
-        "watch" => {
-            if conn.multi.is_some() {
-                return cmd::err("ERR WATCH inside MULTI is not allowed");
-            }
-            for k in &args[1..] {
-                let k = Bytes::copy_from_slice(k);
-                let mut shard = store.shard(key_shard(&k));
-                let v = shard.watch(&k);
-                conn.watched.push((k, v));
-            }
-            return cmd::ok();
-        }
-        "unwatch" => {
-            unwatch_all(store, conn);
-            return cmd::ok();
-        }
-        _ => {}
+    if let Some(outcome) = transaction::command(store, shared, conn, spec, args, now, held) {
+        return outcome;
     }
     // Each key's slot, computed once: for routing, lock choice and the keyspace.
     let keys: smallvec::SmallVec<[(&[u8], u16); 4]> = if spec.first_key > 0 {
@@ -536,7 +489,7 @@ fn execute_parsed<'s>(
                     if conn.multi.is_some() {
                         conn.multi_error = true;
                     }
-                    return Reply::Error(Cow::Owned(e));
+                    return Reply::Error(Cow::Owned(e)).into();
                 }
             }
         }
@@ -544,18 +497,18 @@ fn execute_parsed<'s>(
     if let Some(queue) = conn.multi.as_mut() {
         if spec.flags & cmd::NO_MULTI != 0 {
             conn.multi_error = true;
-            return cmd::err("ERR Command not allowed inside a transaction");
+            return cmd::err("ERR Command not allowed inside a transaction").into();
         }
         queue.push(args.iter().map(|a| Bytes::copy_from_slice(a)).collect());
-        return Reply::Simple(Cow::Borrowed("QUEUED"));
+        return Reply::Simple(Cow::Borrowed("QUEUED")).into();
     }
     let write = spec.flags & cmd::WRITE != 0;
     if write {
         if let Some(refused) = shared.inregion.write_refusal(now) {
-            return refused;
+            return refused.into();
         }
         if !make_room(store, conn, now, maxmemory) && spec.flags & cmd::DENYOOM != 0 {
-            return cmd::err(OOM);
+            return cmd::err(OOM).into();
         }
     }
     let mut key_slots = cmd::KeySlots::new();
@@ -588,7 +541,7 @@ fn execute_parsed<'s>(
     } else {
         Locks::None
     };
-    if write && conn.multi.is_none() && write_pause_began(shared, now) {
+    if write && conn.multi.is_none() && shared.write_pause_began(now) {
         // A manual failover paused writes (perhaps since this one was routed): wait with the
         // others. Handlers that lock on demand check for themselves (`Ctx::pause_began`).
         drop(locks);
@@ -604,7 +557,11 @@ fn execute_parsed<'s>(
         frame,
         held,
     };
-    let reply = (spec.handler)(&mut ctx, args);
+    let outcome = (spec.handler)(&mut ctx, args);
+    if matches!(outcome, Outcome::Pause) {
+        // Run again after the pause: counted then.
+        ctx.conn.pending_commands -= 1;
+    }
     if write {
         // The feed offset after the write (≥ its own offset): what WAIT waits for.
         ctx.conn.write_offset = store.feed().offset();
@@ -616,177 +573,31 @@ fn execute_parsed<'s>(
             }
         }
     }
-    reply
+    outcome
 }
 
 /// A write to wait through a manual failover's pause: `serve` runs it again, with its
 /// ASKING permission (it is not counted twice).
-pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Reply {
-    conn.paused = true;
+pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Outcome {
     conn.asking = asking;
     conn.pending_commands -= 1;
-    Reply::Null
+    Outcome::Pause
 }
 
-/// Checked by every write under its shard lock(s): do writes wait now? A manual failover
-/// pauses a cluster node's writes (begun, perhaps, since the write was routed): the cluster
-/// task raises the deadline, then takes each shard lock once before it reads the offset it
-/// tells the replica, so no write it did not count can run after that (see `cluster::run`).
-/// A node with peer regions holds writes until every peer answered its restart handshake
-/// (bounded by `restart-write-hold-ms`), cluster or not: see
-/// [`crate::replication::Control::holds_writes`].
-#[inline]
-pub(crate) fn write_pause_began(shared: &Shared, now: u64) -> bool {
-    failover_pause_began(shared, now) || restart_holds_writes(shared, now)
-}
-
-/// A manual failover's pause alone (see [`write_pause_began`]): what a write that issues no
-/// stamp of its own (MIGRATE's target side merging a moved key) waits for.
-#[inline]
-pub(crate) fn failover_pause_began(shared: &Shared, now: u64) -> bool {
-    shared
-        .cluster
-        .as_ref()
-        .is_some_and(|c| now <= c.writes_paused_until.load(Relaxed))
-}
-
-/// The restart window: see [`write_pause_began`].
-#[inline]
-fn restart_holds_writes(shared: &Shared, now: u64) -> bool {
-    shared.repl.as_ref().is_some_and(|r| r.holds_writes(now))
-}
-
-/// Route an EXEC in a cluster by every key of its queued commands, as Redis does: all in
-/// one slot served here (else `CROSSSLOT`, `MOVED`…), and, if any of them writes, only while
-/// this node takes writes. `None` without a transaction or with a failed one (EXEC answers).
-fn route_exec<'s>(
-    store: &'s Store,
-    c: &crate::cluster::Cluster,
-    conn: &ConnState,
-    asking: bool,
-    now: u64,
-    held: &mut crate::store::Held<'s>,
-) -> Option<Refusal> {
-    let queue = conn.multi.as_ref().filter(|_| !conn.multi_error)?;
-    let mut keys: smallvec::SmallVec<[(&[u8], u16); 4]> = smallvec::SmallVec::new();
-    let (mut write, mut reads_only) = (false, true);
-    for q in queue {
-        let args: smallvec::SmallVec<[&[u8]; 8]> = q.iter().map(|a| &a[..]).collect();
-        let Some(spec) = cmd::lookup(args[0]) else {
-            continue;
-        };
-        write |= spec.flags & cmd::WRITE != 0;
-        reads_only &= spec.flags & cmd::READONLY != 0;
-        if spec.first_key > 0 {
-            keys.extend(
-                spec.key_indices(q.len())
-                    .map(|i| (&q[i][..], key_slot(&q[i]))),
-            );
-        } else if let Some(k) = admin_write_key(spec, &args) {
-            write = true;
-            keys.push((k, key_slot(k)));
-        }
-    }
-    if keys.is_empty() {
-        return None;
-    }
-    let readonly_read = conn.readonly && reads_only;
-    c.route(store, &keys, write, asking, readonly_read, now, held)
-}
 
 /// The key of an admin subcommand that writes one key (`MERIDIAN INVALIDATE <key> …`):
 /// in a cluster it is routed like a write, so a node never writes a slot it does not own.
-fn admin_write_key<'a>(spec: &Spec, args: &[&'a [u8]]) -> Option<&'a [u8]> {
+pub(crate) fn admin_write_key<'a>(spec: &Spec, args: &[&'a [u8]]) -> Option<&'a [u8]> {
     (spec.name == "meridian" && args.len() >= 3 && args[1].eq_ignore_ascii_case(b"invalidate"))
         .then(|| args[2])
 }
 
 /// Evict if over `maxmemory` (the caller's reading of the limit); false when the limit
 /// holds and nothing can be evicted.
-fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory: u64) -> bool {
+pub(crate) fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory: u64) -> bool {
     if maxmemory == 0 {
         return true;
     }
     store.enforce_maxmemory(now, &mut || conn.random())
 }
 
-fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64, asking: bool) -> Reply {
-    let Some(queue) = conn.multi.take() else {
-        return cmd::err("ERR EXEC without MULTI");
-    };
-    if conn.multi_error {
-        conn.multi_error = false;
-        unwatch_all(store, conn);
-        return cmd::err("EXECABORT Transaction discarded because of previous errors.");
-    }
-    let specs: Vec<&'static Spec> = queue.iter().filter_map(|a| cmd::lookup(&a[0])).collect();
-    let writes = specs.iter().any(|s| s.flags & cmd::WRITE != 0);
-    if writes {
-        if let Some(refused) = shared.inregion.write_refusal(now) {
-            unwatch_all(store, conn);
-            return refused;
-        }
-    }
-    let needs_room = specs.iter().any(|s| s.flags & cmd::DENYOOM != 0);
-    let maxmemory = store.runtime.maxmemory.load(Relaxed);
-    if needs_room && !make_room(store, conn, now, maxmemory) {
-        unwatch_all(store, conn);
-        return cmd::err(OOM);
-    }
-    let guards = store.lock_all();
-    // (Any MERIDIAN subcommand counts: INVALIDATE and MERGE write.)
-    let pausable = writes || specs.iter().any(|s| s.name == "meridian");
-    if pausable && write_pause_began(shared, now) {
-        // See `execute_parsed`: the transaction waits, whole, with its WATCHes.
-        drop(guards);
-        conn.multi = Some(queue);
-        return paused(conn, asking);
-    }
-    let dirty = conn
-        .watched
-        .iter()
-        .any(|(k, v)| guards[key_shard(k)].watch_version(k) != *v);
-    let watched = std::mem::take(&mut conn.watched);
-    // Queued arguments are copies (see `execute_parsed`): no request buffer to share.
-    let no_frame = Bytes::new();
-    let mut ctx = Ctx {
-        store,
-        shared,
-        conn,
-        now_ms: now,
-        locks: Locks::All(guards),
-        key_slots: cmd::KeySlots::new(),
-        frame: &no_frame,
-        held: &mut Held::new(false),
-    };
-    let reply = if dirty {
-        Reply::NullArray
-    } else {
-        Reply::Array(
-            queue
-                .iter()
-                .zip(specs)
-                .map(|(a, spec)| {
-                    let args: Args<'_> = a.iter().map(|a| &a[..]).collect();
-                    (spec.handler)(&mut ctx, &args)
-                })
-                .collect(),
-        )
-    };
-    if writes {
-        ctx.conn.write_offset = store.feed().offset();
-    }
-    // Release the watch registrations while still holding every shard.
-    if let Locks::All(g) = &mut ctx.locks {
-        for (k, _) in &watched {
-            g[key_shard(k)].unwatch(k);
-        }
-    }
-    reply
-}
-
-fn unwatch_all(store: &Store, conn: &mut ConnState) {
-    for (k, _) in conn.watched.drain(..) {
-        store.shard(key_shard(&k)).unwatch(&k);
-    }
-}

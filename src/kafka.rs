@@ -14,7 +14,7 @@
 //! blocks) and takes one shard lock per key, like a client write.
 
 use crate::config::KafkaConfig;
-use crate::server::now_ms;
+use crate::util::now_ms;
 use crate::store::Store;
 use bytes::Bytes;
 use parking_lot::Mutex;

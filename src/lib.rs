@@ -25,8 +25,10 @@ pub mod replication;
 pub mod replication_nodes;
 pub mod sched;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod topology;
+pub mod transaction;
 pub mod util;
 
 /// The Redis version meridian answers to (`INFO`, `HELLO`): the command semantics it follows.

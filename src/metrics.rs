@@ -2,7 +2,8 @@
 //! HTTP/1.1 responder: one request per connection, bounded request size.
 
 use crate::replication::{Control, PeerControl};
-use crate::server::{now_ms, Shared};
+use crate::shared::Shared;
+use crate::util::now_ms;
 use crate::store::Store;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

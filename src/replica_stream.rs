@@ -36,7 +36,7 @@
 //! close the link with a log line; the replica reconnects.
 
 use crate::frame::Reply;
-use crate::server::now_ms;
+use crate::util::now_ms;
 use crate::store::{shard_of, Held, Remote, Store, PREFETCH_AHEAD};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Delta, Entry};
@@ -61,7 +61,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 pub const DEFAULT_BACKLOG_BYTES: usize = 1024 * 1024;
 
 fn new_replid() -> String {
-    let a = crate::server::now_micros() ^ (u64::from(std::process::id()) << 40);
+    let a = crate::util::now_micros() ^ (u64::from(std::process::id()) << 40);
     let b = a.rotate_left(17).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (&a as *const u64 as u64);
     let c = b.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ a;
     format!("{a:016x}{b:016x}{:08x}", c as u32)

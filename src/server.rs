@@ -4,56 +4,20 @@
 use crate::cmd::ConnState;
 use crate::config::Config;
 use crate::store::{Runtime, Store};
-use bytes::Bytes;
 use meridian_crdt::{EvictionPolicy, RegionId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Delta log bound per shard when no replication consumes it.
 const SINGLE_REGION_LOG_MAX: usize = 16;
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-pub struct ClientEntry {
-    pub addr: String,
-    pub name: Option<Bytes>,
-    pub created_ms: u64,
-}
-
-/// State shared by every connection besides the store.
-pub struct Shared {
-    pub config: Config,
-    pub started_ms: u64,
-    pub run_id: String,
-    pub clients: Mutex<HashMap<u64, ClientEntry>>,
-    next_client_id: AtomicU64,
-    /// Multi-region replication state (None: single region).
-    pub repl: Option<Arc<crate::replication::Control>>,
-    /// Kafka invalidation counters (all zero when the consumer is off).
-    pub kafka: Arc<crate::kafka::KafkaStats>,
-    /// Region cluster (None: standalone).
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    /// In-region replication (both roles): `follow`, WAIT, min-replicas, INFO.
-    pub inregion: Arc<crate::replica_stream::InRegion>,
-    /// Threads serving clients (see `store::Held`: with one, a batch keeps its shard locks).
-    pub io_threads: AtomicUsize,
-}
+pub use crate::shared::{now_micros, now_ms, ClientEntry, Shared};
 
 pub struct Server {
     pub store: Arc<Store>,

@@ -121,6 +121,9 @@ impl Lost {
     }
 }
 
+/// Some shards' guards, with their indices (a command's locks).
+pub type SomeGuards<'s> = smallvec::SmallVec<[(usize, MutexGuard<'s, Shard>); 2]>;
+
 /// State from elsewhere, for [`Store::merge_remote`].
 pub enum Remote<'a> {
     /// A peer region's delta: `Keyspace::apply_delta` (a partial delta for a key of a slot
@@ -623,9 +626,9 @@ impl Store {
     }
 
     /// Lock the given shards (deduplicated, ascending: deadlock-free).
-    pub fn lock_some(&self, idxs: &mut [usize]) -> crate::cmd::SomeGuards<'_> {
+    pub fn lock_some(&self, idxs: &mut [usize]) -> SomeGuards<'_> {
         idxs.sort_unstable();
-        let mut out = crate::cmd::SomeGuards::new();
+        let mut out = SomeGuards::new();
         for (n, &i) in idxs.iter().enumerate() {
             if n == 0 || idxs[n - 1] != i {
                 out.push((i, self.shards[i].lock()));

@@ -1,7 +1,8 @@
 //! Small helpers shared by the command families: number parsing and formatting with Redis'
-//! rules, and Redis' glob matcher (`stringmatchlen`).
+//! rules, Redis' glob matcher (`stringmatchlen`), and the wall clock the shell reads.
 
 use meridian_crdt::parse_i64;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn parse_int(b: &[u8]) -> Option<i64> {
     parse_i64(b)
@@ -192,4 +193,19 @@ mod tests {
         assert_eq!(parse_float(b"nan"), None);
         assert_eq!(parse_float(b"1e3"), Some(1000.0));
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the shell reads time here and passes it
+/// into the cores.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Wall-clock microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -14,7 +14,7 @@ pub mod set;
 pub mod string;
 
 use crate::frame::Reply;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::store::{Shard, Store};
 use bytes::Bytes;
 use meridian_crdt::key_slot;
@@ -26,7 +26,45 @@ use std::sync::OnceLock;
 
 /// A command's handler: `args` are the request's arguments (the name first), slices of the
 /// request's bytes ([`Ctx::bytes`] shares one without copying).
-pub type Handler = fn(&mut Ctx, &[&[u8]]) -> Reply;
+pub type Handler = fn(&mut Ctx, &[&[u8]]) -> Outcome;
+
+/// What a command asks of its connection: most reply, a few change what the connection does
+/// next. Handlers return a [`Reply`] (turned into `Outcome::Reply` by [`spec!`]) or an
+/// `Outcome` itself.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    /// Write this reply, then close the connection (QUIT).
+    Close(Reply),
+    /// Block this connection until `replicas` replicas acknowledged its last write, or
+    /// `timeout_ms` passed (0: no timeout); the reply is how many did (WAIT).
+    Wait { replicas: usize, timeout_ms: u64 },
+    /// The connection becomes a replica stream (`MERIDIAN SYNC`).
+    Takeover(crate::replica_stream::SyncRequest),
+    /// A write while writes pause (a manual failover, the restart window): earlier replies
+    /// go out, the connection waits the pause out and runs the command again.
+    Pause,
+}
+
+impl From<Reply> for Outcome {
+    #[inline]
+    fn from(r: Reply) -> Outcome {
+        Outcome::Reply(r)
+    }
+}
+
+impl Outcome {
+    /// The reply, for a caller that cannot block or hand the connection over (a command
+    /// inside EXEC, the in-process test entry): what cannot run there is refused.
+    pub fn into_reply(self) -> Reply {
+        match self {
+            Outcome::Reply(r) | Outcome::Close(r) => r,
+            Outcome::Wait { .. } | Outcome::Takeover(_) | Outcome::Pause => {
+                err("ERR Command not allowed inside a transaction")
+            }
+        }
+    }
+}
 
 pub const WRITE: u32 = 1;
 pub const READONLY: u32 = 2;
@@ -151,8 +189,6 @@ pub struct ConnState {
     pub multi: Option<Vec<Vec<Bytes>>>,
     pub multi_error: bool,
     pub watched: Vec<(Bytes, u64)>,
-    /// Reply then close (QUIT, protocol errors).
-    pub close: bool,
     pub rng: u64,
     /// Commands run since the last flush to the shared counter (one atomic per batch).
     pub pending_commands: u64,
@@ -162,13 +198,6 @@ pub struct ConnState {
     pub readonly: bool,
     /// In-region replication offset after this client's last write (what WAIT waits for).
     pub write_offset: u64,
-    /// Set by WAIT: (numreplicas, timeout_ms); the connection blocks on it.
-    pub wait: Option<(usize, u64)>,
-    /// Set by `MERIDIAN SYNC`: the connection becomes a replica stream.
-    pub takeover: Option<crate::replica_stream::SyncRequest>,
-    /// Cluster: the command was a write while the primary pauses writes for a manual
-    /// failover; the connection waits out the pause, then runs it again.
-    pub paused: bool,
 }
 
 impl ConnState {
@@ -183,14 +212,10 @@ impl ConnState {
             multi: None,
             multi_error: false,
             watched: Vec::new(),
-            close: false,
             pending_commands: 0,
             asking: false,
             readonly: false,
             write_offset: 0,
-            wait: None,
-            takeover: None,
-            paused: false,
             rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
         }
     }
@@ -205,7 +230,7 @@ impl ConnState {
     }
 }
 
-pub type SomeGuards<'s> = smallvec::SmallVec<[(usize, MutexGuard<'s, Shard>); 2]>;
+pub use crate::store::SomeGuards;
 
 pub enum Locks<'s> {
     None,
@@ -282,7 +307,7 @@ impl<'s, 'c> Ctx<'s, 'c> {
             return false;
         }
         let _ = self.shard(key);
-        crate::connection::write_pause_began(self.shared, self.now_ms)
+        self.shared.write_pause_began(self.now_ms)
     }
 
     /// [`Ctx::pause_began`] for a write that issues no stamp of its own (a merged state):
@@ -293,13 +318,13 @@ impl<'s, 'c> Ctx<'s, 'c> {
             return false;
         }
         let _ = self.shard(key);
-        crate::connection::failover_pause_began(self.shared, self.now_ms)
+        self.shared.failover_pause_began(self.now_ms)
     }
 
     /// The reply of a write that waits out a manual failover's pause (see
     /// [`Ctx::pause_began`]): the connection runs the command again afterwards.
-    pub fn wait_out_pause(&mut self) -> Reply {
-        crate::connection::paused(self.conn, false)
+    pub fn wait_out_pause(&mut self) -> Outcome {
+        Outcome::Pause
     }
 
     /// The key's hash slot (CRC16 only for keys that are not the command's arguments).
@@ -488,7 +513,7 @@ macro_rules! spec {
             first_key: $first,
             last_key: $last,
             step: $step,
-            handler: $handler,
+            handler: |ctx, args| ::core::convert::Into::into(($handler)(ctx, args)),
         }
     };
 }

@@ -1,7 +1,7 @@
 //! In-region replication commands: `REPLICAOF`/`SLAVEOF`, `WAIT`, `ROLE`. The stream itself
 //! (`MERIDIAN SYNC`) and its state live in `crate::replica_stream`.
 
-use super::{err, not_int, ok, spec, Ctx, Spec, ADMIN, NO_MULTI, STALE};
+use super::{err, not_int, ok, spec, Ctx, Outcome, Spec, ADMIN, NO_MULTI, STALE};
 use crate::frame::Reply;
 use crate::replica_stream::{PrimaryAddr, Role};
 use bytes::Bytes;
@@ -40,21 +40,23 @@ fn replicaof(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 }
 
 /// `WAIT numreplicas timeout`: the connection blocks (see `connection::serve`).
-fn wait(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+fn wait(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
     let Some(n) = crate::util::parse_int(a[1]) else {
-        return not_int();
+        return not_int().into();
     };
     let Some(timeout_ms) = crate::util::parse_int(a[2]) else {
-        return err("ERR timeout is not an integer or out of range");
+        return err("ERR timeout is not an integer or out of range").into();
     };
     if timeout_ms < 0 {
-        return err("ERR timeout is negative");
+        return err("ERR timeout is negative").into();
     }
     if ctx.shared.inregion.role() == Role::Replica {
-        return err("ERR WAIT cannot be used with replica instances.");
+        return err("ERR WAIT cannot be used with replica instances.").into();
     }
-    ctx.conn.wait = Some((n.max(0) as usize, timeout_ms as u64));
-    Reply::Null
+    Outcome::Wait {
+        replicas: n.max(0) as usize,
+        timeout_ms: timeout_ms as u64,
+    }
 }
 
 fn role(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {

@@ -88,9 +88,8 @@ fn auth(_ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 }
 
-fn quit(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
-    ctx.conn.close = true;
-    ok()
+fn quit(_ctx: &mut Ctx, _a: &[&[u8]]) -> Outcome {
+    Outcome::Close(ok())
 }
 
 fn reset(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
@@ -341,7 +340,7 @@ const CONFIG_NAMES: [&str; 18] = [
 ];
 
 /// A validated CONFIG SET assignment, applied once every pair parsed.
-type ConfigChange = Box<dyn FnOnce(&Store, &crate::server::Shared)>;
+type ConfigChange = Box<dyn FnOnce(&Store, &crate::shared::Shared)>;
 
 fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = &a[1];
@@ -391,7 +390,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let Some(n) = crate::config::parse_memory(&value) else {
                         return fail(not_memory);
                     };
-                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         s.runtime.maxmemory.store(n, Relaxed)
                     }));
                 }
@@ -399,7 +398,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let Some(p) = EvictionPolicy::parse(&value) else {
                         return fail("argument(s) must be one of the following: volatile-lru, volatile-lfu, volatile-random, volatile-ttl, allkeys-lru, allkeys-lfu, allkeys-random, noeviction");
                     };
-                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         *s.runtime.policy.lock() = p
                     }));
                 }
@@ -412,7 +411,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                         return fail("argument must be between 1 and 64 inclusive");
                     }
                     let n = n as usize;
-                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         s.runtime.samples.store(n, Relaxed)
                     }));
                 }
@@ -424,7 +423,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                         return fail("argument must be between 1 and 4294967295 inclusive");
                     }
                     let n = n as usize;
-                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         s.runtime.maxclients.store(n, Relaxed)
                     }));
                 }
@@ -439,7 +438,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                             "argument must be between 1048576 and 9223372036854775807 inclusive",
                         );
                     }
-                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         s.runtime.proto_max_bulk_len.store(n, Relaxed)
                     }));
                 }
@@ -450,7 +449,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     else {
                         return fail(not_memory);
                     };
-                    changes.push(Box::new(move |s: &Store, _: &crate::server::Shared| {
+                    changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         s.feed().set_backlog_size(n)
                     }));
                 }
@@ -458,7 +457,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let Some(n) = value.parse::<u32>().ok() else {
                         return fail(not_integer);
                     };
-                    changes.push(Box::new(move |_: &Store, sh: &crate::server::Shared| {
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
                         sh.inregion.min_replicas_to_write.store(n as usize, Relaxed)
                     }));
                 }
@@ -466,7 +465,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let Some(n) = value.parse::<u32>().ok() else {
                         return fail(not_integer);
                     };
-                    changes.push(Box::new(move |_: &Store, sh: &crate::server::Shared| {
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
                         sh.inregion
                             .min_replicas_max_lag_s
                             .store(u64::from(n), Relaxed)
@@ -509,7 +508,7 @@ fn info(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 /// The INFO text (also used by the metrics endpoint's tests and tooling).
 pub fn info_text(
     store: &Store,
-    shared: &crate::server::Shared,
+    shared: &crate::shared::Shared,
     now_ms: u64,
     wanted: &[String],
 ) -> String {
@@ -666,7 +665,7 @@ pub fn info_text(
 }
 
 fn time(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
-    let micros = crate::server::now_micros();
+    let micros = crate::util::now_micros();
     let _ = ctx;
     Reply::Array(vec![
         Reply::Bulk(Bytes::from((micros / 1_000_000).to_string())),
@@ -681,7 +680,34 @@ fn lastsave(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
 /// meridian-specific admin: `MERIDIAN DELTAS [n]` shows the newest deltas of every shard's
 /// log (with peers, what the replication link will ship; without, the notes kept of the
 /// newest writes), `MERIDIAN REGION`.
-fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
+    let sub = &a[1];
+    if sub.eq_ignore_ascii_case(b"sync") {
+        // MERIDIAN SYNC <primary-replid|?> <applied-offset> <port>: a replica asks for the
+        // stream; the connection is handed over to `replica_stream::serve_replica`.
+        let (Some(id), Some(off), Some(port), 5) = (a.get(2), a.get(3), a.get(4), a.len()) else {
+            return err("ERR usage: MERIDIAN SYNC <replid|?> <offset> <port>").into();
+        };
+        return match crate::replica_stream::SyncRequest::parse(id, off, port) {
+            Ok(req) => Outcome::Takeover(req),
+            Err(e) => err(e).into(),
+        };
+    }
+    // The subcommands that write one key wait out a pause first: INVALIDATE stamps (a
+    // manual failover's pause and the restart window hold it), MERGE issues no stamp of its
+    // own (only a manual failover's pause: MIGRATE's source drops the key once we answer,
+    // and the promoted replica must have it).
+    if let (Some(key), 3..) = (a.get(2), a.len()) {
+        if sub.eq_ignore_ascii_case(b"invalidate") && ctx.pause_began(key)
+            || sub.eq_ignore_ascii_case(b"merge") && ctx.failover_pause_began(key)
+        {
+            return ctx.wait_out_pause();
+        }
+    }
+    meridian_reply(ctx, a).into()
+}
+
+fn meridian_reply(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"deltas") {
         let n = match a.get(2) {
@@ -755,9 +781,6 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         let Some(key) = a.get(2) else {
             return usage();
         };
-        if ctx.pause_began(key) {
-            return ctx.wait_out_pause();
-        }
         let removed = ctx.write(key, |w| w.invalidate(version));
         Reply::Int(i64::from(removed))
     } else if sub.eq_ignore_ascii_case(b"merge") {
@@ -773,12 +796,6 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             return err_owned(format!("ERR bad key state: {e}"));
         }
         entry.rebuild();
-        if ctx.failover_pause_began(key) {
-            // MIGRATE's source drops the key once we answer: the promoted replica must have
-            // it, so it waits out a manual failover like any write. It issues no stamp, so
-            // the restart window does not hold it.
-            return ctx.wait_out_pause();
-        }
         // This node's replicas get the key too (a replica promoted later must hold it).
         let store = ctx.store;
         store.merge_remote(
@@ -788,18 +805,6 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
         bulk(Bytes::from(ctx.shared.config.region.clone()))
-    } else if sub.eq_ignore_ascii_case(b"sync") {
-        // MERIDIAN SYNC <primary-replid|?> <applied-offset> <port>: a replica asks for the
-        // stream; the connection is handed over to `replica::serve_replica`.
-        let (Some(id), Some(off), Some(port), 5) = (a.get(2), a.get(3), a.get(4), a.len()) else {
-            return err("ERR usage: MERIDIAN SYNC <replid|?> <offset> <port>");
-        };
-        let req = match crate::replica_stream::SyncRequest::parse(id, off, port) {
-            Ok(req) => req,
-            Err(e) => return err(e),
-        };
-        ctx.conn.takeover = Some(req);
-        ok()
     } else {
         unknown_sub("MERIDIAN", sub)
     }
