@@ -202,8 +202,10 @@ pub struct PrimaryAddr {
     pub port: u16,
 }
 
+/// This node's end of the in-region replica stream (the region cluster's own notion of a
+/// node's role is `meridian_regions::topology::Role`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub enum StreamRole {
     Primary,
     Replica,
 }
@@ -319,19 +321,19 @@ impl InRegion {
         self.target.borrow().clone()
     }
 
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> StreamRole {
         if self.is_replica.load(Relaxed) {
-            Role::Replica
+            StreamRole::Replica
         } else {
-            Role::Primary
+            StreamRole::Primary
         }
     }
 
     /// Primary: its last assigned offset; replica: the offset applied from its primary.
     pub fn repl_offset(&self) -> u64 {
         match self.role() {
-            Role::Primary => self.feed.offset(),
-            Role::Replica => self.applied_offset.load(Relaxed),
+            StreamRole::Primary => self.feed.offset(),
+            StreamRole::Replica => self.applied_offset.load(Relaxed),
         }
     }
 
@@ -460,7 +462,7 @@ impl InRegion {
         match &primary {
             // `slave_read_only:1`: a replica never takes a write (standalone it answers
             // -READONLY, in a cluster it redirects with -MOVED), as Redis' default.
-            Some(p) if self.role() == Role::Replica => {
+            Some(p) if self.role() == StreamRole::Replica => {
                 let last = self.last_io_ms.load(Relaxed);
                 let _ = write!(
                     o,
@@ -490,14 +492,14 @@ impl InRegion {
         drop(replicas);
         let (max, size, first, frames) = self.feed.backlog_info();
         let (replid, offset) = match self.role() {
-            Role::Replica => (
+            StreamRole::Replica => (
                 self.master_replid
                     .lock()
                     .clone()
                     .unwrap_or_else(|| self.feed.replid()),
                 self.applied_offset.load(Relaxed),
             ),
-            Role::Primary => (self.feed.replid(), self.feed.offset()),
+            StreamRole::Primary => (self.feed.replid(), self.feed.offset()),
         };
         let _ = write!(
             o,
@@ -522,7 +524,7 @@ pub async fn serve_replica(
     req: SyncRequest,
     peer: String,
 ) {
-    if hub.role() == Role::Replica {
+    if hub.role() == StreamRole::Replica {
         let _ = stream
             .write_all(b"-ERR this node is a replica: chained replication is not supported\r\n")
             .await;
@@ -631,7 +633,7 @@ async fn stream_changes(
         tokio::pin!(appended, killed);
         appended.as_mut().enable();
         killed.as_mut().enable();
-        if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == Role::Replica {
+        if hub.kill_epoch.load(Relaxed) != epoch || hub.role() == StreamRole::Replica {
             return Err("replica links dropped on request".to_string());
         }
         let now = now_ms();

@@ -3,7 +3,7 @@
 
 use super::{err, not_int, ok, spec, Ctx, Outcome, Spec, ADMIN, NO_MULTI, STALE};
 use crate::frame::Reply;
-use crate::replica_stream::{PrimaryAddr, Role};
+use crate::replica_stream::{PrimaryAddr, StreamRole};
 use bytes::Bytes;
 
 pub fn specs() -> Vec<Spec> {
@@ -50,7 +50,7 @@ fn wait(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
     if timeout_ms < 0 {
         return err("ERR timeout is negative").into();
     }
-    if ctx.shared.inregion.role() == Role::Replica {
+    if ctx.shared.inregion.role() == StreamRole::Replica {
         return err("ERR WAIT cannot be used with replica instances.").into();
     }
     Outcome::Wait {
@@ -62,7 +62,7 @@ fn wait(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
 fn role(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     let hub = &ctx.shared.inregion;
     match (hub.role(), hub.following()) {
-        (Role::Replica, Some(p)) => Reply::Array(vec![
+        (StreamRole::Replica, Some(p)) => Reply::Array(vec![
             Reply::Bulk(Bytes::from_static(b"slave")),
             Reply::Bulk(Bytes::from(p.host)),
             Reply::Int(i64::from(p.port)),
