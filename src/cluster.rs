@@ -17,7 +17,7 @@ use crate::util::now_ms;
 use crate::store::Store;
 use bytes::{Buf, BytesMut};
 use meridian_regions::node::{
-    Config as NodeConfig, Event, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
+    NodeConfig, Event, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
 };
 pub use meridian_regions::topology::InvalidationScope;
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest, Topology};

@@ -75,7 +75,7 @@ impl crate::cluster::Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_regions::{ClusterNode, Config, Dest, NodeId, NodeInfo};
+    use meridian_regions::{ClusterNode, Dest, NodeConfig, NodeId, NodeInfo};
     use meridian_replication::proto::topology::PeerTopologies;
 
     /// Delivers every queued message until the nodes are quiet, ticking now and then.
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn cluster_region_lists_primaries_with_slots_and_replicas() {
-        let config = Config {
+        let config = NodeConfig {
             node_timeout_ms: 1_000,
             require_full_coverage: true,
         };

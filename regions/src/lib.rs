@@ -63,5 +63,5 @@ pub mod topology;
 pub mod wire;
 
 pub use bus::{BusError, BusMessage};
-pub use node::{ClusterError, ClusterNode, Config, Dest, Event, FailoverMode, Outgoing, SetSlot};
+pub use node::{ClusterError, ClusterNode, NodeConfig, Dest, Event, FailoverMode, Outgoing, SetSlot};
 pub use topology::{NodeId, NodeInfo, Role, Route, RouteRequest, SlotMap, Topology};

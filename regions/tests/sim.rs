@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use meridian_regions::bus;
 use meridian_regions::node::{
-    ClusterNode, Config, Dest, Event, FailoverMode, SetSlot, MANUAL_FAILOVER_TIMEOUT_MS,
+    ClusterNode, NodeConfig, Dest, Event, FailoverMode, SetSlot, MANUAL_FAILOVER_TIMEOUT_MS,
     TICK_INTERVAL_MS,
 };
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest, SLOT_COUNT};
@@ -47,7 +47,7 @@ macro_rules! check {
 struct Sim {
     rng: ChaCha8Rng,
     now_ms: u64,
-    config: Config,
+    config: NodeConfig,
     nodes: Vec<ClusterNode>,
     ids: Vec<NodeId>,
     /// A crashed node neither ticks nor receives.
@@ -72,7 +72,7 @@ struct Sim {
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let config = Config {
+        let config = NodeConfig {
             node_timeout_ms: NODE_TIMEOUT_MS,
             require_full_coverage: true,
         };

@@ -105,22 +105,22 @@ pub const MANUAL_FAILOVER_TIMEOUT_MS: u64 = 5000;
 pub const MF_PAUSE_MULT: u64 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct NodeConfig {
     pub node_timeout_ms: u64,
     /// Cluster state is FAIL while a slot is unassigned or served by a FAIL node.
     pub require_full_coverage: bool,
 }
 
-impl Default for Config {
+impl Default for NodeConfig {
     fn default() -> Self {
-        Config {
+        NodeConfig {
             node_timeout_ms: 15_000,
             require_full_coverage: true,
         }
     }
 }
 
-impl Config {
+impl NodeConfig {
     /// How often each node is pinged: well inside the timeout so a few lost pings do not
     /// make a healthy node PFAIL.
     pub fn ping_interval_ms(&self) -> u64 {
@@ -259,7 +259,7 @@ pub struct PersistentState {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
+pub struct NodeStats {
     pub messages_sent: u64,
     pub messages_received: u64,
     pub outbox_dropped: u64,
@@ -279,7 +279,7 @@ struct Peer {
 
 #[derive(Clone)]
 pub struct ClusterNode {
-    config: Config,
+    config: NodeConfig,
     topo: Topology,
     peers: BTreeMap<NodeId, Peer>,
     blacklist: BTreeMap<NodeId, u64>,
@@ -301,11 +301,11 @@ pub struct ClusterNode {
     /// not since it started): see `settled`.
     majority_since_ms: Option<u64>,
     gossip_cursor: usize,
-    stats: Stats,
+    stats: NodeStats,
 }
 
 impl ClusterNode {
-    pub fn new(config: Config, myself: NodeInfo) -> Self {
+    pub fn new(config: NodeConfig, myself: NodeInfo) -> Self {
         assert!(config.node_timeout_ms > 0);
         ClusterNode {
             config,
@@ -323,7 +323,7 @@ impl ClusterNode {
             minority_at_ms: None,
             majority_since_ms: None,
             gossip_cursor: 0,
-            stats: Stats::default(),
+            stats: NodeStats::default(),
         }
     }
 
@@ -342,7 +342,7 @@ impl ClusterNode {
         }
     }
 
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &NodeConfig {
         &self.config
     }
 
@@ -354,7 +354,7 @@ impl ClusterNode {
         self.topo.myself_id()
     }
 
-    pub fn stats(&self) -> &Stats {
+    pub fn stats(&self) -> &NodeStats {
         &self.stats
     }
 

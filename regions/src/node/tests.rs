@@ -16,7 +16,7 @@ struct Mesh {
 
 impl Mesh {
     fn new(n: usize) -> Mesh {
-        let config = Config {
+        let config = NodeConfig {
             node_timeout_ms: TIMEOUT_MS,
             require_full_coverage: true,
         };
