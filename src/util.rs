@@ -165,6 +165,21 @@ fn glob(mut p: &[u8], mut s: &[u8], nocase: bool, depth: usize) -> bool {
     s.is_empty()
 }
 
+/// Wall-clock milliseconds since the Unix epoch: the shell reads time here and passes it
+/// into the cores.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Wall-clock microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,19 +208,4 @@ mod tests {
         assert_eq!(parse_float(b"nan"), None);
         assert_eq!(parse_float(b"1e3"), Some(1000.0));
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch: the shell reads time here and passes it
-/// into the cores.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Wall-clock microseconds since the Unix epoch.
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
