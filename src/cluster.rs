@@ -413,7 +413,7 @@ pub async fn run(
     let mut links: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rng = now_ms() ^ 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
     let mut last_saved = cluster.saved();
     loop {
         tokio::select! {
@@ -458,14 +458,12 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
+                let seed = rand::RngCore::next_u64(&mut rng);
                 {
                     let mut node = cluster.node.lock();
                     // The replication offset ranks replicas in elections.
                     node.set_repl_offset(inregion.repl_offset());
-                    node.tick(now_ms(), rng);
+                    node.tick(now_ms(), seed);
                 }
                 resolve_pending_replicate(&cluster);
             }

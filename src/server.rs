@@ -283,7 +283,7 @@ async fn background(store: Arc<Store>, shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_cmds = 0u64;
     let mut last_sample_ms = now_ms();
-    let mut rng = random_seed() | 1;
+    let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
     loop {
         tick.tick().await;
         let now = now_ms();
@@ -294,10 +294,7 @@ async fn background(store: Arc<Store>, shared: Arc<Shared>) {
             shared.config.max_invalidation_tombstones,
         );
         store.enforce_maxmemory(now, &mut || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
+            rand::RngCore::next_u64(&mut rng)
         });
         if now.saturating_sub(last_sample_ms) >= 1000 {
             let cmds = store.stats.commands.load(Relaxed);

@@ -189,7 +189,9 @@ pub struct ConnState {
     pub multi: Option<Vec<Vec<Bytes>>>,
     pub multi_error: bool,
     pub watched: Vec<(Bytes, u64)>,
-    pub rng: u64,
+    /// Sampling for SPOP/SRANDMEMBER/RANDOMKEY and eviction (seeded per connection from
+    /// the OS: clients cannot predict it).
+    pub rng: rand::rngs::SmallRng,
     /// Commands run since the last flush to the shared counter (one atomic per batch).
     pub pending_commands: u64,
     /// Cluster: `ASKING` was the previous command (one command's worth of permission).
@@ -216,17 +218,12 @@ impl ConnState {
             asking: false,
             readonly: false,
             write_offset: 0,
-            rng: id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            rng: rand::SeedableRng::from_os_rng(),
         }
     }
 
     pub fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        rand::RngCore::next_u64(&mut self.rng)
     }
 }
 
