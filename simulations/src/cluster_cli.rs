@@ -37,13 +37,15 @@ fn print_report(r: &ClusterReport) {
 }
 
 /// `meridian-sim --clustered …` (see `main.rs`): `--seed N`, `--seeds A..B`,
-/// `--self-check N`, `--bug NAME`, `--no-FAULT`, `--fault-ms MS`, `--max-heal-ms MS`.
+/// `--self-check N`, `--bug NAME`, `--no-FAULT`, `--fault-ms MS`, `--max-heal-ms MS`,
+/// `--anti-entropy-ms MS` (0: no periodic rounds).
 pub fn cli(args: &[String]) -> std::process::ExitCode {
     use std::process::ExitCode;
     let usage = || {
         eprintln!(
             "usage: meridian-sim --clustered (--seed N | --seeds A..B | --self-check N) \
-             [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS]\n  \
+             [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS] \
+             [--anti-entropy-ms MS (periodic rounds; 0: off; default 2000)]\n  \
              faults (all on by default): {}\n  bugs: {}",
             ClusterFaults::NAMES.join(", "),
             ClusterBug::NAMES
@@ -72,15 +74,15 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
                     None => return usage(),
                 }
             }
-            "--fault-ms" | "--max-heal-ms" => {
+            "--fault-ms" | "--max-heal-ms" | "--anti-entropy-ms" => {
                 i += 1;
                 let Some(ms) = args.get(i).and_then(|s| s.parse().ok()) else {
                     return usage();
                 };
-                if arg == "--fault-ms" {
-                    base.fault_ms = ms;
-                } else {
-                    base.max_heal_ms = ms;
+                match arg {
+                    "--fault-ms" => base.fault_ms = ms,
+                    "--max-heal-ms" => base.max_heal_ms = ms,
+                    _ => base.anti_entropy_ms = ms,
                 }
                 flags.push_str(&format!(" {arg} {ms}"));
             }

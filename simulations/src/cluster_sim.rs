@@ -16,7 +16,12 @@
 //!   `NodeLinks` with a new epoch base) holding the primary's keyspace as of its last sync:
 //!   the writes after it are lost with the old primary unless a peer region got them;
 //! - `late-topology`: one region's topology reaches the others only seconds in (their
-//!   deltas to it are unrouted until then).
+//!   deltas to it are unrouted until then, and its nodes' deltas to them are refused).
+//!
+//! Periodic anti-entropy runs every 2 s, as in a deployment (`ClusterConfig::anti_entropy_ms`;
+//! `--anti-entropy-ms 0` turns it off, so that every repair has to come from the rounds the
+//! protocol requests itself — the gaps a topology change opens, re-checks of rounds that
+//! found differences — and a missing one shows; sweeps run both ways).
 //!
 //! Then heal: every fault stops, every node learns every peer's current map, and the links
 //! run until nothing moves. Checkers:
@@ -26,7 +31,10 @@
 //! - `converge`: every key reads the same (value and deadline) at its owner in every region;
 //! - `value` / `counter`: that value is the oracle's ([`KeyModel`], as in the single-node
 //!   simulator), counters exact against the acknowledged increments;
-//! - `liveness`: the links quiesce within `max_heal_ms`.
+//! - `liveness`: the links quiesce within `max_heal_ms`: no batch or repair on the wire,
+//!   every delta acknowledged, every local gap repaired, across a resend timeout and (with
+//!   periodic anti-entropy) a whole interval, so every link ran a round that found nothing
+//!   to repair.
 //!
 //! Failover and the oracle: a failover is a loss like the single-node simulator's empty
 //! restart. Just before it the simulator joins every copy of each key (keyspaces and link
@@ -151,6 +159,10 @@ pub struct ClusterConfig {
     pub fault_ms: u64,
     /// Virtual time the links get to quiesce after heal.
     pub max_heal_ms: u64,
+    /// Periodic anti-entropy interval of every link (`LinkConfig::anti_entropy_interval_ms`);
+    /// 0 turns periodic rounds off, so that every repair has to come from the rounds the
+    /// protocol requests itself (topology gaps, restarts, re-checks) and a missing one shows.
+    pub anti_entropy_ms: u64,
 }
 
 impl ClusterConfig {
@@ -161,6 +173,7 @@ impl ClusterConfig {
             bug: None,
             fault_ms: 4_000,
             max_heal_ms: 120_000,
+            anti_entropy_ms: 2_000,
         }
     }
 }
@@ -218,11 +231,14 @@ enum Class {
     Set,
 }
 
-fn link_config() -> LinkConfig {
+fn link_config(cfg: &ClusterConfig) -> LinkConfig {
     LinkConfig {
-        // Periodic anti-entropy off in practice: repairs come from the gaps the topology
-        // changes open, so a missing gap shows.
-        anti_entropy_interval_ms: 100_000_000,
+        anti_entropy_interval_ms: if cfg.anti_entropy_ms == 0 {
+            // Off in practice (longer than any run).
+            100_000_000
+        } else {
+            cfg.anti_entropy_ms
+        },
         anti_entropy_retry_ms: 100,
         anti_entropy_quiet_ms: 10,
         frontier_interval_ms: 100,
@@ -466,6 +482,14 @@ impl Sim {
             let r = sim.rng.random_range(0..n_regions);
             let until = START_MS + sim.rng.random_range(500..=sim.cfg.fault_ms.max(600));
             sim.late = Some((r, until));
+            if let Some(k) = sim.debug_key.clone() {
+                sim.debug(&k, || {
+                    format!(
+                        "region {r}'s topology reaches the others at {} ms",
+                        until - START_MS
+                    )
+                });
+            }
         }
         for r in 0..n_regions {
             let ids: Vec<u64> = {
@@ -490,6 +514,40 @@ impl Sim {
         }
     }
 
+    /// With `MERIDIAN_SIM_KEY`: an anti-entropy frame that concerns its slot, described.
+    fn debug_ae(&self, frame: &Frame) -> Option<String> {
+        let key = self.debug_key.as_ref()?;
+        let slot = key_slot(key);
+        let listed =
+            |slots: &[meridian_replication::codec::SlotKeys]| slots.iter().any(|s| s.slot == slot);
+        match frame {
+            Frame::AeKeys(k) if listed(&k.slots) => Some(format!(
+                "AeKeys of round {:#x}: slot {slot} differs (last {})",
+                k.round, k.last
+            )),
+            Frame::AeEntries(e) if listed(&e.want) || e.entries.iter().any(|k| k.key == key) => {
+                Some(format!(
+                    "AeEntries of round {:#x}: wants slot {slot} {}, carries the key {}",
+                    e.round,
+                    listed(&e.want),
+                    e.entries.iter().any(|k| k.key == key)
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn debug_delivery(&self, m: &Msg, what: &str, lost: &str) {
+        if let Some(k) = self.debug_key.as_ref() {
+            self.debug(k, || {
+                format!(
+                    "{}/{} -> {}/{}{lost}: {what}",
+                    m.from.0, m.from.1, m.to.0, m.to.1
+                )
+            });
+        }
+    }
+
     fn trace(&mut self, x: u64) {
         self.trace = mix(self.trace, x);
     }
@@ -506,7 +564,7 @@ impl Sim {
         let region = self.regions[r].id;
         let peers: Vec<RegionId> = self.regions.iter().map(|g| g.id).collect();
         let epoch_base = self.rng.random_range(2..u64::MAX / 2);
-        let mut links = NodeLinks::new(region, &peers, epoch_base, link_config());
+        let mut links = NodeLinks::new(region, &peers, epoch_base, link_config(&self.cfg));
         if self.cfg.bug == Some(ClusterBug::SkipRerouteGap) {
             links.inject_bug_skip_reroute_gap();
         }
@@ -589,6 +647,19 @@ impl Sim {
             }
             n.known[u.region] = u.version;
             let map = u.map.clone();
+            if let Some(k) = self.debug_key.clone() {
+                let (r, id) = (n.region, n.id);
+                self.debug(&k, || {
+                    format!(
+                        "node {r}/{id} learns region {}'s map v{}: slot {} at node {:?}",
+                        u.region,
+                        u.version,
+                        key_slot(&k),
+                        map[usize::from(key_slot(&k))]
+                    )
+                });
+            }
+            let n = &mut self.nodes[u.node];
             n.links
                 .set_owners(self.regions[u.region].id, |s| map[usize::from(s)]);
             self.trace = mix(self.trace, (u.node as u64) << 32 ^ u.version);
@@ -746,6 +817,14 @@ impl Sim {
             || (faults && self.rng.random_range(0..100) < self.loss_pct)
         {
             self.report.frames_dropped += 1;
+            if let Some(what) = self.debug_ae(&frame) {
+                let m = Msg {
+                    from,
+                    to: (to_region, to.node),
+                    bytes: Vec::new(),
+                };
+                self.debug_delivery(&m, &what, " LOST");
+            }
             return;
         }
         let bytes = encode(&frame).expect("frames stay under the limit");
@@ -786,6 +865,9 @@ impl Sim {
                 continue;
             };
             let frame = decode_frame(&m.bytes);
+            if let Some(what) = self.debug_ae(&frame) {
+                self.debug_delivery(&m, &what, "");
+            }
             self.trace(m.bytes.len() as u64 ^ (i as u64) << 40);
             let from = PeerNode {
                 region: self.regions[m.from.0].id,
@@ -967,6 +1049,14 @@ impl Sim {
         }
         self.regions[r].map = Rc::new(map);
         self.regions[r].version += 1;
+        if let Some(k) = self.debug_key.clone() {
+            if slots.contains(&key_slot(&k)) {
+                let old = self.nodes[src].id;
+                self.debug(&k, || {
+                    format!("reshard in region {r}: slots {lo}..={hi} from node {old} to {new_id}")
+                });
+            }
+        }
         self.report.reshards += 1;
         self.report.slots_moved += slots.len() as u64;
         self.report.keys_migrated += moved.len() as u64;
@@ -1160,30 +1250,51 @@ impl Sim {
         }
     }
 
-    /// Nothing left to move: no data on the wire, no anti-entropy work, every local delta
-    /// acknowledged by a live owner.
+    /// Nothing left to move: no data on the wire, every local delta acknowledged by a live
+    /// owner, every local gap repaired. Periodic anti-entropy keeps running: a round that
+    /// finds nothing to repair (its digests, and an answer listing no slot) is quiet; one
+    /// that lists a differing slot or ships an entry is not.
     fn quiet(&self) -> bool {
-        if self.wire.values().any(|m| {
-            let f = decode_frame(&m.bytes);
-            matches!(f, Frame::Batch(_)) || f.is_anti_entropy()
+        if self.wire.values().any(|m| match decode_frame(&m.bytes) {
+            Frame::Batch(_) | Frame::AeEntries(_) => true,
+            Frame::AeKeys(k) => !k.slots.is_empty(),
+            _ => false,
         }) {
             return false;
         }
-        self.nodes
-            .iter()
-            .filter(|n| n.alive)
-            .all(|n| !n.links.has_anti_entropy_work() && self.live_backlog(n) == 0)
+        self.nodes.iter().filter(|n| n.alive).all(|n| {
+            !n.links.has_anti_entropy_work()
+                && self.live_backlog(n) == 0
+                && self
+                    .live_links(n)
+                    .all(|p| n.links.link(p).is_some_and(|l| l.local_gap_slots() == 0))
+        })
+    }
+
+    /// How long the links must stay quiet to count as quiesced: a resend timeout (nothing
+    /// waits on a timer), and with periodic anti-entropy a whole interval and a retry more,
+    /// so that every link ran a round over it and found nothing to repair.
+    fn quiet_span_ms(&self) -> u64 {
+        let ae = if self.cfg.anti_entropy_ms == 0 {
+            0
+        } else {
+            self.cfg.anti_entropy_ms + link_config(&self.cfg).anti_entropy_retry_ms
+        };
+        400 + ae
+    }
+
+    /// The peers of `n`'s links that are alive and serve something.
+    fn live_links<'a>(&'a self, n: &'a Node) -> impl Iterator<Item = PeerNode> + 'a {
+        n.links.peers().filter_map(|(p, scope)| {
+            (scope > 0 && self.node_index(usize::from(p.region.0), p.node).is_some()).then_some(p)
+        })
     }
 
     /// Unacknowledged deltas on links to live nodes that serve something (a link to a dead
     /// or emptied node may keep its log: its slots are gaps of their new owners' links).
     fn live_backlog(&self, n: &Node) -> usize {
-        n.links
-            .peers()
-            .filter(|(p, scope)| {
-                *scope > 0 && self.node_index(usize::from(p.region.0), p.node).is_some()
-            })
-            .map(|(p, _)| n.links.link(p).map_or(0, |l| l.backlog(p.region)))
+        self.live_links(n)
+            .map(|p| n.links.link(p).map_or(0, |l| l.backlog(p.region)))
             .sum()
     }
 
@@ -1228,8 +1339,7 @@ impl Sim {
             self.tick(false);
             if self.quiet() {
                 quiet_ticks += 1;
-                // Quiet across a resend timeout: nothing waits on a timer either.
-                if quiet_ticks * TICK_MS > 400 {
+                if quiet_ticks * TICK_MS > self.quiet_span_ms() {
                     break;
                 }
             } else {
@@ -1243,12 +1353,17 @@ impl Sim {
                 .iter()
                 .filter(|n| n.alive)
                 .map(|n| {
+                    let gaps: usize = self
+                        .live_links(n)
+                        .filter_map(|p| n.links.link(p).map(|l| l.local_gap_slots()))
+                        .sum();
                     format!(
-                        "{}/{}: backlog {} live {} ae {}",
+                        "{}/{}: backlog {} live {} gap slots {} ae {}",
                         n.region,
                         n.id,
                         n.links.backlog(),
                         self.live_backlog(n),
+                        gaps,
                         n.links.has_anti_entropy_work()
                     )
                 })

@@ -6,16 +6,24 @@ use meridian_simulations::cluster_sim::{run, ClusterBug, ClusterConfig, ClusterF
 
 const SEEDS: u64 = if cfg!(debug_assertions) { 16 } else { 200 };
 
+/// With periodic anti-entropy on (the default) and off (every repair from the rounds the
+/// protocol requests itself).
 #[test]
 fn clustered_seeds_pass_all_checkers() {
     let mut failures = Vec::new();
-    for seed in 0..SEEDS {
-        let r = run(ClusterConfig::new(seed));
-        if !r.violations.is_empty() {
-            failures.push(format!(
-                "seed {seed}: {} (replay: meridian-sim --clustered --seed {seed})",
-                r.violations[0]
-            ));
+    for ae in [ClusterConfig::new(0).anti_entropy_ms, 0] {
+        for seed in 0..SEEDS {
+            let r = run(ClusterConfig {
+                anti_entropy_ms: ae,
+                ..ClusterConfig::new(seed)
+            });
+            if !r.violations.is_empty() {
+                failures.push(format!(
+                    "seed {seed}: {} (replay: meridian-sim --clustered --seed {seed} \
+                     --anti-entropy-ms {ae})",
+                    r.violations[0]
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -48,10 +56,13 @@ fn clustered_faults_are_all_on_by_default_and_exercised() {
 }
 
 /// Within `seeds`, a seed where the run with `bug` reports a violation of `kind` that the
-/// same run without it does not.
-fn caught(bug: ClusterBug, kind: &str, seeds: u64) -> String {
+/// same run without it does not (`anti_entropy_ms`: the periodic interval, 0 for off).
+fn caught(bug: ClusterBug, kind: &str, seeds: u64, anti_entropy_ms: u64) -> String {
     for seed in 0..seeds {
-        let mut cfg = ClusterConfig::new(seed);
+        let mut cfg = ClusterConfig {
+            anti_entropy_ms,
+            ..ClusterConfig::new(seed)
+        };
         let clean = run(cfg.clone());
         cfg.bug = Some(bug);
         let buggy = run(cfg);
@@ -65,18 +76,22 @@ fn caught(bug: ClusterBug, kind: &str, seeds: u64) -> String {
     panic!("{bug:?} was not caught as {kind} within {seeds} seeds");
 }
 
+/// With periodic anti-entropy off: with it on, the periodic rounds repair (later) what the
+/// missing gap's rounds would have.
 #[test]
 fn converge_checker_catches_node_links_that_skip_the_reroute_gap() {
-    caught(ClusterBug::SkipRerouteGap, "converge", 10);
+    caught(ClusterBug::SkipRerouteGap, "converge", 10, 0);
 }
 
 #[test]
 fn placement_checker_catches_a_node_storing_unserved_slots() {
-    caught(ClusterBug::StoreUnserved, "placement", 10);
+    let on = ClusterConfig::new(0).anti_entropy_ms;
+    caught(ClusterBug::StoreUnserved, "placement", 10, on);
 }
 
 #[test]
 fn counter_checker_catches_a_reshard_that_loses_the_moved_keys() {
     // Converged everywhere, but without the increments only the moved copy held.
-    caught(ClusterBug::MigrationLosesKeys, "counter", 10);
+    let on = ClusterConfig::new(0).anti_entropy_ms;
+    caught(ClusterBug::MigrationLosesKeys, "counter", 10, on);
 }

@@ -22,7 +22,13 @@
 //! A key with a delta still in flight to the peer (the link's outgoing log) is neither
 //! shipped nor pushed back: the delta brings it, and a round that overlaps a burst of
 //! writes would otherwise ship every key of the burst twice. The round is then not clean,
-//! and the re-check after `retry_ms` settles whatever the deltas did not.
+//! and the re-check after `retry_ms` settles whatever the deltas did not (a delta carries
+//! only what its write changed: a peer that never merged the key's earlier state, e.g. one
+//! that refused it while its view of the slot map was stale, still lacks that after it).
+//!
+//! A round left unanswered (a frame of it lost, the peer gone) is started again after
+//! `retry_ms`, whatever started it: a lost re-check would otherwise wait for the next
+//! periodic round, and with periodic rounds rare or off a repair stalled for good.
 //!
 //! A key both sides hold in different versions shows up on both sides: the initiator's copy
 //! is unmatched, and so is the responder's fingerprint. The initiator's `want` therefore
@@ -353,7 +359,15 @@ impl AntiEntropy {
             && (!p.busy
                 || p.urgent_since_ms
                     .is_some_and(|t| now_ms >= t.saturating_add(self.retry_ms)));
-        (requested || periodic) && now_ms >= p.retry_at_ms
+        // A round left unanswered (a frame of it lost) is started again after `retry_ms`,
+        // waiting like a requested one while the link is busy: whatever made it due (the
+        // re-check of a round that found differences, the periodic round) still holds.
+        // Without this only a requested round was restarted; a lost re-check waited for
+        // the next periodic round (30 s by default, never with periodic rounds off), and
+        // what it was to repair stayed diverged (cluster simulator seeds 276, 690, 946).
+        let unanswered = p.pending.is_some()
+            && (!p.busy || now_ms >= p.retry_at_ms.saturating_add(self.retry_ms));
+        (requested || periodic || unanswered) && now_ms >= p.retry_at_ms
     }
 
     /// Work is in progress (a digest vector being built or compared): call `poll_work`

@@ -157,70 +157,12 @@ fn wire(f: Frame) -> Frame {
 /// drains).
 fn pump(now: &mut u64, nodes: &mut [Node], drop_to: Option<(RegionId, u64)>) -> u64 {
     let mut refused = 0;
-    for round in 0..20_000 {
-        if drop_to.is_some() && round == 500 {
-            return refused;
-        }
-        let mut moved = false;
-        let mut out: Vec<(PeerNode, PeerNode, Frame)> = Vec::new();
-        for n in nodes.iter_mut() {
-            let deltas: Vec<Delta> = n.ks.drain_deltas().collect();
-            for d in deltas {
-                n.links.enqueue(*now, d);
-            }
-            n.links.note_local_hlc(n.clock.last());
-            n.links.handle_timeout(*now);
-            let mut st = Served {
-                ks: &mut n.ks,
-                served: &n.served,
-                refused: &mut refused,
-            };
-            n.links.poll_anti_entropy(*now, &mut st);
-            while let Some((to, f)) = n.links.poll_transmit(*now) {
-                out.push((
-                    PeerNode {
-                        region: n.region,
-                        node: n.id,
-                    },
-                    to,
-                    wire(f),
-                ));
-            }
-        }
-        for (from, to, f) in out {
-            // Periodic gossip (frontiers, acks) never stops: only data counts as moving.
-            moved |= matches!(f, Frame::Batch(_)) || f.is_anti_entropy();
-            if std::env::var("NL_TRACE").is_ok() {
-                let name = format!("{f:?}");
-                eprintln!("{:?} -> {:?}: {}", from, to, &name[..name.len().min(60)]);
-            }
-            if drop_to == Some((to.region, to.node)) {
-                continue;
-            }
-            let Some(n) = nodes
-                .iter_mut()
-                .find(|n| n.region == to.region && n.id == to.node)
-            else {
-                continue;
-            };
-            let mut st = Served {
-                ks: &mut n.ks,
-                served: &n.served,
-                refused: &mut refused,
-            };
-            n.links.handle_frame(*now, from, f, &mut st);
-            let seen = n.links.max_seen_hlc();
-            n.clock.observe(seen);
-        }
-        let busy = nodes.iter().any(|n| n.links.has_anti_entropy_work());
-        if !moved && !busy && nodes.iter().all(|n| n.links.backlog() == 0) {
-            return refused;
-        }
-        // Time passes only when nothing is in progress (the shell steps anti-entropy again
-        // at once while it has work), so timers fire without abandoning rounds in flight.
-        if !moved && !busy {
-            *now += 10;
-        }
+    let limit = drop_to.map(|_| 500);
+    let quiet = step(now, nodes, limit, &mut refused, &mut |_, to, _| {
+        drop_to != Some((to.region, to.node))
+    });
+    if quiet || drop_to.is_some() {
+        return refused;
     }
     let backlog: Vec<usize> = nodes.iter().map(|n| n.links.backlog()).collect();
     let busy: Vec<bool> = nodes
@@ -242,6 +184,97 @@ fn pump(now: &mut u64, nodes: &mut [Node], drop_to: Option<(RegionId, u64)>) -> 
         }
     }
     panic!("the links keep talking: backlog {backlog:?} ae work {busy:?}");
+}
+
+/// The loop of [`pump`], a frame delivered only if `deliver(from, to, frame)` says so:
+/// until everything is quiet across a resend timeout and an anti-entropy retry, so no timer
+/// is left to fire (at most 20 000 rounds; returns whether it went quiet), or exactly
+/// `limit` rounds (returns `false`).
+fn step(
+    now: &mut u64,
+    nodes: &mut [Node],
+    limit: Option<usize>,
+    refused: &mut u64,
+    deliver: &mut dyn FnMut(PeerNode, PeerNode, &Frame) -> bool,
+) -> bool {
+    let mut quiet_since: Option<u64> = None;
+    for _ in 0..limit.unwrap_or(20_000) {
+        let mut moved = false;
+        let mut out: Vec<(PeerNode, PeerNode, Frame)> = Vec::new();
+        for n in nodes.iter_mut() {
+            let deltas: Vec<Delta> = n.ks.drain_deltas().collect();
+            for d in deltas {
+                n.links.enqueue(*now, d);
+            }
+            n.links.note_local_hlc(n.clock.last());
+            n.links.handle_timeout(*now);
+            let mut st = Served {
+                ks: &mut n.ks,
+                served: &n.served,
+                refused: &mut *refused,
+            };
+            n.links.poll_anti_entropy(*now, &mut st);
+            while let Some((to, f)) = n.links.poll_transmit(*now) {
+                out.push((
+                    PeerNode {
+                        region: n.region,
+                        node: n.id,
+                    },
+                    to,
+                    wire(f),
+                ));
+            }
+        }
+        for (from, to, f) in out {
+            // Periodic gossip (frontiers, acks) never stops: only data counts as moving.
+            moved |= matches!(f, Frame::Batch(_)) || f.is_anti_entropy();
+            if std::env::var("NL_TRACE").is_ok() {
+                let name = format!("{f:?}");
+                eprintln!(
+                    "{}: {}/{} -> {}/{}: {}",
+                    now,
+                    from.region.0,
+                    from.node,
+                    to.region.0,
+                    to.node,
+                    &name[..name.len().min(220)]
+                );
+            }
+            if !deliver(from, to, &f) {
+                continue;
+            }
+            let Some(n) = nodes
+                .iter_mut()
+                .find(|n| n.region == to.region && n.id == to.node)
+            else {
+                continue;
+            };
+            let mut st = Served {
+                ks: &mut n.ks,
+                served: &n.served,
+                refused: &mut *refused,
+            };
+            n.links.handle_frame(*now, from, f, &mut st);
+            let seen = n.links.max_seen_hlc();
+            n.clock.observe(seen);
+        }
+        let busy = nodes.iter().any(|n| n.links.has_anti_entropy_work());
+        if !moved && !busy && nodes.iter().all(|n| n.links.backlog() == 0) {
+            let since = *quiet_since.get_or_insert(*now);
+            let span = cfg().resend_timeout_ms + cfg().anti_entropy_retry_ms;
+            if limit.is_none() && *now >= since + span {
+                return true;
+            }
+        } else {
+            quiet_since = None;
+        }
+        // Time passes only when nothing is in progress (the shell steps anti-entropy again
+        // at once while it has work), so timers fire without abandoning rounds in flight.
+        if !moved && !busy {
+            *now += 10;
+        }
+    }
+    false
 }
 
 /// A write at the node of `region` serving `key`'s slot.
@@ -531,4 +564,91 @@ fn tombstones_are_collected_across_node_links_and_deletes_stay() {
             assert_eq!(members, want, "{k} in {r:?}");
         }
     }
+}
+
+/// Cluster simulator seeds 276, 690 and 946 (`meridian-sim --clustered --anti-entropy-ms 0`):
+/// B's topology reaches A's node late. Until then A refuses (and acknowledges) B's deltas,
+/// and every round between the two is unclean. Once A learns the map, the round it runs
+/// cannot repair the key yet: A's own delta of it is in flight (so A does not ship it), and
+/// B leaves its copy to A (A offers a newer version). That round is unclean, so a re-check
+/// follows; its answer is lost, as B's own re-check was. An unanswered round used to wait
+/// for the next periodic round (never, with periodic rounds off; 30 s by default): A lacked
+/// B's increment for good. It is started again after `anti_entropy_retry_ms`.
+#[test]
+fn an_unanswered_recheck_round_is_started_again() {
+    let mut nodes: Vec<Node> = region_nodes(A, &[0, 16384], 10);
+    nodes.extend(region_nodes(B, &[0, 16384], 20_000));
+    let (a0, b0) = (0, 1);
+    let from = |r: RegionId| PeerNode { region: r, node: 0 };
+    let key = "k";
+    let slot = key_slot(key.as_bytes());
+    let mut now = 1_000_000u64;
+    let mut refused = 0;
+    // B knows A's map, A does not know B's yet: B's increment reaches A and is refused,
+    // and B's rounds with A are unclean.
+    nodes[b0].links.set_owners(A, |_| Some(0));
+    write(&mut nodes, now, B, key, |w| {
+        w.incr_by(5).expect("a counter");
+    });
+    step(
+        &mut now,
+        &mut nodes,
+        Some(50),
+        &mut refused,
+        &mut |_, _, _| true,
+    );
+    assert!(nodes[a0].links.stats().refused >= 1, "A refused B's delta");
+    assert_eq!(nodes[b0].links.backlog(), 0, "and acknowledged it");
+    assert_eq!(value(&nodes, A, key), None);
+    let ae = |n: &Node, r: RegionId| {
+        n.links
+            .link(PeerNode { region: r, node: 0 })
+            .expect("a link")
+            .anti_entropy_stats()
+            .clone()
+    };
+    let b = ae(&nodes[b0], A);
+    assert!(b.rounds_completed > b.rounds_clean, "{b:?}");
+    // Every anti-entropy frame lost for a while: B's re-check rounds go unanswered.
+    step(
+        &mut now,
+        &mut nodes,
+        Some(50),
+        &mut refused,
+        &mut |_, _, f| !f.is_anti_entropy(),
+    );
+    // A learns B's map (the slot becomes a gap of its link to B, repaired by a round) and
+    // increments the counter too, later than B did; its delta stays in flight through A's
+    // first round.
+    now += 1_000;
+    nodes[a0].links.set_owners(B, |_| Some(0));
+    write(&mut nodes, now, A, key, |w| {
+        w.incr_by(1).expect("a counter");
+    });
+    let mut unclean = false;
+    let mut lost = false;
+    let quiet = step(
+        &mut now,
+        &mut nodes,
+        None,
+        &mut refused,
+        &mut |f, _, frame| {
+            match frame {
+                Frame::Batch(_) if f == from(A) => unclean,
+                Frame::AeKeys(k) if f == from(B) && k.slots.iter().any(|s| s.slot == slot) => {
+                    if unclean && !lost {
+                        // The re-check's answer.
+                        lost = true;
+                        return false;
+                    }
+                    unclean = true;
+                    true
+                }
+                _ => true,
+            }
+        },
+    );
+    assert!(quiet && lost, "quiet {quiet} lost {lost}");
+    assert_eq!(value(&nodes, A, key).as_deref(), Some("6"));
+    assert_eq!(value(&nodes, B, key).as_deref(), Some("6"));
 }
