@@ -88,6 +88,13 @@ pub struct ReplicationConfig {
     pub flush_interval_ms: u64,
     /// `background` (idle class while it keeps up) or `normal`: see `sched`.
     pub thread_priority: crate::sched::ThreadPriority,
+    /// A peer region from which nothing was heard for longer than this is expelled from
+    /// GC: deleted-state metadata is collected without it, and its incarnation is refused
+    /// when it comes back (it must restart empty). 0: never (GC waits forever).
+    pub peer_gc_bound_ms: u64,
+    /// Accept a region not listed in `peers` that connects with a certificate from the
+    /// deployment CA (a region joining at run time), as a peer.
+    pub accept_new_regions: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -107,6 +114,8 @@ impl Default for ReplicationConfig {
             gc_interval_ms: 1_000,
             flush_interval_ms: 1,
             thread_priority: Default::default(),
+            peer_gc_bound_ms: l.peer_gc_bound_ms,
+            accept_new_regions: true,
         }
     }
 }

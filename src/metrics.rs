@@ -3,8 +3,8 @@
 
 use crate::replication::{Control, PeerControl};
 use crate::shared::Shared;
-use crate::util::now_ms;
 use crate::store::Store;
+use crate::util::now_ms;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -201,7 +201,37 @@ pub fn render(store: &Store, shared: &Shared) -> String {
 /// Multi-region link state (the same figures as `INFO crdt`). Tombstones waiting for GC
 /// are `meridian_tombstones`.
 fn replication(o: &mut Exposition, c: &Control, now: u64) {
-    let totals: [(&str, &str, &AtomicU64); 16] = [
+    let totals: [(&str, &str, &AtomicU64); 22] = [
+        (
+            "regions_joined_total",
+            "Regions added at run time (they connected with a certificate from the deployment CA).",
+            &c.regions_joined,
+        ),
+        (
+            "regions_refused_total",
+            "Regions that connected and were refused (region id clash, accept-new-regions off, too many).",
+            &c.regions_refused,
+        ),
+        (
+            "regions_forgotten_total",
+            "Peer regions removed by MERIDIAN REGION FORGET.",
+            &c.regions_forgotten,
+        ),
+        (
+            "peers_expelled_total",
+            "Peer regions expelled from GC: nothing heard from them past peer-gc-bound-ms.",
+            &c.peers_expelled,
+        ),
+        (
+            "frames_refused_total",
+            "Frames refused from an expelled peer incarnation (not merged).",
+            &c.frames_refused,
+        ),
+        (
+            "refusals_received_total",
+            "Refusals received: a peer expelled this region's incarnation (restart it empty).",
+            &c.refusals_received,
+        ),
         (
             "deltas_enqueued_total",
             "Local deltas queued for the peers.",
@@ -295,7 +325,7 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
         (
             "repl_peers",
             "Configured peer regions.",
-            c.peers.len() as u64,
+            c.peers().len() as u64,
         ),
         (
             "repl_local_gap_slots",
@@ -306,6 +336,11 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "repl_max_clock_offset_ms",
             "Remote HLCs further ahead of the local clock than this are held.",
             c.max_clock_offset_ms.load(Relaxed),
+        ),
+        (
+            "repl_peer_gc_bound_ms",
+            "A peer silent for longer than this is expelled from GC (0: never).",
+            c.peer_gc_bound_ms.load(Relaxed),
         ),
         (
             "repl_restart_handshake_done",
@@ -320,7 +355,25 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
     ]);
 
     type PeerValue = fn(&PeerControl, u64) -> i64;
-    let families: [(&str, &str, &str, PeerValue); 17] = [
+    let families: [(&str, &str, &str, PeerValue); 20] = [
+        (
+            "peer_expelled",
+            "gauge",
+            "1 while the peer is expelled from GC (silent past peer-gc-bound-ms, or forgotten and back): its incarnation is refused.",
+            |p, _| i64::from(p.link_state() == "expelled"),
+        ),
+        (
+            "peer_refused",
+            "gauge",
+            "1 while the peer refuses this region's incarnation (it expelled us): restart this region empty.",
+            |p, _| i64::from(p.link_state() == "refused"),
+        ),
+        (
+            "peer_silent_ms",
+            "gauge",
+            "Link time since the last frame from the peer (expelled from GC past peer-gc-bound-ms).",
+            |p, _| p.silent_ms.load(Relaxed) as i64,
+        ),
         (
             "peer_connected",
             "gauge",
@@ -427,7 +480,7 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
     for (name, kind, help, value) in families {
         let name = format!("repl_{name}");
         o.family(&name, kind, help);
-        for p in &c.peers {
+        for p in c.peers().iter() {
             o.sample(&name, Some(("peer", &p.region)), value(p, now));
         }
     }

@@ -220,12 +220,44 @@ pub struct PeerControl {
     pub frames_handled: AtomicU64,
     /// Deltas and anti-entropy entries from the peer held: too far ahead of our clock.
     pub clock_held: AtomicU64,
+    /// Where the link stands for GC ([`PEER_ACTIVE`], [`PEER_EXPELLED`], [`PEER_REFUSED`]).
+    pub gc_state: std::sync::atomic::AtomicU8,
+    /// Link time since the last frame from the peer (`peer-gc-bound-ms` expels past it).
+    pub silent_ms: AtomicU64,
+    /// The peer's incarnation as last heard (0: none yet).
+    pub epoch: AtomicU64,
+    /// Added at run time (a region that joined), not configured.
+    pub joined: bool,
+    /// `MERIDIAN REGION FORGET` was issued: the replication loop removes it.
+    pub forgetting: AtomicBool,
 }
 
+/// [`PeerControl::gc_state`]: replicating.
+pub const PEER_ACTIVE: u8 = 0;
+/// Expelled from GC (silent past `peer-gc-bound-ms`): its incarnation is refused.
+pub const PEER_EXPELLED: u8 = 1;
+/// The peer refuses this region's incarnation (it expelled us): restart this region.
+pub const PEER_REFUSED: u8 = 2;
+
 impl PeerControl {
-    /// `down`: cut by `MERIDIAN LINK DOWN`; `up`: connected and not cut; `connecting`:
-    /// not cut, but no connection to the peer now (a link never reads `up` unconnected).
+    pub fn new(region: &str, region_id: u16, joined: bool) -> PeerControl {
+        PeerControl {
+            region: region.to_string(),
+            region_id,
+            joined,
+            ..PeerControl::default()
+        }
+    }
+
+    /// `expelled`: expelled from GC, its incarnation refused; `refused`: it refuses ours;
+    /// `down`: cut by `MERIDIAN LINK DOWN`; `up`: connected and not cut; `connecting`: not
+    /// cut, but no connection to the peer now (a link never reads `up` unconnected).
     pub fn link_state(&self) -> &'static str {
+        match self.gc_state.load(Relaxed) {
+            PEER_EXPELLED => return "expelled",
+            PEER_REFUSED => return "refused",
+            _ => {}
+        }
         if self.down.load(Relaxed) {
             "down"
         } else if self.connected.load(Relaxed) {
@@ -234,6 +266,26 @@ impl PeerControl {
             "connecting"
         }
     }
+
+    /// Publish the link's view of this peer.
+    pub fn publish_gc_state(&self, status: &meridian_replication::PeerStatus) {
+        use meridian_replication::proto::link::PeerState;
+        let state = match status.state {
+            PeerState::Active => PEER_ACTIVE,
+            PeerState::Expelled => PEER_EXPELLED,
+            PeerState::RefusedByPeer => PEER_REFUSED,
+        };
+        self.gc_state.store(state, Relaxed);
+        self.silent_ms.store(status.silent_ms, Relaxed);
+        self.epoch.store(status.epoch.unwrap_or(0), Relaxed);
+    }
+}
+
+/// A run-time request to the replication loop.
+#[derive(Debug)]
+pub enum ReplRequest {
+    /// `MERIDIAN REGION FORGET <region>`.
+    Forget(String),
 }
 
 /// One peer node's link in node mode (`replication_nodes`), for `INFO crdt` and `/metrics`.
@@ -254,7 +306,24 @@ pub struct NodeStatus {
 /// What the rest of the server sees of replication.
 #[derive(Default)]
 pub struct Control {
-    pub peers: Vec<PeerControl>,
+    /// Peer regions, configured or joined at run time (see [`Control::peers`]).
+    pub peers: parking_lot::RwLock<Vec<Arc<PeerControl>>>,
+    /// Requests for the replication loop (`MERIDIAN REGION FORGET`), and its wake-up.
+    pub requests: parking_lot::Mutex<Vec<ReplRequest>>,
+    pub request_notify: tokio::sync::Notify,
+    /// `peer-gc-bound-ms` and `accept-new-regions` in force.
+    pub peer_gc_bound_ms: AtomicU64,
+    pub accept_new_regions: AtomicBool,
+    /// Regions added at run time (they connected with a valid certificate), refused (a
+    /// region id clash, `accept-new-regions = false`, too many regions), and forgotten.
+    pub regions_joined: AtomicU64,
+    pub regions_refused: AtomicU64,
+    pub regions_forgotten: AtomicU64,
+    /// Peers expelled from GC for their silence, frames refused from expelled
+    /// incarnations, refusals received from peers that expelled this region.
+    pub peers_expelled: AtomicU64,
+    pub frames_refused: AtomicU64,
+    pub refusals_received: AtomicU64,
     /// Node mode: every peer node this node has a link to (empty in region mode).
     pub nodes: parking_lot::Mutex<Vec<NodeStatus>>,
     pub deltas_enqueued: AtomicU64,
@@ -319,8 +388,40 @@ impl Control {
             .saturating_sub(now_ms)
     }
 
-    pub fn peer(&self, region: &[u8]) -> Option<&PeerControl> {
-        self.peers.iter().find(|p| p.region.as_bytes() == region)
+    /// The peer regions now (a snapshot).
+    pub fn peers(&self) -> Vec<Arc<PeerControl>> {
+        self.peers.read().clone()
+    }
+
+    pub fn peer(&self, region: &[u8]) -> Option<Arc<PeerControl>> {
+        self.peers
+            .read()
+            .iter()
+            .find(|p| p.region.as_bytes() == region)
+            .cloned()
+    }
+
+    /// `MERIDIAN REGION FORGET <region>`: checked here, carried out by the replication loop
+    /// (its link, log and transport peers go; GC stops waiting for it; its incarnation is
+    /// refused if it comes back).
+    pub fn forget(&self, region: &[u8], own: &str) -> Result<(), String> {
+        let name = String::from_utf8_lossy(region);
+        if region == own.as_bytes() {
+            return Err(format!(
+                "ERR {name} is this region: forget it on the other regions' nodes"
+            ));
+        }
+        let Some(p) = self.peer(region) else {
+            return Err(format!(
+                "ERR unknown region '{name}' (MERIDIAN REGION LIST shows the peer regions)"
+            ));
+        };
+        p.forgetting.store(true, Relaxed);
+        self.requests
+            .lock()
+            .push(ReplRequest::Forget(p.region.clone()));
+        self.request_notify.notify_one();
+        Ok(())
     }
 
     /// The `INFO crdt` lines about links.
@@ -328,8 +429,16 @@ impl Control {
         use std::fmt::Write;
         let _ = write!(
             o,
-            "repl_peers:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\nrepl_max_clock_offset_ms:{}\r\nrepl_clock_held_deltas:{}\r\nrepl_clock_held_entries:{}\r\nrepl_local_losses:{}\r\nrepl_local_gap_slots:{}\r\nrepl_incarnation:{:016x}\r\nrepl_restart_handshake_done:{}\r\nrepl_restart_writes_held:{}\r\nrepl_restart_hold_remaining_ms:{}\r\n",
-            self.peers.len(),
+            "repl_peers:{}\r\nrepl_peer_gc_bound_ms:{}\r\nrepl_accept_new_regions:{}\r\nrepl_regions_joined:{}\r\nrepl_regions_refused:{}\r\nrepl_regions_forgotten:{}\r\nrepl_peers_expelled:{}\r\nrepl_frames_refused:{}\r\nrepl_refusals_received:{}\r\nrepl_deltas_enqueued:{}\r\nrepl_deltas_sent:{}\r\nrepl_deltas_resent:{}\r\nrepl_deltas_applied:{}\r\nrepl_logs_dropped:{}\r\nrepl_deltas_abandoned:{}\r\nrepl_ae_rounds:{}\r\nrepl_ae_rounds_clean:{}\r\nrepl_ae_entries_received:{}\r\nrepl_ae_entries_shipped:{}\r\nrepl_gc_dropped:{}\r\nrepl_handshake_failures:{}\r\nrepl_identity_rejections:{}\r\nrepl_max_clock_offset_ms:{}\r\nrepl_clock_held_deltas:{}\r\nrepl_clock_held_entries:{}\r\nrepl_local_losses:{}\r\nrepl_local_gap_slots:{}\r\nrepl_incarnation:{:016x}\r\nrepl_restart_handshake_done:{}\r\nrepl_restart_writes_held:{}\r\nrepl_restart_hold_remaining_ms:{}\r\n",
+            self.peers.read().len(),
+            self.peer_gc_bound_ms.load(Relaxed),
+            u8::from(self.accept_new_regions.load(Relaxed)),
+            self.regions_joined.load(Relaxed),
+            self.regions_refused.load(Relaxed),
+            self.regions_forgotten.load(Relaxed),
+            self.peers_expelled.load(Relaxed),
+            self.frames_refused.load(Relaxed),
+            self.refusals_received.load(Relaxed),
             self.deltas_enqueued.load(Relaxed),
             self.deltas_sent.load(Relaxed),
             self.deltas_resent.load(Relaxed),
@@ -353,11 +462,11 @@ impl Control {
             self.restart_writes_held.load(Relaxed),
             self.hold_remaining_ms(now),
         );
-        for p in &self.peers {
+        for p in self.peers().iter() {
             let last = p.last_recv_ms.load(Relaxed);
             let _ = write!(
                 o,
-                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_handled={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={},clock_held={}\r\n",
+                "peer_{}:id={},link={},connected={},bytes_sent={},bytes_received={},frames_sent={},frames_received={},frames_handled={},frames_dropped={},backlog_deltas={},lag_ms={},deltas_acked={},deltas_per_sec={},last_ack_ms_ago={},ae_bytes_sent={},last_recv_ms_ago={},clock_held={},silent_ms={},joined={}\r\n",
                 p.region,
                 p.region_id,
                 p.link_state(),
@@ -376,6 +485,8 @@ impl Control {
                 p.ae_bytes_sent.load(Relaxed),
                 ms_ago(now, last),
                 p.clock_held.load(Relaxed),
+                p.silent_ms.load(Relaxed),
+                u8::from(p.joined),
             );
         }
         for (i, n) in self.nodes.lock().iter().enumerate() {
@@ -421,9 +532,27 @@ struct Core {
     control: Arc<Control>,
     transport: QuicTransport,
     link: RegionLink,
-    faults: Vec<(u64, f64)>,
+    /// Test faults per configured peer region: (name, one-way delay ms, drop rate).
+    faults: Vec<(String, u64, f64)>,
     gc_interval_ms: u64,
     flush_interval_ms: u64,
+    /// This region's name and id (a joining region's id must not clash with them).
+    region: String,
+    region_id: u16,
+}
+
+/// One peer region as the region-mode loop holds it (configured, or joined at run time).
+struct LoopPeer {
+    pc: Arc<PeerControl>,
+    id: RegionId,
+    delay_ms: u64,
+    drop_rate: f64,
+    /// Delayed outgoing frames (constant delay: FIFO).
+    delayed: VecDeque<(u64, Bytes)>,
+    /// `deltas_acked` at the last rate sample.
+    acked_sample: u64,
+    /// The link's state for it at the last publish (transitions are logged).
+    state: u8,
 }
 
 fn read_pem(
@@ -467,6 +596,8 @@ impl Replicator {
         );
         // Node mode: the peer regions' nodes are added as they are discovered.
         qc.accept_regions = rc.peers.iter().map(|p| p.region.clone()).collect();
+        // Regions joining at run time (certificates from the deployment CA).
+        qc.accept_new_regions = rc.accept_new_regions;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -490,6 +621,7 @@ impl Replicator {
             max_log_deltas: rc.log_max_deltas.max(1),
             anti_entropy_interval_ms: rc.anti_entropy_interval_ms.max(10),
             max_clock_offset_ms: config.max_clock_offset_ms,
+            peer_gc_bound_ms: rc.peer_gc_bound_ms,
             ..LinkConfig::default()
         };
         let ids: Vec<RegionId> = rc.peers.iter().map(|p| RegionId(p.region_id)).collect();
@@ -505,15 +637,14 @@ impl Replicator {
             link_cfg.clone(),
         );
         let control = Arc::new(Control {
-            peers: rc
-                .peers
-                .iter()
-                .map(|p| PeerControl {
-                    region: p.region.clone(),
-                    region_id: p.region_id,
-                    ..PeerControl::default()
-                })
-                .collect(),
+            peers: parking_lot::RwLock::new(
+                rc.peers
+                    .iter()
+                    .map(|p| Arc::new(PeerControl::new(&p.region, p.region_id, false)))
+                    .collect(),
+            ),
+            peer_gc_bound_ms: AtomicU64::new(rc.peer_gc_bound_ms),
+            accept_new_regions: AtomicBool::new(rc.accept_new_regions),
             max_clock_offset_ms: AtomicU64::new(config.max_clock_offset_ms),
             incarnation: AtomicU64::new(incarnation),
             hold_until_ms: AtomicU64::new(match config.restart_write_hold_ms {
@@ -555,6 +686,7 @@ impl Replicator {
                     transport,
                     links,
                     region: config.region.clone(),
+                    region_id: config.region_id,
                     peers: seeded,
                     single_addr: rc.listen.clone(),
                     flush_interval_ms: rc.flush_interval_ms,
@@ -572,9 +704,15 @@ impl Replicator {
                 control,
                 transport,
                 link,
-                faults: rc.peers.iter().map(|p| (p.delay_ms, p.drop_rate)).collect(),
+                faults: rc
+                    .peers
+                    .iter()
+                    .map(|p| (p.region.clone(), p.delay_ms, p.drop_rate))
+                    .collect(),
                 gc_interval_ms: rc.gc_interval_ms.max(10),
                 flush_interval_ms: rc.flush_interval_ms,
+                region: config.region.clone(),
+                region_id: config.region_id,
             }),
         }))
     }
@@ -633,7 +771,73 @@ impl Drop for Replicator {
 struct RateSample {
     at_ms: u64,
     applied: u64,
-    acked: Vec<u64>,
+}
+
+/// Why a region that connects at run time is refused (`None`: it may join).
+pub(crate) fn join_refusal(
+    control: &Control,
+    own: (&str, u16),
+    name: &str,
+    id: RegionId,
+) -> Option<(meridian_replication::codec::RefuseReason, String)> {
+    use meridian_replication::codec::RefuseReason;
+    if !control.accept_new_regions.load(Relaxed) {
+        return Some((
+            RefuseReason::NotAccepted,
+            "accept-new-regions is off".into(),
+        ));
+    }
+    let peers = control.peers();
+    if id.0 == own.1 {
+        return Some((
+            RefuseReason::RegionIdClash,
+            format!("region-id {} is this region's ({})", id.0, own.0),
+        ));
+    }
+    if let Some(p) = peers
+        .iter()
+        .find(|p| p.region_id == id.0 && p.region != name)
+    {
+        return Some((
+            RefuseReason::RegionIdClash,
+            format!("region-id {} is region {}'s", id.0, p.region),
+        ));
+    }
+    if usize::from(id.0) >= crate::config::MAX_REGIONS
+        || peers.len() + 2 > crate::config::MAX_REGIONS
+    {
+        return Some((
+            RefuseReason::NotAccepted,
+            format!(
+                "at most {} regions (region ids 0..{}) are supported",
+                crate::config::MAX_REGIONS,
+                crate::config::MAX_REGIONS - 1
+            ),
+        ));
+    }
+    None
+}
+
+/// Tell a region that connected why it is refused, and let its connection go.
+pub(crate) fn refuse_region(
+    transport: &QuicTransport,
+    control: &Control,
+    name: &str,
+    reason: meridian_replication::codec::RefuseReason,
+    why: &str,
+) {
+    use meridian_replication::codec::{Frame, Refused};
+    control.regions_refused.fetch_add(1, Relaxed);
+    tracing::warn!(region = %name, %why, "region refused");
+    let mut buf = Vec::new();
+    let frame = Frame::Refused(Refused {
+        epoch: 0,
+        reason,
+        sender: 0,
+    });
+    if encode_into(&frame, &mut buf).is_ok() {
+        let _ = transport.send(name, Bytes::from(buf));
+    }
 }
 
 impl Core {
@@ -646,11 +850,33 @@ impl Core {
             faults,
             gc_interval_ms,
             flush_interval_ms,
+            region,
+            region_id,
         } = self;
-        let n = control.peers.len();
-        let idx_of_id = |id: RegionId| control.peers.iter().position(|p| p.region_id == id.0);
-        // Delayed outgoing frames per peer (constant delay: FIFO per peer).
-        let mut delayed: Vec<VecDeque<(u64, Bytes)>> = vec![VecDeque::new(); n];
+        let mut peers: Vec<LoopPeer> = control
+            .peers()
+            .into_iter()
+            .map(|pc| {
+                let (delay_ms, drop_rate) = faults
+                    .iter()
+                    .find(|f| f.0 == pc.region)
+                    .map_or((0, 0.0), |f| (f.1, f.2));
+                LoopPeer {
+                    id: RegionId(pc.region_id),
+                    pc,
+                    delay_ms,
+                    drop_rate,
+                    delayed: VecDeque::new(),
+                    acked_sample: 0,
+                    state: PEER_ACTIVE,
+                }
+            })
+            .collect();
+        // Regions forgotten here: their frames still reach the link (which refuses their
+        // incarnation), known by name.
+        let mut forgotten: Vec<(String, RegionId)> = Vec::new();
+        // Frames from regions not known here that are not a `Hello`: logged once per 10 s.
+        let mut unknown_logged = 0u64;
         let mut rng: u64 = now_ms() | 1;
         let mut next_rand = move || {
             rng ^= rng << 13;
@@ -667,7 +893,6 @@ impl Core {
         let mut rates = RateSample {
             at_ms: now_ms(),
             applied: 0,
-            acked: vec![0; n],
         };
         let mut pending: Vec<Delta> = Vec::new();
         let mut lost: Option<(Hlc, Vec<u16>)> = None;
@@ -697,9 +922,9 @@ impl Core {
                 if let Some(t) = flush_at.as_mut() {
                     *t = (*t).min(now);
                 }
-                for (q, &(delay, _)) in delayed.iter_mut().zip(&faults) {
-                    for (at, _) in q.iter_mut() {
-                        *at = (*at).min(now + delay);
+                for p in peers.iter_mut() {
+                    for (at, _) in p.delayed.iter_mut() {
+                        *at = (*at).min(now + p.delay_ms);
                     }
                 }
                 timer_due = true;
@@ -755,10 +980,40 @@ impl Core {
                 }
                 timer_due = false;
             }
+            // `MERIDIAN REGION FORGET`.
+            let requests: Vec<ReplRequest> = std::mem::take(&mut *control.requests.lock());
+            for req in requests {
+                match req {
+                    ReplRequest::Forget(name) => {
+                        let Some(i) = peers.iter().position(|p| p.pc.region == name) else {
+                            continue;
+                        };
+                        let p = peers.remove(i);
+                        let backlog = link.backlog(p.id);
+                        link.remove_peer(p.id);
+                        transport.forget_region(&name);
+                        control.peers.write().retain(|q| q.region != name);
+                        forgotten.retain(|(n, _)| *n != name);
+                        forgotten.push((name.clone(), p.id));
+                        control.regions_forgotten.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            region = %name,
+                            region_id = p.id.0,
+                            backlog,
+                            "region forgotten (MERIDIAN REGION FORGET): its link, log and \
+                             connections are gone, GC no longer waits for it; if it comes \
+                             back, its incarnation is refused until it restarts empty"
+                        );
+                    }
+                }
+            }
             while let Some((peer, frame)) = link.poll_transmit(now) {
-                let Some(i) = idx_of_id(peer) else { continue };
-                let pc = &control.peers[i];
-                let (delay, drop_rate) = faults[i];
+                let Some(i) = peers.iter().position(|p| p.id == peer) else {
+                    continue;
+                };
+                let lp = &mut peers[i];
+                let pc = &lp.pc;
+                let (delay, drop_rate) = (lp.delay_ms, lp.drop_rate);
                 if pc.down.load(Relaxed) || (drop_rate > 0.0 && next_rand() < drop_rate) {
                     pc.frames_dropped.fetch_add(1, Relaxed);
                     continue;
@@ -776,16 +1031,16 @@ impl Core {
                 }
                 let bytes = Bytes::copy_from_slice(&buf);
                 if delay > 0 {
-                    delayed[i].push_back((now + delay, bytes));
+                    lp.delayed.push_back((now + delay, bytes));
                 } else if transport.send(&pc.region, bytes).is_err() {
                     // Not connected or queue full: the link resends unacknowledged deltas.
                     pc.frames_dropped.fetch_add(1, Relaxed);
                 }
             }
-            for (i, q) in delayed.iter_mut().enumerate() {
-                while q.front().is_some_and(|(due, _)| *due <= now) {
-                    let (_, bytes) = q.pop_front().expect("front checked");
-                    let pc = &control.peers[i];
+            for p in peers.iter_mut() {
+                while p.delayed.front().is_some_and(|(due, _)| *due <= now) {
+                    let (_, bytes) = p.delayed.pop_front().expect("front checked");
+                    let pc = &p.pc;
                     if pc.down.load(Relaxed) || transport.send(&pc.region, bytes).is_err() {
                         pc.frames_dropped.fetch_add(1, Relaxed);
                     }
@@ -793,7 +1048,7 @@ impl Core {
             }
             if now >= next_stats {
                 next_stats = now + 100;
-                publish(now, &control, &transport, &link, &mut rates);
+                publish(now, &control, &transport, &link, &mut peers, &mut rates);
                 let refused = store.stats.refused_not_served.load(Relaxed);
                 if refused > refused_logged.0 && now >= refused_logged.1 {
                     tracing::warn!(
@@ -809,8 +1064,8 @@ impl Core {
                 .unwrap_or(now + 1000)
                 .min(next_gc)
                 .min(next_stats);
-            for q in &delayed {
-                if let Some((due, _)) = q.front() {
+            for p in &peers {
+                if let Some((due, _)) = p.delayed.front() {
                     wake = wake.min(*due);
                 }
             }
@@ -839,8 +1094,50 @@ impl Core {
                     loop {
                         let Some((from, frame)) = next else { return };
                         handled += 1;
-                        if let Some(i) = control.peers.iter().position(|p| p.region == from) {
-                            let pc = &control.peers[i];
+                        if !peers.iter().any(|p| p.pc.region == from) {
+                            // A region not among the peers: a forgotten one (its frames go
+                            // to the link, which refuses its incarnation), or one joining
+                            // (its `Hello` names its id).
+                            let id = match (&frame, forgotten.iter().find(|f| f.0 == from)) {
+                                (_, Some(&(_, id))) => Some(id),
+                                (meridian_replication::Frame::Hello(h), None) => Some(h.region),
+                                _ => None,
+                            };
+                            match id {
+                                Some(id) => match join_refusal(&control, (&region, region_id), &from, id) {
+                                    None => {
+                                        forgotten.retain(|f| f.0 != from);
+                                        link.add_peer(id);
+                                        let pc = Arc::new(PeerControl::new(&from, id.0, true));
+                                        control.peers.write().push(pc.clone());
+                                        control.regions_joined.fetch_add(1, Relaxed);
+                                        tracing::info!(region = %from, region_id = id.0, "region joined: added as a peer (it bootstraps by anti-entropy; GC waits for it from now on)");
+                                        peers.push(LoopPeer {
+                                            pc,
+                                            id,
+                                            delay_ms: 0,
+                                            drop_rate: 0.0,
+                                            delayed: VecDeque::new(),
+                                            acked_sample: 0,
+                                            state: PEER_ACTIVE,
+                                        });
+                                    }
+                                    Some((reason, why)) => {
+                                        refuse_region(&transport, &control, &from, reason, &why);
+                                        transport.forget_region(&from);
+                                    }
+                                },
+                                None => {
+                                    let now = now_ms();
+                                    if now >= unknown_logged {
+                                        unknown_logged = now + 10_000;
+                                        tracing::debug!(region = %from, "frame from a region not (yet) a peer dropped: it joins by its Hello");
+                                    }
+                                }
+                            }
+                        }
+                        if let Some(i) = peers.iter().position(|p| p.pc.region == from) {
+                            let pc = &peers[i].pc;
                             pc.frames_handled.fetch_add(1, Relaxed);
                             if pc.down.load(Relaxed) {
                                 pc.frames_dropped.fetch_add(1, Relaxed);
@@ -858,9 +1155,6 @@ impl Core {
                                     handshake_completed(&control, &store, &mut link);
                                 }
                             }
-                        } else {
-                            // The transport only accepts configured peers' certificates.
-                            tracing::warn!(region = %from, "frame from an unknown region dropped");
                         }
                         if handled >= RECV_BURST {
                             break;
@@ -880,6 +1174,7 @@ impl Core {
                 _ = store.stats.delta_notify.notified() => {
                     flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
                 }
+                _ = control.request_notify.notified() => { timer_due = true; }
                 _ = std::future::ready(()), if go_on => {}
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
@@ -925,11 +1220,7 @@ pub(crate) fn drain_local(
 /// until anti-entropy, asked for now with every peer, found each equal with every peer.
 fn handshake_completed(control: &Control, store: &Store, link: &mut RegionLink) {
     if link.restarted() {
-        let peers: Vec<RegionId> = control
-            .peers
-            .iter()
-            .map(|p| RegionId(p.region_id))
-            .collect();
+        let peers: Vec<RegionId> = link.peers().collect();
         for p in peers {
             link.request_anti_entropy(p);
         }
@@ -939,6 +1230,41 @@ fn handshake_completed(control: &Control, store: &Store, link: &mut RegionLink) 
         tracing::info!("restart handshake done: first start");
     }
     control.handshake_done.store(true, Release);
+}
+
+/// Log a peer's GC state change (`peer-gc-bound-ms`): expelled, refused, readmitted.
+pub(crate) fn log_gc_state(
+    region: &str,
+    before: u8,
+    after: u8,
+    status: &meridian_replication::PeerStatus,
+) {
+    if before == after {
+        return;
+    }
+    match after {
+        PEER_EXPELLED => tracing::error!(
+            peer = %region,
+            silent_ms = status.silent_ms,
+            incarnation = ?status.epoch.map(|e| format!("{e:016x}")),
+            "peer region expelled from GC: nothing heard from it past peer-gc-bound-ms (or \
+             it was forgotten). Deleted-state metadata is collected without it, so its \
+             current incarnation is refused if it comes back: restart it empty to rejoin \
+             (what it wrote that never reached a peer is lost)"
+        ),
+        PEER_REFUSED => tracing::error!(
+            peer = %region,
+            "peer region refuses this region's incarnation: it expelled this region from \
+             its GC (nothing heard past its peer-gc-bound-ms, or forgotten). Nothing is \
+             exchanged with it and this region's GC waits. Restart this region empty to \
+             rejoin (it then bootstraps from its peers); what it wrote that never reached a \
+             peer is lost"
+        ),
+        _ => tracing::info!(
+            peer = %region,
+            "peer region readmitted (a new incarnation): it bootstraps by anti-entropy"
+        ),
+    }
 }
 
 /// Frames handled in one turn of the replication loop when they are already waiting.
@@ -959,6 +1285,7 @@ fn publish(
     control: &Control,
     transport: &QuicTransport,
     link: &RegionLink,
+    peers: &mut [LoopPeer],
     rates: &mut RateSample,
 ) {
     let st = link.stats();
@@ -977,6 +1304,11 @@ fn publish(
     control
         .local_gap_slots
         .store(link.local_gap_slots() as u64, Relaxed);
+    control.peers_expelled.store(st.peers_expelled, Relaxed);
+    control.frames_refused.store(st.frames_refused, Relaxed);
+    control
+        .refusals_received
+        .store(st.refusals_received, Relaxed);
     let ts = transport.stats();
     control
         .handshake_failures
@@ -1006,11 +1338,21 @@ fn publish(
             .store(per_sec(rates.applied, st.deltas_applied), Relaxed);
         rates.applied = st.deltas_applied;
     }
-    for (region, ps) in transport.peer_states() {
-        let Some(i) = control.peers.iter().position(|p| p.region == region) else {
+    let states: std::collections::HashMap<
+        String,
+        meridian_replication::transport::quic::PeerState,
+    > = transport.peer_states().into_iter().collect();
+    for lp in peers.iter_mut() {
+        let pc = &lp.pc;
+        if let Some(status) = link.peer_status(now, lp.id) {
+            pc.publish_gc_state(&status);
+            let state = pc.gc_state.load(Relaxed);
+            log_gc_state(&pc.region, lp.state, state, &status);
+            lp.state = state;
+        }
+        let Some(ps) = states.get(&pc.region) else {
             continue;
         };
-        let pc = &control.peers[i];
         pc.connected.store(ps.connected, Relaxed);
         pc.bytes_sent.store(ps.bytes_sent, Relaxed);
         pc.bytes_received.store(ps.bytes_received, Relaxed);
@@ -1024,8 +1366,8 @@ fn publish(
             pc.clock_held.store(status.clock_held, Relaxed);
             if sample {
                 pc.deltas_per_sec
-                    .store(per_sec(rates.acked[i], status.deltas_acked), Relaxed);
-                rates.acked[i] = status.deltas_acked;
+                    .store(per_sec(lp.acked_sample, status.deltas_acked), Relaxed);
+                lp.acked_sample = status.deltas_acked;
             }
         }
     }
@@ -1107,5 +1449,36 @@ mod tests {
         shell.for_each_key_digest(mine, &mut |_, _| seen += 1);
         assert_eq!(seen, 0);
         assert!(shell.entry(b"mine").is_none());
+    }
+    /// A region that connects at run time: accepted unless new regions are refused, its id
+    /// is this region's or another peer's, or it is out of range; `MERIDIAN REGION FORGET`
+    /// refuses this region and unknown ones with clear errors.
+    #[test]
+    fn joining_regions_are_checked() {
+        use meridian_replication::codec::RefuseReason;
+        let control = Control {
+            peers: parking_lot::RwLock::new(vec![Arc::new(PeerControl::new("b", 1, false))]),
+            accept_new_regions: AtomicBool::new(true),
+            ..Control::default()
+        };
+        let own = ("a", 0);
+        assert_eq!(join_refusal(&control, own, "c", RegionId(2)), None);
+        let reason = |name, id| join_refusal(&control, own, name, RegionId(id)).map(|r| r.0);
+        assert_eq!(reason("c", 0), Some(RefuseReason::RegionIdClash));
+        assert_eq!(reason("c", 1), Some(RefuseReason::RegionIdClash));
+        assert_eq!(reason("b", 1), None, "b itself (forgotten, coming back)");
+        assert_eq!(reason("c", 64), Some(RefuseReason::NotAccepted));
+        control.accept_new_regions.store(false, Relaxed);
+        assert_eq!(reason("c", 2), Some(RefuseReason::NotAccepted));
+
+        let err = |r: &[u8]| control.forget(r, "a").unwrap_err();
+        assert!(err(b"a").contains("is this region"));
+        assert!(err(b"zz").contains("unknown region 'zz'"));
+        assert!(control.forget(b"b", "a").is_ok());
+        assert!(control.peer(b"b").unwrap().forgetting.load(Relaxed));
+        assert!(matches!(
+            control.requests.lock().as_slice(),
+            [ReplRequest::Forget(r)] if r == "b"
+        ));
     }
 }

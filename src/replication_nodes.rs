@@ -50,6 +50,7 @@ pub struct NodesCore {
     pub transport: QuicTransport,
     pub links: NodeLinks,
     pub region: String,
+    pub region_id: u16,
     pub peers: Vec<PeerRegion>,
     /// This node's replication address as peers reach it (a region of one node).
     pub single_addr: String,
@@ -84,11 +85,15 @@ impl NodesCore {
             transport,
             mut links,
             region,
-            peers,
+            region_id,
+            mut peers,
             single_addr,
             flush_interval_ms,
             gc_interval_ms,
         } = self;
+        // Regions forgotten here, by name: a node of one that speaks again reaches a link
+        // that refuses its incarnation (or readmits a new one: then it is a peer again).
+        let mut forgotten: Vec<(String, RegionId)> = Vec::new();
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
         let mut next_gc = now_ms() + gc_step_ms;
         let mut gc_shard = 0usize;
@@ -196,11 +201,36 @@ impl NodesCore {
                 links.collect_garbage(&mut ShellStore::for_gc_shard(&store, gc_shard));
                 gc_shard = (gc_shard + 1) % SHARDS;
             }
+            // `MERIDIAN REGION FORGET` (every primary holds its own links: it is issued on
+            // every node).
+            let requests: Vec<crate::replication::ReplRequest> =
+                std::mem::take(&mut *control.requests.lock());
+            for req in requests {
+                let crate::replication::ReplRequest::Forget(name) = req;
+                let Some(i) = peers.iter().position(|p| p.name == name) else {
+                    continue;
+                };
+                let p = peers.remove(i);
+                links.forget_region(p.id, now);
+                transport.forget_region(&name);
+                control.peers.write().retain(|q| q.region != name);
+                forgotten.retain(|(n, _)| *n != name);
+                forgotten.push((name.clone(), p.id));
+                control.regions_forgotten.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    region = %name,
+                    region_id = p.id.0,
+                    "region forgotten (MERIDIAN REGION FORGET): its links and connections \
+                     are gone, GC no longer waits for it; if it comes back, incarnations \
+                     started before now are refused"
+                );
+            }
             while let Some((peer, frame)) = links.poll_transmit(now) {
                 let Some(key) = table.keys.get(peer.node as usize) else {
                     continue;
                 };
-                let pc = control.peer(key.region.as_bytes());
+                let pc_arc = control.peer(key.region.as_bytes());
+                let pc = pc_arc.as_deref();
                 if pc.is_some_and(|pc| pc.down.load(Relaxed)) {
                     if let Some(pc) = pc {
                         pc.frames_dropped.fetch_add(1, Relaxed);
@@ -234,7 +264,8 @@ impl NodesCore {
                 let Some((_, key, bytes)) = delayed.pop_front() else {
                     break;
                 };
-                let pc = control.peer(key.region.as_bytes());
+                let pc_arc = control.peer(key.region.as_bytes());
+                let pc = pc_arc.as_deref();
                 let cut = pc.is_some_and(|pc| pc.down.load(Relaxed));
                 if cut || transport.send_to(&key, bytes).is_err() {
                     if let Some(pc) = pc {
@@ -280,7 +311,8 @@ impl NodesCore {
                         let Some((from, frame)) = next else { return };
                         handled += 1;
                         let now = now_ms();
-                        let pc = control.peer(from.region.as_bytes());
+                        let pc_arc = control.peer(from.region.as_bytes());
+                        let pc = pc_arc.as_deref();
                         if let Some(pc) = pc {
                             pc.frames_handled.fetch_add(1, Relaxed);
                         }
@@ -301,6 +333,37 @@ impl NodesCore {
                                 }
                             }
                             frame => {
+                                if !peers.iter().any(|p| p.name == from.region) {
+                                    // Forgotten: to its links (refused, or readmitted below).
+                                    if let Some(&(_, id)) = forgotten.iter().find(|f| f.0 == from.region) {
+                                        let node = table.index_of(&from);
+                                        let peer = PeerNode { region: id, node };
+                                        links.handle_frame(now, peer, frame, &mut ShellStore::new(&store));
+                                        let readmitted = links.link(peer).and_then(|l| l.peer_state(id))
+                                            == Some(meridian_replication::proto::link::PeerState::Active);
+                                        if readmitted {
+                                            forgotten.retain(|f| f.0 != from.region);
+                                            join_region(&control, &mut links, &mut peers, &from, id);
+                                        }
+                                        break 'frame;
+                                    }
+                                    // Joining: its `Hello` names its region id.
+                                    let meridian_replication::Frame::Hello(h) = &frame else {
+                                        break 'frame;
+                                    };
+                                    let id = h.region;
+                                    if let Some((reason, why)) = crate::replication::join_refusal(&control, (&region, region_id), &from.region, id) {
+                                        crate::replication::refuse_region(&transport, &control, &from.region, reason, &why);
+                                        transport.forget_region(&from.region);
+                                        break 'frame;
+                                    }
+                                    join_region(&control, &mut links, &mut peers, &from, id);
+                                    // Its topology, from the node that connected (a seed).
+                                    let mut req = Vec::new();
+                                    if encode_into(&Frame::TopologyRequest, &mut req).is_ok() {
+                                        let _ = transport.send_to(&from, Bytes::from(req));
+                                    }
+                                }
                                 let Some(p) = peers.iter().find(|p| p.name == from.region) else {
                                     break 'frame;
                                 };
@@ -330,11 +393,41 @@ impl NodesCore {
                 _ = store.stats.delta_notify.notified() => {
                     flush_at.get_or_insert(now_ms().max(last_flush + flush_interval_ms));
                 }
+                _ = control.request_notify.notified() => {}
                 _ = std::future::ready(()), if go_on => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
     }
+}
+
+/// A region that connected at run time (its `Hello` named `id`) becomes a peer region: its
+/// topology is learned from the node that connected, as from a seed.
+fn join_region(
+    control: &Control,
+    links: &mut NodeLinks,
+    peers: &mut Vec<PeerRegion>,
+    from: &PeerKey,
+    id: RegionId,
+) {
+    links.add_region(id);
+    peers.push(PeerRegion {
+        name: from.region.clone(),
+        id,
+        seeds: vec![from.addr],
+        delay_ms: 0,
+        drop_rate: 0.0,
+    });
+    control
+        .peers
+        .write()
+        .push(Arc::new(crate::replication::PeerControl::new(
+            &from.region,
+            id.0,
+            true,
+        )));
+    control.regions_joined.fetch_add(1, Relaxed);
+    tracing::info!(region = %from.region, region_id = id.0, seed = %from.addr, "region joined: added as a peer region (topology from the node that connected; GC waits for it from now on)");
 }
 
 /// A peer region's topology changed: connect to its primaries and route its slots to them.
@@ -401,6 +494,11 @@ fn publish(
     control.logs_dropped.store(ls.logs_dropped, Relaxed);
     control.deltas_abandoned.store(ls.deltas_abandoned, Relaxed);
     control.gc_runs.store(ls.gc_runs, Relaxed);
+    control.peers_expelled.store(ls.peers_expelled, Relaxed);
+    control.frames_refused.store(ls.frames_refused, Relaxed);
+    control
+        .refusals_received
+        .store(ls.refusals_received, Relaxed);
     control
         .deltas_clock_held
         .store(ls.deltas_clock_held, Relaxed);
@@ -448,6 +546,32 @@ fn publish(
             pc.frames_sent.store(ps.frames_sent, Relaxed);
             pc.frames_received.store(ps.frames_received, Relaxed);
         }
+        // The region's GC state: expelled if a link to one of its nodes expelled it, refused
+        // if one refuses us.
+        use meridian_replication::proto::link::PeerState;
+        let mut status = meridian_replication::PeerStatus {
+            silent_ms: u64::MAX,
+            ..Default::default()
+        };
+        for (peer, _) in links.peers().filter(|(q, _)| q.region == p.id) {
+            if let Some(s) = links.link(peer).and_then(|l| l.peer_status(now, p.id)) {
+                status.silent_ms = status.silent_ms.min(s.silent_ms);
+                status.epoch = status.epoch.or(s.epoch);
+                status.state = match (status.state, s.state) {
+                    (PeerState::Expelled, _) | (_, PeerState::Expelled) => PeerState::Expelled,
+                    (PeerState::RefusedByPeer, _) | (_, PeerState::RefusedByPeer) => {
+                        PeerState::RefusedByPeer
+                    }
+                    _ => PeerState::Active,
+                };
+            }
+        }
+        if status.silent_ms == u64::MAX {
+            status.silent_ms = 0;
+        }
+        let before = pc.gc_state.load(Relaxed);
+        pc.publish_gc_state(&status);
+        crate::replication::log_gc_state(&p.name, before, pc.gc_state.load(Relaxed), &status);
         let mine = nodes.iter().filter(|n| n.region == p.name);
         let (mut backlog, mut lag, mut last_ack, mut acked) = (0, 0, 0, 0);
         for n in mine {

@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 /// 2: `Hello` (restart handshake); a batch's epoch is an incarnation id compared for
 /// equality, not magnitude. 3: `AeEntries::offer` (versions of the asker's differing keys,
 /// so a side whose copy is older leaves the key to the asker instead of shipping it).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 4: `Hello::region`, `Hello::epoch`, `Hello::born_ms` (who is asking: a region that joins
+/// at run time is known by its `Hello`; the GC bound's refusals name incarnations) and
+/// `Frame::Refused`. Earlier frames keep their encoding (new fields and the new variant
+/// come last), but a version-3 peer is refused by the framing, as every bump so far.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Hard limit on one frame (prefix excluded). Batches and anti-entropy chunks stay far below.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 const FRAMING: Framing = Framing {
@@ -69,11 +73,44 @@ pub struct Frontier {
 /// its last drain, at or above every stamp its state holds: a link started after the
 /// sender's previous one (a failover, a restarted process that kept its state) may not
 /// know `your_max` yet, so the asker raises its clock above this too (within its bound).
+///
+/// `region` and `epoch` name the sender (its region id and its link's incarnation): a
+/// region not configured here that connects at run time is added by its `Hello`, and a
+/// peer expelled from GC (see `RegionLink`) is readmitted only by another incarnation.
+/// `born_ms` is the sender link's start (its wall clock; 0: not known yet): a peer expelled
+/// before any incarnation of it was heard is readmitted only by one born after that.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub ask: bool,
     pub your_max: Hlc,
     pub clock: Hlc,
+    pub region: RegionId,
+    pub epoch: u64,
+    pub born_ms: u64,
+}
+
+/// Why a peer refuses the receiver's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// Nothing was heard from this incarnation for longer than the sender's GC bound (or the
+    /// sender forgot the region): it collected deleted-state metadata without it, so this
+    /// incarnation's state may hold what that removed. Restart the region empty: a new
+    /// incarnation is accepted and bootstraps by anti-entropy.
+    Expelled,
+    /// The receiver's region id is another region's there.
+    RegionIdClash,
+    /// The sender accepts no region it is not configured with (`accept-new-regions`).
+    NotAccepted,
+}
+
+/// The sender refuses the receiver's incarnation `epoch` (0: whichever it is): nothing it
+/// sends is merged. `sender` is the sender's own incarnation (so that a refusal it gets in
+/// turn can name it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub epoch: u64,
+    pub reason: RefuseReason,
+    pub sender: u64,
 }
 
 /// Anti-entropy step 1 (initiator → responder): salted 16-bit digests of non-empty slots.
@@ -154,6 +191,8 @@ pub enum Frame {
     /// The sender's region: its nodes, their replication addresses and served slots
     /// (validated on decode: see [`crate::proto::topology::RegionTopology::validate`]).
     Topology(crate::proto::topology::RegionTopology),
+    /// The sender refuses the receiver's incarnation (see [`Refused`]).
+    Refused(Refused),
 }
 
 impl Frame {
@@ -231,7 +270,7 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
                 ks.state.rebuild();
             }
         }
-        Frame::Ack(_) | Frame::Frontier(_) | Frame::Hello(_) => {}
+        Frame::Ack(_) | Frame::Frontier(_) | Frame::Hello(_) | Frame::Refused(_) => {}
         Frame::TopologyRequest => {}
         Frame::Topology(t) => t.validate().map_err(CodecError::Invalid)?,
     }
@@ -361,6 +400,14 @@ pub(crate) mod tests {
                 ask: true,
                 your_max: Hlc(1 << 40),
                 clock: Hlc(1 << 41),
+                region: RegionId(7),
+                epoch: 1 << 63 | 5,
+                born_ms: 1_700_000_000_000,
+            }),
+            Frame::Refused(Refused {
+                epoch: 1 << 63 | 9,
+                reason: RefuseReason::Expelled,
+                sender: 1 << 63 | 10,
             }),
             Frame::AeEntries(AeEntries {
                 round: 9,
@@ -453,7 +500,7 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn corrupted_frames_never_panic(which in 0usize..5, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+        fn corrupted_frames_never_panic(which in 0usize..6, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
             let mut bytes = encode(&sample_frames()[which]).unwrap();
             for (pos, val) in flips {
                 let i = pos % bytes.len();

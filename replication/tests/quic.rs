@@ -359,3 +359,71 @@ async fn the_nodes_of_a_clustered_region_are_distinct_peers() {
     })
     .await;
 }
+
+fn node_with(
+    ca: &Ca,
+    region: &str,
+    peers: &[(&str, SocketAddr)],
+    accept_new_regions: bool,
+) -> QuicTransport {
+    let (cert, key) = generate_node_cert(&ca.cert, &ca.key, region).unwrap();
+    let peers = peers
+        .iter()
+        .map(|(r, addr)| PeerConfig {
+            region: r.to_string(),
+            addr: *addr,
+        })
+        .collect();
+    let mut cfg = QuicConfig::new(region, loopback(), ca.cert.clone(), cert, key, peers);
+    cfg.accept_new_regions = accept_new_regions;
+    QuicTransport::start(cfg).unwrap()
+}
+
+/// A region that joins at run time: `c` is configured with `a`, which is not configured
+/// with `c`. Its name sorts above, so `a` would never dial it: `c` dials `a` once `a` has
+/// not connected within the grace period, and `a` (accepting new regions) takes it, proven
+/// by its certificate. Without `accept_new_regions`, the same dial is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_not_configured_joins_by_dialing() {
+    let ca = ca();
+    let a = node_with(&ca, "a", &[], true);
+    let c = node(&ca, "c", &[("a", a.local_addr().unwrap())]);
+    wait_until("a accepts c", || {
+        a.peer_state("c").is_some_and(|s| s.connected)
+    })
+    .await;
+    assert_eq!(a.stats().regions_joined, 1);
+    assert!(a.regions().contains(&"c".to_string()));
+    exchange(&a, &c, 1, 20).await;
+    // Forgotten: the connection goes; c dials again and is taken again (the protocol above
+    // decides whether to refuse that incarnation).
+    a.forget_region("c");
+    wait_until("c back", || a.peer_state("c").is_some_and(|s| s.connected)).await;
+    exchange(&a, &c, 100, 5).await;
+
+    let strict = node_with(&ca, "a", &[], false);
+    let d = node(&ca, "d", &[("a", strict.local_addr().unwrap())]);
+    wait_until("d refused", || strict.stats().identity_rejections >= 1).await;
+    assert_eq!(strict.stats().regions_joined, 0);
+    assert!(strict.peer_state("d").is_none());
+    drop(d);
+}
+
+/// Both configured with each other: the higher name's join dial (if it comes before the
+/// lower one's dial) is refused with the dial-order code, and one connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_regions_keep_the_dial_order() {
+    let ca = ca();
+    // b first, a's address not known yet: a dials b once up. b's own dial (after the grace
+    // period) goes to a dead address until then.
+    let b = node(&ca, "b", &[("a", unused())]);
+    let a = node(&ca, "a", &[("b", b.local_addr().unwrap())]);
+    exchange(&a, &b, 1, 10).await;
+    tokio::time::sleep(Duration::from_millis(
+        meridian_replication::transport::quic::JOIN_GRACE_MS + 500,
+    ))
+    .await;
+    exchange(&a, &b, 100, 10).await;
+    assert_eq!(state(&a, "b").connects, 1, "no second connection");
+    assert_eq!(state(&b, "a").connects, 1);
+}

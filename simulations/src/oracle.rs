@@ -50,6 +50,10 @@ struct RegAtom {
     /// (Tombstones) garbage collection dropped this record somewhere: it was stable, so
     /// it is never lost afterwards.
     collected: bool,
+    /// The regions that vouched for it: the collectors and their active peers then (not
+    /// those expelled from GC). Emptied by `region_restarted`, the record is no longer
+    /// protected (see there).
+    collected_by: u16,
     live_at: u16,
 }
 
@@ -64,6 +68,7 @@ struct IncAtom {
     lost: bool,
     /// GC dropped the record of the reset that observed it (see `RegAtom::collected`).
     collected: bool,
+    collected_by: u16,
     live_at: u16,
 }
 
@@ -74,6 +79,7 @@ struct AddAtom {
     killed: bool,
     lost: bool,
     collected: bool,
+    collected_by: u16,
     live_at: u16,
 }
 
@@ -84,6 +90,7 @@ struct TtlAtom {
     killed: bool,
     lost: bool,
     collected: bool,
+    collected_by: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -297,6 +304,7 @@ impl KeyModel {
                 version: 0,
                 lost: false,
                 collected: false,
+                collected_by: 0,
                 live_at: 0,
             });
         }
@@ -426,6 +434,7 @@ impl KeyModel {
             version,
             lost: false,
             collected: false,
+            collected_by: 0,
             live_at: 0,
         });
         self.kill_ttl(v);
@@ -452,6 +461,7 @@ impl KeyModel {
                 observed: false,
                 lost: false,
                 collected: false,
+                collected_by: 0,
                 live_at: 0,
             });
         }
@@ -469,6 +479,7 @@ impl KeyModel {
             version: 0,
             lost: false,
             collected: false,
+            collected_by: 0,
             live_at: 0,
         });
     }
@@ -492,6 +503,7 @@ impl KeyModel {
             killed: false,
             lost: false,
             collected: false,
+            collected_by: 0,
             live_at: 0,
         });
     }
@@ -516,6 +528,7 @@ impl KeyModel {
             killed: false,
             lost: false,
             collected: false,
+            collected_by: 0,
         });
     }
 
@@ -591,21 +604,25 @@ impl KeyModel {
     }
 
     /// Garbage collection at one region turned its state `before` into `after`: the
-    /// removal records it dropped are stable (see [`KeyModel::forget_lost`]).
-    pub fn note_collected(&mut self, before: Option<&Entry>, after: Option<&Entry>) {
+    /// removal records it dropped are stable (see [`KeyModel::forget_lost`]) among the
+    /// regions of `by` (bits: the collector and the peers its GC waited for).
+    pub fn note_collected(&mut self, before: Option<&Entry>, after: Option<&Entry>, by: u16) {
         for a in self.regs.iter_mut().filter(|a| a.value.is_none()) {
             if a.contained(before) && !a.contained(after) {
                 a.collected = true;
+                a.collected_by |= by;
             }
         }
         for a in self.incs.iter_mut() {
             if a.observed && a.observed_in(before) && !a.observed_in(after) {
                 a.collected = true;
+                a.collected_by |= by;
             }
         }
         for a in self.adds.iter_mut() {
             if a.killed && a.killed_in(before) && !a.killed_in(after) {
                 a.collected = true;
+                a.collected_by |= by;
             }
         }
         for a in self.ttls.iter_mut() {
@@ -615,8 +632,81 @@ impl KeyModel {
             if a.killed_in(before) && !a.killed_in(after) {
                 a.killed = true;
                 a.collected = true;
+                a.collected_by |= by;
             }
         }
+    }
+
+    /// Region `bit` was restarted empty after it had been cut off from GC (the
+    /// simulator's operator): a removal record only it (and regions restarted so) collected
+    /// was known to no one else, so it is no longer protected; `held` is the join of every
+    /// copy of the key now. If any record lost its protection so, every atom no copy holds
+    /// is lost (a removal only the restarted region knew, and what it had removed that no
+    /// one else holds either). Returns the atoms lost.
+    pub fn region_restarted(&mut self, bit: u16, held: Option<&Entry>) -> usize {
+        let mask = !(1u16 << bit);
+        let mut unprotected = false;
+        let mut drop_bit = |collected: &mut bool, by: &mut u16| {
+            if *collected && *by & !mask != 0 {
+                *by &= mask;
+                if *by == 0 {
+                    *collected = false;
+                    unprotected = true;
+                }
+            }
+        };
+        self.regs
+            .iter_mut()
+            .for_each(|a| drop_bit(&mut a.collected, &mut a.collected_by));
+        self.incs
+            .iter_mut()
+            .for_each(|a| drop_bit(&mut a.collected, &mut a.collected_by));
+        self.adds
+            .iter_mut()
+            .for_each(|a| drop_bit(&mut a.collected, &mut a.collected_by));
+        self.ttls
+            .iter_mut()
+            .for_each(|a| drop_bit(&mut a.collected, &mut a.collected_by));
+        if !unprotected {
+            return 0;
+        }
+        let mut lost = 0;
+        let mut gone = |now: bool, flag: &mut bool| {
+            if !*flag && !now {
+                *flag = true;
+                lost += 1;
+            }
+        };
+        for a in self.regs.iter_mut() {
+            let now = a.contained(held) || a.collected;
+            gone(now, &mut a.lost);
+        }
+        for a in self.incs.iter_mut() {
+            gone(a.contained(held), &mut a.lost);
+            if a.observed && !a.collected && !a.observed_in(held) {
+                a.observed = false;
+            }
+        }
+        for a in self.adds.iter_mut() {
+            gone(a.contained(held), &mut a.lost);
+            if a.killed && !a.collected && !a.killed_in(held) {
+                a.killed = false;
+            }
+        }
+        for a in self.ttls.iter_mut() {
+            gone(a.contained(held), &mut a.lost);
+            if a.killed && !a.collected && !a.killed_in(held) {
+                a.killed = false;
+            }
+        }
+        for a in self.created.iter_mut() {
+            gone(a.contained(held), &mut a.lost);
+        }
+        let floor = held.map_or(0, Entry::floor);
+        for a in self.floors.iter_mut() {
+            gone(floor >= a.version, &mut a.lost);
+        }
+        lost
     }
 
     // ---- per-region checks during the fault phase ----

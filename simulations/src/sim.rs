@@ -10,7 +10,13 @@
 //! anti-entropy repaired their slot, key expiry (short TTLs, the active cycle, lazy expiry
 //! on reads and writes), garbage collection during faults, overflow of the bounded
 //! per-region delta log (a starved replication loop), clock skew with far jumps ahead (and
-//! back), type conflicts, invalidation floors.
+//! back), type conflicts, invalidation floors; and, after the fault phase, one region cut
+//! off for longer than the GC bound (`LinkConfig::peer_gc_bound_ms`; half the time one way
+//! only: it still hears the others): the others expel it from GC and collect without it,
+//! then refuse it when it comes back (or, half the time, an operator forgets it everywhere
+//! first); the operator restarts it empty once it is told it is refused, and it is
+//! readmitted and bootstraps. What it wrote that never left it is lost with its state (the
+//! oracle forgets atoms no copy holds), nothing else.
 //!
 //! Checkers, during the fault phase (per region, as soon as its state changes):
 //! - `local`: an acknowledged write is live in its region's state right after it, and an
@@ -114,6 +120,9 @@ pub struct Faults {
     pub type_conflicts: bool,
     /// Cache-aside keys: versioned fills and invalidations (floors).
     pub invalidations: bool,
+    /// After the fault phase, one region is cut off past the GC bound, expelled, refused
+    /// when it comes back (or forgotten), restarted empty and readmitted.
+    pub expulsions: bool,
 }
 
 impl Default for Faults {
@@ -128,13 +137,14 @@ impl Default for Faults {
             clock_jumps: true,
             type_conflicts: true,
             invalidations: true,
+            expulsions: true,
         }
     }
 }
 
 impl Faults {
     /// `--no-<name>` switches, in order.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "gc-during-faults",
         "evictions",
         "writes-on-evicted",
@@ -144,6 +154,7 @@ impl Faults {
         "clock-jumps",
         "type-conflicts",
         "invalidations",
+        "expulsions",
     ];
 
     /// The switch called `name` (see [`Faults::NAMES`]).
@@ -158,6 +169,7 @@ impl Faults {
             "clock-jumps" => &mut self.clock_jumps,
             "type-conflicts" => &mut self.type_conflicts,
             "invalidations" => &mut self.invalidations,
+            "expulsions" => &mut self.expulsions,
             _ => return None,
         })
     }
@@ -210,6 +222,12 @@ pub struct SimReport {
     pub evictions: u64,
     pub expired: u64,
     pub clock_jumps: u64,
+    /// Peers expelled from GC (summed over regions), frames refused, regions forgotten,
+    /// and empty restarts of refused regions by the operator.
+    pub expulsions: u64,
+    pub frames_refused: u64,
+    pub forgets: u64,
+    pub operator_restarts: u64,
     pub stalls: u64,
     /// Deltas the bounded per-region log dropped before they were shipped.
     pub local_deltas_dropped: u64,
@@ -409,6 +427,11 @@ struct Node {
     /// them in its reorder buffer until the gap before them fills. Forgotten (a copy gone)
     /// after `BUFFERED_MS`.
     buffered: VecDeque<(u64, Delta)>,
+    /// When this region's state started empty (its clock; `None`: it restarts empty now):
+    /// a link started over a kept state (a crash a replica took over) is no newer
+    /// incarnation of it (`RegionLink::set_born`), or an expelled region whose replica
+    /// took over would be readmitted with state older than its peers' GC.
+    state_born_ms: Option<u64>,
 }
 
 impl Node {
@@ -554,6 +577,8 @@ struct Sim {
     /// `MERIDIAN_SIM_KEY`: print every event touching this key (debugging a replay).
     debug_key: Option<Bytes>,
     trace: u64,
+    /// The expulsion phase's choices (its own stream: the fault phase draws as before).
+    xrng: ChaCha8Rng,
     report: SimReport,
 }
 
@@ -583,6 +608,13 @@ impl Sim {
                 Ok(_) => true,
                 Err(_) => LinkConfig::default().coalesce,
             },
+            // Longer than any silence the fault phase makes (it may cut a pair for all of
+            // it): only the expulsion phase's cut lasts past it.
+            peer_gc_bound_ms: if cfg.faults.expulsions {
+                cfg.fault_ms + 500
+            } else {
+                0
+            },
         };
         let ids: Vec<RegionId> = (0..n as u16).map(RegionId).collect();
         let mut nodes = Vec::new();
@@ -608,6 +640,7 @@ impl Sim {
                 lost: None,
                 sent: BTreeMap::new(),
                 buffered: VecDeque::new(),
+                state_born_ms: Some((BASE_MS).saturating_add_signed(skew)),
             });
         }
         let report = SimReport {
@@ -650,6 +683,7 @@ impl Sim {
             source_version: 1,
             debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
             trace: mix(0x0074_7261_6365, cfg.seed),
+            xrng: ChaCha8Rng::seed_from_u64(mix(0x0065_7870_656c, cfg.seed)),
             report,
             cfg,
         }
@@ -1286,6 +1320,15 @@ impl Sim {
                     .map(Cow::into_owned)
             })
             .collect();
+        // The regions that vouch for what this run collects: this one and the peers its GC
+        // waits for (not those expelled from GC, refusing it, or forgotten).
+        let by = (0..self.nodes.len())
+            .filter(|&j| {
+                j == i
+                    || self.nodes[i].link.peer_state(self.nodes[j].id)
+                        == Some(meridian_replication::proto::link::PeerState::Active)
+            })
+            .fold(0u16, |m, j| m | 1 << Self::bit(j));
         let node = &mut self.nodes[i];
         self.report.gc_dropped += node.link.collect_garbage(&mut node.store) as u64;
         for (k, b) in before.into_iter().enumerate() {
@@ -1295,7 +1338,7 @@ impl Sim {
                 .raw_entry(&self.keys[k].key)
                 .map(Cow::into_owned);
             if b != after {
-                self.models[k].note_collected(b.as_ref(), after.as_ref());
+                self.models[k].note_collected(b.as_ref(), after.as_ref(), by);
             }
         }
     }
@@ -1390,6 +1433,11 @@ impl Sim {
             self.settle_lost_slots_of(to);
             let regions = self.nodes.len() as u16;
             let node = &mut self.nodes[to];
+            if matches!(frame, Frame::Hello(_)) && node.link.peer_state(from).is_none() {
+                // As the shell: a region not among the peers (forgotten) that says `Hello`
+                // is added (if forgotten, its old incarnation comes back refused).
+                node.link.add_peer(from);
+            }
             node.link.handle_frame(now, from, frame, &mut node.store);
             node.clock.observe(node.link.max_seen_hlc());
             if node.restart_window && node.link.handshake_done() {
@@ -1673,6 +1721,7 @@ impl Sim {
             // settles it; writes wait for the handshake (`restart_write_hold_ms`).
             node.store.ks.mark_all_lossy(|_| true);
             node.restart_window = true;
+            node.state_born_ms = None;
             node.clock = HlcClock::new(id);
             for k in 0..self.keys.len() {
                 self.models[k].clear_region(Self::bit(a));
@@ -1709,7 +1758,17 @@ impl Sim {
                 hold => self.now + hold,
             };
             let peers: Vec<_> = ids.iter().copied().filter(|&p| p != node.id).collect();
-            node.link = RegionLink::new(node.id, &peers, epoch, self.link_cfg.clone());
+            let mut link = RegionLink::new(node.id, &peers, epoch, self.link_cfg.clone());
+            match node.state_born_ms {
+                Some(born) => link.set_born(born),
+                None => {
+                    node.state_born_ms =
+                        Some((BASE_MS + self.now).saturating_add_signed(node.skew_ms))
+                }
+            }
+            let old = std::mem::replace(&mut node.link, link);
+            self.report.expulsions += old.stats().peers_expelled;
+            self.report.frames_refused += old.stats().frames_refused;
         }
     }
 
@@ -1856,6 +1915,9 @@ impl Sim {
             }
             self.tick(true, self.cfg.faults.gc_during_faults);
         }
+        if self.cfg.faults.expulsions {
+            self.expulsion_phase(op_pct);
+        }
         // Phase 2: heal, quiesce, collect garbage.
         for row in self.blocked.iter_mut() {
             row.iter_mut().for_each(|x| *x = false);
@@ -1864,6 +1926,16 @@ impl Sim {
         self.end_jumps(true);
         for n in self.nodes.iter_mut() {
             n.stall_until = 0;
+        }
+        for i in 0..self.nodes.len() {
+            for j in 0..self.nodes.len() {
+                let state = self.nodes[i].link.peer_state(self.nodes[j].id);
+                if i != j && state != Some(meridian_replication::proto::link::PeerState::Active) {
+                    self.report.violations.push(format!(
+                        "expel: region {i} has region {j} {state:?} at heal (not readmitted)"
+                    ));
+                }
+            }
         }
         let heal_start = self.now;
         let mut converged_at = None;
@@ -1919,6 +1991,186 @@ impl Sim {
         self.finish()
     }
 
+    /// Ops at the up regions, then one tick (faults on the wire: loss, duplicates, delays).
+    fn busy_tick(&mut self, op_pct: u32) {
+        self.now += TICK_MS;
+        self.restart_due(false);
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].up && self.rng.random_range(0..100) < op_pct {
+                self.op(i);
+            }
+        }
+        self.tick(true, self.cfg.faults.gc_during_faults);
+    }
+
+    /// The fault phase's faults healed, one region is cut off from every other for longer
+    /// than the GC bound while writes (removals too) and GC go on everywhere: the others
+    /// expel it and collect without it, and it expels them. Half the time an operator then
+    /// forgets it at every other region. Healed, each side refuses the other's incarnation
+    /// and tells it so; once the cut-off region has been told (its log), and a while later,
+    /// the operator restarts it empty (the region refused by most peers, in general). Its
+    /// new incarnation is readmitted (or added again) and bootstraps by anti-entropy.
+    fn expulsion_phase(&mut self, op_pct: u32) {
+        use meridian_replication::proto::link::PeerState;
+        let n = self.nodes.len();
+        for row in self.blocked.iter_mut() {
+            row.iter_mut().for_each(|x| *x = false);
+        }
+        self.restart_due(true);
+        self.end_jumps(true);
+        for node in self.nodes.iter_mut() {
+            node.stall_until = 0;
+        }
+        // Clocks that jumped ahead in the fault phase left HLCs ahead of every wall clock:
+        // wait them out first. (A region readmitted after an expulsion stamps its writes
+        // from its own clock; a removal stamped hours ahead that GC collected without it
+        // would order after them by HLC and yet not be there to win: the fault phase's
+        // clock jumps and this phase are tested apart.)
+        self.wait_for_clocks_within(0);
+        let r = self.xrng.random_range(0..n);
+        let forget = self.xrng.random_bool(0.5);
+        // One way (half the time): nothing from r gets out, but r hears the others, so it
+        // does not expel them and, once healed, its (refused) frames reach them.
+        let one_way = self.xrng.random_bool(0.5);
+        let bound = self.link_cfg.peer_gc_bound_ms;
+        let cut_until = self.now + bound + self.xrng.random_range(300..=1_500u64);
+        self.trace(0xe7 ^ (r as u64) << 8 ^ u64::from(forget) << 16 ^ u64::from(one_way) << 17);
+        for j in 0..n {
+            if j != r {
+                self.blocked[r][j] = true;
+                self.blocked[j][r] = !one_way;
+            }
+        }
+        let id_r = self.nodes[r].id;
+        // `MERIDIAN_SIM_EXPEL`: print the phase's events (debugging a replay).
+        let trace_phase = std::env::var_os("MERIDIAN_SIM_EXPEL").is_some();
+        if trace_phase {
+            eprintln!(
+                "[{}] r{r} cut off until {cut_until} (forget {forget}, one way {one_way})",
+                self.now
+            );
+        }
+        while self.now < cut_until {
+            self.busy_tick(op_pct);
+        }
+        if forget {
+            // `MERIDIAN REGION FORGET`, on each remaining region.
+            for j in (0..n).filter(|&j| j != r) {
+                let st = self.nodes[j].link.peer_status(0, id_r);
+                if self.nodes[j].link.remove_peer(id_r) {
+                    self.report.forgets += 1;
+                }
+                if trace_phase {
+                    eprintln!(
+                        "[{}] r{j} forgets r{r}: was {st:?}, now {:?}",
+                        self.now,
+                        self.nodes[j].link.forgotten().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+        for row in self.blocked.iter_mut() {
+            row.iter_mut().for_each(|x| *x = false);
+        }
+        // The operator: a region is told it is refused (`refusals_received` grows); a while
+        // later it is restarted empty.
+        let mut base: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|x| x.link.stats().refusals_received)
+            .collect();
+        let mut told_at: Vec<Option<u64>> = vec![None; n];
+        // The operator restarts a told region once its new incarnation's start (its clock)
+        // will follow the expulsion (its peers' clocks) by more than the clocks are trusted
+        // to disagree (`max_clock_offset_ms`): only such an incarnation is readmitted.
+        let skews = self.nodes.iter().map(|x| x.base_skew_ms);
+        let spread = (skews.clone().max().unwrap_or(0) - skews.min().unwrap_or(0)) as u64
+            + self.link_cfg.max_clock_offset_ms;
+        let deadline = self.now + 30_000;
+        loop {
+            self.busy_tick(op_pct);
+            #[allow(clippy::manual_is_multiple_of)]
+            if self.now % 100 != 0 {
+                continue;
+            }
+            let all_active = (0..n).all(|i| {
+                self.nodes[i].up
+                    && (0..n).all(|j| {
+                        i == j
+                            || self.nodes[i].link.peer_state(self.nodes[j].id)
+                                == Some(PeerState::Active)
+                    })
+            });
+            if all_active {
+                break;
+            }
+            if self.now >= deadline {
+                let states: Vec<Vec<Option<PeerState>>> = (0..n)
+                    .map(|i| {
+                        (0..n)
+                            .map(|j| self.nodes[i].link.peer_state(self.nodes[j].id))
+                            .collect()
+                    })
+                    .collect();
+                self.report.violations.push(format!(
+                    "expel: region {r} cut off past the bound was not readmitted within 30 s                      (peer states {states:?}, told {told_at:?})"
+                ));
+                break;
+            }
+            // Refused by how many peers (expelled there, or forgotten).
+            let refused_by = |s: &Sim, i: usize| {
+                let id = s.nodes[i].id;
+                (0..n)
+                    .filter(|&j| j != i && s.nodes[j].up)
+                    .filter(|&j| {
+                        let l = &s.nodes[j].link;
+                        l.peer_state(id) == Some(PeerState::Expelled)
+                            || l.forgotten().any(|(f, _)| f == id)
+                    })
+                    .count()
+            };
+            for i in 0..n {
+                let got = self.nodes[i].link.stats().refusals_received;
+                if self.nodes[i].up && told_at[i].is_none() && got > base[i] {
+                    if trace_phase {
+                        let rb: Vec<usize> = (0..n).map(|x| refused_by(self, x)).collect();
+                        eprintln!("[{}] r{i} told; refused_by {rb:?}", self.now);
+                    }
+                    told_at[i] = Some(self.now);
+                }
+            }
+            // The most refused; of two refusing each other, the one that was cut off.
+            let pick = (0..n)
+                .filter(|&i| self.nodes[i].up && told_at[i].is_some())
+                .map(|i| (refused_by(self, i), i))
+                .filter(|(c, _)| *c > 0)
+                .max_by_key(|&(c, i)| (c, i == r, std::cmp::Reverse(i)));
+            if let Some((_, i)) = pick {
+                if told_at[i].is_some_and(|t| self.now >= t + spread + 1_000) {
+                    if trace_phase {
+                        eprintln!(
+                            "[{}] operator restarts r{i} (cut off: r{r}, forget {forget})",
+                            self.now
+                        );
+                    }
+                    self.crash(i, true);
+                    // Removal records only it collected (cut off from the others' GC) are
+                    // gone with its state.
+                    for k in 0..self.keys.len() {
+                        let key = self.keys[k].key.clone();
+                        let held = self.holdings(&key);
+                        let lost = self.models[k].region_restarted(Self::bit(i), held.as_ref());
+                        self.report.atoms_lost += lost as u64;
+                    }
+                    self.report.operator_restarts += 1;
+                    told_at[i] = None;
+                    // Its next incarnation starts counting from zero.
+                    base[i] = 0;
+                }
+            }
+        }
+    }
+
     fn any_tombstone(&self) -> bool {
         self.nodes.iter().any(|n| {
             self.keys.iter().any(|k| {
@@ -1941,6 +2193,11 @@ impl Sim {
     /// Advance time, quietly, until every region's wall clock has passed every HLC issued.
     /// Returns how long.
     fn wait_for_clocks(&mut self) -> u64 {
+        self.wait_for_clocks_within(self.link_cfg.max_clock_offset_ms)
+    }
+
+    /// Like `wait_for_clocks`, until every wall clock is within `slack_ms` of every HLC.
+    fn wait_for_clocks_within(&mut self, slack_ms: u64) -> u64 {
         let max_hlc = self
             .nodes
             .iter()
@@ -1951,7 +2208,7 @@ impl Sim {
             .map(|i| self.node_now(i))
             .min()
             .unwrap_or(0);
-        if max_hlc > min_wall + self.link_cfg.max_clock_offset_ms {
+        if max_hlc > min_wall + slack_ms {
             let gap = max_hlc - min_wall + 1_000;
             let gap = gap.div_ceil(TICK_MS) * TICK_MS;
             // Frames in flight keep their relative order; they arrive after the wait.
@@ -2135,6 +2392,10 @@ impl Sim {
                     self.trace(d ^ u64::from(slot));
                 }
             }
+        }
+        for n in &self.nodes {
+            self.report.expulsions += n.link.stats().peers_expelled;
+            self.report.frames_refused += n.link.stats().frames_refused;
         }
         self.trace(self.report.violations.len() as u64);
         self.report.trace_hash = self.trace;

@@ -587,8 +587,8 @@ pub fn info_text(
             let _ = write!(
                 o,
                 "region_peers:{}\r\nregion_peers_connected:{}\r\nanti_entropy_rounds:{}\r\nanti_entropy_entries_received:{}\r\nregion_deltas_applied:{}\r\n\r\n",
-                c.peers.len(),
-                c.peers.iter().filter(|p| p.connected.load(Relaxed)).count(),
+                c.peers().len(),
+                c.peers().iter().filter(|p| p.connected.load(Relaxed)).count(),
                 c.ae_rounds.load(Relaxed),
                 c.ae_entries_received.load(Relaxed),
                 c.deltas_applied.load(Relaxed),
@@ -679,7 +679,7 @@ fn lastsave(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
 
 /// meridian-specific admin: `MERIDIAN DELTAS [n]` shows the newest deltas of every shard's
 /// log (with peers, what the replication link will ship; without, the notes kept of the
-/// newest writes), `MERIDIAN REGION`.
+/// newest writes), `MERIDIAN REGION [LIST | FORGET <region>]`.
 fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
     let sub = &a[1];
     if sub.eq_ignore_ascii_case(b"sync") {
@@ -705,6 +705,93 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
         }
     }
     meridian_reply(ctx, a).into()
+}
+
+/// `MERIDIAN REGION`: this region's name. `MERIDIAN REGION LIST`: this region and its
+/// peer regions (configured or joined at run time), each as a flat list of fields: region,
+/// id, state (`self`, `up`, `connecting`, `down`, `expelled`, `refused`, `forgetting`),
+/// last heard (ms ago, -1: never), silent (link ms), incarnation (hex, the peer's as last
+/// heard), joined (1: added at run time). `MERIDIAN REGION FORGET <region>`: remove a peer
+/// region at run time (issue it on every node of every remaining region).
+fn region_cmd(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let own = &ctx.shared.config.region;
+    let Some(op) = a.get(2) else {
+        return bulk(Bytes::from(own.clone()));
+    };
+    let usage = || err("ERR usage: MERIDIAN REGION [LIST | FORGET <region>]");
+    if op.eq_ignore_ascii_case(b"list") {
+        if a.len() != 3 {
+            return usage();
+        }
+        let now = crate::server::now_ms();
+        let field = |k: &'static str| Reply::Simple(Cow::Borrowed(k));
+        let text = |v: String| Reply::Bulk(Bytes::from(v));
+        let mut rows = vec![Reply::Array(vec![
+            field("region"),
+            text(own.clone()),
+            field("id"),
+            Reply::Int(i64::from(ctx.shared.config.region_id)),
+            field("state"),
+            text("self".into()),
+            field("last-heard-ms-ago"),
+            Reply::Int(0),
+            field("silent-ms"),
+            Reply::Int(0),
+            field("incarnation"),
+            text(ctx.shared.repl.as_ref().map_or(String::new(), |c| {
+                format!("{:016x}", c.incarnation.load(Relaxed))
+            })),
+            field("joined"),
+            Reply::Int(0),
+        ])];
+        if let Some(c) = &ctx.shared.repl {
+            for p in c.peers().iter() {
+                let state = if p.forgetting.load(Relaxed) {
+                    "forgetting"
+                } else {
+                    p.link_state()
+                };
+                let epoch = p.epoch.load(Relaxed);
+                rows.push(Reply::Array(vec![
+                    field("region"),
+                    text(p.region.clone()),
+                    field("id"),
+                    Reply::Int(i64::from(p.region_id)),
+                    field("state"),
+                    text(state.into()),
+                    field("last-heard-ms-ago"),
+                    Reply::Int(crate::replication::ms_ago(
+                        now,
+                        p.last_recv_ms.load(Relaxed),
+                    )),
+                    field("silent-ms"),
+                    Reply::Int(p.silent_ms.load(Relaxed) as i64),
+                    field("incarnation"),
+                    text(if epoch == 0 {
+                        String::new()
+                    } else {
+                        format!("{epoch:016x}")
+                    }),
+                    field("joined"),
+                    Reply::Int(i64::from(p.joined)),
+                ]));
+            }
+        }
+        return Reply::Array(rows);
+    }
+    if op.eq_ignore_ascii_case(b"forget") {
+        let (Some(region), 4) = (a.get(3), a.len()) else {
+            return err("ERR usage: MERIDIAN REGION FORGET <region>");
+        };
+        let Some(c) = &ctx.shared.repl else {
+            return err("ERR replication is not configured");
+        };
+        return match c.forget(region, own) {
+            Ok(()) => ok(),
+            Err(e) => err_owned(e),
+        };
+    }
+    usage()
 }
 
 fn meridian_reply(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
@@ -798,13 +885,10 @@ fn meridian_reply(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         entry.rebuild();
         // This node's replicas get the key too (a replica promoted later must hold it).
         let store = ctx.store;
-        store.merge_remote(
-            ctx.shard(key),
-            crate::store::Remote::State(key, &entry),
-        );
+        store.merge_remote(ctx.shard(key), crate::store::Remote::State(key, &entry));
         ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
-        bulk(Bytes::from(ctx.shared.config.region.clone()))
+        region_cmd(ctx, a)
     } else {
         unknown_sub("MERIDIAN", sub)
     }

@@ -301,6 +301,62 @@ impl AntiEntropy {
         self.peers.iter().position(|p| p.region == r)
     }
 
+    /// Take `peer` on (a region that joined at run time, or one readmitted): no round with
+    /// it is due until requested or one interval after the next timeout. A no-op if known.
+    pub fn add_peer(&mut self, peer: RegionId) {
+        if self.peer_index(peer).is_some() || peer == self.region {
+            return;
+        }
+        self.peers.push(PeerAe {
+            region: peer,
+            busy: false,
+            urgent_mark: 0,
+            urgent_since_ms: None,
+            next_due_ms: None,
+            urgent: false,
+            retry_at_ms: 0,
+            pending: None,
+            deferred: None,
+        });
+        // Lossy slots need this peer too now: earlier findings stand (it joined later).
+        for (_, (_, bits)) in self.lossy_synced.iter_mut() {
+            bits.resize(self.peers.len().div_ceil(64), 0);
+        }
+    }
+
+    /// Drop `peer` (forgotten, expelled from GC, or refusing us): its rounds, its answers
+    /// in progress and queued frames to it go. A lossy slot found equal with every
+    /// remaining peer is not marked repaired here (the next round that finds it equal does).
+    pub fn remove_peer(&mut self, peer: RegionId) {
+        let Some(i) = self.peer_index(peer) else {
+            return;
+        };
+        self.peers.remove(i);
+        self.responding.retain(|r| r.from != peer);
+        self.outbox.retain(|(to, _)| *to != peer);
+        if let Some(b) = self.building.as_mut() {
+            b.to.retain(|&j| j != i);
+            for j in b.to.iter_mut() {
+                if *j > i {
+                    *j -= 1;
+                }
+            }
+        }
+        // Peer indexes above `i` move down one: shift their bits.
+        let words = self.peers.len().div_ceil(64).max(1);
+        for (_, (_, bits)) in self.lossy_synced.iter_mut() {
+            let mut v = vec![0u64; words];
+            for j in 0..=self.peers.len() {
+                if j == i || bits.get(j / 64).is_none_or(|w| w & (1 << (j % 64)) == 0) {
+                    continue;
+                }
+                let k = if j > i { j - 1 } else { j };
+                v[k / 64] |= 1 << (k % 64);
+            }
+            *bits = v;
+        }
+    }
+
     /// Run a round with `peer` as soon as possible (backpressure, restart, bootstrap).
     pub fn request(&mut self, peer: RegionId) {
         if let Some(i) = self.peer_index(peer) {

@@ -48,6 +48,21 @@
 //! this region's own entry in every frontier stays below the lowest lost stamp, so no region
 //! collects metadata the lost deltas' effects may still need.
 //!
+//! Peers at run time, and the GC bound (ARCHITECTURE.md, "Regions joining and leaving"):
+//! `add_peer` takes a region that joined (its log starts above sequence 1, so the joiner
+//! takes what it gets as a gap until anti-entropy, requested both ways, brings everything;
+//! GC waits for it from then on); `remove_peer` forgets one. A peer from which no frame
+//! came for longer than `peer_gc_bound_ms` (link time, see `handle_timeout`) is *expelled*:
+//! the stable frontier leaves it out (its frozen entry for its own writes stays), its log and
+//! anti-entropy go. GC went on without it, so that incarnation's state may hold what GC
+//! dropped: its frames are refused and counted, and it is told (`Frame::Refused`, also every
+//! resend interval). Only a `Hello` of another incarnation born after the expulsion (a
+//! region restarted empty) readmits it, as a joining region. A forgotten peer that speaks
+//! again comes back expelled. A peer that refuses us gets nothing but our `Hello` every
+//! interval (a restarted one answers), and GC still waits for it: this region must not
+//! collect what the refuser may lack (it is to be restarted; or, readmitted later, it
+//! would bring back what this region's collected removals had removed).
+//!
 //! Driving it (the QUIC shell or the simulator):
 //! ```text
 //! on local writes:  for d in keyspace.drain_deltas() { link.enqueue(now, d) }
@@ -59,7 +74,7 @@
 //! lost local delta: link.note_local_loss(lowest_lost_stamp, slots)
 //! ```
 
-use crate::codec::{Ack, Batch, Frame, Frontier, Hello};
+use crate::codec::{Ack, Batch, Frame, Frontier, Hello, RefuseReason, Refused};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::ReplicaStore;
 use bytes::Bytes;
@@ -98,6 +113,11 @@ pub struct LinkConfig {
     /// enqueued, which a log holding joined entries is not, and so took deltas still logged
     /// for lost. It now reads the logs: `RegionLink::for_each_logged`.)
     pub coalesce: bool,
+    /// A peer from which no frame came for longer than this (link time, see
+    /// [`RegionLink::handle_timeout`]) is expelled from GC: the stable frontier is computed
+    /// without it, and its incarnation is refused from then on (see the module doc). 0:
+    /// never (GC waits for every peer forever).
+    pub peer_gc_bound_ms: u64,
 }
 
 /// Default bound on how far a remote HLC may be ahead of the local clock. Healthy clocks
@@ -108,6 +128,11 @@ pub struct LinkConfig {
 /// minutes, hours, years) and limits how far ahead of real time any region's HLC, and so
 /// the last-writer-wins order, can be pushed: by at most 10 s.
 pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 10_000;
+
+/// Default GC bound (`LinkConfig::peer_gc_bound_ms`): one hour. Outages shorter than that
+/// (a restart, a failover, a network cut) only hold deleted-state metadata back; a region
+/// silent for longer is expelled from GC, and coming back it must restart empty.
+pub const DEFAULT_PEER_GC_BOUND_MS: u64 = 3_600_000;
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -136,6 +161,7 @@ impl Default for LinkConfig {
             frontier_interval_ms: 5_000,
             max_clock_offset_ms: DEFAULT_MAX_CLOCK_OFFSET_MS,
             coalesce: true,
+            peer_gc_bound_ms: DEFAULT_PEER_GC_BOUND_MS,
         }
     }
 }
@@ -161,6 +187,50 @@ pub struct LinkStats {
     /// Deltas joined into a never-sent delta of the same key (per peer log; see
     /// `RegionLink::enqueue`).
     pub deltas_coalesced: u64,
+    /// Peers expelled from GC for their silence (`peer_gc_bound_ms`).
+    pub peers_expelled: u64,
+    /// Frames from an expelled incarnation, refused (not merged).
+    pub frames_refused: u64,
+    /// `Refused` frames received from peers that refuse this incarnation.
+    pub refusals_received: u64,
+    /// Expelled peers readmitted by a new incarnation.
+    pub peers_readmitted: u64,
+    /// Peers added at run time (`add_peer`) and forgotten (`remove_peer`).
+    pub peers_added: u64,
+    pub peers_forgotten: u64,
+}
+
+/// Where a peer stands with this link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeerState {
+    /// Replicating (whether connected or not).
+    #[default]
+    Active,
+    /// Expelled from GC: silent past `peer_gc_bound_ms` (or forgotten and heard from
+    /// again); its incarnation's frames are refused until a new incarnation says `Hello`.
+    Expelled,
+    /// The peer refuses this incarnation (it expelled us): nothing is sent to it, and GC
+    /// does not wait for it. Restart this region empty.
+    RefusedByPeer,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Active => "active",
+            PeerState::Expelled => "expelled",
+            PeerState::RefusedByPeer => "refused",
+        }
+    }
+}
+
+/// An expelled (or forgotten) peer: which incarnation is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expelled {
+    /// The incarnation last heard of (`None`: none was, since this link started).
+    pub epoch: Option<u64>,
+    /// When (the caller's clock): only an incarnation born later is readmitted.
+    pub at_ms: u64,
 }
 
 /// A delta's rough wire size, for batch and log bounds (exact sizes would cost an encode).
@@ -182,6 +252,11 @@ pub struct PeerStatus {
     /// Deltas and anti-entropy entries from the peer held because they were too far ahead
     /// of the local clock.
     pub clock_held: u64,
+    pub state: PeerState,
+    /// Link time since the last frame from the peer (see `peer_gc_bound_ms`).
+    pub silent_ms: u64,
+    /// The peer's incarnation as last heard (its `Hello` or batches).
+    pub epoch: Option<u64>,
 }
 
 struct Outgoing {
@@ -224,9 +299,71 @@ struct Outgoing {
     answer_max: Hlc,
     /// Deltas and entries from this peer held for being too far ahead (see `LinkStats`).
     clock_held: u64,
+    /// Link time since the last frame from this peer (see `RegionLink::handle_timeout`).
+    silent_ms: u64,
+    /// The peer's incarnation as last heard (`Hello::epoch`, `Batch::epoch`).
+    peer_epoch: Option<u64>,
+    /// Expelled from GC: frames of that incarnation are refused.
+    expelled: Option<Expelled>,
+    /// The peer refused our incarnation: nothing is sent to it.
+    refused_by_peer: bool,
+    /// A frame of the expelled incarnation came: answer with `Refused` (at most once per
+    /// `resend_timeout_ms`, from `next_refusal_ms`).
+    refusal_due: bool,
+    next_refusal_ms: u64,
 }
 
 impl Outgoing {
+    fn new(peer: RegionId) -> Outgoing {
+        Outgoing {
+            peer,
+            log: VecDeque::new(),
+            log_ms: VecDeque::new(),
+            in_log: HashMap::new(),
+            last_ack_ms: 0,
+            deltas_acked: 0,
+            log_bytes: 0,
+            next_seq: 1,
+            acked: 0,
+            floor: 1,
+            sent_upto: 0,
+            max_sent: 0,
+            last_progress_ms: 0,
+            last_batch_in_ms: 0,
+            ack_due: false,
+            frontier_due: false,
+            hello_pending: true,
+            next_hello_ms: 0,
+            hello_due: false,
+            hello_answer_due: false,
+            max_issued: Hlc::ZERO,
+            answer_max: Hlc::ZERO,
+            clock_held: 0,
+            silent_ms: 0,
+            peer_epoch: None,
+            expelled: None,
+            refused_by_peer: false,
+            refusal_due: false,
+            next_refusal_ms: 0,
+        }
+    }
+
+    /// Replicating: neither expelled nor refused by the peer.
+    fn active(&self) -> bool {
+        self.expelled.is_none() && !self.refused_by_peer
+    }
+
+    /// Drop the log and make sure the next batch's floor is above 1: whoever receives it
+    /// (a peer added at run time, a new incarnation of an expelled one) takes it as a gap,
+    /// repaired by anti-entropy, never as a complete log of a first incarnation.
+    fn restart_log(&mut self) -> u64 {
+        let n = self.abandon_log();
+        if self.next_seq < 2 {
+            self.next_seq = 2;
+            self.abandon_log();
+        }
+        n
+    }
     /// Drop the whole log (acknowledged or not): the peer is owed anti-entropy instead, and
     /// the next batch's floor tells it the gap. Returns how many deltas were abandoned.
     fn abandon_log(&mut self) -> u64 {
@@ -373,6 +510,13 @@ pub struct RegionLink {
     rr: usize,
     /// The last frame `poll_transmit` returned was anti-entropy: a batch goes next.
     last_was_ae: bool,
+    /// The caller's clock at the last `handle_timeout` (silence is measured in its steps).
+    last_tick_ms: Option<u64>,
+    /// This link's start (its first `handle_timeout`, or `set_born`): `Hello::born_ms`.
+    born_ms: u64,
+    /// Forgotten peers (`remove_peer`): the incarnation refused if they come back, and what
+    /// this region had merged of them (still gossiped: GC of their stamps needs it).
+    forgotten: BTreeMap<RegionId, (Expelled, Hlc)>,
     stats: LinkStats,
 }
 
@@ -395,34 +539,7 @@ impl RegionLink {
         let mut link = RegionLink {
             region,
             epoch,
-            out: peers
-                .iter()
-                .map(|&peer| Outgoing {
-                    peer,
-                    log: VecDeque::new(),
-                    log_ms: VecDeque::new(),
-                    in_log: HashMap::new(),
-                    last_ack_ms: 0,
-                    deltas_acked: 0,
-                    log_bytes: 0,
-                    next_seq: 1,
-                    acked: 0,
-                    floor: 1,
-                    sent_upto: 0,
-                    max_sent: 0,
-                    last_progress_ms: 0,
-                    last_batch_in_ms: 0,
-                    ack_due: false,
-                    frontier_due: false,
-                    hello_pending: true,
-                    next_hello_ms: 0,
-                    hello_due: false,
-                    hello_answer_due: false,
-                    max_issued: Hlc::ZERO,
-                    answer_max: Hlc::ZERO,
-                    clock_held: 0,
-                })
-                .collect(),
+            out: peers.iter().map(|&peer| Outgoing::new(peer)).collect(),
             inc: BTreeMap::new(),
             frontiers: BTreeMap::new(),
             merged_since_drain: false,
@@ -438,6 +555,9 @@ impl RegionLink {
             ae,
             rr: 0,
             last_was_ae: false,
+            last_tick_ms: None,
+            born_ms: 0,
+            forgotten: BTreeMap::new(),
             stats: LinkStats::default(),
             cfg,
         };
@@ -478,9 +598,10 @@ impl RegionLink {
         Hlc::limit(now_ms, self.cfg.max_clock_offset_ms)
     }
 
-    /// Every peer answered this link's `Hello` (the restart handshake is complete).
+    /// Every peer answered this link's `Hello` (the restart handshake is complete); peers
+    /// expelled or refusing us do not count.
     pub fn handshake_done(&self) -> bool {
-        self.out.iter().all(|o| !o.hello_pending)
+        self.out.iter().all(|o| !o.hello_pending || !o.active())
     }
 
     /// Some peer's `Hello` reported a stamp of this region (`own_floor` above zero): this
@@ -531,7 +652,233 @@ impl RegionLink {
             last_ack_ms: o.last_ack_ms,
             deltas_acked: o.deltas_acked,
             clock_held: o.clock_held,
+            state: Self::state_of(o),
+            silent_ms: o.silent_ms,
+            epoch: o.peer_epoch,
         })
+    }
+
+    fn state_of(o: &Outgoing) -> PeerState {
+        if o.expelled.is_some() {
+            PeerState::Expelled
+        } else if o.refused_by_peer {
+            PeerState::RefusedByPeer
+        } else {
+            PeerState::Active
+        }
+    }
+
+    /// `peer`'s state here (`None`: not a peer).
+    pub fn peer_state(&self, peer: RegionId) -> Option<PeerState> {
+        self.out.iter().find(|o| o.peer == peer).map(Self::state_of)
+    }
+
+    /// The peers, in the order they were configured or added.
+    pub fn peers(&self) -> impl Iterator<Item = RegionId> + '_ {
+        self.out.iter().map(|o| o.peer)
+    }
+
+    /// Forgotten peers and the incarnation each is refused with if it comes back.
+    pub fn forgotten(&self) -> impl Iterator<Item = (RegionId, Expelled)> + '_ {
+        self.forgotten.iter().map(|(r, (e, _))| (*r, *e))
+    }
+
+    /// Add `peer` at run time (a region that joined). Its outgoing log starts above
+    /// sequence 1, so the peer takes what it gets from us as incomplete until anti-entropy
+    /// (requested now, both ways) brings it everything: the joiner bootstraps, and we get
+    /// whatever it wrote. GC waits for it from now on. A peer forgotten before comes back
+    /// expelled: its incarnation then is refused, a new one is readmitted. Returns `false`
+    /// if it is a peer already (or this region).
+    pub fn add_peer(&mut self, peer: RegionId) -> bool {
+        if peer == self.region || self.out.iter().any(|o| o.peer == peer) {
+            return false;
+        }
+        let mut o = Outgoing::new(peer);
+        o.restart_log();
+        if let Some((expelled, seen)) = self.forgotten.remove(&peer) {
+            o.expelled = Some(expelled);
+            o.peer_epoch = expelled.epoch;
+            let inc = self.inc.entry(peer).or_insert_with(Incoming::unknown);
+            inc.seen = inc.seen.max(seen);
+        }
+        let active = o.active();
+        for g in self.gaps.iter_mut() {
+            if let Some(need) = g.need_seq.as_mut() {
+                need.push(o.next_seq - 1);
+            }
+            g.after.push(None);
+        }
+        self.out.push(o);
+        if active {
+            self.ae.add_peer(peer);
+            self.ae.request(peer);
+        }
+        self.gc_snaps.clear();
+        self.stats.peers_added += 1;
+        if !self.gaps.is_empty() {
+            self.gap_progress();
+        }
+        true
+    }
+
+    /// Forget `peer` (`MERIDIAN REGION FORGET`): its log, its incoming state and its
+    /// gossip go, GC stops waiting for it, and its incarnation is recorded as expelled: if
+    /// it comes back (`add_peer`) that one is refused, a new one is readmitted. What it had
+    /// written and no other region holds is gone with it. Returns `false` if not a peer.
+    pub fn remove_peer(&mut self, peer: RegionId) -> bool {
+        let Some(i) = self.out.iter().position(|o| o.peer == peer) else {
+            return false;
+        };
+        let o = self.out.remove(i);
+        self.stats.deltas_abandoned += o.log.len() as u64;
+        let expelled = o.expelled.unwrap_or(Expelled {
+            epoch: o.peer_epoch,
+            at_ms: self.last_tick_ms.unwrap_or(0),
+        });
+        let seen = self.inc.remove(&peer).map_or(Hlc::ZERO, |inc| inc.seen);
+        self.forgotten.insert(peer, (expelled, seen));
+        self.frontiers.remove(&peer);
+        self.peer_enqueued.remove(&peer);
+        self.gc_snaps.clear();
+        self.ae.remove_peer(peer);
+        for g in self.gaps.iter_mut() {
+            if let Some(need) = g.need_seq.as_mut() {
+                need.remove(i);
+            }
+            g.after.remove(i);
+            for mask in g.slots.values_mut() {
+                let low = *mask & ((1u64 << i) - 1);
+                let high = mask.checked_shr(i as u32 + 1).unwrap_or(0) << i;
+                *mask = low | high;
+            }
+        }
+        self.rr = 0;
+        self.stats.peers_forgotten += 1;
+        // A gap waiting only for that peer is repaired now.
+        let all = self.active_mask();
+        for g in self.gaps.iter_mut() {
+            g.slots.retain(|_, mask| *mask & all != all);
+        }
+        self.gaps.retain(|g| !g.slots.is_empty());
+        true
+    }
+
+    /// When this region's state started (its process, `Hello::born_ms`), for a link opened
+    /// later than that (`NodeLinks` opens one per peer node as slots are routed): a peer
+    /// that expelled this region readmits only an incarnation started after. Default: the
+    /// link's first `handle_timeout`.
+    pub fn set_born(&mut self, ms: u64) {
+        self.born_ms = ms;
+    }
+
+    /// Expel `peer` as of `record` (a region forgotten before this link existed: `NodeLinks`
+    /// opens a link per peer node). Returns `false` if not a peer.
+    pub fn expel_peer(&mut self, peer: RegionId, record: Expelled) -> bool {
+        let Some(i) = self.out.iter().position(|o| o.peer == peer) else {
+            return false;
+        };
+        if self.out[i].expelled.is_none() {
+            self.out[i].expelled = Some(record);
+            self.deactivate(i);
+        }
+        true
+    }
+
+    /// Bits (by index in `out`) of the peers a local gap must be repaired with.
+    fn active_mask(&self) -> u64 {
+        self.out
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.active())
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Stop replicating with `out[i]` (expelled, or it refuses us): its log goes, no
+    /// anti-entropy with it, GC forgets its gossip and stops waiting for it.
+    fn deactivate(&mut self, i: usize) {
+        let o = &mut self.out[i];
+        let peer = o.peer;
+        let expelled = o.expelled.is_some();
+        let n = o.restart_log();
+        if n > 0 {
+            self.stats.logs_dropped += 1;
+            self.stats.deltas_abandoned += n;
+        }
+        o.ack_due = false;
+        o.frontier_due = false;
+        o.hello_due = false;
+        o.hello_answer_due = false;
+        self.ae.remove_peer(peer);
+        if expelled {
+            // GC goes on without it. A peer that refuses us is still waited for (its last
+            // gossip stands): this region is to be restarted, and until then must not
+            // collect what that peer may not have seen (readmitted later, it would bring
+            // back what this region's removals removed).
+            self.frontiers.remove(&peer);
+            self.peer_enqueued.remove(&peer);
+        }
+        self.gc_snaps.clear();
+        let all = self.active_mask();
+        for g in self.gaps.iter_mut() {
+            g.slots.retain(|_, mask| *mask & all != all);
+        }
+        self.gaps.retain(|g| !g.slots.is_empty());
+    }
+
+    /// Replicate with `out[i]` again (a new incarnation of an expelled peer, or a peer that
+    /// refused us says `Hello`): both sides repair by anti-entropy, GC waits for it again.
+    fn reactivate(&mut self, i: usize) {
+        let o = &mut self.out[i];
+        let peer = o.peer;
+        o.expelled = None;
+        o.refused_by_peer = false;
+        o.refusal_due = false;
+        o.silent_ms = 0;
+        o.restart_log();
+        self.ae.add_peer(peer);
+        self.ae.request(peer);
+        // Whatever it gossiped before is not what the new incarnation holds.
+        self.frontiers.remove(&peer);
+        self.peer_enqueued.remove(&peer);
+        self.gc_snaps.clear();
+        // A local gap must be repaired with it too, in a round started from now on.
+        for g in self.gaps.iter_mut() {
+            if let Some(need) = g.need_seq.as_mut() {
+                need[i] = self.out[i].next_seq - 1;
+            }
+            g.after[i] = None;
+            for mask in g.slots.values_mut() {
+                *mask &= !(1 << i);
+            }
+        }
+        if !self.gaps.is_empty() {
+            self.gap_progress();
+        }
+    }
+
+    /// Expel `out[i]` from GC: silent past the bound. Only an incarnation started after
+    /// now is readmitted, even if none was heard before: one started earlier, never heard
+    /// here, may have taken our state until the cut (it heard us), and hold what our GC
+    /// drops from now on. (With a bound shorter than a peer's start-up and connection, a
+    /// peer that starts with us may be refused: the bound is an outage length, an hour by
+    /// default.)
+    fn expel(&mut self, now_ms: u64, i: usize) {
+        let o = &mut self.out[i];
+        o.expelled = Some(Expelled {
+            epoch: o.peer_epoch,
+            at_ms: now_ms,
+        });
+        self.stats.peers_expelled += 1;
+        self.deactivate(i);
+    }
+
+    /// A `Hello` from an expelled peer: is it a new incarnation, started (empty) after the
+    /// expulsion? Another id is not enough: the region may have restarted while it was cut
+    /// off, before we expelled it, under an id we never heard, and hold state from then.
+    /// The start is the peer's clock, the expulsion ours: clocks may disagree by up to
+    /// `max_clock_offset_ms`, so the start must be later by more than that.
+    fn readmits(max_clock_offset_ms: u64, e: &Expelled, h: &Hello) -> bool {
+        e.epoch != Some(h.epoch) && h.born_ms > e.at_ms.saturating_add(max_clock_offset_ms)
     }
 
     /// Nothing to send or resend: every log acknowledged, no anti-entropy output queued.
@@ -572,7 +919,7 @@ impl RegionLink {
             .filter(|&s| usize::from(s) < meridian_crdt::SLOT_COUNT)
             .map(|s| (s, 0))
             .collect();
-        if slots.is_empty() || self.out.is_empty() {
+        if slots.is_empty() || !self.out.iter().any(Outgoing::active) {
             return;
         }
         self.stats.local_losses += 1;
@@ -594,7 +941,7 @@ impl RegionLink {
                 slots,
             });
         }
-        for o in &self.out {
+        for o in self.out.iter().filter(|o| o.active()) {
             self.ae.request(o.peer);
         }
         self.gap_progress();
@@ -618,7 +965,7 @@ impl RegionLink {
                 continue;
             };
             for (i, o) in self.out.iter().enumerate() {
-                if g.after[i].is_none() && o.acked >= need[i] {
+                if o.active() && g.after[i].is_none() && o.acked >= need[i] {
                     g.after[i] = Some(starts);
                     // Only a round started from now on counts: run one.
                     self.ae.request(o.peer);
@@ -634,8 +981,8 @@ impl RegionLink {
             return;
         }
         self.gap_progress();
-        let n = self.out.len();
-        let all: u64 = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        // Peers expelled or refusing us are not waited for.
+        let all = self.active_mask();
         for (peer, start_seq, listed) in rounds {
             let Some(i) = self.out.iter().position(|o| o.peer == peer) else {
                 continue;
@@ -650,7 +997,7 @@ impl RegionLink {
                         *mask |= 1 << i;
                     }
                 }
-                g.slots.retain(|_, mask| *mask != all);
+                g.slots.retain(|_, mask| *mask & all != all);
             }
         }
         self.gaps.retain(|g| !g.slots.is_empty());
@@ -699,7 +1046,7 @@ impl RegionLink {
         self.enqueued_max = self.enqueued_max.max(delta.stamp.hlc);
         self.stats.deltas_enqueued += 1;
         let bytes = delta_bytes(&delta);
-        for o in self.out.iter_mut() {
+        for o in self.out.iter_mut().filter(|o| o.active()) {
             if self.cfg.coalesce && o.coalesce(&delta, self.cfg.max_log_bytes) {
                 self.stats.deltas_coalesced += 1;
                 continue;
@@ -736,10 +1083,74 @@ impl RegionLink {
         frame: Frame,
         store: &mut S,
     ) {
+        if self.forgotten.contains_key(&from) && !self.out.iter().any(|o| o.peer == from) {
+            // A forgotten region speaks again: back, expelled (its frames refused, it is told
+            // so); a new incarnation's `Hello` readmits it below.
+            self.add_peer(from);
+        }
+        if let Some(i) = self.out.iter().position(|o| o.peer == from) {
+            let offset = self.cfg.max_clock_offset_ms;
+            let o = &mut self.out[i];
+            match &frame {
+                // Refusals are not the peer speaking for itself: its silence goes on. It
+                // names its incarnation (which our refusals then name).
+                Frame::Refused(r) => {
+                    if r.sender != 0 {
+                        o.peer_epoch = Some(r.sender);
+                    }
+                }
+                Frame::Hello(h) => {
+                    o.silent_ms = 0;
+                    o.peer_epoch = Some(h.epoch);
+                }
+                Frame::Batch(b) if b.origin == from => {
+                    o.silent_ms = 0;
+                    o.peer_epoch = Some(b.epoch);
+                }
+                _ => o.silent_ms = 0,
+            }
+            if let Some(e) = o.expelled {
+                match &frame {
+                    Frame::Hello(h) if Self::readmits(offset, &e, h) => {
+                        // A new incarnation (restarted empty): a joining region.
+                        self.stats.peers_readmitted += 1;
+                        self.reactivate(i);
+                    }
+                    // Counted below (it expelled us too: a cut both ways).
+                    Frame::Refused(_) => {}
+                    _ => {
+                        // That incarnation's state may hold what GC here dropped: nothing
+                        // of it is merged; it is told so.
+                        self.stats.frames_refused += 1;
+                        o.refusal_due = true;
+                        return;
+                    }
+                }
+            } else if o.refused_by_peer && matches!(frame, Frame::Hello(_)) {
+                // The peer speaks to us again: it restarted (its ask), or readmitted us (its
+                // answer). A refuser only sends refusals.
+                self.reactivate(i);
+            }
+        }
         if matches!(frame, Frame::Batch(_) | Frame::AeEntries(_)) {
             self.merged_since_drain = true;
         }
         match frame {
+            Frame::Refused(r) => {
+                let Some(i) = self.out.iter().position(|o| o.peer == from) else {
+                    return;
+                };
+                if r.epoch != self.epoch && r.epoch != 0 {
+                    return; // about an earlier incarnation of ours
+                }
+                self.stats.refusals_received += 1;
+                if self.out[i].expelled.is_none() && !self.out[i].refused_by_peer {
+                    self.out[i].refused_by_peer = true;
+                    self.deactivate(i);
+                    // Keep asking: a peer that restarted (or readmits us) answers.
+                    self.out[i].hello_pending = true;
+                }
+            }
             Frame::Batch(b) => self.handle_batch(now_ms, from, b, store),
             Frame::Ack(a) => self.handle_ack(now_ms, from, a),
             Frame::Frontier(f) => {
@@ -959,7 +1370,38 @@ impl RegionLink {
         }
     }
 
+    ///
+    /// Peers' silence (`peer_gc_bound_ms`) is measured in this link's own steps: each call
+    /// adds the time since the previous one, at most twice the longer of the frontier and
+    /// resend intervals (the shells call it more often than that), so a wall clock that
+    /// jumps ahead does not expel every peer at once (and a step back adds nothing).
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        let cap = self
+            .cfg
+            .frontier_interval_ms
+            .max(self.cfg.resend_timeout_ms)
+            .saturating_mul(2);
+        let step = match self.last_tick_ms {
+            Some(t) => now_ms.saturating_sub(t).min(cap),
+            None => {
+                if self.born_ms == 0 {
+                    self.born_ms = now_ms;
+                }
+                0
+            }
+        };
+        self.last_tick_ms = Some(now_ms);
+        let bound = self.cfg.peer_gc_bound_ms;
+        for i in 0..self.out.len() {
+            let o = &mut self.out[i];
+            if !o.active() {
+                continue;
+            }
+            o.silent_ms = o.silent_ms.saturating_add(step);
+            if bound > 0 && o.silent_ms > bound {
+                self.expel(now_ms, i);
+            }
+        }
         // The caller's clock may step back (a wall clock corrected by NTP): no deadline then
         // waits longer than its own span, or resends, gossip and handshakes would stop for
         // as long as the step.
@@ -970,6 +1412,9 @@ impl RegionLink {
             o.last_progress_ms = o.last_progress_ms.min(now_ms);
             o.next_hello_ms = o
                 .next_hello_ms
+                .min(now_ms.saturating_add(self.cfg.resend_timeout_ms));
+            o.next_refusal_ms = o
+                .next_refusal_ms
                 .min(now_ms.saturating_add(self.cfg.resend_timeout_ms));
             if o.last_batch_in_ms > now_ms {
                 o.last_batch_in_ms = now_ms.max(1);
@@ -987,11 +1432,17 @@ impl RegionLink {
         }
         if now_ms >= self.next_frontier_ms {
             self.next_frontier_ms = now_ms + self.cfg.frontier_interval_ms;
-            for o in self.out.iter_mut() {
+            for o in self.out.iter_mut().filter(|o| o.active()) {
                 o.frontier_due = true;
             }
         }
         for o in self.out.iter_mut() {
+            // An expelled peer is told so every interval, whether it speaks or not: both
+            // sides of a long cut (each expelled the other) learn they are refused.
+            if o.expelled.is_some() {
+                o.refusal_due = true;
+                continue;
+            }
             if o.hello_pending && now_ms >= o.next_hello_ms {
                 o.hello_due = true;
                 o.next_hello_ms = now_ms.saturating_add(self.cfg.resend_timeout_ms);
@@ -1011,13 +1462,36 @@ impl RegionLink {
         let hello = self
             .out
             .iter()
-            .filter(|o| o.hello_pending)
+            .filter(|o| o.hello_pending && o.expelled.is_none())
             .map(|o| o.next_hello_ms)
             .min();
+        let refusal = self
+            .out
+            .iter()
+            .filter(|o| o.refusal_due)
+            .map(|o| o.next_refusal_ms)
+            .min();
+        // The GC bound: the next expulsion, in link time from the last call (an upper
+        // bound on the wall time to it).
+        let bound = self.cfg.peer_gc_bound_ms;
+        let expel = (bound > 0)
+            .then(|| {
+                let quietest = self
+                    .out
+                    .iter()
+                    .filter(|o| o.active())
+                    .map(|o| o.silent_ms)
+                    .max()?;
+                let last = self.last_tick_ms?;
+                Some(last.saturating_add(bound.saturating_sub(quietest).saturating_add(1)))
+            })
+            .flatten();
         [
             resend,
             Some(self.next_frontier_ms),
             hello,
+            refusal,
+            expel,
             self.ae.poll_timeout(),
         ]
         .into_iter()
@@ -1029,7 +1503,7 @@ impl RegionLink {
     /// (slot digests, comparisons). Call again while [`Self::has_anti_entropy_work`].
     pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
         let quiet = self.cfg.anti_entropy_quiet_ms;
-        for o in &self.out {
+        for o in self.out.iter().filter(|o| o.active()) {
             let shipping = !o.log.is_empty();
             let receiving =
                 o.last_batch_in_ms != 0 && now_ms < o.last_batch_in_ms.saturating_add(quiet);
@@ -1052,6 +1526,26 @@ impl RegionLink {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let o = &mut self.out[i];
+            if o.refusal_due && now_ms >= o.next_refusal_ms {
+                o.refusal_due = false;
+                o.next_refusal_ms = now_ms.saturating_add(self.cfg.resend_timeout_ms);
+                return Some((
+                    o.peer,
+                    Frame::Refused(Refused {
+                        // 0: whichever incarnation it is (none was heard before).
+                        epoch: o.peer_epoch.unwrap_or(0),
+                        reason: RefuseReason::Expelled,
+                        sender: self.epoch,
+                    }),
+                ));
+            }
+            if o.expelled.is_some() {
+                continue;
+            }
+            if o.refused_by_peer && !o.hello_due {
+                // Only our `Hello` asks go to a peer refusing us: a restarted one answers.
+                continue;
+            }
             if o.hello_due || o.hello_answer_due {
                 let ask = o.hello_due;
                 o.hello_due = false;
@@ -1067,6 +1561,9 @@ impl RegionLink {
                         ask,
                         your_max,
                         clock,
+                        region: self.region,
+                        epoch: self.epoch,
+                        born_ms: self.born_ms,
                     }),
                 ));
             }
@@ -1117,6 +1614,9 @@ impl RegionLink {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let o = &mut self.out[i];
+            if !o.active() {
+                continue;
+            }
             let in_flight = o.sent_upto - o.acked;
             let Some(&(front_seq, _, _)) = o.log.front() else {
                 continue;
@@ -1166,19 +1666,26 @@ impl RegionLink {
 
     /// This region's view: per origin, an HLC below which it holds every write (its own
     /// entry held below unrepaired local losses).
+    /// Peers expelled, refusing us or forgotten keep their (frozen) entry: what we merged
+    /// of them is what GC of their stamps waits on.
     pub fn seen_vector(&self) -> Vec<(RegionId, Hlc)> {
         let mut v = vec![(self.region, self.own_claim())];
         for o in &self.out {
             let seen = self.inc.get(&o.peer).map_or(Hlc::ZERO, |i| i.seen);
             v.push((o.peer, seen));
         }
+        for (r, (_, seen)) in &self.forgotten {
+            v.push((*r, *seen));
+        }
         v
     }
 
     /// Per origin, the HLC every region (this one and every peer's last gossip) has seen.
+    /// Peers expelled from GC (silent past `peer_gc_bound_ms`) or forgotten are not waited
+    /// for (a peer refusing us still is).
     pub fn stable_frontier(&self) -> BTreeMap<RegionId, Hlc> {
         let mut stable: BTreeMap<RegionId, Hlc> = self.seen_vector().into_iter().collect();
-        for o in &self.out {
+        for o in self.out.iter().filter(|o| o.expelled.is_none()) {
             let theirs = self.frontiers.get(&o.peer);
             for (origin, h) in stable.iter_mut() {
                 let t = theirs
@@ -1231,6 +1738,7 @@ impl RegionLink {
         let claims: BTreeMap<RegionId, Hlc> = self
             .out
             .iter()
+            .filter(|o| o.expelled.is_none())
             .map(|o| {
                 let own = self.peer_enqueued.get(&o.peer);
                 (o.peer, own.copied().unwrap_or(Hlc::ZERO))
@@ -1419,6 +1927,323 @@ mod tests {
 
     fn set(w: &mut meridian_crdt::EntryWriter) {
         w.set_str(Bytes::from_static(b"v"), false);
+    }
+
+    // ---- the GC bound, forgetting and adding peers ----
+
+    /// A GC bound, and clocks trusted to agree within 100 ms (a restarted incarnation is
+    /// readmitted if it started more than that after the expulsion).
+    fn bounded(bound_ms: u64) -> LinkConfig {
+        LinkConfig {
+            peer_gc_bound_ms: bound_ms,
+            max_clock_offset_ms: 100,
+            ..cfg()
+        }
+    }
+
+    fn bounded_side(r: u16, peers: &[u16], epoch: u64, bound_ms: u64) -> Side {
+        let mut x = side(r, epoch);
+        let peers: Vec<RegionId> = peers.iter().map(|&p| RegionId(p)).collect();
+        x.link = RegionLink::new(RegionId(r), &peers, epoch, bounded(bound_ms));
+        x
+    }
+
+    fn none(_: &Frame) -> bool {
+        false
+    }
+
+    /// Run both sides every 100 ms from `from` for `ms`, delivering what `pass` accepts;
+    /// returns the time reached.
+    fn run_for(from: u64, ms: u64, s: &mut [Side; 2], pass: &dyn Fn(&Frame) -> bool) -> u64 {
+        let mut t = from;
+        while t < from + ms {
+            t += 100;
+            pump(t, s, pass);
+        }
+        t
+    }
+
+    fn slots_equal(s: &mut [Side; 2]) -> bool {
+        (0..meridian_crdt::SLOT_COUNT as u16)
+            .all(|k| s[0].ks.slot_digest(k) == s[1].ks.slot_digest(k))
+    }
+
+    /// A peer silent past the bound is expelled: GC goes on without it (a tombstone it
+    /// never saw is collected), and when it comes back, that incarnation is refused both
+    /// ways (each side expelled the other) and told so: nothing of its state, which still
+    /// holds the removed member, is merged. Restarted empty, it is readmitted and
+    /// bootstraps by anti-entropy; the member stays removed.
+    #[test]
+    fn a_peer_silent_past_the_bound_is_expelled_refused_and_readmitted_when_restarted() {
+        let mut s = [
+            bounded_side(0, &[1], 1, 1_000),
+            bounded_side(1, &[0], 1, 1_000),
+        ];
+        let mut now = 10_000;
+        s[0].write(now, "s", |w| {
+            w.sadd(&Bytes::from_static(b"m"));
+        });
+        s[0].ship(now);
+        s[1].write(now, "b-early", set);
+        s[1].ship(now);
+        now = run_for(now, 300, &mut s, &all);
+        assert!(s[1].alive("s") && s[0].alive("b-early"));
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Active));
+        // Cut: both sides go silent for each other. Within the bound nothing changes.
+        now = run_for(now, 900, &mut s, &none);
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Active));
+        let rem = s[0].write(now, "s", |w| {
+            w.srem(b"m");
+        });
+        s[0].ship(now);
+        assert_eq!(s[0].link.collect_garbage(&mut s[0].ks), 0, "GC waits for B");
+        now = run_for(now, 400, &mut s, &none);
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Expelled));
+        assert_eq!(s[1].link.peer_state(RegionId(0)), Some(PeerState::Expelled));
+        assert_eq!(s[0].link.stats().peers_expelled, 1);
+        assert_eq!(s[0].link.backlog(RegionId(1)), 0, "its log was dropped");
+        assert!(s[0].link.stable_frontier()[&RegionId(0)] >= rem.hlc);
+        let mut dropped = 0;
+        for _ in 0..3 {
+            s[0].link.note_local_hlc(s[0].clock.last());
+            dropped += s[0].link.collect_garbage(&mut s[0].ks);
+        }
+        assert!(dropped >= 1, "collected without the expelled peer");
+        assert!(s[1].alive("s"), "B still holds the removed member");
+        // Healed: B's incarnation is refused, and refuses A in turn.
+        s[1].write(now, "b-write", set);
+        s[1].ship(now);
+        s[1].link.request_anti_entropy(RegionId(0));
+        now = run_for(now, 1_000, &mut s, &all);
+        assert!(
+            !s[0].alive("s"),
+            "nothing of the expelled incarnation merged"
+        );
+        assert!(!s[0].alive("b-write"));
+        // Each side expelled the other: each tells the other, every interval.
+        assert!(s[0].link.stats().refusals_received > 0);
+        assert!(s[1].link.stats().refusals_received > 0);
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Expelled));
+        // The refused region restarts empty: a new incarnation, readmitted.
+        s[1] = bounded_side(1, &[0], 0xfeed, 1_000);
+        now = run_for(now, 3_000, &mut s, &all);
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Active));
+        assert_eq!(s[1].link.peer_state(RegionId(0)), Some(PeerState::Active));
+        assert_eq!(s[0].link.stats().peers_readmitted, 1);
+        assert!(s[1].link.restarted(), "told its earlier life's stamps");
+        assert!(slots_equal(&mut s), "bootstrapped by anti-entropy");
+        assert!(!s[0].alive("s") && !s[1].alive("s"), "the removal holds");
+        // And it replicates as any peer.
+        s[1].write(now, "new", set);
+        s[1].ship(now);
+        run_for(now, 300, &mut s, &all);
+        assert!(s[0].alive("new"));
+    }
+
+    /// Any frame resets the silence; a frame from a peer that is not expelled never
+    /// draws a refusal; a bound of 0 never expels.
+    #[test]
+    fn traffic_keeps_a_peer_and_a_zero_bound_never_expels() {
+        for bound in [0, 1_000] {
+            let mut s = [
+                bounded_side(0, &[1], 1, bound),
+                bounded_side(1, &[0], 1, bound),
+            ];
+            let now = run_for(10_000, 5_000, &mut s, &all);
+            assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Active));
+            let now = run_for(now, 3_000, &mut s, &none);
+            let want = if bound == 0 {
+                PeerState::Active
+            } else {
+                PeerState::Expelled
+            };
+            assert_eq!(
+                s[0].link.peer_state(RegionId(1)),
+                Some(want),
+                "bound {bound}"
+            );
+            assert_eq!(s[0].link.stats().frames_refused, 0);
+            let _ = now;
+        }
+    }
+
+    /// A wall clock that jumps far ahead does not expel peers: silence grows by at most
+    /// twice the longer interval per call.
+    #[test]
+    fn a_clock_jump_does_not_expel() {
+        let mut s = [
+            bounded_side(0, &[1], 1, 1_000),
+            bounded_side(1, &[0], 1, 1_000),
+        ];
+        let now = run_for(10_000, 500, &mut s, &all);
+        s[0].link.handle_timeout(now + 3_600_000);
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Active));
+        assert!(s[0].link.peer_status(now, RegionId(1)).unwrap().silent_ms <= 400);
+    }
+
+    fn hello(region: u16, epoch: u64, born_ms: u64) -> Frame {
+        Frame::Hello(Hello {
+            ask: true,
+            your_max: Hlc::ZERO,
+            clock: Hlc::ZERO,
+            region: RegionId(region),
+            epoch,
+            born_ms,
+        })
+    }
+
+    /// A peer expelled before any incarnation of it was heard: only one born after the
+    /// expulsion, by more than the clocks may disagree, is readmitted (a region cut off
+    /// since before this link started may hold old state under an id we never saw).
+    #[test]
+    fn a_peer_never_heard_is_readmitted_only_by_an_incarnation_born_later() {
+        let mut a = bounded_side(0, &[1], 1, 1_000);
+        let mut t = 10_000;
+        while t < 12_000 {
+            t += 100;
+            a.link.handle_timeout(t);
+        }
+        assert_eq!(a.link.peer_state(RegionId(1)), Some(PeerState::Expelled));
+        a.link
+            .handle_frame(t, RegionId(1), hello(1, 77, 9_000), &mut a.ks);
+        assert_eq!(a.link.peer_state(RegionId(1)), Some(PeerState::Expelled));
+        let refusal = std::iter::from_fn(|| a.link.poll_transmit(t)).find_map(|(_, f)| match f {
+            Frame::Refused(r) => Some(r),
+            _ => None,
+        });
+        assert_eq!(
+            refusal,
+            Some(Refused {
+                epoch: 77,
+                reason: RefuseReason::Expelled,
+                sender: 1,
+            })
+        );
+        // Expelled at 11 200; clocks may disagree by 100 ms.
+        a.link
+            .handle_frame(t, RegionId(1), hello(1, 78, 11_250), &mut a.ks);
+        assert_eq!(a.link.peer_state(RegionId(1)), Some(PeerState::Expelled));
+        a.link
+            .handle_frame(t, RegionId(1), hello(1, 79, 11_350), &mut a.ks);
+        assert_eq!(a.link.peer_state(RegionId(1)), Some(PeerState::Active));
+    }
+
+    /// Forgetting a peer: GC stops waiting for it at once, its entry stays in the gossip,
+    /// and if it comes back (the shell adds it again on its `Hello`) its incarnation is
+    /// refused; a new one is readmitted.
+    #[test]
+    fn a_forgotten_peer_no_longer_holds_gc_and_is_refused_if_it_returns() {
+        let mut s = [bounded_side(0, &[1], 1, 0), bounded_side(1, &[0], 1, 0)];
+        let mut now = 10_000;
+        s[0].write(now, "s", |w| {
+            w.sadd(&Bytes::from_static(b"m"));
+        });
+        s[0].ship(now);
+        now = run_for(now, 300, &mut s, &all);
+        let b_epoch = 1;
+        s[0].write(now, "s", |w| {
+            w.srem(b"m");
+        });
+        s[0].ship(now);
+        assert_eq!(s[0].link.collect_garbage(&mut s[0].ks), 0);
+        assert!(s[0].link.remove_peer(RegionId(1)));
+        assert!(!s[0].link.remove_peer(RegionId(1)), "forgotten once");
+        assert_eq!(s[0].link.peers().count(), 0);
+        assert_eq!(
+            s[0].link.forgotten().collect::<Vec<_>>(),
+            vec![(
+                RegionId(1),
+                Expelled {
+                    epoch: Some(b_epoch),
+                    at_ms: now
+                }
+            )]
+        );
+        assert!(s[0]
+            .link
+            .seen_vector()
+            .iter()
+            .any(|(r, _)| *r == RegionId(1)));
+        s[0].link.note_local_hlc(s[0].clock.last());
+        assert!(s[0].link.collect_garbage(&mut s[0].ks) >= 1);
+        // It comes back: added again, refused.
+        assert!(s[0].link.add_peer(RegionId(1)));
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Expelled));
+        now = run_for(now, 500, &mut s, &all);
+        assert!(!s[0].alive("s"));
+        assert_eq!(
+            s[1].link.peer_state(RegionId(0)),
+            Some(PeerState::RefusedByPeer)
+        );
+        // B's links to A are quiet but for its `Hello` asks, each answered by a refusal.
+        let refusals = s[1].link.stats().refusals_received;
+        now = run_for(now, 1_000, &mut s, &all);
+        assert!(s[1].link.stats().refusals_received > refusals);
+        s[1] = bounded_side(1, &[0], 0xabc, 0);
+        run_for(now, 3_000, &mut s, &all);
+        assert_eq!(s[0].link.peer_state(RegionId(1)), Some(PeerState::Active));
+        assert!(slots_equal(&mut s));
+    }
+
+    /// A region added at run time (no restart of the existing one): its log to the joiner
+    /// starts above sequence 1, so the joiner, a first incarnation, does not take it for
+    /// complete; anti-entropy brings it everything written before it joined, GC waits for
+    /// it from then on.
+    #[test]
+    fn a_peer_added_at_run_time_bootstraps_and_gc_waits_for_it() {
+        let mut a = side(0, 1);
+        a.link = RegionLink::new(RegionId(0), &[], 1, cfg());
+        let mut now = 10_000;
+        for i in 0..50 {
+            a.write(now, &format!("k{i}"), set);
+        }
+        a.write(now, "gone", set);
+        a.write(now + 1, "gone", |w| {
+            w.delete();
+        });
+        a.ship(now + 1);
+        // Alone, a region collects what it alone has seen.
+        a.link.collect_garbage(&mut a.ks);
+        now += 10;
+        // A new region's process (the shell's incarnation ids are random: it asks every
+        // peer for anti-entropy at start).
+        let b = side(1, 0x5eed);
+        let mut s = [a, b];
+        assert!(s[0].link.add_peer(RegionId(1)));
+        assert!(!s[0].link.add_peer(RegionId(1)));
+        assert_eq!(s[0].link.stable_frontier()[&RegionId(0)], Hlc::ZERO);
+        s[0].write(now, "after", set);
+        s[0].write(now, "gone2", set);
+        s[0].write(now + 1, "gone2", |w| {
+            w.delete();
+        });
+        s[0].ship(now + 1);
+        assert_eq!(
+            s[0].link.collect_garbage(&mut s[0].ks),
+            0,
+            "GC waits for the joiner"
+        );
+        assert_eq!(s[0].ks.stats().tombstones, 1);
+        now = run_for(now, 2_000, &mut s, &all);
+        assert!(slots_equal(&mut s), "the joiner got everything");
+        assert!(s[1].alive("k0") && s[1].alive("after") && !s[1].alive("gone"));
+        assert!(!s[1].alive("gone2"));
+        assert_eq!(s[0].link.stats().peers_added, 1);
+        let mut dropped = 0;
+        for _ in 0..20 {
+            now += 100;
+            pump(now, &mut s, &all);
+            dropped +=
+                s[0].link.collect_garbage(&mut s[0].ks) + s[1].link.collect_garbage(&mut s[1].ks);
+        }
+        assert!(
+            dropped >= 1,
+            "GC goes on once the joiner caught up: {:?} {:?} / {:?} {:?}",
+            s[0].link.stable_frontier(),
+            s[0].link.gc_frontier(),
+            s[1].link.stable_frontier(),
+            s[1].link.gc_frontier()
+        );
     }
 
     // ---- bounded clocks ----

@@ -20,7 +20,7 @@
 //! time in, and lends the store per call.
 
 use crate::codec::Frame;
-use crate::proto::link::{LinkConfig, RegionLink};
+use crate::proto::link::{Expelled, LinkConfig, RegionLink};
 use crate::store::ReplicaStore;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId, SLOT_COUNT};
 use std::collections::BTreeSet;
@@ -236,6 +236,11 @@ pub struct NodeLinks {
     stats: NodeLinksStats,
     /// Bug injection for the cluster simulator's checker tests (never set otherwise).
     bug_skip_reroute_gap: bool,
+    /// This node's start (its first `handle_timeout`): every link's `Hello::born_ms`.
+    born_ms: u64,
+    /// Peer regions forgotten (`forget_region`), and when: a link to one of their nodes
+    /// (they came back) refuses incarnations started before.
+    forgotten: std::collections::BTreeMap<RegionId, u64>,
 }
 
 impl NodeLinks {
@@ -260,7 +265,43 @@ impl NodeLinks {
             },
             stats: NodeLinksStats::default(),
             bug_skip_reroute_gap: false,
+            born_ms: 0,
+            forgotten: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// A region joined at run time: its slot owners are unknown until its topology is set
+    /// ([`Self::set_owners`]); GC waits for it from now on. Returns `false` if known (or
+    /// this region).
+    pub fn add_region(&mut self, region: RegionId) -> bool {
+        if region == self.region || self.owners.iter().any(|(r, _)| *r == region) {
+            return false;
+        }
+        self.forgotten.remove(&region);
+        self.owners.push((region, vec![None; SLOT_COUNT]));
+        self.unrouted.push((region, BTreeSet::new()));
+        self.tally.regions += 1;
+        // Links to its nodes opened while it was forgotten keep refusing the incarnations
+        // they expelled; links opened from now on take it as any peer.
+        true
+    }
+
+    /// Forget a peer region (`MERIDIAN REGION FORGET`): its links go, GC stops waiting for
+    /// it, and a node of it that speaks again gets a link that refuses every incarnation
+    /// started before `now_ms` (see [`RegionLink::remove_peer`]).
+    pub fn forget_region(&mut self, region: RegionId, now_ms: u64) -> bool {
+        let Some(i) = self.owners.iter().position(|(r, _)| *r == region) else {
+            return false;
+        };
+        self.owners.remove(i);
+        self.unrouted.retain(|(r, _)| *r != region);
+        self.tally.regions = self.tally.regions.saturating_sub(1);
+        let before = self.links.len();
+        self.links.retain(|l| l.peer.region != region);
+        self.stats.links_closed += (before - self.links.len()) as u64;
+        self.rr = 0;
+        self.forgotten.insert(region, now_ms);
+        true
     }
 
     /// Bug injection, for the cluster simulator's checker tests only: [`Self::set_owners`]
@@ -289,9 +330,15 @@ impl NodeLinks {
         }
         let epoch = self.next_epoch;
         self.next_epoch = self.next_epoch.wrapping_add(1).max(2);
+        let mut link = RegionLink::new(self.region, &[peer.region], epoch, self.cfg.clone());
+        // A link opened later is no newer incarnation of this node's state.
+        link.set_born(self.born_ms);
+        if let Some(&at_ms) = self.forgotten.get(&peer.region) {
+            link.expel_peer(peer.region, Expelled { epoch: None, at_ms });
+        }
         self.links.push(Instance {
             peer,
-            link: RegionLink::new(self.region, &[peer.region], epoch, self.cfg.clone()),
+            link,
             scope: SlotSet::default(),
         });
         self.stats.links_opened += 1;
@@ -405,7 +452,9 @@ impl NodeLinks {
         frame: Frame,
         store: &mut S,
     ) {
-        if !self.owners.iter().any(|(r, _)| *r == from.region) {
+        if !self.owners.iter().any(|(r, _)| *r == from.region)
+            && !self.forgotten.contains_key(&from.region)
+        {
             return;
         }
         let i = self.index_or_open(from);
@@ -422,6 +471,12 @@ impl NodeLinks {
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.born_ms == 0 {
+            self.born_ms = now_ms.max(1);
+            for i in &mut self.links {
+                i.link.set_born(self.born_ms);
+            }
+        }
         for i in &mut self.links {
             i.link.handle_timeout(now_ms);
         }
@@ -565,6 +620,9 @@ impl NodeLinks {
             l.gc_runs += s.gc_runs;
             l.deltas_clock_held += s.deltas_clock_held;
             l.local_losses += s.local_losses;
+            l.peers_expelled += s.peers_expelled;
+            l.frames_refused += s.frames_refused;
+            l.refusals_received += s.refusals_received;
             let e = i.link.anti_entropy_stats();
             a.rounds_completed += e.rounds_completed;
             a.rounds_clean += e.rounds_clean;

@@ -9,13 +9,23 @@
 //!
 //! Topology: one QUIC connection per pair of *nodes*; a peer is a [`PeerKey`] (its region,
 //! proven by its certificate, and its advertised replication address), so the nodes of a
-//! region that is a cluster are distinct peers. The region whose name sorts lower dials
-//! (`"a" < "b"`: a's nodes dial b's, b's only accept from a's), so two nodes never race to
-//! open two connections. The dialer opens its stream with an identity preamble
-//! ([`IDENT_MAGIC`], its advertised address); the acceptor keys the connection by it,
-//! registering a node of an accepted region it did not know yet (at most
-//! [`MAX_PEERS_PER_REGION`] per region). Peers come from the config and at run time
-//! ([`QuicTransport::add_peer`], [`QuicTransport::remove_peer`]: a discovered topology).
+//! region that is a cluster are distinct peers. Between two regions configured with each
+//! other, the one whose name sorts lower dials (`"a" < "b"`: a's nodes dial b's, b's only
+//! accept from a's), so two nodes never race to open two connections. The dialer opens its
+//! stream with an identity preamble ([`IDENT_MAGIC`]: its advertised address and region);
+//! the acceptor keys the connection by it, registering a node of an accepted region it did
+//! not know yet (at most [`MAX_PEERS_PER_REGION`] per region). Peers come from the config
+//! and at run time ([`QuicTransport::add_peer`], [`QuicTransport::remove_peer`]: a
+//! discovered topology).
+//!
+//! Regions that join at run time: a node accepts a connection from a region it is not
+//! configured with when [`QuicConfig::accept_new_regions`] is set and the certificate, from
+//! the deployment CA, is valid for the region the preamble claims; that region is known from
+//! then on ([`QuicTransport::regions`]). Such a region is never dialed by the acceptor: the
+//! joiner dials, whatever the names. So a node also dials a configured peer whose name
+//! sorts lower when that peer has not connected within [`JOIN_GRACE_MS`] (the peer may not
+//! know this region); a peer that does know it refuses with [`CLOSE_DIAL_ORDER`] (it dials
+//! itself), and the dial is retried only after [`JOIN_RETRY_MS`] without a connection.
 //! The dialer keeps the link up: reconnect with exponential backoff ([`INITIAL_BACKOFF_MS`]
 //! doubling to [`MAX_BACKOFF_MS`]), keep-alives from quinn's `TransportConfig`. A new
 //! connection from a peer node replaces its previous one (restart); nodes of one region
@@ -72,6 +82,16 @@ pub const IDENT_MAGIC: &[u8; 4] = b"MRI1";
 const MAX_IDENT_BYTES: usize = 255;
 /// Nodes of one peer region this endpoint keeps (configured, added or accepted).
 pub const MAX_PEERS_PER_REGION: usize = 1024;
+/// Identity preamble of a dialer that also names its region (`MRI2`: address, then a `u8`
+/// length and the region name): the acceptor checks the certificate against that name
+/// when the region is not one it knows (a region joining at run time).
+pub const IDENT_MAGIC_REGION: &[u8; 4] = b"MRI2";
+/// A node waits this long for a configured peer whose name sorts lower to dial it before
+/// dialing it itself (see the module doc: a region that joins at run time).
+pub const JOIN_GRACE_MS: u64 = 1_500;
+/// After a peer refused such a dial ([`CLOSE_DIAL_ORDER`]: it dials us itself), the next
+/// attempt waits this long without a connection.
+pub const JOIN_RETRY_MS: u64 = 10_000;
 
 /// QUIC application close codes (visible to the peer).
 const CLOSE_SHUTDOWN: u32 = 0;
@@ -79,6 +99,8 @@ const CLOSE_PROTOCOL: u32 = 1;
 const CLOSE_IDENTITY: u32 = 2;
 const CLOSE_REPLACED: u32 = 3;
 const CLOSE_STREAM_END: u32 = 4;
+/// The acceptor knows the dialer's region and dials it itself (the lower name dials).
+pub const CLOSE_DIAL_ORDER: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -248,6 +270,9 @@ pub struct QuicConfig {
     pub peers: Vec<PeerConfig>,
     /// Regions accepted besides those of `peers` (their nodes are added at run time).
     pub accept_regions: Vec<String>,
+    /// Accept connections from any other region whose certificate the deployment CA
+    /// signed (a region joining at run time; see the module doc). Off by default here.
+    pub accept_new_regions: bool,
     /// The address peers know this node by (sent in the identity preamble); `None`: the
     /// bound address.
     pub advertise: Option<SocketAddr>,
@@ -278,6 +303,7 @@ impl QuicConfig {
             key_pem: key_pem.into(),
             peers,
             accept_regions: Vec::new(),
+            accept_new_regions: false,
             advertise: None,
             send_queue_frames: 4096,
             recv_queue_frames: 4096,
@@ -310,6 +336,10 @@ pub struct TransportStats {
     /// Incoming connections with a valid certificate for a region we do not accept from.
     pub identity_rejections: u64,
     pub accepted: u64,
+    /// Connections from regions not configured here, accepted (a region joining).
+    pub regions_joined: u64,
+    /// Dials from a configured region refused because we dial it ([`CLOSE_DIAL_ORDER`]).
+    pub dial_order_refusals: u64,
 }
 
 #[derive(Default)]
@@ -317,6 +347,8 @@ struct Counters {
     handshake_failures: AtomicU64,
     identity_rejections: AtomicU64,
     accepted: AtomicU64,
+    regions_joined: AtomicU64,
+    dial_order_refusals: AtomicU64,
 }
 
 struct Peer {
@@ -427,8 +459,12 @@ struct Shared {
     advertise: String,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    /// Regions whose nodes we talk to.
-    regions: std::collections::BTreeSet<String>,
+    /// Regions whose nodes we talk to: configured, accepted, and joined at run time.
+    regions: Mutex<std::collections::BTreeSet<String>>,
+    /// Of those, the configured ones still configured (not forgotten): between two such
+    /// regions the lower name dials.
+    configured: Mutex<std::collections::BTreeSet<String>>,
+    accept_new_regions: bool,
     peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
     send_queue_frames: usize,
     recv_tx: mpsc::Sender<(PeerKey, Frame)>,
@@ -444,7 +480,7 @@ impl Shared {
     /// The peer `key`, registered if new (`None`: its region is not one we talk to, or it
     /// has too many nodes already). Returns whether it was new.
     fn peer_or_add(&self, key: &PeerKey) -> Option<(Arc<Peer>, bool)> {
-        if !self.regions.contains(&key.region) {
+        if !self.knows(&key.region) {
             return None;
         }
         let mut peers = self.peers();
@@ -457,6 +493,20 @@ impl Shared {
         let p = Arc::new(Peer::new(key.clone(), self.send_queue_frames));
         peers.insert(key.clone(), p.clone());
         Some((p, true))
+    }
+
+    fn knows(&self, region: &str) -> bool {
+        self.regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(region)
+    }
+
+    fn is_configured(&self, region: &str) -> bool {
+        self.configured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(region)
     }
 
     /// The nodes of `region`, in key order.
@@ -562,12 +612,15 @@ impl QuicTransport {
             regions.insert(r.clone());
         }
         let (recv_tx, recv_rx) = mpsc::channel(cfg.recv_queue_frames);
+        let configured = regions.clone();
         let shared = Arc::new(Shared {
             region: cfg.region.clone(),
             advertise: advertise.to_string(),
             endpoint,
             client_config,
-            regions,
+            regions: Mutex::new(regions),
+            configured: Mutex::new(configured),
+            accept_new_regions: cfg.accept_new_regions,
             peers: Mutex::new(HashMap::new()),
             send_queue_frames: cfg.send_queue_frames,
             recv_tx,
@@ -602,8 +655,10 @@ impl QuicTransport {
 
     /// Talk to the node of `region` at `addr` (its advertised replication address): when
     /// this region dials (its name sorts lower), keep a connection up (dial, then redial
-    /// with backoff); otherwise wait for the node to dial. A second call for a node is a
-    /// no-op. `region` must be a configured or accepted one.
+    /// with backoff); otherwise wait for the node to dial, and dial it if it has not within
+    /// [`JOIN_GRACE_MS`] (it may not know this region: see the module doc). A node of a
+    /// region that joined at run time (not configured here) is not dialed: it dials. A
+    /// second call for a node is a no-op. `region` must be a known one.
     pub fn add_peer(&self, region: &str, addr: SocketAddr) -> Result<PeerKey, TransportError> {
         let key = PeerKey {
             region: region.to_string(),
@@ -613,11 +668,51 @@ impl QuicTransport {
             .shared
             .peer_or_add(&key)
             .ok_or_else(|| TransportError::UnknownPeer(region.to_string()))?;
-        if self.shared.region.as_str() < region && !p.dialing.swap(true, Ordering::Relaxed) {
-            let task = tokio::spawn(dial_loop(self.shared.clone(), p.clone(), addr));
+        // A region that joined at run time dials us (whatever the names): never dialed.
+        if self.shared.is_configured(region) && !p.dialing.swap(true, Ordering::Relaxed) {
+            let task = if self.shared.region.as_str() < region {
+                tokio::spawn(dial_loop(self.shared.clone(), p.clone(), addr))
+            } else {
+                tokio::spawn(join_loop(self.shared.clone(), p.clone(), addr))
+            };
             *p.dial_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
         Ok(key)
+    }
+
+    /// Every region this node talks to (configured, accepted, joined at run time).
+    pub fn regions(&self) -> Vec<String> {
+        self.shared
+            .regions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Stop talking to `region` (`MERIDIAN REGION FORGET`, or a region refused): every
+    /// node of it is removed (connections closed, no more dials), and it is no longer a
+    /// configured region: if it connects again it is taken as a region joining (if
+    /// `accept_new_regions`), which the protocol above then refuses or readmits.
+    pub fn forget_region(&self, region: &str) {
+        let removed: Vec<Arc<Peer>> = {
+            let mut peers = self.shared.peers();
+            let keys: Vec<PeerKey> = peers
+                .keys()
+                .filter(|k| k.region == region)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| peers.remove(k)).collect()
+        };
+        for p in removed {
+            p.close();
+        }
+        self.shared
+            .configured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(region);
     }
 
     /// Keep a connection to the node of `region` at `addr` up, whatever the dial-order rule
@@ -696,7 +791,7 @@ impl QuicTransport {
     /// A peer region's state: connected if any of its nodes is, counters summed.
     pub fn peer_state(&self, region: &str) -> Option<PeerState> {
         let nodes = self.shared.region_peers(region);
-        if nodes.is_empty() && !self.shared.regions.contains(region) {
+        if nodes.is_empty() && !self.shared.knows(region) {
             return None;
         }
         Some(nodes.iter().fold(PeerState::default(), |mut acc, p| {
@@ -714,10 +809,9 @@ impl QuicTransport {
 
     /// Every peer region's state (see [`QuicTransport::peer_state`]), sorted by region.
     pub fn peer_states(&self) -> Vec<(String, PeerState)> {
-        self.shared
-            .regions
-            .iter()
-            .filter_map(|r| self.peer_state(r).map(|s| (r.clone(), s)))
+        self.regions()
+            .into_iter()
+            .filter_map(|r| self.peer_state(&r).map(|s| (r, s)))
             .collect()
     }
 
@@ -739,6 +833,8 @@ impl QuicTransport {
             handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
             identity_rejections: c.identity_rejections.load(Ordering::Relaxed),
             accepted: c.accepted.load(Ordering::Relaxed),
+            regions_joined: c.regions_joined.load(Ordering::Relaxed),
+            dial_order_refusals: c.dial_order_refusals.load(Ordering::Relaxed),
         }
     }
 
@@ -789,7 +885,16 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     let identified = match identify(&shared, &conn) {
         Ok(region) => read_ident(&shared, &conn, region).await,
-        Err(reason) => Err(reason),
+        Err(Refusal::DialOrder(region)) => {
+            shared
+                .counters
+                .dial_order_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%remote, %region, "dial refused: we dial that region");
+            conn.close(VarInt::from_u32(CLOSE_DIAL_ORDER), b"we dial you");
+            return;
+        }
+        Err(Refusal::Identity(reason)) => Err(reason),
     };
     match identified {
         Ok((peer, stream, buf)) => {
@@ -813,7 +918,7 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
 async fn read_ident(
     shared: &Shared,
     conn: &quinn::Connection,
-    region: String,
+    region: Option<String>,
 ) -> Result<(Arc<Peer>, quinn::RecvStream, Vec<u8>), String> {
     let read = async {
         let mut stream = conn.accept_uni().await.map_err(|e| e.to_string())?;
@@ -821,16 +926,32 @@ async fn read_ident(
         loop {
             if buf.len() >= 6 {
                 let len = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
-                if &buf[..4] != IDENT_MAGIC || len > MAX_IDENT_BYTES {
+                let named = &buf[..4] == IDENT_MAGIC_REGION;
+                if (&buf[..4] != IDENT_MAGIC && !named) || len > MAX_IDENT_BYTES {
                     return Err("bad identity preamble".to_string());
                 }
-                if buf.len() >= 6 + len {
-                    let addr = std::str::from_utf8(&buf[6..6 + len])
+                let head = 6 + len;
+                let claim_len = match (named, buf.get(head)) {
+                    (false, _) => Some(0),
+                    (true, Some(&n)) => Some(1 + usize::from(n)),
+                    (true, None) => None,
+                };
+                if let Some(claim_len) = claim_len.filter(|&c| buf.len() >= head + c) {
+                    let addr = std::str::from_utf8(&buf[6..head])
                         .ok()
                         .and_then(|a| a.parse::<SocketAddr>().ok())
                         .ok_or("identity preamble: not a socket address")?;
-                    let rest = buf.split_off(6 + len);
-                    return Ok((addr, stream, rest));
+                    let claim = if named {
+                        Some(
+                            std::str::from_utf8(&buf[head + 1..head + claim_len])
+                                .map_err(|_| "identity preamble: region not UTF-8")?
+                                .to_string(),
+                        )
+                    } else {
+                        None
+                    };
+                    let rest = buf.split_off(head + claim_len);
+                    return Ok((addr, claim, stream, rest));
                 }
             }
             match stream.read_chunk(READ_CHUNK_BYTES, true).await {
@@ -843,9 +964,38 @@ async fn read_ident(
             }
         }
     };
-    let (addr, stream, rest) = tokio::time::timeout(shared.connect_timeout, read)
+    let (addr, claim, stream, rest) = tokio::time::timeout(shared.connect_timeout, read)
         .await
         .map_err(|_| "no identity preamble in time".to_string())??;
+    let region = match region {
+        Some(r) => r,
+        None => {
+            // A region we do not know: the certificate must be valid for the one claimed.
+            let claim = claim.ok_or("certificate names no expected peer region")?;
+            check_region(&claim).map_err(|e| e.to_string())?;
+            if claim == shared.region {
+                return Err("a peer claims our own region".into());
+            }
+            if !cert_valid_for(conn, &claim)? {
+                return Err(format!(
+                    "certificate is not valid for the claimed region {claim:?}"
+                ));
+            }
+            let new = shared
+                .regions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(claim.clone());
+            if new {
+                shared
+                    .counters
+                    .regions_joined
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(region = %claim, "a region not configured here connects: accepted (accept-new-regions)");
+            }
+            claim
+        }
+    };
     let key = PeerKey { region, addr };
     let (peer, new) = shared
         .peer_or_add(&key)
@@ -856,8 +1006,17 @@ async fn read_ident(
     Ok((peer, stream, rest))
 }
 
-/// The region an accepted connection's certificate names, if it is one we accept from.
-fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<String, String> {
+enum Refusal {
+    Identity(String),
+    /// A configured region whose name sorts above ours: we dial it.
+    DialOrder(String),
+}
+
+/// The client certificate of an accepted connection (checked against the CA already).
+fn with_client_cert<T>(
+    conn: &quinn::Connection,
+    f: impl FnOnce(&webpki::EndEntityCert<'_>) -> T,
+) -> Result<T, String> {
     let protocol = conn
         .handshake_data()
         .and_then(|d| d.downcast::<HandshakeData>().ok())
@@ -872,22 +1031,52 @@ fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<String, String>
     let leaf = certs.first().ok_or("empty client certificate chain")?;
     let cert = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("unparsable client certificate: {e}"))?;
-    let mut matched = shared.regions.iter().filter(|r| {
-        ServerName::try_from(region_dns_name(r))
-            .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-            .unwrap_or(false)
-    });
-    let region = match (matched.next(), matched.next()) {
-        (Some(region), None) => region,
-        (None, _) => return Err("certificate names no expected peer region".into()),
-        (Some(_), Some(_)) => return Err("certificate names several peer regions".into()),
+    Ok(f(&cert))
+}
+
+fn valid_for(cert: &webpki::EndEntityCert<'_>, region: &str) -> bool {
+    ServerName::try_from(region_dns_name(region))
+        .map(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        .unwrap_or(false)
+}
+
+fn cert_valid_for(conn: &quinn::Connection, region: &str) -> Result<bool, String> {
+    with_client_cert(conn, |c| valid_for(c, region))
+}
+
+/// The region an accepted connection's certificate names, if it is one we know; `None`
+/// if it names none we know and new regions are accepted (the dialer's preamble then
+/// claims one, checked in `read_ident`).
+fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<Option<String>, Refusal> {
+    let known: Vec<String> = shared
+        .regions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let matched: Vec<&String> = with_client_cert(conn, |cert| {
+        known.iter().filter(|r| valid_for(cert, r)).collect()
+    })
+    .map_err(Refusal::Identity)?;
+    let region = match matched[..] {
+        [region] => region,
+        [] if shared.accept_new_regions => return Ok(None),
+        [] => {
+            return Err(Refusal::Identity(
+                "certificate names no expected peer region".into(),
+            ))
+        }
+        _ => {
+            return Err(Refusal::Identity(
+                "certificate names several peer regions".into(),
+            ))
+        }
     };
-    if *region > shared.region {
-        return Err(format!(
-            "region {region:?} must be dialed by us (the lower name dials)"
-        ));
+    if *region > shared.region && shared.is_configured(region) {
+        return Err(Refusal::DialOrder(region.clone()));
     }
-    Ok(region.clone())
+    Ok(Some(region.clone()))
 }
 
 async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
@@ -906,6 +1095,53 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
         }
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         backoff_ms = (backoff_ms * 2).min(MAX_BACKOFF_MS);
+    }
+}
+
+/// A peer whose name sorts below ours dials us if it knows us. If it has not connected
+/// within [`JOIN_GRACE_MS`], dial it (it may not know this region: a region joining at run
+/// time); if it refuses with [`CLOSE_DIAL_ORDER`], it dials us itself: look again only
+/// after [`JOIN_RETRY_MS`].
+async fn join_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
+    let mut wait_ms = JOIN_GRACE_MS;
+    let mut backoff_ms = INITIAL_BACKOFF_MS;
+    loop {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        wait_ms = JOIN_GRACE_MS;
+        if peer.connected() {
+            continue;
+        }
+        match dial(&shared, &peer.region, addr).await {
+            Ok(conn) => {
+                if peer.connected() {
+                    // The peer dialed us meanwhile: keep its connection.
+                    conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"already connected");
+                    continue;
+                }
+                let up = Instant::now();
+                run_connection(&shared, &peer, conn.clone(), None).await;
+                let order = matches!(
+                    conn.close_reason(),
+                    Some(quinn::ConnectionError::ApplicationClosed(c))
+                        if c.error_code == VarInt::from_u32(CLOSE_DIAL_ORDER)
+                );
+                if order {
+                    debug!(peer = %peer.key, "the peer dials us: not dialing it");
+                    wait_ms = JOIN_RETRY_MS;
+                } else if up.elapsed() >= Duration::from_millis(STABLE_CONNECTION_MS) {
+                    backoff_ms = INITIAL_BACKOFF_MS;
+                    wait_ms = backoff_ms;
+                } else {
+                    wait_ms = backoff_ms;
+                    backoff_ms = (backoff_ms * 2).min(MAX_BACKOFF_MS);
+                }
+            }
+            Err(e) => {
+                debug!(peer = %peer.region, %addr, error = %e, "replication dial failed");
+                wait_ms = backoff_ms.max(JOIN_GRACE_MS);
+                backoff_ms = (backoff_ms * 2).min(MAX_BACKOFF_MS);
+            }
+        }
     }
 }
 
@@ -940,10 +1176,14 @@ async fn run_connection(
     let generation = peer.install(conn.clone());
     let ident = if accepted.is_none() {
         let addr = shared.advertise.as_bytes();
-        let mut b = Vec::with_capacity(6 + addr.len());
-        b.extend_from_slice(IDENT_MAGIC);
+        let region = shared.region.as_bytes();
+        let mut b = Vec::with_capacity(7 + addr.len() + region.len());
+        b.extend_from_slice(IDENT_MAGIC_REGION);
         b.extend_from_slice(&(addr.len().min(MAX_IDENT_BYTES) as u16).to_le_bytes());
         b.extend_from_slice(&addr[..addr.len().min(MAX_IDENT_BYTES)]);
+        // Region names are at most 63 bytes (`check_region`).
+        b.push(region.len() as u8);
+        b.extend_from_slice(region);
         Some(Bytes::from(b))
     } else {
         None
