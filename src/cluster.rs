@@ -13,11 +13,11 @@
 
 use crate::config::ClusterConfig;
 use crate::store::Held;
-use crate::util::now_ms;
 use crate::store::Store;
+use crate::util::now_ms;
 use bytes::{Buf, BytesMut};
 use meridian_regions::node::{
-    NodeConfig, Event, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
+    Event, NodeConfig, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
 };
 pub use meridian_regions::topology::InvalidationScope;
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest, Topology};

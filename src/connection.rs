@@ -3,11 +3,11 @@
 //! WATCH) are handled here because they span commands.
 
 use crate::cluster::Refusal;
-use crate::transaction::{self, unwatch_all};
 use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::server::{now_ms, Shared};
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
+use crate::transaction::{self, unwatch_all};
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::key_slot;
 use std::borrow::Cow;
@@ -173,33 +173,44 @@ pub async fn serve(
             let reply = match outcome {
                 Outcome::Reply(r) => r,
                 Outcome::Takeover(req) => {
-                before_await(&mut held, &store);
-                // MERIDIAN SYNC: this connection now carries a replica stream (the requests
-                // parsed ahead are still in `buf`: they go with it).
-                if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                    break 'conn;
-                }
-                let rest = buf.split();
-                let hub = shared.inregion.clone();
-                let peer = conn.addr.clone();
-                crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
-                unwatch_all(&store, &mut conn);
-                return;
-                }
-                Outcome::Wait { replicas, timeout_ms } => {
-                before_await(&mut held, &store);
-                // WAIT blocks this connection only; earlier replies go out first.
-                if !out.is_empty() {
-                    if stream.write_all(&out).await.is_err() {
+                    before_await(&mut held, &store);
+                    // MERIDIAN SYNC: this connection now carries a replica stream (the requests
+                    // parsed ahead are still in `buf`: they go with it).
+                    if !out.is_empty() && stream.write_all(&out).await.is_err() {
                         break 'conn;
                     }
-                    out.clear();
-                }
-                let acked = shared
-                    .inregion
-                    .wait_for(conn.write_offset, replicas, timeout_ms)
+                    let rest = buf.split();
+                    let hub = shared.inregion.clone();
+                    let peer = conn.addr.clone();
+                    crate::replica_stream::serve_replica(
+                        stream,
+                        rest,
+                        store.clone(),
+                        hub,
+                        req,
+                        peer,
+                    )
                     .await;
-                Reply::Int(acked as i64)
+                    unwatch_all(&store, &mut conn);
+                    return;
+                }
+                Outcome::Wait {
+                    replicas,
+                    timeout_ms,
+                } => {
+                    before_await(&mut held, &store);
+                    // WAIT blocks this connection only; earlier replies go out first.
+                    if !out.is_empty() {
+                        if stream.write_all(&out).await.is_err() {
+                            break 'conn;
+                        }
+                        out.clear();
+                    }
+                    let acked = shared
+                        .inregion
+                        .wait_for(conn.write_offset, replicas, timeout_ms)
+                        .await;
+                    Reply::Int(acked as i64)
                 }
                 Outcome::Close(r) => {
                     encode(&r, conn.resp3, &mut out);
@@ -584,7 +595,6 @@ pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Outcome {
     Outcome::Pause
 }
 
-
 /// The key of an admin subcommand that writes one key (`MERIDIAN INVALIDATE <key> …`):
 /// in a cluster it is routed like a write, so a node never writes a slot it does not own.
 pub(crate) fn admin_write_key<'a>(spec: &Spec, args: &[&'a [u8]]) -> Option<&'a [u8]> {
@@ -600,4 +610,3 @@ pub(crate) fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory
     }
     store.enforce_maxmemory(now, &mut || conn.random())
 }
-

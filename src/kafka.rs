@@ -14,8 +14,8 @@
 //! blocks) and takes one shard lock per key, like a client write.
 
 use crate::config::KafkaConfig;
-use crate::util::now_ms;
 use crate::store::Store;
+use crate::util::now_ms;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rdkafka::config::ClientConfig;

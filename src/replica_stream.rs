@@ -36,8 +36,8 @@
 //! close the link with a log line; the replica reconnects.
 
 use crate::frame::Reply;
-use crate::util::now_ms;
 use crate::store::{shard_of, Held, Remote, Store, PREFETCH_AHEAD};
+use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Delta, Entry};
 pub use meridian_replication::replica_stream::SyncRequest;

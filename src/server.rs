@@ -293,9 +293,7 @@ async fn background(store: Arc<Store>, shared: Arc<Shared>) {
             shared.config.invalidation_retention_ms,
             shared.config.max_invalidation_tombstones,
         );
-        store.enforce_maxmemory(now, &mut || {
-            rand::RngCore::next_u64(&mut rng)
-        });
+        store.enforce_maxmemory(now, &mut || rand::RngCore::next_u64(&mut rng));
         if now.saturating_sub(last_sample_ms) >= 1000 {
             let cmds = store.stats.commands.load(Relaxed);
             let per_sec = (cmds - last_cmds) * 1000 / (now - last_sample_ms).max(1);

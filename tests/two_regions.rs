@@ -236,9 +236,11 @@ fn replication_thread_yields_the_core_to_client_threads() {
     let main = nice_of("meridian").expect("the main (client) thread's nice value");
     // It lowers its own priority as it starts: wait for that, with a deadline.
     let want = (main + 5).min(19);
-    wait_until(CONVERGE, "the replication thread runs 5 nicer than the process", || {
-        nice_of("meridian-repl") == Some(want)
-    });
+    wait_until(
+        CONVERGE,
+        "the replication thread runs 5 nicer than the process",
+        || nice_of("meridian-repl") == Some(want),
+    );
 }
 
 /// A delta dropped from a full per-shard delta log (`delta-log-max = 2`, a pipelined burst

@@ -63,5 +63,7 @@ pub mod topology;
 pub mod wire;
 
 pub use bus::{BusError, BusMessage};
-pub use node::{ClusterError, ClusterNode, NodeConfig, Dest, Event, FailoverMode, Outgoing, SetSlot};
+pub use node::{
+    ClusterError, ClusterNode, Dest, Event, FailoverMode, NodeConfig, Outgoing, SetSlot,
+};
 pub use topology::{NodeId, NodeInfo, Role, Route, RouteRequest, SlotMap, Topology};

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use meridian_regions::bus;
 use meridian_regions::node::{
-    ClusterNode, NodeConfig, Dest, Event, FailoverMode, SetSlot, MANUAL_FAILOVER_TIMEOUT_MS,
+    ClusterNode, Dest, Event, FailoverMode, NodeConfig, SetSlot, MANUAL_FAILOVER_TIMEOUT_MS,
     TICK_INTERVAL_MS,
 };
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest, SLOT_COUNT};

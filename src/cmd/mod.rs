@@ -38,7 +38,10 @@ pub enum Outcome {
     Close(Reply),
     /// Block this connection until `replicas` replicas acknowledged its last write, or
     /// `timeout_ms` passed (0: no timeout); the reply is how many did (WAIT).
-    Wait { replicas: usize, timeout_ms: u64 },
+    Wait {
+        replicas: usize,
+        timeout_ms: u64,
+    },
     /// The connection becomes a replica stream (`MERIDIAN SYNC`).
     Takeover(crate::replica_stream::SyncRequest),
     /// A write while writes pause (a manual failover, the restart window): earlier replies
