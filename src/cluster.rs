@@ -10,6 +10,20 @@
 //!
 //! State that must survive a restart (node id, epochs, own slots, primary) is written to
 //! `nodes-file` before the node acts on a change, like Redis' nodes.conf.
+//!
+//! The write pause of a manual failover. A manual failover's write pause is the one place
+//! the cluster shell waits on shard locks: routing a write takes the node lock, but the
+//! write runs later under its shard lock, so a pause decided in between could miss it. When
+//! one of its replicas' MFSTART arrives, the cluster task sets
+//! `Cluster::writes_paused_until` (a deadline, so a waiting write is bounded whatever
+//! happens), then takes and lets go of each shard lock in turn on a blocking thread (never
+//! two at once, never under the node lock: a MIGRATE may hold a shard across its transfer),
+//! and only then reads the feed offset it answers with. Every cluster write checks the
+//! deadline under its shard lock (one relaxed load; keyless handlers that lock on demand,
+//! MERIDIAN MERGE and INVALIDATE, through `Ctx::pause_began`), so each write either
+//! finished before that barrier (and is in the offset) or waits out the pause (and is then
+//! redirected). Redis gets this for free from its single thread. Merges from other regions
+//! and Kafka invalidations do not wait: anti-entropy and the promotion replay cover them.
 
 use crate::config::ClusterConfig;
 use crate::store::Held;

@@ -1,6 +1,26 @@
 //! One client connection: read bytes, decode every complete request in the buffer, execute
-//! them in order, write all replies with one write (pipelining). Transactions (MULTI/EXEC/
-//! WATCH) are handled here because they span commands.
+//! them in order, write all replies with one write (pipelining), and act on each command's
+//! `Outcome` (close, WAIT, a replica stream takeover, a write pause).
+//!
+//! In detail: read → parse the complete requests (up to 7 ahead of the one running; none
+//! past a CONFIG or MERIDIAN request until it has run: new limits, or a connection turned
+//! replica stream) → execute in order → yield once (every ready connection runs first, like
+//! Redis' `beforeSleep`; `YieldOnce` requeues the task at once, not past an I/O-driver poll
+//! as `tokio::task::yield_now` does) → one write; while a request runs, the keyspace
+//! lookups of the ones parsed ahead are prefetched in stages (`Store::prefetch_ahead`: slot
+//! table six ahead, node four ahead, value two ahead — or, for a set or hash command
+//! (`cmd::ELEMENT`), the member's or field's bucket, found by a probe that prefetches
+//! candidate buckets instead of comparing them (hashbrown's raw entry), so even a hot key's
+//! 100 k-field hash does not stall; each stage reads what the previous fetched, so a
+//! pipeline's cache misses overlap; before the first request of a batch runs,
+//! `Store::prefetch_ramp` issues the stages the first six would otherwise have missed:
+//! their tables together, then the nodes of the first four, then the value of the second);
+//! shard locks pass from one pipelined command to the next (`store::Held`, never across an
+//! await: with one client thread a batch keeps every shard it touched, including through
+//! the prefetch hints, so its commands and hints take no lock of their own; with several it
+//! keeps one; a guard is only ever added with `try_lock`, and a thread that must wait
+//! releases all first, so nobody waits while holding one; a handler that locks a shard on
+//! demand takes it from the held guards first, `Ctx::held`); MULTI/EXEC/WATCH live in `transaction.rs`.
 
 use crate::cluster::Refusal;
 use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};

@@ -73,6 +73,57 @@
 //! clock:            hlc_clock.observe(link.max_seen_hlc()); link.note_local_hlc(hlc_clock.last())
 //! lost local delta: link.note_local_loss(lowest_lost_stamp, slots)
 //! ```
+//!
+//! # Regions joining and leaving; the GC bound
+//!
+//! GC of deleted-state metadata waits for every peer's gossiped frontier, so a peer that is
+//! gone or down would hold it back forever. The rule is Cassandra's `gc_grace`:
+//!
+//! - **Bound.** `peer-gc-bound-ms` (default one hour, 0 = never): a peer from which no frame
+//!   came for longer (measured in the link's own steps, at most twice the longer of the frontier
+//!   and resend intervals per step, so a wall clock jumping ahead expels nobody) is *expelled
+//!   from GC*: `RegionLink::stable_frontier` and `gc_frontier` leave it out (its frozen entry
+//!   for its own writes stays in the gossip), its log is dropped, no anti-entropy with it. The
+//!   exclusion lives in `RegionLink`, so node mode's minimum over links composes with it.
+//! - **Refusal.** GC went on without it, so its state may hold what others' GC dropped: an
+//!   expelled incarnation is never merged. Its frames are refused and counted
+//!   (`frames_refused`), and it is told so (`Frame::Refused`, protocol version 4; sent on each of
+//!   its frames and every resend interval, so both sides of a cut both ways learn it); the shell
+//!   logs at ERROR and shows `link=expelled` (`refused` on the other side) in `INFO crdt`,
+//!   `MERIDIAN REGION LIST` and `/metrics`. It is readmitted only by a `Hello` of another
+//!   incarnation *born after the expulsion*, by more than `max-clock-offset-ms` since the two
+//!   clocks may disagree by that much (`Hello::born_ms`; another id alone is not enough: a
+//!   region may have restarted while cut off, under an id never heard here). A cache restarts
+//!   empty, so the operator restarts the refused region; its new incarnation is readmitted like
+//!   a joining region and bootstraps by anti-entropy. Discarded: whatever the expelled incarnation wrote
+//!   that no peer had received, including removals only it had made or collected.
+//! - **Leave.** `MERIDIAN REGION FORGET <name>` (`RegionLink::remove_peer`; node mode
+//!   `NodeLinks::forget_region`) drops the link, log, gossip and transport peers at once and
+//!   records the incarnation as expelled; frames from it later re-add it expelled. Each node
+//!   holds its own links: the command is issued on every node of every remaining region.
+//! - **Join.** A region not configured here that connects with a certificate from the
+//!   deployment CA (`accept-new-regions`, default on) is accepted by the transport (its preamble
+//!   names its region, checked against the certificate; the joiner dials, whatever the names,
+//!   since the other side never knew its address: a node dials a configured peer whose name
+//!   sorts lower if it was not dialed within 1.5 s, and a peer that knows it refuses that dial
+//!   with a dial-order close code) and added by its `Hello` (which carries its region id; an id
+//!   taken by another region, an id past `MAX_REGIONS` or a full mesh is refused with
+//!   `Frame::Refused` and counted). `RegionLink::add_peer` starts the log to it above sequence 1
+//!   (the joiner, even a first incarnation, takes it as a gap) and asks for anti-entropy both
+//!   ways; GC waits for it from then on. Node mode learns the joiner's topology from the
+//!   connection's address, as from a seed.
+//! - **Limits.** The expelled records live in memory (a restarted node does not remember them)
+//!   and are not gossiped: a region restarted on one side of a long cut may take state from a
+//!   refused region on the other side. After a cut longer than the bound, restart the side that
+//!   was cut off (all of its regions).
+//! - **Simulator.** After the fault phase one region is cut off past the bound while writes and
+//!   GC go on (half the time only its outgoing frames are cut, so it keeps hearing the others and
+//!   sends them its stale state once healed; half the time it is also forgotten everywhere);
+//!   healed, it is refused (each side refuses the other after a cut both ways); the operator
+//!   restarts it empty once it was told; the oracle counts as lost only what no copy holds
+//!   (removal records collected by the restarted region alone lose their protection,
+//!   `KeyModel::region_restarted`). With the refusal disabled, zombie members and values come
+//!   back and the checkers report it (8 of 30 seeds).
 
 use crate::codec::{Ack, Batch, Frame, Frontier, Hello, RefuseReason, Refused};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
