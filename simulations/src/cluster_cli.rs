@@ -2,6 +2,7 @@
 //! ([`meridian_simulations::cluster_sim`]). Lives in the binary: the sweep reads the wall
 //! clock for its seeds/s figure, which no simulator core may do.
 
+use crate::cli_common;
 use meridian_crdt::digest::mix;
 use meridian_simulations::cluster_sim::{
     run, ClusterBug, ClusterConfig, ClusterFaults, ClusterReport,
@@ -115,38 +116,21 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
     };
     match mode.as_str() {
         "--seed" => {
-            let Ok(seed) = value.parse::<u64>() else {
+            let Some(seed) = cli_common::seed(&value) else {
                 return usage();
             };
             let r = run(config(seed));
-            print_report(&r);
-            println!("trace-hash {:016x}", r.trace_hash);
-            if r.violations.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            cli_common::replay(&r, print_report, r.trace_hash, r.violations.is_empty())
         }
         "--self-check" => {
-            let Ok(seed) = value.parse::<u64>() else {
+            let Some(seed) = cli_common::seed(&value) else {
                 return usage();
             };
-            let (a, b) = (run(config(seed)), run(config(seed)));
-            println!("run 1 trace-hash {:016x}", a.trace_hash);
-            println!("run 2 trace-hash {:016x}", b.trace_hash);
-            if a.trace_hash == b.trace_hash {
-                println!("determinism ok");
-                ExitCode::SUCCESS
-            } else {
-                println!("DETERMINISM MISMATCH: replay: meridian-sim --self-check {seed}{flags}");
-                ExitCode::FAILURE
-            }
+            let (a, b) = (run(config(seed)).trace_hash, run(config(seed)).trace_hash);
+            cli_common::self_check(a, b, &format!("meridian-sim --self-check {seed}{flags}"))
         }
         _ => {
-            let Some((a, b)) = value.split_once("..") else {
-                return usage();
-            };
-            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+            let Some((a, b)) = cli_common::seed_range(&value) else {
                 return usage();
             };
             let start = std::time::Instant::now();

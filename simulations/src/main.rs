@@ -25,6 +25,7 @@
 //! Every fault mode is on by default; no flag turns one on. Exit code 1 on any violation or
 //! determinism mismatch, 2 on bad usage.
 
+mod cli_common;
 mod cluster_cli;
 mod replica_cli;
 
@@ -176,42 +177,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "--seed" => {
-            let Ok(seed) = value.parse::<u64>() else {
+            let Some(seed) = cli_common::seed(&value) else {
                 return usage();
             };
             let r = run(opts.config(seed));
-            print_report(&r);
-            println!("trace-hash {:016x}", r.trace_hash);
-            if r.violations.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            cli_common::replay(&r, print_report, r.trace_hash, r.violations.is_empty())
         }
         "--self-check" => {
-            let Ok(seed) = value.parse::<u64>() else {
+            let Some(seed) = cli_common::seed(&value) else {
                 return usage();
             };
-            let a = run(opts.config(seed));
-            let b = run(opts.config(seed));
-            println!("run 1 trace-hash {:016x}", a.trace_hash);
-            println!("run 2 trace-hash {:016x}", b.trace_hash);
-            if a.trace_hash == b.trace_hash {
-                println!("determinism ok");
-                ExitCode::SUCCESS
-            } else {
-                println!(
-                    "DETERMINISM MISMATCH: replay: meridian-sim --self-check {seed}{}",
-                    opts.flags()
-                );
-                ExitCode::FAILURE
-            }
+            let a = run(opts.config(seed)).trace_hash;
+            let b = run(opts.config(seed)).trace_hash;
+            let replay = format!("meridian-sim --self-check {seed}{}", opts.flags());
+            cli_common::self_check(a, b, &replay)
         }
         "--seeds" => {
-            let Some((a, b)) = value.split_once("..") else {
-                return usage();
-            };
-            let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+            let Some((a, b)) = cli_common::seed_range(&value) else {
                 return usage();
             };
             let start = Instant::now();
