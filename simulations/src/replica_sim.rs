@@ -216,20 +216,6 @@ fn dump(ks: &Keyspace) -> BTreeMap<Vec<u8>, u64> {
     m
 }
 
-/// The three arguments after `MERIDIAN SYNC` of a complete RESP request, if complete.
-fn parse_request(bytes: &[u8]) -> Option<Result<SyncRequest, &'static str>> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let parts: Vec<&str> = text.split("\r\n").collect();
-    if parts.len() < 12 {
-        return None;
-    }
-    Some(SyncRequest::parse(
-        parts[6].as_bytes(),
-        parts[8].as_bytes(),
-        parts[10].as_bytes(),
-    ))
-}
-
 impl Sim {
     fn new(cfg: ReplicaConfig) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5E << 56);
@@ -502,7 +488,7 @@ impl Sim {
                 }
                 None => {
                     conn.request.extend_from_slice(&bytes);
-                    let Some(req) = parse_request(&conn.request) else {
+                    let Some(req) = SyncRequest::decode(&conn.request) else {
                         continue;
                     };
                     let req = req.map_err(|e| StreamError::Protocol(e.into()))?;

@@ -40,6 +40,23 @@ impl SyncRequest {
         })
     }
 
+    /// The inverse of [`SyncRequest::encode`], for drivers without a RESP parser (the
+    /// simulator, tests; the server parses every request with its own): `None` until the
+    /// bytes hold a whole request.
+    pub fn decode(bytes: &[u8]) -> Option<Result<SyncRequest, &'static str>> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        // *5, $8, MERIDIAN, $4, SYNC, $n, replid, $n, offset, $n, port, (end)
+        let parts: Vec<&str> = text.split("\r\n").collect();
+        if parts.len() < 12 {
+            return None;
+        }
+        Some(SyncRequest::parse(
+            parts[6].as_bytes(),
+            parts[8].as_bytes(),
+            parts[10].as_bytes(),
+        ))
+    }
+
     /// The request as a RESP command (what the replica writes).
     pub fn encode(&self) -> Vec<u8> {
         let offset = self.offset.to_string();

@@ -113,17 +113,8 @@ fn dump(ks: &Keyspace) -> BTreeMap<Vec<u8>, u64> {
     m
 }
 
-/// The three arguments after `MERIDIAN SYNC` in a RESP request.
 fn parse_request(bytes: &[u8]) -> SyncRequest {
-    let text = std::str::from_utf8(bytes).unwrap();
-    let parts: Vec<&str> = text.split("\r\n").collect();
-    // *5, $8, MERIDIAN, $4, SYNC, $n, replid, $n, offset, $n, port
-    SyncRequest::parse(
-        parts[6].as_bytes(),
-        parts[8].as_bytes(),
-        parts[10].as_bytes(),
-    )
-    .unwrap()
+    SyncRequest::decode(bytes).unwrap().unwrap()
 }
 
 /// One connection: the replica's receiver, the primary's sender (after the handshake).
