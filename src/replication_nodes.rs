@@ -9,8 +9,10 @@
 //! order up to the horizon, losses reported), `ShellStore` (one shard lock per call;
 //! nothing stored outside the served slots), `Control` for `INFO crdt` and `/metrics`, the
 //! restart window, the per-peer test faults (`delay-ms`, `drop-rate`, on the frames this
-//! node sends to the region's nodes), GC spread over shards ([`NodeLinks::collect_garbage`]:
-//! with three regions or more, what a third region wrote is kept).
+//! node sends to the region's nodes), GC spread over shards ([`NodeLinks::collect_garbage`];
+//! each drain, `note_local_hlc` with its horizon, hands the links the node-wide aggregate
+//! for their frontier gossip, so with three regions or more a third region's writes are
+//! collected too).
 
 use crate::cluster::Cluster;
 use crate::replication::{Control, ShellStore};

@@ -408,3 +408,195 @@ fn a_kill_9_failover_in_the_clustered_region_while_both_regions_write() {
         "the promoted node holds its slots' keys, only them"
     );
 }
+
+// ---- three regions ----
+
+const B_SLOTS: [(u16, u16); 2] = [(0, 8191), (8192, 16383)];
+
+/// Region a: three primaries, region b: two primaries with other cuts, region c: one node
+/// (the shape of `examples/clustered-regions/start.sh` without the replicas, which have no
+/// links and collect nothing). Every node names both other regions by seeds.
+struct ThreeRegions {
+    dir: PathBuf,
+    a: Vec<Server>,
+    b: Vec<Server>,
+    c: Server,
+}
+
+impl ThreeRegions {
+    fn start() -> ThreeRegions {
+        let dir = std::env::temp_dir().join(format!("meridian-cr3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        meridian_replication::transport::quic::write_deployment(&dir, &["a", "b", "c"])
+            .expect("certificates");
+        let d = dir.display().to_string();
+        let udp_a: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+        let udp_b: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+        let udp_c = free_udp_port();
+        let peer = |name: &str, id: u16, seed: u16| {
+            format!(
+                "{{ region = \"{name}\", region-id = {id}, seeds = [\"127.0.0.1:{seed}\"], delay-ms = 10, drop-rate = 0.02 }}"
+            )
+        };
+        let repl = |region: &str, listen: u16, peers: &[String]| {
+            format!(
+                "[replication]\nlisten = \"127.0.0.1:{listen}\"\nca-cert = \"{d}/ca.pem\"\ncert = \"{d}/{region}.pem\"\nkey = \"{d}/{region}-key.pem\"\nresend-timeout-ms = 200\nanti-entropy-interval-ms = 2000\npeers = [ {} ]\n",
+                peers.join(", ")
+            )
+        };
+        // A cluster region's primaries: `slots[i]` at node i.
+        let cluster = |region: &str,
+                       id: u16,
+                       udp: &[u16],
+                       slots: &[(u16, u16)],
+                       peers: &[String]| {
+            let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
+            let bus: Vec<u16> = slots.iter().map(|_| free_port()).collect();
+            (0..slots.len())
+                .map(|i| {
+                    let meet: Vec<String> = (0..slots.len())
+                        .filter(|&j| j != i)
+                        .map(|j| format!("\"127.0.0.1:{}@{}\"", ports[j], bus[j]))
+                        .collect();
+                    let (lo, hi) = slots[i];
+                    let toml = format!(
+                        "region = \"{region}\"\nregion-id = {id}\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nmeet = [{meet}]\nslots = \"{lo}-{hi}\"\n",
+                        port = ports[i],
+                        bus = bus[i],
+                        meet = meet.join(", "),
+                        repl = repl(region, udp[i], peers),
+                    );
+                    Server::start_with_config(&toml, &["--port", &ports[i].to_string()])
+                })
+                .collect::<Vec<Server>>()
+        };
+        let a = cluster(
+            "a",
+            0,
+            &udp_a,
+            &A_SLOTS,
+            &[peer("b", 1, udp_b[0]), peer("c", 2, udp_c)],
+        );
+        let b = cluster(
+            "b",
+            1,
+            &udp_b,
+            &B_SLOTS,
+            &[peer("a", 0, udp_a[1]), peer("c", 2, udp_c)],
+        );
+        let c = Server::start_with_config(
+            &format!(
+                "region = \"c\"\nregion-id = 2\n{}",
+                repl(
+                    "c",
+                    udp_c,
+                    &[peer("a", 0, udp_a[2]), peer("b", 1, udp_b[1])]
+                )
+            ),
+            &[],
+        );
+        let dep = ThreeRegions { dir, a, b, c };
+        for (servers, n) in [(&dep.a, 3), (&dep.b, 2)] {
+            let known = format!("cluster_known_nodes:{n}");
+            for s in servers {
+                let mut con = s.conn();
+                wait_until(DEADLINE, "cluster_state:ok", || {
+                    let info: String = q(&mut con, &["CLUSTER", "INFO"]);
+                    info.contains("cluster_state:ok") && info.contains(&known)
+                });
+            }
+        }
+        dep
+    }
+
+    /// The node of `region` ("a", "b" or "c") serving `key`.
+    fn owner(&self, region: &str, key: &str) -> &Server {
+        let slot = key_slot(key.as_bytes());
+        let of = |servers: &'static [(u16, u16)]| {
+            servers
+                .iter()
+                .position(|&(lo, hi)| (lo..=hi).contains(&slot))
+                .expect("a slot range")
+        };
+        match region {
+            "a" => &self.a[of(&A_SLOTS)],
+            "b" => &self.b[of(&B_SLOTS)],
+            _ => &self.c,
+        }
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Server> {
+        self.a.iter().chain(&self.b).chain(std::iter::once(&self.c))
+    }
+}
+
+impl Drop for ThreeRegions {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three regions, two of them clusters with different slot maps. Keys written in all three
+/// regions (a member added in each; a counter incremented in each), then deleted: each
+/// tombstone carries the stamps of the two regions other than the node's own, which no
+/// single link of a node knows about both of. With the node-wide aggregate in the links'
+/// frontier gossip, every tombstone is collected on every node, and what was deleted stays
+/// deleted.
+#[test]
+fn three_regions_collect_tombstones_of_keys_written_in_all_three() {
+    let dep = ThreeRegions::start();
+    const REGIONS: [&str; 3] = ["a", "b", "c"];
+    let sets: Vec<String> = (0..60).map(|i| format!("s3:{i}")).collect();
+    let counters: Vec<String> = (0..30).map(|i| format!("c3:{i}")).collect();
+    for r in REGIONS {
+        for k in &sets {
+            let mut con = dep.owner(r, k).conn();
+            let _: i64 = q(&mut con, &["SADD", k, &format!("m-{r}")]);
+        }
+        for k in &counters {
+            let mut con = dep.owner(r, k).conn();
+            let _: i64 = q(&mut con, &["INCRBY", k, "2"]);
+        }
+    }
+    for r in REGIONS {
+        for k in &sets {
+            wait_until(DEADLINE, &format!("{k} has three members in {r}"), || {
+                let mut con = dep.owner(r, k).conn();
+                let n: usize = q(&mut con, &["SCARD", k]);
+                n == 3
+            });
+        }
+        for k in &counters {
+            wait_until(DEADLINE, &format!("{k} reads 6 in {r}"), || {
+                get(dep.owner(r, k), k).as_deref() == Some("6")
+            });
+        }
+    }
+    // Deleted, each key from one region in turn.
+    for (i, k) in sets.iter().chain(&counters).enumerate() {
+        let mut con = dep.owner(REGIONS[i % 3], k).conn();
+        let _: i64 = q(&mut con, &["DEL", k]);
+    }
+    for r in REGIONS {
+        for k in sets.iter().chain(&counters) {
+            wait_until(DEADLINE, &format!("{k} deleted in {r}"), || {
+                let mut con = dep.owner(r, k).conn();
+                let n: i64 = q(&mut con, &["EXISTS", k]);
+                n == 0
+            });
+        }
+    }
+    for s in dep.nodes() {
+        let mut con = s.conn();
+        wait_until(DEADLINE * 2, "every tombstone collected", || {
+            info_u64(&mut con, "tombstones") == 0
+        });
+    }
+    for r in REGIONS {
+        for k in sets.iter().chain(&counters) {
+            let mut con = dep.owner(r, k).conn();
+            let n: i64 = q(&mut con, &["EXISTS", k]);
+            assert_eq!(n, 0, "{k} stays deleted in {r}");
+        }
+    }
+}

@@ -13,7 +13,7 @@ fn print_report(r: &ClusterReport) {
     println!(
         "seed {} shape {:?} ops {} refused {} frames {} dropped {} reshards {} slots_moved {} \
          keys_migrated {} failovers {} atoms_lost {} refused_unserved {} refused_scope {} \
-         unrouted {} slots_rerouted {} heal_ms {} keys_in_doubt {}",
+         unrouted {} slots_rerouted {} heal_ms {} keys_in_doubt {} gc_dropped {} gc_ms {}",
         r.seed,
         r.shape,
         r.ops,
@@ -30,7 +30,9 @@ fn print_report(r: &ClusterReport) {
         r.unrouted,
         r.slots_rerouted,
         r.heal_ms,
-        r.keys_in_doubt
+        r.keys_in_doubt,
+        r.gc_dropped,
+        r.gc_ms
     );
     for v in &r.violations {
         println!("VIOLATION {v}");
@@ -39,14 +41,15 @@ fn print_report(r: &ClusterReport) {
 
 /// `meridian-sim --clustered …` (see `main.rs`): `--seed N`, `--seeds A..B`,
 /// `--self-check N`, `--bug NAME`, `--no-FAULT`, `--fault-ms MS`, `--max-heal-ms MS`,
-/// `--anti-entropy-ms MS` (0: no periodic rounds).
+/// `--anti-entropy-ms MS` (0: no periodic rounds), `--gc-during-faults`.
 pub fn cli(args: &[String]) -> std::process::ExitCode {
     use std::process::ExitCode;
     let usage = || {
         eprintln!(
             "usage: meridian-sim --clustered (--seed N | --seeds A..B | --self-check N) \
              [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS] \
-             [--anti-entropy-ms MS (periodic rounds; 0: off; default 2000)]\n  \
+             [--anti-entropy-ms MS (periodic rounds; 0: off; default 2000)] \
+             [--gc-during-faults]\n  \
              faults (all on by default): {}\n  bugs: {}",
             ClusterFaults::NAMES.join(", "),
             ClusterBug::NAMES
@@ -65,6 +68,10 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
         let arg = args[i].as_str();
         match arg {
             "--clustered" => {}
+            "--gc-during-faults" => {
+                base.gc_during_faults = true;
+                flags.push_str(" --gc-during-faults");
+            }
             "--bug" => {
                 i += 1;
                 match args.get(i).and_then(|s| ClusterBug::parse(s)) {
@@ -138,6 +145,7 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
             let mut combined = 0u64;
             let mut by_kind: BTreeMap<String, (u64, u64)> = BTreeMap::new();
             let (mut reshards, mut failovers, mut lost, mut doubt) = (0, 0, 0, 0);
+            let mut collected = 0;
             for seed in a..b {
                 let r = run(config(seed));
                 combined = mix(combined, r.trace_hash);
@@ -145,6 +153,7 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
                 failovers += r.failovers;
                 lost += r.atoms_lost;
                 doubt += r.keys_in_doubt;
+                collected += r.gc_dropped;
                 if !r.violations.is_empty() {
                     failures += 1;
                     let kinds = r.violation_kinds();
@@ -171,7 +180,7 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
             println!(
                 "{n} clustered seeds, {failures} failed, {reshards} reshards, {failovers} \
                  failovers, {lost} atoms lost with failed primaries, {doubt} keys in doubt, \
-                 {:.1} seeds/s, \
+                 {collected} entries garbage-collected, {:.1} seeds/s, \
                  determinism {}",
                 n as f64 / start.elapsed().as_secs_f64().max(1e-9),
                 if deterministic { "ok" } else { "MISMATCH" }

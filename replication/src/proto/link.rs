@@ -546,6 +546,10 @@ pub struct RegionLink {
     gc_snaps: VecDeque<GcSnap>,
     /// Per peer, its `Frontier::enqueued` as last gossiped.
     peer_enqueued: BTreeMap<RegionId, Hlc>,
+    /// Entries for regions that are neither this region nor a peer of this link: what the
+    /// caller holds of them elsewhere (`set_third_party`; node mode's node-wide aggregate).
+    /// Gossiped and counted in `stable_frontier` like the others. Empty in region mode.
+    third_party: BTreeMap<RegionId, Hlc>,
     /// The greatest stamp of a local delta enqueued so far.
     enqueued_max: Hlc,
     own_seen: Hlc,
@@ -596,6 +600,7 @@ impl RegionLink {
             merged_since_drain: false,
             gc_snaps: VecDeque::new(),
             peer_enqueued: BTreeMap::new(),
+            third_party: BTreeMap::new(),
             enqueued_max: Hlc::ZERO,
             own_seen: Hlc::ZERO,
             next_frontier_ms: 0,
@@ -746,6 +751,8 @@ impl RegionLink {
         }
         let mut o = Outgoing::new(peer);
         o.restart_log();
+        // A peer now: its entry is its stream's, not a third party's.
+        self.third_party.remove(&peer);
         if let Some((expelled, seen)) = self.forgotten.remove(&peer) {
             o.expelled = Some(expelled);
             o.peer_epoch = expelled.epoch;
@@ -1060,6 +1067,26 @@ impl RegionLink {
         match self.gaps.iter().map(|g| g.below).min() {
             Some(below) => self.own_seen.min(Hlc(below.0.saturating_sub(1))),
             None => self.own_seen,
+        }
+    }
+
+    /// Frontier entries for regions this link has no stream with (node mode: each link
+    /// has one peer region; `NodeLinks` hands every link what the node holds of the other
+    /// peer regions). They go into `seen_vector`, so into the `Frontier` gossip, and
+    /// `stable_frontier` takes the minimum with the peer's gossiped entry for the same
+    /// region (absent: nothing seen), so GC waits, through this link's snapshots and its
+    /// peer's `Frontier::enqueued` claims, for what the peer holds of them too. The caller
+    /// must pass values it held when it last drained its local writes (as the own entry;
+    /// see `note_drained`): the peer's writes made before what these entries say it merged
+    /// are then covered by its claim. Entries for this region, a peer or a forgotten peer
+    /// (which keeps its own frozen entry) are ignored; each call replaces the previous set.
+    pub fn set_third_party(&mut self, entries: impl IntoIterator<Item = (RegionId, Hlc)>) {
+        self.third_party.clear();
+        for (r, h) in entries {
+            let known = self.out.iter().any(|o| o.peer == r) || self.forgotten.contains_key(&r);
+            if r != self.region && !known {
+                self.third_party.insert(r, h);
+            }
         }
     }
 
@@ -1716,7 +1743,8 @@ impl RegionLink {
     }
 
     /// This region's view: per origin, an HLC below which it holds every write (its own
-    /// entry held below unrepaired local losses).
+    /// entry held below unrepaired local losses; regions that are not peers of this link
+    /// as the caller set them: `set_third_party`).
     /// Peers expelled, refusing us or forgotten keep their (frozen) entry: what we merged
     /// of them is what GC of their stamps waits on.
     pub fn seen_vector(&self) -> Vec<(RegionId, Hlc)> {
@@ -1728,6 +1756,7 @@ impl RegionLink {
         for (r, (_, seen)) in &self.forgotten {
             v.push((*r, *seen));
         }
+        v.extend(self.third_party.iter().map(|(&r, &h)| (r, h)));
         v
     }
 

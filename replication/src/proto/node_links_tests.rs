@@ -8,6 +8,7 @@ use meridian_crdt::{key_slot, HlcClock, Keyspace, KeyspaceConfig};
 
 const A: RegionId = RegionId(0);
 const B: RegionId = RegionId(1);
+const C: RegionId = RegionId(2);
 
 /// One node: its keyspace (holding only the slots it serves), clock and links.
 struct Node {
@@ -91,9 +92,20 @@ fn cfg() -> LinkConfig {
     }
 }
 
-/// Region `region`'s nodes, node `i` serving `[cuts[i], cuts[i+1])`.
+/// Region `region`'s nodes, node `i` serving `[cuts[i], cuts[i+1])`, with A and B the
+/// only regions.
 fn region_nodes(region: RegionId, cuts: &[u16], epoch: u64) -> Vec<Node> {
-    let peer = if region == A { B } else { A };
+    region_nodes_among(region, cuts, epoch, &[A, B])
+}
+
+/// As [`region_nodes`], among `regions` (every other one a peer).
+fn region_nodes_among(
+    region: RegionId,
+    cuts: &[u16],
+    epoch: u64,
+    regions: &[RegionId],
+) -> Vec<Node> {
+    let peers: Vec<RegionId> = regions.iter().copied().filter(|&r| r != region).collect();
     (0..cuts.len() - 1)
         .map(|i| {
             let mut served = SlotSet::default();
@@ -109,7 +121,7 @@ fn region_nodes(region: RegionId, cuts: &[u16], epoch: u64) -> Vec<Node> {
                     seed: 1,
                 }),
                 clock: HlcClock::new(region),
-                links: NodeLinks::new(region, &[peer], epoch + 1000 * i as u64, cfg()),
+                links: NodeLinks::new(region, &peers, epoch + 1000 * i as u64, cfg()),
                 served,
             }
         })
@@ -125,7 +137,7 @@ fn owner_in(nodes: &[Node], region: RegionId, slot: u16) -> Option<u64> {
 
 /// Every node learns the other region's current slot map.
 fn publish_topology(nodes: &mut [Node]) {
-    let maps: Vec<(RegionId, Vec<Option<u64>>)> = [A, B]
+    let maps: Vec<(RegionId, Vec<Option<u64>>)> = [A, B, C]
         .iter()
         .map(|&r| {
             (
@@ -186,6 +198,16 @@ fn pump(now: &mut u64, nodes: &mut [Node], drop_to: Option<(RegionId, u64)>) -> 
     panic!("the links keep talking: backlog {backlog:?} ae work {busy:?}");
 }
 
+/// As [`pump`], with the regions `cut` apart (frames between them lost both ways): runs
+/// 500 rounds (the logs across the cut never drain).
+fn pump_cut(now: &mut u64, nodes: &mut [Node], cut: (RegionId, RegionId)) -> u64 {
+    let mut refused = 0;
+    step(now, nodes, Some(500), &mut refused, &mut |from, to, _| {
+        (from.region, to.region) != cut && (to.region, from.region) != cut
+    });
+    refused
+}
+
 /// The loop of [`pump`], a frame delivered only if `deliver(from, to, frame)` says so:
 /// until everything is quiet across a resend timeout and an anti-entropy retry, so no timer
 /// is left to fire (at most 20 000 rounds; returns whether it went quiet), or exactly
@@ -206,6 +228,10 @@ fn step(
             for d in deltas {
                 n.links.enqueue(*now, d);
             }
+            // As the shell's drain: the clock takes the wall clock first, so an idle node's
+            // own entry keeps up with the other nodes of its region (their stamps share
+            // the region's entry).
+            n.clock.observe(Hlc::from_parts(*now, 0));
             n.links.note_local_hlc(n.clock.last());
             n.links.handle_timeout(*now);
             let mut st = Served {
@@ -651,4 +677,330 @@ fn an_unanswered_recheck_round_is_started_again() {
     assert!(quiet && lost, "quiet {quiet} lost {lost}");
     assert_eq!(value(&nodes, A, key).as_deref(), Some("6"));
     assert_eq!(value(&nodes, B, key).as_deref(), Some("6"));
+}
+
+// ---- GC with three regions: the node-wide aggregate ----
+
+const ABC: [RegionId; 3] = [A, B, C];
+
+/// Region A has two nodes (0..6000, 6000..16384), B two with other cuts (its node 0,
+/// 0..10000, covers all of A's node 0 and only part of A's node 1), C one.
+fn three_regions() -> Vec<Node> {
+    let mut nodes = region_nodes_among(A, &[0, 6000, 16384], 10, &ABC);
+    nodes.extend(region_nodes_among(B, &[0, 10000, 16384], 20_000, &ABC));
+    nodes.extend(region_nodes_among(C, &[0, 16384], 40_000, &ABC));
+    publish_topology(&mut nodes);
+    nodes
+}
+
+/// Converge, then let periodic anti-entropy rounds run twice: the first closes the gaps new
+/// links open (see `tombstones_are_collected_across_node_links_and_deletes_stay`) and the
+/// reroute gaps of each side, the second brings each stream's `seen` up to its peer's own
+/// claim, which that first round found still held by the peer's reroute gap (a stream
+/// with no later batch does not advance otherwise).
+fn settle(now: &mut u64, nodes: &mut [Node]) {
+    pump(now, nodes, None);
+    for _ in 0..2 {
+        *now += cfg().anti_entropy_interval_ms + 1;
+        pump(now, nodes, None);
+    }
+}
+
+fn tombstones(nodes: &[Node]) -> usize {
+    nodes.iter().map(|n| n.ks.stats().tombstones).sum()
+}
+
+/// GC as the shell runs it, a round every 200 ms (with `cut` in force, if any): up to
+/// `rounds`, or, without a cut, until no tombstone is left. Returns the entries dropped.
+fn gc_rounds(
+    now: &mut u64,
+    nodes: &mut [Node],
+    rounds: usize,
+    cut: Option<(RegionId, RegionId)>,
+) -> usize {
+    let mut dropped = 0;
+    for _ in 0..rounds {
+        *now += 200;
+        match cut {
+            Some(c) => pump_cut(now, nodes, c),
+            None => pump(now, nodes, None),
+        };
+        for n in nodes.iter_mut() {
+            let mut refused = 0;
+            let mut st = Served {
+                ks: &mut n.ks,
+                served: &n.served,
+                refused: &mut refused,
+            };
+            dropped += n.links.collect_garbage(&mut st);
+        }
+        if cut.is_none() && tombstones(nodes) == 0 {
+            break;
+        }
+    }
+    dropped
+}
+
+/// The set members `key` reads at its owner in `region` (none: absent or a tombstone).
+fn members(nodes: &[Node], region: RegionId, key: &str) -> Vec<Vec<u8>> {
+    let slot = key_slot(key.as_bytes());
+    let n = nodes
+        .iter()
+        .find(|n| n.region == region && n.served.contains(slot))
+        .expect("an owner");
+    n.ks.peek(key.as_bytes(), 0)
+        .and_then(|e| {
+            e.as_set()
+                .map(|s| s.members().map(<[u8]>::to_vec).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Keys each written in all three regions, then deleted: every tombstone carries stamps of
+/// the two regions other than the one holding it. A link knows only its own two regions;
+/// with the node-wide aggregate in each link's frontier gossip, every tombstone is
+/// collected at every node (without it, none is), and deletes stay.
+fn three_region_tombstones(aggregate: bool) -> (Vec<Node>, usize) {
+    let mut nodes = three_regions();
+    if !aggregate {
+        for n in nodes.iter_mut() {
+            n.links.inject_bug_no_gc_aggregate();
+        }
+    }
+    let mut now = 1_000_000u64;
+    let keys: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+    for k in &keys {
+        for (r, m) in ABC.iter().zip([&b"a"[..], b"b", b"c"]) {
+            write(&mut nodes, now, *r, k, |w| {
+                w.sadd(m);
+            });
+        }
+    }
+    settle(&mut now, &mut nodes);
+    for k in &keys {
+        for r in ABC {
+            assert_eq!(members(&nodes, r, k).len(), 3, "{k} in {r:?}");
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        write(&mut nodes, now, ABC[i % 3], k, |w| {
+            w.delete();
+        });
+    }
+    pump(&mut now, &mut nodes, None);
+    assert_eq!(tombstones(&nodes), 3 * keys.len(), "one per key and region");
+    let dropped = gc_rounds(&mut now, &mut nodes, 30, None);
+    (nodes, dropped)
+}
+
+#[test]
+fn three_regions_tombstones_of_every_regions_writes_are_collected() {
+    let (mut nodes, dropped) = three_region_tombstones(true);
+    if tombstones(&nodes) > 0 {
+        dump(&nodes);
+    }
+    for n in &nodes {
+        assert_eq!(
+            n.ks.stats().tombstones,
+            0,
+            "{:?}/{} keeps tombstones; aggregate {:?}",
+            n.region,
+            n.id,
+            n.links.aggregate()
+        );
+    }
+    assert_eq!(dropped, 600);
+    // Re-added in one region after collection: only that add shows; the others stay
+    // deleted everywhere.
+    let mut now = 10_000_000u64;
+    for i in (0..200).filter(|i| i % 4 == 0) {
+        write(&mut nodes, now, ABC[(i + 1) % 3], &format!("t{i}"), |w| {
+            w.sadd(b"again");
+        });
+    }
+    pump(&mut now, &mut nodes, None);
+    for i in 0..200 {
+        let k = format!("t{i}");
+        let want: Vec<Vec<u8>> = if i % 4 == 0 {
+            vec![b"again".to_vec()]
+        } else {
+            vec![]
+        };
+        for r in ABC {
+            assert_eq!(members(&nodes, r, &k), want, "{k} in {r:?}");
+        }
+    }
+}
+
+/// The same run with links that get no third-party entries (the simulator's
+/// `no-gc-aggregate` bug): a link's frontier has nothing for the third region, so nothing
+/// with its stamps is ever collected.
+#[test]
+fn three_regions_without_the_aggregate_keep_every_tombstone() {
+    let (nodes, dropped) = three_region_tombstones(false);
+    assert_eq!(dropped, 0);
+    assert_eq!(tombstones(&nodes), 600);
+}
+
+/// B and C are cut apart. C adds a member to keys of every node's slots; A merges it and
+/// removes it; B gets only A's removal. Every node of A holds C's write and the removal,
+/// and its links to C vouch for both, but B's nodes do not hold C's write: their aggregate
+/// of C, gossiped to A's nodes (each of which shares slots with both of B's nodes), holds
+/// every tombstone of those keys back, at A as at C. A tombstone of A's own writes is
+/// collected at A meanwhile (GC runs). Once B and C meet again, everything is collected
+/// and C's member never comes back.
+#[test]
+fn a_tombstone_is_kept_while_a_node_lacks_the_third_regions_write() {
+    let mut nodes = three_regions();
+    let mut now = 1_000_000u64;
+    for i in 0..30 {
+        write(&mut nodes, now, ABC[i % 3], &format!("warm{i}"), |w| {
+            w.set_str(Bytes::from_static(b"v"), false);
+        });
+    }
+    settle(&mut now, &mut nodes);
+    let keys: Vec<String> = (0..100).map(|i| format!("x{i}")).collect();
+    let spread = |r: RegionId, nodes: &[Node]| -> BTreeSet<u64> {
+        keys.iter()
+            .map(|k| owner_in(nodes, r, key_slot(k.as_bytes())).expect("owner"))
+            .collect()
+    };
+    assert_eq!(spread(A, &nodes).len(), 2, "keys on both nodes of A");
+    assert_eq!(spread(B, &nodes).len(), 2, "keys on both nodes of B");
+    for k in &keys {
+        write(&mut nodes, now, C, k, |w| {
+            w.sadd(b"c");
+        });
+    }
+    pump_cut(&mut now, &mut nodes, (B, C));
+    for k in &keys {
+        assert_eq!(members(&nodes, A, k), vec![b"c".to_vec()], "{k} reached A");
+        assert!(members(&nodes, B, k).is_empty(), "{k} did not reach B");
+    }
+    for k in &keys {
+        write(&mut nodes, now, A, k, |w| {
+            w.srem(b"c");
+        });
+    }
+    let own: Vec<String> = (0..50).map(|i| format!("own{i}")).collect();
+    for k in &own {
+        write(&mut nodes, now, A, k, |w| {
+            w.sadd(b"m");
+        });
+        write(&mut nodes, now, A, k, |w| {
+            w.srem(b"m");
+        });
+    }
+    pump_cut(&mut now, &mut nodes, (B, C));
+    let kept = |nodes: &[Node], region: RegionId, keys: &[String]| -> usize {
+        keys.iter()
+            .filter(|k| {
+                let slot = key_slot(k.as_bytes());
+                nodes
+                    .iter()
+                    .filter(|n| n.region == region && n.served.contains(slot))
+                    .any(|n| n.ks.raw_entry(k.as_bytes()).is_some())
+            })
+            .count()
+    };
+    assert_eq!(kept(&nodes, A, &keys), keys.len());
+    assert_eq!(kept(&nodes, B, &keys), keys.len(), "B holds A's removal");
+    assert_eq!(kept(&nodes, A, &own), own.len());
+    let dropped = gc_rounds(&mut now, &mut nodes, 20, Some((B, C)));
+    assert!(dropped >= own.len(), "GC runs meanwhile: {dropped}");
+    assert_eq!(
+        kept(&nodes, A, &own),
+        0,
+        "A's own tombstones collected at A"
+    );
+    for r in ABC {
+        assert_eq!(
+            kept(&nodes, r, &keys),
+            keys.len(),
+            "{r:?} collected a tombstone of C's write that B lacks"
+        );
+    }
+    // B and C meet again: C's write reaches B (dead on arrival), and GC goes on.
+    gc_rounds(&mut now, &mut nodes, 40, None);
+    if tombstones(&nodes) > 0 {
+        dump(&nodes);
+    }
+    assert_eq!(tombstones(&nodes), 0, "every tombstone collected");
+    for k in &keys {
+        for r in ABC {
+            assert!(members(&nodes, r, k).is_empty(), "{k} in {r:?}");
+        }
+    }
+}
+
+/// Each node's aggregate and links, for a failing assertion.
+fn dump(nodes: &[Node]) {
+    for n in nodes {
+        eprintln!(
+            "{:?}/{} aggregate {:?} tombstones {}",
+            n.region,
+            n.id,
+            n.links.aggregate(),
+            n.ks.stats().tombstones
+        );
+        for (p, sc) in n.links.peers() {
+            let l = n.links.link(p).expect("link");
+            eprintln!(
+                "   -> {:?}/{} scope {sc}: backlog {} gaps {} stable {:?} seen {:?}",
+                p.region,
+                p.node,
+                l.backlog(p.region),
+                l.local_gap_slots(),
+                l.stable_frontier(),
+                l.seen_vector(),
+            );
+        }
+    }
+}
+
+/// Region C is forgotten (`MERIDIAN REGION FORGET`, on every node of A and B) and goes
+/// away. Each node keeps what it held of C when it forgot it as C's entry in its
+/// aggregate, so tombstones of keys C wrote to are still collected at A and B (without it
+/// no link would know C any more, and C's stamps would never be collected).
+#[test]
+fn tombstones_with_a_forgotten_regions_stamps_are_still_collected() {
+    let mut nodes = three_regions();
+    let mut now = 1_000_000u64;
+    let keys: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+    for k in &keys {
+        for (r, m) in ABC.iter().zip([&b"a"[..], b"b", b"c"]) {
+            write(&mut nodes, now, *r, k, |w| {
+                w.sadd(m);
+            });
+        }
+    }
+    settle(&mut now, &mut nodes);
+    for k in &keys {
+        assert_eq!(members(&nodes, B, k).len(), 3, "{k}");
+    }
+    // A few rounds of gossip, so every node's aggregate of C covers C's writes.
+    gc_rounds(&mut now, &mut nodes, 5, None);
+    for n in nodes.iter_mut().filter(|n| n.region != C) {
+        assert!(n.links.forget_region(C, now));
+        let held = n.links.aggregate();
+        assert!(
+            held.iter().any(|&(r, h)| r == C && h > Hlc::ZERO),
+            "{:?}/{} keeps what it held of C: {held:?}",
+            n.region,
+            n.id
+        );
+    }
+    nodes.retain(|n| n.region != C);
+    for (i, k) in keys.iter().enumerate() {
+        write(&mut nodes, now, [A, B][i % 2], k, |w| {
+            w.delete();
+        });
+    }
+    pump(&mut now, &mut nodes, None);
+    assert_eq!(tombstones(&nodes), 2 * keys.len(), "one per key at A and B");
+    gc_rounds(&mut now, &mut nodes, 30, None);
+    if tombstones(&nodes) > 0 {
+        dump(&nodes);
+    }
+    assert_eq!(tombstones(&nodes), 0, "collected without C");
 }
