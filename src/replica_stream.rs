@@ -88,6 +88,20 @@ pub struct ReplFeed {
     state: Mutex<FeedState>,
     /// Signalled after every append (stream senders wait on it).
     appended: Notify,
+    /// What this node's replicas acknowledged ([`ReplFeed::replicas_hold`]).
+    acks: Mutex<ReplicaAcks>,
+}
+
+/// Acknowledged offsets of the replicas that could be promoted: those connected (from the
+/// offset their sync started at: a partial resync's replica holds it, a full sync's holds
+/// nothing older than it), and those that left less than the hold bound ago (a replica cut
+/// off from its primary may still be promoted with what it had).
+#[derive(Default)]
+struct ReplicaAcks {
+    /// (replica id, its address, acked offset)
+    live: Vec<(u64, String, u64)>,
+    /// (address, acked offset, when it left)
+    departed: Vec<(String, u64, u64)>,
 }
 
 impl ReplFeed {
@@ -101,6 +115,40 @@ impl ReplFeed {
                 replid: new_replid(),
             }),
             appended: Notify::new(),
+            acks: Mutex::new(ReplicaAcks::default()),
+        }
+    }
+
+    /// The offset every replica that could be promoted holds (connected ones, and those
+    /// that left within `hold_ms`); `None` when there is none. The inter-region links claim
+    /// no more than that (`replication::ReplicaCap`).
+    pub fn replicas_hold(&self, now_ms: u64, hold_ms: u64) -> Option<u64> {
+        let mut acks = self.acks.lock();
+        acks.departed
+            .retain(|(_, _, left)| now_ms.saturating_sub(*left) <= hold_ms);
+        let live = acks.live.iter().map(|(_, _, a)| *a);
+        let departed = acks.departed.iter().map(|(_, a, _)| *a);
+        live.chain(departed).min()
+    }
+
+    pub(crate) fn ack_join(&self, id: u64, addr: String, offset: u64) {
+        let mut acks = self.acks.lock();
+        // Back (resyncing): its new sync's offset stands for it from now on.
+        acks.departed.retain(|(a, _, _)| *a != addr);
+        acks.live.push((id, addr, offset));
+    }
+
+    pub(crate) fn ack_update(&self, id: u64, offset: u64) {
+        if let Some(r) = self.acks.lock().live.iter_mut().find(|r| r.0 == id) {
+            r.2 = r.2.max(offset);
+        }
+    }
+
+    pub(crate) fn ack_leave(&self, id: u64, now_ms: u64) {
+        let mut acks = self.acks.lock();
+        if let Some(i) = acks.live.iter().position(|r| r.0 == id) {
+            let (_, addr, offset) = acks.live.swap_remove(i);
+            acks.departed.push((addr, offset, now_ms));
         }
     }
 
@@ -431,6 +479,7 @@ impl InRegion {
 
     fn register_replica(&self, ip: String, port: u16, offset: u64) -> u64 {
         let id = self.next_replica_id.fetch_add(1, Relaxed);
+        self.feed.ack_join(id, format!("{ip}:{port}"), offset);
         self.replicas.lock().push(ReplicaSlot {
             id,
             ip,
@@ -445,12 +494,14 @@ impl InRegion {
     fn update_replica(&self, id: u64, f: impl FnOnce(&mut ReplicaSlot)) {
         if let Some(r) = self.replicas.lock().iter_mut().find(|r| r.id == id) {
             f(r);
+            self.feed.ack_update(id, r.ack_offset);
         }
         self.acked.notify_waiters();
     }
 
     fn unregister_replica(&self, id: u64) {
         self.replicas.lock().retain(|r| r.id != id);
+        self.feed.ack_leave(id, now_ms());
         self.acked.notify_waiters();
     }
 

@@ -17,6 +17,7 @@
 //! above every stamp of ours that peers hold.
 
 use crate::config::{Config, ReplicationConfig};
+use crate::replica_stream::ReplFeed;
 use crate::server::now_ms;
 use crate::store::{key_shard, shard_of, Remote, Store, SHARDS};
 use bytes::Bytes;
@@ -889,6 +890,8 @@ impl Core {
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
         let mut gc_shard = 0usize;
         let mut next_gc = now_ms() + gc_step_ms;
+        let mut cap = ReplicaCap::new();
+        let mut next_cap = 0;
         let mut next_stats = 0u64;
         let mut rates = RateSample {
             at_ms: now_ms(),
@@ -961,6 +964,13 @@ impl Core {
                 flush_at.get_or_insert(now + flush_interval_ms.max(1));
             }
             link.note_local_hlc(horizon);
+            if now >= next_cap {
+                next_cap = now + CAP_STEP_MS;
+                let bound = link.peer_gc_bound_ms();
+                if let Some(c) = cap.step(store.feed(), now, bound, || link.claim_checkpoint()) {
+                    link.set_replica_cap(c);
+                }
+            }
             if flush && !pending.is_empty() {
                 // Younger than this round's horizon: shipped by the next round.
                 flush_at = Some(now + flush_interval_ms.max(1));
@@ -1211,6 +1221,89 @@ pub(crate) fn drain_local(
     horizon
 }
 
+/// The inter-region links claim only what this node's in-region replicas hold too
+/// ([`RegionLink::set_replica_cap`]: else a failover to a replica a removal had not
+/// reached would bring back what it removed, once peer regions collected its tombstone).
+/// Each step records a checkpoint of what the links would claim with the replica stream's
+/// offset at that moment (taken after the merges and drains it reflects, whose changes the
+/// feed numbered already); a checkpoint becomes the cap once every replica that could be
+/// promoted acknowledged its offset ([`ReplFeed::replicas_hold`]). No replica: no cap.
+pub(crate) struct ReplicaCap<C> {
+    /// (feed offset, checkpoint), oldest first.
+    pending: VecDeque<(u64, C)>,
+    capped: bool,
+}
+
+/// How often the loops take a checkpoint (the replicas ack every 100 ms or sooner).
+pub(crate) const CAP_STEP_MS: u64 = 20;
+
+/// Checkpoints waiting for the replicas' acks (the newest is replaced beyond it).
+const CAP_PENDING: usize = 64;
+
+impl<C: Default> ReplicaCap<C> {
+    pub(crate) fn new() -> Self {
+        ReplicaCap {
+            pending: VecDeque::new(),
+            capped: false,
+        }
+    }
+
+    /// One step with the feed's state (see [`ReplicaCap::step_with`]).
+    pub(crate) fn step(
+        &mut self,
+        feed: &ReplFeed,
+        now_ms: u64,
+        hold_ms: u64,
+        checkpoint: impl FnOnce() -> C,
+    ) -> Option<Option<C>> {
+        // Acks first: an offset read after them is at or above what they acknowledged.
+        let held = feed.replicas_hold(now_ms, hold_ms);
+        self.step_with(held, feed.offset(), checkpoint)
+    }
+
+    /// `held`: the offset every replica that could be promoted acknowledged (`None`: no
+    /// replica); `offset`: the feed's offset now, read after the checkpoint's state was
+    /// fed. `Some(cap)` when the links' cap is to change (`None` inside: lifted).
+    pub(crate) fn step_with(
+        &mut self,
+        held: Option<u64>,
+        offset: u64,
+        checkpoint: impl FnOnce() -> C,
+    ) -> Option<Option<C>> {
+        let Some(held) = held else {
+            self.pending.clear();
+            return std::mem::take(&mut self.capped).then_some(None);
+        };
+        let cp = checkpoint();
+        match self.pending.back_mut() {
+            // Nothing replicated since: what it reflects is at that offset too.
+            Some(b) if b.0 == offset => b.1 = cp,
+            _ => {
+                if self.pending.len() >= CAP_PENDING {
+                    self.pending.pop_back();
+                }
+                self.pending.push_back((offset, cp));
+            }
+        }
+        let mut newest = None;
+        while self.pending.front().is_some_and(|(o, _)| *o <= held) {
+            newest = self.pending.pop_front().map(|(_, c)| c);
+        }
+        match newest {
+            Some(c) => {
+                self.capped = true;
+                Some(Some(c))
+            }
+            // A replica appeared: nothing is known to be held until it acknowledges.
+            None if !self.capped => {
+                self.capped = true;
+                Some(Some(C::default()))
+            }
+            None => None,
+        }
+    }
+}
+
 /// Every peer answered the restart handshake (called once, right after the frame that
 /// completed it, whose `your_max` the store clock has already observed: so no write let
 /// through by `handshake_done` can be stamped below a stamp of this region's earlier life).
@@ -1393,6 +1486,64 @@ mod tests {
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
         };
         Store::new(RegionId(0), 7, 64, runtime, true)
+    }
+
+    /// The links claim a checkpoint only once the replicas acknowledged the offset it was
+    /// taken at; with no replica, no cap; a replica that appears caps at nothing first.
+    #[test]
+    fn replica_cap_follows_the_replicas_acks() {
+        let mut cap: ReplicaCap<u64> = ReplicaCap::new();
+        assert_eq!(cap.step_with(None, 10, || 1), None, "no replica, no cap");
+        assert_eq!(
+            cap.step_with(Some(5), 10, || 2),
+            Some(Some(0)),
+            "nothing held yet"
+        );
+        assert_eq!(cap.step_with(Some(5), 12, || 3), None);
+        assert_eq!(cap.step_with(Some(10), 15, || 4), Some(Some(2)));
+        // Offset unchanged: the newer checkpoint stands for the same offset.
+        assert_eq!(cap.step_with(Some(10), 15, || 5), None);
+        assert_eq!(cap.step_with(Some(15), 15, || 6), Some(Some(6)));
+        assert_eq!(
+            cap.step_with(None, 15, || 7),
+            Some(None),
+            "replicas gone: lifted"
+        );
+        assert_eq!(cap.step_with(None, 15, || 8), None);
+    }
+
+    /// A replica that left still holds the cap back within the bound, not after; one that
+    /// comes back counts from its new sync.
+    #[test]
+    fn replicas_hold_counts_departed_replicas_within_the_bound() {
+        let feed = ReplFeed::new(1 << 16);
+        assert_eq!(feed.replicas_hold(0, 100), None);
+        feed.ack_join(1, "r:1".into(), 7);
+        feed.ack_join(2, "r:2".into(), 9);
+        feed.ack_update(2, 20);
+        feed.ack_update(1, 12);
+        assert_eq!(feed.replicas_hold(0, 100), Some(12));
+        feed.ack_leave(1, 1_000);
+        feed.ack_update(2, 30);
+        assert_eq!(
+            feed.replicas_hold(1_050, 100),
+            Some(12),
+            "left, within the bound"
+        );
+        assert_eq!(
+            feed.replicas_hold(1_101, 100),
+            Some(30),
+            "left past the bound"
+        );
+        feed.ack_leave(2, 2_000);
+        feed.ack_join(3, "r:2".into(), 25);
+        assert_eq!(
+            feed.replicas_hold(2_001, 100),
+            Some(25),
+            "back: its new sync counts"
+        );
+        feed.ack_leave(3, 3_000);
+        assert_eq!(feed.replicas_hold(3_200, 100), None);
     }
 
     /// Deltas of keys written in another region, one per key.

@@ -99,6 +99,8 @@ impl NodesCore {
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
         let mut next_gc = now_ms() + gc_step_ms;
         let mut gc_shard = 0usize;
+        let mut cap = crate::replication::ReplicaCap::new();
+        let mut next_cap = 0;
         for p in &peers {
             for s in &p.seeds {
                 if let Err(e) = transport.add_peer(&p.name, *s) {
@@ -193,6 +195,13 @@ impl NodesCore {
                 flush_at.get_or_insert(now + flush_interval_ms.max(1));
             }
             links.note_local_hlc(horizon);
+            if now >= next_cap {
+                next_cap = now + crate::replication::CAP_STEP_MS;
+                let bound = links.peer_gc_bound_ms();
+                if let Some(c) = cap.step(store.feed(), now, bound, || links.claim_checkpoint()) {
+                    links.set_replica_cap(c);
+                }
+            }
             if flush && !pending.is_empty() {
                 flush_at = Some(now + flush_interval_ms.max(1));
             }

@@ -412,6 +412,8 @@ fn a_kill_9_failover_in_the_clustered_region_while_both_regions_write() {
 // ---- three regions ----
 
 const B_SLOTS: [(u16, u16); 2] = [(0, 8191), (8192, 16383)];
+/// Region b with three primaries (a failover needs a majority of primaries alive).
+const B3_SLOTS: [(u16, u16); 3] = [(0, 6000), (6001, 12000), (12001, 16383)];
 
 /// Region a: three primaries, region b: two primaries with other cuts, region c: one node
 /// (the shape of `examples/clustered-regions/start.sh` without the replicas, which have no
@@ -421,17 +423,27 @@ struct ThreeRegions {
     a: Vec<Server>,
     b: Vec<Server>,
     c: Server,
+    b_slots: &'static [(u16, u16)],
 }
 
 impl ThreeRegions {
     fn start() -> ThreeRegions {
-        let dir = std::env::temp_dir().join(format!("meridian-cr3-{}", std::process::id()));
+        ThreeRegions::start_with(&B_SLOTS, false)
+    }
+
+    /// Region b's primaries serve `b_slots`; `replicas`: each primary of a and b gets a
+    /// replica (`b[n]` replicates `b[0]`, and so on), which runs the inter-region links once
+    /// promoted.
+    fn start_with(b_slots: &'static [(u16, u16)], replicas: bool) -> ThreeRegions {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("meridian-cr3-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         meridian_replication::transport::quic::write_deployment(&dir, &["a", "b", "c"])
             .expect("certificates");
         let d = dir.display().to_string();
-        let udp_a: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
-        let udp_b: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+        let udp_a: Vec<u16> = (0..6).map(|_| free_udp_port()).collect();
+        let udp_b: Vec<u16> = (0..6).map(|_| free_udp_port()).collect();
         let udp_c = free_udp_port();
         let peer = |name: &str, id: u16, seed: u16| {
             format!(
@@ -444,23 +456,28 @@ impl ThreeRegions {
                 peers.join(", ")
             )
         };
-        // A cluster region's primaries: `slots[i]` at node i.
+        // A cluster region: `slots[i]` at node i, then (`replicas`) a replica of each.
         let cluster = |region: &str,
                        id: u16,
                        udp: &[u16],
                        slots: &[(u16, u16)],
-                       peers: &[String]| {
-            let ports: Vec<u16> = slots.iter().map(|_| free_port()).collect();
-            let bus: Vec<u16> = slots.iter().map(|_| free_port()).collect();
-            (0..slots.len())
+                       peers: &[String],
+                       replicas: bool| {
+            let n = slots.len() * if replicas { 2 } else { 1 };
+            let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let bus: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            (0..n)
                 .map(|i| {
-                    let meet: Vec<String> = (0..slots.len())
+                    let meet: Vec<String> = (0..n)
                         .filter(|&j| j != i)
                         .map(|j| format!("\"127.0.0.1:{}@{}\"", ports[j], bus[j]))
                         .collect();
-                    let (lo, hi) = slots[i];
+                    let role = match slots.get(i) {
+                        Some((lo, hi)) => format!("slots = \"{lo}-{hi}\""),
+                        None => format!("replicate = \"127.0.0.1:{}\"", ports[i - slots.len()]),
+                    };
                     let toml = format!(
-                        "region = \"{region}\"\nregion-id = {id}\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nmeet = [{meet}]\nslots = \"{lo}-{hi}\"\n",
+                        "region = \"{region}\"\nregion-id = {id}\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nmeet = [{meet}]\n{role}\n",
                         port = ports[i],
                         bus = bus[i],
                         meet = meet.join(", "),
@@ -476,13 +493,15 @@ impl ThreeRegions {
             &udp_a,
             &A_SLOTS,
             &[peer("b", 1, udp_b[0]), peer("c", 2, udp_c)],
+            replicas,
         );
         let b = cluster(
             "b",
             1,
             &udp_b,
-            &B_SLOTS,
+            b_slots,
             &[peer("a", 0, udp_a[1]), peer("c", 2, udp_c)],
+            replicas,
         );
         let c = Server::start_with_config(
             &format!(
@@ -495,8 +514,14 @@ impl ThreeRegions {
             ),
             &[],
         );
-        let dep = ThreeRegions { dir, a, b, c };
-        for (servers, n) in [(&dep.a, 3), (&dep.b, 2)] {
+        let dep = ThreeRegions {
+            dir,
+            a,
+            b,
+            c,
+            b_slots,
+        };
+        for (servers, n) in [(&dep.a, dep.a.len()), (&dep.b, dep.b.len())] {
             let known = format!("cluster_known_nodes:{n}");
             for s in servers {
                 let mut con = s.conn();
@@ -520,7 +545,7 @@ impl ThreeRegions {
         };
         match region {
             "a" => &self.a[of(&A_SLOTS)],
-            "b" => &self.b[of(&B_SLOTS)],
+            "b" => &self.b[of(self.b_slots)],
             _ => &self.c,
         }
     }
@@ -597,6 +622,240 @@ fn three_regions_collect_tombstones_of_keys_written_in_all_three() {
             let mut con = dep.owner(r, k).conn();
             let n: i64 = q(&mut con, &["EXISTS", k]);
             assert_eq!(n, 0, "{k} stays deleted in {r}");
+        }
+    }
+}
+
+/// Run `args` at whichever of `servers` serves the key now (the others answer MOVED, or
+/// are dead).
+fn at_owner<T: redis::FromRedisValue>(servers: &[Server], args: &[&str]) -> T {
+    let mut last = String::new();
+    for s in servers {
+        let Ok(mut con) = s.client().get_connection() else {
+            continue;
+        };
+        match common::cmd(args).query::<T>(&mut con) {
+            Ok(v) => return v,
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("no node serves {args:?}: {last}");
+}
+
+/// Each region's live nodes, by name.
+fn regions_of<'x>(
+    a: &'x [Server],
+    b: &'x [Server],
+    c: &'x Server,
+) -> Vec<(&'static str, Vec<&'x Server>)> {
+    vec![
+        ("a", a.iter().collect()),
+        ("b", b.iter().collect()),
+        ("c", vec![c]),
+    ]
+}
+
+/// Run a one-key command at whichever of `servers` serves the key now.
+fn read(servers: &[&Server], args: &[&str]) -> redis::Value {
+    let mut last = String::new();
+    for s in servers {
+        let Ok(mut con) = s.client().get_connection() else {
+            continue;
+        };
+        match common::cmd(args).query::<redis::Value>(&mut con) {
+            Ok(v) => return v,
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("no node serves {args:?}: {last}");
+}
+
+/// Everything at once, as a deployment sees it (issue 20's topology, with three primaries
+/// in b: an automatic failover needs a majority of primaries alive, as in Redis): writes of
+/// every type in all three regions while region a reshards slots from its node 0 to node 1
+/// and region b's primary serving those slots is killed with SIGKILL mid-reshard (its
+/// replica takes over). Counters incremented in every region before, during and after are
+/// exact in every region (b's writes before the kill were confirmed by `WAIT 1` on its
+/// replica, as a user who needs them durable does); hash fields written per region hold
+/// each region's last write; strings written everywhere read the same everywhere; a member
+/// added in b and removed in a after the failover stays removed; every key ends only at its
+/// owners; and every primary collects its tombstones (GC waits for the replicas, through the
+/// promotion, and goes on after it).
+#[test]
+fn writes_in_three_regions_through_a_reshard_in_a_and_a_kill_9_failover_in_b() {
+    let mut dep = ThreeRegions::start_with(&B3_SLOTS, true);
+    // Region b's nodes: primaries 0, 1 and 2, then their replicas (a's likewise).
+    let mut b = std::mem::take(&mut dep.b);
+    // Slots of a's node 0 (0-5460), which b's node 0 serves too (0-6000).
+    let moved = keys_in_node0_slots(4, 4);
+    let counters: Vec<String> = moved.iter().flat_map(|(_, k)| k.clone()).collect();
+    let sets: Vec<String> = moved.iter().map(|(_, k)| format!("{}:set", k[0])).collect();
+    let hashes: Vec<String> = moved.iter().map(|(_, k)| format!("{}:h", k[0])).collect();
+    let strings: Vec<String> = moved.iter().map(|(_, k)| format!("{}:s", k[0])).collect();
+    // One round of writes in `region`, at whichever of `servers` serves each key.
+    let write = |servers: &[Server], region: &str, round: usize| {
+        for k in &counters {
+            let _: i64 = at_owner(servers, &["INCR", k]);
+        }
+        let field = format!("f-{region}");
+        let value = format!("{region}{round}");
+        for k in &hashes {
+            let _: i64 = at_owner(servers, &["HSET", k, &field, &value]);
+        }
+        for k in &strings {
+            let _: () = at_owner(servers, &["SET", k, &value]);
+        }
+    };
+    let c = std::slice::from_ref(&dep.c);
+    let as_string = |v: redis::Value| -> Option<String> {
+        redis::from_redis_value::<Option<String>>(&v).ok().flatten()
+    };
+    // Round 0 everywhere; b adds the member a removes later.
+    write(&dep.a, "a", 0);
+    write(&b, "b", 0);
+    write(c, "c", 0);
+    for k in &sets {
+        let _: i64 = at_owner(&b, &["SADD", k, "m-b"]);
+    }
+    for (r, servers) in regions_of(&dep.a, &b, &dep.c) {
+        for k in &counters {
+            wait_until(DEADLINE, &format!("{k} reads 3 in {r}"), || {
+                as_string(read(&servers, &["GET", k])).as_deref() == Some("3")
+            });
+        }
+    }
+    for k in &sets {
+        wait_until(DEADLINE, &format!("{k} has m-b in a"), || {
+            at_owner::<i64>(&dep.a, &["SISMEMBER", k, "m-b"]) == 1
+        });
+    }
+    // Region a starts moving the slots: IMPORTING at node 1, MIGRATING at node 0.
+    let mut src = dep.a[0].conn();
+    let mut dst = dep.a[1].conn();
+    let src_id: String = q(&mut src, &["CLUSTER", "MYID"]);
+    let dst_id: String = q(&mut dst, &["CLUSTER", "MYID"]);
+    let dst_port = dep.a[1]
+        .addr()
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    for (slot, _) in &moved {
+        let slot = slot.to_string();
+        let _: () = q(
+            &mut dst,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id],
+        );
+        let _: () = q(
+            &mut src,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id],
+        );
+    }
+    // Round 1: b's writes confirmed on its replica, then b's node 0 dies mid-reshard; a (at
+    // the source, which still has the keys) and c write meanwhile.
+    write(&b[..1], "b", 1);
+    let mut b0 = b[0].conn();
+    let acked: i64 = q(&mut b0, &["WAIT", "1", "10000"]);
+    assert_eq!(acked, 1, "b's replica confirmed round 1");
+    write(&dep.a[..1], "a", 1);
+    let dead = b.remove(0);
+    drop(dead);
+    write(c, "c", 1);
+    // The keys move while b fails over.
+    for (slot, _) in &moved {
+        let slot = slot.to_string();
+        wait_until(DEADLINE, &format!("slot {slot} handed over"), || {
+            let in_slot: Vec<String> = q(&mut src, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+            for k in &in_slot {
+                let _: () = q(
+                    &mut src,
+                    &["MIGRATE", "127.0.0.1", &dst_port, k, "0", "5000"],
+                );
+            }
+            redis::cmd("CLUSTER")
+                .arg(&["SETSLOT", &slot, "NODE", &dst_id])
+                .query::<()>(&mut src)
+                .is_ok()
+        });
+        for s in &dep.a[..3] {
+            let mut con = s.conn();
+            let _: () = q(&mut con, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+        }
+    }
+    // b's replica of its node 0 (now b[2]: primaries 1 and 2 come first) takes over.
+    let mut promoted = b[2].conn();
+    wait_until(DEADLINE, "b's replica promoted", || {
+        let role: Vec<redis::Value> = q(&mut promoted, &["ROLE"]);
+        matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master")
+    });
+    // Round 2 everywhere, at the new owners; a removes b's member.
+    write(&dep.a, "a", 2);
+    write(&b, "b", 2);
+    write(c, "c", 2);
+    for k in &sets {
+        let _: i64 = at_owner(&dep.a, &["SREM", k, "m-b"]);
+    }
+    for (r, servers) in regions_of(&dep.a, &b, &dep.c) {
+        for k in &counters {
+            wait_until(DEADLINE, &format!("{k} reads 9 in {r}"), || {
+                as_string(read(&servers, &["GET", k])).as_deref() == Some("9")
+            });
+        }
+        for k in &hashes {
+            wait_until(
+                DEADLINE,
+                &format!("{k} holds each region's last write in {r}"),
+                || {
+                    let all: std::collections::BTreeMap<String, String> =
+                        redis::from_redis_value(&read(&servers, &["HGETALL", k]))
+                            .unwrap_or_default();
+                    ["a", "b", "c"]
+                        .iter()
+                        .all(|x| all.get(&format!("f-{x}")) == Some(&format!("{x}2")))
+                },
+            );
+        }
+        for k in &sets {
+            wait_until(DEADLINE, &format!("{k} emptied in {r}"), || {
+                read(&servers, &["EXISTS", k]) == redis::Value::Int(0)
+            });
+        }
+    }
+    for k in &strings {
+        wait_until(
+            DEADLINE,
+            &format!("{k} reads the same in every region"),
+            || {
+                let vals: Vec<Option<String>> = regions_of(&dep.a, &b, &dep.c)
+                    .iter()
+                    .map(|(_, servers)| as_string(read(servers, &["GET", k])))
+                    .collect();
+                vals[0].is_some() && vals.windows(2).all(|w| w[0] == w[1])
+            },
+        );
+    }
+    for (slot, _) in &moved {
+        let n: usize = q(&mut src, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+        assert_eq!(n, 0, "a's old owner keeps nothing of slot {slot}");
+    }
+    // The promoted node holds exactly the keys of its slots: the test's keys, all in them.
+    let n: usize = q(&mut promoted, &["DBSIZE"]);
+    assert_eq!(n, counters.len() + hashes.len() + strings.len());
+    // Every live primary collects its tombstones (replicas collect once promoted).
+    let primaries: Vec<&Server> = dep.a[..3].iter().chain(&b[..3]).chain(c).collect();
+    for s in &primaries {
+        let mut con = s.conn();
+        wait_until(DEADLINE * 2, "every tombstone collected", || {
+            info_u64(&mut con, "tombstones") == 0
+        });
+    }
+    for (r, servers) in regions_of(&dep.a, &b, &dep.c) {
+        for k in &sets {
+            assert_eq!(
+                read(&servers, &["EXISTS", k]),
+                redis::Value::Int(0),
+                "{k} stays removed in {r}"
+            );
         }
     }
 }

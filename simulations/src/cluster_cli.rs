@@ -41,15 +41,14 @@ fn print_report(r: &ClusterReport) {
 
 /// `meridian-sim --clustered …` (see `main.rs`): `--seed N`, `--seeds A..B`,
 /// `--self-check N`, `--bug NAME`, `--no-FAULT`, `--fault-ms MS`, `--max-heal-ms MS`,
-/// `--anti-entropy-ms MS` (0: no periodic rounds), `--gc-during-faults`.
+/// `--anti-entropy-ms MS` (0: no periodic rounds).
 pub fn cli(args: &[String]) -> std::process::ExitCode {
     use std::process::ExitCode;
     let usage = || {
         eprintln!(
             "usage: meridian-sim --clustered (--seed N | --seeds A..B | --self-check N) \
              [--bug NAME] [--no-FAULT]... [--fault-ms MS] [--max-heal-ms MS] \
-             [--anti-entropy-ms MS (periodic rounds; 0: off; default 2000)] \
-             [--gc-during-faults]\n  \
+             [--anti-entropy-ms MS (periodic rounds; 0: off; default 2000)]\n  \
              faults (all on by default): {}\n  bugs: {}",
             ClusterFaults::NAMES.join(", "),
             ClusterBug::NAMES
@@ -68,10 +67,6 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
         let arg = args[i].as_str();
         match arg {
             "--clustered" => {}
-            "--gc-during-faults" => {
-                base.gc_during_faults = true;
-                flags.push_str(" --gc-during-faults");
-            }
             "--bug" => {
                 i += 1;
                 match args.get(i).and_then(|s| ClusterBug::parse(s)) {

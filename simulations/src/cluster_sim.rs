@@ -16,7 +16,17 @@
 //!   `NodeLinks` with a new epoch base) holding the primary's keyspace as of its last sync:
 //!   the writes after it are lost with the old primary unless a peer region got them;
 //! - `late-topology`: one region's topology reaches the others only seconds in (their
-//!   deltas to it are unrouted until then, and its nodes' deltas to them are refused).
+//!   deltas to it are unrouted until then, and its nodes' deltas to them are refused);
+//! - `gc-during-faults`: nodes collect garbage on every step of the faults too, so the
+//!   value checkers judge tombstones collected while links are cut, routing is stale and
+//!   primaries fail over to lagging replicas.
+//!
+//! Each primary's replica acknowledges at random moments (it holds the primary's keyspace
+//! as of then): a node's links claim only what its replica holds
+//! ([`NodeLinks::set_replica_cap`], as the shell's `ReplicaCap` does with the replica
+//! stream's acks), so a failover to a replica a removal had not reached finds every peer
+//! still holding the removal's tombstone (the `uncapped-claims` bug shows what happens
+//! otherwise: the promoted replica's copy of what the removal killed comes back).
 //!
 //! Periodic anti-entropy runs every 2 s, as in a deployment (`ClusterConfig::anti_entropy_ms`;
 //! `--anti-entropy-ms 0` turns it off, so that every repair has to come from the rounds the
@@ -25,11 +35,9 @@
 //!
 //! Then heal: every fault stops, every node learns every peer's current map, and the links
 //! run until nothing moves; then a GC phase (every link runs an anti-entropy round every
-//! second, as periodic ones would, and the nodes collect garbage,
-//! [`NodeLinks::collect_garbage`], until no tombstone is left, at most `max_gc_ms`).
-//! `--gc-during-faults` ([`ClusterConfig::gc_during_faults`], off by default) collects on
-//! every step of the faults too, so the value checkers judge tombstones collected under
-//! faults; it is off by default because it finds a known gap (below). Checkers:
+//! second, as periodic ones would, every replica acknowledges, and the nodes collect
+//! garbage, [`NodeLinks::collect_garbage`], until no tombstone is left, at most
+//! `max_gc_ms`). Checkers:
 //! - `placement` (every step and after heal): no node stores a key of a slot it does not
 //!   serve;
 //! - `local`: a write is live in its node's state right after it;
@@ -43,18 +51,6 @@
 //! - `gc`: after the GC phase no node keeps a tombstone (with three regions this needs the
 //!   node-wide aggregate in every link's frontier gossip); `value`/`counter`/`converge`
 //!   are checked again after it (violations found then are marked `[after gc]`).
-//!
-//! Known gap (`--gc-during-faults`): a failover to a lagging replica can bring back state
-//! that a removal killed, when a peer region collected the removal's tombstone while the
-//! dead primary held it: the promoted replica never got the removal, still holds what it
-//! removed, and ships it by anti-entropy to nodes that no longer know of the removal. GC
-//! counts what a peer node holds, not what its replicas hold. Two regions suffice: sweep
-//! 0..1000 with the flag, 3 seeds fail (`value`), all with two regions: 1 and 347 as above;
-//! in 29 no GC touches the key: two failovers lose every copy of a removal (both nodes that
-//! held it die, their replicas lag) while a stale replica still holds the add it removed,
-//! and the oracle expects the removal to hold (a question for the failover oracle). With
-//! `--gc-during-faults --no-failovers` (partitions, reshards with stale routing, late
-//! topology, three regions included): 0 of 1000 fail.
 //!
 //! Failover and the oracle: a failover is a loss like the single-node simulator's empty
 //! restart. Just before it the simulator joins every copy of each key (keyspaces and link
@@ -77,8 +73,9 @@
 //! Bugs ([`ClusterBug`]) prove each checker fires: `skip-reroute-gap` (a `NodeLinks` whose
 //! `set_owners` does not make changed slots local gaps), `store-unserved` (a node that
 //! stores deltas of slots it does not serve), `migration-loses-keys` (a reshard that drops
-//! the moved keys instead of merging them at the target) and `no-gc-aggregate` (links get no
-//! third-party frontier entries: with three regions, tombstones stay).
+//! the moved keys instead of merging them at the target), `no-gc-aggregate` (links get no
+//! third-party frontier entries: with three regions, tombstones stay) and `uncapped-claims`
+//! (claims not capped by the replica: `value` fails after a failover).
 
 use crate::oracle::{fmt_entry, fmt_stamp, incarnation_of, render, KeyModel, Rendered, View};
 use bytes::Bytes;
@@ -107,14 +104,19 @@ pub enum ClusterBug {
     /// `NodeLinks` hands its links no third-party frontier entries (the node-wide
     /// aggregate): with three regions nothing with a third region's stamps is collected.
     NoGcAggregate,
+    /// A node's links claim what it holds whatever its replica holds (no
+    /// `NodeLinks::set_replica_cap`): a failover to a replica a removal had not reached
+    /// brings back what it removed, once peers collected its tombstone.
+    UncappedClaims,
 }
 
 impl ClusterBug {
-    pub const NAMES: [(&'static str, ClusterBug); 4] = [
+    pub const NAMES: [(&'static str, ClusterBug); 5] = [
         ("skip-reroute-gap", ClusterBug::SkipRerouteGap),
         ("store-unserved", ClusterBug::StoreUnserved),
         ("migration-loses-keys", ClusterBug::MigrationLosesKeys),
         ("no-gc-aggregate", ClusterBug::NoGcAggregate),
+        ("uncapped-claims", ClusterBug::UncappedClaims),
     ];
 
     pub fn parse(name: &str) -> Option<ClusterBug> {
@@ -140,6 +142,8 @@ pub struct ClusterFaults {
     pub reshards: bool,
     pub failovers: bool,
     pub late_topology: bool,
+    /// Nodes collect garbage on every step of the faults too, not only after heal.
+    pub gc_during_faults: bool,
 }
 
 impl Default for ClusterFaults {
@@ -150,17 +154,19 @@ impl Default for ClusterFaults {
             reshards: true,
             failovers: true,
             late_topology: true,
+            gc_during_faults: true,
         }
     }
 }
 
 impl ClusterFaults {
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "network",
         "partitions",
         "reshards",
         "failovers",
         "late-topology",
+        "gc-during-faults",
     ];
 
     pub fn switch(&mut self, name: &str) -> Option<&mut bool> {
@@ -170,6 +176,7 @@ impl ClusterFaults {
             "reshards" => &mut self.reshards,
             "failovers" => &mut self.failovers,
             "late-topology" => &mut self.late_topology,
+            "gc-during-faults" => &mut self.gc_during_faults,
             _ => return None,
         })
     }
@@ -190,9 +197,6 @@ pub struct ClusterConfig {
     pub anti_entropy_ms: u64,
     /// Virtual time the GC phase may take to collect every tombstone.
     pub max_gc_ms: u64,
-    /// Nodes collect garbage on every step of the faults too (module doc: off by default,
-    /// for the known gap).
-    pub gc_during_faults: bool,
 }
 
 impl ClusterConfig {
@@ -205,7 +209,6 @@ impl ClusterConfig {
             max_heal_ms: 120_000,
             anti_entropy_ms: 2_000,
             max_gc_ms: 30_000,
-            gc_during_faults: false,
         }
     }
 }
@@ -415,7 +418,7 @@ struct Sim {
     in_doubt: Vec<bool>,
     /// `MERIDIAN_SIM_KEY`: trace this key's history on stderr.
     debug_key: Option<Bytes>,
-    /// Nodes collect garbage on every step (`gc_during_faults`, the GC phase).
+    /// Nodes collect garbage on every step (the `gc-during-faults` fault mode, the GC phase).
     gc_on: bool,
 }
 
@@ -507,7 +510,7 @@ impl Sim {
             trace: cfg.seed,
             in_doubt: vec![false; KEY_COUNT],
             debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
-            gc_on: cfg.gc_during_faults,
+            gc_on: cfg.faults.gc_during_faults,
             regions,
             cfg,
         };
@@ -721,6 +724,13 @@ impl Sim {
         }
         replica.drain_deltas().for_each(drop);
         n.replica = replica;
+        // The replica acknowledged everything up to now: the links may claim it
+        // (`NodeLinks::set_replica_cap`; the shell does this when every replica's ack passes
+        // the offset recorded with a checkpoint).
+        if self.cfg.bug != Some(ClusterBug::UncappedClaims) {
+            let cp = n.links.claim_checkpoint();
+            n.links.set_replica_cap(Some(cp));
+        }
     }
 
     // ---- workload ----
@@ -1512,6 +1522,12 @@ impl Sim {
             if second {
                 for n in self.nodes.iter_mut().filter(|n| n.alive) {
                     n.links.request_anti_entropy();
+                }
+                // Replicas keep acknowledging: what they hold is what GC may count.
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].alive {
+                        self.sync_replica(i);
+                    }
                 }
             }
             self.tick(false);

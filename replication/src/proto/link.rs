@@ -550,6 +550,9 @@ pub struct RegionLink {
     /// caller holds of them elsewhere (`set_third_party`; node mode's node-wide aggregate).
     /// Gossiped and counted in `stable_frontier` like the others. Empty in region mode.
     third_party: BTreeMap<RegionId, Hlc>,
+    /// What this node's in-region replicas hold (`set_replica_cap`): `None` when it has none.
+    /// The gossiped frontier never claims more.
+    replica_cap: Option<BTreeMap<RegionId, Hlc>>,
     /// The greatest stamp of a local delta enqueued so far.
     enqueued_max: Hlc,
     own_seen: Hlc,
@@ -601,6 +604,7 @@ impl RegionLink {
             gc_snaps: VecDeque::new(),
             peer_enqueued: BTreeMap::new(),
             third_party: BTreeMap::new(),
+            replica_cap: None,
             enqueued_max: Hlc::ZERO,
             own_seen: Hlc::ZERO,
             next_frontier_ms: 0,
@@ -628,6 +632,12 @@ impl RegionLink {
 
     pub fn region(&self) -> RegionId {
         self.region
+    }
+
+    /// `LinkConfig::peer_gc_bound_ms`: also how long a replica that left still holds the
+    /// claims back (the shell's `ReplicaCap`).
+    pub fn peer_gc_bound_ms(&self) -> u64 {
+        self.cfg.peer_gc_bound_ms
     }
 
     pub fn stats(&self) -> &LinkStats {
@@ -1666,7 +1676,7 @@ impl RegionLink {
                 return Some((
                     o.peer,
                     Frame::Frontier(Frontier {
-                        seen: self.seen_vector(),
+                        seen: self.claimed_vector(),
                         enqueued: self.enqueued_max,
                     }),
                 ));
@@ -1758,6 +1768,41 @@ impl RegionLink {
         }
         v.extend(self.third_party.iter().map(|(&r, &h)| (r, h)));
         v
+    }
+
+    /// What this link may tell its peer it holds: [`Self::seen_vector`], each entry capped
+    /// by what this node's replicas hold ([`Self::set_replica_cap`]).
+    fn claimed_vector(&self) -> Vec<(RegionId, Hlc)> {
+        let mut v = self.seen_vector();
+        if let Some(cap) = &self.replica_cap {
+            for (r, h) in v.iter_mut() {
+                *h = (*h).min(cap.get(r).copied().unwrap_or(Hlc::ZERO));
+            }
+        }
+        v
+    }
+
+    /// A checkpoint of what this node holds, as the frontier gossip would claim it now
+    /// (uncapped): the shell records it with its replica stream's offset and hands it to
+    /// [`Self::set_replica_cap`] once every replica acknowledged that offset.
+    pub fn claim_checkpoint(&self) -> BTreeMap<RegionId, Hlc> {
+        self.seen_vector().into_iter().collect()
+    }
+
+    /// What this node's in-region replicas hold: a [`Self::claim_checkpoint`] taken when
+    /// the replica stream's offset was at most what every replica has acknowledged since
+    /// (`None`: the node has no replicas; regions missing from the map read as nothing).
+    ///
+    /// Why: GC of a removal's tombstone anywhere waits for every region to claim the removal
+    /// (the gossiped frontier). A claim of the primary alone is not enough: if it fails over
+    /// to a replica the removal had not reached yet, the promoted replica still holds what
+    /// the removal killed and anti-entropy would ship it back to regions that collected the
+    /// tombstone. So a node claims only what its replicas hold too. Local GC is not capped:
+    /// this node's own tombstones only matter to state it receives, and every peer keeps its
+    /// tombstones until this region's capped claim passes them, so a promoted replica
+    /// missing the removal gets it back by anti-entropy.
+    pub fn set_replica_cap(&mut self, cap: Option<BTreeMap<RegionId, Hlc>>) {
+        self.replica_cap = cap;
     }
 
     /// Per origin, the HLC every region (this one and every peer's last gossip) has seen.
@@ -2660,6 +2705,54 @@ mod tests {
         now += 200;
         pump(now, &mut s, &all);
         assert!(!s[0].alive("s") && !s[1].alive("s"), "nothing comes back");
+    }
+
+    /// B's replica had not got A's removal: B's claim is capped by what its replica holds,
+    /// so A keeps the tombstone (a failover of B to that replica would otherwise bring the
+    /// removed member back); once the replica acknowledged a checkpoint past the removal, A
+    /// collects it.
+    #[test]
+    fn gc_waits_for_what_the_peers_replicas_hold() {
+        let mut s = pair();
+        let mut now = 10_000;
+        s[0].write(now, "s", |w| {
+            w.sadd(&Bytes::from_static(b"m"));
+        });
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        // B's replica syncs now: it holds the add.
+        let replica_cp = s[1].link.claim_checkpoint();
+        s[1].link.set_replica_cap(Some(replica_cp));
+        now += 10;
+        let rem = s[0].write(now, "s", |w| {
+            w.srem(b"m");
+        });
+        s[0].ship(now);
+        let mut dropped = 0;
+        for _ in 0..20 {
+            now += 200;
+            pump(now, &mut s, &all);
+            dropped += s[0].link.collect_garbage(&mut s[0].ks);
+        }
+        assert!(!s[1].alive("s"), "B merged the removal");
+        assert!(s[1].link.seen_vector()[1].1 >= rem.hlc);
+        assert!(s[0].link.stable_frontier()[&RegionId(0)] < rem.hlc);
+        assert_eq!(
+            dropped, 0,
+            "A keeps the tombstone while B's replica lacks the removal"
+        );
+        // The replica acknowledges what B holds now.
+        let replica_cp = s[1].link.claim_checkpoint();
+        s[1].link.set_replica_cap(Some(replica_cp));
+        for _ in 0..40 {
+            now += 200;
+            pump(now, &mut s, &all);
+            dropped += s[0].link.collect_garbage(&mut s[0].ks);
+            if dropped >= 1 {
+                break;
+            }
+        }
+        assert!(dropped >= 1, "collected once B's replica holds the removal");
     }
 
     /// An anti-entropy round that compares the slot while an older delta of the key is

@@ -11,6 +11,14 @@
 //! Each link's anti-entropy sees only its scope ([`Scoped`]), so two nodes compare exactly
 //! the slots they share, and a link never merges a key outside it.
 //!
+//! Repairs are passed on ([`NodeLinks::pass_on_repairs`]): when anti-entropy with one peer
+//! region changes a slot here, the links to the other regions that share it run a round
+//! too. A write can survive only in a third region: region C's primary ships a write to
+//! region B, not yet to us, and fails over to a replica without it; C's promoted node gets
+//! it back from B by anti-entropy, but no delta will ever carry it to us, and the round
+//! between C's new node and us may have run before. Periodic rounds would find it too;
+//! this makes the repair not wait for them.
+//!
 //! Tombstone GC composes the links' frontiers ([`NodeLinks::collect_garbage`]): the
 //! minimum over every link, once every slot is routed in every peer region.
 //!
@@ -66,9 +74,20 @@
 //! so counts in its `seen`) a delta of that slot it refused; the clustered simulator
 //! collecting garbage during its faults (`--gc-during-faults --no-failovers`: partitions,
 //! reshards with stale routing, late topology; 1000 seeds) has not shown it leading to a
-//! wrong value. Also open in both cases: GC counts what a peer *node* holds, not its
-//! replicas, so a failover to a replica that had not got a removal yet can bring back
-//! what the removal killed once a peer collected its tombstone (`cluster_sim` module doc).
+//! wrong value.
+//!
+//! ## Replicas
+//!
+//! GC must count what a region's *replicas* hold too: a primary that merged a removal and
+//! claimed it, then failed over to a replica the removal had not reached, would leave a
+//! promoted node holding what the removal killed, and anti-entropy would ship it back to
+//! peers that collected the tombstone. So every entry a link gossips is capped by what the
+//! node's replicas acknowledged ([`NodeLinks::set_replica_cap`]): the shell takes
+//! [`NodeLinks::claim_checkpoint`]s with its replica stream's offset and hands one over
+//! once every replica that could be promoted (connected, or gone less than
+//! `peer_gc_bound_ms`) acknowledged that offset. Local GC is not capped: peers keep the
+//! tombstone until this region's capped claim passes it, so a promoted replica missing
+//! the removal gets it back by anti-entropy. A node without replicas claims what it holds.
 //!
 //! Liveness: a stream's `seen` advances with batches merged while no gap is open, with
 //! the peer's idle gossip once it reaches the peer's `enqueued`, and with clean
@@ -186,6 +205,8 @@ pub struct Scoped<'a, S: ReplicaStore + ?Sized> {
     pub refused: &'a mut u64,
     pub region: RegionId,
     pub tally: &'a mut RepairTally,
+    /// Slots a whole-state merge (anti-entropy) changed.
+    pub repaired: &'a mut BTreeSet<u16>,
 }
 
 impl<S: ReplicaStore + ?Sized> ReplicaStore for Scoped<'_, S> {
@@ -211,11 +232,16 @@ impl<S: ReplicaStore + ?Sized> ReplicaStore for Scoped<'_, S> {
     }
 
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
-        if !self.scope.contains(meridian_crdt::key_slot(key)) {
+        let slot = meridian_crdt::key_slot(key);
+        if !self.scope.contains(slot) {
             *self.refused += 1;
             return Applied::Unchanged;
         }
-        self.inner.merge_full(key, state)
+        let applied = self.inner.merge_full(key, state);
+        if applied == Applied::Changed {
+            self.repaired.insert(slot);
+        }
+        applied
     }
 
     fn slot_digest(&mut self, slot: u16) -> u64 {
@@ -285,6 +311,9 @@ pub struct NodeLinksStats {
     pub slots_rerouted: u64,
     /// Deleted-state entries garbage-collected.
     pub gc_dropped: u64,
+    /// Anti-entropy rounds asked of a link because a round with another region repaired
+    /// one of its slots here (`NodeLinks::pass_on_repairs`).
+    pub repairs_passed_on: u64,
     pub links_opened: u64,
     pub links_closed: u64,
 }
@@ -320,7 +349,16 @@ pub struct NodeLinks {
     forgotten_held: std::collections::BTreeMap<RegionId, Hlc>,
     /// Bug injection: no third-party entries (module doc, the node-wide aggregate).
     bug_no_gc_aggregate: bool,
+    /// What this node's in-region replicas hold ([`Self::set_replica_cap`]); a link opened
+    /// since gets its peer's entry, or nothing.
+    replica_cap: Option<ClaimCheckpoint>,
 }
+
+/// What a node's links would claim, per peer node ([`NodeLinks::claim_checkpoint`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimCheckpoint(
+    std::collections::BTreeMap<PeerNode, std::collections::BTreeMap<RegionId, Hlc>>,
+);
 
 impl NodeLinks {
     /// `peers`: the peer regions; `epoch_base`: this process's first link incarnation id
@@ -354,6 +392,7 @@ impl NodeLinks {
             forgotten: std::collections::BTreeMap::new(),
             forgotten_held: std::collections::BTreeMap::new(),
             bug_no_gc_aggregate: false,
+            replica_cap: None,
         }
     }
 
@@ -424,6 +463,11 @@ impl NodeLinks {
         self.links.iter().map(|i| (i.peer, i.scope.len()))
     }
 
+    /// See [`RegionLink::peer_gc_bound_ms`].
+    pub fn peer_gc_bound_ms(&self) -> u64 {
+        self.cfg.peer_gc_bound_ms
+    }
+
     pub fn link(&self, peer: PeerNode) -> Option<&RegionLink> {
         self.links.iter().find(|i| i.peer == peer).map(|i| &i.link)
     }
@@ -439,6 +483,9 @@ impl NodeLinks {
         link.set_born(self.born_ms);
         if let Some(&at_ms) = self.forgotten.get(&peer.region) {
             link.expel_peer(peer.region, Expelled { epoch: None, at_ms });
+        }
+        if let Some(cp) = &self.replica_cap {
+            link.set_replica_cap(Some(cp.0.get(&peer).cloned().unwrap_or_default()));
         }
         self.links.push(Instance {
             peer,
@@ -548,6 +595,31 @@ impl NodeLinks {
         }
     }
 
+    /// Every link's [`RegionLink::claim_checkpoint`]: the shell records it with its replica
+    /// stream's offset and hands it to [`Self::set_replica_cap`] once every replica has
+    /// acknowledged that offset (module doc, "Replicas").
+    pub fn claim_checkpoint(&self) -> ClaimCheckpoint {
+        ClaimCheckpoint(
+            self.links
+                .iter()
+                .map(|i| (i.peer, i.link.claim_checkpoint()))
+                .collect(),
+        )
+    }
+
+    /// What this node's replicas hold: a checkpoint every replica has acknowledged (`None`:
+    /// no replicas, no cap). See [`RegionLink::set_replica_cap`]; a link opened after the
+    /// checkpoint claims nothing until a later one.
+    pub fn set_replica_cap(&mut self, cap: Option<ClaimCheckpoint>) {
+        for i in &mut self.links {
+            i.link.set_replica_cap(
+                cap.as_ref()
+                    .map(|cp| cp.0.get(&i.peer).cloned().unwrap_or_default()),
+            );
+        }
+        self.replica_cap = cap;
+    }
+
     /// What this node holds of each peer region, over all its slots (module doc): per
     /// region, `Hlc::ZERO` while a slot has no routed owner there or deltas went unrouted
     /// since the last routing, else the minimum over the links to that region's nodes of
@@ -620,15 +692,35 @@ impl NodeLinks {
         }
         let i = self.index_or_open(from);
         let inst = &mut self.links[i];
+        let mut repaired = BTreeSet::new();
         let mut scoped = Scoped {
             inner: store,
             scope: &inst.scope,
             refused: &mut self.stats.refused,
             region: from.region,
             tally: &mut self.tally,
+            repaired: &mut repaired,
         };
         inst.link
             .handle_frame(now_ms, from.region, frame, &mut scoped);
+        self.pass_on_repairs(from.region, &repaired);
+    }
+
+    /// Anti-entropy with `from`'s region changed these slots here: what it brought may be
+    /// news to the other peer regions too (a third region's write that only `from`'s region
+    /// got before the node that made it failed over to a replica without it: no delta will
+    /// ever carry it again). Each link of another region that shares one of the slots runs a
+    /// round. It ends: a round asks for more only if it changes something.
+    fn pass_on_repairs(&mut self, from: RegionId, repaired: &BTreeSet<u16>) {
+        if repaired.is_empty() {
+            return;
+        }
+        for i in &mut self.links {
+            if i.peer.region != from && repaired.iter().any(|&s| i.scope.contains(s)) {
+                i.link.request_anti_entropy(i.peer.region);
+                self.stats.repairs_passed_on += 1;
+            }
+        }
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -651,15 +743,24 @@ impl NodeLinks {
     }
 
     pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+        let mut passed = Vec::new();
         for inst in &mut self.links {
+            let mut repaired = BTreeSet::new();
             let mut scoped = Scoped {
                 inner: &mut *store,
                 scope: &inst.scope,
                 refused: &mut self.stats.refused,
                 region: inst.peer.region,
                 tally: &mut self.tally,
+                repaired: &mut repaired,
             };
             inst.link.poll_anti_entropy(now_ms, &mut scoped);
+            if !repaired.is_empty() {
+                passed.push((inst.peer.region, repaired));
+            }
+        }
+        for (from, repaired) in passed {
+            self.pass_on_repairs(from, &repaired);
         }
     }
 
