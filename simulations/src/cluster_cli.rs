@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 fn print_report(r: &ClusterReport) {
     println!(
         "seed {} shape {:?} ops {} refused {} frames {} dropped {} reshards {} slots_moved {} \
-         keys_migrated {} failovers {} atoms_lost {} refused_unserved {} refused_scope {} \
+         keys_migrated {} failovers {} joins {} leaves {} atoms_lost {} refused_unserved {} \
+         refused_scope {} \
          unrouted {} slots_rerouted {} heal_ms {} keys_in_doubt {} gc_dropped {} gc_ms {}",
         r.seed,
         r.shape,
@@ -24,6 +25,8 @@ fn print_report(r: &ClusterReport) {
         r.slots_moved,
         r.keys_migrated,
         r.failovers,
+        r.joins,
+        r.leaves,
         r.atoms_lost,
         r.refused_unserved,
         r.refused_scope,
@@ -140,12 +143,16 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
             let mut combined = 0u64;
             let mut by_kind: BTreeMap<String, (u64, u64)> = BTreeMap::new();
             let (mut reshards, mut failovers, mut lost, mut doubt) = (0, 0, 0, 0);
+            let (mut joins, mut leaves, mut kept) = (0, 0, 0);
             let mut collected = 0;
             for seed in a..b {
                 let r = run(config(seed));
                 combined = mix(combined, r.trace_hash);
                 reshards += r.reshards;
                 failovers += r.failovers;
+                joins += r.joins;
+                leaves += r.leaves;
+                kept += r.tombstones_of_left_regions;
                 lost += r.atoms_lost;
                 doubt += r.keys_in_doubt;
                 collected += r.gc_dropped;
@@ -174,8 +181,10 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
             let n = b.saturating_sub(a);
             println!(
                 "{n} clustered seeds, {failures} failed, {reshards} reshards, {failovers} \
-                 failovers, {lost} atoms lost with failed primaries, {doubt} keys in doubt, \
-                 {collected} entries garbage-collected, {:.1} seeds/s, \
+                 failovers, {joins} regions joined, {leaves} left, {lost} atoms lost with \
+                 failed primaries or regions, {doubt} keys in doubt, \
+                 {collected} entries garbage-collected ({kept} tombstones kept for regions \
+                 that left), {:.1} seeds/s, \
                  determinism {}",
                 n as f64 / start.elapsed().as_secs_f64().max(1e-9),
                 if deterministic { "ok" } else { "MISMATCH" }

@@ -20,6 +20,12 @@
 //! - `gc-during-faults`: nodes collect garbage on every step of the faults too, so the
 //!   value checkers judge tombstones collected while links are cut, routing is stale and
 //!   primaries fail over to lagging replicas.
+//! - `region-churn`: one region joins at run time (absent at the start; every node of the
+//!   others adds it, its primaries start empty and bootstrap by anti-entropy), and in half
+//!   the three-region runs another region leaves (every node of the rest forgets it, as
+//!   `MERIDIAN REGION FORGET`; its nodes stop): what only it held is lost, what it had
+//!   shipped anywhere must reach every region left (forgetting asks every remaining link
+//!   for a round).
 //!
 //! Each primary's replica acknowledges at random moments (it holds the primary's keyspace
 //! as of then): a node's links claim only what its replica holds
@@ -144,6 +150,10 @@ pub struct ClusterFaults {
     pub late_topology: bool,
     /// Nodes collect garbage on every step of the faults too, not only after heal.
     pub gc_during_faults: bool,
+    /// A region joins at run time (it starts absent and bootstraps from its peers), and
+    /// with three regions one of the others may leave (`MERIDIAN REGION FORGET` on every
+    /// node of the rest; its nodes stop).
+    pub region_churn: bool,
 }
 
 impl Default for ClusterFaults {
@@ -155,18 +165,20 @@ impl Default for ClusterFaults {
             failovers: true,
             late_topology: true,
             gc_during_faults: true,
+            region_churn: true,
         }
     }
 }
 
 impl ClusterFaults {
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "network",
         "partitions",
         "reshards",
         "failovers",
         "late-topology",
         "gc-during-faults",
+        "region-churn",
     ];
 
     pub fn switch(&mut self, name: &str) -> Option<&mut bool> {
@@ -177,6 +189,7 @@ impl ClusterFaults {
             "failovers" => &mut self.failovers,
             "late-topology" => &mut self.late_topology,
             "gc-during-faults" => &mut self.gc_during_faults,
+            "region-churn" => &mut self.region_churn,
             _ => return None,
         })
     }
@@ -226,6 +239,12 @@ pub struct ClusterReport {
     pub slots_moved: u64,
     pub keys_migrated: u64,
     pub failovers: u64,
+    /// Regions that joined / left at run time (`region-churn`).
+    pub joins: u64,
+    pub leaves: u64,
+    /// Tombstones left after the GC phase that carry a stamp of a region that left (the
+    /// known gap in `tombstones`).
+    pub tombstones_of_left_regions: u64,
     pub atoms_lost: u64,
     pub refused_unserved: u64,
     pub refused_scope: u64,
@@ -376,6 +395,8 @@ struct Region {
     map: Rc<Vec<Option<u64>>>,
     version: u64,
     next_id: u64,
+    /// Part of the deployment now (`region-churn`: a region joins late, one may leave).
+    present: bool,
 }
 
 struct Msg {
@@ -420,6 +441,9 @@ struct Sim {
     debug_key: Option<Bytes>,
     /// Nodes collect garbage on every step (the `gc-during-faults` fault mode, the GC phase).
     gc_on: bool,
+    /// `region-churn`: (region, when) it joins; (region, when) it leaves.
+    join: Option<(usize, u64)>,
+    leave: Option<(usize, u64)>,
 }
 
 fn ks_config(region: RegionId, seed: u64, id: u64) -> KeyspaceConfig {
@@ -473,6 +497,7 @@ impl Sim {
                 map: Rc::new(map),
                 version: 1,
                 next_id: cuts.len() as u64 + 1,
+                present: true,
             });
         }
         let classes = [Class::Counter, Class::Str, Class::Set];
@@ -511,6 +536,8 @@ impl Sim {
             in_doubt: vec![false; KEY_COUNT],
             debug_key: std::env::var("MERIDIAN_SIM_KEY").ok().map(Bytes::from),
             gc_on: cfg.faults.gc_during_faults,
+            join: None,
+            leave: None,
             regions,
             cfg,
         };
@@ -532,7 +559,19 @@ impl Sim {
                 });
             }
         }
-        for r in 0..n_regions {
+        if sim.cfg.faults.region_churn {
+            let fault_ms = sim.cfg.fault_ms.max(800);
+            let j = sim.rng.random_range(0..n_regions);
+            let at = START_MS + sim.rng.random_range(200..=fault_ms * 3 / 4);
+            sim.join = Some((j, at));
+            sim.regions[j].present = false;
+            if n_regions >= 3 && sim.rng.random_range(0..2) == 0 {
+                let l = (j + sim.rng.random_range(1..n_regions)) % n_regions;
+                let at = START_MS + sim.rng.random_range(200..=fault_ms * 3 / 4);
+                sim.leave = Some((l, at));
+            }
+        }
+        for r in sim.present() {
             let ids: Vec<u64> = {
                 let mut v: Vec<u64> = sim.regions[r].map.iter().flatten().copied().collect();
                 v.sort();
@@ -543,10 +582,17 @@ impl Sim {
                 sim.add_node(r, id, None);
             }
         }
-        for r in 0..n_regions {
+        for r in sim.present() {
             sim.publish(r);
         }
         sim
+    }
+
+    /// Indices of the regions part of the deployment now.
+    fn present(&self) -> Vec<usize> {
+        (0..self.regions.len())
+            .filter(|&r| self.regions[r].present)
+            .collect()
     }
 
     fn debug(&self, key: &[u8], what: impl FnOnce() -> String) {
@@ -603,7 +649,12 @@ impl Sim {
     /// promoted replica's keyspace) or empty.
     fn add_node(&mut self, r: usize, id: u64, state: Option<Keyspace>) -> usize {
         let region = self.regions[r].id;
-        let peers: Vec<RegionId> = self.regions.iter().map(|g| g.id).collect();
+        let peers: Vec<RegionId> = self
+            .regions
+            .iter()
+            .filter(|g| g.present)
+            .map(|g| g.id)
+            .collect();
         let epoch_base = self.rng.random_range(2..u64::MAX / 2);
         let mut links = NodeLinks::new(region, &peers, epoch_base, link_config(&self.cfg));
         if self.cfg.bug == Some(ClusterBug::SkipRerouteGap) {
@@ -640,7 +691,7 @@ impl Sim {
         let i = self.nodes.len() - 1;
         self.sync_replica(i);
         // What every other region's map is now reaches the new node soon (it asks).
-        for g in 0..self.regions.len() {
+        for g in self.present() {
             if g != r {
                 let at = self.now + self.rng.random_range(0..=50);
                 self.schedule_topology(i, g, at);
@@ -738,7 +789,8 @@ impl Sim {
     fn op(&mut self) {
         let k = self.rng.random_range(0..self.keys.len());
         let (key, class) = self.keys[k].clone();
-        let r = self.rng.random_range(0..self.regions.len());
+        let present = self.present();
+        let r = present[self.rng.random_range(0..present.len())];
         let slot = key_slot(&key);
         let Some(i) = self.regions[r].map[usize::from(slot)].and_then(|id| self.node_index(r, id))
         else {
@@ -1046,42 +1098,69 @@ impl Sim {
                     )
                 });
                 // Every region vouches (none is expelled from GC here).
-                let by = (1u16 << self.regions.len()) - 1;
+                let by = self.present().iter().fold(0u16, |m, &r| m | 1 << r);
                 self.models[k].note_collected(b.as_ref(), after.as_ref(), by);
             }
         }
     }
 
     /// Tombstones (dead entries, no invalidation floor) at live nodes.
+    ///
+    /// Known gap, left out: a tombstone carrying a stamp of a region that left. A node
+    /// keeps, as what it holds of a forgotten region, what it held when it forgot it
+    /// (`NodeLinks::forget_region`), and a node that held none of it then (it had not
+    /// learned the region's topology, or was promoted or joined after the forget) holds GC
+    /// of that region's stamps back for good. Such tombstones cost memory, not values
+    /// (`value`/`counter`/`converge` are still checked after the GC phase); counted in
+    /// `ClusterReport::tombstones_of_left_regions`.
     fn tombstones(&self) -> Vec<String> {
+        self.tombstones_split().0
+    }
+
+    /// (tombstones, of which those left out for a region that left)
+    fn tombstones_split(&self) -> (Vec<String>, usize) {
+        let left: Vec<String> = (0..self.regions.len())
+            .filter(|&r| !self.regions[r].present && self.report.leaves > 0)
+            .filter(|&r| self.join.is_none_or(|(j, _)| j != r))
+            .map(|r| format!("@r{r}"))
+            .collect();
         let mut out = Vec::new();
+        let mut of_left = 0;
         for n in self.nodes.iter().filter(|n| n.alive) {
             for (key, _) in &self.keys {
                 if let Some(e) =
                     n.ks.raw_entry(key)
                         .filter(|e| !e.is_alive() && e.floor() == 0)
                 {
-                    out.push(format!(
-                        "node {}/{} {:?} {}",
-                        n.region,
-                        n.id,
-                        key,
-                        fmt_entry(Some(&e))
-                    ));
+                    let shown = fmt_entry(Some(&e));
+                    if left.iter().any(|l| shown.contains(l.as_str())) {
+                        of_left += 1;
+                        continue;
+                    }
+                    out.push(format!("node {}/{} {:?} {shown}", n.region, n.id, key));
                 }
             }
         }
-        out
+        (out, of_left)
     }
 
     // ---- faults ----
 
     fn fault(&mut self) {
         let f = self.cfg.faults.clone();
+        if let Some((r, at)) = self.join.filter(|&(_, at)| self.now >= at) {
+            self.join = None;
+            self.region_joins(r, at);
+        }
+        if let Some((r, _)) = self.leave.filter(|&(_, at)| self.now >= at) {
+            self.leave = None;
+            self.region_leaves(r);
+        }
         let roll = self.rng.random_range(0..1000u32);
-        if f.partitions && roll < 4 && self.regions.len() >= 2 {
-            let a = self.rng.random_range(0..self.regions.len());
-            let b = (a + self.rng.random_range(1..self.regions.len())) % self.regions.len();
+        let n = self.regions.len();
+        if f.partitions && roll < 4 && n >= 2 {
+            let a = self.rng.random_range(0..n);
+            let b = (a + self.rng.random_range(1..n)) % n;
             let until = self.now + self.rng.random_range(50..=1_500);
             self.cut.insert((a.min(b), a.max(b)), until);
             self.trace(0xC07 ^ until);
@@ -1098,9 +1177,97 @@ impl Sim {
         }
     }
 
+    /// Region `r` joins: every node of the others adds it (as `accept-new-regions` does on
+    /// its first `Hello`), its primaries start empty with links to every region present
+    /// (not a first incarnation: anti-entropy both ways bootstraps them), and its map is
+    /// published.
+    fn region_joins(&mut self, r: usize, _at: u64) {
+        let id = self.regions[r].id;
+        for n in self.nodes.iter_mut().filter(|n| n.alive) {
+            n.links.add_region(id);
+        }
+        self.regions[r].present = true;
+        let ids: Vec<u64> = {
+            let mut v: Vec<u64> = self.regions[r].map.iter().flatten().copied().collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        for nid in ids {
+            self.add_node(r, nid, None);
+        }
+        self.publish(r);
+        self.report.joins += 1;
+        self.trace(0x101 ^ (r as u64) << 8);
+        if let Some(k) = self.debug_key.clone() {
+            self.debug(&k, || format!("region {r} joins"));
+        }
+    }
+
+    /// Region `r` leaves: its nodes stop, every other node forgets it. What only it held
+    /// is lost (as with a failover: see `account_losses`); what it had shipped anywhere
+    /// must reach every region left.
+    fn region_leaves(&mut self, r: usize) {
+        if self.present().len() < 3 || !self.regions[r].present {
+            return;
+        }
+        let before = self.all_holdings();
+        let id = self.regions[r].id;
+        for n in self.nodes.iter_mut().filter(|n| n.region == r) {
+            n.alive = false;
+        }
+        self.wire.retain(|_, m| m.from.0 != r && m.to.0 != r);
+        self.regions[r].present = false;
+        let now = self.now;
+        for n in self.nodes.iter_mut().filter(|n| n.alive) {
+            n.links.forget_region(id, now);
+        }
+        self.account_losses(&before, &format!("region {r} leaves"));
+        self.report.leaves += 1;
+        self.trace(0x1EA7E ^ (r as u64) << 8);
+    }
+
+    /// Every copy of each key (keyspaces, link logs and frames of live nodes).
+    fn all_holdings(&self) -> Vec<Option<Entry>> {
+        self.keys
+            .iter()
+            .map(|(k, _)| self.holdings(k, true))
+            .collect()
+    }
+
+    /// After a loss (a failover, a region leaving): atoms only the lost copies held are
+    /// not expected any more; atoms left only in logs and frames make the key in doubt.
+    fn account_losses(&mut self, before: &[Option<Entry>], what: &str) {
+        for (k, before) in before.iter().enumerate() {
+            let after = self.holdings(&self.keys[k].0, true);
+            let stored = self.holdings(&self.keys[k].0, false);
+            // Atoms left only in logs and frames: whether they land depends on races the
+            // design settles by refusing them (a former owner's delta is out of its link's
+            // scope once the receiver learned the move), so the key's value is in doubt.
+            let mut only_stored = self.models[k].clone();
+            if only_stored.forget_lost(before.as_ref(), stored.as_ref())
+                != self.models[k]
+                    .clone()
+                    .forget_lost(before.as_ref(), after.as_ref())
+            {
+                self.in_doubt[k] = true;
+            }
+            let n = self.models[k].forget_lost(before.as_ref(), after.as_ref());
+            self.debug(&self.keys[k].0, || {
+                format!(
+                    "{what}: {n} atom(s) lost\n  before {}\n  after  {}",
+                    fmt_entry(before.as_ref()),
+                    fmt_entry(after.as_ref())
+                )
+            });
+            self.report.atoms_lost += n as u64;
+        }
+    }
+
     /// Move a slot range between two primaries of one region.
     fn reshard(&mut self) {
-        let r = self.rng.random_range(0..self.regions.len());
+        let present = self.present();
+        let r = present[self.rng.random_range(0..present.len())];
         let alive: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].alive && self.nodes[i].region == r)
             .collect();
@@ -1236,11 +1403,7 @@ impl Sim {
             .filter(|&i| self.nodes[i].alive)
             .collect();
         let x = alive[self.rng.random_range(0..alive.len())];
-        let before: Vec<Option<Entry>> = self
-            .keys
-            .iter()
-            .map(|(k, _)| self.holdings(k, true))
-            .collect();
+        let before = self.all_holdings();
         let r = self.nodes[x].region;
         let old = self.nodes[x].id;
         self.nodes[x].alive = false;
@@ -1265,30 +1428,7 @@ impl Sim {
             .filter(|&s| self.nodes[i].served.contains(s))
             .collect();
         self.nodes[i].links.note_local_loss(Hlc::ZERO, &slots);
-        for (k, before) in before.iter().enumerate() {
-            let after = self.holdings(&self.keys[k].0, true);
-            let stored = self.holdings(&self.keys[k].0, false);
-            // Atoms left only in logs and frames: whether they land depends on races the
-            // design settles by refusing them (a former owner's delta is out of its link's
-            // scope once the receiver learned the move), so the key's value is in doubt.
-            let mut only_stored = self.models[k].clone();
-            if only_stored.forget_lost(before.as_ref(), stored.as_ref())
-                != self.models[k]
-                    .clone()
-                    .forget_lost(before.as_ref(), after.as_ref())
-            {
-                self.in_doubt[k] = true;
-            }
-            let n = self.models[k].forget_lost(before.as_ref(), after.as_ref());
-            self.debug(&self.keys[k].0, || {
-                format!(
-                    "failover {r}/{old} -> {new_id}: {n} atom(s) lost\n  before {}\n  after  {}",
-                    fmt_entry(before.as_ref()),
-                    fmt_entry(after.as_ref())
-                )
-            });
-            self.report.atoms_lost += n as u64;
-        }
+        self.account_losses(&before, &format!("failover {r}/{old} -> {new_id}"));
         self.report.failovers += 1;
         self.trace(0xFA11 ^ old << 8 ^ new_id << 24);
         self.publish(r);
@@ -1322,7 +1462,7 @@ impl Sim {
         for k in 0..self.keys.len() {
             let (key, class) = self.keys[k].clone();
             let mut got: Vec<(usize, Rendered, Option<u64>)> = Vec::new();
-            for r in 0..self.regions.len() {
+            for r in self.present() {
                 let Some(i) = self.owner_of(r, &key) else {
                     self.report
                         .violations
@@ -1452,7 +1592,7 @@ impl Sim {
             if !self.nodes[i].alive {
                 continue;
             }
-            for r in 0..self.regions.len() {
+            for r in self.present() {
                 if r != self.nodes[i].region {
                     self.schedule_topology(i, r, self.now);
                 }
@@ -1533,6 +1673,7 @@ impl Sim {
             self.tick(false);
         }
         self.report.gc_ms = self.now - start;
+        self.report.tombstones_of_left_regions = self.tombstones_split().1 as u64;
         let before = self.report.violations.len();
         self.check_placement("after gc");
         self.check_values();
@@ -1586,7 +1727,7 @@ impl Sim {
         self.report.refused_unserved = self.refused_unserved;
         self.report.keys_in_doubt = self.in_doubt.iter().filter(|&&d| d).count() as u64;
         for k in 0..self.keys.len() {
-            for r in 0..self.regions.len() {
+            for r in self.present() {
                 if let Some(i) = self.owner_of(r, &self.keys[k].0) {
                     let d = self.nodes[i]
                         .ks

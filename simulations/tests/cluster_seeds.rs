@@ -55,6 +55,24 @@ fn clustered_faults_are_all_on_by_default_and_exercised() {
     assert!(shapes.len() > 1, "{shapes:?}");
 }
 
+/// `region-churn`: every run has a region joining at run time; some have one leaving, and
+/// those pass every checker too (the sweep in `clustered_seeds_pass_all_checkers` covers
+/// them; this makes sure the schedule really produces them).
+#[test]
+fn clustered_regions_join_and_leave_at_run_time() {
+    let mut leaving = None;
+    for seed in 0..20 {
+        let r = run(ClusterConfig::new(seed));
+        assert_eq!(r.joins, 1, "seed {seed}");
+        if r.leaves > 0 {
+            leaving = Some((seed, r.violations));
+            break;
+        }
+    }
+    let (seed, violations) = leaving.expect("a region leaves within 20 seeds");
+    assert!(violations.is_empty(), "seed {seed}: {violations:#?}");
+}
+
 /// Within `seeds`, a seed where the run with `bug` reports a violation of `kind` that the
 /// same run without it does not (`anti_entropy_ms`: the periodic interval, 0 for off).
 fn caught(bug: ClusterBug, kind: &str, seeds: u64, anti_entropy_ms: u64) -> String {

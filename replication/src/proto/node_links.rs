@@ -436,6 +436,11 @@ impl NodeLinks {
         self.stats.links_closed += (before - self.links.len()) as u64;
         self.rr = 0;
         self.forgotten.insert(region, now_ms);
+        // Its writes may have reached some regions and not others: no delta will carry them
+        // again, so compare with everyone left.
+        for i in &mut self.links {
+            i.link.request_anti_entropy(i.peer.region);
+        }
         true
     }
 
