@@ -155,21 +155,38 @@ fn node_arg(a: &[u8]) -> Result<meridian_regions::NodeId, Reply> {
         .ok_or_else(|| err_owned(format!("ERR Unknown node {}", String::from_utf8_lossy(a))))
 }
 
-/// Slot list arguments (`ADDSLOTS 1 2 3`) or pairs (`ADDSLOTSRANGE 1 5 7 9`).
+/// Slot list arguments (`ADDSLOTS 1 2 3`) or pairs (`ADDSLOTSRANGE 1 5 7 9`). Validated
+/// into a slot bitmap before anything else is allocated: a slot named twice is refused (as
+/// Redis does), so a request repeating `0 16383` a million times costs one pass over its
+/// arguments, not a million copies of every slot.
 fn slot_list(a: &[&[u8]], ranges: bool) -> Result<Vec<u32>, Reply> {
     let one = |b: &&[u8]| match crate::util::parse_int(b) {
         Some(n) if (0..SLOT_COUNT as i64).contains(&n) => Ok(n as u32),
         _ => Err(err("ERR Invalid or out of range slot")),
     };
-    if !ranges {
-        return a.iter().map(one).collect();
-    }
-    if !a.len().is_multiple_of(2) {
+    if ranges && !a.len().is_multiple_of(2) {
         return Err(err(
             "ERR wrong number of arguments for 'cluster|addslotsrange' command",
         ));
     }
+    let mut named = vec![false; SLOT_COUNT];
     let mut out = Vec::new();
+    let mut add = |slot: u32| -> Result<(), Reply> {
+        let seen = &mut named[slot as usize];
+        if std::mem::replace(seen, true) {
+            return Err(err_owned(format!(
+                "ERR Slot {slot} specified multiple times"
+            )));
+        }
+        out.push(slot);
+        Ok(())
+    };
+    if !ranges {
+        for b in a {
+            add(one(b)?)?;
+        }
+        return Ok(out);
+    }
     for pair in a.chunks(2) {
         let (lo, hi) = (one(&pair[0])?, one(&pair[1])?);
         if lo > hi {
@@ -177,7 +194,9 @@ fn slot_list(a: &[&[u8]], ranges: bool) -> Result<Vec<u32>, Reply> {
                 "ERR start slot number {lo} is greater than end slot number {hi}"
             )));
         }
-        out.extend(lo..=hi);
+        for slot in lo..=hi {
+            add(slot)?;
+        }
     }
     Ok(out)
 }
@@ -503,3 +522,27 @@ const HELP: &[&str] = &[
     "SLOTS",
     "HELP",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A huge ADDSLOTSRANGE request is refused after one pass, allocating at most one slot
+    /// map; a slot named twice is refused with Redis' text.
+    #[test]
+    fn slot_lists_are_validated_before_allocating() {
+        let all: Vec<&[u8]> = vec![b"0", b"16383"];
+        assert_eq!(slot_list(&all, true).map(|v| v.len()), Ok(SLOT_COUNT));
+        let repeated: Vec<&[u8]> = all.iter().copied().cycle().take(2_000_000).collect();
+        assert!(matches!(
+            slot_list(&repeated, true),
+            Err(Reply::Error(e)) if e == "ERR Slot 0 specified multiple times"
+        ));
+        let twice: Vec<&[u8]> = vec![b"5", b"7", b"5"];
+        assert!(slot_list(&twice, false).is_err());
+        let bad: Vec<&[u8]> = vec![b"10", b"16384"];
+        assert!(slot_list(&bad, true).is_err());
+        let odd: Vec<&[u8]> = vec![b"1"];
+        assert!(slot_list(&odd, true).is_err());
+    }
+}
