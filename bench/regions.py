@@ -28,7 +28,7 @@ after it settled.
 Clustered mode (`--clustered`, issue 20 "Benchmark"): the topology of
 examples/clustered-regions on free ports (configs generated like its start.sh, in a temp
 dir): region a = 3 primaries + 3 replicas, b = 2 primaries + 2 replicas, c = one node, peers
-named by `seeds` (node mode, src/replication_nodes.rs), certificates by `meridian certs`,
+named by `seeds` (node mode, src/region_link_nodes.rs), certificates by `meridian certs`,
 `--delay-ms` (default 50; 0 = plain loopback) injected one-way on every peer (node mode
 honours `delay-ms` since de850cb; older binaries ignore it: check the p50). Waits until both clusters are ok, replicas linked and every primary's links
 connected (restart handshake done), then:

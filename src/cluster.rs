@@ -33,7 +33,7 @@ use bytes::{Buf, BytesMut};
 use meridian_regions::node::{
     Event, NodeConfig, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
 };
-pub use meridian_regions::topology::InvalidationScope;
+use meridian_regions::topology::InvalidationScope;
 use meridian_regions::topology::{NodeId, NodeInfo, Role, Route, RouteRequest, Topology};
 use meridian_regions::{bus, ClusterNode, Dest};
 use parking_lot::Mutex;

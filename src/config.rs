@@ -31,7 +31,7 @@ pub struct Config {
     /// local time catches up): see `meridian_replication::proto::link`.
     pub max_clock_offset_ms: u64,
     /// After a start, client writes wait until every peer answered the restart handshake,
-    /// for at most this long (0: never wait): see `replication::Control::holds_writes`.
+    /// for at most this long (0: never wait): see `region_link::Control::holds_writes`.
     pub restart_write_hold_ms: u64,
     /// Background cycles per second (active expiry, stats), like Redis' `hz`.
     pub hz: u32,

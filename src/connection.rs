@@ -25,9 +25,10 @@
 use crate::cluster::Refusal;
 use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
-use crate::server::{now_ms, Shared};
+use crate::shared::Shared;
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
 use crate::transaction::{self, unwatch_all};
+use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::key_slot;
 use std::borrow::Cow;
@@ -404,7 +405,7 @@ fn unknown_command(args: &[&[u8]]) -> Reply {
 
 pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
-pub use crate::store::Held;
+use crate::store::Held;
 
 /// Whether `spec` may run under (and leave behind) a [`Held`] guard: a plain keyed
 /// command, outside transactions, with no maxmemory to enforce (`maxmemory` is the
@@ -553,7 +554,7 @@ fn execute_parsed<'s>(
         }
         idxs.sort_unstable();
         idxs.dedup();
-        let mut v = cmd::SomeGuards::new();
+        let mut v = crate::store::SomeGuards::new();
         if hold {
             for &i in &idxs {
                 let Some(g) = store.try_take(held, i) else {

@@ -44,7 +44,7 @@ pub struct Invalidation {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Body {
+struct RecordValue {
     version: u64,
     #[serde(default)]
     keys: Option<Vec<String>>,
@@ -63,7 +63,8 @@ pub fn parse_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Invalida
             version: None,
         });
     }
-    let body: Body = serde_json::from_slice(value).map_err(|e| format!("bad JSON value: {e}"))?;
+    let body: RecordValue =
+        serde_json::from_slice(value).map_err(|e| format!("bad JSON value: {e}"))?;
     if body.version == 0 {
         return Err("version must be a positive integer".into());
     }
@@ -120,7 +121,7 @@ pub fn apply_in_cluster(
     inv: &Invalidation,
     now_ms: u64,
 ) -> (usize, usize) {
-    use crate::cluster::InvalidationScope;
+    use meridian_regions::topology::InvalidationScope;
     // Decided under the node lock, applied after it (never both locks at once).
     let scopes = cluster.invalidation_scopes(&inv.keys);
     let mut removed = 0;

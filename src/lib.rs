@@ -7,10 +7,12 @@
 //! - [`cmd`]: command table and families (string, set, hash, keys, server, cluster).
 //! - [`store`]: sharded locks around the `Keyspace`, HLC, delta logs, eviction.
 //! - [`server`]: listener, background cycle; [`metrics`]: Prometheus endpoint.
-//! - [`replication`]: inter-region QUIC links; [`replica`]: in-region replicas (REPLICAOF,
-//!   PSYNC-like stream over the client port); [`kafka`]: the invalidation stream.
-//! - [`topology`]: this node's region as peer regions discover it; [`replication_nodes`]:
-//!   the inter-region shell in node mode (peer regions that are clusters).
+//! - [`region_link`]: the inter-region link (QUIC) on its own thread; [`region_link_nodes`]:
+//!   its node mode (peer regions that are clusters); [`replica_stream`]: the in-region
+//!   replica stream (REPLICAOF, PSYNC-like over the client port); [`kafka`]: the
+//!   invalidation stream.
+//! - [`cluster`]: this node in its region cluster; [`topology`]: this node's region as peer
+//!   regions discover it.
 
 pub mod cluster;
 pub mod cmd;
@@ -20,9 +22,9 @@ pub mod frame;
 pub mod kafka;
 pub mod memory;
 pub mod metrics;
+pub mod region_link;
+pub mod region_link_nodes;
 pub mod replica_stream;
-pub mod replication;
-pub mod replication_nodes;
 pub mod sched;
 pub mod server;
 pub mod shared;

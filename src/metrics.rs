@@ -1,7 +1,7 @@
 //! Prometheus text exposition on `GET /metrics` (off unless `metrics-port` is set). A tiny
 //! HTTP/1.1 responder: one request per connection, bounded request size.
 
-use crate::replication::{Control, PeerControl};
+use crate::region_link::{Control, PeerControl};
 use crate::shared::Shared;
 use crate::store::Store;
 use crate::util::now_ms;
@@ -414,13 +414,13 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
             "peer_last_ack_age_ms",
             "gauge",
             "Milliseconds since the peer's last acknowledgement (-1: never).",
-            |p, now| crate::replication::ms_ago(now, p.last_ack_ms.load(Relaxed)),
+            |p, now| crate::region_link::ms_ago(now, p.last_ack_ms.load(Relaxed)),
         ),
         (
             "peer_last_receive_age_ms",
             "gauge",
             "Milliseconds since the last frame from the peer (-1: never).",
-            |p, now| crate::replication::ms_ago(now, p.last_recv_ms.load(Relaxed)),
+            |p, now| crate::region_link::ms_ago(now, p.last_recv_ms.load(Relaxed)),
         ),
         (
             "peer_bytes_sent_total",
@@ -485,7 +485,7 @@ fn replication(o: &mut Exposition, c: &Control, now: u64) {
         }
     }
     // Node mode: per peer node (labels peer region and node address).
-    type NodeValue = fn(&crate::replication::NodeStatus) -> i64;
+    type NodeValue = fn(&crate::region_link::NodeStatus) -> i64;
     let nodes = c.nodes.lock().clone();
     if nodes.is_empty() {
         return;

@@ -18,7 +18,7 @@
 //! Every change of this node's state gets the next node-wide offset, assigned under the
 //! writing shard's lock and the backlog lock (so backlog order is offset order): local
 //! writes (`Shard::after_write`) and also deltas and states merged from *other regions*
-//! (`replication::LockedStore`), since those change the primary's state too and replicas
+//! (`region_link::LockedStore`), since those change the primary's state too and replicas
 //! must converge without waiting for a full sync. Expiry and eviction are local on every
 //! node and never streamed. Frames are encoded once (postcard, see
 //! `meridian_replication::replica`) into a [`Backlog`] bounded by `repl-backlog-size` bytes.
@@ -40,7 +40,7 @@ use crate::store::{shard_of, Held, Remote, Store, PREFETCH_AHEAD};
 use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Delta, Entry};
-pub use meridian_replication::replica_stream::SyncRequest;
+use meridian_replication::replica_stream::SyncRequest;
 use meridian_replication::replica_stream::{
     decide, encode_delta, encode_frame, encode_state, Backlog, ReceiverEvent, ReplicaFrame,
     SnapshotWriter, StreamReceiver, StreamSender, LINK_TIMEOUT_MS,

@@ -17,13 +17,14 @@ use tokio::net::TcpListener;
 /// Delta log bound per shard when no replication consumes it.
 const SINGLE_REGION_LOG_MAX: usize = 16;
 
-pub use crate::shared::{now_micros, now_ms, ClientEntry, Shared};
+use crate::shared::{ClientEntry, Shared};
+use crate::util::{now_micros, now_ms};
 
 pub struct Server {
     pub store: Arc<Store>,
     pub shared: Arc<Shared>,
     listener: TcpListener,
-    repl: Option<crate::replication::Replicator>,
+    repl: Option<crate::region_link::Replicator>,
     kafka: Option<crate::kafka::KafkaConsumer>,
 }
 
@@ -62,7 +63,7 @@ impl Server {
             proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
         };
         let seed = random_seed();
-        let repl = crate::replication::Replicator::start(&config).map_err(std::io::Error::other)?;
+        let repl = crate::region_link::Replicator::start(&config).map_err(std::io::Error::other)?;
         let store = Arc::new(Store::new(
             RegionId(config.region_id),
             seed,

@@ -1,6 +1,6 @@
 //! State every connection shares besides the store (configuration, client registry, the
-//! service handles: region link, Kafka, region cluster, replica stream), the clock readings
-//! the shell passes into the cores, and whether writes pause now.
+//! service handles: region link, Kafka, region cluster, replica stream) and whether writes
+//! pause now.
 
 use crate::config::Config;
 use bytes::Bytes;
@@ -8,8 +8,6 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-
-pub use crate::util::{now_micros, now_ms};
 
 pub struct ClientEntry {
     pub addr: String,
@@ -25,7 +23,7 @@ pub struct Shared {
     pub clients: Mutex<HashMap<u64, ClientEntry>>,
     pub(crate) next_client_id: AtomicU64,
     /// Multi-region replication state (None: single region).
-    pub repl: Option<Arc<crate::replication::Control>>,
+    pub repl: Option<Arc<crate::region_link::Control>>,
     /// Kafka invalidation counters (all zero when the consumer is off).
     pub kafka: Arc<crate::kafka::KafkaStats>,
     /// Region cluster (None: standalone).
@@ -43,7 +41,7 @@ impl Shared {
     /// the offset it tells the replica, so no write it did not count can run after that (see
     /// `cluster::run`). A node with peer regions holds writes until every peer answered its
     /// restart handshake (bounded by `restart-write-hold-ms`), cluster or not: see
-    /// [`crate::replication::Control::holds_writes`].
+    /// [`crate::region_link::Control::holds_writes`].
     #[inline]
     pub fn write_pause_began(&self, now: u64) -> bool {
         self.failover_pause_began(now) || self.restart_holds_writes(now)

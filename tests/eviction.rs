@@ -458,14 +458,14 @@ fn concurrent_evictors_never_give_up_while_keys_remain() {
             .iter()
             .map(|a| Bytes::copy_from_slice(a.as_bytes()))
             .collect();
-        let now = meridian::server::now_ms();
+        let now = meridian::util::now_ms();
         meridian::connection::execute(
             store,
             shared,
             &mut conn,
             &args,
             now,
-            &mut meridian::connection::Held::new(false),
+            &mut meridian::store::Held::new(false),
         )
     };
     let mut early = 0;
@@ -496,7 +496,7 @@ fn concurrent_evictors_never_give_up_while_keys_remain() {
                             r
                         };
                         barrier.wait();
-                        let ok = store.enforce_maxmemory(meridian::server::now_ms(), &mut rng);
+                        let ok = store.enforce_maxmemory(meridian::util::now_ms(), &mut rng);
                         // Volatile keys left at the moment this evictor gave up.
                         (ok, store.key_count().1)
                     })

@@ -200,12 +200,12 @@ proptest! {
     fn command_layer_never_panics(reqs in prop::collection::vec(request(names()), 1..16)) {
         let p = in_process();
         let (store, shared) = (&p.node.store, &p.node.shared);
-        let now = meridian::server::now_ms();
+        let now = meridian::util::now_ms();
         let mut conn = ConnState::new(1, "127.0.0.1:1".into(), now);
         // One pipelined batch: shard guards pass from command to command, every one a batch
         // took kept as with one client thread (a command that locks on its own while a
         // guard is held would hang here).
-        let mut held = meridian::connection::Held::new(true);
+        let mut held = meridian::store::Held::new(true);
         for req in &reqs {
             let args: Vec<Bytes> = req.iter().map(|a| Bytes::copy_from_slice(a)).collect();
             let _ = meridian::connection::execute(store, shared, &mut conn, &args, now, &mut held);
@@ -220,7 +220,7 @@ proptest! {
         store.runtime.proto_max_bulk_len.store(MAX_BULK, Relaxed);
         // The store still works after whatever the case did.
         let get = [Bytes::from_static(b"PING")];
-        let reply = meridian::connection::execute(store, shared, &mut conn, &get, now, &mut meridian::connection::Held::new(false));
+        let reply = meridian::connection::execute(store, shared, &mut conn, &get, now, &mut meridian::store::Held::new(false));
         prop_assert_eq!(reply, meridian::frame::Reply::Simple("PONG".into()));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Everything here is a state machine driven by its caller (the QUIC shell in production,
 //! the simulator in tests): time is a `now_ms` argument, frames go in through `handle_*` and
-//! come out of `poll_*`, and the keyspace is reached only through [`ReplicaStore`].
+//! come out of `poll_*`, and the keyspace is reached only through [`LinkStore`].
 //!
 //! - [`codec`]: versioned, length-prefixed postcard frames with a hard size limit.
 //! - [`store`]: the narrow trait the protocol needs from the keyspace, implemented for
@@ -26,4 +26,4 @@ pub use codec::{
 };
 pub use proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 pub use proto::link::{LinkConfig, LinkStats, PeerStatus, RegionLink, DEFAULT_MAX_CLOCK_OFFSET_MS};
-pub use store::ReplicaStore;
+pub use store::LinkStore;

@@ -7,7 +7,7 @@
 use meridian_crdt::{Applied, Delta, Entry, Hlc, Keyspace, RegionId, SLOT_COUNT};
 use std::borrow::Cow;
 
-pub trait ReplicaStore {
+pub trait LinkStore {
     /// Merge a delta shipped by a region link.
     fn apply_delta(&mut self, delta: &Delta) -> Applied;
     /// Merge a run of deltas, in order (deltas of one key keep their order; deltas of
@@ -38,7 +38,7 @@ pub trait ReplicaStore {
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize;
 }
 
-impl ReplicaStore for Keyspace {
+impl LinkStore for Keyspace {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
         Keyspace::apply_delta(self, delta)
     }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use meridian_crdt::RegionId;
 use meridian_replication::codec::{encode, Ack, Frame};
 use meridian_replication::transport::{
-    generate_ca, generate_node_cert, write_deployment, PeerConfig, PeerKey, PeerState, QuicConfig,
-    QuicTransport,
+    generate_ca, generate_node_cert, write_deployment, PeerConfig, PeerConnStats, PeerKey,
+    QuicConfig, QuicTransport,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -77,7 +77,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn state(t: &QuicTransport, peer: &str) -> PeerState {
+fn state(t: &QuicTransport, peer: &str) -> PeerConnStats {
     t.peer_state(peer).unwrap()
 }
 

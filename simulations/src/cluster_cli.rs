@@ -5,7 +5,7 @@
 use crate::cli_common;
 use meridian_crdt::digest::mix;
 use meridian_simulations::cluster_sim::{
-    run, ClusterBug, ClusterConfig, ClusterFaults, ClusterReport,
+    run, ClusterBug, ClusterFaults, ClusterReport, ClusterSimConfig,
 };
 use std::collections::BTreeMap;
 
@@ -62,7 +62,7 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
         );
         ExitCode::from(2)
     };
-    let mut base = ClusterConfig::new(0);
+    let mut base = ClusterSimConfig::new(0);
     let mut flags = String::from(" --clustered");
     let mut mode: Option<(String, String)> = None;
     let mut i = 0;
@@ -112,7 +112,7 @@ pub fn cli(args: &[String]) -> std::process::ExitCode {
         }
         i += 1;
     }
-    let config = |seed: u64| ClusterConfig {
+    let config = |seed: u64| ClusterSimConfig {
         seed,
         ..base.clone()
     };

@@ -34,7 +34,7 @@
 //! still holding the removal's tombstone (the `uncapped-claims` bug shows what happens
 //! otherwise: the promoted replica's copy of what the removal killed comes back).
 //!
-//! Periodic anti-entropy runs every 2 s, as in a deployment (`ClusterConfig::anti_entropy_ms`;
+//! Periodic anti-entropy runs every 2 s, as in a deployment (`ClusterSimConfig::anti_entropy_ms`;
 //! `--anti-entropy-ms 0` turns it off, so that every repair has to come from the rounds the
 //! protocol requests itself — the gaps a topology change opens, re-checks of rounds that
 //! found differences — and a missing one shows; sweeps run both ways).
@@ -91,7 +91,7 @@ use meridian_crdt::{
     SLOT_COUNT,
 };
 use meridian_replication::proto::node_links::{NodeLinks, PeerNode, SlotSet};
-use meridian_replication::{decode, encode, Frame, LinkConfig, ReplicaStore};
+use meridian_replication::{decode, encode, Frame, LinkConfig, LinkStore};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::borrow::Cow;
@@ -196,7 +196,7 @@ impl ClusterFaults {
 }
 
 #[derive(Clone, Debug)]
-pub struct ClusterConfig {
+pub struct ClusterSimConfig {
     pub seed: u64,
     pub faults: ClusterFaults,
     pub bug: Option<ClusterBug>,
@@ -212,9 +212,9 @@ pub struct ClusterConfig {
     pub max_gc_ms: u64,
 }
 
-impl ClusterConfig {
-    pub fn new(seed: u64) -> ClusterConfig {
-        ClusterConfig {
+impl ClusterSimConfig {
+    pub fn new(seed: u64) -> ClusterSimConfig {
+        ClusterSimConfig {
             seed,
             faults: ClusterFaults::default(),
             bug: None,
@@ -288,7 +288,7 @@ enum Class {
     Set,
 }
 
-fn link_config(cfg: &ClusterConfig) -> LinkConfig {
+fn link_config(cfg: &ClusterSimConfig) -> LinkConfig {
     LinkConfig {
         anti_entropy_interval_ms: if cfg.anti_entropy_ms == 0 {
             // Off in practice (longer than any run).
@@ -323,39 +323,39 @@ impl Served<'_> {
     }
 }
 
-impl ReplicaStore for Served<'_> {
+impl LinkStore for Served<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
         if !self.serves(delta.slot) {
             return Applied::Unchanged;
         }
-        ReplicaStore::apply_delta(self.ks, delta)
+        LinkStore::apply_delta(self.ks, delta)
     }
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
         if !self.serves(key_slot(key)) {
             return Applied::Unchanged;
         }
-        ReplicaStore::merge_full(self.ks, key, state)
+        LinkStore::merge_full(self.ks, key, state)
     }
     fn slot_digest(&mut self, slot: u16) -> u64 {
         if self.served.contains(slot) {
-            ReplicaStore::slot_digest(self.ks, slot)
+            LinkStore::slot_digest(self.ks, slot)
         } else {
             0
         }
     }
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
         if self.served.contains(slot) {
-            ReplicaStore::for_each_key_digest(self.ks, slot, visit)
+            LinkStore::for_each_key_digest(self.ks, slot, visit)
         }
     }
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         if self.served.contains(slot) {
-            ReplicaStore::for_each_entry(self.ks, slot, visit)
+            LinkStore::for_each_entry(self.ks, slot, visit)
         }
     }
     fn entry(&self, key: &[u8]) -> Option<Entry> {
         if self.served.contains(key_slot(key)) {
-            ReplicaStore::entry(self.ks, key)
+            LinkStore::entry(self.ks, key)
         } else {
             None
         }
@@ -367,7 +367,7 @@ impl ReplicaStore for Served<'_> {
         self.ks.slot_loss_mark(slot)
     }
     fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
-        ReplicaStore::mark_slot_repaired(self.ks, slot, mark)
+        LinkStore::mark_slot_repaired(self.ks, slot, mark)
     }
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
         self.ks.gc(&|r| stable(r))
@@ -415,7 +415,7 @@ struct TopoUpdate {
 }
 
 struct Sim {
-    cfg: ClusterConfig,
+    cfg: ClusterSimConfig,
     rng: ChaCha8Rng,
     now: u64,
     regions: Vec<Region>,
@@ -470,7 +470,7 @@ fn decode_frame(bytes: &[u8]) -> Frame {
 }
 
 impl Sim {
-    fn new(cfg: ClusterConfig) -> Sim {
+    fn new(cfg: ClusterSimConfig) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xC1u64 << 56);
         let n_regions = rng.random_range(2..=3usize);
         let mut regions = Vec::new();
@@ -1314,7 +1314,7 @@ impl Sim {
         let mut moved: Vec<(Bytes, Entry)> = Vec::new();
         let mut slots = Vec::new();
         for s in lo..=hi {
-            ReplicaStore::for_each_entry(&self.nodes[src].ks, s, &mut |k, e| {
+            LinkStore::for_each_entry(&self.nodes[src].ks, s, &mut |k, e| {
                 moved.push((Bytes::copy_from_slice(k), e.clone()))
             });
             let n = &mut self.nodes[src];
@@ -1744,6 +1744,6 @@ impl Sim {
 }
 
 /// Run one seeded clustered-regions simulation.
-pub fn run(cfg: ClusterConfig) -> ClusterReport {
+pub fn run(cfg: ClusterSimConfig) -> ClusterReport {
     Sim::new(cfg).run()
 }

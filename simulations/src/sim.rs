@@ -42,7 +42,7 @@ use meridian_crdt::{
     KeyspaceConfig, Kind, RegionId, Stamp, Val, SLOT_COUNT,
 };
 use meridian_replication::{
-    decode, encode_into, Frame, LinkConfig, RegionLink, ReplicaStore, DEFAULT_MAX_CLOCK_OFFSET_MS,
+    decode, encode_into, Frame, LinkConfig, LinkStore, RegionLink, DEFAULT_MAX_CLOCK_OFFSET_MS,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -362,7 +362,7 @@ impl SimStore {
     }
 }
 
-impl ReplicaStore for SimStore {
+impl LinkStore for SimStore {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
         self.offered.insert((delta.stamp, delta.key.clone()));
         self.merge(&delta.key, delta.full, &delta.state)
@@ -488,7 +488,7 @@ enum Op {
 }
 
 /// What a write's closure reports back.
-enum Outcome {
+enum WriteOutcome {
     Done,
     Refused,
     Incr(Result<i64, CrdtError>),
@@ -1019,7 +1019,7 @@ impl Sim {
             Op::Get => unreachable!("reads return above"),
             Op::Del => ks.write(&key, stamp, now, |w| {
                 w.delete();
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Set { value, ex } => ks.write(&key, stamp, now, |w| {
                 let keep = ex.is_none() && bug == Some(Bug::SetKeepsTtl);
@@ -1027,63 +1027,63 @@ impl Sim {
                 if let Some(d) = deadline(*ex) {
                     w.set_deadline(Some(d));
                 }
-                Outcome::Done
+                WriteOutcome::Done
             }),
-            Op::Incr { by } => ks.write(&key, stamp, now, |w| Outcome::Incr(w.incr_by(*by))),
+            Op::Incr { by } => ks.write(&key, stamp, now, |w| WriteOutcome::Incr(w.incr_by(*by))),
             Op::Sadd(m) => ks.write(&key, stamp, now, |w| {
                 if w.expect(Kind::Set).is_err() {
-                    return Outcome::Refused;
+                    return WriteOutcome::Refused;
                 }
                 w.sadd(m);
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Srem(m) => ks.write(&key, stamp, now, |w| {
                 if w.expect(Kind::Set).is_err() {
-                    return Outcome::Refused;
+                    return WriteOutcome::Refused;
                 }
                 w.srem(m);
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Hset(f, v) => ks.write(&key, stamp, now, |w| {
                 if w.expect(Kind::Hash).is_err() {
-                    return Outcome::Refused;
+                    return WriteOutcome::Refused;
                 }
                 w.hash_set(f, v.clone());
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Hincr(f, by) => ks.write(&key, stamp, now, |w| {
                 if w.expect(Kind::Hash).is_err() {
-                    return Outcome::Refused;
+                    return WriteOutcome::Refused;
                 }
-                Outcome::Incr(w.hash_update(f, |s, st| s.incr_by(st, *by)))
+                WriteOutcome::Incr(w.hash_update(f, |s, st| s.incr_by(st, *by)))
             }),
             Op::Hdel(f) => ks.write(&key, stamp, now, |w| {
                 if w.expect(Kind::Hash).is_err() {
-                    return Outcome::Refused;
+                    return WriteOutcome::Refused;
                 }
                 w.hdel(f);
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Fill { version, value, ex } => ks.write(&key, stamp, now, |w| {
                 if w.set_str_versioned(value.clone(), *version, false).is_err() {
-                    return Outcome::Refused;
+                    return WriteOutcome::Refused;
                 }
                 if let Some(d) = deadline(*ex) {
                     w.set_deadline(Some(d));
                 }
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Invalidate(v) => ks.write(&key, stamp, now, |w| {
                 w.invalidate(*v);
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Expire(t) => ks.write(&key, stamp, now, |w| {
                 w.set_deadline(Some(now + t));
-                Outcome::Done
+                WriteOutcome::Done
             }),
             Op::Persist => ks.write(&key, stamp, now, |w| {
                 w.set_deadline(None);
-                Outcome::Done
+                WriteOutcome::Done
             }),
         };
         let changed = ks.pending_deltas() > 0;
@@ -1112,7 +1112,7 @@ impl Sim {
             self.region_lost(i, k, seen);
             return;
         }
-        if matches!(outcome, Outcome::Refused) && !changed {
+        if matches!(outcome, WriteOutcome::Refused) && !changed {
             self.report.ops_refused += 1;
             return;
         }
@@ -1126,12 +1126,12 @@ impl Sim {
         };
         let model = &mut self.models[k];
         match (&op, &outcome) {
-            (_, Outcome::Refused) => {}
+            (_, WriteOutcome::Refused) => {}
             (Op::Del, _) => model.delete(&view),
             (Op::Set { value, ex }, _) => {
                 model.set_str(&view, stamp, value.clone(), 0, deadline(*ex))
             }
-            (Op::Incr { by }, Outcome::Incr(r)) => {
+            (Op::Incr { by }, WriteOutcome::Incr(r)) => {
                 if r != &Err(CrdtError::WrongType) {
                     let inc = r
                         .is_ok()
@@ -1143,7 +1143,7 @@ impl Sim {
             (Op::Sadd(m), _) => model.sadd(&view, stamp, m.clone()),
             (Op::Srem(m), _) => model.srem(&view, m),
             (Op::Hset(f, v), _) => model.hset(&view, stamp, f.clone(), v.clone()),
-            (Op::Hincr(f, by), Outcome::Incr(r)) => {
+            (Op::Hincr(f, by), WriteOutcome::Incr(r)) => {
                 let field = Some(f.clone());
                 let inc = r
                     .is_ok()

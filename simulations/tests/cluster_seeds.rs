@@ -2,7 +2,7 @@
 //! on by default, and one injected bug per checker. Debug builds run fewer seeds;
 //! `meridian-sim --clustered --seeds 0..1000` (release) is the long sweep.
 
-use meridian_simulations::cluster_sim::{run, ClusterBug, ClusterConfig, ClusterFaults};
+use meridian_simulations::cluster_sim::{run, ClusterBug, ClusterFaults, ClusterSimConfig};
 
 const SEEDS: u64 = if cfg!(debug_assertions) { 16 } else { 200 };
 
@@ -11,11 +11,11 @@ const SEEDS: u64 = if cfg!(debug_assertions) { 16 } else { 200 };
 #[test]
 fn clustered_seeds_pass_all_checkers() {
     let mut failures = Vec::new();
-    for ae in [ClusterConfig::new(0).anti_entropy_ms, 0] {
+    for ae in [ClusterSimConfig::new(0).anti_entropy_ms, 0] {
         for seed in 0..SEEDS {
-            let r = run(ClusterConfig {
+            let r = run(ClusterSimConfig {
                 anti_entropy_ms: ae,
-                ..ClusterConfig::new(seed)
+                ..ClusterSimConfig::new(seed)
             });
             if !r.violations.is_empty() {
                 failures.push(format!(
@@ -31,10 +31,10 @@ fn clustered_seeds_pass_all_checkers() {
 
 #[test]
 fn clustered_same_seed_same_trace_hash() {
-    let a = run(ClusterConfig::new(5));
-    let b = run(ClusterConfig::new(5));
+    let a = run(ClusterSimConfig::new(5));
+    let b = run(ClusterSimConfig::new(5));
     assert_eq!(a.trace_hash, b.trace_hash);
-    assert_ne!(a.trace_hash, run(ClusterConfig::new(6)).trace_hash);
+    assert_ne!(a.trace_hash, run(ClusterSimConfig::new(6)).trace_hash);
 }
 
 #[test]
@@ -45,7 +45,7 @@ fn clustered_faults_are_all_on_by_default_and_exercised() {
     }
     let (mut reshards, mut failovers, mut shapes) = (0, 0, std::collections::BTreeSet::new());
     for seed in 0..6 {
-        let r = run(ClusterConfig::new(seed));
+        let r = run(ClusterSimConfig::new(seed));
         reshards += r.reshards;
         failovers += r.failovers;
         shapes.insert(r.shape.clone());
@@ -62,7 +62,7 @@ fn clustered_faults_are_all_on_by_default_and_exercised() {
 fn clustered_regions_join_and_leave_at_run_time() {
     let mut leaving = None;
     for seed in 0..20 {
-        let r = run(ClusterConfig::new(seed));
+        let r = run(ClusterSimConfig::new(seed));
         assert_eq!(r.joins, 1, "seed {seed}");
         if r.leaves > 0 {
             leaving = Some((seed, r.violations));
@@ -81,9 +81,9 @@ fn clustered_regions_join_and_leave_at_run_time() {
 /// checkers can see a wrong one).
 fn caught(bug: ClusterBug, kind: &str, seeds: u64, anti_entropy_ms: u64) -> String {
     for seed in 0..seeds {
-        let mut cfg = ClusterConfig {
+        let mut cfg = ClusterSimConfig {
             anti_entropy_ms,
-            ..ClusterConfig::new(seed)
+            ..ClusterSimConfig::new(seed)
         };
         cfg.faults.region_churn = false;
         let clean = run(cfg.clone());
@@ -108,21 +108,21 @@ fn converge_checker_catches_node_links_that_skip_the_reroute_gap() {
 
 #[test]
 fn placement_checker_catches_a_node_storing_unserved_slots() {
-    let on = ClusterConfig::new(0).anti_entropy_ms;
+    let on = ClusterSimConfig::new(0).anti_entropy_ms;
     caught(ClusterBug::StoreUnserved, "placement", 10, on);
 }
 
 #[test]
 fn counter_checker_catches_a_reshard_that_loses_the_moved_keys() {
     // Converged everywhere, but without the increments only the moved copy held.
-    let on = ClusterConfig::new(0).anti_entropy_ms;
+    let on = ClusterSimConfig::new(0).anti_entropy_ms;
     caught(ClusterBug::MigrationLosesKeys, "counter", 10, on);
 }
 
 #[test]
 fn gc_checker_catches_links_without_the_node_wide_aggregate() {
     // With three regions, tombstones carrying a third region's stamps stay.
-    let on = ClusterConfig::new(0).anti_entropy_ms;
+    let on = ClusterSimConfig::new(0).anti_entropy_ms;
     caught(ClusterBug::NoGcAggregate, "gc", 10, on);
 }
 
@@ -130,7 +130,7 @@ fn gc_checker_catches_links_without_the_node_wide_aggregate() {
 fn clustered_runs_collect_garbage() {
     let (mut three, mut dropped) = (0, 0);
     for seed in 0..6 {
-        let r = run(ClusterConfig::new(seed));
+        let r = run(ClusterSimConfig::new(seed));
         three += usize::from(r.shape.len() == 3);
         dropped += r.gc_dropped;
     }
@@ -144,7 +144,7 @@ fn clustered_runs_collect_garbage() {
 /// `clustered_seeds_pass_all_checkers`). Without the cap it does.
 #[test]
 fn value_checker_catches_claims_not_capped_by_the_replicas() {
-    let on = ClusterConfig::new(0).anti_entropy_ms;
+    let on = ClusterSimConfig::new(0).anti_entropy_ms;
     caught(ClusterBug::UncappedClaims, "value", 12, on);
 }
 
@@ -152,7 +152,7 @@ fn value_checker_catches_claims_not_capped_by_the_replicas() {
 fn clustered_runs_collect_garbage_during_faults() {
     let mut collected = 0;
     for seed in 0..4 {
-        let mut cfg = ClusterConfig::new(seed);
+        let mut cfg = ClusterSimConfig::new(seed);
         cfg.max_gc_ms = 0;
         // A joining region holds GC back until it is repaired (`caught`).
         cfg.faults.region_churn = false;

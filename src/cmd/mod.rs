@@ -43,7 +43,7 @@ pub enum Outcome {
         timeout_ms: u64,
     },
     /// The connection becomes a replica stream (`MERIDIAN SYNC`).
-    Takeover(crate::replica_stream::SyncRequest),
+    Takeover(meridian_replication::replica_stream::SyncRequest),
     /// A write while writes pause (a manual failover, the restart window): earlier replies
     /// go out, the connection waits the pause out and runs the command again.
     Pause,
@@ -230,7 +230,7 @@ impl ConnState {
     }
 }
 
-pub use crate::store::SomeGuards;
+use crate::store::SomeGuards;
 
 pub enum Locks<'s> {
     None,

@@ -688,7 +688,7 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
         let (Some(id), Some(off), Some(port), 5) = (a.get(2), a.get(3), a.get(4), a.len()) else {
             return err("ERR usage: MERIDIAN SYNC <replid|?> <offset> <port>").into();
         };
-        return match crate::replica_stream::SyncRequest::parse(id, off, port) {
+        return match meridian_replication::replica_stream::SyncRequest::parse(id, off, port) {
             Ok(req) => Outcome::Takeover(req),
             Err(e) => err(e).into(),
         };
@@ -723,7 +723,7 @@ fn region_cmd(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         if a.len() != 3 {
             return usage();
         }
-        let now = crate::server::now_ms();
+        let now = crate::util::now_ms();
         let field = |k: &'static str| Reply::Simple(Cow::Borrowed(k));
         let text = |v: String| Reply::Bulk(Bytes::from(v));
         let mut rows = vec![Reply::Array(vec![
@@ -760,7 +760,7 @@ fn region_cmd(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     field("state"),
                     text(state.into()),
                     field("last-heard-ms-ago"),
-                    Reply::Int(crate::replication::ms_ago(
+                    Reply::Int(crate::region_link::ms_ago(
                         now,
                         p.last_recv_ms.load(Relaxed),
                     )),

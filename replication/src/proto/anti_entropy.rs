@@ -56,7 +56,7 @@
 use crate::codec::{
     AeDigests, AeEntries, AeKeys, Frame, KeyState, SlotKeys, SlotVersions, VERSION_BYTES,
 };
-use crate::store::ReplicaStore;
+use crate::store::LinkStore;
 use bytes::Bytes;
 use meridian_crdt::digest::{mix, mix_bytes};
 use meridian_crdt::{Hlc, RegionId, SLOT_COUNT};
@@ -433,7 +433,7 @@ impl AntiEntropy {
     }
 
     /// Start due rounds and do one bounded step of each side's work in progress.
-    pub fn poll_work<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+    pub fn poll_work<S: LinkStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
         for p in self.peers.iter_mut() {
             if p.urgent && p.urgent_since_ms.is_none() {
                 p.urgent_since_ms = Some(now_ms);
@@ -481,7 +481,7 @@ impl AntiEntropy {
     }
 
     /// Digest the next `step_slots` slots of the round being built; ship it when complete.
-    fn step_building<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+    fn step_building<S: LinkStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
         let Some(b) = self.building.as_mut() else {
             return;
         };
@@ -557,7 +557,7 @@ impl AntiEntropy {
 
     /// Compare the next `step_slots` slots of the oldest digest vector received (fewer if
     /// a chunk of fingerprints filled up); ship the chunk, and the last one when done.
-    fn step_responding<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) {
+    fn step_responding<S: LinkStore + ?Sized>(&mut self, store: &mut S) {
         let Some(r) = self.responding.front_mut() else {
             return;
         };
@@ -623,7 +623,7 @@ impl AntiEntropy {
     }
 
     /// Initiator, step 3: ship our differing keys and ask for theirs.
-    pub fn handle_keys<S: ReplicaStore + ?Sized>(
+    pub fn handle_keys<S: LinkStore + ?Sized>(
         &mut self,
         now_ms: u64,
         from: RegionId,
@@ -764,7 +764,7 @@ impl AntiEntropy {
 
     /// Once every `want` was answered, ship our differing keys the peer did not send us
     /// (the ones it sent were merged, with a push-back where we knew more).
-    fn ship_deferred_if_ready<S: ReplicaStore + ?Sized>(
+    fn ship_deferred_if_ready<S: LinkStore + ?Sized>(
         &mut self,
         pi: usize,
         in_flight: &dyn Fn(&[u8]) -> bool,
@@ -804,7 +804,7 @@ impl AntiEntropy {
     /// lost nothing since (its loss mark is unchanged): a key evicted after the digest was
     /// taken was compared while still present, so the round says nothing about getting it
     /// back. Digests are taken a slot range per step, well before the round completes.
-    fn note_equal_slots<S: ReplicaStore + ?Sized>(
+    fn note_equal_slots<S: LinkStore + ?Sized>(
         &mut self,
         peer_index: usize,
         round: &PendingRound,
@@ -835,7 +835,7 @@ impl AntiEntropy {
     /// Steps 3–4 on either side: merge, push back what we knew more, ship what was asked.
     /// An entry with an HLC above `limit` is neither merged nor pushed back (see the module
     /// doc); returns how many were held so.
-    pub fn handle_entries<S: ReplicaStore + ?Sized>(
+    pub fn handle_entries<S: LinkStore + ?Sized>(
         &mut self,
         from: RegionId,
         msg: &AeEntries,

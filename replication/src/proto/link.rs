@@ -127,7 +127,7 @@
 
 use crate::codec::{Ack, Batch, Frame, Frontier, Hello, RefuseReason, Refused};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
-use crate::store::ReplicaStore;
+use crate::store::LinkStore;
 use bytes::Bytes;
 use meridian_crdt::{Delta, Hlc, RegionId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -310,7 +310,7 @@ pub struct PeerStatus {
     pub epoch: Option<u64>,
 }
 
-struct Outgoing {
+struct Outbox {
     peer: RegionId,
     /// `(seq, delta, bytes)`, contiguous sequences starting at `acked + 1` (or `floor`).
     log: VecDeque<(u64, Delta, usize)>,
@@ -364,9 +364,9 @@ struct Outgoing {
     next_refusal_ms: u64,
 }
 
-impl Outgoing {
-    fn new(peer: RegionId) -> Outgoing {
-        Outgoing {
+impl Outbox {
+    fn new(peer: RegionId) -> Outbox {
+        Outbox {
             peer,
             log: VecDeque::new(),
             log_ms: VecDeque::new(),
@@ -534,7 +534,7 @@ pub struct RegionLink {
     region: RegionId,
     epoch: u64,
     cfg: LinkConfig,
-    out: Vec<Outgoing>,
+    out: Vec<Outbox>,
     inc: BTreeMap<RegionId, Incoming>,
     /// Peers' last gossiped frontiers.
     frontiers: BTreeMap<RegionId, BTreeMap<RegionId, Hlc>>,
@@ -597,7 +597,7 @@ impl RegionLink {
         let mut link = RegionLink {
             region,
             epoch,
-            out: peers.iter().map(|&peer| Outgoing::new(peer)).collect(),
+            out: peers.iter().map(|&peer| Outbox::new(peer)).collect(),
             inc: BTreeMap::new(),
             frontiers: BTreeMap::new(),
             merged_since_drain: false,
@@ -724,7 +724,7 @@ impl RegionLink {
         })
     }
 
-    fn state_of(o: &Outgoing) -> PeerState {
+    fn state_of(o: &Outbox) -> PeerState {
         if o.expelled.is_some() {
             PeerState::Expelled
         } else if o.refused_by_peer {
@@ -759,7 +759,7 @@ impl RegionLink {
         if peer == self.region || self.out.iter().any(|o| o.peer == peer) {
             return false;
         }
-        let mut o = Outgoing::new(peer);
+        let mut o = Outbox::new(peer);
         o.restart_log();
         // A peer now: its entry is its stream's, not a third party's.
         self.third_party.remove(&peer);
@@ -987,7 +987,7 @@ impl RegionLink {
             .filter(|&s| usize::from(s) < meridian_crdt::SLOT_COUNT)
             .map(|s| (s, 0))
             .collect();
-        if slots.is_empty() || !self.out.iter().any(Outgoing::active) {
+        if slots.is_empty() || !self.out.iter().any(Outbox::active) {
             return;
         }
         self.stats.local_losses += 1;
@@ -1164,7 +1164,7 @@ impl RegionLink {
         }
     }
 
-    pub fn handle_frame<S: ReplicaStore + ?Sized>(
+    pub fn handle_frame<S: LinkStore + ?Sized>(
         &mut self,
         now_ms: u64,
         from: RegionId,
@@ -1335,7 +1335,7 @@ impl RegionLink {
         }
     }
 
-    fn handle_batch<S: ReplicaStore + ?Sized>(
+    fn handle_batch<S: LinkStore + ?Sized>(
         &mut self,
         now_ms: u64,
         from: RegionId,
@@ -1589,7 +1589,7 @@ impl RegionLink {
 
     /// Start due anti-entropy rounds and do one bounded step of the work in progress
     /// (slot digests, comparisons). Call again while [`Self::has_anti_entropy_work`].
-    pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+    pub fn poll_anti_entropy<S: LinkStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
         let quiet = self.cfg.anti_entropy_quiet_ms;
         for o in self.out.iter().filter(|o| o.active()) {
             let shipping = !o.log.is_empty();
@@ -1833,7 +1833,7 @@ impl RegionLink {
     /// the frontier of `j` — which covers every write it made before merging what that
     /// frontier says it merged (it gossips only after draining: `merged_since_drain`) — have
     /// reached this region.
-    pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
+    pub fn collect_garbage<S: LinkStore + ?Sized>(&mut self, store: &mut S) -> usize {
         let Some(stable) = self.gc_frontier() else {
             return 0;
         };

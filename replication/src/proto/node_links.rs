@@ -110,7 +110,7 @@
 
 use crate::codec::Frame;
 use crate::proto::link::{Expelled, LinkConfig, RegionLink};
-use crate::store::ReplicaStore;
+use crate::store::LinkStore;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId, SLOT_COUNT};
 use std::collections::BTreeSet;
 
@@ -199,7 +199,7 @@ impl RepairTally {
 /// A store seen through one link's scope: slots outside it look empty to anti-entropy and
 /// take no merge (counted in `refused`); a lossy slot is marked repaired only once the
 /// links to every peer region found it equal (`tally`).
-pub struct Scoped<'a, S: ReplicaStore + ?Sized> {
+pub struct Scoped<'a, S: LinkStore + ?Sized> {
     pub inner: &'a mut S,
     pub scope: &'a SlotSet,
     pub refused: &'a mut u64,
@@ -209,7 +209,7 @@ pub struct Scoped<'a, S: ReplicaStore + ?Sized> {
     pub repaired: &'a mut BTreeSet<u16>,
 }
 
-impl<S: ReplicaStore + ?Sized> ReplicaStore for Scoped<'_, S> {
+impl<S: LinkStore + ?Sized> LinkStore for Scoped<'_, S> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
         if !self.scope.contains(delta.slot) {
             *self.refused += 1;
@@ -683,7 +683,7 @@ impl NodeLinks {
 
     /// A frame from a peer node (a link is opened for a node we did not route to yet: its
     /// batches are acknowledged, and merged where our scope has their slots).
-    pub fn handle_frame<S: ReplicaStore + ?Sized>(
+    pub fn handle_frame<S: LinkStore + ?Sized>(
         &mut self,
         now_ms: u64,
         from: PeerNode,
@@ -747,7 +747,7 @@ impl NodeLinks {
             .min()
     }
 
-    pub fn poll_anti_entropy<S: ReplicaStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
+    pub fn poll_anti_entropy<S: LinkStore + ?Sized>(&mut self, now_ms: u64, store: &mut S) {
         let mut passed = Vec::new();
         for inst in &mut self.links {
             let mut repaired = BTreeSet::new();
@@ -810,7 +810,7 @@ impl NodeLinks {
     /// its two are the node-wide aggregates of both ends (module doc), so what a third
     /// region wrote is collected once every node that serves its slots holds it. Returns
     /// the entries dropped.
-    pub fn collect_garbage<S: ReplicaStore + ?Sized>(&mut self, store: &mut S) -> usize {
+    pub fn collect_garbage<S: LinkStore + ?Sized>(&mut self, store: &mut S) -> usize {
         // Every slot must have a link in every peer region: a slot with no known owner
         // keeps deltas nobody received.
         let routed = self

@@ -28,41 +28,41 @@ struct Served<'a> {
     refused: &'a mut u64,
 }
 
-impl ReplicaStore for Served<'_> {
+impl LinkStore for Served<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
         if !self.served.contains(delta.slot) {
             *self.refused += 1;
             return Applied::Unchanged;
         }
-        ReplicaStore::apply_delta(self.ks, delta)
+        LinkStore::apply_delta(self.ks, delta)
     }
     fn merge_full(&mut self, key: &[u8], state: &Entry) -> Applied {
         if !self.served.contains(key_slot(key)) {
             *self.refused += 1;
             return Applied::Unchanged;
         }
-        ReplicaStore::merge_full(self.ks, key, state)
+        LinkStore::merge_full(self.ks, key, state)
     }
     fn slot_digest(&mut self, slot: u16) -> u64 {
         if self.served.contains(slot) {
-            ReplicaStore::slot_digest(self.ks, slot)
+            LinkStore::slot_digest(self.ks, slot)
         } else {
             0
         }
     }
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
         if self.served.contains(slot) {
-            ReplicaStore::for_each_key_digest(self.ks, slot, visit)
+            LinkStore::for_each_key_digest(self.ks, slot, visit)
         }
     }
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         if self.served.contains(slot) {
-            ReplicaStore::for_each_entry(self.ks, slot, visit)
+            LinkStore::for_each_entry(self.ks, slot, visit)
         }
     }
     fn entry(&self, key: &[u8]) -> Option<Entry> {
         if self.served.contains(key_slot(key)) {
-            ReplicaStore::entry(self.ks, key)
+            LinkStore::entry(self.ks, key)
         } else {
             None
         }
@@ -74,10 +74,10 @@ impl ReplicaStore for Served<'_> {
         self.ks.slot_loss_mark(slot)
     }
     fn mark_slot_repaired(&mut self, slot: u16, mark: u64) {
-        ReplicaStore::mark_slot_repaired(self.ks, slot, mark)
+        LinkStore::mark_slot_repaired(self.ks, slot, mark)
     }
     fn gc(&mut self, stable: &dyn Fn(RegionId) -> Hlc) -> usize {
-        ReplicaStore::gc(self.ks, stable)
+        LinkStore::gc(self.ks, stable)
     }
 }
 
@@ -437,7 +437,7 @@ fn clustered_regions_with_different_slot_maps_converge_through_a_reshard() {
         .expect("b2");
     let mut moved: Vec<(Bytes, Entry)> = Vec::new();
     for s in 5000..6000u16 {
-        ReplicaStore::for_each_entry(&nodes[b1].ks, s, &mut |k, e| {
+        LinkStore::for_each_entry(&nodes[b1].ks, s, &mut |k, e| {
             moved.push((Bytes::copy_from_slice(k), e.clone()))
         });
         nodes[b1].served.remove(s);

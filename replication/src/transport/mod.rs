@@ -7,6 +7,6 @@
 pub mod quic;
 
 pub use quic::{
-    generate_ca, generate_node_cert, region_dns_name, write_deployment, PeerConfig, PeerKey,
-    PeerState, QuicConfig, QuicTransport, SendError, TransportError, TransportStats, ALPN,
+    generate_ca, generate_node_cert, region_dns_name, write_deployment, PeerConfig, PeerConnStats,
+    PeerKey, QuicConfig, QuicTransport, SendError, TransportError, TransportStats, ALPN,
 };

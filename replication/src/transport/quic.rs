@@ -314,9 +314,11 @@ impl QuicConfig {
     }
 }
 
-/// A peer link's state, for `INFO crdt` and metrics.
+/// A peer's QUIC connection: up or not, and its traffic counters (for `INFO crdt` and
+/// metrics). Not to be confused with the link core's `proto::link::PeerState` (active,
+/// expelled, refused).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PeerState {
+pub struct PeerConnStats {
     pub connected: bool,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -440,8 +442,8 @@ impl Peer {
             .is_some()
     }
 
-    fn state(&self) -> PeerState {
-        PeerState {
+    fn state(&self) -> PeerConnStats {
+        PeerConnStats {
             connected: self.connected(),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
@@ -453,7 +455,7 @@ impl Peer {
     }
 }
 
-struct Shared {
+struct EndpointShared {
     region: String,
     /// Sent in the identity preamble when dialing.
     advertise: String,
@@ -472,7 +474,7 @@ struct Shared {
     connect_timeout: Duration,
 }
 
-impl Shared {
+impl EndpointShared {
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, Arc<Peer>>> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -525,7 +527,7 @@ impl Shared {
 /// One node's replication endpoint. Must be created inside a tokio runtime; dropping it
 /// closes the endpoint and stops its tasks.
 pub struct QuicTransport {
-    shared: Arc<Shared>,
+    shared: Arc<EndpointShared>,
     recv_rx: tokio::sync::Mutex<mpsc::Receiver<(PeerKey, Frame)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -613,7 +615,7 @@ impl QuicTransport {
         }
         let (recv_tx, recv_rx) = mpsc::channel(cfg.recv_queue_frames);
         let configured = regions.clone();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(EndpointShared {
             region: cfg.region.clone(),
             advertise: advertise.to_string(),
             endpoint,
@@ -789,12 +791,12 @@ impl QuicTransport {
     }
 
     /// A peer region's state: connected if any of its nodes is, counters summed.
-    pub fn peer_state(&self, region: &str) -> Option<PeerState> {
+    pub fn peer_state(&self, region: &str) -> Option<PeerConnStats> {
         let nodes = self.shared.region_peers(region);
         if nodes.is_empty() && !self.shared.knows(region) {
             return None;
         }
-        Some(nodes.iter().fold(PeerState::default(), |mut acc, p| {
+        Some(nodes.iter().fold(PeerConnStats::default(), |mut acc, p| {
             let s = p.state();
             acc.connected |= s.connected;
             acc.bytes_sent += s.bytes_sent;
@@ -808,7 +810,7 @@ impl QuicTransport {
     }
 
     /// Every peer region's state (see [`QuicTransport::peer_state`]), sorted by region.
-    pub fn peer_states(&self) -> Vec<(String, PeerState)> {
+    pub fn peer_states(&self) -> Vec<(String, PeerConnStats)> {
         self.regions()
             .into_iter()
             .filter_map(|r| self.peer_state(&r).map(|s| (r, s)))
@@ -816,7 +818,7 @@ impl QuicTransport {
     }
 
     /// Every peer node's state, sorted by key.
-    pub fn node_states(&self) -> Vec<(PeerKey, PeerState)> {
+    pub fn node_states(&self) -> Vec<(PeerKey, PeerConnStats)> {
         let mut states: Vec<_> = self
             .shared
             .peers()
@@ -864,13 +866,13 @@ impl Drop for QuicTransport {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>) {
+async fn accept_loop(shared: Arc<EndpointShared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         tokio::spawn(accept_one(shared.clone(), incoming));
     }
 }
 
-async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn accept_one(shared: Arc<EndpointShared>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -885,7 +887,7 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     let identified = match identify(&shared, &conn) {
         Ok(region) => read_ident(&shared, &conn, region).await,
-        Err(Refusal::DialOrder(region)) => {
+        Err(AcceptRefusal::DialOrder(region)) => {
             shared
                 .counters
                 .dial_order_refusals
@@ -894,7 +896,7 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
             conn.close(VarInt::from_u32(CLOSE_DIAL_ORDER), b"we dial you");
             return;
         }
-        Err(Refusal::Identity(reason)) => Err(reason),
+        Err(AcceptRefusal::Identity(reason)) => Err(reason),
     };
     match identified {
         Ok((peer, stream, buf)) => {
@@ -916,7 +918,7 @@ async fn accept_one(shared: Arc<Shared>, incoming: quinn::Incoming) {
 /// The dialer's identity preamble (see [`IDENT_MAGIC`]) on its stream: the peer node, the
 /// stream, and whatever of the first frames came with it.
 async fn read_ident(
-    shared: &Shared,
+    shared: &EndpointShared,
     conn: &quinn::Connection,
     region: Option<String>,
 ) -> Result<(Arc<Peer>, quinn::RecvStream, Vec<u8>), String> {
@@ -1006,7 +1008,7 @@ async fn read_ident(
     Ok((peer, stream, rest))
 }
 
-enum Refusal {
+enum AcceptRefusal {
     Identity(String),
     /// A configured region whose name sorts above ours: we dial it.
     DialOrder(String),
@@ -1047,7 +1049,10 @@ fn cert_valid_for(conn: &quinn::Connection, region: &str) -> Result<bool, String
 /// The region an accepted connection's certificate names, if it is one we know; `None`
 /// if it names none we know and new regions are accepted (the dialer's preamble then
 /// claims one, checked in `read_ident`).
-fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<Option<String>, Refusal> {
+fn identify(
+    shared: &EndpointShared,
+    conn: &quinn::Connection,
+) -> Result<Option<String>, AcceptRefusal> {
     let known: Vec<String> = shared
         .regions
         .lock()
@@ -1058,28 +1063,28 @@ fn identify(shared: &Shared, conn: &quinn::Connection) -> Result<Option<String>,
     let matched: Vec<&String> = with_client_cert(conn, |cert| {
         known.iter().filter(|r| valid_for(cert, r)).collect()
     })
-    .map_err(Refusal::Identity)?;
+    .map_err(AcceptRefusal::Identity)?;
     let region = match matched[..] {
         [region] => region,
         [] if shared.accept_new_regions => return Ok(None),
         [] => {
-            return Err(Refusal::Identity(
+            return Err(AcceptRefusal::Identity(
                 "certificate names no expected peer region".into(),
             ))
         }
         _ => {
-            return Err(Refusal::Identity(
+            return Err(AcceptRefusal::Identity(
                 "certificate names several peer regions".into(),
             ))
         }
     };
     if *region > shared.region && shared.is_configured(region) {
-        return Err(Refusal::DialOrder(region.clone()));
+        return Err(AcceptRefusal::DialOrder(region.clone()));
     }
     Ok(Some(region.clone()))
 }
 
-async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
+async fn dial_loop(shared: Arc<EndpointShared>, peer: Arc<Peer>, addr: SocketAddr) {
     let mut backoff_ms = INITIAL_BACKOFF_MS;
     loop {
         match dial(&shared, &peer.region, addr).await {
@@ -1102,7 +1107,7 @@ async fn dial_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
 /// within [`JOIN_GRACE_MS`], dial it (it may not know this region: a region joining at run
 /// time); if it refuses with [`CLOSE_DIAL_ORDER`], it dials us itself: look again only
 /// after [`JOIN_RETRY_MS`].
-async fn join_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
+async fn join_loop(shared: Arc<EndpointShared>, peer: Arc<Peer>, addr: SocketAddr) {
     let mut wait_ms = JOIN_GRACE_MS;
     let mut backoff_ms = INITIAL_BACKOFF_MS;
     loop {
@@ -1145,7 +1150,11 @@ async fn join_loop(shared: Arc<Shared>, peer: Arc<Peer>, addr: SocketAddr) {
     }
 }
 
-async fn dial(shared: &Shared, peer: &str, addr: SocketAddr) -> Result<quinn::Connection, String> {
+async fn dial(
+    shared: &EndpointShared,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
     let connecting = shared
         .endpoint
         .connect_with(shared.client_config.clone(), addr, &region_dns_name(peer))
@@ -1168,7 +1177,7 @@ enum LinkEnd {
 /// `accepted`: the acceptor already took the dialer's stream (and bytes past its identity
 /// preamble); a dialer writes the preamble first.
 async fn run_connection(
-    shared: &Shared,
+    shared: &EndpointShared,
     peer: &Peer,
     conn: quinn::Connection,
     accepted: Option<(quinn::RecvStream, Vec<u8>)>,
@@ -1245,7 +1254,7 @@ async fn write_loop(peer: &Peer, conn: &quinn::Connection, ident: Option<Bytes>)
 }
 
 async fn read_loop(
-    shared: &Shared,
+    shared: &EndpointShared,
     peer: &Peer,
     conn: &quinn::Connection,
     accepted: Option<(quinn::RecvStream, Vec<u8>)>,

@@ -5,7 +5,7 @@
 //! [`NodeLinks`]: one link per peer node whose slots it shares, deltas routed by slot.
 //! It answers peers' topology requests from its own region's view (`src/topology.rs`).
 //!
-//! Shared with the region-mode loop (`replication.rs`): the drain of the shard logs (HLC
+//! Shared with the region-mode loop (`region_link.rs`): the drain of the shard logs (HLC
 //! order up to the horizon, losses reported), `ShellStore` (one shard lock per call;
 //! nothing stored outside the served slots), `Control` for `INFO crdt` and `/metrics`, the
 //! restart window, the per-peer test faults (`delay-ms`, `drop-rate`, on the frames this
@@ -15,9 +15,9 @@
 //! collected too).
 
 use crate::cluster::Cluster;
-use crate::replication::{Control, ShellStore};
-use crate::server::now_ms;
+use crate::region_link::{Control, ShellStore};
 use crate::store::{Store, SHARDS};
+use crate::util::now_ms;
 use bytes::Bytes;
 use meridian_crdt::{Delta, Hlc, RegionId, SLOT_COUNT};
 use meridian_replication::codec::Frame;
@@ -99,7 +99,7 @@ impl NodesCore {
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
         let mut next_gc = now_ms() + gc_step_ms;
         let mut gc_shard = 0usize;
-        let mut cap = crate::replication::ReplicaCap::new();
+        let mut cap = crate::region_link::ReplicaCap::new();
         let mut next_cap = 0;
         for p in &peers {
             for s in &p.seeds {
@@ -177,12 +177,12 @@ impl NodesCore {
                     }
                 }
             }
-            // Local deltas, as in region mode (see `replication::Core::run`).
+            // Local deltas, as in region mode (see `region_link::Core::run`).
             let flush = flush_at.is_some_and(|t| now >= t);
             let horizon = if flush {
                 flush_at = None;
                 last_flush = now;
-                crate::replication::drain_local(&store, now, &mut pending, &mut lost)
+                crate::region_link::drain_local(&store, now, &mut pending, &mut lost)
             } else {
                 Hlc::ZERO
             };
@@ -196,7 +196,7 @@ impl NodesCore {
             }
             links.note_local_hlc(horizon);
             if now >= next_cap {
-                next_cap = now + crate::replication::CAP_STEP_MS;
+                next_cap = now + crate::region_link::CAP_STEP_MS;
                 let bound = links.peer_gc_bound_ms();
                 if let Some(c) = cap.step(store.feed(), now, bound, || links.claim_checkpoint()) {
                     links.set_replica_cap(c);
@@ -214,10 +214,10 @@ impl NodesCore {
             }
             // `MERIDIAN REGION FORGET` (every primary holds its own links: it is issued on
             // every node).
-            let requests: Vec<crate::replication::ReplRequest> =
+            let requests: Vec<crate::region_link::ReplRequest> =
                 std::mem::take(&mut *control.requests.lock());
             for req in requests {
-                let crate::replication::ReplRequest::Forget(name) = req;
+                let crate::region_link::ReplRequest::Forget(name) = req;
                 let Some(i) = peers.iter().position(|p| p.name == name) else {
                     continue;
                 };
@@ -363,8 +363,8 @@ impl NodesCore {
                                         break 'frame;
                                     };
                                     let id = h.region;
-                                    if let Some((reason, why)) = crate::replication::join_refusal(&control, (&region, region_id), &from.region, id) {
-                                        crate::replication::refuse_region(&transport, &control, &from.region, reason, &why);
+                                    if let Some((reason, why)) = crate::region_link::join_refusal(&control, (&region, region_id), &from.region, id) {
+                                        crate::region_link::refuse_region(&transport, &control, &from.region, reason, &why);
                                         transport.forget_region(&from.region);
                                         break 'frame;
                                     }
@@ -394,7 +394,7 @@ impl NodesCore {
                         if handled >= 32 {
                             break;
                         }
-                        match crate::replication::ready_now(transport.recv_from()) {
+                        match crate::region_link::ready_now(transport.recv_from()) {
                             Some(got) => next = got,
                             None => break,
                         }
@@ -432,7 +432,7 @@ fn join_region(
     control
         .peers
         .write()
-        .push(Arc::new(crate::replication::PeerControl::new(
+        .push(Arc::new(crate::region_link::PeerControl::new(
             &from.region,
             id.0,
             true,
@@ -535,7 +535,7 @@ fn publish(
             continue;
         };
         let status = link.peer_status(now, peer.region).unwrap_or_default();
-        nodes.push(crate::replication::NodeStatus {
+        nodes.push(crate::region_link::NodeStatus {
             region: key.region.clone(),
             addr: key.addr.to_string(),
             connected: states.get(key).copied().unwrap_or(false),
@@ -582,7 +582,7 @@ fn publish(
         }
         let before = pc.gc_state.load(Relaxed);
         pc.publish_gc_state(&status);
-        crate::replication::log_gc_state(&p.name, before, pc.gc_state.load(Relaxed), &status);
+        crate::region_link::log_gc_state(&p.name, before, pc.gc_state.load(Relaxed), &status);
         let mine = nodes.iter().filter(|n| n.region == p.name);
         let (mut backlog, mut lag, mut last_ack, mut acked) = (0, 0, 0, 0);
         for n in mine {

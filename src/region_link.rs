@@ -18,12 +18,13 @@
 
 use crate::config::{Config, ReplicationConfig};
 use crate::replica_stream::ReplFeed;
-use crate::server::now_ms;
+
 use crate::store::{key_shard, shard_of, Remote, Store, SHARDS};
+use crate::util::now_ms;
 use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
-use meridian_replication::{encode_into, LinkConfig, RegionLink, ReplicaStore};
+use meridian_replication::{encode_into, LinkConfig, LinkStore, RegionLink};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -75,7 +76,7 @@ impl ShellStore<'_> {
     }
 }
 
-impl ReplicaStore for ShellStore<'_> {
+impl LinkStore for ShellStore<'_> {
     fn apply_delta(&mut self, delta: &Delta) -> Applied {
         if !self.serves(delta.slot) {
             return Applied::Unchanged;
@@ -142,13 +143,13 @@ impl ReplicaStore for ShellStore<'_> {
 
     fn for_each_key_digest(&self, slot: u16, visit: &mut dyn FnMut(&[u8], u64)) {
         if self.store.served.serves(slot) {
-            ReplicaStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
+            LinkStore::for_each_key_digest(&self.store.shard(shard_of(slot)).ks, slot, visit)
         }
     }
 
     fn for_each_entry(&self, slot: u16, visit: &mut dyn FnMut(&[u8], &Entry)) {
         if self.store.served.serves(slot) {
-            ReplicaStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
+            LinkStore::for_each_entry(&self.store.shard(shard_of(slot)).ks, slot, visit)
         }
     }
 
@@ -289,7 +290,7 @@ pub enum ReplRequest {
     Forget(String),
 }
 
-/// One peer node's link in node mode (`replication_nodes`), for `INFO crdt` and `/metrics`.
+/// One peer node's link in node mode (`region_link_nodes`), for `INFO crdt` and `/metrics`.
 #[derive(Clone, Debug, Default)]
 pub struct NodeStatus {
     pub region: String,
@@ -523,8 +524,8 @@ pub struct Replicator {
     /// The replication thread's runtime (the transport's tasks are registered on it).
     rt: Option<tokio::runtime::Runtime>,
     core: Option<Core>,
-    /// Node mode (peers named by `seeds`): see `replication_nodes`.
-    nodes: Option<crate::replication_nodes::NodesCore>,
+    /// Node mode (peers named by `seeds`): see `region_link_nodes`.
+    nodes: Option<crate::region_link_nodes::NodesCore>,
     thread_priority: crate::sched::ThreadPriority,
 }
 
@@ -664,7 +665,7 @@ impl Replicator {
                             .map_err(|e| format!("peer {} seed {s}: {e}", p.region))?,
                     );
                 }
-                seeded.push(crate::replication_nodes::PeerRegion {
+                seeded.push(crate::region_link_nodes::PeerRegion {
                     name: p.region.clone(),
                     id: RegionId(p.region_id),
                     seeds,
@@ -682,7 +683,7 @@ impl Replicator {
                 control: control.clone(),
                 rt: Some(rt),
                 core: None,
-                nodes: Some(crate::replication_nodes::NodesCore {
+                nodes: Some(crate::region_link_nodes::NodesCore {
                     control,
                     transport,
                     links,
@@ -1433,7 +1434,7 @@ fn publish(
     }
     let states: std::collections::HashMap<
         String,
-        meridian_replication::transport::quic::PeerState,
+        meridian_replication::transport::quic::PeerConnStats,
     > = transport.peer_states().into_iter().collect();
     for lp in peers.iter_mut() {
         let pc = &lp.pc;
