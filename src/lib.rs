@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod connection;
+pub mod counters;
 pub mod frame;
 pub mod kafka;
 pub mod memory;

@@ -2,7 +2,6 @@
 //! table entries of the transaction commands (executed by the connection itself).
 
 use super::*;
-use crate::memory;
 use meridian_crdt::EvictionPolicy;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
@@ -505,156 +504,53 @@ fn info(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     Reply::Verbatim(info_text(ctx.store, ctx.shared, ctx.now_ms, &wanted))
 }
 
-/// The INFO text (also used by the metrics endpoint's tests and tooling).
+/// The INFO text (also used by the metrics endpoint's tests and tooling): the figures of
+/// `crate::counters::FIGURES` section by section, with the lines that are not figures.
 pub fn info_text(
     store: &Store,
     shared: &crate::shared::Shared,
     now_ms: u64,
     wanted: &[String],
 ) -> String {
+    use crate::counters::{write_info, write_info_peers, Readings, Section};
     let all = wanted.is_empty()
         || wanted
             .iter()
             .any(|w| w == "all" || w == "everything" || w == "default");
     let want = |s: &str| all || wanted.iter().any(|w| w == s);
-    let st = &store.stats;
-    let ks = store.sum_stats();
+    let r = Readings::new(store, shared, now_ms);
     let mut o = String::new();
-    if want("server") {
-        let uptime = now_ms.saturating_sub(shared.started_ms) / 1000;
-        let _ = write!(
-            o,
-            "# Server\r\nredis_version:{}\r\nmeridian_version:{}\r\nredis_mode:{}\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{}\r\nexecutable:meridian\r\n\r\n",
-            crate::REDIS_COMPAT_VERSION,
-            env!("CARGO_PKG_VERSION"),
-            if shared.cluster.is_some() { "cluster" } else { "standalone" },
-            std::env::consts::OS,
-            std::process::id(),
-            shared.run_id,
-            shared.config.port,
-            uptime / 86400,
-            shared.config.hz,
-        );
-    }
-    if want("clients") {
-        let _ = write!(
-            o,
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n\r\n",
-            st.connected_clients.load(Relaxed),
-            store.runtime.maxclients.load(Relaxed),
-        );
-    }
-    if want("memory") {
-        let used = store.used_memory_now();
-        let rss = memory::process_rss_bytes();
-        let max = store.runtime.maxmemory.load(Relaxed);
-        let _ = write!(
-            o,
-            "# Memory\r\nused_memory:{used}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nused_memory_dataset:{}\r\nmaxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:{}\r\nmem_fragmentation_ratio:{:.2}\r\nmem_allocator:jemalloc\r\n\r\n",
-            memory::human(used),
-            memory::human(rss),
-            ks.bytes,
-            memory::human(max),
-            store.runtime.policy.lock().name(),
-            if used > 0 { rss as f64 / used as f64 } else { 0.0 },
-        );
-    }
-    if want("stats") {
-        let _ = write!(
-            o,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ninstantaneous_ops_per_sec:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\ntotal_error_replies:0\r\nprotocol_errors:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\r\n",
-            st.connections_received.load(Relaxed),
-            st.commands.load(Relaxed),
-            st.ops_per_sec.load(Relaxed),
-            st.rejected_connections.load(Relaxed),
-            ks.expired,
-            ks.evicted,
-            store.hits_misses().0,
-            store.hits_misses().1,
-            st.protocol_errors.load(Relaxed),
-            shared.inregion.sync_full.load(Relaxed),
-            shared.inregion.sync_partial_ok.load(Relaxed),
-            shared.inregion.sync_partial_err.load(Relaxed),
-        );
-    }
-    if want("replication") {
-        o.push_str("# Replication\r\n");
-        shared.inregion.info(now_ms, &mut o);
-        o.push_str("\r\n");
-        if let Some(c) = &shared.repl {
-            // Multi-region progress (bootstrap of an empty region shows up as entries received).
-            o.truncate(o.len() - 2);
-            let _ = write!(
-                o,
-                "region_peers:{}\r\nregion_peers_connected:{}\r\nanti_entropy_rounds:{}\r\nanti_entropy_entries_received:{}\r\nregion_deltas_applied:{}\r\n\r\n",
-                c.peers().len(),
-                c.peers().iter().filter(|p| p.connected.load(Relaxed)).count(),
-                c.ae_rounds.load(Relaxed),
-                c.ae_entries_received.load(Relaxed),
-                c.deltas_applied.load(Relaxed),
-            );
+    for section in Section::ALL {
+        if !want(section.name()) {
+            continue;
         }
-    }
-    if want("crdt") {
-        let delta_counts = store.delta_counts();
-        let _ = write!(
-            o,
-            "# CRDT\r\nregion:{}\r\nregion_id:{}\r\ndeltas_produced:{}\r\ndeltas_dropped_from_log:{}\r\ndeltas_applied:{}\r\npartial_deltas_dropped:{}\r\ntombstones:{}\r\nserved_slots:{}\r\nrepl_refused_not_served:{}\r\n\r\n",
-            shared.config.region,
-            shared.config.region_id,
-            delta_counts.0,
-            delta_counts.1,
-            ks.deltas_applied,
-            ks.partial_deltas_dropped,
-            ks.tombstones,
-            store.served.count(),
-            store.stats.refused_not_served.load(Relaxed),
-        );
-        if let Some(c) = &shared.repl {
-            o.truncate(o.len() - 2);
-            c.info(now_ms, &mut o);
-            o.push_str("\r\n");
+        let _ = write!(o, "# {}\r\n", section.title());
+        if section == Section::Replication {
+            shared.inregion.info(now_ms, &mut o);
         }
-    }
-    if want("invalidations") {
-        let k = &shared.kafka;
-        let (p50, p99) = k.latency_percentiles().unwrap_or((0, 0));
-        let _ = write!(
-            o,
-            "# Invalidations\r\nkafka_enabled:{}\r\nkafka_records_applied:{}\r\nkafka_keys_invalidated:{}\r\nkafka_records_malformed:{}\r\nkafka_dead_lettered:{}\r\nkafka_consumer_errors:{}\r\nkafka_floors_raised_as_replica:{}\r\nkafka_promotion_replays:{}\r\nkafka_consumer_lag:{}\r\nkafka_apply_latency_p50_ms:{p50}\r\nkafka_apply_latency_p99_ms:{p99}\r\nstale_fills_refused:{}\r\nstale_fills_hidden:{}\r\ninvalidation_tombstones:{}\r\n",
-            u8::from(k.enabled.load(Relaxed)),
-            k.records_applied.load(Relaxed),
-            k.keys_invalidated.load(Relaxed),
-            k.records_malformed.load(Relaxed),
-            k.dead_lettered.load(Relaxed),
-            k.consumer_errors.load(Relaxed),
-            k.floors_raised_as_replica.load(Relaxed),
-            k.promotion_replays.load(Relaxed),
-            k.total_lag(),
-            st.stale_fills_refused.load(Relaxed),
-            ks.stale_fills_hidden,
-            ks.invalidation_tombstones,
-        );
-        for (p, lag) in k.lag.lock().iter() {
-            let _ = write!(o, "kafka_lag_partition_{p}:{lag}\r\n");
-        }
-        o.push_str("\r\n");
-    }
-    if want("cluster") {
-        let _ = write!(
-            o,
-            "# Cluster\r\ncluster_enabled:{}\r\n\r\n",
-            u8::from(shared.cluster.is_some())
-        );
-    }
-    if want("keyspace") {
-        o.push_str("# Keyspace\r\n");
-        if ks.keys > 0 {
-            let _ = write!(
-                o,
-                "db0:keys={},expires={},avg_ttl=0\r\n",
-                ks.keys, ks.volatile
-            );
+        write_info(section, &r, &mut o);
+        match section {
+            Section::Crdt => {
+                if let Some(c) = &shared.repl {
+                    write_info_peers(c, now_ms, &mut o);
+                }
+            }
+            Section::Invalidations => {
+                for (p, lag) in shared.kafka.lag.lock().iter() {
+                    let _ = write!(o, "kafka_lag_partition_{p}:{lag}\r\n");
+                }
+            }
+            Section::Keyspace => {
+                let ks = r.ks();
+                if ks.keys > 0 {
+                    let _ = write!(
+                        o,
+                        "db0:keys={},expires={},avg_ttl=0\r\n",
+                        ks.keys, ks.volatile
+                    );
+                }
+            }
+            _ => {}
         }
         o.push_str("\r\n");
     }
