@@ -20,7 +20,7 @@ pub fn specs() -> Vec<Spec> {
 
 /// `MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]
 /// [AUTH2 user pw] [KEYS key …]`: move keys to another node of the region with their CRDT
-/// state intact (the target merges it: `MERIDIAN MERGE`), then drop them here without a
+/// state intact (the target merges it: [`migrate_target`]), then drop them here without a
 /// delta (no tombstone for the other regions: the key lives on in this one); this node's
 /// replicas are told to drop them too. Blocks this connection's thread for the transfer,
 /// like Redis' MIGRATE.
@@ -86,7 +86,8 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let _ = stream.set_write_timeout(Some(timeout));
     let mut out = bytes::BytesMut::new();
     for (k, blob) in &batch {
-        crate::frame::encode_command(&[&b"MERIDIAN"[..], b"MERGE", k, blob], &mut out);
+        let [cmd, sub] = MIGRATE_TARGET;
+        crate::frame::encode_command(&[cmd, sub, k, blob], &mut out);
     }
     let mut writer = &stream;
     if writer.write_all(&out).is_err() {
@@ -118,6 +119,35 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         }
     }
     ok()
+}
+
+/// The command [`migrate`] sends the target node for each key: `MERIDIAN MERGE <key>
+/// <state>`, the state a postcard-encoded `Entry`. Both ends are this binary.
+pub(super) const MIGRATE_TARGET: [&[u8]; 2] = [b"MERIDIAN", b"MERGE"];
+
+/// MIGRATE's target side (`MERIDIAN MERGE <key> <state>`, see [`MIGRATE_TARGET`]): merge a
+/// key's whole CRDT state sent by another node's [`migrate`], through
+/// `Store::merge_remote` (WATCH, this node's replicas, the HLC). The merge issues no stamp
+/// of its own, so only a manual failover's pause holds it (MIGRATE's source drops the key
+/// once we answer, and the promoted replica must have it), not the restart window.
+pub(super) fn migrate_target(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
+    let (Some(key), Some(blob), 4) = (a.get(2), a.get(3), a.len()) else {
+        return err("ERR usage: MERIDIAN MERGE <key> <state>").into();
+    };
+    if ctx.failover_pause_began(key) {
+        return ctx.wait_out_pause();
+    }
+    let mut entry: meridian_crdt::Entry = match postcard::from_bytes(blob) {
+        Ok(e) => e,
+        Err(e) => return err_owned(format!("ERR bad key state: {e}")).into(),
+    };
+    if let Err(e) = meridian_replication::codec::check_entry(&entry) {
+        return err_owned(format!("ERR bad key state: {e}")).into();
+    }
+    entry.rebuild();
+    let store = ctx.store;
+    store.merge_remote(ctx.shard(key), crate::store::Remote::State(key, &entry));
+    ok().into()
 }
 
 fn readonly(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {

@@ -589,14 +589,13 @@ fn meridian(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
             Err(e) => err(e).into(),
         };
     }
-    // The subcommands that write one key wait out a pause first: INVALIDATE stamps (a
-    // manual failover's pause and the restart window hold it), MERGE issues no stamp of its
-    // own (only a manual failover's pause: MIGRATE's source drops the key once we answer,
-    // and the promoted replica must have it).
+    if sub.eq_ignore_ascii_case(super::cluster::MIGRATE_TARGET[1]) {
+        return super::cluster::migrate_target(ctx, a);
+    }
+    // INVALIDATE writes one key and stamps it: it waits out a pause first (a manual
+    // failover's pause and the restart window hold it).
     if let (Some(key), 3..) = (a.get(2), a.len()) {
-        if sub.eq_ignore_ascii_case(b"invalidate") && ctx.pause_began(key)
-            || sub.eq_ignore_ascii_case(b"merge") && ctx.failover_pause_began(key)
-        {
+        if sub.eq_ignore_ascii_case(b"invalidate") && ctx.pause_began(key) {
             return ctx.wait_out_pause();
         }
     }
@@ -766,23 +765,6 @@ fn meridian_reply(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         };
         let removed = ctx.write(key, |w| w.invalidate(version));
         Reply::Int(i64::from(removed))
-    } else if sub.eq_ignore_ascii_case(b"merge") {
-        // MERIDIAN MERGE <key> <state>: merge a key's CRDT state sent by MIGRATE.
-        let (Some(key), Some(blob), 4) = (a.get(2), a.get(3), a.len()) else {
-            return err("ERR usage: MERIDIAN MERGE <key> <state>");
-        };
-        let mut entry: meridian_crdt::Entry = match postcard::from_bytes(blob) {
-            Ok(e) => e,
-            Err(e) => return err_owned(format!("ERR bad key state: {e}")),
-        };
-        if let Err(e) = meridian_replication::codec::check_entry(&entry) {
-            return err_owned(format!("ERR bad key state: {e}"));
-        }
-        entry.rebuild();
-        // This node's replicas get the key too (a replica promoted later must hold it).
-        let store = ctx.store;
-        store.merge_remote(ctx.shard(key), crate::store::Remote::State(key, &entry));
-        ok()
     } else if sub.eq_ignore_ascii_case(b"region") {
         region_cmd(ctx, a)
     } else {
