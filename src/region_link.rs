@@ -798,13 +798,8 @@ impl Core {
         let mut forgotten: Vec<(String, RegionId)> = Vec::new();
         // Frames from regions not known here that are not a `Hello`: logged once per 10 s.
         let mut unknown_logged = 0u64;
-        let mut rng: u64 = now_ms() | 1;
-        let mut next_rand = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
+        let mut next_rand = move || rand::Rng::random::<f64>(&mut rng);
         // GC visits one shard every `gc_interval_ms / SHARDS`: a pass over every key of the
         // node at once held up frames (and so convergence) for milliseconds every interval.
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);

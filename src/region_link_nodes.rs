@@ -120,13 +120,8 @@ impl NodesCore {
         // Frames held for a peer region's injected delay (constant: FIFO), and the drop
         // rate's generator.
         let mut delayed: std::collections::VecDeque<(u64, PeerKey, Bytes)> = Default::default();
-        let mut rng: u64 = now_ms() | 1;
-        let mut next_rand = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
+        let mut next_rand = move || rand::Rng::random::<f64>(&mut rng);
         // Whether this node was a primary at the last look (a replica has no links).
         let mut primary = true;
         let mut flush_at: Option<u64> = Some(0);

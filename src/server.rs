@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 const SINGLE_REGION_LOG_MAX: usize = 16;
 
 use crate::shared::{ClientEntry, Shared};
-use crate::util::{now_micros, now_ms};
+use crate::util::now_ms;
 
 pub struct Server {
     pub store: Arc<Store>,
@@ -29,11 +29,9 @@ pub struct Server {
 }
 
 fn random_seed() -> u64 {
-    // Seed for table hashing and sampling: different per process (the shell may use OS
+    // Seed for table hashing and sampling: different per process (the shell uses OS
     // entropy; the cores receive it as an input).
-    let mut x = now_micros() ^ (u64::from(std::process::id()) << 32);
-    x ^= &x as *const u64 as u64;
-    x
+    rand::random::<u64>()
 }
 
 impl Server {

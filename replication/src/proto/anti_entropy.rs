@@ -60,7 +60,7 @@ use crate::store::LinkStore;
 use bytes::Bytes;
 use meridian_crdt::digest::{mix, mix_bytes};
 use meridian_crdt::{Hlc, RegionId, SLOT_COUNT};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AntiEntropyStats {
@@ -89,7 +89,7 @@ struct PendingRound {
 struct Deferred {
     round: u64,
     keys: Vec<Bytes>,
-    received: HashSet<Bytes>,
+    received: BTreeSet<Bytes>,
     keys_done: bool,
     replies_pending: usize,
 }
@@ -648,8 +648,8 @@ impl AntiEntropy {
         let mut offer = Vec::new();
         let mut want_bytes = 0;
         for sk in &msg.slots {
-            let their: HashSet<u32> = fps_of(&sk.fps).collect();
-            let mut mine: HashSet<u32> = HashSet::new();
+            let their: BTreeSet<u32> = fps_of(&sk.fps).collect();
+            let mut mine: BTreeSet<u32> = BTreeSet::new();
             // Our keys the peer's list does not match, and whether each is in flight.
             let mut unmatched: Vec<(Bytes, bool)> = Vec::new();
             store.for_each_key_digest(sk.slot, &mut |k, kd| {
@@ -703,7 +703,7 @@ impl AntiEntropy {
         let deferred = self.peers[pi].deferred.get_or_insert_with(|| Deferred {
             round: msg.round,
             keys: Vec::new(),
-            received: HashSet::new(),
+            received: BTreeSet::new(),
             keys_done: false,
             replies_pending: 0,
         });
@@ -711,7 +711,7 @@ impl AntiEntropy {
             *deferred = Deferred {
                 round: msg.round,
                 keys: Vec::new(),
-                received: HashSet::new(),
+                received: BTreeSet::new(),
                 keys_done: false,
                 replies_pending: 0,
             };
@@ -878,12 +878,12 @@ impl AntiEntropy {
         let mut left = 0;
         if !msg.want.is_empty() {
             let salt = salt_of(msg.round);
-            let mut by_slot: HashMap<u16, HashSet<u32>> = HashMap::new();
+            let mut by_slot: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
             for sk in &msg.want {
                 by_slot.entry(sk.slot).or_default().extend(fps_of(&sk.fps));
             }
             // The asker's versions of its own differing keys, by slot and key id.
-            let mut offered: HashMap<u16, HashMap<u32, u32>> = HashMap::new();
+            let mut offered: BTreeMap<u16, BTreeMap<u32, u32>> = BTreeMap::new();
             for v in &msg.offer {
                 let m = offered.entry(v.slot).or_default();
                 for (id, version) in versions_of(&v.keys) {
@@ -894,9 +894,7 @@ impl AntiEntropy {
                     }
                 }
             }
-            let mut slots: Vec<_> = by_slot.into_iter().collect();
-            slots.sort_unstable_by_key(|(s, _)| *s);
-            for (slot, wanted) in slots {
+            for (slot, wanted) in by_slot {
                 let mut ship = Vec::new();
                 store.for_each_key_digest(slot, &mut |k, kd| {
                     if wanted.contains(&fingerprint(k, kd, salt)) && !in_flight(k) {

@@ -129,7 +129,7 @@ use crate::codec::{Ack, Batch, Frame, Frontier, Hello, RefuseReason, Refused};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::LinkStore;
 use bytes::Bytes;
-use meridian_crdt::{Delta, Hlc, RegionId};
+use meridian_crdt::{Delta, FixedState, Hlc, RegionId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
@@ -319,7 +319,9 @@ struct Outbox {
     /// Keys with deltas in `log`: how many, and the sequence of the newest. Anti-entropy
     /// leaves these keys to the deltas; a later delta of the key merges into the newest one
     /// while that was never sent (see `RegionLink::enqueue`).
-    in_log: HashMap<Bytes, (u32, u64)>,
+    /// Hashed with fixed seeds (`FixedState`), as every map in the cores: iteration order
+    /// is a function of the history only, never of the OS.
+    in_log: HashMap<Bytes, (u32, u64), FixedState>,
     last_ack_ms: u64,
     deltas_acked: u64,
     log_bytes: usize,
@@ -370,7 +372,7 @@ impl Outbox {
             peer,
             log: VecDeque::new(),
             log_ms: VecDeque::new(),
-            in_log: HashMap::new(),
+            in_log: HashMap::default(),
             last_ack_ms: 0,
             deltas_acked: 0,
             log_bytes: 0,

@@ -177,7 +177,7 @@ impl SlotSet {
 #[derive(Default)]
 pub struct RepairTally {
     regions: usize,
-    seen: std::collections::HashMap<u16, (u64, BTreeSet<RegionId>)>,
+    seen: std::collections::BTreeMap<u16, (u64, BTreeSet<RegionId>)>,
 }
 
 impl RepairTally {
