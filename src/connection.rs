@@ -55,8 +55,13 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut ahead: VecDeque<Ahead> = VecDeque::with_capacity(LOOKAHEAD);
-    let mut spare: Vec<Vec<Range<usize>>> = Vec::new();
+    let mut p = Pipeline {
+        ahead: VecDeque::with_capacity(LOOKAHEAD),
+        spare: Vec::new(),
+        ahead_bytes: 0,
+        exhausted: false,
+        tail: None,
+    };
     'conn: loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
             buf.reserve(READ_CHUNK_BYTES);
@@ -77,142 +82,77 @@ pub async fn serve(
         // The shard lock the previous command of this batch left held (see `Held`).
         // Released before every await below: other tasks of this thread lock shards too.
         let mut held = Held::new(shared.io_threads.load(Relaxed) == 1);
-        // Requests parsed ahead of the one running (see `Ahead`); `ahead_bytes` of `buf`.
-        let mut ahead_bytes = 0;
-        let mut exhausted = false;
-        let mut tail: Option<ParseError> = None;
+        // Requests parsed ahead of the one running (see `Ahead`), from a fresh read.
+        p.ahead_bytes = 0;
+        p.exhausted = false;
+        p.tail = None;
         let mut batch_start = true;
         loop {
-            while ahead.len() < LOOKAHEAD && !exhausted {
-                let mut ranges = spare.pop().unwrap_or_default();
-                match parse_request(&mut buf[ahead_bytes..], &limits, &mut ranges) {
-                    Ok(n) => {
-                        let frame = &buf[ahead_bytes..ahead_bytes + n];
-                        let spec = ranges.first().and_then(|r| cmd::lookup(&frame[r.clone()]));
-                        let key = spec.and_then(|spec| first_key(spec, frame, &ranges));
-                        let element = spec
-                            .filter(|s| s.flags & cmd::ELEMENT != 0)
-                            .and_then(|s| ranges.get(s.first_key as usize + 1))
-                            .cloned();
-                        // Nothing after a barrier is parsed before it has run.
-                        let barrier = spec.is_some_and(|spec| BARRIERS.contains(&spec.name));
-                        exhausted = barrier;
-                        ahead_bytes += n;
-                        ahead.push_back(Ahead {
-                            len: n,
-                            ranges,
-                            spec,
-                            key,
-                            element,
-                            barrier,
-                        });
-                    }
-                    Err(e) => {
-                        spare.push(ranges);
-                        exhausted = true;
-                        if !matches!(e, ParseError::Incomplete) {
-                            tail = Some(e);
-                        }
-                    }
-                }
-            }
-            let Some(next) = ahead.pop_front() else {
-                let Some(e) = tail.take() else { break };
+            p.parse_ahead(&mut buf, &limits);
+            let Some(next) = p.ahead.pop_front() else {
+                let Some(e) = p.tail.take() else { break };
                 before_await(&mut held, &store);
-                store.stats.protocol_errors.fetch_add(1, Relaxed);
-                tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
-                if let Some(r) = e.to_reply() {
-                    encode(&r, conn.resp3, &mut out);
-                }
-                let _ = stream.write_all(&out).await;
+                close_on_protocol_error(&mut stream, &mut out, &store, &conn, e).await;
                 break 'conn;
             };
-            ahead_bytes -= next.len;
+            p.ahead_bytes -= next.len;
             let barrier = next.barrier;
             // The arguments are slices of the request's bytes: a handler shares one as
             // `Bytes` (a reference count on `frame`) only when a delta carries it.
             let frame = buf.split_to(next.len).freeze();
             let args: Args<'_> = next.ranges.iter().map(|r| &frame[r.clone()]).collect();
-            spare.push(next.ranges);
+            p.spare.push(next.ranges);
             if args.is_empty() {
                 continue;
             }
             let current = next.key.clone().map(|(_, r)| &frame[r]);
             // A lone request (`-P 1`) looks its key up at once: a ramp would only repeat that.
-            if std::mem::take(&mut batch_start) && !ahead.is_empty() {
+            if std::mem::take(&mut batch_start) && !p.ahead.is_empty() {
                 let element = next.element.clone().map(|r| &frame[r]);
                 let first = current
                     .zip(next.key.as_ref())
                     .map(|(k, (slot, _))| (*slot, k, element));
                 store.prefetch_ramp(
                     &mut held,
-                    std::iter::once(first).chain(ahead_keys(&buf, &ahead, current)),
+                    std::iter::once(first).chain(ahead_keys(&buf, &p.ahead, current)),
                 );
             }
-            store.prefetch_ahead(&mut held, ahead_keys(&buf, &ahead, current));
-            let first_slot = next.key.map(|(slot, _)| slot);
-            let mut outcome = execute_parsed(
-                &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now, &mut held,
-            );
-            let mut counted = false;
-            while matches!(outcome, Outcome::Pause) {
-                // A write during a manual failover's pause: earlier replies go out, then it
-                // waits and is routed again (runs here if the failover is abandoned, or gets
-                // MOVED to the promoted replica), like Redis' client pause. The pause is
-                // bounded by its deadline (`Shared::write_pause_began`). Likewise a write in the
-                // restart window (counted once per command).
-                if !counted && shared.restart_holds_writes(now) {
-                    counted = true;
-                    if let Some(r) = &shared.repl {
-                        r.restart_writes_held.fetch_add(1, Relaxed);
+            store.prefetch_ahead(&mut held, ahead_keys(&buf, &p.ahead, current));
+            let request = Request {
+                frame: &frame,
+                args: &args,
+                spec: next.spec,
+                first_slot: next.key.map(|(slot, _)| slot),
+            };
+            let outcome = request.execute(&store, &shared, &mut conn, now, &mut held);
+            let outcome = match outcome {
+                Outcome::Pause => {
+                    let waited = request.run_through_pause(
+                        &mut stream,
+                        &mut out,
+                        &store,
+                        &shared,
+                        &mut conn,
+                        &mut now,
+                        &mut held,
+                    );
+                    match waited.await {
+                        Some(outcome) => outcome,
+                        None => break 'conn,
                     }
                 }
-                before_await(&mut held, &store);
-                if !out.is_empty() {
-                    if stream.write_all(&out).await.is_err() {
-                        break 'conn;
-                    }
-                    out.clear();
-                }
-                loop {
-                    tokio::time::sleep(PAUSE_RECHECK).await;
-                    now = now_ms();
-                    if !shared.write_pause_began(now) {
-                        break;
-                    }
-                }
-                outcome = execute_parsed(
-                    &store, &shared, &mut conn, &frame, &args, next.spec, first_slot, now,
-                    &mut held,
-                );
-            }
+                outcome => outcome,
+            };
             if barrier {
                 // Parse on, with the limits as they are now.
                 limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
-                exhausted = false;
+                p.exhausted = false;
             }
             let reply = match outcome {
                 Outcome::Reply(r) => r,
                 Outcome::Takeover(req) => {
                     before_await(&mut held, &store);
-                    // MERIDIAN SYNC: this connection now carries a replica stream (the requests
-                    // parsed ahead are still in `buf`: they go with it).
-                    if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                        break 'conn;
-                    }
-                    let rest = buf.split();
-                    let hub = shared.inregion.clone();
-                    let peer = conn.addr.clone();
-                    crate::replica_stream::serve_replica(
-                        stream,
-                        rest,
-                        store.clone(),
-                        hub,
-                        req,
-                        peer,
-                    )
-                    .await;
-                    unwatch_all(&store, &mut conn);
+                    take_over(stream, &out, buf.split(), &store, &shared, &mut conn, req).await;
                     return;
                 }
                 Outcome::Wait {
@@ -220,18 +160,12 @@ pub async fn serve(
                     timeout_ms,
                 } => {
                     before_await(&mut held, &store);
-                    // WAIT blocks this connection only; earlier replies go out first.
-                    if !out.is_empty() {
-                        if stream.write_all(&out).await.is_err() {
-                            break 'conn;
-                        }
-                        out.clear();
+                    let waited =
+                        wait_replicas(&mut stream, &mut out, &shared, &conn, replicas, timeout_ms);
+                    match waited.await {
+                        Some(reply) => reply,
+                        None => break 'conn,
                     }
-                    let acked = shared
-                        .inregion
-                        .wait_for(conn.write_offset, replicas, timeout_ms)
-                        .await;
-                    Reply::Int(acked as i64)
                 }
                 Outcome::Close(r) => {
                     encode(&r, conn.resp3, &mut out);
@@ -251,24 +185,13 @@ pub async fn serve(
                 out.clear();
             }
         }
-        debug_assert!(ahead.is_empty() && ahead_bytes == 0);
+        debug_assert!(p.ahead.is_empty() && p.ahead_bytes == 0);
         drop(held);
-        store
-            .stats
-            .commands
-            .fetch_add(std::mem::take(&mut conn.pending_commands), Relaxed);
-        if !out.is_empty() {
-            // Like Redis' event loop (read every ready client, then write every reply):
-            // let the other ready connections run their commands first, so the replies leave
-            // in one burst and a waiting client is woken once per burst, not once per
-            // connection with our processing in between.
-            YieldOnce(false).await;
-            if write_replies(&mut stream, &out, &store).await.is_err() {
-                break;
-            }
-            out.clear();
-        } else {
-            store.flush_replication_wake();
+        if end_batch(&mut stream, &mut out, &store, &mut conn)
+            .await
+            .is_err()
+        {
+            break;
         }
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK_BYTES {
             buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -276,6 +199,221 @@ pub async fn serve(
     }
     store.flush_replication_wake();
     unwatch_all(&store, &mut conn);
+}
+
+/// One request about to run: its bytes, its arguments (slices of them), its command and,
+/// when found at parse time, its first key's slot.
+struct Request<'r> {
+    frame: &'r Bytes,
+    args: &'r [&'r [u8]],
+    spec: Option<&'static Spec>,
+    first_slot: Option<u16>,
+}
+
+impl Request<'_> {
+    fn execute<'s>(
+        &self,
+        store: &'s Store,
+        shared: &'s Shared,
+        conn: &mut ConnState,
+        now: u64,
+        held: &mut Held<'s>,
+    ) -> Outcome {
+        let Request {
+            frame,
+            args,
+            spec,
+            first_slot,
+        } = *self;
+        execute_parsed(
+            store, shared, conn, frame, args, spec, first_slot, now, held,
+        )
+    }
+
+    /// A write during a manual failover's pause: earlier replies go out, then it waits and
+    /// is routed again (runs here if the failover is abandoned, or gets MOVED to the
+    /// promoted replica), like Redis' client pause. The pause is bounded by its deadline
+    /// (`Shared::write_pause_began`). Likewise a write in the restart window (counted once
+    /// per command). The outcome once it ran; `None` if the client is gone.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_through_pause<'s>(
+        &self,
+        stream: &mut TcpStream,
+        out: &mut BytesMut,
+        store: &'s Store,
+        shared: &'s Shared,
+        conn: &mut ConnState,
+        now: &mut u64,
+        held: &mut Held<'s>,
+    ) -> Option<Outcome> {
+        let mut counted = false;
+        let mut outcome = Outcome::Pause;
+        while matches!(outcome, Outcome::Pause) {
+            if !counted && shared.restart_holds_writes(*now) {
+                counted = true;
+                if let Some(r) = &shared.repl {
+                    r.restart_writes_held.fetch_add(1, Relaxed);
+                }
+            }
+            before_await(held, store);
+            if !out.is_empty() {
+                if stream.write_all(out).await.is_err() {
+                    return None;
+                }
+                out.clear();
+            }
+            loop {
+                tokio::time::sleep(PAUSE_RECHECK).await;
+                *now = now_ms();
+                if !shared.write_pause_began(*now) {
+                    break;
+                }
+            }
+            outcome = self.execute(store, shared, conn, *now, held);
+        }
+        Some(outcome)
+    }
+}
+
+/// The requests of a read parsed ahead of the one running (see [`Ahead`]), and the
+/// parser's state between them.
+struct Pipeline {
+    ahead: VecDeque<Ahead>,
+    /// Argument vectors of requests that ran, reused.
+    spare: Vec<Vec<Range<usize>>>,
+    /// The bytes of the read buffer the requests in `ahead` take (they start it).
+    ahead_bytes: usize,
+    /// Nothing more is parsed until a barrier ran (or the next read).
+    exhausted: bool,
+    /// The protocol error after the complete requests, if any.
+    tail: Option<ParseError>,
+}
+
+impl Pipeline {
+    /// Parse up to [`LOOKAHEAD`] requests ahead, none past a barrier or a protocol error.
+    fn parse_ahead(&mut self, buf: &mut [u8], limits: &Limits) {
+        let Pipeline {
+            ahead,
+            spare,
+            ahead_bytes,
+            exhausted,
+            tail,
+        } = self;
+        while ahead.len() < LOOKAHEAD && !*exhausted {
+            let mut ranges = spare.pop().unwrap_or_default();
+            match parse_request(&mut buf[*ahead_bytes..], limits, &mut ranges) {
+                Ok(n) => {
+                    let frame = &buf[*ahead_bytes..*ahead_bytes + n];
+                    let spec = ranges.first().and_then(|r| cmd::lookup(&frame[r.clone()]));
+                    let key = spec.and_then(|spec| first_key(spec, frame, &ranges));
+                    let element = spec
+                        .filter(|s| s.flags & cmd::ELEMENT != 0)
+                        .and_then(|s| ranges.get(s.first_key as usize + 1))
+                        .cloned();
+                    // Nothing after a barrier is parsed before it has run.
+                    let barrier = spec.is_some_and(|spec| BARRIERS.contains(&spec.name));
+                    *exhausted = barrier;
+                    *ahead_bytes += n;
+                    ahead.push_back(Ahead {
+                        len: n,
+                        ranges,
+                        spec,
+                        key,
+                        element,
+                        barrier,
+                    });
+                }
+                Err(e) => {
+                    spare.push(ranges);
+                    *exhausted = true;
+                    if !matches!(e, ParseError::Incomplete) {
+                        *tail = Some(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// MERIDIAN SYNC: after the replies before it, this connection carries a replica stream
+/// (the requests parsed after it, in `rest`, go with it).
+async fn take_over(
+    mut stream: TcpStream,
+    out: &[u8],
+    rest: BytesMut,
+    store: &Arc<Store>,
+    shared: &Shared,
+    conn: &mut ConnState,
+    req: meridian_replication::replica_stream::SyncRequest,
+) {
+    if out.is_empty() || stream.write_all(out).await.is_ok() {
+        let (hub, peer) = (shared.inregion.clone(), conn.addr.clone());
+        crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
+    }
+    unwatch_all(store, conn);
+}
+
+/// A request the parser refused: count it, answer the error after the replies before it
+/// (as Redis does, when it has one) and let the caller close the connection.
+async fn close_on_protocol_error(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    store: &Store,
+    conn: &ConnState,
+    e: ParseError,
+) {
+    store.stats.protocol_errors.fetch_add(1, Relaxed);
+    tracing::debug!(client = conn.id, error = %e, "protocol error, closing");
+    if let Some(r) = e.to_reply() {
+        encode(&r, conn.resp3, out);
+    }
+    let _ = stream.write_all(out).await;
+}
+
+/// WAIT: blocks this connection only; earlier replies go out first. The number of
+/// replicas that acknowledged this connection's last write; `None` if the client is gone.
+async fn wait_replicas(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    shared: &Shared,
+    conn: &ConnState,
+    replicas: usize,
+    timeout_ms: u64,
+) -> Option<Reply> {
+    if !out.is_empty() {
+        stream.write_all(out).await.ok()?;
+        out.clear();
+    }
+    let acked = shared
+        .inregion
+        .wait_for(conn.write_offset, replicas, timeout_ms)
+        .await;
+    Some(Reply::Int(acked as i64))
+}
+
+/// After the last request of a read ran: count its commands and write its replies.
+async fn end_batch(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    store: &Store,
+    conn: &mut ConnState,
+) -> std::io::Result<()> {
+    store
+        .stats
+        .commands
+        .fetch_add(std::mem::take(&mut conn.pending_commands), Relaxed);
+    if out.is_empty() {
+        store.flush_replication_wake();
+        return Ok(());
+    }
+    // Like Redis' event loop (read every ready client, then write every reply): let the
+    // other ready connections run their commands first, so the replies leave in one burst
+    // and a waiting client is woken once per burst, not once per connection with our
+    // processing in between.
+    YieldOnce(false).await;
+    write_replies(stream, out, store).await?;
+    out.clear();
+    Ok(())
 }
 
 /// Yield to the tasks already queued, without letting the I/O driver run first (unlike
@@ -485,46 +623,15 @@ fn execute_parsed<'s>(
     if let Some(outcome) = transaction::command(store, shared, conn, spec, args, now, held) {
         return outcome;
     }
-    // Each key's slot, computed once: for routing, lock choice and the keyspace.
-    let keys: smallvec::SmallVec<[(&[u8], u16); 4]> = if spec.first_key > 0 {
-        let first = spec.first_key as usize;
-        spec.key_indices(args.len())
-            .map(|i| {
-                let slot = match first_slot {
-                    Some(slot) if i == first => slot,
-                    _ => key_slot(args[i]),
-                };
-                (args[i], slot)
-            })
-            .collect()
-    } else if let Some(k) = admin_write_key(spec, args) {
-        smallvec::smallvec![(k, key_slot(k))]
-    } else {
-        smallvec::SmallVec::new()
-    };
+    let keys = keys_with_slots(spec, args, first_slot);
     // ASKING: for the next command, or, inside MULTI, until EXEC (as in Redis).
     let asking = if conn.multi.is_some() {
         conn.asking
     } else {
         std::mem::take(&mut conn.asking)
     };
-    if let Some(c) = &shared.cluster {
-        if !keys.is_empty() {
-            let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
-            let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
-            match c.route(store, &keys, write, asking, readonly_read, now, held) {
-                None => {}
-                // Queued inside MULTI: EXEC is routed (and waits) as a whole.
-                Some(Refusal::Paused) if conn.multi.is_some() => {}
-                Some(Refusal::Paused) => return paused(conn, asking),
-                Some(Refusal::Error(e)) => {
-                    if conn.multi.is_some() {
-                        conn.multi_error = true;
-                    }
-                    return Reply::Error(Cow::Owned(e)).into();
-                }
-            }
-        }
+    if let Some(refused) = route(store, shared, conn, spec, &keys, asking, now, held) {
+        return refused;
     }
     if let Some(queue) = conn.multi.as_mut() {
         if spec.flags & cmd::NO_MULTI != 0 {
@@ -544,35 +651,7 @@ fn execute_parsed<'s>(
         }
     }
     let mut key_slots = cmd::KeySlots::new();
-    let locks = if spec.flags & cmd::ALL_SHARDS != 0 {
-        Locks::All(store.lock_all())
-    } else if spec.first_key > 0 {
-        let mut idxs = smallvec::SmallVec::<[usize; 4]>::new();
-        for &(key, slot) in &keys {
-            key_slots.push((key.as_ptr() as usize, key.len(), slot));
-            idxs.push(shard_of(slot));
-        }
-        idxs.sort_unstable();
-        idxs.dedup();
-        let mut v = crate::store::SomeGuards::new();
-        if hold {
-            for &i in &idxs {
-                let Some(g) = store.try_take(held, i) else {
-                    break;
-                };
-                v.push((i, g));
-            }
-        }
-        if v.len() < idxs.len() {
-            // A shard is busy: wait for it holding nothing (see `Held`).
-            drop(v);
-            held.release();
-            v = store.lock_some(&mut idxs);
-        }
-        Locks::Some(v)
-    } else {
-        Locks::None
-    };
+    let locks = lock_shards(store, spec, &keys, hold, held, &mut key_slots);
     if write && conn.multi.is_none() && shared.write_pause_began(now) {
         // A manual failover paused writes (perhaps since this one was routed): wait with the
         // others. Handlers that lock on demand check for themselves (`Ctx::pause_began`).
@@ -606,6 +685,109 @@ fn execute_parsed<'s>(
         }
     }
     outcome
+}
+
+/// A request's keys, each with its slot, computed once: for routing, lock choice and the
+/// keyspace (`first_slot`: the first key's, found when the request was parsed). An admin
+/// subcommand that writes one key ([`admin_write_key`]) counts that key.
+fn keys_with_slots<'a>(
+    spec: &Spec,
+    args: &[&'a [u8]],
+    first_slot: Option<u16>,
+) -> smallvec::SmallVec<[(&'a [u8], u16); 4]> {
+    if spec.first_key > 0 {
+        let first = spec.first_key as usize;
+        spec.key_indices(args.len())
+            .map(|i| {
+                let slot = match first_slot {
+                    Some(slot) if i == first => slot,
+                    _ => key_slot(args[i]),
+                };
+                (args[i], slot)
+            })
+            .collect()
+    } else if let Some(k) = admin_write_key(spec, args) {
+        smallvec::smallvec![(k, key_slot(k))]
+    } else {
+        smallvec::SmallVec::new()
+    }
+}
+
+/// In a region cluster, whether this node serves the request's keys: `None` to run it
+/// here, else its answer (MOVED, ASK, TRYAGAIN, CROSSSLOT…, or a wait through a manual
+/// failover's pause). Queued inside MULTI, a paused write is not refused: EXEC is routed
+/// (and waits) as a whole.
+#[allow(clippy::too_many_arguments)]
+fn route<'s>(
+    store: &'s Store,
+    shared: &'s Shared,
+    conn: &mut ConnState,
+    spec: &Spec,
+    keys: &[(&[u8], u16)],
+    asking: bool,
+    now: u64,
+    held: &mut Held<'s>,
+) -> Option<Outcome> {
+    let c = shared.cluster.as_ref()?;
+    if keys.is_empty() {
+        return None;
+    }
+    let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
+    let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
+    match c.route(store, keys, write, asking, readonly_read, now, held) {
+        None => None,
+        Some(Refusal::Paused) if conn.multi.is_some() => None,
+        Some(Refusal::Paused) => Some(paused(conn, asking)),
+        Some(Refusal::Error(e)) => {
+            if conn.multi.is_some() {
+                conn.multi_error = true;
+            }
+            Some(Reply::Error(Cow::Owned(e)).into())
+        }
+    }
+}
+
+/// The shard locks a command runs under: every shard (`cmd::ALL_SHARDS`), its keys'
+/// shards (taken from the guards `held` from the previous command when `hold`, else
+/// waited for holding nothing: see [`Held`]), or none (it locks on demand). Records each
+/// key's slot in `key_slots` for the keyspace.
+fn lock_shards<'s>(
+    store: &'s Store,
+    spec: &Spec,
+    keys: &[(&[u8], u16)],
+    hold: bool,
+    held: &mut Held<'s>,
+    key_slots: &mut cmd::KeySlots,
+) -> Locks<'s> {
+    if spec.flags & cmd::ALL_SHARDS != 0 {
+        return Locks::All(store.lock_all());
+    }
+    if spec.first_key == 0 {
+        return Locks::None;
+    }
+    let mut idxs = smallvec::SmallVec::<[usize; 4]>::new();
+    for &(key, slot) in keys {
+        key_slots.push((key.as_ptr() as usize, key.len(), slot));
+        idxs.push(shard_of(slot));
+    }
+    idxs.sort_unstable();
+    idxs.dedup();
+    let mut v = crate::store::SomeGuards::new();
+    if hold {
+        for &i in &idxs {
+            let Some(g) = store.try_take(held, i) else {
+                break;
+            };
+            v.push((i, g));
+        }
+    }
+    if v.len() < idxs.len() {
+        // A shard is busy: wait for it holding nothing (see `Held`).
+        drop(v);
+        held.release();
+        v = store.lock_some(&mut idxs);
+    }
+    Locks::Some(v)
 }
 
 /// A write to wait through a manual failover's pause: `serve` runs it again, with its
