@@ -75,16 +75,16 @@ impl Section {
 
 /// A Prometheus family's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum MetricKind {
     Counter,
     Gauge,
 }
 
-impl Kind {
+impl MetricKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
         }
     }
 }
@@ -196,7 +196,7 @@ pub struct Figure {
     /// Its `INFO` field (none: only on `/metrics`).
     pub info: Option<&'static str>,
     /// Its family on `/metrics`, after `meridian_` (none: only in `INFO`).
-    pub metric: Option<(&'static str, Kind)>,
+    pub metric: Option<(&'static str, MetricKind)>,
     pub help: &'static str,
     /// None: not reported on this node (the region link's figures without a link).
     pub read: fn(&Readings) -> Option<Value>,
@@ -208,7 +208,7 @@ pub struct PeerFigure {
     /// Its key in the `peer_<region>:` line (none: only on `/metrics`).
     pub info: Option<&'static str>,
     /// Its family on `/metrics`, after `meridian_repl_` (none: only in `INFO`).
-    pub metric: Option<(&'static str, Kind)>,
+    pub metric: Option<(&'static str, MetricKind)>,
     pub help: &'static str,
     pub read: fn(&PeerControl, u64) -> Value,
 }
@@ -218,7 +218,7 @@ pub struct PeerFigure {
 pub struct NodeFigure {
     pub info: Option<&'static str>,
     /// After `meridian_repl_`.
-    pub metric: Option<(&'static str, Kind)>,
+    pub metric: Option<(&'static str, MetricKind)>,
     pub help: &'static str,
     pub read: fn(&NodeStatus, u64) -> Value,
 }
@@ -226,7 +226,7 @@ pub struct NodeFigure {
 const fn row(
     section: Section,
     info: Option<&'static str>,
-    metric: Option<(&'static str, Kind)>,
+    metric: Option<(&'static str, MetricKind)>,
     help: &'static str,
     read: fn(&Readings) -> Option<Value>,
 ) -> Figure {
@@ -239,7 +239,7 @@ const fn row(
     }
 }
 
-use Kind::{Counter, Gauge};
+use MetricKind::{Counter, Gauge};
 use Section::*;
 
 fn n(v: u64) -> Option<Value> {
@@ -570,7 +570,7 @@ pub static FIGURES: &[Figure] = &[
 
 const fn peer(
     info: Option<&'static str>,
-    metric: Option<(&'static str, Kind)>,
+    metric: Option<(&'static str, MetricKind)>,
     help: &'static str,
     read: fn(&PeerControl, u64) -> Value,
 ) -> PeerFigure {
@@ -663,7 +663,7 @@ pub static PEER_FIGURES: &[PeerFigure] = &[
 
 const fn node(
     info: Option<&'static str>,
-    metric: Option<(&'static str, Kind)>,
+    metric: Option<(&'static str, MetricKind)>,
     help: &'static str,
     read: fn(&NodeStatus, u64) -> Value,
 ) -> NodeFigure {

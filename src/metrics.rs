@@ -1,7 +1,7 @@
 //! Prometheus text exposition on `GET /metrics` (off unless `metrics-port` is set). A tiny
 //! HTTP/1.1 responder: one request per connection, bounded request size.
 
-use crate::counters::{Kind, Readings, FIGURES, NODE_FIGURES, PEER_FIGURES};
+use crate::counters::{MetricKind, Readings, FIGURES, NODE_FIGURES, PEER_FIGURES};
 use crate::region_link::Control;
 use crate::shared::Shared;
 use crate::store::Store;
@@ -47,7 +47,7 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>, shared: Arc<Shared>
 struct Exposition(String);
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+    fn family(&mut self, name: &str, kind: MetricKind, help: &str) {
         let _ = write!(
             self.0,
             "# HELP meridian_{name} {help}\n# TYPE meridian_{name} {}\n",
@@ -79,7 +79,7 @@ pub fn render(store: &Store, shared: &Shared) -> String {
     }
     o.family(
         "kafka_consumer_lag",
-        Kind::Gauge,
+        MetricKind::Gauge,
         "Records behind the partition's end.",
     );
     for (p, lag) in shared.kafka.lag.lock().iter() {
