@@ -798,8 +798,8 @@ impl Core {
         let mut forgotten: Vec<(String, RegionId)> = Vec::new();
         // Frames from regions not known here that are not a `Hello`: logged once per 10 s.
         let mut unknown_logged = 0u64;
+        // The drop rate's generator.
         let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
-        let mut next_rand = move || rand::Rng::random::<f64>(&mut rng);
         // GC visits one shard every `gc_interval_ms / SHARDS`: a pass over every key of the
         // node at once held up frames (and so convergence) for milliseconds every interval.
         let gc_step_ms = (gc_interval_ms / SHARDS as u64).max(1);
@@ -905,72 +905,8 @@ impl Core {
                 }
                 timer_due = false;
             }
-            // `MERIDIAN REGION FORGET`.
-            let requests: Vec<ReplRequest> = std::mem::take(&mut *control.requests.lock());
-            for req in requests {
-                match req {
-                    ReplRequest::Forget(name) => {
-                        let Some(i) = peers.iter().position(|p| p.pc.region == name) else {
-                            continue;
-                        };
-                        let p = peers.remove(i);
-                        let backlog = link.backlog(p.id);
-                        link.remove_peer(p.id);
-                        transport.forget_region(&name);
-                        control.peers.write().retain(|q| q.region != name);
-                        forgotten.retain(|(n, _)| *n != name);
-                        forgotten.push((name.clone(), p.id));
-                        control.regions_forgotten.fetch_add(1, Relaxed);
-                        tracing::warn!(
-                            region = %name,
-                            region_id = p.id.0,
-                            backlog,
-                            "region forgotten (MERIDIAN REGION FORGET): its link, log and \
-                             connections are gone, GC no longer waits for it; if it comes \
-                             back, its incarnation is refused until it restarts empty"
-                        );
-                    }
-                }
-            }
-            while let Some((peer, frame)) = link.poll_transmit(now) {
-                let Some(i) = peers.iter().position(|p| p.id == peer) else {
-                    continue;
-                };
-                let lp = &mut peers[i];
-                let pc = &lp.pc;
-                let (delay, drop_rate) = (lp.delay_ms, lp.drop_rate);
-                if pc.down.load(Relaxed) || (drop_rate > 0.0 && next_rand() < drop_rate) {
-                    pc.frames_dropped.fetch_add(1, Relaxed);
-                    continue;
-                }
-                buf.clear();
-                let size = match encode_into(&frame, &mut buf) {
-                    Ok(size) => size,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot encode replication frame");
-                        continue;
-                    }
-                };
-                if frame.is_anti_entropy() {
-                    pc.ae_bytes_sent.fetch_add(size as u64, Relaxed);
-                }
-                let bytes = Bytes::copy_from_slice(&buf);
-                if delay > 0 {
-                    lp.delayed.push_back((now + delay, bytes));
-                } else if transport.send(&pc.region, bytes).is_err() {
-                    // Not connected or queue full: the link resends unacknowledged deltas.
-                    pc.frames_dropped.fetch_add(1, Relaxed);
-                }
-            }
-            for p in peers.iter_mut() {
-                while p.delayed.front().is_some_and(|(due, _)| *due <= now) {
-                    let (_, bytes) = p.delayed.pop_front().expect("front checked");
-                    let pc = &p.pc;
-                    if pc.down.load(Relaxed) || transport.send(&pc.region, bytes).is_err() {
-                        pc.frames_dropped.fetch_add(1, Relaxed);
-                    }
-                }
-            }
+            forget_requested(&control, &transport, &mut link, &mut peers, &mut forgotten);
+            ship(now, &transport, &mut link, &mut peers, &mut buf, &mut rng);
             if now >= next_stats {
                 next_stats = now + 100;
                 publish(now, &control, &transport, &link, &mut peers, &mut rates);
@@ -1020,46 +956,9 @@ impl Core {
                         let Some((from, frame)) = next else { return };
                         handled += 1;
                         if !peers.iter().any(|p| p.pc.region == from) {
-                            // A region not among the peers: a forgotten one (its frames go
-                            // to the link, which refuses its incarnation), or one joining
-                            // (its `Hello` names its id).
-                            let id = match (&frame, forgotten.iter().find(|f| f.0 == from)) {
-                                (_, Some(&(_, id))) => Some(id),
-                                (meridian_replication::Frame::Hello(h), None) => Some(h.region),
-                                _ => None,
-                            };
-                            match id {
-                                Some(id) => match join_refusal(&control, (&region, region_id), &from, id) {
-                                    None => {
-                                        forgotten.retain(|f| f.0 != from);
-                                        link.add_peer(id);
-                                        let pc = Arc::new(PeerControl::new(&from, id.0, true));
-                                        control.peers.write().push(pc.clone());
-                                        control.regions_joined.fetch_add(1, Relaxed);
-                                        tracing::info!(region = %from, region_id = id.0, "region joined: added as a peer (it bootstraps by anti-entropy; GC waits for it from now on)");
-                                        peers.push(LoopPeer {
-                                            pc,
-                                            id,
-                                            delay_ms: 0,
-                                            drop_rate: 0.0,
-                                            delayed: VecDeque::new(),
-                                            acked_sample: 0,
-                                            state: PEER_ACTIVE,
-                                        });
-                                    }
-                                    Some((reason, why)) => {
-                                        refuse_region(&transport, &control, &from, reason, &why);
-                                        transport.forget_region(&from);
-                                    }
-                                },
-                                None => {
-                                    let now = now_ms();
-                                    if now >= unknown_logged {
-                                        unknown_logged = now + 10_000;
-                                        tracing::debug!(region = %from, "frame from a region not (yet) a peer dropped: it joins by its Hello");
-                                    }
-                                }
-                            }
+                            let us = (region.as_str(), region_id);
+                            let stranger = Stranger { from: &from, frame: &frame };
+                            stranger.admit(us, &control, &transport, &mut link, &mut peers, &mut forgotten, &mut unknown_logged);
                         }
                         if let Some(i) = peers.iter().position(|p| p.pc.region == from) {
                             let pc = &peers[i].pc;
@@ -1104,6 +1003,154 @@ impl Core {
                 _ = tokio::time::sleep(sleep) => { timer_due = true; }
             }
         }
+    }
+}
+
+/// `MERIDIAN REGION FORGET`: the peers the requests name leave the loop, the link, the
+/// transport and the control (their frames still reach the link, which refuses their
+/// incarnation: `forgotten`).
+fn forget_requested(
+    control: &Control,
+    transport: &QuicTransport,
+    link: &mut RegionLink,
+    peers: &mut Vec<LoopPeer>,
+    forgotten: &mut Vec<(String, RegionId)>,
+) {
+    let requests: Vec<ReplRequest> = std::mem::take(&mut *control.requests.lock());
+    for req in requests {
+        match req {
+            ReplRequest::Forget(name) => {
+                let Some(i) = peers.iter().position(|p| p.pc.region == name) else {
+                    continue;
+                };
+                let p = peers.remove(i);
+                let backlog = link.backlog(p.id);
+                link.remove_peer(p.id);
+                transport.forget_region(&name);
+                control.peers.write().retain(|q| q.region != name);
+                forgotten.retain(|(n, _)| *n != name);
+                forgotten.push((name.clone(), p.id));
+                control.regions_forgotten.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    region = %name,
+                    region_id = p.id.0,
+                    backlog,
+                    "region forgotten (MERIDIAN REGION FORGET): its link, log and \
+                     connections are gone, GC no longer waits for it; if it comes \
+                     back, its incarnation is refused until it restarts empty"
+                );
+            }
+        }
+    }
+}
+
+/// Send what the link has to send (`poll_transmit`), through a peer's injected faults
+/// (drop rate, delay), then the delayed frames now due. A frame that cannot go (link cut,
+/// not connected, queue full) is counted dropped: the link resends unacknowledged deltas.
+fn ship(
+    now: u64,
+    transport: &QuicTransport,
+    link: &mut RegionLink,
+    peers: &mut [LoopPeer],
+    buf: &mut Vec<u8>,
+    rng: &mut rand::rngs::SmallRng,
+) {
+    while let Some((peer, frame)) = link.poll_transmit(now) {
+        let Some(i) = peers.iter().position(|p| p.id == peer) else {
+            continue;
+        };
+        let lp = &mut peers[i];
+        let pc = &lp.pc;
+        let (delay, drop_rate) = (lp.delay_ms, lp.drop_rate);
+        if pc.down.load(Relaxed) || (drop_rate > 0.0 && rand::Rng::random::<f64>(rng) < drop_rate) {
+            pc.frames_dropped.fetch_add(1, Relaxed);
+            continue;
+        }
+        buf.clear();
+        let size = match encode_into(&frame, buf) {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode replication frame");
+                continue;
+            }
+        };
+        if frame.is_anti_entropy() {
+            pc.ae_bytes_sent.fetch_add(size as u64, Relaxed);
+        }
+        let bytes = Bytes::copy_from_slice(buf);
+        if delay > 0 {
+            lp.delayed.push_back((now + delay, bytes));
+        } else if transport.send(&pc.region, bytes).is_err() {
+            pc.frames_dropped.fetch_add(1, Relaxed);
+        }
+    }
+    for p in peers.iter_mut() {
+        while p.delayed.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, bytes) = p.delayed.pop_front().expect("front checked");
+            let pc = &p.pc;
+            if pc.down.load(Relaxed) || transport.send(&pc.region, bytes).is_err() {
+                pc.frames_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// A frame from a region not among the peers.
+struct Stranger<'a> {
+    from: &'a str,
+    frame: &'a meridian_replication::Frame,
+}
+
+impl Stranger<'_> {
+    /// A forgotten region (its frames go on to the link, which refuses its incarnation)
+    /// or one joining (its `Hello` names its id): admitted as a peer unless
+    /// [`join_refusal`] says otherwise, then refused and forgotten by the transport. Frames
+    /// of any other region are dropped (logged once per 10 s, `unknown_logged`).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        us: (&str, u16),
+        control: &Control,
+        transport: &QuicTransport,
+        link: &mut RegionLink,
+        peers: &mut Vec<LoopPeer>,
+        forgotten: &mut Vec<(String, RegionId)>,
+        unknown_logged: &mut u64,
+    ) {
+        let from = self.from;
+        let id = match (self.frame, forgotten.iter().find(|f| f.0 == from)) {
+            (_, Some(&(_, id))) => Some(id),
+            (meridian_replication::Frame::Hello(h), None) => Some(h.region),
+            _ => None,
+        };
+        let Some(id) = id else {
+            let now = now_ms();
+            if now >= *unknown_logged {
+                *unknown_logged = now + 10_000;
+                tracing::debug!(region = %from, "frame from a region not (yet) a peer dropped: it joins by its Hello");
+            }
+            return;
+        };
+        if let Some((reason, why)) = join_refusal(control, us, from, id) {
+            refuse_region(transport, control, from, reason, &why);
+            transport.forget_region(from);
+            return;
+        }
+        forgotten.retain(|f| f.0 != from);
+        link.add_peer(id);
+        let pc = Arc::new(PeerControl::new(from, id.0, true));
+        control.peers.write().push(pc.clone());
+        control.regions_joined.fetch_add(1, Relaxed);
+        tracing::info!(region = %from, region_id = id.0, "region joined: added as a peer (it bootstraps by anti-entropy; GC waits for it from now on)");
+        peers.push(LoopPeer {
+            pc,
+            id,
+            delay_ms: 0,
+            drop_rate: 0.0,
+            delayed: VecDeque::new(),
+            acked_sample: 0,
+            state: PEER_ACTIVE,
+        });
     }
 }
 
