@@ -121,7 +121,6 @@ impl NodesCore {
         // rate's generator.
         let mut delayed: std::collections::VecDeque<(u64, PeerKey, Bytes)> = Default::default();
         let mut rng: rand::rngs::SmallRng = rand::SeedableRng::from_os_rng();
-        let mut next_rand = move || rand::Rng::random::<f64>(&mut rng);
         // Whether this node was a primary at the last look (a replica has no links).
         let mut primary = true;
         let mut flush_at: Option<u64> = Some(0);
@@ -207,78 +206,21 @@ impl NodesCore {
                 links.collect_garbage(&mut ShellStore::for_gc_shard(&store, gc_shard));
                 gc_shard = (gc_shard + 1) % SHARDS;
             }
-            // `MERIDIAN REGION FORGET` (every primary holds its own links: it is issued on
-            // every node).
-            let requests: Vec<crate::region_link::ReplRequest> =
-                std::mem::take(&mut *control.requests.lock());
-            for req in requests {
-                let crate::region_link::ReplRequest::Forget(name) = req;
-                let Some(i) = peers.iter().position(|p| p.name == name) else {
-                    continue;
-                };
-                let p = peers.remove(i);
-                links.forget_region(p.id, now);
-                transport.forget_region(&name);
-                control.peers.write().retain(|q| q.region != name);
-                forgotten.retain(|(n, _)| *n != name);
-                forgotten.push((name.clone(), p.id));
-                control.regions_forgotten.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    region = %name,
-                    region_id = p.id.0,
-                    "region forgotten (MERIDIAN REGION FORGET): its links and connections \
-                     are gone, GC no longer waits for it; if it comes back, incarnations \
-                     started before now are refused"
-                );
-            }
-            while let Some((peer, frame)) = links.poll_transmit(now) {
-                let Some(key) = table.keys.get(peer.node as usize) else {
-                    continue;
-                };
-                let pc_arc = control.peer(key.region.as_bytes());
-                let pc = pc_arc.as_deref();
-                if pc.is_some_and(|pc| pc.down.load(Relaxed)) {
-                    if let Some(pc) = pc {
-                        pc.frames_dropped.fetch_add(1, Relaxed);
-                    }
-                    continue;
-                }
-                buf.clear();
-                if encode_into(&frame, &mut buf).is_err() {
-                    continue;
-                }
-                let (delay, drop_rate) = peers
-                    .iter()
-                    .find(|p| p.name == key.region)
-                    .map_or((0, 0.0), |p| (p.delay_ms, p.drop_rate));
-                let bytes = Bytes::copy_from_slice(&buf);
-                let sent = if drop_rate > 0.0 && next_rand() < drop_rate {
-                    false
-                } else if delay > 0 {
-                    delayed.push_back((now + delay, key.clone(), bytes));
-                    true
-                } else {
-                    transport.send_to(key, bytes).is_ok()
-                };
-                if !sent {
-                    if let Some(pc) = pc {
-                        pc.frames_dropped.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-            while delayed.front().is_some_and(|(due, _, _)| *due <= now) {
-                let Some((_, key, bytes)) = delayed.pop_front() else {
-                    break;
-                };
-                let pc_arc = control.peer(key.region.as_bytes());
-                let pc = pc_arc.as_deref();
-                let cut = pc.is_some_and(|pc| pc.down.load(Relaxed));
-                if cut || transport.send_to(&key, bytes).is_err() {
-                    if let Some(pc) = pc {
-                        pc.frames_dropped.fetch_add(1, Relaxed);
-                    }
-                }
-            }
+            forget_requested(
+                now,
+                &control,
+                &transport,
+                &mut links,
+                &mut peers,
+                &mut forgotten,
+            );
+            let out = Outbound {
+                control: &control,
+                transport: &transport,
+                table: &table,
+                peers: &peers,
+            };
+            out.ship(now, &mut links, &mut delayed, &mut buf, &mut rng);
             if !handshake_seen
                 && peers.iter().all(|p| topos.get(&p.name).is_some())
                 && links.peers().count() > 0
@@ -592,4 +534,112 @@ fn publish(
         pc.deltas_acked.store(acked, Relaxed);
     }
     *control.nodes.lock() = nodes;
+}
+
+/// `MERIDIAN REGION FORGET` (every primary holds its own links: it is issued on every
+/// node): the regions the requests name leave the peers, the links, the transport and the
+/// control (`forgotten` keeps their ids: a node of one that speaks again reaches a link
+/// that refuses its incarnation).
+fn forget_requested(
+    now: u64,
+    control: &Control,
+    transport: &QuicTransport,
+    links: &mut NodeLinks,
+    peers: &mut Vec<PeerRegion>,
+    forgotten: &mut Vec<(String, RegionId)>,
+) {
+    let requests: Vec<crate::region_link::ReplRequest> =
+        std::mem::take(&mut *control.requests.lock());
+    for req in requests {
+        let crate::region_link::ReplRequest::Forget(name) = req;
+        let Some(i) = peers.iter().position(|p| p.name == name) else {
+            continue;
+        };
+        let p = peers.remove(i);
+        links.forget_region(p.id, now);
+        transport.forget_region(&name);
+        control.peers.write().retain(|q| q.region != name);
+        forgotten.retain(|(n, _)| *n != name);
+        forgotten.push((name.clone(), p.id));
+        control.regions_forgotten.fetch_add(1, Relaxed);
+        tracing::warn!(
+            region = %name,
+            region_id = p.id.0,
+            "region forgotten (MERIDIAN REGION FORGET): its links and connections \
+             are gone, GC no longer waits for it; if it comes back, incarnations \
+             started before now are refused"
+        );
+    }
+}
+
+/// Where the links' frames go: the peer nodes of `table`, through their region's injected
+/// faults (`peers`: drop rate, delay) and the `MERIDIAN LINK DOWN` cut (`control`).
+struct Outbound<'a> {
+    control: &'a Control,
+    transport: &'a QuicTransport,
+    table: &'a NodeTable,
+    peers: &'a [PeerRegion],
+}
+
+impl Outbound<'_> {
+    /// Send what the links have to send (`poll_transmit`), then the delayed frames now
+    /// due. A frame that cannot go is counted dropped: the links resend.
+    fn ship(
+        &self,
+        now: u64,
+        links: &mut NodeLinks,
+        delayed: &mut std::collections::VecDeque<(u64, PeerKey, Bytes)>,
+        buf: &mut Vec<u8>,
+        rng: &mut rand::rngs::SmallRng,
+    ) {
+        while let Some((peer, frame)) = links.poll_transmit(now) {
+            let Some(key) = self.table.keys.get(peer.node as usize) else {
+                continue;
+            };
+            let pc_arc = self.control.peer(key.region.as_bytes());
+            let pc = pc_arc.as_deref();
+            if pc.is_some_and(|pc| pc.down.load(Relaxed)) {
+                if let Some(pc) = pc {
+                    pc.frames_dropped.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
+            buf.clear();
+            if encode_into(&frame, buf).is_err() {
+                continue;
+            }
+            let (delay, drop_rate) = self
+                .peers
+                .iter()
+                .find(|p| p.name == key.region)
+                .map_or((0, 0.0), |p| (p.delay_ms, p.drop_rate));
+            let bytes = Bytes::copy_from_slice(buf);
+            let sent = if drop_rate > 0.0 && rand::Rng::random::<f64>(rng) < drop_rate {
+                false
+            } else if delay > 0 {
+                delayed.push_back((now + delay, key.clone(), bytes));
+                true
+            } else {
+                self.transport.send_to(key, bytes).is_ok()
+            };
+            if !sent {
+                if let Some(pc) = pc {
+                    pc.frames_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        while delayed.front().is_some_and(|(due, _, _)| *due <= now) {
+            let Some((_, key, bytes)) = delayed.pop_front() else {
+                break;
+            };
+            let pc_arc = self.control.peer(key.region.as_bytes());
+            let pc = pc_arc.as_deref();
+            let cut = pc.is_some_and(|pc| pc.down.load(Relaxed));
+            if cut || self.transport.send_to(&key, bytes).is_err() {
+                if let Some(pc) = pc {
+                    pc.frames_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
 }
