@@ -12,6 +12,7 @@
 //! - [`topology`]: this node's region as peer regions discover it; [`replication_nodes`]:
 //!   the inter-region shell in node mode (peer regions that are clusters).
 
+pub mod acl;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
