@@ -65,10 +65,10 @@ pub fn gate(
     }
 }
 
-/// The `client-info` of an ACL log entry (CLIENT INFO's fields that matter here).
+/// The `client-info` of an ACL log entry: CLIENT INFO's line (clients parse every field).
 fn client_info(shared: &crate::shared::Shared, conn: &ConnState, cmd: &str, now_ms: u64) -> String {
     format!(
-        "id={} addr={} laddr={}:{} fd=0 name={} age={} idle=0 flags=N db=0 multi={} cmd={cmd} user={} resp={}",
+        "id={} addr={} laddr={}:{} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={} redir=-1 resp={}",
         conn.id,
         conn.addr,
         shared.config.bind,
