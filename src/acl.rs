@@ -1096,26 +1096,14 @@ impl Acl {
 }
 
 /// A connection's identity: its user, whether it authenticated, and the [`Acl::version`]
-/// it last looked its user up at.
-#[derive(Clone)]
+/// it last looked its user up at (0 at first: looked up on the first command).
+#[derive(Clone, Default)]
 pub struct Session {
     pub user: Option<Arc<User>>,
     pub authenticated: bool,
     pub version: u64,
     /// Authenticated as a user with every command and key: nothing to check.
     pub free: bool,
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        Session {
-            user: None,
-            authenticated: false,
-            // Looked up on the first command.
-            version: 0,
-            free: false,
-        }
-    }
 }
 
 impl Session {
@@ -1152,6 +1140,11 @@ impl Session {
         let version = acl.version();
         match acl.user(&u.name) {
             Some(n) if n.uid == u.uid => {
+                // Not yet authenticated as the default user, which needs no password now
+                // (CONFIG SET requirepass ""): nothing left to ask (Redis' authRequired).
+                if !self.authenticated && n.name == "default" && n.nopass && n.enabled {
+                    self.authenticated = true;
+                }
                 self.free = self.authenticated && n.unrestricted;
                 self.user = Some(n);
                 self.version = version;
