@@ -1265,6 +1265,29 @@ mod tests {
     }
 
     #[test]
+    fn the_default_user_unconfigured_is_free_on_the_hot_path() {
+        let acl = Acl::from_config(&crate::config::Config::default()).expect("acl");
+        let mut s = Session::default();
+        assert!(
+            s.version != acl.version(),
+            "a new session looks its user up first"
+        );
+        assert!(s.refresh(&acl));
+        assert!(s.free && s.authenticated && s.version == acl.version());
+        // A password: new sessions must AUTH; this one stays authenticated (as Redis).
+        acl.set_requirepass(b"pw");
+        assert!(s.refresh(&acl) && s.free);
+        let mut fresh = Session::default();
+        fresh.start(&acl);
+        assert!(!fresh.authenticated && !fresh.free);
+        assert!(acl.authenticate(b"default", b"pw").is_some());
+        assert!(acl.authenticate(b"default", b"px").is_none());
+        assert!(acl.authenticate(b"nobody", b"pw").is_none());
+        acl.set_requirepass(b"");
+        assert!(fresh.refresh(&acl) && fresh.authenticated && fresh.free);
+    }
+
+    #[test]
     fn description_round_trips_and_errors_are_redis_texts() {
         let u = user(&["on", ">p1", "~a", "%R~b", "&ch", "-@all", "+get", "+@hash"]);
         assert_eq!(
