@@ -58,6 +58,20 @@ pub struct Config {
     pub min_replicas_max_lag: u64,
     /// Start as a replica of `"host port"` (like Redis' `replicaof`).
     pub replicaof: Option<String>,
+    /// The default user's password (Redis' `requirepass`; empty or absent: none).
+    pub requirepass: Option<String>,
+    /// ACL users as Redis' `user` directives without the keyword:
+    /// `"alice on >secret ~cache:* +@read"`. Not together with `aclfile`.
+    pub users: Vec<String>,
+    /// The users' file (ACL SAVE/LOAD; loaded at start), relative to the config file.
+    pub aclfile: Option<PathBuf>,
+    /// Only loopback clients while the default user has no password (as Redis).
+    pub protected_mode: bool,
+    /// What a replica authenticates to its primary with (AUTH [masteruser] masterauth).
+    pub masteruser: Option<String>,
+    pub masterauth: Option<String>,
+    /// Most ACL LOG entries kept.
+    pub acllog_max_len: usize,
     /// Directory of the config file (relative paths inside it resolve against this).
     #[serde(skip)]
     pub config_dir: Option<PathBuf>,
@@ -345,6 +359,13 @@ impl Default for Config {
             min_replicas_to_write: 0,
             min_replicas_max_lag: 10,
             replicaof: None,
+            requirepass: None,
+            users: Vec::new(),
+            aclfile: None,
+            protected_mode: true,
+            masteruser: None,
+            masterauth: None,
+            acllog_max_len: 128,
             config_dir: None,
         }
     }
@@ -419,6 +440,21 @@ pub struct Cli {
     /// Start as a replica of "host port".
     #[arg(long)]
     pub replicaof: Option<String>,
+    /// The default user's password.
+    #[arg(long)]
+    pub requirepass: Option<String>,
+    /// ACL users' file (loaded at start, ACL SAVE/LOAD).
+    #[arg(long)]
+    pub aclfile: Option<PathBuf>,
+    /// `yes` (default) or `no`: see the `protected-mode` key.
+    #[arg(long)]
+    pub protected_mode: Option<String>,
+    /// User a replica authenticates to its primary as.
+    #[arg(long)]
+    pub masteruser: Option<String>,
+    /// Password a replica authenticates to its primary with.
+    #[arg(long)]
+    pub masterauth: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -558,6 +594,22 @@ impl Config {
         if let Some(v) = &cli.replicaof {
             c.replicaof = Some(v.clone());
         }
+        if let Some(v) = &cli.requirepass {
+            c.requirepass = Some(v.clone());
+        }
+        if let Some(v) = &cli.aclfile {
+            c.aclfile = Some(v.clone());
+        }
+        if let Some(v) = &cli.protected_mode {
+            c.protected_mode = parse_yes_no(v)
+                .ok_or_else(|| format!("--protected-mode must be yes or no, got {v:?}"))?;
+        }
+        if let Some(v) = &cli.masteruser {
+            c.masteruser = Some(v.clone());
+        }
+        if let Some(v) = &cli.masterauth {
+            c.masterauth = Some(v.clone());
+        }
         if let Some(r) = &c.replicaof {
             if c.replicaof_addr().is_none() && !r.eq_ignore_ascii_case("no one") {
                 return Err(format!("replicaof must be \"host port\", got {r:?}"));
@@ -591,6 +643,17 @@ impl Config {
             }
         }
         Ok(c)
+    }
+}
+
+/// Redis' booleans: `yes`/`no` (any case).
+pub fn parse_yes_no(s: &str) -> Option<bool> {
+    if s.eq_ignore_ascii_case("yes") {
+        Some(true)
+    } else if s.eq_ignore_ascii_case("no") {
+        Some(false)
+    } else {
+        None
     }
 }
 

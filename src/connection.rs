@@ -74,6 +74,7 @@ pub async fn serve(
             max_bulk_len: store.runtime.proto_max_bulk_len.load(Relaxed),
             max_multibulk_len: shared.config.max_multibulk_len,
             max_inline_len: shared.config.max_inline_len,
+            unauthenticated: !conn.session.authenticated,
         };
         let mut now = now_ms();
         // The replication task's wake-up waits until the replies are written (flushed
@@ -146,6 +147,7 @@ pub async fn serve(
             if barrier {
                 // Parse on, with the limits as they are now.
                 limits.max_bulk_len = store.runtime.proto_max_bulk_len.load(Relaxed);
+                limits.unauthenticated = !conn.session.authenticated;
                 p.exhausted = false;
             }
             let reply = match outcome {
@@ -310,8 +312,11 @@ impl Pipeline {
                         .filter(|s| s.flags & cmd::ELEMENT != 0)
                         .and_then(|s| ranges.get(s.first_key as usize + 1))
                         .cloned();
-                    // Nothing after a barrier is parsed before it has run.
-                    let barrier = spec.is_some_and(|spec| BARRIERS.contains(&spec.name));
+                    // Nothing after a barrier is parsed before it has run. Before the
+                    // client authenticated every request is one: an AUTH lifts the
+                    // pre-auth bounds for the very next request (as in Redis).
+                    let barrier = spec.is_some_and(|spec| BARRIERS.contains(&spec.name))
+                        || limits.unauthenticated;
                     *exhausted = barrier;
                     *ahead_bytes += n;
                     ahead.push_back(Ahead {
@@ -618,6 +623,15 @@ fn execute_parsed<'s>(
             conn.multi_error = true;
         }
         return cmd::arity(spec.name).into();
+    }
+    // ACL: one load and one test for a user allowed everything (see `acl`).
+    if !conn.session.free || conn.session.version != shared.acl.version() {
+        if let Some(refused) = cmd::acl::gate(shared, conn, spec, args, now) {
+            if conn.multi.is_some() {
+                conn.multi_error = true;
+            }
+            return refused;
+        }
     }
     conn.last_cmd = spec.name;
     if let Some(outcome) = transaction::command(store, shared, conn, spec, args, now, held) {

@@ -22,7 +22,8 @@
 //! - a NUL byte does not hide the end of line from the scanner (Redis' `strchr` stops at NUL, so
 //!   it waits for more input); as in `sdssplitargs`, a NUL ends the inline argument list;
 //! - the multibulk count is bounded by [`Limits::max_multibulk_len`] (Redis 7: `INT_MAX`), and
-//!   the "unauthenticated multibulk/bulk length" checks belong to the connection, not here.
+//!   a client that has not authenticated is held to Redis' pre-auth bounds
+//!   ([`Limits::unauthenticated`]: at most 10 arguments of at most 16 KB each).
 //!
 //! The parser keeps no state between calls: an incomplete request is parsed again from its
 //! start when more bytes arrive. That costs one pass over the argument headers (bulk payloads
@@ -50,6 +51,11 @@ pub const ERR_INVALID_MULTIBULK_LEN: &str = "Protocol error: invalid multibulk l
 pub const ERR_INVALID_BULK_LEN: &str = "Protocol error: invalid bulk length";
 pub const ERR_TOO_BIG_MBULK_COUNT: &str = "Protocol error: too big mbulk count string";
 pub const ERR_TOO_BIG_BULK_COUNT: &str = "Protocol error: too big bulk count string";
+pub const ERR_UNAUTH_MULTIBULK_LEN: &str = "Protocol error: unauthenticated multibulk length";
+pub const ERR_UNAUTH_BULK_LEN: &str = "Protocol error: unauthenticated bulk length";
+/// Redis' bounds for a client that has not authenticated (`networking.c`).
+pub const UNAUTH_MAX_MULTIBULK_LEN: u64 = 10;
+pub const UNAUTH_MAX_BULK_LEN: u64 = 16 * 1024;
 pub const ERR_TOO_BIG_INLINE: &str = "Protocol error: too big inline request";
 pub const ERR_UNBALANCED_QUOTES: &str = "Protocol error: unbalanced quotes in request";
 /// Not in Redis, which does not check the two bytes after a bulk payload.
@@ -68,6 +74,9 @@ pub struct Limits {
     pub max_multibulk_len: usize,
     /// Longest inline request line, and longest unterminated `*`/`$` line, in bytes.
     pub max_inline_len: usize,
+    /// The client has not authenticated: Redis' pre-auth bounds apply too
+    /// ([`UNAUTH_MAX_MULTIBULK_LEN`], [`UNAUTH_MAX_BULK_LEN`]).
+    pub unauthenticated: bool,
 }
 
 impl Default for Limits {
@@ -76,6 +85,7 @@ impl Default for Limits {
             max_bulk_len: DEFAULT_MAX_BULK_LEN,
             max_multibulk_len: DEFAULT_MAX_MULTIBULK_LEN,
             max_inline_len: DEFAULT_MAX_INLINE_LEN,
+            unauthenticated: false,
         }
     }
 }
@@ -175,6 +185,9 @@ fn parse_multibulk(
         Some(n) if n as u64 <= limits.max_multibulk_len as u64 => n as u64,
         _ => return Err(protocol(ERR_INVALID_MULTIBULK_LEN)),
     };
+    if limits.unauthenticated && count > UNAUTH_MAX_MULTIBULK_LEN {
+        return Err(protocol(ERR_UNAUTH_MULTIBULK_LEN));
+    }
     args.reserve((count as usize).min(MAX_ARGS_PREALLOC));
 
     let mut pos = cr + 2;
@@ -199,6 +212,9 @@ fn parse_multibulk(
             Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
             _ => return Err(protocol(ERR_INVALID_BULK_LEN)),
         };
+        if limits.unauthenticated && len as u64 > UNAUTH_MAX_BULK_LEN {
+            return Err(protocol(ERR_UNAUTH_BULK_LEN));
+        }
         let start = cr + 2;
         // Overflow only with a limit near usize::MAX: such a buffer can never exist.
         let Some(end) = start.checked_add(len) else {
@@ -737,6 +753,31 @@ mod tests {
 
     /// Parses `buf` the way a connection does: request after request until Incomplete or a
     /// protocol error, checking the invariants of every success on the way.
+    #[test]
+    fn unauthenticated_clients_get_redis_pre_auth_bounds() {
+        let limits = Limits {
+            unauthenticated: true,
+            ..Limits::default()
+        };
+        let ten = multibulk(&strs(&["a"; 10]));
+        assert!(parse_with(&ten, &limits).is_ok());
+        assert_eq!(
+            parse_with(b"*11\r\n", &limits),
+            Err(ParseError::Protocol(ERR_UNAUTH_MULTIBULK_LEN.into()))
+        );
+        let big = "x".repeat(16 * 1024);
+        let ok = multibulk(&strs(&[big.as_str()]));
+        assert!(parse_with(&ok, &limits).is_ok());
+        assert_eq!(
+            parse_with(b"*1\r\n$16385\r\n", &limits),
+            Err(ParseError::Protocol(ERR_UNAUTH_BULK_LEN.into()))
+        );
+        assert_eq!(
+            parse_with(b"*1\r\n$16385\r\n", &Limits::default()),
+            Err(ParseError::Incomplete)
+        );
+    }
+
     fn drain(buf: &[u8], limits: &Limits) -> (Vec<Vec<Vec<u8>>>, usize, Option<ParseError>) {
         let mut owned = buf.to_vec();
         let mut args = Vec::new();
@@ -1449,7 +1490,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..512)) {
             drain(&buf, &Limits::default());
-            drain(&buf, &Limits { max_bulk_len: 8, max_multibulk_len: 4, max_inline_len: 16 });
+            drain(&buf, &Limits { max_bulk_len: 8, max_multibulk_len: 4, max_inline_len: 16, unauthenticated: false });
         }
 
         #[test]
@@ -1504,7 +1545,7 @@ mod tests {
             }
             // drain asserts the invariants of every outcome (Ok / Incomplete / Protocol)
             drain(&buf, &Limits::default());
-            drain(&buf, &Limits { max_bulk_len: 16, max_multibulk_len: 4, max_inline_len: 32 });
+            drain(&buf, &Limits { max_bulk_len: 16, max_multibulk_len: 4, max_inline_len: 32, unauthenticated: false });
         }
 
         #[test]

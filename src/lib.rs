@@ -14,6 +14,7 @@
 //! - [`cluster`]: this node in its region cluster; [`topology`]: this node's region as peer
 //!   regions discover it.
 
+pub mod acl;
 pub mod cluster;
 pub mod cmd;
 pub mod config;

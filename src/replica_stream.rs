@@ -727,7 +727,7 @@ async fn stream_changes(
 // ---------------------------------------------------------------------------------------
 
 /// Follows whatever [`InRegion::follow`] set, forever (spawn once on the main runtime).
-pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>) {
+pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>, acl: Arc<crate::acl::Acl>) {
     let mut rx = hub.target.subscribe();
     loop {
         let target = rx.borrow_and_update().clone();
@@ -741,7 +741,7 @@ pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>) {
         loop {
             let started = now_ms();
             tokio::select! {
-                r = run_link(&store, &hub, &target) => {
+                r = run_link(&store, &hub, &target, &acl) => {
                     hub.link_up.store(false, Relaxed);
                     hub.sync_in_progress.store(false, Relaxed);
                     if let Err(e) = r {
@@ -764,7 +764,12 @@ pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>) {
     }
 }
 
-async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result<(), String> {
+async fn run_link(
+    store: &Store,
+    hub: &InRegion,
+    target: &PrimaryAddr,
+    acl: &crate::acl::Acl,
+) -> Result<(), String> {
     let addr = format!("{}:{}", target.host, target.port);
     let mut stream = match tokio::time::timeout(
         Duration::from_millis(CONNECT_TIMEOUT_MS),
@@ -783,6 +788,9 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
         ));
     }
     let _ = stream.set_nodelay(true);
+    if let Some((user, pass)) = acl.master_credentials() {
+        authenticate(&mut stream, user.as_deref(), &pass).await?;
+    }
     let position = hub
         .master_replid
         .lock()
@@ -836,6 +844,53 @@ async fn run_link(store: &Store, hub: &InRegion, target: &PrimaryAddr) -> Result
         }
     }
 }
+
+/// The replica's AUTH to its primary (`masteruser`/`masterauth`, as Redis' replicas): one
+/// command, one line of reply, before `MERIDIAN SYNC` (nothing else is in flight, so no
+/// byte of the stream can be read here).
+async fn authenticate(
+    stream: &mut TcpStream,
+    user: Option<&str>,
+    pass: &str,
+) -> Result<(), String> {
+    let mut req = BytesMut::new();
+    match user {
+        Some(u) => {
+            crate::frame::encode_command(&[&b"AUTH"[..], u.as_bytes(), pass.as_bytes()], &mut req)
+        }
+        None => crate::frame::encode_command(&[&b"AUTH"[..], pass.as_bytes()], &mut req),
+    }
+    write_timed(stream, &req).await?;
+    let mut line = Vec::new();
+    let read = async {
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if line.len() >= MAX_AUTH_REPLY_BYTES {
+                return Err("primary's AUTH reply too long".to_string());
+            }
+            match stream.read(&mut byte).await {
+                Ok(0) => return Err("primary closed the connection during AUTH".to_string()),
+                Ok(_) => line.push(byte[0]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), read)
+        .await
+        .map_err(|_| "primary did not answer AUTH".to_string())??;
+    if line.starts_with(b"+OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "primary refused AUTH (check masteruser/masterauth): {}",
+            String::from_utf8_lossy(line.trim_ascii_end())
+        ))
+    }
+}
+
+/// Longest AUTH reply line the replica reads (Redis' errors are far shorter).
+const MAX_AUTH_REPLY_BYTES: usize = 1024;
 
 /// Apply what the receiver says, under one shard lock at a time.
 fn apply_event(store: &Store, hub: &InRegion, addr: &str, ev: ReceiverEvent) {

@@ -60,6 +60,7 @@ impl Server {
             maxclients: AtomicUsize::new(config.maxclients),
             proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
         };
+        let acl = Arc::new(crate::acl::Acl::from_config(&config).map_err(std::io::Error::other)?);
         let seed = random_seed();
         let repl = crate::region_link::Replicator::start(&config).map_err(std::io::Error::other)?;
         let store = Arc::new(Store::new(
@@ -124,6 +125,7 @@ impl Server {
             _ => None,
         };
         let shared = Arc::new(Shared {
+            acl,
             cluster,
             inregion,
             io_threads: AtomicUsize::new(1),
@@ -167,6 +169,7 @@ impl Server {
         tokio::spawn(crate::replica_stream::run_replica_link(
             self.store.clone(),
             self.shared.inregion.clone(),
+            self.shared.acl.clone(),
         ));
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);
@@ -243,6 +246,14 @@ async fn accept_loop(
         };
         let stats = &store.stats;
         stats.connections_received.fetch_add(1, Relaxed);
+        if refused_by_protected_mode(&shared, peer) {
+            // Redis' protected mode: no password on the default user, so only loopback
+            // clients are served; the others are told why and closed.
+            tokio::spawn(async move {
+                let _ = stream.write_all(crate::acl::DENIED).await;
+            });
+            continue;
+        }
         let max = store.runtime.maxclients.load(Relaxed);
         if stats.connected_clients.load(Relaxed) >= max {
             stats.rejected_connections.fetch_add(1, Relaxed);
@@ -262,9 +273,11 @@ async fn accept_loop(
                 addr: peer.to_string(),
                 name: None,
                 created_ms: created,
+                user: "default".into(),
             },
         );
-        let conn = ConnState::new(id, peer.to_string(), created);
+        let mut conn = ConnState::new(id, peer.to_string(), created);
+        conn.session.start(&shared.acl);
         let (store, shared) = (store.clone(), shared.clone());
         tokio::spawn(async move {
             crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
@@ -272,6 +285,18 @@ async fn accept_loop(
             store.stats.connected_clients.fetch_sub(1, Relaxed);
         });
     }
+}
+
+/// Protected mode (`protected-mode yes`, the default) refuses a client from another host
+/// while the default user has no password.
+fn refused_by_protected_mode(shared: &Shared, peer: SocketAddr) -> bool {
+    let loopback = match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    !loopback && shared.acl.protected_mode.load(Relaxed) && shared.acl.default_nopass()
 }
 
 /// Periodic work, `hz` times per second: active expiry with a bounded budget, eviction

@@ -13,6 +13,8 @@ pub struct ClientEntry {
     pub addr: String,
     pub name: Option<Bytes>,
     pub created_ms: u64,
+    /// The user it authenticated as (CLIENT LIST).
+    pub user: String,
 }
 
 /// State shared by every connection besides the store.
@@ -30,6 +32,8 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// In-region replication (both roles): `follow`, WAIT, min-replicas, INFO.
     pub inregion: Arc<crate::replica_stream::InRegion>,
+    /// Users, passwords, permissions and the ACL log.
+    pub acl: Arc<crate::acl::Acl>,
     /// Threads serving clients (see `store::Held`: with one, a batch keeps its shard locks).
     pub io_threads: AtomicUsize,
 }

@@ -34,14 +34,28 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         return not_int();
     };
     let (mut copy, mut keys) = (false, Vec::new());
+    // The target's AUTH (AUTH password | AUTH2 username password), sent before the keys.
+    let mut auth: Option<(Option<&[u8]>, &[u8])> = None;
     let mut i = 6;
     while i < a.len() {
         let o = a[i].to_ascii_lowercase();
         match o.as_slice() {
             b"copy" => copy = true,
             b"replace" => {}
-            b"auth" => i += 1,
-            b"auth2" => i += 2,
+            b"auth" => {
+                let Some(p) = a.get(i + 1) else {
+                    return syntax();
+                };
+                auth = Some((None, p));
+                i += 1;
+            }
+            b"auth2" => {
+                let (Some(u), Some(p)) = (a.get(i + 1), a.get(i + 2)) else {
+                    return syntax();
+                };
+                auth = Some((Some(u), p));
+                i += 2;
+            }
             b"keys" => {
                 if !a[3].is_empty() {
                     return err("ERR When using MIGRATE KEYS option, the key argument must be set to the empty string");
@@ -85,6 +99,11 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let mut out = bytes::BytesMut::new();
+    match auth {
+        Some((Some(u), p)) => crate::frame::encode_command(&[&b"AUTH"[..], u, p], &mut out),
+        Some((None, p)) => crate::frame::encode_command(&[&b"AUTH"[..], p], &mut out),
+        None => {}
+    }
     for (k, blob) in &batch {
         let [cmd, sub] = MIGRATE_TARGET;
         crate::frame::encode_command(&[cmd, sub, k, blob], &mut out);
@@ -95,7 +114,7 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    for _ in &batch {
+    for _ in 0..batch.len() + usize::from(auth.is_some()) {
         line.clear();
         match reader.read_line(&mut line) {
             Ok(n) if n > 0 && line.starts_with('+') => {}

@@ -5,6 +5,7 @@
 //! positions), checks arity, answers -OOM for writes when memory cannot be freed, locks the
 //! shards of the command's keys (ascending order, so deadlock-free) and calls the handler.
 
+pub mod acl;
 pub mod cluster;
 pub mod hash;
 pub mod keys;
@@ -93,6 +94,9 @@ pub struct Spec {
     pub last_key: i32,
     pub step: i32,
     pub handler: Handler,
+    /// Index in the table's name order, set when the table is built: the command's bit in
+    /// ACL permission sets (`acl::Registry`).
+    pub id: u16,
 }
 
 impl Spec {
@@ -153,7 +157,7 @@ static TABLE: OnceLock<Table> = OnceLock::new();
 
 pub fn table() -> &'static Table {
     TABLE.get_or_init(|| {
-        let mut m = Table::default();
+        let mut all: Vec<Spec> = Vec::new();
         for spec in string::specs()
             .into_iter()
             .chain(set::specs())
@@ -162,7 +166,14 @@ pub fn table() -> &'static Table {
             .chain(server::specs())
             .chain(cluster::specs())
             .chain(replica::specs())
+            .chain(acl::specs())
         {
+            all.push(spec);
+        }
+        all.sort_by_key(|s| s.name);
+        let mut m = Table::default();
+        for (id, mut spec) in all.into_iter().enumerate() {
+            spec.id = u16::try_from(id).unwrap_or(u16::MAX);
             m.insert(spec.name.as_bytes(), spec);
         }
         m
@@ -203,6 +214,8 @@ pub struct ConnState {
     pub readonly: bool,
     /// In-region replication offset after this client's last write (what WAIT waits for).
     pub write_offset: u64,
+    /// Who this connection is (AUTH) and what it may run (`acl`).
+    pub session: crate::acl::Session,
 }
 
 impl ConnState {
@@ -221,6 +234,7 @@ impl ConnState {
             asking: false,
             readonly: false,
             write_offset: 0,
+            session: crate::acl::Session::default(),
             rng: rand::SeedableRng::from_os_rng(),
         }
     }
@@ -513,6 +527,7 @@ macro_rules! spec {
             first_key: $first,
             last_key: $last,
             step: $step,
+            id: 0,
             handler: |ctx, args| ::core::convert::Into::into(($handler)(ctx, args)),
         }
     };

@@ -11,7 +11,6 @@ pub fn specs() -> Vec<Spec> {
         spec!("ping", -1, FAST | STALE, 0, 0, 0, ping),
         spec!("echo", 2, FAST, 0, 0, 0, echo),
         spec!("hello", -1, FAST | NO_MULTI | STALE, 0, 0, 0, hello),
-        spec!("auth", -2, FAST | NO_MULTI, 0, 0, 0, auth),
         spec!("quit", -1, FAST, 0, 0, 0, quit),
         spec!("reset", 1, FAST | NO_MULTI, 0, 0, 0, reset),
         spec!("select", 2, FAST, 0, 0, 0, select),
@@ -49,20 +48,24 @@ fn echo(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 
 fn hello(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let mut i = 1;
+    let mut resp3 = ctx.conn.resp3;
     if let Some(v) = a.get(1) {
         match crate::util::parse_int(v) {
-            Some(2) => ctx.conn.resp3 = false,
-            Some(3) => ctx.conn.resp3 = true,
+            Some(2) => resp3 = false,
+            Some(3) => resp3 = true,
             Some(_) => return err("NOPROTO unsupported protocol version"),
             None => return err("ERR Protocol version is not an integer or out of range"),
         }
         i = 2;
     }
+    // Every option is parsed before any takes effect (as Redis).
+    let (mut auth, mut name) = (None, None);
     while i < a.len() {
         if a[i].eq_ignore_ascii_case(b"auth") && i + 2 < a.len() {
+            auth = Some((a[i + 1], a[i + 2]));
             i += 3;
         } else if a[i].eq_ignore_ascii_case(b"setname") && i + 1 < a.len() {
-            ctx.conn.name = Some(own(a[i + 1]));
+            name = Some(a[i + 1]);
             i += 2;
         } else {
             return err_owned(format!(
@@ -71,6 +74,25 @@ fn hello(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             ));
         }
     }
+    if let Some((user, pass)) = auth {
+        if let Err(e) = super::acl::login(ctx, user, pass, "HELLO") {
+            return e;
+        }
+    }
+    if !ctx.conn.session.authenticated {
+        return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    if let Some(n) = name {
+        if n.iter().any(|&b| b <= b' ' || b > b'~') {
+            return err("ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+        let n = (!n.is_empty()).then(|| own(n));
+        ctx.conn.name = n.clone();
+        if let Some(c) = ctx.shared.clients.lock().get_mut(&ctx.conn.id) {
+            c.name = n;
+        }
+    }
+    ctx.conn.resp3 = resp3;
     let s = |t: &'static str| Reply::Bulk(Bytes::from_static(t.as_bytes()));
     Reply::Map(vec![
         (s("server"), s("redis")),
@@ -83,10 +105,6 @@ fn hello(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     ])
 }
 
-fn auth(_ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
-    err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
-}
-
 fn quit(_ctx: &mut Ctx, _a: &[&[u8]]) -> Outcome {
     Outcome::Close(ok())
 }
@@ -96,6 +114,11 @@ fn reset(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.name = None;
     ctx.conn.multi = None;
     ctx.conn.multi_error = false;
+    // As Redis: back to the default user, authenticated only if it needs no password.
+    ctx.conn.session.start(&ctx.shared.acl);
+    if let Some(c) = ctx.shared.clients.lock().get_mut(&ctx.conn.id) {
+        c.user = "default".into();
+    }
     Reply::Simple(Cow::Borrowed("RESET"))
 }
 
@@ -193,9 +216,17 @@ fn unknown_sub(cmd: &str, sub: &[u8]) -> Reply {
     ))
 }
 
-fn client_line(ctx: &Ctx, id: u64, addr: &str, name: &[u8], created_ms: u64, cmd: &str) -> String {
+fn client_line(
+    ctx: &Ctx,
+    id: u64,
+    addr: &str,
+    name: &[u8],
+    created_ms: u64,
+    cmd: &str,
+    user: &str,
+) -> String {
     format!(
-        "id={id} addr={addr} laddr={}:{} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user=default redir=-1 resp={}",
+        "id={id} addr={addr} laddr={}:{} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={user} redir=-1 resp={}",
         ctx.shared.config.bind,
         ctx.shared.config.port,
         String::from_utf8_lossy(name),
@@ -229,6 +260,7 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             c.name.as_deref().unwrap_or(b""),
             c.created_ms,
             "client|info",
+            c.session.user_name(),
         );
         Reply::Verbatim(format!("{line}\n"))
     } else if sub.eq_ignore_ascii_case(b"list") {
@@ -236,13 +268,21 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             let map = ctx.shared.clients.lock();
             let mut v: Vec<_> = map
                 .iter()
-                .map(|(id, c)| (*id, c.addr.clone(), c.name.clone(), c.created_ms))
+                .map(|(id, c)| {
+                    (
+                        *id,
+                        c.addr.clone(),
+                        c.name.clone(),
+                        c.created_ms,
+                        c.user.clone(),
+                    )
+                })
                 .collect();
             v.sort_by_key(|c| c.0);
             v
         };
         let mut out = String::new();
-        for (id, addr, name, created) in clients {
+        for (id, addr, name, created, user) in clients {
             let cmd = if id == ctx.conn.id {
                 "client|list"
             } else {
@@ -251,7 +291,15 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             let _ = writeln!(
                 out,
                 "{}",
-                client_line(ctx, id, &addr, name.as_deref().unwrap_or(b""), created, cmd)
+                client_line(
+                    ctx,
+                    id,
+                    &addr,
+                    name.as_deref().unwrap_or(b""),
+                    created,
+                    cmd,
+                    &user
+                )
             );
         }
         Reply::Verbatim(out)
@@ -308,6 +356,17 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
             .min_replicas_max_lag_s
             .load(Relaxed)
             .to_string(),
+        "requirepass" => ctx.shared.acl.requirepass(),
+        "protected-mode" => yes_no(ctx.shared.acl.protected_mode.load(Relaxed)),
+        "aclfile" => ctx
+            .shared
+            .acl
+            .aclfile
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string()),
+        "masteruser" => ctx.shared.acl.master_auth().0.unwrap_or_default(),
+        "masterauth" => ctx.shared.acl.master_auth().1.unwrap_or_default(),
+        "acllog-max-len" => ctx.shared.acl.log_max_len.load(Relaxed).to_string(),
         "replicaof" => ctx
             .shared
             .inregion
@@ -317,7 +376,11 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
     })
 }
 
-const CONFIG_NAMES: [&str; 18] = [
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+const CONFIG_NAMES: [&str; 24] = [
     "maxmemory",
     "maxmemory-policy",
     "maxmemory-samples",
@@ -336,6 +399,12 @@ const CONFIG_NAMES: [&str; 18] = [
     "min-replicas-to-write",
     "min-replicas-max-lag",
     "replicaof",
+    "requirepass",
+    "protected-mode",
+    "aclfile",
+    "masteruser",
+    "masterauth",
+    "acllog-max-len",
 ];
 
 /// A validated CONFIG SET assignment, applied once every pair parsed.
@@ -468,6 +537,39 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                         sh.inregion
                             .min_replicas_max_lag_s
                             .store(u64::from(n), Relaxed)
+                    }));
+                }
+                "requirepass" => {
+                    let pass = kv[1].to_vec();
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.acl.set_requirepass(&pass)
+                    }));
+                }
+                "protected-mode" => {
+                    let Some(on) = crate::config::parse_yes_no(&value) else {
+                        return fail("argument must be 'yes' or 'no'");
+                    };
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.acl.protected_mode.store(on, Relaxed)
+                    }));
+                }
+                "masteruser" | "masterauth" => {
+                    let v = (!value.is_empty()).then(|| value.clone());
+                    let user = name == "masteruser";
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        if user {
+                            sh.acl.set_masteruser(v)
+                        } else {
+                            sh.acl.set_masterauth(v)
+                        }
+                    }));
+                }
+                "acllog-max-len" => {
+                    let Ok(n) = value.parse::<usize>() else {
+                        return fail(not_integer);
+                    };
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.acl.log_max_len.store(n, Relaxed)
                     }));
                 }
                 "save" | "appendonly" | "timeout" => {}
