@@ -509,6 +509,9 @@ pub struct ClusterInfo {
     pub my_epoch: u64,
     pub messages_sent: u64,
     pub messages_received: u64,
+    /// Frames from unknown nodes that were not a MEET, and from nodes still in handshake
+    /// that were not their PONG: ignored (see `ClusterNode::handle_message`).
+    pub messages_ignored: u64,
 }
 
 impl ClusterInfo {
@@ -519,7 +522,8 @@ impl ClusterInfo {
              cluster_slots_ok:{}\r\ncluster_slots_pfail:{}\r\ncluster_slots_fail:{}\r\n\
              cluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{}\r\n\
              cluster_my_epoch:{}\r\ncluster_stats_messages_sent:{}\r\n\
-             cluster_stats_messages_received:{}\r\n",
+             cluster_stats_messages_received:{}\r\n\
+             cluster_stats_messages_ignored:{}\r\n",
             self.slots_assigned,
             self.slots_ok,
             self.slots_pfail,
@@ -529,7 +533,8 @@ impl ClusterInfo {
             self.current_epoch,
             self.my_epoch,
             self.messages_sent,
-            self.messages_received
+            self.messages_received,
+            self.messages_ignored
         )
     }
 }
@@ -837,6 +842,7 @@ impl Topology {
             my_epoch: self.myself().config_epoch,
             messages_sent: 0,
             messages_received: 0,
+            messages_ignored: 0,
         }
     }
 }

@@ -277,7 +277,7 @@ impl ClusterNode {
     }
 
     pub(super) fn bump_epoch_without_consensus(&mut self) {
-        self.topo.current_epoch += 1;
+        self.topo.current_epoch = self.topo.current_epoch.saturating_add(1);
         let epoch = self.topo.current_epoch;
         self.topo.myself_mut().config_epoch = epoch;
     }

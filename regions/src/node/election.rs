@@ -143,7 +143,7 @@ impl ClusterNode {
             return;
         }
         if e.epoch.is_none() {
-            self.topo.current_epoch += 1;
+            self.topo.current_epoch = self.topo.current_epoch.saturating_add(1);
             let epoch = self.topo.current_epoch;
             e.epoch = Some(epoch);
             let force_ack = e.manual;

@@ -118,7 +118,7 @@ impl ClusterNode {
             && me < sender
             && self.settled(now_ms)
         {
-            self.topo.current_epoch += 1;
+            self.topo.current_epoch = self.topo.current_epoch.saturating_add(1);
             let epoch = self.topo.current_epoch;
             self.topo.myself_mut().config_epoch = epoch;
         }
@@ -200,9 +200,17 @@ impl ClusterNode {
         self.update_slots_from(node, epoch, slots);
     }
 
-    pub(super) fn process_gossip(&mut self, now_ms: u64, sender: NodeId, gossip: &[GossipEntry]) {
+    /// `confirmed`: the sender is out of handshake (only then do its failure reports count).
+    pub(super) fn process_gossip(
+        &mut self,
+        now_ms: u64,
+        sender: NodeId,
+        gossip: &[GossipEntry],
+        confirmed: bool,
+    ) {
         let me = self.myself_id();
-        let sender_is_primary = self.topo.node(sender).is_some_and(|n| n.role.is_primary());
+        let sender_is_primary =
+            confirmed && self.topo.node(sender).is_some_and(|n| n.role.is_primary());
         for g in gossip {
             if g.id == me || g.id == sender || self.blacklist.contains_key(&g.id) {
                 continue;
@@ -296,6 +304,8 @@ impl ClusterNode {
     pub(super) fn send_ping_kind(&mut self, now_ms: u64, to: NodeId, kind: PingKind) {
         let gossip = self.gossip_for(Some(to));
         let body = match kind {
+            // A node still in handshake may not know us: only a MEET introduces us to it.
+            PingKind::Ping if self.in_handshake(to) => Body::Meet { gossip },
             PingKind::Ping => Body::Ping { gossip },
             PingKind::Pong => Body::Pong { gossip },
         };

@@ -264,6 +264,10 @@ pub struct NodeStats {
     pub messages_received: u64,
     pub outbox_dropped: u64,
     pub events_dropped: u64,
+    /// Messages from a node we do not know that were not a MEET (ignored).
+    pub stranger_messages_ignored: u64,
+    /// Messages from a node still in handshake other than its PONG (its claims ignored).
+    pub handshake_messages_ignored: u64,
 }
 
 /// Per-peer bookkeeping that is not part of the topology view.
@@ -363,6 +367,8 @@ impl ClusterNode {
         let mut info = self.topo.cluster_info();
         info.messages_sent = self.stats.messages_sent;
         info.messages_received = self.stats.messages_received;
+        info.messages_ignored =
+            self.stats.stranger_messages_ignored + self.stats.handshake_messages_ignored;
         info
     }
 
@@ -435,27 +441,55 @@ impl ClusterNode {
             return Ok(());
         }
         if !self.topo.nodes.contains_key(&sender) {
-            // Only a node that wants to join (MEET) or learned of us by gossip (PING) may
-            // introduce itself; anything else from a stranger is stale and ignored.
-            if !matches!(msg.body, Body::Meet { .. } | Body::Ping { .. }) {
+            // As in Redis, only a MEET introduces a node (an operator's CLUSTER MEET, or a
+            // member that learned of us by gossip and greets us); anything else from a
+            // stranger — a PING, a slot claim, a vote — is ignored and counted. The new node
+            // stays in handshake, its claims ignored, until it answers our own greeting.
+            // The one other way in is the answer to a MEET of ours: a PONG from the address
+            // we greeted (how a node that restarted knowing nobody finds its cluster again).
+            let h = &msg.header;
+            let answers_our_meet = matches!(msg.body, Body::Pong { .. })
+                && self
+                    .pending_meets
+                    .iter()
+                    .any(|m| m.host == h.host && m.bus_port == h.bus_port);
+            if !matches!(msg.body, Body::Meet { .. }) && !answers_our_meet {
+                self.stats.stranger_messages_ignored += 1;
                 return Ok(());
             }
-            let h = &msg.header;
             if self
                 .add_node(now_ms, sender, &h.host, h.port, h.bus_port, h.repl_port)
                 .is_err()
             {
                 return Ok(());
             }
+            if let Some(n) = self.topo.nodes.get_mut(&sender) {
+                // A PONG confirms it at once (`process_header` clears the flag).
+                n.flags.set(NodeFlags::HANDSHAKE);
+            }
         }
-        self.process_header(now_ms, &msg.header, matches!(msg.body, Body::Pong { .. }));
+        let is_pong = matches!(msg.body, Body::Pong { .. });
+        if !is_pong && self.in_handshake(sender) {
+            // Not confirmed yet: greet it back (a MEET, see `send_ping_kind`) and take
+            // nothing it says about itself or others until its PONG.
+            self.stats.handshake_messages_ignored += 1;
+            if let Body::Meet { gossip } | Body::Ping { gossip } = &msg.body {
+                // As Redis does with a MEET's gossip: other nodes it names are greeted in
+                // turn (in handshake too); its failure reports do not count.
+                self.process_gossip(now_ms, sender, gossip, false);
+                self.send_ping_kind(now_ms, sender, PingKind::Pong);
+                self.send_ping_kind(now_ms, sender, PingKind::Ping);
+            }
+            return Ok(());
+        }
+        self.process_header(now_ms, &msg.header, is_pong);
         let h = msg.header;
         match msg.body {
             Body::Meet { gossip } | Body::Ping { gossip } => {
-                self.process_gossip(now_ms, sender, &gossip);
+                self.process_gossip(now_ms, sender, &gossip, true);
                 self.send_ping_kind(now_ms, sender, PingKind::Pong);
             }
-            Body::Pong { gossip } => self.process_gossip(now_ms, sender, &gossip),
+            Body::Pong { gossip } => self.process_gossip(now_ms, sender, &gossip, true),
             Body::Fail { node } => {
                 if node != me {
                     self.mark_fail(now_ms, node, false);
@@ -563,6 +597,12 @@ impl ClusterNode {
             self.topo.importing.clear();
         }
         self.push_event(Event::RoleChanged(role));
+    }
+
+    fn in_handshake(&self, id: NodeId) -> bool {
+        self.topo
+            .node(id)
+            .is_some_and(|n| n.flags.has(NodeFlags::HANDSHAKE))
     }
 
     fn add_node(

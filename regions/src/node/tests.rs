@@ -549,3 +549,104 @@ fn gossip_carries_repl_port() {
         }
     }
 }
+
+/// A stranger on the bus (issue 22): a header claiming every slot with a huge epoch, sent
+/// as a PING, as a MEET, as an UPDATE or a vote request. Only the MEET makes it known, and
+/// only in handshake: none of its claims is taken, the owners keep their slots, nobody
+/// follows it, and the epochs do not move. If it ever answers with a PONG it is a member
+/// like any other (then its claims count, as in Redis: the bus trusts its members).
+#[test]
+fn a_strangers_frames_never_add_it_nor_move_slots_or_epochs() {
+    let mut m = Mesh::cluster(3, 3);
+    let owners: Vec<Option<NodeId>> = (0..SLOT_COUNT as u16)
+        .map(|s| m.nodes[0].topology().owner(s))
+        .collect();
+    let epoch_before = m.nodes[0].topology().current_epoch;
+    let stranger = NodeId::from_u128(0xBAD);
+    let mut h = header_of(&m.nodes[2]);
+    h.sender = stranger;
+    h.host = "evil".into();
+    h.config_epoch = u64::MAX - 1;
+    h.current_epoch = u64::MAX;
+    h.replica_of = None;
+    for s in 0..SLOT_COUNT as u16 {
+        h.slots.set(s, true);
+    }
+    let now = m.now_ms;
+    let ignored = m.nodes[0].stats().stranger_messages_ignored;
+    for body in [
+        Body::Ping { gossip: vec![] },
+        Body::Pong { gossip: vec![] },
+        Body::FailoverAuthRequest { force_ack: true },
+        Body::Update {
+            node: stranger,
+            config_epoch: u64::MAX,
+            slots: h.slots.clone(),
+        },
+    ] {
+        let msg = BusMessage {
+            header: h.clone(),
+            body,
+        };
+        m.nodes[0].handle_message(now, msg).unwrap();
+    }
+    assert!(m.nodes[0].topology().node(stranger).is_none(), "not added");
+    assert_eq!(m.nodes[0].stats().stranger_messages_ignored, ignored + 4);
+    // A MEET adds it, in handshake, and nothing it claims is applied.
+    let meet = BusMessage {
+        header: h.clone(),
+        body: Body::Meet { gossip: vec![] },
+    };
+    m.nodes[0].handle_message(now, meet).unwrap();
+    let n = m.nodes[0].topology().node(stranger).expect("met");
+    assert!(n.flags.has(NodeFlags::HANDSHAKE));
+    for again in [Body::Ping { gossip: vec![] }, Body::Meet { gossip: vec![] }] {
+        let msg = BusMessage {
+            header: h.clone(),
+            body: again,
+        };
+        m.nodes[0].handle_message(now, msg).unwrap();
+    }
+    m.run(2 * TIMEOUT_MS);
+    for i in 0..3 {
+        let t = m.nodes[i].topology();
+        assert_eq!(t.current_epoch, epoch_before, "node {i}'s epoch");
+        for s in 0..SLOT_COUNT as u16 {
+            assert_eq!(t.owner(s), owners[usize::from(s)], "node {i} slot {s}");
+        }
+        assert!(t.myself().role.is_primary(), "node {i} follows nobody");
+    }
+    // Never answered: dropped after the handshake timeout.
+    assert!(
+        m.nodes[0].topology().node(stranger).is_none(),
+        "handshake expired"
+    );
+}
+
+/// A node restarted with its identity and epochs but no peers (what the nodes file keeps)
+/// greets one member: the PONG answering its MEET makes that member known, its gossip
+/// the rest, and every node sees it up again.
+#[test]
+fn a_restarted_node_that_knows_nobody_rejoins_through_one_meet() {
+    let mut m = Mesh::cluster(4, 3);
+    let saved = m.nodes[3].persistent_state();
+    let info = NodeInfo::new(m.id(3), "h3".to_string(), 7000, 17000);
+    let config = m.nodes[3].config().clone();
+    m.nodes[3] = ClusterNode::new(config, info);
+    m.nodes[3].restore(saved);
+    let now = m.now_ms;
+    m.nodes[3].meet(now, "h1", 17000).unwrap();
+    m.run(2000 + 2 * TIMEOUT_MS);
+    let t = m.nodes[3].topology();
+    assert_eq!(t.nodes().count(), 4, "it knows every member again");
+    assert!(t.nodes().all(|n| !n.flags.has(NodeFlags::HANDSHAKE)));
+    assert_eq!(
+        t.slot_map().assigned(),
+        SLOT_COUNT,
+        "it learned every claim"
+    );
+    for i in 0..3 {
+        let n = m.nodes[i].topology().node(m.id(3)).expect("still known");
+        assert!(!n.flags.failing(), "node {i} sees it up");
+    }
+}
