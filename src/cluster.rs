@@ -4,7 +4,9 @@
 //!
 //! The bus is TCP, like Redis Cluster's: gossip is small, ordered per link and needs no
 //! encryption inside a region's network; QUIC (with its certificates) is kept for the
-//! inter-region links, where loss, latency and trust differ. One listener on `bus-port`;
+//! inter-region links, where loss, latency and trust differ. With `bus-secret`, a
+//! connection is admitted by a challenge and every frame carries an HMAC
+//! (`meridian_regions::bus_auth` says why not TLS). One listener on `bus-port`;
 //! inbound links feed one channel; one writer task per destination address, created on
 //! demand and dropped on the first error (the next message reconnects).
 //!
@@ -30,6 +32,7 @@ use crate::store::Held;
 use crate::store::Store;
 use crate::util::now_ms;
 use bytes::{Buf, BytesMut};
+use meridian_regions::bus_auth::{self, BusSecret, FrameSigner, FrameVerifier};
 use meridian_regions::node::{
     Event, NodeConfig, PersistentState, MANUAL_FAILOVER_TIMEOUT_MS, MF_PAUSE_MULT,
 };
@@ -53,6 +56,8 @@ const TICK_MS: u64 = 100;
 /// Bus bind retries at start (250 ms apart).
 const BUS_BIND_ATTEMPTS: u32 = 40;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long either side of a bus connection waits for the other's half of the handshake.
+const BUS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the state file holds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -130,6 +135,10 @@ pub struct Cluster {
     /// pause). Mirror of [`ClusterNode::pause_deadline`], read by every cluster write under
     /// its shard lock (see `run`: how the pause is made exact).
     pub writes_paused_until: AtomicU64,
+    /// `[cluster] bus-secret`: bus connections must prove it.
+    bus_secret: Option<BusSecret>,
+    /// Inbound bus connections refused: no or a wrong hello, or a frame whose tag failed.
+    pub bus_auth_failures: AtomicU64,
 }
 
 impl Cluster {
@@ -214,7 +223,10 @@ impl Cluster {
             let (host, bus) = parse_meet(addr)?;
             node.meet(now, &host, bus).map_err(|e| e.to_string())?;
         }
+        let bus_secret = bus_secret(cfg, dir)?;
         let c = Arc::new(Cluster {
+            bus_secret,
+            bus_auth_failures: AtomicU64::new(0),
             node: Mutex::new(NodeCell::new(node)),
             wake: Notify::new(),
             nodes_file,
@@ -377,6 +389,35 @@ pub fn parse_slot_ranges(spec: &str) -> Result<Vec<u32>, String> {
 }
 
 /// `host:port` (client port; the bus is at port + 10000) or `host:port@busport`.
+/// The bus secret from `bus-secret` or `bus-secret-file` (not both), at least 16 bytes.
+fn bus_secret(
+    cfg: &ClusterConfig,
+    dir: Option<&std::path::Path>,
+) -> Result<Option<BusSecret>, String> {
+    let text = match (&cfg.bus_secret, &cfg.bus_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err("[cluster] takes bus-secret or bus-secret-file, not both".into())
+        }
+        (Some(s), None) => s.clone(),
+        (None, Some(f)) => {
+            let path = match dir {
+                Some(d) if f.is_relative() => d.join(f),
+                _ => f.clone(),
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("bus-secret-file {}: {e}", path.display()))?;
+            text.trim_end().to_string()
+        }
+        (None, None) => return Ok(None),
+    };
+    BusSecret::new(text.as_bytes()).map(Some).ok_or_else(|| {
+        format!(
+            "[cluster] bus-secret must be at least {} bytes",
+            bus_auth::MIN_SECRET_BYTES
+        )
+    })
+}
+
 fn parse_meet(addr: &str) -> Result<(String, u16), String> {
     let bad = || format!("bad meet address {addr} (want host:port or host:port@busport)");
     let (hostport, bus) = match addr.split_once('@') {
@@ -422,8 +463,18 @@ pub async fn run(
         }
     };
     tracing::info!(port, "cluster bus listening");
+    let loopback = bind
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || bind == "localhost";
+    if cluster.bus_secret.is_none() && !loopback {
+        tracing::warn!(
+            port,
+            "the cluster bus has no bus-secret: anyone who reaches this port can join the region's cluster"
+        );
+    }
     let (tx, mut rx) = mpsc::channel::<bus::BusMessage>(BUS_QUEUE);
-    tokio::spawn(accept_bus(listener, tx));
+    tokio::spawn(accept_bus(listener, tx, cluster.clone()));
     let mut links: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -518,7 +569,7 @@ pub async fn run(
             last_saved = now_saved;
         }
         for (addr, bytes) in out {
-            send(&mut links, addr, bytes);
+            send(&mut links, addr, bytes, &cluster.bus_secret);
         }
         // Before `SlotsLost` drops a slot's keys: from then on nothing from another region
         // stores one again.
@@ -640,20 +691,25 @@ fn on_event(cluster: &Cluster, store: &Store, e: Event) {
     }
 }
 
-fn send(links: &mut HashMap<String, mpsc::Sender<Vec<u8>>>, addr: String, bytes: Vec<u8>) {
+fn send(
+    links: &mut HashMap<String, mpsc::Sender<Vec<u8>>>,
+    addr: String,
+    bytes: Vec<u8>,
+    secret: &Option<BusSecret>,
+) {
     if let Some(tx) = links.get(&addr) {
         match tx.try_send(bytes) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(_)) => return, // the link is stuck: drop
             Err(mpsc::error::TrySendError::Closed(b)) => {
                 links.remove(&addr);
-                return send(links, addr, b);
+                return send(links, addr, b, secret);
             }
         }
     }
     let (tx, rx) = mpsc::channel(BUS_QUEUE);
     let _ = tx.try_send(bytes);
-    tokio::spawn(write_link(addr.clone(), rx));
+    tokio::spawn(write_link(addr.clone(), rx, secret.clone()));
     links.insert(addr, tx);
 }
 
@@ -663,7 +719,8 @@ pub fn is_self_connection(s: &TcpStream) -> bool {
     matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
-async fn write_link(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// One outbound bus connection: each queued item is one encoded frame.
+async fn write_link(addr: String, mut rx: mpsc::Receiver<Vec<u8>>, secret: Option<BusSecret>) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
         _ => return, // dropped: the next message retries
@@ -677,10 +734,28 @@ async fn write_link(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
     }
     let _ = stream.set_nodelay(true);
     let mut stream = stream;
+    let mut signer = match &secret {
+        None => None,
+        Some(secret) => match hello(&mut stream, secret).await {
+            Ok(signer) => Some(signer),
+            Err(e) => {
+                tracing::warn!(addr, error = %e, "cluster bus handshake failed (same bus-secret on every node?)");
+                return;
+            }
+        },
+    };
+    let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut batch = first;
+        batch.clear();
+        let mut push = |frame: Vec<u8>| {
+            batch.extend_from_slice(&frame);
+            if let Some(signer) = signer.as_mut() {
+                batch.extend_from_slice(&signer.sign(&frame));
+            }
+        };
+        push(first);
         while let Ok(more) = rx.try_recv() {
-            batch.extend_from_slice(&more);
+            push(more);
         }
         if stream.write_all(&batch).await.is_err() {
             return;
@@ -688,38 +763,126 @@ async fn write_link(addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
     }
 }
 
-async fn accept_bus(listener: TcpListener, tx: mpsc::Sender<bus::BusMessage>) {
+/// The connecting side of the bus handshake: read the challenge, answer with our hello.
+async fn hello(stream: &mut TcpStream, secret: &BusSecret) -> Result<FrameSigner, String> {
+    let mut challenge = [0u8; bus_auth::NONCE_BYTES];
+    match tokio::time::timeout(BUS_HANDSHAKE_TIMEOUT, stream.read_exact(&mut challenge)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("no challenge: {e}")),
+        Err(_) => return Err("no challenge in time (the peer has no bus-secret?)".into()),
+    }
+    let (hello, signer) = secret.hello(&challenge, rand::random());
+    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+    Ok(signer)
+}
+
+async fn accept_bus(
+    listener: TcpListener,
+    tx: mpsc::Sender<bus::BusMessage>,
+    cluster: Arc<Cluster>,
+) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let tx = tx.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
-            if let Err(e) = read_link(stream, tx).await {
+            if let Err(e) = read_link(stream, tx, &cluster).await {
                 tracing::warn!(%peer, error = %e, "cluster bus link dropped");
             }
         });
     }
 }
 
-async fn read_link(mut stream: TcpStream, tx: mpsc::Sender<bus::BusMessage>) -> Result<(), String> {
+/// Why an inbound bus connection ended.
+enum LinkEnd {
+    /// Not authenticated: counted in `bus_auth_failures`.
+    Refused(String),
+    Error(String),
+}
+
+impl std::fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkEnd::Refused(e) => write!(f, "refused: {e}"),
+            LinkEnd::Error(e) => f.write_str(e),
+        }
+    }
+}
+
+async fn read_link(
+    stream: TcpStream,
+    tx: mpsc::Sender<bus::BusMessage>,
+    cluster: &Cluster,
+) -> Result<(), LinkEnd> {
+    let r = read_frames(stream, tx, cluster.bus_secret.as_ref()).await;
+    if let Err(LinkEnd::Refused(_)) = &r {
+        cluster.bus_auth_failures.fetch_add(1, Relaxed);
+    }
+    r
+}
+
+/// The accepting side of the bus handshake: send a challenge, check the hello.
+async fn challenge(stream: &mut TcpStream, secret: &BusSecret) -> Result<FrameVerifier, LinkEnd> {
+    let challenge: [u8; bus_auth::NONCE_BYTES] = rand::random();
+    stream
+        .write_all(&challenge)
+        .await
+        .map_err(|e| LinkEnd::Error(e.to_string()))?;
+    let mut hello = [0u8; bus_auth::HELLO_BYTES];
+    match tokio::time::timeout(BUS_HANDSHAKE_TIMEOUT, stream.read_exact(&mut hello)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(LinkEnd::Refused(format!("no hello: {e}"))),
+        Err(_) => return Err(LinkEnd::Refused("no hello in time".into())),
+    }
+    secret
+        .accept(&challenge, &hello)
+        .map_err(|e| LinkEnd::Refused(e.to_string()))
+}
+
+async fn read_frames(
+    mut stream: TcpStream,
+    tx: mpsc::Sender<bus::BusMessage>,
+    secret: Option<&BusSecret>,
+) -> Result<(), LinkEnd> {
+    let mut verifier = match secret {
+        Some(s) => Some(challenge(&mut stream, s).await?),
+        None => None,
+    };
+    let tag_bytes = if verifier.is_some() {
+        bus_auth::TAG_BYTES
+    } else {
+        0
+    };
     let mut buf = BytesMut::with_capacity(bus::MAX_BUS_FRAME_BYTES);
     loop {
         match stream.read_buf(&mut buf).await {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(LinkEnd::Error(e.to_string())),
         }
-        loop {
-            match bus::decode(&buf) {
-                Ok(Some((msg, n))) => {
-                    buf.advance(n);
+        // Each frame (and its tag) once whole; the tag is checked before decoding.
+        while let Some(len) = bus_auth::frame_len(&buf) {
+            if len > meridian_regions::wire::PREFIX_BYTES + bus::MAX_BUS_FRAME_BYTES {
+                return Err(LinkEnd::Error("bus frame over the size limit".into()));
+            }
+            let Some(frame_tag) = buf.get(len..len + tag_bytes) else {
+                break;
+            };
+            if let Some(v) = verifier.as_mut() {
+                v.verify(&buf[..len], frame_tag)
+                    .map_err(|e| LinkEnd::Refused(e.to_string()))?;
+            }
+            match bus::decode(&buf[..len]) {
+                Ok(Some((msg, n))) if n == len => {
+                    buf.advance(len + tag_bytes);
                     // A full queue means the node is behind: drop gossip rather than block.
                     let _ = tx.try_send(msg);
                 }
-                Ok(None) => break,
-                Err(e) => return Err(format!("malformed bus frame: {e}")),
+                Ok(_) => return Err(LinkEnd::Error("malformed bus frame".into())),
+                Err(e) => return Err(LinkEnd::Error(format!("malformed bus frame: {e}"))),
             }
         }
     }

@@ -155,6 +155,12 @@ pub struct ClusterConfig {
     pub slots: Option<String>,
     /// Replicate the node with this client address (`host:port`) once it is known.
     pub replicate: Option<String>,
+    /// The region's shared cluster-bus secret (at least 16 bytes): with it, bus connections
+    /// authenticate and every frame carries an HMAC (`meridian_regions::bus_auth`).
+    pub bus_secret: Option<String>,
+    /// The same, read from a file (trailing whitespace ignored); relative to the config
+    /// file's directory.
+    pub bus_secret_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -169,6 +175,8 @@ impl Default for ClusterConfig {
             meet: Vec::new(),
             slots: None,
             replicate: None,
+            bus_secret: None,
+            bus_secret_file: None,
         }
     }
 }

@@ -561,6 +561,9 @@ pub static FIGURES: &[Figure] = &[
     row(Cluster, Some("cluster_enabled"), None,
         "1 in a region cluster.",
         |r| n(u64::from(r.shared.cluster.is_some()))),
+    row(Cluster, Some("cluster_bus_auth_failures"), Some(("cluster_bus_auth_failures_total", Counter)),
+        "Inbound cluster-bus connections refused: no or a wrong bus-secret hello, or a frame whose HMAC failed.",
+        |r| n(r.shared.cluster.as_ref().map_or(0, |c| c.bus_auth_failures.load(Relaxed)))),
     // # Keyspace (its `db0:` line is written by `INFO`)
     row(Keyspace, None, Some(("keys", Gauge)), "Live keys.", |r| n(r.ks().keys as u64)),
     row(Keyspace, None, Some(("keys_with_ttl", Gauge)),

@@ -743,3 +743,82 @@ fn manual_failover_pauses_writers_and_loses_no_acknowledged_write() {
         assert_eq!(total, count.load(Relaxed), "{key}");
     }
 }
+
+/// The bus of a cluster with `bus-secret` refuses anyone who cannot prove it: a stranger
+/// that skips the handshake, or answers it with another secret, and sends a MEET claiming
+/// every slot with a huge epoch is disconnected and counted; nobody learns of it, no slot
+/// moves, and the cluster keeps serving.
+#[test]
+fn a_stranger_without_the_bus_secret_is_refused_and_counted() {
+    use meridian_regions::bus::{self, Body, BusMessage, Header};
+    use meridian_regions::bus_auth::{BusSecret, NONCE_BYTES};
+    use meridian_regions::topology::{NodeFlags, NodeId, SlotBitmap};
+    use std::io::{Read, Write};
+
+    let cl = Cluster::start_ready(5_000);
+    let mut c0 = cl.conn(0);
+    let nodes_before: String = q(&mut c0, &["CLUSTER", "NODES"]);
+    let mut slots = SlotBitmap::default();
+    for s in 0..16384u16 {
+        slots.set(s, true);
+    }
+    let stranger = NodeId::from_u128(0xBAD);
+    let meet = BusMessage {
+        header: Header {
+            sender: stranger,
+            host: "127.0.0.1".into(),
+            port: 1,
+            bus_port: 2,
+            repl_port: 0,
+            current_epoch: u64::MAX,
+            config_epoch: u64::MAX - 1,
+            replica_of: None,
+            repl_offset: 0,
+            flags: NodeFlags::default(),
+            slots,
+            mf_paused: false,
+        },
+        body: Body::Meet { gossip: vec![] },
+    };
+    let frame = bus::encode(&meet).expect("encode");
+    let wrong = BusSecret::new(b"not-the-region-bus-secret").expect("secret");
+    for with_wrong_hello in [false, true] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", cl.bus[0])).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let mut challenge = [0u8; NONCE_BYTES];
+        s.read_exact(&mut challenge)
+            .expect("the bus sends a challenge");
+        if with_wrong_hello {
+            let (hello, mut signer) = wrong.hello(&challenge, [5u8; NONCE_BYTES]);
+            let _ = s.write_all(&hello);
+            let _ = s.write_all(&frame);
+            let _ = s.write_all(&signer.sign(&frame));
+        } else {
+            // Frames straight away, as a node without the secret would send them.
+            for _ in 0..4 {
+                let _ = s.write_all(&frame);
+            }
+        }
+        // The node closes the connection.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    wait_until(DEADLINE, "both refusals counted", || {
+        let n: String = common::info_field(&mut c0, "cluster_bus_auth_failures");
+        n.parse::<u64>().unwrap_or(0) >= 2
+    });
+    let nodes: String = q(&mut c0, &["CLUSTER", "NODES"]);
+    assert!(!nodes.contains(&stranger.redis_name()), "{nodes}");
+    assert_eq!(nodes.lines().count(), nodes_before.lines().count());
+    let info: String = q(&mut c0, &["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    assert!(info.contains("cluster_known_nodes:6"), "{info}");
+    assert!(
+        !info.contains(&format!("cluster_current_epoch:{}", u64::MAX)),
+        "{info}"
+    );
+    let slots: Vec<redis::Value> = q(&mut c0, &["CLUSTER", "SLOTS"]);
+    assert_eq!(slots.len(), 3, "the three primaries keep their slots");
+    let key = format!("{{{}}}x", tag_on_node0("k"));
+    let _: () = q(&mut c0, &["SET", &key, "v"]);
+}

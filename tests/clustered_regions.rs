@@ -64,7 +64,7 @@ impl Deployment {
                 format!("replicate = \"127.0.0.1:{}\"", ports[i - 3])
             };
             let toml = format!(
-                "region = \"a\"\nregion-id = 0\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nmeet = [{meet}]\n{role}\n",
+                "region = \"a\"\nregion-id = 0\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nbus-secret = \"bus-secret-of-a-region-0123\"\nmeet = [{meet}]\n{role}\n",
                 port = ports[i],
                 bus = bus[i],
                 meet = meet.join(", "),
@@ -477,7 +477,7 @@ impl ThreeRegions {
                         None => format!("replicate = \"127.0.0.1:{}\"", ports[i - slots.len()]),
                     };
                     let toml = format!(
-                        "region = \"{region}\"\nregion-id = {id}\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nmeet = [{meet}]\n{role}\n",
+                        "region = \"{region}\"\nregion-id = {id}\nbind = \"127.0.0.1\"\nport = {port}\n{repl}[cluster]\nbus-port = {bus}\nnode-timeout-ms = 2000\nnodes-file = \"{d}/nodes-{port}.json\"\nbus-secret = \"bus-secret-of-a-region-0123\"\nmeet = [{meet}]\n{role}\n",
                         port = ports[i],
                         bus = bus[i],
                         meet = meet.join(", "),

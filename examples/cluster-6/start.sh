@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 [ "${1:-}" = "--fresh" ] && rm -f nodes-*.json
+# One random secret for the region's cluster bus (a stranger's bus frames are refused).
+[ -s bus-secret ] || (umask 077; head -c 24 /dev/urandom | base64 > bus-secret)
 BIN=${MERIDIAN_BIN:-}
 if [ -z "$BIN" ]; then
   cargo build --release --manifest-path ../../Cargo.toml --bin meridian

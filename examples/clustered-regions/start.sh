@@ -44,6 +44,7 @@ node() {
       echo ""
       echo "[cluster]"
       echo "announce-ip = \"127.0.0.1\""
+      echo "bus-secret-file = \"bus-secret-$region\""
       echo "node-timeout-ms = 5000"
       echo "meet = [${meet%, }]"
       case $role in
@@ -52,6 +53,8 @@ node() {
       esac
     fi
   } > "run/node-$port.toml"
+  # Each region's bus has its own random secret.
+  [ -s "run/bus-secret-$region" ] || (umask 077; head -c 24 /dev/urandom | base64 > "run/bus-secret-$region")
 }
 A="7111 7112 7113 7114 7115 7116"
 B="7211 7212 7213 7214"

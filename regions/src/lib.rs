@@ -58,6 +58,7 @@
 //! tens of nodes; large clusters would sample like Redis).
 
 pub mod bus;
+pub mod bus_auth;
 pub mod node;
 pub mod topology;
 pub mod wire;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 pub const PRIMARY_SLOTS: [&str; 3] = ["0-5460", "5461-10922", "10923-16383"];
+/// Every test cluster authenticates its bus (`[cluster] bus-secret`).
+pub const BUS_SECRET: &str = "test-region-bus-secret-0123456789";
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -67,12 +69,13 @@ impl Cluster {
             format!("replicate = \"127.0.0.1:{}\"", self.ports[i - 3])
         };
         format!(
-            "bind = \"127.0.0.1\"\nport = {port}\n[cluster]\nbus-port = {bus}\nnode-timeout-ms = {t}\nnodes-file = \"{dir}/nodes-{{port}}.json\"\nmeet = [{meet}]\n{role}\n{extra}",
+            "bind = \"127.0.0.1\"\nport = {port}\n[cluster]\nbus-port = {bus}\nnode-timeout-ms = {t}\nnodes-file = \"{dir}/nodes-{{port}}.json\"\nbus-secret = \"{secret}\"\nmeet = [{meet}]\n{role}\n{extra}",
             port = self.ports[i],
             bus = self.bus[i],
             t = self.node_timeout_ms,
             dir = self.dir.display(),
             meet = meet.join(", "),
+            secret = BUS_SECRET,
             extra = self.extra_toml,
         )
     }
