@@ -3,7 +3,11 @@
 //! Outgoing, per peer: a bounded log of local deltas numbered by sequence within the
 //! sender's epoch (incarnation). `poll_transmit` cuts batches bounded by count and bytes,
 //! within a window of unacknowledged deltas; if no ack progress arrives within
-//! `resend_timeout_ms`, everything unacknowledged is sent again (go-back-N). When the log
+//! `resend_timeout_ms`, everything unacknowledged is sent again (go-back-N), but as TCP
+//! after a retransmission timeout, one batch at a time until an ack moves: a peer that was
+//! only slow (its ack of the whole window on its way) costs one batch, a cut link one batch
+//! per interval rather than a window, and deltas written meanwhile stay unsent, so they can
+//! still be coalesced (see `RegionLink::enqueue`). When the log
 //! would exceed its bound it is dropped, its sequences abandoned (`floor`), and the peer is
 //! marked for anti-entropy: memory stays bounded and repair falls back to digests.
 //!
@@ -222,6 +226,8 @@ pub struct LinkStats {
     pub deltas_enqueued: u64,
     pub batches_sent: u64,
     pub deltas_sent: u64,
+    /// Deltas put in a batch again (a resend after a timeout; at most one batch per
+    /// interval while no ack moves).
     pub deltas_resent: u64,
     pub deltas_applied: u64,
     pub deltas_duplicate: u64,
@@ -334,6 +340,8 @@ struct Outbox {
     /// the peer may hold any delta at or below it, so those are never changed.
     max_sent: u64,
     last_progress_ms: u64,
+    /// A resend timeout passed with no ack progress: one batch in flight until an ack moves.
+    probing: bool,
     /// When the last batch from this peer arrived (0: never).
     last_batch_in_ms: u64,
     ack_due: bool,
@@ -382,6 +390,7 @@ impl Outbox {
             sent_upto: 0,
             max_sent: 0,
             last_progress_ms: 0,
+            probing: false,
             last_batch_in_ms: 0,
             ack_due: false,
             frontier_due: false,
@@ -1455,6 +1464,7 @@ impl RegionLink {
         o.acked = a.seq;
         o.sent_upto = o.sent_upto.max(a.seq);
         o.last_progress_ms = now_ms;
+        o.probing = false;
         if !self.gaps.is_empty() {
             self.gap_progress();
         }
@@ -1516,8 +1526,8 @@ impl RegionLink {
                     >= o.last_progress_ms
                         .saturating_add(self.cfg.resend_timeout_ms)
             {
-                self.stats.deltas_resent += o.sent_upto - o.acked;
                 o.sent_upto = o.acked;
+                o.probing = true;
             }
         }
         if now_ms >= self.next_frontier_ms {
@@ -1711,13 +1721,18 @@ impl RegionLink {
             let Some(&(front_seq, _, _)) = o.log.front() else {
                 continue;
             };
-            if in_flight as usize >= self.cfg.window_deltas || o.sent_upto + 1 >= o.next_seq {
+            let window = if o.probing {
+                self.cfg.max_batch_deltas.min(self.cfg.window_deltas)
+            } else {
+                self.cfg.window_deltas
+            };
+            if in_flight as usize >= window || o.sent_upto + 1 >= o.next_seq {
                 continue;
             }
             let first_seq = o.sent_upto + 1;
             debug_assert!(first_seq >= front_seq);
             let start = (first_seq - front_seq) as usize;
-            let room = (self.cfg.window_deltas - in_flight as usize).min(self.cfg.max_batch_deltas);
+            let room = (window - in_flight as usize).min(self.cfg.max_batch_deltas);
             let mut deltas = Vec::new();
             let mut bytes = 0;
             for (_, d, b) in o.log.iter().skip(start).take(room) {
@@ -1734,6 +1749,7 @@ impl RegionLink {
                 o.last_progress_ms = now_ms;
             }
             o.sent_upto += deltas.len() as u64;
+            self.stats.deltas_resent += o.max_sent.min(o.sent_upto).saturating_sub(first_seq - 1);
             o.max_sent = o.max_sent.max(o.sent_upto);
             self.stats.batches_sent += 1;
             self.stats.deltas_sent += deltas.len() as u64;
@@ -2879,6 +2895,47 @@ mod tests {
             seen_a.1 >= last2.hlc,
             "B's frontier for A covers A's last write"
         );
+    }
+
+    /// A cut link: after a resend timeout only one batch goes out per interval (not the
+    /// window), so writes made meanwhile stay unsent and coalesce; once the cut heals the
+    /// window reopens and the peer gets every key's latest value.
+    #[test]
+    fn a_link_without_acks_resends_one_batch_per_interval_and_keeps_coalescing() {
+        let mut s = coalescing_pair();
+        let batch = s[0].link.cfg.max_batch_deltas;
+        let keys = 4 * batch;
+        let mut now = 1_000;
+        for i in 0..keys {
+            s[0].write(now, &format!("k{i}"), set_to("1"));
+        }
+        s[0].ship(now);
+        // The window goes out, into the cut.
+        pump(now, &mut s, &not_ae_nor_batch);
+        let sent = s[0].link.stats().deltas_sent;
+        assert_eq!(sent, keys as u64);
+        for round in 0..3 {
+            now += 250;
+            pump(now, &mut s, &not_ae_nor_batch);
+            let resent = s[0].link.stats().deltas_resent;
+            assert_eq!(resent, (round + 1) * batch as u64, "one batch per timeout");
+        }
+        // Keys written again during the cut: not yet sent, so joined into one entry each.
+        for r in 0..3 {
+            for i in 0..keys {
+                s[0].write(now, &format!("k{i}"), set_to(["2", "3", "4"][r]));
+            }
+            s[0].ship(now);
+        }
+        assert_eq!(s[0].link.backlog(RegionId(1)), 2 * keys);
+        assert_eq!(s[0].link.stats().deltas_coalesced, 2 * keys as u64);
+        // Healed: everything arrives, each key at its latest value.
+        now += 250;
+        pump(now, &mut s, &all);
+        assert_eq!(s[0].link.backlog(RegionId(1)), 0);
+        for i in [0, keys / 2, keys - 1] {
+            assert_eq!(get(&s[1], &format!("k{i}")).as_deref(), Some(&b"4"[..]));
+        }
     }
 
     /// The last write joined into an earlier entry still advances the peer's frontier (the
