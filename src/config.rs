@@ -714,16 +714,21 @@ impl Config {
                 .ok_or_else(|| format!("--tls-cluster must be yes or no, got {v:?}"))?;
         }
         if c.tls_enabled() && (c.tls_cert_file.is_none() || c.tls_key_file.is_none()) {
-            return Err("tls-port, tls-replication and tls-cluster need tls-cert-file and tls-key-file".into());
+            return Err(
+                "tls-port, tls-replication and tls-cluster need tls-cert-file and tls-key-file"
+                    .into(),
+            );
         }
         if c.tls_enabled()
             && (c.tls_replication || c.tls_cluster || c.tls_auth_clients != AuthClients::No)
             && c.tls_ca_cert_file.is_none()
             && c.tls_ca_cert_dir.is_none()
         {
-            return Err("either tls-ca-cert-file or tls-ca-cert-dir must be given when \
+            return Err(
+                "either tls-ca-cert-file or tls-ca-cert-dir must be given when \
                         tls-cluster, tls-replication or tls-auth-clients is on"
-                .into());
+                    .into(),
+            );
         }
         if let Some(r) = &c.replicaof {
             if c.replicaof_addr().is_none() && !r.eq_ignore_ascii_case("no one") {

@@ -27,6 +27,7 @@ use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::shared::Shared;
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
+use crate::tls::{send, ClientStream};
 use crate::transaction::{self, unwatch_all};
 use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
@@ -36,7 +37,6 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use crate::tls::{send, ClientStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;

@@ -37,6 +37,7 @@
 
 use crate::frame::Reply;
 use crate::store::{shard_of, Held, Remote, Store, PREFETCH_AHEAD};
+use crate::tls::ClientStream;
 use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Delta, Entry};
@@ -50,7 +51,6 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::tls::ClientStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};

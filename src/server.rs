@@ -361,9 +361,7 @@ fn admit<S: crate::tls::ClientStream>(
     if stats.connected_clients.load(Relaxed) >= max {
         stats.rejected_connections.fetch_add(1, Relaxed);
         tokio::spawn(async move {
-            let _ =
-                crate::tls::send(&mut stream, b"-ERR max number of clients reached\r\n")
-                    .await;
+            let _ = crate::tls::send(&mut stream, b"-ERR max number of clients reached\r\n").await;
         });
         return;
     }

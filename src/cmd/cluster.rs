@@ -113,7 +113,11 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         let [cmd, sub] = MIGRATE_TARGET;
         crate::frame::encode_command(&[cmd, sub, k, blob], &mut out);
     }
-    if stream.write_all(&out).and_then(|()| stream.flush()).is_err() {
+    if stream
+        .write_all(&out)
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
         return ioerr("writing to");
     }
     let mut reader = BufReader::new(&mut stream);
