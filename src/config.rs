@@ -1019,6 +1019,60 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_parse_and_are_checked() {
+        let c = Config::default();
+        assert!(!c.tls_enabled() && c.tls_auth_clients == AuthClients::Yes);
+        let dir = std::env::temp_dir().join(format!("meridian-tls-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(
+            &path,
+            "tls-port = 6380\ntls-cert-file = \"n.pem\"\ntls-key-file = \"/abs/k.pem\"\ntls-ca-cert-file = \"ca.pem\"\ntls-auth-clients = \"optional\"\ntls-replication = true\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&Cli::parse_from(["meridian", "--config", p])).unwrap();
+        // Paths from the file are relative to it; absolute ones stay.
+        assert_eq!(c.tls_cert_file, Some(dir.join("n.pem")));
+        assert_eq!(c.tls_key_file, Some(PathBuf::from("/abs/k.pem")));
+        assert_eq!(c.tls_auth_clients, AuthClients::Optional);
+        assert!(c.tls_replication && !c.tls_cluster && !c.plain_port_off());
+        let c = Config::load(&Cli::parse_from([
+            "meridian",
+            "--config",
+            p,
+            "--port",
+            "0",
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+        ]))
+        .unwrap();
+        assert!(c.plain_port_off() && c.tls_cluster);
+        assert_eq!(c.tls_auth_clients, AuthClients::No);
+        // TOML booleans for tls-auth-clients; anything else is refused.
+        let c: Config = toml::from_str("tls-auth-clients = false\n").unwrap();
+        assert_eq!(c.tls_auth_clients, AuthClients::No);
+        assert!(toml::from_str::<Config>("tls-auth-clients = \"maybe\"\n").is_err());
+        // A TLS port needs a certificate and key, and client auth needs a CA.
+        let err = Config::load(&Cli::parse_from(["meridian", "--tls-port", "6380"])).unwrap_err();
+        assert!(err.contains("tls-cert-file"), "{err}");
+        let err = Config::load(&Cli::parse_from([
+            "meridian",
+            "--tls-port",
+            "6380",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("tls-ca-cert-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn kafka_table_parses_and_is_off_by_default() {
         assert!(Config::default().kafka.is_none());
         let c: Config = toml::from_str(
