@@ -45,6 +45,8 @@ const MAX_PENDING_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// How often a write paused by a manual failover looks again (the pause lasts until the
 /// replica took over, milliseconds usually).
 const PAUSE_RECHECK: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a closing TLS connection may take to send its close_notify.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serve one client, over plain TCP or TLS (`S`; each its own monomorphized loop), until
 /// it leaves, errs, or becomes a replica stream.
@@ -202,6 +204,10 @@ pub async fn serve<S: ClientStream>(
     }
     store.flush_replication_wake();
     unwatch_all(&store, &mut conn);
+    if S::BUFFERED {
+        // TLS: a close_notify before the socket closes (best effort, bounded).
+        let _ = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, stream.shutdown()).await;
+    }
 }
 
 /// One request about to run: its bytes, its arguments (slices of them), its command and,

@@ -495,3 +495,87 @@ fn migrate_over_tls() {
     assert_eq!(q::<String>(&mut ps, &["GET", "m3"]), "three");
     assert_eq!(q::<Option<String>>(&mut t, &["GET", "m3"]), None);
 }
+
+/// A two-primary cluster with `tls-cluster yes` and no plain ports: the nodes announce their
+/// TLS ports (CLUSTER NODES, MOVED), MIGRATE moves a slot's key over TLS, and
+/// `redis-cli -c --tls` follows the redirect to the new owner.
+#[test]
+fn tls_cluster_announces_tls_ports_and_migrates_over_tls() {
+    if !tool_available("redis-cli") {
+        return;
+    }
+    let c = Certs::new();
+    let tls_ports = [free_port(), free_port()];
+    let bus = [free_port(), free_port()];
+    let slots = ["0-8191", "8192-16383"];
+    let nodes: Vec<Server> = (0..2)
+        .map(|i| {
+            let other = 1 - i;
+            let toml = c.toml(
+                tls_ports[i],
+                &format!(
+                    "port = 0\ntls-cluster = true\ntls-replication = true\n[cluster]\nbus-port = {}\nnode-timeout-ms = 5000\nnodes-file = \"{}/nodes-{{port}}.json\"\nmeet = [\"127.0.0.1:{}@{}\"]\nslots = \"{}\"\n",
+                    bus[i],
+                    c.dir.display(),
+                    tls_ports[other],
+                    bus[other],
+                    slots[i]
+                ),
+            );
+            Server::start_with_config(&toml, &["--port", "0"])
+        })
+        .collect();
+    assert_eq!(nodes[0].port, tls_ports[0], "TLS only");
+    let tls = with_client_cert(&c);
+    let on = |i: usize, args: &[&str]| stdout(&cli_tls(tls_ports[i], &tls, args));
+    for i in 0..2 {
+        wait_until(WAIT_TIMEOUT, "cluster_state:ok", || {
+            on(i, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        });
+    }
+    // Every node is listed at its TLS port.
+    let listed = on(0, &["CLUSTER", "NODES"]);
+    for p in tls_ports {
+        assert!(listed.contains(&format!("127.0.0.1:{p}@")), "{listed}");
+    }
+    // A key of node 0's slots, moved to node 1 the way a resharding does.
+    let key = "{tls}k";
+    let slot = key_slot(b"tls").to_string();
+    assert!(key_slot(b"tls") <= 8191, "the key's slot is node 0's");
+    assert_eq!(on(0, &["SET", key, "secret"]), "OK");
+    let id0 = on(0, &["CLUSTER", "MYID"]);
+    let id1 = on(1, &["CLUSTER", "MYID"]);
+    assert_eq!(
+        on(1, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id0]),
+        "OK"
+    );
+    assert_eq!(
+        on(0, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id1]),
+        "OK"
+    );
+    let port1 = tls_ports[1].to_string();
+    assert_eq!(
+        on(0, &["MIGRATE", "127.0.0.1", &port1, key, "0", "5000"]),
+        "OK"
+    );
+    for i in 0..2 {
+        assert_eq!(on(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &id1]), "OK");
+    }
+    // MOVED names the TLS port, and redis-cli -c follows it over TLS.
+    let moved = on(0, &["GET", key]);
+    assert!(moved.contains(&format!("127.0.0.1:{port1}")), "{moved}");
+    let out = Command::new("redis-cli")
+        .args([
+            "-c",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls_ports[0].to_string(),
+            "--tls",
+        ])
+        .args(&tls)
+        .args(["GET", key])
+        .output()
+        .expect("run redis-cli -c");
+    assert_eq!(stdout(&out), "secret");
+}
