@@ -72,6 +72,24 @@ pub struct Config {
     pub masterauth: Option<String>,
     /// Most ACL LOG entries kept.
     pub acllog_max_len: usize,
+    /// The TLS client port (0: none). With it, `port = 0` turns the plain port off (as
+    /// Redis); without it, `port = 0` picks a free port.
+    pub tls_port: u16,
+    /// PEM files, relative to the config file: this node's certificate chain and key (the
+    /// server's, and the client's on replica links and MIGRATE), the CA that clients' and
+    /// peers' certificates must chain to (a file, or a directory of files).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_cert_file: Option<PathBuf>,
+    pub tls_ca_cert_dir: Option<PathBuf>,
+    /// Client certificates on `tls-port`: required (`yes`, the default), not asked for
+    /// (`no`), or checked when sent (`optional`).
+    #[serde(deserialize_with = "de_auth_clients")]
+    pub tls_auth_clients: AuthClients,
+    /// A replica connects to its primary over TLS.
+    pub tls_replication: bool,
+    /// MIGRATE connects to its target over TLS.
+    pub tls_cluster: bool,
     /// Directory of the config file (relative paths inside it resolve against this).
     #[serde(skip)]
     pub config_dir: Option<PathBuf>,
@@ -374,6 +392,14 @@ impl Default for Config {
             masteruser: None,
             masterauth: None,
             acllog_max_len: 128,
+            tls_port: 0,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
+            tls_ca_cert_dir: None,
+            tls_auth_clients: AuthClients::Yes,
+            tls_replication: false,
+            tls_cluster: false,
             config_dir: None,
         }
     }
@@ -463,6 +489,26 @@ pub struct Cli {
     /// Password a replica authenticates to its primary with.
     #[arg(long)]
     pub masterauth: Option<String>,
+    /// TLS client port (0: none; see the `tls-port` key).
+    #[arg(long)]
+    pub tls_port: Option<u16>,
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_key_file: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_ca_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_ca_cert_dir: Option<PathBuf>,
+    /// `yes` (default), `no` or `optional`.
+    #[arg(long)]
+    pub tls_auth_clients: Option<String>,
+    /// `yes` or `no` (default).
+    #[arg(long)]
+    pub tls_replication: Option<String>,
+    /// `yes` or `no` (default).
+    #[arg(long)]
+    pub tls_cluster: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -491,6 +537,16 @@ pub enum Command {
 }
 
 impl Config {
+    /// Any TLS at all: a TLS port, or TLS links out.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_port != 0 || self.tls_replication || self.tls_cluster
+    }
+
+    /// The plain client port is off: `port = 0` next to a `tls-port` (as Redis).
+    pub fn plain_port_off(&self) -> bool {
+        self.port == 0 && self.tls_port != 0
+    }
+
     /// `replicaof` as (host, port), if set and well formed.
     pub fn replicaof_addr(&self) -> Option<(String, u16)> {
         let r = self.replicaof.as_deref()?;
@@ -511,11 +567,24 @@ impl Config {
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 let mut c: Config =
                     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-                c.config_dir = Some(
-                    path.parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .map_or_else(|| PathBuf::from("."), PathBuf::from),
-                );
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from);
+                for p in [
+                    &mut c.tls_cert_file,
+                    &mut c.tls_key_file,
+                    &mut c.tls_ca_cert_file,
+                    &mut c.tls_ca_cert_dir,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if p.is_relative() {
+                        *p = dir.join(&*p);
+                    }
+                }
+                c.config_dir = Some(dir);
                 c
             }
             None => Config::default(),
@@ -618,6 +687,49 @@ impl Config {
         if let Some(v) = &cli.masterauth {
             c.masterauth = Some(v.clone());
         }
+        if let Some(v) = cli.tls_port {
+            c.tls_port = v;
+        }
+        for (flag, key) in [
+            (&cli.tls_cert_file, &mut c.tls_cert_file),
+            (&cli.tls_key_file, &mut c.tls_key_file),
+            (&cli.tls_ca_cert_file, &mut c.tls_ca_cert_file),
+            (&cli.tls_ca_cert_dir, &mut c.tls_ca_cert_dir),
+        ] {
+            if flag.is_some() {
+                key.clone_from(flag);
+            }
+        }
+        if let Some(v) = &cli.tls_auth_clients {
+            c.tls_auth_clients = AuthClients::parse(v).ok_or_else(|| {
+                format!("--tls-auth-clients must be yes, no or optional, got {v:?}")
+            })?;
+        }
+        if let Some(v) = &cli.tls_replication {
+            c.tls_replication = parse_yes_no(v)
+                .ok_or_else(|| format!("--tls-replication must be yes or no, got {v:?}"))?;
+        }
+        if let Some(v) = &cli.tls_cluster {
+            c.tls_cluster = parse_yes_no(v)
+                .ok_or_else(|| format!("--tls-cluster must be yes or no, got {v:?}"))?;
+        }
+        if c.tls_enabled() && (c.tls_cert_file.is_none() || c.tls_key_file.is_none()) {
+            return Err(
+                "tls-port, tls-replication and tls-cluster need tls-cert-file and tls-key-file"
+                    .into(),
+            );
+        }
+        if c.tls_enabled()
+            && (c.tls_replication || c.tls_cluster || c.tls_auth_clients != AuthClients::No)
+            && c.tls_ca_cert_file.is_none()
+            && c.tls_ca_cert_dir.is_none()
+        {
+            return Err(
+                "either tls-ca-cert-file or tls-ca-cert-dir must be given when \
+                        tls-cluster, tls-replication or tls-auth-clients is on"
+                    .into(),
+            );
+        }
         if let Some(r) = &c.replicaof {
             if c.replicaof_addr().is_none() && !r.eq_ignore_ascii_case("no one") {
                 return Err(format!("replicaof must be \"host port\", got {r:?}"));
@@ -651,6 +763,53 @@ impl Config {
             }
         }
         Ok(c)
+    }
+}
+
+/// `tls-auth-clients`: whether clients on `tls-port` must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthClients {
+    Yes,
+    No,
+    Optional,
+}
+
+impl AuthClients {
+    pub fn parse(s: &str) -> Option<AuthClients> {
+        match parse_yes_no(s) {
+            Some(true) => Some(AuthClients::Yes),
+            Some(false) => Some(AuthClients::No),
+            None => s
+                .eq_ignore_ascii_case("optional")
+                .then_some(AuthClients::Optional),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthClients::Yes => "yes",
+            AuthClients::No => "no",
+            AuthClients::Optional => "optional",
+        }
+    }
+}
+
+/// `tls-auth-clients` in TOML: `true`/`false` or `"yes"`/`"no"`/`"optional"`.
+fn de_auth_clients<'de, D: serde::Deserializer<'de>>(d: D) -> Result<AuthClients, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        Bool(bool),
+        Text(String),
+    }
+    match V::deserialize(d)? {
+        V::Bool(true) => Ok(AuthClients::Yes),
+        V::Bool(false) => Ok(AuthClients::No),
+        V::Text(s) => AuthClients::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "tls-auth-clients must be yes, no or optional, got {s:?}"
+            ))
+        }),
     }
 }
 
@@ -857,6 +1016,60 @@ mod tests {
         assert!(err.contains("share a name or an id"), "{err}");
         let err = load_toml(&with_peers(0, [("b".into(), 1), ("b".into(), 2)])).unwrap_err();
         assert!(err.contains("share a name or an id"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_parse_and_are_checked() {
+        let c = Config::default();
+        assert!(!c.tls_enabled() && c.tls_auth_clients == AuthClients::Yes);
+        let dir = std::env::temp_dir().join(format!("meridian-tls-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(
+            &path,
+            "tls-port = 6380\ntls-cert-file = \"n.pem\"\ntls-key-file = \"/abs/k.pem\"\ntls-ca-cert-file = \"ca.pem\"\ntls-auth-clients = \"optional\"\ntls-replication = true\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&Cli::parse_from(["meridian", "--config", p])).unwrap();
+        // Paths from the file are relative to it; absolute ones stay.
+        assert_eq!(c.tls_cert_file, Some(dir.join("n.pem")));
+        assert_eq!(c.tls_key_file, Some(PathBuf::from("/abs/k.pem")));
+        assert_eq!(c.tls_auth_clients, AuthClients::Optional);
+        assert!(c.tls_replication && !c.tls_cluster && !c.plain_port_off());
+        let c = Config::load(&Cli::parse_from([
+            "meridian",
+            "--config",
+            p,
+            "--port",
+            "0",
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+        ]))
+        .unwrap();
+        assert!(c.plain_port_off() && c.tls_cluster);
+        assert_eq!(c.tls_auth_clients, AuthClients::No);
+        // TOML booleans for tls-auth-clients; anything else is refused.
+        let c: Config = toml::from_str("tls-auth-clients = false\n").unwrap();
+        assert_eq!(c.tls_auth_clients, AuthClients::No);
+        assert!(toml::from_str::<Config>("tls-auth-clients = \"maybe\"\n").is_err());
+        // A TLS port needs a certificate and key, and client auth needs a CA.
+        let err = Config::load(&Cli::parse_from(["meridian", "--tls-port", "6380"])).unwrap_err();
+        assert!(err.contains("tls-cert-file"), "{err}");
+        let err = Config::load(&Cli::parse_from([
+            "meridian",
+            "--tls-port",
+            "6380",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("tls-ca-cert-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

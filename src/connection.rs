@@ -27,6 +27,7 @@ use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
 use crate::shared::Shared;
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
+use crate::tls::{send, ClientStream};
 use crate::transaction::{self, unwatch_all};
 use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
@@ -37,7 +38,6 @@ use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Flush replies early when a huge pipeline produced this much output.
@@ -45,14 +45,17 @@ const MAX_PENDING_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// How often a write paused by a manual failover looks again (the pause lasts until the
 /// replica took over, milliseconds usually).
 const PAUSE_RECHECK: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a closing TLS connection may take to send its close_notify.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn serve(
-    mut stream: TcpStream,
+/// Serve one client, over plain TCP or TLS (`S`; each its own monomorphized loop), until
+/// it leaves, errs, or becomes a replica stream.
+pub async fn serve<S: ClientStream>(
+    mut stream: S,
     store: Arc<Store>,
     shared: Arc<Shared>,
     mut conn: ConnState,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut p = Pipeline {
@@ -172,7 +175,7 @@ pub async fn serve(
                 Outcome::Close(r) => {
                     encode(&r, conn.resp3, &mut out);
                     before_await(&mut held, &store);
-                    let _ = stream.write_all(&out).await;
+                    let _ = send(&mut stream, &out).await;
                     break 'conn;
                 }
                 // Waited out above.
@@ -181,7 +184,7 @@ pub async fn serve(
             encode(&reply, conn.resp3, &mut out);
             if out.len() >= MAX_PENDING_OUTPUT_BYTES {
                 before_await(&mut held, &store);
-                if stream.write_all(&out).await.is_err() {
+                if send(&mut stream, &out).await.is_err() {
                     break 'conn;
                 }
                 out.clear();
@@ -201,6 +204,10 @@ pub async fn serve(
     }
     store.flush_replication_wake();
     unwatch_all(&store, &mut conn);
+    if S::BUFFERED {
+        // TLS: a close_notify before the socket closes (best effort, bounded).
+        let _ = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, stream.shutdown()).await;
+    }
 }
 
 /// One request about to run: its bytes, its arguments (slices of them), its command and,
@@ -238,9 +245,9 @@ impl Request<'_> {
     /// (`Shared::write_pause_began`). Likewise a write in the restart window (counted once
     /// per command). The outcome once it ran; `None` if the client is gone.
     #[allow(clippy::too_many_arguments)]
-    async fn run_through_pause<'s>(
+    async fn run_through_pause<'s, S: ClientStream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         out: &mut BytesMut,
         store: &'s Store,
         shared: &'s Shared,
@@ -259,7 +266,7 @@ impl Request<'_> {
             }
             before_await(held, store);
             if !out.is_empty() {
-                if stream.write_all(out).await.is_err() {
+                if send(stream, out).await.is_err() {
                     return None;
                 }
                 out.clear();
@@ -342,8 +349,8 @@ impl Pipeline {
 
 /// MERIDIAN SYNC: after the replies before it, this connection carries a replica stream
 /// (the requests parsed after it, in `rest`, go with it).
-async fn take_over(
-    mut stream: TcpStream,
+async fn take_over<S: ClientStream>(
+    mut stream: S,
     out: &[u8],
     rest: BytesMut,
     store: &Arc<Store>,
@@ -351,7 +358,7 @@ async fn take_over(
     conn: &mut ConnState,
     req: meridian_replication::replica_stream::SyncRequest,
 ) {
-    if out.is_empty() || stream.write_all(out).await.is_ok() {
+    if out.is_empty() || send(&mut stream, out).await.is_ok() {
         let (hub, peer) = (shared.inregion.clone(), conn.addr.clone());
         crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
     }
@@ -360,8 +367,8 @@ async fn take_over(
 
 /// A request the parser refused: count it, answer the error after the replies before it
 /// (as Redis does, when it has one) and let the caller close the connection.
-async fn close_on_protocol_error(
-    stream: &mut TcpStream,
+async fn close_on_protocol_error<S: ClientStream>(
+    stream: &mut S,
     out: &mut BytesMut,
     store: &Store,
     conn: &ConnState,
@@ -372,13 +379,13 @@ async fn close_on_protocol_error(
     if let Some(r) = e.to_reply() {
         encode(&r, conn.resp3, out);
     }
-    let _ = stream.write_all(out).await;
+    let _ = send(stream, out).await;
 }
 
 /// WAIT: blocks this connection only; earlier replies go out first. The number of
 /// replicas that acknowledged this connection's last write; `None` if the client is gone.
-async fn wait_replicas(
-    stream: &mut TcpStream,
+async fn wait_replicas<S: ClientStream>(
+    stream: &mut S,
     out: &mut BytesMut,
     shared: &Shared,
     conn: &ConnState,
@@ -386,7 +393,7 @@ async fn wait_replicas(
     timeout_ms: u64,
 ) -> Option<Reply> {
     if !out.is_empty() {
-        stream.write_all(out).await.ok()?;
+        send(stream, out).await.ok()?;
         out.clear();
     }
     let acked = shared
@@ -397,8 +404,8 @@ async fn wait_replicas(
 }
 
 /// After the last request of a read ran: count its commands and write its replies.
-async fn end_batch(
-    stream: &mut TcpStream,
+async fn end_batch<S: ClientStream>(
+    stream: &mut S,
     out: &mut BytesMut,
     store: &Store,
     conn: &mut ConnState,
@@ -452,9 +459,14 @@ fn before_await(held: &mut Held<'_>, store: &Store) {
 
 /// Write a batch's replies, then do the replication wake-up its writes put off (see
 /// `Store::defer_replication_wake`): after the bytes are on their way, or before waiting
-/// for a full socket to drain.
-async fn write_replies(stream: &mut TcpStream, out: &[u8], store: &Store) -> std::io::Result<()> {
-    let sent = stream.try_write(out);
+/// for a full socket to drain. Over TLS the records are written and flushed after the
+/// wake-up.
+async fn write_replies<S: ClientStream>(
+    stream: &mut S,
+    out: &[u8],
+    store: &Store,
+) -> std::io::Result<()> {
+    let sent = stream.try_write_now(out);
     store.flush_replication_wake();
     let sent = match sent {
         Ok(n) => n,
@@ -463,6 +475,9 @@ async fn write_replies(stream: &mut TcpStream, out: &[u8], store: &Store) -> std
     };
     if sent < out.len() {
         stream.write_all(&out[sent..]).await?;
+    }
+    if S::BUFFERED {
+        stream.flush().await?;
     }
     Ok(())
 }

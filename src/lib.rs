@@ -31,6 +31,7 @@ pub mod sched;
 pub mod server;
 pub mod shared;
 pub mod store;
+pub mod tls;
 pub mod topology;
 pub mod transaction;
 pub mod util;

@@ -75,7 +75,11 @@ fn main() {
         let server = Server::bind(config).await?;
         let addr = server.local_addr()?;
         server.spawn_io_threads(io_threads.saturating_sub(1))?;
-        // Tests and scripts read this line to learn the port (e.g. with --port 0).
+        // Tests and scripts read these lines to learn the ports (e.g. with --port 0): the
+        // TLS port's first, then the plain port's (the TLS port's again if there is none).
+        if let Some(tls) = server.tls_local_addr() {
+            println!("meridian tls listening on {tls}");
+        }
         println!("meridian listening on {addr}");
         tracing::info!(%addr, "ready to accept connections");
         tokio::select! {

@@ -37,6 +37,7 @@
 
 use crate::frame::Reply;
 use crate::store::{shard_of, Held, Remote, Store, PREFETCH_AHEAD};
+use crate::tls::ClientStream;
 use crate::util::now_ms;
 use bytes::{Bytes, BytesMut};
 use meridian_crdt::{Delta, Entry};
@@ -50,7 +51,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
@@ -567,8 +568,8 @@ impl InRegion {
 
 /// Serve one replica on a client connection that sent `MERIDIAN SYNC` (never returns
 /// before the link ends). `pending` holds bytes read after the command.
-pub async fn serve_replica(
-    mut stream: TcpStream,
+pub async fn serve_replica<S: ClientStream>(
+    mut stream: S,
     pending: BytesMut,
     store: Arc<Store>,
     hub: Arc<InRegion>,
@@ -576,9 +577,11 @@ pub async fn serve_replica(
     peer: String,
 ) {
     if hub.role() == StreamRole::Replica {
-        let _ = stream
-            .write_all(b"-ERR this node is a replica: chained replication is not supported\r\n")
-            .await;
+        let _ = write_timed(
+            &mut stream,
+            b"-ERR this node is a replica: chained replication is not supported\r\n",
+        )
+        .await;
         return;
     }
     let ip = peer
@@ -620,8 +623,13 @@ pub async fn serve_replica(
     hub.unregister_replica(id);
 }
 
-async fn write_timed(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Result<(), String> {
-    match tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), w.write_all(bytes)).await {
+/// Write all of `bytes` and flush (TLS records), within the link timeout.
+async fn write_timed(w: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), String> {
+    let write = async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(Duration::from_millis(LINK_TIMEOUT_MS), write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("write: {e}")),
         Err(_) => Err("write timed out".into()),
@@ -630,7 +638,11 @@ async fn write_timed(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> Resu
 
 /// Every entry of every slot (tombstones included), one slot under its shard's lock at a
 /// time, cut into chunks by [`SnapshotWriter`]; then `SnapshotEnd { offset }`.
-async fn send_snapshot(stream: &mut TcpStream, store: &Store, offset: u64) -> Result<(), String> {
+async fn send_snapshot(
+    stream: &mut (impl AsyncWrite + Unpin),
+    store: &Store,
+    offset: u64,
+) -> Result<(), String> {
     let mut w = SnapshotWriter::new();
     for slot in 0..meridian_crdt::SLOT_COUNT as u16 {
         {
@@ -651,15 +663,14 @@ async fn send_snapshot(stream: &mut TcpStream, store: &Store, offset: u64) -> Re
 
 /// Stream backlog frames after `start` and read acks ([`StreamSender`]), until an error or
 /// a kill request.
-async fn stream_changes(
-    stream: TcpStream,
+async fn stream_changes<S: ClientStream>(
+    mut stream: S,
     pending: BytesMut,
     hub: &InRegion,
     id: u64,
     start: u64,
 ) -> Result<(), String> {
     let epoch = hub.kill_epoch.load(Relaxed);
-    let (mut rd, mut wr) = stream.into_split();
     let mut tx = StreamSender::new(now_ms(), start);
     let mut inbuf = pending;
     let mut out: Vec<u8> = Vec::new();
@@ -695,14 +706,13 @@ async fn stream_changes(
                 .map_err(|e| e.to_string())?;
         }
         if !out.is_empty() {
-            write_timed(&mut wr, &out).await?;
+            write_timed(&mut stream, &out).await?;
             // Acks that arrived meanwhile (a long burst must not look like silence).
             inbuf.reserve(READ_CHUNK_BYTES);
-            match rd.try_read_buf(&mut inbuf) {
-                Ok(0) => return Err("replica closed the connection".into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(format!("read: {e}")),
+            match read_ready(&mut stream, &mut inbuf).await {
+                Some(Ok(0)) => return Err("replica closed the connection".into()),
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => return Err(format!("read: {e}")),
             }
             continue;
         }
@@ -710,7 +720,7 @@ async fn stream_changes(
         let wake = Duration::from_millis(tx.poll_timeout().saturating_sub(now).max(1));
         inbuf.reserve(READ_CHUNK_BYTES);
         tokio::select! {
-            r = rd.read_buf(&mut inbuf) => match r {
+            r = stream.read_buf(&mut inbuf) => match r {
                 Ok(0) => return Err("replica closed the connection".into()),
                 Ok(_) => {}
                 Err(e) => return Err(format!("read: {e}")),
@@ -722,12 +732,35 @@ async fn stream_changes(
     }
 }
 
+/// What `stream` has ready to read, without waiting (`None`: nothing yet): a plain
+/// socket's `try_read_buf`, for any stream (TLS decrypts what arrived).
+async fn read_ready(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Option<std::io::Result<usize>> {
+    use std::future::Future;
+    use std::task::Poll;
+    // `read_buf` is cancel safe: dropped while pending, it read nothing.
+    let mut read = std::pin::pin!(stream.read_buf(buf));
+    std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // Replica side: the link task
 // ---------------------------------------------------------------------------------------
 
 /// Follows whatever [`InRegion::follow`] set, forever (spawn once on the main runtime).
-pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>, acl: Arc<crate::acl::Acl>) {
+/// `tls`: the connector of `tls-replication yes` (None: plain TCP).
+pub async fn run_replica_link(
+    store: Arc<Store>,
+    hub: Arc<InRegion>,
+    acl: Arc<crate::acl::Acl>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) {
     let mut rx = hub.target.subscribe();
     loop {
         let target = rx.borrow_and_update().clone();
@@ -741,7 +774,7 @@ pub async fn run_replica_link(store: Arc<Store>, hub: Arc<InRegion>, acl: Arc<cr
         loop {
             let started = now_ms();
             tokio::select! {
-                r = run_link(&store, &hub, &target, &acl) => {
+                r = run_link(&store, &hub, &target, &acl, tls.as_ref()) => {
                     hub.link_up.store(false, Relaxed);
                     hub.sync_in_progress.store(false, Relaxed);
                     if let Err(e) = r {
@@ -769,9 +802,10 @@ async fn run_link(
     hub: &InRegion,
     target: &PrimaryAddr,
     acl: &crate::acl::Acl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(), String> {
     let addr = format!("{}:{}", target.host, target.port);
-    let mut stream = match tokio::time::timeout(
+    let stream = match tokio::time::timeout(
         Duration::from_millis(CONNECT_TIMEOUT_MS),
         TcpStream::connect(&addr),
     )
@@ -788,6 +822,26 @@ async fn run_link(
         ));
     }
     let _ = stream.set_nodelay(true);
+    match tls {
+        Some(config) => {
+            let stream = crate::tls::connect(config, &target.host, stream)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            follow(store, hub, acl, &addr, stream).await
+        }
+        None => follow(store, hub, acl, &addr, stream).await,
+    }
+}
+
+/// The replica's end of the link, once connected: AUTH, `MERIDIAN SYNC`, then apply what
+/// the primary sends and ack it.
+async fn follow<S: ClientStream>(
+    store: &Store,
+    hub: &InRegion,
+    acl: &crate::acl::Acl,
+    addr: &str,
+    mut stream: S,
+) -> Result<(), String> {
     if let Some((user, pass)) = acl.master_credentials() {
         authenticate(&mut stream, user.as_deref(), &pass).await?;
     }
@@ -815,7 +869,7 @@ async fn run_link(
                     _ => None,
                 }),
             );
-            apply_event(store, hub, &addr, ev);
+            apply_event(store, hub, addr, ev);
         }
         hub.applied_offset.store(rx.applied(), Relaxed);
         ack_buf.clear();
@@ -849,7 +903,7 @@ async fn run_link(
 /// command, one line of reply, before `MERIDIAN SYNC` (nothing else is in flight, so no
 /// byte of the stream can be read here).
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     user: Option<&str>,
     pass: &str,
 ) -> Result<(), String> {

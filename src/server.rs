@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Delta log bound per shard when no replication consumes it.
@@ -23,7 +22,10 @@ use crate::util::now_ms;
 pub struct Server {
     pub store: Arc<Store>,
     pub shared: Arc<Shared>,
-    listener: TcpListener,
+    /// The plain client port (None: `port 0` next to a `tls-port`).
+    listener: Option<TcpListener>,
+    /// `tls-port`.
+    tls_listener: Option<TcpListener>,
     repl: Option<crate::region_link::Replicator>,
     kafka: Option<crate::kafka::KafkaConsumer>,
 }
@@ -36,21 +38,24 @@ fn random_seed() -> u64 {
 
 impl Server {
     pub async fn bind(config: Config) -> std::io::Result<Server> {
-        let addr = format!("{}:{}", config.bind, config.port);
-        let sock_addr: SocketAddr = tokio::net::lookup_host(&addr)
-            .await?
-            .next()
-            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
-        if sock_addr.port() != 0 {
-            // The I/O threads share the port through SO_REUSEPORT, which would also let a
-            // second server (same user) bind it and silently take half the connections.
-            // A plain bind first fails if anyone holds the port, as redis-server does.
-            drop(std::net::TcpListener::bind(sock_addr)?);
-        }
-        let listener = reuseport_listener(sock_addr)?;
+        // Certificate and key files first: a bad one stops the start with its name.
+        let tls = crate::tls::Tls::load(&config)
+            .map_err(std::io::Error::other)?
+            .map(Arc::new);
+        let listener = if config.plain_port_off() {
+            None
+        } else {
+            Some(listen(&config.bind, config.port).await?)
+        };
+        let tls_listener = match config.tls_port {
+            0 => None,
+            port => Some(listen(&config.bind, port).await?),
+        };
         // With `--port 0` the kernel picks the port: report the real one (INFO, CLIENT LIST).
         let mut config = config;
-        config.port = listener.local_addr()?.port();
+        if let Some(l) = &listener {
+            config.port = l.local_addr()?.port();
+        }
         let policy =
             EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
         let runtime = Runtime {
@@ -90,7 +95,13 @@ impl Server {
             config.min_replicas_to_write,
             config.min_replicas_max_lag,
         ));
-        inregion.set_listening_port(config.port);
+        // The port its primary lists it under (and a replica is reached at): the TLS one
+        // when the replica stream is TLS or there is no plain port (as Redis).
+        inregion.set_listening_port(if config.tls_replication || listener.is_none() {
+            config.tls_port
+        } else {
+            config.port
+        });
         if let Some((host, port)) = config.replicaof_addr() {
             inregion.follow(Some(crate::replica_stream::PrimaryAddr { host, port }));
         }
@@ -99,7 +110,13 @@ impl Server {
                 crate::cluster::Cluster::open(
                     c,
                     config.config_dir.as_deref(),
-                    config.port,
+                    // The client port other nodes and clients are sent to: the TLS one with
+                    // `tls-cluster` or no plain port (as Redis).
+                    if config.tls_cluster || listener.is_none() {
+                        config.tls_port
+                    } else {
+                        config.port
+                    },
                     config.replication.as_ref().map(|r| r.listen.as_str()),
                 )
                 .map_err(std::io::Error::other)?,
@@ -134,6 +151,7 @@ impl Server {
             run_id,
             clients: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
+            tls,
             repl: repl.as_ref().map(|r| r.control.clone()),
             kafka: kafka_stats,
         });
@@ -141,13 +159,23 @@ impl Server {
             store,
             shared,
             listener,
+            tls_listener,
             repl,
             kafka,
         })
     }
 
+    /// The plain client port's address, or `tls-port`'s when there is no plain port.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match (&self.listener, &self.tls_listener) {
+            (Some(l), _) | (None, Some(l)) => l.local_addr(),
+            (None, None) => Err(std::io::Error::other("no client port")),
+        }
+    }
+
+    /// `tls-port`'s address, if there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Accept clients forever; spawns the background cycle and the metrics endpoint.
@@ -170,6 +198,7 @@ impl Server {
             self.store.clone(),
             self.shared.inregion.clone(),
             self.shared.acl.clone(),
+            self.shared.tls.as_ref().and_then(|t| t.replication.clone()),
         ));
         if let Some(port) = self.shared.config.metrics_port {
             let addr = format!("{}:{port}", self.shared.config.bind);
@@ -181,7 +210,7 @@ impl Server {
                 self.shared.clone(),
             ));
         }
-        accept_loop(self.listener, self.store, self.shared).await
+        serve_ports(self.listener, self.tls_listener, self.store, self.shared).await
     }
 
     /// Serve clients on `extra` more threads, each with its own single-threaded runtime and
@@ -189,7 +218,8 @@ impl Server {
     /// the threads, and no connection ever wakes another thread (thread-per-core, like
     /// Redis' single event loop, times the cores).
     pub fn spawn_io_threads(&self, extra: usize) -> std::io::Result<()> {
-        let addr = self.local_addr()?;
+        let addr = self.listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let tls_addr = self.tls_local_addr();
         self.shared.io_threads.store(1 + extra, Relaxed);
         for i in 0..extra {
             let (store, shared) = (self.store.clone(), self.shared.clone());
@@ -200,8 +230,12 @@ impl Server {
                 .name(format!("meridian-io-{}", i + 1))
                 .spawn(move || {
                     rt.block_on(async move {
-                        match reuseport_listener(addr) {
-                            Ok(l) => accept_loop(l, store, shared).await,
+                        let listeners = addr
+                            .map(reuseport_listener)
+                            .transpose()
+                            .and_then(|l| Ok((l, tls_addr.map(reuseport_listener).transpose()?)));
+                        match listeners {
+                            Ok((l, tls)) => serve_ports(l, tls, store, shared).await,
                             Err(e) => {
                                 tracing::error!(error = %e, "io thread cannot listen");
                                 Ok(())
@@ -211,6 +245,40 @@ impl Server {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// Bind `bind:port` for the I/O threads to share (port 0: the kernel picks one).
+async fn listen(bind: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr = format!("{bind}:{port}");
+    let sock_addr: SocketAddr = tokio::net::lookup_host(&addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+    if sock_addr.port() != 0 {
+        // The I/O threads share the port through SO_REUSEPORT, which would also let a
+        // second server (same user) bind it and silently take half the connections.
+        // A plain bind first fails if anyone holds the port, as redis-server does.
+        drop(std::net::TcpListener::bind(sock_addr)?);
+    }
+    reuseport_listener(sock_addr)
+}
+
+/// Accept on the plain port and `tls-port` (either may be absent) on this thread.
+async fn serve_ports(
+    plain: Option<TcpListener>,
+    tls: Option<TcpListener>,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    match (plain, tls) {
+        (Some(p), Some(t)) => {
+            tokio::spawn(accept_loop(t, store.clone(), shared.clone(), true));
+            accept_loop(p, store, shared, false).await
+        }
+        (Some(l), None) => accept_loop(l, store, shared, false).await,
+        (None, Some(l)) => accept_loop(l, store, shared, true).await,
+        (None, None) => Ok(()),
     }
 }
 
@@ -228,14 +296,21 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Accept clients forever on one listener, serving them on the current runtime.
+/// Accept clients forever on one listener (`tls`: `tls-port`, each client's handshake in
+/// its own task), serving them on the current runtime.
 async fn accept_loop(
     listener: TcpListener,
     store: Arc<Store>,
     shared: Arc<Shared>,
+    tls: bool,
 ) -> std::io::Result<()> {
+    let local_port = listener.local_addr()?.port();
+    let acceptor = match &shared.tls {
+        Some(t) if tls => t.acceptor.clone(),
+        _ => None,
+    };
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -244,47 +319,74 @@ async fn accept_loop(
                 continue;
             }
         };
-        let stats = &store.stats;
-        stats.connections_received.fetch_add(1, Relaxed);
-        if refused_by_protected_mode(&shared, peer) {
-            // Redis' protected mode: no password on the default user, so only loopback
-            // clients are served; the others are told why and closed.
-            tokio::spawn(async move {
-                let _ = stream.write_all(crate::acl::DENIED).await;
-            });
+        store.stats.connections_received.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = &acceptor else {
+            admit(stream, peer, local_port, &store, &shared);
             continue;
-        }
-        let max = store.runtime.maxclients.load(Relaxed);
-        if stats.connected_clients.load(Relaxed) >= max {
-            stats.rejected_connections.fetch_add(1, Relaxed);
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
-            continue;
-        }
-        stats.connected_clients.fetch_add(1, Relaxed);
-        let id = shared.next_client_id.fetch_add(1, Relaxed);
-        let created = now_ms();
-        shared.clients.lock().insert(
-            id,
-            ClientEntry {
-                addr: peer.to_string(),
-                name: None,
-                created_ms: created,
-                user: "default".into(),
-            },
-        );
-        let mut conn = ConnState::new(id, peer.to_string(), created);
-        conn.session.start(&shared.acl);
-        let (store, shared) = (store.clone(), shared.clone());
+        };
+        let (acceptor, store, shared) = (acceptor.clone(), store.clone(), shared.clone());
         tokio::spawn(async move {
-            crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
-            shared.clients.lock().remove(&id);
-            store.stats.connected_clients.fetch_sub(1, Relaxed);
+            match crate::tls::accept(&acceptor, stream).await {
+                Ok(stream) => admit(stream, peer, local_port, &store, &shared),
+                Err(e) => {
+                    // Plain text on the TLS port, no or a bad client certificate: refused.
+                    store.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+            }
         });
     }
+}
+
+/// Serve an accepted client (TLS handshake done) in its own task, or refuse it (protected
+/// mode, `maxclients`).
+fn admit<S: crate::tls::ClientStream>(
+    mut stream: S,
+    peer: SocketAddr,
+    local_port: u16,
+    store: &Arc<Store>,
+    shared: &Arc<Shared>,
+) {
+    let stats = &store.stats;
+    if refused_by_protected_mode(shared, peer) {
+        // Redis' protected mode: no password on the default user, so only loopback
+        // clients are served; the others are told why and closed.
+        tokio::spawn(async move {
+            let _ = crate::tls::send(&mut stream, crate::acl::DENIED).await;
+        });
+        return;
+    }
+    let max = store.runtime.maxclients.load(Relaxed);
+    if stats.connected_clients.load(Relaxed) >= max {
+        stats.rejected_connections.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            let _ = crate::tls::send(&mut stream, b"-ERR max number of clients reached\r\n").await;
+        });
+        return;
+    }
+    stats.connected_clients.fetch_add(1, Relaxed);
+    let id = shared.next_client_id.fetch_add(1, Relaxed);
+    let created = now_ms();
+    shared.clients.lock().insert(
+        id,
+        ClientEntry {
+            addr: peer.to_string(),
+            name: None,
+            created_ms: created,
+            user: "default".into(),
+            local_port,
+        },
+    );
+    let mut conn = ConnState::new(id, peer.to_string(), created);
+    conn.local_port = local_port;
+    conn.session.start(&shared.acl);
+    let (store, shared) = (store.clone(), shared.clone());
+    tokio::spawn(async move {
+        crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
+        shared.clients.lock().remove(&id);
+        store.stats.connected_clients.fetch_sub(1, Relaxed);
+    });
 }
 
 /// Protected mode (`protected-mode yes`, the default) refuses a client from another host

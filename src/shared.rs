@@ -15,6 +15,8 @@ pub struct ClientEntry {
     pub created_ms: u64,
     /// The user it authenticated as (CLIENT LIST).
     pub user: String,
+    /// The port it connected to (`laddr`: the plain or the TLS port).
+    pub local_port: u16,
 }
 
 /// State shared by every connection besides the store.
@@ -34,6 +36,8 @@ pub struct Shared {
     pub inregion: Arc<crate::replica_stream::InRegion>,
     /// Users, passwords, permissions and the ACL log.
     pub acl: Arc<crate::acl::Acl>,
+    /// TLS: `tls-port`'s acceptor, the replica link's and MIGRATE's connectors (None: off).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Threads serving clients (see `store::Held`: with one, a batch keeps its shard locks).
     pub io_threads: AtomicUsize,
 }

@@ -270,6 +270,9 @@ pub struct Stats {
     pub deltas_dropped: AtomicU64,
     pub ops_per_sec: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Clients on `tls-port` that failed the TLS handshake (plain text, no or a bad client
+    /// certificate, a timeout).
+    pub tls_handshake_failures: AtomicU64,
     /// Local `SET … VERSION n` refused at or below the key's invalidation floor.
     pub stale_fills_refused: AtomicU64,
     /// Deltas and anti-entropy entries from other regions refused for a slot this node

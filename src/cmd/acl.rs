@@ -72,7 +72,7 @@ fn client_info(shared: &crate::shared::Shared, conn: &ConnState, cmd: &str, now_
         conn.id,
         conn.addr,
         shared.config.bind,
-        shared.config.port,
+        conn.local_port,
         String::from_utf8_lossy(conn.name.as_deref().unwrap_or(b"")),
         now_ms.saturating_sub(conn.created_ms) / 1000,
         conn.multi.as_ref().map_or(-1, |q| q.len() as i64),

@@ -93,11 +93,16 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     else {
         return ioerr("connecting to");
     };
-    let Ok(stream) = std::net::TcpStream::connect_timeout(&sock, timeout) else {
+    let Ok(tcp) = std::net::TcpStream::connect_timeout(&sock, timeout) else {
         return ioerr("connecting to");
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
+    let _ = tcp.set_read_timeout(Some(timeout));
+    let _ = tcp.set_write_timeout(Some(timeout));
+    // `tls-cluster yes`: TLS to the target (its `tls-port`), the handshake on the first write.
+    let tls = ctx.shared.tls.as_ref().and_then(|t| t.cluster.as_ref());
+    let Ok(mut stream) = crate::tls::BlockingStream::new(tcp, &host, tls) else {
+        return ioerr("connecting to");
+    };
     let mut out = bytes::BytesMut::new();
     match auth {
         Some((Some(u), p)) => crate::frame::encode_command(&[&b"AUTH"[..], u, p], &mut out),
@@ -108,11 +113,14 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         let [cmd, sub] = MIGRATE_TARGET;
         crate::frame::encode_command(&[cmd, sub, k, blob], &mut out);
     }
-    let mut writer = &stream;
-    if writer.write_all(&out).is_err() {
+    if stream
+        .write_all(&out)
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
         return ioerr("writing to");
     }
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(&mut stream);
     let mut line = String::new();
     for _ in 0..batch.len() + usize::from(auth.is_some()) {
         line.clear();

@@ -216,6 +216,8 @@ pub struct ConnState {
     pub write_offset: u64,
     /// Who this connection is (AUTH) and what it may run (`acl`).
     pub session: crate::acl::Session,
+    /// The port the client connected to (`laddr`: the plain or the TLS port).
+    pub local_port: u16,
 }
 
 impl ConnState {
@@ -236,6 +238,7 @@ impl ConnState {
             write_offset: 0,
             session: crate::acl::Session::default(),
             rng: rand::SeedableRng::from_os_rng(),
+            local_port: 0,
         }
     }
 

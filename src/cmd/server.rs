@@ -219,7 +219,7 @@ fn unknown_sub(cmd: &str, sub: &[u8]) -> Reply {
 fn client_line(
     ctx: &Ctx,
     id: u64,
-    addr: &str,
+    (addr, local_port): (&str, u16),
     name: &[u8],
     created_ms: u64,
     cmd: &str,
@@ -228,7 +228,7 @@ fn client_line(
     format!(
         "id={id} addr={addr} laddr={}:{} fd=0 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={cmd} user={user} redir=-1 resp={}",
         ctx.shared.config.bind,
-        ctx.shared.config.port,
+        local_port,
         String::from_utf8_lossy(name),
         ctx.now_ms.saturating_sub(created_ms) / 1000,
         if ctx.conn.resp3 && id == ctx.conn.id { 3 } else { 2 },
@@ -256,7 +256,7 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         let line = client_line(
             ctx,
             c.id,
-            &c.addr,
+            (&c.addr, c.local_port),
             c.name.as_deref().unwrap_or(b""),
             c.created_ms,
             "client|info",
@@ -271,7 +271,7 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 .map(|(id, c)| {
                     (
                         *id,
-                        c.addr.clone(),
+                        (c.addr.clone(), c.local_port),
                         c.name.clone(),
                         c.created_ms,
                         c.user.clone(),
@@ -294,7 +294,7 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 client_line(
                     ctx,
                     id,
-                    &addr,
+                    (&addr.0, addr.1),
                     name.as_deref().unwrap_or(b""),
                     created,
                     cmd,
@@ -372,15 +372,28 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
             .inregion
             .following()
             .map_or_else(String::new, |p| format!("{} {}", p.host, p.port)),
+        "tls-port" => c.tls_port.to_string(),
+        "tls-cert-file" => path_text(&c.tls_cert_file),
+        "tls-key-file" => path_text(&c.tls_key_file),
+        "tls-ca-cert-file" => path_text(&c.tls_ca_cert_file),
+        "tls-ca-cert-dir" => path_text(&c.tls_ca_cert_dir),
+        "tls-auth-clients" => c.tls_auth_clients.name().into(),
+        "tls-replication" => yes_no(c.tls_replication),
+        "tls-cluster" => yes_no(c.tls_cluster),
         _ => return None,
     })
+}
+
+fn path_text(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map_or_else(String::new, |p| p.display().to_string())
 }
 
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
-const CONFIG_NAMES: [&str; 24] = [
+const CONFIG_NAMES: [&str; 32] = [
     "maxmemory",
     "maxmemory-policy",
     "maxmemory-samples",
@@ -405,6 +418,14 @@ const CONFIG_NAMES: [&str; 24] = [
     "masteruser",
     "masterauth",
     "acllog-max-len",
+    "tls-port",
+    "tls-cert-file",
+    "tls-key-file",
+    "tls-ca-cert-file",
+    "tls-ca-cert-dir",
+    "tls-auth-clients",
+    "tls-replication",
+    "tls-cluster",
 ];
 
 /// A validated CONFIG SET assignment, applied once every pair parsed.
@@ -573,6 +594,10 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     }));
                 }
                 "save" | "appendonly" | "timeout" => {}
+                // TLS is set up at start (a restart reloads certificates).
+                n if n.starts_with("tls-") && CONFIG_NAMES.contains(&n) => {
+                    return fail("can't set immutable config");
+                }
                 _ => {
                     return err_owned(format!(
                         "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"

@@ -30,6 +30,8 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// `tls-port`, when it has one (0: none; `port` is the same when it has no plain port).
+    pub tls_port: u16,
     /// A TOML config written for this server (removed on drop).
     config_file: Option<std::path::PathBuf>,
 }
@@ -62,6 +64,7 @@ impl Server {
         let mut server = Server {
             child,
             port: 0,
+            tls_port: 0,
             config_file: None,
         };
         let (tx, rx) = mpsc::channel();
@@ -79,6 +82,13 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix("meridian tls listening on ") {
+                        server.tls_port = addr
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.parse::<u16>().ok())
+                            .unwrap_or_else(|| panic!("cannot parse port from {line:?}"));
+                    }
                     if let Some(addr) = line.trim().strip_prefix("meridian listening on ") {
                         let port = addr
                             .rsplit(':')
