@@ -90,6 +90,7 @@ pub const WRITE: u32 = cat("write");
 pub const SET: u32 = cat("set");
 pub const HASH: u32 = cat("hash");
 pub const STRING: u32 = cat("string");
+pub const BITMAP: u32 = cat("bitmap");
 pub const ADMIN: u32 = cat("admin");
 pub const FAST: u32 = cat("fast");
 pub const SLOW: u32 = cat("slow");
@@ -114,6 +115,9 @@ pub fn command_categories(spec: &Spec) -> u32 {
         "get" | "set" | "setnx" | "setex" | "psetex" | "getset" | "getdel" | "getex" | "mget"
         | "mset" | "msetnx" | "append" | "strlen" | "getrange" | "substr" | "setrange" | "incr"
         | "decr" | "incrby" | "decrby" | "incrbyfloat" | "lcs" => STRING,
+        "setbit" | "getbit" | "bitcount" | "bitpos" | "bitop" | "bitfield" | "bitfield_ro" => {
+            BITMAP
+        }
         n if n.starts_with('h') && n != "hello" => HASH,
         n if n.starts_with('s')
             && !matches!(

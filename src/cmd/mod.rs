@@ -6,6 +6,7 @@
 //! shards of the command's keys (ascending order, so deadlock-free) and calls the handler.
 
 pub mod acl;
+pub mod bitmap;
 pub mod cluster;
 pub mod hash;
 pub mod keys;
@@ -160,6 +161,7 @@ pub fn table() -> &'static Table {
         let mut all: Vec<Spec> = Vec::new();
         for spec in string::specs()
             .into_iter()
+            .chain(bitmap::specs())
             .chain(set::specs())
             .chain(hash::specs())
             .chain(keys::specs())
