@@ -73,10 +73,18 @@ fn bitmap_replies_match_redis_server() {
             &["SETBIT", "set", "1", "1"],
             &["BITFIELD", "bf", "SET", "i8", "0", "100", "GET", "u4", "0"],
             &["BITFIELD", "bf", "INCRBY", "i8", "0", "100"],
-            &["BITFIELD", "bf", "OVERFLOW", "SAT", "INCRBY", "i8", "0", "100"],
-            &["BITFIELD", "bf", "OVERFLOW", "FAIL", "INCRBY", "i8", "0", "100"],
-            &["BITFIELD", "bf", "INCRBY", "u2", "100", "1", "INCRBY", "u2", "100", "1"],
-            &["BITFIELD", "bf", "INCRBY", "u2", "100", "1", "INCRBY", "u2", "100", "1"],
+            &[
+                "BITFIELD", "bf", "OVERFLOW", "SAT", "INCRBY", "i8", "0", "100",
+            ],
+            &[
+                "BITFIELD", "bf", "OVERFLOW", "FAIL", "INCRBY", "i8", "0", "100",
+            ],
+            &[
+                "BITFIELD", "bf", "INCRBY", "u2", "100", "1", "INCRBY", "u2", "100", "1",
+            ],
+            &[
+                "BITFIELD", "bf", "INCRBY", "u2", "100", "1", "INCRBY", "u2", "100", "1",
+            ],
             &["BITFIELD", "bf", "SET", "u8", "#1", "255", "GET", "u8", "8"],
             &["BITFIELD", "bf", "GET", "i64", "0", "GET", "u63", "1"],
             &["GET", "bf"],

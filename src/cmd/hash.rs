@@ -8,6 +8,7 @@ use meridian_crdt::{OrMap, Str, StrValue};
 pub fn specs() -> Vec<Spec> {
     vec![
         spec!("hset", -4, WRITE | DENYOOM | FAST | ELEMENT, 1, 1, 1, hset),
+        spec!("hscan", -3, READONLY, 1, 1, 1, hscan),
         spec!(
             "hmset",
             -4,
@@ -272,4 +273,30 @@ fn hincrbyfloat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let v = s.clone();
     ctx.write(a[1], |w| w.hash_update(a[2], |f, stamp| f.set(stamp, v)));
     bulk(s)
+}
+
+/// `HSCAN key cursor [MATCH pattern] [COUNT count]` (see `cursor` for the order).
+fn hscan(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let args = match super::cursor::parse(&a[2..]) {
+        Ok(args) => args,
+        Err(e) => return e,
+    };
+    let page = with_hash(ctx, a[1], |h| {
+        let items: Vec<(&[u8], Bytes)> = h
+            .fields()
+            .map(|(f, s)| (f, s.bytes().unwrap_or_default()))
+            .collect();
+        super::cursor::page(items, &args)
+    });
+    match page {
+        Err(e) => e,
+        Ok(None) => super::cursor::reply(0, Vec::new()),
+        Ok(Some((next, items))) => super::cursor::reply(
+            next,
+            items
+                .into_iter()
+                .flat_map(|(f, v)| [Reply::Bulk(f), Reply::Bulk(v)])
+                .collect(),
+        ),
+    }
 }

@@ -16,6 +16,7 @@ pub fn specs() -> Vec<Spec> {
         spec!("type", 2, READONLY | FAST, 1, 1, 1, type_),
         spec!("rename", 3, WRITE | ALL_SHARDS, 1, 2, 1, rename),
         spec!("renamenx", 3, WRITE | ALL_SHARDS | FAST, 1, 2, 1, renamenx),
+        spec!("copy", -3, WRITE | DENYOOM | ALL_SHARDS, 1, 2, 1, copy),
         spec!("expire", -3, WRITE | FAST, 1, 1, 1, expire),
         spec!("pexpire", -3, WRITE | FAST, 1, 1, 1, pexpire),
         spec!("expireat", -3, WRITE | FAST, 1, 1, 1, expireat),
@@ -69,6 +70,18 @@ fn rename_generic(ctx: &mut Ctx, a: &[&[u8]], nx: bool) -> Reply {
     if nx && ctx.lookup(to).is_some() {
         return Reply::Int(0);
     }
+    copy_entry(ctx, &entry, to);
+    ctx.write(from, |w| w.delete());
+    if nx {
+        Reply::Int(1)
+    } else {
+        ok()
+    }
+}
+
+/// Make `to` a fresh key holding `entry`'s visible value and deadline (whatever `to` held
+/// before is deleted first).
+fn copy_entry(ctx: &mut Ctx, entry: &meridian_crdt::Entry, to: &[u8]) {
     let deadline = entry.deadline_ms();
     if ctx.lookup(to).is_some() {
         ctx.write(to, |w| w.delete());
@@ -93,12 +106,39 @@ fn rename_generic(ctx: &mut Ctx, a: &[&[u8]], nx: bool) -> Reply {
             w.set_deadline(deadline);
         }
     });
-    ctx.write(from, |w| w.delete());
-    if nx {
-        Reply::Int(1)
-    } else {
-        ok()
+}
+
+/// `COPY source destination [DB 0] [REPLACE]`.
+fn copy(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let mut replace = false;
+    let mut i = 3;
+    while i < a.len() {
+        if a[i].eq_ignore_ascii_case(b"replace") {
+            replace = true;
+            i += 1;
+        } else if a[i].eq_ignore_ascii_case(b"db") && i + 1 < a.len() {
+            match crate::util::parse_int(a[i + 1]) {
+                Some(0) => {}
+                Some(_) => return err("ERR DB index is out of range"),
+                None => return not_int(),
+            }
+            i += 2;
+        } else {
+            return syntax();
+        }
     }
+    let (from, to) = (a[1], a[2]);
+    if from == to {
+        return err("ERR source and destination objects are the same");
+    }
+    let Some(entry) = ctx.lookup(from).map(Cow::into_owned) else {
+        return Reply::Int(0);
+    };
+    if !replace && ctx.lookup(to).is_some() {
+        return Reply::Int(0);
+    }
+    copy_entry(ctx, &entry, to);
+    Reply::Int(1)
 }
 
 fn rename(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod bitmap;
 pub mod cluster;
+pub mod cursor;
 pub mod hash;
 pub mod keys;
 pub mod replica;

@@ -33,6 +33,35 @@ pub fn specs() -> Vec<Spec> {
         spec!("sinter", -2, READONLY, 1, -1, 1, sinter),
         spec!("sunion", -2, READONLY, 1, -1, 1, sunion),
         spec!("sdiff", -2, READONLY, 1, -1, 1, sdiff),
+        spec!(
+            "sinterstore",
+            -3,
+            WRITE | DENYOOM | ALL_SHARDS,
+            1,
+            -1,
+            1,
+            sinterstore
+        ),
+        spec!(
+            "sunionstore",
+            -3,
+            WRITE | DENYOOM | ALL_SHARDS,
+            1,
+            -1,
+            1,
+            sunionstore
+        ),
+        spec!(
+            "sdiffstore",
+            -3,
+            WRITE | DENYOOM | ALL_SHARDS,
+            1,
+            -1,
+            1,
+            sdiffstore
+        ),
+        spec!("smove", 4, WRITE | FAST | ALL_SHARDS, 1, 2, 1, smove),
+        spec!("sscan", -3, READONLY, 1, 1, 1, sscan),
     ]
 }
 
@@ -209,12 +238,20 @@ enum Op {
 }
 
 fn combine(ctx: &mut Ctx, a: &[&[u8]], op: Op) -> Reply {
-    let mut sets: Vec<Option<Vec<Bytes>>> = Vec::with_capacity(a.len() - 1);
-    for k in &a[1..] {
+    match combined(ctx, &a[1..], op) {
+        Ok(result) => members_reply(ctx, result),
+        Err(e) => e,
+    }
+}
+
+/// The members of `op` over the sets at `keys` (missing keys are empty sets).
+fn combined(ctx: &mut Ctx, keys: &[&[u8]], op: Op) -> Result<Vec<Bytes>, Reply> {
+    let mut sets: Vec<Option<Vec<Bytes>>> = Vec::with_capacity(keys.len());
+    for k in keys {
         match with_set(ctx, k, |s| {
             s.members().map(Bytes::copy_from_slice).collect::<Vec<_>>()
         }) {
-            Err(e) => return e,
+            Err(e) => return Err(e),
             Ok(m) => sets.push(m),
         }
     }
@@ -254,7 +291,7 @@ fn combine(ctx: &mut Ctx, a: &[&[u8]], op: Op) -> Reply {
                 .collect()
         }
     };
-    members_reply(ctx, result)
+    Ok(result)
 }
 
 fn sinter(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
@@ -267,4 +304,86 @@ fn sunion(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 
 fn sdiff(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     combine(ctx, a, Op::Diff)
+}
+
+/// `S*STORE destination key…`: the destination becomes a set of exactly the result
+/// (whatever it held before, of any type); an empty result deletes it.
+fn store(ctx: &mut Ctx, a: &[&[u8]], op: Op) -> Reply {
+    let result = match combined(ctx, &a[2..], op) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let dest = a[1];
+    if ctx.lookup(dest).is_some() {
+        ctx.write(dest, |w| w.delete());
+    }
+    if !result.is_empty() {
+        ctx.write(dest, |w| {
+            for m in &result {
+                w.sadd(m);
+            }
+        });
+    }
+    Reply::Int(result.len() as i64)
+}
+
+fn sinterstore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    store(ctx, a, Op::Inter)
+}
+
+fn sunionstore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    store(ctx, a, Op::Union)
+}
+
+fn sdiffstore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    store(ctx, a, Op::Diff)
+}
+
+/// `SMOVE source destination member`: an SREM at the source and an SADD at the
+/// destination (each its own CRDT write: a concurrent SADD of the member at the source
+/// elsewhere keeps it there too).
+fn smove(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let (src, dst, m) = (a[1], a[2], a[3]);
+    let present = match with_set(ctx, src, |s| s.contains(m)) {
+        Err(e) => return e,
+        Ok(p) => p.unwrap_or(false),
+    };
+    if let Err(e) = with_set(ctx, dst, |_| ()) {
+        return e;
+    }
+    if !present {
+        return Reply::Int(0);
+    }
+    if src == dst {
+        return Reply::Int(1);
+    }
+    ctx.write(src, |w| w.srem(m));
+    let added = ctx.write(dst, |w| {
+        w.expect(Kind::Set)?;
+        Ok(w.sadd(m))
+    });
+    match added {
+        Ok(_) => Reply::Int(1),
+        Err(e) => crdt_err(e),
+    }
+}
+
+/// `SSCAN key cursor [MATCH pattern] [COUNT count]` (see `cursor` for the order).
+fn sscan(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let args = match super::cursor::parse(&a[2..]) {
+        Ok(args) => args,
+        Err(e) => return e,
+    };
+    let page = with_set(ctx, a[1], |s| {
+        let items: Vec<(&[u8], ())> = s.members().map(|m| (m, ())).collect();
+        super::cursor::page(items, &args)
+    });
+    match page {
+        Err(e) => e,
+        Ok(None) => super::cursor::reply(0, Vec::new()),
+        Ok(Some((next, items))) => super::cursor::reply(
+            next,
+            items.into_iter().map(|(m, ())| Reply::Bulk(m)).collect(),
+        ),
+    }
 }

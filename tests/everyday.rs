@@ -1,0 +1,127 @@
+//! Everyday commands beyond the basics: COPY, SMOVE, SINTERSTORE/SUNIONSTORE/SDIFFSTORE,
+//! SSCAN, HSCAN — replies compared with a real redis-server, and full scans of large
+//! collections through the redis crate's cursor iterators.
+
+mod common;
+
+use common::{assert_same_as_redis, q, Server};
+use std::collections::{HashMap, HashSet};
+
+#[test]
+fn replies_match_redis_server() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["SADD", "a", "1", "2", "3", "4"],
+            &["SADD", "b", "3", "4", "5"],
+            &["SET", "str", "v"],
+            &["SINTERSTORE", "i", "a", "b"],
+            &["SMEMBERS", "i"],
+            &["SUNIONSTORE", "u", "a", "b", "nokey"],
+            &["SMEMBERS", "u"],
+            &["SDIFFSTORE", "d", "a", "b"],
+            &["SMEMBERS", "d"],
+            &["SDIFFSTORE", "str", "a", "b"],
+            &["TYPE", "str"],
+            &["SINTERSTORE", "d", "a", "nokey"],
+            &["EXISTS", "d"],
+            &["SINTERSTORE", "d", "a", "str"],
+            &["SET", "str", "v"],
+            &["SUNIONSTORE", "d"],
+            &["SMOVE", "a", "b", "1"],
+            &["SMOVE", "a", "b", "1"],
+            &["SMEMBERS", "a"],
+            &["SMEMBERS", "b"],
+            &["SMOVE", "a", "fresh", "2"],
+            &["SMEMBERS", "fresh"],
+            &["SMOVE", "a", "a", "3"],
+            &["SMOVE", "a", "str", "3"],
+            &["SMOVE", "str", "a", "3"],
+            &["SMOVE", "nokey", "a", "3"],
+            &["SSCAN", "nokey", "0"],
+            &["SSCAN", "i", "x"],
+            &["SSCAN", "i", "0", "COUNT", "0"],
+            &["SSCAN", "i", "0", "MATCH"],
+            &["SSCAN", "str", "0"],
+            &["HSET", "h", "f", "v"],
+            &["HSCAN", "h", "0"],
+            &["HSCAN", "h", "0", "MATCH", "g*"],
+            &["HSCAN", "nokey", "0"],
+            &["HSCAN", "str", "0"],
+            &["SET", "src", "hello", "EX", "100"],
+            &["COPY", "src", "dst"],
+            &["GET", "dst"],
+            &["TTL", "dst"],
+            &["COPY", "src", "dst"],
+            &["COPY", "src", "dst", "REPLACE"],
+            &["COPY", "src", "src"],
+            &["COPY", "nokey", "dst"],
+            &["COPY", "src", "dst", "DB", "x"],
+            &["COPY", "src", "dst", "BAD"],
+            &["COPY", "h", "h2"],
+            &["HGETALL", "h2"],
+            &["COPY", "b", "str", "REPLACE"],
+            &["TYPE", "str"],
+            &["SMEMBERS", "str"],
+        ],
+    );
+}
+
+/// SSCAN and HSCAN over collections large enough to take many calls: every element
+/// exactly once, with redis-rs' cursor iterators.
+#[test]
+fn scans_of_large_collections_return_every_element() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let members: Vec<String> = (0..2000).map(|i| format!("m{i}")).collect();
+    for chunk in members.chunks(500) {
+        let mut args = vec!["SADD", "big"];
+        args.extend(chunk.iter().map(String::as_str));
+        let _: i64 = q(&mut c, &args);
+        let mut hargs = vec!["HSET", "bigh"];
+        for m in chunk {
+            hargs.push(m);
+            hargs.push(m);
+        }
+        let _: i64 = q(&mut c, &hargs);
+    }
+    let mut seen = HashMap::<String, usize>::new();
+    for m in scan_all(&mut c, &["SSCAN", "big"], &["COUNT", "100"]) {
+        *seen.entry(m).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2000);
+    assert!(seen.values().all(|&n| n == 1), "each member once");
+    // One database, as in cluster mode: COPY to another is refused.
+    let e = common::qerr(&mut c, &["COPY", "m", "n", "DB", "1"]);
+    assert_eq!(e, "ERR DB index is out of range");
+    let flat = scan_all(&mut c, &["HSCAN", "bigh"], &["MATCH", "m1*"]);
+    let fields: HashSet<(String, String)> = flat
+        .chunks(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect();
+    let want: HashSet<(String, String)> = members
+        .iter()
+        .filter(|m| m.starts_with("m1"))
+        .map(|m| (m.clone(), m.clone()))
+        .collect();
+    assert_eq!(fields, want);
+}
+
+/// Every item of a cursor scan (`cmd key`, cursor, `opts`), following cursors to 0.
+fn scan_all(c: &mut redis::Connection, cmd: &[&str], opts: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor = "0".to_string();
+    for _ in 0..10_000 {
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.push(&cursor);
+        args.extend_from_slice(opts);
+        let (next, items): (String, Vec<String>) = q(c, &args);
+        out.extend(items);
+        if next == "0" {
+            return out;
+        }
+        cursor = next;
+    }
+    panic!("the scan never ended");
+}
