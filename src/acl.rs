@@ -243,6 +243,17 @@ pub const SUBCOMMANDS: &[(&str, &[(&str, u32)])] = &[
         ],
     ),
     (
+        "object",
+        &[
+            ("encoding", KEYSPACE | READ | SLOW),
+            ("freq", KEYSPACE | READ | SLOW),
+            ("idletime", KEYSPACE | READ | SLOW),
+            ("refcount", KEYSPACE | READ | SLOW),
+            ("help", KEYSPACE | SLOW),
+        ],
+    ),
+    ("memory", &[("usage", READ | SLOW), ("help", SLOW)]),
+    (
         "meridian",
         &[
             // The replica stream (everything, tombstones included) and CRDT state merged

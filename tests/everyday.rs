@@ -69,7 +69,7 @@ fn replies_match_redis_server() {
 }
 
 /// SSCAN and HSCAN over collections large enough to take many calls: every element
-/// exactly once, with redis-rs' cursor iterators.
+/// exactly once, following cursors to 0.
 #[test]
 fn scans_of_large_collections_return_every_element() {
     let s = Server::start();
@@ -124,4 +124,69 @@ fn scan_all(c: &mut redis::Connection, cmd: &[&str], opts: &[&str]) -> Vec<Strin
         cursor = next;
     }
     panic!("the scan never ended");
+}
+
+/// OBJECT and MEMORY USAGE: Redis' encoding names for each shape of value (what client
+/// code and test suites inspect), and the same errors.
+#[test]
+fn object_and_memory_usage() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["SET", "int", "12345"],
+            &["SET", "emb", "hello"],
+            &[
+                "SET",
+                "raw",
+                "a-string-longer-than-forty-four-bytes-0123456789",
+            ],
+            &["OBJECT", "ENCODING", "int"],
+            &["OBJECT", "ENCODING", "emb"],
+            &["OBJECT", "ENCODING", "raw"],
+            &["INCR", "ctr"],
+            &["OBJECT", "ENCODING", "ctr"],
+            &["SADD", "ints", "1", "2", "3"],
+            &["OBJECT", "ENCODING", "ints"],
+            &["HSET", "h", "f", "v"],
+            &["OBJECT", "ENCODING", "h"],
+            &["OBJECT", "ENCODING", "nokey"],
+            &["OBJECT", "REFCOUNT", "int"],
+            &["OBJECT", "REFCOUNT", "raw"],
+            &["OBJECT", "FREQ", "int"],
+            &["OBJECT", "ENCODING"],
+            &["OBJECT", "NOPE", "x"],
+            &["MEMORY", "USAGE", "nokey"],
+            &["MEMORY", "USAGE", "int", "SAMPLES", "x"],
+            &["MEMORY", "USAGE", "int", "BAD"],
+            &["MEMORY", "NOPE"],
+        ],
+    );
+    let mut c = s.conn();
+    let members: Vec<String> = (0..200).map(|i| format!("member-{i}")).collect();
+    let mut args = vec!["SADD", "big"];
+    args.extend(members.iter().map(String::as_str));
+    let _: i64 = q(&mut c, &args);
+    let enc: String = q(&mut c, &["OBJECT", "ENCODING", "big"]);
+    assert_eq!(enc, "hashtable");
+    // A small set of strings: listpack since Redis 7.2 (the reference here may be 7.0).
+    let _: i64 = q(&mut c, &["SADD", "small", "a", "b"]);
+    let enc: String = q(&mut c, &["OBJECT", "ENCODING", "small"]);
+    assert_eq!(enc, "listpack");
+    let idle: i64 = q(&mut c, &["OBJECT", "IDLETIME", "big"]);
+    assert!(idle >= 0);
+    let small: i64 = q(&mut c, &["MEMORY", "USAGE", "int"]);
+    let big: i64 = q(&mut c, &["MEMORY", "USAGE", "big"]);
+    assert!(small > 0 && big > 200 * 8, "{small} {big}");
+    let _: () = q(
+        &mut c,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"],
+    );
+    let freq: i64 = q(&mut c, &["OBJECT", "FREQ", "big"]);
+    assert!(freq >= 1);
+    let e = common::qerr(&mut c, &["OBJECT", "IDLETIME", "big"]);
+    assert!(
+        e.starts_with("ERR An LFU maxmemory policy is selected"),
+        "{e}"
+    );
 }

@@ -3,7 +3,7 @@
 
 use super::slab::Node;
 use super::tables::{prefetch, slot_index, Prefetch};
-use super::{touch, Keyspace};
+use super::{lfu_decayed, lru_idle_ms, touch, Keyspace, LFU_INIT};
 use crate::entry::Entry;
 use crate::packed::Stored;
 use crate::slot::key_slot;
@@ -110,6 +110,21 @@ impl Keyspace {
 
     pub fn exists(&mut self, key: &[u8], now_ms: u64) -> bool {
         self.get(key, now_ms).is_some()
+    }
+
+    /// `OBJECT IDLETIME|FREQ`: a live key's milliseconds since its last access and its LFU
+    /// counter (decayed to `now_ms`), without recording an access.
+    pub fn access_of(&self, key: &[u8], now_ms: u64) -> Option<(u64, u8)> {
+        let n = self.nodes.get(&self.table(key_slot(key))?.map, key)?;
+        if !n.body.is_alive() || n.body.is_expired(now_ms) {
+            return None;
+        }
+        let lfu = if n.access.lru_ms == 0 && n.access.lfu == 0 {
+            LFU_INIT
+        } else {
+            lfu_decayed(&n.access, now_ms)
+        };
+        Some((u64::from(lru_idle_ms(&n.access, now_ms)), lfu))
     }
 
     /// Raw entry (tombstones included) for anti-entropy.
