@@ -755,7 +755,7 @@ pub fn check(user: &User, spec: &Spec, args: &[&[u8]]) -> Result<(), Denied> {
         }
         return Ok(());
     }
-    for i in spec.key_indices(args.len()) {
+    for i in spec.key_indices(args) {
         check_key(args[i])?;
     }
     Ok(())

@@ -726,7 +726,7 @@ fn keys_with_slots<'a>(
 ) -> smallvec::SmallVec<[(&'a [u8], u16); 4]> {
     if spec.first_key > 0 {
         let first = spec.first_key as usize;
-        spec.key_indices(args.len())
+        spec.key_indices(args)
             .map(|i| {
                 let slot = match first_slot {
                     Some(slot) if i == first => slot,

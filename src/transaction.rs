@@ -110,7 +110,7 @@ fn route_exec<'s>(
         reads_only &= spec.flags & cmd::READONLY != 0;
         if spec.first_key > 0 {
             keys.extend(
-                spec.key_indices(q.len())
+                spec.key_indices(&args)
                     .map(|i| (&q[i][..], key_slot(&q[i]))),
             );
         } else if let Some(k) = admin_write_key(spec, &args) {

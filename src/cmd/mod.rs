@@ -86,6 +86,11 @@ pub const STALE: u32 = 256;
 /// The argument after the key names a member or field: it is prefetched with the key when
 /// the request is parsed ahead of the one running (see `Keyspace::prefetch`).
 pub const ELEMENT: u32 = 512;
+/// The argument before the first key is the number of keys (`SINTERCARD numkeys key…`,
+/// Redis' `keynum` key spec): the keys are the next that many arguments (`last_key` is
+/// not used); a count that is not a number or runs past the arguments names no keys (the
+/// handler refuses it).
+pub const NUMKEYS: u32 = 1024;
 
 pub struct Spec {
     pub name: &'static str,
@@ -112,15 +117,24 @@ impl Spec {
     }
 
     /// Indices of key arguments in `args` (args[0] is the command name).
-    pub fn key_indices(&self, argc: usize) -> impl Iterator<Item = usize> {
+    pub fn key_indices(&self, args: &[&[u8]]) -> impl Iterator<Item = usize> {
+        let argc = args.len();
         let first = self.first_key.max(0) as usize;
-        let last = if self.last_key < 0 {
+        let mut valid = self.first_key > 0;
+        let last = if self.flags & NUMKEYS != 0 {
+            let n = args
+                .get(first.wrapping_sub(1))
+                .and_then(|n| crate::util::parse_int(n))
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n >= 1 && first + n <= argc);
+            valid &= n.is_some();
+            (first + n.unwrap_or(1)).saturating_sub(1)
+        } else if self.last_key < 0 {
             (argc as i32 + self.last_key).max(0) as usize
         } else {
             self.last_key as usize
         };
         let step = self.step.max(1) as usize;
-        let valid = self.first_key > 0;
         (first..=last.min(argc.saturating_sub(1)))
             .step_by(step)
             .filter(move |_| valid)
@@ -142,6 +156,9 @@ impl Spec {
         }
         if self.flags & FAST != 0 {
             v.push("fast");
+        }
+        if self.flags & NUMKEYS != 0 {
+            v.push("movablekeys");
         }
         if self.flags & LOADING != 0 {
             v.push("loading");

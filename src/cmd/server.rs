@@ -191,7 +191,7 @@ fn command(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             return err("ERR Invalid number of arguments specified for command");
         }
         Reply::Array(
-            spec.key_indices(args.len())
+            spec.key_indices(args)
                 .map(|i| Reply::Bulk(Bytes::copy_from_slice(args[i])))
                 .collect(),
         )

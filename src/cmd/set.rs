@@ -62,6 +62,7 @@ pub fn specs() -> Vec<Spec> {
         ),
         spec!("smove", 4, WRITE | FAST | ALL_SHARDS, 1, 2, 1, smove),
         spec!("sscan", -3, READONLY, 1, 1, 1, sscan),
+        spec!("sintercard", -3, READONLY | NUMKEYS, 2, -1, 1, sintercard),
     ]
 }
 
@@ -385,5 +386,38 @@ fn sscan(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             next,
             items.into_iter().map(|(m, ())| Reply::Bulk(m)).collect(),
         ),
+    }
+}
+
+/// `SINTERCARD numkeys key [key …] [LIMIT limit]`: the intersection's size, counting
+/// stops at `limit` (0: no limit).
+fn sintercard(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let Some(n) = crate::util::parse_int(a[1])
+        .filter(|&n| n > 0)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return err("ERR numkeys should be greater than 0");
+    };
+    if n > a.len() - 2 {
+        return err("ERR Number of keys can't be greater than number of args");
+    }
+    let mut limit = 0usize;
+    let mut i = 2 + n;
+    while i < a.len() {
+        if a[i].eq_ignore_ascii_case(b"limit") && i + 1 < a.len() {
+            match crate::util::parse_int(a[i + 1]) {
+                Some(l) if l >= 0 => limit = usize::try_from(l).unwrap_or(usize::MAX),
+                Some(_) => return err("ERR LIMIT can't be negative"),
+                None => return not_int(),
+            }
+            i += 2;
+        } else {
+            return syntax();
+        }
+    }
+    match combined(ctx, &a[2..2 + n], Op::Inter) {
+        Err(e) => e,
+        Ok(m) if limit > 0 => Reply::Int(m.len().min(limit) as i64),
+        Ok(m) => Reply::Int(m.len() as i64),
     }
 }
