@@ -146,7 +146,7 @@ pub fn command_categories(spec: &Spec) -> u32 {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => TRANSACTION,
         "wait" => CONNECTION | BLOCKING,
         // Destructive or internal: never for an ordinary user.
-        "flushall" | "flushdb" | "keys" | "migrate" | "info" => DANGEROUS,
+        "flushall" | "flushdb" | "keys" | "migrate" | "info" | "restore" => DANGEROUS,
         "replicaof" | "slaveof" | "role" | "lastsave" | "config" | "meridian" => ADMIN | DANGEROUS,
         _ => 0,
     };

@@ -212,3 +212,98 @@ fn object_and_memory_usage() {
         "{e}"
     );
 }
+
+/// DUMP and RESTORE round trips of every type, with TTL, REPLACE and ABSTTL; Redis'
+/// errors for a busy key, a bad TTL and a payload that is not ours (one from redis-server).
+#[test]
+fn dump_and_restore() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: () = q(&mut c, &["SET", "s", "value"]);
+    let _: i64 = q(&mut c, &["SADD", "set", "a", "b"]);
+    let _: i64 = q(&mut c, &["HSET", "h", "f", "v", "g", "w"]);
+    let _: i64 = q(&mut c, &["INCRBY", "ctr", "41"]);
+    for k in ["s", "set", "h", "ctr"] {
+        let d: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut c).expect("dump");
+        let copy = format!("{k}-copy");
+        let r: String = redis::cmd("RESTORE")
+            .arg(&copy)
+            .arg(0)
+            .arg(&d)
+            .query(&mut c)
+            .expect("restore");
+        assert_eq!(r, "OK");
+        let e: redis::RedisError = redis::cmd("RESTORE")
+            .arg(&copy)
+            .arg(0)
+            .arg(&d)
+            .query::<String>(&mut c)
+            .expect_err("busy");
+        assert!(e.to_string().contains("BUSYKEY"), "{e}");
+        let t: String = q(&mut c, &["TYPE", &copy]);
+        let t0: String = q(&mut c, &["TYPE", k]);
+        assert_eq!(t, t0);
+    }
+    let got: Vec<String> = q(&mut c, &["HMGET", "h-copy", "f", "g"]);
+    assert_eq!(got, ["v", "w"]);
+    let n: i64 = q(&mut c, &["INCR", "ctr-copy"]);
+    assert_eq!(n, 42);
+    let d: Vec<u8> = redis::cmd("DUMP").arg("s").query(&mut c).expect("dump");
+    let _: String = redis::cmd("RESTORE")
+        .arg("s-ttl")
+        .arg(100_000)
+        .arg(&d)
+        .arg("REPLACE")
+        .query(&mut c)
+        .expect("restore with ttl");
+    let ttl: i64 = q(&mut c, &["PTTL", "s-ttl"]);
+    assert!(ttl > 0 && ttl <= 100_000, "{ttl}");
+    // An absolute TTL in the past: nothing is created.
+    let _: String = redis::cmd("RESTORE")
+        .arg("gone")
+        .arg(1)
+        .arg(&d)
+        .arg("ABSTTL")
+        .query(&mut c)
+        .expect("restore expired");
+    let n: i64 = q(&mut c, &["EXISTS", "gone"]);
+    assert_eq!(n, 0);
+    let e: redis::RedisError = redis::cmd("RESTORE")
+        .arg("x")
+        .arg(-1)
+        .arg(&d)
+        .query::<String>(&mut c)
+        .expect_err("negative ttl");
+    assert!(e.to_string().contains("Invalid TTL value"), "{e}");
+    let mut bad = d.clone();
+    bad[0] ^= 1;
+    let e: redis::RedisError = redis::cmd("RESTORE")
+        .arg("x")
+        .arg(0)
+        .arg(&bad)
+        .query::<String>(&mut c)
+        .expect_err("damaged");
+    assert!(e.to_string().contains("payload version or checksum"), "{e}");
+    let nil: Option<Vec<u8>> = redis::cmd("DUMP").arg("nokey").query(&mut c).expect("dump");
+    assert!(nil.is_none());
+    // redis-server's own payload is not ours.
+    if let Some(r) = common::RedisRef::start() {
+        let mut rc = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port))
+            .expect("client")
+            .get_connection()
+            .expect("connect");
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut rc)
+            .expect("set");
+        let theirs: Vec<u8> = redis::cmd("DUMP").arg("k").query(&mut rc).expect("dump");
+        let e: redis::RedisError = redis::cmd("RESTORE")
+            .arg("x")
+            .arg(0)
+            .arg(&theirs)
+            .query::<String>(&mut c)
+            .expect_err("foreign payload");
+        assert!(e.to_string().contains("payload version or checksum"), "{e}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod acl;
 pub mod bitmap;
 pub mod cluster;
 pub mod cursor;
+pub mod dump;
 pub mod hash;
 pub mod keys;
 pub mod replica;
@@ -180,6 +181,7 @@ pub fn table() -> &'static Table {
         for spec in string::specs()
             .into_iter()
             .chain(bitmap::specs())
+            .chain(dump::specs())
             .chain(set::specs())
             .chain(hash::specs())
             .chain(keys::specs())
