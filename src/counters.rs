@@ -23,6 +23,7 @@ pub enum Section {
     Memory,
     Stats,
     Replication,
+    Cpu,
     Crdt,
     Invalidations,
     Cluster,
@@ -30,12 +31,13 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Server,
         Section::Clients,
         Section::Memory,
         Section::Stats,
         Section::Replication,
+        Section::Cpu,
         Section::Crdt,
         Section::Invalidations,
         Section::Cluster,
@@ -50,6 +52,7 @@ impl Section {
             Section::Memory => "Memory",
             Section::Stats => "Stats",
             Section::Replication => "Replication",
+            Section::Cpu => "CPU",
             Section::Crdt => "CRDT",
             Section::Invalidations => "Invalidations",
             Section::Cluster => "Cluster",
@@ -65,6 +68,7 @@ impl Section {
             Section::Memory => "memory",
             Section::Stats => "stats",
             Section::Replication => "replication",
+            Section::Cpu => "cpu",
             Section::Crdt => "crdt",
             Section::Invalidations => "invalidations",
             Section::Cluster => "cluster",
@@ -560,6 +564,19 @@ pub static FIGURES: &[Figure] = &[
     row(Invalidations, Some("invalidation_tombstones"), Some(("invalidation_tombstones", Gauge)),
         "Keys holding a versioned invalidation tombstone.",
         |r| n(r.ks().invalidation_tombstones as u64)),
+    // # CPU
+    row(Cpu, Some("used_cpu_sys"), None,
+        "System CPU seconds of the process.",
+        |_| Some(cpu_seconds(libc::RUSAGE_SELF, false))),
+    row(Cpu, Some("used_cpu_user"), None,
+        "User CPU seconds of the process.",
+        |_| Some(cpu_seconds(libc::RUSAGE_SELF, true))),
+    row(Cpu, Some("used_cpu_sys_children"), None,
+        "System CPU seconds of waited-for children.",
+        |_| Some(cpu_seconds(libc::RUSAGE_CHILDREN, false))),
+    row(Cpu, Some("used_cpu_user_children"), None,
+        "User CPU seconds of waited-for children.",
+        |_| Some(cpu_seconds(libc::RUSAGE_CHILDREN, true))),
     // # Cluster
     row(Cluster, Some("cluster_enabled"), None,
         "1 in a region cluster.",
@@ -766,4 +783,16 @@ pub fn write_info_peers(c: &Control, now_ms: u64, o: &mut String) {
         }
         o.push_str("\r\n");
     }
+}
+
+/// `getrusage` seconds as Redis prints them (`%ld.%06ld`).
+fn cpu_seconds(who: libc::c_int, user: bool) -> Value {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid `who` and a pointer to a live rusage.
+    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+        return Value::Text("0.000000".into());
+    }
+    let t = if user { ru.ru_utime } else { ru.ru_stime };
+    Value::Text(format!("{}.{:06}", t.tv_sec, t.tv_usec))
 }

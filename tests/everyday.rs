@@ -307,3 +307,24 @@ fn dump_and_restore() {
         assert!(e.to_string().contains("payload version or checksum"), "{e}");
     }
 }
+
+/// `INFO cpu`: the process' CPU seconds, as Redis prints them.
+#[test]
+fn info_has_a_cpu_section() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let info: String = q(&mut c, &["INFO", "cpu"]);
+    assert!(info.starts_with("# CPU\r\n"), "{info}");
+    for f in [
+        "used_cpu_sys",
+        "used_cpu_user",
+        "used_cpu_sys_children",
+        "used_cpu_user_children",
+    ] {
+        let v = common::info_field(&mut c, f);
+        let secs: f64 = v.parse().unwrap_or_else(|_| panic!("{f}: {v:?}"));
+        assert!(secs >= 0.0);
+    }
+    let all: String = q(&mut c, &["INFO"]);
+    assert!(all.contains("# CPU\r\n"));
+}
