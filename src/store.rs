@@ -244,7 +244,7 @@ impl Shard {
 
     pub fn unwatch(&mut self, key: &[u8]) {
         if let Some(e) = self.watched.get_mut(key) {
-            e.0 -= 1;
+            e.0 = e.0.saturating_sub(1);
             if e.0 == 0 {
                 self.watched.remove(key);
             }
