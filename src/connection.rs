@@ -1013,3 +1013,43 @@ pub(crate) fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory
     }
     store.enforce_maxmemory(now, &mut || conn.random())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{key_shard, Runtime};
+    use meridian_crdt::{EvictionPolicy, RegionId};
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    /// A connection task that panics while it watches keys leaves no watcher behind.
+    #[test]
+    fn a_panic_releases_the_connections_watches() {
+        let runtime = Runtime {
+            maxmemory: AtomicU64::new(0),
+            policy: parking_lot::Mutex::new(EvictionPolicy::NoEviction),
+            samples: AtomicUsize::new(5),
+            maxclients: AtomicUsize::new(10),
+            proto_max_bulk_len: AtomicUsize::new(1 << 20),
+        };
+        let store = Arc::new(Store::new(RegionId(1), 7, 16, runtime, false));
+        let mut conn = ConnState::new(1, "127.0.0.1:1".into(), 0);
+        for k in ["a", "b", "c"] {
+            let k = Bytes::from_static(k.as_bytes());
+            let v = store.shard(key_shard(&k)).watch(&k);
+            conn.watched.push((k, v));
+        }
+        let watched = |store: &Store| -> usize {
+            (0..crate::store::SHARDS)
+                .map(|i| store.shard(i).watched_keys())
+                .sum()
+        };
+        assert_eq!(watched(&store), 3);
+        let s = store.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _conn = Watching { store: s, conn };
+            panic!("a bug in a handler");
+        }));
+        assert!(r.is_err());
+        assert_eq!(watched(&store), 0);
+    }
+}

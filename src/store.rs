@@ -238,6 +238,12 @@ impl Shard {
         e.1
     }
 
+    /// Keys with WATCH registrations (for tests).
+    #[cfg(test)]
+    pub(crate) fn watched_keys(&self) -> usize {
+        self.watched.len()
+    }
+
     pub fn watch_version(&self, key: &[u8]) -> u64 {
         self.watched.get(key).map_or(0, |e| e.1)
     }
