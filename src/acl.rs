@@ -147,7 +147,9 @@ pub fn command_categories(spec: &Spec) -> u32 {
         "wait" => CONNECTION | BLOCKING,
         // Destructive or internal: never for an ordinary user.
         "flushall" | "flushdb" | "keys" | "migrate" | "info" | "restore" => DANGEROUS,
-        "replicaof" | "slaveof" | "role" | "lastsave" | "config" | "meridian" => ADMIN | DANGEROUS,
+        "replicaof" | "slaveof" | "role" | "lastsave" | "config" | "meridian" | "debug" => {
+            ADMIN | DANGEROUS
+        }
         _ => 0,
     };
     speed | family | rw | special

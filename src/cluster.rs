@@ -776,19 +776,34 @@ async fn hello(stream: &mut TcpStream, secret: &BusSecret) -> Result<FrameSigner
     Ok(signer)
 }
 
+/// Inbound bus links: at most `MAX_BUS_CONNECTIONS` at once (more are closed at once),
+/// each closed after `BUS_IDLE_TIMEOUT` of silence; failing accepts back off (see
+/// `server::AcceptBackoff`). All counted (`crate::limits`).
 async fn accept_bus(
     listener: TcpListener,
     tx: mpsc::Sender<bus::BusMessage>,
     cluster: Arc<Cluster>,
 ) {
+    use crate::limits::{BUS_ACCEPT_ERRORS, BUS_CONNECTIONS_REFUSED, MAX_BUS_CONNECTIONS};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_BUS_CONNECTIONS));
+    let mut backoff = crate::server::AcceptBackoff::default();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                backoff.failed(&BUS_ACCEPT_ERRORS, "cluster bus", &e).await;
+                continue;
+            }
+        };
+        backoff.succeeded();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            BUS_CONNECTIONS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             continue;
         };
         let tx = tx.clone();
         let cluster = cluster.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = read_link(stream, tx, &cluster).await {
                 tracing::warn!(%peer, error = %e, "cluster bus link dropped");
             }
@@ -858,10 +873,16 @@ async fn read_frames(
     };
     let mut buf = BytesMut::with_capacity(bus::MAX_BUS_FRAME_BYTES);
     loop {
-        match stream.read_buf(&mut buf).await {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(LinkEnd::Error(e.to_string())),
+        let read = stream.read_buf(&mut buf);
+        match tokio::time::timeout(crate::limits::BUS_IDLE_TIMEOUT, read).await {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(LinkEnd::Error(e.to_string())),
+            Err(_) => {
+                crate::limits::BUS_CONNECTIONS_REFUSED
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(LinkEnd::Error("silent for too long".into()));
+            }
         }
         // Each frame (and its tag) once whole; the tag is checked before decoding.
         while let Some(len) = bus_auth::frame_len(&buf) {

@@ -90,6 +90,15 @@ pub struct Config {
     pub tls_replication: bool,
     /// MIGRATE connects to its target over TLS.
     pub tls_cluster: bool,
+    /// Most bytes of unparsed input a client may have (Redis' `client-query-buffer-limit`).
+    #[serde(deserialize_with = "de_memory")]
+    pub client_query_buffer_limit: u64,
+    /// Redis' `client-output-buffer-limit`: `<class> <hard> <soft> <soft seconds>` groups.
+    pub client_output_buffer_limit: String,
+    /// Seconds of idleness after which a client is closed (0: never), as Redis' `timeout`.
+    pub timeout: u64,
+    /// `no` (default), `yes` or `local`: serve the `DEBUG` command (as Redis 7).
+    pub enable_debug_command: String,
     /// Directory of the config file (relative paths inside it resolve against this).
     #[serde(skip)]
     pub config_dir: Option<PathBuf>,
@@ -400,6 +409,10 @@ impl Default for Config {
             tls_auth_clients: AuthClients::Yes,
             tls_replication: false,
             tls_cluster: false,
+            client_query_buffer_limit: crate::limits::DEFAULT_QUERY_BUFFER_LIMIT,
+            client_output_buffer_limit: crate::limits::DEFAULT_OUTPUT_BUFFER_LIMIT.into(),
+            timeout: 0,
+            enable_debug_command: "no".into(),
             config_dir: None,
         }
     }
@@ -509,6 +522,18 @@ pub struct Cli {
     /// `yes` or `no` (default).
     #[arg(long)]
     pub tls_cluster: Option<String>,
+    /// Most unparsed input per client, e.g. 1gb.
+    #[arg(long)]
+    pub client_query_buffer_limit: Option<String>,
+    /// Output buffer limits per client class, Redis' syntax.
+    #[arg(long)]
+    pub client_output_buffer_limit: Option<String>,
+    /// Close clients idle this many seconds (0: never).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// `no`, `yes` or `local`: serve the DEBUG command.
+    #[arg(long)]
+    pub enable_debug_command: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -729,6 +754,27 @@ impl Config {
                         tls-cluster, tls-replication or tls-auth-clients is on"
                     .into(),
             );
+        }
+        if let Some(v) = &cli.client_query_buffer_limit {
+            c.client_query_buffer_limit = parse_memory(v)
+                .ok_or_else(|| format!("invalid --client-query-buffer-limit {v}"))?;
+        }
+        if let Some(v) = &cli.client_output_buffer_limit {
+            c.client_output_buffer_limit = v.clone();
+        }
+        if let Some(v) = cli.timeout {
+            c.timeout = v;
+        }
+        if let Some(v) = &cli.enable_debug_command {
+            c.enable_debug_command = v.clone();
+        }
+        crate::limits::parse_output_limits(&c.client_output_buffer_limit, Default::default())
+            .map_err(|e| format!("client-output-buffer-limit: {e}"))?;
+        if crate::limits::DebugCommand::parse(&c.enable_debug_command).is_none() {
+            return Err("enable-debug-command must be no, yes or local".into());
+        }
+        if c.client_query_buffer_limit < 1024 * 1024 {
+            return Err("client-query-buffer-limit must be at least 1mb".into());
         }
         if let Some(r) = &c.replicaof {
             if c.replicaof_addr().is_none() && !r.eq_ignore_ascii_case("no one") {

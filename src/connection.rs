@@ -24,7 +24,8 @@
 
 use crate::cluster::Refusal;
 use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
-use crate::frame::{encode, parse_request, Limits, ParseError, Reply};
+use crate::frame::{encode, parse_request_resume, Limits, ParseError, Partial, Reply};
+use crate::limits::{Class, OutputLimit};
 use crate::shared::Shared;
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
 use crate::tls::{send, ClientStream};
@@ -51,11 +52,55 @@ const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Serve one client, over plain TCP or TLS (`S`; each its own monomorphized loop), until
 /// it leaves, errs, or becomes a replica stream.
 pub async fn serve<S: ClientStream>(
-    mut stream: S,
+    stream: S,
     store: Arc<Store>,
     shared: Arc<Shared>,
-    mut conn: ConnState,
+    conn: ConnState,
 ) {
+    // However this task ends (a panic included), its WATCH registrations are released.
+    let mut conn = Watching {
+        store: store.clone(),
+        conn,
+    };
+    serve_client(stream, &store, &shared, &mut conn).await;
+}
+
+/// A connection's state, its WATCH registrations released when dropped: on the normal end
+/// of the connection and on a panic in its task alike, so no shard keeps watchers of a
+/// client that is gone.
+struct Watching {
+    store: Arc<Store>,
+    conn: ConnState,
+}
+
+impl std::ops::Deref for Watching {
+    type Target = ConnState;
+    fn deref(&self) -> &ConnState {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Watching {
+    fn deref_mut(&mut self) -> &mut ConnState {
+        &mut self.conn
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        unwatch_all(&self.store, &mut self.conn);
+        // A panic mid-batch must not leave this thread deferring the replication wake-up.
+        self.store.flush_replication_wake();
+    }
+}
+
+async fn serve_client<S: ClientStream>(
+    mut stream: S,
+    store: &Arc<Store>,
+    shared: &Arc<Shared>,
+    conn: &mut ConnState,
+) {
+    let (store, shared) = (store.clone(), shared.clone());
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut p = Pipeline {
@@ -64,12 +109,35 @@ pub async fn serve<S: ClientStream>(
         ahead_bytes: 0,
         exhausted: false,
         tail: None,
+        partial: Partial::default(),
     };
     'conn: loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
-            buf.reserve(READ_CHUNK_BYTES);
+            // A bulk on its way: room for it at once (doubling, so an announced size that
+            // never comes costs no more than what arrived).
+            let want = p.partial.need().saturating_sub(buf.len());
+            buf.reserve(
+                want.min(buf.len().max(READ_CHUNK_BYTES))
+                    .max(READ_CHUNK_BYTES),
+            );
         }
-        match stream.read_buf(&mut buf).await {
+        let timeout_secs = shared.limits.timeout_secs.load(Relaxed);
+        let read = if timeout_secs == 0 {
+            stream.read_buf(&mut buf).await
+        } else {
+            // `timeout`: an idle client is closed (a client waiting in WAIT is not idle: it
+            // waits below, not here; a replica stream left this loop).
+            let idle = std::time::Duration::from_secs(timeout_secs);
+            match tokio::time::timeout(idle, stream.read_buf(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    shared.limits.idle_disconnections.fetch_add(1, Relaxed);
+                    tracing::debug!(client = conn.id, "closing idle client (timeout)");
+                    break;
+                }
+            }
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
@@ -80,6 +148,12 @@ pub async fn serve<S: ClientStream>(
             unauthenticated: !conn.session.authenticated,
         };
         let mut now = now_ms();
+        // Replies are flushed early past this (or the normal class' hard limit, checked then).
+        let out_limit = shared.limits.output(Class::Normal);
+        let flush_at = match out_limit.hard {
+            0 => MAX_PENDING_OUTPUT_BYTES,
+            hard => MAX_PENDING_OUTPUT_BYTES.min(usize::try_from(hard).unwrap_or(usize::MAX)),
+        };
         // The replication task's wake-up waits until the replies are written (flushed
         // before every await below that can wait on the client or on others).
         store.defer_replication_wake();
@@ -96,7 +170,7 @@ pub async fn serve<S: ClientStream>(
             let Some(next) = p.ahead.pop_front() else {
                 let Some(e) = p.tail.take() else { break };
                 before_await(&mut held, &store);
-                close_on_protocol_error(&mut stream, &mut out, &store, &conn, e).await;
+                close_on_protocol_error(&mut stream, &mut out, &store, conn, e).await;
                 break 'conn;
             };
             p.ahead_bytes -= next.len;
@@ -128,7 +202,7 @@ pub async fn serve<S: ClientStream>(
                 spec: next.spec,
                 first_slot: next.key.map(|(slot, _)| slot),
             };
-            let outcome = request.execute(&store, &shared, &mut conn, now, &mut held);
+            let outcome = request.execute(&store, &shared, conn, now, &mut held);
             let outcome = match outcome {
                 Outcome::Pause => {
                     let waited = request.run_through_pause(
@@ -136,7 +210,7 @@ pub async fn serve<S: ClientStream>(
                         &mut out,
                         &store,
                         &shared,
-                        &mut conn,
+                        conn,
                         &mut now,
                         &mut held,
                     );
@@ -157,7 +231,7 @@ pub async fn serve<S: ClientStream>(
                 Outcome::Reply(r) => r,
                 Outcome::Takeover(req) => {
                     before_await(&mut held, &store);
-                    take_over(stream, &out, buf.split(), &store, &shared, &mut conn, req).await;
+                    take_over(stream, &out, buf.split(), &store, &shared, conn, req).await;
                     return;
                 }
                 Outcome::Wait {
@@ -166,7 +240,7 @@ pub async fn serve<S: ClientStream>(
                 } => {
                     before_await(&mut held, &store);
                     let waited =
-                        wait_replicas(&mut stream, &mut out, &shared, &conn, replicas, timeout_ms);
+                        wait_replicas(&mut stream, &mut out, &shared, conn, replicas, timeout_ms);
                     match waited.await {
                         Some(reply) => reply,
                         None => break 'conn,
@@ -182,9 +256,10 @@ pub async fn serve<S: ClientStream>(
                 Outcome::Pause => Reply::Null,
             };
             encode(&reply, conn.resp3, &mut out);
-            if out.len() >= MAX_PENDING_OUTPUT_BYTES {
+            if out.len() >= flush_at {
                 before_await(&mut held, &store);
-                if send(&mut stream, &out).await.is_err() {
+                let flushed = flush_limited(&mut stream, &out, out_limit, &shared, conn).await;
+                if flushed.is_err() || (S::BUFFERED && stream.flush().await.is_err()) {
                     break 'conn;
                 }
                 out.clear();
@@ -192,10 +267,29 @@ pub async fn serve<S: ClientStream>(
         }
         debug_assert!(p.ahead.is_empty() && p.ahead_bytes == 0);
         drop(held);
-        if end_batch(&mut stream, &mut out, &store, &mut conn)
+        if end_batch(&mut stream, &mut out, &store, &shared, conn)
             .await
             .is_err()
         {
+            break;
+        }
+        // What is left is the start of a request still arriving: within
+        // `client-query-buffer-limit`, including what its headers announce.
+        let unparsed = buf.len().max(p.partial.need()) as u64;
+        if unparsed > shared.limits.query_buffer.load(Relaxed) {
+            shared
+                .limits
+                .query_buffer_disconnections
+                .fetch_add(1, Relaxed);
+            let head = &buf[..buf.len().min(64)];
+            tracing::warn!(
+                client = conn.id,
+                addr = %conn.addr,
+                qbuf = buf.len(),
+                announced = p.partial.need(),
+                "Closing client that reached max query buffer length (qbuf initial bytes: {:?})",
+                String::from_utf8_lossy(head)
+            );
             break;
         }
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK_BYTES {
@@ -203,7 +297,6 @@ pub async fn serve<S: ClientStream>(
         }
     }
     store.flush_replication_wake();
-    unwatch_all(&store, &mut conn);
     if S::BUFFERED {
         // TLS: a close_notify before the socket closes (best effort, bounded).
         let _ = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, stream.shutdown()).await;
@@ -296,6 +389,10 @@ struct Pipeline {
     exhausted: bool,
     /// The protocol error after the complete requests, if any.
     tail: Option<ParseError>,
+    /// The parser's progress on the incomplete request the buffer ends with (it starts at
+    /// `ahead_bytes` when parsed: only the last request can be incomplete, and nothing is
+    /// parsed after it before the next read).
+    partial: Partial,
 }
 
 impl Pipeline {
@@ -307,10 +404,11 @@ impl Pipeline {
             ahead_bytes,
             exhausted,
             tail,
+            partial,
         } = self;
         while ahead.len() < LOOKAHEAD && !*exhausted {
             let mut ranges = spare.pop().unwrap_or_default();
-            match parse_request(&mut buf[*ahead_bytes..], limits, &mut ranges) {
+            match parse_request_resume(&mut buf[*ahead_bytes..], limits, &mut ranges, partial) {
                 Ok(n) => {
                     let frame = &buf[*ahead_bytes..*ahead_bytes + n];
                     let spec = ranges.first().and_then(|r| cmd::lookup(&frame[r.clone()]));
@@ -360,7 +458,9 @@ async fn take_over<S: ClientStream>(
 ) {
     if out.is_empty() || send(&mut stream, out).await.is_ok() {
         let (hub, peer) = (shared.inregion.clone(), conn.addr.clone());
-        crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer).await;
+        let limits = &shared.limits;
+        crate::replica_stream::serve_replica(stream, rest, store.clone(), hub, req, peer, limits)
+            .await;
     }
     unwatch_all(store, conn);
 }
@@ -408,6 +508,7 @@ async fn end_batch<S: ClientStream>(
     stream: &mut S,
     out: &mut BytesMut,
     store: &Store,
+    shared: &Shared,
     conn: &mut ConnState,
 ) -> std::io::Result<()> {
     store
@@ -423,7 +524,7 @@ async fn end_batch<S: ClientStream>(
     // and a waiting client is woken once per burst, not once per connection with our
     // processing in between.
     YieldOnce(false).await;
-    write_replies(stream, out, store).await?;
+    write_replies(stream, out, store, shared, conn).await?;
     out.clear();
     Ok(())
 }
@@ -465,6 +566,8 @@ async fn write_replies<S: ClientStream>(
     stream: &mut S,
     out: &[u8],
     store: &Store,
+    shared: &Shared,
+    conn: &ConnState,
 ) -> std::io::Result<()> {
     let sent = stream.try_write_now(out);
     store.flush_replication_wake();
@@ -474,10 +577,79 @@ async fn write_replies<S: ClientStream>(
         Err(e) => return Err(e),
     };
     if sent < out.len() {
-        stream.write_all(&out[sent..]).await?;
+        let limit = shared.limits.output(Class::Normal);
+        flush_limited(stream, &out[sent..], limit, shared, conn).await?;
     }
     if S::BUFFERED {
         stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// Write `out` whole, under `client-output-buffer-limit`'s class `limit`: whenever the
+/// stream refuses more bytes, what the client has not taken yet may not reach the hard
+/// limit, nor stay over the soft limit for its seconds; past either the client is closed
+/// (an error) and counted, as Redis does. With no limit, a plain `write_all`. A buffered
+/// (TLS) stream is flushed by the caller.
+async fn flush_limited<S: ClientStream>(
+    stream: &mut S,
+    out: &[u8],
+    limit: OutputLimit,
+    shared: &Shared,
+    conn: &ConnState,
+) -> std::io::Result<()> {
+    use std::task::Poll;
+    if limit == OutputLimit::default() {
+        return stream.write_all(out).await;
+    }
+    let mut sent = 0;
+    let mut soft_since = 0;
+    while sent < out.len() {
+        // What the stream takes now, without waiting.
+        let now_taken = std::future::poll_fn(|cx| {
+            match std::pin::Pin::new(&mut *stream).poll_write(cx, &out[sent..]) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => Poll::Ready(None),
+            }
+        })
+        .await;
+        let n = match now_taken {
+            Some(r) => r?,
+            None => {
+                let pending = (out.len() - sent) as u64;
+                let now = now_ms();
+                if limit.exceeded(pending, &mut soft_since, now) {
+                    shared
+                        .limits
+                        .output_buffer_disconnections
+                        .fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        client = conn.id,
+                        addr = %conn.addr,
+                        pending,
+                        "Client scheduled to be closed ASAP for overcoming of output buffer limits."
+                    );
+                    return Err(std::io::Error::other("output buffer limit"));
+                }
+                let write = stream.write(&out[sent..]);
+                if soft_since > 0 {
+                    // Over the soft limit: look again when its seconds are up.
+                    let deadline = soft_since + limit.soft_secs.saturating_mul(1000);
+                    let wait =
+                        std::time::Duration::from_millis(deadline.saturating_sub(now).max(1));
+                    match tokio::time::timeout(wait, write).await {
+                        Ok(r) => r?,
+                        Err(_) => continue,
+                    }
+                } else {
+                    write.await?
+                }
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
     }
     Ok(())
 }
@@ -662,13 +834,12 @@ fn execute_parsed<'s>(
     if let Some(refused) = route(store, shared, conn, spec, &keys, asking, now, held) {
         return refused;
     }
-    if let Some(queue) = conn.multi.as_mut() {
+    if conn.multi.is_some() {
         if spec.flags & cmd::NO_MULTI != 0 {
             conn.multi_error = true;
             return cmd::err("ERR Command not allowed inside a transaction").into();
         }
-        queue.push(args.iter().map(|a| Bytes::copy_from_slice(a)).collect());
-        return Reply::Simple(Cow::Borrowed("QUEUED")).into();
+        return transaction::queue(shared, conn, args).into();
     }
     let write = spec.flags & cmd::WRITE != 0;
     if write {
@@ -700,7 +871,7 @@ fn execute_parsed<'s>(
     let outcome = (spec.handler)(&mut ctx, args);
     if matches!(outcome, Outcome::Pause) {
         // Run again after the pause: counted then.
-        ctx.conn.pending_commands -= 1;
+        ctx.conn.pending_commands = ctx.conn.pending_commands.saturating_sub(1);
     }
     if write {
         // The feed offset after the write (≥ its own offset): what WAIT waits for.
@@ -823,7 +994,7 @@ fn lock_shards<'s>(
 /// ASKING permission (it is not counted twice).
 pub(crate) fn paused(conn: &mut ConnState, asking: bool) -> Outcome {
     conn.asking = asking;
-    conn.pending_commands -= 1;
+    conn.pending_commands = conn.pending_commands.saturating_sub(1);
     Outcome::Pause
 }
 
@@ -841,4 +1012,44 @@ pub(crate) fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory
         return true;
     }
     store.enforce_maxmemory(now, &mut || conn.random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{key_shard, Runtime};
+    use meridian_crdt::{EvictionPolicy, RegionId};
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    /// A connection task that panics while it watches keys leaves no watcher behind.
+    #[test]
+    fn a_panic_releases_the_connections_watches() {
+        let runtime = Runtime {
+            maxmemory: AtomicU64::new(0),
+            policy: parking_lot::Mutex::new(EvictionPolicy::NoEviction),
+            samples: AtomicUsize::new(5),
+            maxclients: AtomicUsize::new(10),
+            proto_max_bulk_len: AtomicUsize::new(1 << 20),
+        };
+        let store = Arc::new(Store::new(RegionId(1), 7, 16, runtime, false));
+        let mut conn = ConnState::new(1, "127.0.0.1:1".into(), 0);
+        for k in ["a", "b", "c"] {
+            let k = Bytes::from_static(k.as_bytes());
+            let v = store.shard(key_shard(&k)).watch(&k);
+            conn.watched.push((k, v));
+        }
+        let watched = |store: &Store| -> usize {
+            (0..crate::store::SHARDS)
+                .map(|i| store.shard(i).watched_keys())
+                .sum()
+        };
+        assert_eq!(watched(&store), 3);
+        let s = store.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _conn = Watching { store: s, conn };
+            panic!("a bug in a handler");
+        }));
+        assert!(r.is_err());
+        assert_eq!(watched(&store), 0);
+    }
 }

@@ -25,9 +25,11 @@
 //!   a client that has not authenticated is held to Redis' pre-auth bounds
 //!   ([`Limits::unauthenticated`]: at most 10 arguments of at most 16 KB each).
 //!
-//! The parser keeps no state between calls: an incomplete request is parsed again from its
-//! start when more bytes arrive. That costs one pass over the argument headers (bulk payloads
-//! are skipped by length, never scanned), which is cheap for real requests.
+//! [`parse_request`] keeps no state between calls. [`parse_request_resume`] keeps the
+//! progress on an incomplete request in a [`Partial`] (the arguments complete so far, where
+//! the current line's scan stopped, the bytes the next attempt needs), so a request that
+//! arrives a byte at a time is scanned once in all, not once per arrival (which would be
+//! quadratic in its size); a bulk payload is skipped by length, never scanned.
 //!
 //! # Encoding replies
 //!
@@ -127,41 +129,137 @@ pub fn parse_request(
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
 ) -> Result<usize, ParseError> {
-    args.clear();
+    parse_request_resume(buf, limits, args, &mut Partial::default())
+}
+
+/// Where the parse of an incomplete request stopped, so that the next attempt (the same
+/// request, its buffer grown) resumes there instead of starting over: a request dribbled
+/// in a few bytes at a time costs one pass in all, not one pass per arrival. It also tells
+/// the shortest buffer the next attempt can get further with ([`Partial::need`]): a bulk
+/// whose payload is still on its way is not looked at again until all of it is there (as
+/// Redis' `bulklen`).
+#[derive(Debug, Default)]
+pub struct Partial {
+    /// Bytes of the request done: its `*` line and its complete arguments (0: none yet).
+    done: usize,
+    /// Arguments still to come after `done`.
+    remaining: u64,
+    /// Where the search for the end of the current line resumes (bytes before it hold none).
+    scan_from: usize,
+    /// The buffer length below which another attempt cannot get further.
+    need: usize,
+    /// The ranges of the complete arguments, kept between attempts.
+    args: Vec<Range<usize>>,
+}
+
+impl Partial {
+    /// The buffer length the request needs before it is worth parsing again (0: none
+    /// known). For a large bulk this is the end of its payload, so a caller can size its
+    /// buffer once and refuse a client whose declared request would exceed its limits.
+    pub fn need(&self) -> usize {
+        self.need
+    }
+
+    /// Forget the request in progress (the buffer no longer starts with it).
+    pub fn reset(&mut self) {
+        self.done = 0;
+        self.remaining = 0;
+        self.scan_from = 0;
+        self.need = 0;
+        self.args.clear();
+    }
+
+    /// Whether an attempt on this request already found part of it.
+    pub fn in_progress(&self) -> bool {
+        self.need > 0
+    }
+}
+
+/// [`parse_request`] resuming an earlier attempt on the same request (`partial`, which the
+/// call updates; start from `Partial::default()` and [`Partial::reset`] it when the buffer
+/// no longer starts with that request). Results as [`parse_request`]'s.
+pub fn parse_request_resume(
+    buf: &mut [u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+    partial: &mut Partial,
+) -> Result<usize, ParseError> {
+    if buf.len() < partial.need {
+        args.clear();
+        return Err(ParseError::Incomplete);
+    }
+    let resumed = partial.done > 0;
+    if resumed {
+        std::mem::swap(args, &mut partial.args);
+    } else {
+        args.clear();
+    }
     let parsed = match buf.first() {
         None => Err(ParseError::Incomplete),
-        Some(b'*') => parse_multibulk(buf, limits, args),
-        Some(_) => parse_inline(buf, limits, args),
+        Some(b'*') => parse_multibulk(buf, limits, args, partial),
+        Some(_) => parse_inline(buf, limits, args, partial),
     };
     match parsed {
         Ok(consumed) => {
             debug_assert!(consumed > 0 && consumed <= buf.len());
             debug_assert!(args.iter().all(|r| r.start <= r.end && r.end <= consumed));
+            partial.reset();
             Ok(consumed)
         }
+        Err(ParseError::Incomplete) => {
+            if partial.done > 0 {
+                // Keep the complete arguments' ranges for the next attempt.
+                std::mem::swap(args, &mut partial.args);
+            }
+            args.clear();
+            Err(ParseError::Incomplete)
+        }
         Err(e) => {
+            partial.reset();
             args.clear();
             Err(e)
         }
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Bytes the parser looked at, for the tests that check resumed parsing is linear.
+    static SCANNED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn count_scanned(_n: usize) {
+    #[cfg(test)]
+    SCANNED.with(|c| c.set(c.get() + _n));
+}
+
 enum LineError {
-    Incomplete,
+    /// No end of line yet; the search may resume at this offset.
+    Incomplete(usize),
     TooLong,
 }
 
 /// Finds the CR ending the `*`/`$` line that starts at `start` the way Redis does: the first
 /// CR after `start` with at least one byte after it; while there is none, the request is
-/// incomplete until the unterminated tail grows past `max_line_len`.
+/// incomplete until the unterminated tail grows past `max_line_len`. Bytes before `from`
+/// (≥ `start`) are known to hold no CR.
 #[inline]
-fn find_line_cr(buf: &[u8], start: usize, max_line_len: usize) -> Result<usize, LineError> {
-    let rest = buf.get(start..).unwrap_or_default();
-    match rest.iter().position(|&b| b == b'\r') {
-        Some(i) if start + i + 1 < buf.len() => Ok(start + i),
-        Some(_) => Err(LineError::Incomplete),
-        None if rest.len() > max_line_len => Err(LineError::TooLong),
-        None => Err(LineError::Incomplete),
+fn find_line_cr(
+    buf: &[u8],
+    start: usize,
+    from: usize,
+    max_line_len: usize,
+) -> Result<usize, LineError> {
+    let from = from.max(start);
+    let rest = buf.get(from..).unwrap_or_default();
+    let found = rest.iter().position(|&b| b == b'\r');
+    count_scanned(found.map_or(rest.len(), |i| i + 1));
+    match found {
+        Some(i) if from + i + 1 < buf.len() => Ok(from + i),
+        Some(i) => Err(LineError::Incomplete(from + i)),
+        None if buf.len().saturating_sub(start) > max_line_len => Err(LineError::TooLong),
+        None => Err(LineError::Incomplete(buf.len().max(from))),
     }
 }
 
@@ -169,32 +267,48 @@ fn parse_multibulk(
     buf: &[u8],
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
+    st: &mut Partial,
 ) -> Result<usize, ParseError> {
     debug_assert_eq!(buf.first(), Some(&b'*'));
-    let cr = match find_line_cr(buf, 0, limits.max_inline_len) {
-        Ok(cr) => cr,
-        Err(LineError::Incomplete) => return Err(ParseError::Incomplete),
-        Err(LineError::TooLong) => return Err(protocol(ERR_TOO_BIG_MBULK_COUNT)),
-    };
-    // `cr >= 1` because buf[0] is '*'; `cr + 1 < buf.len()` by find_line_cr.
-    if buf[cr + 1] != b'\n' {
-        return Err(protocol(ERR_INVALID_MULTIBULK_LEN));
-    }
-    let count = match string2ll(&buf[1..cr]) {
-        Some(n) if n <= 0 => return Ok(cr + 2),
-        Some(n) if n as u64 <= limits.max_multibulk_len as u64 => n as u64,
-        _ => return Err(protocol(ERR_INVALID_MULTIBULK_LEN)),
-    };
-    if limits.unauthenticated && count > UNAUTH_MAX_MULTIBULK_LEN {
-        return Err(protocol(ERR_UNAUTH_MULTIBULK_LEN));
-    }
-    args.reserve((count as usize).min(MAX_ARGS_PREALLOC));
-
-    let mut pos = cr + 2;
-    for _ in 0..count {
-        let cr = match find_line_cr(buf, pos, limits.max_inline_len) {
+    let (mut pos, mut remaining) = if st.done > 0 {
+        (st.done, st.remaining)
+    } else {
+        let cr = match find_line_cr(buf, 0, st.scan_from, limits.max_inline_len) {
             Ok(cr) => cr,
-            Err(LineError::Incomplete) => return Err(ParseError::Incomplete),
+            Err(LineError::Incomplete(from)) => {
+                st.scan_from = from;
+                st.need = buf.len() + 1;
+                return Err(ParseError::Incomplete);
+            }
+            Err(LineError::TooLong) => return Err(protocol(ERR_TOO_BIG_MBULK_COUNT)),
+        };
+        // `cr >= 1` because buf[0] is '*'; `cr + 1 < buf.len()` by find_line_cr.
+        if buf[cr + 1] != b'\n' {
+            return Err(protocol(ERR_INVALID_MULTIBULK_LEN));
+        }
+        let count = match string2ll(&buf[1..cr]) {
+            Some(n) if n <= 0 => return Ok(cr + 2),
+            Some(n) if n as u64 <= limits.max_multibulk_len as u64 => n as u64,
+            _ => return Err(protocol(ERR_INVALID_MULTIBULK_LEN)),
+        };
+        if limits.unauthenticated && count > UNAUTH_MAX_MULTIBULK_LEN {
+            return Err(protocol(ERR_UNAUTH_MULTIBULK_LEN));
+        }
+        args.reserve((count as usize).min(MAX_ARGS_PREALLOC));
+        (cr + 2, count)
+    };
+    while remaining > 0 {
+        // Incomplete from here on: the next attempt resumes at this argument.
+        let wait = |st: &mut Partial, scan_from: usize, need: usize| {
+            st.done = pos;
+            st.remaining = remaining;
+            st.scan_from = scan_from;
+            st.need = need;
+            Err(ParseError::Incomplete)
+        };
+        let cr = match find_line_cr(buf, pos, st.scan_from, limits.max_inline_len) {
+            Ok(cr) => cr,
+            Err(LineError::Incomplete(from)) => return wait(st, from, buf.len() + 1),
             Err(LineError::TooLong) => return Err(protocol(ERR_TOO_BIG_BULK_COUNT)),
         };
         // pos <= cr < cr + 1 < buf.len()
@@ -218,18 +332,22 @@ fn parse_multibulk(
         let start = cr + 2;
         // Overflow only with a limit near usize::MAX: such a buffer can never exist.
         let Some(end) = start.checked_add(len) else {
-            return Err(ParseError::Incomplete);
+            return wait(st, pos, usize::MAX);
         };
         let Some(next) = end.checked_add(2) else {
-            return Err(ParseError::Incomplete);
+            return wait(st, pos, usize::MAX);
         };
         match buf.get(end..next) {
-            None => return Err(ParseError::Incomplete),
+            // The `$` line (a few bytes, validated) is read again with the payload.
+            None => return wait(st, pos, next),
             Some(b"\r\n") => {}
             Some(_) => return Err(protocol(ERR_BULK_TERMINATOR)),
         }
+        count_scanned(2);
         args.push(start..end);
         pos = next;
+        remaining -= 1;
+        st.scan_from = pos;
     }
     Ok(pos)
 }
@@ -238,11 +356,17 @@ fn parse_inline(
     buf: &mut [u8],
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
+    st: &mut Partial,
 ) -> Result<usize, ParseError> {
-    let Some(newline) = buf.iter().position(|&b| b == b'\n') else {
+    let from = st.scan_from.min(buf.len());
+    let found = buf[from..].iter().position(|&b| b == b'\n');
+    count_scanned(found.map_or(buf.len() - from, |i| i + 1));
+    let Some(newline) = found.map(|i| from + i) else {
         return if buf.len() > limits.max_inline_len {
             Err(protocol(ERR_TOO_BIG_INLINE))
         } else {
+            st.scan_from = buf.len();
+            st.need = buf.len() + 1;
             Err(ParseError::Incomplete)
         };
     };
@@ -987,6 +1111,87 @@ mod tests {
         assert_eq!(parse(b"*1\r"), Err(ParseError::Incomplete));
         assert_eq!(parse(b"*1\r\n$3\r\nfo"), Err(ParseError::Incomplete));
         assert_eq!(parse(b"*1\r\n$3\r\nfoo\r"), Err(ParseError::Incomplete));
+    }
+
+    /// Feed `wire` to [`parse_request_resume`] `step` bytes at a time (as a connection
+    /// does: same buffer, growing), returning the parsed arguments and the bytes the parser
+    /// scanned in all.
+    fn dribble(wire: &[u8], step: usize) -> (Vec<Vec<u8>>, usize) {
+        SCANNED.with(|c| c.set(0));
+        let mut buf = Vec::new();
+        let mut partial = Partial::default();
+        let mut args = Vec::new();
+        let limits = Limits::default();
+        for chunk in wire.chunks(step) {
+            buf.extend_from_slice(chunk);
+            match parse_request_resume(&mut buf, &limits, &mut args, &mut partial) {
+                Ok(n) => {
+                    assert_eq!(n, wire.len(), "parsed before the last byte");
+                    let got = args.iter().map(|r: &Range<usize>| buf[r.clone()].to_vec());
+                    return (got.collect(), SCANNED.with(|c| c.get()));
+                }
+                Err(ParseError::Incomplete) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("never complete");
+    }
+
+    #[test]
+    fn a_request_dribbled_in_is_scanned_once_not_once_per_arrival() {
+        // 1 MB in 20 000 small arguments, 7 bytes at a time: parsing from the start at every
+        // arrival would scan ~150 000 × 500 000 bytes; resumed, about the request once.
+        let parts: Vec<Vec<u8>> = (0..20_000)
+            .map(|i| format!("{i:045}").into_bytes())
+            .collect();
+        let wire = multibulk(&parts);
+        assert!(wire.len() > 1_000_000);
+        let (got, scanned) = dribble(&wire, 7);
+        assert_eq!(got, parts);
+        assert!(
+            scanned <= 2 * wire.len(),
+            "scanned {scanned} for {}",
+            wire.len()
+        );
+        // One 1 MB bulk, 100 bytes at a time: the payload is never scanned, and the parser
+        // is not even entered again until the whole of it can be there.
+        let big = vec![vec![b'x'; 1 << 20]];
+        let wire = multibulk(&big);
+        let (got, scanned) = dribble(&wire, 100);
+        assert_eq!(got, big);
+        assert!(scanned < 100, "scanned {scanned}");
+        // An inline request 1 byte at a time.
+        let wire = format!("SET k {}\r\n", "v".repeat(60_000)).into_bytes();
+        let (got, scanned) = dribble(&wire, 1);
+        assert_eq!(got.len(), 3);
+        assert!(scanned <= 2 * wire.len(), "scanned {scanned}");
+    }
+
+    #[test]
+    fn partial_tells_the_bytes_a_bulk_still_needs() {
+        let mut buf = b"*2\r\n$3\r\nSET\r\n$100000\r\nab".to_vec();
+        let (mut partial, mut args) = (Partial::default(), Vec::new());
+        let r = parse_request_resume(&mut buf, &Limits::default(), &mut args, &mut partial);
+        assert_eq!(r, Err(ParseError::Incomplete));
+        assert!(args.is_empty());
+        let header = b"*2\r\n$3\r\nSET\r\n$100000\r\n".len();
+        assert_eq!(partial.need(), header + 100_000 + 2);
+        // Every strict prefix of the rest is incomplete, resumed; the whole parses.
+        let rest = vec![b'y'; 100_000 - 2];
+        buf.extend_from_slice(&rest);
+        buf.extend_from_slice(b"\r\n");
+        let n = parse_request_resume(&mut buf, &Limits::default(), &mut args, &mut partial);
+        assert_eq!(n, Ok(buf.len()));
+        assert_eq!(args.len(), 2);
+        assert!(!partial.in_progress());
+        // A protocol error found on resuming is reported as when parsed whole.
+        let mut bad = b"*2\r\n$1\r\na\r\n".to_vec();
+        let mut partial = Partial::default();
+        let r = parse_request_resume(&mut bad, &Limits::default(), &mut args, &mut partial);
+        assert_eq!(r, Err(ParseError::Incomplete));
+        bad.extend_from_slice(b"+x\r\n");
+        let r = parse_request_resume(&mut bad, &Limits::default(), &mut args, &mut partial);
+        assert_eq!(r, Err(protocol("Protocol error: expected '$', got '+'")));
     }
 
     #[test]

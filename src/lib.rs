@@ -22,6 +22,7 @@ pub mod connection;
 pub mod counters;
 pub mod frame;
 pub mod kafka;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod region_link;

@@ -7,27 +7,53 @@ use crate::shared::Shared;
 use crate::store::Store;
 use crate::util::now_ms;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
+/// Serve `/metrics`: at most `MAX_METRICS_CONNECTIONS` connections at once (more are
+/// answered 503 and closed), each given `METRICS_IO_TIMEOUT` to send its request and again
+/// to take the answer; failing accepts back off (`server::AcceptBackoff`). All counted.
 pub async fn serve(listener: TcpListener, store: Arc<Store>, shared: Arc<Shared>) {
+    use crate::limits::{MAX_METRICS_CONNECTIONS, METRICS_IO_TIMEOUT};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
+    let mut backoff = crate::server::AcceptBackoff::default();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                backoff
+                    .failed(&shared.limits.accept_errors, "metrics", &e)
+                    .await;
+                continue;
+            }
+        };
+        backoff.succeeded();
+        let limits = &shared.limits;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            limits.service_connections_refused.fetch_add(1, Relaxed);
+            // Best effort, never waiting on the client.
+            let _ = stream.try_write(BUSY);
             continue;
         };
         let (store, shared) = (store.clone(), shared.clone());
         tokio::spawn(async move {
-            let mut req = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST_BYTES {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&chunk[..n]),
+            let _slot = slot;
+            let served = tokio::time::timeout(METRICS_IO_TIMEOUT, read_request(&mut stream));
+            let req = match served.await {
+                Ok(Some(req)) => req,
+                Ok(None) => return,
+                Err(_) => {
+                    shared
+                        .limits
+                        .service_connections_refused
+                        .fetch_add(1, Relaxed);
+                    return;
                 }
-            }
+            };
             let ok = req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?");
             let (status, body) = if ok {
                 ("200 OK", render(&store, &shared))
@@ -38,9 +64,26 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>, shared: Arc<Shared>
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ =
+                tokio::time::timeout(METRICS_IO_TIMEOUT, stream.write_all(resp.as_bytes())).await;
         });
     }
+}
+
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The request's head (up to `MAX_REQUEST_BYTES`); `None` if the client went away first.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut req = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < MAX_REQUEST_BYTES {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => req.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(req)
 }
 
 /// A Prometheus text-format writer: every family gets its `# HELP` and `# TYPE` lines once.

@@ -575,6 +575,7 @@ pub async fn serve_replica<S: ClientStream>(
     hub: Arc<InRegion>,
     req: SyncRequest,
     peer: String,
+    limits: &crate::limits::ClientLimits,
 ) {
     if hub.role() == StreamRole::Replica {
         let _ = write_timed(
@@ -614,7 +615,7 @@ pub async fn serve_replica<S: ClientStream>(
             r.last_ack_ms = now_ms();
         });
         tracing::info!(replica = %format!("{ip}:{}", req.listening_port), partial = resync.is_partial(), offset = start, "replica synchronised, streaming");
-        stream_changes(stream, pending, &hub, id, start).await
+        stream_changes(stream, pending, &hub, id, start, limits).await
     }
     .await;
     if let Err(e) = result {
@@ -669,16 +670,26 @@ async fn stream_changes<S: ClientStream>(
     hub: &InRegion,
     id: u64,
     start: u64,
+    limits: &crate::limits::ClientLimits,
 ) -> Result<(), String> {
     let epoch = hub.kill_epoch.load(Relaxed);
+    // `client-output-buffer-limit`'s replica class, on the stream bytes written and not yet
+    // acknowledged: (offset sent, bytes written through it) per write, until acked.
+    let mut unacked: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let (mut written, mut acked_bytes, mut soft_since) = (0u64, 0u64, 0u64);
     let mut tx = StreamSender::new(now_ms(), start);
     let mut inbuf = pending;
     let mut out: Vec<u8> = Vec::new();
-    let on_ack = |offset: u64| {
+    let on_ack = |offset: u64, unacked: &mut std::collections::VecDeque<(u64, u64)>| {
         hub.update_replica(id, |r| {
             r.ack_offset = r.ack_offset.max(offset);
             r.last_ack_ms = now_ms();
-        })
+        });
+        let mut acked_bytes = None;
+        while unacked.front().is_some_and(|&(o, _)| o <= offset) {
+            acked_bytes = unacked.pop_front().map(|(_, b)| b);
+        }
+        acked_bytes
     };
     loop {
         if !inbuf.is_empty() {
@@ -686,9 +697,23 @@ async fn stream_changes<S: ClientStream>(
                 .handle_bytes(now_ms(), &inbuf)
                 .map_err(|e| e.to_string())?
             {
-                on_ack(acked);
+                if let Some(b) = on_ack(acked, &mut unacked) {
+                    acked_bytes = b;
+                }
             }
             inbuf.clear();
+        }
+        let limit = limits.output(crate::limits::Class::Replica);
+        if limit.exceeded(
+            written.saturating_sub(acked_bytes),
+            &mut soft_since,
+            now_ms(),
+        ) {
+            limits.output_buffer_disconnections.fetch_add(1, Relaxed);
+            return Err(format!(
+                "over client-output-buffer-limit (replica class): {} bytes unacknowledged",
+                written.saturating_sub(acked_bytes)
+            ));
         }
         let appended = hub.feed.appended.notified();
         let killed = hub.kill.notified();
@@ -707,6 +732,8 @@ async fn stream_changes<S: ClientStream>(
         }
         if !out.is_empty() {
             write_timed(&mut stream, &out).await?;
+            written += out.len() as u64;
+            unacked.push_back((tx.sent(), written));
             // Acks that arrived meanwhile (a long burst must not look like silence).
             inbuf.reserve(READ_CHUNK_BYTES);
             match read_ready(&mut stream, &mut inbuf).await {

@@ -141,7 +141,20 @@ impl Server {
             ),
             _ => None,
         };
+        let output_limits = crate::limits::parse_output_limits(
+            &config.client_output_buffer_limit,
+            Default::default(),
+        )
+        .map_err(std::io::Error::other)?;
+        let limits = crate::limits::ClientLimits::new(
+            config.client_query_buffer_limit,
+            config.timeout,
+            output_limits,
+            crate::limits::DebugCommand::parse(&config.enable_debug_command)
+                .unwrap_or(crate::limits::DebugCommand::No),
+        );
         let shared = Arc::new(Shared {
+            limits,
             acl,
             cluster,
             inregion,
@@ -309,16 +322,18 @@ async fn accept_loop(
         Some(t) if tls => t.acceptor.clone(),
         _ => None,
     };
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                backoff
+                    .failed(&shared.limits.accept_errors, "client", &e)
+                    .await;
                 continue;
             }
         };
+        backoff.succeeded();
         store.stats.connections_received.fetch_add(1, Relaxed);
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = &acceptor else {
@@ -383,10 +398,64 @@ fn admit<S: crate::tls::ClientStream>(
     conn.session.start(&shared.acl);
     let (store, shared) = (store.clone(), shared.clone());
     tokio::spawn(async move {
-        crate::connection::serve(stream, store.clone(), shared.clone(), conn).await;
-        shared.clients.lock().remove(&id);
-        store.stats.connected_clients.fetch_sub(1, Relaxed);
+        // Released however the task ends, a panic included.
+        let _slot = ClientSlot {
+            store: store.clone(),
+            shared: shared.clone(),
+            id,
+        };
+        crate::connection::serve(stream, store, shared, conn).await;
     });
+}
+
+/// A client's `maxclients` slot and `CLIENT LIST` entry, given back when its task ends:
+/// normally or by a panic (counted and logged; the node keeps serving).
+struct ClientSlot {
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.shared.clients.lock().remove(&self.id);
+        crate::util::saturating_dec(&self.store.stats.connected_clients);
+        if std::thread::panicking() {
+            self.shared.limits.connection_panics.fetch_add(1, Relaxed);
+            tracing::error!(client = self.id, "connection task panicked; client closed");
+        }
+    }
+}
+
+/// How a listener survives failing accepts (EMFILE, ENFILE, ENOBUFS…): it waits before the
+/// next try, longer while they keep failing (up to a second), counts every failure and
+/// logs at most once per [`ACCEPT_LOG_INTERVAL_MS`] instead of spinning and flooding the log.
+#[derive(Default)]
+pub(crate) struct AcceptBackoff {
+    delay_ms: u64,
+    last_log_ms: u64,
+    unlogged: u64,
+}
+
+const ACCEPT_LOG_INTERVAL_MS: u64 = 10_000;
+
+impl AcceptBackoff {
+    pub(crate) async fn failed(&mut self, counter: &AtomicU64, listener: &str, e: &std::io::Error) {
+        counter.fetch_add(1, Relaxed);
+        self.unlogged += 1;
+        let now = now_ms();
+        if self.last_log_ms == 0 || now.saturating_sub(self.last_log_ms) >= ACCEPT_LOG_INTERVAL_MS {
+            tracing::warn!(listener, error = %e, failures = self.unlogged, "accept failed; backing off");
+            self.last_log_ms = now;
+            self.unlogged = 0;
+        }
+        self.delay_ms = (self.delay_ms * 2).clamp(10, 1000);
+        tokio::time::sleep(Duration::from_millis(self.delay_ms)).await;
+    }
+
+    pub(crate) fn succeeded(&mut self) {
+        self.delay_ms = 0;
+    }
 }
 
 /// Protected mode (`protected-mode yes`, the default) refuses a client from another host
@@ -422,7 +491,10 @@ async fn background(store: Arc<Store>, shared: Arc<Shared>) {
         store.enforce_maxmemory(now, &mut || rand::RngCore::next_u64(&mut rng));
         if now.saturating_sub(last_sample_ms) >= 1000 {
             let cmds = store.stats.commands.load(Relaxed);
-            let per_sec = (cmds - last_cmds) * 1000 / (now - last_sample_ms).max(1);
+            // CONFIG RESETSTAT may have zeroed the counter since the last sample: the
+            // gauge reads 0 for that second rather than wrapping around.
+            let per_sec = cmds.saturating_sub(last_cmds).saturating_mul(1000)
+                / now.saturating_sub(last_sample_ms).max(1);
             store.stats.ops_per_sec.store(per_sec, Relaxed);
             last_cmds = cmds;
             last_sample_ms = now;

@@ -40,6 +40,8 @@ pub struct Shared {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Threads serving clients (see `store::Held`: with one, a batch keeps its shard locks).
     pub io_threads: AtomicUsize,
+    /// Per-client limits (query and output buffers, idle timeout) and their counters.
+    pub limits: crate::limits::ClientLimits,
 }
 
 impl Shared {

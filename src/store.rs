@@ -238,13 +238,19 @@ impl Shard {
         e.1
     }
 
+    /// Keys with WATCH registrations (for tests).
+    #[cfg(test)]
+    pub(crate) fn watched_keys(&self) -> usize {
+        self.watched.len()
+    }
+
     pub fn watch_version(&self, key: &[u8]) -> u64 {
         self.watched.get(key).map_or(0, |e| e.1)
     }
 
     pub fn unwatch(&mut self, key: &[u8]) {
         if let Some(e) = self.watched.get_mut(key) {
-            e.0 -= 1;
+            e.0 = e.0.saturating_sub(1);
             if e.0 == 0 {
                 self.watched.remove(key);
             }

@@ -33,6 +33,7 @@ pub fn command<'s>(
             }
             conn.multi = Some(Vec::new());
             conn.multi_error = false;
+            conn.multi_bytes = 0;
             cmd::ok().into()
         }
         "discard" => {
@@ -85,6 +86,43 @@ pub fn command<'s>(
         _ => return None,
     };
     Some(outcome)
+}
+
+/// What a queued command is counted for besides its arguments' bytes: the argument
+/// vector and each argument's own allocation.
+const QUEUED_COMMAND_OVERHEAD: u64 = 64;
+const QUEUED_ARG_OVERHEAD: u64 = 48;
+
+pub const ERR_MULTI_TOO_BIG: &str =
+    "ERR Transaction discarded: its queued commands exceed client-query-buffer-limit";
+
+/// Queue a command of the open transaction (the caller checked it may be queued). The
+/// queue is bounded like the input it came from: its commands together (arguments and
+/// bookkeeping) may not exceed `client-query-buffer-limit`, or the transaction is failed
+/// (`EXECABORT` at EXEC, as any queuing error) and its queue freed at once. After an
+/// error nothing more is stored: EXEC will discard the transaction anyway.
+pub fn queue(shared: &Shared, conn: &mut ConnState, args: &[&[u8]]) -> Reply {
+    if conn.multi_error {
+        return Reply::Simple(Cow::Borrowed("QUEUED"));
+    }
+    let size = args
+        .iter()
+        .map(|a| a.len() as u64 + QUEUED_ARG_OVERHEAD)
+        .sum::<u64>()
+        + QUEUED_COMMAND_OVERHEAD;
+    conn.multi_bytes = conn.multi_bytes.saturating_add(size);
+    if conn.multi_bytes > shared.limits.query_buffer.load(Relaxed) {
+        conn.multi_error = true;
+        conn.multi_bytes = 0;
+        if let Some(q) = conn.multi.as_mut() {
+            *q = Vec::new();
+        }
+        return cmd::err(ERR_MULTI_TOO_BIG);
+    }
+    if let Some(q) = conn.multi.as_mut() {
+        q.push(args.iter().map(|a| Bytes::copy_from_slice(a)).collect());
+    }
+    Reply::Simple(Cow::Borrowed("QUEUED"))
 }
 
 /// Route an EXEC in a cluster by every key of its queued commands, as Redis does: all in

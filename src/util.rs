@@ -158,6 +158,16 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Decrement a gauge, never below zero (a counter reset, or a release the matching
+/// increment did not precede, must not wrap it to 18446744073709551615).
+pub fn saturating_dec(gauge: &std::sync::atomic::AtomicUsize) {
+    let _ = gauge.fetch_update(
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+        |v| Some(v.saturating_sub(1)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,6 +224,8 @@ pub struct ConnState {
     pub last_cmd: &'static str,
     pub multi: Option<Vec<Vec<Bytes>>>,
     pub multi_error: bool,
+    /// What the queued commands of the open transaction take (`transaction::queue`).
+    pub multi_bytes: u64,
     pub watched: Vec<(Bytes, u64)>,
     /// Sampling for SPOP/SRANDMEMBER/RANDOMKEY and eviction (seeded per connection from
     /// the OS: clients cannot predict it).
@@ -253,6 +255,7 @@ impl ConnState {
             last_cmd: "NULL",
             multi: None,
             multi_error: false,
+            multi_bytes: 0,
             watched: Vec::new(),
             pending_commands: 0,
             asking: false,

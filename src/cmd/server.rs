@@ -21,12 +21,36 @@ pub fn specs() -> Vec<Spec> {
         spec!("time", 1, FAST, 0, 0, 0, time),
         spec!("lastsave", 1, FAST, 0, 0, 0, lastsave),
         spec!("meridian", -2, ADMIN, 0, 0, 0, meridian),
+        spec!("debug", -2, ADMIN | NO_MULTI, 0, 0, 0, debug),
         spec!("multi", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
         spec!("exec", 1, NO_MULTI, 0, 0, 0, in_connection),
         spec!("discard", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
         spec!("watch", -2, FAST | NO_MULTI, 1, -1, 1, in_connection),
         spec!("unwatch", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
     ]
+}
+
+/// DEBUG, served only with `enable-debug-command` (Redis 7's option and refusal). One
+/// subcommand: `DEBUG PANIC-CLIENT` panics this connection's task (the node keeps serving;
+/// the tests use it to check a panicking connection gives back everything it held).
+fn debug(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    use crate::limits::DebugCommand;
+    let allowed = match ctx.shared.limits.debug_command {
+        DebugCommand::Yes => true,
+        DebugCommand::Local => ctx
+            .conn
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback()),
+        DebugCommand::No => false,
+    };
+    if !allowed {
+        return err("ERR DEBUG command not allowed. If the enable-debug-command option is set to \"local\", you can run it from a local connection, otherwise you need to set this option in the configuration file, and then restart the server.");
+    }
+    if a[1].eq_ignore_ascii_case(b"panic-client") {
+        panic!("DEBUG PANIC-CLIENT from client {}", ctx.conn.id);
+    }
+    unknown_sub("DEBUG", a[1])
 }
 
 /// MULTI/EXEC/DISCARD/WATCH/UNWATCH are run by the connection; reaching here is a bug.
@@ -340,7 +364,10 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
         "databases" => "1".into(),
         "save" => String::new(),
         "appendonly" => "no".into(),
-        "timeout" => "0".into(),
+        "timeout" => ctx.shared.limits.timeout_secs.load(Relaxed).to_string(),
+        "client-query-buffer-limit" => ctx.shared.limits.query_buffer.load(Relaxed).to_string(),
+        "client-output-buffer-limit" => ctx.shared.limits.output_text(),
+        "enable-debug-command" => c.enable_debug_command.to_ascii_lowercase(),
         "cluster-enabled" => "no".into(),
         "region" => c.region.clone(),
         "repl-backlog-size" => ctx.store.feed().backlog_info().0.to_string(),
@@ -393,7 +420,7 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
-const CONFIG_NAMES: [&str; 32] = [
+const CONFIG_NAMES: [&str; 35] = [
     "maxmemory",
     "maxmemory-policy",
     "maxmemory-samples",
@@ -426,6 +453,9 @@ const CONFIG_NAMES: [&str; 32] = [
     "tls-auth-clients",
     "tls-replication",
     "tls-cluster",
+    "client-query-buffer-limit",
+    "client-output-buffer-limit",
+    "enable-debug-command",
 ];
 
 /// A validated CONFIG SET assignment, applied once every pair parsed.
@@ -593,7 +623,42 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                         sh.acl.log_max_len.store(n, Relaxed)
                     }));
                 }
-                "save" | "appendonly" | "timeout" => {}
+                "timeout" => {
+                    let Ok(n) = value.parse::<i64>() else {
+                        return fail(not_integer);
+                    };
+                    if !(0..=i64::from(i32::MAX)).contains(&n) {
+                        return fail("argument must be between 0 and 2147483647 inclusive");
+                    }
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.limits.timeout_secs.store(n as u64, Relaxed)
+                    }));
+                }
+                "client-query-buffer-limit" => {
+                    let Some(n) = crate::config::parse_memory(&value) else {
+                        return fail(not_memory);
+                    };
+                    if n < 1024 * 1024 {
+                        return fail(
+                            "argument must be between 1048576 and 9223372036854775807 inclusive",
+                        );
+                    }
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.limits.query_buffer.store(n, Relaxed)
+                    }));
+                }
+                "client-output-buffer-limit" => {
+                    let current = ctx.shared.limits.outputs();
+                    let limits = match crate::limits::parse_output_limits(&value, current) {
+                        Ok(l) => l,
+                        Err(why) => return fail(why),
+                    };
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.limits.set_output(limits)
+                    }));
+                }
+                "enable-debug-command" => return fail("can't set immutable config"),
+                "save" | "appendonly" => {}
                 // TLS is set up at start (a restart reloads certificates).
                 n if n.starts_with("tls-") && CONFIG_NAMES.contains(&n) => {
                     return fail("can't set immutable config");
@@ -614,6 +679,9 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         s.commands.store(0, Relaxed);
         ctx.store.reset_hits_misses();
         s.connections_received.store(0, Relaxed);
+        s.rejected_connections.store(0, Relaxed);
+        s.protocol_errors.store(0, Relaxed);
+        ctx.shared.limits.reset_stats();
         ctx.shared.kafka.reset_latency();
         ok()
     } else if sub.eq_ignore_ascii_case(b"rewrite") {
