@@ -155,6 +155,7 @@ impl Server {
         );
         let shared = Arc::new(Shared {
             limits,
+            encoding: Default::default(),
             acl,
             cluster,
             inregion,

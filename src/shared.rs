@@ -42,6 +42,8 @@ pub struct Shared {
     pub io_threads: AtomicUsize,
     /// Per-client limits (query and output buffers, idle timeout) and their counters.
     pub limits: crate::limits::ClientLimits,
+    /// Redis' encoding tunables (CONFIG SET/GET, OBJECT ENCODING).
+    pub encoding: crate::cmd::encoding::Encoding,
 }
 
 impl Shared {

@@ -328,3 +328,39 @@ fn info_has_a_cpu_section() {
     let all: String = q(&mut c, &["INFO"]);
     assert!(all.contains("# CPU\r\n"));
 }
+
+/// Redis' encoding tunables: accepted, validated and reported as Redis does, and they
+/// decide what OBJECT ENCODING answers (code written against Redis sets them and looks).
+#[test]
+fn encoding_tunables_are_configurable() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["CONFIG", "GET", "hash-max-listpack-entries"],
+            &["CONFIG", "GET", "hash-max-ziplist-value"],
+            &["CONFIG", "GET", "set-max-intset-entries"],
+            &["CONFIG", "GET", "zset-max-listpack-*"],
+            &["CONFIG", "GET", "list-max-listpack-size"],
+            &["CONFIG", "SET", "hash-max-listpack-entries", "x"],
+            &["CONFIG", "SET", "hash-max-listpack-entries", "-1"],
+            &["CONFIG", "SET", "hash-max-ziplist-entries", "1"],
+            &["CONFIG", "GET", "hash-max-listpack-entries"],
+            &["HSET", "h", "a", "1", "b", "2"],
+            &["OBJECT", "ENCODING", "h"],
+            &["CONFIG", "SET", "set-max-intset-entries", "2"],
+            &["SADD", "ints", "1", "2"],
+            &["OBJECT", "ENCODING", "ints"],
+        ],
+    );
+    let mut c = s.conn();
+    let _: i64 = q(&mut c, &["SADD", "ints3", "1", "2", "3"]);
+    let enc: String = q(&mut c, &["OBJECT", "ENCODING", "ints3"]);
+    assert_eq!(
+        enc, "listpack",
+        "Redis 7.2: past set-max-intset-entries, a small set"
+    );
+    let _: () = q(&mut c, &["CONFIG", "SET", "set-max-listpack-entries", "0"]);
+    let enc: String = q(&mut c, &["OBJECT", "ENCODING", "ints3"]);
+    assert_eq!(enc, "hashtable");
+}

@@ -417,18 +417,13 @@ pub fn slot_of(key: &[u8]) -> u16 {
     key_slot(key)
 }
 
-/// Redis' default encoding thresholds (`set-max-intset-entries`, `*-max-listpack-*`).
-const INTSET_ENTRIES: usize = 512;
-const LISTPACK_ENTRIES: usize = 128;
-const LISTPACK_VALUE: usize = 64;
 /// Redis keeps strings up to this length in one allocation with their header (`embstr`).
 const EMBSTR_MAX: usize = 44;
 
 /// The encoding Redis would report for this value, so code that inspects `OBJECT
 /// ENCODING` works. meridian's own layout differs (and, unlike Redis, a collection that
 /// shrinks reports the compact encoding again).
-fn encoding_of(entry: &meridian_crdt::Entry) -> &'static str {
-    let short = |b: &[u8]| b.len() <= LISTPACK_VALUE;
+fn encoding_of(entry: &meridian_crdt::Entry, t: &super::encoding::Encoding) -> &'static str {
     match entry.visible() {
         Some(Val::Str(s)) => {
             let b = s.bytes().unwrap_or_default();
@@ -442,16 +437,18 @@ fn encoding_of(entry: &meridian_crdt::Entry) -> &'static str {
         }
         Some(Val::Set(set)) => {
             let n = set.len();
-            if n <= INTSET_ENTRIES && set.members().all(|m| crate::util::parse_int(m).is_some()) {
+            if n <= t.intset_entries() && set.members().all(|m| crate::util::parse_int(m).is_some())
+            {
                 "intset"
-            } else if n <= LISTPACK_ENTRIES && set.members().all(short) {
+            } else if n <= t.set_entries() && set.members().all(|m| m.len() <= t.set_value()) {
                 "listpack"
             } else {
                 "hashtable"
             }
         }
         Some(Val::Hash(h)) => {
-            let small = h.len() <= LISTPACK_ENTRIES
+            let short = |b: &[u8]| b.len() <= t.hash_value();
+            let small = h.len() <= t.hash_entries()
                 && h.fields()
                     .all(|(f, v)| short(f) && v.bytes().is_none_or(|b| short(&b)));
             if small {
@@ -518,7 +515,9 @@ fn object(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         return Reply::Null;
     };
     match sub.as_slice() {
-        b"encoding" => Reply::Bulk(Bytes::from_static(encoding_of(&entry).as_bytes())),
+        b"encoding" => Reply::Bulk(Bytes::from_static(
+            encoding_of(&entry, &ctx.shared.encoding).as_bytes(),
+        )),
         b"refcount" => {
             // Redis shares the integers 0..9999 (refcount INT_MAX).
             let shared = matches!(entry.visible(), Some(Val::Str(s))

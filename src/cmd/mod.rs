@@ -10,6 +10,7 @@ pub mod bitmap;
 pub mod cluster;
 pub mod cursor;
 pub mod dump;
+pub mod encoding;
 pub mod hash;
 pub mod keys;
 pub mod replica;

@@ -481,6 +481,24 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 }
             }
         }
+        // The encoding tunables; an old `ziplist` name answers when asked for by name.
+        for (i, t) in super::encoding::TUNABLES.iter().enumerate() {
+            for name in std::iter::once(t.name).chain(t.alias) {
+                let asked = a[2..].iter().any(|p| {
+                    if name == t.name {
+                        crate::util::glob_match(p, name.as_bytes(), true)
+                    } else {
+                        p.eq_ignore_ascii_case(name.as_bytes())
+                    }
+                });
+                if asked {
+                    out.push((
+                        Reply::Bulk(Bytes::from_static(name.as_bytes())),
+                        Reply::Bulk(Bytes::from(ctx.shared.encoding.get(i).to_string())),
+                    ));
+                }
+            }
+        }
         Reply::Map(out)
     } else if sub.eq_ignore_ascii_case(b"set") {
         if a.len() < 4 || !a.len().is_multiple_of(2) {
@@ -662,6 +680,22 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 // TLS is set up at start (a restart reloads certificates).
                 n if n.starts_with("tls-") && CONFIG_NAMES.contains(&n) => {
                     return fail("can't set immutable config");
+                }
+                n if super::encoding::find(n).is_some() => {
+                    let i = super::encoding::find(n).unwrap_or(0);
+                    let t = &super::encoding::TUNABLES[i];
+                    let Ok(v) = value.parse::<i64>() else {
+                        return fail(not_integer);
+                    };
+                    if !(t.min..=t.max).contains(&v) {
+                        return err_owned(format!(
+                            "ERR CONFIG SET failed (possibly related to argument '{name}') - argument must be between {} and {} inclusive",
+                            t.min, t.max
+                        ));
+                    }
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        sh.encoding.set(i, v)
+                    }));
                 }
                 _ => {
                     return err_owned(format!(
