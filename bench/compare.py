@@ -7,7 +7,11 @@ the ratio, then measures RSS growth per key after loading 1M 100-byte strings an
 counters into a fresh instance of each server.
 
 Usage: bench/compare.py [--requests N] [--rounds N] [--keys N] [--meridian PATH]
-                        [--skip-memory] [--skip-throughput]
+                        [--skip-memory] [--skip-throughput] [--password PW] [--tls]
+--password: both servers require it (requirepass) and redis-benchmark authenticates (-a), to
+measure what authentication costs. --tls: both servers serve only TLS, with a CA and
+certificates made by openssl in a temporary folder (client certificates required, Redis'
+default), and redis-benchmark connects with --tls.
 Each test runs on the two servers in turn, --rounds times (median reported); -P 16 runs
 5x the requests, so a test lasts about a second rather than a noisy fifth of one.
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and a release
@@ -24,6 +28,8 @@ import sys
 import time
 
 TESTS = "set,get,incr,sadd,hset"
+# Server and benchmark arguments of the mode being measured (--password, --tls).
+MODE = {"server": [], "bench": []}
 
 
 def free_port():
@@ -47,8 +53,9 @@ def wait_port(port, proc, deadline_s=20):
 
 def start_redis(port):
     p = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", ""],
+        ["redis-server", *server_port_args(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no", "--logfile", "",
+         *MODE["server"]],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, p)
     return p
@@ -56,10 +63,36 @@ def start_redis(port):
 
 def start_meridian(path, port):
     extra = os.environ.get("MERIDIAN_ARGS", "").split()
-    p = subprocess.Popen([path, "--port", str(port), "--log-level", "warn", *extra],
+    p = subprocess.Popen([path, *server_port_args(port), "--log-level", "warn", *MODE["server"],
+                          *extra],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, p)
     return p
+
+
+def server_port_args(port):
+    if MODE.get("tls"):
+        return ["--port", "0", "--tls-port", str(port)]
+    return ["--port", str(port)]
+
+
+def make_certs(folder):
+    """A CA, a server and a client certificate (openssl), as tests/tls.rs makes with rcgen."""
+    def run(*a):
+        subprocess.run(["openssl", *a], cwd=folder, capture_output=True, check=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=bench-ca")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-copy_extensions", "copy")
+    f = lambda n: os.path.join(folder, n)
+    MODE["tls"] = True
+    MODE["server"] += ["--tls-cert-file", f("server.crt"), "--tls-key-file", f("server.key"),
+                       "--tls-ca-cert-file", f("ca.crt")]
+    MODE["bench"] += ["--tls", "--cacert", f("ca.crt"), "--cert", f("client.crt"),
+                      "--key", f("client.key")]
 
 
 def stop(p):
@@ -81,7 +114,7 @@ def rss_bytes(pid):
 
 def run_benchmark(port, requests, pipeline, tests=TESTS):
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", tests, "-c", "50",
-           "-n", str(requests), "-r", "100000", "--csv", "-q"]
+           "-n", str(requests), "-r", "100000", "--csv", "-q", *MODE["bench"]]
     if pipeline > 1:
         cmd += ["-P", str(pipeline)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -153,10 +186,22 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--password", default=None)
+    ap.add_argument("--tls", action="store_true")
     args = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install -y redis-server redis-tools")
+    if args.password:
+        MODE["server"] += ["--requirepass", args.password]
+        MODE["bench"] += ["-a", args.password]
+    if args.tls:
+        import tempfile
+        make_certs(tempfile.mkdtemp(prefix="meridian-bench-tls-"))
+        # The memory figures load over plain redis-cli: not measured in TLS mode.
+        args.skip_memory = True
+    if args.password and not args.skip_memory:
+        raise SystemExit("--password measures throughput only: add --skip-memory")
     meridian = os.path.abspath(args.meridian)
     if not os.path.exists(meridian):
         raise SystemExit(f"{meridian} missing: cargo build --release")
@@ -176,7 +221,8 @@ def main():
 
 def throughput(meridian, requests, rounds):
     p16 = requests * 5
-    print(f"# throughput: redis-benchmark -t <test> -c 50 -r 100000, -n {requests} (-P 16: -n {p16}),")
+    mode = ", ".join(m for m, on in (("TLS", MODE.get("tls")), ("password", "-a" in MODE["bench"])) if on)
+    print(f"# throughput{' (' + mode + ')' if mode else ''}: redis-benchmark -t <test> -c 50 -r 100000, -n {requests} (-P 16: -n {p16}),")
     print(f"# each test on both servers in turn (who goes first alternates), median of {rounds} rounds")
     print(f"{'test':<8}{'P':>4}{'redis rps':>14}{'meridian rps':>14}{'ratio':>8}{'redis p99':>11}{'meridian p99':>14}")
     for pipeline in (1, 16):
