@@ -364,3 +364,44 @@ fn encoding_tunables_are_configurable() {
     let enc: String = q(&mut c, &["OBJECT", "ENCODING", "ints3"]);
     assert_eq!(enc, "hashtable");
 }
+
+/// HRANDFIELD: Redis' replies for the deterministic cases, and random picks drawn from the
+/// hash (distinct for a positive count, repeats allowed for a negative one); a hostile
+/// count is refused instead of building a huge reply.
+#[test]
+fn hrandfield() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["HSET", "one", "f", "v"],
+            &["HRANDFIELD", "one"],
+            &["HRANDFIELD", "one", "1"],
+            &["HRANDFIELD", "one", "5", "WITHVALUES"],
+            &["HRANDFIELD", "one", "-2", "WITHVALUES"],
+            &["HRANDFIELD", "one", "0"],
+            &["HRANDFIELD", "nokey"],
+            &["HRANDFIELD", "nokey", "3"],
+            &["HRANDFIELD", "one", "x"],
+            &["HRANDFIELD", "one", "1", "BAD"],
+            &["HRANDFIELD", "one", "1", "WITHVALUES", "x"],
+            &["HRANDFIELD", "one", "-9223372036854775808"],
+            &["HRANDFIELD", "one", "-9223372036854775807", "WITHVALUES"],
+            &["SET", "str", "v"],
+            &["HRANDFIELD", "str"],
+        ],
+    );
+    let mut c = s.conn();
+    let _: i64 = q(&mut c, &["HSET", "h", "a", "1", "b", "2", "c", "3"]);
+    let distinct: Vec<String> = q(&mut c, &["HRANDFIELD", "h", "10"]);
+    assert_eq!(distinct.iter().collect::<HashSet<_>>().len(), 3);
+    let repeats: Vec<String> = q(&mut c, &["HRANDFIELD", "h", "-50"]);
+    assert_eq!(repeats.len(), 50);
+    assert!(repeats
+        .iter()
+        .all(|f| ["a", "b", "c"].contains(&f.as_str())));
+    let pairs: Vec<String> = q(&mut c, &["HRANDFIELD", "h", "2", "WITHVALUES"]);
+    assert_eq!(pairs.len(), 4);
+    let e = common::qerr(&mut c, &["HRANDFIELD", "h", "-100000000"]);
+    assert!(e.starts_with("ERR count is too large"), "{e}");
+}

@@ -9,6 +9,7 @@ pub fn specs() -> Vec<Spec> {
     vec![
         spec!("hset", -4, WRITE | DENYOOM | FAST | ELEMENT, 1, 1, 1, hset),
         spec!("hscan", -3, READONLY, 1, 1, 1, hscan),
+        spec!("hrandfield", -2, READONLY, 1, 1, 1, hrandfield),
         spec!(
             "hmset",
             -4,
@@ -298,5 +299,89 @@ fn hscan(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 .flat_map(|(f, v)| [Reply::Bulk(f), Reply::Bulk(v)])
                 .collect(),
         ),
+    }
+}
+
+/// Most fields `HRANDFIELD key -count` (fields may repeat) answers, and most bytes: Redis
+/// answers any count, which lets one request build a reply of any size; past these the
+/// request is refused (a positive count is bounded by the hash itself).
+const RANDOM_REPLY_MAX: usize = 1 << 20;
+const RANDOM_REPLY_MAX_BYTES: usize = 256 << 20;
+
+/// `HRANDFIELD key [count [WITHVALUES]]`.
+fn hrandfield(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let count = match a.get(2) {
+        None => None,
+        Some(c) => match crate::util::parse_int(c) {
+            Some(i64::MIN) => return err("ERR value is out of range"),
+            Some(n) => Some(n),
+            None => return not_int(),
+        },
+    };
+    let with_values = match a.get(3) {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"withvalues") && a.len() == 4 => true,
+        Some(_) => return syntax(),
+    };
+    if with_values && count.is_some_and(|n| n < -(i64::MAX / 2)) {
+        return err("ERR value is out of range");
+    }
+    let pairs = match with_hash(ctx, a[1], |h| {
+        h.fields()
+            .map(|(f, s)| (Bytes::copy_from_slice(f), s.bytes().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    }) {
+        Err(e) => return e,
+        Ok(None) if count.is_some() => return Reply::Array(Vec::new()),
+        Ok(None) => return Reply::Null,
+        Ok(Some(p)) => p,
+    };
+    let Some(n) = count else {
+        let i = (ctx.conn.random() % pairs.len() as u64) as usize;
+        return Reply::Bulk(pairs[i].0.clone());
+    };
+    let picked: Vec<(Bytes, Bytes)> = if n >= 0 {
+        // Distinct fields: a partial shuffle.
+        let mut pool = pairs;
+        let k = usize::try_from(n).unwrap_or(usize::MAX).min(pool.len());
+        for i in 0..k {
+            let j = i + (ctx.conn.random() % (pool.len() - i) as u64) as usize;
+            pool.swap(i, j);
+        }
+        pool.truncate(k);
+        pool
+    } else {
+        let want = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
+        let widest = pairs
+            .iter()
+            .map(|(f, v)| f.len() + if with_values { v.len() } else { 0 })
+            .max()
+            .unwrap_or(0);
+        if want > RANDOM_REPLY_MAX || want.saturating_mul(widest) > RANDOM_REPLY_MAX_BYTES {
+            return err(
+                "ERR count is too large: the reply would exceed 1048576 elements or 256 MB",
+            );
+        }
+        (0..want)
+            .map(|_| pairs[(ctx.conn.random() % pairs.len() as u64) as usize].clone())
+            .collect()
+    };
+    if !with_values {
+        return Reply::Array(picked.into_iter().map(|(f, _)| Reply::Bulk(f)).collect());
+    }
+    if ctx.conn.resp3 {
+        Reply::Array(
+            picked
+                .into_iter()
+                .map(|(f, v)| Reply::Array(vec![Reply::Bulk(f), Reply::Bulk(v)]))
+                .collect(),
+        )
+    } else {
+        Reply::Array(
+            picked
+                .into_iter()
+                .flat_map(|(f, v)| [Reply::Bulk(f), Reply::Bulk(v)])
+                .collect(),
+        )
     }
 }
