@@ -79,13 +79,26 @@ fn with_set<R>(ctx: &mut Ctx, key: &[u8], f: impl FnOnce(&OrSet) -> R) -> Result
 
 fn sadd(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
+    let store = ctx.store;
     let added = ctx.write(a[1], |w| {
-        w.expect(Kind::Set)?;
+        w.expect(Kind::Set).map_err(crdt_err)?;
+        let now = w.entry().heap_bytes();
+        let all: usize = a[2..].iter().map(|m| element_bytes(m.len(), 0)).sum();
+        if check_room(store, a[1], now, all).is_err() {
+            // Near the bound: count only the members not there yet.
+            let set = w.set_members();
+            let new: usize = a[2..]
+                .iter()
+                .filter(|m| !set.is_some_and(|s| s.contains(m)))
+                .map(|m| element_bytes(m.len(), 0))
+                .sum();
+            check_room(store, a[1], now, new)?;
+        }
         Ok(a[2..].iter().filter(|m| w.sadd(m)).count())
     });
     match added {
         Ok(n) => Reply::Int(n as i64),
-        Err(e) => crdt_err(e),
+        Err(e) => e,
     }
 }
 
