@@ -60,6 +60,11 @@ impl Server {
             EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
         let acl = Arc::new(crate::acl::Acl::from_config(&config).map_err(std::io::Error::other)?);
         let seed = random_seed();
+        // Tables keyed by members, fields (and the link's keys) hash with a seed of this
+        // process (the keyspace's tables take `seed` below).
+        if !meridian_crdt::set_hash_seed(random_seed()) {
+            tracing::warn!("hash seed already in use: members and fields hash with it");
+        }
         let repl = crate::region_link::Replicator::start(&config).map_err(std::io::Error::other)?;
         let runtime = Runtime {
             maxmemory: AtomicU64::new(config.maxmemory),

@@ -347,3 +347,20 @@ fn srandmember_and_spop_with_huge_counts() {
     assert_eq!(popped, ["a", "b", "c"]);
     assert_eq!(q::<i64>(&mut c, &["EXISTS", "s"]), 0);
 }
+
+/// Members hash with a seed each process draws from the OS: the same members added in the
+/// same order come back from SMEMBERS in a different order on two servers (with a fixed
+/// seed they came back identical, and a client could choose members that collide).
+#[test]
+fn member_hashing_is_seeded_per_process() {
+    let order = || {
+        let s = Server::start();
+        let mut c = s.conn();
+        let members: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+        let mut args = vec!["SADD", "s"];
+        args.extend(members.iter().map(String::as_str));
+        q::<i64>(&mut c, &args);
+        q::<Vec<String>>(&mut c, &["SMEMBERS", "s"])
+    };
+    assert_ne!(order(), order());
+}

@@ -131,7 +131,9 @@ mod tests {
                 assert!(len <= estimate + 1024, "{len} > {estimate}");
             }
         }
-        assert!(LINK_MAX_ENTRY_BYTES + 1024 < MAX_FRAME_BYTES);
-        assert!(REPLICA_MAX_ENTRY_BYTES + 1024 < replica_stream::MAX_REPLICA_FRAME_BYTES);
+        const {
+            assert!(LINK_MAX_ENTRY_BYTES + 1024 < MAX_FRAME_BYTES);
+            assert!(REPLICA_MAX_ENTRY_BYTES + 1024 < replica_stream::MAX_REPLICA_FRAME_BYTES);
+        }
     }
 }
