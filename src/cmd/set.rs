@@ -396,6 +396,10 @@ fn smove(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if src == dst {
         return Reply::Int(1);
     }
+    let now = ctx.lookup(dst).map_or(0, |e| e.heap_bytes());
+    if let Err(e) = check_room(ctx.store, dst, now, element_bytes(m.len(), 0)) {
+        return e;
+    }
     ctx.write(src, |w| w.srem(m));
     let added = ctx.write(dst, |w| {
         w.expect(Kind::Set)?;
