@@ -1030,6 +1030,7 @@ mod tests {
             samples: AtomicUsize::new(5),
             maxclients: AtomicUsize::new(10),
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
+            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
         };
         let store = Arc::new(Store::new(RegionId(1), 7, 16, runtime, false));
         let mut conn = ConnState::new(1, "127.0.0.1:1".into(), 0);

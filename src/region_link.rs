@@ -1070,7 +1070,9 @@ fn ship(
         let size = match encode_into(&frame, buf) {
             Ok(size) => size,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot encode replication frame");
+                // Writes are bounded so that no key's delta or state passes a frame
+                // (`Runtime::max_entry_bytes`); merged state may still grow past it.
+                tracing::error!(error = %e, "cannot encode replication frame");
                 continue;
             }
         };
@@ -1446,6 +1448,7 @@ mod tests {
             samples: AtomicUsize::new(5),
             maxclients: AtomicUsize::new(10),
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
+            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
         };
         Store::new(RegionId(0), 7, 64, runtime, true)
     }

@@ -605,7 +605,9 @@ impl Outbound<'_> {
                 continue;
             }
             buf.clear();
-            if encode_into(&frame, buf).is_err() {
+            if let Err(e) = encode_into(&frame, buf) {
+                // See `region_link::ship`.
+                tracing::error!(error = %e, "cannot encode replication frame");
                 continue;
             }
             let (delay, drop_rate) = self

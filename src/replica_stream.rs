@@ -91,6 +91,11 @@ pub struct ReplFeed {
     appended: Notify,
     /// What this node's replicas acknowledged ([`ReplFeed::replicas_hold`]).
     acks: Mutex<ReplicaAcks>,
+    /// Changes and key states too large for a replication frame: a change the stream could
+    /// not carry (replicas resync), a snapshot that failed on a key, a region-link frame that
+    /// could not be encoded (INFO `replication_too_large`). Writes are bounded so that none
+    /// should be; merged state can still grow a key past the bound.
+    pub too_large: AtomicU64,
 }
 
 /// Acknowledged offsets of the replicas that could be promoted: those connected (from the
@@ -117,6 +122,7 @@ impl ReplFeed {
             }),
             appended: Notify::new(),
             acks: Mutex::new(ReplicaAcks::default()),
+            too_large: AtomicU64::new(0),
         }
     }
 
@@ -214,7 +220,8 @@ impl ReplFeed {
             Err(e) => {
                 // Cannot be streamed (too large): skip an offset and forget the backlog, so
                 // every replica falls back to a full sync.
-                tracing::warn!(error = %e, "change too large for the replica stream; replicas will resync");
+                self.too_large.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "change too large for the replica stream; replicas will resync");
                 let off = st.backlog.skip_offset();
                 self.offset.store(off, Relaxed);
             }
@@ -649,14 +656,24 @@ async fn send_snapshot(
         {
             let shard = store.shard(shard_of(slot));
             for (k, e) in shard.ks.slot_entries(slot) {
-                w.push(k, e.into_owned()).map_err(|e| e.to_string())?;
+                // A key too large for one frame fails the sync (never skipped: the replica
+                // would silently miss it), counted and logged.
+                w.push(k, e.into_owned()).map_err(|e| {
+                    store.feed().too_large.fetch_add(1, Relaxed);
+                    tracing::error!(key = %String::from_utf8_lossy(&k[..k.len().min(64)]), error = %e, "snapshot failed: a key is too large for a replica frame");
+                    e.to_string()
+                })?;
             }
         }
         if let Some(bytes) = w.take_ready() {
             write_timed(stream, &bytes).await?;
         }
     }
-    let (rest, entries) = w.finish(offset).map_err(|e| e.to_string())?;
+    let (rest, entries) = w.finish(offset).map_err(|e| {
+        store.feed().too_large.fetch_add(1, Relaxed);
+        tracing::error!(error = %e, "snapshot failed: a key is too large for a replica frame");
+        e.to_string()
+    })?;
     write_timed(stream, &rest).await?;
     tracing::info!(entries, offset, "snapshot sent to replica");
     Ok(())

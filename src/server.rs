@@ -58,16 +58,26 @@ impl Server {
         }
         let policy =
             EvictionPolicy::parse(&config.maxmemory_policy).unwrap_or(EvictionPolicy::NoEviction);
+        let acl = Arc::new(crate::acl::Acl::from_config(&config).map_err(std::io::Error::other)?);
+        let seed = random_seed();
+        // Tables keyed by members, fields (and the link's keys) hash with a seed of this
+        // process (the keyspace's tables take `seed` below).
+        if !meridian_crdt::set_hash_seed(random_seed()) {
+            tracing::warn!("hash seed already in use: members and fields hash with it");
+        }
+        let repl = crate::region_link::Replicator::start(&config).map_err(std::io::Error::other)?;
         let runtime = Runtime {
             maxmemory: AtomicU64::new(config.maxmemory),
             policy: Mutex::new(policy),
             samples: AtomicUsize::new(config.maxmemory_samples),
             maxclients: AtomicUsize::new(config.maxclients),
             proto_max_bulk_len: AtomicUsize::new(config.proto_max_bulk_len),
+            max_entry_bytes: if repl.is_some() {
+                meridian_replication::LINK_MAX_ENTRY_BYTES
+            } else {
+                meridian_replication::REPLICA_MAX_ENTRY_BYTES
+            },
         };
-        let acl = Arc::new(crate::acl::Acl::from_config(&config).map_err(std::io::Error::other)?);
-        let seed = random_seed();
-        let repl = crate::region_link::Replicator::start(&config).map_err(std::io::Error::other)?;
         let store = Arc::new(Store::new(
             RegionId(config.region_id),
             seed,

@@ -306,6 +306,10 @@ pub struct Runtime {
     pub samples: AtomicUsize,
     pub maxclients: AtomicUsize,
     pub proto_max_bulk_len: AtomicUsize,
+    /// The largest key state (key length + `Entry::heap_bytes`) a local write may leave:
+    /// what one replication frame carries (`meridian_replication::LINK_MAX_ENTRY_BYTES` with
+    /// peer regions, `REPLICA_MAX_ENTRY_BYTES` without). A larger write is refused.
+    pub max_entry_bytes: usize,
 }
 
 pub struct Store {
@@ -848,6 +852,7 @@ mod tests {
             samples: AtomicUsize::new(5),
             maxclients: AtomicUsize::new(10),
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
+            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
         };
         Store::new(RegionId(1), 7, 16, runtime, false)
     }
@@ -862,6 +867,7 @@ mod tests {
             samples: AtomicUsize::new(5),
             maxclients: AtomicUsize::new(10),
             proto_max_bulk_len: AtomicUsize::new(1 << 20),
+            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
         };
         let store = Store::new(RegionId(1), 7, 2, runtime, true);
         // Three keys of one shard, distinct slots.

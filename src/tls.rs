@@ -273,6 +273,14 @@ impl BlockingStream {
             conn, tcp,
         ))))
     }
+
+    /// The TCP stream underneath (its timeouts).
+    pub fn tcp(&self) -> &std::net::TcpStream {
+        match self {
+            BlockingStream::Plain(s) => s,
+            BlockingStream::Tls(s) => s.get_ref(),
+        }
+    }
 }
 
 impl std::io::Read for BlockingStream {

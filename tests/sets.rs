@@ -301,3 +301,66 @@ fn set_replies_match_redis_server() {
         ],
     );
 }
+
+/// Hostile counts: a positive count past the set answers the set, and SPOP pops it all; a
+/// negative count's reply is bounded (Redis would build a reply of any size): past a
+/// million members, or 256 MiB, it is refused with a clear error, and LONG_MIN is Redis'
+/// "out of range". No allocation follows the count before it is checked.
+#[test]
+fn srandmember_and_spop_with_huge_counts() {
+    let mut s = Server::start();
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["SADD", "s", "a", "b", "c"]);
+    let huge = i64::MAX.to_string();
+    let all: Vec<String> = sorted(q(&mut c, &["SRANDMEMBER", "s", &huge]));
+    assert_eq!(all, ["a", "b", "c"]);
+    assert_eq!(
+        qerr(&mut c, &["SRANDMEMBER", "s", &i64::MIN.to_string()]),
+        "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"
+    );
+    for count in ["-100000000000", &(-i64::MAX).to_string(), "-1048577"] {
+        let e = qerr(&mut c, &["SRANDMEMBER", "s", count]);
+        assert!(
+            e.starts_with("ERR value is out of range, the reply would be too large"),
+            "{e}"
+        );
+    }
+    s.assert_alive();
+    // At the member bound, repeats allowed.
+    let most: Vec<String> = q(&mut c, &["SRANDMEMBER", "s", "-1048576"]);
+    assert_eq!(most.len(), 1 << 20);
+    // Large members: the byte bound.
+    let big = "x".repeat(512 * 1024);
+    q::<i64>(&mut c, &["SADD", "big", &big]);
+    let e = qerr(&mut c, &["SRANDMEMBER", "big", "-1000"]);
+    assert!(
+        e.starts_with("ERR value is out of range, the reply would be too large"),
+        "{e}"
+    );
+    let under: Vec<String> = q(&mut c, &["SRANDMEMBER", "big", "-100"]);
+    assert_eq!(under.len(), 100);
+    assert_eq!(
+        qerr(&mut c, &["SPOP", "s", "-1"]),
+        "ERR value is out of range, must be positive"
+    );
+    let popped: Vec<String> = sorted(q(&mut c, &["SPOP", "s", &huge]));
+    assert_eq!(popped, ["a", "b", "c"]);
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "s"]), 0);
+}
+
+/// Members hash with a seed each process draws from the OS: the same members added in the
+/// same order come back from SMEMBERS in a different order on two servers (with a fixed
+/// seed they came back identical, and a client could choose members that collide).
+#[test]
+fn member_hashing_is_seeded_per_process() {
+    let order = || {
+        let s = Server::start();
+        let mut c = s.conn();
+        let members: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+        let mut args = vec!["SADD", "s"];
+        args.extend(members.iter().map(String::as_str));
+        q::<i64>(&mut c, &args);
+        q::<Vec<String>>(&mut c, &["SMEMBERS", "s"])
+    };
+    assert_ne!(order(), order());
+}

@@ -299,3 +299,61 @@ fn a_delta_lost_from_a_full_log_is_repaired_before_gc() {
     assert_eq!(info_field(&mut ca, "repl_restart_handshake_done"), "1");
     assert_eq!(info_u64(&mut ca, "repl_clock_held_deltas"), 0);
 }
+
+/// A value just under the largest key state a region link frame carries replicates; one
+/// over it, and a set grown past it by small writes, are refused before they are
+/// acknowledged; and the link keeps flowing afterwards (a frame too large to encode used
+/// to wedge it: resent, never acknowledged).
+#[test]
+fn a_value_larger_than_a_link_frame_is_refused_and_the_link_flows() {
+    let pair = Pair::new();
+    let a = pair.start(0, "", &[]);
+    let b = pair.start(1, "", &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let max = meridian_replication::LINK_MAX_ENTRY_BYTES;
+    let under = "x".repeat(max - 4096);
+    let _: () = q(&mut ca, &["SET", "big", &under]);
+    wait_until(CONVERGE, "b has the value just under the bound", || {
+        redis::cmd("STRLEN")
+            .arg("big")
+            .query::<usize>(&mut cb)
+            .is_ok_and(|n| n == under.len())
+    });
+    let over = "x".repeat(max + 1);
+    let e = common::qerr(&mut ca, &["SET", "huge", &over]);
+    assert!(e.contains("the most replication carries"), "{e}");
+    let e = common::qerr(&mut ca, &["APPEND", "big", &"y".repeat(8192)]);
+    assert!(e.contains("the most replication carries"), "{e}");
+    // A set grown by small writes stops at the bound.
+    let member = |i: usize| format!("{i:0>200}");
+    let mut refused = None;
+    for i in 0..max / 200 {
+        match redis::cmd("SADD")
+            .arg("set")
+            .arg(member(i))
+            .query::<i64>(&mut ca)
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((i, common::err_text(&e)));
+                break;
+            }
+        }
+    }
+    let (n, e) = refused.expect("SADD refused before the set passes the bound");
+    assert!(e.contains("the most replication carries"), "{e}");
+    let exists: i64 = q(&mut ca, &["EXISTS", "huge"]);
+    assert_eq!(exists, 0);
+    let _: () = q(&mut ca, &["SET", "after", "1"]);
+    wait_until(
+        CONVERGE,
+        "b has the set and the write after the refusals",
+        || {
+            let card = redis::cmd("SCARD").arg("set").query::<usize>(&mut cb);
+            let after = redis::cmd("GET")
+                .arg("after")
+                .query::<Option<String>>(&mut cb);
+            card.is_ok_and(|c| c == n) && after.is_ok_and(|v| v.as_deref() == Some("1"))
+        },
+    );
+}

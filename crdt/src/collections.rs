@@ -13,7 +13,7 @@ use crate::strval::{Register, Str};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-const ELEMENT_OVERHEAD_BYTES: usize = 64;
+pub const ELEMENT_OVERHEAD_BYTES: usize = 64;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OrSet {

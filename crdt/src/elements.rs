@@ -8,13 +8,13 @@
 //! moved over [`MIGRATE_BUCKETS`] buckets (or two) at a time by each write. Every element lives in
 //! exactly one of the two tables.
 //!
-//! Below that size the table is, bucket for bucket, the `HashMap<Key, V, FixedState>` it
+//! Below that size the table is, bucket for bucket, the `HashMap<Key, V, SeededState>` it
 //! replaces (same hasher, same growth, same serde form), so iteration order, which `HGETALL`
 //! and `SMEMBERS` expose, is unchanged. Growth depends only on the sequence of operations:
 //! the simulator replays it exactly.
 
 use crate::packed::Key;
-use crate::FixedState;
+use crate::SeededState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use serde::de::{MapAccess, Visitor};
@@ -58,7 +58,7 @@ impl<V> Default for Elements<V> {
 }
 
 pub(crate) fn hash_of(key: &[u8]) -> u64 {
-    FixedState::default().hash_one(key)
+    SeededState.hash_one(key)
 }
 
 fn rehash<V>(e: &(Key, V)) -> u64 {
@@ -396,8 +396,8 @@ mod tests {
     #[test]
     fn a_full_table_grows_like_hashmap() {
         let mut e: Elements<u32> = Elements::default();
-        let mut m: hashbrown::HashMap<Key, u32, FixedState> = hashbrown::HashMap::default();
-        let order = |e: &Elements<u32>, m: &hashbrown::HashMap<Key, u32, FixedState>| {
+        let mut m: hashbrown::HashMap<Key, u32, SeededState> = hashbrown::HashMap::default();
+        let order = |e: &Elements<u32>, m: &hashbrown::HashMap<Key, u32, SeededState>| {
             let a: Vec<_> = e.iter().map(|(k, _)| k.to_vec()).collect();
             let b: Vec<_> = m.iter().map(|(k, _)| k.to_vec()).collect();
             assert_eq!(a, b);
@@ -429,7 +429,7 @@ mod tests {
     #[test]
     fn matches_hashmap_up_to_the_incremental_size() {
         let mut e: Elements<u32> = Elements::default();
-        let mut m: hashbrown::HashMap<Key, u32, FixedState> = hashbrown::HashMap::default();
+        let mut m: hashbrown::HashMap<Key, u32, SeededState> = hashbrown::HashMap::default();
         for i in 0..3584u32 {
             e.element(&k(i), || i);
             m.entry(Key::new(&k(i))).or_insert(i);
@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn small_tables_match_hashmap_order_and_encoding() {
         let mut e: Elements<u32> = Elements::default();
-        let mut m: hashbrown::HashMap<Key, u32, FixedState> = hashbrown::HashMap::default();
+        let mut m: hashbrown::HashMap<Key, u32, SeededState> = hashbrown::HashMap::default();
         for i in 0..3000u32 {
             let key = k(i * 7919 % 1201);
             *e.element(&key, || 0).0 = i;
@@ -524,7 +524,7 @@ mod tests {
         let back: Elements<u32> = postcard::from_bytes(&ea).expect("decode");
         assert_eq!(back, e);
         let order: Vec<_> = back.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
-        let m2: hashbrown::HashMap<Key, u32, FixedState> =
+        let m2: hashbrown::HashMap<Key, u32, SeededState> =
             postcard::from_bytes(&ea).expect("decode");
         let order2: Vec<_> = m2.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
         assert_eq!(order, order2);

@@ -1039,6 +1039,24 @@ impl<'a> EntryWriter<'a> {
 }
 
 impl Entry {
+    /// The delta of a `DEL` stamped `stamp` that observed exactly this state: every live
+    /// component and TTL entry here killed, nothing else (an observed remove, so a write this
+    /// state has not seen survives it). MIGRATE sends it to a target that holds this state of
+    /// a key deleted here meanwhile.
+    pub fn removal(&self, stamp: Stamp) -> Entry {
+        let mut copy = self.clone();
+        let mut w = EntryWriter {
+            entry: &mut copy,
+            delta: Entry::default(),
+            stamp,
+            changed: false,
+            created_key: false,
+            whole: false,
+        };
+        w.delete();
+        w.delta
+    }
+
     /// Single-region mode (no tombstones kept): physically drop what `delta` killed, in time
     /// proportional to the delta, not to the value (an SREM on a big set stays O(1)).
     pub(crate) fn forget_dead_in(&mut self, delta: &Entry) {

@@ -30,17 +30,42 @@ pub use keyspace::{Applied, EvictionPolicy, Keyspace, KeyspaceConfig, KeyspaceSt
 pub use slot::{key_slot, SLOT_COUNT};
 pub use strval::{parse_i64, Contrib, Register, Str, StrValue};
 
-/// Hasher for maps nested inside values: fixed seeds, so iteration order is a function of
-/// the operation history only (the simulator replays exactly).
-pub type FixedState = FixedHasher;
-
+/// Hasher for tables keyed by client-chosen bytes inside values (set members, hash fields)
+/// and by keys outside the keyspace (the region link's per-key index): ahash keyed by one
+/// seed per process, which the server sets from OS randomness ([`set_hash_seed`]) before it
+/// builds any table, so a client cannot choose members that collide. Without a seed set
+/// (the simulator, tests) the seed is fixed and iteration order is a function of the
+/// operation history only (the simulator replays exactly).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FixedHasher;
+pub struct SeededState;
 
-impl std::hash::BuildHasher for FixedHasher {
+static HASH_STATE: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+
+/// The hasher state for a seed (`None`: the fixed one).
+pub fn seeded_state(seed: Option<u64>) -> ahash::RandomState {
+    match seed {
+        None => ahash::RandomState::with_seeds(0x6d65, 0x7269, 0x6469, 0x616e),
+        Some(s) => ahash::RandomState::with_seeds(
+            s,
+            s.rotate_left(21) ^ 0x6d65_7269,
+            s.rotate_left(43) ^ 0x6469_616e,
+            !s,
+        ),
+    }
+}
+
+/// Key [`SeededState`] with `seed` for the rest of the process. Only before the first hash
+/// (the shell calls it first thing); returns false, and changes nothing, once a table was
+/// hashed with the state already in use.
+pub fn set_hash_seed(seed: u64) -> bool {
+    HASH_STATE.set(seeded_state(Some(seed))).is_ok()
+}
+
+impl std::hash::BuildHasher for SeededState {
     type Hasher = ahash::AHasher;
+    #[inline]
     fn build_hasher(&self) -> ahash::AHasher {
-        ahash::RandomState::with_seeds(0x6d65, 0x7269, 0x6469, 0x616e).build_hasher()
+        HASH_STATE.get_or_init(|| seeded_state(None)).build_hasher()
     }
 }
 

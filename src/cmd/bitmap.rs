@@ -89,6 +89,9 @@ fn setbit(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let old = cur.as_deref().map_or(0, |v| get_bit(v, bit));
     let mut v = cur.map(|c| c.to_vec()).unwrap_or_default();
     set_bit(&mut v, bit, on);
+    if let Err(e) = check_room(ctx.store, a[1], 0, v.len()) {
+        return e;
+    }
     ctx.write(a[1], |w| w.set_str(Bytes::from(v), true));
     Reply::Int(i64::from(old))
 }
@@ -293,6 +296,9 @@ fn bitop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             ctx.write(a[2], |w| w.delete());
         }
     } else {
+        if let Err(e) = check_room(ctx.store, a[2], 0, n) {
+            return e;
+        }
         ctx.write(a[2], |w| w.set_str(Bytes::from(out), false));
     }
     Reply::Int(n as i64)
@@ -498,6 +504,9 @@ fn bitfield_generic(ctx: &mut Ctx, a: &[&[u8]], read_only: bool) -> Reply {
     let mut v = cur.map(|c| c.to_vec()).unwrap_or_default();
     let (replies, changed) = run_field_ops(&mut v, &ops);
     if changed {
+        if let Err(e) = check_room(ctx.store, a[1], 0, v.len()) {
+            return e;
+        }
         ctx.write(a[1], |w| w.set_str(Bytes::from(v), true));
     }
     Reply::Array(replies)

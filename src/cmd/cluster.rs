@@ -5,6 +5,7 @@
 //! (src/cluster.rs), and ASKING/READONLY/READWRITE set the connection's routing flags.
 
 use super::*;
+use crate::store::Store;
 use meridian_crdt::{key_slot, SLOT_COUNT};
 
 pub fn specs() -> Vec<Spec> {
@@ -14,24 +15,42 @@ pub fn specs() -> Vec<Spec> {
         spec!("readwrite", 1, FAST, 0, 0, 0, readwrite),
         spec!("asking", 1, FAST, 0, 0, 0, asking),
         // Keys are found (and locked) by the handler: `key` may be "" with KEYS.
-        spec!("migrate", -6, WRITE, 0, 0, 0, migrate),
+        spec!("migrate", -6, WRITE | NO_MULTI, 0, 0, 0, migrate),
     ]
 }
+
+/// MIGRATE's timeout (Redis' idle time of any one socket operation) is capped: MIGRATE blocks
+/// its connection's I/O thread, and with it that thread's other clients, while it runs. A
+/// timeout of 0 or less is Redis' default of one second.
+pub(crate) const MIGRATE_MAX_TIMEOUT_MS: i64 = 10_000;
+/// The whole exchange with the target (connect, send, replies) ends by then, however the
+/// target dribbles its bytes.
+const MIGRATE_MAX_EXCHANGE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest reply line read from the target (its `+OK` or an error text).
+const MIGRATE_REPLY_LINE_MAX: usize = 4096;
+/// Rounds of sending the keys that changed while the previous round was on its way.
+const MIGRATE_ROUNDS: usize = 3;
 
 /// `MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]
 /// [AUTH2 user pw] [KEYS key …]`: move keys to another node of the region with their CRDT
 /// state intact (the target merges it: [`migrate_target`]), then drop them here without a
 /// delta (no tombstone for the other regions: the key lives on in this one); this node's
 /// replicas are told to drop them too. Blocks this connection's thread for the transfer,
-/// like Redis' MIGRATE.
+/// like Redis' MIGRATE, but holds no shard lock while it talks to the target (see
+/// [`move_keys`]). Refused inside MULTI (a transaction would hold every shard through the
+/// transfer); the timeout is capped at [`MIGRATE_MAX_TIMEOUT_MS`].
 fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
-    use std::io::{BufRead, BufReader, Write};
     let host = String::from_utf8_lossy(a[1]).to_string();
     let Some(port) = crate::util::parse_int(a[2]).filter(|p| (1..=65535).contains(p)) else {
         return err("ERR Invalid port");
     };
-    let Some(timeout_ms) = crate::util::parse_int(a[5]).filter(|t| *t >= 0) else {
+    let Some(timeout_ms) = crate::util::parse_int(a[5]) else {
         return not_int();
+    };
+    let timeout_ms = if timeout_ms <= 0 {
+        1000
+    } else {
+        timeout_ms.min(MIGRATE_MAX_TIMEOUT_MS)
     };
     let (mut copy, mut keys) = (false, Vec::new());
     // The target's AUTH (AUTH password | AUTH2 username password), sent before the keys.
@@ -70,82 +89,253 @@ fn migrate(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if keys.is_empty() {
         keys.push(a[3]);
     }
-    // Collect what exists, with its whole state.
-    let mut batch = Vec::new();
-    for k in &keys {
-        let shard = ctx.shard(k);
-        if let Some(e) = shard.ks.raw_entry(k).filter(|e| e.is_alive()) {
-            match postcard::to_allocvec(&*e) {
-                Ok(blob) => batch.push((*k, blob)),
-                Err(e) => return err_owned(format!("ERR cannot serialize {k:?}: {e}")),
+    if !matches!(ctx.locks, Locks::None) {
+        // Inside EXEC (the connection refuses to queue it; this is the in-process entry).
+        return err("ERR Command not allowed inside a transaction");
+    }
+    let target = MigrateTarget {
+        host: &host,
+        port: port as u16,
+        idle: std::time::Duration::from_millis(timeout_ms as u64),
+        auth,
+        // `tls-cluster yes`: TLS to the target (its `tls-port`).
+        tls: ctx.shared.tls.as_ref().and_then(|t| t.cluster.as_ref()),
+    };
+    match move_keys(ctx.store, &keys, copy, ctx.now_ms, |batch| {
+        target.send(batch)
+    }) {
+        Ok(false) => Reply::Simple(std::borrow::Cow::Borrowed("NOKEY")),
+        Ok(true) => ok(),
+        Err(e) => e,
+    }
+}
+
+/// A key on its way to MIGRATE's target: the state to send, and the state this node must
+/// still hold for the key to be dropped here once the target has it (`None`: the key is
+/// gone here, only a removal was sent).
+struct InFlight<'k> {
+    key: &'k [u8],
+    send: meridian_crdt::Entry,
+    expect: Option<meridian_crdt::Entry>,
+}
+
+/// MIGRATE's keys moved without socket I/O under a shard lock: the keys' shards are locked
+/// (in ascending order, the global lock order) to snapshot their states, released while
+/// `send` delivers them, and locked again to drop the keys. Returns whether any key existed.
+///
+/// The rule for a key written between the snapshot and the drop: a key is dropped here only
+/// if its state equals the state the target acknowledged, so no write acknowledged here
+/// meanwhile (by a client, the region link or this node's primary) is lost:
+/// - changed (a write, a merge, a DEL's tombstone): its current state is sent again; merges
+///   are joins, so the target ends up with both;
+/// - gone, in a keyspace that drops removed keys at once (one region): a DEL may have
+///   removed it, so the target is sent that removal (an observed remove of exactly the
+///   state it got), and the key is dropped there too; with peer regions a DEL leaves a
+///   tombstone (changed, above), and a key gone was expired, evicted or moved by another
+///   MIGRATE: nothing to do;
+/// - still changing after [`MIGRATE_ROUNDS`] rounds: it stays here (the target holds an
+///   older state, which a later MIGRATE completes), and MIGRATE answers an error.
+fn move_keys<'k>(
+    store: &Store,
+    keys: &[&'k [u8]],
+    copy: bool,
+    now_ms: u64,
+    mut send: impl FnMut(&[(&[u8], Vec<u8>)]) -> Result<(), Reply>,
+) -> Result<bool, Reply> {
+    let mut keys: Vec<&[u8]> = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    let shard_idx = |k: &[u8]| crate::store::shard_of(key_slot(k));
+    let mut idxs: Vec<usize> = keys.iter().map(|k| shard_idx(k)).collect();
+    let mut flight: Vec<InFlight<'k>> = {
+        let mut guards = store.lock_some(&mut idxs);
+        let mut out = Vec::new();
+        for k in &keys {
+            let i = shard_idx(k);
+            let Some((_, g)) = guards.iter_mut().find(|(j, _)| *j == i) else {
+                continue;
+            };
+            if let Some(e) = g.ks.raw_entry(k).filter(|e| e.is_alive()) {
+                let e = e.into_owned();
+                out.push(InFlight {
+                    key: k,
+                    send: e.clone(),
+                    expect: Some(e),
+                });
             }
         }
-    }
-    if batch.is_empty() {
-        return Reply::Simple(std::borrow::Cow::Borrowed("NOKEY"));
-    }
-    let timeout = std::time::Duration::from_millis((timeout_ms as u64).max(100));
-    let ioerr = |what: &str| err_owned(format!("IOERR error or timeout {what} target instance"));
-    let addr = format!("{host}:{port}");
-    let Some(sock) = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-        .ok()
-        .and_then(|mut it| it.next())
-    else {
-        return ioerr("connecting to");
+        out
     };
-    let Ok(tcp) = std::net::TcpStream::connect_timeout(&sock, timeout) else {
-        return ioerr("connecting to");
-    };
-    let _ = tcp.set_read_timeout(Some(timeout));
-    let _ = tcp.set_write_timeout(Some(timeout));
-    // `tls-cluster yes`: TLS to the target (its `tls-port`), the handshake on the first write.
-    let tls = ctx.shared.tls.as_ref().and_then(|t| t.cluster.as_ref());
-    let Ok(mut stream) = crate::tls::BlockingStream::new(tcp, &host, tls) else {
-        return ioerr("connecting to");
-    };
-    let mut out = bytes::BytesMut::new();
-    match auth {
-        Some((Some(u), p)) => crate::frame::encode_command(&[&b"AUTH"[..], u, p], &mut out),
-        Some((None, p)) => crate::frame::encode_command(&[&b"AUTH"[..], p], &mut out),
-        None => {}
+    if flight.is_empty() {
+        return Ok(false);
     }
-    for (k, blob) in &batch {
-        let [cmd, sub] = MIGRATE_TARGET;
-        crate::frame::encode_command(&[cmd, sub, k, blob], &mut out);
-    }
-    if stream
-        .write_all(&out)
-        .and_then(|()| stream.flush())
-        .is_err()
-    {
-        return ioerr("writing to");
-    }
-    let mut reader = BufReader::new(&mut stream);
-    let mut line = String::new();
-    for _ in 0..batch.len() + usize::from(auth.is_some()) {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 0 && line.starts_with('+') => {}
-            Ok(n) if n > 0 => {
-                return err_owned(format!(
-                    "ERR Target instance replied with error: {}",
-                    &line.trim_end()[1..]
-                ))
-            }
-            _ => return ioerr("reading from"),
-        }
-    }
-    if !copy {
-        for (k, _) in &batch {
-            let shard = ctx.shard(k);
-            if shard.ks.take_key(k).is_some() {
-                // Replicas drop their copy too (the key lives on at the target).
-                shard.feed.push_forget(k);
-                shard.touch_key(k);
+    for _ in 0..MIGRATE_ROUNDS {
+        let mut batch = Vec::with_capacity(flight.len());
+        for f in &flight {
+            match postcard::to_allocvec(&f.send) {
+                Ok(blob) => batch.push((f.key, blob)),
+                Err(e) => return Err(err_owned(format!("ERR cannot serialize a key: {e}"))),
             }
         }
+        send(&batch)?;
+        drop(batch);
+        if copy {
+            return Ok(true);
+        }
+        let mut idxs: Vec<usize> = flight.iter().map(|f| shard_idx(f.key)).collect();
+        let mut guards = store.lock_some(&mut idxs);
+        let mut again = Vec::new();
+        for f in flight {
+            let i = shard_idx(f.key);
+            let Some((_, shard)) = guards.iter_mut().find(|(j, _)| *j == i) else {
+                continue;
+            };
+            let now = shard.ks.raw_entry(f.key).map(|e| e.into_owned());
+            match (now, f.expect) {
+                (Some(cur), Some(sent)) if cur == sent => {
+                    if shard.ks.take_key(f.key).is_some() {
+                        // Replicas drop their copy too (the key lives on at the target).
+                        shard.feed.push_forget(f.key);
+                        shard.touch_key(f.key);
+                    }
+                }
+                (Some(cur), _) => again.push(InFlight {
+                    key: f.key,
+                    send: cur.clone(),
+                    expect: Some(cur),
+                }),
+                (None, Some(sent)) if !shard.ks.config().retain_tombstones => {
+                    again.push(InFlight {
+                        key: f.key,
+                        send: sent.removal(store.stamp(now_ms)),
+                        expect: None,
+                    })
+                }
+                (None, _) => {}
+            }
+        }
+        drop(guards);
+        if again.is_empty() {
+            return Ok(true);
+        }
+        flight = again;
     }
-    ok()
+    Err(err_owned(format!(
+        "ERR {} key(s) kept changing while being sent to the target and stayed here: retry MIGRATE",
+        flight.len()
+    )))
+}
+
+/// Where MIGRATE sends its keys, and how.
+struct MigrateTarget<'a> {
+    host: &'a str,
+    port: u16,
+    /// Redis' timeout: the longest any one socket operation may wait.
+    idle: std::time::Duration,
+    auth: Option<(Option<&'a [u8]>, &'a [u8])>,
+    tls: Option<&'a std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl MigrateTarget<'_> {
+    /// One exchange: connect, AUTH if asked, one [`MIGRATE_TARGET`] command per key, then
+    /// every reply read, each line bounded ([`MIGRATE_REPLY_LINE_MAX`]), the whole within
+    /// [`MIGRATE_MAX_EXCHANGE`]. Anything but `+…` for each is an error, and nothing is
+    /// dropped here.
+    fn send(&self, batch: &[(&[u8], Vec<u8>)]) -> Result<(), Reply> {
+        use std::io::{BufRead, BufReader, Write};
+        let ioerr =
+            |what: &str| err_owned(format!("IOERR error or timeout {what} target instance"));
+        let deadline = std::time::Instant::now() + MIGRATE_MAX_EXCHANGE;
+        // The time the next socket operation may take: Redis' timeout, within the deadline.
+        let budget = || {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            (!left.is_zero()).then(|| self.idle.min(left))
+        };
+        let mut stream = migrate_connect(self.host, self.port, self.idle, self.tls)
+            .map_err(|_| ioerr("connecting to"))?;
+        let mut out = bytes::BytesMut::new();
+        match self.auth {
+            Some((Some(u), p)) => crate::frame::encode_command(&[&b"AUTH"[..], u, p], &mut out),
+            Some((None, p)) => crate::frame::encode_command(&[&b"AUTH"[..], p], &mut out),
+            None => {}
+        }
+        for (k, blob) in batch {
+            let [cmd, sub] = MIGRATE_TARGET;
+            crate::frame::encode_command(&[cmd, sub, k, blob], &mut out);
+        }
+        for chunk in out.chunks(64 * 1024) {
+            let Some(t) = budget() else {
+                return Err(ioerr("writing to"));
+            };
+            if stream.tcp().set_write_timeout(Some(t)).is_err() || stream.write_all(chunk).is_err()
+            {
+                return Err(ioerr("writing to"));
+            }
+        }
+        if stream.flush().is_err() {
+            return Err(ioerr("writing to"));
+        }
+        drop(out);
+        let mut reader = BufReader::new(&mut stream);
+        let mut line = Vec::new();
+        for _ in 0..batch.len() + usize::from(self.auth.is_some()) {
+            line.clear();
+            loop {
+                let Some(t) = budget() else {
+                    return Err(ioerr("reading from"));
+                };
+                if reader.get_ref().tcp().set_read_timeout(Some(t)).is_err() {
+                    return Err(ioerr("reading from"));
+                }
+                let buf = match reader.fill_buf() {
+                    Ok([]) | Err(_) => return Err(ioerr("reading from")),
+                    Ok(buf) => buf,
+                };
+                let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+                    Some(n) => (n + 1, true),
+                    None => (buf.len(), false),
+                };
+                line.extend_from_slice(&buf[..take]);
+                reader.consume(take);
+                if line.len() > MIGRATE_REPLY_LINE_MAX {
+                    return Err(err("ERR Target instance sent a reply line too long"));
+                }
+                if done {
+                    break;
+                }
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            match text.split_first() {
+                Some((b'+', _)) => {}
+                Some((b'-', msg)) => {
+                    return Err(err_owned(format!(
+                        "ERR Target instance replied with error: {}",
+                        String::from_utf8_lossy(msg)
+                    )))
+                }
+                _ => return Err(err("ERR Target instance sent an invalid reply")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// MIGRATE's connection to its target: TCP, with TLS when `tls` is given (the handshake
+/// runs on the first write).
+fn migrate_connect(
+    host: &str,
+    port: u16,
+    timeout: std::time::Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> std::io::Result<crate::tls::BlockingStream> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+        .next()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrNotAvailable))?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    crate::tls::BlockingStream::new(tcp, host, tls).map_err(std::io::Error::other)
 }
 
 /// The command [`migrate`] sends the target node for each key: `MERIDIAN MERGE <key>
@@ -583,6 +773,170 @@ const HELP: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Held, Runtime};
+    use meridian_crdt::{Entry, RegionId};
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    fn store(replicated: bool) -> Store {
+        let runtime = Runtime {
+            maxmemory: AtomicU64::new(0),
+            policy: parking_lot::Mutex::new(meridian_crdt::EvictionPolicy::NoEviction),
+            samples: AtomicUsize::new(5),
+            maxclients: AtomicUsize::new(10),
+            proto_max_bulk_len: AtomicUsize::new(1 << 20),
+            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
+        };
+        Store::new(RegionId(1), 7, 16, runtime, replicated)
+    }
+
+    fn shard_idx(k: &[u8]) -> usize {
+        crate::store::shard_of(key_slot(k))
+    }
+
+    fn sadd(store: &Store, key: &[u8], member: &[u8]) {
+        let stamp = store.stamp(1_000);
+        let mut g = store.shard(shard_idx(key));
+        g.ks.write(key, stamp, 1_000, |w| w.sadd(member));
+        g.ks.drain_deltas().for_each(drop);
+    }
+
+    fn del(store: &Store, key: &[u8]) {
+        let stamp = store.stamp(1_000);
+        let mut g = store.shard(shard_idx(key));
+        g.ks.write(key, stamp, 1_000, |w| w.delete());
+        g.ks.drain_deltas().for_each(drop);
+    }
+
+    fn exists(store: &Store, key: &[u8]) -> bool {
+        let g = store.shard(shard_idx(key));
+        g.ks.raw_entry(key).is_some_and(|e| e.is_alive())
+    }
+
+    /// What a target that merges every state it is sent holds of `key`.
+    fn merged(sent: &[Vec<(Vec<u8>, Entry)>], key: &[u8]) -> Entry {
+        let mut e = Entry::default();
+        for (k, state) in sent.iter().flatten() {
+            if k == key {
+                e.merge(state);
+            }
+        }
+        e
+    }
+
+    fn record(
+        sent: &mut Vec<Vec<(Vec<u8>, Entry)>>,
+        batch: &[(&[u8], Vec<u8>)],
+    ) -> Result<(), Reply> {
+        sent.push(
+            batch
+                .iter()
+                .map(|(k, b)| (k.to_vec(), postcard::from_bytes(b).expect("a state")))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// The keys' shards are free while the states are on their way (another command, a
+    /// merge, may run), and the keys are dropped once the target has them.
+    #[test]
+    fn migrate_holds_no_shard_lock_while_sending() {
+        let store = store(false);
+        let keys: [&[u8]; 3] = [b"{a}k", b"{b}k", b"{c}k"];
+        for k in keys {
+            sadd(&store, k, b"m");
+        }
+        let mut sends = 0;
+        let moved = move_keys(&store, &keys, false, 1_000, |batch| {
+            sends += 1;
+            assert_eq!(batch.len(), 3);
+            for k in keys {
+                let mut held = Held::new(false);
+                assert!(
+                    store.try_take(&mut held, shard_idx(k)).is_some(),
+                    "a shard is locked during the transfer"
+                );
+            }
+            Ok(())
+        });
+        assert!(matches!(moved, Ok(true)));
+        assert_eq!(sends, 1);
+        assert!(keys.iter().all(|k| !exists(&store, k)));
+        let none = move_keys(&store, &keys, false, 1_000, |_| Ok(()));
+        assert!(matches!(none, Ok(false)));
+    }
+
+    /// A write acknowledged between the snapshot and the drop is sent again: the target
+    /// ends with it, and the key leaves only once the target has its current state.
+    #[test]
+    fn a_key_written_while_on_its_way_is_sent_again() {
+        for replicated in [false, true] {
+            let store = store(replicated);
+            sadd(&store, b"k", b"old");
+            let mut sent = Vec::new();
+            let moved = move_keys(&store, &[b"k"], false, 1_000, |batch| {
+                if sent.is_empty() {
+                    sadd(&store, b"k", b"new");
+                }
+                record(&mut sent, batch)
+            });
+            assert!(matches!(moved, Ok(true)));
+            assert_eq!(sent.len(), 2);
+            let at_target = merged(&sent, b"k");
+            let set = at_target.as_set().expect("a set");
+            assert!(set.contains(b"old") && set.contains(b"new"));
+            assert!(!exists(&store, b"k"));
+        }
+    }
+
+    /// A DEL acknowledged between the snapshot and the drop reaches the target: with peer
+    /// regions as the tombstone, in one region (no tombstones) as the removal of what the
+    /// target was sent.
+    #[test]
+    fn a_key_deleted_while_on_its_way_is_deleted_at_the_target() {
+        for replicated in [false, true] {
+            let store = store(replicated);
+            sadd(&store, b"k", b"m");
+            let mut sent = Vec::new();
+            let moved = move_keys(&store, &[b"k"], false, 1_000, |batch| {
+                if sent.is_empty() {
+                    del(&store, b"k");
+                }
+                record(&mut sent, batch)
+            });
+            assert!(matches!(moved, Ok(true)), "replicated: {replicated}");
+            assert_eq!(sent.len(), 2, "replicated: {replicated}");
+            assert!(!merged(&sent, b"k").is_alive(), "replicated: {replicated}");
+        }
+    }
+
+    /// A key written during every round stays here (nothing lost), with an error; COPY
+    /// sends once and keeps the key; a failed send keeps the key.
+    #[test]
+    fn a_key_that_keeps_changing_stays_and_copy_keeps_keys() {
+        let store = store(false);
+        sadd(&store, b"k", b"m0");
+        let mut n = 0;
+        let moved = move_keys(&store, &[b"k"], false, 1_000, |_| {
+            n += 1;
+            sadd(&store, b"k", format!("m{n}").as_bytes());
+            Ok(())
+        });
+        assert!(matches!(moved, Err(Reply::Error(e)) if e.contains("stayed here")));
+        assert_eq!(n, MIGRATE_ROUNDS);
+        assert!(exists(&store, b"k"));
+        let mut sends = 0;
+        let copied = move_keys(&store, &[b"k", b"k"], true, 1_000, |batch| {
+            sends += 1;
+            assert_eq!(batch.len(), 1, "a key named twice is sent once");
+            Ok(())
+        });
+        assert!(matches!(copied, Ok(true)));
+        assert_eq!(sends, 1);
+        assert!(exists(&store, b"k"));
+        let failed = move_keys(&store, &[b"k"], false, 1_000, |_| Err(err("IOERR x")));
+        assert!(failed.is_err());
+        assert!(exists(&store, b"k"));
+    }
 
     /// A huge ADDSLOTSRANGE request is refused after one pass, allocating at most one slot
     /// map; a slot named twice is refused with Redis' text.

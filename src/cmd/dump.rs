@@ -137,6 +137,17 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         (t, true) => Some(t as u64),
         (t, false) => Some(now.saturating_add(t as u64)),
     };
+    let size = match &payload {
+        Payload::Str(v) => v.len(),
+        Payload::Set(ms) => ms.iter().map(|m| element_bytes(m.len(), 0)).sum(),
+        Payload::Hash(fs) => fs
+            .iter()
+            .map(|(f, v)| element_bytes(f.len(), v.len() + 16))
+            .sum(),
+    };
+    if let Err(e) = check_room(ctx.store, key, 0, size) {
+        return e;
+    }
     let exists = ctx.lookup(key).is_some();
     if deadline.is_some_and(|d| d <= now) {
         // Already expired: as Redis, the key is deleted rather than created.

@@ -94,15 +94,33 @@ fn set_fields(ctx: &mut Ctx, a: &[&[u8]], name: &str) -> Result<i64, Reply> {
     };
     pairs.reverse();
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
+    let store = ctx.store;
     let added = ctx.write(a[1], |w| {
-        w.expect(Kind::Hash)?;
+        w.expect(Kind::Hash).map_err(crdt_err)?;
+        let grow: usize = pairs
+            .iter()
+            .map(|(f, v)| element_bytes(f.len(), v.len() + 16))
+            .sum();
+        let now = w.entry().heap_bytes();
+        if check_room(store, a[1], now, grow).is_err() {
+            // Near the bound: a field already there grows by its value's difference.
+            let hash = w.entry().as_hash();
+            let grow: usize = pairs
+                .iter()
+                .map(|(f, v)| match hash.and_then(|h| h.raw_get(f)) {
+                    Some(old) => (v.len() + 16).saturating_sub(old.heap_bytes()),
+                    None => element_bytes(f.len(), v.len() + 16),
+                })
+                .sum();
+            check_room(store, a[1], now, grow)?;
+        }
         let mut added = 0;
         for (field, value) in pairs {
             added += i64::from(!w.hash_set(field, value));
         }
         Ok(added)
     });
-    added.map_err(crdt_err)
+    added
 }
 
 fn hset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
@@ -118,6 +136,15 @@ fn hsetnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         Err(e) => e,
         Ok(Some(true)) => Reply::Int(0),
         Ok(_) => {
+            let now = ctx.lookup(a[1]).map_or(0, |e| e.heap_bytes());
+            if let Err(e) = check_room(
+                ctx.store,
+                a[1],
+                now,
+                element_bytes(a[2].len(), a[3].len() + 16),
+            ) {
+                return e;
+            }
             let value = own(a[3]);
             ctx.write(a[1], |w| {
                 w.hash_update(a[2], |s, stamp| s.set(stamp, value))
@@ -238,6 +265,10 @@ fn hincrby(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if current.checked_add(by).is_none() {
         return err("ERR increment or decrement would overflow");
     }
+    let now = ctx.lookup(a[1]).map_or(0, |e| e.heap_bytes());
+    if let Err(e) = check_room(ctx.store, a[1], now, element_bytes(a[2].len(), 64)) {
+        return e;
+    }
     match ctx.write(a[1], |w| {
         w.hash_update(a[2], |s, stamp| s.incr_by(stamp, by))
     }) {
@@ -269,6 +300,10 @@ fn hincrbyfloat(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let next = current + by;
     if !next.is_finite() {
         return err("ERR increment would produce NaN or Infinity");
+    }
+    let now = ctx.lookup(a[1]).map_or(0, |e| e.heap_bytes());
+    if let Err(e) = check_room(ctx.store, a[1], now, element_bytes(a[2].len(), 64)) {
+        return e;
     }
     let s = Bytes::from(format_float(next));
     let v = s.clone();

@@ -478,6 +478,28 @@ impl<'s, 'c> Ctx<'s, 'c> {
     }
 }
 
+/// Refuse a write that would leave `key`'s state (its length plus `heap_bytes`, `now`
+/// the state before the write) larger than one replication frame carries
+/// (`Runtime::max_entry_bytes`), before anything is written. `grow` is what the write adds
+/// at most (see [`element_bytes`]).
+#[inline]
+pub fn check_room(store: &Store, key: &[u8], now: usize, grow: usize) -> Result<(), Reply> {
+    let max = store.runtime.max_entry_bytes;
+    if key.len().saturating_add(now).saturating_add(grow) <= max {
+        return Ok(());
+    }
+    Err(err_owned(format!(
+        "ERR the key's value would exceed {max} bytes, the most replication carries"
+    )))
+}
+
+/// What a new member or field of `len` bytes adds to a collection's `heap_bytes` (with the
+/// value of a field, `extra`).
+#[inline]
+pub fn element_bytes(len: usize, extra: usize) -> usize {
+    len + meridian_crdt::collections::ELEMENT_OVERHEAD_BYTES + extra
+}
+
 // ---- replies and argument helpers shared by the families ----
 
 pub fn err(msg: &'static str) -> Reply {

@@ -79,13 +79,26 @@ fn with_set<R>(ctx: &mut Ctx, key: &[u8], f: impl FnOnce(&OrSet) -> R) -> Result
 
 fn sadd(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     // One probe: the kind is checked inside the write (nothing written on WRONGTYPE).
+    let store = ctx.store;
     let added = ctx.write(a[1], |w| {
-        w.expect(Kind::Set)?;
+        w.expect(Kind::Set).map_err(crdt_err)?;
+        let now = w.entry().heap_bytes();
+        let all: usize = a[2..].iter().map(|m| element_bytes(m.len(), 0)).sum();
+        if check_room(store, a[1], now, all).is_err() {
+            // Near the bound: count only the members not there yet.
+            let set = w.set_members();
+            let new: usize = a[2..]
+                .iter()
+                .filter(|m| !set.is_some_and(|s| s.contains(m)))
+                .map(|m| element_bytes(m.len(), 0))
+                .sum();
+            check_room(store, a[1], now, new)?;
+        }
         Ok(a[2..].iter().filter(|m| w.sadd(m)).count())
     });
     match added {
         Ok(n) => Reply::Int(n as i64),
-        Err(e) => crdt_err(e),
+        Err(e) => e,
     }
 }
 
@@ -197,21 +210,46 @@ fn spop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
 }
 
+/// Most members `SRANDMEMBER key -count` (members may repeat) answers, and most bytes: Redis
+/// answers any count, which lets one request build a reply of any size; a larger count is
+/// refused (a positive count is bounded by the set itself).
+const RANDOM_REPLY_MAX: usize = 1 << 20;
+const RANDOM_REPLY_MAX_BYTES: usize = 256 << 20;
+
+fn random_reply_too_large() -> Reply {
+    err("ERR value is out of range, the reply would be too large (SRANDMEMBER with a negative count answers at most 1048576 members and 256 MiB)")
+}
+
 fn srandmember(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() > 3 {
         return syntax();
     }
     let count = match a.get(2) {
         None => None,
+        // Redis' range for the count: -LONG_MAX..=LONG_MAX.
         Some(c) => match crate::util::parse_int(c) {
+            Some(i64::MIN) => return err(
+                "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807",
+            ),
             Some(n) => Some(n),
             None => return not_int(),
         },
     };
+    if count.is_some_and(|n| n.unsigned_abs() > RANDOM_REPLY_MAX as u64 && n < 0) {
+        return random_reply_too_large();
+    }
     let members = match members_for_pick(ctx, a[1], count.is_some()) {
         Ok(m) => m,
         Err(reply) => return reply,
     };
+    if let Some(n) = count.filter(|n| *n < 0) {
+        // Members repeat: the reply's size is the count times their mean length.
+        let total: usize = members.iter().map(|m| m.len() + 16).sum();
+        let mean = total / members.len().max(1);
+        if (n.unsigned_abs() as usize).saturating_mul(mean) > RANDOM_REPLY_MAX_BYTES {
+            return random_reply_too_large();
+        }
+    }
     match count {
         None => bulk_opt(pick_distinct(ctx, &members, 1).into_iter().next()),
         Some(n) if n >= 0 => Reply::Array(
@@ -221,7 +259,7 @@ fn srandmember(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 .collect(),
         ),
         Some(n) => {
-            let want = n.unsigned_abs().min(1 << 24) as usize;
+            let want = n.unsigned_abs() as usize;
             let mut out = Vec::with_capacity(want);
             for _ in 0..want {
                 let i = (ctx.conn.random() % members.len() as u64) as usize;
@@ -357,6 +395,10 @@ fn smove(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
     if src == dst {
         return Reply::Int(1);
+    }
+    let now = ctx.lookup(dst).map_or(0, |e| e.heap_bytes());
+    if let Err(e) = check_room(ctx.store, dst, now, element_bytes(m.len(), 0)) {
+        return e;
     }
     ctx.write(src, |w| w.srem(m));
     let added = ctx.write(dst, |w| {

@@ -170,6 +170,9 @@ fn set_generic(ctx: &mut Ctx, key: &[u8], value: &[u8], opts: SetOpts) -> Reply 
         ttl,
         version,
     } = opts;
+    if let Err(e) = check_room(ctx.store, key, 0, value.len()) {
+        return e;
+    }
     let old = if get {
         match get_string(ctx, key) {
             Ok(v) => Some(v),
@@ -214,6 +217,9 @@ fn set_generic(ctx: &mut Ctx, key: &[u8], value: &[u8], opts: SetOpts) -> Reply 
 }
 
 fn setnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    if let Err(e) = check_room(ctx.store, a[1], 0, a[2].len()) {
+        return e;
+    }
     if ctx.lookup(a[1]).is_some() {
         return Reply::Int(0);
     }
@@ -320,6 +326,11 @@ fn mset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         return arity("mset");
     }
     for kv in a[1..].chunks(2) {
+        if let Err(e) = check_room(ctx.store, kv[0], 0, kv[1].len()) {
+            return e;
+        }
+    }
+    for kv in a[1..].chunks(2) {
         let value = ctx.bytes(kv[1]);
         ctx.write(kv[0], |w| w.set_str_shared(value, false));
     }
@@ -329,6 +340,11 @@ fn mset(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 fn msetnx(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if a.len() % 2 != 1 {
         return arity("msetnx");
+    }
+    for kv in a[1..].chunks(2) {
+        if let Err(e) = check_room(ctx.store, kv[0], 0, kv[1].len()) {
+            return e;
+        }
     }
     for kv in a[1..].chunks(2) {
         if ctx.lookup(kv[0]).is_some() {
@@ -357,6 +373,9 @@ fn append(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     };
     if cur.len() + a[2].len() > max_len(ctx) {
         return too_big();
+    }
+    if let Err(e) = check_room(ctx.store, a[1], 0, cur.len() + a[2].len()) {
+        return e;
     }
     let mut v = Vec::with_capacity(cur.len() + a[2].len());
     v.extend_from_slice(&cur);
@@ -421,6 +440,13 @@ fn setrange(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
     if offset.saturating_add(patch.len()) > max_len(ctx) {
         return too_big();
+    }
+    let len = cur
+        .as_ref()
+        .map_or(0, |c| c.len())
+        .max(offset + patch.len());
+    if let Err(e) = check_room(ctx.store, a[1], 0, len) {
+        return e;
     }
     let mut v = cur.map(|c| c.to_vec()).unwrap_or_default();
     if v.len() < offset + patch.len() {

@@ -622,3 +622,31 @@ proptest! {
         }
     }
 }
+
+/// Keyspaces with different seeds place the same key differently: a client that does not
+/// know the server's seed (random per process) cannot choose keys that collide. Members and
+/// fields hash with the process's seed likewise (`SeededState`), fixed only when the shell
+/// set none, and a seed cannot change once tables were hashed with the one in use.
+#[test]
+fn table_hashes_depend_on_the_seed() {
+    let ks = |seed| {
+        Keyspace::new(KeyspaceConfig {
+            seed,
+            ..KeyspaceConfig::default()
+        })
+    };
+    let (a, b) = (ks(1), ks(2));
+    for key in [&b"k"[..], b"user:1", b"{tag}x"] {
+        assert_ne!(a.nodes.hash(key), b.nodes.hash(key));
+        assert_eq!(a.nodes.hash(key), ks(1).nodes.hash(key));
+    }
+    use std::hash::BuildHasher;
+    let (s1, s2) = (crate::seeded_state(Some(1)), crate::seeded_state(Some(2)));
+    assert_ne!(s1.hash_one(b"member"), s2.hash_one(b"member"));
+    assert_ne!(
+        s1.hash_one(b"member"),
+        crate::seeded_state(None).hash_one(b"member")
+    );
+    let _ = crate::SeededState.hash_one(b"member");
+    assert!(!crate::set_hash_seed(3), "the seed in use stays");
+}

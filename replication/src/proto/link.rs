@@ -133,7 +133,7 @@ use crate::codec::{Ack, Batch, Frame, Frontier, Hello, RefuseReason, Refused};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::LinkStore;
 use bytes::Bytes;
-use meridian_crdt::{Delta, FixedState, Hlc, RegionId};
+use meridian_crdt::{Delta, Hlc, RegionId, SeededState};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
@@ -325,9 +325,10 @@ struct Outbox {
     /// Keys with deltas in `log`: how many, and the sequence of the newest. Anti-entropy
     /// leaves these keys to the deltas; a later delta of the key merges into the newest one
     /// while that was never sent (see `RegionLink::enqueue`).
-    /// Hashed with fixed seeds (`FixedState`), as every map in the cores: iteration order
-    /// is a function of the history only, never of the OS.
-    in_log: HashMap<Bytes, (u32, u64), FixedState>,
+    /// Hashed with the process's seed (`SeededState`: fixed unless the shell set one), as
+    /// every map keyed by client bytes in the cores: iteration order is a function of that
+    /// seed and the history only.
+    in_log: HashMap<Bytes, (u32, u64), SeededState>,
     last_ack_ms: u64,
     deltas_acked: u64,
     log_bytes: usize,
