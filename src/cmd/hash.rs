@@ -348,7 +348,9 @@ fn hrandfield(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let count = match a.get(2) {
         None => None,
         Some(c) => match crate::util::parse_int(c) {
-            Some(i64::MIN) => return err("ERR value is out of range"),
+            Some(i64::MIN) => {
+                return err("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807")
+            }
             Some(n) => Some(n),
             None => return not_int(),
         },
@@ -394,7 +396,7 @@ fn hrandfield(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             .unwrap_or(0);
         if want > RANDOM_REPLY_MAX || want.saturating_mul(widest) > RANDOM_REPLY_MAX_BYTES {
             return err(
-                "ERR count is too large: the reply would exceed 1048576 elements or 256 MB",
+                "ERR value is out of range, the reply would be too large (HRANDFIELD with a negative count answers at most 1048576 fields and 256 MiB)",
             );
         }
         (0..want)
