@@ -11,7 +11,8 @@ pub mod targets;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use mutate::{Lengths, Mutator};
+pub use mutate::Lengths;
+use mutate::Mutator;
 pub use targets::Outcome;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +95,7 @@ impl Target {
         }
     }
 
-    fn dict(self) -> &'static [&'static [u8]] {
+    pub fn dict(self) -> &'static [&'static [u8]] {
         match self {
             Target::Resp => corpus::RESP_DICT,
             Target::KafkaRecord => corpus::JSON_DICT,
@@ -102,7 +103,7 @@ impl Target {
         }
     }
 
-    fn lengths(self) -> Lengths {
+    pub fn lengths(self) -> Lengths {
         match self {
             Target::Resp => Lengths::Resp,
             Target::KafkaRecord => Lengths::Text,
@@ -194,8 +195,33 @@ pub fn run(
     max_time: Option<Duration>,
 ) -> Result<Stats, Crash> {
     let seeds = target.seeds();
-    let dict = target.dict();
-    let lengths = target.lengths();
+    fuzz(
+        |data| target.check(data),
+        &seeds,
+        target.dict(),
+        target.lengths(),
+        iterations,
+        seed,
+        max_time,
+    )
+    .map_err(|(execution, input, message)| Crash {
+        target,
+        execution,
+        input,
+        message,
+    })
+}
+
+/// The loop behind [`run`], for any check: the crash is (execution, input, panic message).
+pub fn fuzz(
+    check: impl Fn(&[u8]) -> Outcome,
+    seeds: &[Vec<u8>],
+    dict: &[&[u8]],
+    lengths: Lengths,
+    iterations: u64,
+    seed: u64,
+    max_time: Option<Duration>,
+) -> Result<Stats, (u64, Vec<u8>, String)> {
     let mut mutator = Mutator::new(seed);
     let mut input = Vec::new();
     let mut stats = Stats::default();
@@ -205,9 +231,9 @@ pub fn run(
         if stats.executions % 1024 == 0 && max_time.is_some_and(|t| start.elapsed() >= t) {
             break;
         }
-        mutator.input(&seeds, dict, lengths, &mut input);
+        mutator.input(seeds, dict, lengths, &mut input);
         stats.executions += 1;
-        match catch_unwind(AssertUnwindSafe(|| target.check(&input))) {
+        match catch_unwind(AssertUnwindSafe(|| check(&input))) {
             Ok(Outcome::Accepted) => stats.accepted += 1,
             Ok(Outcome::Rejected) => stats.rejected += 1,
             Ok(Outcome::Incomplete) => stats.incomplete += 1,
@@ -217,12 +243,7 @@ pub fn run(
                     .cloned()
                     .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                return Err(Crash {
-                    target,
-                    execution: stats.executions,
-                    input: input.clone(),
-                    message,
-                });
+                return Err((stats.executions, input, message));
             }
         }
     }

@@ -3,7 +3,9 @@
 //! accepted and rejected inputs (the mutations neither leave everything intact nor destroy
 //! everything).
 
-use meridian_fuzzing::{hex, run, unhex, Outcome, Target};
+use meridian_fuzzing::{fuzz, hex, run, unhex, Outcome, Target};
+use meridian_regions::bus::{self, Body};
+use meridian_regions::topology::NodeId;
 
 #[test]
 fn seeds_are_real_frames_that_round_trip() {
@@ -38,4 +40,25 @@ fn replayed_inputs_and_target_names() {
     assert_eq!(Target::Resp.check(input), Outcome::Accepted);
     assert_eq!(Target::from_name("parse_request"), Some(Target::Resp));
     assert_eq!(Target::from_name("kafka-record"), Some(Target::KafkaRecord));
+}
+
+/// The harness finds a bug that only a well-formed but unusual frame triggers: a cluster
+/// bus decoder that (wrongly) panics on a Fail message about a node no seed names. The
+/// crash comes back with an input that replays it.
+#[test]
+fn an_injected_decoder_bug_is_found_and_replays() {
+    let buggy = |data: &[u8]| {
+        if let Ok(Some((msg, _))) = bus::decode(data) {
+            if matches!(msg.body, Body::Fail { node } if node != NodeId::from_u128(9)) {
+                panic!("injected bug");
+            }
+        }
+        Target::ClusterBus.check(data)
+    };
+    let t = Target::ClusterBus;
+    let (_, input, message) = fuzz(buggy, &t.seeds(), t.dict(), t.lengths(), 1_000_000, 3, None)
+        .expect_err("the injected bug is found");
+    assert_eq!(message, "injected bug");
+    let replay = std::panic::catch_unwind(|| buggy(&input));
+    assert!(replay.is_err(), "the reported input replays the crash");
 }
