@@ -626,20 +626,40 @@ fn three_regions_collect_tombstones_of_keys_written_in_all_three() {
     }
 }
 
-/// Run `args` at whichever of `servers` serves the key now (the others answer MOVED, or
-/// are dead).
+/// Run `args` at whichever of `servers` serves the key (the others answer MOVED, or are
+/// dead), as a cluster client does: while a failover or a slot move settles, every node may
+/// answer MOVED (to a dead primary), CLUSTERDOWN or TRYAGAIN, which leave the command
+/// unexecuted, so it is tried again until the deadline. Any other error fails the test.
 fn at_owner<T: redis::FromRedisValue>(servers: &[Server], args: &[&str]) -> T {
+    let mut out = None;
     let mut last = String::new();
-    for s in servers {
-        let Ok(mut con) = s.client().get_connection() else {
-            continue;
-        };
-        match common::cmd(args).query::<T>(&mut con) {
-            Ok(v) => return v,
-            Err(e) => last = e.to_string(),
+    let what = format!("a node serves {args:?}");
+    wait_until(DEADLINE, &what, || {
+        for s in servers {
+            let Ok(mut con) = s.client().get_connection() else {
+                continue;
+            };
+            match common::cmd(args).query::<T>(&mut con) {
+                Ok(v) => {
+                    out = Some(v);
+                    return true;
+                }
+                Err(e) => {
+                    let retry = matches!(
+                        e.kind(),
+                        redis::ErrorKind::Moved
+                            | redis::ErrorKind::Ask
+                            | redis::ErrorKind::ClusterDown
+                            | redis::ErrorKind::TryAgain
+                    );
+                    assert!(retry, "{args:?} failed: {e}");
+                    last = e.to_string();
+                }
+            }
         }
-    }
-    panic!("no node serves {args:?}: {last}");
+        false
+    });
+    out.unwrap_or_else(|| panic!("no node serves {args:?}: {last}"))
 }
 
 /// Each region's live nodes, by name.
