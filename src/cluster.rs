@@ -812,17 +812,17 @@ async fn accept_bus(
 }
 
 /// Why an inbound bus connection ended.
-enum LinkEnd {
+enum BusLinkEnd {
     /// Not authenticated: counted in `bus_auth_failures`.
     Refused(String),
     Error(String),
 }
 
-impl std::fmt::Display for LinkEnd {
+impl std::fmt::Display for BusLinkEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LinkEnd::Refused(e) => write!(f, "refused: {e}"),
-            LinkEnd::Error(e) => f.write_str(e),
+            BusLinkEnd::Refused(e) => write!(f, "refused: {e}"),
+            BusLinkEnd::Error(e) => f.write_str(e),
         }
     }
 }
@@ -831,37 +831,40 @@ async fn read_link(
     stream: TcpStream,
     tx: mpsc::Sender<bus::BusMessage>,
     cluster: &Cluster,
-) -> Result<(), LinkEnd> {
+) -> Result<(), BusLinkEnd> {
     let r = read_frames(stream, tx, cluster.bus_secret.as_ref()).await;
-    if let Err(LinkEnd::Refused(_)) = &r {
+    if let Err(BusLinkEnd::Refused(_)) = &r {
         cluster.bus_auth_failures.fetch_add(1, Relaxed);
     }
     r
 }
 
 /// The accepting side of the bus handshake: send a challenge, check the hello.
-async fn challenge(stream: &mut TcpStream, secret: &BusSecret) -> Result<FrameVerifier, LinkEnd> {
+async fn challenge(
+    stream: &mut TcpStream,
+    secret: &BusSecret,
+) -> Result<FrameVerifier, BusLinkEnd> {
     let challenge: [u8; bus_auth::NONCE_BYTES] = rand::random();
     stream
         .write_all(&challenge)
         .await
-        .map_err(|e| LinkEnd::Error(e.to_string()))?;
+        .map_err(|e| BusLinkEnd::Error(e.to_string()))?;
     let mut hello = [0u8; bus_auth::HELLO_BYTES];
     match tokio::time::timeout(BUS_HANDSHAKE_TIMEOUT, stream.read_exact(&mut hello)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(LinkEnd::Refused(format!("no hello: {e}"))),
-        Err(_) => return Err(LinkEnd::Refused("no hello in time".into())),
+        Ok(Err(e)) => return Err(BusLinkEnd::Refused(format!("no hello: {e}"))),
+        Err(_) => return Err(BusLinkEnd::Refused("no hello in time".into())),
     }
     secret
         .accept(&challenge, &hello)
-        .map_err(|e| LinkEnd::Refused(e.to_string()))
+        .map_err(|e| BusLinkEnd::Refused(e.to_string()))
 }
 
 async fn read_frames(
     mut stream: TcpStream,
     tx: mpsc::Sender<bus::BusMessage>,
     secret: Option<&BusSecret>,
-) -> Result<(), LinkEnd> {
+) -> Result<(), BusLinkEnd> {
     let mut verifier = match secret {
         Some(s) => Some(challenge(&mut stream, s).await?),
         None => None,
@@ -877,24 +880,24 @@ async fn read_frames(
         match tokio::time::timeout(crate::limits::BUS_IDLE_TIMEOUT, read).await {
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(LinkEnd::Error(e.to_string())),
+            Ok(Err(e)) => return Err(BusLinkEnd::Error(e.to_string())),
             Err(_) => {
                 crate::limits::BUS_CONNECTIONS_REFUSED
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(LinkEnd::Error("silent for too long".into()));
+                return Err(BusLinkEnd::Error("silent for too long".into()));
             }
         }
         // Each frame (and its tag) once whole; the tag is checked before decoding.
         while let Some(len) = bus_auth::frame_len(&buf) {
             if len > meridian_regions::wire::PREFIX_BYTES + bus::MAX_BUS_FRAME_BYTES {
-                return Err(LinkEnd::Error("bus frame over the size limit".into()));
+                return Err(BusLinkEnd::Error("bus frame over the size limit".into()));
             }
             let Some(frame_tag) = buf.get(len..len + tag_bytes) else {
                 break;
             };
             if let Some(v) = verifier.as_mut() {
                 v.verify(&buf[..len], frame_tag)
-                    .map_err(|e| LinkEnd::Refused(e.to_string()))?;
+                    .map_err(|e| BusLinkEnd::Refused(e.to_string()))?;
             }
             match bus::decode(&buf[..len]) {
                 Ok(Some((msg, n))) if n == len => {
@@ -902,8 +905,8 @@ async fn read_frames(
                     // A full queue means the node is behind: drop gossip rather than block.
                     let _ = tx.try_send(msg);
                 }
-                Ok(_) => return Err(LinkEnd::Error("malformed bus frame".into())),
-                Err(e) => return Err(LinkEnd::Error(format!("malformed bus frame: {e}"))),
+                Ok(_) => return Err(BusLinkEnd::Error("malformed bus frame".into())),
+                Err(e) => return Err(BusLinkEnd::Error(format!("malformed bus frame: {e}"))),
             }
         }
     }

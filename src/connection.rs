@@ -25,7 +25,7 @@
 use crate::cluster::Refusal;
 use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request_resume, Limits, ParseError, Partial, Reply};
-use crate::limits::{Class, OutputLimit};
+use crate::limits::{OutputClass, OutputLimit};
 use crate::shared::Shared;
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
 use crate::tls::{send, ClientStream};
@@ -149,7 +149,7 @@ async fn serve_client<S: ClientStream>(
         };
         let mut now = now_ms();
         // Replies are flushed early past this (or the normal class' hard limit, checked then).
-        let out_limit = shared.limits.output(Class::Normal);
+        let out_limit = shared.limits.output(OutputClass::Normal);
         let flush_at = match out_limit.hard {
             0 => MAX_PENDING_OUTPUT_BYTES,
             hard => MAX_PENDING_OUTPUT_BYTES.min(usize::try_from(hard).unwrap_or(usize::MAX)),
@@ -577,7 +577,7 @@ async fn write_replies<S: ClientStream>(
         Err(e) => return Err(e),
     };
     if sent < out.len() {
-        let limit = shared.limits.output(Class::Normal);
+        let limit = shared.limits.output(OutputClass::Normal);
         flush_limited(stream, &out[sent..], limit, shared, conn).await?;
     }
     if S::BUFFERED {

@@ -29,28 +29,32 @@ pub const DEFAULT_OUTPUT_BUFFER_LIMIT: &str =
 
 /// A client class of `client-output-buffer-limit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
+pub enum OutputClass {
     Normal = 0,
     Replica = 1,
     Pubsub = 2,
 }
 
-impl Class {
-    const ALL: [Class; 3] = [Class::Normal, Class::Replica, Class::Pubsub];
+impl OutputClass {
+    const ALL: [OutputClass; 3] = [
+        OutputClass::Normal,
+        OutputClass::Replica,
+        OutputClass::Pubsub,
+    ];
 
     fn name(self) -> &'static str {
         match self {
-            Class::Normal => "normal",
-            Class::Replica => "slave",
-            Class::Pubsub => "pubsub",
+            OutputClass::Normal => "normal",
+            OutputClass::Replica => "slave",
+            OutputClass::Pubsub => "pubsub",
         }
     }
 
-    fn parse(s: &str) -> Option<Class> {
+    fn parse(s: &str) -> Option<OutputClass> {
         match s.to_ascii_lowercase().as_str() {
-            "normal" => Some(Class::Normal),
-            "replica" | "slave" => Some(Class::Replica),
-            "pubsub" => Some(Class::Pubsub),
+            "normal" => Some(OutputClass::Normal),
+            "replica" | "slave" => Some(OutputClass::Replica),
+            "pubsub" => Some(OutputClass::Pubsub),
             _ => None,
         }
     }
@@ -95,7 +99,7 @@ pub fn parse_output_limits(
     }
     let mut out = current;
     for g in words.chunks(4) {
-        let Some(class) = Class::parse(g[0]) else {
+        let Some(class) = OutputClass::parse(g[0]) else {
             return Err("Invalid client class specified in buffer limit configuration.");
         };
         let hard = crate::config::parse_memory(g[1]);
@@ -140,7 +144,7 @@ pub struct ClientLimits {
     pub query_buffer: AtomicU64,
     /// `timeout`: seconds of idleness after which a client is closed (0: never).
     pub timeout_secs: AtomicU64,
-    /// `client-output-buffer-limit`, per [`Class`]: hard, soft, soft seconds.
+    /// `client-output-buffer-limit`, per [`OutputClass`]: hard, soft, soft seconds.
     output: [[AtomicU64; 3]; 3],
     /// `enable-debug-command` (start-up only): `DEBUG` is served to everyone (`yes`), to
     /// loopback clients (`local`) or to nobody (`no`, the default).
@@ -183,7 +187,7 @@ impl ClientLimits {
         l
     }
 
-    pub fn output(&self, class: Class) -> OutputLimit {
+    pub fn output(&self, class: OutputClass) -> OutputLimit {
         let [h, s, t] = &self.output[class as usize];
         OutputLimit {
             hard: h.load(Relaxed),
@@ -193,7 +197,7 @@ impl ClientLimits {
     }
 
     pub fn outputs(&self) -> [OutputLimit; 3] {
-        Class::ALL.map(|c| self.output(c))
+        OutputClass::ALL.map(|c| self.output(c))
     }
 
     pub fn set_output(&self, limits: [OutputLimit; 3]) {
@@ -206,7 +210,7 @@ impl ClientLimits {
 
     /// `CONFIG GET client-output-buffer-limit`, as Redis prints it (bytes, `slave`).
     pub fn output_text(&self) -> String {
-        Class::ALL
+        OutputClass::ALL
             .iter()
             .map(|&c| {
                 let l = self.output(c);

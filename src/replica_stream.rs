@@ -720,7 +720,7 @@ async fn stream_changes<S: ClientStream>(
             }
             inbuf.clear();
         }
-        let limit = limits.output(crate::limits::Class::Replica);
+        let limit = limits.output(crate::limits::OutputClass::Replica);
         if limit.exceeded(
             written.saturating_sub(acked_bytes),
             &mut soft_since,

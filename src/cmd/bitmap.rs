@@ -306,12 +306,12 @@ fn bitop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 
 /// A BITFIELD field type: `i1`..`i64` or `u1`..`u63`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Field {
+struct FieldType {
     signed: bool,
     bits: u32,
 }
 
-fn field_type(arg: &[u8]) -> Option<Field> {
+fn field_type(arg: &[u8]) -> Option<FieldType> {
     let (signed, digits) = match arg.split_first()? {
         (b'i' | b'I', d) => (true, d),
         (b'u' | b'U', d) => (false, d),
@@ -319,7 +319,9 @@ fn field_type(arg: &[u8]) -> Option<Field> {
     };
     let bits = u32::try_from(parse_int(digits)?).ok()?;
     let max = if signed { 64 } else { 63 };
-    (1..=max).contains(&bits).then_some(Field { signed, bits })
+    (1..=max)
+        .contains(&bits)
+        .then_some(FieldType { signed, bits })
 }
 
 /// The `bits`-wide unsigned field at bit `off` of `v` (bits past the end read 0).
@@ -345,7 +347,7 @@ enum Overflow {
     Fail,
 }
 
-impl Field {
+impl FieldType {
     /// The field's raw bits read as this type's value.
     fn value(self, raw: u64) -> i64 {
         if self.signed && self.bits < 64 && (raw >> (self.bits - 1)) & 1 == 1 {
@@ -395,9 +397,9 @@ impl Field {
 }
 
 enum FieldOp {
-    Get(Field, u64),
-    Set(Field, u64, i64, Overflow),
-    Incr(Field, u64, i64, Overflow),
+    Get(FieldType, u64),
+    Set(FieldType, u64, i64, Overflow),
+    Incr(FieldType, u64, i64, Overflow),
 }
 
 fn bad_type() -> Reply {
@@ -697,11 +699,11 @@ mod tests {
 
     #[test]
     fn fields_read_write_and_overflow_as_redis() {
-        let u8f = Field {
+        let u8f = FieldType {
             signed: false,
             bits: 8,
         };
-        let i8f = Field {
+        let i8f = FieldType {
             signed: true,
             bits: 8,
         };
@@ -718,7 +720,7 @@ mod tests {
         assert_eq!(i8f.fit(128, Overflow::Wrap), Some(-128));
         assert_eq!(i8f.fit(-129, Overflow::Wrap), Some(127));
         assert_eq!(i8f.fit(1000, Overflow::Sat), Some(127));
-        let i64f = Field {
+        let i64f = FieldType {
             signed: true,
             bits: 64,
         };
@@ -731,14 +733,14 @@ mod tests {
         assert_eq!(field_type(b"i0"), None);
         assert_eq!(
             field_type(b"i64"),
-            Some(Field {
+            Some(FieldType {
                 signed: true,
                 bits: 64
             })
         );
         // INCRBY u2 100 1 with WRAP: 0 1 2 3 0 ...
         let mut v = Vec::new();
-        let u2 = Field {
+        let u2 = FieldType {
             signed: false,
             bits: 2,
         };
