@@ -646,15 +646,17 @@ impl Raw {
 // ---------------------------------------------------------------------------------------
 
 /// Commands whose array reply has no defined order: compared as sorted.
-const UNORDERED: [&str; 8] = [
-    "smembers", "sinter", "sunion", "sdiff", "keys", "hkeys", "hvals", "hgetall",
+const UNORDERED: [&str; 9] = [
+    "smembers", "sinter", "sunion", "sdiff", "keys", "hkeys", "hvals", "hgetall", "config",
 ];
 
 fn normalize(name: &str, r: Resp) -> Resp {
     let name = name.to_ascii_lowercase();
     match r {
         Resp::Array(mut items) if UNORDERED.contains(&name.as_str()) => {
-            if name == "hgetall" {
+            // Flat field/value pairs: HGETALL, and CONFIG GET (Redis answers a glob in its
+            // dict's order, which differs between processes).
+            if name == "hgetall" || name == "config" {
                 let mut pairs: Vec<Vec<Resp>> = items.chunks(2).map(|c| c.to_vec()).collect();
                 pairs.sort_by_key(|p| format!("{p:?}"));
                 Resp::Array(pairs.into_iter().flatten().collect())
