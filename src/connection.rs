@@ -1018,20 +1018,12 @@ pub(crate) fn make_room(store: &Store, conn: &mut ConnState, now: u64, maxmemory
 mod tests {
     use super::*;
     use crate::store::{key_shard, Runtime};
-    use meridian_crdt::{EvictionPolicy, RegionId};
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
+    use meridian_crdt::RegionId;
 
     /// A connection task that panics while it watches keys leaves no watcher behind.
     #[test]
     fn a_panic_releases_the_connections_watches() {
-        let runtime = Runtime {
-            maxmemory: AtomicU64::new(0),
-            policy: parking_lot::Mutex::new(EvictionPolicy::NoEviction),
-            samples: AtomicUsize::new(5),
-            maxclients: AtomicUsize::new(10),
-            proto_max_bulk_len: AtomicUsize::new(1 << 20),
-            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
-        };
+        let runtime = Runtime::for_tests(0);
         let store = Arc::new(Store::new(RegionId(1), 7, 16, runtime, false));
         let mut conn = ConnState::new(1, "127.0.0.1:1".into(), 0);
         for k in ["a", "b", "c"] {

@@ -1437,19 +1437,10 @@ fn publish(
 mod tests {
     use super::*;
     use crate::store::Runtime;
-    use meridian_crdt::{EvictionPolicy, HlcClock, Keyspace, KeyspaceConfig};
-    use parking_lot::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use meridian_crdt::{HlcClock, Keyspace, KeyspaceConfig};
 
     fn store() -> Store {
-        let runtime = Runtime {
-            maxmemory: AtomicU64::new(0),
-            policy: Mutex::new(EvictionPolicy::NoEviction),
-            samples: AtomicUsize::new(5),
-            maxclients: AtomicUsize::new(10),
-            proto_max_bulk_len: AtomicUsize::new(1 << 20),
-            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
-        };
+        let runtime = Runtime::for_tests(0);
         Store::new(RegionId(0), 7, 64, runtime, true)
     }
 

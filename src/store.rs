@@ -312,6 +312,22 @@ pub struct Runtime {
     pub max_entry_bytes: usize,
 }
 
+#[cfg(test)]
+impl Runtime {
+    /// The unit tests' runtime: `maxmemory`, no eviction, 5 samples, 10 clients, 1 MiB
+    /// bulks, the region link's entry bound.
+    pub(crate) fn for_tests(maxmemory: u64) -> Runtime {
+        Runtime {
+            maxmemory: AtomicU64::new(maxmemory),
+            policy: Mutex::new(meridian_crdt::EvictionPolicy::NoEviction),
+            samples: AtomicUsize::new(5),
+            maxclients: AtomicUsize::new(10),
+            proto_max_bulk_len: AtomicUsize::new(1 << 20),
+            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
+        }
+    }
+}
+
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     clock: AtomicU64,
@@ -846,14 +862,7 @@ mod tests {
     use super::*;
 
     fn store(maxmemory: u64) -> Store {
-        let runtime = Runtime {
-            maxmemory: AtomicU64::new(maxmemory),
-            policy: Mutex::new(EvictionPolicy::NoEviction),
-            samples: AtomicUsize::new(5),
-            maxclients: AtomicUsize::new(10),
-            proto_max_bulk_len: AtomicUsize::new(1 << 20),
-            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
-        };
+        let runtime = Runtime::for_tests(maxmemory);
         Store::new(RegionId(1), 7, 16, runtime, false)
     }
 
@@ -861,14 +870,7 @@ mod tests {
     /// oldest is dropped, so the lowest stamp is the first dropped one.
     #[test]
     fn a_delta_dropped_from_the_log_is_reported_with_its_slot() {
-        let runtime = Runtime {
-            maxmemory: AtomicU64::new(0),
-            policy: Mutex::new(EvictionPolicy::NoEviction),
-            samples: AtomicUsize::new(5),
-            maxclients: AtomicUsize::new(10),
-            proto_max_bulk_len: AtomicUsize::new(1 << 20),
-            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
-        };
+        let runtime = Runtime::for_tests(0);
         let store = Store::new(RegionId(1), 7, 2, runtime, true);
         // Three keys of one shard, distinct slots.
         let keys: Vec<String> = (0..)

@@ -6,6 +6,7 @@
 //! Bit 0 is the most significant bit of byte 0, as in Redis. The bit algorithms are pure
 //! functions of byte slices, tested below against naive definitions.
 
+use super::string::get_string;
 use super::*;
 use crate::util::parse_int;
 use std::sync::atomic::Ordering::Relaxed;
@@ -48,10 +49,6 @@ fn bit_offset(ctx: &Ctx, arg: &[u8], hash_width: Option<u64>) -> Result<u64, Rep
     Ok(n)
 }
 
-fn string_of(ctx: &mut Ctx, key: &[u8]) -> Result<Option<Bytes>, Reply> {
-    super::string::get_string(ctx, key)
-}
-
 fn get_bit(v: &[u8], bit: u64) -> u8 {
     let Some(byte) = usize::try_from(bit >> 3).ok().and_then(|i| v.get(i)) else {
         return 0;
@@ -82,7 +79,7 @@ fn setbit(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         b"0" => false,
         _ => return err("ERR bit is not an integer or out of range"),
     };
-    let cur = match string_of(ctx, a[1]) {
+    let cur = match get_string(ctx, a[1]) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -101,7 +98,7 @@ fn getbit(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         Ok(b) => b,
         Err(e) => return e,
     };
-    match string_of(ctx, a[1]) {
+    match get_string(ctx, a[1]) {
         Ok(v) => Reply::Int(i64::from(v.as_deref().map_or(0, |v| get_bit(v, bit)))),
         Err(e) => e,
     }
@@ -157,7 +154,7 @@ fn bitcount(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         }
         _ => return syntax(),
     };
-    let v = match string_of(ctx, a[1]) {
+    let v = match get_string(ctx, a[1]) {
         Ok(Some(v)) => v,
         Ok(None) => return Reply::Int(0),
         Err(e) => return e,
@@ -224,7 +221,7 @@ fn bitpos(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let v = match string_of(ctx, a[1]) {
+    let v = match get_string(ctx, a[1]) {
         Ok(Some(v)) => v,
         // A missing key is an empty string: no 1 bit, its first 0 at bit 0.
         Ok(None) => return Reply::Int(if want == 1 { -1 } else { 0 }),
@@ -284,7 +281,7 @@ fn bitop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
     let mut srcs = Vec::with_capacity(a.len() - 3);
     for k in &a[3..] {
-        match string_of(ctx, k) {
+        match get_string(ctx, k) {
             Ok(v) => srcs.push(v.unwrap_or_default()),
             Err(e) => return e,
         }
@@ -499,7 +496,7 @@ fn bitfield_generic(ctx: &mut Ctx, a: &[&[u8]], read_only: bool) -> Reply {
         Ok(ops) => ops,
         Err(e) => return e,
     };
-    let cur = match string_of(ctx, a[1]) {
+    let cur = match get_string(ctx, a[1]) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -616,7 +613,7 @@ fn lcs(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
     let mut strs = [Bytes::new(), Bytes::new()];
     for (s, k) in strs.iter_mut().zip([a[1], a[2]]) {
-        match string_of(ctx, k) {
+        match get_string(ctx, k) {
             Ok(v) => *s = v.unwrap_or_default(),
             Err(_) => return err("ERR The specified keys must contain string values"),
         }

@@ -775,17 +775,9 @@ mod tests {
     use super::*;
     use crate::store::{Held, Runtime};
     use meridian_crdt::{Entry, RegionId};
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
 
     fn store(replicated: bool) -> Store {
-        let runtime = Runtime {
-            maxmemory: AtomicU64::new(0),
-            policy: parking_lot::Mutex::new(meridian_crdt::EvictionPolicy::NoEviction),
-            samples: AtomicUsize::new(5),
-            maxclients: AtomicUsize::new(10),
-            proto_max_bulk_len: AtomicUsize::new(1 << 20),
-            max_entry_bytes: meridian_replication::LINK_MAX_ENTRY_BYTES,
-        };
+        let runtime = Runtime::for_tests(0);
         Store::new(RegionId(1), 7, 16, runtime, replicated)
     }
 

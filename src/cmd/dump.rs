@@ -123,7 +123,8 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         return err("ERR Invalid TTL value, must be >= 0");
     }
     let key = a[1];
-    if !replace && ctx.lookup(key).is_some() {
+    let exists = ctx.lookup(key).is_some();
+    if exists && !replace {
         return err("BUSYKEY Target key name already exists.");
     }
     let payload = match decode(a[3]) {
@@ -148,7 +149,6 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     if let Err(e) = check_room(ctx.store, key, 0, size) {
         return e;
     }
-    let exists = ctx.lookup(key).is_some();
     if deadline.is_some_and(|d| d <= now) {
         // Already expired: as Redis, the key is deleted rather than created.
         if exists {

@@ -337,20 +337,12 @@ fn hscan(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
 }
 
-/// Most fields `HRANDFIELD key -count` (fields may repeat) answers, and most bytes: Redis
-/// answers any count, which lets one request build a reply of any size; past these the
-/// request is refused (a positive count is bounded by the hash itself).
-const RANDOM_REPLY_MAX: usize = 1 << 20;
-const RANDOM_REPLY_MAX_BYTES: usize = 256 << 20;
-
 /// `HRANDFIELD key [count [WITHVALUES]]`.
 fn hrandfield(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let count = match a.get(2) {
         None => None,
         Some(c) => match crate::util::parse_int(c) {
-            Some(i64::MIN) => {
-                return err("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807")
-            }
+            Some(i64::MIN) => return count_out_of_range(),
             Some(n) => Some(n),
             None => return not_int(),
         },
@@ -378,15 +370,7 @@ fn hrandfield(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         return Reply::Bulk(pairs[i].0.clone());
     };
     let picked: Vec<(Bytes, Bytes)> = if n >= 0 {
-        // Distinct fields: a partial shuffle.
-        let mut pool = pairs;
-        let k = usize::try_from(n).unwrap_or(usize::MAX).min(pool.len());
-        for i in 0..k {
-            let j = i + (ctx.conn.random() % (pool.len() - i) as u64) as usize;
-            pool.swap(i, j);
-        }
-        pool.truncate(k);
-        pool
+        pick_distinct(ctx, &pairs, usize::try_from(n).unwrap_or(usize::MAX))
     } else {
         let want = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
         let widest = pairs

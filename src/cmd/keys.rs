@@ -461,7 +461,7 @@ fn encoding_of(entry: &meridian_crdt::Entry, t: &super::encoding::Encoding) -> &
     }
 }
 
-const OBJECT_HELP: [&str; 10] = [
+const OBJECT_HELP: [&str; 15] = [
     "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "ENCODING <key>",
     "    Return the kind of internal representation used in order to store the value",
@@ -472,25 +472,29 @@ const OBJECT_HELP: [&str; 10] = [
     "IDLETIME <key>",
     "    Return the idle time of the <key>, that is the approximated number of",
     "    seconds elapsed since the last access to the key.",
+    "REFCOUNT <key>",
+    "    Return the number of references of the value associated with the specified",
+    "    <key>.",
+    "HELP",
+    "    Print this help.",
 ];
+
+/// A HELP reply: one simple string per line.
+fn help_reply(lines: &[&'static str]) -> Reply {
+    Reply::Array(
+        lines
+            .iter()
+            .map(|l| Reply::Simple(Cow::Borrowed(*l)))
+            .collect(),
+    )
+}
 
 /// `OBJECT ENCODING|FREQ|IDLETIME|REFCOUNT key`, `OBJECT HELP`; reads do not count as an
 /// access (as in Redis).
 fn object(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = a[1].to_ascii_lowercase();
     if sub == b"help" {
-        let mut lines: Vec<Reply> = OBJECT_HELP
-            .iter()
-            .map(|l| Reply::Simple(Cow::Borrowed(*l)))
-            .collect();
-        lines.push(Reply::Simple(Cow::Borrowed("REFCOUNT <key>")));
-        lines.push(Reply::Simple(Cow::Borrowed(
-            "    Return the number of references of the value associated with the specified",
-        )));
-        lines.push(Reply::Simple(Cow::Borrowed("    <key>.")));
-        lines.push(Reply::Simple(Cow::Borrowed("HELP")));
-        lines.push(Reply::Simple(Cow::Borrowed("    Print this help.")));
-        return Reply::Array(lines);
+        return help_reply(&OBJECT_HELP);
     }
     let name = match sub.as_slice() {
         b"encoding" => "object|encoding",
@@ -548,19 +552,14 @@ const NODE_OVERHEAD_BYTES: usize = 72;
 fn memory(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let sub = a[1].to_ascii_lowercase();
     if sub == b"help" {
-        return Reply::Array(
-            [
-                "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-                "USAGE <key> [SAMPLES <count>]",
-                "    Return memory in bytes used by <key> and its value. Nested values are",
-                "    sampled up to <count> times (default: 5, 0 means sample all).",
-                "HELP",
-                "    Print this help.",
-            ]
-            .iter()
-            .map(|l| Reply::Simple(Cow::Borrowed(*l)))
-            .collect(),
-        );
+        return help_reply(&[
+            "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "USAGE <key> [SAMPLES <count>]",
+            "    Return memory in bytes used by <key> and its value. Nested values are",
+            "    sampled up to <count> times (default: 5, 0 means sample all).",
+            "HELP",
+            "    Print this help.",
+        ]);
     }
     if sub != b"usage" {
         return err_owned(format!(

@@ -500,6 +500,32 @@ pub fn element_bytes(len: usize, extra: usize) -> usize {
     len + meridian_crdt::collections::ELEMENT_OVERHEAD_BYTES + extra
 }
 
+// ---- random picks (SRANDMEMBER, SPOP, HRANDFIELD) ----
+
+/// Most elements a random pick with a negative count (elements may repeat) answers, and
+/// most bytes: Redis answers any count, which lets one request build a reply of any size;
+/// a larger count is refused (a positive count is bounded by the collection itself).
+pub const RANDOM_REPLY_MAX: usize = 1 << 20;
+pub const RANDOM_REPLY_MAX_BYTES: usize = 256 << 20;
+
+/// Up to `n` distinct random elements of `s` (a partial shuffle with the connection's
+/// generator).
+pub fn pick_distinct<T: Clone>(ctx: &mut Ctx, s: &[T], n: usize) -> Vec<T> {
+    let mut pool: Vec<T> = s.to_vec();
+    let n = n.min(pool.len());
+    for i in 0..n {
+        let j = i + (ctx.conn.random() % (pool.len() - i) as u64) as usize;
+        pool.swap(i, j);
+    }
+    pool.truncate(n);
+    pool
+}
+
+/// Redis' error for a count of `LONG_MIN` (its range is -LONG_MAX..=LONG_MAX).
+pub fn count_out_of_range() -> Reply {
+    err("ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807")
+}
+
 // ---- replies and argument helpers shared by the families ----
 
 pub fn err(msg: &'static str) -> Reply {

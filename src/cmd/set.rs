@@ -157,18 +157,6 @@ fn scard(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
 }
 
-/// Up to `n` distinct random members, chosen with the connection's generator.
-fn pick_distinct(ctx: &mut Ctx, s: &[Bytes], n: usize) -> Vec<Bytes> {
-    let mut pool: Vec<Bytes> = s.to_vec();
-    let n = n.min(pool.len());
-    for i in 0..n {
-        let j = i + (ctx.conn.random() % (pool.len() - i) as u64) as usize;
-        pool.swap(i, j);
-    }
-    pool.truncate(n);
-    pool
-}
-
 /// The members SPOP/SRANDMEMBER pick from; for an absent key, the empty reply to give
 /// (empty array with a count, nil without), or WRONGTYPE.
 fn members_for_pick(ctx: &mut Ctx, key: &[u8], with_count: bool) -> Result<Vec<Bytes>, Reply> {
@@ -210,12 +198,6 @@ fn spop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     }
 }
 
-/// Most members `SRANDMEMBER key -count` (members may repeat) answers, and most bytes: Redis
-/// answers any count, which lets one request build a reply of any size; a larger count is
-/// refused (a positive count is bounded by the set itself).
-const RANDOM_REPLY_MAX: usize = 1 << 20;
-const RANDOM_REPLY_MAX_BYTES: usize = 256 << 20;
-
 fn random_reply_too_large() -> Reply {
     err("ERR value is out of range, the reply would be too large (SRANDMEMBER with a negative count answers at most 1048576 members and 256 MiB)")
 }
@@ -228,9 +210,7 @@ fn srandmember(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         None => None,
         // Redis' range for the count: -LONG_MAX..=LONG_MAX.
         Some(c) => match crate::util::parse_int(c) {
-            Some(i64::MIN) => return err(
-                "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807",
-            ),
+            Some(i64::MIN) => return count_out_of_range(),
             Some(n) => Some(n),
             None => return not_int(),
         },
