@@ -23,7 +23,8 @@ direction after the heal (`INFO crdt` peer bytes_sent, and its anti-entropy part
 ae_bytes_sent), the diverged data (key + value bytes of the keys that differ), heal time
 (until both regions return the same value for every sampled key; deadline 120 s) and until
 the counters settle, and each region's RSS (VmRSS) before the burst, before the heal and
-after it settled.
+after it settled. `--values random` (default) writes incompressible values; `--values text`
+padded text, which the link's LZ4 compression (`[replication] compression`) shrinks.
 
 Clustered mode (`--clustered`, issue 20 "Benchmark"): the topology of
 examples/clustered-regions on free ports (configs generated like its start.sh, in a temp
@@ -410,8 +411,16 @@ def pipeline(conn, reqs, chunk=10000):
             conn.reply()
 
 
+VALUE_KIND = "random"
+
+
 def value(tag, i, n):
+    """A value of `n` bytes for write `i`: random bytes (`--values random`, the default:
+    compression gains nothing on them) or a padded text (`--values text`: compresses well,
+    as JSON or session blobs often do)."""
     v = b"%s:%d:" % (tag, i)
+    if VALUE_KIND == "random":
+        return v + os.urandom(max(0, n - len(v)))
     return v + b"x" * max(0, n - len(v))
 
 
@@ -518,8 +527,8 @@ def repair_main(args):
         nodes.extend(start_regions(["a", "b"], args, tmp, log))
         a, b = nodes
         print("meridian repair benchmark: two regions, loopback, one-way delay %d ms, %d keys "
-              "preloaded (%d-byte values), link cut, %d SETs at A (%d at B), healed; %d cores"
-              % (args.delay_ms, args.repair_keys, args.value_bytes, args.repair_writes,
+              "preloaded (%d-byte %s values), link cut, %d SETs at A (%d at B), healed; %d cores"
+              % (args.delay_ms, args.repair_keys, args.value_bytes, args.values, args.repair_writes,
                  args.repair_writes_b, os.cpu_count()), flush=True)
         r = repair(a, b, args)
         mb = lambda x: "%.1f MB" % (x / 1e6)
@@ -1008,6 +1017,8 @@ def main():
     ap.add_argument("--repair-writes", type=int, default=600000)
     ap.add_argument("--repair-writes-b", type=int, default=0)
     ap.add_argument("--repair-sample", type=int, default=2000)
+    ap.add_argument("--values", choices=["random", "text"], default="random",
+                    help="value bytes: random (incompressible) or padded text")
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--clustered", action="store_true",
                     help="run only the clustered-regions measurement (the topology of "
@@ -1022,6 +1033,8 @@ def main():
     ap.add_argument("--keep-logs", action="store_true",
                     help="--clustered: keep the servers' log (temp dir) for inspection")
     args = ap.parse_args()
+    global VALUE_KIND
+    VALUE_KIND = args.values
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
     if args.repair:

@@ -136,6 +136,24 @@ pub struct ReplicationConfig {
     /// Accept a region not listed in `peers` that connects with a certificate from the
     /// deployment CA (a region joining at run time), as a peer.
     pub accept_new_regions: bool,
+    /// `lz4` (default) or `none`: compress delta batches and anti-entropy entries of at
+    /// least 256 bytes on the wire when that makes them smaller. Peers decode both.
+    pub compression: Compression,
+}
+
+/// `[replication] compression`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Lz4,
+    None,
+}
+
+impl Compression {
+    pub fn is_on(self) -> bool {
+        self == Compression::Lz4
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -157,6 +175,7 @@ impl Default for ReplicationConfig {
             thread_priority: Default::default(),
             peer_gc_bound_ms: l.peer_gc_bound_ms,
             accept_new_regions: true,
+            compression: Compression::Lz4,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::util::now_ms;
 use bytes::Bytes;
 use meridian_crdt::{Applied, Delta, Entry, Hlc, RegionId};
 use meridian_replication::transport::quic::{PeerConfig, QuicConfig, QuicTransport};
-use meridian_replication::{encode_into, LinkConfig, LinkStore, RegionLink};
+use meridian_replication::{encode_into, FrameEncoder, LinkConfig, LinkStore, RegionLink};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -331,6 +331,8 @@ pub struct Control {
     pub deltas_enqueued: AtomicU64,
     pub deltas_sent: AtomicU64,
     pub deltas_resent: AtomicU64,
+    /// Resent deltas that went as placeholders, their content joined into a later entry.
+    pub deltas_forwarded: AtomicU64,
     pub deltas_applied: AtomicU64,
     /// Outgoing logs dropped at their bound (their deltas go by anti-entropy instead).
     pub logs_dropped: AtomicU64,
@@ -460,6 +462,8 @@ struct Core {
     /// This region's name and id (a joining region's id must not clash with them).
     region: String,
     region_id: u16,
+    /// `[replication] compression`: LZ4 for large frames.
+    compress: bool,
 }
 
 /// One peer region as the region-mode loop holds it (configured, or joined at run time).
@@ -612,6 +616,7 @@ impl Replicator {
                     single_addr: rc.listen.clone(),
                     flush_interval_ms: rc.flush_interval_ms,
                     gc_interval_ms: rc.gc_interval_ms.max(10),
+                    compress: rc.compression.is_on(),
                 }),
                 thread_priority: rc.thread_priority,
             }));
@@ -634,6 +639,7 @@ impl Replicator {
                 flush_interval_ms: rc.flush_interval_ms,
                 region: config.region.clone(),
                 region_id: config.region_id,
+                compress: rc.compression.is_on(),
             }),
         }))
     }
@@ -773,7 +779,9 @@ impl Core {
             flush_interval_ms,
             region,
             region_id,
+            compress,
         } = self;
+        let mut enc = FrameEncoder::new(compress);
         let mut peers: Vec<LoopPeer> = control
             .peers()
             .into_iter()
@@ -906,7 +914,14 @@ impl Core {
                 timer_due = false;
             }
             forget_requested(&control, &transport, &mut link, &mut peers, &mut forgotten);
-            ship(now, &transport, &mut link, &mut peers, &mut buf, &mut rng);
+            ship(
+                now,
+                &transport,
+                &mut link,
+                &mut peers,
+                (&mut buf, &mut enc),
+                &mut rng,
+            );
             if now >= next_stats {
                 next_stats = now + 100;
                 publish(now, &control, &transport, &link, &mut peers, &mut rates);
@@ -1052,7 +1067,7 @@ fn ship(
     transport: &QuicTransport,
     link: &mut RegionLink,
     peers: &mut [LoopPeer],
-    buf: &mut Vec<u8>,
+    (buf, enc): (&mut Vec<u8>, &mut FrameEncoder),
     rng: &mut rand::rngs::SmallRng,
 ) {
     while let Some((peer, frame)) = link.poll_transmit(now) {
@@ -1067,7 +1082,7 @@ fn ship(
             continue;
         }
         buf.clear();
-        let size = match encode_into(&frame, buf) {
+        let size = match enc.encode_into(&frame, buf) {
             Ok(size) => size,
             Err(e) => {
                 // Writes are bounded so that no key's delta or state passes a frame
@@ -1349,6 +1364,7 @@ fn publish(
     control.deltas_enqueued.store(st.deltas_enqueued, Relaxed);
     control.deltas_sent.store(st.deltas_sent, Relaxed);
     control.deltas_resent.store(st.deltas_resent, Relaxed);
+    control.deltas_forwarded.store(st.deltas_forwarded, Relaxed);
     control.deltas_applied.store(st.deltas_applied, Relaxed);
     control.logs_dropped.store(st.logs_dropped, Relaxed);
     control.deltas_abandoned.store(st.deltas_abandoned, Relaxed);

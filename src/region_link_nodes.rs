@@ -59,6 +59,8 @@ pub struct NodesCore {
     pub flush_interval_ms: u64,
     /// GC visits one shard every `gc_interval_ms / SHARDS` (as in region mode).
     pub gc_interval_ms: u64,
+    /// `[replication] compression`: LZ4 for large frames.
+    pub compress: bool,
 }
 
 /// Transport peers by index: a [`PeerNode`]'s `node` is its index here.
@@ -92,7 +94,9 @@ impl NodesCore {
             single_addr,
             flush_interval_ms,
             gc_interval_ms,
+            compress,
         } = self;
+        let mut enc = meridian_replication::FrameEncoder::new(compress);
         // Regions forgotten here, by name: a node of one that speaks again reaches a link
         // that refuses its incarnation (or readmits a new one: then it is a peer again).
         let mut forgotten: Vec<(String, RegionId)> = Vec::new();
@@ -220,7 +224,13 @@ impl NodesCore {
                 table: &table,
                 peers: &peers,
             };
-            out.ship(now, &mut links, &mut delayed, &mut buf, &mut rng);
+            out.ship(
+                now,
+                &mut links,
+                &mut delayed,
+                (&mut buf, &mut enc),
+                &mut rng,
+            );
             if !handshake_seen
                 && peers.iter().all(|p| topos.get(&p.name).is_some())
                 && links.peers().count() > 0
@@ -438,6 +448,7 @@ fn publish(
     control.deltas_enqueued.store(ls.deltas_enqueued, Relaxed);
     control.deltas_sent.store(ls.deltas_sent, Relaxed);
     control.deltas_resent.store(ls.deltas_resent, Relaxed);
+    control.deltas_forwarded.store(ls.deltas_forwarded, Relaxed);
     control.deltas_applied.store(ls.deltas_applied, Relaxed);
     control.logs_dropped.store(ls.logs_dropped, Relaxed);
     control.deltas_abandoned.store(ls.deltas_abandoned, Relaxed);
@@ -589,7 +600,7 @@ impl Outbound<'_> {
         now: u64,
         links: &mut NodeLinks,
         delayed: &mut std::collections::VecDeque<(u64, PeerKey, Bytes)>,
-        buf: &mut Vec<u8>,
+        (buf, enc): (&mut Vec<u8>, &mut meridian_replication::FrameEncoder),
         rng: &mut rand::rngs::SmallRng,
     ) {
         while let Some((peer, frame)) = links.poll_transmit(now) {
@@ -605,7 +616,7 @@ impl Outbound<'_> {
                 continue;
             }
             buf.clear();
-            if let Err(e) = encode_into(&frame, buf) {
+            if let Err(e) = enc.encode_into(&frame, buf) {
                 // See `region_link::ship`.
                 tracing::error!(error = %e, "cannot encode replication frame");
                 continue;

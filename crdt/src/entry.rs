@@ -282,6 +282,12 @@ impl Entry {
         self.visible().map(Val::kind)
     }
 
+    /// No state at all: no component and no metadata (what a replication placeholder
+    /// carries; a merge of it changes nothing).
+    pub fn is_void(&self) -> bool {
+        self.comps.is_empty() && self.meta.as_ref().is_none_or(|m| m.is_empty())
+    }
+
     pub fn as_str(&self) -> Option<&Str> {
         match self.visible()? {
             Val::Str(s) => Some(s),

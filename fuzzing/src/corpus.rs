@@ -117,7 +117,23 @@ pub fn region_frames() -> Vec<Frame> {
             epoch: 1 << 63 | 3,
             floor: 1,
             first_seq: 1,
+            moved: vec![],
             deltas: origin_deltas,
+        }),
+        // A resend whose first delta went as a placeholder (`Batch::moved`).
+        Frame::Batch(Batch {
+            origin: RegionId(1),
+            epoch: 1 << 63 | 3,
+            floor: 1,
+            first_seq: 4,
+            deltas: vec![Delta {
+                key: Bytes::new(),
+                slot: 0,
+                stamp: Stamp::new(Hlc(1 << 44), RegionId(1)),
+                full: false,
+                state: meridian_crdt::Entry::default(),
+            }],
+            moved: vec![(0, 9)],
         }),
         Frame::Ack(Ack {
             origin: RegionId(2),
@@ -154,6 +170,7 @@ pub fn region_frames() -> Vec<Frame> {
                 slot: 3,
                 keys: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]),
             }],
+            left_to_deltas: Bytes::from_static(&[1, 2, 3, 4]),
         }),
         Frame::Hello(Hello {
             ask: true,
@@ -275,10 +292,19 @@ fn expect_ok<T, E: std::fmt::Debug>(r: Result<T, E>, what: &str) -> T {
 }
 
 pub fn region_seeds() -> Vec<Vec<u8>> {
-    region_frames()
+    let frames = region_frames();
+    let mut seeds: Vec<Vec<u8>> = frames
         .iter()
         .map(|f| expect_ok(codec::encode(f), "region frame"))
-        .collect()
+        .collect();
+    // The same frames as the server sends them: large ones LZ4-compressed (`Frame::Packed`).
+    let mut enc = codec::FrameEncoder::new(true);
+    for f in &frames {
+        let mut out = Vec::new();
+        expect_ok(enc.encode_into(f, &mut out), "compressed region frame");
+        seeds.push(out);
+    }
+    seeds
 }
 
 pub fn replica_seeds() -> Vec<Vec<u8>> {

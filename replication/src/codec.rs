@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 /// at run time is known by its `Hello`; the GC bound's refusals name incarnations) and
 /// `Frame::Refused`. Earlier frames keep their encoding (new fields and the new variant
 /// come last), but a version-3 peer is refused by the framing, as every bump so far.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// 5: `Batch::moved` (a resent delta whose content was joined into a later, never-sent
+/// delta of its key travels as a placeholder naming that later sequence) and
+/// `AeEntries::left_to_deltas`, and `Frame::Packed` (LZ4-compressed frames).
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Hard limit on one frame (prefix excluded). Batches and anti-entropy chunks stay far below.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 const FRAMING: Framing = Framing {
@@ -45,6 +48,12 @@ pub struct Batch {
     pub floor: u64,
     pub first_seq: u64,
     pub deltas: Vec<Delta>,
+    /// Placeholders among `deltas`, as `(index, to)` in increasing index order: the delta
+    /// at `index` was sent before, and on this resend its content travels in the later,
+    /// never-sent delta of sequence `to` (same key). A placeholder takes its sequence
+    /// (acknowledged like any delta), is not merged, and carries its write's stamp; the
+    /// receiver's frontier for the origin stays below that stamp until it has merged `to`.
+    pub moved: Vec<(u32, u64)>,
 }
 
 /// Highest contiguous sequence received from `origin` in `epoch`.
@@ -175,6 +184,11 @@ pub struct AeEntries {
     /// (the sender ships its copy, and the receiver pushes back what it knew more). Empty:
     /// every wanted key is shipped.
     pub offer: Vec<SlotVersions>,
+    /// With `last` of an answer: salted ids (`u32` LE each, see `AeEntries::offer`) of
+    /// wanted keys not shipped because the sender's delta of the key is still in flight to
+    /// the receiver: that delta brings the key, and the receiver does not push its own
+    /// (older) copy back for them this round.
+    pub left_to_deltas: Bytes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +207,68 @@ pub enum Frame {
     Topology(crate::proto::topology::RegionTopology),
     /// The sender refuses the receiver's incarnation (see [`Refused`]).
     Refused(Refused),
+    /// Another frame, compressed (see [`FrameEncoder`]); [`decode`] returns the inner one.
+    Packed(Packed),
+}
+
+/// A frame compressed with LZ4 (block format): `lz4` decompresses to exactly `raw_len`
+/// bytes, the postcard body of one frame that is not itself `Packed`. `raw_len` is bounded
+/// by [`MAX_FRAME_BYTES`] like any frame, so a peer cannot make the receiver allocate more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packed {
+    pub raw_len: u32,
+    pub lz4: Bytes,
+}
+
+/// Frames of at least this many bytes (batches and anti-entropy entries) are compressed.
+pub const COMPRESS_MIN_BYTES: usize = 256;
+
+/// Encodes frames for one link, compressing large batches and anti-entropy entries with
+/// LZ4 when `compress` is on (`[replication] compression`) and it pays (a frame that does
+/// not shrink goes plain). Keeps its scratch buffers between frames.
+#[derive(Debug, Default)]
+pub struct FrameEncoder {
+    pub compress: bool,
+    raw: Vec<u8>,
+    lz4: Vec<u8>,
+}
+
+impl FrameEncoder {
+    pub fn new(compress: bool) -> FrameEncoder {
+        FrameEncoder {
+            compress,
+            raw: Vec::new(),
+            lz4: Vec::new(),
+        }
+    }
+
+    /// Append one encoded frame to `out`; returns its size on the wire.
+    pub fn encode_into(&mut self, frame: &Frame, out: &mut Vec<u8>) -> Result<usize, CodecError> {
+        if !self.compress || !matches!(frame, Frame::Batch(_) | Frame::AeEntries(_)) {
+            return encode_into(frame, out);
+        }
+        self.raw.clear();
+        self.raw = postcard::to_extend(frame, std::mem::take(&mut self.raw))
+            .map_err(|e| CodecError::Frame(FrameError::Malformed(e.to_string())))?;
+        let n = self.raw.len();
+        if !(COMPRESS_MIN_BYTES..=MAX_FRAME_BYTES).contains(&n) {
+            return encode_into(frame, out);
+        }
+        self.lz4.clear();
+        self.lz4
+            .resize(lz4_flex::block::get_maximum_output_size(n), 0);
+        let Ok(packed) = lz4_flex::block::compress_into(&self.raw, &mut self.lz4) else {
+            return encode_into(frame, out);
+        };
+        if packed + 8 >= n {
+            return encode_into(frame, out);
+        }
+        let wrapped = Frame::Packed(Packed {
+            raw_len: n as u32,
+            lz4: Bytes::copy_from_slice(&self.lz4[..packed]),
+        });
+        encode_into(&wrapped, out)
+    }
 }
 
 impl Frame {
@@ -222,8 +298,35 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, CodecError> {
     let Some((mut frame, n)) = FRAMING.decode::<Frame>(buf)? else {
         return Ok(None);
     };
+    if let Frame::Packed(p) = &frame {
+        frame = unpack(p)?;
+    }
     validate(&mut frame)?;
     Ok(Some((frame, n)))
+}
+
+fn unpack(p: &Packed) -> Result<Frame, CodecError> {
+    let raw_len = p.raw_len as usize;
+    if raw_len > MAX_FRAME_BYTES {
+        return Err(CodecError::Frame(FrameError::TooLarge {
+            len: raw_len,
+            max: MAX_FRAME_BYTES,
+        }));
+    }
+    let raw = lz4_flex::block::decompress(&p.lz4, raw_len)
+        .map_err(|_| CodecError::Invalid("compressed frame does not decompress"))?;
+    if raw.len() != raw_len {
+        return Err(CodecError::Invalid("compressed frame has the wrong length"));
+    }
+    let (inner, rest) = postcard::take_from_bytes::<Frame>(&raw)
+        .map_err(|e| CodecError::Frame(FrameError::Malformed(e.to_string())))?;
+    if !rest.is_empty() {
+        return Err(CodecError::Frame(FrameError::Trailing));
+    }
+    if matches!(inner, Frame::Packed(_)) {
+        return Err(CodecError::Invalid("nested compressed frame"));
+    }
+    Ok(inner)
 }
 
 fn validate(frame: &mut Frame) -> Result<(), CodecError> {
@@ -234,6 +337,22 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
             }
             if b.first_seq.checked_add(b.deltas.len() as u64).is_none() {
                 return Err(CodecError::Invalid("sequence overflow"));
+            }
+            let mut prev: Option<u32> = None;
+            for &(i, to) in &b.moved {
+                if prev.is_some_and(|p| p >= i) {
+                    return Err(CodecError::Invalid("placeholders out of order"));
+                }
+                prev = Some(i);
+                let Some(d) = b.deltas.get(i as usize) else {
+                    return Err(CodecError::Invalid("placeholder index out of range"));
+                };
+                if to <= b.first_seq + u64::from(i) {
+                    return Err(CodecError::Invalid("placeholder names an earlier sequence"));
+                }
+                if !d.key.is_empty() || !d.state.is_void() {
+                    return Err(CodecError::Invalid("placeholder carries state"));
+                }
             }
             for d in b.deltas.iter_mut() {
                 if d.slot != key_slot(&d.key) {
@@ -258,6 +377,9 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
         Frame::AeKeys(k) => check_slot_keys(&k.slots)?,
         Frame::AeEntries(e) => {
             check_slot_keys(&e.want)?;
+            if e.left_to_deltas.len() % 4 != 0 {
+                return Err(CodecError::Invalid("key id list has a partial id"));
+            }
             for v in &e.offer {
                 if usize::from(v.slot) >= meridian_crdt::SLOT_COUNT
                     || v.keys.len() % VERSION_BYTES != 0
@@ -273,6 +395,7 @@ fn validate(frame: &mut Frame) -> Result<(), CodecError> {
         Frame::Ack(_) | Frame::Frontier(_) | Frame::Hello(_) | Frame::Refused(_) => {}
         Frame::TopologyRequest => {}
         Frame::Topology(t) => t.validate().map_err(CodecError::Invalid)?,
+        Frame::Packed(_) => return Err(CodecError::Invalid("nested compressed frame")),
     }
     Ok(())
 }
@@ -386,6 +509,7 @@ pub(crate) mod tests {
                 floor: 1,
                 first_seq: 1,
                 deltas,
+                moved: vec![],
             }),
             Frame::Ack(Ack {
                 origin: RegionId(2),
@@ -421,6 +545,7 @@ pub(crate) mod tests {
                     slot: 3,
                     keys: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]),
                 }],
+                left_to_deltas: Bytes::from_static(&[9, 8, 7, 6]),
             }),
         ]
     }
@@ -475,9 +600,124 @@ pub(crate) mod tests {
             want: Vec::new(),
             last: true,
             offer: Vec::new(),
+            left_to_deltas: Bytes::new(),
         });
         let (back, _) = decode(&encode(&f).unwrap()).unwrap().unwrap();
         assert_eq!(back, f);
+    }
+
+    /// `Batch::moved`: a placeholder round-trips; one that carries state, names an
+    /// earlier sequence, is out of range or out of order is refused.
+    #[test]
+    fn batch_placeholders_are_checked() {
+        let (_, deltas) = sample_deltas();
+        let placeholder = Delta {
+            key: Bytes::new(),
+            slot: 0,
+            stamp: deltas[0].stamp,
+            full: false,
+            state: Entry::default(),
+        };
+        let batch = |moved: Vec<(u32, u64)>, first: Delta| {
+            let mut ds = deltas.clone();
+            ds[0] = first;
+            Frame::Batch(Batch {
+                origin: RegionId(1),
+                epoch: 1,
+                floor: 1,
+                first_seq: 5,
+                deltas: ds,
+                moved,
+            })
+        };
+        let good = batch(vec![(0, 9)], placeholder.clone());
+        let (back, _) = decode(&encode(&good).unwrap()).unwrap().unwrap();
+        assert_eq!(back, good);
+        let n = deltas.len() as u32;
+        for (bad, why) in [
+            (
+                batch(vec![(0, 9)], deltas[0].clone()),
+                "placeholder carries state",
+            ),
+            (
+                batch(vec![(0, 5)], placeholder.clone()),
+                "placeholder names an earlier sequence",
+            ),
+            (
+                batch(vec![(n, 99)], placeholder.clone()),
+                "placeholder index out of range",
+            ),
+            (
+                batch(vec![(0, 9), (0, 9)], placeholder.clone()),
+                "placeholders out of order",
+            ),
+        ] {
+            assert_eq!(
+                decode(&encode(&bad).unwrap()),
+                Err(CodecError::Invalid(why))
+            );
+        }
+    }
+
+    /// `FrameEncoder` with compression: every frame decodes to itself, a large batch goes
+    /// packed and smaller; a packed frame that lies about its length, does not decompress,
+    /// claims more than a frame may hold or nests another is refused.
+    #[test]
+    fn compressed_frames_round_trip_and_bad_ones_are_refused() {
+        let mut enc = FrameEncoder::new(true);
+        let (_, deltas) = sample_deltas();
+        let mut frames = sample_frames();
+        frames.push(Frame::Batch(Batch {
+            origin: RegionId(1),
+            epoch: 1,
+            floor: 1,
+            first_seq: 1,
+            deltas: deltas.iter().cycle().take(200).cloned().collect(),
+            moved: vec![],
+        }));
+        for f in &frames {
+            let mut out = Vec::new();
+            let n = enc.encode_into(f, &mut out).unwrap();
+            let (back, used) = decode(&out).unwrap().unwrap();
+            assert_eq!((&back, used), (f, n));
+        }
+        let big = frames.last().unwrap();
+        let mut packed = Vec::new();
+        enc.encode_into(big, &mut packed).unwrap();
+        let plain = encode(big).unwrap();
+        assert!(
+            packed.len() * 2 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+        let raw = postcard::to_allocvec(big).unwrap();
+        let lz4 = Bytes::from(lz4_flex::block::compress(&raw));
+        let nested_raw = postcard::to_allocvec(&Frame::Packed(Packed {
+            raw_len: 3,
+            lz4: Bytes::from_static(&[1, 2, 3]),
+        }))
+        .unwrap();
+        for bad in [
+            Packed {
+                raw_len: raw.len() as u32 + 1,
+                lz4: lz4.clone(),
+            },
+            Packed {
+                raw_len: raw.len() as u32,
+                lz4: Bytes::from_static(&[0xff; 16]),
+            },
+            Packed {
+                raw_len: MAX_FRAME_BYTES as u32 + 1,
+                lz4: lz4.clone(),
+            },
+            Packed {
+                raw_len: nested_raw.len() as u32,
+                lz4: Bytes::from(lz4_flex::block::compress(&nested_raw)),
+            },
+        ] {
+            assert!(decode(&encode(&Frame::Packed(bad)).unwrap()).is_err());
+        }
     }
 
     #[test]

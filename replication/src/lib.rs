@@ -22,7 +22,7 @@ pub mod store;
 pub mod transport;
 
 pub use codec::{
-    decode, encode, encode_into, CodecError, Frame, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode, encode, encode_into, CodecError, Frame, FrameEncoder, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 pub use proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 pub use proto::link::{LinkConfig, LinkStats, PeerStatus, RegionLink, DEFAULT_MAX_CLOCK_OFFSET_MS};
@@ -108,6 +108,7 @@ mod tests {
                 epoch: 1,
                 floor: 1,
                 first_seq: 1,
+                moved: vec![],
                 deltas: vec![Delta {
                     key: Bytes::from_static(key),
                     slot: meridian_crdt::key_slot(key),
@@ -125,6 +126,7 @@ mod tests {
                 want: Vec::new(),
                 last: true,
                 offer: Vec::new(),
+                left_to_deltas: Bytes::new(),
             });
             for f in [batch, ae] {
                 let len = encode(&f).expect("fits one frame").len();

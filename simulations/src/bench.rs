@@ -120,6 +120,7 @@ pub fn bytes_per_delta(make: impl Fn(&mut Keyspace, usize, &mut HlcClock)) -> (u
             epoch: 1,
             floor: 1,
             first_seq: 1,
+            moved: vec![],
             deltas: ds,
         })
     };

@@ -91,7 +91,7 @@ use meridian_crdt::{
     SLOT_COUNT,
 };
 use meridian_replication::proto::node_links::{NodeLinks, PeerNode, SlotSet};
-use meridian_replication::{decode, encode, Frame, LinkConfig, LinkStore};
+use meridian_replication::{decode, Frame, FrameEncoder, LinkConfig, LinkStore};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::borrow::Cow;
@@ -930,7 +930,10 @@ impl Sim {
             }
             return;
         }
-        let bytes = encode(&frame).expect("frames stay under the limit");
+        let mut bytes = Vec::new();
+        FrameEncoder::new(true)
+            .encode_into(&frame, &mut bytes)
+            .expect("frames stay under the limit");
         let copies = if faults && self.rng.random_range(0..100) < self.dup_pct {
             2
         } else {

@@ -42,7 +42,7 @@ use meridian_crdt::{
     KeyspaceConfig, Kind, RegionId, Stamp, Val, SLOT_COUNT,
 };
 use meridian_replication::{
-    decode, encode_into, Frame, LinkConfig, LinkStore, RegionLink, DEFAULT_MAX_CLOCK_OFFSET_MS,
+    decode, Frame, FrameEncoder, LinkConfig, LinkStore, RegionLink, DEFAULT_MAX_CLOCK_OFFSET_MS,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -1253,9 +1253,13 @@ impl Sim {
         let now = self.node_now(i);
         let mut buf = Vec::new();
         let mut out = Vec::new();
+        // As the server: large frames LZ4-compressed (`[replication] compression`).
+        let mut enc = FrameEncoder::new(true);
         while let Some((peer, frame)) = self.nodes[i].link.poll_transmit(now) {
             buf.clear();
-            let n = encode_into(&frame, &mut buf).expect("frames stay under the limit");
+            let n = enc
+                .encode_into(&frame, &mut buf)
+                .expect("frames stay under the limit");
             if frame.is_anti_entropy() {
                 self.report.anti_entropy_bytes += n as u64;
             } else if matches!(frame, Frame::Batch(_)) {

@@ -90,6 +90,8 @@ struct Deferred {
     round: u64,
     keys: Vec<Bytes>,
     received: BTreeSet<Bytes>,
+    /// Salted ids of keys the peer left to its deltas in flight (not pushed back).
+    left_to_deltas: BTreeSet<u32>,
     keys_done: bool,
     replies_pending: usize,
 }
@@ -217,6 +219,9 @@ struct EntryChunks<'a> {
     cur_bytes: usize,
     out: &'a mut VecDeque<(RegionId, Frame)>,
     shipped: u64,
+    /// Ids of wanted keys left to deltas in flight (`AeEntries::left_to_deltas`), sent
+    /// with the answer's last frame.
+    left_to_deltas: Vec<u8>,
 }
 
 impl EntryChunks<'_> {
@@ -241,6 +246,11 @@ impl EntryChunks<'_> {
                 want,
                 last,
                 offer: Vec::new(),
+                left_to_deltas: if last {
+                    Bytes::from(std::mem::take(&mut self.left_to_deltas))
+                } else {
+                    Bytes::new()
+                },
             }),
         ));
         self.cur_bytes = 0;
@@ -700,21 +710,17 @@ impl AntiEntropy {
             want_frames.push((want, offer));
         }
         let pi_region = self.peers[pi].region;
-        let deferred = self.peers[pi].deferred.get_or_insert_with(|| Deferred {
+        let fresh = || Deferred {
             round: msg.round,
             keys: Vec::new(),
             received: BTreeSet::new(),
+            left_to_deltas: BTreeSet::new(),
             keys_done: false,
             replies_pending: 0,
-        });
+        };
+        let deferred = self.peers[pi].deferred.get_or_insert_with(fresh);
         if deferred.round != msg.round {
-            *deferred = Deferred {
-                round: msg.round,
-                keys: Vec::new(),
-                received: BTreeSet::new(),
-                keys_done: false,
-                replies_pending: 0,
-            };
+            *deferred = fresh();
         }
         deferred.keys.extend(ship);
         deferred.replies_pending += want_frames.len();
@@ -728,6 +734,7 @@ impl AntiEntropy {
                     want: w,
                     last: false,
                     offer,
+                    left_to_deltas: Bytes::new(),
                 }),
             ));
         }
@@ -786,9 +793,14 @@ impl AntiEntropy {
             cur_bytes: 0,
             out: &mut self.outbox,
             shipped: 0,
+            left_to_deltas: Vec::new(),
         };
+        let salt = salt_of(d.round);
         for k in d.keys {
-            if d.received.contains(&k) || in_flight(&k) {
+            if d.received.contains(&k)
+                || in_flight(&k)
+                || d.left_to_deltas.contains(&key_id(&k, salt))
+            {
                 continue;
             }
             if let Some(e) = store.entry(&k) {
@@ -855,6 +867,7 @@ impl AntiEntropy {
             cur_bytes: 0,
             out: &mut self.outbox,
             shipped: 0,
+            left_to_deltas: Vec::new(),
         };
         for ks in &msg.entries {
             let max = ks.state.max_hlc();
@@ -896,9 +909,15 @@ impl AntiEntropy {
             }
             for (slot, wanted) in by_slot {
                 let mut ship = Vec::new();
+                let to_deltas = &mut chunks.left_to_deltas;
                 store.for_each_key_digest(slot, &mut |k, kd| {
-                    if wanted.contains(&fingerprint(k, kd, salt)) && !in_flight(k) {
-                        ship.push(Bytes::copy_from_slice(k));
+                    if wanted.contains(&fingerprint(k, kd, salt)) {
+                        if in_flight(k) {
+                            // Our delta brings it: the asker must not push its copy back.
+                            to_deltas.extend_from_slice(&key_id(k, salt).to_le_bytes());
+                        } else {
+                            ship.push(Bytes::copy_from_slice(k));
+                        }
                     }
                 });
                 let theirs = offered.get(&slot);
@@ -930,6 +949,11 @@ impl AntiEntropy {
         {
             d.received
                 .extend(msg.entries.iter().map(|ks| ks.key.clone()));
+            d.left_to_deltas.extend(
+                msg.left_to_deltas
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
             if msg.last {
                 d.replies_pending = d.replies_pending.saturating_sub(1);
             }

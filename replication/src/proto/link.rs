@@ -133,7 +133,7 @@ use crate::codec::{Ack, Batch, Frame, Frontier, Hello, RefuseReason, Refused};
 use crate::proto::anti_entropy::{AntiEntropy, AntiEntropyStats};
 use crate::store::LinkStore;
 use bytes::Bytes;
-use meridian_crdt::{Delta, Hlc, RegionId, SeededState};
+use meridian_crdt::{Delta, Entry, Hlc, RegionId, SeededState};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 #[derive(Clone, Debug)]
@@ -244,6 +244,9 @@ pub struct LinkStats {
     /// Deltas joined into a never-sent delta of the same key (per peer log; see
     /// `RegionLink::enqueue`).
     pub deltas_coalesced: u64,
+    /// Resent deltas whose content was joined into the later, never-sent delta of their
+    /// key and sent as placeholders (see `Outbox::forward_superseded`).
+    pub deltas_forwarded: u64,
     /// Peers expelled from GC for their silence (`peer_gc_bound_ms`).
     pub peers_expelled: u64,
     /// Frames from an expelled incarnation, refused (not merged).
@@ -320,6 +323,9 @@ struct Outbox {
     peer: RegionId,
     /// `(seq, delta, bytes)`, contiguous sequences starting at `acked + 1` (or `floor`).
     log: VecDeque<(u64, Delta, usize)>,
+    /// Placeholders in `log`: sequence → the later sequence that carries its content (see
+    /// `Outbox::forward_superseded`).
+    moved: BTreeMap<u64, u64>,
     /// Enqueue time of each log entry's delta, parallel to `log` (for `lag_ms`).
     log_ms: VecDeque<u64>,
     /// Keys with deltas in `log`: how many, and the sequence of the newest. Anti-entropy
@@ -380,6 +386,7 @@ impl Outbox {
         Outbox {
             peer,
             log: VecDeque::new(),
+            moved: BTreeMap::new(),
             log_ms: VecDeque::new(),
             in_log: HashMap::default(),
             last_ack_ms: 0,
@@ -432,6 +439,7 @@ impl Outbox {
     fn abandon_log(&mut self) -> u64 {
         let n = self.log.len() as u64;
         self.log.clear();
+        self.moved.clear();
         self.in_log.clear();
         self.log_ms.clear();
         self.log_bytes = 0;
@@ -485,6 +493,77 @@ impl Outbox {
         true
     }
 
+    /// Before a resend of the log entries at indices `range` (each sent before, so never
+    /// changed): an entry whose key has a later entry that was never sent is joined into
+    /// that one and becomes a placeholder (no key, no state, its own stamp and sequence),
+    /// so a key written again while the link was cut ships its latest state once instead
+    /// of every superseded value sent into the cut. Moving content to a later sequence is
+    /// safe for delivery (the later entry is unacknowledged, so it stays in the log until
+    /// the peer has it; a peer that held the original merges it twice) but not for the
+    /// peer's frontier, which follows the stamps of delivered sequences: the batch names
+    /// each placeholder's later sequence (`Batch::moved`) and the receiver's frontier for
+    /// us stays below the placeholder's stamp until it has merged that one. Returns how
+    /// many entries became placeholders.
+    fn forward_superseded(&mut self, range: std::ops::Range<usize>) -> u64 {
+        let Some(front) = self.log.front().map(|e| e.0) else {
+            return 0;
+        };
+        let mut n = 0;
+        for i in range {
+            let Some((seq, d, _)) = self.log.get(i) else {
+                break;
+            };
+            let seq = *seq;
+            if seq > self.max_sent || self.moved.contains_key(&seq) {
+                continue;
+            }
+            let Some(&(_, to)) = self.in_log.get(&d.key) else {
+                continue;
+            };
+            if to <= self.max_sent {
+                continue;
+            }
+            let Some(j) = usize::try_from(to - front).ok() else {
+                continue;
+            };
+            let Some((_, later, _)) = self.log.get(j) else {
+                continue;
+            };
+            // As in `coalesce`: a full delta is not joined into a partial one.
+            if later.key != d.key || (d.full && !later.full) {
+                continue;
+            }
+            let (key, stamp) = (d.key.clone(), d.stamp);
+            let placeholder = Delta {
+                key: Bytes::new(),
+                slot: 0,
+                stamp,
+                full: false,
+                state: Entry::default(),
+            };
+            let pb = delta_bytes(&placeholder);
+            let Some((_, old, ob)) = self.log.get_mut(i) else {
+                break;
+            };
+            let old_state = std::mem::replace(old, placeholder).state;
+            let old_bytes = std::mem::replace(ob, pb);
+            let Some((_, later, lb)) = self.log.get_mut(j) else {
+                break;
+            };
+            later.state.merge(&old_state);
+            let nb = delta_bytes(later);
+            self.log_bytes = (self.log_bytes + nb + pb).saturating_sub(*lb + old_bytes);
+            *lb = nb;
+            // The key keeps its later entry: at least one remains counted.
+            if let Some(c) = self.in_log.get_mut(&key) {
+                c.0 = c.0.saturating_sub(1).max(1);
+            }
+            self.moved.insert(seq, to);
+            n += 1;
+        }
+        n
+    }
+
     /// Give back the memory of a log that once held a backlog (a burst, a partition): a
     /// drained `VecDeque` or map keeps its greatest capacity otherwise.
     fn shrink(&mut self) {
@@ -521,12 +600,17 @@ const MAX_LOCAL_GAPS: usize = 8;
 struct Incoming {
     epoch: u64,
     acked: u64,
-    buffer: BTreeMap<u64, Delta>,
+    /// Out-of-order deltas by sequence, each with its `Batch::moved` target if a placeholder.
+    buffer: BTreeMap<u64, (Delta, Option<u64>)>,
     /// Deltas were skipped (abandoned log, restart): `seen` must not advance until a clean
     /// anti-entropy round with this origin started after `gap_mark`.
     gap: bool,
     gap_mark: u64,
     seen: Hlc,
+    /// Placeholders merged whose content is in a later sequence not merged yet: `seen`
+    /// stays below the lowest of their stamps until `acked` reaches the greatest of those
+    /// sequences (see `Batch::moved`).
+    moved_cap: Option<(Hlc, u64)>,
 }
 
 impl Incoming {
@@ -538,6 +622,7 @@ impl Incoming {
             gap: false,
             gap_mark: 0,
             seen: Hlc::ZERO,
+            moved_cap: None,
         }
     }
 }
@@ -1252,6 +1337,8 @@ impl RegionLink {
                 }
             }
             Frame::Batch(b) => self.handle_batch(now_ms, from, b, store),
+            // `decode` unpacks compressed frames.
+            Frame::Packed(_) => {}
             Frame::Ack(a) => self.handle_ack(now_ms, from, a),
             Frame::Frontier(f) => {
                 let limit = self.clock_limit(now_ms);
@@ -1377,12 +1464,16 @@ impl RegionLink {
                 gap: !fresh || inc.gap,
                 gap_mark: mark,
                 seen: inc.seen,
+                moved_cap: None,
             };
         }
         if b.floor > inc.acked + 1 {
             inc.acked = b.floor - 1;
             inc.gap = true;
             inc.gap_mark = mark;
+            // The gap freezes `seen` until a clean anti-entropy round, which also covers
+            // whatever a placeholder's later sequence carried.
+            inc.moved_cap = None;
             let keep = inc.buffer.split_off(&b.floor);
             inc.buffer = keep;
         }
@@ -1393,13 +1484,17 @@ impl RegionLink {
         let mut held = false;
         let mut max_seen = self.max_seen_hlc;
         let mut issued = Hlc::ZERO;
+        let mut moved = b.moved.iter().peekable();
         for (i, d) in b.deltas.into_iter().enumerate() {
             let seq = b.first_seq + i as u64;
+            let to = moved
+                .next_if(|(mi, _)| *mi as usize == i)
+                .map(|&(_, to)| to);
             if seq <= inc.acked {
                 self.stats.deltas_duplicate += 1;
             } else if seq == inc.acked + 1 {
-                let mut next = Some(d);
-                while let Some(d) = next {
+                let mut next = Some((d, to));
+                while let Some((d, to)) = next {
                     let max = d.state.max_hlc().max(d.stamp.hlc);
                     if max > limit {
                         // Held (dropped here, not acknowledged); what follows it stays in
@@ -1409,12 +1504,18 @@ impl RegionLink {
                     }
                     max_seen = max_seen.max(max);
                     issued = issued.max(d.stamp.hlc);
-                    run.push(d);
+                    if let Some(to) = to {
+                        // A placeholder: nothing to merge; `seen` waits for `to`.
+                        let (cap, until) = inc.moved_cap.unwrap_or((d.stamp.hlc, to));
+                        inc.moved_cap = Some((cap.min(d.stamp.hlc), until.max(to)));
+                    } else {
+                        run.push(d);
+                    }
                     inc.acked += 1;
                     next = inc.buffer.remove(&(inc.acked + 1));
                 }
             } else if seq - inc.acked <= self.cfg.reorder_buffer_deltas {
-                inc.buffer.entry(seq).or_insert(d);
+                inc.buffer.entry(seq).or_insert((d, to));
             } else {
                 self.stats.deltas_out_of_order_dropped += 1;
             }
@@ -1427,10 +1528,20 @@ impl RegionLink {
         if !run.is_empty() {
             store.apply_deltas(&run);
             self.stats.deltas_applied += run.len() as u64;
+        }
+        if issued > Hlc::ZERO {
             self.max_seen_hlc = max_seen;
             // A run is in sequence order, which is the origin's HLC order.
+            let mut upto = issued;
+            if let Some((cap, until)) = inc.moved_cap {
+                if inc.acked >= until {
+                    inc.moved_cap = None;
+                } else {
+                    upto = upto.min(Hlc(cap.0.saturating_sub(1)));
+                }
+            }
             if !inc.gap {
-                inc.seen = inc.seen.max(issued);
+                inc.seen = inc.seen.max(upto);
             }
             o.max_issued = o.max_issued.max(issued);
         }
@@ -1448,8 +1559,10 @@ impl RegionLink {
             return;
         }
         while o.log.front().is_some_and(|(s, _, _)| *s <= a.seq) {
-            let (_, d, bytes) = o.log.pop_front().expect("checked");
-            if let Some(n) = o.in_log.get_mut(&d.key) {
+            let (s, d, bytes) = o.log.pop_front().expect("checked");
+            if o.moved.remove(&s).is_some() {
+                // A placeholder: its key was uncounted when it became one.
+            } else if let Some(n) = o.in_log.get_mut(&d.key) {
                 n.0 -= 1;
                 if n.0 == 0 {
                     o.in_log.remove(&d.key);
@@ -1734,13 +1847,20 @@ impl RegionLink {
             debug_assert!(first_seq >= front_seq);
             let start = (first_seq - front_seq) as usize;
             let room = (window - in_flight as usize).min(self.cfg.max_batch_deltas);
+            if self.cfg.coalesce && first_seq <= o.max_sent {
+                self.stats.deltas_forwarded += o.forward_superseded(start..start + room);
+            }
             let mut deltas = Vec::new();
+            let mut moved = Vec::new();
             let mut bytes = 0;
-            for (_, d, b) in o.log.iter().skip(start).take(room) {
+            for (s, d, b) in o.log.iter().skip(start).take(room) {
                 if !deltas.is_empty() && bytes + b > self.cfg.max_batch_bytes {
                     break;
                 }
                 bytes += b;
+                if let Some(&to) = o.moved.get(s) {
+                    moved.push((deltas.len() as u32, to));
+                }
                 deltas.push(d.clone());
             }
             if deltas.is_empty() {
@@ -1765,6 +1885,7 @@ impl RegionLink {
                     floor: o.acked + 1,
                     first_seq,
                     deltas,
+                    moved,
                 }),
             ));
         }
@@ -2939,6 +3060,73 @@ mod tests {
         }
     }
 
+    /// A key written again while the link was cut: on the resend, its entry sent into the
+    /// cut is joined into the later, never-sent one and goes as a placeholder, so the key
+    /// ships once; the peer's frontier for us stays below the placeholder's stamp until the
+    /// entry carrying its content has arrived (otherwise it would claim a write it lacks).
+    #[test]
+    fn a_resent_superseded_delta_goes_as_a_placeholder_and_holds_the_frontier() {
+        let mut s = pair();
+        for x in s.iter_mut() {
+            let r = x.link.region();
+            let cfg = LinkConfig {
+                coalesce: true,
+                max_batch_deltas: 8,
+                window_deltas: 16,
+                ..cfg()
+            };
+            x.link = RegionLink::new(r, &[RegionId(1 - r.0)], 1, cfg);
+        }
+        let mut now = 1_000;
+        let first = s[0].write(now, "k", set_to("1"));
+        for i in 1..16 {
+            s[0].write(now, &format!("a{i}"), set_to("1"));
+        }
+        s[0].ship(now);
+        pump(now, &mut s, &not_ae_nor_batch);
+        now += 250;
+        pump(now, &mut s, &not_ae_nor_batch);
+        assert_eq!(s[0].link.stats().deltas_forwarded, 0, "nothing later yet");
+        // Written during the cut, never sent (one probe batch per interval).
+        for i in 0..20 {
+            s[0].write(now, &format!("b{i}"), set_to("1"));
+        }
+        let last = s[0].write(now, "k", set_to("2"));
+        s[0].ship(now);
+        // Healed, but only the first resent batch gets through for now.
+        now += 250;
+        let seen_batch = std::cell::RefCell::new(None);
+        let first_only = |f: &Frame| match f {
+            Frame::Batch(b) if b.first_seq == 1 => {
+                *seen_batch.borrow_mut() = Some(b.moved.clone());
+                true
+            }
+            Frame::Batch(_) => false,
+            f => !f.is_anti_entropy(),
+        };
+        pump(now, &mut s, &first_only);
+        assert_eq!(s[0].link.stats().deltas_forwarded, 1);
+        let moved = seen_batch.borrow().clone().expect("the first batch went");
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].0, 0, "k's first entry is the placeholder");
+        assert!(get(&s[1], "k").is_none(), "its content is in a later entry");
+        assert_eq!(
+            get(&s[1], "a7").as_deref(),
+            Some(&b"1"[..]),
+            "the rest of the batch merged"
+        );
+        let seen_a = s[1].link.seen_vector()[1].1;
+        assert!(
+            seen_a < first.hlc,
+            "B's frontier for A must not pass a write it lacks"
+        );
+        now += 250;
+        pump(now, &mut s, &all);
+        assert_eq!(get(&s[1], "k").as_deref(), Some(&b"2"[..]));
+        assert_eq!(s[0].link.backlog(RegionId(1)), 0);
+        assert!(s[1].link.seen_vector()[1].1 >= last.hlc);
+    }
+
     /// The last write joined into an earlier entry still advances the peer's frontier (the
     /// log's last entry carries its stamp), so an idle region does not hold GC back.
     #[test]
@@ -3055,6 +3243,47 @@ mod tests {
                 total * 100 <= diverged * 125,
                 "initiator {initiator}: {total} bytes beyond the digests for {diverged} diverged \
                  ({ae:?})"
+            );
+        }
+    }
+
+    /// The up-to-date side's deltas of the diverged keys are still in flight (a cut link's
+    /// log) when the stale side starts a round: the up-to-date side leaves those keys to
+    /// its deltas and says so, so the stale side does not push its old copies back (it
+    /// used to ship every one of them: 30 MB of stale values in `bench/regions.py
+    /// --repair`). Once the deltas flow, both sides converge.
+    #[test]
+    fn keys_left_to_deltas_in_flight_are_not_pushed_back_by_the_stale_side() {
+        let mut s = pair();
+        let mut now = 1_000;
+        for i in 0..500 {
+            s[0].write(now, &format!("key:{i}"), set_to(VALUE));
+        }
+        s[0].ship(now);
+        pump(now, &mut s, &all);
+        now += 10;
+        for i in 0..200 {
+            s[0].write(now, &format!("key:{i}"), set_to("newer"));
+        }
+        s[0].ship(now);
+        let no_batches = |f: &Frame| !matches!(f, Frame::Batch(_));
+        pump(now, &mut s, &no_batches);
+        assert_eq!(get(&s[1], "key:7").as_deref(), Some(VALUE.as_bytes()));
+        let shipped_before = s[1].link.anti_entropy_stats().entries_shipped;
+        s[1].link.request_anti_entropy(RegionId(0));
+        now += 10;
+        pump(now, &mut s, &no_batches);
+        assert_eq!(
+            s[1].link.anti_entropy_stats().entries_shipped,
+            shipped_before,
+            "the stale side shipped its copies of keys whose deltas are in flight"
+        );
+        now += 1_000;
+        pump(now, &mut s, &all);
+        for i in [0, 7, 199] {
+            assert_eq!(
+                get(&s[1], &format!("key:{i}")).as_deref(),
+                Some(&b"newer"[..])
             );
         }
     }

@@ -882,6 +882,7 @@ impl NodeLinks {
             l.deltas_enqueued += s.deltas_enqueued;
             l.deltas_sent += s.deltas_sent;
             l.deltas_resent += s.deltas_resent;
+            l.deltas_forwarded += s.deltas_forwarded;
             l.deltas_applied += s.deltas_applied;
             l.logs_dropped += s.logs_dropped;
             l.deltas_abandoned += s.deltas_abandoned;
