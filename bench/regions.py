@@ -364,6 +364,8 @@ def start_regions(names, args, tmp, log):
             cfg += "anti-entropy-interval-ms = %d\n" % args.ae_interval_ms
         if args.flush_interval_ms:
             cfg += "flush-interval-ms = %d\n" % args.flush_interval_ms
+        if args.compression:
+            cfg += 'compression = "%s"\n' % args.compression
         path = os.path.join(tmp, "%s.toml" % r)
         with open(path, "w") as f:
             f.write(cfg)
@@ -642,6 +644,8 @@ class Deployment:
                       peers))
             if args.thread_priority:
                 cfg += 'thread-priority = "%s"\n' % args.thread_priority
+            if args.compression:
+                cfg += 'compression = "%s"\n' % args.compression
             members = self.regions[n.region]
             if len(members) > 1:
                 meet = ", ".join('"127.0.0.1:%d@%d"' % (m.port, m.bus) for m in members if m is not n)
@@ -1030,6 +1034,8 @@ def main():
     ap.add_argument("--thread-priority", default="",
                     help="--clustered: nodes' replication thread-priority (background or normal; "
                     "default: the server's default, background)")
+    ap.add_argument("--compression", choices=["lz4", "none"], default="",
+                    help="[replication] compression of every region (default: the server's, lz4)")
     ap.add_argument("--keep-logs", action="store_true",
                     help="--clustered: keep the servers' log (temp dir) for inspection")
     args = ap.parse_args()

@@ -67,6 +67,10 @@ pub struct Config {
     pub aclfile: Option<PathBuf>,
     /// Only loopback clients while the default user has no password (as Redis).
     pub protected_mode: bool,
+    /// Redis' `jemalloc-bg-thread` (default on): jemalloc's background threads give freed
+    /// memory back to the OS after its decay time, also when the process is idle after a
+    /// burst or a drained replication backlog.
+    pub jemalloc_bg_thread: bool,
     /// What a replica authenticates to its primary with (AUTH [masteruser] masterauth).
     pub masteruser: Option<String>,
     pub masterauth: Option<String>,
@@ -417,6 +421,7 @@ impl Default for Config {
             users: Vec::new(),
             aclfile: None,
             protected_mode: true,
+            jemalloc_bg_thread: true,
             masteruser: None,
             masterauth: None,
             acllog_max_len: 128,

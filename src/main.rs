@@ -49,6 +49,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if !meridian::memory::set_background_thread(config.jemalloc_bg_thread) {
+        eprintln!("meridian: jemalloc-bg-thread could not be set (continuing)");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
     tracing_subscriber::fmt()

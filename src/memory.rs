@@ -25,6 +25,28 @@ pub fn resident_bytes() -> u64 {
     0
 }
 
+/// `jemalloc-bg-thread`: turn jemalloc's background purging threads on or off; `false` if
+/// the allocator refused.
+#[cfg(not(target_env = "msvc"))]
+pub fn set_background_thread(on: bool) -> bool {
+    tikv_jemalloc_ctl::background_thread::write(on).is_ok()
+}
+
+#[cfg(not(target_env = "msvc"))]
+pub fn background_thread() -> bool {
+    tikv_jemalloc_ctl::background_thread::read().unwrap_or(false)
+}
+
+#[cfg(target_env = "msvc")]
+pub fn set_background_thread(_on: bool) -> bool {
+    false
+}
+
+#[cfg(target_env = "msvc")]
+pub fn background_thread() -> bool {
+    false
+}
+
 /// Process RSS from /proc (Linux), for INFO's used_memory_rss.
 pub fn process_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")

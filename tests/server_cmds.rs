@@ -367,6 +367,24 @@ fn config_get_and_set() {
     assert_eq!(m.len(), 2, "{m:?}");
     assert_eq!(m["maxclients"], "10000");
     assert!(q::<HashMap<String, String>>(&mut c, &["CONFIG", "GET", "no-such-thing"]).is_empty());
+    // The real process runs on jemalloc with its background purge threads on (Redis'
+    // default), switchable at run time.
+    let bg = |c: &mut redis::Connection| {
+        q::<HashMap<String, String>>(c, &["CONFIG", "GET", "jemalloc-bg-thread"])
+            ["jemalloc-bg-thread"]
+            .clone()
+    };
+    assert_eq!(bg(&mut c), "yes");
+    assert_eq!(
+        v(&mut c, &["CONFIG", "SET", "jemalloc-bg-thread", "no"]),
+        redis::Value::Okay
+    );
+    assert_eq!(bg(&mut c), "no");
+    assert_eq!(
+        v(&mut c, &["CONFIG", "SET", "jemalloc-bg-thread", "yes"]),
+        redis::Value::Okay
+    );
+    assert_eq!(bg(&mut c), "yes");
 
     assert_eq!(
         v(&mut c, &["CONFIG", "SET", "maxmemory", "100mb"]),

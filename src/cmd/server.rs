@@ -385,6 +385,7 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
             .to_string(),
         "requirepass" => ctx.shared.acl.requirepass(),
         "protected-mode" => yes_no(ctx.shared.acl.protected_mode.load(Relaxed)),
+        "jemalloc-bg-thread" => yes_no(crate::memory::background_thread()),
         "aclfile" => ctx
             .shared
             .acl
@@ -420,7 +421,7 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
-const CONFIG_NAMES: [&str; 35] = [
+const CONFIG_NAMES: [&str; 36] = [
     "maxmemory",
     "maxmemory-policy",
     "maxmemory-samples",
@@ -441,6 +442,7 @@ const CONFIG_NAMES: [&str; 35] = [
     "replicaof",
     "requirepass",
     "protected-mode",
+    "jemalloc-bg-thread",
     "aclfile",
     "masteruser",
     "masterauth",
@@ -612,6 +614,14 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let pass = kv[1].to_vec();
                     changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
                         sh.acl.set_requirepass(&pass)
+                    }));
+                }
+                "jemalloc-bg-thread" => {
+                    let Some(on) = crate::config::parse_yes_no(&value) else {
+                        return fail("argument must be 'yes' or 'no'");
+                    };
+                    changes.push(Box::new(move |_: &Store, _: &crate::shared::Shared| {
+                        crate::memory::set_background_thread(on);
                     }));
                 }
                 "protected-mode" => {
