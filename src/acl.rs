@@ -122,7 +122,7 @@ pub fn command_categories(spec: &Spec) -> u32 {
         n if n.starts_with('s')
             && !matches!(
                 n,
-                "select" | "scan" | "set" | "setnx" | "setex" | "setrange"
+                "select" | "scan" | "set" | "setnx" | "setex" | "setrange" | "slowlog"
             ) =>
         {
             SET
@@ -147,9 +147,8 @@ pub fn command_categories(spec: &Spec) -> u32 {
         "wait" => CONNECTION | BLOCKING,
         // Destructive or internal: never for an ordinary user.
         "flushall" | "flushdb" | "keys" | "migrate" | "info" | "restore" => DANGEROUS,
-        "replicaof" | "slaveof" | "role" | "lastsave" | "config" | "meridian" | "debug" => {
-            ADMIN | DANGEROUS
-        }
+        "replicaof" | "slaveof" | "role" | "lastsave" | "config" | "meridian" | "debug"
+        | "slowlog" | "latency" => ADMIN | DANGEROUS,
         _ => 0,
     };
     speed | family | rw | special

@@ -71,6 +71,12 @@ pub struct Config {
     /// memory back to the OS after its decay time, also when the process is idle after a
     /// burst or a drained replication backlog.
     pub jemalloc_bg_thread: bool,
+    /// SLOWLOG: commands slower than this many microseconds are logged (negative: none,
+    /// 0: all); at most `slowlog-max-len` entries. LATENCY: events over
+    /// `latency-monitor-threshold` milliseconds (0: off). Redis' defaults.
+    pub slowlog_log_slower_than: i64,
+    pub slowlog_max_len: u64,
+    pub latency_monitor_threshold: u64,
     /// What a replica authenticates to its primary with (AUTH [masteruser] masterauth).
     pub masteruser: Option<String>,
     pub masterauth: Option<String>,
@@ -422,6 +428,9 @@ impl Default for Config {
             aclfile: None,
             protected_mode: true,
             jemalloc_bg_thread: true,
+            slowlog_log_slower_than: 10_000,
+            slowlog_max_len: 128,
+            latency_monitor_threshold: 0,
             masteruser: None,
             masterauth: None,
             acllog_max_len: 128,

@@ -255,6 +255,9 @@ async fn serve_client<S: ClientStream>(
                 // Waited out above.
                 Outcome::Pause => Reply::Null,
             };
+            if let Some(e) = crate::cmdstats::error_text(&reply) {
+                shared.cmdstats.error_reply(e);
+            }
             encode(&reply, conn.resp3, &mut out);
             if out.len() >= flush_at {
                 before_await(&mut held, &store);
@@ -809,6 +812,7 @@ fn execute_parsed<'s>(
         if conn.multi.is_some() {
             conn.multi_error = true;
         }
+        shared.cmdstats.rejected(spec.id);
         return cmd::arity(spec.name).into();
     }
     // ACL: one load and one test for a user allowed everything (see `acl`).
@@ -817,6 +821,7 @@ fn execute_parsed<'s>(
             if conn.multi.is_some() {
                 conn.multi_error = true;
             }
+            shared.cmdstats.rejected(spec.id);
             return refused;
         }
     }
@@ -832,11 +837,15 @@ fn execute_parsed<'s>(
         std::mem::take(&mut conn.asking)
     };
     if let Some(refused) = route(store, shared, conn, spec, &keys, asking, now, held) {
+        if !matches!(refused, Outcome::Pause) {
+            shared.cmdstats.rejected(spec.id);
+        }
         return refused;
     }
     if conn.multi.is_some() {
         if spec.flags & cmd::NO_MULTI != 0 {
             conn.multi_error = true;
+            shared.cmdstats.rejected(spec.id);
             return cmd::err("ERR Command not allowed inside a transaction").into();
         }
         return transaction::queue(shared, conn, args).into();
@@ -844,9 +853,11 @@ fn execute_parsed<'s>(
     let write = spec.flags & cmd::WRITE != 0;
     if write {
         if let Some(refused) = shared.inregion.write_refusal(now) {
+            shared.cmdstats.rejected(spec.id);
             return refused.into();
         }
         if !make_room(store, conn, now, maxmemory) && spec.flags & cmd::DENYOOM != 0 {
+            shared.cmdstats.rejected(spec.id);
             return cmd::err(OOM).into();
         }
     }
@@ -868,10 +879,20 @@ fn execute_parsed<'s>(
         frame,
         held,
     };
+    let t0 = shared.cmdstats.start();
     let outcome = (spec.handler)(&mut ctx, args);
     if matches!(outcome, Outcome::Pause) {
         // Run again after the pause: counted then.
         ctx.conn.pending_commands = ctx.conn.pending_commands.saturating_sub(1);
+    } else {
+        let failed = matches!(&outcome, Outcome::Reply(Reply::Error(_)));
+        let slow = crate::cmdstats::SlowInfo {
+            args,
+            addr: &ctx.conn.addr,
+            name: ctx.conn.name.as_ref(),
+            fast: spec.flags & cmd::FAST != 0,
+        };
+        shared.cmdstats.ran(spec.id, t0, failed, slow);
     }
     if write {
         // The feed offset after the write (≥ its own offset): what WAIT waits for.

@@ -24,6 +24,10 @@ pub enum Section {
     Stats,
     Replication,
     Cpu,
+    /// `cmdstat_<command>` lines (not a default section, as in Redis).
+    Commandstats,
+    /// `errorstat_<KIND>` lines.
+    Errorstats,
     Crdt,
     Invalidations,
     Cluster,
@@ -31,13 +35,15 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 12] = [
         Section::Server,
         Section::Clients,
         Section::Memory,
         Section::Stats,
         Section::Replication,
         Section::Cpu,
+        Section::Commandstats,
+        Section::Errorstats,
         Section::Crdt,
         Section::Invalidations,
         Section::Cluster,
@@ -53,6 +59,8 @@ impl Section {
             Section::Stats => "Stats",
             Section::Replication => "Replication",
             Section::Cpu => "CPU",
+            Section::Commandstats => "Commandstats",
+            Section::Errorstats => "Errorstats",
             Section::Crdt => "CRDT",
             Section::Invalidations => "Invalidations",
             Section::Cluster => "Cluster",
@@ -69,6 +77,8 @@ impl Section {
             Section::Stats => "stats",
             Section::Replication => "replication",
             Section::Cpu => "cpu",
+            Section::Commandstats => "commandstats",
+            Section::Errorstats => "errorstats",
             Section::Crdt => "crdt",
             Section::Invalidations => "invalidations",
             Section::Cluster => "cluster",
@@ -338,6 +348,9 @@ pub static FIGURES: &[Figure] = &[
     row(Stats, Some("total_commands_processed"), Some(("commands_processed_total", Counter)),
         "Commands executed.",
         |r| n(r.store.stats.commands.load(Relaxed))),
+    row(Stats, Some("total_error_replies"), Some(("error_replies_total", Counter)),
+        "Error replies sent (rejected commands included; see INFO errorstats).",
+        |r| n(r.shared.cmdstats.total_error_replies())),
     row(Stats, Some("instantaneous_ops_per_sec"), Some(("instantaneous_ops_per_sec", Gauge)),
         "Commands per second over the last second.",
         |r| n(r.store.stats.ops_per_sec.load(Relaxed))),

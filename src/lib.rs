@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod cluster;
 pub mod cmd;
+pub mod cmdstats;
 pub mod config;
 pub mod connection;
 pub mod counters;

@@ -166,6 +166,12 @@ impl Server {
         let shared = Arc::new(Shared {
             limits,
             encoding: Default::default(),
+            cmdstats: crate::cmdstats::CmdStats::new(
+                crate::cmd::table().len(),
+                config.slowlog_log_slower_than,
+                config.slowlog_max_len,
+                config.latency_monitor_threshold,
+            ),
             acl,
             cluster,
             inregion,

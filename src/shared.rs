@@ -44,6 +44,8 @@ pub struct Shared {
     pub limits: crate::limits::ClientLimits,
     /// Redis' encoding tunables (CONFIG SET/GET, OBJECT ENCODING).
     pub encoding: crate::cmd::encoding::Encoding,
+    /// INFO commandstats/errorstats, SLOWLOG, LATENCY.
+    pub cmdstats: crate::cmdstats::CmdStats,
 }
 
 impl Shared {

@@ -221,7 +221,17 @@ fn exec(store: &Store, shared: &Shared, conn: &mut ConnState, now: u64, asking: 
                 .zip(specs)
                 .map(|(a, spec)| {
                     let args: Args<'_> = a.iter().map(|a| &a[..]).collect();
-                    (spec.handler)(&mut ctx, &args).into_reply()
+                    let t0 = shared.cmdstats.start();
+                    let reply = (spec.handler)(&mut ctx, &args).into_reply();
+                    let slow = crate::cmdstats::SlowInfo {
+                        args: &args,
+                        addr: &ctx.conn.addr,
+                        name: ctx.conn.name.as_ref(),
+                        fast: spec.flags & cmd::FAST != 0,
+                    };
+                    let failed = matches!(reply, Reply::Error(_));
+                    shared.cmdstats.ran(spec.id, t0, failed, slow);
+                    reply
                 })
                 .collect(),
         )

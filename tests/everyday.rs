@@ -408,3 +408,148 @@ fn hrandfield() {
         "{e}"
     );
 }
+
+/// INFO commandstats and errorstats count calls, failed calls (an error from the command)
+/// and rejected calls (refused before it ran), as Redis does; CONFIG RESETSTAT starts
+/// them again; `commandstats` is not a default section.
+#[test]
+fn commandstats_and_errorstats() {
+    let s = Server::start();
+    let mut c = s.conn();
+    for i in 0..5 {
+        let _: () = q(&mut c, &["SET", &format!("k{i}"), "v"]);
+    }
+    let _: () = q(&mut c, &["SADD", "set", "m"]);
+    assert!(common::qerr(&mut c, &["SET", "k0"]).starts_with("ERR wrong number"));
+    assert!(common::qerr(&mut c, &["INCR", "k0"]).starts_with("ERR value is not"));
+    assert!(common::qerr(&mut c, &["GET", "set"]).starts_with("WRONGTYPE"));
+    assert!(common::qerr(&mut c, &["NOSUCHCMD"]).starts_with("ERR unknown command"));
+    let info: String = q(&mut c, &["INFO", "commandstats"]);
+    let line = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
+            .unwrap_or_else(|| panic!("no cmdstat_{name} in {info}"))
+            .to_string()
+    };
+    assert!(info.starts_with("# Commandstats\r\n"), "{info}");
+    assert!(
+        line("set").starts_with("cmdstat_set:calls=5,usec="),
+        "{}",
+        line("set")
+    );
+    assert!(
+        line("set").ends_with("rejected_calls=1,failed_calls=0"),
+        "{}",
+        line("set")
+    );
+    assert!(
+        line("incr").ends_with("rejected_calls=0,failed_calls=1"),
+        "{}",
+        line("incr")
+    );
+    assert!(
+        line("get").ends_with("rejected_calls=0,failed_calls=1"),
+        "{}",
+        line("get")
+    );
+    let errors: String = q(&mut c, &["INFO", "errorstats"]);
+    assert!(errors.contains("errorstat_ERR:count=3"), "{errors}");
+    assert!(errors.contains("errorstat_WRONGTYPE:count=1"), "{errors}");
+    assert_eq!(common::info_field(&mut c, "total_error_replies"), "4");
+    let default: String = q(&mut c, &["INFO"]);
+    assert!(!default.contains("# Commandstats"));
+    assert!(default.contains("# Errorstats"));
+    let everything: String = q(&mut c, &["INFO", "everything"]);
+    assert!(everything.contains("cmdstat_set:calls=5"));
+    let _: () = q(&mut c, &["CONFIG", "RESETSTAT"]);
+    let info: String = q(&mut c, &["INFO", "commandstats"]);
+    assert!(!info.contains("cmdstat_set:"), "{info}");
+    let errors: String = q(&mut c, &["INFO", "errorstats"]);
+    assert!(!errors.contains("errorstat_"), "{errors}");
+}
+
+/// SLOWLOG as Redis: with `slowlog-log-slower-than 0` every command is logged, newest
+/// first, with its arguments (long ones cut as Redis cuts them), client address and name;
+/// LEN, RESET, max length, and the errors of bad arguments (those compared with redis-server).
+#[test]
+fn slowlog_records_commands() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: () = q(&mut c, &["CLIENT", "SETNAME", "tester"]);
+    let _: () = q(&mut c, &["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    let long = "x".repeat(200);
+    let _: () = q(&mut c, &["SET", "k", &long]);
+    let entries: Vec<redis::Value> = q(&mut c, &["SLOWLOG", "GET", "2"]);
+    assert_eq!(entries.len(), 2);
+    let redis::Value::Array(newest) = &entries[0] else {
+        panic!("{entries:?}")
+    };
+    assert_eq!(newest.len(), 6);
+    let args: Vec<String> = redis::from_redis_value(&newest[3]).expect("args");
+    assert_eq!(args[0], "SET");
+    assert_eq!(args[2], format!("{}... (72 more bytes)", "x".repeat(128)));
+    let name: String = redis::from_redis_value(&newest[5]).expect("name");
+    assert_eq!(name, "tester");
+    let addr: String = redis::from_redis_value(&newest[4]).expect("addr");
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let len: i64 = q(&mut c, &["SLOWLOG", "LEN"]);
+    assert!(len >= 3, "{len}");
+    let _: () = q(&mut c, &["SLOWLOG", "RESET"]);
+    // The RESET itself is logged after it ran, as in Redis.
+    let len: i64 = q(&mut c, &["SLOWLOG", "LEN"]);
+    assert_eq!(len, 1);
+    let _: () = q(&mut c, &["CONFIG", "SET", "slowlog-max-len", "2"]);
+    for _ in 0..5 {
+        let _: () = q(&mut c, &["PING"]);
+    }
+    let len: i64 = q(&mut c, &["SLOWLOG", "LEN"]);
+    assert_eq!(len, 2);
+    let all: Vec<redis::Value> = q(&mut c, &["SLOWLOG", "GET", "-1"]);
+    assert_eq!(all.len(), 2);
+    let _: () = q(&mut c, &["CONFIG", "SET", "slowlog-log-slower-than", "-1"]);
+    let _: () = q(&mut c, &["SLOWLOG", "RESET"]);
+    let _: () = q(&mut c, &["PING"]);
+    let len: i64 = q(&mut c, &["SLOWLOG", "LEN"]);
+    assert_eq!(len, 0, "a negative threshold logs nothing");
+    assert_same_as_redis(
+        &s,
+        &[
+            &["SLOWLOG", "GET", "-2"],
+            &["SLOWLOG", "GET", "x"],
+            &["SLOWLOG", "FOO"],
+            &["SLOWLOG", "LEN", "1"],
+            &["LATENCY", "FOO"],
+            &["LATENCY", "HISTORY", "command"],
+            &["LATENCY", "LATEST"],
+        ],
+    );
+}
+
+/// LATENCY: off by default; with a threshold, a command that takes longer (a SADD of
+/// 300 000 members takes well over 1 ms) is an event in LATEST and HISTORY (SADD is a
+/// `fast` command in Redis: the `fast-command` event); RESET clears.
+#[test]
+fn latency_monitor_records_slow_commands() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let latest: Vec<redis::Value> = q(&mut c, &["LATENCY", "LATEST"]);
+    assert!(latest.is_empty());
+    let _: () = q(&mut c, &["CONFIG", "SET", "latency-monitor-threshold", "1"]);
+    let members: Vec<String> = (0..300_000).map(|i| i.to_string()).collect();
+    let mut cmd = redis::cmd("SADD");
+    cmd.arg("big").arg(&members);
+    let added: i64 = cmd.query(&mut c).expect("SADD");
+    assert_eq!(added, 300_000);
+    let latest: Vec<(String, i64, i64, i64)> = q(&mut c, &["LATENCY", "LATEST"]);
+    assert_eq!(latest.len(), 1, "{latest:?}");
+    assert_eq!(latest[0].0, "fast-command");
+    assert!(latest[0].2 >= 1 && latest[0].3 >= latest[0].2);
+    let history: Vec<(i64, i64)> = q(&mut c, &["LATENCY", "HISTORY", "fast-command"]);
+    assert_eq!(history.len(), 1);
+    let doctor: String = q(&mut c, &["LATENCY", "DOCTOR"]);
+    assert!(doctor.contains("fast-command"), "{doctor}");
+    let reset: i64 = q(&mut c, &["LATENCY", "RESET"]);
+    assert_eq!(reset, 1);
+    let latest: Vec<redis::Value> = q(&mut c, &["LATENCY", "LATEST"]);
+    assert!(latest.is_empty());
+}

@@ -480,6 +480,10 @@ const OBJECT_HELP: [&str; 15] = [
 ];
 
 /// A HELP reply: one simple string per line.
+pub(crate) fn help_lines(lines: &[&'static str]) -> Reply {
+    help_reply(lines)
+}
+
 fn help_reply(lines: &[&'static str]) -> Reply {
     Reply::Array(
         lines

@@ -20,6 +20,8 @@ pub fn specs() -> Vec<Spec> {
         spec!("info", -1, STALE, 0, 0, 0, info),
         spec!("time", 1, FAST, 0, 0, 0, time),
         spec!("lastsave", 1, FAST, 0, 0, 0, lastsave),
+        spec!("slowlog", -2, ADMIN | STALE, 0, 0, 0, slowlog),
+        spec!("latency", -2, ADMIN | STALE, 0, 0, 0, latency),
         spec!("meridian", -2, ADMIN, 0, 0, 0, meridian),
         spec!("debug", -2, ADMIN | NO_MULTI, 0, 0, 0, debug),
         spec!("multi", 1, FAST | NO_MULTI, 0, 0, 0, in_connection),
@@ -357,6 +359,19 @@ fn config_value(ctx: &Ctx, name: &str) -> Option<String> {
         "maxmemory-policy" => rt.policy.lock().name().to_string(),
         "maxmemory-samples" => rt.samples.load(Relaxed).to_string(),
         "maxclients" => rt.maxclients.load(Relaxed).to_string(),
+        "slowlog-log-slower-than" => ctx.shared.cmdstats.slower_than_us.load(Relaxed).to_string(),
+        "slowlog-max-len" => ctx
+            .shared
+            .cmdstats
+            .slowlog_max_len
+            .load(Relaxed)
+            .to_string(),
+        "latency-monitor-threshold" => ctx
+            .shared
+            .cmdstats
+            .latency_threshold_ms
+            .load(Relaxed)
+            .to_string(),
         "proto-max-bulk-len" => rt.proto_max_bulk_len.load(Relaxed).to_string(),
         "port" => c.port.to_string(),
         "bind" => c.bind.clone(),
@@ -421,7 +436,7 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
-const CONFIG_NAMES: [&str; 36] = [
+const CONFIG_NAMES: [&str; 39] = [
     "maxmemory",
     "maxmemory-policy",
     "maxmemory-samples",
@@ -443,6 +458,9 @@ const CONFIG_NAMES: [&str; 36] = [
     "requirepass",
     "protected-mode",
     "jemalloc-bg-thread",
+    "slowlog-log-slower-than",
+    "slowlog-max-len",
+    "latency-monitor-threshold",
     "aclfile",
     "masteruser",
     "masterauth",
@@ -552,6 +570,30 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let n = n as usize;
                     changes.push(Box::new(move |s: &Store, _: &crate::shared::Shared| {
                         s.runtime.samples.store(n, Relaxed)
+                    }));
+                }
+                "slowlog-log-slower-than" | "slowlog-max-len" | "latency-monitor-threshold" => {
+                    let Ok(n) = value.parse::<i64>() else {
+                        return fail(not_integer);
+                    };
+                    let min = if name == "slowlog-log-slower-than" {
+                        i64::MIN
+                    } else {
+                        0
+                    };
+                    if n < min {
+                        return fail(
+                            "argument must be between 0 and 9223372036854775807 inclusive",
+                        );
+                    }
+                    let which = name.clone();
+                    changes.push(Box::new(move |_: &Store, sh: &crate::shared::Shared| {
+                        let c = &sh.cmdstats;
+                        match which.as_str() {
+                            "slowlog-log-slower-than" => c.slower_than_us.store(n, Relaxed),
+                            "slowlog-max-len" => c.slowlog_max_len.store(n as u64, Relaxed),
+                            _ => c.latency_threshold_ms.store(n as u64, Relaxed),
+                        }
                     }));
                 }
                 "maxclients" => {
@@ -727,6 +769,7 @@ fn config(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         s.protocol_errors.store(0, Relaxed);
         ctx.shared.limits.reset_stats();
         ctx.shared.kafka.reset_latency();
+        ctx.shared.cmdstats.reset();
         ok()
     } else if sub.eq_ignore_ascii_case(b"rewrite") {
         err("ERR The server is running without a config file")
@@ -756,7 +799,10 @@ pub fn info_text(
         || wanted
             .iter()
             .any(|w| w == "all" || w == "everything" || w == "default");
-    let want = |s: &str| all || wanted.iter().any(|w| w == s);
+    // As Redis: commandstats only by name or with `all`/`everything`.
+    let everything = wanted.iter().any(|w| w == "all" || w == "everything");
+    let want =
+        |s: &str| wanted.iter().any(|w| w == s) || (all && (s != "commandstats" || everything));
     let r = Readings::new(store, shared, now_ms);
     let mut o = String::new();
     for section in Section::ALL {
@@ -777,6 +823,37 @@ pub fn info_text(
             Section::Invalidations => {
                 for (p, lag) in shared.kafka.lag.lock().iter() {
                     let _ = write!(o, "kafka_lag_partition_{p}:{lag}\r\n");
+                }
+            }
+            Section::Commandstats => {
+                let table = crate::cmd::table();
+                let mut names: Vec<(&str, u16)> = table.values().map(|s| (s.name, s.id)).collect();
+                names.sort_unstable();
+                let stats = shared.cmdstats.per_command();
+                for (name, id) in names {
+                    let Some(&[calls, nanos, failed, rejected]) = stats.get(usize::from(id)) else {
+                        continue;
+                    };
+                    if calls == 0 && failed == 0 && rejected == 0 {
+                        continue;
+                    }
+                    let usec = nanos / 1000;
+                    let per = if calls == 0 {
+                        0.0
+                    } else {
+                        usec as f64 / calls as f64
+                    };
+                    let _ = write!(
+                        o,
+                        "cmdstat_{}:calls={calls},usec={usec},usec_per_call={per:.2},\
+                         rejected_calls={rejected},failed_calls={failed}\r\n",
+                        name.to_ascii_lowercase()
+                    );
+                }
+            }
+            Section::Errorstats => {
+                for (kind, count) in shared.cmdstats.errors() {
+                    let _ = write!(o, "errorstat_{kind}:count={count}\r\n");
                 }
             }
             Section::Keyspace => {
@@ -806,6 +883,166 @@ fn time(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
         Reply::Bulk(Bytes::from((micros / 1_000_000).to_string())),
         Reply::Bulk(Bytes::from((micros % 1_000_000).to_string())),
     ])
+}
+
+/// `SLOWLOG GET [count] | LEN | RESET | HELP` (Redis 7; see `cmdstats`).
+fn slowlog(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let sub = a[1].to_ascii_lowercase();
+    let stats = &ctx.shared.cmdstats;
+    match (sub.as_slice(), a.len()) {
+        (b"get", 2 | 3) => {
+            let count = match a.get(2) {
+                None => Some(10),
+                Some(c) => match meridian_crdt::parse_i64(c) {
+                    Some(-1) => None,
+                    Some(n) if n >= 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                    _ => return err("ERR count should be greater than or equal to -1"),
+                },
+            };
+            let entries = stats.slowlog_get(count.or(Some(usize::MAX)));
+            Reply::Array(
+                entries
+                    .into_iter()
+                    .map(|e| {
+                        Reply::Array(vec![
+                            Reply::Int(e.id as i64),
+                            Reply::Int(e.unix_secs as i64),
+                            Reply::Int(e.micros as i64),
+                            Reply::Array(e.args.into_iter().map(Reply::Bulk).collect()),
+                            Reply::Bulk(Bytes::from(e.addr)),
+                            Reply::Bulk(e.name),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+        (b"len", 2) => Reply::Int(stats.slowlog_len() as i64),
+        (b"reset", 2) => {
+            stats.slowlog_reset();
+            ok()
+        }
+        (b"help", 2) => crate::cmd::keys::help_lines(&[
+            "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET [<count>]",
+            "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+            "    Entries are made of:",
+            "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+            "    client name",
+            "LEN",
+            "    Return the length of the slowlog.",
+            "RESET",
+            "    Reset the slowlog.",
+            "HELP",
+            "    Print this help.",
+        ]),
+        _ => unknown_subcommand(a, "SLOWLOG", &["get", "len", "reset", "help"]),
+    }
+}
+
+/// `LATENCY LATEST | HISTORY event | RESET [event…] | DOCTOR | HELP` (Redis 7; events
+/// `command` and `fast-command` once `latency-monitor-threshold` is set).
+fn latency(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    let sub = a[1].to_ascii_lowercase();
+    let stats = &ctx.shared.cmdstats;
+    match (sub.as_slice(), a.len()) {
+        (b"latest", 2) => Reply::Array(
+            stats
+                .latency_latest()
+                .into_iter()
+                .map(|(name, t, latest, max)| {
+                    Reply::Array(vec![
+                        Reply::Bulk(Bytes::from_static(name.as_bytes())),
+                        Reply::Int(t as i64),
+                        Reply::Int(latest as i64),
+                        Reply::Int(max as i64),
+                    ])
+                })
+                .collect(),
+        ),
+        (b"history", 3) => {
+            let event = String::from_utf8_lossy(a[2]).to_ascii_lowercase();
+            Reply::Array(
+                stats
+                    .latency_history(&event)
+                    .into_iter()
+                    .map(|(t, v)| Reply::Array(vec![Reply::Int(t as i64), Reply::Int(v as i64)]))
+                    .collect(),
+            )
+        }
+        (b"reset", _) => Reply::Int(stats.latency_reset(&a[2..]) as i64),
+        (b"doctor", 2) => {
+            let latest = stats.latency_latest();
+            let text = if latest.is_empty() {
+                if stats.latency_threshold_ms.load(Relaxed) == 0 {
+                    "I'm sorry, Dave, I can't do that. Latency monitoring is disabled in this \
+                     meridian instance. You may use \"CONFIG SET latency-monitor-threshold \
+                     <milliseconds>.\" in order to enable it.\n"
+                        .to_string()
+                } else {
+                    "Dave, no latency spike was observed during the lifetime of this meridian \
+                     instance, not in the slightest bit. I honestly think you ought to sleep \
+                     better tonight.\n"
+                        .to_string()
+                }
+            } else {
+                let mut t = String::from(
+                    "Dave, I have observed latency spikes in this meridian instance.\n\n",
+                );
+                for (i, (name, _, latest, max)) in latest.iter().enumerate() {
+                    let _ = writeln!(
+                        t,
+                        "{}. {name}: latest {latest} milliseconds, all time high {max} milliseconds.",
+                        i + 1
+                    );
+                }
+                t
+            };
+            Reply::Verbatim(text)
+        }
+        (b"help", 2) => crate::cmd::keys::help_lines(&[
+            "LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "DOCTOR",
+            "    Return a human readable latency analysis report.",
+            "HISTORY <event>",
+            "    Return time-latency samples for the <event> class.",
+            "LATEST",
+            "    Return the latest latency samples for all events.",
+            "RESET [<event> ...]",
+            "    Reset latency data of one or more <event> classes.",
+            "    (default: reset all data for all event classes)",
+            "HELP",
+            "    Print this help.",
+        ]),
+        _ => unknown_subcommand(
+            a,
+            "LATENCY",
+            &[
+                "latest",
+                "history",
+                "reset",
+                "doctor",
+                "help",
+                "graph",
+                "histogram",
+            ],
+        ),
+    }
+}
+
+/// Redis' reply to a subcommand it does not know, or a known one with the wrong number of
+/// arguments (`known`: the container's subcommand names).
+fn unknown_subcommand(a: &[&[u8]], cmd: &str, known: &[&str]) -> Reply {
+    let sub = String::from_utf8_lossy(a[1]);
+    let lower = sub.to_ascii_lowercase();
+    if known.contains(&lower.as_str()) {
+        return Reply::Error(Cow::Owned(format!(
+            "ERR wrong number of arguments for '{}|{lower}' command",
+            cmd.to_ascii_lowercase()
+        )));
+    }
+    Reply::Error(Cow::Owned(format!(
+        "ERR unknown subcommand '{sub}'. Try {cmd} HELP."
+    )))
 }
 
 fn lastsave(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
