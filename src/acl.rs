@@ -146,7 +146,9 @@ pub fn command_categories(spec: &Spec) -> u32 {
         "multi" | "exec" | "discard" | "watch" | "unwatch" => TRANSACTION,
         "wait" => CONNECTION | BLOCKING,
         // Destructive or internal: never for an ordinary user.
-        "flushall" | "flushdb" | "keys" | "migrate" | "info" | "restore" => DANGEROUS,
+        "flushall" | "flushdb" | "keys" | "migrate" | "info" | "restore" | "sort" | "sort_ro" => {
+            DANGEROUS
+        }
         "replicaof" | "slaveof" | "role" | "lastsave" | "config" | "meridian" | "debug"
         | "slowlog" | "latency" => ADMIN | DANGEROUS,
         _ => 0,

@@ -553,3 +553,81 @@ fn latency_monitor_records_slow_commands() {
     let latest: Vec<redis::Value> = q(&mut c, &["LATENCY", "LATEST"]);
     assert!(latest.is_empty());
 }
+
+/// SORT and SORT_RO on sets: numeric and ALPHA order, DESC, LIMIT, BY a string key or a
+/// hash field (missing weights), GET patterns (`#`, strings, hash fields, missing), and
+/// Redis' errors — replies compared with redis-server.
+#[test]
+fn sort_matches_redis() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["SADD", "nums", "3", "10", "-2.5", "7", "1e2", "0"],
+            &["SORT", "nums"],
+            &["SORT", "nums", "DESC"],
+            &["SORT", "nums", "LIMIT", "1", "3"],
+            &["SORT", "nums", "LIMIT", "-5", "2"],
+            &["SORT", "nums", "LIMIT", "4", "-1"],
+            &["SORT", "nums", "LIMIT", "10", "2"],
+            &["SORT", "nums", "LIMIT", "0", "0"],
+            &["SORT", "nums", "ALPHA"],
+            &["SORT", "nums", "ALPHA", "DESC", "LIMIT", "0", "2"],
+            &["SADD", "words", "pear", "apple", "fig", "banana"],
+            &["SORT", "words"],
+            &["SORT", "words", "ALPHA"],
+            &["SORT_RO", "words", "ALPHA", "DESC"],
+            &[
+                "MSET", "w_pear", "4", "w_apple", "1", "w_fig", "3", "w_banana", "2",
+            ],
+            &["SORT", "words", "BY", "w_*"],
+            &[
+                "SORT", "words", "BY", "w_*", "DESC", "GET", "#", "GET", "w_*",
+            ],
+            &["HSET", "h_pear", "price", "5", "name", "Pear"],
+            &["HSET", "h_apple", "price", "9", "name", "Apple"],
+            &["HSET", "h_fig", "price", "1"],
+            &["HSET", "h_banana", "price", "7", "name", "Banana"],
+            &[
+                "SORT",
+                "words",
+                "BY",
+                "h_*->price",
+                "GET",
+                "h_*->name",
+                "GET",
+                "#",
+            ],
+            &[
+                "SORT",
+                "words",
+                "BY",
+                "h_*->price",
+                "ALPHA",
+                "GET",
+                "h_*->price",
+            ],
+            &[
+                "SORT",
+                "words",
+                "ALPHA",
+                "GET",
+                "nothere_*",
+                "GET",
+                "h_*->nofield",
+            ],
+            &["SORT", "words", "ALPHA", "GET", "fixed"],
+            &["SET", "w_fig", "notanumber"],
+            &["SORT", "words", "BY", "w_*"],
+            &["SORT", "nokey"],
+            &["SORT", "nokey", "BY", "nosort"],
+            &["SET", "str", "x"],
+            &["SORT", "str"],
+            &["SORT", "nums", "FOO"],
+            &["SORT", "nums", "LIMIT", "1"],
+            &["SORT", "nums", "LIMIT", "x", "1"],
+            &["SORT_RO", "nums", "STORE", "dst"],
+            &["SORT", "nums", "BY"],
+        ],
+    );
+}

@@ -4,8 +4,14 @@
 
 use bytes::Bytes;
 use meridian_crdt::{Delta, HlcClock, Keyspace, KeyspaceConfig, RegionId};
-use meridian_replication::{decode, encode, encode_into, Frame, LinkConfig, RegionLink};
+use meridian_replication::{decode, encode, Frame, FrameEncoder, LinkConfig, RegionLink};
+use std::cell::Cell;
 use std::time::Instant;
+
+thread_local! {
+    /// Frames go LZ4-compressed (`[replication] compression = "lz4"`, the server's default).
+    static COMPRESS: Cell<bool> = const { Cell::new(true) };
+}
 
 fn keyspace(r: u16) -> Keyspace {
     Keyspace::new(KeyspaceConfig {
@@ -28,9 +34,10 @@ fn flow(
     buf: &mut Vec<u8>,
 ) -> (bool, usize, usize) {
     let (mut moved, mut bytes, mut ae_bytes) = (false, 0, 0);
+    let mut enc = FrameEncoder::new(COMPRESS.get());
     while let Some((_, frame)) = src.poll_transmit(now) {
         buf.clear();
-        let n = encode_into(&frame, buf).expect("encodable");
+        let n = enc.encode_into(&frame, buf).expect("encodable");
         if frame.is_anti_entropy() {
             ae_bytes += n;
         }
@@ -177,10 +184,16 @@ pub fn anti_entropy_bytes(total: usize, diverged: usize, stale_initiates: bool) 
 
 pub fn run_all() {
     let n = 1_000_000;
-    let rate = merged_deltas_per_second(n);
-    println!(
-        "link: {n} INCR deltas over one link (encode+decode+merge+ack): {rate:.0} merged deltas/s"
-    );
+    for compress in [false, true, false, true] {
+        COMPRESS.set(compress);
+        let rate = merged_deltas_per_second(n);
+        println!(
+            "link: {n} INCR deltas over one link (encode+decode+merge+ack), compression {}: \
+             {rate:.0} merged deltas/s",
+            if compress { "lz4" } else { "none" }
+        );
+    }
+    COMPRESS.set(false);
     let (one, amortised) = bytes_per_delta(|ks, i, c| {
         let st = c.now(1_000);
         ks.write(&key16(i), st, 1_000, |w| w.incr_by(1).map(|_| ()))

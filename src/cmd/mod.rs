@@ -16,6 +16,7 @@ pub mod keys;
 pub mod replica;
 pub mod server;
 pub mod set;
+pub mod sort;
 pub mod string;
 
 use crate::frame::Reply;
@@ -190,6 +191,7 @@ pub fn table() -> &'static Table {
             .chain(cluster::specs())
             .chain(replica::specs())
             .chain(acl::specs())
+            .chain(sort::specs())
         {
             all.push(spec);
         }
