@@ -21,6 +21,7 @@
 use crate::collections::{OrMap, OrSet};
 use crate::dots::Dots;
 use crate::hlc::{Hlc, RegionId, Stamp};
+use crate::list::List;
 use crate::strval::{Register, Str};
 use crate::CrdtError;
 use bytes::Bytes;
@@ -35,6 +36,7 @@ pub enum Kind {
     Str,
     Set,
     Hash,
+    List,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Str => "string",
             Kind::Set => "set",
             Kind::Hash => "hash",
+            Kind::List => "list",
         }
     }
 }
@@ -53,6 +56,7 @@ pub enum Val {
     Str(Str),
     Set(OrSet),
     Hash(OrMap),
+    List(List),
 }
 
 impl Val {
@@ -61,6 +65,7 @@ impl Val {
             Val::Str(_) => Kind::Str,
             Val::Set(_) => Kind::Set,
             Val::Hash(_) => Kind::Hash,
+            Val::List(_) => Kind::List,
         }
     }
 
@@ -69,6 +74,7 @@ impl Val {
             Kind::Str => Val::Str(Str::default()),
             Kind::Set => Val::Set(OrSet::default()),
             Kind::Hash => Val::Hash(OrMap::default()),
+            Kind::List => Val::List(List::default()),
         }
     }
 
@@ -77,6 +83,7 @@ impl Val {
             Val::Str(s) => s.is_alive(),
             Val::Set(s) => !s.is_empty(),
             Val::Hash(h) => !h.is_empty(),
+            Val::List(l) => !l.is_empty(),
         }
     }
 
@@ -85,6 +92,7 @@ impl Val {
             (Val::Str(a), Val::Str(b)) => a.merge(b),
             (Val::Set(a), Val::Set(b)) => a.merge(b),
             (Val::Hash(a), Val::Hash(b)) => a.merge(b),
+            (Val::List(a), Val::List(b)) => a.merge(b),
             _ => unreachable!("components are merged by kind"),
         }
     }
@@ -98,6 +106,7 @@ impl Val {
             }
             Val::Set(s) => Val::Set(s.kill_all()),
             Val::Hash(h) => Val::Hash(h.kill_all()),
+            Val::List(l) => Val::List(l.kill_all()),
         }
     }
 
@@ -106,6 +115,7 @@ impl Val {
             Val::Str(s) => s.heap_bytes(),
             Val::Set(s) => s.heap_bytes() + 48,
             Val::Hash(h) => h.heap_bytes() + 48,
+            Val::List(l) => l.heap_bytes() + 48,
         }
     }
 
@@ -114,6 +124,7 @@ impl Val {
             Val::Str(s) => s.max_hlc(),
             Val::Set(s) => s.max_hlc(),
             Val::Hash(h) => h.max_hlc(),
+            Val::List(l) => l.max_hlc(),
         }
     }
 }
@@ -305,6 +316,13 @@ impl Entry {
     pub fn as_hash(&self) -> Option<&OrMap> {
         match self.visible()? {
             Val::Hash(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn as_list(&self) -> Option<&List> {
+        match self.visible()? {
+            Val::List(l) => Some(l),
             _ => None,
         }
     }
@@ -506,6 +524,7 @@ impl Entry {
             match &mut c.val {
                 Val::Set(s) => s.gc(stable, drop_dead),
                 Val::Hash(h) => h.gc(stable, drop_dead),
+                Val::List(l) => l.gc(stable, drop_dead),
                 Val::Str(_) => {}
             }
         }
@@ -556,6 +575,11 @@ impl Entry {
                         }
                     }
                 }
+                Val::List(l) => {
+                    for s in l.stamps() {
+                        check(s.region, s.hlc);
+                    }
+                }
             }
         }
         for e in self.m().expiry.entries() {
@@ -570,7 +594,7 @@ impl Entry {
             match &mut c.val {
                 Val::Set(s) => s.rebuild(),
                 Val::Hash(h) => h.rebuild(),
-                Val::Str(_) => {}
+                Val::Str(_) | Val::List(_) => {}
             }
         }
         self.recompute_deadline();
@@ -590,6 +614,7 @@ impl Entry {
                 Val::Str(s) => s.digest(crate::digest::mix(h, 1)),
                 Val::Set(s) => s.digest(crate::digest::mix(h, 2)),
                 Val::Hash(m) => m.digest(crate::digest::mix(h, 3)),
+                Val::List(l) => l.digest(crate::digest::mix(h, 4)),
             };
         }
         for e in m.expiry.alive() {
@@ -993,6 +1018,108 @@ impl<'a> EntryWriter<'a> {
         self.changed = true;
     }
 
+    /// The list at this key, if it holds one.
+    pub fn list(&self) -> Option<&List> {
+        self.entry.as_list()
+    }
+
+    /// The live list component, for a write that only changes an existing list.
+    fn live_list(&mut self) -> Option<(Stamp, &mut List)> {
+        let i = self.entry.comp_index(Kind::List).ok()?;
+        let c = &mut self.entry.comps[i];
+        match &mut c.val {
+            Val::List(l) if !l.is_empty() => Some((c.created, l)),
+            _ => None,
+        }
+    }
+
+    fn delta_list(&mut self, created: Stamp, delta: List) {
+        self.delta_put(Comp {
+            created,
+            val: Val::List(delta),
+        });
+        self.changed = true;
+    }
+
+    /// `LPUSH` (`front`) / `RPUSH` of `values` in argument order (the key must hold a list or
+    /// nothing: checked by the caller). Returns the new length; `None` (nothing written)
+    /// when no position is left at that end (only after hostile positions).
+    pub fn list_push(&mut self, front: bool, values: &[&[u8]]) -> Option<usize> {
+        let i = self.comp(Kind::List);
+        let stamp = self.stamp;
+        let created = self.entry.comps[i].created;
+        let Val::List(l) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        let delta = l.push(front, stamp, values)?;
+        let n = l.len();
+        self.delta_list(created, delta);
+        Some(n)
+    }
+
+    /// Observed remove of the live elements at `indices` (sorted descending, so earlier
+    /// kills do not shift later ones); returns their values in the order of `indices`.
+    pub fn list_kill(&mut self, indices: &[usize]) -> Vec<Bytes> {
+        let Some((created, l)) = self.live_list() else {
+            return Vec::new();
+        };
+        let mut delta = List::default();
+        let mut out = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if let Some((v, tomb)) = l.kill_at(i) {
+                delta.merge_elem(&tomb);
+                out.push(v);
+            }
+        }
+        if !out.is_empty() {
+            self.delta_list(created, delta);
+            self.note_removal();
+        }
+        out
+    }
+
+    /// `LPOP`/`RPOP` of up to `count` elements, in pop order.
+    pub fn list_pop(&mut self, front: bool, count: usize) -> Vec<Bytes> {
+        let len = self.list().map_or(0, List::len);
+        let n = count.min(len);
+        if front {
+            // Kill from the n-th down to the head: the values come back reversed.
+            let idx: Vec<usize> = (0..n).rev().collect();
+            let mut v = self.list_kill(&idx);
+            v.reverse();
+            v
+        } else {
+            let idx: Vec<usize> = (len - n..len).rev().collect();
+            self.list_kill(&idx)
+        }
+    }
+
+    /// `LSET`: live element `index` takes `value` (LWW). Returns whether it exists.
+    pub fn list_set(&mut self, index: usize, value: &[u8]) -> bool {
+        let stamp = self.stamp;
+        let Some((created, l)) = self.live_list() else {
+            return false;
+        };
+        let Some(e) = l.set_at(index, stamp, value) else {
+            return false;
+        };
+        let mut delta = List::default();
+        delta.merge_elem(&e);
+        self.delta_list(created, delta);
+        true
+    }
+
+    /// `LINSERT`: `value` before or after live element `index`. Returns the new length;
+    /// `None` when there is no such element or no position is left.
+    pub fn list_insert(&mut self, index: usize, before: bool, value: &[u8]) -> Option<usize> {
+        let stamp = self.stamp;
+        let (created, l) = self.live_list()?;
+        let delta = l.insert_at(index, before, stamp, value)?;
+        let n = l.len();
+        self.delta_list(created, delta);
+        Some(n)
+    }
+
     /// `DEL`: observed remove of every component and TTL. Returns whether the key existed.
     pub fn delete(&mut self) -> bool {
         let existed = self.entry.is_alive();
@@ -1083,6 +1210,11 @@ impl Entry {
                         if !s.is_alive() {
                             mine.forget_if_dead(f);
                         }
+                    }
+                }
+                (Val::List(mine), Val::List(d)) => {
+                    for e in d.raw().filter(|e| !e.is_alive()) {
+                        mine.forget_if_dead(&e.pos);
                     }
                 }
                 _ => {}

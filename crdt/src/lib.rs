@@ -7,6 +7,7 @@
 //! - [`dots`]: per-region dot entries, the lattice under every observed-remove structure.
 //! - [`strval`]: strings = LWW register + PN-counter contributions with observed reset.
 //! - [`collections`]: add-wins OR-set, OR-map of string fields.
+//! - [`list`]: Redis lists as a sequence CRDT (dense positions, observed remove, LWW values).
 //! - [`entry`]: the key envelope (typed components, TTL), [`Delta`], [`EntryWriter`].
 //! - [`keyspace`]: key → entry per hash slot, deltas, expiry, eviction, digests, GC.
 //! - [`slot`]: CRC16 hash slots with `{hash tags}`.
@@ -18,6 +19,7 @@ mod elements;
 pub mod entry;
 pub mod hlc;
 pub mod keyspace;
+pub mod list;
 mod packed;
 pub mod slot;
 pub mod strval;
@@ -27,6 +29,7 @@ pub use dots::{DotEntry, Dots};
 pub use entry::{Comp, Delta, Entry, EntryWriter, Kind, Val, PERSIST};
 pub use hlc::{Hlc, HlcClock, RegionId, Stamp};
 pub use keyspace::{Applied, EvictionPolicy, Keyspace, KeyspaceConfig, KeyspaceStats, Prefetch};
+pub use list::List;
 pub use slot::{key_slot, SLOT_COUNT};
 pub use strval::{parse_i64, Contrib, Register, Str, StrValue};
 

@@ -457,6 +457,8 @@ pub fn check_entry(e: &Entry) -> Result<(), CodecError> {
                     check_str(s)?;
                 }
             }
+            // Validated as it is decoded (positions in range, rebuilt in order).
+            Val::List(_) => {}
         }
     }
     Ok(())

@@ -299,7 +299,7 @@ impl SimStore {
                 e.components().iter().any(|c| match &c.val {
                     Val::Str(s) => s.ctr.iter().any(|k| k.region == r),
                     Val::Hash(h) => h.raw().any(|(_, s)| s.ctr.iter().any(|k| k.region == r)),
-                    Val::Set(_) => false,
+                    Val::Set(_) | Val::List(_) => false,
                 })
             }
             _ => false,

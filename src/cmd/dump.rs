@@ -27,6 +27,7 @@ enum Payload {
     Str(Vec<u8>),
     Set(Vec<Vec<u8>>),
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    List(Vec<Vec<u8>>),
 }
 
 fn encode(p: &Payload) -> Option<Vec<u8>> {
@@ -77,6 +78,7 @@ fn dump(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 .map(|(f, v)| (f.to_vec(), v.bytes().unwrap_or_default().to_vec()))
                 .collect(),
         ),
+        Some(Val::List(l)) => Payload::List(l.values().map(<[u8]>::to_vec).collect()),
         None => return Reply::Null,
     };
     match encode(&payload) {
@@ -145,6 +147,7 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             .iter()
             .map(|(f, v)| element_bytes(f.len(), v.len() + 16))
             .sum(),
+        Payload::List(vs) => vs.iter().map(|v| v.len() + 8).sum(),
     };
     if let Err(e) = check_room(ctx.store, key, 0, size) {
         return e;
@@ -172,6 +175,10 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                     let v = Bytes::copy_from_slice(v);
                     w.hash_update(f, |fs, stamp| fs.set(stamp, v));
                 }
+            }
+            Payload::List(vs) => {
+                let refs: Vec<&[u8]> = vs.iter().map(Vec::as_slice).collect();
+                w.list_push(false, &refs);
             }
         }
         if deadline.is_some() {

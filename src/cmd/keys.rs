@@ -102,6 +102,10 @@ fn copy_entry(ctx: &mut Ctx, entry: &meridian_crdt::Entry, to: &[u8]) {
                     w.hash_update(f, |fs, stamp| fs.set(stamp, v));
                 }
             }
+            Some(Val::List(l)) => {
+                let vs: Vec<&[u8]> = l.values().collect();
+                w.list_push(false, &vs);
+            }
             None => {}
         }
         if deadline.is_some() {
@@ -457,6 +461,8 @@ fn encoding_of(entry: &meridian_crdt::Entry, t: &super::encoding::Encoding) -> &
                 "hashtable"
             }
         }
+        // Redis 7.0 (the version meridian answers as) reports every list as a quicklist.
+        Some(Val::List(_)) => "quicklist",
         None => "raw",
     }
 }

@@ -94,6 +94,7 @@ impl Keyspace {
                     n += match &c.val {
                         crate::entry::Val::Set(s) => s.element_count(),
                         crate::entry::Val::Hash(h) => h.element_count(),
+                        crate::entry::Val::List(l) => l.element_count(),
                         crate::entry::Val::Str(s) => s.ctr.len(),
                     };
                 }

@@ -42,7 +42,7 @@ impl Keyspace {
                             Some(e) => b.components().iter().for_each(|c| match &c.val {
                                 crate::entry::Val::Set(s) => s.prefetch(e),
                                 crate::entry::Val::Hash(h) => h.prefetch(e),
-                                crate::entry::Val::Str(_) => {}
+                                crate::entry::Val::Str(_) | crate::entry::Val::List(_) => {}
                             }),
                             None => prefetch(&**b),
                         },

@@ -283,6 +283,7 @@ pub enum View {
     Str(Bytes, Option<u64>),
     Set(BTreeSet<Bytes>, Option<u64>),
     Hash(BTreeMap<Bytes, Bytes>, Option<u64>),
+    List(Vec<Bytes>, Option<u64>),
 }
 
 pub fn str_bytes(s: &Str) -> Bytes {
@@ -304,6 +305,9 @@ pub fn view_of(e: Option<&Entry>) -> View {
                 .collect(),
             deadline,
         ),
+        Some(Val::List(l)) => {
+            View::List(l.values().map(Bytes::copy_from_slice).collect(), deadline)
+        }
     }
 }
 
