@@ -89,6 +89,7 @@ pub const READ: u32 = cat("read");
 pub const WRITE: u32 = cat("write");
 pub const SET: u32 = cat("set");
 pub const HASH: u32 = cat("hash");
+pub const LIST: u32 = cat("list");
 pub const STRING: u32 = cat("string");
 pub const BITMAP: u32 = cat("bitmap");
 pub const ADMIN: u32 = cat("admin");
@@ -119,6 +120,7 @@ pub fn command_categories(spec: &Spec) -> u32 {
             BITMAP
         }
         n if n.starts_with('h') && n != "hello" => HASH,
+        n if cmd::list::NAMES.contains(&n) => LIST,
         n if n.starts_with('s')
             && !matches!(
                 n,
@@ -145,6 +147,7 @@ pub fn command_categories(spec: &Spec) -> u32 {
         | "readwrite" | "asking" | "command" | "client" => CONNECTION,
         "multi" | "exec" | "discard" | "watch" | "unwatch" => TRANSACTION,
         "wait" => CONNECTION | BLOCKING,
+        n if cmd::list::BLOCKING.contains(&n) => BLOCKING,
         // Destructive or internal: never for an ordinary user.
         "flushall" | "flushdb" | "keys" | "migrate" | "info" | "restore" | "sort" | "sort_ro" => {
             DANGEROUS

@@ -252,6 +252,31 @@ async fn serve_client<S: ClientStream>(
                     let _ = send(&mut stream, &out).await;
                     break 'conn;
                 }
+                Outcome::Block {
+                    keys,
+                    timeout_ms,
+                    timeout_reply,
+                } => {
+                    before_await(&mut held, &store);
+                    let blocked = request.run_blocked(
+                        &mut stream,
+                        &mut out,
+                        &mut buf,
+                        &store,
+                        &shared,
+                        conn,
+                        &mut held,
+                        Wait {
+                            keys,
+                            timeout_ms,
+                            timeout_reply,
+                        },
+                    );
+                    match blocked.await {
+                        Some(reply) => reply,
+                        None => break 'conn,
+                    }
+                }
                 // Waited out above.
                 Outcome::Pause => Reply::Null,
             };
@@ -377,6 +402,124 @@ impl Request<'_> {
             outcome = self.execute(store, shared, conn, *now, held);
         }
         Some(outcome)
+    }
+}
+
+/// What a blocked command waits for (`Outcome::Block`).
+struct Wait {
+    keys: Vec<Bytes>,
+    timeout_ms: u64,
+    timeout_reply: Reply,
+}
+
+/// Read ahead from a blocked client only up to this much (a client that sends more waits
+/// with it unread, as it would behind a full socket).
+const BLOCKED_READ_MAX: usize = 1 << 20;
+
+/// A blocked client's place in its keys' waiter queues, given up however the wait ends
+/// (served, timed out, disconnected, the task dropped).
+struct Blocked<'s> {
+    store: &'s Store,
+    keys: Vec<Bytes>,
+    id: u64,
+}
+
+impl<'s> Blocked<'s> {
+    /// Queue `waiter` on every key, one shard lock at a time (the caller holds none).
+    fn register(store: &'s Store, keys: Vec<Bytes>, waiter: &Arc<crate::store::Waiter>) -> Self {
+        for k in &keys {
+            store.shard(crate::store::key_shard(k)).block_on(k, waiter);
+        }
+        store.stats.blocked_clients.fetch_add(1, Relaxed);
+        Blocked {
+            store,
+            keys,
+            id: waiter.id,
+        }
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        for k in &self.keys {
+            self.store
+                .shard(crate::store::key_shard(k))
+                .unblock(k, self.id);
+        }
+        self.store.stats.blocked_clients.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Request<'_> {
+    /// A blocking command that found nothing: earlier replies go out, the client queues on
+    /// the keys and runs the command again each time the first key's change wakes it, until
+    /// it is served (its reply), the timeout passes (`timeout_reply`), or the client leaves
+    /// (`None`). Bytes the client sends meanwhile are read into `buf` (so a disconnect is
+    /// seen) and run after.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_blocked<'s, S: ClientStream>(
+        &self,
+        stream: &mut S,
+        out: &mut BytesMut,
+        buf: &mut BytesMut,
+        store: &'s Store,
+        shared: &'s Shared,
+        conn: &mut ConnState,
+        held: &mut Held<'s>,
+        wait: Wait,
+    ) -> Option<Reply> {
+        if !out.is_empty() {
+            send(stream, out).await.ok()?;
+            out.clear();
+        }
+        let deadline = (wait.timeout_ms > 0).then(|| {
+            tokio::time::Instant::now() + std::time::Duration::from_millis(wait.timeout_ms)
+        });
+        let waiter = Arc::new(crate::store::Waiter {
+            id: conn.id,
+            notify: tokio::sync::Notify::new(),
+        });
+        let queued = Blocked::register(store, wait.keys, &waiter);
+        loop {
+            // Run again once queued: a change after this run wakes this client.
+            let outcome = self.execute(store, shared, conn, now_ms(), held);
+            // Counted once, when it first ran.
+            conn.pending_commands = conn.pending_commands.saturating_sub(1);
+            before_await(held, store);
+            match outcome {
+                Outcome::Block { .. } => {}
+                Outcome::Pause => {
+                    tokio::time::sleep(PAUSE_RECHECK).await;
+                    continue;
+                }
+                Outcome::Reply(r) => {
+                    drop(queued);
+                    return Some(r);
+                }
+                other => {
+                    drop(queued);
+                    return Some(other.into_reply());
+                }
+            }
+            let timeout = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = waiter.notify.notified() => {}
+                _ = timeout => {
+                    drop(queued);
+                    return Some(wait.timeout_reply);
+                }
+                r = stream.read_buf(buf), if buf.len() < BLOCKED_READ_MAX => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -309,8 +309,8 @@ pub static FIGURES: &[Figure] = &[
         "Client connections allowed.",
         |r| n(r.store.runtime.maxclients.load(Relaxed) as u64)),
     row(Clients, Some("blocked_clients"), None,
-        "Clients in a blocking command (none block).",
-        |_| n(0)),
+        "Clients waiting in a blocking command (BLPOP and friends).",
+        |r| n(r.store.stats.blocked_clients.load(Relaxed) as u64)),
     // # Memory
     row(Memory, Some("used_memory"), Some(("used_memory_bytes", Gauge)),
         "Bytes in use: allocated (jemalloc) less the node slabs' free slots.",

@@ -84,6 +84,10 @@ pub struct Shard {
     notify: bool,
     /// Keys some connection WATCHes → version bumped on every change.
     watched: HashMap<Bytes, (usize, u64)>,
+    /// Keys clients block on (BLPOP and friends) → their waiters, first come first served:
+    /// a change to the key wakes the first, which runs its command again (see
+    /// [`Shard::block_on`]). Empty but for blocked clients: a write checks `is_empty` only.
+    blocked: HashMap<Bytes, VecDeque<Arc<Waiter>>>,
     /// Keyspace hits and misses (counted under the shard lock: no shared atomics).
     pub hits: u64,
     pub misses: u64,
@@ -121,6 +125,19 @@ impl Lost {
     }
 }
 
+/// A client blocked on keys (see [`Shard::block_on`]).
+pub struct Waiter {
+    /// The client's id (one blocking command per connection at a time).
+    pub id: u64,
+    pub notify: tokio::sync::Notify,
+}
+
+fn wake_first(blocked: &HashMap<Bytes, VecDeque<Arc<Waiter>>>, key: &[u8]) {
+    if let Some(w) = blocked.get(key).and_then(VecDeque::front) {
+        w.notify.notify_one();
+    }
+}
+
 /// Some shards' guards, with their indices (a command's locks).
 pub type SomeGuards<'s> = smallvec::SmallVec<[(usize, MutexGuard<'s, Shard>); 2]>;
 
@@ -139,6 +156,7 @@ impl Shard {
     /// and the in-region feed, and bump watched keys.
     pub fn after_write(&mut self, stats: &Stats) {
         let watched = !self.watched.is_empty();
+        let blocked = !self.blocked.is_empty();
         let mut logged = false;
         let feed = self.feed.is_active();
         for d in self.ks.drain_deltas() {
@@ -151,6 +169,9 @@ impl Shard {
                 if let Some((_, v)) = self.watched.get_mut(&d.key) {
                     *v += 1;
                 }
+            }
+            if blocked {
+                wake_first(&self.blocked, &d.key);
             }
             if self.log_max == 0 {
                 continue;
@@ -230,6 +251,32 @@ impl Shard {
         if let Some((_, v)) = self.watched.get_mut(key) {
             *v += 1;
         }
+        if !self.blocked.is_empty() {
+            wake_first(&self.blocked, key);
+        }
+    }
+
+    /// Queue `waiter` on `key`: a change to the key wakes the first waiter in line (it runs
+    /// its command again and, served or gone, leaves with [`Shard::unblock`], which wakes
+    /// the next: what one push adds goes to the client that blocked first, as in Redis).
+    pub fn block_on(&mut self, key: &Bytes, waiter: &Arc<Waiter>) {
+        self.blocked
+            .entry(key.clone())
+            .or_default()
+            .push_back(waiter.clone());
+    }
+
+    /// Take the waiter `id` off `key`'s line, and wake the next one (what the leaving one
+    /// did not take, or left behind, is the next one's).
+    pub fn unblock(&mut self, key: &[u8], id: u64) {
+        if let Some(q) = self.blocked.get_mut(key) {
+            q.retain(|w| w.id != id);
+            if q.is_empty() {
+                self.blocked.remove(key);
+            } else {
+                wake_first(&self.blocked, key);
+            }
+        }
     }
 
     pub fn watch(&mut self, key: &Bytes) -> u64 {
@@ -268,6 +315,8 @@ impl Shard {
 #[derive(Default)]
 pub struct Stats {
     pub commands: AtomicU64,
+    /// Clients waiting in a blocking command (INFO `blocked_clients`).
+    pub blocked_clients: AtomicUsize,
     pub connections_received: AtomicU64,
     pub connected_clients: AtomicUsize,
     pub rejected_connections: AtomicU64,
@@ -439,6 +488,7 @@ impl Store {
                     log_max,
                     notify: replicated,
                     watched: HashMap::new(),
+                    blocked: HashMap::new(),
                     hits: 0,
                     produced: 0,
                     dropped: 0,

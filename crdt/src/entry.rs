@@ -1080,18 +1080,21 @@ impl<'a> EntryWriter<'a> {
 
     /// `LPOP`/`RPOP` of up to `count` elements, in pop order.
     pub fn list_pop(&mut self, front: bool, count: usize) -> Vec<Bytes> {
-        let len = self.list().map_or(0, List::len);
+        let Some((created, l)) = self.live_list() else {
+            return Vec::new();
+        };
+        let len = l.len();
         let n = count.min(len);
-        if front {
-            // Kill from the n-th down to the head: the values come back reversed.
-            let idx: Vec<usize> = (0..n).rev().collect();
-            let mut v = self.list_kill(&idx);
-            v.reverse();
-            v
-        } else {
-            let idx: Vec<usize> = (len - n..len).rev().collect();
-            self.list_kill(&idx)
+        if n == 0 {
+            return Vec::new();
         }
+        let (mut vals, delta) = l.kill_range(if front { 0 } else { len - n }, n);
+        if !front {
+            vals.reverse();
+        }
+        self.delta_list(created, delta);
+        self.note_removal();
+        vals
     }
 
     /// `LSET`: live element `index` takes `value` (LWW). Returns whether it exists.
@@ -1213,8 +1216,13 @@ impl Entry {
                     }
                 }
                 (Val::List(mine), Val::List(d)) => {
-                    for e in d.raw().filter(|e| !e.is_alive()) {
-                        mine.forget_if_dead(&e.pos);
+                    if d.element_count() > 8 {
+                        // One pass over the list rather than a lookup per tombstone.
+                        mine.gc(&|_| Hlc::MAX, true);
+                    } else {
+                        for e in d.raw().filter(|e| !e.is_alive()) {
+                            mine.forget_if_dead(&e.pos);
+                        }
                     }
                 }
                 _ => {}

@@ -856,6 +856,46 @@ impl List {
         Some((value, Elem { pos, val: None }))
     }
 
+    /// Kill `n` live elements from live index `start` on (one pass over the chunks they
+    /// span); returns their values in list order, and their tombstones (the delta).
+    pub fn kill_range(&mut self, start: usize, n: usize) -> (Vec<Bytes>, List) {
+        let mut vals = Vec::with_capacity(n.min(self.live));
+        let mut delta = List::default();
+        if n == 1 {
+            if let Some((v, t)) = self.kill_at(start) {
+                vals.push(v);
+                delta.merge_elem(&t);
+            }
+            return (vals, delta);
+        }
+        let Some(at) = self.locate(start) else {
+            return (vals, delta);
+        };
+        let (mut ci, mut from) = (at.chunk, at.idx);
+        let mut left = n;
+        while left > 0 && ci < self.chunks.len() {
+            let c = &self.chunks[ci];
+            let nc = Chunk::build(c.heads().enumerate().map(|(i, (mut h, v))| {
+                if i >= from && left > 0 && h.vstamp.is_some() {
+                    vals.push(Bytes::copy_from_slice(v));
+                    delta.append_sorted(&h.pos, None, &[]);
+                    h.vstamp = None;
+                    left -= 1;
+                    (h, &[][..])
+                } else {
+                    (h, v)
+                }
+            }));
+            let (old, killed) = (c.bytes(), c.live - nc.live);
+            self.bytes = self.bytes - old + nc.bytes();
+            self.live -= killed as usize;
+            self.chunks[ci] = nc;
+            from = 0;
+            ci += 1;
+        }
+        (vals, delta)
+    }
+
     /// `LSET`: live element `index` takes `value` under `stamp`; returns the delta element.
     pub fn set_at(&mut self, index: usize, stamp: Stamp, value: &[u8]) -> Option<Elem> {
         let at = self.locate(index)?;
@@ -1074,8 +1114,14 @@ mod tests {
         l.gc(&|_| Hlc(u64::MAX), true);
         assert_eq!(l.element_count(), l.len());
         check(&l);
+        let (v, d) = l.kill_range(5, 100);
+        assert_eq!(v.len(), 100);
+        assert_eq!(d.element_count(), 100);
+        assert_eq!(l.len(), 99);
+        check(&l);
+        check(&d);
         let d = l.kill_all();
-        assert_eq!(d.element_count(), 199);
+        assert_eq!(d.element_count(), 99);
         assert!(l.is_empty());
         check(&l);
     }

@@ -125,6 +125,11 @@ impl Encoding {
     pub fn set_entries(&self) -> usize {
         self.by_name("set-max-listpack-entries")
     }
+    /// `list-max-listpack-size`: entries when positive, a size class when negative.
+    pub fn list_size(&self) -> i64 {
+        find("list-max-listpack-size").map_or(-2, |i| self.get(i))
+    }
+
     pub fn set_value(&self) -> usize {
         self.by_name("set-max-listpack-value")
     }

@@ -461,8 +461,26 @@ fn encoding_of(entry: &meridian_crdt::Entry, t: &super::encoding::Encoding) -> &
                 "hashtable"
             }
         }
-        // Redis 7.0 (the version meridian answers as) reports every list as a quicklist.
-        Some(Val::List(_)) => "quicklist",
+        Some(Val::List(l)) => {
+            // Redis 7.2: one listpack while it fits `list-max-listpack-size` (a positive
+            // size counts entries; -1…-5 are 4…64 kB), counted as a listpack would take it.
+            let size = t.list_size();
+            let fits = if size > 0 {
+                l.len() <= size as usize
+            } else {
+                let limit = 4096usize << (size.unsigned_abs().clamp(1, 5) - 1);
+                let mut bytes = 7usize;
+                l.values().all(|v| {
+                    bytes += v.len() + 2 + usize::from(v.len() > 63) + usize::from(v.len() > 4095);
+                    bytes <= limit
+                })
+            };
+            if fits {
+                "listpack"
+            } else {
+                "quicklist"
+            }
+        }
         None => "raw",
     }
 }

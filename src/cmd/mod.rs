@@ -13,6 +13,7 @@ pub mod dump;
 pub mod encoding;
 pub mod hash;
 pub mod keys;
+pub mod list;
 pub mod replica;
 pub mod server;
 pub mod set;
@@ -53,6 +54,14 @@ pub enum Outcome {
     /// A write while writes pause (a manual failover, the restart window): earlier replies
     /// go out, the connection waits the pause out and runs the command again.
     Pause,
+    /// A blocking command found nothing to take (BLPOP and friends): the connection waits
+    /// until one of `keys` changes, then runs the command again, or answers `timeout_reply`
+    /// after `timeout_ms` (0: never). Inside a transaction: `timeout_reply` at once.
+    Block {
+        keys: Vec<Bytes>,
+        timeout_ms: u64,
+        timeout_reply: Reply,
+    },
 }
 
 impl From<Reply> for Outcome {
@@ -68,6 +77,7 @@ impl Outcome {
     pub fn into_reply(self) -> Reply {
         match self {
             Outcome::Reply(r) | Outcome::Close(r) => r,
+            Outcome::Block { timeout_reply, .. } => timeout_reply,
             Outcome::Wait { .. } | Outcome::Takeover(_) | Outcome::Pause => {
                 err("ERR Command not allowed inside a transaction")
             }
@@ -186,6 +196,7 @@ pub fn table() -> &'static Table {
             .chain(dump::specs())
             .chain(set::specs())
             .chain(hash::specs())
+            .chain(list::specs())
             .chain(keys::specs())
             .chain(server::specs())
             .chain(cluster::specs())
