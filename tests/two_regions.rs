@@ -357,3 +357,90 @@ fn a_value_larger_than_a_link_frame_is_refused_and_the_link_flows() {
         },
     );
 }
+
+fn lrange(c: &mut redis::Connection, key: &str) -> Vec<String> {
+    q(c, &["LRANGE", key, "0", "-1"])
+}
+
+/// Lists under a partition: both regions push at both ends, insert, set and pop — the
+/// same head popped on both sides — and after the heal hold exactly the same list: every
+/// pushed element once, the head popped twice removed once, nothing else lost.
+#[test]
+fn lists_converge_exactly_after_concurrent_pushes_and_pops_under_a_partition() {
+    let pair = Pair::new();
+    let a = pair.start(0, "", &[]);
+    let b = pair.start(1, "", &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let _: i64 = q(&mut ca, &["RPUSH", "q", "x", "y", "z"]);
+    wait_until(CONVERGE, "b has a's list", || {
+        lrange(&mut cb, "q") == ["x", "y", "z"]
+    });
+    let _: () = q(&mut ca, &["MERIDIAN", "LINK", "DOWN", "b"]);
+    let _: () = q(&mut cb, &["MERIDIAN", "LINK", "DOWN", "a"]);
+
+    // Both pop the head: each client gets it.
+    assert_eq!(q::<String>(&mut ca, &["LPOP", "q"]), "x");
+    assert_eq!(q::<String>(&mut cb, &["LPOP", "q"]), "x");
+    let _: i64 = q(&mut ca, &["RPUSH", "q", "a1", "a2"]);
+    let _: i64 = q(&mut ca, &["LPUSH", "q", "ah"]);
+    let _: i64 = q(&mut cb, &["RPUSH", "q", "b1"]);
+    let _: i64 = q(&mut cb, &["LPUSH", "q", "bh"]);
+    let _: i64 = q(&mut cb, &["LINSERT", "q", "AFTER", "y", "b-after-y"]);
+    let _: () = q(&mut ca, &["LSET", "q", "-1", "a2-set"]);
+    // b pops its own tail element; a pops z, which b still has.
+    assert_eq!(q::<String>(&mut cb, &["RPOP", "q"]), "b1");
+    let _: i64 = q(&mut ca, &["LREM", "q", "1", "z"]);
+
+    let _: () = q(&mut ca, &["MERIDIAN", "LINK", "UP", "b"]);
+    let _: () = q(&mut cb, &["MERIDIAN", "LINK", "UP", "a"]);
+    wait_until(CONVERGE, "both regions hold the same list", || {
+        let (la, lb) = (lrange(&mut ca, "q"), lrange(&mut cb, "q"));
+        la == lb && la.len() == 6
+    });
+    let got = lrange(&mut ca, "q");
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["a1", "a2-set", "ah", "b-after-y", "bh", "y"],
+        "every element pushed once, popped ones removed once: {got:?}"
+    );
+    // Each region's own order holds within the merged one.
+    let at = |v: &str| got.iter().position(|x| x == v).expect("present");
+    assert!(at("y") < at("b-after-y") && at("b-after-y") < at("a1") && at("a1") < at("a2-set"));
+    assert!(at("ah") < at("y") && at("bh") < at("y"));
+    assert_eq!(q::<i64>(&mut cb, &["LLEN", "q"]), 6);
+}
+
+/// A client blocked in region a is woken by a push made in region b.
+#[test]
+fn blpop_in_one_region_is_woken_by_a_push_in_the_other() {
+    let pair = Pair::new();
+    let a = pair.start(0, "", &[]);
+    let b = pair.start(1, "", &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    // The link is up once a write crosses it.
+    let _: () = q(&mut ca, &["SET", "ready", "1"]);
+    wait_until(CONVERGE, "the link carries writes", || {
+        q::<Option<String>>(&mut cb, &["GET", "ready"]).is_some()
+    });
+    let mut waiter = a.conn();
+    let t = std::thread::spawn(move || -> Option<(String, String)> {
+        redis::cmd("BLPOP")
+            .arg("jobs")
+            .arg("0")
+            .query(&mut waiter)
+            .expect("blpop")
+    });
+    wait_until(CONVERGE, "the client blocks in a", || {
+        info_u64(&mut ca, "blocked_clients") == 1
+    });
+    let _: i64 = q(&mut cb, &["RPUSH", "jobs", "from-b"]);
+    assert_eq!(
+        t.join().expect("blpop"),
+        Some(("jobs".into(), "from-b".into()))
+    );
+    wait_until(CONVERGE, "b sees the pop made in a", || {
+        q::<i64>(&mut cb, &["LLEN", "jobs"]) == 0
+    });
+}
