@@ -38,6 +38,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::cmp::Ordering;
+use std::collections::VecDeque;
 
 /// Most elements in one chunk.
 pub const CHUNK_ELEMS: usize = 32;
@@ -426,7 +427,9 @@ impl<'a> Iterator for ChunkIter<'a> {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(into = "Vec<Elem>", try_from = "Vec<Elem>")]
 pub struct List {
-    chunks: Vec<Chunk>,
+    /// In position order. A deque: pushes at the head split the first chunk, and the new
+    /// chunk goes in without moving the others.
+    chunks: VecDeque<Chunk>,
     /// Live elements.
     live: usize,
     /// All elements, tombstones included.
@@ -438,7 +441,7 @@ pub struct List {
 impl Clone for List {
     /// A clone's buffers are sized to their contents: its byte count is its own.
     fn clone(&self) -> List {
-        let chunks: Vec<Chunk> = self.chunks.clone();
+        let chunks: VecDeque<Chunk> = self.chunks.clone();
         List {
             bytes: chunks.iter().map(Chunk::bytes).sum(),
             chunks,
@@ -680,7 +683,7 @@ impl List {
         let vstamp = e.val.as_ref().map(|v| v.0);
         let value: &[u8] = e.val.as_ref().map_or(&[], |v| &v.1);
         if self.chunks.is_empty() {
-            self.chunks.push(Chunk::default());
+            self.chunks.push_back(Chunk::default());
             self.bytes += std::mem::size_of::<Chunk>();
         }
         let ci = self.chunk_for(&e.pos);
@@ -813,11 +816,11 @@ impl List {
 
     /// The first element's position, tombstones included (a push before it sorts first).
     fn first_pos(&self) -> Option<Pos> {
-        self.chunks.first().map(Chunk::first_pos)
+        self.chunks.front().map(Chunk::first_pos)
     }
 
     fn last_pos(&self) -> Option<Pos> {
-        self.chunks.last().map(|c| c.tail.clone())
+        self.chunks.back().map(|c| c.tail.clone())
     }
 
     /// `LINSERT`: a new element right before (`before`) or after live element `index`.
@@ -912,12 +915,12 @@ impl List {
     /// Observed remove of every element; returns the tombstones (the delta).
     pub fn kill_all(&mut self) -> List {
         let mut delta = List::default();
-        let mut chunks = Vec::with_capacity(self.chunks.len());
+        let mut chunks = VecDeque::with_capacity(self.chunks.len());
         let mut bytes = 0;
         for c in &self.chunks {
             if c.live == 0 {
                 bytes += c.bytes();
-                chunks.push(c.clone());
+                chunks.push_back(c.clone());
                 continue;
             }
             let nc = Chunk::build(c.heads().map(|(mut h, _)| {
@@ -928,7 +931,7 @@ impl List {
                 (h, &[][..])
             }));
             bytes += nc.bytes();
-            chunks.push(nc);
+            chunks.push_back(nc);
         }
         self.chunks = chunks;
         self.bytes = bytes;
@@ -939,7 +942,7 @@ impl List {
     /// Append an element sorting after everything here (building a list in order).
     fn append_sorted(&mut self, pos: &[Level], vstamp: Option<Stamp>, value: &[u8]) {
         if self.chunks.is_empty() {
-            self.chunks.push(Chunk::default());
+            self.chunks.push_back(Chunk::default());
             self.bytes += std::mem::size_of::<Chunk>();
         }
         let last = self.chunks.len() - 1;
@@ -965,12 +968,12 @@ impl List {
         if self.total == self.live {
             return;
         }
-        let mut chunks = Vec::with_capacity(self.chunks.len());
+        let mut chunks = VecDeque::with_capacity(self.chunks.len());
         let mut total = 0;
         for c in &self.chunks {
             if c.live == c.n {
                 total += c.n as usize;
-                chunks.push(c.clone());
+                chunks.push_back(c.clone());
                 continue;
             }
             let nc = Chunk::build(c.heads().filter(|(h, _)| {
@@ -979,7 +982,7 @@ impl List {
             }));
             if nc.n > 0 {
                 total += nc.n as usize;
-                chunks.push(nc);
+                chunks.push_back(nc);
             }
         }
         self.chunks = chunks;
