@@ -917,10 +917,10 @@ impl List {
         let mut delta = List::default();
         let mut chunks = VecDeque::with_capacity(self.chunks.len());
         let mut bytes = 0;
-        for c in &self.chunks {
+        for c in std::mem::take(&mut self.chunks) {
             if c.live == 0 {
                 bytes += c.bytes();
-                chunks.push_back(c.clone());
+                chunks.push_back(c);
                 continue;
             }
             let nc = Chunk::build(c.heads().map(|(mut h, _)| {
@@ -970,10 +970,10 @@ impl List {
         }
         let mut chunks = VecDeque::with_capacity(self.chunks.len());
         let mut total = 0;
-        for c in &self.chunks {
+        for c in std::mem::take(&mut self.chunks) {
             if c.live == c.n {
                 total += c.n as usize;
-                chunks.push_back(c.clone());
+                chunks.push_back(c);
                 continue;
             }
             let nc = Chunk::build(c.heads().filter(|(h, _)| {
