@@ -2,9 +2,10 @@
 """Benchmark meridian against redis-server in the same run, on loopback.
 
 Starts both servers (redis-server with persistence off), runs redis-benchmark for
-SET/GET/INCR/SADD/HSET with -c 50 (plain and -P 16), prints requests/s and p99 for both and
-the ratio, then measures RSS growth per key after loading 1M 100-byte strings and 1M
-counters into a fresh instance of each server.
+SET/GET/INCR/SADD/HSET/LPUSH/RPOP/LRANGE 0 99 with -c 50 (plain and -P 16), prints
+requests/s and p99 for both and the ratio, then measures RSS growth per key after loading 1M
+100-byte strings and 1M counters, and per element after pushing 1M 8-byte values into one
+list, into a fresh instance of each server.
 
 Usage: bench/compare.py [--requests N] [--rounds N] [--keys N] [--meridian PATH]
                         [--skip-memory] [--skip-throughput] [--password PW] [--tls]
@@ -27,7 +28,9 @@ import subprocess
 import sys
 import time
 
-TESTS = "set,get,incr,sadd,hset"
+# lrange_100 is LRANGE mylist 0 99 (redis-benchmark pushes the list first); rpop pops what
+# lpush pushed in the same round.
+TESTS = "set,get,incr,sadd,hset,lpush,rpop,lrange_100"
 # Server and benchmark arguments of the mode being measured (--password, --tls).
 MODE = {"server": [], "bench": []}
 
@@ -178,6 +181,32 @@ def memory_per_key(start, n):
     return result
 
 
+def memory_per_element(start, n):
+    """RSS growth per list element after RPUSHing n 8-byte values into one list (100 per
+    command), and used_memory, RSS."""
+    cmds = []
+    for i in range(0, n, 100):
+        cmds.append(resp("RPUSH", "biglist", *(f"{j:08d}" for j in range(i, min(i + 100, n)))))
+    payload = b"".join(cmds)
+    port = free_port()
+    p = start(port)
+    try:
+        subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True, check=True)
+        before = settle_rss(p.pid)
+        load(port, payload)
+        after = settle_rss(p.pid)
+        llen = int(subprocess.run(["redis-cli", "-p", str(port), "LLEN", "biglist"], capture_output=True,
+                                  text=True, check=True).stdout.strip())
+        used = subprocess.run(["redis-cli", "-p", str(port), "INFO", "memory"], capture_output=True,
+                              text=True, check=True).stdout
+        used_memory = next(int(l.split(":")[1]) for l in used.splitlines() if l.startswith("used_memory:"))
+        if llen != n:
+            raise SystemExit(f"list: expected {n} elements, server holds {llen}")
+        return ((after - before) / n, used_memory, after)
+    finally:
+        stop(p)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200000)
@@ -217,6 +246,11 @@ def main():
     for kind in ("string", "counter"):
         rb, mb = red[kind][0], mer[kind][0]
         print(f"{kind:<9}{rb:>12.0f}{mb:>16.0f}{mb / rb:>8.2f}{mer[kind][1] / mer[kind][2]:>27.2f}")
+    print(f"\n# memory: RSS growth per list element after RPUSH biglist of {args.keys} 8-byte values (100 per command)")
+    rl = memory_per_element(start_redis, args.keys)
+    ml = memory_per_element(lambda port: start_meridian(meridian, port), args.keys)
+    print(f"{'kind':<9}{'redis B/elem':>13}{'meridian B/elem':>17}{'ratio':>8}{'meridian used_memory/RSS':>27}")
+    print(f"{'list':<9}{rl[0]:>13.1f}{ml[0]:>17.1f}{ml[0] / rl[0]:>8.2f}{ml[1] / ml[2]:>27.2f}")
 
 
 def throughput(meridian, requests, rounds):

@@ -216,6 +216,7 @@ pub const SUBCOMMANDS: &[(&str, &[(&str, u32)])] = &[
             ("no-evict", ADMIN_DANGEROUS | CONNECTION),
             ("list", ADMIN_DANGEROUS | CONNECTION),
             ("kill", ADMIN_DANGEROUS | CONNECTION),
+            ("unblock", ADMIN_DANGEROUS | CONNECTION),
             ("help", SLOW | CONNECTION),
         ],
     ),

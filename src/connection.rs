@@ -431,6 +431,7 @@ impl<'s> Blocked<'s> {
             store.shard(crate::store::key_shard(k)).block_on(k, waiter);
         }
         store.stats.blocked_clients.fetch_add(1, Relaxed);
+        store.stats.waiters.lock().insert(waiter.id, waiter.clone());
         Blocked {
             store,
             keys,
@@ -447,6 +448,7 @@ impl Drop for Blocked<'_> {
                 .unblock(k, self.id);
         }
         self.store.stats.blocked_clients.fetch_sub(1, Relaxed);
+        self.store.stats.waiters.lock().remove(&self.id);
     }
 }
 
@@ -478,9 +480,23 @@ impl Request<'_> {
         let waiter = Arc::new(crate::store::Waiter {
             id: conn.id,
             notify: tokio::sync::Notify::new(),
+            unblock: std::sync::atomic::AtomicU8::new(0),
         });
         let queued = Blocked::register(store, wait.keys, &waiter);
         loop {
+            match waiter.unblock.load(Relaxed) {
+                0 => {}
+                crate::store::UNBLOCK_ERROR => {
+                    drop(queued);
+                    return Some(Reply::Error(Cow::Borrowed(
+                        "UNBLOCKED client unblocked via CLIENT UNBLOCK",
+                    )));
+                }
+                _ => {
+                    drop(queued);
+                    return Some(wait.timeout_reply);
+                }
+            }
             // Run again once queued: a change after this run wakes this client.
             let outcome = self.execute(store, shared, conn, now_ms(), held);
             // Counted once, when it first ran.

@@ -130,7 +130,12 @@ pub struct Waiter {
     /// The client's id (one blocking command per connection at a time).
     pub id: u64,
     pub notify: tokio::sync::Notify,
+    /// `CLIENT UNBLOCK`: 0 not asked, [`UNBLOCK_TIMEOUT`] or [`UNBLOCK_ERROR`].
+    pub unblock: std::sync::atomic::AtomicU8,
 }
+
+pub const UNBLOCK_TIMEOUT: u8 = 1;
+pub const UNBLOCK_ERROR: u8 = 2;
 
 fn wake_first(blocked: &HashMap<Bytes, VecDeque<Arc<Waiter>>>, key: &[u8]) {
     if let Some(w) = blocked.get(key).and_then(VecDeque::front) {
@@ -317,6 +322,9 @@ pub struct Stats {
     pub commands: AtomicU64,
     /// Clients waiting in a blocking command (INFO `blocked_clients`).
     pub blocked_clients: AtomicUsize,
+    /// The waiters of blocked clients by client id (`CLIENT UNBLOCK`); touched only when a
+    /// client blocks or leaves a blocking command.
+    pub waiters: Mutex<HashMap<u64, Arc<Waiter>>>,
     pub connections_received: AtomicU64,
     pub connected_clients: AtomicUsize,
     pub rejected_connections: AtomicU64,

@@ -383,3 +383,43 @@ fn a_blocked_client_is_woken_by_another_clients_lmove() {
         Some(("target".into(), "m".into()))
     );
 }
+
+#[test]
+fn client_unblock_ends_a_wait_with_the_timeout_reply_or_an_error() {
+    let s = Server::start();
+    let mut c = s.conn();
+    for (mode, want_err) in [("TIMEOUT", false), ("ERROR", true)] {
+        let mut waiter = s.conn();
+        let id: i64 = q(&mut waiter, &["CLIENT", "ID"]);
+        let t = std::thread::spawn(move || {
+            redis::cmd("BLPOP")
+                .arg("never")
+                .arg("0")
+                .query::<Option<(String, String)>>(&mut waiter)
+        });
+        blocked(&s, 1);
+        let n: i64 = q(&mut c, &["CLIENT", "UNBLOCK", &id.to_string(), mode]);
+        assert_eq!(n, 1);
+        match t.join().expect("blpop") {
+            Ok(v) => {
+                assert!(!want_err);
+                assert_eq!(v, None);
+            }
+            Err(e) => {
+                assert!(want_err);
+                assert!(
+                    e.to_string()
+                        .contains("client unblocked via CLIENT UNBLOCK"),
+                    "{e}"
+                );
+            }
+        }
+        blocked(&s, 0);
+    }
+    let n: i64 = q(&mut c, &["CLIENT", "UNBLOCK", "12345"]);
+    assert_eq!(n, 0, "not a blocked client");
+    assert_eq!(
+        qerr(&mut c, &["CLIENT", "UNBLOCK", "1", "LATER"]),
+        "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"
+    );
+}

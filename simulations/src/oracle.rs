@@ -34,6 +34,7 @@
 //! a loss: what it drops must be redundant, so the oracle keeps expecting the atoms.
 
 use bytes::Bytes;
+use meridian_crdt::list::{Level, Pos};
 use meridian_crdt::{parse_i64, Comp, Dots, Entry, Hlc, Kind, RegionId, Stamp, Str, Val, PERSIST};
 
 /// Where a string atom lives: the key's string component (`None`) or a hash field.
@@ -74,7 +75,12 @@ struct IncAtom {
 
 #[derive(Clone, Debug)]
 struct AddAtom {
+    /// A set member; for a list element, its value.
     member: Bytes,
+    /// A list element's position (its identity: the push's stamp is its last level); `None`
+    /// for a set member. An element is added once and removed by observed remove, so it is
+    /// an add of its own: its dot is its creation stamp.
+    pos: Option<Pos>,
     stamp: Stamp,
     killed: bool,
     lost: bool,
@@ -159,6 +165,17 @@ pub fn str_at<'a>(e: &'a Entry, field: &Field) -> Option<&'a Str> {
     }
 }
 
+/// Whether the list element at `pos` is in `e`, and alive.
+fn list_elem(e: &Entry, pos: &[Level]) -> Option<bool> {
+    comp_of(e, Kind::List).and_then(|c| match &c.val {
+        Val::List(l) => l
+            .raw()
+            .find(|x| x.pos.as_slice() == pos)
+            .map(|x| x.is_alive()),
+        _ => None,
+    })
+}
+
 fn member_dots<'a>(e: &'a Entry, member: &[u8]) -> Option<&'a Dots<()>> {
     comp_of(e, Kind::Set).and_then(|c| match &c.val {
         Val::Set(s) => s.raw().find(|(m, _)| *m == member).map(|(_, d)| d),
@@ -221,6 +238,11 @@ impl IncAtom {
 
 impl AddAtom {
     fn dot(&self, e: Option<&Entry>) -> Option<(Hlc, bool)> {
+        if let Some(pos) = &self.pos {
+            return e
+                .and_then(|e| list_elem(e, pos))
+                .map(|alive| (self.stamp.hlc, alive));
+        }
         e.and_then(|e| member_dots(e, &self.member))
             .and_then(|d| dot_of(d, self.stamp.region))
     }
@@ -321,7 +343,11 @@ impl KeyModel {
     }
 
     fn kill_member(&mut self, v: &View, member: &[u8]) {
-        for a in self.adds.iter_mut().filter(|a| a.member == member) {
+        for a in self
+            .adds
+            .iter_mut()
+            .filter(|a| a.pos.is_none() && a.member == member)
+        {
             if a.contained(v.e) {
                 a.killed = true;
             }
@@ -360,8 +386,11 @@ impl KeyModel {
                     self.kill_str(v, &Some(f));
                 }
             }
-            // The workload writes no lists (they have their own law tests in crdt).
-            Val::List(_) => {}
+            Val::List(l) => {
+                for e in l.raw().filter(|e| e.is_alive()) {
+                    self.list_kill(v, &e.pos);
+                }
+            }
         }
     }
 
@@ -501,6 +530,7 @@ impl KeyModel {
         self.comp(v, Kind::Set, stamp);
         self.adds.push(AddAtom {
             member,
+            pos: None,
             stamp,
             killed: false,
             lost: false,
@@ -508,6 +538,37 @@ impl KeyModel {
             collected_by: 0,
             live_at: 0,
         });
+    }
+
+    /// A list push: `elems` are the elements it added (position, value), all stamped
+    /// `stamp`.
+    pub fn list_push(&mut self, v: &View, stamp: Stamp, elems: Vec<(Pos, Bytes)>) {
+        self.comp(v, Kind::List, stamp);
+        for (pos, member) in elems {
+            self.adds.push(AddAtom {
+                member,
+                pos: Some(pos),
+                stamp,
+                killed: false,
+                lost: false,
+                collected: false,
+                collected_by: 0,
+                live_at: 0,
+            });
+        }
+    }
+
+    /// A list pop (or any removal) of the element at `pos`, which the view holds.
+    pub fn list_kill(&mut self, v: &View, pos: &[Level]) {
+        for a in self
+            .adds
+            .iter_mut()
+            .filter(|a| a.pos.as_deref() == Some(pos))
+        {
+            if a.contained(v.e) {
+                a.killed = true;
+            }
+        }
     }
 
     /// `SREM` of a member the view holds alive.
@@ -957,11 +1018,24 @@ impl KeyModel {
         (Some(Bytes::from(v.to_string())), true, version)
     }
 
+    /// A list's live elements in position order: each pushed element exactly once, unless
+    /// an acknowledged removal observed it (or it was lost).
+    fn list_values(&self) -> Vec<Bytes> {
+        let mut m: Vec<(&Pos, Bytes)> = self
+            .adds
+            .iter()
+            .filter(|a| !a.lost && !a.killed)
+            .filter_map(|a| a.pos.as_ref().map(|p| (p, a.member.clone())))
+            .collect();
+        m.sort_by(|a, b| a.0.cmp(b.0));
+        m.into_iter().map(|(_, v)| v).collect()
+    }
+
     fn members(&self) -> Vec<Bytes> {
         let mut m: Vec<Bytes> = self
             .adds
             .iter()
-            .filter(|a| !a.lost && !a.killed)
+            .filter(|a| a.pos.is_none() && !a.lost && !a.killed)
             .map(|a| a.member.clone())
             .collect();
         m.sort();
@@ -1039,6 +1113,10 @@ impl KeyModel {
         let f = self.fields();
         if !f.is_empty() {
             shown.push((self.created_of(Kind::Hash), Rendered::Hash(f)));
+        }
+        let l = self.list_values();
+        if !l.is_empty() {
+            shown.push((self.created_of(Kind::List), Rendered::List(l)));
         }
         shown
             .into_iter()

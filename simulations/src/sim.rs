@@ -455,6 +455,7 @@ enum Class {
     Hash,
     Fill,
     Mix,
+    List,
 }
 
 struct KeySpec {
@@ -485,6 +486,10 @@ enum Op {
     Invalidate(Option<u64>),
     Expire(u64),
     Persist,
+    /// `LPUSH` (true) / `RPUSH` of one value.
+    Push(bool, Bytes),
+    /// `LPOP` (true) / `RPOP` of up to n elements.
+    Pop(bool, usize),
 }
 
 /// What a write's closure reports back.
@@ -519,6 +524,7 @@ fn mk_keys(f: &Faults) -> Vec<KeySpec> {
     for i in 0..3 {
         add(format!("set:{i}"), Class::Set);
         add(format!("hash:{i}"), Class::Hash);
+        add(format!("list:{i}"), Class::List);
         if f.invalidations {
             add(format!("fill:{i}"), Class::Fill);
         }
@@ -904,6 +910,12 @@ impl Sim {
                 1..=3 => Op::Srem(member),
                 _ => Op::Sadd(member),
             },
+            Class::List => match kind {
+                0 => Op::Del,
+                1..=3 => Op::Pop(kind == 1, if kind == 3 { 2 } else { 1 }),
+                4 | 5 => Op::Push(true, value),
+                _ => Op::Push(false, value),
+            },
             Class::Hash => match kind {
                 0 => Op::Del,
                 1 | 2 => Op::Hdel(field),
@@ -1085,6 +1097,19 @@ impl Sim {
                 w.set_deadline(None);
                 WriteOutcome::Done
             }),
+            Op::Push(front, v) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::List).is_err() || w.list_push(*front, &[v]).is_none() {
+                    return WriteOutcome::Refused;
+                }
+                WriteOutcome::Done
+            }),
+            Op::Pop(front, n) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::List).is_err() {
+                    return WriteOutcome::Refused;
+                }
+                w.list_pop(*front, *n);
+                WriteOutcome::Done
+            }),
         };
         let changed = ks.pending_deltas() > 0;
         let after = ks.raw_entry(&key).map(Cow::into_owned);
@@ -1104,6 +1129,8 @@ impl Sim {
             Op::Invalidate(_) => 11,
             Op::Expire(_) => 12,
             Op::Persist => 13,
+            Op::Push(..) => 14,
+            Op::Pop(..) => 15,
         };
         self.trace(op_code ^ (i as u64) << 8 ^ stamp.hlc.0 << 16);
         if expired && !changed {
@@ -1158,6 +1185,42 @@ impl Sim {
             (Op::Invalidate(v), _) => model.invalidate(&view, *v),
             (Op::Expire(t), _) => model.set_deadline(&view, stamp, Some(now + t)),
             (Op::Persist, _) => model.set_deadline(&view, stamp, None),
+            (Op::Push(..), _) => {
+                // The element(s) the push added: positions carrying its stamp.
+                let added = after
+                    .as_ref()
+                    .and_then(Entry::as_list)
+                    .map(|l| {
+                        l.raw()
+                            .filter(|e| meridian_crdt::list::created(&e.pos) == stamp)
+                            .filter_map(|e| e.val.map(|(_, v)| (e.pos, v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                model.list_push(&view, stamp, added);
+            }
+            (Op::Pop(..), _) => {
+                // What it popped: alive in the view, dead after.
+                let alive_after = |pos: &[meridian_crdt::list::Level]| {
+                    after
+                        .as_ref()
+                        .and_then(Entry::as_list)
+                        .is_some_and(|l| l.raw().any(|e| e.pos.as_slice() == pos && e.is_alive()))
+                };
+                let popped: Vec<_> = seen
+                    .as_ref()
+                    .and_then(Entry::as_list)
+                    .map(|l| {
+                        l.raw()
+                            .filter(|e| e.is_alive() && !alive_after(&e.pos))
+                            .map(|e| e.pos)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for p in popped {
+                    model.list_kill(&view, &p);
+                }
+            }
             _ => unreachable!("outcomes match their operations"),
         }
         let ok = model.check_own_write(Self::bit(i), after.as_ref(), marks);

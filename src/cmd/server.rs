@@ -329,6 +329,27 @@ fn client(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             );
         }
         Reply::Verbatim(out)
+    } else if sub.eq_ignore_ascii_case(b"unblock") && (a.len() == 3 || a.len() == 4) {
+        let Some(id) = crate::util::parse_int(a[2]) else {
+            return not_int();
+        };
+        let how = match a.get(3) {
+            None => crate::store::UNBLOCK_TIMEOUT,
+            Some(m) if m.eq_ignore_ascii_case(b"timeout") => crate::store::UNBLOCK_TIMEOUT,
+            Some(m) if m.eq_ignore_ascii_case(b"error") => crate::store::UNBLOCK_ERROR,
+            Some(_) => return err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+        };
+        let waiter = u64::try_from(id)
+            .ok()
+            .and_then(|id| ctx.store.stats.waiters.lock().get(&id).cloned());
+        match waiter {
+            Some(w) => {
+                w.unblock.store(how, std::sync::atomic::Ordering::Relaxed);
+                w.notify.notify_one();
+                Reply::Int(1)
+            }
+            None => Reply::Int(0),
+        }
     } else if sub.eq_ignore_ascii_case(b"kill")
         && a.len() == 4
         && a[2].eq_ignore_ascii_case(b"type")
