@@ -1057,25 +1057,19 @@ impl<'a> EntryWriter<'a> {
         Some(n)
     }
 
-    /// Observed remove of the live elements at `indices` (sorted descending, so earlier
-    /// kills do not shift later ones); returns their values in the order of `indices`.
-    pub fn list_kill(&mut self, indices: &[usize]) -> Vec<Bytes> {
+    /// `LREM`: remove up to `limit` elements equal to `value`, from the head (or the tail).
+    /// Returns how many.
+    pub fn list_rem(&mut self, value: &[u8], limit: usize, from_tail: bool) -> usize {
         let Some((created, l)) = self.live_list() else {
-            return Vec::new();
+            return 0;
         };
-        let mut delta = List::default();
-        let mut out = Vec::with_capacity(indices.len());
-        for &i in indices {
-            if let Some((v, tomb)) = l.kill_at(i) {
-                delta.merge_elem(&tomb);
-                out.push(v);
-            }
-        }
-        if !out.is_empty() {
+        let delta = l.kill_matching(value, limit, from_tail);
+        let n = delta.element_count();
+        if n > 0 {
             self.delta_list(created, delta);
             self.note_removal();
         }
-        out
+        n
     }
 
     /// `LPOP`/`RPOP` of up to `count` elements, in pop order.

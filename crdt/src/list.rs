@@ -899,6 +899,62 @@ impl List {
         (vals, delta)
     }
 
+    /// `LREM`: kill up to `limit` live elements equal to `value`, the first ones from the
+    /// head (or from the tail), in one pass over the chunks; returns the tombstones (the
+    /// delta).
+    pub fn kill_matching(&mut self, value: &[u8], limit: usize, from_tail: bool) -> List {
+        let mut killed: Vec<Pos> = Vec::new();
+        let order: Vec<usize> = if from_tail {
+            (0..self.chunks.len()).rev().collect()
+        } else {
+            (0..self.chunks.len()).collect()
+        };
+        for ci in order {
+            if killed.len() >= limit {
+                break;
+            }
+            let c = &self.chunks[ci];
+            let items: Vec<(Head, &[u8])> = c.heads().collect();
+            let mut hit = vec![false; items.len()];
+            let idx: Vec<usize> = if from_tail {
+                (0..items.len()).rev().collect()
+            } else {
+                (0..items.len()).collect()
+            };
+            let before = killed.len();
+            for i in idx {
+                if killed.len() >= limit {
+                    break;
+                }
+                if items[i].0.vstamp.is_some() && items[i].1 == value {
+                    hit[i] = true;
+                    killed.push(items[i].0.pos.clone());
+                }
+            }
+            if killed.len() == before {
+                continue;
+            }
+            let nc = Chunk::build(items.into_iter().zip(hit).map(|((mut h, v), dead)| {
+                if dead {
+                    h.vstamp = None;
+                    (h, &[][..])
+                } else {
+                    (h, v)
+                }
+            }));
+            let (old, gone) = (c.bytes(), c.live - nc.live);
+            self.bytes = self.bytes - old + nc.bytes();
+            self.live -= gone as usize;
+            self.chunks[ci] = nc;
+        }
+        killed.sort();
+        let mut delta = List::default();
+        for p in &killed {
+            delta.append_sorted(p, None, &[]);
+        }
+        delta
+    }
+
     /// `LSET`: live element `index` takes `value` under `stamp`; returns the delta element.
     pub fn set_at(&mut self, index: usize, stamp: Stamp, value: &[u8]) -> Option<Elem> {
         let at = self.locate(index)?;
@@ -1117,14 +1173,17 @@ mod tests {
         l.gc(&|_| Hlc(u64::MAX), true);
         assert_eq!(l.element_count(), l.len());
         check(&l);
+        let d = l.kill_matching(b"v5", 1, true);
+        assert_eq!(d.element_count(), 1);
+        check(&l);
         let (v, d) = l.kill_range(5, 100);
         assert_eq!(v.len(), 100);
         assert_eq!(d.element_count(), 100);
-        assert_eq!(l.len(), 99);
+        assert_eq!(l.len(), 98);
         check(&l);
         check(&d);
         let d = l.kill_all();
-        assert_eq!(d.element_count(), 99);
+        assert_eq!(d.element_count(), 98);
         assert!(l.is_empty());
         check(&l);
     }
@@ -1250,6 +1309,8 @@ mod tests {
         Insert(u8, bool),
         Set(u8),
         Kill(u8),
+        Rem(u8, bool),
+        Range(u8, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1259,6 +1320,8 @@ mod tests {
             (any::<u8>(), any::<bool>()).prop_map(|(i, b)| Op::Insert(i, b)),
             any::<u8>().prop_map(Op::Set),
             any::<u8>().prop_map(Op::Kill),
+            (any::<u8>(), any::<bool>()).prop_map(|(i, t)| Op::Rem(i, t)),
+            (any::<u8>(), 1u8..5).prop_map(|(i, n)| Op::Range(i, n)),
         ]
     }
 
@@ -1286,6 +1349,15 @@ mod tests {
             }
             Op::Kill(i) if !l.is_empty() => {
                 d.merge_elem(&l.kill_at(*i as usize % l.len()).unwrap().1);
+            }
+            Op::Rem(i, tail) if !l.is_empty() => {
+                let v = l.get(*i as usize % l.len()).unwrap().to_vec();
+                d = l.kill_matching(&v, 1, *tail);
+                assert_eq!(d.element_count(), 1);
+            }
+            Op::Range(i, n) if !l.is_empty() => {
+                let start = *i as usize % l.len();
+                d = l.kill_range(start, *n as usize).1;
             }
             _ => {}
         }

@@ -284,44 +284,17 @@ fn lrem(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
     let Some(count) = crate::util::parse_int(a[2]) else {
         return not_int();
     };
-    let found = with_list(ctx, a[1], |l| {
-        let limit = if count == 0 {
-            usize::MAX
-        } else {
-            usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX)
-        };
-        let mut idx: Vec<usize> = if count >= 0 {
-            l.values()
-                .enumerate()
-                .filter(|(_, v)| *v == a[3])
-                .map(|(i, _)| i)
-                .take(limit)
-                .collect()
-        } else {
-            let len = l.len();
-            let mut v: Vec<usize> = l
-                .values()
-                .enumerate()
-                .filter(|(_, v)| *v == a[3])
-                .map(|(i, _)| i)
-                .collect();
-            let keep = v.len().saturating_sub(limit);
-            v.drain(..keep);
-            debug_assert!(v.iter().all(|&i| i < len));
-            v
-        };
-        idx.reverse();
-        idx
-    });
-    let idx = match found {
+    match is_list(ctx, a[1]) {
         Err(e) => return e,
-        Ok(None) => return Reply::Int(0),
-        Ok(Some(idx)) => idx,
-    };
-    if idx.is_empty() {
-        return Reply::Int(0);
+        Ok(false) => return Reply::Int(0),
+        Ok(true) => {}
     }
-    let n = ctx.write(a[1], |w| w.list_kill(&idx).len());
+    let limit = if count == 0 {
+        usize::MAX
+    } else {
+        usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX)
+    };
+    let n = ctx.write(a[1], |w| w.list_rem(a[3], limit, count < 0));
     Reply::Int(n as i64)
 }
 
