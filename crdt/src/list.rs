@@ -309,22 +309,43 @@ impl Chunk {
     }
 
     /// Replace elements `[at, at + remove)` with `insert` (in order), re-encoding the element
-    /// after them relative to the new previous one.
+    /// after them relative to the new previous one. One pass over the elements up to the
+    /// edit.
     fn splice(&mut self, at: usize, remove: usize, insert: &[(&[Level], Option<Stamp>, &[u8])]) {
         let mut off = 0;
         let mut prev = Level::ZERO;
-        let mut i = 0;
-        while i < at {
+        // The element before `at`: its offset and position (the tail if all after it go).
+        let mut before: Option<(usize, Pos)> = None;
+        for _ in 0..at {
+            let o = off;
             let h = decode(&self.buf, &mut off, &prev);
             prev = h.l0();
-            i += 1;
+            before = Some((o, h.pos));
         }
-        let start = off;
+        let (start, prev_at) = (off, prev);
         let mut removed_live = 0;
+        let mut removed_pos = None;
         for _ in 0..remove {
             let h = decode(&self.buf, &mut off, &prev);
             removed_live += u32::from(h.vstamp.is_some());
             prev = h.l0();
+            removed_pos = Some(h.pos);
+        }
+        let inserted_live = insert.iter().filter(|x| x.1.is_some()).count() as u32;
+        if let ([(pos, vs, v)], Some(old)) = (insert, &removed_pos) {
+            if remove == 1 && *pos == old.as_slice() {
+                // The same element rewritten (killed, or a new value): the next one's
+                // encoding, relative to this one's position, stands.
+                let mut out = Vec::with_capacity(16 + v.len());
+                encode(&mut out, &prev_at, pos, *vs, v);
+                let grow = out.len() as isize - (off - start) as isize;
+                self.buf.splice(start..off, out);
+                self.live = self.live + inserted_live - removed_live;
+                if self.last_off as usize > start {
+                    self.last_off = (self.last_off as isize + grow) as u32;
+                }
+                return;
+            }
         }
         // The element after the replaced ones, re-encoded.
         let (next, end) = if at + remove < self.n as usize {
@@ -334,17 +355,7 @@ impl Chunk {
         } else {
             (None, off)
         };
-        let mut prev = if start == 0 {
-            Level::ZERO
-        } else {
-            // Level 0 of the element before `at`: decoded again (cheap; `at` > 0 here).
-            let mut o = 0;
-            let mut p = Level::ZERO;
-            for _ in 0..at {
-                p = decode(&self.buf, &mut o, &p).l0();
-            }
-            p
-        };
+        let mut prev = prev_at;
         let mut out = Vec::with_capacity(32);
         let mut new_last = None;
         for (pos, vs, v) in insert {
@@ -359,13 +370,11 @@ impl Chunk {
             let v = self.buf[h.val.clone()].to_vec();
             encode(&mut out, &prev, &h.pos, h.vstamp, &v);
         }
-        let old_len = end - start;
-        let grow = out.len() as isize - old_len as isize;
+        let grow = out.len() as isize - (end - start) as isize;
         let tail_moved = end == self.buf.len();
         self.buf.splice(start..end, out);
         self.n = self.n + insert.len() as u32 - remove as u32;
-        self.live =
-            self.live + insert.iter().filter(|x| x.1.is_some()).count() as u32 - removed_live;
+        self.live = self.live + inserted_live - removed_live;
         if self.n == 0 {
             self.last_off = 0;
             self.tail = Pos::new();
@@ -376,25 +385,14 @@ impl Chunk {
             self.last_off = o as u32;
             self.tail = p;
         } else if next.is_none() {
-            // Removed the tail without inserting: find the new last element.
-            self.recompute_tail();
+            // Removed the tail without inserting: the element before is the last now.
+            if let Some((o, p)) = before {
+                self.last_off = o as u32;
+                self.tail = p;
+            }
         } else {
             self.last_off = (self.last_off as isize + grow) as u32;
         }
-    }
-
-    fn recompute_tail(&mut self) {
-        let mut it = self.heads();
-        let mut last = (0, Pos::new());
-        loop {
-            let at = it.off;
-            match it.next() {
-                Some((h, _)) => last = (at, h.pos),
-                None => break,
-            }
-        }
-        self.last_off = last.0 as u32;
-        self.tail = last.1;
     }
 
     fn shrink(&mut self) {
