@@ -423,3 +423,25 @@ fn client_unblock_ends_a_wait_with_the_timeout_reply_or_an_error() {
         "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"
     );
 }
+
+#[test]
+fn dump_restore_and_copy_keep_a_lists_order() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: i64 = q(&mut c, &["RPUSH", "src", "a", "b", "c"]);
+    let _: i64 = q(&mut c, &["LPUSH", "src", "z"]);
+    let payload: Vec<u8> = redis::cmd("DUMP").arg("src").query(&mut c).expect("dump");
+    let _: () = redis::cmd("RESTORE")
+        .arg("copy")
+        .arg(0)
+        .arg(payload)
+        .query(&mut c)
+        .expect("restore");
+    let got: Vec<String> = q(&mut c, &["LRANGE", "copy", "0", "-1"]);
+    assert_eq!(got, ["z", "a", "b", "c"]);
+    let t: String = q(&mut c, &["TYPE", "copy"]);
+    assert_eq!(t, "list");
+    let _: i64 = q(&mut c, &["COPY", "src", "copy2"]);
+    let got: Vec<String> = q(&mut c, &["LRANGE", "copy2", "0", "-1"]);
+    assert_eq!(got, ["z", "a", "b", "c"]);
+}

@@ -954,7 +954,8 @@ impl Sim {
                 },
                 3..=5 => Op::Incr { by },
                 6 | 7 => Op::Sadd(member),
-                _ => Op::Hset(field, value),
+                8 => Op::Hset(field, value),
+                _ => Op::Push(self.rng.random_bool(0.5), value),
             },
         }
     }
