@@ -395,6 +395,57 @@ impl Chunk {
         }
     }
 
+    /// Rewrite the element at `at` (ending at `end`, alive if `was_alive`) in place with
+    /// the same position: its neighbours' encodings stand.
+    fn rewrite(
+        &mut self,
+        at: &At,
+        end: usize,
+        pos: &[Level],
+        was_alive: bool,
+        vs: Option<Stamp>,
+        v: &[u8],
+    ) {
+        let mut out = Vec::with_capacity(16 + v.len());
+        encode(&mut out, &at.prev, pos, vs, v);
+        let grow = out.len() as isize - (end - at.off) as isize;
+        self.buf.splice(at.off..end, out);
+        self.live = self.live + u32::from(vs.is_some()) - u32::from(was_alive);
+        if self.last_off as usize > at.off {
+            self.last_off = (self.last_off as isize + grow) as u32;
+        }
+    }
+
+    /// Drop the last element if it is a tombstone.
+    fn drop_last_if_dead(&mut self) {
+        let mut it = self.heads();
+        let mut before: Option<(usize, Pos)> = None;
+        let mut last = None;
+        loop {
+            let at = it.off;
+            let Some((h, _)) = it.next() else { break };
+            if let Some(l) = last.replace((at, h)) {
+                before = Some((l.0, l.1.pos));
+            }
+        }
+        let Some((at, h)) = last else { return };
+        if h.vstamp.is_some() {
+            return;
+        }
+        self.buf.truncate(at);
+        self.n -= 1;
+        match before {
+            Some((o, p)) => {
+                self.last_off = o as u32;
+                self.tail = p;
+            }
+            None => {
+                self.last_off = 0;
+                self.tail = Pos::new();
+            }
+        }
+    }
+
     fn shrink(&mut self) {
         if self.buf.capacity() > self.buf.len() + self.buf.len() / 2 + 64 {
             self.buf.shrink_to_fit();
@@ -485,11 +536,22 @@ impl TryFrom<Vec<Elem>> for List {
     }
 }
 
+/// Where a chunk grows (see [`List::edit_at`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Edge {
+    Front,
+    Back,
+    Middle,
+}
+
 /// Where an element sits: chunk and index in it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 struct At {
     chunk: usize,
     idx: usize,
+    /// Where the element's encoding starts, and level 0 of the one before it.
+    off: usize,
+    prev: Level,
 }
 
 impl List {
@@ -591,15 +653,31 @@ impl List {
                 ci -= 1;
             }
         };
-        for (i, (h, _)) in self.chunks[chunk].heads().enumerate() {
+        let mut it = self.chunks[chunk].heads();
+        let mut idx = 0;
+        loop {
+            let (off, prev) = (it.off, it.prev);
+            let (h, _) = it.next()?;
             if h.vstamp.is_some() {
                 if k == 0 {
-                    return Some(At { chunk, idx: i });
+                    return Some(At {
+                        chunk,
+                        idx,
+                        off,
+                        prev,
+                    });
                 }
                 k -= 1;
             }
+            idx += 1;
         }
-        None
+    }
+
+    /// The located element, decoded, and where its encoding ends.
+    fn decode_at(&self, at: &At) -> (Head, usize) {
+        let mut o = at.off;
+        let h = decode(&self.chunks[at.chunk].buf, &mut o, &at.prev);
+        (h, o)
     }
 
     fn head_at(&self, at: At) -> (Head, &[u8]) {
@@ -647,6 +725,12 @@ impl List {
     }
 
     fn edit<R>(&mut self, ci: usize, f: impl FnOnce(&mut Chunk) -> R) -> R {
+        self.edit_at(ci, Edge::Middle, f)
+    }
+
+    /// [`List::edit`] of a chunk that grows at `edge`: a split there leaves the full part
+    /// full (pushes at one end fill chunks rather than leave them half empty).
+    fn edit_at<R>(&mut self, ci: usize, edge: Edge, f: impl FnOnce(&mut Chunk) -> R) -> R {
         let c = &mut self.chunks[ci];
         let before = c.bytes();
         let (n0, l0) = (c.n, c.live);
@@ -658,18 +742,29 @@ impl List {
         if c.n == 0 {
             self.bytes -= c.bytes();
             self.chunks.remove(ci);
-        } else if c.n as usize > CHUNK_ELEMS || c.buf.len() > CHUNK_BYTES {
-            self.split(ci);
+        } else if c.n > 1 && (c.n as usize > CHUNK_ELEMS || c.buf.len() > CHUNK_BYTES) {
+            self.split(ci, edge);
         }
         r
     }
 
-    fn split(&mut self, ci: usize) {
+    fn split(&mut self, ci: usize, edge: Edge) {
         let c = &self.chunks[ci];
-        let half = (c.n / 2) as usize;
+        let n = c.n as usize;
+        let at = match edge {
+            Edge::Front => 1,
+            Edge::Back => n - 1,
+            Edge::Middle => n / 2,
+        };
         let items: Vec<(Head, &[u8])> = c.heads().collect();
-        let a = Chunk::build(items[..half].iter().map(|(h, v)| (h.clone(), *v)));
-        let b = Chunk::build(items[half..].iter().map(|(h, v)| (h.clone(), *v)));
+        let mut a = Chunk::build(items[..at].iter().map(|(h, v)| (h.clone(), *v)));
+        let mut b = Chunk::build(items[at..].iter().map(|(h, v)| (h.clone(), *v)));
+        // The part that will not grow again gives back its spare room.
+        match edge {
+            Edge::Back => a.buf.shrink_to_fit(),
+            Edge::Front => b.buf.shrink_to_fit(),
+            Edge::Middle => {}
+        }
         let old = c.bytes();
         self.bytes = self.bytes - old + a.bytes() + b.bytes();
         self.chunks[ci] = a;
@@ -689,7 +784,12 @@ impl List {
         {
             let c = &self.chunks[ci];
             if c.n == 0 || c.tail.as_slice() < e.pos.as_slice() {
-                self.edit(ci, |c| c.append(&e.pos, vstamp, value));
+                let edge = if ci + 1 == self.chunks.len() {
+                    Edge::Back
+                } else {
+                    Edge::Middle
+                };
+                self.edit_at(ci, edge, |c| c.append(&e.pos, vstamp, value));
                 return true;
             }
         }
@@ -713,7 +813,12 @@ impl List {
         };
         match existing {
             None => {
-                self.edit(ci, |c| c.splice(i, 0, &[(&e.pos, vstamp, value)]));
+                let edge = if ci == 0 && i == 0 {
+                    Edge::Front
+                } else {
+                    Edge::Middle
+                };
+                self.edit_at(ci, edge, |c| c.splice(i, 0, &[(&e.pos, vstamp, value)]));
                 true
             }
             Some((None, _)) => false,
@@ -850,10 +955,10 @@ impl List {
     /// Kill live element `index`; returns its value and its tombstone.
     pub fn kill_at(&mut self, index: usize) -> Option<(Bytes, Elem)> {
         let at = self.locate(index)?;
-        let (h, v) = self.head_at(at);
-        let value = Bytes::copy_from_slice(v);
+        let (h, end) = self.decode_at(&at);
+        let value = Bytes::copy_from_slice(&self.chunks[at.chunk].buf[h.val.clone()]);
         let pos = h.pos;
-        self.edit(at.chunk, |c| c.splice(at.idx, 1, &[(&pos, None, &[])]));
+        self.edit(at.chunk, |c| c.rewrite(&at, end, &pos, true, None, &[]));
         Some((value, Elem { pos, val: None }))
     }
 
@@ -956,9 +1061,10 @@ impl List {
     /// `LSET`: live element `index` takes `value` under `stamp`; returns the delta element.
     pub fn set_at(&mut self, index: usize, stamp: Stamp, value: &[u8]) -> Option<Elem> {
         let at = self.locate(index)?;
-        let pos = self.head_at(at).0.pos;
+        let (h, end) = self.decode_at(&at);
+        let pos = h.pos;
         self.edit(at.chunk, |c| {
-            c.splice(at.idx, 1, &[(&pos, Some(stamp), value)])
+            c.rewrite(&at, end, &pos, true, Some(stamp), value)
         });
         Some(Elem {
             pos,
@@ -1000,12 +1106,18 @@ impl List {
             self.bytes += std::mem::size_of::<Chunk>();
         }
         let last = self.chunks.len() - 1;
-        self.edit(last, |c| c.append(pos, vstamp, value));
+        self.edit_at(last, Edge::Back, |c| c.append(pos, vstamp, value));
     }
 
     /// Physically drop the tombstone at `pos` (single-region mode keeps none).
     pub fn forget_if_dead(&mut self, pos: &[Level]) {
         if self.chunks.is_empty() {
+            return;
+        }
+        let last = self.chunks.len() - 1;
+        if self.chunks[last].tail.as_slice() == pos {
+            // The tail (an RPOP in single-region mode): one walk of its chunk.
+            self.edit(last, Chunk::drop_last_if_dead);
             return;
         }
         let ci = self.chunk_for(pos);
@@ -1171,19 +1283,64 @@ mod tests {
         l.gc(&|_| Hlc(u64::MAX), true);
         assert_eq!(l.element_count(), l.len());
         check(&l);
+        // Single-region mode drops a tombstone right away: at the tail, the head, inside.
+        for i in [usize::MAX, 0, 7, usize::MAX] {
+            let i = i.min(l.len() - 1);
+            let want: Vec<Vec<u8>> = l
+                .values()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| v.to_vec())
+                .collect();
+            let (_, t) = l.kill_at(i).unwrap();
+            l.forget_if_dead(&t.pos);
+            check(&l);
+            assert_eq!(l.element_count(), l.len());
+            assert_eq!(l.values().map(<[u8]>::to_vec).collect::<Vec<_>>(), want);
+        }
         let d = l.kill_matching(b"v5", 1, true);
         assert_eq!(d.element_count(), 1);
+        assert_eq!(l.len(), 194);
         check(&l);
         let (v, d) = l.kill_range(5, 100);
         assert_eq!(v.len(), 100);
         assert_eq!(d.element_count(), 100);
-        assert_eq!(l.len(), 98);
+        assert_eq!(l.len(), 94);
         check(&l);
         check(&d);
         let d = l.kill_all();
-        assert_eq!(d.element_count(), 98);
+        assert_eq!(d.element_count(), 94);
         assert!(l.is_empty());
         check(&l);
+    }
+
+    #[test]
+    fn values_larger_than_a_chunk_keep_one_chunk_each() {
+        let mut l = List::default();
+        let big = vec![b'x'; CHUNK_BYTES * 2];
+        for i in 0..6u64 {
+            l.push(i % 2 == 0, st(i + 1, 1), &[&big]).unwrap();
+            check(&l);
+        }
+        l.insert_at(3, true, st(10, 1), &big).unwrap();
+        check(&l);
+        assert_eq!(l.len(), 7);
+    }
+
+    #[test]
+    fn pushes_at_one_end_fill_their_chunks() {
+        let mut l = List::default();
+        for i in 0..(CHUNK_ELEMS as u64 * 10) {
+            l.push(false, st(i + 1, 1), &[b"v"]).unwrap();
+        }
+        assert_eq!(l.chunks.len(), 10);
+        let mut f = List::default();
+        for i in 0..(CHUNK_ELEMS as u64 * 10) {
+            f.push(true, st(i + 1, 1), &[b"v"]).unwrap();
+        }
+        assert_eq!(f.chunks.len(), 10);
+        check(&l);
+        check(&f);
     }
 
     #[test]
