@@ -272,10 +272,13 @@ async fn serve_client<S: ClientStream>(
                             timeout_reply,
                         },
                     );
-                    match blocked.await {
+                    let reply = match blocked.await {
                         Some(reply) => reply,
                         None => break 'conn,
-                    }
+                    };
+                    // What the client sent meanwhile is in `buf`: parse on.
+                    p.exhausted = false;
+                    reply
                 }
                 // Waited out above.
                 Outcome::Pause => Reply::Null,
@@ -422,13 +425,16 @@ struct Blocked<'s> {
     store: &'s Store,
     keys: Vec<Bytes>,
     id: u64,
+    /// First in line on one of the keys when queued.
+    first: bool,
 }
 
 impl<'s> Blocked<'s> {
     /// Queue `waiter` on every key, one shard lock at a time (the caller holds none).
     fn register(store: &'s Store, keys: Vec<Bytes>, waiter: &Arc<crate::store::Waiter>) -> Self {
+        let mut first = false;
         for k in &keys {
-            store.shard(crate::store::key_shard(k)).block_on(k, waiter);
+            first |= store.shard(crate::store::key_shard(k)).block_on(k, waiter);
         }
         store.stats.blocked_clients.fetch_add(1, Relaxed);
         store.stats.waiters.lock().insert(waiter.id, waiter.clone());
@@ -436,6 +442,7 @@ impl<'s> Blocked<'s> {
             store,
             keys,
             id: waiter.id,
+            first,
         }
     }
 }
@@ -483,6 +490,9 @@ impl Request<'_> {
             unblock: std::sync::atomic::AtomicU8::new(0),
         });
         let queued = Blocked::register(store, wait.keys, &waiter);
+        // First in line on a key: run again at once (a push since the command ran woke no
+        // one). Behind others: what arrives is theirs first; each leaves waking the next.
+        let mut run = queued.first;
         loop {
             match waiter.unblock.load(Relaxed) {
                 0 => {}
@@ -497,43 +507,72 @@ impl Request<'_> {
                     return Some(wait.timeout_reply);
                 }
             }
-            // Run again once queued: a change after this run wakes this client.
-            let outcome = self.execute(store, shared, conn, now_ms(), held);
-            // Counted once, when it first ran.
-            conn.pending_commands = conn.pending_commands.saturating_sub(1);
-            before_await(held, store);
-            match outcome {
-                Outcome::Block { .. } => {}
-                Outcome::Pause => {
-                    tokio::time::sleep(PAUSE_RECHECK).await;
-                    continue;
-                }
-                Outcome::Reply(r) => {
-                    drop(queued);
-                    return Some(r);
-                }
-                other => {
-                    drop(queued);
-                    return Some(other.into_reply());
+            if run {
+                // Run again once queued: a change after this run wakes this client.
+                let outcome = self.execute(store, shared, conn, now_ms(), held);
+                // Counted once, when it first ran.
+                conn.pending_commands = conn.pending_commands.saturating_sub(1);
+                before_await(held, store);
+                match outcome {
+                    Outcome::Block { .. } => {}
+                    Outcome::Pause => {
+                        tokio::time::sleep(PAUSE_RECHECK).await;
+                        continue;
+                    }
+                    Outcome::Reply(r) => {
+                        drop(queued);
+                        return Some(r);
+                    }
+                    other => {
+                        drop(queued);
+                        return Some(other.into_reply());
+                    }
                 }
             }
-            let timeout = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = waiter.notify.notified() => {}
-                _ = timeout => {
+            // Only a wake-up runs the command again (bytes from the client do not: a
+            // client behind others in line must not take what is theirs).
+            run = match wait_for(&waiter, deadline, stream, buf).await? {
+                Woke::Notified => true,
+                Woke::Read => false,
+                Woke::Deadline => {
                     drop(queued);
                     return Some(wait.timeout_reply);
                 }
-                r = stream.read_buf(buf), if buf.len() < BLOCKED_READ_MAX => {
-                    if matches!(r, Ok(0) | Err(_)) {
-                        return None;
-                    }
-                }
+            };
+        }
+    }
+}
+
+/// What ended a blocked client's wait ([`wait_for`]).
+enum Woke {
+    Notified,
+    /// The client sent bytes (kept in its buffer for after the blocking command).
+    Read,
+    Deadline,
+}
+
+/// Wait for a wake-up, the deadline, bytes from the client (read into `buf`), or the
+/// client to leave (`None`).
+async fn wait_for<S: ClientStream>(
+    waiter: &crate::store::Waiter,
+    deadline: Option<tokio::time::Instant>,
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Option<Woke> {
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = waiter.notify.notified() => Some(Woke::Notified),
+        _ = timeout => Some(Woke::Deadline),
+        r = stream.read_buf(buf), if buf.len() < BLOCKED_READ_MAX => {
+            if matches!(r, Ok(0) | Err(_)) {
+                None
+            } else {
+                Some(Woke::Read)
             }
         }
     }

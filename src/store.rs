@@ -264,11 +264,11 @@ impl Shard {
     /// Queue `waiter` on `key`: a change to the key wakes the first waiter in line (it runs
     /// its command again and, served or gone, leaves with [`Shard::unblock`], which wakes
     /// the next: what one push adds goes to the client that blocked first, as in Redis).
-    pub fn block_on(&mut self, key: &Bytes, waiter: &Arc<Waiter>) {
-        self.blocked
-            .entry(key.clone())
-            .or_default()
-            .push_back(waiter.clone());
+    /// Returns whether it is first in line.
+    pub fn block_on(&mut self, key: &Bytes, waiter: &Arc<Waiter>) -> bool {
+        let q = self.blocked.entry(key.clone()).or_default();
+        q.push_back(waiter.clone());
+        q.len() == 1
     }
 
     /// Take the waiter `id` off `key`'s line, and wake the next one (what the leaving one

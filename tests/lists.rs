@@ -445,3 +445,22 @@ fn dump_restore_and_copy_keep_a_lists_order() {
     let got: Vec<String> = q(&mut c, &["LRANGE", "copy2", "0", "-1"]);
     assert_eq!(got, ["z", "a", "b", "c"]);
 }
+
+/// Requests a blocked client sends meanwhile wait behind its blocking command, in order.
+#[test]
+fn requests_behind_a_blocked_command_run_after_it() {
+    let s = Server::start();
+    let mut raw = s.raw();
+    raw.send(&common::encode_cmd(&["BLPOP", "later", "0"]));
+    blocked(&s, 1);
+    raw.send(&common::encode_cmd(&["PING"]));
+    raw.send(&common::encode_cmd(&["LLEN", "later"]));
+    let mut c = s.conn();
+    let _: i64 = q(&mut c, &["RPUSH", "later", "a", "b"]);
+    assert_eq!(
+        raw.read(),
+        common::Resp::Array(vec![common::Resp::bulk("later"), common::Resp::bulk("a")])
+    );
+    assert_eq!(raw.read().text(), "PONG");
+    assert_eq!(raw.read(), common::Resp::Int(1));
+}
