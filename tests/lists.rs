@@ -464,3 +464,40 @@ fn requests_behind_a_blocked_command_run_after_it() {
     assert_eq!(raw.read().text(), "PONG");
     assert_eq!(raw.read(), common::Resp::Int(1));
 }
+
+/// SORT and SORT_RO on lists (BY nosort keeps the list's order, DESC reverses it) and
+/// SORT … STORE, which writes its result as a list.
+#[test]
+fn sort_on_lists_and_store_match_redis_server() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["RPUSH", "l", "3", "1", "2", "10"],
+            &["SORT", "l"],
+            &["SORT", "l", "DESC"],
+            &["SORT", "l", "ALPHA"],
+            &["SORT", "l", "BY", "nosort"],
+            &["SORT", "l", "BY", "nosort", "DESC"],
+            &["SORT", "l", "BY", "nosort", "LIMIT", "1", "2"],
+            &["SORT_RO", "l", "LIMIT", "0", "2"],
+            &["SET", "w_1", "9"],
+            &["SET", "w_10", "0"],
+            &["SORT", "l", "BY", "w_*", "GET", "#", "GET", "w_*"],
+            &["SORT", "l", "STORE", "dst"],
+            &["LRANGE", "dst", "0", "-1"],
+            &["TYPE", "dst"],
+            &["SORT", "l", "BY", "nosort", "STORE", "dst"],
+            &["LRANGE", "dst", "0", "-1"],
+            &["SADD", "set", "b", "a", "c"],
+            &["SORT", "set", "ALPHA", "STORE", "dst"],
+            &["LRANGE", "dst", "0", "-1"],
+            &["SORT", "l", "GET", "missing_*", "STORE", "dst"],
+            &["LRANGE", "dst", "0", "-1"],
+            &["SORT", "nokey", "STORE", "dst"],
+            &["EXISTS", "dst"],
+            &["RPUSH", "bad", "a"],
+            &["SORT", "bad"],
+        ],
+    );
+}

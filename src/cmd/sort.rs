@@ -11,7 +11,6 @@ use super::*;
 use crate::frame::Reply;
 use bytes::Bytes;
 use meridian_crdt::Kind;
-use std::borrow::Cow;
 use std::cmp::Ordering;
 
 pub fn specs() -> Vec<Spec> {
@@ -148,6 +147,13 @@ fn elements(ctx: &mut Ctx, key: &[u8]) -> Result<Option<(Kind, Vec<Bytes>)>, Rep
             Some(s) => Ok(Some((
                 Kind::Set,
                 s.members().map(Bytes::copy_from_slice).collect(),
+            ))),
+            None => Ok(None),
+        },
+        Some(Kind::List) => match e.as_list() {
+            Some(l) => Ok(Some((
+                Kind::List,
+                l.values().map(Bytes::copy_from_slice).collect(),
             ))),
             None => Ok(None),
         },
@@ -307,9 +313,22 @@ fn run(ctx: &mut Ctx, a: &[&[u8]], allow_store: bool) -> Reply {
 }
 
 /// `SORT … STORE dst`: the result replaces `dst` as a list (missing values as empty
-/// strings); an empty result deletes `dst`. Lists are not in this build yet: refused.
-fn store_list(_ctx: &mut Ctx, _dst: &[u8], _values: Vec<Option<Bytes>>) -> Reply {
-    Reply::Error(Cow::Borrowed(
-        "ERR SORT ... STORE needs lists, which this build does not have yet",
-    ))
+/// strings), as a `DEL` of what `dst` held and a push of the result; an empty result
+/// deletes `dst`. Answers the result's length.
+fn store_list(ctx: &mut Ctx, dst: &[u8], values: Vec<Option<Bytes>>) -> Reply {
+    let values: Vec<Bytes> = values.into_iter().map(Option::unwrap_or_default).collect();
+    let size: usize = values.iter().map(|v| v.len() + 16).sum();
+    if let Err(e) = check_room(ctx.store, dst, 0, size) {
+        return e;
+    }
+    if ctx.lookup(dst).is_some() {
+        ctx.write(dst, |w| w.delete());
+    }
+    if !values.is_empty() {
+        let refs: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+        if ctx.write(dst, |w| w.list_push(false, &refs)).is_none() {
+            return err("ERR no position left at that end of the list");
+        }
+    }
+    Reply::Int(values.len() as i64)
 }
