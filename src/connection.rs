@@ -1082,6 +1082,8 @@ fn execute_parsed<'s>(
     if matches!(outcome, Outcome::Pause) {
         // Run again after the pause: counted then.
         ctx.conn.pending_commands = ctx.conn.pending_commands.saturating_sub(1);
+    } else if matches!(outcome, Outcome::Block { .. }) {
+        // A blocking command that found nothing: its call is the run that serves it.
     } else {
         let failed = matches!(&outcome, Outcome::Reply(Reply::Error(_)));
         let slow = crate::cmdstats::SlowInfo {

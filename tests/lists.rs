@@ -382,6 +382,14 @@ fn a_blocked_client_is_woken_by_another_clients_lmove() {
         t.join().expect("brpop"),
         Some(("target".into(), "m".into()))
     );
+    // Counted once, however many times it looked before it was served.
+    let stats: String = q(&mut c, &["INFO", "commandstats"]);
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("cmdstat_brpop:calls=1,")),
+        "{stats}"
+    );
 }
 
 #[test]
