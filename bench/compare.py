@@ -7,6 +7,13 @@ requests/s and p99 for both and the ratio, then measures RSS growth per key afte
 100-byte strings and 1M counters, and per element after pushing 1M 8-byte values into one
 list, into a fresh instance of each server.
 
+Sorted sets: ZADD, ZINCRBY and ZRANGE 0 9 as redis-benchmark custom commands on one set of
+1000 members (preloaded; the members are m:__rand_int__ under -r 1000, so ZADD updates and
+ZINCRBY increments members of that set and it stays at 1000), same rounds and -c 50; and the
+RSS growth per member after ZADD of 1M members (member:%08d, score i) into 100 sets of 10k
+members (big sets in either server: Redis' skiplist encoding; one key of 1M members would
+pass the most state one key may hold, what one replication frame carries).
+
 Usage: bench/compare.py [--requests N] [--rounds N] [--keys N] [--meridian PATH]
                         [--skip-memory] [--skip-throughput] [--password PW] [--tls]
 --password: both servers require it (requirepass) and redis-benchmark authenticates (-a), to
@@ -31,6 +38,15 @@ import time
 # lrange_100 is LRANGE mylist 0 99 (redis-benchmark pushes the list first); rpop pops what
 # lpush pushed in the same round.
 TESTS = "set,get,incr,sadd,hset,lpush,rpop,lrange_100"
+# Sorted-set custom commands: (name, arguments) on one preloaded set of ZSET_MEMBERS members.
+ZSET_MEMBERS = 1000
+# The memory figure's members are spread over this many sorted sets.
+ZSET_KEYS = 100
+ZSET_TESTS = [
+    ("ZADD", ["ZADD", "zbench", "__rand_int__", "m:__rand_int__"]),
+    ("ZINCRBY", ["ZINCRBY", "zbench", "1", "m:__rand_int__"]),
+    ("ZRANGE", ["ZRANGE", "zbench", "0", "9"]),
+]
 # Server and benchmark arguments of the mode being measured (--password, --tls).
 MODE = {"server": [], "bench": []}
 
@@ -130,6 +146,53 @@ def run_benchmark(port, requests, pipeline, tests=TESTS):
     return rows
 
 
+def run_custom(port, requests, pipeline, args):
+    """redis-benchmark of one custom command (members drawn from ZSET_MEMBERS names)."""
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", "50",
+           "-n", str(requests), "-r", str(ZSET_MEMBERS), "--csv", "-q", *MODE["bench"]]
+    if pipeline > 1:
+        cmd += ["-P", str(pipeline)]
+    out = subprocess.run(cmd + args, capture_output=True, text=True, check=True).stdout
+    for row in csv.reader(io.StringIO(out)):
+        if row and row[0] != "test":
+            return float(row[1]), float(row[6])  # rps, p99 ms
+    raise SystemExit(f"no result from redis-benchmark {' '.join(args)}")
+
+
+def preload_zset(port):
+    # The very names redis-benchmark draws: m: and __rand_int__'s 12 zero-padded digits.
+    payload = b"".join(resp("ZADD", "zbench", i, f"m:{i:012d}") for i in range(ZSET_MEMBERS))
+    load(port, payload)
+
+
+def zset_throughput(meridian, requests, rounds):
+    p16 = requests * 5
+    print(f"\n# sorted sets: custom commands on one {ZSET_MEMBERS}-member set, -c 50 -r {ZSET_MEMBERS},"
+          f" -n {requests} (-P 16: -n {p16}), median of {rounds} rounds")
+    print(f"{'test':<8}{'P':>4}{'redis rps':>14}{'meridian rps':>14}{'ratio':>8}{'redis p99':>11}{'meridian p99':>14}")
+    for pipeline in (1, 16):
+        n = p16 if pipeline > 1 else requests
+        rport, mport = free_port(), free_port()
+        r, m = start_redis(rport), start_meridian(meridian, mport)
+        runs = {name: ([], []) for name, _ in ZSET_TESTS}
+        try:
+            preload_zset(rport)
+            preload_zset(mport)
+            turn = 0
+            for _ in range(rounds):
+                for name, args in ZSET_TESTS:
+                    order = [(0, rport), (1, mport)] if turn % 2 == 0 else [(1, mport), (0, rport)]
+                    turn += 1
+                    for who, port in order:
+                        runs[name][who].append(run_custom(port, n, pipeline, args))
+        finally:
+            stop(r)
+            stop(m)
+        for name, (rr, mm) in runs.items():
+            (r_rps, r_p99), (m_rps, m_p99) = median(rr), median(mm)
+            print(f"{name:<8}{pipeline:>4}{r_rps:>14.0f}{m_rps:>14.0f}{m_rps / r_rps:>8.2f}{r_p99:>10.3f}ms{m_p99:>12.3f}ms")
+
+
 def resp(*args):
     out = [f"*{len(args)}\r\n".encode()]
     for a in args:
@@ -159,8 +222,13 @@ def memory_per_key(start, n):
     value = b"x" * 100
     strings = b"".join(resp("SET", f"key:{i:08d}", value) for i in range(n))
     counters = b"".join(resp("INCR", f"ctr:{i:08d}") for i in range(n))
+    # n members over ZSET_KEYS sorted sets, loaded in ZADDs of 100 members.
+    zset = b"".join(
+        resp("ZADD", f"zmem:{(i // 100) % ZSET_KEYS:03d}",
+             *[x for j in range(i, min(i + 100, n)) for x in (j, f"member:{j:08d}")])
+        for i in range(0, n, 100))
     result = {}
-    for label, payload in (("string", strings), ("counter", counters)):
+    for label, payload in (("string", strings), ("counter", counters), ("zmember", zset)):
         port = free_port()
         p = start(port)
         try:
@@ -173,8 +241,15 @@ def memory_per_key(start, n):
             used = subprocess.run(["redis-cli", "-p", str(port), "INFO", "memory"], capture_output=True,
                                   text=True, check=True).stdout
             used_memory = next(int(l.split(":")[1]) for l in used.splitlines() if l.startswith("used_memory:"))
-            if dbsize != n:
-                raise SystemExit(f"{label}: expected {n} keys, server holds {dbsize}")
+            want = min(ZSET_KEYS, (n + 99) // 100) if label == "zmember" else n
+            if dbsize != want:
+                raise SystemExit(f"{label}: expected {want} keys, server holds {dbsize}")
+            if label == "zmember":
+                card = sum(int(subprocess.run(["redis-cli", "-p", str(port), "ZCARD", f"zmem:{k:03d}"],
+                                              capture_output=True, text=True, check=True).stdout.strip())
+                           for k in range(want))
+                if card != n:
+                    raise SystemExit(f"zmember: expected {n} members, server holds {card}")
             result[label] = ((after - before) / n, used_memory, after)
         finally:
             stop(p)
@@ -237,13 +312,15 @@ def main():
 
     if not args.skip_throughput:
         throughput(meridian, args.requests, args.rounds)
+        zset_throughput(meridian, args.requests, args.rounds)
     if args.skip_memory:
         return
-    print(f"\n# memory: RSS growth per key after {args.keys} SET key:%08d <100 B> / INCR ctr:%08d")
+    print(f"\n# memory: RSS growth per key after {args.keys} SET key:%08d <100 B> / INCR ctr:%08d,"
+          f" per member after ZADD of {args.keys} member:%08d into {ZSET_KEYS} sorted sets")
     red = memory_per_key(start_redis, args.keys)
     mer = memory_per_key(lambda port: start_meridian(meridian, port), args.keys)
     print(f"{'kind':<9}{'redis B/key':>12}{'meridian B/key':>16}{'ratio':>8}{'meridian used_memory/RSS':>27}")
-    for kind in ("string", "counter"):
+    for kind in ("string", "counter", "zmember"):
         rb, mb = red[kind][0], mer[kind][0]
         print(f"{kind:<9}{rb:>12.0f}{mb:>16.0f}{mb / rb:>8.2f}{mer[kind][1] / mer[kind][2]:>27.2f}")
     print(f"\n# memory: RSS growth per list element after RPUSH biglist of {args.keys} 8-byte values (100 per command)")

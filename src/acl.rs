@@ -90,6 +90,7 @@ pub const WRITE: u32 = cat("write");
 pub const SET: u32 = cat("set");
 pub const HASH: u32 = cat("hash");
 pub const LIST: u32 = cat("list");
+pub const SORTEDSET: u32 = cat("sortedset");
 pub const STRING: u32 = cat("string");
 pub const BITMAP: u32 = cat("bitmap");
 pub const ADMIN: u32 = cat("admin");
@@ -121,6 +122,7 @@ pub fn command_categories(spec: &Spec) -> u32 {
         }
         n if n.starts_with('h') && n != "hello" => HASH,
         n if cmd::list::NAMES.contains(&n) => LIST,
+        n if n.starts_with('z') => SORTEDSET,
         n if n.starts_with('s')
             && !matches!(
                 n,

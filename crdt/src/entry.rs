@@ -23,6 +23,7 @@ use crate::dots::Dots;
 use crate::hlc::{Hlc, RegionId, Stamp};
 use crate::list::List;
 use crate::strval::{Register, Str};
+use crate::zset::ZSet;
 use crate::CrdtError;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,7 @@ pub enum Kind {
     Set,
     Hash,
     List,
+    ZSet,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Set => "set",
             Kind::Hash => "hash",
             Kind::List => "list",
+            Kind::ZSet => "zset",
         }
     }
 }
@@ -57,6 +60,7 @@ pub enum Val {
     Set(OrSet),
     Hash(OrMap),
     List(List),
+    ZSet(ZSet),
 }
 
 impl Val {
@@ -66,6 +70,7 @@ impl Val {
             Val::Set(_) => Kind::Set,
             Val::Hash(_) => Kind::Hash,
             Val::List(_) => Kind::List,
+            Val::ZSet(_) => Kind::ZSet,
         }
     }
 
@@ -75,6 +80,7 @@ impl Val {
             Kind::Set => Val::Set(OrSet::default()),
             Kind::Hash => Val::Hash(OrMap::default()),
             Kind::List => Val::List(List::default()),
+            Kind::ZSet => Val::ZSet(ZSet::new()),
         }
     }
 
@@ -84,6 +90,7 @@ impl Val {
             Val::Set(s) => !s.is_empty(),
             Val::Hash(h) => !h.is_empty(),
             Val::List(l) => !l.is_empty(),
+            Val::ZSet(z) => !z.is_empty(),
         }
     }
 
@@ -93,6 +100,7 @@ impl Val {
             (Val::Set(a), Val::Set(b)) => a.merge(b),
             (Val::Hash(a), Val::Hash(b)) => a.merge(b),
             (Val::List(a), Val::List(b)) => a.merge(b),
+            (Val::ZSet(a), Val::ZSet(b)) => a.merge(b),
             _ => unreachable!("components are merged by kind"),
         }
     }
@@ -107,6 +115,7 @@ impl Val {
             Val::Set(s) => Val::Set(s.kill_all()),
             Val::Hash(h) => Val::Hash(h.kill_all()),
             Val::List(l) => Val::List(l.kill_all()),
+            Val::ZSet(z) => Val::ZSet(z.kill_all()),
         }
     }
 
@@ -116,6 +125,7 @@ impl Val {
             Val::Set(s) => s.heap_bytes() + 48,
             Val::Hash(h) => h.heap_bytes() + 48,
             Val::List(l) => l.heap_bytes() + 48,
+            Val::ZSet(z) => z.heap_bytes() + 64,
         }
     }
 
@@ -125,6 +135,7 @@ impl Val {
             Val::Set(s) => s.max_hlc(),
             Val::Hash(h) => h.max_hlc(),
             Val::List(l) => l.max_hlc(),
+            Val::ZSet(z) => z.max_hlc(),
         }
     }
 }
@@ -327,6 +338,13 @@ impl Entry {
         }
     }
 
+    pub fn as_zset(&self) -> Option<&ZSet> {
+        match self.visible()? {
+            Val::ZSet(z) => Some(z),
+            _ => None,
+        }
+    }
+
     pub fn components(&self) -> &[Comp] {
         &self.comps
     }
@@ -525,6 +543,7 @@ impl Entry {
                 Val::Set(s) => s.gc(stable, drop_dead),
                 Val::Hash(h) => h.gc(stable, drop_dead),
                 Val::List(l) => l.gc(stable, drop_dead),
+                Val::ZSet(z) => z.gc(stable, drop_dead),
                 Val::Str(_) => {}
             }
         }
@@ -580,6 +599,16 @@ impl Entry {
                         check(s.region, s.hlc);
                     }
                 }
+                Val::ZSet(z) => {
+                    for (_, s) in z.raw() {
+                        for e in s.dots.entries() {
+                            check(e.region, e.hlc);
+                        }
+                        for k in s.ctr.iter() {
+                            check(k.region, k.hlc.max(k.obs_hlc));
+                        }
+                    }
+                }
             }
         }
         for e in self.m().expiry.entries() {
@@ -594,7 +623,7 @@ impl Entry {
             match &mut c.val {
                 Val::Set(s) => s.rebuild(),
                 Val::Hash(h) => h.rebuild(),
-                Val::Str(_) | Val::List(_) => {}
+                Val::Str(_) | Val::List(_) | Val::ZSet(_) => {}
             }
         }
         self.recompute_deadline();
@@ -615,6 +644,7 @@ impl Entry {
                 Val::Set(s) => s.digest(crate::digest::mix(h, 2)),
                 Val::Hash(m) => m.digest(crate::digest::mix(h, 3)),
                 Val::List(l) => l.digest(crate::digest::mix(h, 4)),
+                Val::ZSet(z) => z.digest(crate::digest::mix(h, 5)),
             };
         }
         for e in m.expiry.alive() {
@@ -1041,6 +1071,23 @@ impl<'a> EntryWriter<'a> {
         self.changed = true;
     }
 
+    fn zset_mut(&mut self) -> (Stamp, &mut ZSet) {
+        let i = self.comp(Kind::ZSet);
+        let created = self.entry.comps[i].created;
+        let Val::ZSet(z) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        (created, z)
+    }
+
+    fn delta_zset(&mut self, created: Stamp, delta: ZSet) {
+        self.delta_put(Comp {
+            created,
+            val: Val::ZSet(delta),
+        });
+        self.changed = true;
+    }
+
     /// `LPUSH` (`front`) / `RPUSH` of `values` in argument order (the key must hold a list or
     /// nothing: checked by the caller). Returns the new length; `None` (nothing written)
     /// when no position is left at that end (only after hostile positions).
@@ -1115,6 +1162,55 @@ impl<'a> EntryWriter<'a> {
         let n = l.len();
         self.delta_list(created, delta);
         Some(n)
+    }
+
+    /// `ZADD` of one member at `score`; returns whether it was new.
+    pub fn zadd(&mut self, member: &[u8], score: f64) -> bool {
+        let stamp = self.stamp;
+        let (created, z) = self.zset_mut();
+        let (new, delta) = z.add(stamp, member, score);
+        self.delta_zset(created, delta);
+        new
+    }
+
+    /// `ZINCRBY` of one member; the new score, or `None` (nothing written) when it would
+    /// not be a number. The key must hold a sorted set or nothing (checked by the caller).
+    pub fn zincr(&mut self, member: &[u8], by: f64) -> Option<f64> {
+        let stamp = self.stamp;
+        let current = self.entry.as_zset().and_then(|z| z.score(member));
+        if (current.unwrap_or(0.0) + by).is_nan() {
+            return None;
+        }
+        let (created, z) = self.zset_mut();
+        let (score, delta) = z.incr(stamp, member, by)?;
+        self.delta_zset(created, delta);
+        Some(score)
+    }
+
+    /// `ZREM` of one member; returns whether it was present.
+    pub fn zrem(&mut self, member: &[u8]) -> bool {
+        let Ok(i) = self.entry.comp_index(Kind::ZSet) else {
+            return false;
+        };
+        let created = self.entry.comps[i].created;
+        let Val::ZSet(z) = &mut self.entry.comps[i].val else {
+            unreachable!()
+        };
+        match z.remove(member) {
+            Some(state) => {
+                let mut d = ZSet::new();
+                d.merge_member(member, &state);
+                self.delta_zset(created, d);
+                self.note_removal();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The sorted set this write works on, if the key holds one.
+    pub fn zset(&self) -> Option<&ZSet> {
+        self.entry.as_zset()
     }
 
     /// `DEL`: observed remove of every component and TTL. Returns whether the key existed.
@@ -1216,6 +1312,13 @@ impl Entry {
                     } else {
                         for e in d.raw().filter(|e| !e.is_alive()) {
                             mine.forget_if_dead(&e.pos);
+                        }
+                    }
+                }
+                (Val::ZSet(mine), Val::ZSet(d)) => {
+                    for (m, s) in d.raw() {
+                        if !s.is_alive() {
+                            mine.forget_if_dead(m);
                         }
                     }
                 }

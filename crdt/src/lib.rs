@@ -8,6 +8,7 @@
 //! - [`strval`]: strings = LWW register + PN-counter contributions with observed reset.
 //! - [`collections`]: add-wins OR-set, OR-map of string fields.
 //! - [`list`]: Redis lists as a sequence CRDT (dense positions, observed remove, LWW values).
+//! - [`zset`]: sorted sets (add-wins members, LWW score, float counter contributions).
 //! - [`entry`]: the key envelope (typed components, TTL), [`Delta`], [`EntryWriter`].
 //! - [`keyspace`]: key → entry per hash slot, deltas, expiry, eviction, digests, GC.
 //! - [`slot`]: CRC16 hash slots with `{hash tags}`.
@@ -23,6 +24,8 @@ pub mod list;
 mod packed;
 pub mod slot;
 pub mod strval;
+pub mod zset;
+mod zset_table;
 
 pub use collections::{OrMap, OrSet};
 pub use dots::{DotEntry, Dots};
@@ -32,6 +35,7 @@ pub use keyspace::{Applied, EvictionPolicy, Keyspace, KeyspaceConfig, KeyspaceSt
 pub use list::List;
 pub use slot::{key_slot, SLOT_COUNT};
 pub use strval::{parse_i64, Contrib, Register, Str, StrValue};
+pub use zset::{FContrib, LexBound, ScoreBits, ScoreBound, ZSet, ZState};
 
 /// Hasher for tables keyed by client-chosen bytes inside values (set members, hash fields)
 /// and by keys outside the keyspace (the region link's per-key index): ahash keyed by one

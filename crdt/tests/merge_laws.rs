@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use meridian_crdt::{
-    key_slot, Delta, Dots, Entry, Keyspace, KeyspaceConfig, OrMap, OrSet, RegionId, Str, Val,
+    key_slot, Delta, Dots, Entry, Keyspace, KeyspaceConfig, OrMap, OrSet, RegionId, Str, Val, ZSet,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -94,6 +94,7 @@ proptest! {
             let mut strs: Vec<Str> = Vec::new();
             let mut sets: Vec<OrSet> = Vec::new();
             let mut maps: Vec<OrMap> = Vec::new();
+            let mut zsets: Vec<ZSet> = Vec::new();
             let mut ttls: Vec<Dots<u64>> = Vec::new();
             let mut member_dots: BTreeMap<Vec<u8>, Vec<Dots<()>>> = BTreeMap::new();
             let mut field_strs: BTreeMap<Vec<u8>, Vec<Str>> = BTreeMap::new();
@@ -116,12 +117,22 @@ proptest! {
                         }
                         // Lists have their own law checks (`list::tests`).
                         Val::List(_) => {}
+                        Val::ZSet(z) => zsets.push(z.clone()),
                     }
                 }
             }
             check_laws("Str", &strs, |a, b| { a.merge(b); });
             check_laws("OrSet", &sets, |a, b| { a.merge(b); });
             check_laws("OrMap", &maps, |a, b| { a.merge(b); });
+            check_laws("ZSet", &zsets, |a, b| { a.merge(b); });
+            // The order index agrees with the states after any merge.
+            for a in &zsets {
+                for b in &zsets {
+                    let mut x = a.clone();
+                    x.merge(b);
+                    x.check_invariants();
+                }
+            }
             check_laws("Dots<u64> (TTL)", &ttls, |a, b| { a.merge(b); });
             for dots in member_dots.values() {
                 check_laws("Dots<()> (member)", dots, |a, b| { a.merge(b); });

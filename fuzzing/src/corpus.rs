@@ -27,7 +27,7 @@ pub fn bus_secret() -> BusSecret {
     }
 }
 
-/// A keyspace of region 1 with one key of each kind, some written by region 2 as well
+/// A keyspace of region 1 with one key of each kind (a sorted set too), some written by region 2 as well
 /// (merged in), a TTL and a deleted key: the entries' deltas and whole states.
 pub fn sample_keyspace() -> (Vec<Delta>, Vec<KeyState>) {
     let config = |r| KeyspaceConfig {
@@ -57,9 +57,14 @@ pub fn sample_keyspace() -> (Vec<Delta>, Vec<KeyState>) {
         ks.write(b"gone", st(off + 5, r), 0, |w| {
             w.set_str(Bytes::from_static(b"x"), false);
         });
+        ks.write(b"zset", st(off + 6, r), 0, |w| {
+            w.zadd(b"z1", 1.5 * f64::from(r));
+            w.zincr(if r == 1 { &b"z2"[..] } else { b"z3" }, 2.0);
+        });
     }
     a.write(b"gone", st(300, 1), 0, |w| w.delete());
     a.write(b"set", st(301, 1), 0, |w| w.srem(b"m1"));
+    a.write(b"zset", st(302, 1), 0, |w| w.zrem(b"z1"));
     let mut deltas: Vec<Delta> = a.drain_deltas().collect();
     let from_b: Vec<Delta> = b.drain_deltas().collect();
     for d in &from_b {

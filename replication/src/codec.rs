@@ -459,6 +459,8 @@ pub fn check_entry(e: &Entry) -> Result<(), CodecError> {
             }
             // Validated as it is decoded (positions in range, rebuilt in order).
             Val::List(_) => {}
+            // Decoding merges each member into an empty set: sorted and one each already.
+            Val::ZSet(_) => {}
         }
     }
     Ok(())

@@ -35,7 +35,9 @@
 
 use bytes::Bytes;
 use meridian_crdt::list::{Level, Pos};
-use meridian_crdt::{parse_i64, Comp, Dots, Entry, Hlc, Kind, RegionId, Stamp, Str, Val, PERSIST};
+use meridian_crdt::{
+    parse_i64, Comp, Dots, Entry, Hlc, Kind, RegionId, Stamp, Str, Val, ZState, PERSIST,
+};
 
 /// Where a string atom lives: the key's string component (`None`) or a hash field.
 pub type Field = Option<Bytes>;
@@ -71,6 +73,8 @@ struct IncAtom {
     collected: bool,
     collected_by: u16,
     live_at: u16,
+    /// A `ZINCRBY` of the sorted-set member `field` (a float contribution), not a string's.
+    zset: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +86,8 @@ struct AddAtom {
     /// an add of its own: its dot is its creation stamp.
     pos: Option<Pos>,
     stamp: Stamp,
+    /// A `ZADD` (the score's bits, carried by the member's dot), not an `SADD`.
+    zscore: Option<u64>,
     killed: bool,
     lost: bool,
     collected: bool,
@@ -183,6 +189,24 @@ fn member_dots<'a>(e: &'a Entry, member: &[u8]) -> Option<&'a Dots<()>> {
     })
 }
 
+/// A sorted-set member's state in `e` (tombstone included).
+fn zmember<'a>(e: &'a Entry, member: &[u8]) -> Option<&'a ZState> {
+    comp_of(e, Kind::ZSet).and_then(|c| match &c.val {
+        Val::ZSet(z) => z.raw_get(member),
+        _ => None,
+    })
+}
+
+/// The incarnation a `ZINCRBY` at `stamp` went into (see [`incarnation_of`]).
+pub fn zincarnation_of(e: Option<&Entry>, member: &[u8], stamp: Stamp) -> Option<Hlc> {
+    e.and_then(|e| zmember(e, member)).and_then(|z| {
+        z.ctr
+            .iter()
+            .find(|c| c.region == stamp.region && c.hlc == stamp.hlc)
+            .map(|c| c.inc)
+    })
+}
+
 /// The dot entry of `region` in `dots`, as `(hlc, alive)`.
 fn dot_of<P: Clone + Ord>(dots: &Dots<P>, region: RegionId) -> Option<(Hlc, bool)> {
     dots.entries()
@@ -214,25 +238,37 @@ impl RegAtom {
 }
 
 impl IncAtom {
-    fn contrib<'a>(&self, e: Option<&'a Entry>) -> Option<&'a meridian_crdt::Contrib> {
-        e.and_then(|e| str_at(e, &self.field)).and_then(|s| {
+    /// `(hlc, obs_hlc)` of the contribution this increment went into, where it is held.
+    fn contrib(&self, e: Option<&Entry>) -> Option<(Hlc, Hlc)> {
+        let e = e?;
+        if self.zset {
+            let member = self.field.as_ref()?;
+            return zmember(e, member).and_then(|z| {
+                z.ctr
+                    .iter()
+                    .find(|c| c.region == self.stamp.region && c.inc == self.inc)
+                    .map(|c| (c.hlc, c.obs_hlc))
+            });
+        }
+        str_at(e, &self.field).and_then(|s| {
             s.ctr
                 .iter()
                 .find(|c| c.region == self.stamp.region && c.inc == self.inc)
+                .map(|c| (c.hlc, c.obs_hlc))
         })
     }
 
     fn contained(&self, e: Option<&Entry>) -> bool {
-        self.contrib(e).is_some_and(|c| c.hlc >= self.stamp.hlc)
+        self.contrib(e).is_some_and(|(h, _)| h >= self.stamp.hlc)
     }
 
     fn observed_in(&self, e: Option<&Entry>) -> bool {
-        self.contrib(e).is_some_and(|c| c.obs_hlc >= self.stamp.hlc)
+        self.contrib(e).is_some_and(|(_, o)| o >= self.stamp.hlc)
     }
 
     fn live(&self, e: Option<&Entry>) -> bool {
         self.contrib(e)
-            .is_some_and(|c| c.hlc >= self.stamp.hlc && c.obs_hlc < self.stamp.hlc)
+            .is_some_and(|(h, o)| h >= self.stamp.hlc && o < self.stamp.hlc)
     }
 }
 
@@ -242,6 +278,11 @@ impl AddAtom {
             return e
                 .and_then(|e| list_elem(e, pos))
                 .map(|alive| (self.stamp.hlc, alive));
+        }
+        if self.zscore.is_some() {
+            return e
+                .and_then(|e| zmember(e, &self.member))
+                .and_then(|z| dot_of(&z.dots, self.stamp.region));
         }
         e.and_then(|e| member_dots(e, &self.member))
             .and_then(|d| dot_of(d, self.stamp.region))
@@ -335,7 +376,11 @@ impl KeyModel {
 
     /// A reset (`SET`, `DEL`): every increment the state at `field` held is observed.
     fn reset_counters(&mut self, v: &View, field: &Field) {
-        for a in self.incs.iter_mut().filter(|a| a.field == *field) {
+        for a in self
+            .incs
+            .iter_mut()
+            .filter(|a| !a.zset && a.field == *field)
+        {
             if a.contained(v.e) {
                 a.observed = true;
             }
@@ -346,7 +391,7 @@ impl KeyModel {
         for a in self
             .adds
             .iter_mut()
-            .filter(|a| a.pos.is_none() && a.member == member)
+            .filter(|a| a.pos.is_none() && a.zscore.is_none() && a.member == member)
         {
             if a.contained(v.e) {
                 a.killed = true;
@@ -389,6 +434,16 @@ impl KeyModel {
             Val::List(l) => {
                 for e in l.raw().filter(|e| e.is_alive()) {
                     self.list_kill(v, &e.pos);
+                }
+            }
+            Val::ZSet(z) => {
+                let members: Vec<Bytes> = z
+                    .raw()
+                    .filter(|(_, s)| s.is_alive())
+                    .map(|(m, _)| Bytes::copy_from_slice(m))
+                    .collect();
+                for m in members {
+                    self.kill_zmember(v, &m);
                 }
             }
         }
@@ -494,7 +549,84 @@ impl KeyModel {
                 collected: false,
                 collected_by: 0,
                 live_at: 0,
+                zset: false,
             });
+        }
+    }
+
+    /// `ZREM`/`ZADD` of a member: the adds and increments of it the view holds are
+    /// removed (adds, by `ZREM` only) and reset.
+    fn observe_zmember(&mut self, v: &View, member: &[u8], kill: bool) {
+        for a in self
+            .incs
+            .iter_mut()
+            .filter(|a| a.zset && a.field.as_deref() == Some(member))
+        {
+            if a.contained(v.e) {
+                a.observed = true;
+            }
+        }
+        if kill {
+            for a in self
+                .adds
+                .iter_mut()
+                .filter(|a| a.zscore.is_some() && a.member == member)
+            {
+                if a.contained(v.e) {
+                    a.killed = true;
+                }
+            }
+        }
+    }
+
+    fn kill_zmember(&mut self, v: &View, member: &[u8]) {
+        self.observe_zmember(v, member, true);
+    }
+
+    /// `ZADD member score`.
+    pub fn zadd(&mut self, v: &View, stamp: Stamp, member: Bytes, score: f64) {
+        self.comp(v, Kind::ZSet, stamp);
+        self.observe_zmember(v, &member, false);
+        self.adds.push(AddAtom {
+            member,
+            stamp,
+            pos: None,
+            zscore: Some(score.to_bits()),
+            killed: false,
+            lost: false,
+            collected: false,
+            collected_by: 0,
+            live_at: 0,
+        });
+    }
+
+    /// `ZINCRBY member by` that passed the type check; `inc`: the incarnation it went into.
+    pub fn zincr(&mut self, v: &View, stamp: Stamp, member: Bytes, by: i64, inc: Option<Hlc>) {
+        self.comp(v, Kind::ZSet, stamp);
+        if let Some(inc) = inc {
+            self.incs.push(IncAtom {
+                field: Some(member),
+                stamp,
+                inc,
+                by,
+                observed: false,
+                lost: false,
+                collected: false,
+                collected_by: 0,
+                live_at: 0,
+                zset: true,
+            });
+        }
+    }
+
+    /// `ZREM` of a member the view holds alive.
+    pub fn zrem(&mut self, v: &View, member: &[u8]) {
+        if !v.dead
+            && v.e
+                .and_then(|e| zmember(e, member))
+                .is_some_and(ZState::is_alive)
+        {
+            self.kill_zmember(v, member);
         }
     }
 
@@ -532,6 +664,7 @@ impl KeyModel {
             member,
             pos: None,
             stamp,
+            zscore: None,
             killed: false,
             lost: false,
             collected: false,
@@ -549,6 +682,7 @@ impl KeyModel {
                 member,
                 pos: Some(pos),
                 stamp,
+                zscore: None,
                 killed: false,
                 lost: false,
                 collected: false,
@@ -926,8 +1060,10 @@ impl KeyModel {
         }
         for a in &self.adds {
             out.push_str(&format!(
-                "\n  add {:?} {}{} live_at {:b}",
+                "\n  add {:?}{} {}{} live_at {:b}",
                 a.member,
+                a.zscore
+                    .map_or(String::new(), |z| format!(" score {}", f64::from_bits(z))),
                 fmt_stamp(a.stamp),
                 flag(a.lost, a.killed),
                 a.live_at
@@ -1000,7 +1136,7 @@ impl KeyModel {
         let live: Vec<&IncAtom> = self
             .incs
             .iter()
-            .filter(|a| !a.lost && !a.observed && a.field == *field)
+            .filter(|a| !a.lost && !a.observed && !a.zset && a.field == *field)
             .collect();
         if live.is_empty() {
             let alive = reg_value.is_some();
@@ -1035,7 +1171,7 @@ impl KeyModel {
         let mut m: Vec<Bytes> = self
             .adds
             .iter()
-            .filter(|a| a.pos.is_none() && !a.lost && !a.killed)
+            .filter(|a| a.pos.is_none() && a.zscore.is_none() && !a.lost && !a.killed)
             .map(|a| a.member.clone())
             .collect();
         m.sort();
@@ -1048,7 +1184,12 @@ impl KeyModel {
             .regs
             .iter()
             .filter_map(|a| a.field.clone())
-            .chain(self.incs.iter().filter_map(|a| a.field.clone()))
+            .chain(
+                self.incs
+                    .iter()
+                    .filter(|a| !a.zset)
+                    .filter_map(|a| a.field.clone()),
+            )
             .collect();
         names.sort();
         names.dedup();
@@ -1059,6 +1200,51 @@ impl KeyModel {
                 v.map(|v| (f, v))
             })
             .collect()
+    }
+
+    /// The sorted set's members in order with their scores' bits: a member is present
+    /// while one of its adds is not removed or one of its increments not reset; its score
+    /// is the latest live add's (0 without one) plus the increments no reset observed.
+    fn zmembers(&self) -> Vec<(Bytes, u64)> {
+        let mut names: Vec<&Bytes> = self
+            .adds
+            .iter()
+            .filter(|a| a.zscore.is_some())
+            .map(|a| &a.member)
+            .chain(
+                self.incs
+                    .iter()
+                    .filter(|a| a.zset)
+                    .filter_map(|a| a.field.as_ref()),
+            )
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut out: Vec<(Bytes, f64)> = Vec::new();
+        for m in names {
+            let base = self
+                .adds
+                .iter()
+                .filter(|a| a.zscore.is_some() && a.member == *m && !a.lost && !a.killed)
+                .max_by_key(|a| (a.stamp.hlc, a.stamp.region));
+            let incs: Vec<&IncAtom> = self
+                .incs
+                .iter()
+                .filter(|a| a.zset && a.field.as_ref() == Some(m) && !a.lost && !a.observed)
+                .collect();
+            if base.is_none() && incs.is_empty() {
+                continue;
+            }
+            let mut score = base.and_then(|a| a.zscore).map_or(0.0, f64::from_bits);
+            score += incs.iter().map(|a| a.by as f64).sum::<f64>();
+            out.push((m.clone(), score));
+        }
+        out.sort_by(|x, y| {
+            x.1.partial_cmp(&y.1)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| x.0.cmp(&y.0))
+        });
+        out.into_iter().map(|(m, s)| (m, s.to_bits())).collect()
     }
 
     fn created_of(&self, kind: Kind) -> Stamp {
@@ -1118,6 +1304,10 @@ impl KeyModel {
         if !l.is_empty() {
             shown.push((self.created_of(Kind::List), Rendered::List(l)));
         }
+        let z = self.zmembers();
+        if !z.is_empty() {
+            shown.push((self.created_of(Kind::ZSet), Rendered::ZSet(z)));
+        }
         shown
             .into_iter()
             .max_by_key(|(c, _)| *c)
@@ -1133,6 +1323,8 @@ pub enum Rendered {
     Set(Vec<Bytes>),
     Hash(Vec<(Bytes, Bytes)>),
     List(Vec<Bytes>),
+    /// Members in order, with their scores' bits.
+    ZSet(Vec<(Bytes, u64)>),
 }
 
 /// Render a keyspace entry the way a client at a region whose clock reads `now_ms` sees it.
@@ -1157,6 +1349,11 @@ pub fn render(e: Option<&Entry>, now_ms: u64) -> Rendered {
             Rendered::Hash(f)
         }
         Some(Val::List(l)) => Rendered::List(l.values().map(Bytes::copy_from_slice).collect()),
+        Some(Val::ZSet(z)) => Rendered::ZSet(
+            z.iter()
+                .map(|(m, s)| (Bytes::copy_from_slice(m), s.to_bits()))
+                .collect(),
+        ),
     }
 }
 
@@ -1259,6 +1456,31 @@ pub fn fmt_entry(e: Option<&Entry>) -> String {
                             fmt_stamp(at)
                         )),
                         None => out.push_str(&format!("✝@{} ", fmt_stamp(at))),
+                    }
+                }
+            }
+            Val::ZSet(z) => {
+                for (m, st) in z.raw() {
+                    out.push_str(&format!("{}:", String::from_utf8_lossy(m)));
+                    for x in st.dots.entries() {
+                        out.push_str(&format!(
+                            "{}@r{}{}={} ",
+                            fmt_hlc(x.hlc),
+                            x.region.0,
+                            if x.alive { "" } else { "✝" },
+                            x.payload.get()
+                        ));
+                    }
+                    for k in st.ctr.iter() {
+                        out.push_str(&format!(
+                            "+r{}/{}@{}:{}-{}@{} ",
+                            k.region.0,
+                            fmt_hlc(k.inc),
+                            fmt_hlc(k.hlc),
+                            k.net,
+                            k.obs_net,
+                            fmt_hlc(k.obs_hlc)
+                        ));
                     }
                 }
             }

@@ -33,7 +33,8 @@
 //! (metadata bounded, tombstones collected), `repair` (no lossy slot left).
 
 use crate::oracle::{
-    entry_contains, fmt_entry, fmt_stamp, incarnation_of, render, KeyModel, Rendered, View,
+    entry_contains, fmt_entry, fmt_stamp, incarnation_of, render, zincarnation_of, KeyModel,
+    Rendered, View,
 };
 use bytes::Bytes;
 use meridian_crdt::digest::{mix, mix_bytes};
@@ -300,6 +301,7 @@ impl SimStore {
                     Val::Str(s) => s.ctr.iter().any(|k| k.region == r),
                     Val::Hash(h) => h.raw().any(|(_, s)| s.ctr.iter().any(|k| k.region == r)),
                     Val::Set(_) | Val::List(_) => false,
+                    Val::ZSet(z) => z.raw().any(|(_, s)| s.ctr.iter().any(|k| k.region == r)),
                 })
             }
             _ => false,
@@ -456,6 +458,7 @@ enum Class {
     Fill,
     Mix,
     List,
+    ZSet,
 }
 
 struct KeySpec {
@@ -478,6 +481,10 @@ enum Op {
     Hset(Bytes, Bytes),
     Hincr(Bytes, i64),
     Hdel(Bytes),
+    /// `ZADD member score`, `ZINCRBY member by`, `ZREM member`.
+    Zadd(Bytes, f64),
+    Zincr(Bytes, i64),
+    Zrem(Bytes),
     Fill {
         version: u64,
         value: Bytes,
@@ -525,6 +532,7 @@ fn mk_keys(f: &Faults) -> Vec<KeySpec> {
         add(format!("set:{i}"), Class::Set);
         add(format!("hash:{i}"), Class::Hash);
         add(format!("list:{i}"), Class::List);
+        add(format!("zset:{i}"), Class::ZSet);
         if f.invalidations {
             add(format!("fill:{i}"), Class::Fill);
         }
@@ -942,6 +950,12 @@ impl Sim {
                     }))
                 }
             }
+            Class::ZSet => match kind {
+                0 => Op::Del,
+                1 | 2 => Op::Zrem(member),
+                3..=5 => Op::Zincr(member, by),
+                _ => Op::Zadd(member, f64::from(self.rng.random_range(-8..=40i32)) / 4.0),
+            },
             Class::Mix => match kind {
                 0 => Op::Del,
                 1 | 2 => Op::Set {
@@ -1077,6 +1091,27 @@ impl Sim {
                 w.hdel(f);
                 WriteOutcome::Done
             }),
+            Op::Zadd(m, score) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::ZSet).is_err() {
+                    return WriteOutcome::Refused;
+                }
+                w.zadd(m, *score);
+                WriteOutcome::Done
+            }),
+            Op::Zincr(m, by) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::ZSet).is_err() {
+                    return WriteOutcome::Refused;
+                }
+                w.zincr(m, *by as f64);
+                WriteOutcome::Done
+            }),
+            Op::Zrem(m) => ks.write(&key, stamp, now, |w| {
+                if w.expect(Kind::ZSet).is_err() {
+                    return WriteOutcome::Refused;
+                }
+                w.zrem(m);
+                WriteOutcome::Done
+            }),
             Op::Fill { version, value, ex } => ks.write(&key, stamp, now, |w| {
                 if w.set_str_versioned(value.clone(), *version, false).is_err() {
                     return WriteOutcome::Refused;
@@ -1132,6 +1167,9 @@ impl Sim {
             Op::Persist => 13,
             Op::Push(..) => 14,
             Op::Pop(..) => 15,
+            Op::Zadd(..) => 14,
+            Op::Zincr(..) => 15,
+            Op::Zrem(_) => 16,
         };
         self.trace(op_code ^ (i as u64) << 8 ^ stamp.hlc.0 << 16);
         if expired && !changed {
@@ -1180,6 +1218,12 @@ impl Sim {
                 model.incr(&view, stamp, field, *by, inc);
             }
             (Op::Hdel(f), _) => model.hdel(&view, f.clone()),
+            (Op::Zadd(m, score), _) => model.zadd(&view, stamp, m.clone(), *score),
+            (Op::Zincr(m, by), _) => {
+                let inc = zincarnation_of(after.as_ref(), m, stamp);
+                model.zincr(&view, stamp, m.clone(), *by, inc);
+            }
+            (Op::Zrem(m), _) => model.zrem(&view, m),
             (Op::Fill { version, value, ex }, _) => {
                 model.set_str(&view, stamp, value.clone(), *version, deadline(*ex))
             }

@@ -28,6 +28,8 @@ enum Payload {
     Set(Vec<Vec<u8>>),
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
     List(Vec<Vec<u8>>),
+    /// Members with their scores' bits, in order.
+    ZSet(Vec<(Vec<u8>, u64)>),
 }
 
 fn encode(p: &Payload) -> Option<Vec<u8>> {
@@ -79,6 +81,9 @@ fn dump(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 .collect(),
         ),
         Some(Val::List(l)) => Payload::List(l.values().map(<[u8]>::to_vec).collect()),
+        Some(Val::ZSet(z)) => {
+            Payload::ZSet(z.iter().map(|(m, s)| (m.to_vec(), s.to_bits())).collect())
+        }
         None => return Reply::Null,
     };
     match encode(&payload) {
@@ -148,6 +153,13 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             .map(|(f, v)| element_bytes(f.len(), v.len() + 16))
             .sum(),
         Payload::List(vs) => vs.iter().map(|v| v.len() + 8).sum(),
+        Payload::ZSet(ms) => {
+            // A score that is not a number would be refused by ZADD: so here.
+            if ms.iter().any(|(_, s)| f64::from_bits(*s).is_nan()) {
+                return err("ERR Bad data format");
+            }
+            ms.iter().map(|(m, _)| element_bytes(m.len(), 8)).sum()
+        }
     };
     if let Err(e) = check_room(ctx.store, key, 0, size) {
         return e;
@@ -179,6 +191,11 @@ fn restore(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
             Payload::List(vs) => {
                 let refs: Vec<&[u8]> = vs.iter().map(Vec::as_slice).collect();
                 w.list_push(false, &refs);
+            }
+            Payload::ZSet(ms) => {
+                for (m, s) in ms {
+                    w.zadd(m, f64::from_bits(*s));
+                }
             }
         }
         if deadline.is_some() {

@@ -119,6 +119,12 @@ impl Encoding {
     pub fn hash_value(&self) -> usize {
         self.by_name("hash-max-listpack-value")
     }
+    pub fn zset_entries(&self) -> usize {
+        self.by_name("zset-max-listpack-entries")
+    }
+    pub fn zset_value(&self) -> usize {
+        self.by_name("zset-max-listpack-value")
+    }
     pub fn intset_entries(&self) -> usize {
         self.by_name("set-max-intset-entries")
     }

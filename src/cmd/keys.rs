@@ -106,6 +106,11 @@ fn copy_entry(ctx: &mut Ctx, entry: &meridian_crdt::Entry, to: &[u8]) {
                 let vs: Vec<&[u8]> = l.values().collect();
                 w.list_push(false, &vs);
             }
+            Some(Val::ZSet(z)) => {
+                for (m, s) in z.iter() {
+                    w.zadd(m, s);
+                }
+            }
             None => {}
         }
         if deadline.is_some() {
@@ -479,6 +484,13 @@ fn encoding_of(entry: &meridian_crdt::Entry, t: &super::encoding::Encoding) -> &
                 "listpack"
             } else {
                 "quicklist"
+            }
+        }
+        Some(Val::ZSet(z)) => {
+            if z.len() <= t.zset_entries() && z.iter().all(|(m, _)| m.len() <= t.zset_value()) {
+                "listpack"
+            } else {
+                "skiplist"
             }
         }
         None => "raw",

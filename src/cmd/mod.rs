@@ -19,6 +19,7 @@ pub mod server;
 pub mod set;
 pub mod sort;
 pub mod string;
+pub mod zset;
 
 use crate::frame::Reply;
 use crate::shared::Shared;
@@ -104,6 +105,9 @@ pub const ELEMENT: u32 = 512;
 /// not used); a count that is not a number or runs past the arguments names no keys (the
 /// handler refuses it).
 pub const NUMKEYS: u32 = 1024;
+/// With [`NUMKEYS`]: the first argument is a key too, the destination
+/// (`ZUNIONSTORE destination numkeys key…`).
+pub const DEST_KEY: u32 = 2048;
 
 pub struct Spec {
     pub name: &'static str,
@@ -148,9 +152,12 @@ impl Spec {
             self.last_key as usize
         };
         let step = self.step.max(1) as usize;
-        (first..=last.min(argc.saturating_sub(1)))
-            .step_by(step)
-            .filter(move |_| valid)
+        let dest = (self.flags & DEST_KEY != 0 && valid && argc > 1).then_some(1);
+        dest.into_iter().chain(
+            (first..=last.min(argc.saturating_sub(1)))
+                .step_by(step)
+                .filter(move |_| valid),
+        )
     }
 
     pub fn flag_names(&self) -> Vec<&'static str> {
@@ -197,6 +204,7 @@ pub fn table() -> &'static Table {
             .chain(set::specs())
             .chain(hash::specs())
             .chain(list::specs())
+            .chain(zset::specs())
             .chain(keys::specs())
             .chain(server::specs())
             .chain(cluster::specs())

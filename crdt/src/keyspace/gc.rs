@@ -95,6 +95,7 @@ impl Keyspace {
                         crate::entry::Val::Set(s) => s.element_count(),
                         crate::entry::Val::Hash(h) => h.element_count(),
                         crate::entry::Val::List(l) => l.element_count(),
+                        crate::entry::Val::ZSet(z) => z.element_count(),
                         crate::entry::Val::Str(s) => s.ctr.len(),
                     };
                 }

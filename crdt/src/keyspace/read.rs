@@ -43,6 +43,7 @@ impl Keyspace {
                                 crate::entry::Val::Set(s) => s.prefetch(e),
                                 crate::entry::Val::Hash(h) => h.prefetch(e),
                                 crate::entry::Val::Str(_) | crate::entry::Val::List(_) => {}
+                                crate::entry::Val::ZSet(z) => z.prefetch(e),
                             }),
                             None => prefetch(&**b),
                         },

@@ -49,6 +49,9 @@ pub enum Op {
     SetVersioned(u8, u64),
     /// An invalidation record: `Some(v)` versioned, `None` unconditional.
     Invalidate(Option<u64>),
+    Zadd(u8, i8),
+    Zincr(u8, i8),
+    Zrem(u8),
 }
 
 pub fn value(i: u8) -> Bytes {
@@ -116,6 +119,21 @@ pub fn apply_op(w: &mut EntryWriter, op: &Op) {
         Op::Invalidate(version) => {
             w.invalidate(version);
         }
+        Op::Zadd(m, sc) => {
+            if w.expect(Kind::ZSet).is_ok() {
+                w.zadd(&member(m), f64::from(sc) / 4.0);
+            }
+        }
+        Op::Zincr(m, by) => {
+            if w.expect(Kind::ZSet).is_ok() {
+                w.zincr(&member(m), f64::from(by));
+            }
+        }
+        Op::Zrem(m) => {
+            if w.expect(Kind::ZSet).is_ok() {
+                w.zrem(&member(m));
+            }
+        }
     }
 }
 
@@ -134,6 +152,9 @@ pub fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::Persist),
         2 => (any::<u8>(), 1u64..6).prop_map(|(v, n)| Op::SetVersioned(v, n)),
         1 => proptest::option::weighted(0.8, 1u64..6).prop_map(Op::Invalidate),
+        3 => (any::<u8>(), -8i8..8).prop_map(|(m, s)| Op::Zadd(m, s)),
+        2 => (any::<u8>(), -8i8..8).prop_map(|(m, s)| Op::Zincr(m, s)),
+        2 => any::<u8>().prop_map(Op::Zrem),
     ]
 }
 
@@ -284,6 +305,8 @@ pub enum View {
     Set(BTreeSet<Bytes>, Option<u64>),
     Hash(BTreeMap<Bytes, Bytes>, Option<u64>),
     List(Vec<Bytes>, Option<u64>),
+    /// Members in order with their scores' bits.
+    ZSet(Vec<(Bytes, u64)>, Option<u64>),
 }
 
 pub fn str_bytes(s: &Str) -> Bytes {
@@ -308,6 +331,12 @@ pub fn view_of(e: Option<&Entry>) -> View {
         Some(Val::List(l)) => {
             View::List(l.values().map(Bytes::copy_from_slice).collect(), deadline)
         }
+        Some(Val::ZSet(z)) => View::ZSet(
+            z.iter()
+                .map(|(m, s)| (Bytes::copy_from_slice(m), s.to_bits()))
+                .collect(),
+            deadline,
+        ),
     }
 }
 
