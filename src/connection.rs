@@ -26,6 +26,7 @@ use crate::cluster::Refusal;
 use crate::cmd::{self, ConnState, Ctx, Locks, Outcome, Spec};
 use crate::frame::{encode, parse_request_resume, Limits, ParseError, Partial, Reply};
 use crate::limits::{OutputClass, OutputLimit};
+use crate::pubsub::Mailbox;
 use crate::shared::Shared;
 use crate::store::{shard_of, Hint, Store, PREFETCH_AHEAD};
 use crate::tls::{send, ClientStream};
@@ -122,7 +123,22 @@ async fn serve_client<S: ClientStream>(
             );
         }
         let timeout_secs = shared.limits.timeout_secs.load(Relaxed);
-        let read = if timeout_secs == 0 {
+        let read = if let Some(mb) = conn.subs.as_ref().map(|s| s.mailbox.clone()) {
+            // A subscriber: its pushes or its next request, whichever comes first (no idle
+            // timeout, as Redis).
+            match read_or_push(&mut stream, &mut buf, &mb).await {
+                Some(r) => r,
+                None => {
+                    if deliver_pushes(&mut stream, &mb, &mut out, &shared, conn)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        } else if timeout_secs == 0 {
             stream.read_buf(&mut buf).await
         } else {
             // `timeout`: an idle client is closed (a client waiting in WAIT is not idle: it
@@ -227,8 +243,13 @@ async fn serve_client<S: ClientStream>(
                 limits.unauthenticated = !conn.session.authenticated;
                 p.exhausted = false;
             }
+            if let Some(s) = &conn.subs {
+                // Pushes queued so far go before this command's reply (as Redis' buffer).
+                s.mailbox.drain_into(&mut out);
+            }
             let reply = match outcome {
                 Outcome::Reply(r) => r,
+                Outcome::Pushed => continue,
                 Outcome::Takeover(req) => {
                     before_await(&mut held, &store);
                     take_over(stream, &out, buf.split(), &store, &shared, conn, req).await;
@@ -303,6 +324,13 @@ async fn serve_client<S: ClientStream>(
             .is_err()
         {
             break;
+        }
+        if let Some(s) = &conn.subs {
+            s.mailbox.sent();
+            if s.mailbox.closed() {
+                pubsub_limit_reached(&shared, conn);
+                break;
+            }
         }
         // What is left is the start of a request still arriving: within
         // `client-query-buffer-limit`, including what its headers announce.
@@ -730,6 +758,68 @@ async fn end_batch<S: ClientStream>(
     Ok(())
 }
 
+/// A subscriber's next read, or `None` first when pushes are waiting (or its mailbox
+/// closed). `read_buf` is cancel-safe: a read cut short loses nothing.
+async fn read_or_push<S: ClientStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    mailbox: &Mailbox,
+) -> Option<std::io::Result<usize>> {
+    tokio::select! {
+        biased;
+        _ = mailbox.wait() => None,
+        r = stream.read_buf(buf) => Some(r),
+    }
+}
+
+/// Write a subscriber's queued pushes under `client-output-buffer-limit pubsub`; an error
+/// ends the connection (its mailbox closed by a publisher for going over the limit while
+/// it waited or wrote, or the client gone).
+async fn deliver_pushes<S: ClientStream>(
+    stream: &mut S,
+    mailbox: &Mailbox,
+    out: &mut BytesMut,
+    shared: &Shared,
+    conn: &ConnState,
+) -> std::io::Result<()> {
+    let over = || std::io::Error::other("pubsub output buffer limit");
+    if mailbox.closed() {
+        pubsub_limit_reached(shared, conn);
+        return Err(over());
+    }
+    mailbox.drain_into(out);
+    let limit = shared.limits.output(OutputClass::Pubsub);
+    let written = tokio::select! {
+        r = flush_limited(stream, out, limit, shared, conn) => r,
+        _ = mailbox.wait_closed() => {
+            pubsub_limit_reached(shared, conn);
+            Err(over())
+        }
+    };
+    written?;
+    if S::BUFFERED {
+        stream.flush().await?;
+    }
+    out.clear();
+    mailbox.sent();
+    Ok(())
+}
+
+/// A subscriber that fell behind by more than `client-output-buffer-limit pubsub`: counted
+/// (INFO `client_output_buffer_limit_disconnections`, `pubsub_clients_disconnected`).
+fn pubsub_limit_reached(shared: &Shared, conn: &ConnState) {
+    shared
+        .limits
+        .output_buffer_disconnections
+        .fetch_add(1, Relaxed);
+    shared.pubsub.count_disconnection();
+    tracing::warn!(
+        client = conn.id,
+        addr = %conn.addr,
+        "Client scheduled to be closed ASAP for overcoming of output buffer limits (pubsub)."
+    );
+}
+
 /// Yield to the tasks already queued, without letting the I/O driver run first (unlike
 /// `tokio::task::yield_now`, which defers the wake-up until the driver is polled, so
 /// connections that became ready meanwhile would run their commands before our replies
@@ -934,6 +1024,19 @@ fn unknown_command(args: &[&[u8]]) -> Reply {
     Reply::Error(Cow::Owned(msg))
 }
 
+/// What a RESP2 client in subscribe mode may run (Redis' text lists them).
+const PUBSUB_CONTEXT: [&str; 9] = [
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "ping",
+    "quit",
+    "reset",
+];
+
 pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
 use crate::store::Held;
@@ -1022,6 +1125,14 @@ fn execute_parsed<'s>(
             shared.cmdstats.rejected(spec.id);
             return refused;
         }
+    }
+    if conn.subscribe_mode() && !PUBSUB_CONTEXT.contains(&spec.name) {
+        shared.cmdstats.rejected(spec.id);
+        return Reply::Error(Cow::Owned(format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        )))
+        .into();
     }
     conn.last_cmd = spec.name;
     if let Some(outcome) = transaction::command(store, shared, conn, spec, args, now, held) {

@@ -26,6 +26,7 @@ pub mod kafka;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod pubsub;
 pub mod region_link;
 pub mod region_link_nodes;
 pub mod replica_stream;

@@ -166,6 +166,7 @@ impl Server {
         let shared = Arc::new(Shared {
             limits,
             encoding: Default::default(),
+            pubsub: Default::default(),
             cmdstats: crate::cmdstats::CmdStats::new(
                 crate::cmd::table().len(),
                 config.slowlog_log_slower_than,

@@ -46,6 +46,8 @@ pub struct Shared {
     pub encoding: crate::cmd::encoding::Encoding,
     /// INFO commandstats/errorstats, SLOWLOG, LATENCY.
     pub cmdstats: crate::cmdstats::CmdStats,
+    /// Pub/sub subscriptions of this node's clients.
+    pub pubsub: Arc<crate::pubsub::PubSub>,
 }
 
 impl Shared {

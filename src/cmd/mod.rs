@@ -14,6 +14,7 @@ pub mod encoding;
 pub mod hash;
 pub mod keys;
 pub mod list;
+pub mod pubsub;
 pub mod replica;
 pub mod server;
 pub mod set;
@@ -63,6 +64,9 @@ pub enum Outcome {
         timeout_ms: u64,
         timeout_reply: Reply,
     },
+    /// The replies were queued to the connection's pub/sub mailbox (subscription
+    /// confirmations, one per channel): nothing more to write.
+    Pushed,
 }
 
 impl From<Reply> for Outcome {
@@ -79,7 +83,7 @@ impl Outcome {
         match self {
             Outcome::Reply(r) | Outcome::Close(r) => r,
             Outcome::Block { timeout_reply, .. } => timeout_reply,
-            Outcome::Wait { .. } | Outcome::Takeover(_) | Outcome::Pause => {
+            Outcome::Wait { .. } | Outcome::Takeover(_) | Outcome::Pause | Outcome::Pushed => {
                 err("ERR Command not allowed inside a transaction")
             }
         }
@@ -211,6 +215,7 @@ pub fn table() -> &'static Table {
             .chain(replica::specs())
             .chain(acl::specs())
             .chain(sort::specs())
+            .chain(pubsub::specs())
         {
             all.push(spec);
         }
@@ -264,6 +269,8 @@ pub struct ConnState {
     pub session: crate::acl::Session,
     /// The port the client connected to (`laddr`: the plain or the TLS port).
     pub local_port: u16,
+    /// Pub/sub subscriptions and the mailbox of their messages (None: never subscribed).
+    pub subs: Option<Box<crate::pubsub::Subscriptions>>,
 }
 
 impl ConnState {
@@ -286,7 +293,14 @@ impl ConnState {
             session: crate::acl::Session::default(),
             rng: rand::SeedableRng::from_os_rng(),
             local_port: 0,
+            subs: None,
         }
+    }
+
+    /// RESP2 subscribe mode: only pub/sub commands, PING, QUIT and RESET are allowed.
+    #[inline]
+    pub fn subscribe_mode(&self) -> bool {
+        !self.resp3 && self.subs.as_ref().is_some_and(|s| s.active())
     }
 
     pub fn random(&mut self) -> u64 {

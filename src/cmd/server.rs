@@ -60,7 +60,12 @@ fn in_connection(_ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     err("ERR internal: transaction command dispatched outside the connection")
 }
 
-fn ping(_ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+fn ping(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
+    if ctx.conn.subscribe_mode() && a.len() <= 2 {
+        // Redis in RESP2 subscribe mode: a push-shaped ["pong", <message or "">].
+        let msg = a.get(1).map_or(Bytes::new(), |m| Bytes::copy_from_slice(m));
+        return Reply::Array(vec![bulk(Bytes::from_static(b"pong")), bulk(msg)]);
+    }
     match a.len() {
         1 => Reply::Simple(Cow::Borrowed("PONG")),
         2 => bulk(Bytes::copy_from_slice(a[1])),
@@ -119,6 +124,9 @@ fn hello(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
         }
     }
     ctx.conn.resp3 = resp3;
+    if let Some(s) = &ctx.conn.subs {
+        s.set_resp3(resp3);
+    }
     let s = |t: &'static str| Reply::Bulk(Bytes::from_static(t.as_bytes()));
     Reply::Map(vec![
         (s("server"), s("redis")),
@@ -140,6 +148,10 @@ fn reset(ctx: &mut Ctx, _a: &[&[u8]]) -> Reply {
     ctx.conn.name = None;
     ctx.conn.multi = None;
     ctx.conn.multi_error = false;
+    if let Some(s) = ctx.conn.subs.as_mut() {
+        s.clear();
+        s.set_resp3(false);
+    }
     // As Redis: back to the default user, authenticated only if it needs no password.
     ctx.conn.session.start(&ctx.shared.acl);
     if let Some(c) = ctx.shared.clients.lock().get_mut(&ctx.conn.id) {
@@ -1052,7 +1064,7 @@ fn latency(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 
 /// Redis' reply to a subcommand it does not know, or a known one with the wrong number of
 /// arguments (`known`: the container's subcommand names).
-fn unknown_subcommand(a: &[&[u8]], cmd: &str, known: &[&str]) -> Reply {
+pub(crate) fn unknown_subcommand(a: &[&[u8]], cmd: &str, known: &[&str]) -> Reply {
     let sub = String::from_utf8_lossy(a[1]);
     let lower = sub.to_ascii_lowercase();
     if known.contains(&lower.as_str()) {
