@@ -100,6 +100,21 @@ pub const BLOCKING: u32 = cat("blocking");
 pub const DANGEROUS: u32 = cat("dangerous");
 pub const CONNECTION: u32 = cat("connection");
 pub const TRANSACTION: u32 = cat("transaction");
+pub const PUBSUB: u32 = cat("pubsub");
+
+/// The pub/sub commands: their arguments are channels (or patterns), checked against the
+/// user's `&` rules, never keys.
+const PUBSUB_COMMANDS: [&str; 9] = [
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "publish",
+    "spublish",
+    "pubsub",
+];
 
 /// Every internal or destructive entry point: admin and dangerous.
 const ADMIN_DANGEROUS: u32 = ADMIN | SLOW | DANGEROUS;
@@ -114,6 +129,7 @@ pub fn command_categories(spec: &Spec) -> u32 {
         SLOW
     };
     let family = match spec.name {
+        n if PUBSUB_COMMANDS.contains(&n) => PUBSUB,
         "get" | "set" | "setnx" | "setex" | "psetex" | "getset" | "getdel" | "getex" | "mget"
         | "mset" | "msetnx" | "append" | "strlen" | "getrange" | "substr" | "setrange" | "incr"
         | "decr" | "incrby" | "decrby" | "incrbyfloat" | "lcs" => STRING,
@@ -593,7 +609,7 @@ impl User {
                 _ => return Err("Syntax error".into()),
             },
         }
-        self.unrestricted = self.all_keys && self.all_commands();
+        self.unrestricted = self.all_keys && self.all_channels && self.all_commands();
         Ok(())
     }
 
@@ -729,6 +745,7 @@ pub fn key_access(spec: &Spec) -> u8 {
 pub enum Denied {
     Command(String),
     Key(Bytes),
+    Channel(Bytes),
 }
 
 /// Whether `user` may run `args` (`spec` looked up from `args[0]`).
@@ -740,6 +757,9 @@ pub fn check(user: &User, spec: &Spec, args: &[&[u8]]) -> Result<(), Denied> {
     let id = reg.id_of(spec, args);
     if !user.can_run(id) {
         return Err(Denied::Command(reg.names[id].clone()));
+    }
+    if PUBSUB_COMMANDS.contains(&spec.name) {
+        return check_channels(user, spec, args);
     }
     if user.all_keys {
         return Ok(());
@@ -770,6 +790,34 @@ pub fn check(user: &User, spec: &Spec, args: &[&[u8]]) -> Result<(), Denied> {
     Ok(())
 }
 
+/// The channels a pub/sub command names, against the user's `&` rules (as Redis 7): a
+/// channel (SUBSCRIBE, SSUBSCRIBE, PUBLISH, SPUBLISH) must match one of the patterns; a
+/// pattern (PSUBSCRIBE) must be one of them literally. Unsubscribing is always allowed.
+fn check_channels(user: &User, spec: &Spec, args: &[&[u8]]) -> Result<(), Denied> {
+    if user.all_channels {
+        return Ok(());
+    }
+    let (names, literal): (&[&[u8]], bool) = match spec.name {
+        "subscribe" | "ssubscribe" => (&args[1..], false),
+        "publish" | "spublish" => (&args[1..2], false),
+        "psubscribe" => (&args[1..], true),
+        _ => (&[], false),
+    };
+    for &c in names {
+        let allowed = user.channels.iter().any(|p| {
+            if literal {
+                p[..] == *c
+            } else {
+                crate::util::glob_match(p, c, false)
+            }
+        });
+        if !allowed {
+            return Err(Denied::Channel(Bytes::copy_from_slice(c)));
+        }
+    }
+    Ok(())
+}
+
 impl Denied {
     /// The error a command refused gets (Redis 7.2's texts).
     pub fn reply_text(&self, user: &str) -> String {
@@ -778,6 +826,7 @@ impl Denied {
                 format!("NOPERM User {user} has no permissions to run the '{c}' command")
             }
             Denied::Key(_) => ERR_NOPERM_KEY.to_string(),
+            Denied::Channel(_) => "NOPERM No permissions to access a channel".to_string(),
         }
     }
 
@@ -790,6 +839,10 @@ impl Denied {
             Denied::Key(k) => format!(
                 "User {user} has no permissions to access the '{}' key",
                 String::from_utf8_lossy(k)
+            ),
+            Denied::Channel(c) => format!(
+                "User {user} has no permissions to access the '{}' channel",
+                String::from_utf8_lossy(c)
             ),
         }
     }

@@ -418,6 +418,16 @@ impl PubSub {
         self.reg.read().patterns.len() as i64
     }
 
+    /// Channels, patterns and shard channels with subscribers (INFO).
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let reg = self.reg.read();
+        (
+            reg.channels.len() as u64,
+            reg.patterns.len() as u64,
+            reg.shard_channels.len() as u64,
+        )
+    }
+
     /// Count a subscriber closed for its output buffer.
     pub fn count_disconnection(&self) {
         self.disconnections.fetch_add(1, Relaxed);

@@ -45,6 +45,7 @@ pub fn gate(
             let (reason, object) = match &denied {
                 Denied::Command(c) => ("command", c.clone()),
                 Denied::Key(k) => ("key", String::from_utf8_lossy(k).to_string()),
+                Denied::Channel(c) => ("channel", String::from_utf8_lossy(c).to_string()),
             };
             let context = if conn.multi.is_some() {
                 "multi"

@@ -168,21 +168,15 @@ fn pubsub(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
                 v.push(Reply::Bulk(Bytes::copy_from_slice(c)));
                 v.push(Reply::Int(hub.numsub(shard, c)));
             }
-            // A map in RESP3 (as Redis 7: `addReplyMapLen`).
-            Reply::Map(v.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect())
+            // A flat array in RESP3 too (as Redis 7.0; clients parse it so).
+            Reply::Array(v)
         }
         (b"numpat", 2) => Reply::Int(hub.numpat()),
-        _ => super::server::unknown_subcommand(
-            a,
-            "PUBSUB",
-            &[
-                "help",
-                "channels",
-                "shardchannels",
-                "numsub",
-                "shardnumsub",
-                "numpat",
-            ],
-        ),
+        // Redis 7.0's text for a known subcommand with the wrong arguments.
+        (b"help" | b"channels" | b"shardchannels" | b"numpat", _) => err_owned(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+            String::from_utf8_lossy(a[1])
+        )),
+        _ => super::server::unknown_subcommand(a, "PUBSUB", &[]),
     }
 }
