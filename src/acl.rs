@@ -15,8 +15,8 @@
 //!   stored digest of the user checked, so AUTH is no timing oracle.
 //!
 //! Keys: `~pattern` (read and write), `%R~`/`%W~`/`%RW~`; what a command needs of its keys
-//! is [`key_access`]. Channels (`&pattern`, `allchannels`) are kept and shown (clients send
-//! them), with no pub/sub here to apply them to. Selectors (`(...)`) are not supported.
+//! is [`key_access`]. Channels (`&pattern`, `allchannels`) gate the pub/sub commands
+//! (`check_channels`). Selectors (`(...)`) are not supported.
 
 use crate::cmd::{self, Spec};
 use bytes::Bytes;

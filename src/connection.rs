@@ -758,8 +758,10 @@ async fn end_batch<S: ClientStream>(
     Ok(())
 }
 
-/// A subscriber's next read, or `None` first when pushes are waiting (or its mailbox
-/// closed). `read_buf` is cancel-safe: a read cut short loses nothing.
+/// A subscriber's next read, or `None` when pushes are waiting (or its mailbox closed).
+/// Requests come first, so a steady stream of messages cannot starve the client's own
+/// commands (they drain the mailbox too). `read_buf` is cancel-safe: a read cut short
+/// loses nothing.
 async fn read_or_push<S: ClientStream>(
     stream: &mut S,
     buf: &mut BytesMut,
@@ -767,8 +769,8 @@ async fn read_or_push<S: ClientStream>(
 ) -> Option<std::io::Result<usize>> {
     tokio::select! {
         biased;
-        _ = mailbox.wait() => None,
         r = stream.read_buf(buf) => Some(r),
+        _ = mailbox.wait() => None,
     }
 }
 
