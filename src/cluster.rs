@@ -139,9 +139,21 @@ pub struct Cluster {
     bus_secret: Option<BusSecret>,
     /// Inbound bus connections refused: no or a wrong hello, or a frame whose tag failed.
     pub bus_auth_failures: AtomicU64,
+    /// PUBLISHes too large for the bus (`MAX_BUS_PUBLISH_BYTES`): delivered here only.
+    pub publish_too_large: AtomicU64,
 }
 
 impl Cluster {
+    /// Send a PUBLISH (or, with `shard_slot`, an SPUBLISH) made here to the other nodes of
+    /// the region (the slot's shard): queued under the node lock, sent by the cluster task
+    /// (at most once: a full queue or a down link drops it). False when too large for the
+    /// bus (this node's subscribers got it).
+    pub fn publish(&self, channel: &[u8], message: &[u8], shard_slot: Option<u16>) -> bool {
+        let queued = self.node.lock().publish(channel, message, shard_slot);
+        self.wake.notify_one();
+        queued
+    }
+
     /// Build the node from the config and its state file (creating a new identity if none).
     /// `repl_listen`: the `[replication] listen` address, if the node has that table; its
     /// port is announced on the bus (`NodeInfo::repl_port`, on `announce-ip`), so every
@@ -227,6 +239,7 @@ impl Cluster {
         let c = Arc::new(Cluster {
             bus_secret,
             bus_auth_failures: AtomicU64::new(0),
+            publish_too_large: AtomicU64::new(0),
             node: Mutex::new(NodeCell::new(node)),
             wake: Notify::new(),
             nodes_file,
@@ -439,6 +452,7 @@ pub async fn run(
     store: Arc<Store>,
     bind: String,
     inregion: Arc<crate::replica_stream::InRegion>,
+    shared: Arc<crate::shared::Shared>,
 ) {
     // Replicas answer MOVED (the routing does), not READONLY.
     inregion.set_refuse_writes(false);
@@ -517,6 +531,14 @@ pub async fn run(
                 // Headers carry the offset (elections, manual failovers): fresh, not a tick old.
                 node.set_repl_offset(inregion.repl_offset());
                 for m in batch {
+                    if let bus::Body::Publish { channel, message, shard } = &m.body {
+                        // Another node's PUBLISH, for our subscribers (never waits).
+                        if bus::validate(&m).is_ok() && node.accepts_publish_from(m.header.sender) {
+                            let limit = shared.limits.output(crate::limits::OutputClass::Pubsub);
+                            shared.pubsub.publish(channel, message, *shard, limit, now_ms());
+                        }
+                        continue;
+                    }
                     if let Err(e) = node.handle_message(now_ms(), m) {
                         tracing::warn!(error = %e, "cluster bus message refused");
                     }

@@ -1266,7 +1266,8 @@ fn route<'s>(
     if keys.is_empty() {
         return None;
     }
-    let readonly_read = conn.readonly && spec.flags & cmd::READONLY != 0;
+    let readonly_read =
+        (conn.readonly && spec.flags & cmd::READONLY != 0) || spec.flags & cmd::SHARD_PUBSUB != 0;
     let write = spec.flags & cmd::WRITE != 0 || spec.first_key == 0;
     match c.route(store, keys, write, asking, readonly_read, now, held) {
         None => None,

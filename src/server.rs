@@ -220,6 +220,7 @@ impl Server {
                 self.store.clone(),
                 self.shared.config.bind.clone(),
                 self.shared.inregion.clone(),
+                self.shared.clone(),
             ));
         }
         if let Some(r) = self.repl.take() {

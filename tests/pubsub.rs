@@ -298,3 +298,47 @@ fn acl_channel_rules_gate_subscribe_and_publish() {
     let log = v(&mut admin, &["ACL", "LOG", "1"]);
     assert!(format!("{log:?}").contains("channel"), "{log:?}");
 }
+
+fn push2(kind: &str, channel: &str, last: Resp) -> Resp {
+    Resp::Array(vec![Resp::bulk(kind), Resp::bulk(channel), last])
+}
+
+/// As Redis Cluster: PUBLISH on any node reaches the subscribers of every node of the
+/// region (over the authenticated bus); SPUBLISH reaches the slot's shard (its primary and
+/// replicas), and a node outside the shard answers MOVED to shard commands.
+#[test]
+fn cluster_publish_reaches_every_node_and_spublish_the_shard() {
+    let cl = common::cluster::Cluster::start_ready(5_000);
+    let mut subs: Vec<Raw> = (0..6).map(|i| Raw::connect(cl.ports[i])).collect();
+    for s in &mut subs {
+        s.send(&encode_cmd(&["SUBSCRIBE", "news"]));
+        assert_eq!(s.read(), push2("subscribe", "news", Resp::Int(1)));
+    }
+    let mut p = cl.conn(2);
+    // The count is this node's subscribers, as in Redis Cluster.
+    let n: i64 = q(&mut p, &["PUBLISH", "news", "hi"]);
+    assert_eq!(n, 1);
+    for s in &mut subs {
+        assert_eq!(s.read(), push2("message", "news", Resp::bulk("hi")));
+    }
+
+    // A shard channel whose slot node 0 serves (node 3 is its replica).
+    let ch = format!("{{{}}}", common::cluster::tag_on_node0("sch"));
+    let mut primary = Raw::connect(cl.ports[0]);
+    let mut replica = Raw::connect(cl.ports[3]);
+    for s in [&mut primary, &mut replica] {
+        s.send(&encode_cmd(&["SSUBSCRIBE", &ch]));
+        assert_eq!(s.read(), push2("ssubscribe", &ch, Resp::Int(1)));
+    }
+    let mut other = Raw::connect(cl.ports[1]);
+    let moved = other.cmd(&["SSUBSCRIBE", &ch]);
+    assert!(moved.text().starts_with("MOVED "), "{moved:?}");
+    let moved = other.cmd(&["SPUBLISH", &ch, "x"]);
+    assert!(moved.text().starts_with("MOVED "), "{moved:?}");
+    // SPUBLISH on the replica (allowed without READONLY, as Redis) reaches the primary.
+    let mut r = cl.conn(3);
+    let n: i64 = q(&mut r, &["SPUBLISH", &ch, "s1"]);
+    assert_eq!(n, 1);
+    assert_eq!(replica.read(), push2("smessage", &ch, Resp::bulk("s1")));
+    assert_eq!(primary.read(), push2("smessage", &ch, Resp::bulk("s1")));
+}

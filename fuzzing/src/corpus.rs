@@ -278,6 +278,11 @@ pub fn bus_messages() -> Vec<BusMessage> {
             slots: header(1, None).slots,
         },
         Body::MfStart,
+        Body::Publish {
+            channel: b"news".to_vec(),
+            message: b"hello".to_vec(),
+            shard: false,
+        },
     ];
     bodies
         .into_iter()

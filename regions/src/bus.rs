@@ -14,10 +14,14 @@ use crate::topology::{NodeFlags, NodeId, SlotBitmap};
 use crate::wire::{FrameError, Framing};
 
 /// 2: `Header::repl_port` and `GossipEntry::repl_port` (inter-region replication endpoint).
-pub const BUS_PROTOCOL_VERSION: u8 = 2;
+/// 3: `Body::Publish` (PUBLISH reaches every node of the region, SPUBLISH a slot's shard).
+pub const BUS_PROTOCOL_VERSION: u8 = 3;
 /// Hard limit on one frame body; a header with its 2 KiB slot bitmap plus full gossip stays
 /// far below.
 pub const MAX_BUS_FRAME_BYTES: usize = 16 * 1024;
+/// Most bytes of channel plus message a `Body::Publish` carries (the frame holds a header
+/// too): a larger PUBLISH reaches this node's subscribers only.
+pub const MAX_BUS_PUBLISH_BYTES: usize = 12 * 1024;
 /// Gossip entries per Ping/Pong/Meet.
 pub const MAX_GOSSIP_ENTRIES: usize = 16;
 /// Longest host name accepted in a header or gossip entry.
@@ -102,6 +106,13 @@ pub enum Body {
     },
     /// Replica → its primary: start a manual failover (pause writes, send offset).
     MfStart,
+    /// A PUBLISH (or, `shard`, an SPUBLISH) made on the sender, for this node's subscribers.
+    /// Not part of the cluster state: the shell delivers it (`ClusterNode` ignores it).
+    Publish {
+        channel: Vec<u8>,
+        message: Vec<u8>,
+        shard: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +133,7 @@ impl BusMessage {
             Body::FailoverAuthAck => "auth-ack",
             Body::Update { .. } => "update",
             Body::MfStart => "mfstart",
+            Body::Publish { .. } => "publish",
         }
     }
 }
@@ -183,6 +195,13 @@ pub fn validate(msg: &BusMessage) -> Result<(), BusError> {
         }
         Body::Fail { .. } | Body::FailoverAuthRequest { .. } | Body::FailoverAuthAck => {}
         Body::MfStart => {}
+        Body::Publish {
+            channel, message, ..
+        } => {
+            if channel.len() + message.len() > MAX_BUS_PUBLISH_BYTES {
+                return Err(BusError::Invalid("publish too large"));
+            }
+        }
     }
     Ok(())
 }

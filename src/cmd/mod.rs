@@ -112,6 +112,9 @@ pub const NUMKEYS: u32 = 1024;
 /// With [`NUMKEYS`]: the first argument is a key too, the destination
 /// (`ZUNIONSTORE destination numkeys key…`).
 pub const DEST_KEY: u32 = 2048;
+/// Sharded pub/sub (SSUBSCRIBE, SUNSUBSCRIBE, SPUBLISH): its "keys" are shard channels, and
+/// a replica of the slot's primary serves it without READONLY (as Redis Cluster).
+pub const SHARD_PUBSUB: u32 = 4096;
 
 pub struct Spec {
     pub name: &'static str,

@@ -29,7 +29,7 @@ pub fn specs() -> Vec<Spec> {
         spec!(
             "ssubscribe",
             -2,
-            NO_MULTI | STALE | LOADING,
+            SHARD_PUBSUB | NO_MULTI | STALE | LOADING,
             1,
             -1,
             1,
@@ -56,14 +56,22 @@ pub fn specs() -> Vec<Spec> {
         spec!(
             "sunsubscribe",
             -1,
-            NO_MULTI | STALE | LOADING,
+            SHARD_PUBSUB | NO_MULTI | STALE | LOADING,
             1,
             -1,
             1,
             sunsubscribe
         ),
         spec!("publish", 3, FAST | STALE | LOADING, 0, 0, 0, publish),
-        spec!("spublish", 3, FAST | STALE | LOADING, 1, 1, 1, spublish),
+        spec!(
+            "spublish",
+            3,
+            SHARD_PUBSUB | FAST | STALE | LOADING,
+            1,
+            1,
+            1,
+            spublish
+        ),
         spec!("pubsub", -2, STALE | LOADING, 0, 0, 0, pubsub),
     ]
 }
@@ -118,6 +126,15 @@ fn do_publish(ctx: &mut Ctx, a: &[&[u8]], shard: bool) -> Reply {
         .shared
         .pubsub
         .publish(a[1], a[2], shard, limit, ctx.now_ms);
+    if let Some(c) = &ctx.shared.cluster {
+        // Redis Cluster: PUBLISH reaches every node's subscribers, SPUBLISH the slot's
+        // shard (routing sent it here: this node serves the slot). The count is ours.
+        let slot = shard.then(|| meridian_crdt::key_slot(a[1]));
+        if !c.publish(a[1], a[2], slot) {
+            c.publish_too_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     Reply::Int(n)
 }
 

@@ -354,6 +354,47 @@ impl ClusterNode {
         &self.topo
     }
 
+    /// Queue a PUBLISH for the other nodes of the region (every known node), or an
+    /// SPUBLISH (`shard_slot`) for the slot's primary and its replicas. False (nothing
+    /// queued) when it is too large for the bus.
+    pub fn publish(&mut self, channel: &[u8], message: &[u8], shard_slot: Option<u16>) -> bool {
+        if channel.len() + message.len() > bus::MAX_BUS_PUBLISH_BYTES {
+            return false;
+        }
+        let me = self.myself_id();
+        let to: Vec<NodeId> = match shard_slot {
+            None => self.topo.nodes().map(|n| n.id).collect(),
+            Some(slot) => match self.topo.owner(slot) {
+                Some(owner) => std::iter::once(owner)
+                    .chain(self.topo.replicas_of(owner).map(|n| n.id))
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        for id in to {
+            if id != me && !self.in_handshake(id) {
+                self.send(
+                    Dest::Node(id),
+                    Body::Publish {
+                        channel: channel.to_vec(),
+                        message: message.to_vec(),
+                        shard: shard_slot.is_some(),
+                    },
+                );
+            }
+        }
+        true
+    }
+
+    /// Whether a `Body::Publish` from `sender` is delivered: from a member of the region
+    /// (known, past its handshake), never from ourselves.
+    pub fn accepts_publish_from(&self, sender: NodeId) -> bool {
+        sender != self.myself_id()
+            && self.topo.node(sender).is_some()
+            && !self.in_handshake(sender)
+            && !self.blacklist.contains_key(&sender)
+    }
+
     pub fn myself_id(&self) -> NodeId {
         self.topo.myself_id()
     }
@@ -503,6 +544,8 @@ impl ClusterNode {
                 slots,
             } => self.process_update(now_ms, node, config_epoch, &slots),
             Body::MfStart => self.handle_mf_start(now_ms, sender),
+            // Delivered by the shell (see `accepts_publish_from`).
+            Body::Publish { .. } => {}
         }
         self.update_state(now_ms);
         Ok(())
