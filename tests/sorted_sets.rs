@@ -528,3 +528,47 @@ fn huge_counts_and_ranges_are_bounded_by_the_set() {
     let r: Vec<String> = q(&mut c, &["ZRANDMEMBER", "z", &max]);
     assert!(r.is_empty());
 }
+
+/// BZPOPMIN / BZPOPMAX: an immediate pop, the timeout reply and the errors as redis-server
+/// answers them; a client blocked on an empty key is woken by another client's ZADD (the
+/// lists' waiter queues), and INFO counts it blocked meanwhile.
+#[test]
+fn bzpopmin_and_bzpopmax() {
+    let s = Server::start();
+    assert_same_as_redis(
+        &s,
+        &[
+            &["ZADD", "z", "1", "a", "2", "b", "3", "c"],
+            &["BZPOPMIN", "z", "0"],
+            &["BZPOPMAX", "nokey", "z", "0"],
+            &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+            &["BZPOPMIN", "nokey", "0.01"],
+            &["BZPOPMIN", "z", "-1"],
+            &["BZPOPMIN", "z", "x"],
+            &["SET", "str", "v"],
+            &["BZPOPMIN", "str", "0"],
+            &["BZPOPMAX", "z"],
+        ],
+    );
+    let mut waiter = s.conn();
+    let t = std::thread::spawn(move || -> Option<(String, String, f64)> {
+        redis::cmd("BZPOPMAX")
+            .arg("empty")
+            .arg("0")
+            .query(&mut waiter)
+            .expect("BZPOPMAX")
+    });
+    let mut c = s.conn();
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the client blocks",
+        || common::info_u64(&mut c, "blocked_clients") == 1,
+    );
+    let _: i64 = q(&mut c, &["ZADD", "empty", "7", "m", "9", "n"]);
+    assert_eq!(
+        t.join().expect("waiter"),
+        Some(("empty".to_string(), "n".to_string(), 9.0))
+    );
+    let left: Vec<String> = q(&mut c, &["ZRANGE", "empty", "0", "-1"]);
+    assert_eq!(left, vec!["m"]);
+}

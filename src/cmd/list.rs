@@ -73,8 +73,17 @@ pub const NAMES: [&str; 22] = [
     "blmpop",
 ];
 
-/// The list commands that may block (ACL category `@blocking`).
-pub const BLOCKING: [&str; 5] = ["blpop", "brpop", "blmove", "brpoplpush", "blmpop"];
+/// The commands that may block (ACL category `@blocking`): the blocking list commands and
+/// the sorted sets' BZPOPMIN/BZPOPMAX.
+pub const BLOCKING: [&str; 7] = [
+    "blpop",
+    "brpop",
+    "blmove",
+    "brpoplpush",
+    "blmpop",
+    "bzpopmin",
+    "bzpopmax",
+];
 
 /// Run `f` on the list at `key`: Ok(None) if absent, Err(WRONGTYPE) for other types.
 fn with_list<R>(ctx: &mut Ctx, key: &[u8], f: impl FnOnce(&List) -> R) -> Result<Option<R>, Reply> {
@@ -518,7 +527,7 @@ fn lmpop(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
 // ---- blocking ----
 
 /// A blocking command's timeout in milliseconds (0: forever), Redis' rules and errors.
-fn timeout_ms(b: &[u8]) -> Result<u64, Reply> {
+pub(crate) fn timeout_ms(b: &[u8]) -> Result<u64, Reply> {
     let Some(v) = crate::util::parse_float(b).filter(|v| v.is_finite()) else {
         return Err(err("ERR timeout is not a float or out of range"));
     };

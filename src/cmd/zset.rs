@@ -33,6 +33,12 @@ pub fn specs() -> Vec<Spec> {
         spec!("zremrangebylex", 4, WRITE, 1, 1, 1, zremrangebylex),
         spec!("zpopmin", -2, WRITE | FAST, 1, 1, 1, zpopmin),
         spec!("zpopmax", -2, WRITE | FAST, 1, 1, 1, zpopmax),
+        spec!("bzpopmin", -3, WRITE | FAST, 1, -2, 1, |c, a| bzpop(
+            c, a, false
+        )),
+        spec!("bzpopmax", -3, WRITE | FAST, 1, -2, 1, |c, a| bzpop(
+            c, a, true
+        )),
         spec!("zrandmember", -2, READONLY, 1, 1, 1, zrandmember),
         spec!("zunion", -3, READONLY | NUMKEYS, 2, -1, 1, zunion),
         spec!("zinter", -3, READONLY | NUMKEYS, 2, -1, 1, zinter),
@@ -909,6 +915,33 @@ fn pop(ctx: &mut Ctx, a: &[&[u8]], max: bool) -> Reply {
         return Reply::Array(out);
     }
     items_reply(ctx, items, true)
+}
+
+/// `BZPOPMIN|BZPOPMAX key [key …] timeout`: the first non-empty set's lowest (highest)
+/// member as `[key, member, score]`; with none, the connection waits on the keys' waiter
+/// queues (see `cmd::list`), woken by a local write or state merged from another region.
+fn bzpop(ctx: &mut Ctx, a: &[&[u8]], max: bool) -> Outcome {
+    let keys = &a[1..a.len() - 1];
+    let timeout_ms = match super::list::timeout_ms(a[a.len() - 1]) {
+        Ok(t) => t,
+        Err(e) => return e.into(),
+    };
+    for &k in keys {
+        let first = match with_zset(ctx, k, |z| owned_items(z.iter_from(0, max).take(1))) {
+            Err(e) => return e.into(),
+            Ok(items) => items.unwrap_or_default().into_iter().next(),
+        };
+        if let Some((m, s)) = first {
+            remove_members(ctx, k, std::slice::from_ref(&m));
+            let score = score_reply(ctx, s);
+            return Reply::Array(vec![Reply::Bulk(ctx.bytes(k)), Reply::Bulk(m), score]).into();
+        }
+    }
+    Outcome::Block {
+        keys: keys.iter().map(|k| ctx.bytes(k)).collect(),
+        timeout_ms,
+        timeout_reply: Reply::NullArray,
+    }
 }
 
 fn zpopmin(ctx: &mut Ctx, a: &[&[u8]]) -> Reply {
