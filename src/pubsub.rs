@@ -139,18 +139,18 @@ struct Registry {
 
 /// Which of the three kinds of subscription.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum SubKind {
     Channel,
     Pattern,
     Shard,
 }
 
-impl Kind {
+impl SubKind {
     fn words(self) -> (&'static str, &'static str) {
         match self {
-            Kind::Channel => ("subscribe", "unsubscribe"),
-            Kind::Pattern => ("psubscribe", "punsubscribe"),
-            Kind::Shard => ("ssubscribe", "sunsubscribe"),
+            SubKind::Channel => ("subscribe", "unsubscribe"),
+            SubKind::Pattern => ("psubscribe", "punsubscribe"),
+            SubKind::Shard => ("ssubscribe", "sunsubscribe"),
         }
     }
 }
@@ -196,24 +196,24 @@ impl Subscriptions {
     }
 
     /// The count a confirmation carries: channels and patterns, or shard channels (Redis 7).
-    fn count(&self, kind: Kind) -> i64 {
+    fn count(&self, kind: SubKind) -> i64 {
         match kind {
-            Kind::Shard => self.shard.len() as i64,
+            SubKind::Shard => self.shard.len() as i64,
             _ => (self.channels.len() + self.patterns.len()) as i64,
         }
     }
 
-    fn set(&mut self, kind: Kind) -> &mut HashSet<Bytes> {
+    fn set(&mut self, kind: SubKind) -> &mut HashSet<Bytes> {
         match kind {
-            Kind::Channel => &mut self.channels,
-            Kind::Pattern => &mut self.patterns,
-            Kind::Shard => &mut self.shard,
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shard,
         }
     }
 
     /// Subscribe to `names`, queueing one confirmation each. Err: Redis-style error text.
-    pub fn subscribe(&mut self, kind: Kind, names: &[&[u8]]) -> Result<(), &'static str> {
-        if kind == Kind::Pattern {
+    pub fn subscribe(&mut self, kind: SubKind, names: &[&[u8]]) -> Result<(), &'static str> {
+        if kind == SubKind::Pattern {
             let new = names
                 .iter()
                 .filter(|n| !self.patterns.contains(**n))
@@ -240,7 +240,7 @@ impl Subscriptions {
     }
 
     /// Unsubscribe from `names` (none: from all of this kind), one confirmation each.
-    pub fn unsubscribe(&mut self, kind: Kind, names: &[&[u8]]) {
+    pub fn unsubscribe(&mut self, kind: SubKind, names: &[&[u8]]) {
         let names: Vec<Bytes> = if names.is_empty() {
             self.set(kind).iter().cloned().collect()
         } else {
@@ -267,7 +267,7 @@ impl Subscriptions {
     pub fn clear(&mut self) {
         let hub = self.hub.clone();
         let mut reg = hub.reg.write();
-        for kind in [Kind::Channel, Kind::Pattern, Kind::Shard] {
+        for kind in [SubKind::Channel, SubKind::Pattern, SubKind::Shard] {
             for name in std::mem::take(self.set(kind)) {
                 reg.remove(kind, &name, self.id);
             }
@@ -290,15 +290,15 @@ fn confirmation(word: &'static str, name: Option<Bytes>, count: i64) -> Reply {
 }
 
 impl Registry {
-    fn map(&mut self, kind: Kind) -> &mut HashMap<Bytes, Subscribers, ahash::RandomState> {
+    fn map(&mut self, kind: SubKind) -> &mut HashMap<Bytes, Subscribers, ahash::RandomState> {
         match kind {
-            Kind::Channel => &mut self.channels,
-            Kind::Pattern => &mut self.patterns,
-            Kind::Shard => &mut self.shard_channels,
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shard_channels,
         }
     }
 
-    fn remove(&mut self, kind: Kind, name: &Bytes, id: u64) {
+    fn remove(&mut self, kind: SubKind, name: &Bytes, id: u64) {
         let m = self.map(kind);
         if let Some(s) = m.get_mut(name) {
             s.remove(&id);

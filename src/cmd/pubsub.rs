@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::limits::OutputClass;
-use crate::pubsub::{Kind, Subscriptions};
+use crate::pubsub::{SubKind, Subscriptions};
 
 pub fn specs() -> Vec<Spec> {
     vec![
@@ -84,40 +84,40 @@ fn subs<'c>(ctx: &'c mut Ctx) -> &'c mut Subscriptions {
         .get_or_insert_with(|| Box::new(Subscriptions::new(hub, id, resp3)))
 }
 
-fn sub(ctx: &mut Ctx, kind: Kind, names: &[&[u8]]) -> Outcome {
+fn sub(ctx: &mut Ctx, kind: SubKind, names: &[&[u8]]) -> Outcome {
     match subs(ctx).subscribe(kind, names) {
         Ok(()) => Outcome::Pushed,
         Err(e) => err(e).into(),
     }
 }
 
-fn unsub(ctx: &mut Ctx, kind: Kind, names: &[&[u8]]) -> Outcome {
+fn unsub(ctx: &mut Ctx, kind: SubKind, names: &[&[u8]]) -> Outcome {
     subs(ctx).unsubscribe(kind, names);
     Outcome::Pushed
 }
 
 fn subscribe(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
-    sub(ctx, Kind::Channel, &a[1..])
+    sub(ctx, SubKind::Channel, &a[1..])
 }
 
 fn psubscribe(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
-    sub(ctx, Kind::Pattern, &a[1..])
+    sub(ctx, SubKind::Pattern, &a[1..])
 }
 
 fn ssubscribe(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
-    sub(ctx, Kind::Shard, &a[1..])
+    sub(ctx, SubKind::Shard, &a[1..])
 }
 
 fn unsubscribe(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
-    unsub(ctx, Kind::Channel, &a[1..])
+    unsub(ctx, SubKind::Channel, &a[1..])
 }
 
 fn punsubscribe(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
-    unsub(ctx, Kind::Pattern, &a[1..])
+    unsub(ctx, SubKind::Pattern, &a[1..])
 }
 
 fn sunsubscribe(ctx: &mut Ctx, a: &[&[u8]]) -> Outcome {
-    unsub(ctx, Kind::Shard, &a[1..])
+    unsub(ctx, SubKind::Shard, &a[1..])
 }
 
 fn do_publish(ctx: &mut Ctx, a: &[&[u8]], shard: bool) -> Reply {
