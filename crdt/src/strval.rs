@@ -138,6 +138,16 @@ pub enum StrValue {
     Int(i64),
 }
 
+/// The incarnation a region's new counter contribution takes: the write's HLC, but above
+/// every incarnation of that region seen here (`incs`; a restart whose clock is behind its
+/// own past must not reuse one). Strings' and sorted-set scores' contributions alike.
+pub(crate) fn new_incarnation(incs: impl Iterator<Item = Hlc>, at: Hlc) -> Hlc {
+    match incs.max() {
+        Some(n) if n >= at => Hlc(n.0.saturating_add(1)),
+        _ => at,
+    }
+}
+
 impl Str {
     pub fn is_alive(&self) -> bool {
         self.reg.value.is_some() || self.ctr.iter().any(Contrib::is_live)
@@ -267,19 +277,13 @@ impl Str {
                 c.hlc = stamp.hlc;
             }
             None => {
-                // The write's HLC names the new incarnation. Above every incarnation of this
-                // region seen here (a restart whose clock is behind its own past must not
-                // reuse one).
-                let newest = self
-                    .ctr
-                    .iter()
-                    .filter(|c| c.region == stamp.region)
-                    .map(|c| c.inc)
-                    .max();
-                let inc = match newest {
-                    Some(n) if n >= stamp.hlc => Hlc(n.0.saturating_add(1)),
-                    _ => stamp.hlc,
-                };
+                let inc = new_incarnation(
+                    self.ctr
+                        .iter()
+                        .filter(|c| c.region == stamp.region)
+                        .map(|c| c.inc),
+                    stamp.hlc,
+                );
                 let c = Contrib {
                     region: stamp.region,
                     inc,

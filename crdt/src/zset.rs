@@ -722,16 +722,13 @@ impl ZSet {
                     c.hlc = c.hlc.max(stamp.hlc);
                 }
                 None => {
-                    let newest = s
-                        .ctr
-                        .iter()
-                        .filter(|c| c.region == stamp.region)
-                        .map(|c| c.inc)
-                        .max();
-                    let inc = match newest {
-                        Some(n) if n >= stamp.hlc => Hlc(n.0.saturating_add(1)),
-                        _ => stamp.hlc,
-                    };
+                    let inc = crate::strval::new_incarnation(
+                        s.ctr
+                            .iter()
+                            .filter(|c| c.region == stamp.region)
+                            .map(|c| c.inc),
+                        stamp.hlc,
+                    );
                     let c = FContrib {
                         region: stamp.region,
                         inc,
